@@ -1,0 +1,269 @@
+package host
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/quenchnet/quench/tap"
+)
+
+// Defaults for Config. The addresses match gvproxy's, so enclaves built for
+// gvproxy or nitriding work unchanged.
+var (
+	DefaultSubnet         = netip.MustParsePrefix("192.168.127.0/24")
+	DefaultGatewayMAC     = net.HardwareAddr{0x5a, 0x94, 0xef, 0xe4, 0x0c, 0xdd}
+	DefaultEnclaveMAC     = net.HardwareAddr{0x5a, 0x94, 0xef, 0xe4, 0x0c, 0xee}
+	defaultMetadataPrefix = netip.MustParsePrefix("169.254.0.0/16")
+)
+
+const (
+	// DefaultMaxInFlightDials bounds outbound (NAT) connection attempts that
+	// have not completed yet. gvisor-tap-vsock hard-codes 10, which stalls
+	// enclaves that open many connections at once (gvisor-tap-vsock#676).
+	DefaultMaxInFlightDials = 512
+	// DefaultDialTimeout bounds one outbound connection attempt.
+	DefaultDialTimeout = 10 * time.Second
+	// DefaultHandshakeTimeout bounds how long a new enclave stream may take
+	// to send its /connect request.
+	DefaultHandshakeTimeout = 10 * time.Second
+)
+
+// Config configures a Host. The zero value is usable: it gives gvproxy's
+// addresses, MTU 65520, no published ports and the system DNS resolver.
+type Config struct {
+	// Subnet is the virtual network shared by the host and the enclaves.
+	// Default: 192.168.127.0/24.
+	Subnet netip.Prefix
+
+	// GatewayIP is the host's address on the virtual network: the enclave's
+	// default route and DNS server. Default: the first address of Subnet
+	// (192.168.127.1).
+	GatewayIP netip.Addr
+
+	// EnclaveIP is where published ports are forwarded to. Default: the
+	// second address of Subnet (192.168.127.2).
+	EnclaveIP netip.Addr
+
+	// HostLoopbackIP is a virtual address whose connections reach the host's
+	// own 127.0.0.1, for services on the host. Default: the last usable
+	// address of Subnet (192.168.127.254). An invalid (zero) value after
+	// defaults cannot be expressed; set DisableHostLoopback to turn it off.
+	HostLoopbackIP netip.Addr
+
+	// DisableHostLoopback turns the HostLoopbackIP mapping off.
+	DisableHostLoopback bool
+
+	// GatewayMAC is the gateway's link address. Default: 5a:94:ef:e4:0c:dd.
+	GatewayMAC net.HardwareAddr
+
+	// MTU of the virtual link (IP packet size, without the Ethernet header).
+	// It never reaches the internet: the host terminates TCP. Default: 65520.
+	MTU int
+
+	// MaxWrite bounds each write to an enclave stream. Default: 32 KiB, the
+	// largest write the Nitro hypervisor passes intact.
+	MaxWrite int
+
+	// Publish lists host ports forwarded into the enclave.
+	Publish []Publish
+
+	// DNSUpstream lists DNS servers ("host:port") that the gateway's DNS
+	// service asks for names outside its own zone. Default: the host's
+	// system resolver.
+	DNSUpstream []string
+
+	// MaxInFlightDials bounds outbound connection attempts in progress;
+	// further SYNs are dropped until one completes (the enclave retransmits).
+	// Default: DefaultMaxInFlightDials.
+	MaxInFlightDials int
+
+	// DialTimeout bounds one outbound connection attempt. Default: 10s.
+	DialTimeout time.Duration
+
+	// HandshakeTimeout bounds the /connect handshake of a new enclave
+	// stream. Default: 10s.
+	HandshakeTimeout time.Duration
+
+	// AllowMetadata lets enclaves reach the link-local range 169.254.0.0/16,
+	// which holds the EC2 instance metadata service and its credentials.
+	// Default: false (blocked).
+	AllowMetadata bool
+
+	// Dial opens outbound connections on the host's network for enclave
+	// NAT traffic. Default: a net.Dialer.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+
+	// Logger receives operational logs. Default: discard.
+	Logger *slog.Logger
+}
+
+// Publish forwards a host port into the enclave, like docker's -p.
+type Publish struct {
+	// Network is "tcp" or "udp".
+	Network string
+	// Host is the address to listen on, e.g. 0.0.0.0:8443 or 127.0.0.1:0.
+	Host netip.AddrPort
+	// EnclavePort is the destination port on Config.EnclaveIP.
+	EnclavePort uint16
+}
+
+func (p Publish) String() string {
+	s := fmt.Sprintf("%s:%d", p.Host, p.EnclavePort)
+	if p.Network == "udp" {
+		s += "/udp"
+	}
+	return s
+}
+
+// ParsePublish parses docker-style port publishing:
+// [HOSTIP:]HOSTPORT:ENCLAVEPORT[/tcp|/udp]. An omitted HOSTIP means 0.0.0.0.
+// IPv6 host addresses go in brackets: [::1]:8443:443.
+func ParsePublish(s string) (Publish, error) {
+	p := Publish{Network: "tcp"}
+	spec := s
+	if i := strings.LastIndexByte(spec, '/'); i >= 0 {
+		p.Network = spec[i+1:]
+		spec = spec[:i]
+		if p.Network != "tcp" && p.Network != "udp" {
+			return Publish{}, fmt.Errorf("host: publish %q: protocol must be tcp or udp, not %q", s, p.Network)
+		}
+	}
+	i := strings.LastIndexByte(spec, ':')
+	if i < 0 {
+		return Publish{}, fmt.Errorf("host: publish %q: want [HOSTIP:]HOSTPORT:ENCLAVEPORT[/udp]", s)
+	}
+	enclavePort, err := parsePort(spec[i+1:])
+	if err != nil {
+		return Publish{}, fmt.Errorf("host: publish %q: enclave port: %w", s, err)
+	}
+	p.EnclavePort = enclavePort
+	hostPart := spec[:i]
+	hostIP := netip.IPv4Unspecified()
+	var hostPortStr string
+	if j := strings.LastIndexByte(hostPart, ':'); j >= 0 {
+		ipStr := strings.TrimSuffix(strings.TrimPrefix(hostPart[:j], "["), "]")
+		hostIP, err = netip.ParseAddr(ipStr)
+		if err != nil {
+			return Publish{}, fmt.Errorf("host: publish %q: host address: %w", s, err)
+		}
+		hostPortStr = hostPart[j+1:]
+	} else {
+		hostPortStr = hostPart
+	}
+	hostPort, err := parsePort(hostPortStr)
+	if err != nil && hostPortStr != "0" {
+		return Publish{}, fmt.Errorf("host: publish %q: host port: %w", s, err)
+	}
+	p.Host = netip.AddrPortFrom(hostIP, hostPort)
+	return p, nil
+}
+
+func parsePort(s string) (uint16, error) {
+	n, err := strconv.ParseUint(s, 10, 16)
+	if err != nil {
+		return 0, fmt.Errorf("bad port %q", s)
+	}
+	if n == 0 {
+		return 0, errors.New("port 0")
+	}
+	return uint16(n), nil
+}
+
+// withDefaults validates c and fills in defaults.
+func (c Config) withDefaults() (Config, error) {
+	if !c.Subnet.IsValid() {
+		c.Subnet = DefaultSubnet
+	}
+	c.Subnet = c.Subnet.Masked()
+	if !c.Subnet.Addr().Is4() {
+		return c, fmt.Errorf("host: subnet %s: only IPv4 subnets are supported", c.Subnet)
+	}
+	if c.Subnet.Bits() > 29 {
+		return c, fmt.Errorf("host: subnet %s is too small (at most /29)", c.Subnet)
+	}
+	nth := func(n int) netip.Addr {
+		a := c.Subnet.Addr().As4()
+		v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
+		v += uint32(n)
+		return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+	}
+	size := 1 << (32 - c.Subnet.Bits())
+	if !c.GatewayIP.IsValid() {
+		c.GatewayIP = nth(1)
+	}
+	if !c.EnclaveIP.IsValid() {
+		c.EnclaveIP = nth(2)
+	}
+	if !c.HostLoopbackIP.IsValid() {
+		c.HostLoopbackIP = nth(size - 2)
+	}
+	for name, a := range map[string]netip.Addr{"gateway": c.GatewayIP, "enclave": c.EnclaveIP, "host loopback": c.HostLoopbackIP} {
+		if !c.Subnet.Contains(a) {
+			return c, fmt.Errorf("host: %s address %s is outside subnet %s", name, a, c.Subnet)
+		}
+	}
+	if c.GatewayIP == c.EnclaveIP || c.GatewayIP == c.HostLoopbackIP || c.EnclaveIP == c.HostLoopbackIP {
+		return c, errors.New("host: gateway, enclave and host loopback addresses must differ")
+	}
+	if c.GatewayMAC == nil {
+		c.GatewayMAC = DefaultGatewayMAC
+	}
+	if len(c.GatewayMAC) != 6 {
+		return c, fmt.Errorf("host: gateway MAC %s is not a 6-byte Ethernet address", c.GatewayMAC)
+	}
+	if c.MTU == 0 {
+		c.MTU = tap.DefaultMTU
+	}
+	if c.MTU < 576 || c.MTU > tap.MaxFrameSize-tap.EthernetHeaderSize {
+		return c, fmt.Errorf("host: MTU %d out of range [576, %d]", c.MTU, tap.MaxFrameSize-tap.EthernetHeaderSize)
+	}
+	if c.MaxWrite == 0 {
+		c.MaxWrite = tap.DefaultMaxWrite
+	}
+	if c.MaxInFlightDials == 0 {
+		c.MaxInFlightDials = DefaultMaxInFlightDials
+	}
+	if c.MaxInFlightDials < 0 {
+		return c, fmt.Errorf("host: MaxInFlightDials %d is negative", c.MaxInFlightDials)
+	}
+	if c.DialTimeout == 0 {
+		c.DialTimeout = DefaultDialTimeout
+	}
+	if c.HandshakeTimeout == 0 {
+		c.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	for _, u := range c.DNSUpstream {
+		if _, _, err := net.SplitHostPort(u); err != nil {
+			return c, fmt.Errorf("host: DNS upstream %q: want host:port: %w", u, err)
+		}
+	}
+	seen := map[string]bool{}
+	for _, p := range c.Publish {
+		if p.Network != "tcp" && p.Network != "udp" {
+			return c, fmt.Errorf("host: publish %s: network must be tcp or udp", p)
+		}
+		if p.EnclavePort == 0 {
+			return c, fmt.Errorf("host: publish %s: enclave port 0", p)
+		}
+		k := p.Network + " " + p.Host.String()
+		if p.Host.Port() != 0 && seen[k] {
+			return c, fmt.Errorf("host: host port %s/%s published twice", p.Host, p.Network)
+		}
+		seen[k] = true
+	}
+	if c.Dial == nil {
+		d := &net.Dialer{}
+		c.Dial = d.DialContext
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c, nil
+}

@@ -1,0 +1,26 @@
+// Package host is the host side of quench, the gvproxy-style forwarder that
+// runs on the EC2 parent instance.
+//
+// A [Host] runs a virtual Ethernet network on a gVisor TCP/IP stack. Enclaves
+// join it over stream connections (VSOCK in production; unix sockets or TCP
+// for development) speaking gvisor-tap-vsock's /connect protocol, so a stock
+// gvforwarder works against a Host, and a quench enclave works against a stock
+// gvproxy. The Host is the enclaves' gateway (192.168.127.1 by default):
+//
+//   - NAT egress: enclave TCP connections and UDP flows to any address are
+//     terminated in the stack and re-originated from the host. The fixed
+//     address HostLoopbackIP (192.168.127.254) reaches the host's 127.0.0.1.
+//     The EC2 metadata range 169.254.0.0/16 is refused unless allowed.
+//   - DNS on the gateway, port 53, answering the zone quench.internal itself
+//     and forwarding the rest to the host's resolver.
+//   - Published ports: host TCP/UDP ports forwarded to the enclave's address,
+//     like docker -p.
+//
+// The link between the stack and the enclave streams is quench's own
+// batched switch: frames for an enclave are coalesced into stream writes of
+// at most 32 KiB (the Nitro VSOCK limit), frames from it are decoded in
+// batches, and reconnecting enclaves replace their old stream.
+//
+// Host implements no net interface itself; [Host.Serve] takes any
+// [net.Listener].
+package host

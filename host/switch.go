@@ -1,0 +1,387 @@
+package host
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"github.com/quenchnet/quench/tap"
+)
+
+// switchEndpoint is the gateway's Ethernet NIC and a learning switch in one:
+// a gVisor link endpoint whose "wire" is the set of attached enclave streams.
+//
+// Unlike gvisor-tap-vsock's switch (one write syscall per frame under a
+// global lock, a new buffer per frame), frames bound for one enclave are
+// coalesced into writes of at most MaxWrite bytes, frames from an enclave are
+// decoded in batches from one large read, and nothing is allocated per frame
+// on the stream side.
+type switchEndpoint struct {
+	mtu atomic.Uint32
+	mac tcpip.LinkAddress
+	log *slog.Logger
+
+	// arpAllowed lists the protocol addresses the gateway may announce in ARP
+	// replies. The stack runs in promiscuous mode (it terminates connections
+	// to any address, for NAT), so without this filter it would answer ARP
+	// for every address, including other enclaves'.
+	arpAllowed map[tcpip.Address]bool
+
+	dispatcher atomic.Pointer[dispatcherBox]
+
+	mu    sync.RWMutex
+	macs  map[tcpip.LinkAddress]*port // guarded by mu; learned source addresses
+	ports map[*port]struct{}          // guarded by mu
+
+	stats switchStats
+}
+
+type dispatcherBox struct{ d stack.NetworkDispatcher }
+
+type switchStats struct {
+	framesIn, framesOut, bytesIn, bytesOut atomic.Uint64
+	dropped                                atomic.Uint64 // runts, unknown destinations, spoofed ARP
+}
+
+// port is one attached enclave stream.
+type port struct {
+	conn   *tap.Conn
+	remote string
+	mac    tcpip.LinkAddress // last learned source address; only the rx goroutine writes it
+	dead   atomic.Bool
+}
+
+var _ stack.LinkEndpoint = (*switchEndpoint)(nil)
+
+func newSwitch(mtu int, mac net.HardwareAddr, arpAllowed []tcpip.Address, log *slog.Logger) *switchEndpoint {
+	e := &switchEndpoint{
+		mac:        tcpip.LinkAddress(mac),
+		log:        log,
+		arpAllowed: map[tcpip.Address]bool{},
+		macs:       map[tcpip.LinkAddress]*port{},
+		ports:      map[*port]struct{}{},
+	}
+	e.mtu.Store(uint32(mtu))
+	for _, a := range arpAllowed {
+		e.arpAllowed[a] = true
+	}
+	return e
+}
+
+// attach adds a stream to the switch.
+func (e *switchEndpoint) attach(c *tap.Conn, remote string) *port {
+	p := &port{conn: c, remote: remote}
+	e.mu.Lock()
+	e.ports[p] = struct{}{}
+	e.mu.Unlock()
+	return p
+}
+
+// detach removes p and forgets the addresses learned on it.
+func (e *switchEndpoint) detach(p *port) {
+	p.dead.Store(true)
+	e.mu.Lock()
+	delete(e.ports, p)
+	for mac, q := range e.macs {
+		if q == p {
+			delete(e.macs, mac)
+		}
+	}
+	e.mu.Unlock()
+	_ = p.conn.Close()
+}
+
+// closeAll closes every attached stream (their rx loops then detach them).
+func (e *switchEndpoint) closeAll() {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	for p := range e.ports {
+		_ = p.conn.Close()
+	}
+}
+
+// learn records that mac lives behind p. A MAC already owned by another
+// stream moves to p, and the old stream is closed: the enclave reconnected.
+func (e *switchEndpoint) learn(p *port, mac tcpip.LinkAddress) {
+	e.mu.Lock()
+	old := e.macs[mac]
+	e.macs[mac] = p
+	e.mu.Unlock()
+	p.mac = mac
+	if old != nil && old != p {
+		e.log.Info("enclave reconnected; replacing its old stream", "mac", net.HardwareAddr(mac), "old", old.remote, "new", p.remote)
+		_ = old.conn.Close()
+	}
+}
+
+// serve reads frames from p until the stream fails, delivering them to the
+// stack or to another enclave. It returns why the stream ended.
+func (e *switchEndpoint) serve(p *port) error {
+	defer e.detach(p)
+	for {
+		frame, err := p.conn.Next()
+		if err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return err
+		}
+		e.rx(p, frame)
+	}
+}
+
+// rx handles one frame from an enclave. frame is only valid during the call.
+func (e *switchEndpoint) rx(p *port, frame []byte) {
+	if len(frame) < header.EthernetMinimumSize {
+		e.stats.dropped.Add(1)
+		return
+	}
+	e.stats.framesIn.Add(1)
+	e.stats.bytesIn.Add(uint64(len(frame)))
+	eth := header.Ethernet(frame)
+	src, dst := eth.SourceAddress(), eth.DestinationAddress()
+	if src == e.mac || header.IsMulticastEthernetAddress(src) {
+		e.stats.dropped.Add(1) // spoofed or invalid source
+		return
+	}
+	if src != p.mac {
+		e.learn(p, src)
+	}
+	switch {
+	case dst == e.mac:
+		e.deliver(eth.Type(), frame, tcpip.PacketHost)
+	case dst == header.EthernetBroadcastAddress || header.IsMulticastEthernetAddress(dst):
+		e.deliver(eth.Type(), frame, tcpip.PacketBroadcast)
+		e.flood(p, frame)
+	default:
+		e.mu.RLock()
+		q := e.macs[dst]
+		e.mu.RUnlock()
+		if q == nil || q == p {
+			e.stats.dropped.Add(1)
+			return
+		}
+		e.sendFrame(q, frame)
+	}
+}
+
+func (e *switchEndpoint) deliver(proto tcpip.NetworkProtocolNumber, frame []byte, typ tcpip.PacketType) {
+	b := e.dispatcher.Load()
+	if b == nil {
+		return
+	}
+	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(frame)})
+	defer pkt.DecRef()
+	if _, ok := pkt.LinkHeader().Consume(header.EthernetMinimumSize); !ok {
+		return
+	}
+	pkt.PktType = typ
+	b.d.DeliverNetworkPacket(proto, pkt)
+}
+
+// flood sends a broadcast frame from one enclave to every other one.
+func (e *switchEndpoint) flood(from *port, frame []byte) {
+	e.mu.RLock()
+	targets := make([]*port, 0, len(e.ports))
+	for p := range e.ports {
+		if p != from {
+			targets = append(targets, p)
+		}
+	}
+	e.mu.RUnlock()
+	for _, p := range targets {
+		e.sendFrame(p, frame)
+	}
+}
+
+func (e *switchEndpoint) sendFrame(p *port, frame []byte) {
+	p.conn.LockWrite()
+	err := p.conn.AppendFrame(frame)
+	if err == nil {
+		err = p.conn.Flush()
+	}
+	p.conn.UnlockWrite()
+	e.afterWrite(p, 1, len(frame), err)
+}
+
+func (e *switchEndpoint) afterWrite(p *port, frames, bytes int, err error) {
+	if err != nil {
+		if !p.dead.Swap(true) {
+			e.log.Debug("enclave stream write failed; closing it", "remote", p.remote, "err", err)
+		}
+		_ = p.conn.Close()
+		return
+	}
+	e.stats.framesOut.Add(uint64(frames))
+	e.stats.bytesOut.Add(uint64(bytes))
+}
+
+// WritePackets implements stack.LinkWriter: it sends the stack's packets to
+// the enclaves, coalescing consecutive packets for the same enclave into as
+// few stream writes as possible.
+func (e *switchEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
+	var (
+		cur           *port
+		frames, bytes int
+		err           error
+	)
+	release := func() {
+		if cur == nil {
+			return
+		}
+		if err == nil {
+			err = cur.conn.Flush()
+		}
+		cur.conn.UnlockWrite()
+		e.afterWrite(cur, frames, bytes, err)
+		cur, frames, bytes, err = nil, 0, 0, nil
+	}
+	n := 0
+	for _, pkt := range pkts.AsSlice() {
+		n++
+		if e.spoofedARP(pkt) {
+			e.stats.dropped.Add(1)
+			continue
+		}
+		dst := header.Ethernet(pkt.LinkHeader().Slice()).DestinationAddress()
+		if dst == header.EthernetBroadcastAddress || header.IsMulticastEthernetAddress(dst) {
+			release()
+			e.broadcast(pkt)
+			continue
+		}
+		e.mu.RLock()
+		p := e.macs[dst]
+		e.mu.RUnlock()
+		if p == nil || p.dead.Load() {
+			e.stats.dropped.Add(1)
+			continue
+		}
+		if p != cur {
+			release()
+			cur = p
+			cur.conn.LockWrite()
+		}
+		if err != nil {
+			continue
+		}
+		size := pkt.Size()
+		if err = cur.conn.AppendFrame(pkt.AsSlices()...); err == nil {
+			frames++
+			bytes += size
+		}
+	}
+	release()
+	return n, nil
+}
+
+func (e *switchEndpoint) broadcast(pkt *stack.PacketBuffer) {
+	e.mu.RLock()
+	targets := make([]*port, 0, len(e.ports))
+	for p := range e.ports {
+		targets = append(targets, p)
+	}
+	e.mu.RUnlock()
+	if len(targets) == 0 {
+		return
+	}
+	parts := pkt.AsSlices()
+	size := pkt.Size()
+	for _, p := range targets {
+		p.conn.LockWrite()
+		err := p.conn.AppendFrame(parts...)
+		if err == nil {
+			err = p.conn.Flush()
+		}
+		p.conn.UnlockWrite()
+		e.afterWrite(p, 1, size, err)
+	}
+}
+
+// spoofedARP reports whether pkt is an ARP reply for an address the gateway
+// does not own (see arpAllowed).
+func (e *switchEndpoint) spoofedARP(pkt *stack.PacketBuffer) bool {
+	if pkt.NetworkProtocolNumber != header.ARPProtocolNumber {
+		return false
+	}
+	h := header.ARP(pkt.NetworkHeader().Slice())
+	if !h.IsValid() || h.Op() != header.ARPReply {
+		return false
+	}
+	return !e.arpAllowed[tcpip.AddrFromSlice(h.ProtocolAddressSender())]
+}
+
+// MTU implements stack.NetworkLinkEndpoint.
+func (e *switchEndpoint) MTU() uint32 { return e.mtu.Load() }
+
+// SetMTU implements stack.NetworkLinkEndpoint.
+func (e *switchEndpoint) SetMTU(mtu uint32) { e.mtu.Store(mtu) }
+
+// MaxHeaderLength implements stack.NetworkLinkEndpoint.
+func (e *switchEndpoint) MaxHeaderLength() uint16 { return header.EthernetMinimumSize }
+
+// LinkAddress implements stack.NetworkLinkEndpoint.
+func (e *switchEndpoint) LinkAddress() tcpip.LinkAddress { return e.mac }
+
+// SetLinkAddress implements stack.NetworkLinkEndpoint; the gateway's address
+// is fixed at construction, so this does nothing.
+func (e *switchEndpoint) SetLinkAddress(tcpip.LinkAddress) {}
+
+// Capabilities implements stack.NetworkLinkEndpoint. Frames come from the
+// enclave's kernel or stack over a reliable stream, so received checksums are
+// not verified again.
+func (e *switchEndpoint) Capabilities() stack.LinkEndpointCapabilities {
+	return stack.CapabilityResolutionRequired | stack.CapabilityRXChecksumOffload
+}
+
+// Attach implements stack.NetworkLinkEndpoint.
+func (e *switchEndpoint) Attach(d stack.NetworkDispatcher) {
+	if d == nil {
+		e.dispatcher.Store(nil)
+		return
+	}
+	e.dispatcher.Store(&dispatcherBox{d: d})
+}
+
+// IsAttached implements stack.NetworkLinkEndpoint.
+func (e *switchEndpoint) IsAttached() bool { return e.dispatcher.Load() != nil }
+
+// Wait implements stack.NetworkLinkEndpoint. The rx goroutines belong to
+// Host, which waits for them.
+func (e *switchEndpoint) Wait() {}
+
+// ARPHardwareType implements stack.NetworkLinkEndpoint.
+func (e *switchEndpoint) ARPHardwareType() header.ARPHardwareType { return header.ARPHardwareEther }
+
+// AddHeader implements stack.NetworkLinkEndpoint.
+func (e *switchEndpoint) AddHeader(pkt *stack.PacketBuffer) {
+	eth := header.Ethernet(pkt.LinkHeader().Push(header.EthernetMinimumSize))
+	src := pkt.EgressRoute.LocalLinkAddress
+	if src == "" {
+		src = e.mac
+	}
+	eth.Encode(&header.EthernetFields{
+		SrcAddr: src,
+		DstAddr: pkt.EgressRoute.RemoteLinkAddress,
+		Type:    pkt.NetworkProtocolNumber,
+	})
+}
+
+// ParseHeader implements stack.NetworkLinkEndpoint.
+func (e *switchEndpoint) ParseHeader(pkt *stack.PacketBuffer) bool {
+	_, ok := pkt.LinkHeader().Consume(header.EthernetMinimumSize)
+	return ok
+}
+
+// Close implements stack.NetworkLinkEndpoint.
+func (e *switchEndpoint) Close() { e.closeAll() }
+
+// SetOnCloseAction implements stack.NetworkLinkEndpoint.
+func (e *switchEndpoint) SetOnCloseAction(func()) {}

@@ -1,0 +1,209 @@
+// Package endpoint turns the address URLs of quench's command lines
+// (vsock://CID:PORT, unix:///path, tcp://host:port) into listeners and
+// dialers, including the VSOCK stand-in used on machines without VSOCK.
+//
+// The stand-in, like Firecracker's hybrid vsock, maps every VSOCK address to
+// a unix socket in one directory: vsock://CID:PORT is the socket
+// DIR/vsock-CID-PORT.sock. A listener on vsock://:PORT binds the socket of
+// its own CID (Options.LocalCID). Nothing else in quench knows the difference.
+package endpoint
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/mdlayher/vsock"
+)
+
+// EnvVSockDir names the environment variable that turns the VSOCK stand-in
+// on: every vsock:// address becomes a unix socket in that directory.
+const EnvVSockDir = "QUENCH_VSOCK_DIR"
+
+// ParentCID is the CID of the parent EC2 instance as seen from an enclave.
+const ParentCID = 3
+
+// Options tune Listen and Dial.
+type Options struct {
+	// VSockDir turns on the VSOCK stand-in when not empty.
+	VSockDir string
+	// LocalCID is this side's CID for the stand-in's listeners when the URL
+	// names none.
+	LocalCID uint32
+}
+
+// Addr is a parsed endpoint URL.
+type Addr struct {
+	Scheme string // "vsock", "unix" or "tcp"
+	CID    uint32 // vsock only; AnyCID when the URL names none
+	Port   uint32 // vsock only
+	Path   string // unix only
+	Host   string // tcp only: host:port
+}
+
+// AnyCID marks a vsock URL without a CID (vsock://:PORT).
+const AnyCID = ^uint32(0)
+
+func (a Addr) String() string {
+	switch a.Scheme {
+	case "vsock":
+		if a.CID == AnyCID {
+			return fmt.Sprintf("vsock://:%d", a.Port)
+		}
+		return fmt.Sprintf("vsock://%d:%d", a.CID, a.Port)
+	case "unix":
+		return "unix://" + a.Path
+	default:
+		return "tcp://" + a.Host
+	}
+}
+
+// Parse parses vsock://CID:PORT, vsock://:PORT, unix:///path and
+// tcp://host:port.
+func Parse(s string) (Addr, error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return Addr{}, fmt.Errorf("endpoint %q: %w", s, err)
+	}
+	switch u.Scheme {
+	case "vsock":
+		a := Addr{Scheme: "vsock", CID: AnyCID}
+		host, portStr, err := net.SplitHostPort(u.Host)
+		if err != nil {
+			return Addr{}, fmt.Errorf("endpoint %q: want vsock://CID:PORT or vsock://:PORT", s)
+		}
+		if host != "" {
+			cid, err := strconv.ParseUint(host, 10, 32)
+			if err != nil {
+				return Addr{}, fmt.Errorf("endpoint %q: CID %q is not a number", s, host)
+			}
+			a.CID = uint32(cid)
+		}
+		port, err := strconv.ParseUint(portStr, 10, 32)
+		if err != nil {
+			return Addr{}, fmt.Errorf("endpoint %q: port %q is not a number", s, portStr)
+		}
+		a.Port = uint32(port)
+		if u.Path != "" && u.Path != "/" {
+			return Addr{}, fmt.Errorf("endpoint %q: vsock URLs take no path", s)
+		}
+		return a, nil
+	case "unix":
+		p := u.Path
+		if p == "" {
+			p = u.Opaque
+		}
+		if u.Host != "" {
+			// unix://relative/path: keep it usable.
+			p = u.Host + p
+		}
+		if p == "" {
+			return Addr{}, fmt.Errorf("endpoint %q: unix URL without a path", s)
+		}
+		return Addr{Scheme: "unix", Path: p}, nil
+	case "tcp":
+		if _, _, err := net.SplitHostPort(u.Host); err != nil {
+			return Addr{}, fmt.Errorf("endpoint %q: want tcp://host:port", s)
+		}
+		return Addr{Scheme: "tcp", Host: u.Host}, nil
+	case "":
+		return Addr{}, fmt.Errorf("endpoint %q: missing scheme (vsock://, unix:// or tcp://)", s)
+	default:
+		return Addr{}, fmt.Errorf("endpoint %q: unknown scheme %q (want vsock, unix or tcp)", s, u.Scheme)
+	}
+}
+
+// StandInPath returns the unix socket that stands in for vsock CID:PORT.
+func StandInPath(dir string, cid, port uint32) string {
+	return filepath.Join(dir, fmt.Sprintf("vsock-%d-%d.sock", cid, port))
+}
+
+// Listen listens on the endpoint a.
+func Listen(a Addr, o Options) (net.Listener, error) {
+	switch a.Scheme {
+	case "vsock":
+		if o.VSockDir != "" {
+			cid := a.CID
+			if cid == AnyCID {
+				cid = o.LocalCID
+			}
+			return listenUnix(StandInPath(o.VSockDir, cid, a.Port))
+		}
+		if a.CID == AnyCID {
+			return vsock.Listen(a.Port, nil)
+		}
+		return vsock.ListenContextID(a.CID, a.Port, nil)
+	case "unix":
+		return listenUnix(a.Path)
+	case "tcp":
+		return net.Listen("tcp", a.Host)
+	}
+	return nil, fmt.Errorf("endpoint: cannot listen on %v", a)
+}
+
+// listenUnix removes a stale socket file first so restarts work.
+func listenUnix(path string) (net.Listener, error) {
+	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		_ = os.Remove(path)
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(true)
+	return ln, nil
+}
+
+// Dial connects to the endpoint a.
+func Dial(ctx context.Context, a Addr, o Options) (net.Conn, error) {
+	var d net.Dialer
+	switch a.Scheme {
+	case "vsock":
+		if a.CID == AnyCID {
+			return nil, errors.New("endpoint: cannot dial a vsock URL without a CID")
+		}
+		if o.VSockDir != "" {
+			return d.DialContext(ctx, "unix", StandInPath(o.VSockDir, a.CID, a.Port))
+		}
+		type result struct {
+			c   net.Conn
+			err error
+		}
+		ch := make(chan result, 1)
+		go func() {
+			c, err := vsock.Dial(a.CID, a.Port, nil)
+			ch <- result{c, err}
+		}()
+		select {
+		case r := <-ch:
+			return r.c, r.err
+		case <-ctx.Done():
+			go func() {
+				if r := <-ch; r.c != nil {
+					_ = r.c.Close()
+				}
+			}()
+			return nil, ctx.Err()
+		}
+	case "unix":
+		return d.DialContext(ctx, "unix", a.Path)
+	case "tcp":
+		return d.DialContext(ctx, "tcp", a.Host)
+	}
+	return nil, fmt.Errorf("endpoint: cannot dial %v", a)
+}
+
+// VSockDirFromEnv returns flagValue, or the value of EnvVSockDir when the
+// flag is empty.
+func VSockDirFromEnv(flagValue string) string {
+	if flagValue != "" {
+		return flagValue
+	}
+	return strings.TrimSpace(os.Getenv(EnvVSockDir))
+}
