@@ -1,0 +1,262 @@
+package enclave
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/quenchnet/quench/tap"
+)
+
+// Enclave is quench's enclave side. Create it with New, bring it up with
+// Start, and end it with Close, which must be called once it is no longer
+// needed.
+type Enclave struct {
+	cfg Config
+	log *slog.Logger
+
+	mu      sync.Mutex
+	started bool // guarded by mu
+	closed  bool // guarded by mu
+
+	net    network      // set by Start
+	pump   *tap.Pump    // set by Start
+	cancel func()       // stops the tunnel loop
+	wg     sync.WaitGroup
+	status tunnelStatus
+}
+
+// network is what a networking mode provides to the app.
+type network interface {
+	// device is the link the tunnel pumps frames to and from.
+	device() tap.Device
+	listen(network, addr string) (net.Listener, error)
+	listenPacket(network, addr string) (net.PacketConn, error)
+	dial(ctx context.Context, network, addr string) (net.Conn, error)
+	resolver() *net.Resolver
+	close() error
+}
+
+// New validates cfg and returns an Enclave. It does no I/O.
+func New(cfg Config) (*Enclave, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	return &Enclave{cfg: cfg, log: cfg.Logger}, nil
+}
+
+// Config returns the configuration in effect, with defaults filled in.
+func (e *Enclave) Config() Config { return e.cfg }
+
+// Start brings up networking: it creates the TAP device or the userspace
+// stack, connects to the host, and starts the tunnel, which reconnects with
+// backoff whenever the stream drops. It returns once the tunnel is up, or
+// with the error (releasing what it started). ctx bounds start-up only;
+// while ctx allows, Start keeps retrying to reach the host.
+func (e *Enclave) Start(ctx context.Context) (err error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return fmt.Errorf("enclave: %w", net.ErrClosed)
+	}
+	if e.started {
+		return errors.New("enclave: already started")
+	}
+	var nw network
+	switch e.cfg.Network {
+	case NetworkTAP:
+		nw, err = newTAPNetwork(e.cfg)
+	case NetworkUserspace:
+		nw, err = newUserspaceNetwork(e.cfg)
+	}
+	if err != nil {
+		return fmt.Errorf("enclave: %s network: %w", e.cfg.Network, err)
+	}
+	pump := tap.NewPump(nw.device(), e.log)
+	first, err := e.connect(ctx)
+	if err != nil {
+		_ = pump.Close()
+		_ = nw.close()
+		return fmt.Errorf("enclave: connect to host: %w", err)
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	e.net, e.pump, e.cancel = nw, pump, cancel
+	e.started = true
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		e.tunnel(runCtx, first)
+	}()
+	e.log.Info("enclave network up", "mode", string(e.cfg.Network), "address", e.cfg.Address.String(), "mtu", e.cfg.MTU)
+	return nil
+}
+
+// connect dials the host and performs the handshake, retrying with backoff
+// until ctx is done.
+func (e *Enclave) connect(ctx context.Context) (*tap.Conn, error) {
+	delay := e.cfg.ReconnectMin
+	for {
+		c, err := e.dialOnce(ctx)
+		if err == nil {
+			return c, nil
+		}
+		e.status.setErr(err)
+		e.log.Debug("host not reachable; retrying", "err", err, "delay", delay)
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, errors.Join(ctx.Err(), err)
+		case <-t.C:
+		}
+		delay = min(2*delay, e.cfg.ReconnectMax)
+	}
+}
+
+func (e *Enclave) dialOnce(ctx context.Context) (*tap.Conn, error) {
+	nc, err := e.cfg.DialHost(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c, err := tap.NewConn(nc, tap.Config{MTU: e.cfg.MTU, MaxWrite: e.cfg.MaxWrite})
+	if err != nil {
+		_ = nc.Close()
+		return nil, err
+	}
+	if err := c.ClientHandshake(); err != nil {
+		_ = c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// tunnel pumps frames over c, and over a new connection each time the
+// stream drops, until ctx is cancelled.
+func (e *Enclave) tunnel(ctx context.Context, c *tap.Conn) {
+	for {
+		e.status.setUp(true)
+		err := e.pump.Run(ctx, c)
+		e.status.setUp(false)
+		if ctx.Err() != nil {
+			return
+		}
+		e.status.setErr(err)
+		e.log.Warn("host stream ended; reconnecting", "err", err)
+		c, err = e.connect(ctx)
+		if err != nil {
+			return // ctx cancelled
+		}
+		e.status.reconnects.Add(1)
+		e.log.Info("reconnected to host")
+	}
+}
+
+// Listen listens on the enclave's network: kernel sockets in TAP mode, the
+// userspace stack otherwise. network is "tcp" or "tcp4".
+func (e *Enclave) Listen(network, addr string) (net.Listener, error) {
+	nw, err := e.network()
+	if err != nil {
+		return nil, err
+	}
+	return nw.listen(network, addr)
+}
+
+// ListenPacket listens for UDP on the enclave's network.
+func (e *Enclave) ListenPacket(network, addr string) (net.PacketConn, error) {
+	nw, err := e.network()
+	if err != nil {
+		return nil, err
+	}
+	return nw.listenPacket(network, addr)
+}
+
+// Dial connects through the enclave's network. It has the signature of
+// net.Dialer.DialContext, so it drops into http.Transport. Names resolve
+// through the host's DNS.
+func (e *Enclave) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	nw, err := e.network()
+	if err != nil {
+		return nil, err
+	}
+	return nw.dial(ctx, network, addr)
+}
+
+// Resolver returns a resolver that asks the enclave's DNS servers over the
+// enclave's network.
+func (e *Enclave) Resolver() (*net.Resolver, error) {
+	nw, err := e.network()
+	if err != nil {
+		return nil, err
+	}
+	return nw.resolver(), nil
+}
+
+// HTTPClient returns an HTTP client whose connections go through the
+// enclave's network.
+func (e *Enclave) HTTPClient() *http.Client {
+	return &http.Client{Transport: &http.Transport{
+		DialContext:           e.Dial,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          100,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ExpectContinueTimeout: time.Second,
+	}}
+}
+
+func (e *Enclave) network() (network, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return nil, fmt.Errorf("enclave: %w", net.ErrClosed)
+	}
+	if !e.started {
+		return nil, errors.New("enclave: not started")
+	}
+	return e.net, nil
+}
+
+// Close stops the tunnel, removes the TAP device or stops the userspace
+// stack, and waits for every goroutine it started. Connections already
+// handed out by Listen or Dial are closed in userspace mode (their stack is
+// gone) and left alone in TAP mode. A second call returns an error wrapping
+// net.ErrClosed.
+func (e *Enclave) Close() error {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return fmt.Errorf("enclave: %w", net.ErrClosed)
+	}
+	e.closed = true
+	started := e.started
+	e.mu.Unlock()
+	if !started {
+		return nil
+	}
+	e.cancel()
+	var errs []error
+	if err := e.pump.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+		errs = append(errs, err)
+	}
+	e.wg.Wait()
+	if err := e.net.close(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// Status reports the state of the tunnel to the host.
+type Status struct {
+	Connected  bool   // a stream to the host is up
+	Reconnects uint64 // streams re-established after a drop
+	LastError  string // why the last stream ended or the last dial failed
+}
+
+// Status returns the tunnel's state.
+func (e *Enclave) Status() Status { return e.status.get() }

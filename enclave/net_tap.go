@@ -1,0 +1,62 @@
+package enclave
+
+import (
+	"context"
+	"net"
+
+	"github.com/quenchnet/quench/tap"
+)
+
+// tapNetwork is NetworkTAP: a kernel TAP device; the app uses kernel sockets.
+type tapNetwork struct {
+	dev tap.Device
+	res *net.Resolver
+}
+
+func newTAPNetwork(cfg Config) (*tapNetwork, error) {
+	resolv := cfg.ResolvConf
+	if resolv == "-" {
+		resolv = ""
+	}
+	dev, err := tap.CreateTAP(tap.TAPConfig{
+		Name:       cfg.TAPName,
+		MTU:        cfg.MTU,
+		MAC:        cfg.MAC,
+		Address:    cfg.Address,
+		Gateway:    cfg.Gateway,
+		DNS:        cfg.DNS,
+		ResolvConf: resolv,
+	})
+	if err != nil {
+		return nil, err
+	}
+	dns := net.JoinHostPort(cfg.DNS[0].String(), "53")
+	res := &net.Resolver{
+		PreferGo: true,
+		Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, network, dns)
+		},
+	}
+	return &tapNetwork{dev: dev, res: res}, nil
+}
+
+func (t *tapNetwork) device() tap.Device { return t.dev }
+
+func (t *tapNetwork) listen(network, addr string) (net.Listener, error) {
+	return net.Listen(network, addr)
+}
+
+func (t *tapNetwork) listenPacket(network, addr string) (net.PacketConn, error) {
+	return net.ListenPacket(network, addr)
+}
+
+func (t *tapNetwork) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	d := net.Dialer{Resolver: t.res}
+	return d.DialContext(ctx, network, addr)
+}
+
+func (t *tapNetwork) resolver() *net.Resolver { return t.res }
+
+// close: the device itself is closed by the Pump (tap.Pump.Close closes it).
+func (t *tapNetwork) close() error { return nil }

@@ -1,0 +1,310 @@
+// Package testutil holds helpers for quench's own tests: root checks,
+// network namespaces standing in for enclaves, building the binaries and
+// peers, and supervised processes.
+package testutil
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netns"
+)
+
+// RequireRoot skips the test unless it runs as root, saying how to run it.
+func RequireRoot(tb testing.TB) {
+	tb.Helper()
+	if os.Geteuid() != 0 {
+		tb.Skip("needs root (TAP devices and network namespaces): run `sudo go test ./...` or `make test` as root; CI runs it as root")
+	}
+	if _, err := os.Stat("/dev/net/tun"); err != nil {
+		tb.Skipf("needs /dev/net/tun (modprobe tun): %v", err)
+	}
+}
+
+// RequireCommand skips the test when name is not on PATH.
+func RequireCommand(tb testing.TB, name string) {
+	tb.Helper()
+	if _, err := exec.LookPath(name); err != nil {
+		tb.Skipf("needs %s on PATH (.ci/run installs it)", name)
+	}
+}
+
+// NS is a network namespace created for one test.
+type NS struct {
+	Name   string
+	Handle netns.NsHandle
+}
+
+// NewNS creates a uniquely named network namespace (with `ip netns add`, so
+// `ip netns exec` can run programs in it) and removes it in t.Cleanup. It
+// holds nothing but a loopback interface.
+func NewNS(tb testing.TB) *NS {
+	tb.Helper()
+	RequireRoot(tb)
+	RequireCommand(tb, "ip")
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	name := "quench-test-" + hex.EncodeToString(b[:])
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		tb.Fatalf("ip netns add %s: %v: %s", name, err, out)
+	}
+	h, err := netns.GetFromName(name)
+	if err != nil {
+		_ = exec.Command("ip", "netns", "del", name).Run()
+		tb.Fatalf("open netns %s: %v", name, err)
+	}
+	ns := &NS{Name: name, Handle: h}
+	tb.Cleanup(func() {
+		_ = h.Close()
+		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
+			tb.Errorf("ip netns del %s: %v: %s", name, err, out)
+		}
+	})
+	return ns
+}
+
+// Do runs f on an OS thread that has entered the namespace. Sockets f
+// creates belong to the namespace and may be used from any goroutine
+// afterwards. f must not start goroutines that create sockets (they would
+// run elsewhere). The thread is discarded afterwards.
+func (ns *NS) Do(f func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		// Never unlocked: the goroutine exits locked, so the runtime
+		// destroys the thread rather than reuse it in the wrong namespace.
+		if err := netns.Set(ns.Handle); err != nil {
+			errc <- fmt.Errorf("enter netns %s: %w", ns.Name, err)
+			return
+		}
+		errc <- f()
+	}()
+	return <-errc
+}
+
+// Command returns a command that runs name in the namespace.
+func (ns *NS) Command(name string, args ...string) *exec.Cmd {
+	return exec.Command("ip", append([]string{"netns", "exec", ns.Name, name}, args...)...)
+}
+
+var (
+	buildOnce sync.Once
+	buildDir  string
+	buildErr  error
+	toolsOnce sync.Once
+	toolsErr  error
+)
+
+// moduleRoot finds the repository root (the directory with go.mod).
+func moduleRoot() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", err
+	}
+	mod := strings.TrimSpace(string(out))
+	if mod == "" || mod == os.DevNull {
+		return "", fmt.Errorf("not inside the quench module")
+	}
+	return filepath.Dir(mod), nil
+}
+
+// Binaries builds quench-host, quench-enclave and quench once per test
+// process and returns the directory holding them.
+func Binaries(tb testing.TB) string {
+	tb.Helper()
+	buildOnce.Do(func() {
+		var root string
+		root, buildErr = moduleRoot()
+		if buildErr != nil {
+			return
+		}
+		buildDir, buildErr = os.MkdirTemp("", "quench-bin-")
+		if buildErr != nil {
+			return
+		}
+		cmd := exec.Command("go", "build", "-o", buildDir+"/", "./cmd/...")
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build ./cmd/...: %v: %s", err, out)
+		}
+	})
+	if buildErr != nil {
+		tb.Fatal(buildErr)
+	}
+	return buildDir
+}
+
+// Peers builds stock gvproxy and gvforwarder (gvisor-tap-vsock's cmd/vm,
+// named gvforwarder) from the tools module into the Binaries directory.
+func Peers(tb testing.TB) string {
+	tb.Helper()
+	dir := Binaries(tb)
+	toolsOnce.Do(func() {
+		root, err := moduleRoot()
+		if err != nil {
+			toolsErr = err
+			return
+		}
+		for _, b := range []struct{ pkg, name string }{
+			{"github.com/containers/gvisor-tap-vsock/cmd/gvproxy", "gvproxy"},
+			{"github.com/containers/gvisor-tap-vsock/cmd/vm", "gvforwarder"},
+		} {
+			cmd := exec.Command("go", "build", "-o", filepath.Join(dir, b.name), b.pkg)
+			cmd.Dir = filepath.Join(root, "scripts")
+			if out, err := cmd.CombinedOutput(); err != nil {
+				toolsErr = fmt.Errorf("build %s: %v: %s", b.name, err, out)
+				return
+			}
+		}
+	})
+	if toolsErr != nil {
+		tb.Fatal(toolsErr)
+	}
+	return dir
+}
+
+// Process is a supervised child process whose output is kept for the log.
+type Process struct {
+	Cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{}
+	err  error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// Start starts cmd, kills it in t.Cleanup, and logs its output when the
+// test fails.
+func Start(tb testing.TB, name string, cmd *exec.Cmd) *Process {
+	tb.Helper()
+	p := &Process{Cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
+	cmd.Stdout = p.out
+	cmd.Stderr = p.out
+	if err := cmd.Start(); err != nil {
+		tb.Fatalf("start %s: %v", name, err)
+	}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	tb.Cleanup(func() {
+		p.Kill()
+		if tb.Failed() {
+			tb.Logf("--- output of %s ---\n%s", name, p.out.String())
+		}
+	})
+	return p
+}
+
+// Output returns what the process has printed so far.
+func (p *Process) Output() string { return p.out.String() }
+
+// Kill kills the process (SIGKILL) and waits for it.
+func (p *Process) Kill() {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.Cmd.Process.Kill()
+	<-p.done
+}
+
+// Stop sends SIGTERM and waits up to timeout, then kills.
+func (p *Process) Stop(timeout time.Duration) error {
+	_ = p.Cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-p.done:
+		return p.err
+	case <-time.After(timeout):
+		p.Kill()
+		return fmt.Errorf("did not stop within %v", timeout)
+	}
+}
+
+// Done is closed when the process has exited.
+func (p *Process) Done() <-chan struct{} { return p.done }
+
+// WaitFor polls cond every 20ms until it returns nil or timeout passes, and
+// then fails the test with cond's last error.
+func WaitFor(tb testing.TB, timeout time.Duration, what string, cond func() error) {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("%s: not within %v: %v", what, timeout, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort(tb testing.TB) int {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// FreeUDPPort returns a UDP port on 127.0.0.1 that was free a moment ago.
+func FreeUDPPort(tb testing.TB) int {
+	tb.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer pc.Close()
+	return pc.LocalAddr().(*net.UDPAddr).Port
+}
+
+// HTTPGet fetches url with a short timeout and returns the body.
+func HTTPGet(ctx context.Context, url string) (string, error) {
+	return httpGet(ctx, url)
+}
+
+// WaitForFile waits until path exists.
+func WaitForFile(tb testing.TB, path string, timeout time.Duration) {
+	tb.Helper()
+	WaitFor(tb, timeout, "file "+path, func() error {
+		_, err := os.Stat(path)
+		return err
+	})
+}
+
+// Discard is an io.Writer for unwanted output.
+var Discard io.Writer = io.Discard
