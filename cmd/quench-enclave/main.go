@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/quenchnet/quench/enclave"
+	"github.com/quenchnet/quench/internal/debugserver"
 	"github.com/quenchnet/quench/internal/endpoint"
 )
 
@@ -78,6 +79,7 @@ func run(args []string, stderr io.Writer) int {
 		resolvConf = fs.String("resolv-conf", "/etc/resolv.conf", "resolv.conf to write the DNS servers to; - to leave it alone")
 		startWait  = fs.Duration("start-timeout", 2*time.Minute, "how long to keep trying to reach the host at start-up")
 		vsockDir   = fs.String("vsock-dir", "", "VSOCK stand-in: vsock:// addresses are unix sockets in this directory (also $"+endpoint.EnvVSockDir+")")
+		pprofAddr  = fs.String("pprof", "", "serve net/http/pprof on this address (e.g. 127.0.0.1:6060); off by default")
 		logLevel   = fs.String("log-level", "info", "debug, info, warn or error")
 	)
 	fs.Var(&dns, "dns", "DNS server; repeatable (default: the gateway)")
@@ -103,6 +105,13 @@ func run(args []string, stderr io.Writer) int {
 		return fail(fmt.Errorf("-log-level: %w", err))
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	if *pprofAddr != "" {
+		stopPprof, err := debugserver.Start(*pprofAddr, logger)
+		if err != nil {
+			return fail(err)
+		}
+		defer stopPprof()
+	}
 
 	if *network != string(enclave.NetworkTAP) {
 		return fail(fmt.Errorf("-network %q: quench-enclave supports tap; userspace networking is for Go apps that import the enclave package", *network))

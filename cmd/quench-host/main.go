@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/quenchnet/quench/host"
+	"github.com/quenchnet/quench/internal/debugserver"
 	"github.com/quenchnet/quench/internal/endpoint"
 )
 
@@ -66,6 +67,7 @@ func run(args []string, stderr io.Writer) int {
 		allowMetadata          = fs.Bool("allow-metadata", false, "let enclaves reach 169.254.0.0/16, including the EC2 instance metadata service and its credentials")
 		noLoopback             = fs.Bool("no-host-loopback", false, "do not map the subnet's last address (192.168.127.254) to the host's 127.0.0.1")
 		vsockDir               = fs.String("vsock-dir", "", "VSOCK stand-in: serve vsock:// addresses as unix sockets in this directory (also $"+endpoint.EnvVSockDir+")")
+		pprofAddr              = fs.String("pprof", "", "serve net/http/pprof on this address (e.g. 127.0.0.1:6060); off by default")
 		logLevel               = fs.String("log-level", "info", "debug, info, warn or error")
 	)
 	fs.Var(&listen, "listen", "where enclaves connect; repeatable (default vsock://:1024)")
@@ -94,6 +96,13 @@ func run(args []string, stderr io.Writer) int {
 		return fail(fmt.Errorf("-log-level: %w", err))
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	if *pprofAddr != "" {
+		stopPprof, err := debugserver.Start(*pprofAddr, logger)
+		if err != nil {
+			return fail(err)
+		}
+		defer stopPprof()
+	}
 
 	cfg := host.Config{
 		MTU:                 *mtu,
