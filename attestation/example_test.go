@@ -1,0 +1,107 @@
+package attestation_test
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log"
+	"log/slog"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/quenchnet/quench/attestation"
+)
+
+// Verify a stored document at a fixed time against the AWS root, requiring
+// a PCR value and a nonce.
+func ExampleVerify() {
+	b, err := os.ReadFile("testdata/nitro-attestation-2022-07-12.b64")
+	if err != nil {
+		log.Fatal(err)
+	}
+	doc, err := attestation.DecodeDocument(b)
+	if err != nil {
+		log.Fatal(err)
+	}
+	res, err := attestation.Verify(doc, attestation.Options{
+		Time:  time.Date(2022, 7, 12, 21, 0, 0, 0, time.UTC),
+		PCRs:  map[uint][]byte{0: make([]byte, 48)}, // a debug-mode enclave
+		Nonce: []byte{0xef, 0xdf, 0x3c, 0xd3, 0xcf, 0x76, 0xf3, 0x9e, 0xf6, 0xf7, 0xce, 0xfd},
+	})
+	var pcrErr *attestation.PCRMismatchError
+	switch {
+	case errors.As(err, &pcrErr):
+		log.Fatalf("unexpected image: PCR%d differs", pcrErr.Index)
+	case err != nil:
+		log.Fatal(err)
+	}
+	fmt.Println(res.ModuleID, res.Checks)
+}
+
+// An enclave serves attestation documents binding its TLS certificate. In
+// production the attester is attestation.NewNSMAttester(attestation.NSMConfig{});
+// the development attester is for simulations.
+func ExampleNewHandler() {
+	dev, err := attestation.NewDevAttester(attestation.DevConfig{Logger: slog.Default()})
+	if err != nil {
+		log.Fatal(err)
+	}
+	// Verifiers of simulated enclaves need the development root.
+	if err := dev.WriteRootPEM("/tmp/quench-dev-root.pem"); err != nil {
+		log.Fatal(err)
+	}
+	var cert tls.Certificate // the enclave's serving certificate
+	h, err := attestation.NewHandler(attestation.HandlerConfig{
+		Attester: dev,
+		UserData: func() ([]byte, error) {
+			if len(cert.Certificate) == 0 {
+				return nil, errors.New("no certificate yet")
+			}
+			return attestation.UserData{TLSCertHash: attestation.CertHash(cert.Certificate[0])}.Marshal(), nil
+		},
+		Logger: slog.Default(),
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	r := chi.NewRouter()
+	r.Get(attestation.Path, h)
+	srv := &http.Server{Handler: r, ReadHeaderTimeout: 10 * time.Second, TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}}}
+	_ = srv
+}
+
+// A client checks that it talks TLS to the audited enclave image: the
+// enclave's certificate is self-signed, and the attestation document binding
+// it is what authenticates it.
+func ExampleVerifyRemote() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	res, err := attestation.VerifyRemote(ctx, "https://enclave.example.com", attestation.RemoteConfig{
+		Options: attestation.Options{
+			Time:   time.Now(),
+			PCRs:   map[uint][]byte{0: make([]byte, 48)}, // the audited image's PCR0
+			MaxAge: time.Minute,
+		},
+		TLSConfig: &tls.Config{InsecureSkipVerify: true}, // the document authenticates the certificate
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("attested enclave", res.ModuleID)
+}
+
+// At enclave start, seed the kernel's entropy pool from the NSM.
+func ExampleSeedEntropy() {
+	nsm, err := attestation.NewNSMAttester(attestation.NSMConfig{})
+	if err != nil {
+		log.Fatal(err) // not in an enclave: attestation.ErrNoNSM
+	}
+	defer nsm.Close()
+	if err := attestation.SeedEntropy(nsm, 256); err != nil && !errors.Is(err, attestation.ErrEntropyNotCredited) {
+		log.Fatal(err)
+	}
+}

@@ -1,0 +1,203 @@
+package attestation
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+)
+
+// RemoteConfig configures VerifyRemote.
+type RemoteConfig struct {
+	// Options is the verification policy; Options.Time is required.
+	// Options.Nonce is the nonce sent to the enclave: if nil, a random
+	// NonceSize-byte nonce is used; if set, it must be NonceSize bytes.
+	// Options.TLSCertHash must be nil: VerifyRemote sets it to the hash of
+	// the certificate the server presented on the connection.
+	Options Options
+
+	// TLSConfig configures the TLS client. Default (nil): the server
+	// certificate is verified against the system roots for the URL's host.
+	// Enclaves usually serve self-signed certificates; set
+	// InsecureSkipVerify then: the certificate is still authenticated, by
+	// the attestation document that binds its hash. NextProtos is always
+	// replaced by "http/1.1".
+	TLSConfig *tls.Config
+
+	// DialContext opens the TCP connection. Default: a net.Dialer.
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+// maxResponseBody bounds the attestation response body: base64 of
+// MaxDocumentSize plus whitespace.
+const maxResponseBody = 4*MaxDocumentSize/3 + 1024
+
+// VerifyRemote fetches an attestation document from an enclave and verifies it.
+// rawURL is https://HOST[:PORT] (the path defaults to Path) or a full URL of
+// the attestation endpoint. VerifyRemote dials once, performs the TLS
+// handshake, sends GET ?nonce=<hex> on that same connection, and verifies the
+// document with cfg.Options plus two checks: the nonce it sent, and that the
+// user data binds the certificate presented on that connection. ctx bounds
+// the whole exchange.
+func VerifyRemote(ctx context.Context, rawURL string, cfg RemoteConfig) (*Result, error) {
+	opts := cfg.Options
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
+	if opts.TLSCertHash != nil {
+		return nil, fmt.Errorf("%w: TLSCertHash is taken from the connection in VerifyRemote", ErrInvalidOptions)
+	}
+	u, err := attestationURL(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	if opts.Nonce == nil {
+		opts.Nonce = make([]byte, NonceSize)
+		if _, err := rand.Read(opts.Nonce); err != nil {
+			return nil, fmt.Errorf("attestation: nonce: %w", err)
+		}
+	} else if len(opts.Nonce) != NonceSize {
+		return nil, fmt.Errorf("%w: nonce is %d bytes, the endpoint takes %d", ErrInvalidOptions, len(opts.Nonce), NonceSize)
+	}
+	q := u.Query()
+	q.Set("nonce", hex.EncodeToString(opts.Nonce))
+	u.RawQuery = q.Encode()
+
+	body, state, err := fetch(ctx, u, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("attestation: fetch %s: %w", u.Redacted(), err)
+	}
+	doc, err := DecodeDocument(body)
+	if err != nil {
+		return nil, err
+	}
+	if len(state.PeerCertificates) == 0 {
+		return nil, fmt.Errorf("attestation: fetch %s: server presented no certificate", u.Redacted())
+	}
+	h := CertHash(state.PeerCertificates[0].Raw)
+	opts.TLSCertHash = h[:]
+	return Verify(doc, opts)
+}
+
+func attestationURL(rawURL string) (*url.URL, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("attestation: bad URL: %w", err)
+	}
+	if u.Scheme != "https" {
+		return nil, fmt.Errorf("attestation: bad URL %q: scheme must be https (the document binds the TLS certificate)", rawURL)
+	}
+	if u.Hostname() == "" {
+		return nil, fmt.Errorf("attestation: bad URL %q: no host", rawURL)
+	}
+	if u.User != nil {
+		return nil, fmt.Errorf("attestation: bad URL %q: user info not supported", u.Redacted())
+	}
+	if u.Path == "" || u.Path == "/" {
+		u.Path = Path
+	}
+	u.Fragment = ""
+	return u, nil
+}
+
+// fetch does the GET on a single connection and returns the body and the TLS
+// state of that connection.
+func fetch(ctx context.Context, u *url.URL, cfg RemoteConfig) ([]byte, tls.ConnectionState, error) {
+	var none tls.ConnectionState
+	addr := u.Host
+	if u.Port() == "" {
+		addr = net.JoinHostPort(u.Hostname(), "443")
+	}
+	dial := cfg.DialContext
+	if dial == nil {
+		dial = (&net.Dialer{}).DialContext
+	}
+	raw, err := dial(ctx, "tcp", addr)
+	if err != nil {
+		return nil, none, err
+	}
+	defer raw.Close()
+	stop := context.AfterFunc(ctx, func() { _ = raw.Close() }) // unblock reads on cancel
+	defer stop()
+
+	tcfg := &tls.Config{}
+	if cfg.TLSConfig != nil {
+		tcfg = cfg.TLSConfig.Clone()
+	}
+	if tcfg.ServerName == "" {
+		tcfg.ServerName = u.Hostname()
+	}
+	tcfg.NextProtos = []string{"http/1.1"}
+	tc := tls.Client(raw, tcfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return nil, none, ctxErr(ctx, err)
+	}
+	state := tc.ConnectionState()
+
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return nil, none, err
+	}
+	req.Close = true
+	req.Header.Set("User-Agent", "quench-verify")
+	req.Header.Set("Accept", "text/plain")
+	if err := req.Write(tc); err != nil {
+		return nil, none, ctxErr(ctx, err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(tc), req)
+	if err != nil {
+		return nil, none, ctxErr(ctx, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBody+1))
+	if err != nil {
+		return nil, none, ctxErr(ctx, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, none, fmt.Errorf("HTTP %s: %s", resp.Status, firstLine(body))
+	}
+	if len(body) > maxResponseBody {
+		return nil, none, fmt.Errorf("response body larger than %d bytes", maxResponseBody)
+	}
+	return body, state, nil
+}
+
+func ctxErr(ctx context.Context, err error) error {
+	if cerr := ctx.Err(); cerr != nil {
+		return errors.Join(cerr, err)
+	}
+	return err
+}
+
+func firstLine(b []byte) string {
+	if i := bytes.IndexByte(b, '\n'); i >= 0 {
+		b = b[:i]
+	}
+	if len(b) > 200 {
+		b = b[:200]
+	}
+	s := strings.TrimSpace(string(b))
+	if !isPrintable(s) {
+		return "(" + base64.StdEncoding.EncodeToString(b) + ")"
+	}
+	return s
+}
+
+func isPrintable(s string) bool {
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f {
+			return false
+		}
+	}
+	return true
+}
