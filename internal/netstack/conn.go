@@ -1,0 +1,470 @@
+package netstack
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/waiter"
+)
+
+// The conns wrap gonet's, which carry the data path and deadlines, and fix
+// what gonet does differently from the standard library:
+//   - calls after Close fail with net.ErrClosed (gonet: io.EOF or a stack
+//     error string), and a second Close reports it;
+//   - deadlines fail with os.ErrDeadlineExceeded (gonet: an error that only
+//     reports Timeout());
+//   - stack errors become syscall.Errno values (gonet: errors.New of the
+//     tcpip.Error's text), so errors.Is(err, syscall.ECONNRESET) works;
+//   - addresses are fixed at creation (gonet asks the endpoint, which
+//     forgets them once closed, and then returns a nil net.Addr);
+//   - WriteTo accepts any *net.UDPAddr, including 16-byte IPv4 ones, and
+//     refuses other net.Addr types instead of panicking.
+
+// errnoOf maps stack errors to the errno the Linux kernel returns for them.
+func errnoOf(terr tcpip.Error) (syscall.Errno, bool) {
+	switch terr.(type) {
+	case *tcpip.ErrConnectionRefused:
+		return syscall.ECONNREFUSED, true
+	case *tcpip.ErrConnectionReset:
+		return syscall.ECONNRESET, true
+	case *tcpip.ErrConnectionAborted, *tcpip.ErrAborted:
+		return syscall.ECONNABORTED, true
+	case *tcpip.ErrTimeout:
+		return syscall.ETIMEDOUT, true
+	case *tcpip.ErrHostUnreachable, *tcpip.ErrHostDown:
+		return syscall.EHOSTUNREACH, true
+	case *tcpip.ErrNetworkUnreachable:
+		return syscall.ENETUNREACH, true
+	case *tcpip.ErrPortInUse, *tcpip.ErrDuplicateAddress:
+		return syscall.EADDRINUSE, true
+	case *tcpip.ErrBadLocalAddress:
+		return syscall.EADDRNOTAVAIL, true
+	case *tcpip.ErrClosedForSend:
+		return syscall.EPIPE, true
+	case *tcpip.ErrNotConnected:
+		return syscall.ENOTCONN, true
+	case *tcpip.ErrAlreadyConnected:
+		return syscall.EISCONN, true
+	case *tcpip.ErrMessageTooLong:
+		return syscall.EMSGSIZE, true
+	case *tcpip.ErrNoBufferSpace:
+		return syscall.ENOBUFS, true
+	case *tcpip.ErrInvalidEndpointState, *tcpip.ErrBadAddress, *tcpip.ErrInvalidOptionValue:
+		return syscall.EINVAL, true
+	case *tcpip.ErrAddressFamilyNotSupported:
+		return syscall.EAFNOSUPPORT, true
+	case *tcpip.ErrBroadcastDisabled, *tcpip.ErrNotPermitted:
+		return syscall.EACCES, true
+	}
+	return 0, false
+}
+
+// errnoByText maps the text of every tcpip.Error that errnoOf knows to its
+// errno, for errors that gonet has already turned into strings.
+var errnoByText = func() map[string]syscall.Errno {
+	m := map[string]syscall.Errno{}
+	for _, e := range []tcpip.Error{
+		&tcpip.ErrConnectionRefused{}, &tcpip.ErrConnectionReset{}, &tcpip.ErrConnectionAborted{},
+		&tcpip.ErrAborted{}, &tcpip.ErrTimeout{}, &tcpip.ErrHostUnreachable{}, &tcpip.ErrHostDown{},
+		&tcpip.ErrNetworkUnreachable{}, &tcpip.ErrPortInUse{},
+		&tcpip.ErrDuplicateAddress{}, &tcpip.ErrBadLocalAddress{}, &tcpip.ErrClosedForSend{},
+		&tcpip.ErrNotConnected{}, &tcpip.ErrAlreadyConnected{}, &tcpip.ErrMessageTooLong{},
+		&tcpip.ErrNoBufferSpace{}, &tcpip.ErrInvalidEndpointState{}, &tcpip.ErrBadAddress{},
+		&tcpip.ErrInvalidOptionValue{}, &tcpip.ErrAddressFamilyNotSupported{},
+		&tcpip.ErrBroadcastDisabled{}, &tcpip.ErrNotPermitted{},
+	} {
+		errno, _ := errnoOf(e)
+		m[e.String()] = errno
+	}
+	return m
+}()
+
+// stackError converts a tcpip.Error to an error for an *net.OpError's Err:
+// an *os.SyscallError with the matching errno, or the error's text.
+func stackError(op string, terr tcpip.Error) error {
+	if errno, ok := errnoOf(terr); ok {
+		return os.NewSyscallError(op, errno)
+	}
+	return errors.New(terr.String())
+}
+
+// dialTimeoutError is the standard library's dial timeout error: "i/o
+// timeout", a net.Error with Timeout() true, and errors.Is
+// context.DeadlineExceeded.
+type dialTimeoutError struct{}
+
+func (dialTimeoutError) Error() string        { return "i/o timeout" }
+func (dialTimeoutError) Timeout() bool        { return true }
+func (dialTimeoutError) Temporary() bool      { return true }
+func (dialTimeoutError) Is(target error) bool { return target == context.DeadlineExceeded }
+
+// dialCanceledError is the standard library's dial cancellation error.
+type dialCanceledError struct{}
+
+func (dialCanceledError) Error() string        { return "operation was canceled" }
+func (dialCanceledError) Is(target error) bool { return target == context.Canceled }
+
+// contextError maps a context's error as net.Dialer does.
+func contextError(err error) error {
+	switch err {
+	case context.Canceled:
+		return dialCanceledError{}
+	case context.DeadlineExceeded:
+		return dialTimeoutError{}
+	}
+	return err
+}
+
+// fixOpError rewrites an error from gonet's data path. closed reports
+// whether the conn was closed locally.
+func fixOpError(op, network string, laddr, raddr net.Addr, closed bool, err error) error {
+	if closed {
+		return &net.OpError{Op: op, Net: network, Source: laddr, Addr: raddr, Err: net.ErrClosed}
+	}
+	if err == io.EOF {
+		return err
+	}
+	inner := err
+	var oe *net.OpError
+	if errors.As(err, &oe) {
+		inner = oe.Err
+	}
+	var ne net.Error
+	switch {
+	case errors.As(inner, &ne) && ne.Timeout():
+		inner = os.ErrDeadlineExceeded
+	default:
+		if errno, ok := errnoByText[inner.Error()]; ok {
+			inner = os.NewSyscallError(op, errno)
+		}
+	}
+	return &net.OpError{Op: op, Net: network, Source: laddr, Addr: raddr, Err: inner}
+}
+
+// tcpConn is a TCP net.Conn on the stack.
+type tcpConn struct {
+	c            *gonet.TCPConn
+	n            *Net
+	laddr, raddr net.Addr
+	closed       atomic.Bool
+}
+
+var _ net.Conn = (*tcpConn)(nil)
+
+func newTCPConn(n *Net, wq *waiter.Queue, ep tcpip.Endpoint) *tcpConn {
+	c := &tcpConn{c: gonet.NewTCPConn(wq, ep), n: n}
+	c.laddr, c.raddr = c.c.LocalAddr(), c.c.RemoteAddr()
+	return c
+}
+
+func (c *tcpConn) err(op string, err error) error {
+	return fixOpError(op, "tcp", c.laddr, c.raddr, c.closed.Load(), err)
+}
+
+// Read implements net.Conn.
+func (c *tcpConn) Read(b []byte) (int, error) {
+	if c.closed.Load() {
+		return 0, c.err("read", net.ErrClosed)
+	}
+	n, err := c.c.Read(b)
+	if err != nil {
+		err = c.err("read", err)
+	}
+	return n, err
+}
+
+// Write implements net.Conn.
+func (c *tcpConn) Write(b []byte) (int, error) {
+	if c.closed.Load() {
+		return 0, c.err("write", net.ErrClosed)
+	}
+	n, err := c.c.Write(b)
+	if err != nil {
+		err = c.err("write", err)
+	}
+	return n, err
+}
+
+// Close implements net.Conn. It sends FIN (RST if unread data remains) and
+// unblocks pending Reads and Writes, which then return net.ErrClosed.
+func (c *tcpConn) Close() error {
+	if !c.closed.CompareAndSwap(false, true) {
+		return c.err("close", net.ErrClosed)
+	}
+	c.n.untrack(c)
+	return c.c.Close()
+}
+
+// CloseRead shuts down the reading side, like net.TCPConn.CloseRead.
+func (c *tcpConn) CloseRead() error {
+	if c.closed.Load() {
+		return c.err("close", net.ErrClosed)
+	}
+	if err := c.c.CloseRead(); err != nil {
+		return c.err("close", err)
+	}
+	return nil
+}
+
+// CloseWrite shuts down the writing side (sends FIN), like
+// net.TCPConn.CloseWrite.
+func (c *tcpConn) CloseWrite() error {
+	if c.closed.Load() {
+		return c.err("close", net.ErrClosed)
+	}
+	if err := c.c.CloseWrite(); err != nil {
+		return c.err("close", err)
+	}
+	return nil
+}
+
+// LocalAddr implements net.Conn.
+func (c *tcpConn) LocalAddr() net.Addr { return c.laddr }
+
+// RemoteAddr implements net.Conn.
+func (c *tcpConn) RemoteAddr() net.Addr { return c.raddr }
+
+// SetDeadline implements net.Conn.
+func (c *tcpConn) SetDeadline(t time.Time) error {
+	if c.closed.Load() {
+		return c.err("set", net.ErrClosed)
+	}
+	return c.c.SetDeadline(t)
+}
+
+// SetReadDeadline implements net.Conn.
+func (c *tcpConn) SetReadDeadline(t time.Time) error {
+	if c.closed.Load() {
+		return c.err("set", net.ErrClosed)
+	}
+	return c.c.SetReadDeadline(t)
+}
+
+// SetWriteDeadline implements net.Conn.
+func (c *tcpConn) SetWriteDeadline(t time.Time) error {
+	if c.closed.Load() {
+		return c.err("set", net.ErrClosed)
+	}
+	return c.c.SetWriteDeadline(t)
+}
+
+// udpConn is a UDP socket on the stack: a net.PacketConn, and a net.Conn
+// when connected (Dial).
+type udpConn struct {
+	c            *gonet.UDPConn
+	n            *Net
+	laddr, raddr net.Addr // raddr is nil unless connected
+	closed       atomic.Bool
+}
+
+var (
+	_ net.Conn       = (*udpConn)(nil)
+	_ net.PacketConn = (*udpConn)(nil)
+)
+
+func newUDPConn(n *Net, wq *waiter.Queue, ep tcpip.Endpoint, connected bool) *udpConn {
+	c := &udpConn{c: gonet.NewUDPConn(wq, ep), n: n}
+	c.laddr = c.c.LocalAddr()
+	if connected {
+		c.raddr = c.c.RemoteAddr()
+	}
+	return c
+}
+
+func (c *udpConn) err(op string, raddr net.Addr, err error) error {
+	return fixOpError(op, "udp", c.laddr, raddr, c.closed.Load(), err)
+}
+
+// Read implements net.Conn.
+func (c *udpConn) Read(b []byte) (int, error) {
+	n, _, err := c.readFrom(b, c.raddr)
+	return n, err
+}
+
+// ReadFrom implements net.PacketConn.
+func (c *udpConn) ReadFrom(b []byte) (int, net.Addr, error) {
+	return c.readFrom(b, nil)
+}
+
+func (c *udpConn) readFrom(b []byte, raddr net.Addr) (int, net.Addr, error) {
+	if c.closed.Load() {
+		return 0, nil, c.err("read", raddr, net.ErrClosed)
+	}
+	n, from, err := c.c.ReadFrom(b)
+	if err != nil {
+		if err == io.EOF {
+			// A UDP endpoint "closed for receive" is a closed socket.
+			err = net.ErrClosed
+		}
+		return n, nil, c.err("read", raddr, err)
+	}
+	return n, from, nil
+}
+
+// Write implements net.Conn.
+func (c *udpConn) Write(b []byte) (int, error) {
+	if c.closed.Load() {
+		return 0, c.err("write", c.raddr, net.ErrClosed)
+	}
+	n, err := c.c.Write(b)
+	if err != nil {
+		err = c.err("write", c.raddr, err)
+	}
+	return n, err
+}
+
+// WriteTo implements net.PacketConn. addr must be a *net.UDPAddr with an
+// IPv4 address.
+func (c *udpConn) WriteTo(b []byte, addr net.Addr) (int, error) {
+	if c.closed.Load() {
+		return 0, c.err("write", addr, net.ErrClosed)
+	}
+	ua, ok := addr.(*net.UDPAddr)
+	if !ok || ua == nil {
+		return 0, c.err("write", addr, syscall.EINVAL)
+	}
+	ip4 := ua.IP.To4()
+	if ip4 == nil || ua.Port < 0 || ua.Port > 65535 {
+		return 0, c.err("write", addr, &net.AddrError{Err: "not an IPv4 address and port", Addr: ua.String()})
+	}
+	n, err := c.c.WriteTo(b, &net.UDPAddr{IP: ip4, Port: ua.Port})
+	if err != nil {
+		err = c.err("write", addr, err)
+	}
+	return n, err
+}
+
+// Close implements net.Conn and net.PacketConn.
+func (c *udpConn) Close() error {
+	if !c.closed.CompareAndSwap(false, true) {
+		return c.err("close", c.raddr, net.ErrClosed)
+	}
+	c.n.untrack(c)
+	return c.c.Close()
+}
+
+// LocalAddr implements net.Conn and net.PacketConn.
+func (c *udpConn) LocalAddr() net.Addr { return c.laddr }
+
+// RemoteAddr implements net.Conn; it is nil for an unconnected socket.
+func (c *udpConn) RemoteAddr() net.Addr { return c.raddr }
+
+// SetDeadline implements net.Conn and net.PacketConn.
+func (c *udpConn) SetDeadline(t time.Time) error {
+	if c.closed.Load() {
+		return c.err("set", c.raddr, net.ErrClosed)
+	}
+	return c.c.SetDeadline(t)
+}
+
+// SetReadDeadline implements net.Conn and net.PacketConn.
+func (c *udpConn) SetReadDeadline(t time.Time) error {
+	if c.closed.Load() {
+		return c.err("set", c.raddr, net.ErrClosed)
+	}
+	return c.c.SetReadDeadline(t)
+}
+
+// SetWriteDeadline implements net.Conn and net.PacketConn.
+func (c *udpConn) SetWriteDeadline(t time.Time) error {
+	if c.closed.Load() {
+		return c.err("set", c.raddr, net.ErrClosed)
+	}
+	return c.c.SetWriteDeadline(t)
+}
+
+// listener is a TCP net.Listener on the stack. Accept is gonet's loop, with
+// a cancellation that Close triggers (a closed gVisor listening endpoint
+// does not reliably wake waiters) and keepalive set on each connection.
+type listener struct {
+	n    *Net
+	ep   tcpip.Endpoint
+	wq   *waiter.Queue
+	addr net.Addr
+
+	closeOnce sync.Once
+	done      chan struct{} // closed by Close
+}
+
+var _ net.Listener = (*listener)(nil)
+
+// Accept implements net.Listener.
+func (l *listener) Accept() (net.Conn, error) {
+	var (
+		entry  waiter.Entry
+		notify chan struct{}
+	)
+	for {
+		select {
+		case <-l.done:
+			return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.addr, Err: net.ErrClosed}
+		default:
+		}
+		ep, wq, terr := l.ep.Accept(nil)
+		if terr == nil {
+			setKeepalive(ep)
+			c := newTCPConn(l.n, wq, ep)
+			if !l.n.track(c) {
+				_ = c.c.Close()
+				return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.addr, Err: net.ErrClosed}
+			}
+			return c, nil
+		}
+		if _, ok := terr.(*tcpip.ErrWouldBlock); !ok {
+			select {
+			case <-l.done:
+				return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.addr, Err: net.ErrClosed}
+			default:
+			}
+			return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.addr, Err: stackError("accept", terr)}
+		}
+		if notify == nil {
+			// Register, then try again before waiting: a connection may
+			// have arrived in between.
+			entry, notify = waiter.NewChannelEntry(waiter.ReadableEvents)
+			l.wq.EventRegister(&entry)
+			defer l.wq.EventUnregister(&entry)
+			continue
+		}
+		select {
+		case <-l.done:
+		case <-notify:
+		}
+	}
+}
+
+// Close implements net.Listener. It unblocks Accept; connections already
+// accepted are left open.
+func (l *listener) Close() error {
+	closed := false
+	l.closeOnce.Do(func() {
+		closed = true
+		close(l.done)
+		l.n.untrack(l)
+		l.ep.Close()
+	})
+	if !closed {
+		return &net.OpError{Op: "close", Net: "tcp", Addr: l.addr, Err: net.ErrClosed}
+	}
+	return nil
+}
+
+// Addr implements net.Listener.
+func (l *listener) Addr() net.Addr { return l.addr }
+
+func setKeepalive(ep tcpip.Endpoint) {
+	ep.SocketOptions().SetKeepAlive(true)
+	idle := tcpip.KeepaliveIdleOption(keepaliveIdle)
+	_ = ep.SetSockOpt(&idle)
+	interval := tcpip.KeepaliveIntervalOption(keepaliveInterval)
+	_ = ep.SetSockOpt(&interval)
+}
