@@ -57,9 +57,26 @@ type port struct {
 	remote string
 	mac    tcpip.LinkAddress // last learned source address; only the rx goroutine writes it
 	dead   atomic.Bool
+
+	// The transmit queue: the stack's packets for this enclave wait here
+	// until the port's writer goroutine sends everything queued in as few
+	// stream writes as possible. While one write is in the kernel, the
+	// next batch builds up, so the write rate adapts to the load.
+	mu      sync.Mutex
+	pending []*stack.PacketBuffer // guarded by mu; each holds a reference
+	spare   []*stack.PacketBuffer // guarded by mu; the writer's emptied batch, for reuse
+	wake    chan struct{}         // capacity 1: the writer has work
+	done    chan struct{}         // closed when the port is detached
 }
 
-var _ stack.LinkEndpoint = (*switchEndpoint)(nil)
+// maxPending bounds a port's transmit queue; past it packets are dropped
+// (and counted) as a full NIC queue would, and TCP backs off.
+const maxPending = 4096
+
+var (
+	_ stack.LinkEndpoint       = (*switchEndpoint)(nil)
+	_ stack.QueueingDiscipline = (*switchEndpoint)(nil)
+)
 
 func newSwitch(mtu int, mac net.HardwareAddr, arpAllowed []tcpip.Address, log *slog.Logger) *switchEndpoint {
 	e := &switchEndpoint{
@@ -78,7 +95,7 @@ func newSwitch(mtu int, mac net.HardwareAddr, arpAllowed []tcpip.Address, log *s
 
 // attach adds a stream to the switch.
 func (e *switchEndpoint) attach(c *tap.Conn, remote string) *port {
-	p := &port{conn: c, remote: remote}
+	p := &port{conn: c, remote: remote, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	e.mu.Lock()
 	e.ports[p] = struct{}{}
 	e.mu.Unlock()
@@ -123,9 +140,25 @@ func (e *switchEndpoint) learn(p *port, mac tcpip.LinkAddress) {
 }
 
 // serve reads frames from p until the stream fails, delivering them to the
-// stack or to another enclave. It returns why the stream ended.
+// stack or to another enclave, and runs p's writer. It returns why the
+// stream ended, after the writer has stopped.
 func (e *switchEndpoint) serve(p *port) error {
-	defer e.detach(p)
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		e.writer(p)
+	}()
+	defer func() {
+		e.detach(p)
+		close(p.done)
+		<-writerDone
+		p.mu.Lock()
+		for _, pkt := range p.pending {
+			pkt.DecRef()
+		}
+		p.pending = nil
+		p.mu.Unlock()
+	}()
 	for {
 		frame, err := p.conn.Next()
 		if err != nil {
@@ -222,6 +255,86 @@ func (e *switchEndpoint) afterWrite(p *port, frames, bytes int, err error) {
 	}
 	e.stats.framesOut.Add(uint64(frames))
 	e.stats.bytesOut.Add(uint64(bytes))
+}
+
+// WritePacket implements stack.QueueingDiscipline: the switch is the NIC's
+// queue. A packet for one enclave joins that enclave's transmit queue;
+// broadcasts are sent to every enclave at once.
+func (e *switchEndpoint) WritePacket(pkt *stack.PacketBuffer) tcpip.Error {
+	if e.spoofedARP(pkt) {
+		e.stats.dropped.Add(1)
+		return nil
+	}
+	dst := header.Ethernet(pkt.LinkHeader().Slice()).DestinationAddress()
+	if dst == header.EthernetBroadcastAddress || header.IsMulticastEthernetAddress(dst) {
+		e.broadcast(pkt)
+		return nil
+	}
+	e.mu.RLock()
+	p := e.macs[dst]
+	e.mu.RUnlock()
+	if p == nil || p.dead.Load() {
+		e.stats.dropped.Add(1)
+		return nil
+	}
+	p.mu.Lock()
+	if len(p.pending) >= maxPending {
+		p.mu.Unlock()
+		e.stats.dropped.Add(1)
+		return &tcpip.ErrNoBufferSpace{}
+	}
+	pkt.IncRef()
+	p.pending = append(p.pending, pkt)
+	p.mu.Unlock()
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// writer sends p's queued packets, everything queued at once, until p is
+// detached.
+func (e *switchEndpoint) writer(p *port) {
+	for {
+		select {
+		case <-p.wake:
+		case <-p.done:
+			return
+		}
+		p.mu.Lock()
+		batch := p.pending
+		p.pending = p.spare[:0]
+		p.spare = nil
+		p.mu.Unlock()
+		if len(batch) == 0 {
+			continue
+		}
+		var (
+			err           error
+			frames, bytes int
+		)
+		p.conn.LockWrite()
+		for i, pkt := range batch {
+			if err == nil && !p.dead.Load() {
+				size := pkt.Size()
+				if err = p.conn.AppendFrame(pkt.AsSlices()...); err == nil {
+					frames++
+					bytes += size
+				}
+			}
+			pkt.DecRef()
+			batch[i] = nil
+		}
+		if err == nil {
+			err = p.conn.Flush()
+		}
+		p.conn.UnlockWrite()
+		e.afterWrite(p, frames, bytes, err)
+		p.mu.Lock()
+		p.spare = batch[:0]
+		p.mu.Unlock()
+	}
 }
 
 // WritePackets implements stack.LinkWriter: it sends the stack's packets to
