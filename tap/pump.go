@@ -84,6 +84,15 @@ func NewPump(dev Device, logger *slog.Logger) *Pump {
 	return &Pump{dev: dev, logger: logger}
 }
 
+// Attached reports whether a Run is in progress with its Conn attached:
+// from then on, frames from the device go to that Conn rather than being
+// dropped.
+func (p *Pump) Attached() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.att != nil
+}
+
 // Stats returns a snapshot of the Pump's counters.
 func (p *Pump) Stats() PumpStats {
 	return PumpStats{
