@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/quenchnet/quench/policy"
 	"github.com/quenchnet/quench/tap"
 )
 
@@ -30,6 +31,12 @@ const (
 	DefaultMaxInFlightDials = 512
 	// DefaultDialTimeout bounds one outbound connection attempt.
 	DefaultDialTimeout = 10 * time.Second
+	// DefaultIdleTimeout closes published-port connections that moved no
+	// byte in either direction for this long.
+	DefaultIdleTimeout = 10 * time.Minute
+	// DefaultDrainTimeout bounds how long RemovePort waits for a removed
+	// port's connections to end before closing them.
+	DefaultDrainTimeout = 30 * time.Second
 	// DefaultHandshakeTimeout bounds how long a new enclave stream may take
 	// to send its /connect request.
 	DefaultHandshakeTimeout = 10 * time.Second
@@ -71,8 +78,24 @@ type Config struct {
 	// largest write the Nitro hypervisor passes intact.
 	MaxWrite int
 
-	// Publish lists host ports forwarded into the enclave.
+	// Publish lists host ports forwarded into the enclave, through the
+	// virtual network or (Publish.VSockPort) over the ingress fast path.
+	// Default: none.
 	Publish []Publish
+
+	// DialEnclave opens a stream to the enclave's VSOCK port for the
+	// ingress fast path (Publish.VSockPort). Required when a fast-path port
+	// is published; quench-host dials vsock://ENCLAVE-CID:port. Default: nil.
+	DialEnclave func(ctx context.Context, port uint32) (net.Conn, error)
+
+	// IdleTimeout closes a published TCP port's connection when neither
+	// direction moved a byte for this long. Negative means never.
+	// Default: DefaultIdleTimeout (10 minutes).
+	IdleTimeout time.Duration
+
+	// DrainTimeout bounds how long RemovePort waits for a removed port's
+	// connections when its context has no deadline. Default: 30s.
+	DrainTimeout time.Duration
 
 	// DNSUpstream lists DNS servers ("host:port") that the gateway's DNS
 	// service asks for names outside its own zone. Default: the host's
@@ -96,6 +119,12 @@ type Config struct {
 	// Default: false (blocked).
 	AllowMetadata bool
 
+	// Egress restricts where enclaves may connect (TCP and UDP through the
+	// NAT) and which names the DNS service answers; see package policy.
+	// Refusals are counted (Stats). It applies on top of AllowMetadata.
+	// Default: nil, everything allowed.
+	Egress *policy.Policy
+
 	// Dial opens outbound connections on the host's network for enclave
 	// NAT traffic. Default: a net.Dialer.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
@@ -110,11 +139,20 @@ type Publish struct {
 	Network string
 	// Host is the address to listen on, e.g. 0.0.0.0:8443 or 127.0.0.1:0.
 	Host netip.AddrPort
-	// EnclavePort is the destination port on Config.EnclaveIP.
+	// EnclavePort is the destination port on Config.EnclaveIP, through the
+	// virtual network. Zero for the fast path.
 	EnclavePort uint16
+	// VSockPort, when not zero, makes this TCP port an ingress fast path:
+	// each client connection becomes one enclave stream (Config.DialEnclave
+	// to this port) that starts with a PROXY protocol v2 header carrying
+	// the client's address, with no frames and no second TCP stack.
+	VSockPort uint32
 }
 
 func (p Publish) String() string {
+	if p.VSockPort != 0 {
+		return fmt.Sprintf("%s:vsock:%d", p.Host, p.VSockPort)
+	}
 	s := fmt.Sprintf("%s:%d", p.Host, p.EnclavePort)
 	if p.Network == "udp" {
 		s += "/udp"
@@ -165,6 +203,27 @@ func ParsePublish(s string) (Publish, error) {
 	return p, nil
 }
 
+// ParsePublishVSock parses an ingress fast-path port:
+// [HOSTIP:]HOSTPORT:VSOCKPORT. An omitted HOSTIP means 0.0.0.0.
+func ParsePublishVSock(s string) (Publish, error) {
+	i := strings.LastIndexByte(s, ':')
+	if i < 0 || strings.Contains(s, "/") {
+		return Publish{}, fmt.Errorf("host: publish-vsock %q: want [HOSTIP:]HOSTPORT:VSOCKPORT", s)
+	}
+	vp, err := strconv.ParseUint(s[i+1:], 10, 32)
+	if err != nil || vp == 0 {
+		return Publish{}, fmt.Errorf("host: publish-vsock %q: bad VSOCK port %q", s, s[i+1:])
+	}
+	// Reuse the docker-style parser for the host part with a dummy port.
+	p, err := ParsePublish(s[:i] + ":1")
+	if err != nil {
+		return Publish{}, fmt.Errorf("host: publish-vsock %q: %w", s, errors.Unwrap(err))
+	}
+	p.EnclavePort = 0
+	p.VSockPort = uint32(vp)
+	return p, nil
+}
+
 func parsePort(s string) (uint16, error) {
 	n, err := strconv.ParseUint(s, 10, 16)
 	if err != nil {
@@ -174,6 +233,32 @@ func parsePort(s string) (uint16, error) {
 		return 0, errors.New("port 0")
 	}
 	return uint16(n), nil
+}
+
+// validatePublish checks one published port against c.
+func (c Config) validatePublish(p Publish) error {
+	if p.Network != "tcp" && p.Network != "udp" {
+		return fmt.Errorf("host: publish %s: network must be tcp or udp", p)
+	}
+	if !p.Host.Addr().IsValid() {
+		return fmt.Errorf("host: publish %s: no host address", p)
+	}
+	if p.VSockPort != 0 {
+		if p.Network != "tcp" {
+			return fmt.Errorf("host: publish %s: the VSOCK fast path is TCP only", p)
+		}
+		if p.EnclavePort != 0 {
+			return fmt.Errorf("host: publish %s: set either an enclave port or a VSOCK port", p)
+		}
+		if c.DialEnclave == nil {
+			return fmt.Errorf("host: publish %s: VSOCK fast path needs Config.DialEnclave", p)
+		}
+		return nil
+	}
+	if p.EnclavePort == 0 {
+		return fmt.Errorf("host: publish %s: enclave port 0", p)
+	}
+	return nil
 }
 
 // withDefaults validates c and fills in defaults.
@@ -244,13 +329,19 @@ func (c Config) withDefaults() (Config, error) {
 			return c, fmt.Errorf("host: DNS upstream %q: want host:port: %w", u, err)
 		}
 	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = DefaultIdleTimeout
+	}
+	if c.IdleTimeout < 0 {
+		c.IdleTimeout = 0 // relay: none
+	}
+	if c.DrainTimeout <= 0 {
+		c.DrainTimeout = DefaultDrainTimeout
+	}
 	seen := map[string]bool{}
 	for _, p := range c.Publish {
-		if p.Network != "tcp" && p.Network != "udp" {
-			return c, fmt.Errorf("host: publish %s: network must be tcp or udp", p)
-		}
-		if p.EnclavePort == 0 {
-			return c, fmt.Errorf("host: publish %s: enclave port 0", p)
+		if err := c.validatePublish(p); err != nil {
+			return c, err
 		}
 		k := p.Network + " " + p.Host.String()
 		if p.Host.Port() != 0 && seen[k] {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"sync/atomic"
 
 	"github.com/containers/gvisor-tap-vsock/pkg/services/dns"
@@ -36,7 +37,7 @@ func (h *Host) startDNSLocked() error {
 		records = append(records, types.Record{Name: "host", IP: h.cfg.HostLoopbackIP.AsSlice()})
 	}
 	zones := []types.Zone{{Name: DNSZone, Records: records}}
-	srv, err := dns.NewWithUpstreamResolver(udpConn, tcpLn, zones, h.resolver())
+	srv, err := dns.NewWithUpstreamResolver(udpConn, tcpLn, zones, &policyResolver{h: h, r: h.resolver()})
 	if err != nil {
 		_ = udpConn.Close()
 		_ = tcpLn.Close()
@@ -75,4 +76,74 @@ func (h *Host) resolver() *net.Resolver {
 			return d.DialContext(ctx, network, s)
 		},
 	}
+}
+
+// policyResolver answers upstream questions through r, counting them, and
+// only for names Config.Egress allows (others get NXDOMAIN). Addresses of
+// allowed names are recorded for the policy's hostname rules.
+type policyResolver struct {
+	h *Host
+	r *net.Resolver
+}
+
+func (p *policyResolver) check(name string) error {
+	p.h.natStats.dnsQueries.Add(1)
+	if !p.h.cfg.Egress.AllowName(name) {
+		p.h.natStats.dnsRefused.Add(1)
+		p.h.log.Debug("DNS: name refused by egress policy", "name", name)
+		return &net.DNSError{Err: "refused by egress policy", Name: name, IsNotFound: true}
+	}
+	return nil
+}
+
+func (p *policyResolver) LookupIPAddr(ctx context.Context, host string) ([]net.IPAddr, error) {
+	if err := p.check(host); err != nil {
+		return nil, err
+	}
+	ips, err := p.r.LookupIPAddr(ctx, host)
+	if err == nil && p.h.cfg.Egress != nil {
+		addrs := make([]netip.Addr, 0, len(ips))
+		for _, ip := range ips {
+			if a, ok := netip.AddrFromSlice(ip.IP); ok {
+				addrs = append(addrs, a.Unmap())
+			}
+		}
+		p.h.learned.Record(host, addrs...)
+	}
+	return ips, err
+}
+
+func (p *policyResolver) LookupCNAME(ctx context.Context, host string) (string, error) {
+	if err := p.check(host); err != nil {
+		return "", err
+	}
+	return p.r.LookupCNAME(ctx, host)
+}
+
+func (p *policyResolver) LookupMX(ctx context.Context, name string) ([]*net.MX, error) {
+	if err := p.check(name); err != nil {
+		return nil, err
+	}
+	return p.r.LookupMX(ctx, name)
+}
+
+func (p *policyResolver) LookupNS(ctx context.Context, name string) ([]*net.NS, error) {
+	if err := p.check(name); err != nil {
+		return nil, err
+	}
+	return p.r.LookupNS(ctx, name)
+}
+
+func (p *policyResolver) LookupSRV(ctx context.Context, service, proto, name string) (string, []*net.SRV, error) {
+	if err := p.check(name); err != nil {
+		return "", nil, err
+	}
+	return p.r.LookupSRV(ctx, service, proto, name)
+}
+
+func (p *policyResolver) LookupTXT(ctx context.Context, name string) ([]string, error) {
+	if err := p.check(name); err != nil {
+		return nil, err
+	}
+	return p.r.LookupTXT(ctx, name)
 }

@@ -15,6 +15,18 @@
 //     and forwarding the rest to the host's resolver.
 //   - Published ports: host TCP/UDP ports forwarded to the enclave's address,
 //     like docker -p.
+//   - The ingress fast path (Publish.VSockPort): a host TCP port whose every
+//     client connection becomes one enclave stream (Config.DialEnclave, VSOCK
+//     in production) that starts with a PROXY protocol v2 header carrying
+//     the client's address; the enclave reads it with enclave.ListenIngress.
+//     Bytes are relayed with buffers that grow with traffic, half-closes are
+//     propagated, idle connections time out.
+//   - Hot reconfiguration: [Host.AddPort] and [Host.RemovePort] (which drains),
+//     served as a JSON control API by [Host.ControlHandler]; counters in
+//     [Host.Ports], [Host.Enclaves], [Host.Stats] and, for Prometheus,
+//     [Host.Collector].
+//   - An egress policy (Config.Egress, package policy) for NAT TCP, UDP and
+//     DNS answers.
 //
 // The link between the stack and the enclave streams is quench's own
 // batched switch: frames for an enclave are coalesced into stream writes of

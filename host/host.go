@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -18,6 +20,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 
+	"github.com/quenchnet/quench/policy"
 	"github.com/quenchnet/quench/tap"
 )
 
@@ -49,6 +52,7 @@ type Host struct {
 	stack    *stack.Stack
 	sw       *switchEndpoint
 	natStats natStats
+	learned  *policy.Learned // names behind addresses, for Config.Egress hostname rules
 }
 
 // New validates cfg and returns a Host. It does no I/O and starts nothing.
@@ -65,6 +69,7 @@ func New(cfg Config) (*Host, error) {
 		cancel:    cancel,
 		conns:     map[net.Conn]struct{}{},
 		listeners: map[net.Listener]string{},
+		learned:   policy.NewLearned(0, 0),
 	}, nil
 }
 
@@ -85,6 +90,9 @@ func (h *Host) Start(ctx context.Context) (err error) {
 	}
 	defer func() {
 		if err != nil {
+			for _, p := range h.published {
+				p.close()
+			}
 			h.runClosersLocked()
 		}
 	}()
@@ -98,7 +106,7 @@ func (h *Host) Start(ctx context.Context) (err error) {
 		return err
 	}
 	for _, p := range h.cfg.Publish {
-		if err := h.publishLocked(p); err != nil {
+		if _, err := h.publishLocked(p); err != nil {
 			return err
 		}
 	}
@@ -125,7 +133,9 @@ func (h *Host) createStackLocked() error {
 	if err := tuneTCP(s); err != nil {
 		return err
 	}
-	if terr := s.CreateNIC(nicID, h.sw); terr != nil {
+	// The switch is also the NIC's queueing discipline: per-enclave queues
+	// drained in batches (see switchEndpoint.WritePacket).
+	if terr := s.CreateNICWithOptions(nicID, h.sw, stack.NICOptions{QDisc: h.sw}); terr != nil {
 		return fmt.Errorf("host: create NIC: %v", terr)
 	}
 	if terr := s.AddProtocolAddress(nicID, tcpip.ProtocolAddress{
@@ -254,7 +264,7 @@ func (h *Host) serveStream(c net.Conn) {
 	p := h.sw.attach(tc, remote)
 	err = h.sw.serve(p)
 	st := tc.Stats()
-	h.log.Info("enclave disconnected", "remote", remote, "err", err, "frames_in", st.FramesRead, "frames_out", st.FramesWritten)
+	h.log.Info("enclave disconnected", "remote", remote, "err", err, "frames_in", st.FramesRead, "read_calls", st.ReadCalls, "frames_out", st.FramesWritten, "write_calls", st.WriteCalls)
 }
 
 // track registers c to be closed by Close; it reports false when closing.
@@ -336,6 +346,8 @@ type Stats struct {
 	BytesIn, BytesOut                uint64
 	FramesDropped                    uint64
 	DialsRefused, DialsFailed, Dials uint64 // outbound NAT connections
+	UDPRefused                       uint64 // outbound UDP packets dropped by Config.Egress
+	DNSQueries, DNSRefused           uint64 // questions sent upstream; refused by Config.Egress
 }
 
 // Stats returns the current counters.
@@ -354,5 +366,35 @@ func (h *Host) Stats() Stats {
 	st.Dials = h.natStats.dials.Load()
 	st.DialsFailed = h.natStats.failed.Load()
 	st.DialsRefused = h.natStats.refused.Load()
+	st.UDPRefused = h.natStats.udpRefused.Load()
+	st.DNSQueries = h.natStats.dnsQueries.Load()
+	st.DNSRefused = h.natStats.dnsRefused.Load()
 	return st
+}
+
+// EnclaveStatus describes one attached enclave stream.
+type EnclaveStatus struct {
+	Remote              string // the stream's peer address
+	FramesIn, FramesOut uint64 // frames from / to the enclave
+	BytesIn, BytesOut   uint64
+}
+
+// Enclaves returns the status of every attached enclave stream.
+func (h *Host) Enclaves() []EnclaveStatus {
+	if h.sw == nil {
+		return nil
+	}
+	h.sw.mu.RLock()
+	defer h.sw.mu.RUnlock()
+	out := make([]EnclaveStatus, 0, len(h.sw.ports))
+	for p := range h.sw.ports {
+		st := p.conn.Stats()
+		out = append(out, EnclaveStatus{
+			Remote:   p.remote,
+			FramesIn: st.FramesRead, FramesOut: st.FramesWritten,
+			BytesIn: st.BytesRead, BytesOut: st.BytesWritten,
+		})
+	}
+	slices.SortFunc(out, func(a, b EnclaveStatus) int { return strings.Compare(a.Remote, b.Remote) })
+	return out
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/containers/gvisor-tap-vsock/pkg/services/forwarder"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 	"gvisor.dev/gvisor/pkg/waiter"
@@ -20,6 +21,8 @@ import (
 
 type natStats struct {
 	dials, failed, refused atomic.Uint64
+	udpRefused             atomic.Uint64 // UDP packets dropped by policy
+	dnsQueries, dnsRefused atomic.Uint64 // upstream DNS questions; refused by policy
 }
 
 // installNAT terminates the enclave's outbound TCP and UDP in the stack and
@@ -38,17 +41,32 @@ func (h *Host) installNAT() {
 	}
 	var natLock sync.Mutex
 	udpFwd := forwarder.UDP(h.stack, nat, &natLock, c.AllowMetadata)
-	h.stack.SetTransportProtocolHandler(udp.ProtocolNumber, udpFwd.HandlePacket)
+	handle := udpFwd.HandlePacket
+	if c.Egress != nil {
+		handle = func(id stack.TransportEndpointID, pkt *stack.PacketBuffer) bool {
+			if _, ok := h.natTargetNet("udp", id.LocalAddress, id.LocalPort); !ok {
+				h.natStats.udpRefused.Add(1)
+				return true // consumed: dropped
+			}
+			return udpFwd.HandlePacket(id, pkt)
+		}
+	}
+	h.stack.SetTransportProtocolHandler(udp.ProtocolNumber, handle)
 }
 
 // natTarget maps a destination on the virtual network to the host-side
 // address to dial, or reports false if it must be refused.
 func (h *Host) natTarget(dst tcpip.Address, port uint16) (string, bool) {
+	return h.natTargetNet("tcp", dst, port)
+}
+
+func (h *Host) natTargetNet(network string, dst tcpip.Address, port uint16) (string, bool) {
 	a, ok := netip.AddrFromSlice(dst.AsSlice())
 	if !ok {
 		return "", false
 	}
 	c := h.cfg
+	orig := a // as the enclave addressed it
 	switch {
 	case !c.DisableHostLoopback && a == c.HostLoopbackIP:
 		a = netip.AddrFrom4([4]byte{127, 0, 0, 1})
@@ -59,6 +77,9 @@ func (h *Host) natTarget(dst tcpip.Address, port uint16) (string, bool) {
 	case !c.AllowMetadata && defaultMetadataPrefix.Contains(a):
 		return "", false
 	case a.IsUnspecified(), a.IsMulticast(), a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return "", false
+	}
+	if c.Egress != nil && !c.Egress.Allow(network, orig, port, h.learned.Names(orig)) {
 		return "", false
 	}
 	return net.JoinHostPort(a.String(), strconv.Itoa(int(port))), true

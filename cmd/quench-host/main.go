@@ -9,13 +9,17 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/netip"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
-	"strings"
+	"sync"
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/quenchnet/quench/host"
@@ -32,10 +36,18 @@ with it too.
 
 Usage:
   quench-host [flags]
+  quench-host ctl [-control PATH] status|ports|add SPEC|add-vsock SPEC|rm ADDR [-drain D]
 
 Examples:
   # Enclaves connect on VSOCK port 1024; host port 443 reaches enclave port 443.
   quench-host -publish 0.0.0.0:443:443
+
+  # Ingress fast path: host port 443 to the enclave's (CID 16) VSOCK port 8443,
+  # with the client's address in a PROXY protocol v2 header.
+  quench-host -publish-vsock 0.0.0.0:443:8443 -enclave-cid 16
+
+  # Settings from a file; a control socket for quench-host ctl; metrics.
+  quench-host -config /etc/quench/host.yaml -control /run/quench-host/control.sock -metrics 127.0.0.1:9100
 
   # Development without VSOCK: unix sockets stand in for it.
   QUENCH_VSOCK_DIR=/run/quench quench-host -publish 127.0.0.1:8443:443
@@ -45,34 +57,19 @@ Addresses are URLs: vsock://CID:PORT, vsock://:PORT, unix:///path, tcp://host:po
 Flags:
 `
 
-type listFlag []string
-
-func (l *listFlag) String() string     { return strings.Join(*l, ",") }
-func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }
-
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "ctl" {
+		os.Exit(runCtl(os.Args[2:], os.Stdout, os.Stderr))
+	}
 	os.Exit(run(os.Args[1:], os.Stderr))
 }
 
 func run(args []string, stderr io.Writer) int {
+	o := defaultOptions()
+	var configPath string
 	fs := flag.NewFlagSet("quench-host", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	var (
-		listen, publish, dnsUp listFlag
-		mtu                    = fs.Int("mtu", 65520, "MTU of the virtual link; it never reaches the internet (the host terminates TCP), so large is fast. Enclaves must use the same value.")
-		subnet                 = fs.String("subnet", "192.168.127.0/24", "virtual network; the gateway is its first address, the enclave its second, the host loopback its last usable one")
-		enclaveIP              = fs.String("enclave-ip", "", "enclave address that published ports forward to (default: second address of -subnet)")
-		maxDials               = fs.Int("max-dials", host.DefaultMaxInFlightDials, "outbound connection attempts in progress at once (gvproxy: 10)")
-		dialTimeout            = fs.Duration("dial-timeout", host.DefaultDialTimeout, "timeout of one outbound connection attempt")
-		allowMetadata          = fs.Bool("allow-metadata", false, "let enclaves reach 169.254.0.0/16, including the EC2 instance metadata service and its credentials")
-		noLoopback             = fs.Bool("no-host-loopback", false, "do not map the subnet's last address (192.168.127.254) to the host's 127.0.0.1")
-		vsockDir               = fs.String("vsock-dir", "", "VSOCK stand-in: serve vsock:// addresses as unix sockets in this directory (also $"+endpoint.EnvVSockDir+")")
-		pprofAddr              = fs.String("pprof", "", "serve net/http/pprof on this address (e.g. 127.0.0.1:6060); off by default")
-		logLevel               = fs.String("log-level", "info", "debug, info, warn or error")
-	)
-	fs.Var(&listen, "listen", "where enclaves connect; repeatable (default vsock://:1024)")
-	fs.Var(&publish, "publish", "forward a host port into the enclave: [HOSTIP:]HOSTPORT:ENCLAVEPORT[/udp]; repeatable (HOSTIP defaults to 0.0.0.0)")
-	fs.Var(&dnsUp, "dns", "upstream DNS server host:port for names outside quench.internal; repeatable (default: the host's resolver)")
+	o.bind(fs, &configPath)
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), usage)
 		fs.PrintDefaults()
@@ -91,46 +88,45 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "quench-host: %v\n", err)
 		return 2
 	}
+	if configPath != "" {
+		// The file first, then the command line again on top of it.
+		o = defaultOptions()
+		if err := loadConfigFile(configPath, &o); err != nil {
+			return fail(err)
+		}
+		fs2 := flag.NewFlagSet("quench-host", flag.ContinueOnError)
+		fs2.SetOutput(io.Discard)
+		o.bind(fs2, &configPath)
+		if err := fs2.Parse(args); err != nil {
+			return fail(err)
+		}
+	}
 	var level slog.Level
-	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+	if err := level.UnmarshalText([]byte(o.LogLevel)); err != nil {
 		return fail(fmt.Errorf("-log-level: %w", err))
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	if *pprofAddr != "" {
-		stopPprof, err := debugserver.Start(*pprofAddr, logger)
+	if o.Pprof != "" {
+		stopPprof, err := debugserver.Start(o.Pprof, logger)
 		if err != nil {
 			return fail(err)
 		}
 		defer stopPprof()
 	}
 
-	cfg := host.Config{
-		MTU:                 *mtu,
-		MaxInFlightDials:    *maxDials,
-		DialTimeout:         *dialTimeout,
-		AllowMetadata:       *allowMetadata,
-		DisableHostLoopback: *noLoopback,
-		DNSUpstream:         dnsUp,
-		Logger:              logger,
+	cfg, err := o.hostConfig()
+	if err != nil {
+		return fail(err)
 	}
-	var err error
-	if cfg.Subnet, err = netip.ParsePrefix(*subnet); err != nil {
-		return fail(fmt.Errorf("-subnet: %w", err))
+	cfg.Logger = logger
+	epOpts := endpoint.Options{VSockDir: endpoint.VSockDirFromEnv(o.VSockDir), LocalCID: endpoint.ParentCID}
+	cid := uint32(o.EnclaveCID)
+	cfg.DialEnclave = func(ctx context.Context, port uint32) (net.Conn, error) {
+		return endpoint.Dial(ctx, endpoint.Addr{Scheme: "vsock", CID: cid, Port: port}, epOpts)
 	}
-	if *enclaveIP != "" {
-		if cfg.EnclaveIP, err = netip.ParseAddr(*enclaveIP); err != nil {
-			return fail(fmt.Errorf("-enclave-ip: %w", err))
-		}
-	}
-	for _, p := range publish {
-		pp, err := host.ParsePublish(p)
-		if err != nil {
-			return fail(err)
-		}
-		cfg.Publish = append(cfg.Publish, pp)
-	}
+	listen := o.Listen
 	if len(listen) == 0 {
-		listen = listFlag{"vsock://:1024"}
+		listen = []string{"vsock://:1024"}
 	}
 	var addrs []endpoint.Addr
 	for _, l := range listen {
@@ -153,10 +149,47 @@ func run(args []string, stderr io.Writer) int {
 	if err != nil {
 		return fail(err)
 	}
-	opts := endpoint.Options{VSockDir: endpoint.VSockDirFromEnv(*vsockDir), LocalCID: endpoint.ParentCID}
 	g, gctx := errgroup.WithContext(ctx)
+	var servers []*http.Server
+	defer func() {
+		for _, s := range servers {
+			_ = s.Close()
+		}
+	}()
+	serve := func(name string, ln net.Listener, handler http.Handler) {
+		srv := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute}
+		servers = append(servers, srv)
+		g.Go(func() error {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("%s server: %w", name, err)
+			}
+			return nil
+		})
+	}
+	if o.Control != "" {
+		ln, err := listenControl(o.Control)
+		if err != nil {
+			_ = h.Close()
+			return fail(err)
+		}
+		logger.Info("control API", "socket", o.Control)
+		serve("control", ln, h.ControlHandler())
+	}
+	if o.Metrics != "" {
+		ln, err := net.Listen("tcp", o.Metrics)
+		if err != nil {
+			_ = h.Close()
+			return fail(fmt.Errorf("-metrics: %w", err))
+		}
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(h.Collector(), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		logger.Info("metrics", "addr", ln.Addr().String())
+		serve("metrics", ln, mux)
+	}
 	for _, a := range addrs {
-		ln, err := endpoint.Listen(a, opts)
+		ln, err := endpoint.Listen(a, epOpts)
 		if err != nil {
 			_ = h.Close()
 			return fail(fmt.Errorf("listen %s: %w", a, err))
@@ -164,15 +197,50 @@ func run(args []string, stderr io.Writer) int {
 		logger.Info("listening for enclaves", "url", a.String(), "addr", ln.Addr().String())
 		g.Go(func() error { return h.Serve(ln) })
 	}
-	for i, p := range h.Published() {
-		logger.Info("published", "host", p.String(), "spec", cfg.Publish[i].String())
+	for _, p := range h.Ports() {
+		logger.Info("published", "addr", p.Addr, "spec", p.Spec.String())
 	}
 	<-gctx.Done()
-	logger.Info("shutting down")
+	logger.Info("shutting down: draining published ports", "timeout", cfg.DrainTimeout)
+	drain(h, cfg.DrainTimeout)
+	for _, s := range servers {
+		_ = s.Close()
+	}
 	_ = h.Close()
 	if err := g.Wait(); err != nil {
 		logger.Error("stopped", "err", err)
 		return 1
 	}
 	return 0
+}
+
+// drain stops accepting on every published port and waits up to timeout
+// for their connections to end (then closes them).
+func drain(h *host.Host, timeout time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, p := range h.Ports() {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = h.RemovePort(ctx, p.Spec.Network, p.Addr)
+		}()
+	}
+	wg.Wait()
+}
+
+// listenControl listens on a unix socket only its owner may use.
+func listenControl(path string) (net.Listener, error) {
+	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		_ = os.Remove(path)
+	}
+	old := syscall.Umask(0o077)
+	ln, err := net.Listen("unix", path)
+	syscall.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("-control: %w", err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(true)
+	return ln, nil
 }

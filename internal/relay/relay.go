@@ -1,10 +1,16 @@
 // Package relay copies bytes both ways between two connections with pooled
 // buffers that grow with traffic, and propagates half-closes.
 //
-// Idle connections hold no buffer at all: a buffer is taken from a pool only
-// for the duration of one Read/Write round, and a direction that keeps moving
-// full buffers steps up to larger ones (4 KiB → 64 KiB → 256 KiB). Ten thousand
-// idle relayed connections therefore cost only their goroutines.
+// A copy direction whose source has nothing to read holds no buffer: on
+// sockets that expose a syscall.RawConn (TCP, unix, VSOCK), the loop waits
+// for readability first and only then takes a buffer from a pool, returning
+// it once the socket is drained. A direction that keeps filling its buffer
+// steps up to larger ones (4 KiB → 64 KiB → 256 KiB). Ten thousand idle
+// relayed connections therefore cost their goroutines and sockets, not
+// buffers. Other connections (TLS, gVisor's gonet) hold the current buffer
+// while blocked in Read.
+//
+// Nothing is allocated per read or write in steady state.
 package relay
 
 import (
@@ -13,6 +19,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -22,13 +29,14 @@ var sizes = [...]int{4 << 10, 64 << 10, 256 << 10}
 
 const promoteAfter = 4
 
-var pools = func() (p [len(sizes)]sync.Pool) {
+// pools hold *[]byte (not []byte, which would allocate on Put).
+var pools [len(sizes)]sync.Pool
+
+func init() {
 	for i, n := range sizes {
-		n := n
-		p[i].New = func() any { b := make([]byte, n); return &b }
+		pools[i].New = func() any { b := make([]byte, n); return &b }
 	}
-	return p
-}()
+}
 
 // Stats reports what one Relay moved.
 type Stats struct {
@@ -38,19 +46,23 @@ type Stats struct {
 // Options tune a Relay. The zero value is usable.
 type Options struct {
 	// IdleTimeout closes both connections when neither direction has moved
-	// a byte for this long. Zero means no idle timeout.
+	// a byte for this long. Default: 0, no idle timeout.
 	IdleTimeout time.Duration
+
+	// AToB and BToA, when not nil, are increased by the bytes written in
+	// each direction as they are written (for live counters). Default: nil.
+	AToB, BToA *atomic.Int64
 }
 
 // Relay copies a→b and b→a until both directions have finished, then closes
 // both connections. When one side finishes sending (EOF), the write half of
 // the other side is closed if it supports CloseWrite, so half-closed
 // protocols keep working; otherwise both are closed. It returns the first
-// error other than EOF or use of a closed connection.
+// error other than EOF or use of a closed connection. One direction runs in
+// the calling goroutine, the other in a goroutine Relay waits for.
 func Relay(a, b net.Conn, opts Options) (Stats, error) {
 	var (
 		st    Stats
-		wg    sync.WaitGroup
 		errAB error
 		errBA error
 	)
@@ -59,23 +71,67 @@ func Relay(a, b net.Conn, opts Options) (Stats, error) {
 		idle = newIdleTimer(opts.IdleTimeout, func() { _ = a.Close(); _ = b.Close() })
 		defer idle.stop()
 	}
-	wg.Add(2)
-	go func() { defer wg.Done(); st.AToB, errAB = copyHalf(b, a, idle) }()
-	go func() { defer wg.Done(); st.BToA, errBA = copyHalf(a, b, idle) }()
-	wg.Wait()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		st.BToA, errBA = copyHalf(a, b, idle, opts.BToA)
+	}()
+	st.AToB, errAB = copyHalf(b, a, idle, opts.AToB)
+	<-done
 	_ = a.Close()
 	_ = b.Close()
 	return st, errors.Join(quiet(errAB), quiet(errBA))
 }
 
+// Go is Relay without the waiting: it starts both directions in two new
+// goroutines and returns at once. done, if not nil, is called exactly once,
+// by the last of them, after both connections are closed, with what Relay
+// would return. A caller whose own goroutine has grown a deep stack (dialing,
+// handshakes) hands the long, mostly idle life of a connection to two small
+// fresh goroutines this way.
+func Go(a, b net.Conn, opts Options, done func(Stats, error)) {
+	r := &async{a: a, b: b, done: done}
+	r.pending.Store(2)
+	if opts.IdleTimeout > 0 {
+		r.idle = newIdleTimer(opts.IdleTimeout, func() { _ = a.Close(); _ = b.Close() })
+	}
+	go func() {
+		r.st.AToB, r.errAB = copyHalf(b, a, r.idle, opts.AToB)
+		r.finish()
+	}()
+	go func() {
+		r.st.BToA, r.errBA = copyHalf(a, b, r.idle, opts.BToA)
+		r.finish()
+	}()
+}
+
+type async struct {
+	a, b         net.Conn
+	idle         *idleTimer
+	done         func(Stats, error)
+	pending      atomic.Int32
+	st           Stats // each field written by one goroutine before finish
+	errAB, errBA error
+}
+
+func (r *async) finish() {
+	if r.pending.Add(-1) != 0 {
+		return
+	}
+	if r.idle != nil {
+		r.idle.stop()
+	}
+	_ = r.a.Close()
+	_ = r.b.Close()
+	if r.done != nil {
+		r.done(r.st, errors.Join(quiet(r.errAB), quiet(r.errBA)))
+	}
+}
+
 // copyHalf copies src to dst and then half-closes dst (or closes both on
 // error, which unblocks the other direction).
-func copyHalf(dst, src net.Conn, idle *idleTimer) (int64, error) {
-	var progress func()
-	if idle != nil {
-		progress = idle.touch
-	}
-	n, err := Copy(dst, src, progress)
+func copyHalf(dst, src net.Conn, idle *idleTimer, counter *atomic.Int64) (int64, error) {
+	n, err := copyCounted(dst, src, idle, counter)
 	if err != nil {
 		_ = src.Close()
 		_ = dst.Close()
@@ -94,26 +150,66 @@ func copyHalf(dst, src net.Conn, idle *idleTimer) (int64, error) {
 // traffic, calling progress (if not nil) after every write. It returns the
 // bytes written and the first error other than EOF.
 func Copy(dst io.Writer, src io.Reader, progress func()) (int64, error) {
-	var written int64
-	class, full := 0, 0
-	bp := pools[class].Get().(*[]byte)
-	defer func() { pools[class].Put(bp) }()
+	var it *idleTimer
+	if progress != nil {
+		it = &idleTimer{progress: progress}
+	}
+	return copyCounted(dst, src, it, nil)
+}
+
+func copyCounted(dst io.Writer, src io.Reader, idle *idleTimer, counter *atomic.Int64) (int64, error) {
+	var (
+		written  int64
+		class    int
+		full     int
+		bp       *[]byte // nil while parked (waiting for readability)
+		drained  = true  // the last read did not fill the buffer
+		waitRead func() error
+	)
+	if sc, ok := src.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			waitRead = newWaiter(rc)
+		}
+	}
+	defer func() {
+		if bp != nil {
+			pools[class].Put(bp)
+		}
+	}()
 	for {
+		if drained && waitRead != nil {
+			// Park without a buffer until there is something to read.
+			if bp != nil {
+				pools[class].Put(bp)
+				bp = nil
+			}
+			if err := waitRead(); err != nil {
+				if errors.Is(err, io.EOF) {
+					return written, nil
+				}
+				return written, err
+			}
+		}
+		if bp == nil {
+			bp = pools[class].Get().(*[]byte)
+		}
 		buf := *bp
 		nr, rerr := src.Read(buf)
+		drained = nr < len(buf)
 		if nr > 0 {
 			nw, werr := dst.Write(buf[:nr])
 			written += int64(nw)
-			if progress != nil {
-				progress()
+			if counter != nil {
+				counter.Add(int64(nw))
 			}
+			idle.touch()
 			if werr != nil {
 				return written, werr
 			}
 			if nw != nr {
 				return written, io.ErrShortWrite
 			}
-			if nr == len(buf) {
+			if !drained {
 				full++
 				if full >= promoteAfter && class < len(sizes)-1 {
 					pools[class].Put(bp)
@@ -135,17 +231,18 @@ func Copy(dst io.Writer, src io.Reader, progress func()) (int64, error) {
 }
 
 func quiet(err error) error {
-	if err == nil || errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) {
+	if err == nil || errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrClosedPipe) {
 		return nil
 	}
 	return err
 }
 
 type idleTimer struct {
-	d     time.Duration
-	t     *time.Timer
-	last  atomic.Int64 // unix nanoseconds of the last progress
-	fired func()
+	d        time.Duration
+	t        *time.Timer
+	last     atomic.Int64 // unix nanoseconds of the last progress
+	fired    func()
+	progress func() // for Copy's callers
 }
 
 func newIdleTimer(d time.Duration, fire func()) *idleTimer {
@@ -167,6 +264,10 @@ func (it *idleTimer) check() {
 
 func (it *idleTimer) touch() {
 	if it == nil {
+		return
+	}
+	if it.progress != nil {
+		it.progress()
 		return
 	}
 	it.last.Store(time.Now().UnixNano())

@@ -1,0 +1,163 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/quenchnet/quench/host"
+	"github.com/quenchnet/quench/internal/endpoint"
+	"github.com/quenchnet/quench/policy"
+)
+
+// options are quench-host's settings: the flags, or the keys of the -config
+// YAML file (same names with underscores). Flags given on the command line
+// override the file; list flags add to the file's lists.
+type options struct {
+	Listen         []string      `yaml:"listen"`
+	Publish        []string      `yaml:"publish"`
+	PublishVSock   []string      `yaml:"publish_vsock"`
+	EnclaveCID     uint          `yaml:"enclave_cid"`
+	DNS            []string      `yaml:"dns"`
+	MTU            int           `yaml:"mtu"`
+	Subnet         string        `yaml:"subnet"`
+	EnclaveIP      string        `yaml:"enclave_ip"`
+	MaxDials       int           `yaml:"max_dials"`
+	DialTimeout    time.Duration `yaml:"dial_timeout"`
+	IdleTimeout    time.Duration `yaml:"idle_timeout"`
+	DrainTimeout   time.Duration `yaml:"drain_timeout"`
+	Allow          []string      `yaml:"allow"`
+	AllowMetadata  bool          `yaml:"allow_metadata"`
+	NoHostLoopback bool          `yaml:"no_host_loopback"`
+	VSockDir       string        `yaml:"vsock_dir"`
+	Control        string        `yaml:"control"`
+	Metrics        string        `yaml:"metrics"`
+	Pprof          string        `yaml:"pprof"`
+	LogLevel       string        `yaml:"log_level"`
+}
+
+func defaultOptions() options {
+	return options{
+		EnclaveCID:   16,
+		MTU:          65520,
+		Subnet:       "192.168.127.0/24",
+		MaxDials:     host.DefaultMaxInFlightDials,
+		DialTimeout:  host.DefaultDialTimeout,
+		IdleTimeout:  host.DefaultIdleTimeout,
+		DrainTimeout: host.DefaultDrainTimeout,
+		LogLevel:     "info",
+	}
+}
+
+type listFlag struct{ l *[]string }
+
+func (f listFlag) String() string {
+	if f.l == nil {
+		return ""
+	}
+	return strings.Join(*f.l, ",")
+}
+func (f listFlag) Set(s string) error { *f.l = append(*f.l, s); return nil }
+
+// bind defines the flags on fs, writing into o and defaulting to o's
+// current values.
+func (o *options) bind(fs *flag.FlagSet, configPath *string) {
+	fs.StringVar(configPath, "config", *configPath, "read settings from this YAML file (keys as the flags, with underscores: publish_vsock, enclave_cid, ...); flags given too override it")
+	fs.Var(listFlag{&o.Listen}, "listen", "where enclaves connect; repeatable (default vsock://:1024)")
+	fs.Var(listFlag{&o.Publish}, "publish", "forward a host port into the enclave over the virtual network: [HOSTIP:]HOSTPORT:ENCLAVEPORT[/udp]; repeatable (HOSTIP defaults to 0.0.0.0)")
+	fs.Var(listFlag{&o.PublishVSock}, "publish-vsock", "ingress fast path: forward a host TCP port to the enclave's VSOCK port, one VSOCK connection per client with a PROXY protocol v2 header: [HOSTIP:]HOSTPORT:VSOCKPORT; repeatable")
+	fs.UintVar(&o.EnclaveCID, "enclave-cid", o.EnclaveCID, "CID of the enclave that -publish-vsock ports dial")
+	fs.Var(listFlag{&o.DNS}, "dns", "upstream DNS server host:port for names outside quench.internal; repeatable (default: the host's resolver)")
+	fs.IntVar(&o.MTU, "mtu", o.MTU, "MTU of the virtual link; it never reaches the internet (the host terminates TCP), so large is fast. Enclaves must use the same value.")
+	fs.StringVar(&o.Subnet, "subnet", o.Subnet, "virtual network; the gateway is its first address, the enclave its second, the host loopback its last usable one")
+	fs.StringVar(&o.EnclaveIP, "enclave-ip", o.EnclaveIP, "enclave address that published ports forward to (default: second address of -subnet)")
+	fs.IntVar(&o.MaxDials, "max-dials", o.MaxDials, "outbound connection attempts in progress at once (gvproxy: 10)")
+	fs.DurationVar(&o.DialTimeout, "dial-timeout", o.DialTimeout, "timeout of one outbound or enclave connection attempt")
+	fs.DurationVar(&o.IdleTimeout, "idle-timeout", o.IdleTimeout, "close published-port connections idle this long in both directions (negative: never)")
+	fs.DurationVar(&o.DrainTimeout, "drain-timeout", o.DrainTimeout, "on SIGTERM or port removal, wait this long for connections to end before closing them")
+	fs.Var(listFlag{&o.Allow}, "allow", "egress policy: allow outbound connections and DNS answers only for DEST[:PORTS][/tcp|/udp], DEST a hostname, *.wildcard, address, CIDR or *; repeatable (default: allow all). Example: -allow '*.amazonaws.com:443' -allow 10.0.0.0/8:5432")
+	fs.BoolVar(&o.AllowMetadata, "allow-metadata", o.AllowMetadata, "let enclaves reach 169.254.0.0/16, including the EC2 instance metadata service and its credentials")
+	fs.BoolVar(&o.NoHostLoopback, "no-host-loopback", o.NoHostLoopback, "do not map the subnet's last address (192.168.127.254) to the host's 127.0.0.1")
+	fs.StringVar(&o.VSockDir, "vsock-dir", o.VSockDir, "VSOCK stand-in: serve and dial vsock:// addresses as unix sockets in this directory (also $"+endpoint.EnvVSockDir+")")
+	fs.StringVar(&o.Control, "control", o.Control, "serve the control API (quench-host ctl) on this unix socket path, mode 0600; off by default")
+	fs.StringVar(&o.Metrics, "metrics", o.Metrics, "serve Prometheus metrics at /metrics on this address (e.g. 127.0.0.1:9100); off by default")
+	fs.StringVar(&o.Pprof, "pprof", o.Pprof, "serve net/http/pprof on this address (e.g. 127.0.0.1:6060); off by default")
+	fs.StringVar(&o.LogLevel, "log-level", o.LogLevel, "debug, info, warn or error")
+}
+
+// loadConfigFile decodes a YAML config file over o. Unknown keys are
+// errors; yaml.v3 reports them with line numbers.
+func loadConfigFile(path string, o *options) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(o); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil // empty file
+		}
+		return fmt.Errorf("config %s: %s", path, strings.NewReplacer(" in type main.options", "", "yaml: unmarshal errors:\n  ", "", "\n  ", "; ").Replace(err.Error()))
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); err == nil {
+		return fmt.Errorf("config %s: line %d: more than one YAML document", path, extra.Line)
+	}
+	return nil
+}
+
+// hostConfig turns options into a host.Config. dialEnclave is used for
+// -publish-vsock ports.
+func (o options) hostConfig() (host.Config, error) {
+	cfg := host.Config{
+		MTU:                 o.MTU,
+		MaxInFlightDials:    o.MaxDials,
+		DialTimeout:         o.DialTimeout,
+		IdleTimeout:         o.IdleTimeout,
+		DrainTimeout:        o.DrainTimeout,
+		AllowMetadata:       o.AllowMetadata,
+		DisableHostLoopback: o.NoHostLoopback,
+		DNSUpstream:         o.DNS,
+	}
+	var err error
+	if cfg.Subnet, err = netip.ParsePrefix(o.Subnet); err != nil {
+		return cfg, fmt.Errorf("subnet: %w", err)
+	}
+	if o.EnclaveIP != "" {
+		if cfg.EnclaveIP, err = netip.ParseAddr(o.EnclaveIP); err != nil {
+			return cfg, fmt.Errorf("enclave-ip: %w", err)
+		}
+	}
+	if len(o.Allow) > 0 {
+		if cfg.Egress, err = policy.Parse(o.Allow); err != nil {
+			return cfg, err
+		}
+	}
+	for _, p := range o.Publish {
+		pp, err := host.ParsePublish(p)
+		if err != nil {
+			return cfg, err
+		}
+		cfg.Publish = append(cfg.Publish, pp)
+	}
+	for _, p := range o.PublishVSock {
+		pp, err := host.ParsePublishVSock(p)
+		if err != nil {
+			return cfg, err
+		}
+		cfg.Publish = append(cfg.Publish, pp)
+	}
+	if o.EnclaveCID > 1<<32-1 {
+		return cfg, fmt.Errorf("enclave-cid %d out of range", o.EnclaveCID)
+	}
+	return cfg, nil
+}

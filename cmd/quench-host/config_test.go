@@ -1,0 +1,147 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func writeFile(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "host.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestConfigFile(t *testing.T) {
+	p := writeFile(t, `
+listen: [vsock://:1024]
+publish:
+  - 127.0.0.1:8080:80
+publish_vsock:
+  - 0.0.0.0:443:8443
+enclave_cid: 17
+dns: [1.1.1.1:53]
+idle_timeout: 90s
+allow_metadata: false
+control: /run/quench-host/control.sock
+metrics: 127.0.0.1:9100
+log_level: debug
+`)
+	got := defaultOptions()
+	if err := loadConfigFile(p, &got); err != nil {
+		t.Fatal(err)
+	}
+	want := defaultOptions()
+	want.Listen = []string{"vsock://:1024"}
+	want.Publish = []string{"127.0.0.1:8080:80"}
+	want.PublishVSock = []string{"0.0.0.0:443:8443"}
+	want.EnclaveCID = 17
+	want.DNS = []string{"1.1.1.1:53"}
+	want.IdleTimeout = 90 * time.Second
+	want.Control = "/run/quench-host/control.sock"
+	want.Metrics = "127.0.0.1:9100"
+	want.LogLevel = "debug"
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("options (-want +got):\n%s", diff)
+	}
+	cfg, err := got.hostConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Publish) != 2 || cfg.Publish[1].VSockPort != 8443 || cfg.IdleTimeout != 90*time.Second {
+		t.Errorf("host config %+v", cfg)
+	}
+}
+
+func TestConfigFileErrors(t *testing.T) {
+	tests := []struct {
+		name, body string
+		want       []string // substrings of the error
+	}{
+		{"unknown key", "mtu: 9000\npublsh: [1:2]\n", []string{"line 2", "publsh", "not found"}},
+		{"wrong type", "mtu: 9000\n\nmax_dials: lots\n", []string{"line 3", "lots"}},
+		{"bad duration", "idle_timeout: forever\n", []string{"line 1", "forever"}},
+		{"not a mapping", "- a\n- b\n", []string{"line 1"}},
+		{"two documents", "mtu: 9000\n---\nmtu: 1500\n", []string{"line 2", "more than one"}},
+		{"syntax", "publish: [1:2\n", []string{"line"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := defaultOptions()
+			err := loadConfigFile(writeFile(t, tt.body), &o)
+			if err == nil {
+				t.Fatal("no error")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestConfigFileValueErrors(t *testing.T) {
+	for _, body := range []string{"publish_vsock: ['1.2.3:80:5000']\n", "publish: ['80']\n", "subnet: nonsense\n"} {
+		o := defaultOptions()
+		if err := loadConfigFile(writeFile(t, body), &o); err != nil {
+			t.Fatalf("%q: %v", body, err)
+		}
+		if _, err := o.hostConfig(); err == nil {
+			t.Errorf("%q: hostConfig accepted it", body)
+		}
+	}
+}
+
+func TestConfigFileEmpty(t *testing.T) {
+	o := defaultOptions()
+	if err := loadConfigFile(writeFile(t, ""), &o); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(defaultOptions(), o); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+}
+
+// TestFlagsOverrideFile: the command line wins; list flags add to the file.
+func TestFlagsOverrideFile(t *testing.T) {
+	p := writeFile(t, "mtu: 9000\npublish: ['127.0.0.1:0:80']\nlog_level: nonsense\n")
+	var stderr strings.Builder
+	// log_level from the file is invalid; the flag fixes it, and the run
+	// then fails later, on purpose, at -subnet.
+	code := run([]string{"-config", p, "-log-level", "warn", "-subnet", "bad"}, &stderr)
+	if code != 2 || !strings.Contains(stderr.String(), "subnet") {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	code = run([]string{"-config", p, "-subnet", "bad"}, &stderr)
+	if code != 2 || !strings.Contains(stderr.String(), "log-level") {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	stderr.Reset()
+	code = run([]string{"-config", filepath.Join(t.TempDir(), "missing.yaml")}, &stderr)
+	if code != 2 || !strings.Contains(stderr.String(), "no such file") {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+}
+
+// TestExampleConfig keeps examples/systemd/host.yaml valid.
+func TestExampleConfig(t *testing.T) {
+	o := defaultOptions()
+	if err := loadConfigFile("../../examples/systemd/host.yaml", &o); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := o.hostConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Publish) != 1 || cfg.Publish[0].VSockPort != 8443 || cfg.Egress == nil {
+		t.Errorf("example config: %+v", cfg)
+	}
+}

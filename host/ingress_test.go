@@ -1,0 +1,384 @@
+package host_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/quenchnet/quench/enclave"
+	"github.com/quenchnet/quench/host"
+)
+
+// fakeEnclave listens like an enclave's VSOCK ports (unix sockets here)
+// behind enclave.ListenIngress, and serves a line protocol: it first
+// writes "you are ADDR\n", then echoes lines until EOF, then writes "bye"
+// and half-closes.
+type fakeEnclave struct {
+	dir string
+	mu  sync.Mutex
+	lns []*enclave.IngressListener
+}
+
+func newFakeEnclave(t *testing.T, ports ...uint32) *fakeEnclave {
+	t.Helper()
+	e := &fakeEnclave{dir: t.TempDir()}
+	for _, p := range ports {
+		ln, err := net.Listen("unix", e.path(p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		il := enclave.ListenIngress(ln, enclave.IngressConfig{})
+		e.lns = append(e.lns, il)
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				c, err := il.Accept()
+				if err != nil {
+					return
+				}
+				wg.Add(1)
+				go func() { defer wg.Done(); serveLines(c) }()
+			}
+		}()
+		t.Cleanup(func() { _ = il.Close(); wg.Wait() })
+	}
+	return e
+}
+
+func (e *fakeEnclave) path(port uint32) string {
+	return filepath.Join(e.dir, fmt.Sprintf("vsock-16-%d.sock", port))
+}
+
+func (e *fakeEnclave) dial(ctx context.Context, port uint32) (net.Conn, error) {
+	var d net.Dialer
+	return d.DialContext(ctx, "unix", e.path(port))
+}
+
+func serveLines(c net.Conn) {
+	defer c.Close()
+	fmt.Fprintf(c, "you are %s\n", c.RemoteAddr())
+	r := bufio.NewReader(c)
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			break
+		}
+		if _, err := io.WriteString(c, line); err != nil {
+			return
+		}
+	}
+	_, _ = io.WriteString(c, "bye")
+	_ = c.(interface{ CloseWrite() error }).CloseWrite()
+	_, _ = io.Copy(io.Discard, c)
+}
+
+func fastPort(t *testing.T, vsockPort uint32) host.Publish {
+	t.Helper()
+	p, err := host.ParsePublishVSock(fmt.Sprintf("127.0.0.1:0:%d", vsockPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// roundTrip runs the line protocol once on addr and checks the client
+// address the enclave saw.
+func roundTrip(addr string) error {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	r := bufio.NewReader(c)
+	hello, err := r.ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("hello: %w", err)
+	}
+	if want := "you are " + c.LocalAddr().String() + "\n"; hello != want {
+		return fmt.Errorf("enclave said %q, want %q", hello, want)
+	}
+	if _, err := io.WriteString(c, "ping\n"); err != nil {
+		return err
+	}
+	if line, err := r.ReadString('\n'); err != nil || line != "ping\n" {
+		return fmt.Errorf("echo %q, %v", line, err)
+	}
+	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+		return err
+	}
+	// Half-close reached the enclave, which answers and closes.
+	rest, err := io.ReadAll(r)
+	if err != nil || string(rest) != "bye" {
+		return fmt.Errorf("after half-close: %q, %v", rest, err)
+	}
+	return nil
+}
+
+func TestIngressFastPath(t *testing.T) {
+	fe := newFakeEnclave(t, 5000)
+	h, _ := startHost(t, host.Config{Publish: []host.Publish{fastPort(t, 5000)}, DialEnclave: fe.dial})
+	addr := h.Published()[0].String()
+	for range 3 {
+		if err := roundTrip(addr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ps := h.Ports()
+	if len(ps) != 1 || ps[0].Accepted != 3 || ps[0].Failed != 0 || ps[0].BytesIn != int64(3*len("ping\n")) || ps[0].BytesOut == 0 {
+		t.Errorf("port status %+v", ps)
+	}
+}
+
+func TestIngressEnclaveDown(t *testing.T) {
+	fe := newFakeEnclave(t) // nothing listens
+	h, _ := startHost(t, host.Config{Publish: []host.Publish{fastPort(t, 5000)}, DialEnclave: fe.dial})
+	c, err := net.Dial("tcp", h.Published()[0].String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatal("read succeeded with the enclave down")
+	}
+	waitFor(t, func() bool { return h.Ports()[0].Failed == 1 })
+}
+
+func TestIngressIdleTimeout(t *testing.T) {
+	fe := newFakeEnclave(t, 5000)
+	h, _ := startHost(t, host.Config{Publish: []host.Publish{fastPort(t, 5000)}, DialEnclave: fe.dial, IdleTimeout: 200 * time.Millisecond})
+	c, err := net.Dial("tcp", h.Published()[0].String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	b, err := io.ReadAll(c) // hello, then closed by the idle timeout
+	if err != nil || !strings.HasPrefix(string(b), "you are ") {
+		t.Fatalf("read %q, %v", b, err)
+	}
+}
+
+func TestPublishVSockErrors(t *testing.T) {
+	for _, s := range []string{"", "5000", "127.0.0.1:80:0", "127.0.0.1:80:x", "1.2.3:80:5", "80:5000/udp", "127.0.0.1:99999:5"} {
+		if _, err := host.ParsePublishVSock(s); err == nil {
+			t.Errorf("ParsePublishVSock(%q) succeeded", s)
+		}
+	}
+	p, err := host.ParsePublishVSock("8443:5000")
+	if err != nil || p.Host != netip.MustParseAddrPort("0.0.0.0:8443") || p.VSockPort != 5000 || p.Network != "tcp" {
+		t.Errorf("ParsePublishVSock(8443:5000) = %+v, %v", p, err)
+	}
+	if _, err := host.New(host.Config{Publish: []host.Publish{p}}); err == nil || !strings.Contains(err.Error(), "DialEnclave") {
+		t.Errorf("New without DialEnclave: %v", err)
+	}
+}
+
+// control is a client of the control API served by httptest.
+type control struct {
+	t   *testing.T
+	url string
+}
+
+func newControl(t *testing.T, h *host.Host) *control {
+	srv := httptest.NewServer(h.ControlHandler())
+	t.Cleanup(srv.Close)
+	return &control{t: t, url: srv.URL}
+}
+
+func (c *control) do(method, path string, body any, want int, out any) {
+	c.t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
+	}
+	req, _ := http.NewRequest(method, c.url+path, rd)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != want {
+		c.t.Fatalf("%s %s: %d %s, want %d", method, path, resp.StatusCode, b, want)
+	}
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			c.t.Fatalf("%s %s: %v: %s", method, path, err, b)
+		}
+	}
+}
+
+// TestControlHotAddRemove adds and removes ports through the control API
+// while another port is under load: no request on it may fail.
+func TestControlHotAddRemove(t *testing.T) {
+	fe := newFakeEnclave(t, 5000, 5001)
+	h, _ := startHost(t, host.Config{Publish: []host.Publish{fastPort(t, 5000)}, DialEnclave: fe.dial})
+	ctl := newControl(t, h)
+	steady := h.Published()[0].String()
+
+	// Load on the steady port.
+	var ok, failed atomic.Int64
+	var firstErr atomic.Value
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if err := roundTrip(steady); err != nil {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+				} else {
+					ok.Add(1)
+				}
+			}
+		}()
+	}
+
+	for i := range 5 {
+		var added host.PortJSON
+		ctl.do("POST", "/v1/ports", host.PortJSON{Network: "tcp", Host: "127.0.0.1:0", VSockPort: 5001}, http.StatusCreated, &added)
+		if err := roundTrip(added.Addr); err != nil {
+			t.Fatalf("round %d: added port: %v", i, err)
+		}
+		// A connection open during removal drains: it keeps working until
+		// the client ends it.
+		c, err := net.Dial("tcp", added.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := bufio.NewReader(c)
+		if _, err := r.ReadString('\n'); err != nil {
+			t.Fatal(err)
+		}
+		removed := make(chan struct{})
+		go func() {
+			defer close(removed)
+			ctl.do("DELETE", "/v1/ports/tcp/"+added.Addr+"?drain=10s", nil, http.StatusNoContent, nil)
+		}()
+		waitFor(t, func() bool {
+			_, err := net.DialTimeout("tcp", added.Addr, time.Second)
+			return err != nil // no longer accepting
+		})
+		if _, err := io.WriteString(c, "still here\n"); err != nil {
+			t.Fatal(err)
+		}
+		if line, err := r.ReadString('\n'); err != nil || line != "still here\n" {
+			t.Fatalf("draining connection: %q, %v", line, err)
+		}
+		select {
+		case <-removed:
+			t.Fatal("RemovePort returned before its connection ended")
+		default:
+		}
+		_ = c.Close()
+		<-removed
+	}
+	close(stop)
+	wg.Wait()
+	if failed.Load() != 0 {
+		t.Fatalf("%d of %d requests on the steady port failed; first: %v", failed.Load(), failed.Load()+ok.Load(), firstErr.Load())
+	}
+	if ok.Load() == 0 {
+		t.Fatal("no load ran")
+	}
+	var ports []host.PortJSON
+	ctl.do("GET", "/v1/ports", nil, http.StatusOK, &ports)
+	if len(ports) != 1 || ports[0].Addr != steady || ports[0].Accepted != uint64(ok.Load()) {
+		t.Errorf("ports after the test: %+v (ok %d)", ports, ok.Load())
+	}
+	var st host.ControlStatus
+	ctl.do("GET", "/v1/status", nil, http.StatusOK, &st)
+	if len(st.Ports) != 1 {
+		t.Errorf("status: %+v", st)
+	}
+}
+
+func TestControlErrors(t *testing.T) {
+	fe := newFakeEnclave(t, 5000)
+	h, _ := startHost(t, host.Config{Publish: []host.Publish{fastPort(t, 5000)}, DialEnclave: fe.dial})
+	ctl := newControl(t, h)
+	taken := h.Published()[0].String()
+	ctl.do("POST", "/v1/ports", host.PortJSON{Host: taken, VSockPort: 1}, http.StatusConflict, nil)
+	ctl.do("POST", "/v1/ports", host.PortJSON{Host: "nonsense", VSockPort: 1}, http.StatusBadRequest, nil)
+	ctl.do("POST", "/v1/ports", host.PortJSON{Host: "127.0.0.1:0"}, http.StatusBadRequest, nil) // neither port
+	ctl.do("POST", "/v1/ports", map[string]any{"host": "127.0.0.1:0", "vsock_port": 1, "bogus": 1}, http.StatusBadRequest, nil)
+	ctl.do("DELETE", "/v1/ports/tcp/127.0.0.1:1", nil, http.StatusNotFound, nil)
+	ctl.do("DELETE", "/v1/ports/tcp/"+taken+"?drain=soon", nil, http.StatusBadRequest, nil)
+}
+
+// TestRemovePortDeadline: connections still open when the drain deadline
+// passes are closed.
+func TestRemovePortDeadline(t *testing.T) {
+	fe := newFakeEnclave(t, 5000)
+	h, _ := startHost(t, host.Config{Publish: []host.Publish{fastPort(t, 5000)}, DialEnclave: fe.dial})
+	addr := h.Published()[0].String()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	if _, err := r.ReadString('\n'); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if err := h.RemovePort(ctx, "tcp", addr); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := r.ReadString('\n'); err == nil || errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("connection not closed after the drain deadline: %v", err)
+	}
+	if len(h.Ports()) != 0 {
+		t.Errorf("ports left: %+v", h.Ports())
+	}
+	if err := h.RemovePort(context.Background(), "tcp", addr); !errors.Is(err, host.ErrPortNotFound) {
+		t.Errorf("second RemovePort: %v", err)
+	}
+}
+
+// FuzzPortJSON: control API bodies decode and validate without panics.
+func FuzzPortJSON(f *testing.F) {
+	f.Add([]byte(`{"network":"tcp","host":"127.0.0.1:0","vsock_port":5000}`))
+	f.Add([]byte(`{"network":"udp","host":"[::1]:53","enclave_port":53}`))
+	f.Add([]byte(`{"host":"0.0.0.0:1","enclave_port":1,"vsock_port":2}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var p host.PortJSON
+		if json.Unmarshal(b, &p) != nil {
+			return
+		}
+		spec, err := p.Spec()
+		if err != nil {
+			return
+		}
+		_, _ = host.New(host.Config{Publish: []host.Publish{spec}, DialEnclave: func(context.Context, uint32) (net.Conn, error) { return nil, errors.New("no") }})
+		_ = spec.String()
+	})
+}
