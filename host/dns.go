@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"sync/atomic"
 
 	"github.com/containers/gvisor-tap-vsock/pkg/services/dns"
@@ -87,6 +88,12 @@ type policyResolver struct {
 }
 
 func (p *policyResolver) check(name string) error {
+	// Names in our own zone are answered locally or not at all: a query
+	// type the zone has no record for (AAAA, MX, ...) must not leak the
+	// name to the host's upstream resolver.
+	if n := strings.ToLower(strings.TrimSuffix(name, ".")) + "."; n == DNSZone || strings.HasSuffix(n, "."+DNSZone) {
+		return &net.DNSError{Err: "no such record in " + DNSZone, Name: name, IsNotFound: true}
+	}
 	p.h.natStats.dnsQueries.Add(1)
 	if !p.h.cfg.Egress.AllowName(name) {
 		p.h.natStats.dnsRefused.Add(1)
