@@ -1,0 +1,652 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	proxyproto "github.com/pires/go-proxyproto"
+	"golang.org/x/net/websocket"
+)
+
+func TestOverload(t *testing.T) {
+	checkGoroutines(t)
+	for _, front := range fronts {
+		t.Run(front, func(t *testing.T) {
+			release := make(chan struct{})
+			var arrived atomic.Int32
+			up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				arrived.Add(1)
+				<-release
+			})
+			env := newEnv(t, front, up, Config{MaxInFlight: 2, RetryAfter: 1500 * time.Millisecond})
+			var wg sync.WaitGroup
+			held := make([]int, 2)
+			for i := range held {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					resp, err := env.client.Get(env.url + "/held")
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					resp.Body.Close()
+					held[i] = resp.StatusCode
+				}()
+			}
+			eventually(t, 5*time.Second, "two requests at the upstream", func() bool { return arrived.Load() == 2 })
+
+			// Past the limit: refused at once, with Retry-After, nothing queued.
+			for i := range 5 {
+				start := time.Now()
+				resp, err := env.client.Get(env.url + "/refused")
+				if err != nil {
+					t.Fatal(err)
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") != "2" {
+					t.Errorf("refusal %d: status %d, Retry-After %q; want 503, 2", i, resp.StatusCode, resp.Header.Get("Retry-After"))
+				}
+				if d := time.Since(start); d > time.Second {
+					t.Errorf("refusal %d took %v", i, d)
+				}
+			}
+			if got := env.proxy.InFlight(); got != 2 {
+				t.Errorf("InFlight() = %d, want 2", got)
+			}
+			close(release)
+			wg.Wait()
+			if diff := cmp.Diff([]int{200, 200}, held); diff != "" {
+				t.Errorf("held requests (-want +got):\n%s", diff)
+			}
+			eventually(t, 5*time.Second, "in-flight back to 0", func() bool { return env.metrics.inFlight.Load() == 0 })
+			if got := env.metrics.refused.Load(); got != 5 {
+				t.Errorf("Refused() called %d times, want 5", got)
+			}
+			if got := arrived.Load(); got != 2 {
+				t.Errorf("%d requests reached the upstream, want 2", got)
+			}
+		})
+	}
+}
+
+func TestQueue(t *testing.T) {
+	checkGoroutines(t)
+	release := make(chan struct{})
+	var arrived atomic.Int32
+	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if arrived.Add(1) == 1 {
+			<-release
+		}
+	})
+	env := newEnv(t, "serve", up, Config{MaxInFlight: 1, QueueSize: 1, QueueTimeout: 2 * time.Second})
+	get := func(path string, code *int, wg *sync.WaitGroup) {
+		defer wg.Done()
+		resp, err := env.client.Get(env.url + path)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		resp.Body.Close()
+		*code = resp.StatusCode
+	}
+	var wg sync.WaitGroup
+	var first, queued, refused int
+	wg.Add(1)
+	go get("/first", &first, &wg)
+	eventually(t, 5*time.Second, "first request at the upstream", func() bool { return arrived.Load() == 1 })
+	wg.Add(1)
+	go get("/queued", &queued, &wg)
+	eventually(t, 5*time.Second, "a queued request", func() bool { return env.proxy.lim.queued.Load() == 1 })
+	wg.Add(1)
+	get("/refused", &refused, &wg) // the queue is full
+	close(release)
+	wg.Wait()
+	if diff := cmp.Diff([]int{200, 200, 503}, []int{first, queued, refused}); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+
+	// A queued request that waits longer than QueueTimeout is refused.
+	l := newLimiter(1, 1, 20*time.Millisecond)
+	if !l.acquire(context.Background()) {
+		t.Fatal("first acquire failed")
+	}
+	start := time.Now()
+	if l.acquire(context.Background()) {
+		t.Error("second acquire succeeded past the limit")
+	}
+	if d := time.Since(start); d < 20*time.Millisecond || d > time.Second {
+		t.Errorf("queued acquire gave up after %v, want about 20ms", d)
+	}
+}
+
+func TestClientDisconnectCancelsUpstream(t *testing.T) {
+	checkGoroutines(t)
+	for _, front := range fronts {
+		t.Run(front, func(t *testing.T) {
+			arrived := make(chan struct{})
+			canceled := make(chan struct{})
+			up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				close(arrived)
+				select {
+				case <-r.Context().Done(): // the proxy closed the upstream connection
+					close(canceled)
+				case <-time.After(10 * time.Second):
+				}
+			})
+			env := newEnv(t, front, up, Config{})
+			ctx, cancel := context.WithCancel(context.Background())
+			errc := make(chan error, 1)
+			go func() {
+				req, _ := http.NewRequestWithContext(ctx, "GET", env.url+"/wait", nil)
+				resp, err := env.client.Do(req)
+				if err == nil {
+					resp.Body.Close()
+				}
+				errc <- err
+			}()
+			<-arrived
+			cancel()
+			if err := <-errc; !isCanceled(err) {
+				t.Errorf("client error %v, want cancellation", err)
+			}
+			select {
+			case <-canceled:
+			case <-time.After(3 * clientCheckInterval):
+				t.Fatal("upstream request not cancelled after the client went away")
+			}
+			eventually(t, 5*time.Second, "request recorded as 499", func() bool {
+				env.metrics.mu.Lock()
+				defer env.metrics.mu.Unlock()
+				return env.metrics.codes[499] == 1
+			})
+		})
+	}
+}
+
+func TestClientDisconnectMidBody(t *testing.T) {
+	checkGoroutines(t)
+	for _, front := range fronts {
+		t.Run(front, func(t *testing.T) {
+			bodyErr := make(chan error, 1)
+			up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				_, err := io.Copy(io.Discard, r.Body)
+				bodyErr <- err
+			})
+			env := newEnv(t, front, up, Config{})
+			c, err := net.Dial("tcp", strings.TrimPrefix(env.url, "http://"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			fmt.Fprintf(c, "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
+			_, _ = c.Write(make([]byte, 100000))
+			time.Sleep(50 * time.Millisecond) // let the body start streaming upstream
+			_ = c.Close()
+			select {
+			case err := <-bodyErr:
+				if err == nil {
+					t.Error("upstream read the whole body, want an error: the body was cut short")
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("upstream still reading a body the client abandoned")
+			}
+			eventually(t, 5*time.Second, "in-flight back to 0", func() bool { return env.metrics.inFlight.Load() == 0 })
+		})
+	}
+}
+
+func TestUpstreamFailures(t *testing.T) {
+	checkGoroutines(t)
+	t.Run("down", func(t *testing.T) {
+		for _, front := range fronts {
+			env := newEnv(t, front, nil, Config{})
+			resp, err := env.client.Get(env.url + "/x")
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusBadGateway {
+				t.Errorf("%s: status %d, want 502", front, resp.StatusCode)
+			}
+			if logs := env.logs.String(); !strings.Contains(logs, "proxy: upstream error") || !strings.Contains(logs, "level=WARN") {
+				t.Errorf("%s: no upstream error logged at WARN:\n%s", front, logs)
+			}
+			if n := env.metrics.upstreamErrors.Load(); n != 1 {
+				t.Errorf("%s: UpstreamError() called %d times, want 1", front, n)
+			}
+		}
+	})
+	t.Run("dies mid-body", func(t *testing.T) {
+		up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			c, brw, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			_, _ = brw.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+			_ = brw.Flush()
+			_ = c.Close()
+		})
+		for _, front := range fronts {
+			env := newEnv(t, front, up, Config{})
+			// The client must see an error, never a short body taken for
+			// a whole one: either the response never starts or it is cut.
+			resp, err := env.client.Get(env.url + "/x")
+			if err == nil {
+				_, err = io.ReadAll(resp.Body)
+				resp.Body.Close()
+			}
+			if err == nil {
+				t.Errorf("%s: a truncated response reached the client as a complete one", front)
+			}
+			eventually(t, 5*time.Second, "upstream error counted", func() bool { return env.metrics.upstreamErrors.Load() == 1 })
+		}
+	})
+	t.Run("timeout", func(t *testing.T) {
+		up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			select {
+			case <-r.Context().Done():
+			case <-time.After(5 * time.Second):
+			}
+		})
+		for _, front := range fronts {
+			env := newEnv(t, front, up, Config{UpstreamTimeout: 50 * time.Millisecond})
+			resp, err := env.client.Get(env.url + "/x")
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusGatewayTimeout {
+				t.Errorf("%s: status %d, want 504", front, resp.StatusCode)
+			}
+		}
+	})
+	t.Run("garbage", func(t *testing.T) {
+		up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			c, _, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			_, _ = io.WriteString(c, "NOT HTTP AT ALL\r\n\r\n")
+			_ = c.Close()
+		})
+		for _, front := range fronts {
+			env := newEnv(t, front, up, Config{})
+			resp, err := env.client.Get(env.url + "/x")
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusBadGateway {
+				t.Errorf("%s: status %d, want 502", front, resp.StatusCode)
+			}
+		}
+	})
+}
+
+func TestWebSocket(t *testing.T) {
+	checkGoroutines(t)
+	echo := websocket.Handler(func(ws *websocket.Conn) { _, _ = io.Copy(ws, ws) })
+	for _, front := range fronts {
+		t.Run(front, func(t *testing.T) {
+			env := newEnv(t, front, echo, Config{MaxInFlight: 1})
+			wsURL := "ws" + strings.TrimPrefix(env.url, "http") + "/ws"
+			ws, err := websocket.Dial(wsURL, "", env.url)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, msg := range []string{"hello", strings.Repeat("big", 20000)} {
+				if err := websocket.Message.Send(ws, msg); err != nil {
+					t.Fatal(err)
+				}
+				// The echo handler may split a message into several frames.
+				var got string
+				for len(got) < len(msg) {
+					var part string
+					if err := websocket.Message.Receive(ws, &part); err != nil {
+						t.Fatal(err)
+					}
+					got += part
+				}
+				if got != msg {
+					t.Errorf("echo: got %d bytes, want %d", len(got), len(msg))
+				}
+			}
+			// An upgraded connection does not hold an in-flight slot.
+			resp, err := env.client.Get(env.url + "/other")
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusServiceUnavailable {
+				t.Error("request refused while a WebSocket was open: the upgrade still counts as in flight")
+			}
+			// Close ends the relay.
+			if err := env.proxy.Close(); err != nil {
+				t.Fatal(err)
+			}
+			_ = ws.SetReadDeadline(time.Now().Add(5 * time.Second))
+			var got string
+			if err := websocket.Message.Receive(ws, &got); err == nil {
+				t.Error("WebSocket still open after Proxy.Close")
+			}
+			_ = ws.Close()
+		})
+	}
+}
+
+func TestUpgradeRefusedAndMismatched(t *testing.T) {
+	checkGoroutines(t)
+	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/switch-other" {
+			c, brw, _ := http.NewResponseController(w).Hijack()
+			_, _ = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+			_ = brw.Flush()
+			_ = c.Close()
+			return
+		}
+		w.WriteHeader(http.StatusForbidden) // declines the upgrade
+	})
+	for _, front := range fronts {
+		env := newEnv(t, front, up, Config{})
+		addr := strings.TrimPrefix(env.url, "http://")
+		got := rawRequest(t, addr, "GET /declined HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n\r\n", 2*time.Second)
+		if !strings.HasPrefix(got, "HTTP/1.1 403") {
+			t.Errorf("%s: declined upgrade answered %q", front, firstLine(got))
+		}
+		got = rawRequest(t, addr, "GET /switch-other HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n\r\n", 2*time.Second)
+		if !strings.HasPrefix(got, "HTTP/1.1 502") {
+			t.Errorf("%s: upstream switching to another protocol answered %q", front, firstLine(got))
+		}
+	}
+}
+
+func firstLine(s string) string {
+	l, _, _ := strings.Cut(s, "\r\n")
+	return l
+}
+
+func TestServerSentEvents(t *testing.T) {
+	checkGoroutines(t)
+	for _, front := range fronts {
+		t.Run(front, func(t *testing.T) {
+			next := make(chan struct{})
+			up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "text/event-stream")
+				for i := range 3 {
+					fmt.Fprintf(w, "data: event %d\n\n", i)
+					w.(http.Flusher).Flush()
+					select {
+					case <-next:
+					case <-r.Context().Done():
+						return
+					}
+				}
+			})
+			env := newEnv(t, front, up, Config{})
+			resp, err := env.client.Get(env.url + "/events")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			br := bufio.NewReader(resp.Body)
+			for i := range 3 {
+				// Each event arrives before the upstream is allowed to send
+				// the next: the proxy flushed it.
+				line, err := br.ReadString('\n')
+				if err != nil {
+					t.Fatal(err)
+				}
+				if want := fmt.Sprintf("data: event %d\n", i); line != want {
+					t.Errorf("got %q, want %q", line, want)
+				}
+				_, _ = br.ReadString('\n')
+				next <- struct{}{}
+			}
+		})
+	}
+}
+
+func TestHTTP2OverTLS(t *testing.T) {
+	checkGoroutines(t)
+	up := httptest.NewServer(http.HandlerFunc(echoHandler))
+	defer up.Close()
+	target, _ := url.Parse(up.URL)
+	p, err := New(target, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	// Borrow httptest's test certificate.
+	front := httptest.NewUnstartedServer(nil)
+	front.StartTLS()
+	srvTLS := &tls.Config{Certificates: front.TLS.Certificates}
+	front.Close()
+
+	srv := NewServer(p, ServerConfig{TLSConfig: srvTLS})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.ServeTLS(ln, "", "") }()
+	defer func() { _ = srv.Close(); <-done }()
+
+	tr := &http.Transport{
+		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true}, // test certificate
+		ForceAttemptHTTP2: true,
+	}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr}
+	body := strings.Repeat("h2", 50000)
+	resp, err := c.Post("https://"+ln.Addr().String()+"/h2?x=1", "text/plain", io.MultiReader(strings.NewReader(body)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.ProtoMajor != 2 {
+		t.Errorf("client spoke %s, want HTTP/2", resp.Proto)
+	}
+	if string(got) != body || resp.Header.Get("X-Uri") != "/h2?x=1" {
+		t.Errorf("echo: %d bytes, X-Uri %q", len(got), resp.Header.Get("X-Uri"))
+	}
+	if resp.Header.Get("X-Te") != "chunked" {
+		t.Errorf("upstream body framing %q, want chunked (an h2 body of unknown length)", resp.Header.Get("X-Te"))
+	}
+}
+
+func TestProxyProtocolClientAddress(t *testing.T) {
+	checkGoroutines(t)
+	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header()["Got-Xff"] = r.Header["X-Forwarded-For"]
+		w.Header()["Got-Forwarded"] = r.Header["Forwarded"]
+	})
+	for _, front := range fronts {
+		t.Run(front, func(t *testing.T) {
+			env := newEnv(t, front, up, Config{})
+			_ = env // the env's own front is unused here: this one sits behind a PROXY listener
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			pln := &proxyproto.Listener{Listener: ln, ReadHeaderTimeout: 5 * time.Second}
+			base := serveOn(t, env.proxy, front, pln)
+
+			c, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			hdr := &proxyproto.Header{
+				Version:           2,
+				Command:           proxyproto.PROXY,
+				TransportProtocol: proxyproto.TCPv4,
+				SourceAddr:        &net.TCPAddr{IP: net.ParseIP("203.0.113.7"), Port: 4242},
+				DestinationAddr:   &net.TCPAddr{IP: net.ParseIP("192.168.127.2"), Port: 443},
+			}
+			if _, err := hdr.WriteTo(c); err != nil {
+				t.Fatal(err)
+			}
+			fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: enclave\r\n\r\n")
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			got := []string{resp.Header.Get("Got-Xff"), resp.Header.Get("Got-Forwarded")}
+			want := []string{"203.0.113.7", "for=203.0.113.7;host=enclave;proto=http"}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestServeProtocol(t *testing.T) {
+	checkGoroutines(t)
+	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/stream" {
+			_, _ = io.WriteString(w, "abc")
+			w.(http.Flusher).Flush() // chunked: length unknown
+			_, _ = io.WriteString(w, "def")
+			return
+		}
+		body, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "%s %s %q", r.Method, r.URL.Path, body)
+	})
+	env := newEnv(t, "serve", up, Config{MaxHeaderBytes: 1024})
+	addr := strings.TrimPrefix(env.url, "http://")
+	tests := []struct {
+		name string
+		req  string
+		want []string // substrings of the reply, in order
+		not  []string
+	}{
+		{"pipelined", "GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+			[]string{"200 OK", `GET /a ""`, "Connection: close", `GET /b ""`}, nil},
+		{"expect continue", "POST /c HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+			[]string{"HTTP/1.1 100 Continue\r\n\r\n", "200 OK", `POST /c "hi"`}, nil},
+		{"unknown expectation", "POST /c HTTP/1.1\r\nHost: x\r\nExpect: magic\r\nContent-Length: 2\r\n\r\nhi",
+			[]string{"417 Expectation Failed"}, nil},
+		{"missing host", "GET / HTTP/1.1\r\n\r\n", []string{"400 Bad Request"}, nil},
+		{"bad second request", "GET /a HTTP/1.1\r\nHost: x\r\n\r\nBAD\r\n\r\n", []string{"200 OK", "400 Bad Request"}, nil},
+		{"bad request line", "NOT A REQUEST\r\n\r\n", []string{"400 Bad Request"}, nil},
+		{"http2 preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", []string{"505 HTTP Version Not Supported"}, nil},
+		{"header too large", "GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("a", 8000) + "\r\n\r\n",
+			[]string{"431 Request Header Fields Too Large"}, nil},
+		{"connect", "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", []string{"405 Method Not Allowed"}, nil},
+		{"http/1.0 close-delimited stream", "GET /stream HTTP/1.0\r\n\r\n",
+			[]string{"200 OK", "Connection: close", "abcdef"}, []string{"chunked"}},
+		{"http/1.1 chunked stream", "GET /stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+			[]string{"Transfer-Encoding: chunked", "abc", "def", "\r\n0\r\n\r\n"}, nil},
+		{"head", "HEAD /h HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", []string{"200 OK"}, []string{"HEAD /h"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := rawRequest(t, addr, tt.req, 3*time.Second)
+			rest := got
+			for _, w := range tt.want {
+				i := strings.Index(rest, w)
+				if i < 0 {
+					t.Fatalf("reply lacks %q (in order):\n%s", w, got)
+				}
+				rest = rest[i+len(w):]
+			}
+			for _, n := range tt.not {
+				if strings.Contains(got, n) {
+					t.Errorf("reply contains %q:\n%s", n, got)
+				}
+			}
+		})
+	}
+}
+
+func TestHTTP10KeepAlive(t *testing.T) {
+	checkGoroutines(t)
+	env := newEnv(t, "serve", http.HandlerFunc(echoHandler), Config{})
+	c, err := net.Dial("tcp", strings.TrimPrefix(env.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	br := bufio.NewReader(c)
+	for i := range 2 {
+		fmt.Fprintf(c, "GET /%d HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", i)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.Header.Get("Connection") != "keep-alive" {
+			t.Errorf("request %d: Connection %q, want keep-alive", i, resp.Header.Get("Connection"))
+		}
+	}
+}
+
+func TestMetrics(t *testing.T) {
+	checkGoroutines(t)
+	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/404" {
+			http.NotFound(w, r)
+		}
+	})
+	for _, front := range fronts {
+		t.Run(front, func(t *testing.T) {
+			env := newEnv(t, front, up, Config{})
+			for _, path := range []string{"/", "/", "/404"} {
+				resp, err := env.client.Get(env.url + path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+			}
+			eventually(t, 5*time.Second, "three requests recorded", func() bool { return env.metrics.requests.Load() == 3 })
+			env.metrics.mu.Lock()
+			got := env.metrics.codes
+			env.metrics.mu.Unlock()
+			if diff := cmp.Diff(map[int]int{200: 2, 404: 1}, got); diff != "" {
+				t.Errorf("codes (-want +got):\n%s", diff)
+			}
+			if n := env.metrics.inFlight.Load(); n != 0 {
+				t.Errorf("in flight %d after all requests, want 0", n)
+			}
+		})
+	}
+}
+
+func TestNewServerDefaults(t *testing.T) {
+	srv := NewServer(http.NotFoundHandler(), ServerConfig{})
+	got := []any{srv.ReadHeaderTimeout, srv.ReadTimeout, srv.WriteTimeout, srv.IdleTimeout, srv.MaxHeaderBytes, srv.TLSConfig == nil}
+	want := []any{DefaultReadHeaderTimeout, DefaultServerReadTimeout, DefaultServerWriteTimeout, DefaultIdleTimeout, DefaultMaxHeaderBytes, true}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+	tsrv := NewServer(http.NotFoundHandler(), ServerConfig{TLSConfig: &tls.Config{}})
+	if diff := cmp.Diff([]string{"h2", "http/1.1"}, tsrv.TLSConfig.NextProtos); diff != "" {
+		t.Errorf("NextProtos (-want +got):\n%s", diff)
+	}
+	if tsrv.Protocols == nil || !tsrv.Protocols.HTTP2() {
+		t.Error("HTTP/2 not enabled with a TLS config")
+	}
+}

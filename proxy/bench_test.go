@@ -1,0 +1,190 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"sync"
+	"testing"
+)
+
+// The benchmarks use a raw upstream and raw clients that allocate nothing
+// per request, so that allocs/op is the proxy's own.
+
+const cannedResponse = "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n" +
+	"Date: Mon, 23 Nov 2026 09:00:00 GMT\r\nContent-Length: 13\r\n\r\nHello, world!"
+
+// rawUpstream answers every request head it reads with cannedResponse.
+func rawUpstream(tb testing.TB) *url.URL {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	tb.Cleanup(func() { _ = ln.Close(); wg.Wait() })
+	var mu sync.Mutex
+	var conns []net.Conn
+	tb.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				br := bufio.NewReader(c)
+				resp := []byte(cannedResponse)
+				for {
+					if err := skipHead(br); err != nil {
+						return
+					}
+					if _, err := c.Write(resp); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return &url.URL{Scheme: "http", Host: ln.Addr().String()}
+}
+
+// skipHead reads up to the end of a message head.
+func skipHead(br *bufio.Reader) error {
+	for {
+		line, err := br.ReadSlice('\n')
+		if err != nil {
+			return err
+		}
+		if len(line) <= 2 && (len(line) == 1 || line[0] == '\r') {
+			return nil
+		}
+	}
+}
+
+// discardWriter is an http.ResponseWriter that keeps nothing.
+type discardWriter struct {
+	h    http.Header
+	code int
+}
+
+func (w *discardWriter) Header() http.Header         { return w.h }
+func (w *discardWriter) Write(p []byte) (int, error) { return len(p), nil }
+func (w *discardWriter) WriteHeader(code int)        { w.code = code }
+
+// benchHandler runs GET requests through h, called directly, so that only
+// the upstream half of the proxy (its forwarding path) is measured.
+func benchHandler(b *testing.B, h http.Handler) {
+	req, err := http.NewRequest("GET", "http://enclave.example/hello", nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	req.RequestURI = "/hello"
+	req.RemoteAddr = "192.0.2.1:1234"
+	w := &discardWriter{h: make(http.Header)}
+	b.ReportAllocs()
+	for b.Loop() {
+		clear(w.h)
+		h.ServeHTTP(w, req)
+		if w.code != 200 {
+			b.Fatalf("status %d", w.code)
+		}
+	}
+}
+
+// BenchmarkForward compares the forwarding paths on their own: quench's
+// against httputil.ReverseProxy with net/http's Transport, stock and with
+// nitriding's tuning.
+func BenchmarkForward(b *testing.B) {
+	target := rawUpstream(b)
+	b.Run("quench", func(b *testing.B) {
+		p, err := New(target, Config{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer p.Close()
+		benchHandler(b, p)
+	})
+	b.Run("httputil-stock", func(b *testing.B) {
+		rp := httputil.NewSingleHostReverseProxy(target)
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		defer tr.CloseIdleConnections()
+		rp.Transport = tr
+		benchHandler(b, rp)
+	})
+	b.Run("httputil-nitriding", func(b *testing.B) {
+		rp := httputil.NewSingleHostReverseProxy(target)
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.MaxIdleConns, tr.MaxIdleConnsPerHost = 1000, 1000
+		defer tr.CloseIdleConnections()
+		rp.Transport = tr
+		rp.BufferPool = benchBufPool{&sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
+		benchHandler(b, rp)
+	})
+}
+
+type benchBufPool struct{ p *sync.Pool }
+
+func (p benchBufPool) Get() []byte  { return *p.p.Get().(*[]byte) }
+func (p benchBufPool) Put(b []byte) { p.p.Put(&b) }
+
+// BenchmarkFrontEnds measures whole requests through each front end, over
+// loopback TCP, one keep-alive client connection.
+func BenchmarkFrontEnds(b *testing.B) {
+	target := rawUpstream(b)
+	for _, front := range fronts {
+		b.Run(front, func(b *testing.B) {
+			p, err := New(target, Config{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			base := serveFront(b, p, front)
+			c, err := net.Dial("tcp", base[len("http://"):])
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			req := []byte("GET /hello HTTP/1.1\r\nHost: enclave.example\r\n\r\n")
+			br := bufio.NewReader(c)
+			roundTrip := func() {
+				if _, err := c.Write(req); err != nil {
+					b.Fatal(err)
+				}
+				if err := skipHead(br); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := io.ReadFull(br, make13[:]); err != nil {
+					b.Fatal(err)
+				}
+				if !bytes.Equal(make13[:], []byte("Hello, world!")) {
+					b.Fatalf("body %q", make13[:])
+				}
+			}
+			roundTrip()
+			b.ReportAllocs()
+			for b.Loop() {
+				roundTrip()
+			}
+		})
+	}
+}
+
+var make13 [13]byte

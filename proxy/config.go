@@ -1,0 +1,242 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"net"
+	"runtime"
+	"time"
+)
+
+// Defaults for the zero fields of [Config]. The measurements behind them are
+// in docs/bench/proxy.md (section "Defaults").
+const (
+	// DefaultMaxInFlightPerCPU, times GOMAXPROCS, bounds concurrently
+	// forwarded requests by default. On the 2-core benchmark machine the
+	// quench proxy's request rate stops rising at about 64 requests in
+	// flight (32 per core) and p99 grows in proportion beyond it
+	// (docs/bench/proxy.md, overload), so 64 per core admits up to twice
+	// the knee and refuses the rest at once.
+	DefaultMaxInFlightPerCPU = 64
+
+	// DefaultMaxIdleConns is the idle upstream connection pool size. It must
+	// be at least the peak number of requests in flight, or connections
+	// churn: Go's stock value of 2 idle connections per host costs 3× in
+	// request rate. The default is at least MaxInFlight.
+	DefaultMaxIdleConns = 1024
+
+	// DefaultBufferSize is the size of the pooled copy buffers, the same as
+	// io.Copy's and httputil.ReverseProxy's. Larger buffers did not raise
+	// bulk throughput over loopback; smaller ones cost syscalls.
+	DefaultBufferSize = 32 << 10
+
+	// DefaultDialTimeout bounds dialing the upstream, and waiting for a
+	// connection when MaxConns are all busy.
+	DefaultDialTimeout = 5 * time.Second
+
+	// DefaultIdleConnTimeout is how long an idle upstream connection stays
+	// in the pool; the same as http.DefaultTransport's.
+	DefaultIdleConnTimeout = 90 * time.Second
+
+	// DefaultUpstreamTimeout bounds each wait for the upstream: for the
+	// response header after the request is sent, and between reads of the
+	// response body. 60 s is nginx's proxy_read_timeout.
+	DefaultUpstreamTimeout = 60 * time.Second
+
+	// DefaultTransferTimeout bounds each read of a request body from the
+	// client and each write of a response to it. 60 s is nginx's
+	// client_body_timeout and send_timeout.
+	DefaultTransferTimeout = 60 * time.Second
+
+	// DefaultRetryAfter is the Retry-After sent with 503 refusals.
+	DefaultRetryAfter = 1 * time.Second
+
+	// DefaultQueueTimeout is how long a request may wait in the queue when
+	// QueueSize > 0.
+	DefaultQueueTimeout = 50 * time.Millisecond
+)
+
+// Config configures a [Proxy]. The zero value works: every zero field takes
+// the default documented on it. Fields are read once by [New]; changing a
+// Config afterwards has no effect on the Proxy.
+type Config struct {
+	// DialContext dials the upstream. network and addr come from the target
+	// URL: "tcp" and host:port for http and https targets, "unix" and the
+	// path for unix targets. Set it to reach the upstream over anything that
+	// is a net.Conn: a unix socket, a gVisor gonet connection, VSOCK.
+	// Default: a net.Dialer with DialTimeout and 30 s TCP keep-alive.
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+
+	// DialTimeout bounds one dial of the upstream, including the TLS
+	// handshake for https targets, and the wait for a connection when
+	// MaxConns connections are busy. Default: DefaultDialTimeout (5 s).
+	DialTimeout time.Duration
+
+	// MaxIdleConns is how many idle upstream connections are kept for
+	// reuse. Keep it at or above the peak number of concurrent requests
+	// (MaxInFlight), or connections are closed and dialed again under load.
+	// Negative disables keep-alive to the upstream. Default: the larger of
+	// DefaultMaxIdleConns (1024) and MaxInFlight.
+	MaxIdleConns int
+
+	// MaxConns caps the number of upstream connections, busy and idle, for
+	// forwarded requests; requests past the cap wait up to DialTimeout for
+	// one to come free, then get 504. Connections that were upgraded (for
+	// example to WebSocket) leave the pool and are not counted. Default 0:
+	// no cap beyond MaxInFlight, which bounds busy connections anyway.
+	MaxConns int
+
+	// IdleConnTimeout is how long an unused upstream connection is kept.
+	// Default: DefaultIdleConnTimeout (90 s).
+	IdleConnTimeout time.Duration
+
+	// UpstreamTimeout bounds each wait for the upstream: for the response
+	// header once the request has been sent (then 504), and for each further
+	// read of the response body or write of the request body (then the
+	// exchange is aborted). Upstreams that hold responses open without
+	// sending, such as idle server-sent event streams, must send something
+	// more often than this. Negative disables it. Default:
+	// DefaultUpstreamTimeout (60 s).
+	UpstreamTimeout time.Duration
+
+	// TransferTimeout bounds each read of the request body from the client
+	// and each write of the response to the client: before each one the
+	// proxy moves the client connection's deadline to now + TransferTimeout.
+	// The server's ReadTimeout and WriteTimeout thus limit how long a client
+	// may stall, not how long a large or streamed body may take. Negative
+	// leaves the deadlines to the server. Default: DefaultTransferTimeout
+	// (60 s).
+	TransferTimeout time.Duration
+
+	// MaxInFlight bounds the requests being forwarded at once. Past it a
+	// request waits in the queue (QueueSize) or is refused at once with 503
+	// and Retry-After. An upgraded connection stops counting once the
+	// upstream has switched protocols. Negative means no limit. Default:
+	// DefaultMaxInFlightPerCPU × runtime.GOMAXPROCS(0) (128 on 2 cores).
+	MaxInFlight int
+
+	// QueueSize is how many requests may wait for a free in-flight slot,
+	// each for at most QueueTimeout, before being refused. Default 0: refuse
+	// at once, which keeps the latency of admitted requests flat past
+	// saturation.
+	QueueSize int
+
+	// QueueTimeout is how long a queued request waits for a slot before it
+	// is refused. Default: DefaultQueueTimeout (50 ms).
+	QueueTimeout time.Duration
+
+	// RetryAfter is sent, in whole seconds rounded up, in the Retry-After
+	// header of 503 refusals. Default: DefaultRetryAfter (1 s).
+	RetryAfter time.Duration
+
+	// BufferSize is the size of the pooled buffers that copy bodies.
+	// Default: DefaultBufferSize (32 KiB).
+	BufferSize int
+
+	// Host is the Host header sent upstream. Default "": the client's Host,
+	// so that the upstream sees the name the client asked for (the same
+	// name also goes in X-Forwarded-Host).
+	Host string
+
+	// TrustForwarded keeps the X-Forwarded-For, X-Forwarded-Host,
+	// X-Forwarded-Proto and Forwarded headers that arrive from the client
+	// and appends this hop to them. Default false: they are dropped and set
+	// afresh from the connection, since any client can forge them.
+	TrustForwarded bool
+
+	// TLSClientConfig configures TLS to https targets. Its ServerName
+	// defaults to the target's host name and its NextProtos are set to
+	// http/1.1. Default nil: the system roots and the target's host name.
+	TLSClientConfig *tls.Config
+
+	// ReadHeaderTimeout bounds reading a request header on connections
+	// served by [Proxy.Serve], from its first byte, and the wait for the
+	// first request on a new connection. An http.Server serving the Proxy as
+	// a Handler uses its own settings instead (see [NewServer]). Default:
+	// DefaultReadHeaderTimeout (10 s).
+	ReadHeaderTimeout time.Duration
+
+	// IdleTimeout bounds the wait for the next request on a keep-alive
+	// connection served by [Proxy.Serve]. Default: DefaultIdleTimeout
+	// (120 s).
+	IdleTimeout time.Duration
+
+	// MaxHeaderBytes bounds the size of a request header read by
+	// [Proxy.Serve]; larger ones get 431. Default: DefaultMaxHeaderBytes
+	// (64 KiB).
+	MaxHeaderBytes int
+
+	// Logger receives one line per upstream failure (level Warn) and per
+	// aborted exchange (level Debug). Default nil: logs are discarded.
+	Logger *slog.Logger
+
+	// Metrics receives request counts, in-flight changes, refusals,
+	// upstream errors and latencies. Default nil: none are recorded (and the
+	// clock is not read for them).
+	Metrics Metrics
+}
+
+// withDefaults returns cfg with its zero fields set to their defaults, or an
+// error if a field is invalid.
+func (cfg Config) withDefaults() (Config, error) {
+	if cfg.DialTimeout == 0 {
+		cfg.DialTimeout = DefaultDialTimeout
+	}
+	if cfg.MaxConns < 0 {
+		return cfg, fmt.Errorf("proxy: MaxConns %d < 0", cfg.MaxConns)
+	}
+	if cfg.IdleConnTimeout == 0 {
+		cfg.IdleConnTimeout = DefaultIdleConnTimeout
+	}
+	if cfg.UpstreamTimeout == 0 {
+		cfg.UpstreamTimeout = DefaultUpstreamTimeout
+	}
+	if cfg.TransferTimeout == 0 {
+		cfg.TransferTimeout = DefaultTransferTimeout
+	}
+	if cfg.MaxInFlight == 0 {
+		cfg.MaxInFlight = DefaultMaxInFlightPerCPU * runtime.GOMAXPROCS(0)
+	}
+	if cfg.MaxIdleConns == 0 {
+		cfg.MaxIdleConns = max(DefaultMaxIdleConns, cfg.MaxInFlight)
+	}
+	if cfg.QueueSize < 0 {
+		return cfg, fmt.Errorf("proxy: QueueSize %d < 0", cfg.QueueSize)
+	}
+	if cfg.QueueTimeout == 0 {
+		cfg.QueueTimeout = DefaultQueueTimeout
+	}
+	if cfg.QueueTimeout < 0 {
+		return cfg, fmt.Errorf("proxy: QueueTimeout %v < 0", cfg.QueueTimeout)
+	}
+	if cfg.RetryAfter == 0 {
+		cfg.RetryAfter = DefaultRetryAfter
+	}
+	if cfg.RetryAfter < 0 {
+		return cfg, fmt.Errorf("proxy: RetryAfter %v < 0", cfg.RetryAfter)
+	}
+	if cfg.BufferSize == 0 {
+		cfg.BufferSize = DefaultBufferSize
+	}
+	if cfg.BufferSize < 512 {
+		return cfg, fmt.Errorf("proxy: BufferSize %d < 512", cfg.BufferSize)
+	}
+	if cfg.ReadHeaderTimeout == 0 {
+		cfg.ReadHeaderTimeout = DefaultReadHeaderTimeout
+	}
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	if cfg.MaxHeaderBytes == 0 {
+		cfg.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
+	if cfg.ReadHeaderTimeout < 0 || cfg.IdleTimeout < 0 || cfg.MaxHeaderBytes < 0 {
+		return cfg, fmt.Errorf("proxy: ReadHeaderTimeout, IdleTimeout and MaxHeaderBytes must not be negative")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return cfg, nil
+}

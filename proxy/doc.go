@@ -1,0 +1,55 @@
+// Package proxy is a tuned HTTP reverse proxy for one upstream, built to be
+// the cheapest hop on the path between a client and an enclave app.
+//
+// # Overview
+//
+// [New] returns a [*Proxy] for a target URL (http, https or unix). It meets
+// clients in one of two ways:
+//
+//   - [Proxy.Serve] accepts connections from a [net.Listener] and speaks
+//     HTTP/1.1 on them itself, parsing with net/http ([http.ReadRequest])
+//     but without net/http's server: no goroutine per request, no response
+//     buffering layer. It is the fast front end, for plain HTTP/1.1 and TLS
+//     listeners that offer only http/1.1.
+//   - *Proxy implements [http.Handler], for HTTP/2 clients (serve it with
+//     [NewServer] and a TLS config) or to mount it in an existing server.
+//
+// Either way, requests go upstream over HTTP/1.1 on the Proxy's own
+// forwarding path, again on net/http's parser ([http.ReadResponse]) but
+// without [net/http/httputil.ReverseProxy] and [net/http.Transport]: the
+// goroutine serving the client writes the request and reads the response
+// itself, on a pooled keep-alive connection, instead of handing it to a
+// transport's reader and writer goroutines. docs/bench/proxy.md has the
+// measurements behind that choice and behind the defaults in [Config].
+//
+// What the proxy does with each request:
+//   - admits it if fewer than [Config.MaxInFlight] requests are in flight,
+//     otherwise answers 503 with Retry-After at once (or after a short wait
+//     in an optional queue, [Config.QueueSize]);
+//   - takes an idle upstream connection (or dials one, up to
+//     [Config.MaxConns]) and writes the request line and headers without
+//     copying the header map, dropping hop-by-hop headers and setting
+//     X-Forwarded-For, X-Forwarded-Host, X-Forwarded-Proto and Forwarded
+//     from the connection ([http.Request.RemoteAddr], which a PROXY protocol
+//     listener such as github.com/pires/go-proxyproto sets to the original
+//     client);
+//   - streams the request body up while the response streams back, with
+//     pooled 32 KiB buffers, flushing responses of unknown length (such as
+//     server-sent events) whenever the upstream has nothing more buffered;
+//   - relays upgraded connections (WebSocket and others) both ways;
+//   - answers 502 (504 on a timeout) and logs once when the upstream fails
+//     before the response starts, and aborts the response when it fails
+//     later; a client that goes away cancels the upstream exchange.
+//
+// # Metrics
+//
+// [Config.Metrics] takes any [Metrics] implementation; the package itself
+// does not depend on Prometheus. Package proxyprom adapts it to
+// prometheus/client_golang.
+//
+// # Limits
+//
+// Upstreams are spoken to in HTTP/1.1 only. HTTP/2 clients cannot upgrade
+// (no extended CONNECT); WebSocket clients must use HTTP/1.1, which browsers
+// do by default. CONNECT requests are refused with 405.
+package proxy

@@ -1,0 +1,370 @@
+package proxy
+
+import (
+	"bufio"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+)
+
+// isHopHeader reports whether k (in canonical form) is a hop-by-hop header
+// (RFC 9110 section 7.6.1, plus the obsolete ones net/http also drops),
+// which a proxy must not forward.
+func isHopHeader(k string) bool {
+	switch k {
+	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+		"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade":
+		return true
+	}
+	return false
+}
+
+// isForwardedHeader reports whether k is one of the headers the proxy sets
+// from the connection.
+func isForwardedHeader(k string) bool {
+	switch k {
+	case "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded":
+		return true
+	}
+	return false
+}
+
+// connTokens holds the header names listed in a Connection header, other
+// than the ones that are hop-by-hop anyway. Most requests list none, so it
+// lives on the stack and never allocates.
+type connTokens struct {
+	n       int
+	names   [8]string
+	more    []string // overflow, rarely used
+	upgrade bool     // "upgrade" was listed
+}
+
+func (t *connTokens) parse(values []string) {
+	for _, v := range values {
+		for v != "" {
+			var tok string
+			tok, v, _ = strings.Cut(v, ",")
+			tok = textprotoTrim(tok)
+			switch {
+			case tok == "":
+			case strings.EqualFold(tok, "close"), strings.EqualFold(tok, "keep-alive"):
+			case strings.EqualFold(tok, "upgrade"):
+				t.upgrade = true
+			case t.n < len(t.names):
+				t.names[t.n] = tok
+				t.n++
+			default:
+				t.more = append(t.more, tok)
+			}
+		}
+	}
+}
+
+// has reports whether header k was listed.
+func (t *connTokens) has(k string) bool {
+	for _, n := range t.names[:t.n] {
+		if strings.EqualFold(n, k) {
+			return true
+		}
+	}
+	for _, n := range t.more {
+		if strings.EqualFold(n, k) {
+			return true
+		}
+	}
+	return false
+}
+
+func textprotoTrim(s string) string {
+	for len(s) > 0 && (s[0] == ' ' || s[0] == '\t') {
+		s = s[1:]
+	}
+	for len(s) > 0 && (s[len(s)-1] == ' ' || s[len(s)-1] == '\t') {
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
+// upgradeType returns the protocol an HTTP/1.1 request asks to upgrade to,
+// or "" if it asks for none.
+func upgradeType(r *http.Request, tokens *connTokens) string {
+	if !tokens.upgrade || r.ProtoMajor != 1 {
+		return ""
+	}
+	if v := r.Header["Upgrade"]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
+// clientAddr returns the client's IP address from r.RemoteAddr, which a
+// PROXY protocol listener sets to the address in the PROXY header.
+func clientAddr(r *http.Request) (netip.Addr, bool) {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err == nil {
+		return ap.Addr().Unmap(), true
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
+	}
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	return a.Unmap(), true
+}
+
+// writeForwarded writes X-Forwarded-For, X-Forwarded-Host,
+// X-Forwarded-Proto and Forwarded (RFC 7239) for this hop. With trust, the
+// client's values are extended; otherwise they were skipped by the caller.
+func writeForwarded(bw *bufio.Writer, r *http.Request, trust bool) {
+	proto := "http"
+	if r.TLS != nil {
+		proto = "https"
+	}
+	ip, ok := clientAddr(r)
+
+	// X-Forwarded-For: prior values, then this client.
+	var prior []string
+	if trust {
+		prior = r.Header["X-Forwarded-For"]
+	}
+	if ok || len(prior) > 0 {
+		bw.WriteString("X-Forwarded-For: ")
+		for i, v := range prior {
+			if i > 0 {
+				bw.WriteString(", ")
+			}
+			bw.WriteString(v)
+		}
+		if ok {
+			if len(prior) > 0 {
+				bw.WriteString(", ")
+			}
+			bw.Write(ip.AppendTo(bw.AvailableBuffer()))
+		}
+		bw.WriteString("\r\n")
+	}
+	if trust {
+		if v := r.Header["X-Forwarded-Host"]; len(v) > 0 {
+			writeHeaderLine(bw, "X-Forwarded-Host", v[0])
+		} else if r.Host != "" {
+			writeHeaderLine(bw, "X-Forwarded-Host", r.Host)
+		}
+		if v := r.Header["X-Forwarded-Proto"]; len(v) > 0 {
+			writeHeaderLine(bw, "X-Forwarded-Proto", v[0])
+		} else {
+			writeHeaderLine(bw, "X-Forwarded-Proto", proto)
+		}
+	} else {
+		if r.Host != "" {
+			writeHeaderLine(bw, "X-Forwarded-Host", r.Host)
+		}
+		writeHeaderLine(bw, "X-Forwarded-Proto", proto)
+	}
+
+	// Forwarded: for=...;host=...;proto=...
+	bw.WriteString("Forwarded: ")
+	if trust {
+		for _, v := range r.Header["Forwarded"] {
+			bw.WriteString(v)
+			bw.WriteString(", ")
+		}
+	}
+	bw.WriteString("for=")
+	switch {
+	case !ok:
+		bw.WriteString("unknown")
+	case ip.Is6():
+		bw.WriteString(`"[`)
+		bw.Write(ip.AppendTo(bw.AvailableBuffer()))
+		bw.WriteString(`]"`)
+	default:
+		bw.Write(ip.AppendTo(bw.AvailableBuffer()))
+	}
+	if r.Host != "" {
+		bw.WriteString(";host=")
+		writeForwardedValue(bw, r.Host)
+	}
+	bw.WriteString(";proto=")
+	bw.WriteString(proto)
+	bw.WriteString("\r\n")
+}
+
+// writeForwardedValue writes v as an RFC 7239 value: a token if it is one,
+// else a quoted string.
+func writeForwardedValue(bw *bufio.Writer, v string) {
+	token := v != ""
+	for i := 0; i < len(v) && token; i++ {
+		token = isTokenChar(v[i])
+	}
+	if token {
+		bw.WriteString(v)
+		return
+	}
+	bw.WriteByte('"')
+	for i := 0; i < len(v); i++ {
+		if v[i] == '"' || v[i] == '\\' {
+			bw.WriteByte('\\')
+		}
+		bw.WriteByte(v[i])
+	}
+	bw.WriteByte('"')
+}
+
+// isTokenChar reports whether c is a tchar (RFC 9110 section 5.6.2).
+func isTokenChar(c byte) bool {
+	switch {
+	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		return true
+	}
+	return strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
+}
+
+func writeHeaderLine(bw *bufio.Writer, k, v string) {
+	bw.WriteString(k)
+	bw.WriteString(": ")
+	bw.WriteString(v)
+	bw.WriteString("\r\n")
+}
+
+// writeRequestHead writes the request line and headers of r, as sent to the
+// upstream, into bw. It reads r.Header but never modifies or copies it.
+func (p *Proxy) writeRequestHead(bw *bufio.Writer, r *http.Request, tokens *connTokens, upgrade string, chunked bool) {
+	bw.WriteString(r.Method)
+	bw.WriteByte(' ')
+	p.writeRequestURI(bw, r)
+	bw.WriteString(" HTTP/1.1\r\nHost: ")
+	switch {
+	case p.cfg.Host != "":
+		bw.WriteString(p.cfg.Host)
+	case r.Host != "":
+		bw.WriteString(r.Host)
+	default:
+		bw.WriteString(p.defaultHost)
+	}
+	bw.WriteString("\r\n")
+
+	for k, vv := range r.Header {
+		if isHopHeader(k) {
+			if k == "Te" && hasToken(vv, "trailers") {
+				bw.WriteString("Te: trailers\r\n")
+			}
+			continue
+		}
+		switch k {
+		case "Content-Length", "Expect", "Host":
+			// Framing is written below from r.ContentLength; the server
+			// in front has already answered Expect: 100-continue.
+			continue
+		}
+		if isForwardedHeader(k) {
+			continue // written, or extended when trusted, by writeForwarded
+		}
+		if tokens.n > 0 || len(tokens.more) > 0 {
+			if tokens.has(k) {
+				continue
+			}
+		}
+		for _, v := range vv {
+			writeHeaderLine(bw, k, v)
+		}
+	}
+	writeForwarded(bw, r, p.cfg.TrustForwarded)
+	if upgrade != "" {
+		bw.WriteString("Connection: Upgrade\r\nUpgrade: ")
+		bw.WriteString(upgrade)
+		bw.WriteString("\r\n")
+	}
+	switch {
+	case chunked:
+		bw.WriteString("Transfer-Encoding: chunked\r\n")
+	case r.ContentLength > 0:
+		bw.WriteString("Content-Length: ")
+		bw.Write(strconv.AppendInt(bw.AvailableBuffer(), r.ContentLength, 10))
+		bw.WriteString("\r\n")
+	case methodExpectsBody(r.Method):
+		bw.WriteString("Content-Length: 0\r\n")
+	}
+	bw.WriteString("\r\n")
+}
+
+// writeRequestURI writes the request target: the client's, unchanged, when
+// the target URL has no path; otherwise the target's path joined with the
+// request's.
+func (p *Proxy) writeRequestURI(bw *bufio.Writer, r *http.Request) {
+	uri := r.RequestURI
+	if p.pathPrefix == "" && uri != "" && uri[0] == '/' {
+		bw.WriteString(uri)
+		return
+	}
+	if uri == "*" && p.pathPrefix == "" {
+		bw.WriteString(uri)
+		return
+	}
+	// Absolute-form request targets, or a path prefix to join.
+	path := r.URL.EscapedPath()
+	switch {
+	case p.pathPrefix == "":
+		if path == "" {
+			path = "/"
+		}
+		bw.WriteString(path)
+	case path == "" || path == "/":
+		bw.WriteString(p.pathPrefix)
+		if path == "/" || strings.HasSuffix(p.rawPrefix, "/") {
+			bw.WriteByte('/')
+		}
+	default:
+		bw.WriteString(p.pathPrefix)
+		if path[0] != '/' {
+			bw.WriteByte('/')
+		}
+		bw.WriteString(path)
+	}
+	if r.URL.RawQuery != "" || r.URL.ForceQuery {
+		bw.WriteByte('?')
+		bw.WriteString(r.URL.RawQuery)
+	}
+}
+
+func hasToken(values []string, token string) bool {
+	for _, v := range values {
+		for v != "" {
+			var t string
+			t, v, _ = strings.Cut(v, ",")
+			if strings.EqualFold(textprotoTrim(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// methodExpectsBody reports whether an empty body must still be framed
+// with Content-Length: 0, as net/http's client does.
+func methodExpectsBody(m string) bool {
+	return m == "POST" || m == "PUT" || m == "PATCH"
+}
+
+// copyResponseHeader copies the end-to-end headers of the upstream response
+// into dst, which is the ResponseWriter's header map. It moves the slices
+// rather than copying them: src is not used afterwards.
+func copyResponseHeader(dst, src http.Header) {
+	var tokens connTokens
+	if c := src["Connection"]; len(c) > 0 {
+		tokens.parse(c)
+	}
+	for k, vv := range src {
+		if isHopHeader(k) {
+			continue
+		}
+		if (tokens.n > 0 || len(tokens.more) > 0) && tokens.has(k) {
+			continue
+		}
+		dst[k] = vv
+	}
+}

@@ -1,0 +1,205 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// fronts are the two ways a Proxy meets clients; behaviour tests run on both.
+var fronts = []string{"handler", "serve"}
+
+// testEnv is an upstream, a Proxy in front of it and a client.
+type testEnv struct {
+	upstream *httptest.Server
+	proxy    *Proxy
+	url      string // the proxy's base URL
+	client   *http.Client
+	logs     *syncBuffer
+	metrics  *countMetrics
+}
+
+// newEnv starts upstream (if h is not nil), a Proxy with cfg in front of
+// it served by front, and a client. Everything is closed in t.Cleanup.
+func newEnv(t testing.TB, front string, h http.Handler, cfg Config) *testEnv {
+	t.Helper()
+	env := &testEnv{logs: &syncBuffer{}, metrics: &countMetrics{}}
+	var target *url.URL
+	if h != nil {
+		env.upstream = httptest.NewServer(h)
+		t.Cleanup(env.upstream.Close)
+		target, _ = url.Parse(env.upstream.URL)
+	} else {
+		target, _ = url.Parse("http://" + closedAddr(t))
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(env.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = env.metrics
+	}
+	p, err := New(target, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.proxy = p
+	env.url = serveFront(t, p, front)
+	tr := &http.Transport{MaxIdleConnsPerHost: 100, DisableCompression: true}
+	env.client = &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	t.Cleanup(tr.CloseIdleConnections)
+	return env
+}
+
+// serveFront serves p on a new loopback listener and returns its URL.
+func serveFront(t testing.TB, p *Proxy, front string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return serveOn(t, p, front, ln)
+}
+
+func serveOn(t testing.TB, p *Proxy, front string, ln net.Listener) string {
+	t.Helper()
+	done := make(chan struct{})
+	switch front {
+	case "handler":
+		srv := NewServer(p, ServerConfig{})
+		go func() { defer close(done); _ = srv.Serve(ln) }()
+		t.Cleanup(func() { _ = srv.Close(); <-done; _ = p.Close() })
+	case "serve":
+		go func() { defer close(done); _ = p.Serve(ln) }()
+		t.Cleanup(func() { _ = p.Close(); <-done })
+	default:
+		t.Fatalf("unknown front %q", front)
+	}
+	return "http://" + ln.Addr().String()
+}
+
+// closedAddr returns a loopback address nothing listens on.
+func closedAddr(t testing.TB) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	return addr
+}
+
+// countMetrics is a Metrics that counts.
+type countMetrics struct {
+	inFlight, requests, refused, upstreamErrors atomic.Int64
+	mu                                          sync.Mutex
+	codes                                       map[int]int
+}
+
+func (m *countMetrics) InFlight(d int) { m.inFlight.Add(int64(d)) }
+func (m *countMetrics) Request(code int, _ time.Duration) {
+	m.requests.Add(1)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.codes == nil {
+		m.codes = make(map[int]int)
+	}
+	m.codes[code]++
+}
+func (m *countMetrics) Refused()       { m.refused.Add(1) }
+func (m *countMetrics) UpstreamError() { m.upstreamErrors.Add(1) }
+
+// syncBuffer is a bytes.Buffer safe for concurrent writes (log output).
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// eventually retries cond until it holds or d passes.
+func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// checkGoroutines fails t if, after cleanup, goroutines are left that were
+// not there when it was called. Call it first, so that its cleanup runs last.
+func checkGoroutines(t *testing.T) {
+	t.Helper()
+	before := runtime.NumGoroutine()
+	t.Cleanup(func() {
+		deadline := time.Now().Add(3 * time.Second)
+		for {
+			n := runtime.NumGoroutine()
+			if n <= before {
+				return
+			}
+			if time.Now().After(deadline) {
+				buf := make([]byte, 1<<20)
+				buf = buf[:runtime.Stack(buf, true)]
+				t.Errorf("%d goroutines before, %d after:\n%s", before, n, relevantStacks(buf))
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
+}
+
+func relevantStacks(all []byte) string {
+	var out []string
+	for _, g := range strings.Split(string(all), "\n\n") {
+		if strings.Contains(g, "quench/proxy") {
+			out = append(out, g)
+		}
+	}
+	return strings.Join(out, "\n\n")
+}
+
+// rawRequest sends raw bytes to addr (host:port) and returns the reply
+// read until the connection closes or d passes.
+func rawRequest(t testing.TB, addr, req string, d time.Duration) string {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(d))
+	if _, err := c.Write([]byte(req)); err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	_, _ = b.ReadFrom(c)
+	return b.String()
+}
+
+func isCanceled(err error) bool {
+	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+}

@@ -1,0 +1,324 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Proxy forwards HTTP requests to one upstream. It implements
+// [http.Handler]; serve it with [NewServer] or any [http.Server]. Close
+// must be called when the Proxy is no longer needed, to close its upstream
+// connections.
+type Proxy struct {
+	cfg         Config
+	defaultHost string // Host header for requests that came without one
+	pathPrefix  string // target path without a trailing slash; "" for none
+	rawPrefix   string // target path as given
+	pool        connPool
+	lim         *limiter
+	bufs        sync.Pool // *[]byte of cfg.BufferSize
+	smallBufs   sync.Pool // *[]byte of smallBufSize, for idle tunnels
+	retryAfter  []string  // Retry-After header value, shared by all refusals
+	log         *slog.Logger
+	metrics     Metrics
+
+	aliveCheckAfter time.Duration // aliveCheckAfter; tests change it
+
+	ctx    context.Context // cancelled by Close; the context of Serve's exchanges
+	cancel context.CancelFunc
+
+	mu      sync.Mutex
+	closed  bool                 // guarded by mu
+	tunnels map[*tunnel]struct{} // guarded by mu
+	closers map[closer]struct{}  // listeners and connections of Serve; guarded by mu
+	wg      sync.WaitGroup       // one count per tunnel and per connection of Serve
+}
+
+var _ http.Handler = (*Proxy)(nil)
+
+// smallBufSize is the buffer an upgraded connection reads into while its
+// traffic is light; it moves to a BufferSize buffer when a read fills the
+// small one, and back when reads get small again, so idle WebSocket
+// connections hold 4 KiB per direction instead of 32 KiB.
+const smallBufSize = 4 << 10
+
+// aliveCheckAfter is how long an upstream connection may sit idle before it
+// is checked, with one non-blocking peek, for having been closed by the
+// upstream. Servers with short keep-alive timeouts (Node.js: 5 s) close idle
+// connections; a request sent on one would fail. Connections reused sooner
+// skip the check, which costs a syscall.
+const aliveCheckAfter = time.Second
+
+// New returns a Proxy that forwards to target: an http or https URL whose
+// path, if any, is prefixed to every request path, or a unix URL
+// (unix:///path/to/socket) naming a socket that serves plain HTTP.
+// New does no I/O and starts no goroutines.
+func New(target *url.URL, cfg Config) (*Proxy, error) {
+	if target == nil {
+		return nil, errors.New("proxy: nil target")
+	}
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if target.User != nil || target.RawQuery != "" || target.Fragment != "" {
+		return nil, fmt.Errorf("proxy: target %q: user info, query and fragment are not supported", target.Redacted())
+	}
+	p := &Proxy{
+		cfg:        cfg,
+		lim:        newLimiter(cfg.MaxInFlight, cfg.QueueSize, cfg.QueueTimeout),
+		retryAfter: []string{strconv.FormatInt(int64((cfg.RetryAfter+time.Second-1)/time.Second), 10)},
+		log:        cfg.Logger,
+		metrics:    cfg.Metrics,
+		tunnels:    make(map[*tunnel]struct{}),
+		closers:    make(map[closer]struct{}),
+
+		aliveCheckAfter: aliveCheckAfter,
+	}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+	switch target.Scheme {
+	case "http", "https":
+		if target.Host == "" {
+			return nil, fmt.Errorf("proxy: target %q has no host", target.Redacted())
+		}
+		port := target.Port()
+		if port == "" {
+			port = "80"
+			if target.Scheme == "https" {
+				port = "443"
+			}
+		}
+		p.pool.network, p.pool.addr = "tcp", net.JoinHostPort(target.Hostname(), port)
+		p.defaultHost = target.Host
+		p.rawPrefix = target.EscapedPath()
+		p.pathPrefix = strings.TrimSuffix(p.rawPrefix, "/")
+		if target.Scheme == "https" {
+			tc := &tls.Config{}
+			if cfg.TLSClientConfig != nil {
+				tc = cfg.TLSClientConfig.Clone()
+			}
+			if tc.ServerName == "" {
+				tc.ServerName = target.Hostname()
+			}
+			tc.NextProtos = []string{"http/1.1"}
+			p.pool.tlsConfig = tc
+		}
+	case "unix":
+		path := target.Path
+		if target.Host != "" || path == "" {
+			return nil, fmt.Errorf("proxy: target %q: want unix:///path/to/socket", target.Redacted())
+		}
+		p.pool.network, p.pool.addr = "unix", path
+		p.defaultHost = "localhost"
+	default:
+		return nil, fmt.Errorf("proxy: target %q: scheme must be http, https or unix", target.Redacted())
+	}
+	p.pool.dial = cfg.DialContext
+	if p.pool.dial == nil {
+		d := &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}
+		p.pool.dial = d.DialContext
+	}
+	p.pool.dialTimeout = cfg.DialTimeout
+	p.pool.idleTimeout = cfg.IdleConnTimeout
+	if cfg.MaxIdleConns > 0 {
+		p.pool.idle = make(chan *upConn, cfg.MaxIdleConns)
+	}
+	if cfg.MaxConns > 0 {
+		p.pool.slots = make(chan struct{}, cfg.MaxConns)
+	}
+	size := cfg.BufferSize
+	p.bufs.New = func() any { b := make([]byte, size); return &b }
+	p.smallBufs.New = func() any { b := make([]byte, smallBufSize); return &b }
+	return p, nil
+}
+
+// Close closes the idle upstream connections, every upgraded connection
+// (WebSocket and others) the Proxy is relaying, and the listeners and
+// connections of [Proxy.Serve], and waits for the goroutines that served
+// them (at most about a second, the interval at which Serve checks on
+// clients while it waits for the upstream). Requests that ServeHTTP is
+// forwarding finish; their upstream connections are closed rather than
+// reused, and later requests get 503. A second Close returns an error
+// wrapping [net.ErrClosed].
+func (p *Proxy) Close() error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return fmt.Errorf("proxy: %w", net.ErrClosed)
+	}
+	p.closed = true
+	p.cancel()
+	for t := range p.tunnels {
+		t.close()
+	}
+	for c := range p.closers {
+		_ = c.Close()
+	}
+	p.mu.Unlock()
+	p.pool.close()
+	p.wg.Wait()
+	return nil
+}
+
+// InFlight returns the number of requests being forwarded now.
+func (p *Proxy) InFlight() int { return p.lim.inFlight() }
+
+func (p *Proxy) getBuf() *[]byte  { return p.bufs.Get().(*[]byte) }
+func (p *Proxy) putBuf(b *[]byte) { p.bufs.Put(b) }
+
+// ServeHTTP forwards r to the upstream and copies the response to w.
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodConnect {
+		writeStatus(w, http.StatusMethodNotAllowed, nil)
+		return
+	}
+	if !p.lim.acquire(r.Context()) {
+		p.refused()
+		writeStatus(w, http.StatusServiceUnavailable, p.retryAfterHeader())
+		return
+	}
+	// One allocation for both halves.
+	he := &struct {
+		ex exchange
+		hs handlerSide
+	}{hs: handlerSide{w: w, r: r}}
+	ex := &he.ex
+	*ex = exchange{p: p, cs: &he.hs, r: r, ctx: r.Context(), code: http.StatusBadGateway}
+	ex.admitted()
+	defer ex.release()
+	ex.serve()
+}
+
+// refused records a refusal.
+func (p *Proxy) refused() {
+	if p.metrics != nil {
+		p.metrics.Refused()
+	}
+}
+
+// retryAfterHeader returns the extra header of 503 refusals.
+func (p *Proxy) retryAfterHeader() http.Header {
+	return http.Header{"Retry-After": p.retryAfter}
+}
+
+var (
+	textPlain = []string{"text/plain; charset=utf-8"}
+	nosniff   = []string{"nosniff"}
+)
+
+// statusBody returns the body of a short error response.
+func statusBody(code int) string {
+	return strconv.Itoa(code) + " " + http.StatusText(code) + "\n"
+}
+
+// writeStatus writes a short plain-text response with the status text and
+// the headers in extra.
+func writeStatus(w http.ResponseWriter, code int, extra http.Header) {
+	h := w.Header()
+	h["Content-Type"] = textPlain
+	h["X-Content-Type-Options"] = nosniff
+	for k, v := range extra {
+		h[k] = v
+	}
+	w.WriteHeader(code)
+	_, _ = io.WriteString(w, statusBody(code))
+}
+
+// handlerSide is the client side of an exchange served through an
+// http.ResponseWriter.
+type handlerSide struct {
+	w  http.ResponseWriter
+	r  *http.Request
+	rc *http.ResponseController // made on first use
+}
+
+var _ clientSide = (*handlerSide)(nil)
+
+func (hs *handlerSide) ctl() *http.ResponseController {
+	if hs.rc == nil {
+		hs.rc = http.NewResponseController(hs.w)
+	}
+	return hs.rc
+}
+
+func (hs *handlerSide) beforeBody() {
+	if hs.r.ProtoMajor == 1 {
+		// Let the response stream back while the body still streams up.
+		_ = hs.ctl().EnableFullDuplex()
+	}
+}
+
+func (hs *handlerSide) setReadDeadline(t time.Time)  { _ = hs.ctl().SetReadDeadline(t) }
+func (hs *handlerSide) setWriteDeadline(t time.Time) { _ = hs.ctl().SetWriteDeadline(t) }
+
+func (hs *handlerSide) writeInformational(resp *http.Response) {
+	h := hs.w.Header()
+	copyResponseHeader(h, resp.Header)
+	hs.w.WriteHeader(resp.StatusCode)
+	for k := range resp.Header { // 1xx headers must not leak into the final response
+		delete(h, k)
+	}
+}
+
+func (hs *handlerSide) writeHead(resp *http.Response, bodyPending bool) {
+	h := hs.w.Header()
+	copyResponseHeader(h, resp.Header)
+	if bodyPending && hs.r.ProtoMajor == 1 {
+		// Stopping the body read (finishBody) cancels net/http's
+		// connection context: the connection must not serve another
+		// request.
+		h["Connection"] = connectionClose
+	}
+	hs.w.WriteHeader(resp.StatusCode)
+}
+
+var connectionClose = []string{"close"}
+
+func (hs *handlerSide) write(p []byte) error {
+	_, err := hs.w.Write(p)
+	return err
+}
+
+func (hs *handlerSide) flush() error { return hs.ctl().Flush() }
+
+func (hs *handlerSide) endBody(trailer http.Header) error {
+	if len(trailer) > 0 {
+		h := hs.w.Header()
+		for k, vv := range trailer {
+			h[http.TrailerPrefix+k] = vv
+		}
+	}
+	if hs.rc != nil {
+		// Deadlines moved for a long response must not outlive it: the
+		// server may not reset them before the next request.
+		if err := hs.rc.Flush(); err != nil {
+			return err
+		}
+		_ = hs.rc.SetWriteDeadline(time.Time{})
+	}
+	return nil
+}
+
+func (hs *handlerSide) writeStatus(code int, h http.Header) { writeStatus(hs.w, code, h) }
+
+func (hs *handlerSide) hijack() (net.Conn, *bufio.Reader, *bufio.Writer, error) {
+	c, brw, err := hs.ctl().Hijack()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return c, brw.Reader, brw.Writer, nil
+}
+
+func (hs *handlerSide) alive() bool { return hs.r.Context().Err() == nil }
