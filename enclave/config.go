@@ -2,13 +2,20 @@ package enclave
 
 import (
 	"context"
+	"crypto/x509"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
+	"net/url"
+	"strings"
 	"time"
 
+	"github.com/quenchnet/quench/attestation"
 	"github.com/quenchnet/quench/internal/endpoint"
+	"github.com/quenchnet/quench/proxy"
 	"github.com/quenchnet/quench/tap"
 )
 
@@ -30,9 +37,28 @@ const (
 // DefaultHostPort is the VSOCK port quench-host listens on for enclaves.
 const DefaultHostPort = 1024
 
+// Defaults of the serving fields of Config.
+const (
+	// DefaultPublicAddr is where the public HTTPS server listens on the
+	// enclave's network.
+	DefaultPublicAddr = ":443"
+	// DefaultInternalAddr is where the internal server for the app listens
+	// (the enclave's loopback), as nitriding's default.
+	DefaultInternalAddr = "127.0.0.1:8080"
+	// DefaultDrainTimeout bounds the graceful drain in Close.
+	DefaultDrainTimeout = 10 * time.Second
+	// DefaultACMEDirectory is Let's Encrypt's production directory.
+	DefaultACMEDirectory = "https://acme-v02.api.letsencrypt.org/directory"
+	// DefaultSelfSignedName is the certificate name of the self-signed
+	// certificate when FQDN is empty.
+	DefaultSelfSignedName = "quench-enclave"
+)
+
 // Config configures an Enclave. The zero value is usable: userspace
-// networking, the host at VSOCK CID 3 port 1024, gvproxy's addresses.
-// Fields must not be changed after New.
+// networking, the host at VSOCK CID 3 port 1024, gvproxy's addresses, and no
+// servers. Setting Handler or AppURL turns on serving: the public HTTPS
+// server with the attestation endpoints, the internal server for the app,
+// and optionally metrics. Fields must not be changed after New.
 type Config struct {
 	// Network selects the networking mode. Default: NetworkUserspace.
 	Network NetworkMode
@@ -74,6 +100,190 @@ type Config struct {
 
 	// Logger receives operational logs. Default: discard.
 	Logger *slog.Logger
+
+	// --- Serving. Everything below is used only when Handler or AppURL is
+	// set; otherwise Start brings up networking alone.
+
+	// Handler serves every public request outside /enclave/ in process
+	// (Go apps: no proxy hop). At most one of Handler and AppURL may be set.
+	// Default: nil.
+	Handler http.Handler
+
+	// AppURL is the app's address for the reverse proxy (package proxy)
+	// that serves every public request outside /enclave/: http://host:port
+	// or unix:///path. The proxy dials with kernel sockets (the app runs in
+	// the same enclave). Default: nil.
+	AppURL *url.URL
+
+	// Proxy tunes the reverse proxy to AppURL. Its Logger defaults to
+	// Logger and its Metrics to the enclave's Prometheus metrics. Default:
+	// the proxy package's defaults.
+	Proxy proxy.Config
+
+	// PublicAddr is where the public HTTPS server listens, on the enclave's
+	// network (the netstack in userspace mode, kernel sockets in TAP mode).
+	// The host publishes a port to it. Default: DefaultPublicAddr (":443").
+	PublicAddr string
+
+	// IngressListen, when set, is called by Start to open the listener of
+	// quench-host's ingress fast path (a VSOCK listener in production; one
+	// connection per client connection, no frame tunnel). Each connection
+	// starts with a PROXY protocol header, read by ListenIngress (so
+	// RemoteAddr is the client's address, as the untrusted host claims it),
+	// and is then served by the public HTTPS server like those on
+	// PublicAddr. The Enclave closes the listener. Default: nil (none).
+	IngressListen func() (net.Listener, error)
+
+	// InternalAddr is where the internal server for the app listens, always
+	// on kernel sockets: the enclave's loopback. It serves /enclave/ready
+	// and /enclave/hash (and /debug/pprof/ when Pprof is set). "-" turns it
+	// off (then WaitForApp needs Enclave.Ready). Default:
+	// DefaultInternalAddr ("127.0.0.1:8080").
+	InternalAddr string
+
+	// WaitForApp delays the public server until the app signals readiness
+	// (GET /enclave/ready on the internal server, or Enclave.Ready). The
+	// public listener is bound by Start either way, so bind errors surface
+	// there; connections wait in its backlog until then. Default: false.
+	WaitForApp bool
+
+	// FQDN is the enclave's public name: the ACME certificate's name, and
+	// the self-signed certificate's subject. Required with ACME. Default:
+	// empty (self-signed certificate named DefaultSelfSignedName).
+	FQDN string
+
+	// TLSCertFile and TLSKeyFile name a PEM certificate chain and key to
+	// serve, read by Start. Both or neither. Default: empty.
+	TLSCertFile, TLSKeyFile string
+
+	// ACME obtains the certificate for FQDN from an ACME CA with the
+	// TLS-ALPN-01 challenge (golang.org/x/crypto/acme/autocert), answered on
+	// the public listener: the host must publish port 443 to it. Exclusive
+	// with TLSCertFile. Default: false (self-signed ECDSA P-256).
+	ACME bool
+
+	// ACMEDirectory is the ACME directory URL. Default:
+	// DefaultACMEDirectory (Let's Encrypt production).
+	ACMEDirectory string
+
+	// ACMEEmail is the contact address of the ACME account. Default: none.
+	ACMEEmail string
+
+	// ACMECacheDir keeps the ACME account key and certificates across
+	// restarts. Default: empty (kept in memory only).
+	ACMECacheDir string
+
+	// ACMERoots are the roots trusted for the ACME server's HTTPS (for a
+	// test CA such as Pebble). Default: nil (the system roots).
+	ACMERoots *x509.CertPool
+
+	// Attester produces attestation documents; each binds the SHA-256 of
+	// the served TLS certificate and the registered app key hash
+	// (attestation.UserData). Default: the Nitro Secure Module
+	// (attestation.NewNSMAttester, opened by Start; Linux in an enclave
+	// only). The development attester is never chosen implicitly: pass an
+	// *attestation.DevAttester explicitly.
+	Attester attestation.Attester
+
+	// SeedEntropy is how many bytes of NSM randomness Start adds to the
+	// kernel entropy pool when Attester is the default NSM attester (needs
+	// CAP_SYS_ADMIN; failure is logged, not fatal). Negative turns it off.
+	// Default: 2048.
+	SeedEntropy int
+
+	// MetricsAddr, when set, serves Prometheus metrics at /metrics on this
+	// address of the enclave's network. Default: empty (off).
+	MetricsAddr string
+
+	// Pprof serves net/http/pprof under /debug/pprof/ on the internal
+	// server. Profiles expose process memory, so while it is on the
+	// attestation endpoints refuse (503). Default: false.
+	Pprof bool
+
+	// DrainTimeout bounds the graceful drain in Close: in-flight requests
+	// get this long to finish before connections are closed. Default:
+	// DefaultDrainTimeout (10 s).
+	DrainTimeout time.Duration
+}
+
+// serving reports whether the servers are configured.
+func (c Config) serving() bool { return c.Handler != nil || c.AppURL != nil }
+
+func (c Config) servingDefaults() (Config, error) {
+	if !c.serving() {
+		if c.ACME || c.TLSCertFile != "" || c.TLSKeyFile != "" || c.WaitForApp || c.MetricsAddr != "" || c.Pprof {
+			return c, errors.New("enclave: serving options are set but neither Handler nor AppURL is")
+		}
+		return c, nil
+	}
+	if c.Handler != nil && c.AppURL != nil {
+		return c, errors.New("enclave: Handler and AppURL are both set; choose one")
+	}
+	if c.AppURL != nil {
+		switch c.AppURL.Scheme {
+		case "http", "https", "unix":
+		default:
+			return c, fmt.Errorf("enclave: AppURL %q: scheme must be http, https or unix", c.AppURL.Redacted())
+		}
+	}
+	if c.PublicAddr == "" {
+		c.PublicAddr = DefaultPublicAddr
+	}
+	if _, _, err := net.SplitHostPort(c.PublicAddr); err != nil {
+		return c, fmt.Errorf("enclave: PublicAddr %q: %w", c.PublicAddr, err)
+	}
+	if c.InternalAddr == "" {
+		c.InternalAddr = DefaultInternalAddr
+	}
+	if c.InternalAddr != "-" {
+		if _, _, err := net.SplitHostPort(c.InternalAddr); err != nil {
+			return c, fmt.Errorf("enclave: InternalAddr %q: %w", c.InternalAddr, err)
+		}
+	}
+	if c.MetricsAddr != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
+			return c, fmt.Errorf("enclave: MetricsAddr %q: %w", c.MetricsAddr, err)
+		}
+	}
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		return c, errors.New("enclave: TLSCertFile and TLSKeyFile must be given together")
+	}
+	if c.FQDN != "" {
+		if strings.ContainsAny(c.FQDN, "/: ") || strings.HasPrefix(c.FQDN, ".") || strings.HasSuffix(c.FQDN, ".") {
+			return c, fmt.Errorf("enclave: FQDN %q is not a host name", c.FQDN)
+		}
+	}
+	if c.ACME {
+		if c.TLSCertFile != "" {
+			return c, errors.New("enclave: ACME and TLSCertFile are exclusive")
+		}
+		if c.FQDN == "" {
+			return c, errors.New("enclave: ACME needs FQDN, the name to obtain a certificate for")
+		}
+		if c.ACMEDirectory == "" {
+			c.ACMEDirectory = DefaultACMEDirectory
+		}
+		u, err := url.Parse(c.ACMEDirectory)
+		if err != nil || u.Scheme != "https" || u.Host == "" {
+			return c, fmt.Errorf("enclave: ACMEDirectory %q: want an https URL", c.ACMEDirectory)
+		}
+	}
+	if c.SeedEntropy == 0 {
+		c.SeedEntropy = 2048
+	}
+	if c.SeedEntropy > attestation.MaxEntropySeed {
+		return c, fmt.Errorf("enclave: SeedEntropy %d above %d", c.SeedEntropy, attestation.MaxEntropySeed)
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = DefaultDrainTimeout
+	}
+	if c.DrainTimeout < 0 {
+		return c, fmt.Errorf("enclave: negative DrainTimeout %s", c.DrainTimeout)
+	}
+	if c.Proxy.Logger == nil {
+		c.Proxy.Logger = c.Logger
+	}
+	return c, nil
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -141,5 +351,5 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
-	return c, nil
+	return c.servingDefaults()
 }

@@ -2,6 +2,7 @@ package enclave
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/quenchnet/quench/proxy"
 	"github.com/quenchnet/quench/tap"
 )
 
@@ -24,9 +26,10 @@ type Enclave struct {
 	started bool // guarded by mu
 	closed  bool // guarded by mu
 
-	net    network      // set by Start
-	pump   *tap.Pump    // set by Start
-	cancel func()       // stops the tunnel loop
+	net    network   // set by Start
+	pump   *tap.Pump // set by Start
+	cancel func()    // stops the tunnel loop
+	srv    *servers  // set by Start when serving; nil otherwise
 	wg     sync.WaitGroup
 	status tunnelStatus
 }
@@ -42,11 +45,18 @@ type network interface {
 	close() error
 }
 
-// New validates cfg and returns an Enclave. It does no I/O.
+// New validates cfg and returns an Enclave. It does no I/O and starts no
+// goroutines. Once Start succeeded, Close must be called.
 func New(cfg Config) (*Enclave, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
+	}
+	if cfg.AppURL != nil {
+		// Validate the app URL now; the proxy Start uses is made afresh.
+		if _, err := proxy.New(cfg.AppURL, cfg.Proxy); err != nil {
+			return nil, fmt.Errorf("enclave: AppURL: %w", err)
+		}
 	}
 	return &Enclave{cfg: cfg, log: cfg.Logger}, nil
 }
@@ -56,9 +66,12 @@ func (e *Enclave) Config() Config { return e.cfg }
 
 // Start brings up networking: it creates the TAP device or the userspace
 // stack, connects to the host, and starts the tunnel, which reconnects with
-// backoff whenever the stream drops. It returns once the tunnel is up, or
-// with the error (releasing what it started). ctx bounds start-up only;
-// while ctx allows, Start keeps retrying to reach the host.
+// backoff whenever the stream drops. When serving is configured (Handler or
+// AppURL), it then opens the attester, obtains or loads the certificate,
+// and binds the public, internal and metrics listeners. It returns once
+// everything is bound and serving (the public server waits for the app if
+// WaitForApp), or with the error, releasing what it started. ctx bounds
+// start-up only; while ctx allows, Start keeps retrying to reach the host.
 func (e *Enclave) Start(ctx context.Context) (err error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -87,14 +100,36 @@ func (e *Enclave) Start(ctx context.Context) (err error) {
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
 	e.net, e.pump, e.cancel = nw, pump, cancel
-	e.started = true
 	e.wg.Add(1)
 	go func() {
 		defer e.wg.Done()
 		e.tunnel(runCtx, first)
 	}()
 	e.log.Info("enclave network up", "mode", string(e.cfg.Network), "address", e.cfg.Address.String(), "mtu", e.cfg.MTU)
+	if e.cfg.serving() {
+		srv, err := e.startServers(ctx, nw)
+		if err != nil {
+			e.stopNetwork()
+			return err
+		}
+		e.srv = srv
+	}
+	e.started = true
 	return nil
+}
+
+// stopNetwork stops the tunnel and the networking mode.
+func (e *Enclave) stopNetwork() error {
+	e.cancel()
+	var errs []error
+	if err := e.pump.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+		errs = append(errs, err)
+	}
+	e.wg.Wait()
+	if err := e.net.close(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
 }
 
 // connect dials the host and performs the handshake, retrying with backoff
@@ -222,11 +257,12 @@ func (e *Enclave) network() (network, error) {
 	return e.net, nil
 }
 
-// Close stops the tunnel, removes the TAP device or stops the userspace
-// stack, and waits for every goroutine it started. Connections already
-// handed out by Listen or Dial are closed in userspace mode (their stack is
-// gone) and left alone in TAP mode. A second call returns an error wrapping
-// net.ErrClosed.
+// Close drains the servers (in-flight requests get Config.DrainTimeout to
+// finish; new connections are refused), stops the tunnel, removes the TAP
+// device or stops the userspace stack, and waits for every goroutine it
+// started. Connections already handed out by Listen or Dial are closed in
+// userspace mode (their stack is gone) and left alone in TAP mode. A second
+// call returns an error wrapping net.ErrClosed.
 func (e *Enclave) Close() error {
 	e.mu.Lock()
 	if e.closed {
@@ -239,16 +275,77 @@ func (e *Enclave) Close() error {
 	if !started {
 		return nil
 	}
-	e.cancel()
 	var errs []error
-	if err := e.pump.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
-		errs = append(errs, err)
+	if e.srv != nil {
+		if err := e.srv.close(); err != nil {
+			errs = append(errs, err)
+		}
 	}
-	e.wg.Wait()
-	if err := e.net.close(); err != nil {
+	if err := e.stopNetwork(); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// servers returns the serving half, or an error when it is not running.
+func (e *Enclave) servers() (*servers, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	switch {
+	case e.closed:
+		return nil, fmt.Errorf("enclave: %w", net.ErrClosed)
+	case !e.started:
+		return nil, errors.New("enclave: not started")
+	case e.srv == nil:
+		return nil, errors.New("enclave: not serving (set Config.Handler or Config.AppURL)")
+	}
+	return e.srv, nil
+}
+
+// Ready signals that the app is ready: with Config.WaitForApp, the public
+// server starts serving now. It is what GET /enclave/ready on the internal
+// server does, for in-process apps. Calling it again does nothing.
+func (e *Enclave) Ready() error {
+	s, err := e.servers()
+	if err != nil {
+		return err
+	}
+	s.markReady()
+	return nil
+}
+
+// SetAppKeyHash registers the SHA-256 of an application key; every later
+// attestation document binds it (attestation.UserData.AppKeyHash). It is
+// what POST /enclave/hash on the internal server does.
+func (e *Enclave) SetAppKeyHash(h [sha256.Size]byte) error {
+	s, err := e.servers()
+	if err != nil {
+		return err
+	}
+	s.appKey.Store(&h)
+	return nil
+}
+
+// Addrs reports the bound addresses of the servers; fields are nil for
+// servers that are off. Useful when Config asked for port 0.
+type Addrs struct {
+	Public, Internal, Metrics net.Addr
+}
+
+// Addrs returns the servers' addresses.
+func (e *Enclave) Addrs() (Addrs, error) {
+	s, err := e.servers()
+	if err != nil {
+		return Addrs{}, err
+	}
+	a := Addrs{Public: s.publicLn.Addr()}
+	if s.internalLn != nil {
+		a.Internal = s.internalLn.Addr()
+	}
+	if s.metricsLn != nil {
+		a.Metrics = s.metricsLn.Addr()
+	}
+	return a, nil
 }
 
 // Status reports the state of the tunnel to the host.

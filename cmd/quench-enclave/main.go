@@ -1,5 +1,7 @@
-// Command quench-enclave runs inside a Nitro Enclave and gives it a network
-// through quench-host (or a stock gvproxy). Run it with --help.
+// Command quench-enclave runs inside a Nitro Enclave: it gives the enclave a
+// network through quench-host (or a stock gvproxy) and, for apps in any
+// language, terminates TLS, serves attestation and proxies to the app (the
+// role of nitriding-daemon). Run it with --help.
 package main
 
 import (
@@ -11,12 +13,15 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
+	"os/exec"
 	"os/signal"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/quenchnet/quench/attestation"
 	"github.com/quenchnet/quench/enclave"
 	"github.com/quenchnet/quench/internal/debugserver"
 	"github.com/quenchnet/quench/internal/endpoint"
@@ -25,19 +30,39 @@ import (
 const usage = `quench-enclave: the enclave side of quench.
 
 It connects to quench-host on the parent instance over VSOCK and brings up
-the enclave's network: a TAP device (every program in the enclave uses
-ordinary sockets; needs CAP_NET_ADMIN) with the default route and DNS through
-the host. When the host restarts, it reconnects.
+the enclave's network. With -app-url it also serves the app: HTTPS
+terminated in the enclave (self-signed, -tls-cert/-tls-key, or ACME with
+-acme -fqdn), attestation documents binding the TLS certificate at
+/enclave/attestation, /enclave/config and /enclave/health, and everything
+else proxied to the app. The app talks to quench-enclave on -internal-addr:
+GET /enclave/ready (with -wait-for-app, the public server starts only then)
+and POST /enclave/hash (register an app key hash bound into documents).
+With -app-cmd (or a command after --) it starts the app, forwards its
+output and SIGINT/SIGTERM, and exits with its exit code when it exits.
+
+Network modes (-network):
+  tap        a kernel TAP device (needs CAP_NET_ADMIN); every program in the
+             enclave uses ordinary sockets, with the default route and DNS
+             through the host.
+  userspace  a gVisor TCP/IP stack inside quench-enclave: no privileges, but
+             only quench-enclave's own servers (public, metrics) get a
+             network. Other programs, including the app, have only the
+             loopback interface: no egress, no DNS.
 
 Usage:
-  quench-enclave [flags]
+  quench-enclave [flags] [-- app command and args]
 
 Examples:
-  # In an enclave image: network through the parent instance (CID 3).
+  # In an enclave image: network, TLS and attestation for an app on :8081.
+  quench-enclave -host vsock://3:1024 -app-url http://127.0.0.1:8081 -- python3 /app/server.py
+
+  # Networking only (TAP): every program in the enclave gets a network.
   quench-enclave -host vsock://3:1024
 
-  # Development without VSOCK, in a network namespace standing in for the enclave:
-  QUENCH_VSOCK_DIR=/run/quench ip netns exec encl quench-enclave
+  # Development without VSOCK, in a network namespace standing in for the
+  # enclave, with the INSECURE development attester:
+  QUENCH_VSOCK_DIR=/run/quench ip netns exec encl quench-enclave -dev-attester \
+      -dev-root-out /tmp/dev-root.pem -app-url http://127.0.0.1:8081 -app-cmd 'python3 app.py'
 
 Flags:
 `
@@ -65,22 +90,51 @@ func (l *addrList) Set(v string) error {
 	return nil
 }
 
-func run(args []string, stderr io.Writer) int {
+// options are the parsed flags.
+type options struct {
+	cfg        enclave.Config
+	appArgs    []string // the app command, if any
+	startWait  time.Duration
+	devRootOut string
+	pprofAddr  string // networking-only pprof (debugserver)
+	logger     *slog.Logger
+}
+
+// parse turns the command line into options; the error is for the user.
+func parse(args []string, stderr io.Writer) (*options, error) {
 	fs := flag.NewFlagSet("quench-enclave", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var dns addrList
 	var (
-		hostURL    = fs.String("host", "vsock://3:1024", "where quench-host listens: vsock://CID:PORT, unix:///path or tcp://host:port")
-		network    = fs.String("network", "tap", "networking mode: tap (kernel TAP device for every program)")
-		mtu        = fs.Int("mtu", 65520, "MTU of the virtual link; must match quench-host's -mtu")
-		address    = fs.String("ip", "192.168.127.2/24", "enclave address and subnet")
-		gateway    = fs.String("gateway", "192.168.127.1", "the host's address on the virtual network (default route, DNS)")
-		tapName    = fs.String("tap-name", "tap0", "TAP device name")
-		resolvConf = fs.String("resolv-conf", "/etc/resolv.conf", "resolv.conf to write the DNS servers to; - to leave it alone")
-		startWait  = fs.Duration("start-timeout", 2*time.Minute, "how long to keep trying to reach the host at start-up")
-		vsockDir   = fs.String("vsock-dir", "", "VSOCK stand-in: vsock:// addresses are unix sockets in this directory (also $"+endpoint.EnvVSockDir+")")
-		pprofAddr  = fs.String("pprof", "", "serve net/http/pprof on this address (e.g. 127.0.0.1:6060); off by default")
-		logLevel   = fs.String("log-level", "info", "debug, info, warn or error")
+		hostURL     = fs.String("host", "vsock://3:1024", "where quench-host listens: vsock://CID:PORT, unix:///path or tcp://host:port")
+		network     = fs.String("network", "tap", "networking mode: tap (kernel TAP device, every program gets a network) or userspace (gVisor stack in this process; only quench-enclave's servers get a network)")
+		mtu         = fs.Int("mtu", 65520, "MTU of the virtual link; must match quench-host's -mtu")
+		address     = fs.String("ip", "192.168.127.2/24", "enclave address and subnet")
+		gateway     = fs.String("gateway", "192.168.127.1", "the host's address on the virtual network (default route, DNS)")
+		tapName     = fs.String("tap-name", "tap0", "TAP device name (-network tap)")
+		resolvConf  = fs.String("resolv-conf", "/etc/resolv.conf", "resolv.conf to write the DNS servers to (-network tap); - to leave it alone")
+		startWait   = fs.Duration("start-timeout", 2*time.Minute, "how long to keep trying to reach the host at start-up")
+		vsockDir    = fs.String("vsock-dir", "", "VSOCK stand-in: vsock:// addresses are unix sockets in this directory (also $"+endpoint.EnvVSockDir+")")
+		logLevel    = fs.String("log-level", "info", "debug, info, warn or error")
+		appURL      = fs.String("app-url", "", "the app's address, http://HOST:PORT or unix:///path; turns serving on (HTTPS, attestation, proxy to the app)")
+		appCmd      = fs.String("app-cmd", "", "start the app with this command line (split like a POSIX shell, without expansion); or give it after --")
+		publicAddr  = fs.String("public-addr", enclave.DefaultPublicAddr, "public HTTPS address on the enclave's network (the host publishes a port to it)")
+		intAddr     = fs.String("internal-addr", enclave.DefaultInternalAddr, "internal server for the app (/enclave/ready, /enclave/hash) on the enclave's loopback")
+		waitForApp  = fs.Bool("wait-for-app", false, "start the public server only after the app calls GET /enclave/ready on -internal-addr")
+		fqdn        = fs.String("fqdn", "", "the enclave's public name: ACME certificate name, self-signed certificate subject")
+		acmeOn      = fs.Bool("acme", false, "obtain the certificate for -fqdn by ACME (TLS-ALPN-01 on the public port; the host must publish port 443)")
+		acmeDir     = fs.String("acme-directory", enclave.DefaultACMEDirectory, "ACME directory URL")
+		acmeEmail   = fs.String("acme-email", "", "ACME account contact address")
+		acmeCache   = fs.String("acme-cache", "", "directory keeping the ACME account key and certificates (default: memory only)")
+		acmeRoots   = fs.String("acme-roots", "", "PEM file of roots trusted for the ACME server's HTTPS (test CAs such as Pebble); default: system roots")
+		tlsCert     = fs.String("tls-cert", "", "PEM certificate chain to serve (with -tls-key); default: a self-signed ECDSA P-256 certificate")
+		tlsKey      = fs.String("tls-key", "", "PEM private key of -tls-cert")
+		devAtt      = fs.Bool("dev-attester", false, "INSECURE: sign attestation documents with a self-generated development root instead of the Nitro Secure Module; for simulations only")
+		devRootOut  = fs.String("dev-root-out", "", "with -dev-attester: write the development root certificate (PEM) to this file, for `quench verify --roots`")
+		metricsAddr = fs.String("metrics", "", "serve Prometheus metrics at /metrics on this address of the enclave's network (e.g. :9090); off by default")
+		pprofOn     = fs.Bool("pprof", false, "serve net/http/pprof under /debug/pprof/ on -internal-addr; attestation is then refused, since profiling weakens isolation")
+		ingress     = fs.String("ingress", "", "also serve the public HTTPS server on this listener for quench-host's ingress fast path (PROXY protocol header first), e.g. vsock://:8443; off by default")
+		drain       = fs.Duration("drain-timeout", enclave.DefaultDrainTimeout, "on SIGTERM/SIGINT, how long in-flight requests get to finish")
 	)
 	fs.Var(&dns, "dns", "DNS server; repeatable (default: the gateway)")
 	fs.Usage = func() {
@@ -89,77 +143,285 @@ func run(args []string, stderr io.Writer) int {
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return 0
+			return nil, err
 		}
-		return 2
+		return nil, printedError{err} // flag has printed it with the usage
 	}
-	fail := func(err error) int {
-		fmt.Fprintf(stderr, "quench-enclave: %v\n", err)
-		return 2
-	}
-	if fs.NArg() > 0 {
-		return fail(fmt.Errorf("unexpected argument %q (see --help)", fs.Arg(0)))
-	}
+	o := &options{startWait: *startWait, devRootOut: *devRootOut}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
-		return fail(fmt.Errorf("-log-level: %w", err))
+		return nil, fmt.Errorf("-log-level: %w", err)
 	}
-	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	if *pprofAddr != "" {
-		stopPprof, err := debugserver.Start(*pprofAddr, logger)
-		if err != nil {
-			return fail(err)
+	o.logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	// The app command: -app-cmd or everything after --.
+	if fs.NArg() > 0 {
+		if *appCmd != "" {
+			return nil, errors.New("give the app command either with -app-cmd or after --, not both")
 		}
-		defer stopPprof()
+		if i := len(args) - fs.NArg(); i == 0 || args[i-1] != "--" {
+			return nil, fmt.Errorf("unexpected argument %q: put the app command after -- (see --help)", fs.Arg(0))
+		}
+		o.appArgs = fs.Args()
+	} else if *appCmd != "" {
+		words, err := splitWords(*appCmd)
+		if err != nil {
+			return nil, fmt.Errorf("-app-cmd: %w", err)
+		}
+		if len(words) == 0 {
+			return nil, errors.New("-app-cmd is empty")
+		}
+		o.appArgs = words
 	}
 
-	if *network != string(enclave.NetworkTAP) {
-		return fail(fmt.Errorf("-network %q: quench-enclave supports tap; userspace networking is for Go apps that import the enclave package", *network))
+	var mode enclave.NetworkMode
+	switch *network {
+	case "tap":
+		mode = enclave.NetworkTAP
+	case "userspace":
+		mode = enclave.NetworkUserspace
+	default:
+		return nil, fmt.Errorf("-network %q: want tap or userspace", *network)
 	}
 	ha, err := endpoint.Parse(*hostURL)
 	if err != nil {
-		return fail(fmt.Errorf("-host: %w", err))
+		return nil, fmt.Errorf("-host: %w", err)
 	}
 	prefix, err := netip.ParsePrefix(*address)
 	if err != nil {
-		return fail(fmt.Errorf("-ip: %w", err))
+		return nil, fmt.Errorf("-ip: %w", err)
 	}
 	gw, err := netip.ParseAddr(*gateway)
 	if err != nil {
-		return fail(fmt.Errorf("-gateway: %w", err))
+		return nil, fmt.Errorf("-gateway: %w", err)
 	}
 	eopts := endpoint.Options{VSockDir: endpoint.VSockDirFromEnv(*vsockDir)}
-	cfg := enclave.Config{
-		Network:    enclave.NetworkTAP,
+	o.cfg = enclave.Config{
+		Network:    mode,
 		MTU:        *mtu,
 		Address:    prefix,
 		Gateway:    gw,
 		DNS:        dns,
 		TAPName:    *tapName,
 		ResolvConf: *resolvConf,
-		Logger:     logger,
+		Logger:     o.logger,
 		DialHost: func(ctx context.Context) (net.Conn, error) {
 			return endpoint.Dial(ctx, ha, eopts)
 		},
 	}
-	e, err := enclave.New(cfg)
-	if err != nil {
-		return fail(err)
+
+	serving := *appURL != ""
+	if !serving {
+		if len(o.appArgs) > 0 {
+			return nil, errors.New("the app command needs -app-url: where the app listens, for the proxy (e.g. http://127.0.0.1:8081)")
+		}
+		if mode == enclave.NetworkUserspace {
+			return nil, errors.New("-network userspace needs -app-url: without serving, the userspace network reaches no program")
+		}
+		for _, name := range []string{"public-addr", "wait-for-app", "fqdn", "acme", "acme-directory", "acme-email", "acme-cache", "acme-roots", "tls-cert", "tls-key", "dev-attester", "dev-root-out", "metrics", "drain-timeout", "ingress"} {
+			if set[name] {
+				return nil, fmt.Errorf("-%s needs -app-url (serving is off without it)", name)
+			}
+		}
+		if *pprofOn {
+			o.pprofAddr = *intAddr
+		}
+		return o, nil
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	startCtx, cancel := context.WithTimeout(ctx, *startWait)
-	err = e.Start(startCtx)
+
+	u, err := url.Parse(*appURL)
+	if err != nil {
+		return nil, fmt.Errorf("-app-url: %w", err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "unix" {
+		return nil, fmt.Errorf("-app-url %q: want http://HOST:PORT or unix:///path", *appURL)
+	}
+	o.cfg.AppURL = u
+	o.cfg.PublicAddr = *publicAddr
+	o.cfg.InternalAddr = *intAddr
+	o.cfg.WaitForApp = *waitForApp
+	o.cfg.FQDN = *fqdn
+	o.cfg.ACME = *acmeOn
+	if set["acme-directory"] || *acmeOn {
+		o.cfg.ACMEDirectory = *acmeDir
+	}
+	o.cfg.ACMEEmail = *acmeEmail
+	o.cfg.ACMECacheDir = *acmeCache
+	if *acmeRoots != "" {
+		pool, err := loadCertPool(*acmeRoots)
+		if err != nil {
+			return nil, fmt.Errorf("-acme-roots: %w", err)
+		}
+		o.cfg.ACMERoots = pool
+	}
+	if !*acmeOn {
+		for _, name := range []string{"acme-directory", "acme-email", "acme-cache", "acme-roots"} {
+			if set[name] {
+				return nil, fmt.Errorf("-%s needs -acme", name)
+			}
+		}
+	}
+	if *ingress != "" {
+		ia, err := endpoint.Parse(*ingress)
+		if err != nil {
+			return nil, fmt.Errorf("-ingress: %w", err)
+		}
+		if ia.Scheme == "vsock" && ia.CID == endpoint.AnyCID && eopts.VSockDir != "" {
+			return nil, fmt.Errorf("-ingress %s: with the VSOCK stand-in, name the enclave's CID: vsock://CID:PORT", *ingress)
+		}
+		o.cfg.IngressListen = func() (net.Listener, error) { return endpoint.Listen(ia, eopts) }
+	}
+	o.cfg.TLSCertFile, o.cfg.TLSKeyFile = *tlsCert, *tlsKey
+	o.cfg.MetricsAddr = *metricsAddr
+	o.cfg.Pprof = *pprofOn
+	o.cfg.DrainTimeout = *drain
+	if *drain <= 0 {
+		return nil, fmt.Errorf("-drain-timeout %s: must be positive", *drain)
+	}
+	if *devRootOut != "" && !*devAtt {
+		return nil, errors.New("-dev-root-out needs -dev-attester")
+	}
+	if *devAtt {
+		dev, err := attestation.NewDevAttester(attestation.DevConfig{Logger: o.logger})
+		if err != nil {
+			return nil, err
+		}
+		o.cfg.Attester = dev
+		fmt.Fprintln(stderr, "quench-enclave: WARNING: -dev-attester: attestation documents are signed by a self-generated root, NOT by AWS Nitro. They prove nothing. Never use this in production.")
+	}
+	return o, nil
+}
+
+// printedError is a flag error the flag package has already reported.
+type printedError struct{ error }
+
+func isFlagErr(err error) bool {
+	var p printedError
+	return errors.As(err, &p)
+}
+
+func run(args []string, stderr io.Writer) int {
+	o, err := parse(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		if !isFlagErr(err) {
+			fmt.Fprintf(stderr, "quench-enclave: %v\n", err)
+		}
+		return 2
+	}
+	fail := func(err error) int {
+		fmt.Fprintf(stderr, "quench-enclave: %v\n", err)
+		return 1
+	}
+	if o.pprofAddr != "" {
+		stopPprof, err := debugserver.Start(o.pprofAddr, o.logger)
+		if err != nil {
+			return fail(err)
+		}
+		defer stopPprof()
+	}
+	e, err := enclave.New(o.cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "quench-enclave: %v\n", err)
+		return 2
+	}
+	if dev, ok := o.cfg.Attester.(*attestation.DevAttester); ok && o.devRootOut != "" {
+		if err := dev.WriteRootPEM(o.devRootOut); err != nil {
+			return fail(err)
+		}
+	}
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	startCtx, cancel := context.WithTimeout(context.Background(), o.startWait)
+	startErr := make(chan error, 1)
+	go func() { startErr <- e.Start(startCtx) }()
+	select {
+	case err = <-startErr:
+	case s := <-sigs:
+		o.logger.Info("signal during start-up; giving up", "signal", s.String())
+		cancel()
+		err = <-startErr
+	}
 	cancel()
 	if err != nil {
 		return fail(err)
 	}
-	logger.Info("network up", "host", ha.String(), "tap", *tapName, "ip", prefix.String())
-	<-ctx.Done()
-	logger.Info("shutting down")
-	if err := e.Close(); err != nil {
-		logger.Error("close", "err", err)
+	o.logger.Info("enclave up", "network", string(o.cfg.Network), "serving", o.cfg.AppURL != nil)
+
+	if len(o.appArgs) == 0 {
+		s := <-sigs
+		o.logger.Info("shutting down", "signal", s.String())
+		if err := e.Close(); err != nil {
+			return fail(err)
+		}
+		return 0
+	}
+	return superviseApp(e, o, sigs, stderr)
+}
+
+// superviseApp starts the app, forwards SIGINT/SIGTERM to it after draining
+// the enclave's servers, and returns the app's exit code once it exits.
+func superviseApp(e *enclave.Enclave, o *options, sigs <-chan os.Signal, stderr io.Writer) int {
+	cmd := exec.Command(o.appArgs[0], o.appArgs[1:]...)
+	cmd.Stdin = nil
+	cmd.Stdout = os.Stdout
+	cmd.Stderr = stderr
+	cmd.SysProcAttr = appSysProcAttr()
+	if err := cmd.Start(); err != nil {
+		_ = e.Close()
+		fmt.Fprintf(stderr, "quench-enclave: start app: %v\n", err)
 		return 1
 	}
-	return 0
+	o.logger.Info("app started", "pid", cmd.Process.Pid, "cmd", strings.Join(o.appArgs, " "))
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+
+	var waitErr error
+	select {
+	case waitErr = <-exited:
+		o.logger.Warn("app exited; shutting down", "err", waitErr)
+		if err := e.Close(); err != nil {
+			o.logger.Error("close", "err", err)
+		}
+	case s := <-sigs:
+		// Drain first, while the app still answers; then pass the signal on.
+		o.logger.Info("shutting down: draining, then signalling the app", "signal", s.String())
+		if err := e.Close(); err != nil {
+			o.logger.Error("close", "err", err)
+		}
+		_ = cmd.Process.Signal(s)
+		select {
+		case waitErr = <-exited:
+		case <-time.After(o.cfg.DrainTimeout + 5*time.Second):
+			o.logger.Error("app did not exit after the signal; killing it")
+			_ = cmd.Process.Kill()
+			waitErr = <-exited
+		case s2 := <-sigs:
+			_ = cmd.Process.Signal(s2)
+			waitErr = <-exited
+		}
+	}
+	return exitCode(waitErr)
+}
+
+// exitCode maps the app's exit to ours: its code, or 128+signal.
+func exitCode(err error) int {
+	if err == nil {
+		return 0
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			return 128 + int(ws.Signal())
+		}
+		return ee.ExitCode()
+	}
+	return 1
 }

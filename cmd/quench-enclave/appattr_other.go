@@ -1,0 +1,12 @@
+//go:build !linux
+
+package main
+
+import "syscall"
+
+// appSysProcAttr puts the app in its own process group, so that a Ctrl-C at
+// a terminal reaches quench-enclave only (which drains, then passes the
+// signal on).
+func appSysProcAttr() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Setpgid: true}
+}

@@ -1,0 +1,286 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/quenchnet/quench/host"
+	"github.com/quenchnet/quench/internal/testutil"
+)
+
+func TestSplitWords(t *testing.T) {
+	for _, tc := range []struct {
+		name, in string
+		want     []string
+		err      string
+	}{
+		{name: "empty", in: "", want: nil},
+		{name: "plain", in: "python3  app.py -p 8081", want: []string{"python3", "app.py", "-p", "8081"}},
+		{name: "single quotes", in: `sh -c 'echo "a b"; exit 3'`, want: []string{"sh", "-c", `echo "a b"; exit 3`}},
+		{name: "double quotes", in: `echo "a \"b\" \$HOME \x"`, want: []string{"echo", `a "b" $HOME \x`}},
+		{name: "backslash", in: `a\ b c\\d`, want: []string{"a b", `c\d`}},
+		{name: "adjacent", in: `a'b'"c"d`, want: []string{"abcd"}},
+		{name: "empty quoted word", in: `x '' ""`, want: []string{"x", "", ""}},
+		{name: "continuation", in: "a \\\nb", want: []string{"a", "b"}},
+		{name: "unterminated single", in: `a 'b`, err: "unterminated single quote"},
+		{name: "unterminated double", in: `a "b`, err: "unterminated double quote"},
+		{name: "trailing backslash", in: `a \`, err: "trailing backslash"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := splitWords(tc.in)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("got %q, %v; want error %q", got, err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func FuzzSplitWords(f *testing.F) {
+	for _, s := range []string{"a b", `'x y' "z \" w"`, `a\ b`, `"`, `'`, "\\"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		words, err := splitWords(s)
+		if err != nil {
+			return
+		}
+		// Re-quoting every word in single quotes must give the words back.
+		var b strings.Builder
+		for _, w := range words {
+			b.WriteString(" '" + strings.ReplaceAll(w, "'", `'\''`) + "'")
+		}
+		again, err := splitWords(b.String())
+		if err != nil {
+			t.Fatalf("requoted %q: %v", b.String(), err)
+		}
+		if !cmp.Equal(words, again, cmp.Comparer(func(a, b string) bool { return a == b })) && !(len(words) == 0 && len(again) == 0) {
+			t.Fatalf("%q: %q, requoted %q", s, words, again)
+		}
+	})
+}
+
+func TestBadFlags(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"unknown flag", []string{"-nope"}, "flag provided but not defined"},
+		{"bad network", []string{"-network", "vde"}, `-network "vde": want tap or userspace`},
+		{"bad host", []string{"-host", "http://x"}, "-host"},
+		{"bad ip", []string{"-ip", "1.2.3.4"}, "-ip"},
+		{"stray argument", []string{"python3"}, "put the app command after --"},
+		{"app cmd without url", []string{"-app-cmd", "python3 app.py"}, "needs -app-url"},
+		{"app after -- without url", []string{"--", "python3", "app.py"}, "needs -app-url"},
+		{"both app forms", []string{"-app-url", "http://127.0.0.1:1", "-app-cmd", "a", "--", "b"}, "not both"},
+		{"bad app cmd", []string{"-app-url", "http://127.0.0.1:1", "-app-cmd", "a 'b"}, "unterminated"},
+		{"userspace without app", []string{"-network", "userspace"}, "needs -app-url"},
+		{"acme without app", []string{"-acme"}, "-acme needs -app-url"},
+		{"dev attester without app", []string{"-dev-attester"}, "-dev-attester needs -app-url"},
+		{"bad app url", []string{"-app-url", "ftp://x"}, "want http://HOST:PORT"},
+		{"acme without fqdn", []string{"-app-url", "http://127.0.0.1:1", "-acme"}, "needs FQDN"},
+		{"acme email without acme", []string{"-app-url", "http://127.0.0.1:1", "-acme-email", "a@b"}, "-acme-email needs -acme"},
+		{"cert without key", []string{"-app-url", "http://127.0.0.1:1", "-tls-cert", "c.pem"}, "together"},
+		{"root out without dev", []string{"-app-url", "http://127.0.0.1:1", "-dev-root-out", "r.pem"}, "needs -dev-attester"},
+		{"bad drain", []string{"-app-url", "http://127.0.0.1:1", "-drain-timeout", "0s"}, "must be positive"},
+		{"ingress without app", []string{"-ingress", "vsock://:8443"}, "-ingress needs -app-url"},
+		{"bad ingress", []string{"-app-url", "http://127.0.0.1:1", "-ingress", "udp://x"}, "-ingress"},
+		{"ingress stand-in without cid", []string{"-app-url", "http://127.0.0.1:1", "-vsock-dir", "/tmp", "-ingress", "vsock://:8443"}, "name the enclave's CID"},
+		{"bad log level", []string{"-log-level", "loud"}, "-log-level"},
+		{"bad acme roots", []string{"-app-url", "http://127.0.0.1:1", "-acme", "-fqdn", "a.example", "-acme-roots", "/nonexistent"}, "-acme-roots"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var stderr bytes.Buffer
+			code := run(tc.args, &stderr)
+			if code != 2 {
+				t.Errorf("exit code %d, want 2", code)
+			}
+			if !strings.Contains(stderr.String(), tc.want) {
+				t.Errorf("stderr %q does not contain %q", stderr.String(), tc.want)
+			}
+		})
+	}
+}
+
+func TestHelp(t *testing.T) {
+	var stderr bytes.Buffer
+	if code := run([]string{"-help"}, &stderr); code != 0 {
+		t.Errorf("exit code %d", code)
+	}
+	for _, want := range []string{"-app-cmd", "-dev-attester", "userspace", "-wait-for-app"} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("help lacks %q", want)
+		}
+	}
+}
+
+// TestMain lets the test binary act as the app for TestSIGTERMDrain.
+func TestMain(m *testing.M) {
+	if addr := os.Getenv("QUENCH_TEST_APP"); addr != "" {
+		os.Exit(testApp(addr, os.Getenv("QUENCH_TEST_READY")))
+	}
+	os.Exit(m.Run())
+}
+
+// testApp serves slow responses on addr, signals readiness, and exits with
+// code 3 on SIGTERM.
+func testApp(addr, readyURL string) int {
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM)
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			fmt.Println("request arrived")
+			time.Sleep(time.Second)
+		}
+		fmt.Fprint(w, "slow app")
+	}), ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	resp, err := http.Get(readyURL)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "ready:", err)
+		return 1
+	}
+	resp.Body.Close()
+	fmt.Println("test app ready")
+	<-sig
+	_ = srv.Close()
+	return 3
+}
+
+// TestSIGTERMDrain runs the quench-enclave binary in userspace mode (no
+// root) against an in-process host, with this test binary as the app
+// (-wait-for-app). On SIGTERM, requests in flight complete, the app gets
+// the signal afterwards, and quench-enclave exits with the app's code.
+func TestSIGTERMDrain(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binaries")
+	}
+	bin := testutil.Binaries(t)
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "host.sock")
+	pub, _ := host.ParsePublish("127.0.0.1:0:443")
+	h, err := host.New(host.Config{Publish: []host.Publish{pub}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan struct{})
+	go func() { defer close(served); _ = h.Serve(ln) }()
+	t.Cleanup(func() { _ = h.Close(); <-served })
+
+	appAddr := fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t))
+	intAddr := fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t))
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(filepath.Join(bin, "quench-enclave"),
+		"-network", "userspace", "-host", "unix://"+sock,
+		"-app-url", "http://"+appAddr, "-internal-addr", intAddr,
+		"-wait-for-app", "-dev-attester", "-dev-root-out", filepath.Join(dir, "root.pem"),
+		"-drain-timeout", "5s", "-log-level", "debug",
+		"--", self)
+	cmd.Env = append(os.Environ(), "QUENCH_TEST_APP="+appAddr, "QUENCH_TEST_READY=http://"+intAddr+"/enclave/ready")
+	p := testutil.Start(t, "quench-enclave", cmd)
+
+	url := "https://" + h.Published()[0].String() + "/"
+	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	testutil.WaitFor(t, 20*time.Second, "quench-enclave serving", func() error {
+		resp, err := client.Get(url)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		return nil
+	})
+	if _, err := os.Stat(filepath.Join(dir, "root.pem")); err != nil {
+		t.Errorf("-dev-root-out: %v", err)
+	}
+
+	const n = 10
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := client.Get(url + "slow")
+			if err != nil {
+				errs <- err
+				return
+			}
+			b, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err == nil && string(b) != "slow app" {
+				err = fmt.Errorf("%s %q", resp.Status, b)
+			}
+			errs <- err
+		}()
+	}
+	// SIGTERM once every request reached the app (each then takes 1 s).
+	testutil.WaitFor(t, 10*time.Second, "requests in flight", func() error {
+		if got := strings.Count(p.Output(), "request arrived"); got < n {
+			return fmt.Errorf("%d of %d requests arrived", got, n)
+		}
+		return nil
+	})
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Errorf("request lost on SIGTERM: %v", err)
+		}
+	}
+	select {
+	case <-p.Done():
+	case <-time.After(15 * time.Second):
+		t.Fatal("quench-enclave did not exit after SIGTERM")
+	}
+	if got := cmd.ProcessState.ExitCode(); got != 3 {
+		t.Errorf("exit code %d, want the app's 3\n%s", got, p.Output())
+	}
+	if !strings.Contains(p.Output(), "test app ready") || !strings.Contains(p.Output(), "INSECURE") {
+		t.Errorf("output lacks the app's output or the dev attester warning:\n%s", p.Output())
+	}
+}

@@ -1,0 +1,108 @@
+package enclave
+
+import (
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/quenchnet/quench/proxy"
+)
+
+// metrics are the enclave's Prometheus collectors, in a registry of its own
+// (no package globals).
+type metrics struct {
+	reg          *prometheus.Registry
+	requests     *prometheus.CounterVec // by handler and code
+	attestations *prometheus.CounterVec // by result
+	appReady     prometheus.Gauge
+
+	proxyInFlight prometheus.Gauge
+	proxyRequests *prometheus.CounterVec
+	proxyLatency  prometheus.Histogram
+	proxyRefused  prometheus.Counter
+	proxyUpErrors prometheus.Counter
+}
+
+func newMetrics(e *Enclave) *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "quench_enclave_http_requests_total",
+			Help: "Public HTTPS requests by handler (enclave endpoints or app) and status code.",
+		}, []string{"handler", "code"}),
+		attestations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "quench_enclave_attestations_total",
+			Help: "Attestation documents requested, by result (ok, error, refused).",
+		}, []string{"result"}),
+		appReady: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "quench_enclave_app_ready",
+			Help: "1 once the app signalled readiness (or readiness is not awaited).",
+		}),
+		proxyInFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "quench_enclave_proxy_in_flight",
+			Help: "Requests being forwarded to the app.",
+		}),
+		proxyRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "quench_enclave_proxy_requests_total",
+			Help: "Requests forwarded to the app, by status code sent to the client.",
+		}, []string{"code"}),
+		proxyLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "quench_enclave_proxy_request_duration_seconds",
+			Help:    "Time from admission to the end of the response, for requests forwarded to the app.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}),
+		proxyRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "quench_enclave_proxy_refused_total",
+			Help: "Requests refused with 503 because too many were in flight.",
+		}),
+		proxyUpErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "quench_enclave_proxy_upstream_errors_total",
+			Help: "Requests whose exchange with the app failed.",
+		}),
+	}
+	m.reg.MustRegister(m.requests, m.attestations, m.appReady,
+		m.proxyInFlight, m.proxyRequests, m.proxyLatency, m.proxyRefused, m.proxyUpErrors,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "quench_enclave_tunnel_connected",
+			Help: "1 while the frame tunnel to the host is up.",
+		}, func() float64 {
+			if e.status.up.Load() {
+				return 1
+			}
+			return 0
+		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "quench_enclave_tunnel_reconnects_total",
+			Help: "Streams to the host re-established after a drop.",
+		}, func() float64 { return float64(e.status.reconnects.Load()) }),
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	return m
+}
+
+// instrument counts h's responses under the handler label name.
+func (m *metrics) instrument(name string, h http.Handler) http.Handler {
+	return promhttp.InstrumentHandlerCounter(m.requests.MustCurryWith(prometheus.Labels{"handler": name}), h)
+}
+
+func (m *metrics) handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}
+
+// proxyMetrics implements proxy.Metrics.
+type proxyMetrics struct{ m *metrics }
+
+var _ proxy.Metrics = proxyMetrics{}
+
+func (p proxyMetrics) InFlight(delta int) { p.m.proxyInFlight.Add(float64(delta)) }
+func (p proxyMetrics) Request(code int, d time.Duration) {
+	p.m.proxyRequests.WithLabelValues(strconv.Itoa(code)).Inc()
+	p.m.proxyLatency.Observe(d.Seconds())
+}
+func (p proxyMetrics) Refused()       { p.m.proxyRefused.Inc() }
+func (p proxyMetrics) UpstreamError() { p.m.proxyUpErrors.Inc() }

@@ -1,0 +1,638 @@
+package enclave
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quenchnet/quench/attestation"
+	"github.com/quenchnet/quench/proxy"
+)
+
+// Paths of the enclave's HTTP API. The public ones are nitriding's, plus
+// HealthPath; the internal ones are served on Config.InternalAddr.
+const (
+	IndexPath       = "/enclave"
+	AttestationPath = attestation.Path // "/enclave/attestation"
+	ConfigPath      = "/enclave/config"
+	HealthPath      = "/enclave/health"
+	ReadyPath       = "/enclave/ready"
+	HashPath        = "/enclave/hash"
+)
+
+// maxHashBody bounds the body of POST /enclave/hash.
+const maxHashBody = 1 << 10
+
+// servers is the serving half of an Enclave: public HTTPS, internal and
+// metrics servers, the certificate and the attester.
+type servers struct {
+	cfg     Config
+	log     *slog.Logger
+	e       *Enclave
+	certs   *certSource
+	att     attestation.Attester
+	ownAtt  io.Closer // the NSM attester Start opened; nil otherwise
+	proxy   *proxy.Proxy
+	metrics *metrics
+
+	publicLn   net.Listener
+	ingressLn  *IngressListener // nil unless Config.IngressListen
+	public     *http.Server
+	internal   *http.Server // nil when InternalAddr is "-"
+	internalLn net.Listener
+	metricsSrv *http.Server // nil unless MetricsAddr
+	metricsLn  net.Listener
+
+	inFlight  atomic.Int64  // public requests being handled
+	ready     chan struct{} // closed once the app is ready
+	readyOnce sync.Once
+	closing   chan struct{} // closed by close
+	appKey    atomic.Pointer[[sha256.Size]byte]
+	configDoc []byte // JSON served at ConfigPath
+	wg        sync.WaitGroup
+}
+
+// startServers sets up and binds every server; nw is the enclave's network.
+// On error it releases what it took.
+func (e *Enclave) startServers(ctx context.Context, nw network) (s *servers, err error) {
+	cfg := e.cfg
+	s = &servers{
+		cfg:     cfg,
+		log:     e.log,
+		e:       e,
+		ready:   make(chan struct{}),
+		closing: make(chan struct{}),
+	}
+	var closers []func()
+	defer func() {
+		if err != nil {
+			for i := len(closers) - 1; i >= 0; i-- {
+				closers[i]()
+			}
+		}
+	}()
+
+	s.att = cfg.Attester
+	if s.att == nil {
+		nsm, err := attestation.NewNSMAttester(attestation.NSMConfig{})
+		if err != nil {
+			return nil, fmt.Errorf("enclave: attester: %w (outside a Nitro Enclave, set Config.Attester explicitly, e.g. to a development attester)", err)
+		}
+		s.att, s.ownAtt = nsm, nsm
+		closers = append(closers, func() { _ = nsm.Close() })
+		if cfg.SeedEntropy > 0 {
+			if err := attestation.SeedEntropy(nsm, cfg.SeedEntropy); err != nil {
+				e.log.Warn("could not seed the kernel entropy pool from the NSM", "err", err)
+			}
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("enclave: start servers: %w", err)
+	}
+
+	s.certs, err = newCertSource(cfg, s.acmeClient(nw))
+	if err != nil {
+		return nil, err
+	}
+	s.metrics = newMetrics(e)
+
+	var app http.Handler = cfg.Handler
+	if cfg.AppURL != nil {
+		pc := cfg.Proxy
+		if pc.Metrics == nil {
+			pc.Metrics = proxyMetrics{s.metrics}
+		}
+		p, err := proxy.New(cfg.AppURL, pc)
+		if err != nil {
+			return nil, fmt.Errorf("enclave: app proxy: %w", err)
+		}
+		s.proxy = p
+		closers = append(closers, func() { _ = p.Close() })
+		app = p
+	}
+	s.configDoc, err = json.Marshal(publicConfig(cfg, s.certs.kind))
+	if err != nil {
+		return nil, fmt.Errorf("enclave: config document: %w", err)
+	}
+
+	// Bind everything before serving anything.
+	s.publicLn, err = nw.listen("tcp", cfg.PublicAddr)
+	if err != nil {
+		return nil, fmt.Errorf("enclave: public listener %s: %w", cfg.PublicAddr, err)
+	}
+	closers = append(closers, func() { _ = s.publicLn.Close() })
+	if cfg.IngressListen != nil {
+		ln, err := cfg.IngressListen()
+		if err != nil {
+			return nil, fmt.Errorf("enclave: ingress listener: %w", err)
+		}
+		s.ingressLn = ListenIngress(ln, IngressConfig{Logger: e.log})
+		closers = append(closers, func() { _ = s.ingressLn.Close() })
+	}
+	if cfg.InternalAddr != "-" {
+		s.internalLn, err = net.Listen("tcp", cfg.InternalAddr)
+		if err != nil {
+			return nil, fmt.Errorf("enclave: internal listener %s: %w", cfg.InternalAddr, err)
+		}
+		closers = append(closers, func() { _ = s.internalLn.Close() })
+	}
+	if cfg.MetricsAddr != "" {
+		s.metricsLn, err = nw.listen("tcp", cfg.MetricsAddr)
+		if err != nil {
+			return nil, fmt.Errorf("enclave: metrics listener %s: %w", cfg.MetricsAddr, err)
+		}
+		closers = append(closers, func() { _ = s.metricsLn.Close() })
+	}
+
+	// Public server.
+	s.public = proxy.NewServer(s.publicHandler(app), proxy.ServerConfig{
+		TLSConfig: s.certs.tlsConfig(),
+		Logger:    e.log,
+	})
+	if !cfg.WaitForApp {
+		s.markReady()
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		select {
+		case <-s.ready:
+		case <-s.closing:
+			return
+		}
+		e.log.Info("public HTTPS server serving", "addr", s.publicLn.Addr().String(), "cert", s.certs.kind)
+		s.serve("public", s.public, tls.NewListener(s.publicLn, s.public.TLSConfig))
+	}()
+	if s.ingressLn != nil {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			select {
+			case <-s.ready:
+			case <-s.closing:
+				return
+			}
+			e.log.Info("ingress fast path serving", "addr", s.ingressLn.Addr().String())
+			s.serve("ingress", s.public, tls.NewListener(s.ingressLn, s.public.TLSConfig))
+		}()
+	}
+
+	if s.internalLn != nil {
+		s.internal = proxy.NewServer(s.internalHandler(), proxy.ServerConfig{Logger: e.log})
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.serve("internal", s.internal, s.internalLn)
+		}()
+	}
+	if s.metricsLn != nil {
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", s.metrics.handler())
+		s.metricsSrv = proxy.NewServer(mux, proxy.ServerConfig{Logger: e.log})
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.serve("metrics", s.metricsSrv, s.metricsLn)
+		}()
+	}
+	if cfg.Pprof {
+		e.log.Warn("pprof enabled on the internal server: profiles expose process memory, so attestation is refused", "addr", cfg.InternalAddr)
+	}
+	if cfg.WaitForApp {
+		e.log.Info("waiting for the app to signal readiness before serving", "url", "http://"+cfg.InternalAddr+ReadyPath)
+	}
+	return s, nil
+}
+
+func (s *servers) serve(name string, srv *http.Server, ln net.Listener) {
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		s.log.Error("server stopped", "server", name, "err", err)
+	}
+}
+
+// acmeClient is the HTTP client the ACME client uses: through the enclave's
+// network, trusting Config.ACMERoots.
+func (s *servers) acmeClient(nw network) *http.Client {
+	return &http.Client{
+		Timeout: time.Minute,
+		Transport: &http.Transport{
+			DialContext:         nw.dial,
+			TLSClientConfig:     &tls.Config{RootCAs: s.cfg.ACMERoots, MinVersion: tls.VersionTLS12},
+			TLSHandshakeTimeout: 10 * time.Second,
+			ForceAttemptHTTP2:   true,
+			MaxIdleConns:        4,
+			IdleConnTimeout:     30 * time.Second,
+		},
+	}
+}
+
+func (s *servers) markReady() {
+	s.readyOnce.Do(func() {
+		close(s.ready)
+		s.metrics.appReady.Set(1)
+	})
+}
+
+func (s *servers) isReady() bool {
+	select {
+	case <-s.ready:
+		return true
+	default:
+		return false
+	}
+}
+
+// close drains the servers within DrainTimeout, then closes what is left,
+// and waits for the server goroutines.
+func (s *servers) close() error {
+	close(s.closing)
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.DrainTimeout)
+	defer cancel()
+	var errs []error
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	shutdown := func(name string, srv *http.Server, ln net.Listener) {
+		defer wg.Done()
+		if srv == nil {
+			return
+		}
+		var err error
+		if name == "public" {
+			err = s.shutdownPublic(ctx)
+		} else {
+			err = srv.Shutdown(ctx)
+		}
+		if err != nil {
+			_ = srv.Close()
+			mu.Lock()
+			errs = append(errs, fmt.Errorf("enclave: drain %s server: %w", name, err))
+			mu.Unlock()
+		}
+		// Serve may never have run (the public server waiting for the
+		// app); Shutdown closes only listeners Serve saw.
+		if ln != nil {
+			_ = ln.Close()
+		}
+	}
+	wg.Add(3)
+	if s.ingressLn != nil {
+		// Shutdown closes it if Serve ran; otherwise close it here.
+		defer func() { _ = s.ingressLn.Close() }()
+	}
+	go shutdown("public", s.public, s.publicLn)
+	go shutdown("internal", s.internal, s.internalLn)
+	go shutdown("metrics", s.metricsSrv, s.metricsLn)
+	wg.Wait()
+	s.wg.Wait()
+	if s.proxy != nil {
+		if err := s.proxy.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if s.ownAtt != nil {
+		if err := s.ownAtt.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// drainGrace is how long the public server stays up after its last
+// in-flight request finished, for responses still being flushed.
+const drainGrace = 250 * time.Millisecond
+
+// shutdownPublic is http.Server.Shutdown for the public server, which also
+// speaks HTTP/2: Shutdown sends GOAWAY, but (Go 1.26) returns only when
+// clients close their idle HTTP/2 connections or ctx ends. So once no request
+// has been in flight for drainGrace, the remaining connections (idle by
+// then) are closed.
+func (s *servers) shutdownPublic(ctx context.Context) error {
+	done := make(chan error, 1)
+	go func() { done <- s.public.Shutdown(ctx) }()
+	tick := time.NewTicker(drainGrace / 5)
+	defer tick.Stop()
+	var idleSince time.Time
+	for {
+		select {
+		case err := <-done:
+			return err
+		case now := <-tick.C:
+			if s.inFlight.Load() != 0 {
+				idleSince = time.Time{}
+				continue
+			}
+			if idleSince.IsZero() {
+				idleSince = now
+				continue
+			}
+			if now.Sub(idleSince) >= drainGrace {
+				_ = s.public.Close()
+				<-done // returns once Close dropped the connections
+				return nil
+			}
+		}
+	}
+}
+
+// publicHandler routes /enclave/... to the enclave's endpoints and the rest
+// to the app.
+func (s *servers) publicHandler(app http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	m := s.metrics
+	mux.Handle(IndexPath, m.instrument("index", http.HandlerFunc(s.handleIndex)))
+	mux.Handle(IndexPath+"/", m.instrument("index", http.HandlerFunc(s.handleIndex)))
+	mux.Handle(AttestationPath, m.instrument("attestation", http.HandlerFunc(s.handleAttestation)))
+	mux.Handle(ConfigPath, m.instrument("config", http.HandlerFunc(s.handleConfig)))
+	mux.Handle(HealthPath, m.instrument("health", http.HandlerFunc(s.handleHealth)))
+	if s.cfg.MetricsAddr != "" {
+		// Counting app requests costs a wrapper per request; only when
+		// someone collects the count.
+		app = m.instrument("app", app)
+	}
+	mux.Handle("/", app)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.inFlight.Add(1)
+		defer s.inFlight.Add(-1)
+		mux.ServeHTTP(w, r)
+	})
+}
+
+func (s *servers) handleIndex(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path != IndexPath && r.URL.Path != IndexPath+"/" {
+		http.NotFound(w, r)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	fmt.Fprintf(w, `This host runs inside an AWS Nitro Enclave, served by quench.
+
+Endpoints:
+  GET %s?nonce=<40 hex digits>  attestation document (base64), binding this TLS certificate
+  GET %s[?nonce=<40 hex digits>]     the enclave's configuration (attested with a nonce)
+  GET %s                         health
+Verify with: quench verify https://%s
+`, AttestationPath, ConfigPath, HealthPath, r.Host)
+}
+
+// refuseIfProfiling answers 503 when pprof is on.
+func (s *servers) refuseIfProfiling(w http.ResponseWriter) bool {
+	if !s.cfg.Pprof {
+		return false
+	}
+	s.metrics.attestations.WithLabelValues("refused").Inc()
+	http.Error(w, "attestation refused: profiling (pprof) is enabled in this enclave, which weakens its isolation", http.StatusServiceUnavailable)
+	return true
+}
+
+// userData returns the attestation user data for a request on r's TLS
+// connection: the hash of the certificate served for its SNI and the
+// registered app key hash.
+func (s *servers) userData(r *http.Request) ([]byte, error) {
+	name := ""
+	if r.TLS != nil {
+		name = r.TLS.ServerName
+	}
+	h, err := s.certs.hash(name)
+	if err != nil {
+		return nil, err
+	}
+	u := attestation.UserData{TLSCertHash: h}
+	if k := s.appKey.Load(); k != nil {
+		u.AppKeyHash = *k
+	}
+	return u.Marshal(), nil
+}
+
+func (s *servers) handleAttestation(w http.ResponseWriter, r *http.Request) {
+	if s.refuseIfProfiling(w) {
+		return
+	}
+	h, err := attestation.NewHandler(attestation.HandlerConfig{
+		Attester: s.att,
+		UserData: func() ([]byte, error) { return s.userData(r) },
+		Logger:   s.log,
+	})
+	if err != nil {
+		http.Error(w, "attestation unavailable", http.StatusInternalServerError)
+		return
+	}
+	rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+	h(rec, r)
+	if rec.code == http.StatusOK {
+		s.metrics.attestations.WithLabelValues("ok").Inc()
+	} else {
+		s.metrics.attestations.WithLabelValues("error").Inc()
+	}
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	r.code = code
+	r.ResponseWriter.WriteHeader(code)
+}
+
+// ConfigResponse is the body of GET /enclave/config?nonce=...: the
+// configuration (the same compact JSON served without a nonce) and an
+// attestation document whose nonce is the request's, whose user data is the
+// usual attestation.UserData, and whose public_key field is the SHA-256 of
+// the Config bytes exactly as they appear here.
+type ConfigResponse struct {
+	Config      json.RawMessage `json:"config"`
+	Attestation string          `json:"attestation"` // base64 COSE_Sign1
+}
+
+func (s *servers) handleConfig(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		http.Error(w, "only GET is allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	q := r.URL.Query().Get("nonce")
+	if q == "" {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(append(append([]byte(nil), s.configDoc...), '\n'))
+		return
+	}
+	if s.refuseIfProfiling(w) {
+		return
+	}
+	nonce, err := attestation.ParseNonce(q)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	ud, err := s.userData(r)
+	if err != nil {
+		s.log.Error("attestation: user data unavailable", "err", err)
+		http.Error(w, "failed to obtain attestation document", http.StatusInternalServerError)
+		return
+	}
+	sum := sha256.Sum256(s.configDoc)
+	doc, err := s.att.Attest(r.Context(), attestation.Request{Nonce: nonce, UserData: ud, PublicKey: sum[:]})
+	if err != nil {
+		s.metrics.attestations.WithLabelValues("error").Inc()
+		s.log.Error("attestation: attester failed", "err", err)
+		http.Error(w, "failed to obtain attestation document", http.StatusInternalServerError)
+		return
+	}
+	s.metrics.attestations.WithLabelValues("ok").Inc()
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(ConfigResponse{Config: s.configDoc, Attestation: base64.StdEncoding.EncodeToString(doc)})
+}
+
+// Health is the body of GET /enclave/health.
+type Health struct {
+	Status   string `json:"status"` // "ok", or "degraded" (503)
+	AppReady bool   `json:"app_ready"`
+	Network  Status `json:"network"`
+}
+
+func (s *servers) handleHealth(w http.ResponseWriter, r *http.Request) {
+	h := Health{Status: "ok", AppReady: s.isReady(), Network: s.e.Status()}
+	code := http.StatusOK
+	if !h.AppReady || !h.Network.Connected {
+		h.Status, code = "degraded", http.StatusServiceUnavailable
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(h)
+}
+
+// internalHandler serves the app on the enclave's loopback.
+func (s *servers) internalHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc(ReadyPath, func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodPost {
+			w.Header().Set("Allow", "GET, POST")
+			http.Error(w, "use GET or POST", http.StatusMethodNotAllowed)
+			return
+		}
+		if !s.isReady() {
+			s.log.Info("app signalled readiness")
+		}
+		s.markReady()
+		fmt.Fprintln(w, "ready")
+	})
+	mux.HandleFunc(HashPath, func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost {
+			w.Header().Set("Allow", "POST")
+			http.Error(w, "use POST with the base64 (or hex) SHA-256 of the app key as body", http.StatusMethodNotAllowed)
+			return
+		}
+		b, err := io.ReadAll(io.LimitReader(r.Body, maxHashBody+1))
+		if err != nil {
+			http.Error(w, "read body: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		if len(b) > maxHashBody {
+			http.Error(w, "body too large", http.StatusRequestEntityTooLarge)
+			return
+		}
+		h, err := ParseKeyHash(string(b))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		s.appKey.Store(&h)
+		s.log.Info("app key hash registered", "sha256", hex.EncodeToString(h[:]))
+		fmt.Fprintln(w, "ok")
+	})
+	if s.cfg.Pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	return mux
+}
+
+// ParseKeyHash decodes an app key hash as POST /enclave/hash takes it: a
+// SHA-256 digest in standard base64 (as nitriding takes it) or in hex,
+// surrounding white space ignored.
+func ParseKeyHash(s string) ([sha256.Size]byte, error) {
+	var h [sha256.Size]byte
+	s = strings.TrimSpace(s)
+	var b []byte
+	var err error
+	if len(s) == 2*sha256.Size {
+		b, err = hex.DecodeString(s)
+	} else {
+		b, err = base64.StdEncoding.DecodeString(s)
+	}
+	if err != nil {
+		return h, fmt.Errorf("enclave: key hash: want the SHA-256 in base64 or hex: %v", err)
+	}
+	if len(b) != sha256.Size {
+		return h, fmt.Errorf("enclave: key hash: %d bytes, want %d (SHA-256)", len(b), sha256.Size)
+	}
+	copy(h[:], b)
+	return h, nil
+}
+
+// publicConfig is what /enclave/config shows: the settings a client may
+// want to audit, nothing secret.
+type publicConfigView struct {
+	Network      string   `json:"network"`
+	MTU          int      `json:"mtu"`
+	Address      string   `json:"address"`
+	Gateway      string   `json:"gateway"`
+	DNS          []string `json:"dns"`
+	PublicAddr   string   `json:"public_addr"`
+	FQDN         string   `json:"fqdn,omitempty"`
+	Certificate  string   `json:"certificate"` // self-signed, file or acme
+	ACME         string   `json:"acme_directory,omitempty"`
+	App          string   `json:"app"` // "in-process" or the app URL
+	WaitForApp   bool     `json:"wait_for_app"`
+	Metrics      bool     `json:"metrics"`
+	Pprof        bool     `json:"pprof"`
+	DevAttester  bool     `json:"dev_attester"`
+	DrainTimeout string   `json:"drain_timeout"`
+}
+
+func publicConfig(c Config, certKind string) publicConfigView {
+	v := publicConfigView{
+		Network:      string(c.Network),
+		MTU:          c.MTU,
+		Address:      c.Address.String(),
+		Gateway:      c.Gateway.String(),
+		PublicAddr:   c.PublicAddr,
+		FQDN:         c.FQDN,
+		Certificate:  certKind,
+		App:          "in-process",
+		WaitForApp:   c.WaitForApp,
+		Metrics:      c.MetricsAddr != "",
+		Pprof:        c.Pprof,
+		DrainTimeout: c.DrainTimeout.String(),
+	}
+	for _, d := range c.DNS {
+		v.DNS = append(v.DNS, d.String())
+	}
+	if c.ACME {
+		v.ACME = c.ACMEDirectory
+	}
+	if c.AppURL != nil {
+		v.App = c.AppURL.Redacted()
+	}
+	_, v.DevAttester = c.Attester.(*attestation.DevAttester)
+	return v
+}

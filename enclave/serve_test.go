@@ -1,0 +1,600 @@
+package enclave_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	proxyproto "github.com/pires/go-proxyproto"
+
+	"github.com/quenchnet/quench/attestation"
+	"github.com/quenchnet/quench/enclave"
+	"github.com/quenchnet/quench/host"
+)
+
+// These tests run an in-process quench-host and an enclave in userspace
+// mode serving HTTPS, joined by a unix socket standing in for VSOCK, with
+// the development attester. They need no privileges.
+
+// svEnv is a host publishing 127.0.0.1:0 to the enclave's :443 and a
+// serving enclave.
+type svEnv struct {
+	host    *host.Host
+	enc     *enclave.Enclave
+	dev     *attestation.DevAttester
+	public  string // https://127.0.0.1:PORT
+	intBase string // http://127.0.0.1:PORT (internal server)
+}
+
+// svHost starts a host publishing 127.0.0.1:0 to the enclave's :443 and
+// 127.0.0.1:0 to its :9090 (metrics).
+func svHost(tb testing.TB, sock string) *host.Host {
+	tb.Helper()
+	var pubs []host.Publish
+	for _, spec := range []string{"127.0.0.1:0:443", "127.0.0.1:0:9090"} {
+		pub, err := host.ParsePublish(spec)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		pubs = append(pubs, pub)
+	}
+	h, err := host.New(host.Config{Publish: pubs})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := h.Start(context.Background()); err != nil {
+		tb.Fatal(err)
+	}
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		_ = h.Close()
+		tb.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = h.Serve(ln)
+	}()
+	tb.Cleanup(func() {
+		_ = h.Close()
+		<-done
+	})
+	return h
+}
+
+// svStart starts host and enclave; mod adjusts the enclave's Config (whose
+// Handler defaults to one answering "hello from the app").
+func svStart(tb testing.TB, mod func(*enclave.Config)) *svEnv {
+	tb.Helper()
+	sock := filepath.Join(tb.TempDir(), "host.sock")
+	env := &svEnv{host: svHost(tb, sock)}
+	dev, err := attestation.NewDevAttester(attestation.DevConfig{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	env.dev = dev
+	cfg := enclave.Config{
+		DialHost: func(ctx context.Context) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		},
+		ReconnectMin: 10 * time.Millisecond,
+		ReconnectMax: 200 * time.Millisecond,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprintf(w, "hello from the app at %s", r.URL.Path)
+		}),
+		InternalAddr: "127.0.0.1:0",
+		Attester:     dev,
+		DrainTimeout: 5 * time.Second,
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	e, err := enclave.New(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := e.Start(ctx); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = e.Close() })
+	env.enc = e
+	env.public = "https://" + env.host.Published()[0].String()
+	addrs, err := e.Addrs()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if addrs.Internal != nil {
+		env.intBase = "http://" + addrs.Internal.String()
+	}
+	return env
+}
+
+// svClient trusts any certificate: the attestation document authenticates
+// it. A fresh transport per test keeps connections from leaking between
+// tests.
+func svClient(tb testing.TB) *http.Client {
+	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, ForceAttemptHTTP2: true}
+	tb.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
+}
+
+func svGet(tb testing.TB, c *http.Client, u string) (int, string) {
+	tb.Helper()
+	resp, err := c.Get(u)
+	if err != nil {
+		tb.Fatalf("GET %s: %v", u, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		tb.Fatalf("GET %s: body: %v", u, err)
+	}
+	return resp.StatusCode, string(b)
+}
+
+func TestServeHTTPSAndAttestation(t *testing.T) {
+	env := svStart(t, nil)
+	c := svClient(t)
+
+	code, body := svGet(t, c, env.public+"/some/path")
+	if code != http.StatusOK || body != "hello from the app at /some/path" {
+		t.Fatalf("app: got %d %q", code, body)
+	}
+	code, body = svGet(t, c, env.public+"/enclave")
+	if code != http.StatusOK || !strings.Contains(body, "/enclave/attestation") {
+		t.Fatalf("index: got %d %q", code, body)
+	}
+	code, body = svGet(t, c, env.public+"/enclave/health")
+	var h enclave.Health
+	if err := json.Unmarshal([]byte(body), &h); err != nil || code != http.StatusOK || h.Status != "ok" || !h.AppReady || !h.Network.Connected {
+		t.Fatalf("health: got %d %q (%v)", code, body, err)
+	}
+
+	// The document binds the certificate served on the very connection.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	remote := func() *attestation.Result {
+		t.Helper()
+		res, err := attestation.VerifyRemote(ctx, env.public, attestation.RemoteConfig{
+			Options:   attestation.Options{Time: time.Now(), Roots: env.dev.Roots(), MaxAge: time.Minute},
+			TLSConfig: &tls.Config{InsecureSkipVerify: true},
+		})
+		if err != nil {
+			t.Fatalf("VerifyRemote: %v", err)
+		}
+		return res
+	}
+	res := remote()
+	ud, err := attestation.ParseUserData(res.UserData)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ud.HasAppKey() {
+		t.Errorf("app key hash set before registration: %x", ud.AppKeyHash)
+	}
+	// The AWS root must not accept development documents.
+	if _, err := attestation.VerifyRemote(ctx, env.public, attestation.RemoteConfig{
+		Options:   attestation.Options{Time: time.Now()},
+		TLSConfig: &tls.Config{InsecureSkipVerify: true},
+	}); err == nil {
+		t.Error("development document verified against the AWS Nitro root")
+	}
+
+	// Register an app key hash on the internal server; documents bind it.
+	want := sha256.Sum256([]byte("app public key"))
+	resp, err := http.Post(env.intBase+enclave.HashPath, "text/plain", strings.NewReader(base64.StdEncoding.EncodeToString(want[:])))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("POST %s: %s", enclave.HashPath, resp.Status)
+	}
+	ud, err = attestation.ParseUserData(remote().UserData)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(want, ud.AppKeyHash); diff != "" {
+		t.Errorf("app key hash (-want +got):\n%s", diff)
+	}
+
+	// /enclave/config: plain, then attested.
+	code, plain := svGet(t, c, env.public+enclave.ConfigPath)
+	if code != http.StatusOK || !strings.Contains(plain, `"dev_attester":true`) {
+		t.Fatalf("config: %d %q", code, plain)
+	}
+	nonce := make([]byte, attestation.NonceSize)
+	nonce[0] = 7
+	code, body = svGet(t, c, env.public+enclave.ConfigPath+"?nonce="+hex.EncodeToString(nonce))
+	if code != http.StatusOK {
+		t.Fatalf("attested config: %d %q", code, body)
+	}
+	var cr enclave.ConfigResponse
+	if err := json.Unmarshal([]byte(body), &cr); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := string(cr.Config), strings.TrimSpace(plain); got != want {
+		t.Errorf("attested config %s, plain %s", got, want)
+	}
+	doc, err := attestation.DecodeDocument([]byte(cr.Attestation))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(cr.Config)
+	cres, err := attestation.Verify(doc, attestation.Options{Time: time.Now(), Roots: env.dev.Roots(), Nonce: nonce})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(sum[:], cres.PublicKey); diff != "" {
+		t.Errorf("config hash in public_key (-want +got):\n%s", diff)
+	}
+}
+
+func TestServeBadRequests(t *testing.T) {
+	env := svStart(t, nil)
+	c := svClient(t)
+	for _, tc := range []struct {
+		name string
+		url  string
+		want int
+	}{
+		{"attestation without nonce", env.public + enclave.AttestationPath, http.StatusBadRequest},
+		{"attestation short nonce", env.public + enclave.AttestationPath + "?nonce=abcd", http.StatusBadRequest},
+		{"config bad nonce", env.public + enclave.ConfigPath + "?nonce=zz", http.StatusBadRequest},
+		{"unknown enclave path", env.public + "/enclave/nope", http.StatusNotFound},
+		{"ready needs GET or POST", "", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.url == "" {
+				req, _ := http.NewRequest(http.MethodDelete, env.intBase+enclave.ReadyPath, nil)
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusMethodNotAllowed {
+					t.Errorf("DELETE ready: %s", resp.Status)
+				}
+				return
+			}
+			if got, _ := svGet(t, c, tc.url); got != tc.want {
+				t.Errorf("got %d, want %d", got, tc.want)
+			}
+		})
+	}
+	for _, body := range []string{"", "abc", base64.StdEncoding.EncodeToString(make([]byte, 31)), strings.Repeat("a", 2000)} {
+		resp, err := http.Post(env.intBase+enclave.HashPath, "text/plain", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode/100 != 4 {
+			t.Errorf("POST hash %q: %s, want 4xx", body, resp.Status)
+		}
+	}
+}
+
+func TestServeWaitForApp(t *testing.T) {
+	env := svStart(t, func(c *enclave.Config) { c.WaitForApp = true })
+	c := svClient(t)
+	c.Timeout = 300 * time.Millisecond
+	if resp, err := c.Get(env.public + "/"); err == nil {
+		resp.Body.Close()
+		t.Fatalf("public server answered %s before the app was ready", resp.Status)
+	}
+	resp, err := http.Get(env.intBase + enclave.ReadyPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("ready: %s", resp.Status)
+	}
+	c.Timeout = 10 * time.Second
+	if code, body := svGet(t, c, env.public+"/x"); code != http.StatusOK || body != "hello from the app at /x" {
+		t.Fatalf("after ready: %d %q", code, body)
+	}
+}
+
+// TestServeDrain: requests in flight when Close starts all complete; Close
+// waits for them.
+func TestServeDrain(t *testing.T) {
+	const n = 8
+	var arrived sync.WaitGroup
+	arrived.Add(n)
+	release := make(chan struct{})
+	env := svStart(t, func(c *enclave.Config) {
+		c.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			arrived.Done()
+			<-release
+			fmt.Fprint(w, "done")
+		})
+	})
+	c := svClient(t)
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		go func() {
+			resp, err := c.Get(env.public + "/slow")
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer resp.Body.Close()
+			b, err := io.ReadAll(resp.Body)
+			if err == nil && (resp.StatusCode != http.StatusOK || string(b) != "done") {
+				err = fmt.Errorf("%s %q", resp.Status, b)
+			}
+			errs <- err
+		}()
+	}
+	arrived.Wait()
+	closed := make(chan error, 1)
+	go func() { closed <- env.enc.Close() }()
+	select {
+	case err := <-closed:
+		t.Fatalf("Close returned (%v) with requests in flight", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(release)
+	for i := 0; i < n; i++ {
+		if err := <-errs; err != nil {
+			t.Errorf("request lost in drain: %v", err)
+		}
+	}
+	if err := <-closed; err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	if err := env.enc.Close(); err == nil || !strings.Contains(err.Error(), "closed") {
+		t.Errorf("second Close: %v, want net.ErrClosed", err)
+	}
+}
+
+func TestServePprofRefusesAttestation(t *testing.T) {
+	env := svStart(t, func(c *enclave.Config) { c.Pprof = true; c.MetricsAddr = ":9090" })
+	c := svClient(t)
+	nonce := strings.Repeat("00", attestation.NonceSize)
+	for _, p := range []string{enclave.AttestationPath, enclave.ConfigPath} {
+		if code, body := svGet(t, c, env.public+p+"?nonce="+nonce); code != http.StatusServiceUnavailable || !strings.Contains(body, "pprof") {
+			t.Errorf("%s with pprof on: %d %q", p, code, body)
+		}
+	}
+	if code, _ := svGet(t, c, env.intBase+"/debug/pprof/cmdline"); code != http.StatusOK {
+		t.Errorf("pprof: %d", code)
+	}
+	// Metrics, on the enclave's network, reached through the host.
+	svGet(t, c, env.public+"/app")
+	code, body := svGet(t, c, "http://"+env.host.Published()[1].String()+"/metrics")
+	if code != http.StatusOK {
+		t.Fatalf("metrics: %d", code)
+	}
+	for _, want := range []string{
+		`quench_enclave_attestations_total{result="refused"} 2`,
+		`quench_enclave_http_requests_total{code="200",handler="app"} 1`,
+		"quench_enclave_tunnel_connected 1",
+		"quench_enclave_app_ready 1",
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+}
+
+func FuzzParseKeyHash(f *testing.F) {
+	h := sha256.Sum256([]byte("k"))
+	for _, s := range []string{base64.StdEncoding.EncodeToString(h[:]), hex.EncodeToString(h[:]), "", "zz", " \n"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		got, err := enclave.ParseKeyHash(s)
+		if err != nil {
+			return
+		}
+		// A hash that parses must parse again from its canonical forms.
+		for _, enc := range []string{base64.StdEncoding.EncodeToString(got[:]), hex.EncodeToString(got[:])} {
+			again, err := enclave.ParseKeyHash(enc)
+			if err != nil || again != got {
+				t.Fatalf("%q parsed to %x; %q gives %x, %v", s, got, enc, again, err)
+			}
+		}
+	})
+}
+
+// TestServeCloseNoLeaks: Start and Close of a serving enclave leave no
+// goroutines behind.
+func TestServeCloseNoLeaks(t *testing.T) {
+	before := runtime.NumGoroutine()
+	func() {
+		sock := filepath.Join(t.TempDir(), "host.sock")
+		h := svHost(t, sock)
+		dev, err := attestation.NewDevAttester(attestation.DevConfig{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 2; i++ {
+			e, err := enclave.New(enclave.Config{
+				DialHost: func(ctx context.Context) (net.Conn, error) {
+					var d net.Dialer
+					return d.DialContext(ctx, "unix", sock)
+				},
+				Handler:      http.NotFoundHandler(),
+				InternalAddr: "127.0.0.1:0",
+				MetricsAddr:  ":9090",
+				Attester:     dev,
+				WaitForApp:   i == 1, // also while the public server still waits
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			err = e.Start(ctx)
+			cancel()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if i == 0 {
+				c := svClient(t)
+				svGet(t, c, "https://"+h.Published()[0].String()+"/enclave/health")
+				c.Transport.(*http.Transport).CloseIdleConnections()
+			}
+			if err := e.Close(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		_ = h.Close()
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		n := runtime.NumGoroutine()
+		if n <= before {
+			return
+		}
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines before, %d after Close:\n%s", before, n, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestServeAppURL(t *testing.T) {
+	app := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "proxied %s", r.URL.Path)
+	}), ReadHeaderTimeout: 5 * time.Second}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = app.Serve(ln) }()
+	t.Cleanup(func() { _ = app.Close() })
+	env := svStart(t, func(c *enclave.Config) {
+		c.Handler = nil
+		c.AppURL = &url.URL{Scheme: "http", Host: ln.Addr().String()}
+	})
+	c := svClient(t)
+	if code, body := svGet(t, c, env.public+"/p"); code != http.StatusOK || body != "proxied /p" {
+		t.Fatalf("got %d %q", code, body)
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	h := http.NotFoundHandler()
+	app, _ := url.Parse("http://127.0.0.1:8081")
+	for _, tc := range []struct {
+		name string
+		cfg  enclave.Config
+		want string
+	}{
+		{"bad network", enclave.Config{Network: "vde"}, "unknown network mode"},
+		{"handler and app", enclave.Config{Handler: h, AppURL: app}, "both set"},
+		{"app scheme", enclave.Config{AppURL: &url.URL{Scheme: "ftp", Host: "x"}}, "scheme"},
+		{"serving option without app", enclave.Config{ACME: true}, "neither Handler nor AppURL"},
+		{"acme without fqdn", enclave.Config{Handler: h, ACME: true}, "needs FQDN"},
+		{"acme and files", enclave.Config{Handler: h, ACME: true, FQDN: "a.example", TLSCertFile: "c", TLSKeyFile: "k"}, "exclusive"},
+		{"cert without key", enclave.Config{Handler: h, TLSCertFile: "c"}, "together"},
+		{"acme directory http", enclave.Config{Handler: h, ACME: true, FQDN: "a.example", ACMEDirectory: "http://x/dir"}, "https URL"},
+		{"bad fqdn", enclave.Config{Handler: h, FQDN: "a.example:443"}, "not a host name"},
+		{"bad public addr", enclave.Config{Handler: h, PublicAddr: "443"}, "PublicAddr"},
+		{"bad metrics addr", enclave.Config{Handler: h, MetricsAddr: "x"}, "MetricsAddr"},
+		{"negative drain", enclave.Config{Handler: h, DrainTimeout: -time.Second}, "DrainTimeout"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := enclave.New(tc.cfg)
+			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.HasPrefix(err.Error(), "enclave: ") {
+				t.Errorf("New: %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+	// The zero value, and serving with defaults, are valid.
+	for _, cfg := range []enclave.Config{{}, {Handler: h}} {
+		if _, err := enclave.New(cfg); err != nil {
+			t.Errorf("New(%+v): %v", cfg, err)
+		}
+	}
+}
+
+func TestServeNoNSM(t *testing.T) {
+	// Without Config.Attester the NSM is the default; outside an enclave
+	// Start must fail with a clear error and release the network.
+	sock := filepath.Join(t.TempDir(), "host.sock")
+	svHost(t, sock)
+	e, err := enclave.New(enclave.Config{
+		DialHost: func(ctx context.Context) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		},
+		Handler:      http.NotFoundHandler(),
+		InternalAddr: "-",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err = e.Start(ctx)
+	if err == nil {
+		_ = e.Close()
+		t.Skip("this machine has /dev/nsm")
+	}
+	if !strings.Contains(err.Error(), "Config.Attester") {
+		t.Errorf("Start: %v, want advice to set Config.Attester", err)
+	}
+	if err := e.Close(); err != nil {
+		t.Errorf("Close after failed Start: %v", err)
+	}
+}
+
+// TestServeIngress: connections on the ingress fast path listener carry a
+// PROXY v2 header (as quench-host writes it) and are served by the public
+// HTTPS server, with the client's address as RemoteAddr.
+func TestServeIngress(t *testing.T) {
+	ingressSock := filepath.Join(t.TempDir(), "ingress.sock")
+	env := svStart(t, func(c *enclave.Config) {
+		c.IngressListen = func() (net.Listener, error) { return net.Listen("unix", ingressSock) }
+		c.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprintf(w, "client %s", r.RemoteAddr)
+		})
+	})
+	_ = env
+	tr := &http.Transport{
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true},
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			c, err := d.DialContext(ctx, "unix", ingressSock)
+			if err != nil {
+				return nil, err
+			}
+			h := proxyproto.HeaderProxyFromAddrs(2,
+				&net.TCPAddr{IP: net.IPv4(203, 0, 113, 9), Port: 40000},
+				&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 443})
+			if _, err := h.WriteTo(c); err != nil {
+				c.Close()
+				return nil, err
+			}
+			return c, nil
+		},
+	}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	code, body := svGet(t, c, "https://ingress.invalid/")
+	if code != http.StatusOK || body != "client 203.0.113.9:40000" {
+		t.Fatalf("got %d %q", code, body)
+	}
+}

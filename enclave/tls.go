@@ -1,0 +1,158 @@
+package enclave
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"net/http"
+	"net/netip"
+	"time"
+
+	"golang.org/x/crypto/acme"
+	"golang.org/x/crypto/acme/autocert"
+)
+
+// certSource hands out the public server's certificate.
+type certSource struct {
+	static *tls.Certificate  // self-signed or from files; nil with ACME
+	acme   *autocert.Manager // nil unless Config.ACME
+	fqdn   string            // name asked for when a client sends no SNI
+	kind   string            // "self-signed", "file" or "acme"
+	leaf   *x509.Certificate // static only
+}
+
+// newCertSource loads, generates or sets up the certificate (Start only:
+// it reads files). dial is the enclave's dialer, for the ACME client.
+func newCertSource(cfg Config, client *http.Client) (*certSource, error) {
+	switch {
+	case cfg.TLSCertFile != "":
+		c, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("enclave: TLS certificate: %w", err)
+		}
+		leaf, err := x509.ParseCertificate(c.Certificate[0])
+		if err != nil {
+			return nil, fmt.Errorf("enclave: TLS certificate %s: %w", cfg.TLSCertFile, err)
+		}
+		c.Leaf = leaf
+		return &certSource{static: &c, leaf: leaf, fqdn: cfg.FQDN, kind: "file"}, nil
+	case cfg.ACME:
+		m := &autocert.Manager{
+			Prompt:     autocert.AcceptTOS,
+			HostPolicy: autocert.HostWhitelist(cfg.FQDN),
+			Email:      cfg.ACMEEmail,
+			Client:     &acme.Client{DirectoryURL: cfg.ACMEDirectory, HTTPClient: client},
+		}
+		if cfg.ACMECacheDir != "" {
+			m.Cache = autocert.DirCache(cfg.ACMECacheDir)
+		}
+		return &certSource{acme: m, fqdn: cfg.FQDN, kind: "acme"}, nil
+	default:
+		name := cfg.FQDN
+		if name == "" {
+			name = DefaultSelfSignedName
+		}
+		c, err := selfSigned(name, cfg.Address.Addr(), time.Now())
+		if err != nil {
+			return nil, fmt.Errorf("enclave: self-signed certificate: %w", err)
+		}
+		return &certSource{static: c, leaf: c.Leaf, fqdn: cfg.FQDN, kind: "self-signed"}, nil
+	}
+}
+
+// selfSigned makes an ECDSA P-256 certificate for name and ip, valid for a
+// year from an hour before now.
+func selfSigned(name string, ip netip.Addr, now time.Time) (*tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		return nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{CommonName: name, Organization: []string{"quench enclave (self-signed)"}},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(365 * 24 * time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		DNSNames:              []string{name},
+	}
+	if ip.IsValid() {
+		tmpl.IPAddresses = []net.IP{ip.AsSlice()}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, err
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, nil
+}
+
+// tlsConfig is the public server's TLS configuration.
+func (s *certSource) tlsConfig() *tls.Config {
+	tc := &tls.Config{
+		MinVersion:     tls.VersionTLS12,
+		GetCertificate: s.get,
+		NextProtos:     []string{"h2", "http/1.1"},
+	}
+	if s.acme != nil {
+		tc.NextProtos = append(tc.NextProtos, acme.ALPNProto)
+	}
+	return tc
+}
+
+func (s *certSource) get(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	if s.static != nil {
+		return s.static, nil
+	}
+	if hello.ServerName == "" {
+		// Clients that connect by IP address send no SNI.
+		h := *hello
+		h.ServerName = s.fqdn
+		hello = &h
+	}
+	return s.acme.GetCertificate(hello)
+}
+
+// hash returns the SHA-256 of the leaf certificate served for serverName
+// (the name the client sent; "" for none): the value bound in attestation
+// documents. With ACME it may obtain the certificate.
+func (s *certSource) hash(serverName string) ([sha256.Size]byte, error) {
+	if s.static != nil {
+		return sha256.Sum256(s.static.Certificate[0]), nil
+	}
+	if serverName == "" {
+		serverName = s.fqdn
+	}
+	// Ask as a modern client does, so autocert picks the ECDSA
+	// certificate it serves to such clients.
+	c, err := s.acme.GetCertificate(&tls.ClientHelloInfo{
+		ServerName:        serverName,
+		SignatureSchemes:  []tls.SignatureScheme{tls.ECDSAWithP256AndSHA256},
+		SupportedCurves:   []tls.CurveID{tls.CurveP256},
+		CipherSuites:      []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256},
+		SupportedVersions: []uint16{tls.VersionTLS13, tls.VersionTLS12},
+	})
+	if err != nil {
+		return [sha256.Size]byte{}, err
+	}
+	if len(c.Certificate) == 0 {
+		return [sha256.Size]byte{}, errors.New("enclave: ACME certificate is empty")
+	}
+	return sha256.Sum256(c.Certificate[0]), nil
+}

@@ -1,0 +1,104 @@
+// Command hello is a Go enclave app that imports package enclave: it serves
+// HTTPS with attestation from inside the enclave, its handler running in
+// process (no proxy hop), in either network mode. See README.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/quenchnet/quench/attestation"
+	"github.com/quenchnet/quench/enclave"
+	"github.com/quenchnet/quench/internal/endpoint"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "hello:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("hello", flag.ContinueOnError)
+	var (
+		network    = fs.String("network", "userspace", "tap or userspace")
+		hostURL    = fs.String("host", "vsock://3:1024", "quench-host: vsock://CID:PORT or unix:///path")
+		publicAddr = fs.String("public-addr", enclave.DefaultPublicAddr, "public HTTPS address on the enclave's network")
+		intAddr    = fs.String("internal-addr", "-", "internal server for sidecars (- for none: this app is in process)")
+		fqdn       = fs.String("fqdn", "", "public name (certificate)")
+		acme       = fs.Bool("acme", false, "obtain the certificate for -fqdn by ACME")
+		devAtt     = fs.Bool("dev-attester", false, "INSECURE development attester instead of the Nitro Secure Module")
+		devRootOut = fs.String("dev-root-out", "", "with -dev-attester: write its root certificate (PEM) here")
+		resolvConf = fs.String("resolv-conf", "/etc/resolv.conf", "TAP mode: resolv.conf to write; - to leave it alone")
+	)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	ha, err := endpoint.Parse(*hostURL)
+	if err != nil {
+		return err
+	}
+	var att attestation.Attester
+	if *devAtt {
+		dev, err := attestation.NewDevAttester(attestation.DevConfig{Logger: log})
+		if err != nil {
+			return err
+		}
+		if *devRootOut != "" {
+			if err := dev.WriteRootPEM(*devRootOut); err != nil {
+				return err
+			}
+		}
+		att = dev
+	}
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello from the enclave (%s mode); you are %s\n", *network, r.RemoteAddr)
+	})
+	eopts := endpoint.Options{VSockDir: endpoint.VSockDirFromEnv("")}
+	e, err := enclave.New(enclave.Config{
+		Network: enclave.NetworkMode(*network),
+		DialHost: func(ctx context.Context) (net.Conn, error) {
+			return endpoint.Dial(ctx, ha, eopts)
+		},
+		ResolvConf:   *resolvConf,
+		Handler:      mux,
+		PublicAddr:   *publicAddr,
+		InternalAddr: *intAddr,
+		WaitForApp:   true,
+		FQDN:         *fqdn,
+		ACME:         *acme,
+		Attester:     att, // nil: the Nitro Secure Module
+		Logger:       log,
+	})
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	startCtx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := e.Start(startCtx); err != nil {
+		return err
+	}
+	// The app would initialise here (keys, state); then it opens the door.
+	if err := e.Ready(); err != nil {
+		return errors.Join(err, e.Close())
+	}
+	log.Info("serving", "public", *publicAddr)
+	<-ctx.Done()
+	log.Info("shutting down")
+	return e.Close()
+}

@@ -1,0 +1,235 @@
+package e2e
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/quenchnet/quench/attestation"
+	"github.com/quenchnet/quench/host"
+	"github.com/quenchnet/quench/internal/endpoint"
+	"github.com/quenchnet/quench/internal/testutil"
+)
+
+// httpsClient skips certificate checks: the attestation document binds the
+// self-signed certificate.
+func httpsClient(t *testing.T) *http.Client {
+	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, MaxIdleConnsPerHost: 16}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
+}
+
+func getBody(c *http.Client, url string) (string, error) {
+	resp, err := c.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("%s: %q", resp.Status, b)
+	}
+	return string(b), nil
+}
+
+// TestDemo is `make demo` as a test: quench-host with the VSOCK stand-in,
+// quench-enclave (TAP mode) in a namespace with the development attester
+// and the Python example app; an HTTPS request through the published port,
+// `quench verify` with the development root, a bounded burst of requests, a
+// host restart the enclave survives, and SIGTERM ending everything with the
+// app's exit code.
+func TestDemo(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.RequireCommand(t, "python3")
+	bin := testutil.Binaries(t)
+	ns := testutil.NewNS(t)
+	dir := t.TempDir()
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := testutil.FreePort(t)
+	env := append(os.Environ(), endpoint.EnvVSockDir+"="+dir)
+	hostArgs := []string{"-listen", "vsock://:1024", "-publish", fmt.Sprintf("127.0.0.1:%d:443", port), "-log-level", "debug"}
+	startHost := func(name string) *testutil.Process {
+		cmd := exec.Command(filepath.Join(bin, "quench-host"), hostArgs...)
+		cmd.Env = env
+		p := testutil.Start(t, name, cmd)
+		testutil.WaitFor(t, 10*time.Second, name+" listening", func() error {
+			c, err := net.Dial("unix", endpoint.StandInPath(dir, endpoint.ParentCID, 1024))
+			if err != nil {
+				return err
+			}
+			return c.Close()
+		})
+		return p
+	}
+	hostProc := startHost("quench-host")
+
+	devRoot := filepath.Join(dir, "dev-root.pem")
+	cmd := ns.Command(filepath.Join(bin, "quench-enclave"),
+		"-host", "vsock://3:1024", "-resolv-conf", filepath.Join(dir, "resolv.conf"),
+		"-app-url", "http://127.0.0.1:8081", "-wait-for-app",
+		"-dev-attester", "-dev-root-out", devRoot, "-log-level", "debug",
+		"--", "python3", filepath.Join(root, "examples/sidecar/app.py"))
+	cmd.Env = env
+	encl := testutil.Start(t, "quench-enclave", cmd)
+
+	base := fmt.Sprintf("https://127.0.0.1:%d", port)
+	c := httpsClient(t)
+	testutil.WaitFor(t, 30*time.Second, "enclave healthy through the published port", func() error {
+		_, err := getBody(c, base+"/enclave/health")
+		return err
+	})
+	body, err := getBody(c, base+"/")
+	if err != nil || !strings.Contains(body, "hello from a Python app in the enclave") {
+		t.Fatalf("app through the host: %q, %v", body, err)
+	}
+
+	// quench verify with the development root, as the demo shows it.
+	out, err := exec.Command(filepath.Join(bin, "quench"), "verify", base,
+		"--roots", devRoot, "--insecure-skip-tls-verify", "--max-age", "1m").CombinedOutput()
+	if err != nil {
+		t.Fatalf("quench verify: %v\n%s", err, out)
+	}
+	for _, want := range []string{"tls_cert_hash", "app_key_sha256"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("quench verify output lacks %q:\n%s", want, out)
+		}
+	}
+	// Against the AWS root, the development document must fail.
+	if out, err := exec.Command(filepath.Join(bin, "quench"), "verify", base, "--insecure-skip-tls-verify").CombinedOutput(); err == nil {
+		t.Errorf("quench verify accepted a development document with the AWS root:\n%s", out)
+	}
+
+	// A bounded burst (the demo uses bombardier; here 8 × 25 requests).
+	burst := func() {
+		t.Helper()
+		var wg sync.WaitGroup
+		errs := make(chan error, 8)
+		for i := 0; i < 8; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for j := 0; j < 25; j++ {
+					if _, err := getBody(c, base+"/"); err != nil {
+						errs <- err
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Errorf("burst: %v", err)
+		}
+	}
+	burst()
+
+	// The host restarts; the enclave reconnects and serves again.
+	hostProc.Kill()
+	hostProc = startHost("quench-host (restarted)")
+	c.Transport.(*http.Transport).CloseIdleConnections()
+	testutil.WaitFor(t, 30*time.Second, "enclave serving after the host restart", func() error {
+		_, err := getBody(c, base+"/")
+		return err
+	})
+	burst()
+
+	// SIGTERM: drain, pass the signal to the app, exit with its code (0).
+	if err := encl.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-encl.Done():
+	case <-time.After(20 * time.Second):
+		t.Fatal("quench-enclave did not exit on SIGTERM")
+	}
+	if code := encl.Cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("quench-enclave exit code %d, want the app's 0\n%s", code, encl.Output())
+	}
+	if !strings.Contains(encl.Output(), "app: signal 15") {
+		t.Errorf("the app did not get SIGTERM:\n%s", encl.Output())
+	}
+	_ = hostProc.Stop(5 * time.Second)
+}
+
+// TestHelloUserspace runs examples/hello in userspace mode (no root): an
+// in-process quench-host on the VSOCK stand-in publishes 127.0.0.1:0 to the
+// enclave's :443; the test GETs through it and verifies an attestation
+// document with the development root the example wrote.
+func TestHelloUserspace(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds examples/hello")
+	}
+	dir := t.TempDir()
+	exe := filepath.Join(dir, "hello")
+	if out, err := exec.Command("go", "build", "-o", exe, "github.com/quenchnet/quench/examples/hello").CombinedOutput(); err != nil {
+		t.Fatalf("go build examples/hello: %v\n%s", err, out)
+	}
+	pub, err := host.ParsePublish("127.0.0.1:0:443")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := host.New(host.Config{Publish: []host.Publish{pub}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := endpoint.Listen(endpoint.Addr{Scheme: "vsock", CID: endpoint.AnyCID, Port: 1024},
+		endpoint.Options{VSockDir: dir, LocalCID: endpoint.ParentCID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan struct{})
+	go func() { defer close(served); _ = h.Serve(ln) }()
+	t.Cleanup(func() { _ = h.Close(); <-served })
+
+	devRoot := filepath.Join(dir, "dev-root.pem")
+	cmd := exec.Command(exe, "-network", "userspace", "-dev-attester", "-dev-root-out", devRoot)
+	cmd.Env = append(os.Environ(), endpoint.EnvVSockDir+"="+dir)
+	p := testutil.Start(t, "hello", cmd)
+
+	base := "https://" + h.Published()[0].String()
+	c := httpsClient(t)
+	testutil.WaitFor(t, 20*time.Second, "hello serving", func() error {
+		_, err := getBody(c, base+"/enclave/health")
+		return err
+	})
+	body, err := getBody(c, base+"/")
+	if err != nil || !strings.Contains(body, "hello from the enclave (userspace mode)") {
+		t.Fatalf("GET /: %q, %v", body, err)
+	}
+	roots, err := attestation.LoadRoots(devRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := attestation.VerifyRemote(ctx, base, attestation.RemoteConfig{
+		Options:   attestation.Options{Time: time.Now(), Roots: roots, MaxAge: time.Minute},
+		TLSConfig: &tls.Config{InsecureSkipVerify: true},
+	}); err != nil {
+		t.Fatalf("VerifyRemote: %v", err)
+	}
+	if err := p.Stop(10 * time.Second); err != nil {
+		t.Errorf("hello on SIGINT: %v\n%s", err, p.Output())
+	}
+}
