@@ -98,6 +98,14 @@ type Config struct {
 	// reach the host after the stream drops. Defaults: 50ms and 1s.
 	ReconnectMin, ReconnectMax time.Duration
 
+	// HandshakeSettle is how long the enclave waits after sending the
+	// /connect request before it sends frames. A stock gvproxy parses the
+	// request with net/http and then reads frames from the raw connection,
+	// so frames that arrive in the same read as the request are lost and
+	// the stream falls out of step; quench-host keeps them. Default: 100ms.
+	// Negative means no wait (safe against quench-host only).
+	HandshakeSettle time.Duration
+
 	// Logger receives operational logs. Default: discard.
 	Logger *slog.Logger
 
@@ -338,6 +346,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.ResolvConf == "" {
 		c.ResolvConf = "/etc/resolv.conf"
+	}
+	if c.HandshakeSettle == 0 {
+		c.HandshakeSettle = 100 * time.Millisecond
 	}
 	if c.ReconnectMin <= 0 {
 		c.ReconnectMin = 50 * time.Millisecond

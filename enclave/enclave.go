@@ -168,6 +168,16 @@ func (e *Enclave) dialOnce(ctx context.Context) (*tap.Conn, error) {
 		_ = c.Close()
 		return nil, err
 	}
+	if d := e.cfg.HandshakeSettle; d > 0 {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			_ = c.Close()
+			return nil, ctx.Err()
+		}
+	}
 	return c, nil
 }
 
