@@ -12,7 +12,13 @@
 # Each figure is the median of RUNS runs of DUR seconds; CPU is the median
 # cores used by the host daemon and the enclave-side forwarder.
 #
-# Usage (root): scripts/bench/tunnel.sh   [env: RUNS=3 DUR=10 QUICK=1 OUT=dir CONFIGS="..."]
+# Configs are KIND:MTU with KIND quench (TAP mode), userspace (the enclave
+# library's gVisor stack in a process: internal/benchapps/usenclave) or peer.
+# BULK=bulk measures bulk throughput with internal/benchapps/bulkcmd instead
+# of iperf3 (iperf3 cannot run inside a userspace stack), EGRESS=0 skips the
+# egress measurements, NAME names the result files.
+#
+# Usage (root): scripts/bench/tunnel.sh   [env: RUNS=3 DUR=10 QUICK=1 OUT=dir CONFIGS="..." BULK=iperf3|bulk EGRESS=1 NAME=tunnel]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -22,15 +28,18 @@ DUR=${DUR:-10}
 if [ -n "${QUICK:-}" ]; then RUNS=1; DUR=3; fi
 CONFIGS=${CONFIGS:-"quench:65520 quench:1500 peer:65520 peer:1500"}
 CONNS=${CONNS:-"10 100 1000"}
+BULK=${BULK:-iperf3}
+EGRESS=${EGRESS:-1}
+NAME=${NAME:-tunnel}
 OUT=${OUT:-$ROOT/scripts/bench/results}
 mkdir -p "$OUT"
-RAW="$OUT/tunnel-$(date -u +%Y%m%dT%H%M%SZ).jsonl"
+RAW="$OUT/$NAME-$(date -u +%Y%m%dT%H%M%SZ).jsonl"
 [ "$(id -u)" = 0 ] || { echo "tunnel.sh: needs root (network namespaces, TAP)" >&2; exit 1; }
 for t in iperf3 wrk ip curl python3; do command -v $t >/dev/null || { echo "tunnel.sh: needs $t (apt-get install -y iperf3 wrk iproute2 curl python3)" >&2; exit 1; }; done
-for b in quench-host quench-enclave gvproxy gvforwarder hello; do
+for b in quench-host quench-enclave gvproxy gvforwarder hello bulkcmd usenclave; do
   [ -x "$BIN/$b" ] || { echo "tunnel.sh: $BIN/$b missing: run 'make build tools' (hello: go build -o bin/ ./internal/benchapps/hello)" >&2; exit 1; }
 done
-ulimit -n 65536 || true
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 NS=quench-bench-$$
 WORK=$(mktemp -d)
@@ -54,7 +63,14 @@ start_env() {
   ip netns add "$NS"
   local sock=$WORK/host.sock
   rm -f "$sock"
-  if [ "$kind" = quench ]; then
+  if [ "$kind" = userspace ]; then
+    "$BIN/quench-host" -listen "unix://$sock" -mtu "$mtu" -publish 127.0.0.1:15201:5201 -publish 127.0.0.1:18080:8080 -log-level warn 2>"$WORK/host.log" &
+    HOST_PID=$!
+    PIDS+=($HOST_PID)
+    while [ ! -S "$sock" ]; do sleep 0.05; done
+    "$BIN/usenclave" -host "$sock" -mtu "$mtu" 2>"$WORK/encl.log" &
+    ENCL_PID=$!
+  elif [ "$kind" = quench ]; then
     "$BIN/quench-host" -listen "unix://$sock" -mtu "$mtu" -publish 127.0.0.1:15201:5201 -publish 127.0.0.1:18080:8080 -log-level warn 2>"$WORK/host.log" &
     HOST_PID=$!
     PIDS+=($HOST_PID)
@@ -79,10 +95,16 @@ start_env() {
     ENCL_PID=$!
   fi
   PIDS+=($ENCL_PID)
-  ip netns exec "$NS" iperf3 -s -p 5201 >/dev/null 2>&1 &
-  PIDS+=($!)
-  ip netns exec "$NS" "$BIN/hello" -listen 0.0.0.0:8080 >/dev/null 2>&1 &
-  PIDS+=($!)
+  if [ "$kind" != userspace ]; then
+    if [ "$BULK" = bulk ]; then
+      ip netns exec "$NS" "$BIN/bulkcmd" -listen 0.0.0.0:5201 >/dev/null 2>&1 &
+    else
+      ip netns exec "$NS" iperf3 -s -p 5201 >/dev/null 2>&1 &
+    fi
+    PIDS+=($!)
+    ip netns exec "$NS" "$BIN/hello" -listen 0.0.0.0:8080 >/dev/null 2>&1 &
+    PIDS+=($!)
+  fi
   # Wait until the published HTTP port reaches the app.
   for _ in $(seq 1 200); do
     curl -sf -m 1 http://127.0.0.1:18080/ >/dev/null 2>&1 && return 0
@@ -119,16 +141,23 @@ for RUN in $(seq 1 "$RUNS"); do
   for cm in $CONFIGS; do
     CFG=$cm
     start_env "${cm%%:*}" "${cm##*:}"
-    measure ingress      iperf3 -c 127.0.0.1 -p 15201 -t "$DUR" -J
-    measure ingress_rev  iperf3 -c 127.0.0.1 -p 15201 -t "$DUR" -J -R
-    measure egress       ip netns exec "$NS" iperf3 -c 192.168.127.254 -p $HOST_IPERF_PORT -t "$DUR" -J
-    measure egress_rev   ip netns exec "$NS" iperf3 -c 192.168.127.254 -p $HOST_IPERF_PORT -t "$DUR" -J -R
+    if [ "$BULK" = bulk ]; then
+      measure ingress      "$BIN/bulkcmd" -connect 127.0.0.1:15201 -t "${DUR}s"
+      measure ingress_rev  "$BIN/bulkcmd" -connect 127.0.0.1:15201 -t "${DUR}s" -R
+    else
+      measure ingress      iperf3 -c 127.0.0.1 -p 15201 -t "$DUR" -J
+      measure ingress_rev  iperf3 -c 127.0.0.1 -p 15201 -t "$DUR" -J -R
+    fi
+    if [ "$EGRESS" = 1 ] && [ "${cm%%:*}" != userspace ]; then
+      measure egress       ip netns exec "$NS" iperf3 -c 192.168.127.254 -p $HOST_IPERF_PORT -t "$DUR" -J
+      measure egress_rev   ip netns exec "$NS" iperf3 -c 192.168.127.254 -p $HOST_IPERF_PORT -t "$DUR" -J -R
+    fi
     for c in $CONNS; do
       measure "http_c$c" wrk -t2 -c"$c" -d"${DUR}s" --latency http://127.0.0.1:18080/
     done
     cleanup
   done
 done
-python3 "$ROOT/scripts/bench/report.py" tunnel "$RAW" > "$OUT/tunnel.md"
-cat "$OUT/tunnel.md"
+python3 "$ROOT/scripts/bench/report.py" "$NAME" "$RAW" > "$OUT/$NAME.md"
+cat "$OUT/$NAME.md"
 echo "raw results: $RAW"
