@@ -1,0 +1,7 @@
+// Package benchapps holds the programs that scripts/bench/proxy.sh runs to
+// compare reverse proxies side by side: hello (the upstream app), goproxy
+// (the quench proxy and Go's httputil.ReverseProxy, stock and with
+// nitriding's tuning) and loadgen (a closed-loop HTTP/1.1 load generator
+// that keeps latencies apart by status, for the overload scenario). They are
+// benchmark tools, not part of quench's API.
+package benchapps
