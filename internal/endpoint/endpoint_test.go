@@ -1,0 +1,112 @@
+package endpoint
+
+import (
+	"context"
+	"io"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestParse(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    Addr
+		wantErr bool
+	}{
+		{in: "vsock://3:1024", want: Addr{Scheme: "vsock", CID: 3, Port: 1024}},
+		{in: "vsock://:1024", want: Addr{Scheme: "vsock", CID: AnyCID, Port: 1024}},
+		{in: "unix:///run/quench/host.sock", want: Addr{Scheme: "unix", Path: "/run/quench/host.sock"}},
+		{in: "tcp://127.0.0.1:9000", want: Addr{Scheme: "tcp", Host: "127.0.0.1:9000"}},
+		{in: "vsock://3", wantErr: true},
+		{in: "vsock://x:1024", wantErr: true},
+		{in: "vsock://3:port", wantErr: true},
+		{in: "vsock://3:99999999999", wantErr: true},
+		{in: "vsock://3:1024/path", wantErr: true},
+		{in: "unix://", wantErr: true},
+		{in: "tcp://nohostport", wantErr: true},
+		{in: "http://x:1", wantErr: true},
+		{in: "3:1024", wantErr: true},
+		{in: "", wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			got, err := Parse(tt.in)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("Parse(%q) error = %v, wantErr %v", tt.in, err, tt.wantErr)
+			}
+			if err != nil {
+				return
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+			if again, err := Parse(got.String()); err != nil || again != got {
+				t.Errorf("String() = %q does not parse back: %v, %v", got.String(), again, err)
+			}
+		})
+	}
+}
+
+// TestStandIn checks that with the stand-in a vsock listener on :PORT with
+// the local CID and a dial to CID:PORT meet on the same unix socket.
+func TestStandIn(t *testing.T) {
+	dir := t.TempDir()
+	o := Options{VSockDir: dir, LocalCID: ParentCID}
+	ln, err := Listen(Addr{Scheme: "vsock", CID: AnyCID, Port: 1024}, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if got, want := ln.Addr().String(), filepath.Join(dir, "vsock-3-1024.sock"); got != want {
+		t.Errorf("listening on %s, want %s", got, want)
+	}
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		_, _ = c.Write([]byte("hi"))
+		c.Close()
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := Dial(ctx, Addr{Scheme: "vsock", CID: ParentCID, Port: 1024}, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(c)
+	c.Close()
+	if err != nil || string(b) != "hi" {
+		t.Fatalf("read %q, %v", b, err)
+	}
+	// A listener restarted on the same path replaces the stale socket.
+	ln.Close()
+	ln2, err := Listen(Addr{Scheme: "vsock", CID: AnyCID, Port: 1024}, o)
+	if err != nil {
+		t.Fatalf("relisten: %v", err)
+	}
+	ln2.Close()
+}
+
+func TestDialErrors(t *testing.T) {
+	ctx := context.Background()
+	if _, err := Dial(ctx, Addr{Scheme: "vsock", CID: AnyCID, Port: 1}, Options{}); err == nil {
+		t.Error("dialing a vsock address without a CID succeeded")
+	}
+	if _, err := Dial(ctx, Addr{Scheme: "vsock", CID: 3, Port: 1}, Options{VSockDir: t.TempDir()}); err == nil {
+		t.Error("dialing a stand-in socket that does not exist succeeded")
+	}
+}
+
+func TestVSockDirFromEnv(t *testing.T) {
+	t.Setenv(EnvVSockDir, " /from/env ")
+	if got := VSockDirFromEnv(""); got != "/from/env" {
+		t.Errorf("got %q", got)
+	}
+	if got := VSockDirFromEnv("/flag"); got != "/flag" {
+		t.Errorf("flag should win, got %q", got)
+	}
+}
