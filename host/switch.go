@@ -8,11 +8,11 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 
+	"github.com/quenchnet/quench/internal/ethlink"
 	"github.com/quenchnet/quench/tap"
 )
 
@@ -25,8 +25,7 @@ import (
 // decoded in batches from one large read, and nothing is allocated per frame
 // on the stream side.
 type switchEndpoint struct {
-	mtu atomic.Uint32
-	mac tcpip.LinkAddress
+	ethlink.Base
 	log *slog.Logger
 
 	// arpAllowed lists the protocol addresses the gateway may announce in ARP
@@ -35,16 +34,12 @@ type switchEndpoint struct {
 	// for every address, including other enclaves'.
 	arpAllowed map[tcpip.Address]bool
 
-	dispatcher atomic.Pointer[dispatcherBox]
-
 	mu    sync.RWMutex
 	macs  map[tcpip.LinkAddress]*port // guarded by mu; learned source addresses
 	ports map[*port]struct{}          // guarded by mu
 
 	stats switchStats
 }
-
-type dispatcherBox struct{ d stack.NetworkDispatcher }
 
 type switchStats struct {
 	framesIn, framesOut, bytesIn, bytesOut atomic.Uint64
@@ -80,13 +75,12 @@ var (
 
 func newSwitch(mtu int, mac net.HardwareAddr, arpAllowed []tcpip.Address, log *slog.Logger) *switchEndpoint {
 	e := &switchEndpoint{
-		mac:        tcpip.LinkAddress(mac),
 		log:        log,
 		arpAllowed: map[tcpip.Address]bool{},
 		macs:       map[tcpip.LinkAddress]*port{},
 		ports:      map[*port]struct{}{},
 	}
-	e.mtu.Store(uint32(mtu))
+	e.Init(uint32(mtu), tcpip.LinkAddress(mac))
 	for _, a := range arpAllowed {
 		e.arpAllowed[a] = true
 	}
@@ -181,7 +175,7 @@ func (e *switchEndpoint) rx(p *port, frame []byte) {
 	e.stats.bytesIn.Add(uint64(len(frame)))
 	eth := header.Ethernet(frame)
 	src, dst := eth.SourceAddress(), eth.DestinationAddress()
-	if src == e.mac || header.IsMulticastEthernetAddress(src) {
+	if src == e.LinkAddress() || header.IsMulticastEthernetAddress(src) {
 		e.stats.dropped.Add(1) // spoofed or invalid source
 		return
 	}
@@ -189,10 +183,10 @@ func (e *switchEndpoint) rx(p *port, frame []byte) {
 		e.learn(p, src)
 	}
 	switch {
-	case dst == e.mac:
-		e.deliver(eth.Type(), frame, tcpip.PacketHost)
+	case dst == e.LinkAddress():
+		e.deliver(frame, tcpip.PacketHost)
 	case dst == header.EthernetBroadcastAddress || header.IsMulticastEthernetAddress(dst):
-		e.deliver(eth.Type(), frame, tcpip.PacketBroadcast)
+		e.deliver(frame, tcpip.PacketBroadcast)
 		e.flood(p, frame)
 	default:
 		e.mu.RLock()
@@ -206,18 +200,10 @@ func (e *switchEndpoint) rx(p *port, frame []byte) {
 	}
 }
 
-func (e *switchEndpoint) deliver(proto tcpip.NetworkProtocolNumber, frame []byte, typ tcpip.PacketType) {
-	b := e.dispatcher.Load()
-	if b == nil {
-		return
+func (e *switchEndpoint) deliver(frame []byte, typ tcpip.PacketType) {
+	if !e.Deliver(frame, typ) {
+		e.stats.dropped.Add(1)
 	}
-	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(frame)})
-	defer pkt.DecRef()
-	if _, ok := pkt.LinkHeader().Consume(header.EthernetMinimumSize); !ok {
-		return
-	}
-	pkt.PktType = typ
-	b.d.DeliverNetworkPacket(proto, pkt)
 }
 
 // flood sends a broadcast frame from one enclave to every other one.
@@ -431,22 +417,6 @@ func (e *switchEndpoint) spoofedARP(pkt *stack.PacketBuffer) bool {
 	return !e.arpAllowed[tcpip.AddrFromSlice(h.ProtocolAddressSender())]
 }
 
-// MTU implements stack.NetworkLinkEndpoint.
-func (e *switchEndpoint) MTU() uint32 { return e.mtu.Load() }
-
-// SetMTU implements stack.NetworkLinkEndpoint.
-func (e *switchEndpoint) SetMTU(mtu uint32) { e.mtu.Store(mtu) }
-
-// MaxHeaderLength implements stack.NetworkLinkEndpoint.
-func (e *switchEndpoint) MaxHeaderLength() uint16 { return header.EthernetMinimumSize }
-
-// LinkAddress implements stack.NetworkLinkEndpoint.
-func (e *switchEndpoint) LinkAddress() tcpip.LinkAddress { return e.mac }
-
-// SetLinkAddress implements stack.NetworkLinkEndpoint; the gateway's address
-// is fixed at construction, so this does nothing.
-func (e *switchEndpoint) SetLinkAddress(tcpip.LinkAddress) {}
-
 // Capabilities implements stack.NetworkLinkEndpoint. Frames come from the
 // enclave's kernel or stack over a reliable stream, so received checksums are
 // not verified again.
@@ -454,47 +424,5 @@ func (e *switchEndpoint) Capabilities() stack.LinkEndpointCapabilities {
 	return stack.CapabilityResolutionRequired | stack.CapabilityRXChecksumOffload
 }
 
-// Attach implements stack.NetworkLinkEndpoint.
-func (e *switchEndpoint) Attach(d stack.NetworkDispatcher) {
-	if d == nil {
-		e.dispatcher.Store(nil)
-		return
-	}
-	e.dispatcher.Store(&dispatcherBox{d: d})
-}
-
-// IsAttached implements stack.NetworkLinkEndpoint.
-func (e *switchEndpoint) IsAttached() bool { return e.dispatcher.Load() != nil }
-
-// Wait implements stack.NetworkLinkEndpoint. The rx goroutines belong to
-// Host, which waits for them.
-func (e *switchEndpoint) Wait() {}
-
-// ARPHardwareType implements stack.NetworkLinkEndpoint.
-func (e *switchEndpoint) ARPHardwareType() header.ARPHardwareType { return header.ARPHardwareEther }
-
-// AddHeader implements stack.NetworkLinkEndpoint.
-func (e *switchEndpoint) AddHeader(pkt *stack.PacketBuffer) {
-	eth := header.Ethernet(pkt.LinkHeader().Push(header.EthernetMinimumSize))
-	src := pkt.EgressRoute.LocalLinkAddress
-	if src == "" {
-		src = e.mac
-	}
-	eth.Encode(&header.EthernetFields{
-		SrcAddr: src,
-		DstAddr: pkt.EgressRoute.RemoteLinkAddress,
-		Type:    pkt.NetworkProtocolNumber,
-	})
-}
-
-// ParseHeader implements stack.NetworkLinkEndpoint.
-func (e *switchEndpoint) ParseHeader(pkt *stack.PacketBuffer) bool {
-	_, ok := pkt.LinkHeader().Consume(header.EthernetMinimumSize)
-	return ok
-}
-
 // Close implements stack.NetworkLinkEndpoint.
 func (e *switchEndpoint) Close() { e.closeAll() }
-
-// SetOnCloseAction implements stack.NetworkLinkEndpoint.
-func (e *switchEndpoint) SetOnCloseAction(func()) {}

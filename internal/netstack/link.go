@@ -7,12 +7,13 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 
 	"github.com/quenchnet/quench/tap"
+
+	"github.com/quenchnet/quench/internal/ethlink"
 )
 
 // linkEndpoint is the stack's Ethernet NIC. Its wire is the device: packets
@@ -24,21 +25,17 @@ import (
 // link/channel, with Ethernet framing (the host's gVisor stack, gvproxy and
 // a kernel TAP device all speak Ethernet and ARP) and a batched reader.
 type linkEndpoint struct {
-	mtu         atomic.Uint32
-	mac         tcpip.LinkAddress
+	ethlink.Base
 	gso         bool
 	maxFrameLen int // MTU + Ethernet header: the largest frame accepted
 
-	dispatcher atomic.Pointer[dispatcherBox] // nil until attached
-	q          queue
-	log        *slog.Logger
-	warned     atomic.Bool // a full queue has been logged
+	q      queue
+	log    *slog.Logger
+	warned atomic.Bool // a full queue has been logged
 
 	framesIn, bytesIn, framesOut, bytesOut atomic.Uint64
 	droppedIn, droppedOut                  atomic.Uint64
 }
-
-type dispatcherBox struct{ d stack.NetworkDispatcher }
 
 var (
 	_ stack.LinkEndpoint = (*linkEndpoint)(nil)
@@ -48,12 +45,11 @@ var (
 
 func newLink(cfg Config) (*linkEndpoint, *device) {
 	e := &linkEndpoint{
-		mac:         tcpip.LinkAddress(cfg.MAC),
 		gso:         !cfg.noSoftwareGSO,
 		maxFrameLen: cfg.MTU + header.EthernetMinimumSize,
 		log:         cfg.Logger,
 	}
-	e.mtu.Store(uint32(cfg.MTU))
+	e.Init(uint32(cfg.MTU), tcpip.LinkAddress(cfg.MAC))
 	e.q.init(cfg.QueueLen)
 	d := &device{
 		ep:      e,
@@ -124,22 +120,6 @@ func (e *linkEndpoint) dropOut(n int) {
 // endpoint.
 func (q qdisc) Close() {}
 
-// MTU implements stack.NetworkLinkEndpoint.
-func (e *linkEndpoint) MTU() uint32 { return e.mtu.Load() }
-
-// SetMTU implements stack.NetworkLinkEndpoint.
-func (e *linkEndpoint) SetMTU(mtu uint32) { e.mtu.Store(mtu) }
-
-// MaxHeaderLength implements stack.NetworkLinkEndpoint.
-func (e *linkEndpoint) MaxHeaderLength() uint16 { return header.EthernetMinimumSize }
-
-// LinkAddress implements stack.NetworkLinkEndpoint.
-func (e *linkEndpoint) LinkAddress() tcpip.LinkAddress { return e.mac }
-
-// SetLinkAddress implements stack.NetworkLinkEndpoint. The address is fixed
-// by Config.MAC, so this does nothing.
-func (e *linkEndpoint) SetLinkAddress(tcpip.LinkAddress) {}
-
 // Capabilities implements stack.NetworkLinkEndpoint. Frames arrive over a
 // reliable stream from the host, which is untrusted anyway (anything that
 // matters is authenticated end to end by TLS), so received checksums are
@@ -172,50 +152,9 @@ func (e *linkEndpoint) SupportedGSO() stack.SupportedGSO {
 	return stack.GVisorGSOSupported
 }
 
-// Attach implements stack.NetworkLinkEndpoint.
-func (e *linkEndpoint) Attach(d stack.NetworkDispatcher) {
-	if d == nil {
-		e.dispatcher.Store(nil)
-		return
-	}
-	e.dispatcher.Store(&dispatcherBox{d: d})
-}
-
-// IsAttached implements stack.NetworkLinkEndpoint.
-func (e *linkEndpoint) IsAttached() bool { return e.dispatcher.Load() != nil }
-
-// Wait implements stack.NetworkLinkEndpoint. The endpoint has no goroutines.
-func (e *linkEndpoint) Wait() {}
-
-// ARPHardwareType implements stack.NetworkLinkEndpoint.
-func (e *linkEndpoint) ARPHardwareType() header.ARPHardwareType { return header.ARPHardwareEther }
-
-// AddHeader implements stack.NetworkLinkEndpoint.
-func (e *linkEndpoint) AddHeader(pkt *stack.PacketBuffer) {
-	eth := header.Ethernet(pkt.LinkHeader().Push(header.EthernetMinimumSize))
-	src := pkt.EgressRoute.LocalLinkAddress
-	if src == "" {
-		src = e.mac
-	}
-	eth.Encode(&header.EthernetFields{
-		SrcAddr: src,
-		DstAddr: pkt.EgressRoute.RemoteLinkAddress,
-		Type:    pkt.NetworkProtocolNumber,
-	})
-}
-
-// ParseHeader implements stack.NetworkLinkEndpoint.
-func (e *linkEndpoint) ParseHeader(pkt *stack.PacketBuffer) bool {
-	_, ok := pkt.LinkHeader().Consume(header.EthernetMinimumSize)
-	return ok
-}
-
 // Close implements stack.NetworkLinkEndpoint: it is called when the NIC is
 // removed, and closes the queue, which ends Device.Read.
 func (e *linkEndpoint) Close() { e.q.close() }
-
-// SetOnCloseAction implements stack.NetworkLinkEndpoint.
-func (e *linkEndpoint) SetOnCloseAction(func()) {}
 
 // deliver hands one frame from the wire to the stack. frame is copied; it
 // is not retained. Frames that no NIC would accept are dropped and counted.
@@ -228,7 +167,7 @@ func (e *linkEndpoint) deliver(frame []byte) {
 	dst, src := eth.DestinationAddress(), eth.SourceAddress()
 	var typ tcpip.PacketType
 	switch {
-	case dst == e.mac:
+	case dst == e.LinkAddress():
 		typ = tcpip.PacketHost
 	case dst == header.EthernetBroadcastAddress:
 		typ = tcpip.PacketBroadcast
@@ -238,7 +177,7 @@ func (e *linkEndpoint) deliver(frame []byte) {
 		e.droppedIn.Add(1) // another station's frame
 		return
 	}
-	if src == e.mac || header.IsMulticastEthernetAddress(src) {
+	if src == e.LinkAddress() || header.IsMulticastEthernetAddress(src) {
 		e.droppedIn.Add(1) // looped back or invalid source
 		return
 	}
@@ -247,22 +186,12 @@ func (e *linkEndpoint) deliver(frame []byte) {
 		e.droppedIn.Add(1)
 		return
 	}
-	b := e.dispatcher.Load()
-	if b == nil {
+	if !e.Deliver(frame, typ) {
 		e.droppedIn.Add(1)
 		return
 	}
-	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(frame)})
-	if _, ok := pkt.LinkHeader().Consume(header.EthernetMinimumSize); !ok {
-		pkt.DecRef()
-		e.droppedIn.Add(1)
-		return
-	}
-	pkt.PktType = typ
 	e.framesIn.Add(1)
 	e.bytesIn.Add(uint64(len(frame)))
-	b.d.DeliverNetworkPacket(proto, pkt)
-	pkt.DecRef()
 }
 
 // device is the tap.Device side of the link.
