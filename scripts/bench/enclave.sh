@@ -31,7 +31,7 @@ for b in quench-host quench-enclave gvproxy gvforwarder; do
   [ -x "$BIN/$b" ] || { echo "enclave.sh: $BIN/$b missing: run 'make build tools'" >&2; exit 1; }
 done
 [ -x "$BIN/hello" ] || go build -o "$BIN/hello" ./internal/benchapps/hello
-ulimit -n 65536 2>/dev/null || true
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 NS=quench-encbench-$$
 WORK=$(mktemp -d)

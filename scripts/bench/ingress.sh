@@ -32,7 +32,7 @@ for t in wrk ip curl python3 go; do command -v $t >/dev/null || { echo "ingress.
 for b in quench-host quench-enclave gvproxy gvforwarder hello; do
   [ -x "$BIN/$b" ] || { echo "ingress.sh: $BIN/$b missing: run 'make build tools'" >&2; exit 1; }
 done
-ulimit -n 200000 || ulimit -n 65536 || true
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 NS=quench-ibench-$$
 WORK=$(mktemp -d)
