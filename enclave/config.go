@@ -15,6 +15,7 @@ import (
 
 	"github.com/quenchnet/quench/attestation"
 	"github.com/quenchnet/quench/internal/endpoint"
+	"github.com/quenchnet/quench/policy"
 	"github.com/quenchnet/quench/proxy"
 	"github.com/quenchnet/quench/tap"
 )
@@ -97,6 +98,14 @@ type Config struct {
 	// ReconnectMin and ReconnectMax bound the backoff between attempts to
 	// reach the host after the stream drops. Defaults: 50ms and 1s.
 	ReconnectMin, ReconnectMax time.Duration
+
+	// Egress, when set, limits where Dial (and HTTPClient) may connect:
+	// hostnames with wildcards, CIDRs and ports (see package policy). In
+	// userspace mode Dial is the only way out of the process, so the policy
+	// is part of the attested image and does not depend on the untrusted
+	// host; in TAP mode it covers only connections made through Dial.
+	// Default: nil, no limit.
+	Egress *policy.Policy
 
 	// HandshakeSettle is how long the enclave waits after sending the
 	// /connect request before it sends frames. A stock gvproxy parses the

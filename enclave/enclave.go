@@ -8,6 +8,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -229,7 +232,64 @@ func (e *Enclave) Dial(ctx context.Context, network, addr string) (net.Conn, err
 	if err != nil {
 		return nil, err
 	}
+	if e.cfg.Egress != nil {
+		return e.dialPolicy(ctx, nw, network, addr)
+	}
 	return nw.dial(ctx, network, addr)
+}
+
+// ErrEgressRefused is returned (inside a *net.OpError) by Dial when
+// Config.Egress does not allow the destination. It is final: retrying the
+// same address fails the same way.
+var ErrEgressRefused = errors.New("enclave: refused by egress policy")
+
+// dialPolicy dials addr after checking it against Config.Egress. A hostname
+// must be allowed by name and is resolved here, so the policy sees the
+// name and every address it resolved to.
+func (e *Enclave) dialPolicy(ctx context.Context, nw network, network, addr string) (net.Conn, error) {
+	refuse := func(err error) error {
+		return &net.OpError{Op: "dial", Net: network, Err: err}
+	}
+	host, portStr, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, refuse(err)
+	}
+	port, err := strconv.ParseUint(portStr, 10, 16)
+	if err != nil {
+		return nil, refuse(fmt.Errorf("bad port %q", portStr))
+	}
+	proto := "tcp"
+	if strings.HasPrefix(network, "udp") {
+		proto = "udp"
+	}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		if !e.cfg.Egress.Allow(proto, ip, uint16(port), nil) {
+			return nil, refuse(ErrEgressRefused)
+		}
+		return nw.dial(ctx, network, addr)
+	}
+	if !e.cfg.Egress.AllowName(host) {
+		return nil, refuse(ErrEgressRefused)
+	}
+	ips, err := nw.resolver().LookupNetIP(ctx, "ip4", host)
+	if err != nil {
+		return nil, refuse(err)
+	}
+	var lastErr error = ErrEgressRefused
+	for _, ip := range ips {
+		if !e.cfg.Egress.Allow(proto, ip, uint16(port), []string{host}) {
+			continue
+		}
+		c, err := nw.dial(ctx, network, net.JoinHostPort(ip.String(), portStr))
+		if err == nil {
+			return c, nil
+		}
+		lastErr = err
+	}
+	if lastErr == ErrEgressRefused {
+		return nil, refuse(lastErr)
+	}
+	return nil, lastErr
 }
 
 // Resolver returns a resolver that asks the enclave's DNS servers over the
