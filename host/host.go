@@ -20,6 +20,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 
+	"github.com/quenchnet/quench/internal/ethlink"
 	"github.com/quenchnet/quench/policy"
 	"github.com/quenchnet/quench/tap"
 )
@@ -130,8 +131,8 @@ func (h *Host) createStackLocked() error {
 		s.Close()
 		s.Wait()
 	})
-	if err := tuneTCP(s); err != nil {
-		return err
+	if err := ethlink.TuneTCP(s); err != nil {
+		return fmt.Errorf("host: %w", err)
 	}
 	// The switch is also the NIC's queueing discipline: per-enclave queues
 	// drained in batches (see switchEndpoint.WritePacket).
@@ -160,25 +161,6 @@ func (h *Host) createStackLocked() error {
 	h.installNAT()
 	return nil
 }
-
-// tuneTCP enables what a fast, lossless virtual link wants: SACK, receive
-// buffer auto-tuning, and buffers large enough for 64 KiB segments in flight.
-func tuneTCP(s *stack.Stack) error {
-	opts := []tcpip.SettableTransportProtocolOption{
-		ptr(tcpip.TCPSACKEnabled(true)),
-		ptr(tcpip.TCPModerateReceiveBufferOption(true)),
-		&tcpip.TCPSendBufferSizeRangeOption{Min: 4 << 10, Default: 1 << 20, Max: 8 << 20},
-		&tcpip.TCPReceiveBufferSizeRangeOption{Min: 4 << 10, Default: 1 << 20, Max: 8 << 20},
-	}
-	for _, o := range opts {
-		if terr := s.SetTransportProtocolOption(tcp.ProtocolNumber, o); terr != nil {
-			return fmt.Errorf("host: TCP option %T: %v", o, terr)
-		}
-	}
-	return nil
-}
-
-func ptr[T any](v T) *T { return &v }
 
 func addr(a netip.Addr) tcpip.Address { return tcpip.AddrFromSlice(a.AsSlice()) }
 

@@ -19,6 +19,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 
+	"github.com/quenchnet/quench/internal/ethlink"
 	"github.com/quenchnet/quench/tap"
 )
 
@@ -29,14 +30,6 @@ const (
 	// packets, ~130 at MTU 65520); packets beyond it are dropped, as a
 	// router would, and TCP recovers them with SACK.
 	DefaultQueueLen = 4096
-
-	// Buffer ranges of the stack's TCP endpoints (min, default, max); the
-	// stack grows the receive buffer with the application's reads (RFC
-	// "moderate receive buffer", like Linux's tcp_moderate_rcvbuf). The
-	// same values as the host's stack (host/host.go tuneTCP).
-	tcpBufMin     = 4 << 10
-	tcpBufDefault = 1 << 20
-	tcpBufMax     = 8 << 20
 
 	// TCP keepalive of dialled and accepted connections: the standard
 	// library's defaults (net.Dialer.KeepAlive, net.ListenConfig), so that
@@ -228,16 +221,8 @@ func New(cfg Config) (*Net, error) {
 
 func (n *Net) setup() error {
 	s, c := n.stack, n.cfg
-	opts := []tcpip.SettableTransportProtocolOption{
-		ptr(tcpip.TCPSACKEnabled(true)),
-		ptr(tcpip.TCPModerateReceiveBufferOption(true)),
-		&tcpip.TCPSendBufferSizeRangeOption{Min: tcpBufMin, Default: tcpBufDefault, Max: tcpBufMax},
-		&tcpip.TCPReceiveBufferSizeRangeOption{Min: tcpBufMin, Default: tcpBufDefault, Max: tcpBufMax},
-	}
-	for _, o := range opts {
-		if terr := s.SetTransportProtocolOption(tcp.ProtocolNumber, o); terr != nil {
-			return fmt.Errorf("netstack: TCP option %T: %v", o, terr)
-		}
+	if err := ethlink.TuneTCP(s); err != nil {
+		return fmt.Errorf("netstack: %w", err)
 	}
 	if terr := s.CreateNICWithOptions(nicLink, n.ep, stack.NICOptions{Name: "eth0", QDisc: qdisc{n.ep}}); terr != nil {
 		return fmt.Errorf("netstack: create NIC: %v", terr)
@@ -333,8 +318,6 @@ func (n *Net) isClosed() bool {
 	defer n.mu.Unlock()
 	return n.closed
 }
-
-func ptr[T any](v T) *T { return &v }
 
 func tcpAddr(a netip.Addr) tcpip.Address { return tcpip.AddrFrom4(a.As4()) }
 
