@@ -99,12 +99,20 @@ start_env() {
   local kind=$1 sock=$WORK/host.sock
   ip netns add "$NS"
   rm -f "$sock"
-  if [ "$kind" = quench ]; then
-    "$BIN/quench-host" -listen "unix://$sock" -publish 127.0.0.1:18443:443 -log-level warn 2>"$WORK/host.log" &
+  if [ "$kind" = quench ] || [ "$kind" = quench-fast ]; then
+    # quench: published port through the frame tunnel; quench-fast: the
+    # ingress fast path (-publish-vsock, one VSOCK stream per client
+    # connection with a PROXY v2 header) to the same enclave HTTPS server.
+    local pub=(-publish 127.0.0.1:18443:443) ing=()
+    if [ "$kind" = quench-fast ]; then
+      pub=(-publish-vsock 127.0.0.1:18443:8443 -enclave-cid 16); ing=(-ingress vsock://16:8443)
+    fi
+    mkdir -p "$WORK/vsock"
+    QUENCH_VSOCK_DIR=$WORK/vsock "$BIN/quench-host" -listen "unix://$sock" "${pub[@]}" -log-level warn 2>"$WORK/host.log" &
     HOST_PID=$!; PIDS+=($HOST_PID)
     while [ ! -S "$sock" ]; do sleep 0.05; done
-    ip netns exec "$NS" "$BIN/quench-enclave" -host "unix://$sock" -resolv-conf - -log-level warn \
-      -app-url http://127.0.0.1:8081 -dev-attester 2>"$WORK/encl.log" &
+    QUENCH_VSOCK_DIR=$WORK/vsock ip netns exec "$NS" "$BIN/quench-enclave" -host "unix://$sock" -resolv-conf - -log-level warn \
+      "${ing[@]}" -app-url http://127.0.0.1:8081 -dev-attester 2>"$WORK/encl.log" &
     ENCL_PID=$!; PIDS+=($ENCL_PID)
     PROXY_PID=$ENCL_PID
   else
@@ -143,7 +151,9 @@ wrk_run() {
   h1=$(cpu_ticks "$HOST_PID"); e1=$(cpu_ticks "$ENCL_PID"); p1=$(cpu_ticks "$PROXY_PID")
   echo "$out" >>"$WORK/wrk.log"
   local rps p99
-  rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+  # Successful responses per second: refusals (503) and errors do not count.
+  rps=$(awk '/requests in/ {n=$1} /^Requests\/sec/ {r=$2} /Non-2xx/ {bad=$NF}
+    END {if (n > 0) printf "%.0f", r*(n-bad)/n; else print 0}' <<<"$out")
   p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; print v}' <<<"$out")
   local errs
   errs=$(awk '/Socket errors|Non-2xx/ {print}' <<<"$out" | tr '\n' ' ')
@@ -158,7 +168,7 @@ sleep 0.3
 for RUN in $(seq 1 "$RUNS"); do
   HOST_PID=$DIRECT; ENCL_PID=$DIRECT; PROXY_PID=$DIRECT
   for c in $CONNS; do echo "direct $c $(wrk_run http://127.0.0.1:18090/ "$c")" >>"$RES"; done
-  for kind in quench nitriding; do
+  for kind in ${KINDS:-quench quench-fast nitriding}; do
     start_env "$kind"
     for c in $CONNS; do echo "$kind $c $(wrk_run https://127.0.0.1:18443/ "$c")" >>"$RES"; done
     stop_env
@@ -167,9 +177,9 @@ done
 
 echo "# enclave full path, $(date -u +%FT%TZ), RUNS=$RUNS DUR=${DUR}s, medians"
 echo
-echo "| path | c | req/s | p99 ms | CPU host | CPU enclave fwd | CPU proxy | errors (last run) |"
+echo "| path | c | req/s (2xx) | p99 ms | CPU host | CPU enclave fwd | CPU proxy | errors (last run) |"
 echo "|---|---|---|---|---|---|---|---|"
-for kind in direct quench nitriding; do
+for kind in direct ${KINDS:-quench quench-fast nitriding}; do
   for c in $CONNS; do
     grep "^$kind $c " "$RES" | awk -v k="$kind" -v c="$c" '
       { r[NR]=$3; p[NR]=$4; h[NR]=$5; e[NR]=$6; x[NR]=$7; $1=$2=$3=$4=$5=$6=$7=""; err=$0 }
@@ -178,8 +188,11 @@ for kind in direct quench nitriding; do
   done
 done
 echo
+med() { grep "^$1 $2 " "$RES" | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 for c in $CONNS; do
-  q=$(grep "^quench $c " "$RES" | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-  n=$(grep "^nitriding $c " "$RES" | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-  awk -v q="$q" -v n="$n" -v c="$c" 'BEGIN { if (n > 0) printf "c=%s: quench / nitriding req/s = %.2f\n", c, q/n }'
+  n=$(med nitriding "$c")
+  for q in ${KINDS:-quench quench-fast nitriding}; do
+    [ "$q" = nitriding ] && continue
+    awk -v q="$(med "$q" "$c")" -v n="$n" -v c="$c" -v k="$q" 'BEGIN { if (n > 0) printf "c=%s: %s / nitriding req/s = %.2f\n", c, k, q/n }'
+  done
 done
