@@ -135,6 +135,9 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		pprofOn     = fs.Bool("pprof", false, "serve net/http/pprof under /debug/pprof/ on -internal-addr; attestation is then refused, since profiling weakens isolation")
 		ingress     = fs.String("ingress", "", "also serve the public HTTPS server on this listener for quench-host's ingress fast path (PROXY protocol header first), e.g. vsock://:8443; off by default")
 		drain       = fs.Duration("drain-timeout", enclave.DefaultDrainTimeout, "on SIGTERM/SIGINT, how long in-flight requests get to finish")
+		maxInFlight = fs.Int("max-in-flight", 0, "requests forwarded to the app at once; past it they wait in -queue or get 503 with Retry-After at once; -1: no limit (default: 64 per CPU)")
+		queue       = fs.Int("queue", 0, "requests that may wait for a free -max-in-flight slot (each for up to -queue-timeout) before being refused; 0: refuse at once")
+		queueWait   = fs.Duration("queue-timeout", 0, "how long a queued request waits for a slot before 503 (default 50ms)")
 	)
 	fs.Var(&dns, "dns", "DNS server; repeatable (default: the gateway)")
 	fs.Usage = func() {
@@ -221,7 +224,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		if mode == enclave.NetworkUserspace {
 			return nil, errors.New("-network userspace needs -app-url: without serving, the userspace network reaches no program")
 		}
-		for _, name := range []string{"public-addr", "wait-for-app", "fqdn", "acme", "acme-directory", "acme-email", "acme-cache", "acme-roots", "tls-cert", "tls-key", "dev-attester", "dev-root-out", "metrics", "drain-timeout", "ingress"} {
+		for _, name := range []string{"public-addr", "wait-for-app", "fqdn", "acme", "acme-directory", "acme-email", "acme-cache", "acme-roots", "tls-cert", "tls-key", "dev-attester", "dev-root-out", "metrics", "drain-timeout", "ingress", "max-in-flight", "queue", "queue-timeout"} {
 			if set[name] {
 				return nil, fmt.Errorf("-%s needs -app-url (serving is off without it)", name)
 			}
@@ -278,6 +281,15 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	o.cfg.MetricsAddr = *metricsAddr
 	o.cfg.Pprof = *pprofOn
 	o.cfg.DrainTimeout = *drain
+	if *maxInFlight < -1 {
+		return nil, fmt.Errorf("-max-in-flight %d: want a positive limit, 0 for the default or -1 for none", *maxInFlight)
+	}
+	if *queue < 0 || *queueWait < 0 {
+		return nil, errors.New("-queue and -queue-timeout must not be negative")
+	}
+	o.cfg.Proxy.MaxInFlight = *maxInFlight
+	o.cfg.Proxy.QueueSize = *queue
+	o.cfg.Proxy.QueueTimeout = *queueWait
 	if *drain <= 0 {
 		return nil, fmt.Errorf("-drain-timeout %s: must be positive", *drain)
 	}
