@@ -93,6 +93,13 @@ type Config struct {
 	// Default: DefaultIdleTimeout (10 minutes).
 	IdleTimeout time.Duration
 
+	// GoroutineRelay relays published ports' connections with two
+	// goroutines each (Go's poller) instead of the event loops of
+	// relay.Loop (edge-triggered epoll, one buffer per loop). For comparison
+	// and debugging; the event loops cost fewer syscalls per message.
+	// Default: false.
+	GoroutineRelay bool
+
 	// DrainTimeout bounds how long RemovePort waits for a removed port's
 	// connections when its context has no deadline. Default: 30s.
 	DrainTimeout time.Duration

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -21,6 +22,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 
 	"github.com/quenchnet/quench/internal/ethlink"
+	"github.com/quenchnet/quench/internal/relay"
 	"github.com/quenchnet/quench/policy"
 	"github.com/quenchnet/quench/tap"
 )
@@ -45,7 +47,7 @@ type Host struct {
 	mu        sync.Mutex
 	started   bool                    // guarded by mu
 	closed    bool                    // guarded by mu
-	conns     map[net.Conn]struct{}   // guarded by mu; relayed and enclave conns, closed by Close
+	conns     map[io.Closer]struct{}  // guarded by mu; relayed and enclave conns, closed by Close
 	listeners map[net.Listener]string // guarded by mu; enclave listeners given to Serve
 	closers   []func()                // guarded by mu; run by Close in reverse order
 	published []*published            // guarded by mu
@@ -53,6 +55,7 @@ type Host struct {
 	stack    *stack.Stack
 	sw       *switchEndpoint
 	natStats natStats
+	relays   *relay.Loop     // published ports' relays; nil: goroutines (relay.Go)
 	learned  *policy.Learned // names behind addresses, for Config.Egress hostname rules
 }
 
@@ -68,7 +71,7 @@ func New(cfg Config) (*Host, error) {
 		log:       cfg.Logger,
 		ctx:       ctx,
 		cancel:    cancel,
-		conns:     map[net.Conn]struct{}{},
+		conns:     map[io.Closer]struct{}{},
 		listeners: map[net.Listener]string{},
 		learned:   policy.NewLearned(0, 0),
 	}, nil
@@ -105,6 +108,14 @@ func (h *Host) Start(ctx context.Context) (err error) {
 	}
 	if err := h.startDNSLocked(); err != nil {
 		return err
+	}
+	if h.cfg.GoroutineRelay {
+		h.log.Info("relaying published ports with goroutines (GoroutineRelay)")
+	} else if loop, err := relay.NewLoop(relay.LoopConfig{}); err != nil {
+		h.log.Warn("relay event loop unavailable; relaying with goroutines", "err", err)
+	} else {
+		h.relays = loop
+		h.closers = append(h.closers, func() { _ = loop.Close() })
 	}
 	for _, p := range h.cfg.Publish {
 		if _, err := h.publishLocked(p); err != nil {
@@ -250,7 +261,7 @@ func (h *Host) serveStream(c net.Conn) {
 }
 
 // track registers c to be closed by Close; it reports false when closing.
-func (h *Host) track(c net.Conn) bool {
+func (h *Host) track(c io.Closer) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closed {
@@ -260,7 +271,7 @@ func (h *Host) track(c net.Conn) bool {
 	return true
 }
 
-func (h *Host) untrack(c net.Conn) {
+func (h *Host) untrack(c io.Closer) {
 	h.mu.Lock()
 	delete(h.conns, c)
 	h.mu.Unlock()

@@ -36,8 +36,8 @@ type published struct {
 	served chan struct{} // closed when the accept loop (or UDP proxy) returns
 
 	mu    sync.Mutex
-	conns map[net.Conn]struct{} // guarded by mu; client connections being relayed
-	wg    sync.WaitGroup        // connection goroutines
+	conns map[*connCloser]struct{} // guarded by mu; client connections being relayed
+	wg    sync.WaitGroup           // connection goroutines
 
 	accepted, failed  atomic.Uint64
 	active            atomic.Int64
@@ -177,7 +177,7 @@ func (h *Host) RemovePort(ctx context.Context, network, addr string) error {
 }
 
 func (h *Host) publishLocked(spec Publish) (*published, error) {
-	p := &published{spec: spec, served: make(chan struct{}), conns: map[net.Conn]struct{}{}}
+	p := &published{spec: spec, served: make(chan struct{}), conns: map[*connCloser]struct{}{}}
 	switch {
 	case spec.Network == "tcp":
 		ln, err := net.Listen("tcp", spec.Host.String())
@@ -240,14 +240,15 @@ func (h *Host) servePublished(p *published, ln net.Listener) {
 		}
 		delay = 0
 		p.accepted.Add(1)
+		cc := &connCloser{conns: []net.Conn{c}}
 		p.mu.Lock()
-		p.conns[c] = struct{}{}
+		p.conns[cc] = struct{}{}
 		p.wg.Add(1)
 		p.mu.Unlock()
-		ok := h.goTracked(func() { h.serveConn(p, c) })
+		ok := h.goTracked(func() { h.serveConn(p, c, cc) })
 		if !ok {
 			p.mu.Lock()
-			delete(p.conns, c)
+			delete(p.conns, cc)
 			p.mu.Unlock()
 			p.wg.Done()
 			_ = c.Close()
@@ -256,20 +257,68 @@ func (h *Host) servePublished(p *published, ln net.Listener) {
 	}
 }
 
+// connCloser is what Host.Close and a port's drain close for one client:
+// its connections until the relay has them, then the relay.
+type connCloser struct {
+	mu     sync.Mutex
+	conns  []net.Conn
+	relay  relay.Handle
+	closed bool
+}
+
+// add adds c; if the client was closed already, it closes c and reports
+// false.
+func (cc *connCloser) add(c net.Conn) bool {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	if cc.closed {
+		_ = c.Close()
+		return false
+	}
+	cc.conns = append(cc.conns, c)
+	return true
+}
+
+// started hands the client over to its relay.
+func (cc *connCloser) started(hd relay.Handle) {
+	cc.mu.Lock()
+	cc.relay, cc.conns = hd, nil
+	closed := cc.closed
+	cc.mu.Unlock()
+	if closed {
+		_ = hd.Close()
+	}
+}
+
+func (cc *connCloser) Close() error {
+	cc.mu.Lock()
+	cc.closed = true
+	conns, hd := cc.conns, cc.relay
+	cc.mu.Unlock()
+	for _, c := range conns {
+		_ = c.Close()
+	}
+	if hd != nil {
+		_ = hd.Close()
+	}
+	return nil
+}
+
 // serveConn connects one client of a published port to the enclave and
-// hands the connection to two relay goroutines (owned by h.wg), so that the
-// goroutine that dialled, with its grown stack, ends.
-func (h *Host) serveConn(p *published, c net.Conn) {
+// hands both connections to the relay (an event loop, or two goroutines
+// owned by h.wg), so that the goroutine that dialled, with its grown stack,
+// ends.
+func (h *Host) serveConn(p *published, c net.Conn, cc *connCloser) {
 	p.active.Add(1)
 	end := func() {
-		h.untrack(c)
+		h.untrack(cc)
 		p.mu.Lock()
-		delete(p.conns, c)
+		delete(p.conns, cc)
 		p.mu.Unlock()
 		p.active.Add(-1)
 		p.wg.Done()
 	}
-	if !h.track(c) {
+	if !h.track(cc) {
 		_ = c.Close()
 		end()
 		return
@@ -285,18 +334,31 @@ func (h *Host) serveConn(p *published, c net.Conn) {
 		end()
 		return
 	}
-	if !h.track(enc) {
-		_ = enc.Close()
+	if !cc.add(enc) {
 		_ = c.Close()
 		end()
 		return
 	}
 	h.wg.Add(1) // the relay's; h.wg is non-zero here (this goroutine holds it)
-	relay.Go(c, enc, h.relayOptions(p), func(relay.Stats, error) {
-		h.untrack(enc)
+	done := func(relay.Stats, error) {
 		end()
 		h.wg.Done()
-	})
+	}
+	if h.relays != nil {
+		cc.started(h.relays.Go(c, enc, h.relayOptions(p), done))
+		return
+	}
+	relay.Go(c, enc, h.relayOptions(p), done)
+	cc.started(relayConns{c, enc})
+}
+
+// relayConns stops a goroutine relay by closing its connections.
+type relayConns struct{ a, b net.Conn }
+
+func (r relayConns) Close() error {
+	_ = r.a.Close()
+	_ = r.b.Close()
+	return nil
 }
 
 func (h *Host) relayOptions(p *published) relay.Options {

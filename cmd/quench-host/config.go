@@ -34,6 +34,7 @@ type options struct {
 	DialTimeout    time.Duration `yaml:"dial_timeout"`
 	IdleTimeout    time.Duration `yaml:"idle_timeout"`
 	DrainTimeout   time.Duration `yaml:"drain_timeout"`
+	RelayGoroutine bool          `yaml:"relay_goroutines"`
 	Allow          []string      `yaml:"allow"`
 	AllowMetadata  bool          `yaml:"allow_metadata"`
 	NoHostLoopback bool          `yaml:"no_host_loopback"`
@@ -84,6 +85,7 @@ func (o *options) bind(fs *flag.FlagSet, configPath *string) {
 	fs.DurationVar(&o.IdleTimeout, "idle-timeout", o.IdleTimeout, "close published-port connections idle this long in both directions (negative: never)")
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", o.DrainTimeout, "on SIGTERM or port removal, wait this long for connections to end before closing them")
 	fs.Var(listFlag{&o.Allow}, "allow", "egress policy: allow outbound connections and DNS answers only for DEST[:PORTS][/tcp|/udp], DEST a hostname, *.wildcard, address, CIDR or *; repeatable (default: allow all). Example: -allow '*.amazonaws.com:443' -allow 10.0.0.0/8:5432")
+	fs.BoolVar(&o.RelayGoroutine, "relay-goroutines", o.RelayGoroutine, "relay published-port connections with two goroutines each instead of the epoll event loops (for comparison and debugging)")
 	fs.BoolVar(&o.AllowMetadata, "allow-metadata", o.AllowMetadata, "let enclaves reach 169.254.0.0/16, including the EC2 instance metadata service and its credentials")
 	fs.BoolVar(&o.NoHostLoopback, "no-host-loopback", o.NoHostLoopback, "do not map the subnet's last address (192.168.127.254) to the host's 127.0.0.1")
 	fs.StringVar(&o.VSockDir, "vsock-dir", o.VSockDir, "VSOCK stand-in: serve and dial vsock:// addresses as unix sockets in this directory (also $"+endpoint.EnvVSockDir+")")
@@ -124,6 +126,7 @@ func (o options) hostConfig() (host.Config, error) {
 		DialTimeout:         o.DialTimeout,
 		IdleTimeout:         o.IdleTimeout,
 		DrainTimeout:        o.DrainTimeout,
+		GoroutineRelay:      o.RelayGoroutine,
 		AllowMetadata:       o.AllowMetadata,
 		DisableHostLoopback: o.NoHostLoopback,
 		DNSUpstream:         o.DNS,

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -39,22 +40,61 @@ func unixPair(tb testing.TB) (*net.UnixConn, *net.UnixConn) {
 	return c1.(*net.UnixConn), r.c.(*net.UnixConn)
 }
 
+// tcpPair returns both ends of a loopback TCP connection.
+func tcpPair(tb testing.TB) (*net.TCPConn, *net.TCPConn) {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer ln.Close()
+	ch := make(chan net.Conn, 1)
+	go func() { c, _ := ln.Accept(); ch <- c }()
+	c1, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	c2 := <-ch
+	if c2 == nil {
+		tb.Fatal("accept failed")
+	}
+	tb.Cleanup(func() { _ = c1.Close(); _ = c2.Close() })
+	return c1.(*net.TCPConn), c2.(*net.TCPConn)
+}
+
 // relayed sets up client ⇄ [a relay b] ⇄ server and returns the outer ends
-// and a channel with Relay's result.
+// and a channel with Relay's result. Kinds: unix, pipe (no syscall.Conn:
+// the buffer-holding path), and loop-unix, loop-tcp, loop-pipe (the same
+// relayed by a Loop; loop-pipe falls back to goroutines).
 func relayed(tb testing.TB, kind string, opts Options) (client, server net.Conn, done <-chan result) {
 	tb.Helper()
 	var a, b net.Conn
-	switch kind {
+	loop := strings.HasPrefix(kind, "loop-")
+	switch strings.TrimPrefix(kind, "loop-") {
 	case "unix":
 		client, a = unixPair(tb)
 		b, server = unixPair(tb)
-	case "pipe": // no syscall.Conn: the buffer-holding path
+	case "tcp":
+		client, a = tcpPair(tb)
+		b, server = tcpPair(tb)
+	case "pipe":
 		c1, c2 := net.Pipe()
 		client, a = c1, c2
 		c3, c4 := net.Pipe()
 		b, server = c3, c4
+	default:
+		tb.Fatalf("unknown kind %q", kind)
 	}
 	ch := make(chan result, 1)
+	if loop {
+		l, err := NewLoop(LoopConfig{})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(func() { _ = l.Close() })
+		l.Go(a, b, opts, func(st Stats, err error) { ch <- result{st, err} })
+		return client, server, ch
+	}
 	go func() { st, err := Relay(a, b, opts); ch <- result{st, err} }()
 	return client, server, ch
 }
@@ -64,12 +104,20 @@ type result struct {
 	err error
 }
 
+var streamKinds = []string{"unix", "loop-unix", "loop-tcp"}
+
 func TestHalfClose(t *testing.T) {
-	client, server, done := relayed(t, "unix", Options{})
+	for _, kind := range streamKinds {
+		t.Run(kind, func(t *testing.T) { testHalfClose(t, kind) })
+	}
+}
+
+func testHalfClose(t *testing.T, kind string) {
+	client, server, done := relayed(t, kind, Options{})
 	if _, err := client.Write([]byte("request")); err != nil {
 		t.Fatal(err)
 	}
-	if err := client.(*net.UnixConn).CloseWrite(); err != nil {
+	if err := client.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
 		t.Fatal(err)
 	}
 	// The server sees the request and then EOF, and can still answer.
@@ -83,7 +131,7 @@ func TestHalfClose(t *testing.T) {
 	if _, err := server.Write([]byte("response")); err != nil {
 		t.Fatalf("write after peer's half-close: %v", err)
 	}
-	_ = server.(*net.UnixConn).CloseWrite()
+	closeWrite(server)
 	got, err = io.ReadAll(client)
 	if err != nil {
 		t.Fatal(err)
@@ -101,7 +149,7 @@ func TestHalfClose(t *testing.T) {
 }
 
 func TestIdleTimeout(t *testing.T) {
-	for _, kind := range []string{"unix", "pipe"} {
+	for _, kind := range []string{"unix", "pipe", "loop-unix", "loop-pipe"} {
 		t.Run(kind, func(t *testing.T) {
 			var ab, ba atomic.Int64
 			client, server, done := relayed(t, kind, Options{IdleTimeout: 150 * time.Millisecond, AToB: &ab, BToA: &ba})
@@ -138,7 +186,13 @@ func TestIdleTimeout(t *testing.T) {
 }
 
 func TestBulkBothWays(t *testing.T) {
-	client, server, done := relayed(t, "unix", Options{})
+	for _, kind := range streamKinds {
+		t.Run(kind, func(t *testing.T) { testBulkBothWays(t, kind) })
+	}
+}
+
+func testBulkBothWays(t *testing.T, kind string) {
+	client, server, done := relayed(t, kind, Options{})
 	up := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
 	down := bytes.Repeat([]byte("fedcba9876543210"), 3<<15)
 	errc := make(chan error, 4)
@@ -313,27 +367,37 @@ func TestParkedWakes(t *testing.T) {
 // BenchmarkRelayUnix measures one bulk stream through a relay between unix
 // sockets (allocations per op must stay 0 in steady state).
 func BenchmarkRelayUnix(b *testing.B) {
-	for _, size := range []int{1 << 10, 64 << 10} {
-		b.Run(byteSize(size), func(b *testing.B) {
-			client, server, _ := relayed(b, "unix", Options{IdleTimeout: time.Minute})
-			go func() { _, _ = io.Copy(io.Discard, server) }()
-			msg := make([]byte, size)
-			b.SetBytes(int64(size))
-			b.ReportAllocs()
-			b.ResetTimer()
-			for b.Loop() {
-				if _, err := client.Write(msg); err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
+	for _, kind := range []string{"unix", "loop-unix"} {
+		for _, size := range []int{1 << 10, 64 << 10} {
+			b.Run(kind+"/"+byteSize(size), func(b *testing.B) { benchRelayUnix(b, kind, size) })
+		}
+	}
+}
+
+func benchRelayUnix(b *testing.B, kind string, size int) {
+	client, server, _ := relayed(b, kind, Options{IdleTimeout: time.Minute})
+	go func() { _, _ = io.Copy(io.Discard, server) }()
+	msg := make([]byte, size)
+	b.SetBytes(int64(size))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := client.Write(msg); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
 
 // BenchmarkRelayPingPong measures small request/response round trips, the
 // path where a parked direction wakes up for every message.
 func BenchmarkRelayPingPong(b *testing.B) {
-	client, server, _ := relayed(b, "unix", Options{})
+	for _, kind := range []string{"unix", "loop-unix"} {
+		b.Run(kind, func(b *testing.B) { benchPingPong(b, kind) })
+	}
+}
+
+func benchPingPong(b *testing.B, kind string) {
+	client, server, _ := relayed(b, kind, Options{})
 	go func() {
 		buf := make([]byte, 64)
 		for {

@@ -1,0 +1,609 @@
+package relay
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Loop relays connection pairs on a few event loops instead of two
+// goroutines per pair. Each loop owns an edge-triggered epoll instance
+// with the pairs' sockets (duplicated from the net.Conns, which are closed)
+// and reads and writes them with plain syscalls:
+//
+//   - a read that returns less than the loop's buffer drained the socket,
+//     so the next read waits for the next edge: no EAGAIN read per message,
+//     which Go's poller needs after every wake-up;
+//   - one scratch buffer per loop serves every pair; a pair holds a pooled
+//     buffer only for bytes its destination could not take yet (then its
+//     source is not read until they are written), so idle pairs hold none;
+//   - the loop's goroutine waits in Go's own poller, on the epoll file
+//     descriptor, so no thread blocks in epoll_wait.
+//
+// Connections that are not stream sockets with a file descriptor (TLS,
+// gVisor's gonet, net.Pipe) are relayed by Go's goroutines as before.
+type Loop struct {
+	loops  []*evloop
+	next   atomic.Uint32
+	wg     sync.WaitGroup
+	closed atomic.Bool
+}
+
+// NewLoop starts cfg.Loops event loops. Close stops them.
+func NewLoop(cfg LoopConfig) (*Loop, error) {
+	n := cfg.Loops
+	if n <= 0 {
+		n = runtime.GOMAXPROCS(0)
+	}
+	l := &Loop{}
+	for range n {
+		el, err := newEvloop()
+		if err != nil {
+			_ = l.Close()
+			return nil, err
+		}
+		l.loops = append(l.loops, el)
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			el.run()
+		}()
+	}
+	return l, nil
+}
+
+// Go relays a and b as Go does: a→b and b→a until both directions have
+// finished (half-closes propagated), then both are closed and done (if not
+// nil) is called exactly once with what was copied. done runs on a loop's
+// goroutine and must not block. The connections belong to the Loop from
+// now on: stop the relay with the returned Handle, not by closing them.
+// After Close, Go closes both connections and calls done with an error
+// wrapping net.ErrClosed.
+func (l *Loop) Go(a, b net.Conn, opts Options, done func(Stats, error)) Handle {
+	if l.closed.Load() {
+		_ = a.Close()
+		_ = b.Close()
+		if done != nil {
+			done(Stats{}, fmt.Errorf("relay: %w", net.ErrClosed))
+		}
+		return connsHandle{a, b}
+	}
+	fa, ok := dupSocket(a)
+	if !ok {
+		return goHandle(a, b, opts, done)
+	}
+	fb, ok := dupSocket(b)
+	if !ok {
+		_ = unix.Close(fa)
+		return goHandle(a, b, opts, done)
+	}
+	_ = a.Close()
+	_ = b.Close()
+	el := l.loops[l.next.Add(1)%uint32(len(l.loops))]
+	p := &pair{loop: el, opts: opts, done: done}
+	p.s[0] = side{p: p, fd: fa, readable: true, writable: true}
+	p.s[1] = side{p: p, fd: fb, readable: true, writable: true}
+	el.post(op{kind: opAdd, p: p})
+	return p
+}
+
+// Close ends every pair (their done functions are called), stops the loops
+// and waits for them. It is idempotent.
+func (l *Loop) Close() error {
+	if l.closed.Swap(true) {
+		return nil
+	}
+	for _, el := range l.loops {
+		el.post(op{kind: opStop})
+	}
+	l.wg.Wait()
+	return nil
+}
+
+// dupSocket returns a non-blocking duplicate of c's file descriptor if c is
+// a stream socket.
+func dupSocket(c net.Conn) (int, bool) {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return -1, false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return -1, false
+	}
+	nfd := -1
+	cerr := rc.Control(func(fd uintptr) {
+		typ, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TYPE)
+		if err != nil || typ != unix.SOCK_STREAM {
+			return
+		}
+		// At least 3: a write to a broken stream on fd 1 or 2 would
+		// kill the process with SIGPIPE (os/signal).
+		d, err := unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 3)
+		if err != nil {
+			return
+		}
+		if unix.SetNonblock(d, true) != nil {
+			_ = unix.Close(d)
+			return
+		}
+		nfd = d
+	})
+	if cerr != nil || nfd < 0 {
+		return -1, false
+	}
+	return nfd, true
+}
+
+type opKind int
+
+const (
+	opAdd opKind = iota
+	opClose
+	opSweep
+	opStop
+)
+
+type op struct {
+	kind opKind
+	p    *pair
+}
+
+// evloop is one event loop. Everything below mu is owned by its goroutine.
+type evloop struct {
+	ep     int      // epoll instance
+	efd    int      // eventfd: wakes the loop for its inbox
+	file   *os.File // ep, registered with Go's poller
+	rc     syscall.RawConn
+	events []unix.EpollEvent
+
+	mu      sync.Mutex
+	inbox   []op
+	spare   []op
+	waking  bool // an eventfd write is pending
+	dead    bool // stopped: posts are handled by the poster
+	timerOn bool // the sweep timer is armed
+
+	sides   map[int32]*side
+	pairs   map[*pair]struct{}
+	timed   int // pairs with an idle timeout
+	scratch []byte
+	now     int64 // unix nanoseconds at the start of the current batch
+	timer   *time.Timer
+	sweepAt time.Duration
+	stopped bool
+	pollErr error
+	efdBuf  [8]byte
+}
+
+func newEvloop() (*evloop, error) {
+	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("relay: epoll_create1: %w", err)
+	}
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		_ = unix.Close(ep)
+		return nil, fmt.Errorf("relay: eventfd: %w", err)
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLET, Fd: int32(efd)}
+	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, efd, &ev); err != nil {
+		_ = unix.Close(ep)
+		_ = unix.Close(efd)
+		return nil, fmt.Errorf("relay: epoll_ctl: %w", err)
+	}
+	if err := unix.SetNonblock(ep, true); err != nil {
+		_ = unix.Close(ep)
+		_ = unix.Close(efd)
+		return nil, fmt.Errorf("relay: epoll fd: %w", err)
+	}
+	// A non-blocking descriptor given to os.NewFile joins Go's poller, so
+	// the loop goroutine parks there until the epoll instance is ready.
+	f := os.NewFile(uintptr(ep), "relay-epoll")
+	rc, err := f.SyscallConn()
+	if err != nil {
+		_ = f.Close()
+		_ = unix.Close(efd)
+		return nil, fmt.Errorf("relay: epoll fd: %w", err)
+	}
+	return &evloop{
+		ep: ep, efd: efd, file: f, rc: rc,
+		events:  make([]unix.EpollEvent, 256),
+		sides:   map[int32]*side{},
+		pairs:   map[*pair]struct{}{},
+		scratch: make([]byte, sizes[len(sizes)-1]),
+	}, nil
+}
+
+// post hands o to the loop. After the loop stopped, it is handled here.
+func (el *evloop) post(o op) {
+	el.mu.Lock()
+	if el.dead {
+		el.mu.Unlock()
+		if o.kind == opAdd {
+			_ = unix.Close(o.p.s[0].fd)
+			_ = unix.Close(o.p.s[1].fd)
+			if o.p.done != nil {
+				o.p.done(Stats{}, fmt.Errorf("relay: %w", net.ErrClosed))
+			}
+		}
+		return
+	}
+	el.inbox = append(el.inbox, o)
+	wake := !el.waking
+	el.waking = true
+	el.mu.Unlock()
+	if wake {
+		one := [8]byte{1}
+		_, _ = unix.Write(el.efd, one[:])
+	}
+}
+
+func (el *evloop) run() {
+	for !el.stopped {
+		if err := el.rc.Read(el.poll); err != nil {
+			el.pollErr = err
+			break
+		}
+	}
+	el.stop()
+	_ = el.file.Close()
+	_ = unix.Close(el.efd)
+}
+
+// poll handles ready events until there are none; it reports true when the
+// loop must stop.
+func (el *evloop) poll(uintptr) bool {
+	for {
+		n, err := unix.EpollWait(el.ep, el.events, 0)
+		if err != nil {
+			if err == unix.EINTR {
+				continue
+			}
+			el.pollErr = err
+			el.stopped = true
+			return true
+		}
+		if n == 0 {
+			return el.stopped
+		}
+		el.now = time.Now().UnixNano()
+		for i := range el.events[:n] {
+			ev := &el.events[i]
+			if ev.Fd == int32(el.efd) {
+				el.drainInbox()
+				continue
+			}
+			s := el.sides[ev.Fd]
+			if s == nil {
+				continue // closed by an earlier event of this batch
+			}
+			if ev.Events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+				s.readable = true
+			}
+			if ev.Events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+				s.hup = true
+			}
+			if ev.Events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+				s.writable = true
+			}
+			s.p.pump()
+		}
+		if el.stopped {
+			return true
+		}
+	}
+}
+
+func (el *evloop) drainInbox() {
+	_, _ = unix.Read(el.efd, el.efdBuf[:])
+	el.mu.Lock()
+	ops := el.inbox
+	el.inbox = el.spare[:0]
+	el.waking = false
+	el.mu.Unlock()
+	for i, o := range ops {
+		switch o.kind {
+		case opAdd:
+			el.add(o.p)
+		case opClose:
+			if _, ok := el.pairs[o.p]; ok {
+				o.p.finish(nil)
+			}
+		case opSweep:
+			el.sweep()
+		case opStop:
+			el.stopped = true
+		}
+		ops[i] = op{}
+	}
+	el.spare = ops
+}
+
+func (el *evloop) add(p *pair) {
+	for i := range p.s {
+		s := &p.s[i]
+		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(s.fd)}
+		if err := unix.EpollCtl(el.ep, unix.EPOLL_CTL_ADD, s.fd, &ev); err != nil {
+			for j := range i {
+				_ = unix.EpollCtl(el.ep, unix.EPOLL_CTL_DEL, p.s[j].fd, nil)
+				delete(el.sides, int32(p.s[j].fd))
+			}
+			_ = unix.Close(p.s[0].fd)
+			_ = unix.Close(p.s[1].fd)
+			if p.done != nil {
+				p.done(Stats{}, fmt.Errorf("relay: epoll_ctl: %w", err))
+			}
+			return
+		}
+		el.sides[int32(s.fd)] = s
+	}
+	el.pairs[p] = struct{}{}
+	p.last = el.now
+	if p.opts.IdleTimeout > 0 {
+		el.timed++
+		el.armSweep(p.opts.IdleTimeout)
+	}
+	p.pump() // whatever was buffered before the hand-over
+}
+
+// armSweep makes sure the idle sweep runs often enough for timeout d.
+func (el *evloop) armSweep(d time.Duration) {
+	every := min(max(d/4, 5*time.Millisecond), time.Second)
+	if el.timerOn && every >= el.sweepAt {
+		return
+	}
+	el.sweepAt = every
+	el.timerOn = true
+	if el.timer == nil {
+		el.timer = time.AfterFunc(every, func() { el.post(op{kind: opSweep}) })
+	} else {
+		el.timer.Reset(every)
+	}
+}
+
+func (el *evloop) sweep() {
+	el.timerOn = false
+	if el.timed == 0 {
+		return
+	}
+	now := time.Now().UnixNano()
+	for p := range el.pairs {
+		if d := p.opts.IdleTimeout; d > 0 && now-p.last >= int64(d) {
+			p.finish(nil)
+		}
+	}
+	if el.timed > 0 {
+		el.timerOn = true
+		el.timer.Reset(el.sweepAt)
+	}
+}
+
+// stop ends every pair and refuses later posts.
+func (el *evloop) stop() {
+	el.mu.Lock()
+	el.dead = true
+	ops := el.inbox
+	el.inbox = nil
+	el.mu.Unlock()
+	if el.timer != nil {
+		el.timer.Stop()
+	}
+	for _, o := range ops {
+		if o.kind == opAdd {
+			el.add(o.p)
+		}
+	}
+	for p := range el.pairs {
+		p.finish(nil)
+	}
+}
+
+// pair is one relayed connection pair: s[0] is a, s[1] is b.
+type pair struct {
+	loop *evloop
+	s    [2]side
+	opts Options
+	st   Stats
+	done func(Stats, error)
+	last int64 // el.now at the last read
+}
+
+// side is one socket of a pair and the bytes waiting to be written to it.
+type side struct {
+	p        *pair
+	fd       int
+	readable bool // may have data (or EOF) to read
+	hup      bool // the peer shut down or the socket failed: read to the end
+	writable bool // the last write did not fill its send buffer
+	eof      bool // read returned 0: nothing more comes from this socket
+	shut     bool // its write half is shut (the other side's EOF passed on)
+	pend     *[]byte
+	pendCls  int
+	pendOff  int
+	pendEnd  int
+}
+
+// Close ends the relay from outside; done is called on the loop.
+func (p *pair) Close() error {
+	p.loop.post(op{kind: opClose, p: p})
+	return nil
+}
+
+// pump moves whatever can move in both directions without blocking.
+func (p *pair) pump() {
+	if !p.copy(0) {
+		return
+	}
+	if !p.copy(1) {
+		return
+	}
+	if p.s[0].eof && p.s[1].eof && p.s[0].pend == nil && p.s[1].pend == nil {
+		p.finish(nil)
+	}
+}
+
+// copy moves bytes from s[from] to the other side. It reports false when
+// the pair was finished.
+func (p *pair) copy(from int) bool {
+	src, dst := &p.s[from], &p.s[1-from]
+	el := p.loop
+	if dst.pend != nil {
+		if !dst.writable {
+			return true
+		}
+		buf := (*dst.pend)[dst.pendOff:dst.pendEnd]
+		n, err := write(dst.fd, buf)
+		if n > 0 {
+			dst.pendOff += n
+			p.count(from, n)
+		}
+		if err != nil && err != unix.EAGAIN {
+			p.finish(fmt.Errorf("relay: write: %w", err))
+			return false
+		}
+		if n < len(buf) {
+			dst.writable = false
+			return true
+		}
+		pools[dst.pendCls].Put(dst.pend)
+		dst.pend = nil
+	}
+	for src.readable && !src.eof {
+		n, err := read(src.fd, el.scratch)
+		if err != nil {
+			if err == unix.EAGAIN {
+				src.readable = false
+				break
+			}
+			p.finish(fmt.Errorf("relay: read: %w", err))
+			return false
+		}
+		if n == 0 {
+			src.eof = true
+			src.readable = false
+			break
+		}
+		p.last = el.now
+		if n < len(el.scratch) && !src.hup {
+			// A short read drained the socket; with edge-triggered
+			// epoll, new data brings a new event. Not so for an EOF or
+			// error already signalled: read on until it shows.
+			src.readable = false
+		}
+		w := 0
+		if dst.writable {
+			w, err = write(dst.fd, el.scratch[:n])
+			if err != nil && err != unix.EAGAIN {
+				p.finish(fmt.Errorf("relay: write: %w", err))
+				return false
+			}
+			if w > 0 {
+				p.count(from, w)
+			}
+		}
+		if w < n {
+			// The destination is full: keep the rest and stop reading
+			// the source until it is written (EPOLLOUT on dst).
+			dst.writable = false
+			rest := n - w
+			cls := 0
+			for sizes[cls] < rest {
+				cls++
+			}
+			dst.pend = pools[cls].Get().(*[]byte)
+			dst.pendCls = cls
+			dst.pendOff = 0
+			dst.pendEnd = copy(*dst.pend, el.scratch[w:n])
+			return true
+		}
+	}
+	if src.eof && dst.pend == nil && !dst.shut {
+		dst.shut = true
+		if err := unix.Shutdown(dst.fd, unix.SHUT_WR); err != nil {
+			// Cannot half-close (the peer is gone): end both, as the
+			// goroutine relay does.
+			p.finish(nil)
+			return false
+		}
+	}
+	return true
+}
+
+func (p *pair) count(from, n int) {
+	if from == 0 {
+		p.st.AToB += int64(n)
+		if p.opts.AToB != nil {
+			p.opts.AToB.Add(int64(n))
+		}
+	} else {
+		p.st.BToA += int64(n)
+		if p.opts.BToA != nil {
+			p.opts.BToA.Add(int64(n))
+		}
+	}
+}
+
+// finish closes both sockets, returns the buffers and calls done.
+func (p *pair) finish(err error) {
+	el := p.loop
+	if _, ok := el.pairs[p]; !ok {
+		return
+	}
+	delete(el.pairs, p)
+	if p.opts.IdleTimeout > 0 {
+		el.timed--
+	}
+	for i := range p.s {
+		s := &p.s[i]
+		delete(el.sides, int32(s.fd))
+		_ = unix.Close(s.fd) // also leaves the epoll set
+		if s.pend != nil {
+			pools[s.pendCls].Put(s.pend)
+			s.pend = nil
+		}
+	}
+	if p.done != nil {
+		if errors.Is(err, unix.ECONNRESET) || errors.Is(err, unix.EPIPE) {
+			err = nil // the peer went away: as a closed connection
+		}
+		p.done(p.st, err)
+	}
+}
+
+// read and write are the syscalls without the allocation-free wrappers'
+// EINTR surprises.
+func read(fd int, b []byte) (int, error) {
+	for {
+		n, _, errno := unix.Syscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+		if errno == unix.EINTR {
+			continue
+		}
+		if errno != 0 {
+			return 0, errno
+		}
+		return int(n), nil
+	}
+}
+
+func write(fd int, b []byte) (int, error) {
+	for {
+		n, _, errno := unix.Syscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+		if errno == unix.EINTR {
+			continue
+		}
+		if errno != 0 {
+			return 0, errno
+		}
+		return int(n), nil
+	}
+}

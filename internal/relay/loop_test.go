@@ -1,0 +1,196 @@
+package relay
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func newTestLoop(t testing.TB, n int) *Loop {
+	t.Helper()
+	l, err := NewLoop(LoopConfig{Loops: n})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Close() })
+	return l
+}
+
+// TestLoopBackpressure sends more than the sockets can buffer to a reader
+// that is slow at first: the loop must keep the surplus, stop reading the
+// source, and lose nothing.
+func TestLoopBackpressure(t *testing.T) {
+	l := newTestLoop(t, 1)
+	client, a := unixPair(t)
+	b, server := unixPair(t)
+	var ab atomic.Int64
+	done := make(chan result, 1)
+	l.Go(a, b, Options{AToB: &ab}, func(st Stats, err error) { done <- result{st, err} })
+	data := make([]byte, 16<<20)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	go func() { _, _ = client.Write(data); closeWrite(client) }()
+	time.Sleep(100 * time.Millisecond) // the relay fills b's buffers and parks
+	h := sha256.New()
+	n, err := io.Copy(h, server)
+	if err != nil || n != int64(len(data)) {
+		t.Fatalf("read %d bytes, %v; want %d", n, err, len(data))
+	}
+	if want := sha256.Sum256(data); !bytes.Equal(h.Sum(nil), want[:]) {
+		t.Fatal("data corrupted")
+	}
+	_ = server.Close()
+	r := <-done
+	if r.err != nil || r.st.AToB != int64(len(data)) || ab.Load() != int64(len(data)) {
+		t.Fatalf("done(%+v, %v), counter %d", r.st, r.err, ab.Load())
+	}
+}
+
+// TestLoopHandleClose stops an idle relay from outside.
+func TestLoopHandleClose(t *testing.T) {
+	l := newTestLoop(t, 2)
+	client, a := unixPair(t)
+	b, server := unixPair(t)
+	done := make(chan result, 2)
+	h := l.Go(a, b, Options{}, func(st Stats, err error) { done <- result{st, err} })
+	if _, err := client.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(server, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	_ = h.Close()
+	r := <-done
+	if r.err != nil || r.st.AToB != 1 {
+		t.Fatalf("done(%+v, %v)", r.st, r.err)
+	}
+	for _, c := range []net.Conn{client, server} {
+		_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+			t.Errorf("read after Close: %v, want EOF", err)
+		}
+	}
+	_ = h.Close() // again: nothing happens
+	select {
+	case <-done:
+		t.Fatal("done called twice")
+	case <-time.After(50 * time.Millisecond):
+	}
+}
+
+// TestLoopClose ends every pair, and refuses new ones afterwards.
+func TestLoopClose(t *testing.T) {
+	l, err := NewLoop(LoopConfig{Loops: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const pairs = 20
+	done := make(chan result, pairs)
+	var outer []net.Conn
+	for range pairs {
+		client, a := unixPair(t)
+		b, server := unixPair(t)
+		outer = append(outer, client, server)
+		l.Go(a, b, Options{}, func(st Stats, err error) { done <- result{st, err} })
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for range pairs {
+		select {
+		case r := <-done:
+			if r.err != nil {
+				t.Errorf("done: %v", r.err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("Close did not end every pair")
+		}
+	}
+	for _, c := range outer {
+		_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+			t.Errorf("read after Loop.Close: %v, want EOF", err)
+		}
+	}
+	client, a := unixPair(t)
+	b, _ := unixPair(t)
+	var gotErr error
+	l.Go(a, b, Options{}, func(_ Stats, err error) { gotErr = err })
+	if !errors.Is(gotErr, net.ErrClosed) {
+		t.Errorf("Go after Close: done error %v, want net.ErrClosed", gotErr)
+	}
+	_ = client.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := client.Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("connection given after Close still open: %v", err)
+	}
+}
+
+// TestLoopPeerReset: a side that resets ends the pair quietly.
+func TestLoopPeerReset(t *testing.T) {
+	l := newTestLoop(t, 1)
+	client, a := tcpPair(t)
+	b, server := tcpPair(t)
+	done := make(chan result, 1)
+	l.Go(a, b, Options{}, func(st Stats, err error) { done <- result{st, err} })
+	_ = server.SetLinger(0)
+	_ = server.Close() // RST
+	select {
+	case r := <-done:
+		if r.err != nil {
+			t.Errorf("done: %v", r.err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("reset did not end the relay")
+	}
+	_ = client.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := client.Read(make([]byte, 1)); err == nil {
+		t.Error("client still open")
+	}
+}
+
+// TestLoopManyPairs runs request/response traffic on many pairs spread
+// over the loops at once.
+func TestLoopManyPairs(t *testing.T) {
+	l := newTestLoop(t, 2)
+	const pairs, rounds = 50, 20
+	errc := make(chan error, pairs)
+	for i := range pairs {
+		client, a := unixPair(t)
+		b, server := tcpPair(t)
+		l.Go(a, b, Options{}, nil)
+		go func() { // echo server
+			_, _ = io.Copy(server, server)
+			closeWrite(server)
+		}()
+		go func() {
+			msg := bytes.Repeat([]byte{byte(i)}, 100+i*37)
+			got := make([]byte, len(msg))
+			for range rounds {
+				if _, err := client.Write(msg); err != nil {
+					errc <- err
+					return
+				}
+				if _, err := io.ReadFull(client, got); err != nil {
+					errc <- err
+					return
+				}
+				if !bytes.Equal(got, msg) {
+					errc <- errors.New("echo corrupted")
+					return
+				}
+			}
+			errc <- nil
+		}()
+	}
+	for range pairs {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
