@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/quenchnet/quench/attestation"
+	"github.com/quenchnet/quench/enclave/keysync"
 	"github.com/quenchnet/quench/internal/endpoint"
 	"github.com/quenchnet/quench/policy"
 	"github.com/quenchnet/quench/proxy"
@@ -221,6 +222,92 @@ type Config struct {
 	// get this long to finish before connections are closed. Default:
 	// DefaultDrainTimeout (10 s).
 	DrainTimeout time.Duration
+
+	// --- Key synchronisation between identical enclaves (nitriding's
+	// horizontal scaling; see package keysync). Needs serving.
+
+	// FQDNLeader turns key synchronisation on: the leader enclave's name
+	// (nitriding's -fqdn-leader), host or host:port; without a port, the
+	// port of SyncAddr. Every enclave of the deployment names the same
+	// leader; the one that reaches itself under that name is the leader.
+	// Default: empty (off; GET and PUT /enclave/state answer 403).
+	FQDNLeader string
+
+	// SyncAddr is where the external endpoints for other enclaves
+	// (/enclave/leader, /enclave/sync, /enclave/heartbeat) listen with TLS,
+	// on the enclave's network (nitriding's -ext-priv-port). The host must
+	// publish it only inside the VPC. Default: DefaultSyncAddr (":444").
+	SyncAddr string
+
+	// KeySync tunes key synchronisation. The Enclave fills in Attester
+	// (Config.Attester), Leader (from FQDNLeader), Dial (the enclave's
+	// network, not limited by Egress), Certificate and InstallCertificate
+	// (the public server's certificate; not synced with ACME, where every
+	// enclave obtains its own) and Logger. Roots defaults to the development attester's roots
+	// when Attester is an *attestation.DevAttester, else the AWS root. The
+	// other fields (Advertise, PCRs, intervals, limits) are passed through
+	// with keysync's defaults. Default: zero.
+	KeySync keysync.Config
+}
+
+// DefaultSyncAddr is nitriding's external private port.
+const DefaultSyncAddr = ":444"
+
+// syncOn reports whether key synchronisation is configured.
+func (c Config) syncOn() bool { return c.FQDNLeader != "" }
+
+// syncDefaults validates the key synchronisation fields.
+func (c Config) syncDefaults() (Config, error) {
+	if !c.syncOn() {
+		if c.SyncAddr != "" || c.KeySync.Leader != "" || c.KeySync.Advertise != "" {
+			return c, errors.New("enclave: SyncAddr or KeySync set without FQDNLeader (key synchronisation is off)")
+		}
+		return c, nil
+	}
+	if !c.serving() {
+		return c, errors.New("enclave: FQDNLeader needs serving (Handler or AppURL): key synchronisation shares the public server's certificate")
+	}
+	if c.SyncAddr == "" {
+		c.SyncAddr = DefaultSyncAddr
+	}
+	_, port, err := net.SplitHostPort(c.SyncAddr)
+	if err != nil {
+		return c, fmt.Errorf("enclave: SyncAddr %q: %w", c.SyncAddr, err)
+	}
+	if c.SyncAddr == c.PublicAddr || c.SyncAddr == c.MetricsAddr {
+		return c, fmt.Errorf("enclave: SyncAddr %q is also the public or metrics address", c.SyncAddr)
+	}
+	if c.KeySync.Leader == "" {
+		c.KeySync.Leader = c.FQDNLeader
+		if _, _, err := net.SplitHostPort(c.FQDNLeader); err != nil {
+			if port == "0" {
+				return c, fmt.Errorf("enclave: FQDNLeader %q names no port and SyncAddr's port is 0", c.FQDNLeader)
+			}
+			c.KeySync.Leader = net.JoinHostPort(c.FQDNLeader, port)
+		}
+	}
+	if c.KeySync.Roots == nil {
+		if dev, ok := c.Attester.(*attestation.DevAttester); ok {
+			c.KeySync.Roots = dev.Roots()
+		}
+	}
+	if c.KeySync.Logger == nil {
+		c.KeySync.Logger = c.Logger
+	}
+	// Validate the rest as keysync.New will at Start.
+	v := c.KeySync
+	v.Attester = nopAttester{}
+	if _, err := keysync.New(v); err != nil {
+		return c, fmt.Errorf("enclave: key synchronisation: %w", err)
+	}
+	return c, nil
+}
+
+// nopAttester stands in for the attester when New validates KeySync.
+type nopAttester struct{}
+
+func (nopAttester) Attest(context.Context, attestation.Request) ([]byte, error) {
+	return nil, errors.New("enclave: no attester")
 }
 
 // serving reports whether the servers are configured.
@@ -228,6 +315,9 @@ func (c Config) serving() bool { return c.Handler != nil || c.AppURL != nil }
 
 func (c Config) servingDefaults() (Config, error) {
 	if !c.serving() {
+		if c.syncOn() {
+			return c, errors.New("enclave: FQDNLeader needs serving (Handler or AppURL): key synchronisation shares the public server's certificate")
+		}
 		if c.ACME || c.TLSCertFile != "" || c.TLSKeyFile != "" || c.WaitForApp || c.MetricsAddr != "" || c.Pprof {
 			return c, errors.New("enclave: serving options are set but neither Handler nor AppURL is")
 		}
@@ -300,7 +390,7 @@ func (c Config) servingDefaults() (Config, error) {
 	if c.Proxy.Logger == nil {
 		c.Proxy.Logger = c.Logger
 	}
-	return c, nil
+	return c.syncDefaults()
 }
 
 func (c Config) withDefaults() (Config, error) {

@@ -36,9 +36,17 @@
 //     and of the registered app key (attestation.UserData).
 //   - the internal server for the app on [Config.InternalAddr] of the
 //     enclave's loopback: [ReadyPath] (with [Config.WaitForApp] the public
-//     server serves only after it) and [HashPath] (register an app key hash).
+//     server serves only after it), [HashPath] (register an app key hash)
+//     and [StatePath] (key synchronisation; 403 when it is off).
 //     In-process apps call [Enclave.Ready] and [Enclave.SetAppKeyHash].
 //   - Prometheus metrics on [Config.MetricsAddr], when set.
+//   - with [Config.FQDNLeader], key synchronisation between identical
+//     enclaves (nitriding's horizontal scaling, package keysync): a TLS
+//     endpoint for other enclaves on [Config.SyncAddr] (":444"), and
+//     [StatePath] on the internal server, where the app PUTs its state on
+//     the leader and GETs it on workers ([Enclave.KeySync] in process).
+//     Workers receive the leader's TLS certificate too, so every enclave of
+//     the deployment serves, and attests, the same one.
 //   - optionally, the ingress fast path ([Config.IngressListen]): the same
 //     public server on a listener whose connections come one per client
 //     from quench-host with a PROXY protocol header ([ListenIngress]).

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/quenchnet/quench/enclave/keysync"
 	"github.com/quenchnet/quench/proxy"
 	"github.com/quenchnet/quench/tap"
 )
@@ -396,10 +397,26 @@ func (e *Enclave) SetAppKeyHash(h [sha256.Size]byte) error {
 	return nil
 }
 
+// KeySync returns the key synchronisation of a serving enclave with
+// Config.FQDNLeader: its role, the leader's workers, and the app state
+// (Syncer.SetState on the leader, Syncer.State on workers: what PUT and GET
+// /enclave/state on the internal server do).
+func (e *Enclave) KeySync() (*keysync.Syncer, error) {
+	s, err := e.servers()
+	if err != nil {
+		return nil, err
+	}
+	if s.syncer == nil {
+		return nil, errors.New("enclave: key synchronisation is off (set Config.FQDNLeader)")
+	}
+	return s.syncer, nil
+}
+
 // Addrs reports the bound addresses of the servers; fields are nil for
 // servers that are off. Useful when Config asked for port 0.
 type Addrs struct {
 	Public, Internal, Metrics net.Addr
+	Sync                      net.Addr // key synchronisation (FQDNLeader)
 }
 
 // Addrs returns the servers' addresses.
@@ -414,6 +431,9 @@ func (e *Enclave) Addrs() (Addrs, error) {
 	}
 	if s.metricsLn != nil {
 		a.Metrics = s.metricsLn.Addr()
+	}
+	if s.syncLn != nil {
+		a.Sync = s.syncLn.Addr()
 	}
 	return a, nil
 }

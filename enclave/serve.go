@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/quenchnet/quench/attestation"
+	"github.com/quenchnet/quench/enclave/keysync"
 	"github.com/quenchnet/quench/proxy"
 )
 
@@ -32,6 +33,9 @@ const (
 	HealthPath      = "/enclave/health"
 	ReadyPath       = "/enclave/ready"
 	HashPath        = "/enclave/hash"
+	// StatePath (internal) is key synchronisation's app state: PUT on the
+	// leader, GET on workers (package keysync). 403 when it is off.
+	StatePath = keysync.StatePath
 )
 
 // maxHashBody bounds the body of POST /enclave/hash.
@@ -56,6 +60,9 @@ type servers struct {
 	internalLn net.Listener
 	metricsSrv *http.Server // nil unless MetricsAddr
 	metricsLn  net.Listener
+	syncer     *keysync.Syncer // nil unless FQDNLeader
+	syncSrv    *http.Server    // nil unless FQDNLeader
+	syncLn     net.Listener
 
 	inFlight  atomic.Int64  // public requests being handled
 	ready     chan struct{} // closed once the app is ready
@@ -68,9 +75,9 @@ type servers struct {
 
 // startServers sets up and binds every server; nw is the enclave's network.
 // On error it releases what it took.
-func (e *Enclave) startServers(ctx context.Context, nw network) (s *servers, err error) {
+func (e *Enclave) startServers(ctx context.Context, nw network) (_ *servers, err error) {
 	cfg := e.cfg
-	s = &servers{
+	s := &servers{
 		cfg:     cfg,
 		log:     e.log,
 		e:       e,
@@ -150,6 +157,25 @@ func (e *Enclave) startServers(ctx context.Context, nw network) (s *servers, err
 		}
 		closers = append(closers, func() { _ = s.internalLn.Close() })
 	}
+	if cfg.syncOn() {
+		kc := cfg.KeySync
+		kc.Attester = s.att
+		if kc.Dial == nil {
+			kc.Dial = nw.dial
+		}
+		kc.Certificate = s.certs.current
+		kc.InstallCertificate = s.certs.install
+		s.syncer, err = keysync.New(kc)
+		if err != nil {
+			return nil, fmt.Errorf("enclave: key synchronisation: %w", err)
+		}
+		closers = append(closers, func() { _ = s.syncer.Close() })
+		s.syncLn, err = nw.listen("tcp", cfg.SyncAddr)
+		if err != nil {
+			return nil, fmt.Errorf("enclave: key sync listener %s: %w", cfg.SyncAddr, err)
+		}
+		closers = append(closers, func() { _ = s.syncLn.Close() })
+	}
 	if cfg.MetricsAddr != "" {
 		s.metricsLn, err = nw.listen("tcp", cfg.MetricsAddr)
 		if err != nil {
@@ -209,6 +235,24 @@ func (e *Enclave) startServers(ctx context.Context, nw network) (s *servers, err
 			s.serve("metrics", s.metricsSrv, s.metricsLn)
 		}()
 	}
+	if s.syncer != nil {
+		s.syncSrv = proxy.NewServer(s.syncer.ExternalHandler(), proxy.ServerConfig{
+			TLSConfig: s.certs.tlsConfig(),
+			Logger:    e.log,
+		})
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			e.log.Info("key sync endpoint serving", "addr", s.syncLn.Addr().String(), "leader", cfg.KeySync.Leader)
+			s.serve("keysync", s.syncSrv, tls.NewListener(s.syncLn, s.syncSrv.TLSConfig))
+		}()
+		if err := s.syncer.Start(ctx); err != nil {
+			// Stop what was started: the goroutines above end with
+			// their listeners.
+			_ = s.close()
+			return nil, fmt.Errorf("enclave: %w", err)
+		}
+	}
 	if cfg.Pprof {
 		e.log.Warn("pprof enabled on the internal server: profiles expose process memory, so attestation is refused", "addr", cfg.InternalAddr)
 	}
@@ -260,6 +304,9 @@ func (s *servers) isReady() bool {
 // and waits for the server goroutines.
 func (s *servers) close() error {
 	close(s.closing)
+	if s.syncer != nil {
+		_ = s.syncer.Close()
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.DrainTimeout)
 	defer cancel()
 	var errs []error
@@ -288,7 +335,7 @@ func (s *servers) close() error {
 			_ = ln.Close()
 		}
 	}
-	wg.Add(3)
+	wg.Add(4)
 	if s.ingressLn != nil {
 		// Shutdown closes it if Serve ran; otherwise close it here.
 		defer func() { _ = s.ingressLn.Close() }()
@@ -296,6 +343,7 @@ func (s *servers) close() error {
 	go shutdown("public", s.public, s.publicLn)
 	go shutdown("internal", s.internal, s.internalLn)
 	go shutdown("metrics", s.metricsSrv, s.metricsLn)
+	go shutdown("keysync", s.syncSrv, s.syncLn)
 	wg.Wait()
 	s.wg.Wait()
 	if s.proxy != nil {
@@ -503,10 +551,24 @@ type Health struct {
 	Status   string `json:"status"` // "ok", or "degraded" (503)
 	AppReady bool   `json:"app_ready"`
 	Network  Status `json:"network"`
+	// KeySync is the key synchronisation role ("undecided", "leader" or
+	// "worker"; a worker not yet synced is "worker (not synced)"), empty
+	// when it is off. It does not make the status degraded.
+	KeySync string `json:"key_sync,omitempty"`
 }
 
 func (s *servers) handleHealth(w http.ResponseWriter, r *http.Request) {
 	h := Health{Status: "ok", AppReady: s.isReady(), Network: s.e.Status()}
+	if s.syncer != nil {
+		h.KeySync = s.syncer.Role().String()
+		if s.syncer.Role() == keysync.RoleWorker {
+			select {
+			case <-s.syncer.Synced():
+			default:
+				h.KeySync += " (not synced)"
+			}
+		}
+	}
 	code := http.StatusOK
 	if !h.AppReady || !h.Network.Connected {
 		h.Status, code = "degraded", http.StatusServiceUnavailable
@@ -556,6 +618,13 @@ func (s *servers) internalHandler() http.Handler {
 		s.log.Info("app key hash registered", "sha256", hex.EncodeToString(h[:]))
 		fmt.Fprintln(w, "ok")
 	})
+	if s.syncer != nil {
+		mux.Handle(StatePath, s.syncer.StateHandler())
+	} else {
+		mux.HandleFunc(StatePath, func(w http.ResponseWriter, r *http.Request) {
+			http.Error(w, "key synchronisation is off (set -fqdn-leader / Config.FQDNLeader)", http.StatusForbidden)
+		})
+	}
 	if s.cfg.Pprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
@@ -607,6 +676,7 @@ type publicConfigView struct {
 	Pprof        bool     `json:"pprof"`
 	DevAttester  bool     `json:"dev_attester"`
 	DrainTimeout string   `json:"drain_timeout"`
+	FQDNLeader   string   `json:"fqdn_leader,omitempty"`
 }
 
 func publicConfig(c Config, certKind string) publicConfigView {
@@ -623,6 +693,7 @@ func publicConfig(c Config, certKind string) publicConfigView {
 		Metrics:      c.MetricsAddr != "",
 		Pprof:        c.Pprof,
 		DrainTimeout: c.DrainTimeout.String(),
+		FQDNLeader:   c.FQDNLeader,
 	}
 	for _, d := range c.DNS {
 		v.DNS = append(v.DNS, d.String())

@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/acme"
@@ -22,11 +23,34 @@ import (
 
 // certSource hands out the public server's certificate.
 type certSource struct {
-	static *tls.Certificate  // self-signed or from files; nil with ACME
+	// static is the self-signed or file certificate (nil with ACME); key
+	// synchronisation replaces it on workers with the leader's.
+	static atomic.Pointer[tls.Certificate]
 	acme   *autocert.Manager // nil unless Config.ACME
 	fqdn   string            // name asked for when a client sends no SNI
 	kind   string            // "self-signed", "file" or "acme"
-	leaf   *x509.Certificate // static only
+}
+
+func staticSource(c *tls.Certificate, fqdn, kind string) *certSource {
+	s := &certSource{fqdn: fqdn, kind: kind}
+	s.static.Store(c)
+	return s
+}
+
+// current returns the static certificate; nil with ACME.
+func (s *certSource) current() *tls.Certificate { return s.static.Load() }
+
+// install replaces the static certificate (key synchronisation on a
+// worker). With ACME it does nothing: each enclave obtains its own.
+func (s *certSource) install(c *tls.Certificate) error {
+	if s.acme != nil {
+		return nil
+	}
+	if c == nil || len(c.Certificate) == 0 {
+		return errors.New("enclave: empty certificate")
+	}
+	s.static.Store(c)
+	return nil
 }
 
 // newCertSource loads, generates or sets up the certificate (Start only:
@@ -43,7 +67,7 @@ func newCertSource(cfg Config, client *http.Client) (*certSource, error) {
 			return nil, fmt.Errorf("enclave: TLS certificate %s: %w", cfg.TLSCertFile, err)
 		}
 		c.Leaf = leaf
-		return &certSource{static: &c, leaf: leaf, fqdn: cfg.FQDN, kind: "file"}, nil
+		return staticSource(&c, cfg.FQDN, "file"), nil
 	case cfg.ACME:
 		m := &autocert.Manager{
 			Prompt:     autocert.AcceptTOS,
@@ -64,7 +88,7 @@ func newCertSource(cfg Config, client *http.Client) (*certSource, error) {
 		if err != nil {
 			return nil, fmt.Errorf("enclave: self-signed certificate: %w", err)
 		}
-		return &certSource{static: c, leaf: c.Leaf, fqdn: cfg.FQDN, kind: "self-signed"}, nil
+		return staticSource(c, cfg.FQDN, "self-signed"), nil
 	}
 }
 
@@ -117,8 +141,8 @@ func (s *certSource) tlsConfig() *tls.Config {
 }
 
 func (s *certSource) get(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
-	if s.static != nil {
-		return s.static, nil
+	if c := s.static.Load(); c != nil {
+		return c, nil
 	}
 	if hello.ServerName == "" {
 		// Clients that connect by IP address send no SNI.
@@ -133,8 +157,8 @@ func (s *certSource) get(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 // (the name the client sent; "" for none): the value bound in attestation
 // documents. With ACME it may obtain the certificate.
 func (s *certSource) hash(serverName string) ([sha256.Size]byte, error) {
-	if s.static != nil {
-		return sha256.Sum256(s.static.Certificate[0]), nil
+	if c := s.static.Load(); c != nil {
+		return sha256.Sum256(c.Certificate[0]), nil
 	}
 	if serverName == "" {
 		serverName = s.fqdn

@@ -23,6 +23,7 @@ import (
 
 	"github.com/quenchnet/quench/attestation"
 	"github.com/quenchnet/quench/enclave"
+	"github.com/quenchnet/quench/enclave/keysync"
 	"github.com/quenchnet/quench/internal/debugserver"
 	"github.com/quenchnet/quench/internal/endpoint"
 )
@@ -39,6 +40,16 @@ GET /enclave/ready (with -wait-for-app, the public server starts only then)
 and POST /enclave/hash (register an app key hash bound into documents).
 With -app-cmd (or a command after --) it starts the app, forwards its
 output and SIGINT/SIGTERM, and exits with its exit code when it exits.
+
+Key synchronisation (nitriding's horizontal scaling), with -fqdn-leader:
+identical enclaves elect as leader the one that reaches itself under the
+leader's name, on the external private endpoint -ext-priv-addr (:444;
+publish it on the host only inside the VPC). The leader hands its TLS
+certificate and the app's state to every worker whose attestation document
+shows the same image (PCR0-2), encrypted to a key bound in that document;
+workers send heartbeats. The app registers its state on the leader with
+PUT /enclave/state on -internal-addr and reads it on workers with
+GET /enclave/state.
 
 Network modes (-network):
   tap        a kernel TAP device (needs CAP_NET_ADMIN); every program in the
@@ -119,7 +130,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		appURL      = fs.String("app-url", "", "the app's address, http://HOST:PORT or unix:///path; turns serving on (HTTPS, attestation, proxy to the app)")
 		appCmd      = fs.String("app-cmd", "", "start the app with this command line (split like a POSIX shell, without expansion); or give it after --")
 		publicAddr  = fs.String("public-addr", enclave.DefaultPublicAddr, "public HTTPS address on the enclave's network (the host publishes a port to it)")
-		intAddr     = fs.String("internal-addr", enclave.DefaultInternalAddr, "internal server for the app (/enclave/ready, /enclave/hash) on the enclave's loopback")
+		intAddr     = fs.String("internal-addr", enclave.DefaultInternalAddr, "internal server for the app (/enclave/ready, /enclave/hash, /enclave/state) on the enclave's loopback")
 		waitForApp  = fs.Bool("wait-for-app", false, "start the public server only after the app calls GET /enclave/ready on -internal-addr")
 		fqdn        = fs.String("fqdn", "", "the enclave's public name: ACME certificate name, self-signed certificate subject")
 		acmeOn      = fs.Bool("acme", false, "obtain the certificate for -fqdn by ACME (TLS-ALPN-01 on the public port; the host must publish port 443)")
@@ -138,6 +149,10 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		maxInFlight = fs.Int("max-in-flight", 0, "requests forwarded to the app at once; past it they wait in -queue or get 503 with Retry-After at once; -1: no limit (default: 64 per CPU)")
 		queue       = fs.Int("queue", 0, "requests that may wait for a free -max-in-flight slot (each for up to -queue-timeout) before being refused; 0: refuse at once")
 		queueWait   = fs.Duration("queue-timeout", 0, "how long a queued request waits for a slot before 503 (default 50ms)")
+		fqdnLeader  = fs.String("fqdn-leader", "", "key synchronisation: the leader enclave's name, host or host:port (default port: that of -ext-priv-addr); the same on every enclave of the deployment; off by default")
+		extPriv     = fs.String("ext-priv-addr", enclave.DefaultSyncAddr, "with -fqdn-leader: TLS listener for other enclaves (/enclave/leader, /enclave/sync, /enclave/heartbeat) on the enclave's network; publish it only inside the VPC")
+		advertise   = fs.String("sync-advertise", "", "with -fqdn-leader: host[:port] where the leader reaches this enclave's -ext-priv-addr (default: the source address of its heartbeats, port of the leader's)")
+		syncBeat    = fs.Duration("sync-heartbeat", keysync.DefaultHeartbeatInterval, "with -fqdn-leader: interval of workers' heartbeats; a worker silent for 3 intervals is dropped")
 	)
 	fs.Var(&dns, "dns", "DNS server; repeatable (default: the gateway)")
 	fs.Usage = func() {
@@ -224,7 +239,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		if mode == enclave.NetworkUserspace {
 			return nil, errors.New("-network userspace needs -app-url: without serving, the userspace network reaches no program")
 		}
-		for _, name := range []string{"public-addr", "wait-for-app", "fqdn", "acme", "acme-directory", "acme-email", "acme-cache", "acme-roots", "tls-cert", "tls-key", "dev-attester", "dev-root-out", "metrics", "drain-timeout", "ingress", "max-in-flight", "queue", "queue-timeout"} {
+		for _, name := range []string{"public-addr", "wait-for-app", "fqdn", "acme", "acme-directory", "acme-email", "acme-cache", "acme-roots", "tls-cert", "tls-key", "dev-attester", "dev-root-out", "metrics", "drain-timeout", "ingress", "max-in-flight", "queue", "queue-timeout", "fqdn-leader", "ext-priv-addr", "sync-advertise", "sync-heartbeat"} {
 			if set[name] {
 				return nil, fmt.Errorf("-%s needs -app-url (serving is off without it)", name)
 			}
@@ -292,6 +307,21 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	o.cfg.Proxy.QueueTimeout = *queueWait
 	if *drain <= 0 {
 		return nil, fmt.Errorf("-drain-timeout %s: must be positive", *drain)
+	}
+	if *fqdnLeader == "" {
+		for _, name := range []string{"ext-priv-addr", "sync-advertise", "sync-heartbeat"} {
+			if set[name] {
+				return nil, fmt.Errorf("-%s needs -fqdn-leader (key synchronisation is off without it)", name)
+			}
+		}
+	} else {
+		if *syncBeat <= 0 {
+			return nil, fmt.Errorf("-sync-heartbeat %s: must be positive", *syncBeat)
+		}
+		o.cfg.FQDNLeader = *fqdnLeader
+		o.cfg.SyncAddr = *extPriv
+		o.cfg.KeySync.Advertise = *advertise
+		o.cfg.KeySync.HeartbeatInterval = *syncBeat
 	}
 	if *devRootOut != "" && !*devAtt {
 		return nil, errors.New("-dev-root-out needs -dev-attester")

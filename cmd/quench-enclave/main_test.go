@@ -115,6 +115,12 @@ func TestBadFlags(t *testing.T) {
 		{"bad max in flight", []string{"-app-url", "http://127.0.0.1:1", "-max-in-flight", "-5"}, "-max-in-flight -5"},
 		{"negative queue", []string{"-app-url", "http://127.0.0.1:1", "-queue", "-1"}, "must not be negative"},
 		{"bad log level", []string{"-log-level", "loud"}, "-log-level"},
+		{"leader without app", []string{"-fqdn-leader", "leader.internal"}, "-fqdn-leader needs -app-url"},
+		{"ext priv without leader", []string{"-app-url", "http://127.0.0.1:1", "-ext-priv-addr", ":4444"}, "-ext-priv-addr needs -fqdn-leader"},
+		{"advertise without leader", []string{"-app-url", "http://127.0.0.1:1", "-sync-advertise", "10.0.0.1"}, "-sync-advertise needs -fqdn-leader"},
+		{"bad heartbeat", []string{"-app-url", "http://127.0.0.1:1", "-fqdn-leader", "l", "-sync-heartbeat", "0s"}, "must be positive"},
+		{"bad leader", []string{"-app-url", "http://127.0.0.1:1", "-fqdn-leader", "a/b"}, "key synchronisation"},
+		{"ext priv on public port", []string{"-app-url", "http://127.0.0.1:1", "-fqdn-leader", "l", "-ext-priv-addr", ":443"}, "also the public"},
 		{"bad acme roots", []string{"-app-url", "http://127.0.0.1:1", "-acme", "-fqdn", "a.example", "-acme-roots", "/nonexistent"}, "-acme-roots"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -135,7 +141,7 @@ func TestHelp(t *testing.T) {
 	if code := run([]string{"-help"}, &stderr); code != 0 {
 		t.Errorf("exit code %d", code)
 	}
-	for _, want := range []string{"-app-cmd", "-dev-attester", "userspace", "-wait-for-app"} {
+	for _, want := range []string{"-app-cmd", "-dev-attester", "userspace", "-wait-for-app", "-fqdn-leader", "-ext-priv-addr", "/enclave/state"} {
 		if !strings.Contains(stderr.String(), want) {
 			t.Errorf("help lacks %q", want)
 		}
@@ -285,5 +291,19 @@ func TestSIGTERMDrain(t *testing.T) {
 	}
 	if !strings.Contains(p.Output(), "test app ready") || !strings.Contains(p.Output(), "INSECURE") {
 		t.Errorf("output lacks the app's output or the dev attester warning:\n%s", p.Output())
+	}
+}
+
+func TestKeySyncFlags(t *testing.T) {
+	var stderr bytes.Buffer
+	o, err := parse([]string{"-app-url", "http://127.0.0.1:1", "-fqdn-leader", "leader.internal", "-ext-priv-addr", ":4444",
+		"-sync-advertise", "10.0.0.2", "-sync-heartbeat", "5s"}, &stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := []string{o.cfg.FQDNLeader, o.cfg.SyncAddr, o.cfg.KeySync.Advertise, o.cfg.KeySync.HeartbeatInterval.String()}
+	want := []string{"leader.internal", ":4444", "10.0.0.2", "5s"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
 	}
 }

@@ -1,0 +1,774 @@
+package keysync
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdh"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/quenchnet/quench/attestation"
+)
+
+// handlerRef lets a server start before its Syncer exists (the Syncer
+// needs the server's address).
+type handlerRef struct{ h atomic.Pointer[http.Handler] }
+
+func (r *handlerRef) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	h := r.h.Load()
+	if h == nil {
+		http.Error(w, "not yet", http.StatusServiceUnavailable)
+		return
+	}
+	(*h).ServeHTTP(w, req)
+}
+
+// node is one enclave of a test deployment: a Syncer behind an httptest
+// TLS server.
+type node struct {
+	s    *Syncer
+	srv  *httptest.Server
+	addr string
+	ref  *handlerRef
+	own  *tls.Certificate                // the certificate it starts with
+	cert atomic.Pointer[tls.Certificate] // the certificate it serves
+}
+
+func testCert(tb testing.TB) *tls.Certificate {
+	tb.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "keysync test"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	leaf, _ := x509.ParseCertificate(der)
+	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
+}
+
+func devAttester(tb testing.TB, pcr0 byte) *attestation.DevAttester {
+	tb.Helper()
+	pcrs := map[uint][]byte{}
+	if pcr0 != 0 {
+		pcrs[0] = bytes.Repeat([]byte{pcr0}, 48)
+	}
+	a, err := attestation.NewDevAttester(attestation.DevConfig{PCRs: pcrs})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return a
+}
+
+// newServer starts an httptest TLS server whose handler is set later.
+func newServer(tb testing.TB) (*httptest.Server, *handlerRef) {
+	ref := &handlerRef{}
+	srv := httptest.NewUnstartedServer(ref)
+	srv.StartTLS()
+	tb.Cleanup(srv.Close)
+	return srv, ref
+}
+
+// newNode makes a node whose leader is at leader ("" = itself).
+func newNode(tb testing.TB, att attestation.Attester, roots *x509.CertPool, leader string, mod func(*Config)) *node {
+	tb.Helper()
+	srv, ref := newServer(tb)
+	n := &node{srv: srv, ref: ref, addr: srv.Listener.Addr().String(), own: testCert(tb)}
+	n.cert.Store(n.own)
+	if leader == "" {
+		leader = n.addr
+	}
+	cfg := Config{
+		Attester:          att,
+		Roots:             roots,
+		Leader:            leader,
+		Advertise:         n.addr,
+		HeartbeatInterval: 40 * time.Millisecond,
+		WorkerTimeout:     300 * time.Millisecond,
+		ElectionRetry:     20 * time.Millisecond,
+		SyncTimeout:       5 * time.Second,
+		Certificate:       n.cert.Load,
+		InstallCertificate: func(c *tls.Certificate) error {
+			n.cert.Store(c)
+			return nil
+		},
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	s, err := New(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	n.s = s
+	h := s.ExternalHandler()
+	ref.h.Store(&h)
+	return n
+}
+
+func (n *node) start(tb testing.TB) {
+	tb.Helper()
+	if err := n.s.Start(context.Background()); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = n.s.Close() })
+}
+
+func waitFor(tb testing.TB, what string, cond func() bool) {
+	tb.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			tb.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func stateOf(tb testing.TB, n *node) (int, string) {
+	tb.Helper()
+	rec := httptest.NewRecorder()
+	n.s.StateHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, StatePath, nil))
+	return rec.Code, rec.Body.String()
+}
+
+func putState(tb testing.TB, n *node, body string) int {
+	tb.Helper()
+	rec := httptest.NewRecorder()
+	n.s.StateHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodPut, StatePath, strings.NewReader(body)))
+	return rec.Code
+}
+
+// TestLeaderAndWorkers: election, the app's state and the certificate reach
+// both workers, new state is pushed, heartbeats keep the list and a dead
+// worker is dropped.
+func TestLeaderAndWorkers(t *testing.T) {
+	att := devAttester(t, 0)
+	leader := newNode(t, att, att.Roots(), "", nil)
+	w1 := newNode(t, att, att.Roots(), leader.addr, nil)
+	w2 := newNode(t, att, att.Roots(), leader.addr, nil)
+
+	// Before election: 503 on both methods.
+	if code, _ := stateOf(t, w1); code != http.StatusServiceUnavailable {
+		t.Errorf("GET state before election: %d, want 503", code)
+	}
+	if code := putState(t, leader, "x"); code != http.StatusServiceUnavailable {
+		t.Errorf("PUT state before election: %d, want 503", code)
+	}
+
+	leader.start(t)
+	<-leader.s.Decided()
+	if got := leader.s.Role(); got != RoleLeader {
+		t.Fatalf("leader's role = %v", got)
+	}
+	if code := putState(t, leader, "app secret v1"); code != http.StatusOK {
+		t.Fatalf("PUT state on the leader: %d", code)
+	}
+	w1.start(t)
+	w2.start(t)
+	for _, w := range []*node{w1, w2} {
+		select {
+		case <-w.s.Synced():
+		case <-time.After(10 * time.Second):
+			t.Fatalf("worker %s not synced", w.addr)
+		}
+		if got := w.s.Role(); got != RoleWorker {
+			t.Errorf("worker's role = %v", got)
+		}
+		code, body := stateOf(t, w)
+		if code != http.StatusOK || body != "app secret v1" {
+			t.Errorf("worker GET state = %d %q", code, body)
+		}
+		if !bytes.Equal(w.cert.Load().Certificate[0], leader.own.Certificate[0]) {
+			t.Errorf("worker %s does not have the leader's certificate", w.addr)
+		}
+		// Role-specific refusals, with nitriding's codes.
+		if code := putState(t, w, "nope"); code != http.StatusGone {
+			t.Errorf("PUT state on a worker: %d, want 410", code)
+		}
+	}
+	if code, _ := stateOf(t, leader); code != http.StatusGone {
+		t.Errorf("GET state on the leader: %d, want 410", code)
+	}
+	want := []string{w1.addr, w2.addr}
+	if want[0] > want[1] {
+		want[0], want[1] = want[1], want[0]
+	}
+	waitFor(t, "both workers listed", func() bool { return len(leader.s.Workers()) == 2 })
+	if diff := cmp.Diff(want, leader.s.Workers()); diff != "" {
+		t.Errorf("workers (-want +got):\n%s", diff)
+	}
+
+	// New state reaches the workers.
+	if code := putState(t, leader, "app secret v2"); code != http.StatusOK {
+		t.Fatal(code)
+	}
+	for _, w := range []*node{w1, w2} {
+		waitFor(t, "v2 on "+w.addr, func() bool { _, b := stateOf(t, w); return b == "app secret v2" })
+	}
+
+	// Heartbeats keep the workers listed past WorkerTimeout.
+	time.Sleep(2 * leader.s.cfg.WorkerTimeout)
+	if got := len(leader.s.Workers()); got != 2 {
+		t.Errorf("after 2 worker timeouts with heartbeats, %d workers listed, want 2", got)
+	}
+	// A dead worker is dropped.
+	if err := w2.s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "dead worker dropped", func() bool {
+		ws := leader.s.Workers()
+		return len(ws) == 1 && ws[0] == w1.addr
+	})
+}
+
+// TestForeignPCRsRefused: a worker whose image differs is never synced, in
+// either direction.
+func TestForeignPCRsRefused(t *testing.T) {
+	good := devAttester(t, 0)
+	bad := devAttester(t, 7)
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(good.RootPEM())
+	roots.AppendCertsFromPEM(bad.RootPEM())
+
+	leader := newNode(t, good, roots, "", nil)
+	leader.start(t)
+	<-leader.s.Decided()
+	if code := putState(t, leader, "secret"); code != http.StatusOK {
+		t.Fatal(code)
+	}
+	w := newNode(t, bad, roots, leader.addr, nil)
+	w.start(t)
+	<-w.s.Decided()
+	if w.s.Role() != RoleWorker {
+		t.Fatalf("role %v", w.s.Role())
+	}
+	// The leader tries at every heartbeat and refuses each time.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := leader.s.SyncWith(ctx, w.addr)
+	if !errors.Is(err, ErrRefused) || !errors.Is(err, attestation.ErrPCRMismatch) {
+		t.Fatalf("SyncWith a foreign worker: %v, want ErrRefused and ErrPCRMismatch", err)
+	}
+	time.Sleep(10 * w.s.cfg.HeartbeatInterval)
+	if code, _ := stateOf(t, w); code != http.StatusServiceUnavailable {
+		t.Errorf("foreign worker's state: %d, want 503 (never synced)", code)
+	}
+	if len(leader.s.Workers()) != 0 {
+		t.Errorf("foreign worker listed: %v", leader.s.Workers())
+	}
+	if !bytes.Equal(w.cert.Load().Certificate[0], w.own.Certificate[0]) {
+		t.Error("foreign worker got the leader's certificate")
+	}
+}
+
+// fakeLeader drives a worker's /enclave/sync by hand.
+type fakeLeader struct {
+	t   *testing.T
+	w   *node
+	c   *http.Client
+	url string
+}
+
+func newFakeLeader(t *testing.T, w *node) *fakeLeader {
+	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &fakeLeader{t: t, w: w, c: &http.Client{Transport: tr, Timeout: 5 * time.Second}, url: "https://" + w.addr + SyncPath}
+}
+
+// begin runs GET /enclave/sync and returns the worker's nonce, key and the
+// leader nonce used.
+func (f *fakeLeader) begin() (workerNonce []byte, pub *ecdh.PublicKey, leaderNonce []byte) {
+	f.t.Helper()
+	leaderNonce = make([]byte, NonceSize)
+	_, _ = rand.Read(leaderNonce)
+	resp, err := f.c.Get(f.url + "?nonce=" + hex.EncodeToString(leaderNonce))
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		f.t.Fatalf("GET sync: %s %s", resp.Status, b)
+	}
+	doc, _, err := decodeSyncMessage(b, false, DefaultMaxStateSize)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	res, err := attestation.Verify(doc, attestation.Options{Time: time.Now(), Roots: f.w.s.cfg.Roots, Nonce: leaderNonce})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	pub, err = ecdh.X25519().NewPublicKey(res.PublicKey)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return res.UserData, pub, leaderNonce
+}
+
+func (f *fakeLeader) post(body []byte) (int, string) {
+	f.t.Helper()
+	resp, err := f.c.Post(f.url, "application/json", bytes.NewReader(body))
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func message(doc, enc []byte) []byte {
+	b, _ := json.Marshal(syncMessage{Document: base64.StdEncoding.EncodeToString(doc), EncryptedKeys: base64.StdEncoding.EncodeToString(enc)})
+	return b
+}
+
+// TestWorkerRefusesBadSync: forged, tampered, foreign-image, unbound and
+// replayed leader messages and oversized bodies are refused with clear
+// errors, and nothing is installed; a correct one is accepted once.
+func TestWorkerRefusesBadSync(t *testing.T) {
+	att := devAttester(t, 0)
+	foreignRoot := devAttester(t, 0) // same PCRs, root not trusted
+	otherImage := devAttester(t, 9)  // trusted root, other PCR0
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(att.RootPEM())
+	roots.AppendCertsFromPEM(otherImage.RootPEM())
+
+	// A worker whose leader (a dead address) answers nothing: make it a
+	// worker by answering its election request with 410 ourselves.
+	gone, gref := newServer(t)
+	var h http.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusGone) })
+	gref.h.Store(&h)
+	w := newNode(t, att, roots, gone.Listener.Addr().String(), nil)
+	w.start(t)
+	<-w.s.Decided()
+	if w.s.Role() != RoleWorker {
+		t.Fatalf("role %v", w.s.Role())
+	}
+	f := newFakeLeader(t, w)
+	keys, _ := json.Marshal(&Keys{State: []byte("the secret")})
+	ctx := context.Background()
+
+	build := func(signer attestation.Attester, workerNonce []byte, pub *ecdh.PublicKey, leaderNonce []byte, bindOther bool) (doc, enc []byte) {
+		enc, err := seal(pub, keys, syncAAD(workerNonce, leaderNonce))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum := sha256.Sum256(enc)
+		if bindOther {
+			sum[0] ^= 1
+		}
+		doc, err = signer.Attest(ctx, attestation.Request{Nonce: workerNonce, UserData: sum[:]})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return doc, enc
+	}
+
+	tests := []struct {
+		name     string
+		body     func() []byte
+		wantCode int
+		wantMsg  string
+	}{
+		{name: "malformed JSON", body: func() []byte { return []byte("{") }, wantCode: 400, wantMsg: "malformed"},
+		{name: "no keys", body: func() []byte { return []byte(`{"document":"AAAA"}`) }, wantCode: 400, wantMsg: "no encrypted_keys"},
+		{name: "garbage document", body: func() []byte { return message([]byte("not cbor"), []byte("x")) }, wantCode: 403, wantMsg: "refused"},
+		{name: "oversized", body: func() []byte { return bytes.Repeat([]byte("a"), maxSyncBody(DefaultMaxStateSize)+1) }, wantCode: 413, wantMsg: "too large"},
+		{name: "untrusted root", body: func() []byte {
+			wn, pub, ln := f.begin()
+			return message(build(foreignRoot, wn, pub, ln, false))
+		}, wantCode: 403, wantMsg: "refused"},
+		{name: "other image", body: func() []byte {
+			wn, pub, ln := f.begin()
+			return message(build(otherImage, wn, pub, ln, false))
+		}, wantCode: 403, wantMsg: "PCR"},
+		{name: "tampered document", body: func() []byte {
+			wn, pub, ln := f.begin()
+			doc, enc := build(att, wn, pub, ln, false)
+			doc[len(doc)-1] ^= 1 // signature
+			return message(doc, enc)
+		}, wantCode: 403, wantMsg: "refused"},
+		{name: "document does not bind the keys", body: func() []byte {
+			wn, pub, ln := f.begin()
+			return message(build(att, wn, pub, ln, true))
+		}, wantCode: 403, wantMsg: "does not bind"},
+		{name: "unknown nonce", body: func() []byte {
+			_, pub, ln := f.begin()
+			other := make([]byte, NonceSize)
+			return message(build(att, other, pub, ln, false))
+		}, wantCode: 409, wantMsg: "nonce"},
+		{name: "wrong associated data", body: func() []byte {
+			wn, pub, _ := f.begin()
+			return message(build(att, wn, pub, make([]byte, NonceSize), false))
+		}, wantCode: 403, wantMsg: "decrypt"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			code, msg := f.post(tc.body())
+			if code != tc.wantCode || !strings.Contains(msg, tc.wantMsg) {
+				t.Errorf("got %d %q, want %d containing %q", code, msg, tc.wantCode, tc.wantMsg)
+			}
+			if code, _ := stateOf(t, w); code != http.StatusServiceUnavailable {
+				t.Errorf("state after a refused sync: %d, want 503", code)
+			}
+		})
+	}
+
+	// A correct message is accepted once; its replay is refused.
+	wn, pub, ln := f.begin()
+	good := message(build(att, wn, pub, ln, false))
+	if code, msg := f.post(good); code != http.StatusOK {
+		t.Fatalf("good sync: %d %s", code, msg)
+	}
+	if code, body := stateOf(t, w); code != 200 || body != "the secret" {
+		t.Fatalf("state %d %q", code, body)
+	}
+	if code, msg := f.post(good); code != http.StatusConflict {
+		t.Errorf("replay: %d %s, want 409", code, msg)
+	}
+}
+
+// TestLeaderRefusesBadWorker: the leader refuses a worker answer with the
+// wrong nonce (replayed document) or without a usable key.
+func TestLeaderRefusesBadWorker(t *testing.T) {
+	att := devAttester(t, 0)
+	leader := newNode(t, att, att.Roots(), "", nil)
+	leader.start(t)
+	<-leader.s.Decided()
+
+	var mu sync.Mutex
+	var answer func(leaderNonce []byte) []byte
+	srv, ref := newServer(t)
+	var h http.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet {
+			t.Errorf("leader posted keys to a refused worker")
+			return
+		}
+		n, _ := attestation.ParseNonce(r.URL.Query().Get("nonce"))
+		mu.Lock()
+		defer mu.Unlock()
+		_, _ = w.Write(answer(n))
+	})
+	ref.h.Store(&h)
+	ctx := context.Background()
+	key, _ := ecdh.X25519().GenerateKey(rand.Reader)
+	wn := make([]byte, NonceSize)
+	doc := func(req attestation.Request) []byte {
+		d, err := att.Attest(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := json.Marshal(syncMessage{Document: base64.StdEncoding.EncodeToString(d)})
+		return b
+	}
+	stale := doc(attestation.Request{Nonce: make([]byte, NonceSize), UserData: wn, PublicKey: key.PublicKey().Bytes()})
+	for _, tc := range []struct {
+		name   string
+		answer func(n []byte) []byte
+		want   error
+	}{
+		{"replayed document", func([]byte) []byte { return stale }, attestation.ErrNonceMismatch},
+		{"no public key", func(n []byte) []byte { return doc(attestation.Request{Nonce: n, UserData: wn}) }, ErrRefused},
+		{"short user data", func(n []byte) []byte {
+			return doc(attestation.Request{Nonce: n, UserData: wn[:4], PublicKey: key.PublicKey().Bytes()})
+		}, ErrRefused},
+		{"keys in the answer", func(n []byte) []byte {
+			return []byte(`{"document":"AAAA","encrypted_keys":"AAAA"}`)
+		}, ErrMalformed},
+		{"not JSON", func([]byte) []byte { return []byte("<html>") }, ErrMalformed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mu.Lock()
+			answer = tc.answer
+			mu.Unlock()
+			err := leader.s.SyncWith(ctx, srv.Listener.Addr().String())
+			if !errors.Is(err, tc.want) {
+				t.Errorf("got %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestElectionHandler(t *testing.T) {
+	att := devAttester(t, 0)
+	n := newNode(t, att, att.Roots(), "127.0.0.1:1", nil) // unreachable leader: stays undecided
+	h := n.s.ExternalHandler()
+	get := func(q string) int {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, LeaderPath+q, nil))
+		return rec.Code
+	}
+	if got := get("?nonce=zz"); got != http.StatusBadRequest {
+		t.Errorf("bad nonce: %d", got)
+	}
+	if got := get("?nonce=" + strings.Repeat("00", NonceSize)); got != http.StatusOK || n.s.Role() != RoleUndecided {
+		t.Errorf("foreign nonce: %d, role %v", got, n.s.Role())
+	}
+	if got := get("?nonce=" + hex.EncodeToString(n.s.nonce[:])); got != http.StatusOK || n.s.Role() != RoleLeader {
+		t.Errorf("own nonce: %d, role %v", got, n.s.Role())
+	}
+	if got := get("?nonce=" + strings.Repeat("00", NonceSize)); got != http.StatusGone {
+		t.Errorf("after designation: %d, want 410", got)
+	}
+	// Heartbeats: malformed and oversized bodies.
+	for _, tc := range []struct {
+		body string
+		want int
+	}{
+		{"{", 400},
+		{`{"hashed_keys":"bm90IGEgaGFzaA=="}`, 400},
+		{`{"worker_hostname":"a/b"}`, 400},
+		{strings.Repeat(" ", maxHeartbeatBody+1), 413},
+	} {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, HeartbeatPath, strings.NewReader(tc.body)))
+		if rec.Code != tc.want {
+			t.Errorf("heartbeat %.20q: %d, want %d", tc.body, rec.Code, tc.want)
+		}
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	att := devAttester(t, 0)
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		want string
+	}{
+		{"no attester", Config{Leader: "a:1"}, "Attester is required"},
+		{"no leader", Config{Attester: att}, "Leader"},
+		{"leader without port", Config{Attester: att, Leader: "leader"}, "host:port"},
+		{"bad advertise", Config{Attester: att, Leader: "a:1", Advertise: "x/y"}, "Advertise"},
+		{"bad PCR", Config{Attester: att, Leader: "a:1", PCRs: []uint{40}}, "PCR index"},
+		{"negative", Config{Attester: att, Leader: "a:1", SyncTimeout: -1}, "negative SyncTimeout"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := New(tc.cfg)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("got %v, want %q", err, tc.want)
+			}
+		})
+	}
+	// Own document must verify with Roots.
+	s, err := New(Config{Attester: att, Leader: "127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(context.Background()); err == nil || !strings.Contains(err.Error(), "own attestation document") {
+		t.Errorf("Start with the AWS root and a dev attester: %v", err)
+	}
+	_ = s.Close()
+}
+
+func TestSealOpen(t *testing.T) {
+	key, _ := ecdh.X25519().GenerateKey(rand.Reader)
+	other, _ := ecdh.X25519().GenerateKey(rand.Reader)
+	aad := []byte("aad")
+	env, err := seal(key.PublicKey(), []byte("plain"), aad)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := open(key, env, aad)
+	if err != nil || string(got) != "plain" {
+		t.Fatalf("open: %q %v", got, err)
+	}
+	for name, f := range map[string]func() ([]byte, error){
+		"other key":     func() ([]byte, error) { return open(other, env, aad) },
+		"other aad":     func() ([]byte, error) { return open(key, env, []byte("x")) },
+		"flipped byte":  func() ([]byte, error) { e := bytes.Clone(env); e[40] ^= 1; return open(key, e, aad) },
+		"short":         func() ([]byte, error) { return open(key, env[:10], aad) },
+		"wrong version": func() ([]byte, error) { e := bytes.Clone(env); e[0] = 9; return open(key, e, aad) },
+	} {
+		if _, err := f(); !errors.Is(err, errDecrypt) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}
+
+func TestKeysRoundTrip(t *testing.T) {
+	c := testCert(t)
+	k, err := keysFromCertificate(c, []byte("s"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(k)
+	got, err := decodeKeys(b, DefaultMaxStateSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Hash() != k.Hash() {
+		t.Error("hash changed in transit")
+	}
+	gc, err := got.Certificate()
+	if err != nil || !bytes.Equal(gc.Certificate[0], c.Certificate[0]) {
+		t.Fatalf("certificate: %v", err)
+	}
+	// A key that does not match the certificate is refused.
+	k2, _ := keysFromCertificate(testCert(t), nil)
+	got.CertKey = k2.CertKey
+	if _, err := got.Certificate(); !errors.Is(err, ErrMalformed) {
+		t.Errorf("mismatched key: %v", err)
+	}
+	// State above the limit.
+	big, _ := json.Marshal(&Keys{State: make([]byte, 100)})
+	if _, err := decodeKeys(big, 10); !errors.Is(err, ErrTooLarge) {
+		t.Errorf("big state: %v", err)
+	}
+	// The hash separates fields.
+	a := Keys{State: []byte("ab")}
+	bb := Keys{CertKey: []byte("a"), State: []byte("b")}
+	if a.Hash() == bb.Hash() {
+		t.Error("hash is ambiguous")
+	}
+}
+
+func FuzzDecodeSyncMessage(f *testing.F) {
+	f.Add([]byte(`{"document":"AAAA","encrypted_keys":"AAAA"}`), true)
+	f.Add([]byte(`{"document":"AAAA"}`), false)
+	f.Add([]byte(`{}`), true)
+	f.Add([]byte(`[1,2]`), false)
+	f.Add([]byte(`{"document":"\n","encrypted_keys":"\r\n"}`), true)
+	f.Fuzz(func(t *testing.T, b []byte, withKeys bool) {
+		doc, enc, err := decodeSyncMessage(b, withKeys, 1024)
+		if err != nil {
+			return
+		}
+		if len(doc) == 0 || len(doc) > attestation.MaxDocumentSize {
+			t.Fatalf("document of %d bytes accepted", len(doc))
+		}
+		if withKeys && len(enc) == 0 {
+			t.Fatal("keys missing")
+		}
+	})
+}
+
+func FuzzDecodeHeartbeat(f *testing.F) {
+	f.Add([]byte(`{"hashed_keys":"` + base64.StdEncoding.EncodeToString(make([]byte, 32)) + `","worker_hostname":"ip-10-0-0-1.ec2.internal"}`))
+	f.Add([]byte(`{"worker_hostname":"[::1]:444"}`))
+	f.Add([]byte(`{}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		hash, hp, err := decodeHeartbeat(b)
+		if err != nil {
+			return
+		}
+		if hash != nil && len(hash) != sha256.Size {
+			t.Fatalf("hash of %d bytes", len(hash))
+		}
+		if hp != "" && checkHostPort(hp) != nil {
+			t.Fatalf("bad host %q accepted", hp)
+		}
+	})
+}
+
+func FuzzDecodeKeys(f *testing.F) {
+	c := testCert(f)
+	k, _ := keysFromCertificate(c, []byte("state"))
+	b, _ := json.Marshal(k)
+	f.Add(b)
+	f.Add([]byte(`{"state":"AAAA"}`))
+	f.Add([]byte(`{"cert_chain":["AAAA"]}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		k, err := decodeKeys(b, 1<<10)
+		if err != nil {
+			return
+		}
+		if len(k.State) > 1<<10 {
+			t.Fatal("state above limit")
+		}
+		_, _ = k.Certificate() // must not panic
+		_ = k.Hash()
+	})
+}
+
+func FuzzOpen(f *testing.F) {
+	key, _ := ecdh.X25519().GenerateKey(rand.Reader)
+	env, _ := seal(key.PublicKey(), []byte("x"), nil)
+	f.Add(env)
+	f.Add([]byte{1})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if pt, err := open(key, b, nil); err == nil && !bytes.Equal(b, env) {
+			t.Fatalf("forged envelope opened: %q", pt)
+		}
+	})
+}
+
+// TestCloseNoLeaks: after Close (and the servers' Close) no goroutine of a
+// leader or worker is left.
+func TestCloseNoLeaks(t *testing.T) {
+	before := runtime.NumGoroutine()
+	func() {
+		att := devAttester(t, 0)
+		leader := newNode(t, att, att.Roots(), "", nil)
+		w := newNode(t, att, att.Roots(), leader.addr, nil)
+		leader.start(t)
+		w.start(t)
+		select {
+		case <-w.s.Synced():
+		case <-time.After(10 * time.Second):
+			t.Fatal("not synced")
+		}
+		for _, n := range []*node{leader, w} {
+			if err := n.s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if err := n.s.Close(); !errors.Is(err, net.ErrClosed) {
+				t.Errorf("second Close: %v", err)
+			}
+			n.srv.Close()
+		}
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<16)
+			t.Fatalf("%d goroutines, %d before:\n%s", runtime.NumGoroutine(), before, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func BenchmarkSealOpen(b *testing.B) {
+	key, _ := ecdh.X25519().GenerateKey(rand.Reader)
+	plain := make([]byte, 4<<10)
+	aad := syncAAD(make([]byte, NonceSize), make([]byte, NonceSize))
+	b.ReportAllocs()
+	b.SetBytes(int64(len(plain)))
+	for b.Loop() {
+		env, err := seal(key.PublicKey(), plain, aad)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := open(key, env, aad); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
