@@ -41,10 +41,13 @@ fmt:
 demo: build tools
 	scripts/demo.sh
 
-## bench: side-by-side benchmarks against the peers; writes BENCHMARKS.md
+## bench: side-by-side benchmarks against the peers, medians of 3 (~30 min, needs root);
+## generates BENCHMARKS.md and the charts in docs/bench/ (scripts/bench/report)
 bench: build tools
 	scripts/bench/run.sh
 
+## bench-quick: one short run of everything (a few minutes); writes only
+## scripts/bench/results/BENCHMARKS-quick.md and scripts/bench/results/charts/
 bench-quick: build tools
 	QUICK=1 scripts/bench/run.sh
 

@@ -29,62 +29,59 @@
 # (three busy processes), so any pinning leaves two of them sharing a core
 # anyway; unpinned, the scheduler balances them.
 #
-# Usage: scripts/bench/proxy.sh [results-dir]
-# Environment: DUR (5), REPS (3), CONCS ("10 100 1000"), BASE_PORT (27180),
-# WORKERS (nginx workers / haproxy threads, 2), OVERLOAD (1: run it; 0: skip).
-# Needs wrk, nginx, haproxy (apt-get install -y wrk nginx haproxy) and Go.
+# Every measured wrk run is also a quench-bench/v1 record in $RAW (host CPU
+# = the proxy, enclave CPU = the app), and a bombardier sweep of every target
+# follows the table (scripts/load, SWEEP=1).
+#
+# Usage: scripts/bench/proxy.sh [dir for logs and TSV tables (results/proxy)]
+# Environment: DUR (5), REPS (RUNS, 3), CONCS (CONNS, "10 100 1000"), BASE_PORT (27180),
+# WORKERS (nginx workers / haproxy threads, 2), OVERLOAD (1: run it; 0: skip), QUICK=1,
+# and lib.sh's. Needs wrk, nginx, haproxy (apt-get install -y wrk nginx haproxy) and Go.
 # Everything listens on 127.0.0.1 and stops on exit.
 set -euo pipefail
-
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-DUR=${DUR:-5}
-REPS=${REPS:-3}
-CONCS=${CONCS:-"10 100 1000"}
+. "$(dirname "$0")/lib.sh"
+bench_init proxy
+REPS=${REPS:-$RUNS}
+[ -n "${QUICK:-}" ] && REPS=1
+CONCS=${CONCS:-${CONNS:-"10 100 1000"}}
 BASE_PORT=${BASE_PORT:-27180}
 WORKERS=${WORKERS:-2}
 OVERLOAD=${OVERLOAD:-1}
-OUT=${1:-$(mktemp -d /tmp/quench-proxy-bench.XXXXXX)}
-mkdir -p "$OUT"
-TMP=$(mktemp -d /tmp/quench-proxy-bench-run.XXXXXX)
-PIDS=()
+PROXY_OUT=${1:-$OUT/proxy}
+mkdir -p "$PROXY_OUT"
+TMP=$WORK
+need_tools wrk nginx haproxy go ss curl
+need_bins bombardier
 
-cleanup() {
-	for pid in "${PIDS[@]}"; do
-		kill "$pid" 2>/dev/null || true
+# Eight consecutive ports from BASE_PORT; moved up by 10 while any is taken
+# (the machine is shared).
+for _ in $(seq 50); do
+	taken=0
+	for i in $(seq 0 7); do
+		ss -Hltn "sport = :$((BASE_PORT + i))" | grep -q . && taken=1
 	done
-	wait 2>/dev/null || true
-	rm -rf "$TMP"
-}
-trap cleanup EXIT
-
-for tool in wrk nginx haproxy go ss; do
-	command -v "$tool" >/dev/null || { echo "proxy.sh: $tool not found" >&2; exit 1; }
+	[ $taken = 0 ] && break
+	BASE_PORT=$((BASE_PORT + 10))
 done
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-
+[ $taken = 0 ] || { echo "proxy.sh: no 8 free ports from BASE_PORT; set BASE_PORT" >&2; exit 1; }
 declare -A PORT=(
 	[direct]=$BASE_PORT [quench]=$((BASE_PORT + 1)) [quench-handler]=$((BASE_PORT + 2))
 	[go-stock]=$((BASE_PORT + 3)) [go-nitriding]=$((BASE_PORT + 4)) [nginx]=$((BASE_PORT + 5))
 	[haproxy]=$((BASE_PORT + 6)) [quench-limited]=$((BASE_PORT + 7))
 )
 TARGETS=(direct quench quench-handler go-stock go-nitriding nginx haproxy)
-for name in "${!PORT[@]}"; do
-	if ss -Hltn "sport = :${PORT[$name]}" | grep -q .; then
-		echo "proxy.sh: port ${PORT[$name]} ($name) is taken; set BASE_PORT" >&2
-		exit 1
-	fi
-done
 
 echo "building into $TMP/bin" >&2
 (cd "$ROOT" && go build -o "$TMP/bin/" ./internal/benchapps/hello ./internal/benchapps/goproxy ./internal/benchapps/loadgen)
+OUT_BASE=$OUT
+OUT=$PROXY_OUT
 
 declare -A PID
 start() { # name command...
 	local name=$1
 	shift
-	"$@" >"$OUT/$name.log" 2>&1 &
-	PID[$name]=$!
-	PIDS+=($!)
+	spawn_global "$@" >"$OUT/$name.log" 2>&1
+	PID[$name]=$LAST_PID
 }
 UP=127.0.0.1:${PORT[direct]}
 start direct "$TMP/bin/hello" -listen "$UP"
@@ -110,25 +107,23 @@ for name in "${!PORT[@]}"; do
 	exit 1
 done
 
-# cpu_ticks PID: user+system clock ticks of PID and its children.
-cpu_ticks() {
-	local t=0 p f
-	for p in "$1" $(pgrep -P "$1" || true); do
-		f=$(cut -d' ' -f14,15 "/proc/$p/stat" 2>/dev/null) || continue
-		t=$((t + ${f% *} + ${f#* }))
-	done
-	echo "$t"
-}
-HZ=$(getconf CLK_TCK)
-
-# run NAME C SECS: one wrk run; prints a line for raw.tsv.
+# run NAME C SECS: one wrk run; prints a line for raw.tsv and, for REP > 0,
+# appends a record to $RAW.
 run() {
-	local name=$1 c=$2 secs=$3 port=${PORT[$1]} out before after app_before app_after
+	local name=$1 c=$2 secs=$3 port=${PORT[$1]} out before after app_before app_after t0 t1
+	local cmd=(wrk -t2 -c"$c" -d"${secs}s" --latency "http://127.0.0.1:$port/")
 	before=$(cpu_ticks "${PID[$name]}")
 	app_before=$(cpu_ticks "${PID[direct]}")
-	out=$(wrk -t2 -c"$c" -d"${secs}s" --latency "http://127.0.0.1:$port/")
+	t0=$(date +%s.%N)
+	out=$(timeout $((secs * 3 + 60)) "${cmd[@]}" || true)
+	t1=$(date +%s.%N)
 	after=$(cpu_ticks "${PID[$name]}")
 	app_after=$(cpu_ticks "${PID[direct]}")
+	if [ "${REP:-0}" -gt 0 ]; then
+		"$REPORT" parse -suite proxy -config "$name" -name http -c "$c" -run "$REP" -cmd "${cmd[*]}" \
+			-host "$before,$after" -encl "$app_before,$app_after" -hz "$HZ" \
+			-wall "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}')" <<<"$out" >>"$RAW"
+	fi
 	echo "$out" | awk -v name="$name" -v c="$c" -v rep="${REP:-0}" -v secs="$secs" -v hz="$HZ" \
 		-v cpu=$((after - before)) -v appcpu=$((app_after - app_before)) -v load="$(cut -d' ' -f1 /proc/loadavg)" '
 		function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
@@ -179,6 +174,11 @@ awk -F'\t' 'NR > 1 { k = $1 "\t" $2; rps[k] = rps[k] " " $4; p99[k] = p99[k] " "
 	done
 } | tee "$OUT/table.md"
 
+RUN=1
+sweep_args=()
+for name in "${TARGETS[@]}"; do sweep_args+=("$name=http://127.0.0.1:${PORT[$name]}/"); done
+sweep "${sweep_args[@]}"
+
 if [ "$OVERLOAD" = 1 ]; then
 	# Where does the quench proxy's req/s peak? One short wrk run per level,
 	# the best of two rounds.
@@ -200,4 +200,6 @@ if [ "$OVERLOAD" = 1 ]; then
 		done
 	done
 fi
-echo "results in $OUT" >&2
+echo "tables and logs in $OUT" >&2
+OUT=$OUT_BASE
+suite_report

@@ -38,6 +38,6 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	// The shape parse.py reads for iperf3.
+	// The shape of iperf3 -J that scripts/bench/report reads.
 	_ = json.NewEncoder(os.Stdout).Encode(map[string]any{"end": map[string]any{"sum_received": map[string]any{"bits_per_second": bps}}})
 }
