@@ -19,8 +19,11 @@
 //     client connection becomes one enclave stream (Config.DialEnclave, VSOCK
 //     in production) that starts with a PROXY protocol v2 header carrying
 //     the client's address; the enclave reads it with enclave.ListenIngress.
-//     Bytes are relayed with buffers that grow with traffic, half-closes are
-//     propagated, idle connections time out.
+//     Its connections are relayed on epoll event loops (internal/relay.Loop:
+//     one scratch buffer per loop, no goroutine and no buffer per idle
+//     connection, no EAGAIN read per message); half-closes are propagated,
+//     idle connections time out. Config.GoroutineRelay switches back to two
+//     goroutines per connection.
 //   - Hot reconfiguration: [Host.AddPort] and [Host.RemovePort] (which drains),
 //     served as a JSON control API by [Host.ControlHandler]; counters in
 //     [Host.Ports], [Host.Enclaves], [Host.Stats] and, for Prometheus,
