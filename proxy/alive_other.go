@@ -18,3 +18,6 @@ const (
 // requests covers upstream connections closed while idle, and client
 // disconnects are noticed on the next write.
 func peek(net.Conn) peekState { return peekUnknown }
+
+// peekBusy is peek for a connection another goroutine may be reading from.
+func peekBusy(net.Conn) peekState { return peekUnknown }

@@ -20,7 +20,15 @@ const (
 )
 
 // peek looks at c's socket without reading from it and without blocking.
-func peek(c net.Conn) peekState {
+// It must not be called while another goroutine reads from c: it waits for
+// the read lock.
+func peek(c net.Conn) peekState { return peekWith(c, false) }
+
+// peekBusy is peek for a connection another goroutine may be blocked
+// reading from: it takes no lock (the peek itself never blocks).
+func peekBusy(c net.Conn) peekState { return peekWith(c, true) }
+
+func peekWith(c net.Conn, busy bool) peekState {
 	if tc, ok := c.(*tls.Conn); ok {
 		c = tc.NetConn()
 	}
@@ -34,7 +42,7 @@ func peek(c net.Conn) peekState {
 	}
 	st := peekUnknown
 	var buf [1]byte
-	err = rc.Read(func(fd uintptr) bool {
+	f := func(fd uintptr) {
 		n, _, err := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 		switch {
 		case n > 0:
@@ -44,8 +52,12 @@ func peek(c net.Conn) peekState {
 		default: // n == 0 without error is EOF
 			st = peekClosed
 		}
-		return true
-	})
+	}
+	if busy {
+		err = rc.Control(f)
+	} else {
+		err = rc.Read(func(fd uintptr) bool { f(fd); return true })
+	}
 	if err != nil {
 		return peekClosed
 	}

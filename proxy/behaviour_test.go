@@ -650,3 +650,46 @@ func TestNewServerDefaults(t *testing.T) {
 		t.Error("HTTP/2 not enabled with a TLS config")
 	}
 }
+
+// TestServeRefusals checks the prebuilt 503 responses of Serve in each of
+// their forms.
+func TestServeRefusals(t *testing.T) {
+	checkGoroutines(t)
+	release := make(chan struct{})
+	arrived := make(chan struct{}, 1)
+	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		arrived <- struct{}{}
+		<-release
+	})
+	env := newEnv(t, "serve", up, Config{MaxInFlight: 1, RetryAfter: 2 * time.Second})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		resp, err := env.client.Get(env.url + "/held")
+		if err == nil {
+			resp.Body.Close()
+		}
+	}()
+	<-arrived
+	defer func() { close(release); <-done }()
+	addr := strings.TrimPrefix(env.url, "http://")
+	const body = "503 Service Unavailable\n"
+	head := "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nContent-Length: 24\r\nRetry-After: 2\r\n"
+	tests := []struct {
+		name, req, want string
+	}{
+		{"keep-alive, then close", "GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+			head + "\r\n" + body + head + "Connection: close\r\n\r\n" + body},
+		{"head", "HEAD /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", head + "Connection: close\r\n\r\n"},
+		{"http/1.0 keep-alive", "GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /a HTTP/1.0\r\n\r\n",
+			head + "Connection: keep-alive\r\n\r\n" + body + head + "Connection: close\r\n\r\n" + body},
+		{"unread body: close", "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc", head + "Connection: close\r\n\r\n" + body},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if diff := cmp.Diff(tt.want, rawRequest(t, addr, tt.req, 3*time.Second)); diff != "" {
+				t.Errorf("reply (-want +got):\n%s", diff)
+			}
+		})
+	}
+}

@@ -188,3 +188,97 @@ func BenchmarkFrontEnds(b *testing.B) {
 }
 
 var make13 [13]byte
+
+// benchClient sends req on one keep-alive connection to addr and reads a
+// response with a body of bodyLen bytes, for each iteration.
+func benchClient(b *testing.B, addr, req string, bodyLen int) {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	body := make([]byte, bodyLen)
+	roundTrip := func() {
+		if _, err := io.WriteString(c, req); err != nil {
+			b.Fatal(err)
+		}
+		if err := skipHead(br); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(br, body); err != nil {
+			b.Fatal(err)
+		}
+	}
+	roundTrip()
+	b.ReportAllocs()
+	for b.Loop() {
+		roundTrip()
+	}
+}
+
+// BenchmarkIntercept measures a small handler served through
+// Config.Intercept on Proxy.Serve's front end, against the same handler
+// behind net/http's server.
+func BenchmarkIntercept(b *testing.B) {
+	hello := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = io.WriteString(w, "Hello, world!")
+	})
+	const req = "GET /hello HTTP/1.1\r\nHost: enclave.example\r\n\r\n"
+	b.Run("serve", func(b *testing.B) {
+		p, err := New(&url.URL{Scheme: "http", Host: closedAddr(b)}, Config{
+			Intercept: func(*http.Request) http.Handler { return hello },
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		base := serveFront(b, p, "serve")
+		benchClient(b, base[len("http://"):], req, 13)
+	})
+	b.Run("net-http", func(b *testing.B) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		srv := NewServer(hello, ServerConfig{})
+		done := make(chan struct{})
+		go func() { defer close(done); _ = srv.Serve(ln) }()
+		defer func() { _ = srv.Close(); <-done }()
+		benchClient(b, ln.Addr().String(), req, 13)
+	})
+}
+
+// BenchmarkRefusal measures a request refused with 503 by Proxy.Serve
+// (MaxInFlight reached), over one keep-alive connection.
+func BenchmarkRefusal(b *testing.B) {
+	// An upstream that reads requests and never answers holds the only slot.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			accepted <- c
+		}
+	}()
+	defer ln.Close()
+	p, err := New(&url.URL{Scheme: "http", Host: ln.Addr().String()}, Config{MaxInFlight: 1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	base := serveFront(b, p, "serve")
+	hold, err := net.Dial("tcp", base[len("http://"):])
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer hold.Close()
+	if _, err := io.WriteString(hold, "GET /held HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		b.Fatal(err)
+	}
+	up := <-accepted
+	defer up.Close()
+	benchClient(b, base[len("http://"):], "GET /hello HTTP/1.1\r\nHost: enclave.example\r\n\r\n", len("503 Service Unavailable\n"))
+}

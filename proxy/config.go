@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"runtime"
 	"time"
 )
@@ -98,7 +99,10 @@ type Config struct {
 	// read of the response body or write of the request body (then the
 	// exchange is aborted). Upstreams that hold responses open without
 	// sending, such as idle server-sent event streams, must send something
-	// more often than this. Negative disables it. Default:
+	// more often than this. Deadlines on upstream connections are moved
+	// lazily (within an eighth of this); reads that hit a deadline kept from
+	// an earlier request read again, so the timeout is never shorter than
+	// set. Negative disables it. Default:
 	// DefaultUpstreamTimeout (60 s).
 	UpstreamTimeout time.Duration
 
@@ -106,9 +110,11 @@ type Config struct {
 	// and each write of the response to the client: before each one the
 	// proxy moves the client connection's deadline to now + TransferTimeout.
 	// The server's ReadTimeout and WriteTimeout thus limit how long a client
-	// may stall, not how long a large or streamed body may take. Negative
-	// leaves the deadlines to the server. Default: DefaultTransferTimeout
-	// (60 s).
+	// may stall, not how long a large or streamed body may take. Under
+	// [Proxy.Serve] a write deadline already set is kept while it is less
+	// than an eighth of TransferTimeout earlier than now + TransferTimeout,
+	// to save moving it on every request. Negative leaves the deadlines to
+	// the server. Default: DefaultTransferTimeout (60 s).
 	TransferTimeout time.Duration
 
 	// MaxInFlight bounds the requests being forwarded at once. Past it a
@@ -172,6 +178,39 @@ type Config struct {
 	// Logger receives one line per upstream failure (level Warn) and per
 	// aborted exchange (level Debug). Default nil: logs are discarded.
 	Logger *slog.Logger
+
+	// Intercept, when set, is called for every request before it is
+	// forwarded; when it returns a handler, that handler serves the request
+	// instead, and the request is not forwarded, takes no in-flight slot
+	// (MaxInFlight) and is not counted in Metrics. It lets one listener
+	// carry both the proxied app and the embedding program's own endpoints
+	// (attestation, health) on the fast front end, [Proxy.Serve].
+	//
+	// Intercept must be cheap and safe for concurrent use: it runs on every
+	// request. It should decide from r's method, URL, Host and header only:
+	// under Serve, r's context is not yet the one the handler gets, and r's
+	// body must be left to the handler.
+	//
+	// Under Serve, the handler gets an [http.ResponseWriter] that writes
+	// HTTP/1.1 straight to the connection. It implements [http.Flusher] and
+	// [http.Hijacker] and works with [http.ResponseController]. A body that
+	// ends within 4 KiB is sent with Content-Length, a longer or flushed one
+	// chunked (to HTTP/1.0 clients: until the connection closes); HEAD,
+	// 1xx responses, trailers and keep-alive work as with net/http, as do
+	// Date and Content-Type sniffing. The request's context carries
+	// [http.LocalAddrContextKey]; it is cancelled when the handler returns,
+	// when a write to the client fails and when the Proxy closes, but, unlike
+	// net/http's, not as soon as the client disconnects (Serve reads nothing
+	// from the connection while a handler runs). Each read of the request
+	// body and each write that reaches the connection moves its deadline to
+	// now + TransferTimeout, unless the handler sets deadlines itself
+	// through http.ResponseController. [Proxy.Close] waits for handlers to
+	// return, so long-running ones must watch r.Context(); [Proxy.Shutdown]
+	// waits for them like for forwarded requests. A panic in the handler is logged
+	// (level Error) and closes the connection; http.ErrAbortHandler closes
+	// it without a log line. Under ServeHTTP, the handler gets the server's
+	// ResponseWriter. Default nil: every request is forwarded.
+	Intercept func(r *http.Request) http.Handler
 
 	// Metrics receives request counts, in-flight changes, refusals,
 	// upstream errors and latencies. Default nil: none are recorded (and the

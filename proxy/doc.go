@@ -14,7 +14,18 @@
 //   - *Proxy implements [http.Handler], for HTTP/2 clients (serve it with
 //     [NewServer] and a TLS config) or to mount it in an existing server.
 //
-// Either way, requests go upstream over HTTP/1.1 on the Proxy's own
+// On both, [Config.Intercept] may take any request off the forwarding
+// path and hand it to a local [http.Handler] instead (an embedding
+// program's own endpoints, such as attestation or health checks), so that
+// one listener and the fast front end carry everything. Under Serve the
+// handler writes through the Proxy's own HTTP/1.1 response writer
+// (Content-Length for bodies that end within 4 KiB, chunked otherwise,
+// [http.Flusher], [http.Hijacker], [http.ResponseController]).
+//
+// [Proxy.Shutdown] stops Serve gracefully: listeners close, idle
+// connections close, requests in flight finish with "Connection: close".
+//
+// Forwarded requests go upstream over HTTP/1.1 on the Proxy's own
 // forwarding path, again on net/http's parser ([http.ReadResponse]) but
 // without [net/http/httputil.ReverseProxy] and [net/http.Transport]: the
 // goroutine serving the client writes the request and reads the response
@@ -25,7 +36,8 @@
 // What the proxy does with each request:
 //   - admits it if fewer than [Config.MaxInFlight] requests are in flight,
 //     otherwise answers 503 with Retry-After at once (or after a short wait
-//     in an optional queue, [Config.QueueSize]);
+//     in an optional queue, [Config.QueueSize]); Serve writes a prebuilt
+//     refusal in one write and logs nothing per refusal;
 //   - takes an idle upstream connection (or dials one, up to
 //     [Config.MaxConns]) and writes the request line and headers without
 //     copying the header map, dropping hop-by-hop headers and setting

@@ -5,7 +5,11 @@ import (
 	"crypto/tls"
 	"log"
 	"net"
+	"net/http"
 	"net/url"
+	"os/signal"
+	"strings"
+	"syscall"
 	"time"
 
 	proxyproto "github.com/pires/go-proxyproto"
@@ -82,4 +86,58 @@ func ExampleNew_dialContext() {
 	}
 	defer p.Close()
 	_ = p // serve it with p.Serve or proxy.NewServer
+}
+
+// The embedding program's own endpoints share the listener with the app:
+// requests under /.well-known/attestation/ are served locally, on the fast
+// front end, and everything else is forwarded.
+func ExampleConfig_intercept() {
+	local := http.NewServeMux()
+	local.HandleFunc("/.well-known/attestation/", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"document":"..."}`))
+	})
+	target, _ := url.Parse("http://127.0.0.1:8080")
+	p, err := proxy.New(target, proxy.Config{
+		Intercept: func(r *http.Request) http.Handler {
+			if strings.HasPrefix(r.URL.Path, "/.well-known/attestation/") {
+				return local
+			}
+			return nil // forward
+		},
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer p.Close()
+	ln, err := net.Listen("tcp", ":80")
+	if err != nil {
+		log.Fatal(err)
+	}
+	log.Print(p.Serve(ln))
+}
+
+// Stopping gracefully on SIGTERM: requests in flight get up to 10 s.
+func ExampleProxy_Shutdown() {
+	target, _ := url.Parse("http://127.0.0.1:8080")
+	p, err := proxy.New(target, proxy.Config{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", ":80")
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer stop()
+	served := make(chan error, 1)
+	go func() { served <- p.Serve(ln) }()
+	<-ctx.Done()
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.Shutdown(sctx); err != nil {
+		log.Print(err) // the deadline passed: Shutdown closed what was left
+	}
+	<-served
+	_ = p.Close() // releases the upstream connections
 }

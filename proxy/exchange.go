@@ -148,6 +148,11 @@ func (ex *exchange) roundTrip(uc *upConn, tokens *connTokens, upgrade string, ha
 		if !stop() { // the client went away and uc was aborted
 			keep = false
 		}
+		uc.disarm()
+		if hasBody {
+			// sendBody and finishBody moved the write deadline.
+			uc.wdl.forget()
+		}
 		if keep {
 			p.pool.put(uc)
 		} else {
@@ -155,12 +160,16 @@ func (ex *exchange) roundTrip(uc *upConn, tokens *connTokens, upgrade string, ha
 		}
 	}()
 	mayRetry := first && uc.reused && !hasBody
+	if cc, ok := ex.cs.(*clientConn); ok {
+		cc.up.Store(uc)
+		defer cc.up.Store(nil)
+	}
 
 	// The write deadline covers the request head; body writes move it.
 	if t := p.cfg.UpstreamTimeout; t > 0 {
-		_ = uc.conn.SetWriteDeadline(time.Now().Add(t))
+		uc.wdl.set(uc.conn.SetWriteDeadline, time.Now().Add(t), t/deadlineSlack)
 	} else if uc.reused {
-		_ = uc.conn.SetWriteDeadline(time.Time{})
+		uc.wdl.set(uc.conn.SetWriteDeadline, time.Time{}, 0)
 	}
 	chunked := hasBody && r.ContentLength < 0
 	p.writeRequestHead(uc.bw, r, tokens, upgrade, chunked)
@@ -256,45 +265,26 @@ var errClientGone = errors.New("proxy: client went away")
 
 // waitUpstream waits until the upstream has sent something, for at most
 // UpstreamTimeout, checking every clientCheckInterval that the client is
-// still there when ex.watch is set.
+// still there when ex.watch is set (see upReader). The reads that follow
+// within the same message share the wait's deadline.
 func (ex *exchange) waitUpstream(uc *upConn) error {
 	if uc.br.Buffered() > 0 {
 		return nil
 	}
-	total := ex.p.cfg.UpstreamTimeout
+	if err := ex.ctx.Err(); err != nil {
+		return err
+	}
 	now := time.Now()
 	var end time.Time
-	if total > 0 {
-		end = now.Add(total)
+	if t := ex.p.cfg.UpstreamTimeout; t > 0 {
+		end = now.Add(t)
 	}
-	for {
-		dl := end
-		if ex.watch && (dl.IsZero() || dl.Sub(now) > clientCheckInterval) {
-			dl = now.Add(clientCheckInterval)
-		}
-		_ = uc.conn.SetReadDeadline(dl)
-		if err := ex.ctx.Err(); err != nil { // uc.abort may have run before the deadline was set
-			return err
-		}
-		_, err := uc.br.Peek(1)
-		if err == nil {
-			if !dl.Equal(end) {
-				// The rest of the message must not hit the polling deadline.
-				_ = uc.conn.SetReadDeadline(end)
-			}
-			return nil
-		}
-		if !isTimeout(err) || ex.ctx.Err() != nil || !ex.watch {
-			return err
-		}
-		now = time.Now()
-		if !end.IsZero() && !now.Before(end) {
-			return err
-		}
-		if !ex.cs.alive() {
-			return errClientGone
-		}
+	uc.armRead(ex, now, end)
+	if uc.aborted.Load() { // abort ran before armRead moved the deadline
+		return fmt.Errorf("proxy: upstream exchange aborted: %w", errTimeout)
 	}
+	_, err := uc.br.Peek(1)
+	return err
 }
 
 // idleConnUsable reports whether an idle upstream connection may carry a

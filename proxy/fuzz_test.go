@@ -105,6 +105,11 @@ func FuzzServeRequest(f *testing.F) {
 		"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
 		"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
 		"\x00\x01\x02",
+		// Intercepted: served on the connection by a local handler.
+		"GET /i/flush HTTP/1.1\r\nHost: a\r\n\r\nHEAD /i HTTP/1.1\r\nHost: a\r\n\r\n",
+		"POST /i/read HTTP/1.1\r\nHost: a\r\nContent-Length: 20\r\n\r\n0123456789abcdefghij",
+		"POST /i HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+		"GET /i/read HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
 	} {
 		f.Add(seed)
 	}
@@ -128,6 +133,22 @@ func FuzzServeRequest(f *testing.F) {
 			ReadHeaderTimeout: 50 * time.Millisecond,
 			IdleTimeout:       20 * time.Millisecond,
 			TransferTimeout:   50 * time.Millisecond,
+			Intercept: func(r *http.Request) http.Handler {
+				if !strings.HasPrefix(r.URL.Path, "/i") {
+					return nil
+				}
+				return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					if strings.Contains(r.URL.Path, "read") {
+						b := make([]byte, 8)
+						_, _ = io.ReadFull(r.Body, b)
+					}
+					_, _ = io.WriteString(w, r.URL.Path)
+					if strings.Contains(r.URL.Path, "flush") {
+						w.(http.Flusher).Flush()
+						_, _ = io.WriteString(w, strings.Repeat("x", 5000))
+					}
+				})
+			},
 		})
 		if err != nil {
 			t.Fatal(err)

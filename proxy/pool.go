@@ -33,16 +33,21 @@ type upConn struct {
 	req    http.Request // reused as the request passed to http.ReadResponse
 	idleAt time.Time    // when it was put back in the pool
 	reused bool         // served an earlier request
-	abort  func()       // unblocks all I/O on conn; made once, not per request
+	abort  func()       // unblocks all I/O on conn for good; made once, not per request
+
+	rd       upReader     // under br
+	rdl, wdl lazyDeadline // owned by the exchange using uc
+	aborted  atomic.Bool  // abort has run: timeouts are final
 }
 
 func newUpConn(c net.Conn) *upConn {
 	uc := &upConn{
 		conn: c,
-		br:   bufio.NewReaderSize(c, upstreamBufSize),
 		bw:   bufio.NewWriterSize(c, upstreamBufSize),
 	}
-	uc.abort = func() { _ = c.SetDeadline(aLongTimeAgo) }
+	uc.rd.uc = uc
+	uc.br = bufio.NewReaderSize(&uc.rd, upstreamBufSize)
+	uc.abort = func() { uc.aborted.Store(true); _ = c.SetDeadline(aLongTimeAgo) }
 	return uc
 }
 

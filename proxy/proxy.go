@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -28,16 +29,20 @@ type Proxy struct {
 	rawPrefix   string // target path as given
 	pool        connPool
 	lim         *limiter
-	bufs        sync.Pool // *[]byte of cfg.BufferSize
-	smallBufs   sync.Pool // *[]byte of smallBufSize, for idle tunnels
-	retryAfter  []string  // Retry-After header value, shared by all refusals
+	bufs        sync.Pool    // *[]byte of cfg.BufferSize
+	smallBufs   sync.Pool    // *[]byte of smallBufSize, for idle tunnels
+	retryAfter  []string     // Retry-After header value, shared by all refusals
+	refusals    [3][2][]byte // Serve's whole 503 responses, by refusalKeep/Close/Keep10 and HEAD
 	log         *slog.Logger
 	metrics     Metrics
 
 	aliveCheckAfter time.Duration // aliveCheckAfter; tests change it
+	clientCheck     time.Duration // clientCheckInterval; tests change it
 
 	ctx    context.Context // cancelled by Close; the context of Serve's exchanges
 	cancel context.CancelFunc
+
+	shuttingDown atomic.Bool // set by Shutdown: Serve's connections close when idle
 
 	mu      sync.Mutex
 	closed  bool                 // guarded by mu
@@ -86,8 +91,10 @@ func New(target *url.URL, cfg Config) (*Proxy, error) {
 		closers:    make(map[closer]struct{}),
 
 		aliveCheckAfter: aliveCheckAfter,
+		clientCheck:     clientCheckInterval,
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
+	p.buildRefusals()
 	switch target.Scheme {
 	case "http", "https":
 		if target.Host == "" {
@@ -147,8 +154,7 @@ func New(target *url.URL, cfg Config) (*Proxy, error) {
 // Close closes the idle upstream connections, every upgraded connection
 // (WebSocket and others) the Proxy is relaying, and the listeners and
 // connections of [Proxy.Serve], and waits for the goroutines that served
-// them (at most about a second, the interval at which Serve checks on
-// clients while it waits for the upstream). Requests that ServeHTTP is
+// them. Requests that ServeHTTP is
 // forwarding finish; their upstream connections are closed rather than
 // reused, and later requests get 503. A second Close returns an error
 // wrapping [net.ErrClosed].
@@ -165,6 +171,11 @@ func (p *Proxy) Close() error {
 	}
 	for c := range p.closers {
 		_ = c.Close()
+		if cc, ok := c.(*clientConn); ok {
+			if uc := cc.up.Load(); uc != nil {
+				uc.abort() // do not wait for the next client check
+			}
+		}
 	}
 	p.mu.Unlock()
 	p.pool.close()
@@ -179,7 +190,14 @@ func (p *Proxy) getBuf() *[]byte  { return p.bufs.Get().(*[]byte) }
 func (p *Proxy) putBuf(b *[]byte) { p.bufs.Put(b) }
 
 // ServeHTTP forwards r to the upstream and copies the response to w.
+// A handler that Config.Intercept returns for r serves it instead.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if ic := p.cfg.Intercept; ic != nil {
+		if h := ic(r); h != nil {
+			h.ServeHTTP(w, r)
+			return
+		}
+	}
 	if r.Method == http.MethodConnect {
 		writeStatus(w, http.StatusMethodNotAllowed, nil)
 		return

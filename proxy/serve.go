@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -11,6 +13,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http/httpguts"
@@ -33,15 +36,18 @@ import (
 // every connection Serve accepted, and waits for their goroutines. The
 // returned error is never nil; after Close it wraps [net.ErrClosed].
 func (p *Proxy) Serve(ln net.Listener) error {
-	if !p.track(ln) {
+	if p.shuttingDown.Load() || !p.track(ln) {
 		return fmt.Errorf("proxy: serve: %w", net.ErrClosed)
 	}
 	defer p.untrack(ln)
+	if p.shuttingDown.Load() { // Shutdown may have missed ln
+		return fmt.Errorf("proxy: serve: %w", net.ErrClosed)
+	}
 	var delay time.Duration
 	for {
 		c, err := ln.Accept()
 		if err != nil {
-			if p.isClosed() {
+			if p.isClosed() || p.shuttingDown.Load() {
 				return fmt.Errorf("proxy: serve: %w", net.ErrClosed)
 			}
 			var te interface{ Temporary() bool }
@@ -58,7 +64,7 @@ func (p *Proxy) Serve(ln net.Listener) error {
 		}
 		delay = 0
 		cc := newClientConn(p, c)
-		if !p.track(cc) {
+		if p.shuttingDown.Load() || !p.track(cc) {
 			_ = c.Close()
 			return fmt.Errorf("proxy: serve: %w", net.ErrClosed)
 		}
@@ -137,6 +143,24 @@ type clientConn struct {
 	remoteAddr string               // set when the first request arrives
 	tlsState   *tls.ConnectionState // set when the first request arrives, for TLS connections
 
+	// state is connIdle while the connection waits for a request, which
+	// Shutdown may then close, and connActive while one is served. Written
+	// by the connection's goroutine and by Shutdown (connIdle to
+	// connClosing, with a compare-and-swap).
+	state atomic.Int32
+
+	// Deadlines set by this goroutine's own waits (see lazyDeadline). The
+	// read one is forgotten whenever a request body was read, which may
+	// happen in another goroutine.
+	rdl, wdl lazyDeadline
+
+	up atomic.Pointer[upConn] // the upstream connection of the exchange in progress, for Close to abort
+
+	// For intercepted requests (Config.Intercept), made on first use.
+	ctx       context.Context    // the connection's: cancelled when it ends or the Proxy closes
+	cancelCtx context.CancelFunc // cancels ctx
+	wbuf      []byte             // holds back a handler's response body
+
 	// Per request.
 	r              *http.Request
 	ex             exchange // reused: no allocation per request
@@ -165,6 +189,11 @@ func (cc *clientConn) serve() {
 	p := cc.p
 	defer p.untrack(cc)
 	defer func() {
+		if cc.cancelCtx != nil {
+			cc.cancelCtx()
+		}
+	}()
+	defer func() {
 		if v := recover(); v != nil && v != http.ErrAbortHandler {
 			p.log.LogAttrs(p.ctx, slog.LevelError, "proxy: panic serving connection",
 				slog.String("remote", cc.remoteAddr), slog.Any("panic", v))
@@ -176,18 +205,30 @@ func (cc *clientConn) serve() {
 	for first := true; ; first = false {
 		// The limit counts what the bufio.Reader reads ahead, too.
 		cc.lr.n = int64(p.cfg.MaxHeaderBytes) + upstreamBufSize
-		// Wait for the first byte of the next request.
+		// Wait for the first byte of the next request. Shutdown may close
+		// the connection meanwhile.
 		if cc.br.Buffered() == 0 {
+			cc.state.Store(connIdle)
+			if p.shuttingDown.Load() {
+				return
+			}
 			wait := p.cfg.IdleTimeout
 			if first {
 				wait = p.cfg.ReadHeaderTimeout
 			}
-			_ = cc.conn.SetReadDeadline(time.Now().Add(wait))
+			cc.rdl.set(cc.conn.SetReadDeadline, time.Now().Add(wait), wait/deadlineSlack)
 			if _, err := cc.br.Peek(1); err != nil {
 				return
 			}
+			if !cc.state.CompareAndSwap(connIdle, connActive) {
+				return // Shutdown closed it
+			}
 		}
-		_ = cc.conn.SetReadDeadline(time.Now().Add(p.cfg.ReadHeaderTimeout))
+		// A header that has arrived whole is parsed without reading:
+		// ReadHeaderTimeout only matters for one that has not.
+		if b, _ := cc.br.Peek(cc.br.Buffered()); !bytes.Contains(b, crlfcrlf) {
+			cc.rdl.set(cc.conn.SetReadDeadline, time.Now().Add(p.cfg.ReadHeaderTimeout), 0)
+		}
 		r, err := http.ReadRequest(cc.br)
 		tooLarge := cc.lr.n == 0
 		cc.lr.n = -1
@@ -219,6 +260,8 @@ func (cc *clientConn) serve() {
 	}
 }
 
+var crlfcrlf = []byte("\r\n\r\n")
+
 // checkRequest applies the checks net/http's server makes beyond parsing,
 // returning the status to refuse r with, or 0.
 func checkRequest(r *http.Request) int {
@@ -240,7 +283,7 @@ func (cc *clientConn) writeRaw(code int) {
 	cc.closeAfter = true
 	cc.r = nil
 	cc.headWritten = false
-	_ = cc.conn.SetWriteDeadline(time.Now().Add(time.Second))
+	cc.setWriteDeadline(time.Now().Add(time.Second))
 	cc.writeStatus(code, nil)
 	_ = cc.bw.Flush()
 }
@@ -255,12 +298,10 @@ func (cc *clientConn) handle(r *http.Request) bool {
 	cc.headWritten = false
 	cc.closeAfter = r.Close
 	hasBody := r.Body != http.NoBody && r.ContentLength != 0
-
-	if r.Method == http.MethodConnect {
-		cc.closeAfter = true
-		cc.writeStatus(http.StatusMethodNotAllowed, nil)
-		return cc.finish()
+	if hasBody {
+		cc.rdl.forget() // body reads move the read deadline
 	}
+
 	if e := r.Header["Expect"]; len(e) > 0 {
 		if len(e) != 1 || !strings.EqualFold(e[0], "100-continue") {
 			cc.closeAfter = true
@@ -269,10 +310,20 @@ func (cc *clientConn) handle(r *http.Request) bool {
 		}
 		cc.expectContinue = hasBody && r.ProtoAtLeast(1, 1)
 	}
+	if ic := p.cfg.Intercept; ic != nil {
+		if h := ic(r); h != nil {
+			return cc.intercept(r, h)
+		}
+	}
+	if r.Method == http.MethodConnect {
+		cc.closeAfter = true
+		cc.writeStatus(http.StatusMethodNotAllowed, nil)
+		return cc.finish()
+	}
 	if !p.lim.acquire(p.ctx) {
 		p.refused()
 		cc.closeAfter = cc.closeAfter || hasBody // the body stays unread
-		cc.writeStatus(http.StatusServiceUnavailable, p.retryAfterHeader())
+		cc.writeRefusal()
 		return cc.finish()
 	}
 	ex := &cc.ex
@@ -306,8 +357,15 @@ func (cc *clientConn) beforeBody() {
 	}
 }
 
-func (cc *clientConn) setReadDeadline(t time.Time)  { _ = cc.conn.SetReadDeadline(t) }
-func (cc *clientConn) setWriteDeadline(t time.Time) { _ = cc.conn.SetWriteDeadline(t) }
+// setReadDeadline sets the read deadline at once: it is called by the
+// goroutine that copies a request body, too.
+func (cc *clientConn) setReadDeadline(t time.Time) { _ = cc.conn.SetReadDeadline(t) }
+
+// setWriteDeadline moves the write deadline lazily (lazyDeadline), within
+// an eighth of TransferTimeout. Only the connection's goroutine writes.
+func (cc *clientConn) setWriteDeadline(t time.Time) {
+	cc.wdl.set(cc.conn.SetWriteDeadline, t, cc.p.cfg.TransferTimeout/deadlineSlack)
+}
 
 func (cc *clientConn) writeInformational(resp *http.Response) {
 	if !cc.r.ProtoAtLeast(1, 1) {
@@ -359,7 +417,7 @@ func (cc *clientConn) writeHead(resp *http.Response, bodyPending bool) {
 		cc.closeAfter = true
 	}
 	if t := cc.p.cfg.TransferTimeout; t > 0 {
-		_ = cc.conn.SetWriteDeadline(time.Now().Add(t))
+		cc.setWriteDeadline(time.Now().Add(t))
 	}
 	r, bw := cc.r, cc.bw
 	cc.headWritten = true
@@ -377,9 +435,56 @@ func (cc *clientConn) writeHead(resp *http.Response, bodyPending bool) {
 	_, _ = bw.WriteString("\r\n")
 }
 
+// Connection fields of the prebuilt refusals (Proxy.refusals).
+const (
+	refusalKeep   = iota // none: HTTP/1.1 keep-alive
+	refusalClose         // Connection: close
+	refusalKeep10        // Connection: keep-alive, for HTTP/1.0
+)
+
+// buildRefusals prebuilds the 503 responses Serve sends past MaxInFlight,
+// so that a refusal under overload costs one copy into the connection's
+// buffer and one write, and allocates nothing.
+func (p *Proxy) buildRefusals() {
+	body := statusBody(http.StatusServiceUnavailable)
+	for mode, conn := range []string{"", "Connection: close\r\n", "Connection: keep-alive\r\n"} {
+		head := "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n" +
+			"X-Content-Type-Options: nosniff\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n" +
+			"Retry-After: " + p.retryAfter[0] + "\r\n" + conn + "\r\n"
+		p.refusals[mode][0] = []byte(head + body)
+		p.refusals[mode][1] = []byte(head)
+	}
+}
+
+// writeRefusal writes the 503 refusal for the current request.
+func (cc *clientConn) writeRefusal() {
+	if cc.p.shuttingDown.Load() {
+		cc.closeAfter = true
+	}
+	mode := refusalKeep
+	switch {
+	case cc.closeAfter:
+		mode = refusalClose
+	case !cc.r.ProtoAtLeast(1, 1):
+		mode = refusalKeep10
+	}
+	head := 0
+	if cc.r.Method == http.MethodHead {
+		head = 1
+	}
+	if t := cc.p.cfg.TransferTimeout; t > 0 {
+		cc.setWriteDeadline(time.Now().Add(t))
+	}
+	cc.headWritten = true
+	_, _ = cc.bw.Write(cc.p.refusals[mode][head])
+}
+
 // writeConnection writes the Connection field for the persistence decided
 // so far.
 func (cc *clientConn) writeConnection() {
+	if cc.p.shuttingDown.Load() {
+		cc.closeAfter = true
+	}
 	switch {
 	case cc.closeAfter:
 		_, _ = cc.bw.WriteString("Connection: close\r\n")
@@ -445,6 +550,7 @@ func (cc *clientConn) writeStatus(code int, h http.Header) {
 
 func (cc *clientConn) hijack() (net.Conn, *bufio.Reader, *bufio.Writer, error) {
 	cc.hijacked = true
+	cc.state.Store(connHijacked)
 	return cc.conn, cc.br, cc.bw, nil
 }
 

@@ -64,6 +64,7 @@ func (ex *exchange) tunnel(uc *upConn, resp *http.Response, upgrade string) bool
 	t := &tunnel{client: cconn, upstream: uc.conn}
 	defer t.close()
 	_ = cconn.SetDeadline(time.Time{})
+	uc.disarm()
 	_ = uc.conn.SetDeadline(time.Time{})
 
 	bw := cbw

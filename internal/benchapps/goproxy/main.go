@@ -2,7 +2,7 @@
 // benchmarks:
 //
 //   - quench: package proxy with its defaults (flags below override them),
-//     serving clients with Proxy.Serve;
+//     serving clients with Proxy.Serve (SIGTERM: Proxy.Shutdown, 5 s);
 //   - quench-handler: the same Proxy as an http.Handler behind
 //     proxy.NewServer (net/http's server);
 //   - stock: httputil.NewSingleHostReverseProxy with http.DefaultTransport
@@ -12,6 +12,7 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"log"
 	"net"
@@ -21,6 +22,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -37,6 +39,7 @@ func main() {
 	maxConns := flag.Int("max-conns", 0, "quench: Config.MaxConns (0: default)")
 	bufSize := flag.Int("buffer", 0, "quench: Config.BufferSize (0: default)")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file (stopped by SIGTERM/SIGINT)")
+	local := flag.String("local", "", "quench modes: serve requests whose path starts with this prefix with a local hello handler (Config.Intercept) instead of forwarding them")
 	flag.Parse()
 
 	if *cpuProfile != "" {
@@ -54,18 +57,42 @@ func main() {
 	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, os.Interrupt)
+	cfg := proxy.Config{MaxInFlight: *maxInFlight, QueueSize: *queue, MaxConns: *maxConns, BufferSize: *bufSize}
+	if *local != "" {
+		hello := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			_, _ = w.Write([]byte("Hello, world!"))
+		})
+		cfg.Intercept = func(r *http.Request) http.Handler {
+			if strings.HasPrefix(r.URL.Path, *local) {
+				return hello
+			}
+			return nil
+		}
+	}
 	var srv *http.Server
 	switch *mode {
 	case "quench":
-		p, err := proxy.New(target, proxy.Config{MaxInFlight: *maxInFlight, QueueSize: *queue, MaxConns: *maxConns, BufferSize: *bufSize})
+		p, err := proxy.New(target, cfg)
 		if err != nil {
 			log.Fatal(err)
 		}
-		go func() { <-sig; _ = p.Close() }()
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			<-sig
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := p.Shutdown(ctx); err != nil {
+				log.Print(err)
+			}
+			_ = p.Close()
+		}()
 		log.Print(p.Serve(ln))
+		<-done
 		return
 	case "quench-handler":
-		p, err := proxy.New(target, proxy.Config{MaxInFlight: *maxInFlight, QueueSize: *queue, MaxConns: *maxConns, BufferSize: *bufSize})
+		p, err := proxy.New(target, cfg)
 		if err != nil {
 			log.Fatal(err)
 		}
