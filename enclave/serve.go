@@ -51,6 +51,7 @@ type servers struct {
 	att     attestation.Attester
 	ownAtt  io.Closer // the NSM attester Start opened; nil otherwise
 	proxy   *proxy.Proxy
+	front   *frontDoor // HTTP/1.1 to the proxy's front end; nil without a proxied app
 	metrics *metrics
 
 	publicLn   net.Listener
@@ -123,6 +124,20 @@ func (e *Enclave) startServers(ctx context.Context, nw network) (_ *servers, err
 		if pc.Metrics == nil {
 			pc.Metrics = proxyMetrics{s.metrics}
 		}
+		// The proxy's front end serves the enclave's own endpoints too
+		// (frontDoor), so HTTP/1.1 clients never go through net/http's
+		// server.
+		encl := s.enclaveHandler()
+		appIntercept := pc.Intercept
+		pc.Intercept = func(r *http.Request) http.Handler {
+			if enclavePaths(r) {
+				return encl
+			}
+			if appIntercept != nil {
+				return appIntercept(r)
+			}
+			return nil
+		}
 		p, err := proxy.New(cfg.AppURL, pc)
 		if err != nil {
 			return nil, fmt.Errorf("enclave: app proxy: %w", err)
@@ -184,11 +199,16 @@ func (e *Enclave) startServers(ctx context.Context, nw network) (_ *servers, err
 		closers = append(closers, func() { _ = s.metricsLn.Close() })
 	}
 
-	// Public server.
+	// Public server: net/http's, for HTTP/2 and for in-process handlers;
+	// in front of a proxied app, HTTP/1.1 goes to the proxy's own front
+	// end through the front door.
 	s.public = proxy.NewServer(s.publicHandler(app), proxy.ServerConfig{
 		TLSConfig: s.certs.tlsConfig(),
 		Logger:    e.log,
 	})
+	if s.proxy != nil {
+		s.front = newFrontDoor(s.public.TLSConfig, s.publicLn.Addr(), frontDoorHandshakeTimeout)
+	}
 	if !cfg.WaitForApp {
 		s.markReady()
 	}
@@ -201,9 +221,25 @@ func (e *Enclave) startServers(ctx context.Context, nw network) (_ *servers, err
 			return
 		}
 		e.log.Info("public HTTPS server serving", "addr", s.publicLn.Addr().String(), "cert", s.certs.kind)
-		s.serve("public", s.public, tls.NewListener(s.publicLn, s.public.TLSConfig))
+		if s.front == nil {
+			s.serve("public", s.public, tls.NewListener(s.publicLn, s.public.TLSConfig))
+			return
+		}
+		s.front.accept(s.publicLn)
+		if s.ingressLn != nil {
+			e.log.Info("ingress fast path serving", "addr", s.ingressLn.Addr().String())
+			s.front.accept(s.ingressLn)
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			if err := s.proxy.Serve(s.front.h1); err != nil && !errors.Is(err, net.ErrClosed) {
+				s.log.Error("server stopped", "server", "public (HTTP/1.1)", "err", err)
+			}
+		}()
+		s.serve("public", s.public, s.front.h2)
 	}()
-	if s.ingressLn != nil {
+	if s.ingressLn != nil && s.front == nil {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
@@ -319,7 +355,19 @@ func (s *servers) close() error {
 		}
 		var err error
 		if name == "public" {
+			if s.front != nil {
+				// The listeners first, so no new connection
+				// reaches either server.
+				_ = ln.Close()
+				if s.ingressLn != nil {
+					_ = s.ingressLn.Close()
+				}
+				s.front.close()
+			}
 			err = s.shutdownPublic(ctx)
+			if s.front != nil {
+				err = errors.Join(err, s.proxy.Shutdown(ctx))
+			}
 		} else {
 			err = srv.Shutdown(ctx)
 		}
@@ -398,7 +446,9 @@ func (s *servers) shutdownPublic(ctx context.Context) error {
 
 // publicHandler routes /enclave/... to the enclave's endpoints and the rest
 // to the app.
-func (s *servers) publicHandler(app http.Handler) http.Handler {
+// enclaveHandler serves the enclave's own public endpoints (/enclave and
+// below).
+func (s *servers) enclaveHandler() http.Handler {
 	mux := http.NewServeMux()
 	m := s.metrics
 	mux.Handle(IndexPath, m.instrument("index", http.HandlerFunc(s.handleIndex)))
@@ -406,16 +456,26 @@ func (s *servers) publicHandler(app http.Handler) http.Handler {
 	mux.Handle(AttestationPath, m.instrument("attestation", http.HandlerFunc(s.handleAttestation)))
 	mux.Handle(ConfigPath, m.instrument("config", http.HandlerFunc(s.handleConfig)))
 	mux.Handle(HealthPath, m.instrument("health", http.HandlerFunc(s.handleHealth)))
-	if s.cfg.MetricsAddr != "" {
+	return mux
+}
+
+// publicHandler is net/http's public handler: the enclave's endpoints and
+// the app.
+func (s *servers) publicHandler(app http.Handler) http.Handler {
+	encl := s.enclaveHandler()
+	if s.cfg.MetricsAddr != "" && s.proxy == nil {
 		// Counting app requests costs a wrapper per request; only when
-		// someone collects the count.
-		app = m.instrument("app", app)
+		// someone collects the count (the proxy counts its own).
+		app = s.metrics.instrument("app", app)
 	}
-	mux.Handle("/", app)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.inFlight.Add(1)
 		defer s.inFlight.Add(-1)
-		mux.ServeHTTP(w, r)
+		if enclavePaths(r) {
+			encl.ServeHTTP(w, r)
+			return
+		}
+		app.ServeHTTP(w, r)
 	})
 }
 

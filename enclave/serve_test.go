@@ -494,6 +494,66 @@ func TestServeAppURL(t *testing.T) {
 	}
 }
 
+// TestServeAppURLProtocols: with a proxied app, HTTP/1.1 clients are served
+// by the proxy's front end (the enclave's endpoints through its Intercept
+// hook) and HTTP/2 clients by net/http; both reach the app and the
+// enclave's endpoints, and the document binds the certificate either way.
+func TestServeAppURLProtocols(t *testing.T) {
+	app := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "proxied %s via %s", r.URL.Path, r.Header.Get("X-Forwarded-Proto"))
+	}), ReadHeaderTimeout: 5 * time.Second}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = app.Serve(ln) }()
+	t.Cleanup(func() { _ = app.Close() })
+	env := svStart(t, func(c *enclave.Config) {
+		c.Handler = nil
+		c.AppURL = &url.URL{Scheme: "http", Host: ln.Addr().String()}
+	})
+	for _, tc := range []struct {
+		name  string
+		h2    bool
+		proto int
+	}{{"http/1.1", false, 1}, {"h2", true, 2}} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, ForceAttemptHTTP2: tc.h2}
+			if !tc.h2 {
+				tr.TLSClientConfig.NextProtos = []string{"http/1.1"}
+			}
+			defer tr.CloseIdleConnections()
+			c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+			for range 3 { // keep-alive: several requests on one connection
+				resp, err := c.Get(env.public + "/p")
+				if err != nil {
+					t.Fatal(err)
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK || string(b) != "proxied /p via https" || resp.ProtoMajor != tc.proto {
+					t.Fatalf("app: %d %q over HTTP/%d", resp.StatusCode, b, resp.ProtoMajor)
+				}
+			}
+			code, body := svGet(t, c, env.public+"/enclave/health")
+			if code != http.StatusOK || !strings.Contains(body, `"status":"ok"`) {
+				t.Fatalf("health: %d %q", code, body)
+			}
+			if code, _ := svGet(t, c, env.public+"/enclave/nope"); code != http.StatusNotFound {
+				t.Errorf("unknown enclave path: %d, want 404 (never the app)", code)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if _, err := attestation.VerifyRemote(ctx, env.public, attestation.RemoteConfig{
+				Options:   attestation.Options{Time: time.Now(), Roots: env.dev.Roots(), MaxAge: time.Minute},
+				TLSConfig: tr.TLSClientConfig,
+			}); err != nil {
+				t.Fatalf("VerifyRemote: %v", err)
+			}
+		})
+	}
+}
+
 func TestConfigErrors(t *testing.T) {
 	h := http.NotFoundHandler()
 	app, _ := url.Parse("http://127.0.0.1:8081")
