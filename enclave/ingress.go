@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/pires/go-proxyproto"
+
+	"github.com/quenchnet/quench/tap"
 )
 
 // IngressPolicy says what an ingress listener does with a connection that
@@ -45,6 +47,14 @@ type IngressConfig struct {
 	// MaxPending bounds connections whose header is still being read; the
 	// listener stops accepting while that many are pending. Default: 1024.
 	MaxPending int
+
+	// MaxWrite bounds every write to the underlying connection: a longer
+	// Write is split. Writes from an enclave to VSOCK must stay at 32 KiB
+	// or less (on kernels since a vsock change of August 2025 the Nitro
+	// hypervisor corrupts larger guest writes; see tap.DefaultMaxWrite).
+	// Negative means unbounded (the unix sockets of the VSOCK stand-in
+	// need no bound). Default: tap.DefaultMaxWrite (32 KiB).
+	MaxWrite int
 
 	// Logger receives refused connections at debug level. Default: discard.
 	Logger *slog.Logger
@@ -96,6 +106,9 @@ func ListenIngress(ln net.Listener, cfg IngressConfig) *IngressListener {
 	}
 	if cfg.MaxPending <= 0 {
 		cfg.MaxPending = DefaultIngressMaxPending
+	}
+	if cfg.MaxWrite == 0 {
+		cfg.MaxWrite = tap.DefaultMaxWrite
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -172,7 +185,7 @@ func (l *IngressListener) acceptLoop() {
 // handshake reads c's header and hands it to Accept, or refuses it.
 func (l *IngressListener) handshake(c net.Conn) {
 	defer l.wg.Done()
-	ic, err := readIngressHeader(c, l.cfg.Policy, l.cfg.HeaderTimeout)
+	ic, err := readIngressHeader(c, l.cfg.Policy, l.cfg.HeaderTimeout, l.cfg.MaxWrite)
 	<-l.sem
 	l.mu.Lock()
 	delete(l.pending, c)
@@ -192,14 +205,14 @@ func (l *IngressListener) handshake(c net.Conn) {
 }
 
 // readIngressHeader reads the PROXY header at the start of c.
-func readIngressHeader(c net.Conn, policy IngressPolicy, timeout time.Duration) (*IngressConn, error) {
+func readIngressHeader(c net.Conn, policy IngressPolicy, timeout time.Duration, maxWrite int) (*IngressConn, error) {
 	if err := c.SetReadDeadline(time.Now().Add(timeout)); err != nil {
 		return nil, fmt.Errorf("enclave: ingress: %w", err)
 	}
 	// 512 bytes hold any header quench-host writes (v2 with IPv6 is 52).
 	br := bufio.NewReaderSize(c, 512)
 	h, err := proxyproto.Read(br)
-	ic := &IngressConn{Conn: c, br: br, remote: c.RemoteAddr(), local: c.LocalAddr()}
+	ic := &IngressConn{Conn: c, br: br, remote: c.RemoteAddr(), local: c.LocalAddr(), maxWrite: maxWrite}
 	switch {
 	case errors.Is(err, proxyproto.ErrNoProxyProtocol):
 		if policy != IngressOptional {
@@ -278,6 +291,24 @@ type IngressConn struct {
 	br            *bufio.Reader // bytes read past the header; nil once drained
 	header        *proxyproto.Header
 	remote, local net.Addr
+	maxWrite      int // > 0: split writes longer than this
+}
+
+// Write writes b in pieces of at most IngressConfig.MaxWrite bytes.
+func (c *IngressConn) Write(b []byte) (int, error) {
+	if c.maxWrite <= 0 || len(b) <= c.maxWrite {
+		return c.Conn.Write(b)
+	}
+	var n int
+	for len(b) > 0 {
+		k, err := c.Conn.Write(b[:min(len(b), c.maxWrite)])
+		n += k
+		if err != nil {
+			return n, err
+		}
+		b = b[k:]
+	}
+	return n, nil
 }
 
 // Read reads the bytes that followed the header, then from the connection.

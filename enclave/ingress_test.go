@@ -236,3 +236,88 @@ func FuzzIngressHeader(f *testing.F) {
 }
 
 func mustAP(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
+
+// sizeListener's connections record the largest single Write.
+type sizeListener struct {
+	net.Listener
+	max chan int
+}
+
+func (l sizeListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &sizeConn{Conn: c, max: l.max}, nil
+}
+
+type sizeConn struct {
+	net.Conn
+	max     chan int
+	largest int
+}
+
+func (c *sizeConn) Write(b []byte) (int, error) {
+	c.largest = max(c.largest, len(b))
+	return c.Conn.Write(b)
+}
+
+func (c *sizeConn) Close() error {
+	select {
+	case c.max <- c.largest:
+	default:
+	}
+	return c.Conn.Close()
+}
+
+// TestIngressWriteSplit: writes from the enclave to VSOCK stay within
+// MaxWrite (32 KiB by default, the Nitro limit), and nothing is lost.
+func TestIngressWriteSplit(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		maxWrite int
+		want     int
+	}{{"default", 0, 32 << 10}, {"custom", 1000, 1000}, {"unbounded", -1, 100 << 10}} {
+		t.Run(tc.name, func(t *testing.T) {
+			ln, err := net.Listen("unix", filepath.Join(t.TempDir(), "ingress.sock"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			sl := sizeListener{Listener: ln, max: make(chan int, 1)}
+			il := enclave.ListenIngress(sl, enclave.IngressConfig{MaxWrite: tc.maxWrite})
+			defer il.Close()
+			c, err := net.Dial("unix", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if _, err := c.Write(v2Header(t, "192.0.2.1:1234", "192.0.2.2:80")); err != nil {
+				t.Fatal(err)
+			}
+			sc, err := il.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			data := bytes.Repeat([]byte("0123456789"), 10<<10) // 100 KiB
+			errc := make(chan error, 1)
+			go func() {
+				n, err := sc.Write(data)
+				if err == nil && n != len(data) {
+					err = io.ErrShortWrite
+				}
+				_ = sc.Close()
+				errc <- err
+			}()
+			got, err := io.ReadAll(c)
+			if err != nil || !bytes.Equal(got, data) {
+				t.Fatalf("client read %d bytes, %v; want %d", len(got), err, len(data))
+			}
+			if err := <-errc; err != nil {
+				t.Fatal(err)
+			}
+			if largest := <-sl.max; largest != tc.want {
+				t.Errorf("largest write %d, want %d", largest, tc.want)
+			}
+		})
+	}
+}
