@@ -17,6 +17,7 @@
 #   SWEEP=1       run the bombardier concurrency sweeps (scripts/load)
 #   SWEEP_STEPS   concurrency steps (1,10,50,100,250,500,1000,2000; quick: 10,100,1000)
 #   SWEEP_DUR     seconds per sweep step (2; quick: 1)
+#   SWEEP_RUNS    runs that sweep (the report takes medians per step; make bench: 3, otherwise 1)
 #   BIN           binaries (./bin)
 #
 # Records follow the quench-bench/v1 schema (scripts/bench/report).
@@ -62,7 +63,7 @@ bench_init() {
 # bench_env_line: the settings that shape the figures, as VAR=value words.
 bench_env_line() {
   local v out=""
-  for v in RUNS DUR QUICK CONFIGS CONNS SWEEP SWEEP_STEPS SWEEP_DUR NIDLE BULK KINDS REPS WORKERS OVERLOAD; do
+  for v in RUNS DUR QUICK CONFIGS CONNS SWEEP SWEEP_STEPS SWEEP_DUR SWEEP_RUNS NIDLE BULK KINDS REPS WORKERS OVERLOAD; do
     [ -n "${!v:-}" ] && out+="$v=\"${!v}\" "
   done
   echo "${out% }"
@@ -305,7 +306,7 @@ wrk_points() {
 # scripts/load, every target in turn, in the first run only; appended as
 # sweep records.
 sweep() {
-  [ "$SWEEP" = 1 ] && [ "$RUN" = 1 ] || return 0
+  [ "$SWEEP" = 1 ] && [ "$RUN" -le "${SWEEP_RUNS:-1}" ] || return 0
   local args=() t
   if [ "${1:-}" = -insecure ]; then args+=(-insecure); shift; fi
   for t in "$@"; do args+=(-target "$t"); done

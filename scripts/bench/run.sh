@@ -47,7 +47,7 @@ mkdir -p "$RUNDIR" "$CHARTS"
 export RAW=$RUNDIR/bench-$TS.jsonl STANDALONE=0 OUT=$RUNDIR
 GOBENCH_OUT=$RUNDIR/gobench-$TS.txt
 if [ "$MODE" = full ]; then
-  export RUNS=${RUNS:-3} DUR=${DUR:-5} SWEEP_DUR=${SWEEP_DUR:-2}
+  export RUNS=${RUNS:-3} DUR=${DUR:-5} SWEEP_DUR=${SWEEP_DUR:-2} SWEEP_RUNS=${SWEEP_RUNS:-3}
   export SWEEP_STEPS=${SWEEP_STEPS:-1,10,50,100,250,500,1000,2000}
 fi
 
@@ -56,7 +56,7 @@ estimate() {
   local r=${RUNS:-1} d=${DUR:-2} sd=${SWEEP_DUR:-1} steps=3 t=0 s
   [ "$MODE" = quick ] && r=1
   [ -n "${SWEEP_STEPS:-}" ] && steps=$(tr ',' '\n' <<<"$SWEEP_STEPS" | wc -l)
-  local sw=$(( steps * sd + steps / 3 + 2 ))  # one target's sweep
+  local sw=$(( (steps * sd + steps / 3 + 2) * ${SWEEP_RUNS:-1} ))  # one target's sweeps
   for s in $SUITES; do
     case $s in
       tunnel)    t=$(( t + r * (24 * d + 12) + 4 * sw )) ;;
