@@ -27,6 +27,26 @@ func ingressListener(t *testing.T, cfg enclave.IngressConfig) *enclave.IngressLi
 	return il
 }
 
+// dialIngress connects to il with a PROXY v2 header from 192.0.2.1:1234
+// and returns both ends, closed at the end of the test.
+func dialIngress(t *testing.T, il *enclave.IngressListener) (client, server net.Conn) {
+	t.Helper()
+	c, err := net.Dial("unix", il.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	if _, err := c.Write(v2Header(t, "192.0.2.1:1234", "192.0.2.2:80")); err != nil {
+		t.Fatal(err)
+	}
+	sc, err := il.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sc.Close() })
+	return c, sc
+}
+
 func v2Header(t *testing.T, src, dst string) []byte {
 	t.Helper()
 	h := proxyproto.HeaderProxyFromAddrs(2, net.TCPAddrFromAddrPort(mustAP(src)), net.TCPAddrFromAddrPort(mustAP(dst)))
@@ -130,19 +150,7 @@ func TestIngressHalfCloseAndSlowPeer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer silent.Close()
-	c, err := net.Dial("unix", il.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if _, err := c.Write(v2Header(t, "192.0.2.1:1234", "192.0.2.2:80")); err != nil {
-		t.Fatal(err)
-	}
-	sc, err := il.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sc.Close()
+	c, sc := dialIngress(t, il)
 	if got := sc.RemoteAddr().String(); got != "192.0.2.1:1234" {
 		t.Fatalf("RemoteAddr %s", got)
 	}
@@ -286,18 +294,7 @@ func TestIngressWriteSplit(t *testing.T) {
 			sl := sizeListener{Listener: ln, max: make(chan int, 1)}
 			il := enclave.ListenIngress(sl, enclave.IngressConfig{MaxWrite: tc.maxWrite})
 			defer il.Close()
-			c, err := net.Dial("unix", ln.Addr().String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			if _, err := c.Write(v2Header(t, "192.0.2.1:1234", "192.0.2.2:80")); err != nil {
-				t.Fatal(err)
-			}
-			sc, err := il.Accept()
-			if err != nil {
-				t.Fatal(err)
-			}
+			c, sc := dialIngress(t, il)
 			data := bytes.Repeat([]byte("0123456789"), 10<<10) // 100 KiB
 			errc := make(chan error, 1)
 			go func() {

@@ -41,35 +41,7 @@ type ksEnclave struct {
 func ksHost(tb testing.TB) (sock, public, sync string) {
 	tb.Helper()
 	sock = filepath.Join(tb.TempDir(), "host.sock")
-	var pubs []host.Publish
-	for _, spec := range []string{"127.0.0.1:0:443", "127.0.0.1:0:444"} {
-		pub, err := host.ParsePublish(spec)
-		if err != nil {
-			tb.Fatal(err)
-		}
-		pubs = append(pubs, pub)
-	}
-	h, err := host.New(host.Config{Publish: pubs})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if err := h.Start(context.Background()); err != nil {
-		tb.Fatal(err)
-	}
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		_ = h.Close()
-		tb.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = h.Serve(ln)
-	}()
-	tb.Cleanup(func() {
-		_ = h.Close()
-		<-done
-	})
+	h := startTestHost(tb, sock, host.Config{}, "127.0.0.1:0:443", "127.0.0.1:0:444")
 	return sock, h.Published()[0].String(), h.Published()[1].String()
 }
 

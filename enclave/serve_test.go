@@ -45,36 +45,7 @@ type svEnv struct {
 // 127.0.0.1:0 to its :9090 (metrics).
 func svHost(tb testing.TB, sock string) *host.Host {
 	tb.Helper()
-	var pubs []host.Publish
-	for _, spec := range []string{"127.0.0.1:0:443", "127.0.0.1:0:9090"} {
-		pub, err := host.ParsePublish(spec)
-		if err != nil {
-			tb.Fatal(err)
-		}
-		pubs = append(pubs, pub)
-	}
-	h, err := host.New(host.Config{Publish: pubs})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if err := h.Start(context.Background()); err != nil {
-		tb.Fatal(err)
-	}
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		_ = h.Close()
-		tb.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = h.Serve(ln)
-	}()
-	tb.Cleanup(func() {
-		_ = h.Close()
-		<-done
-	})
-	return h
+	return startTestHost(tb, sock, host.Config{}, "127.0.0.1:0:443", "127.0.0.1:0:9090")
 }
 
 // svStart starts host and enclave; mod adjusts the enclave's Config (whose
@@ -474,19 +445,26 @@ func TestServeCloseNoLeaks(t *testing.T) {
 	}
 }
 
-func TestServeAppURL(t *testing.T) {
-	app := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "proxied %s", r.URL.Path)
-	}), ReadHeaderTimeout: 5 * time.Second}
+// svApp serves h on the loopback as the app behind the enclave's proxy.
+func svApp(t *testing.T, h http.HandlerFunc) *url.URL {
+	t.Helper()
+	app := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	go func() { _ = app.Serve(ln) }()
 	t.Cleanup(func() { _ = app.Close() })
+	return &url.URL{Scheme: "http", Host: ln.Addr().String()}
+}
+
+func TestServeAppURL(t *testing.T) {
+	app := svApp(t, func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "proxied %s", r.URL.Path)
+	})
 	env := svStart(t, func(c *enclave.Config) {
 		c.Handler = nil
-		c.AppURL = &url.URL{Scheme: "http", Host: ln.Addr().String()}
+		c.AppURL = app
 	})
 	c := svClient(t)
 	if code, body := svGet(t, c, env.public+"/p"); code != http.StatusOK || body != "proxied /p" {
@@ -499,18 +477,12 @@ func TestServeAppURL(t *testing.T) {
 // hook) and HTTP/2 clients by net/http; both reach the app and the
 // enclave's endpoints, and the document binds the certificate either way.
 func TestServeAppURLProtocols(t *testing.T) {
-	app := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	app := svApp(t, func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "proxied %s via %s", r.URL.Path, r.Header.Get("X-Forwarded-Proto"))
-	}), ReadHeaderTimeout: 5 * time.Second}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = app.Serve(ln) }()
-	t.Cleanup(func() { _ = app.Close() })
+	})
 	env := svStart(t, func(c *enclave.Config) {
 		c.Handler = nil
-		c.AppURL = &url.URL{Scheme: "http", Host: ln.Addr().String()}
+		c.AppURL = app
 	})
 	for _, tc := range []struct {
 		name  string

@@ -29,11 +29,19 @@ import (
 // need no privileges.
 
 // usHost starts a Host serving enclave streams on the unix socket path,
-// publishing the given ports (host.ParsePublish syntax). Close is
-// registered with tb.Cleanup; callers may close it earlier.
+// publishing the given ports (host.ParsePublish syntax), with a fake
+// upstream DNS server. Close is registered with tb.Cleanup; callers may
+// close it earlier.
 func usHost(tb testing.TB, path string, publish ...string) *host.Host {
 	tb.Helper()
-	cfg := host.Config{DNSUpstream: []string{usFakeUpstreamDNS(tb)}}
+	return startTestHost(tb, path, host.Config{DNSUpstream: []string{usFakeUpstreamDNS(tb)}}, publish...)
+}
+
+// startTestHost starts a Host with cfg serving enclave streams on the unix
+// socket path and publishing the given ports; Close is registered with
+// tb.Cleanup.
+func startTestHost(tb testing.TB, path string, cfg host.Config, publish ...string) *host.Host {
+	tb.Helper()
 	for _, p := range publish {
 		pp, err := host.ParsePublish(p)
 		if err != nil {

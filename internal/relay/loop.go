@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"fmt"
 	"io"
 	"net"
 )
@@ -36,3 +37,13 @@ func goHandle(a, b net.Conn, opts Options, done func(Stats, error)) Handle {
 }
 
 var _ io.Closer = Handle(nil)
+
+// refuse is Loop.Go after Close: both connections closed, done told.
+func refuse(a, b net.Conn, done func(Stats, error)) Handle {
+	_ = a.Close()
+	_ = b.Close()
+	if done != nil {
+		done(Stats{}, fmt.Errorf("relay: %w", net.ErrClosed))
+	}
+	return connsHandle{a, b}
+}

@@ -70,12 +70,7 @@ func NewLoop(cfg LoopConfig) (*Loop, error) {
 // wrapping net.ErrClosed.
 func (l *Loop) Go(a, b net.Conn, opts Options, done func(Stats, error)) Handle {
 	if l.closed.Load() {
-		_ = a.Close()
-		_ = b.Close()
-		if done != nil {
-			done(Stats{}, fmt.Errorf("relay: %w", net.ErrClosed))
-		}
-		return connsHandle{a, b}
+		return refuse(a, b, done)
 	}
 	fa, ok := dupSocket(a)
 	if !ok {

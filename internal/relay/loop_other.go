@@ -3,7 +3,6 @@
 package relay
 
 import (
-	"fmt"
 	"net"
 	"sync/atomic"
 )
@@ -18,12 +17,7 @@ func NewLoop(LoopConfig) (*Loop, error) { return &Loop{}, nil }
 // Go relays a and b as Go does and returns a Handle that stops it.
 func (l *Loop) Go(a, b net.Conn, opts Options, done func(Stats, error)) Handle {
 	if l.closed.Load() {
-		_ = a.Close()
-		_ = b.Close()
-		if done != nil {
-			done(Stats{}, fmt.Errorf("relay: %w", net.ErrClosed))
-		}
-		return connsHandle{a, b}
+		return refuse(a, b, done)
 	}
 	return goHandle(a, b, opts, done)
 }
