@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -193,4 +194,89 @@ func TestLoopManyPairs(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// TestLoopChurn runs pairs that end every way a pair can end (both sides
+// finish, the client vanishes mid-transfer, the server resets, the handle
+// is closed, the loop is closed) at once: done is called exactly once per
+// pair, finished transfers are intact, and no file descriptor is left.
+func TestLoopChurn(t *testing.T) {
+	fdsBefore := openFDs(t)
+	l, err := NewLoop(LoopConfig{Loops: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const pairs = 60
+	var doneCount [pairs]atomic.Int32
+	errc := make(chan error, pairs)
+	var handles []Handle
+	for i := range pairs {
+		client, a := tcpPair(t)
+		b, server := unixPair(t)
+		handles = append(handles, l.Go(a, b, Options{}, func(Stats, error) { doneCount[i].Add(1) }))
+		data := bytes.Repeat([]byte{byte(i)}, 64<<10+i*999)
+		switch i % 4 {
+		case 0: // a full exchange with half-closes
+			go func() {
+				go func() { _, _ = client.Write(data); closeWrite(client) }()
+				got, err := io.ReadAll(server)
+				if err == nil && !bytes.Equal(got, data) {
+					err = errors.New("transfer corrupted")
+				}
+				closeWrite(server)
+				_, _ = io.ReadAll(client)
+				errc <- err
+			}()
+		case 1: // the client vanishes mid-transfer
+			go func() {
+				_, _ = client.Write(data[:1000])
+				_ = client.Close()
+				_, _ = io.Copy(io.Discard, server)
+				errc <- nil
+			}()
+		case 2: // the server resets
+			go func() {
+				_, _ = client.Write(data[:10])
+				_ = client.SetLinger(0)
+				_ = client.Close()
+				_, _ = io.Copy(io.Discard, server)
+				errc <- nil
+			}()
+		case 3: // left open: the handle or the loop ends it
+			errc <- nil
+		}
+	}
+	for range pairs {
+		if err := <-errc; err != nil {
+			t.Error(err)
+		}
+	}
+	for i, h := range handles {
+		if i%8 == 3 {
+			_ = h.Close()
+		}
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range pairs {
+		if n := doneCount[i].Load(); n != 1 {
+			t.Errorf("pair %d: done called %d times", i, n)
+		}
+	}
+	// The outer ends (client, server) are closed by the test's cleanups,
+	// the relayed ends were closed by Go; what the loop owned (the
+	// duplicates of the relayed ends) must already be gone.
+	if after := openFDs(t); after > fdsBefore+2*pairs+8 {
+		t.Errorf("%d descriptors open after Close: %d before, plus the test's %d outer ends", after, fdsBefore, 2*pairs)
+	}
+}
+
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skip("no /proc/self/fd:", err)
+	}
+	return len(ents)
 }
