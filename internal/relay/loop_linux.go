@@ -410,7 +410,7 @@ type pair struct {
 	opts Options
 	st   Stats
 	done func(Stats, error)
-	last int64 // el.now at the last read
+	last int64 // el.now at the last read or backlog write
 }
 
 // side is one socket of a pair and the bytes waiting to be written to it.
@@ -461,6 +461,7 @@ func (p *pair) copy(from int) bool {
 		if n > 0 {
 			dst.pendOff += n
 			p.count(from, n)
+			p.last = el.now // a slow reader draining a backlog is not idle
 		}
 		if err != nil && err != unix.EAGAIN {
 			p.finish(fmt.Errorf("relay: write: %w", err))
