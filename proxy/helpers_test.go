@@ -203,3 +203,22 @@ func rawRequest(t testing.TB, addr, req string, d time.Duration) string {
 func isCanceled(err error) bool {
 	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
 }
+
+// checkReply fails t unless reply contains every string of want, in order,
+// and none of not.
+func checkReply(t *testing.T, reply string, want, not []string) {
+	t.Helper()
+	rest := reply
+	for _, w := range want {
+		i := strings.Index(rest, w)
+		if i < 0 {
+			t.Fatalf("reply lacks %q (in order):\n%s", w, reply)
+		}
+		rest = rest[i+len(w):]
+	}
+	for _, n := range not {
+		if strings.Contains(reply, n) {
+			t.Errorf("reply contains %q:\n%s", n, reply)
+		}
+	}
+}
