@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -22,6 +21,7 @@ import (
 
 	"github.com/quenchnet/quench/enclave"
 	"github.com/quenchnet/quench/host"
+	"github.com/quenchnet/quench/internal/testutil"
 )
 
 // These tests run an in-process quench-host (package host) and an enclave
@@ -89,35 +89,14 @@ func usFakeUpstreamDNS(tb testing.TB) string {
 	if err != nil {
 		tb.Fatal(err)
 	}
+	zone := map[string]netip.Addr{}
+	for name, a := range usUpstreamZone {
+		zone[name] = netip.AddrFrom4(a)
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		buf := make([]byte, 1500)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			var p dnsmessage.Parser
-			h, err := p.Start(buf[:n])
-			if err != nil {
-				continue
-			}
-			q, err := p.Question()
-			if err != nil {
-				continue
-			}
-			b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: h.ID, Response: true, RecursionDesired: h.RecursionDesired, RecursionAvailable: true})
-			_ = b.StartQuestions()
-			_ = b.Question(q)
-			if a, ok := usUpstreamZone[strings.ToLower(q.Name.String())]; ok && q.Type == dnsmessage.TypeA {
-				_ = b.StartAnswers()
-				_ = b.AResource(dnsmessage.ResourceHeader{Name: q.Name, Class: dnsmessage.ClassINET, TTL: 60}, dnsmessage.AResource{A: a})
-			}
-			if msg, err := b.Finish(); err == nil {
-				_, _ = pc.WriteTo(msg, from)
-			}
-		}
+		testutil.ServeDNSUnknown(pc, zone, dnsmessage.RCodeSuccess)
 	}()
 	tb.Cleanup(func() {
 		_ = pc.Close()

@@ -6,53 +6,20 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"strings"
 	"testing"
 	"time"
 
-	"golang.org/x/net/dns/dnsmessage"
+	"github.com/quenchnet/quench/internal/testutil"
 )
 
 // serveDNS answers A queries on pc from zone (names with a trailing dot)
-// until pc is closed; other names get NXDOMAIN.
+// until the test ends; other names get NXDOMAIN.
 func serveDNS(t *testing.T, pc net.PacketConn, zone map[string]netip.Addr) {
 	t.Helper()
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		buf := make([]byte, 1500)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			var p dnsmessage.Parser
-			h, err := p.Start(buf[:n])
-			if err != nil {
-				continue
-			}
-			q, err := p.Question()
-			if err != nil {
-				continue
-			}
-			b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: h.ID, Response: true, Authoritative: true})
-			b.EnableCompression()
-			a, ok := zone[strings.ToLower(q.Name.String())]
-			if !ok {
-				b = dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: h.ID, Response: true, RCode: dnsmessage.RCodeNameError})
-			}
-			_ = b.StartQuestions()
-			_ = b.Question(q)
-			if ok && q.Type == dnsmessage.TypeA {
-				_ = b.StartAnswers()
-				_ = b.AResource(dnsmessage.ResourceHeader{Name: q.Name, Class: dnsmessage.ClassINET, TTL: 60}, dnsmessage.AResource{A: a.As4()})
-			}
-			msg, err := b.Finish()
-			if err != nil {
-				continue
-			}
-			_, _ = pc.WriteTo(msg, from)
-		}
+		testutil.ServeDNS(pc, zone)
 	}()
 	t.Cleanup(func() {
 		_ = pc.Close()

@@ -64,9 +64,16 @@ func QueryA(server, name string) ([]netip.Addr, error) {
 }
 
 // ServeDNS runs a tiny authoritative DNS server on pc that answers A
-// queries from records (name with trailing dot → address) and NXDOMAIN
-// otherwise, until pc is closed.
+// queries from records (name with trailing dot, any case → address) and
+// NXDOMAIN otherwise, until pc is closed.
 func ServeDNS(pc net.PacketConn, records map[string]netip.Addr) {
+	ServeDNSUnknown(pc, records, dnsmessage.RCodeNameError)
+}
+
+// ServeDNSUnknown is ServeDNS answering names outside records with rcode
+// (RCodeSuccess: an empty answer, as a recursive resolver gives for a
+// name without that record type).
+func ServeDNSUnknown(pc net.PacketConn, records map[string]netip.Addr, rcode dnsmessage.RCode) {
 	buf := make([]byte, 1500)
 	for {
 		n, from, err := pc.ReadFrom(buf)
@@ -79,17 +86,17 @@ func ServeDNS(pc net.PacketConn, records map[string]netip.Addr) {
 		}
 		q := req.Questions[0]
 		resp := dnsmessage.Message{
-			Header:    dnsmessage.Header{ID: req.ID, Response: true, Authoritative: true, RCode: dnsmessage.RCodeNameError},
+			Header:    dnsmessage.Header{ID: req.ID, Response: true, Authoritative: true, RecursionDesired: req.RecursionDesired, RCode: rcode},
 			Questions: req.Questions,
 		}
-		if a, ok := records[q.Name.String()]; ok && q.Type == dnsmessage.TypeA {
+		if a, ok := records[strings.ToLower(q.Name.String())]; ok {
 			resp.RCode = dnsmessage.RCodeSuccess
-			resp.Answers = []dnsmessage.Resource{{
-				Header: dnsmessage.ResourceHeader{Name: q.Name, Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET, TTL: 60},
-				Body:   &dnsmessage.AResource{A: a.As4()},
-			}}
-		} else if ok {
-			resp.RCode = dnsmessage.RCodeSuccess
+			if q.Type == dnsmessage.TypeA {
+				resp.Answers = []dnsmessage.Resource{{
+					Header: dnsmessage.ResourceHeader{Name: q.Name, Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET, TTL: 60},
+					Body:   &dnsmessage.AResource{A: a.As4()},
+				}}
+			}
 		}
 		out, err := resp.Pack()
 		if err != nil {
