@@ -15,12 +15,12 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/quenchnet/quench/enclave"
 	"github.com/quenchnet/quench/host"
+	"github.com/quenchnet/quench/internal/testutil"
 )
 
 // fakeEnclave listens like an enclave's VSOCK ports (unix sockets here)
@@ -236,29 +236,7 @@ func TestControlHotAddRemove(t *testing.T) {
 	steady := h.Published()[0].String()
 
 	// Load on the steady port.
-	var ok, failed atomic.Int64
-	var firstErr atomic.Value
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				if err := roundTrip(steady); err != nil {
-					failed.Add(1)
-					firstErr.CompareAndSwap(nil, err.Error())
-				} else {
-					ok.Add(1)
-				}
-			}
-		}()
-	}
+	stopLoad := testutil.Load(4, func() error { return roundTrip(steady) })
 
 	for i := range 5 {
 		var added host.PortJSON
@@ -299,18 +277,17 @@ func TestControlHotAddRemove(t *testing.T) {
 		_ = c.Close()
 		<-removed
 	}
-	close(stop)
-	wg.Wait()
-	if failed.Load() != 0 {
-		t.Fatalf("%d of %d requests on the steady port failed; first: %v", failed.Load(), failed.Load()+ok.Load(), firstErr.Load())
+	load := stopLoad()
+	if load.Failed != 0 {
+		t.Fatalf("%d of %d requests on the steady port failed; first: %v", load.Failed, load.Failed+load.OK, load.First)
 	}
-	if ok.Load() == 0 {
+	if load.OK == 0 {
 		t.Fatal("no load ran")
 	}
 	var ports []host.PortJSON
 	ctl.do("GET", "/v1/ports", nil, http.StatusOK, &ports)
-	if len(ports) != 1 || ports[0].Addr != steady || ports[0].Accepted != uint64(ok.Load()) {
-		t.Errorf("ports after the test: %+v (ok %d)", ports, ok.Load())
+	if len(ports) != 1 || ports[0].Addr != steady || ports[0].Accepted != uint64(load.OK) {
+		t.Errorf("ports after the test: %+v (ok %d)", ports, load.OK)
 	}
 	var st host.ControlStatus
 	ctl.do("GET", "/v1/status", nil, http.StatusOK, &st)

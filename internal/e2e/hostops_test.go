@@ -10,8 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -29,29 +27,7 @@ func TestHostOpsControl(t *testing.T) {
 	steadyURL := fmt.Sprintf("http://127.0.0.1:%d/", steady)
 	testutil.WaitFor(t, 10*time.Second, "fast path up", func() error { _, _, err := get(context.Background(), steadyURL); return err })
 
-	var ok, failed atomic.Int64
-	var firstErr atomic.Value
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				if _, _, err := get(context.Background(), steadyURL); err != nil {
-					failed.Add(1)
-					firstErr.CompareAndSwap(nil, err.Error())
-				} else {
-					ok.Add(1)
-				}
-			}
-		}()
-	}
+	stopLoad := testutil.Load(4, func() error { _, _, err := get(context.Background(), steadyURL); return err })
 	for range 3 {
 		added := testutil.FreePort(t)
 		if out, err := env.ctl("add-vsock", fmt.Sprintf("127.0.0.1:%d:9443", added)); err != nil {
@@ -72,10 +48,8 @@ func TestHostOpsControl(t *testing.T) {
 			t.Fatal("removed port still answers")
 		}
 	}
-	close(stop)
-	wg.Wait()
-	if failed.Load() != 0 || ok.Load() == 0 {
-		t.Fatalf("steady port: %d ok, %d failed; first: %v", ok.Load(), failed.Load(), firstErr.Load())
+	if load := stopLoad(); load.Failed != 0 || load.OK == 0 {
+		t.Fatalf("steady port: %d ok, %d failed; first: %v", load.OK, load.Failed, load.First)
 	}
 	if out, err := env.ctl("rm", "tcp/127.0.0.1:1"); err == nil || !strings.Contains(out, "no such published port") {
 		t.Errorf("ctl rm of an unknown port: %v: %s", err, out)
