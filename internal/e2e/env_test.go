@@ -174,8 +174,13 @@ func (env *enclaveEnv) checkInbound(ctx context.Context) error {
 // checkEgressHTTP GETs the host's HTTP server from inside the enclave
 // through 192.168.127.254.
 func (env *enclaveEnv) checkEgressHTTP() error {
+	return env.getHostHTTP(net.JoinHostPort(hostLoopback, strconv.Itoa(env.hostHTTP)))
+}
+
+// getHostHTTP GETs the host's HTTP server at addr from inside the enclave.
+func (env *enclaveEnv) getHostHTTP(addr string) error {
 	return env.ns.Do(func() error {
-		c, err := net.DialTimeout("tcp", net.JoinHostPort(hostLoopback, strconv.Itoa(env.hostHTTP)), 3*time.Second)
+		c, err := net.DialTimeout("tcp", addr, 3*time.Second)
 		if err != nil {
 			return err
 		}

@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"os/exec"
@@ -129,27 +128,7 @@ func TestEgressPolicy(t *testing.T) {
 	env.startEnclave()
 	testutil.WaitFor(t, 20*time.Second, "inbound HTTP through the published port", func() error { return env.checkInbound(context.Background()) })
 
-	dialHTTP := func(addr string) error {
-		return env.ns.Do(func() error {
-			c, err := net.DialTimeout("tcp", addr, 2*time.Second)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			_ = c.SetDeadline(time.Now().Add(3 * time.Second))
-			if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"); err != nil {
-				return err
-			}
-			b, err := io.ReadAll(c)
-			if err != nil {
-				return err
-			}
-			if !strings.Contains(string(b), "hello from the host") {
-				return fmt.Errorf("response %q", b)
-			}
-			return nil
-		})
-	}
+	dialHTTP := env.getHostHTTP
 	t.Run("DNS", func(t *testing.T) {
 		err := env.ns.Do(func() error {
 			got, err := testutil.QueryA("192.168.127.1:53", "allowed.example")
