@@ -147,8 +147,8 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		ingress     = fs.String("ingress", "", "also serve the public HTTPS server on this listener for quench-host's ingress fast path (PROXY protocol header first), e.g. vsock://:8443; off by default")
 		drain       = fs.Duration("drain-timeout", enclave.DefaultDrainTimeout, "on SIGTERM/SIGINT, how long in-flight requests get to finish")
 		maxInFlight = fs.Int("max-in-flight", 0, "requests forwarded to the app at once; past it they wait in -queue or get 503 with Retry-After at once; -1: no limit (default: 64 per CPU)")
-		queue       = fs.Int("queue", 0, "requests that may wait for a free -max-in-flight slot (each for up to -queue-timeout) before being refused; 0: refuse at once")
-		queueWait   = fs.Duration("queue-timeout", 0, "how long a queued request waits for a slot before 503 (default 50ms)")
+		queue       = fs.Int("queue", -1, "requests that may wait for a free -max-in-flight slot (each for up to -queue-timeout) before being refused; 0: refuse at once (default: 8 times -max-in-flight)")
+		queueWait   = fs.Duration("queue-timeout", defaultQueueTimeout, "how long a queued request waits for a slot before 503")
 		fqdnLeader  = fs.String("fqdn-leader", "", "key synchronisation: the leader enclave's name, host or host:port (default port: that of -ext-priv-addr); the same on every enclave of the deployment; off by default")
 		extPriv     = fs.String("ext-priv-addr", enclave.DefaultSyncAddr, "with -fqdn-leader: TLS listener for other enclaves (/enclave/leader, /enclave/sync, /enclave/heartbeat) on the enclave's network; publish it only inside the VPC")
 		advertise   = fs.String("sync-advertise", "", "with -fqdn-leader: host[:port] where the leader reaches this enclave's -ext-priv-addr (default: the source address of its heartbeats, port of the leader's)")
@@ -299,11 +299,14 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	if *maxInFlight < -1 {
 		return nil, fmt.Errorf("-max-in-flight %d: want a positive limit, 0 for the default or -1 for none", *maxInFlight)
 	}
-	if *queue < 0 || *queueWait < 0 {
-		return nil, errors.New("-queue and -queue-timeout must not be negative")
+	if (set["queue"] && *queue < 0) || *queueWait <= 0 {
+		return nil, errors.New("-queue must not be negative and -queue-timeout must be positive")
 	}
 	o.cfg.Proxy.MaxInFlight = *maxInFlight
 	o.cfg.Proxy.QueueSize = *queue
+	if !set["queue"] {
+		o.cfg.Proxy.QueueSize = defaultQueue(*maxInFlight)
+	}
 	o.cfg.Proxy.QueueTimeout = *queueWait
 	if *drain <= 0 {
 		return nil, fmt.Errorf("-drain-timeout %s: must be positive", *drain)

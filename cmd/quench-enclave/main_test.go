@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/quenchnet/quench/host"
 	"github.com/quenchnet/quench/internal/testutil"
+	"github.com/quenchnet/quench/proxy"
 )
 
 func TestSplitWords(t *testing.T) {
@@ -114,6 +116,7 @@ func TestBadFlags(t *testing.T) {
 		{"max in flight without app", []string{"-max-in-flight", "10"}, "-max-in-flight needs -app-url"},
 		{"bad max in flight", []string{"-app-url", "http://127.0.0.1:1", "-max-in-flight", "-5"}, "-max-in-flight -5"},
 		{"negative queue", []string{"-app-url", "http://127.0.0.1:1", "-queue", "-1"}, "must not be negative"},
+		{"zero queue timeout", []string{"-app-url", "http://127.0.0.1:1", "-queue-timeout", "0s"}, "-queue-timeout must be positive"},
 		{"bad log level", []string{"-log-level", "loud"}, "-log-level"},
 		{"leader without app", []string{"-fqdn-leader", "leader.internal"}, "-fqdn-leader needs -app-url"},
 		{"ext priv without leader", []string{"-app-url", "http://127.0.0.1:1", "-ext-priv-addr", ":4444"}, "-ext-priv-addr needs -fqdn-leader"},
@@ -305,5 +308,36 @@ func TestKeySyncFlags(t *testing.T) {
 	want := []string{"leader.internal", ":4444", "10.0.0.2", "5s"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("(-want +got):\n%s", diff)
+	}
+}
+
+// TestAdmissionDefaults: without -queue, quench-enclave queues 8 requests
+// per in-flight slot for up to 200 ms (package proxy refuses at once).
+func TestAdmissionDefaults(t *testing.T) {
+	perCPU := proxy.DefaultMaxInFlightPerCPU * runtime.GOMAXPROCS(0)
+	for _, tc := range []struct {
+		name      string
+		args      []string
+		limit     int
+		queue     int
+		queueWait time.Duration
+	}{
+		{"defaults", nil, 0, 8 * perCPU, 200 * time.Millisecond},
+		{"limit given", []string{"-max-in-flight", "10"}, 10, 80, 200 * time.Millisecond},
+		{"no limit", []string{"-max-in-flight", "-1"}, -1, 0, 200 * time.Millisecond},
+		{"refuse at once", []string{"-queue", "0"}, 0, 0, 200 * time.Millisecond},
+		{"all given", []string{"-max-in-flight", "4", "-queue", "3", "-queue-timeout", "1s"}, 4, 3, time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var stderr bytes.Buffer
+			o, err := parse(append([]string{"-app-url", "http://127.0.0.1:1"}, tc.args...), &stderr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := []any{o.cfg.Proxy.MaxInFlight, o.cfg.Proxy.QueueSize, o.cfg.Proxy.QueueTimeout}
+			if diff := cmp.Diff([]any{tc.limit, tc.queue, tc.queueWait}, got); diff != "" {
+				t.Errorf("MaxInFlight, QueueSize, QueueTimeout (-want +got):\n%s", diff)
+			}
+		})
 	}
 }

@@ -20,11 +20,13 @@
 # (quench-enclave; gvforwarder + the nitriding proxy).
 #
 # Usage (root): scripts/bench/enclave.sh
-#   [env: RUNS=3 DUR=5 QUICK=1 CONNS="10 100 1000" KINDS="quench quench-fast nitriding" SWEEP=1 + lib.sh's]
+#   [env: RUNS=3 DUR=5 QUICK=1 CONNS="10 100 1000" KINDS="quench quench-fast nitriding" SWEEP=1
+#    ENCLAVE_ARGS="" (extra quench-enclave flags, e.g. "-max-in-flight -1") + lib.sh's]
 set -euo pipefail
 [ -n "${TRACE:-}" ] && set -x
 . "$(dirname "$0")/lib.sh"
 CONNS=${CONNS:-"10 100 1000"}
+ENCLAVE_ARGS=${ENCLAVE_ARGS:-}
 KINDS=${KINDS:-"quench quench-fast nitriding"}
 bench_init enclave
 need_root
@@ -43,7 +45,7 @@ start_env() {
         pub=(-publish-vsock 127.0.0.1:$P_HTTPS:8443 -enclave-cid 16); ing=(-ingress vsock://16:8443)
       fi
       mkdir -p "$WORK/vsock"
-      QUENCH_VSOCK_DIR=$WORK/vsock start_quench 65520 "${pub[@]}" -- "${ing[@]}" -app-url http://127.0.0.1:8081 -dev-attester ;;
+      QUENCH_VSOCK_DIR=$WORK/vsock start_quench 65520 "${pub[@]}" -- "${ing[@]}" -app-url http://127.0.0.1:8081 -dev-attester $ENCLAVE_ARGS ;;
     nitriding)
       start_nitriding "$P_HTTPS" http://127.0.0.1:8081
       ENCL_PID="$ENCL_PID $PROXY_PID" ;;
