@@ -67,6 +67,12 @@ type Config struct {
 	// DisableHostLoopback turns the HostLoopbackIP mapping off.
 	DisableHostLoopback bool
 
+	// DisableDHCP turns the gateway's DHCP service off. When on, it leases
+	// EnclaveIP to DefaultEnclaveMAC and other addresses of Subnet to other
+	// clients (never GatewayIP or HostLoopbackIP), as gvproxy does, so a
+	// stock gvforwarder configures itself. Default: false (DHCP on).
+	DisableDHCP bool
+
 	// GatewayMAC is the gateway's link address. Default: 5a:94:ef:e4:0c:dd.
 	GatewayMAC net.HardwareAddr
 

@@ -13,6 +13,11 @@
 //     The EC2 metadata range 169.254.0.0/16 is refused unless allowed.
 //   - DNS on the gateway, port 53, answering the zone quench.internal itself
 //     and forwarding the rest to the host's resolver.
+//   - DHCP on the gateway, port 67 (gvisor-tap-vsock's service, as in
+//     gvproxy): the enclave's default MAC gets EnclaveIP, with the gateway as
+//     router and DNS server and the link's MTU, so a stock gvforwarder
+//     configures its TAP device itself, without -preexisting.
+//     Config.DisableDHCP turns it off.
 //   - Published ports: host TCP/UDP ports forwarded to the enclave's address,
 //     like docker -p.
 //   - The ingress fast path (Publish.VSockPort): a host TCP port whose every

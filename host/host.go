@@ -80,9 +80,10 @@ func New(cfg Config) (*Host, error) {
 // Config returns the configuration in effect, with defaults filled in.
 func (h *Host) Config() Config { return h.cfg }
 
-// Start brings up the virtual network, the DNS service and the published
-// ports. It returns once every published port is bound, or with the first
-// error (and then releases what it had started). ctx bounds start-up only.
+// Start brings up the virtual network, the DNS and DHCP services and the
+// published ports. It returns once every published port is bound, or with
+// the first error (and then releases what it had started). ctx bounds
+// start-up only.
 func (h *Host) Start(ctx context.Context) (err error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -108,6 +109,11 @@ func (h *Host) Start(ctx context.Context) (err error) {
 	}
 	if err := h.startDNSLocked(); err != nil {
 		return err
+	}
+	if !h.cfg.DisableDHCP {
+		if err := h.startDHCPLocked(); err != nil {
+			return err
+		}
 	}
 	if h.cfg.GoroutineRelay {
 		h.log.Info("relaying published ports with goroutines (GoroutineRelay)")

@@ -38,6 +38,7 @@ type options struct {
 	Allow          []string      `yaml:"allow"`
 	AllowMetadata  bool          `yaml:"allow_metadata"`
 	NoHostLoopback bool          `yaml:"no_host_loopback"`
+	DHCP           bool          `yaml:"dhcp"`
 	VSockDir       string        `yaml:"vsock_dir"`
 	Control        string        `yaml:"control"`
 	Metrics        string        `yaml:"metrics"`
@@ -54,6 +55,7 @@ func defaultOptions() options {
 		DialTimeout:  host.DefaultDialTimeout,
 		IdleTimeout:  host.DefaultIdleTimeout,
 		DrainTimeout: host.DefaultDrainTimeout,
+		DHCP:         true,
 		LogLevel:     "info",
 	}
 }
@@ -88,6 +90,7 @@ func (o *options) bind(fs *flag.FlagSet, configPath *string) {
 	fs.BoolVar(&o.RelayGoroutine, "relay-goroutines", o.RelayGoroutine, "relay published-port connections with two goroutines each instead of the epoll event loops (for comparison and debugging)")
 	fs.BoolVar(&o.AllowMetadata, "allow-metadata", o.AllowMetadata, "let enclaves reach 169.254.0.0/16, including the EC2 instance metadata service and its credentials")
 	fs.BoolVar(&o.NoHostLoopback, "no-host-loopback", o.NoHostLoopback, "do not map the subnet's last address (192.168.127.254) to the host's 127.0.0.1")
+	fs.BoolVar(&o.DHCP, "dhcp", o.DHCP, "answer DHCP on the virtual network like gvproxy (enclave MAC 5a:94:ef:e4:0c:ee gets the enclave address), so a stock gvforwarder configures itself without -preexisting; -dhcp=false turns it off")
 	fs.StringVar(&o.VSockDir, "vsock-dir", o.VSockDir, "VSOCK stand-in: serve and dial vsock:// addresses as unix sockets in this directory (also $"+endpoint.EnvVSockDir+")")
 	fs.StringVar(&o.Control, "control", o.Control, "serve the control API (quench-host ctl) on this unix socket path, mode 0600; off by default")
 	fs.StringVar(&o.Metrics, "metrics", o.Metrics, "serve Prometheus metrics at /metrics on this address (e.g. 127.0.0.1:9100); off by default")
@@ -129,6 +132,7 @@ func (o options) hostConfig() (host.Config, error) {
 		GoroutineRelay:      o.RelayGoroutine,
 		AllowMetadata:       o.AllowMetadata,
 		DisableHostLoopback: o.NoHostLoopback,
+		DisableDHCP:         !o.DHCP,
 		DNSUpstream:         o.DNS,
 	}
 	var err error

@@ -30,6 +30,7 @@ enclave_cid: 17
 dns: [1.1.1.1:53]
 idle_timeout: 90s
 allow_metadata: false
+dhcp: false
 control: /run/quench-host/control.sock
 metrics: 127.0.0.1:9100
 log_level: debug
@@ -48,6 +49,7 @@ log_level: debug
 	want.Control = "/run/quench-host/control.sock"
 	want.Metrics = "127.0.0.1:9100"
 	want.LogLevel = "debug"
+	want.DHCP = false
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("options (-want +got):\n%s", diff)
 	}
@@ -55,7 +57,7 @@ log_level: debug
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(cfg.Publish) != 2 || cfg.Publish[1].VSockPort != 8443 || cfg.IdleTimeout != 90*time.Second {
+	if len(cfg.Publish) != 2 || cfg.Publish[1].VSockPort != 8443 || cfg.IdleTimeout != 90*time.Second || !cfg.DisableDHCP {
 		t.Errorf("host config %+v", cfg)
 	}
 }

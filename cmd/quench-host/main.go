@@ -30,7 +30,7 @@ import (
 const usage = `quench-host: the host side of quench, for the EC2 parent instance.
 
 Enclaves connect to it over VSOCK and get a virtual network: NAT to the
-host's network, DNS, and host ports published into the enclave. It speaks
+host's network, DNS, DHCP, and host ports published into the enclave. It speaks
 gvisor-tap-vsock's protocol, so stock gvforwarder and nitriding enclaves work
 with it too.
 
