@@ -14,11 +14,20 @@
 # DUR-second wrk run, interleaved so that drift in the machine's load hits
 # all of them alike; the table gives medians. The CPU time each proxy used
 # (from /proc, children included) is divided by the requests served.
-# Then the overload scenario: a concurrency sweep of the quench proxy finds
-# where req/s peaks (c_peak); loadgen (internal/benchapps/loadgen) runs at
-# c_peak and at 4 x c_peak against quench with its default in-flight limit
-# (refused clients retrying at once, and honouring Retry-After), quench
-# without a limit, and nginx, keeping served and refused latencies apart.
+# Then the overload scenario (OVERLOAD=1, issue 4): a wrk search of the
+# quench proxy without a limit finds where req/s peaks (c_peak: PEAK_LEVELS,
+# PEAK_DUR s each, best of PEAK_ROUNDS rounds; records named "peak"); then
+# loadgen (internal/benchapps/loadgen, served and refused latencies kept
+# apart, 2 s timeout) runs OVERLOAD_DUR s at c_peak and at 4 x c_peak, REPS
+# rounds interleaved, against quench with its default in-flight limit
+# (config quench-limited: refused clients retry at once;
+# quench-limited+retry-after: they honour Retry-After), quench without a
+# limit (quench-unlimited) and nginx; one record named "overload" per run
+# (peak_c set), from which the report draws its overload table, targets and
+# chart. Runs are shortened to 3 s (PEAK_DUR, OVERLOAD_DUR) to bound the
+# time: the section takes about 2 min 10 s with DUR=5 REPS=3 (2 x 7 x 3 s of
+# wrk, 3 x 8 x 3 s of loadgen, warm-ups) and about 40 s with QUICK=1 (one
+# round of 2 s runs; 38 s measured).
 #
 # The quench proxy runs with MaxInFlight -1 (no limit) in the throughput
 # table, like nginx and haproxy here: with closed-loop clients any limit
@@ -35,8 +44,9 @@
 #
 # Usage: scripts/bench/proxy.sh [dir for logs and TSV tables (results/proxy)]
 # Environment: DUR (5), REPS (RUNS, 3), CONCS (CONNS, "10 100 1000"), BASE_PORT (27180),
-# WORKERS (nginx workers / haproxy threads, 2), OVERLOAD (1: run it; 0: skip), QUICK=1,
-# and lib.sh's. Needs wrk, nginx, haproxy (apt-get install -y wrk nginx haproxy) and Go.
+# WORKERS (nginx workers / haproxy threads, 2), OVERLOAD (1: run it; 0: skip), PEAK_LEVELS
+# ("16 32 64 128 256 512 1024"), PEAK_DUR and OVERLOAD_DUR (DUR, at most 3), PEAK_ROUNDS
+# (2; QUICK: 1), QUICK=1, and lib.sh's. Needs wrk, nginx, haproxy (apt-get install -y wrk nginx haproxy) and Go.
 # Everything listens on 127.0.0.1 and stops on exit.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -180,25 +190,72 @@ for name in "${TARGETS[@]}"; do sweep_args+=("$name=http://127.0.0.1:${PORT[$nam
 sweep "${sweep_args[@]}"
 
 if [ "$OVERLOAD" = 1 ]; then
-	# Where does the quench proxy's req/s peak? One short wrk run per level,
-	# the best of two rounds.
-	: >"$OUT/sweep.tsv"
-	for round in 1 2; do
-		for c in 8 16 32 64 128 256 512 1024; do
-			REP=$round run quench "$c" 3 | tee -a "$OUT/sweep.tsv" >&2
+	# The overload scenario (issue 4). Settings: PEAK_LEVELS, PEAK_DUR,
+	# PEAK_ROUNDS, OVERLOAD_DUR (see the header); REPS rounds of loadgen.
+	PEAK_LEVELS=${PEAK_LEVELS:-"16 32 64 128 256 512 1024"}
+	PEAK_DUR=${PEAK_DUR:-$((DUR < 3 ? DUR : 3))}
+	PEAK_ROUNDS=${PEAK_ROUNDS:-$([ -n "${QUICK:-}" ] && echo 1 || echo 2)}
+	OVERLOAD_DUR=${OVERLOAD_DUR:-$((DUR < 3 ? DUR : 3))}
+	ovl_limit=$(((PEAK_DUR > OVERLOAD_DUR ? PEAK_DUR : OVERLOAD_DUR) * 3 + 60))
+
+	# ovl_run CONFIG NAME C RUN PROC PEAK_C CMD...: runs CMD (wrk or
+	# loadgen), appends its quench-bench/v1 record to $RAW (host CPU = the
+	# process PROC, enclave CPU = the app; PEAK_C 0 for none) and prints
+	# CMD's output.
+	ovl_run() {
+		local cfg=$1 name=$2 c=$3 rep=$4 proc=$5 pk=$6 out h0 h1 e0 e1 t0 t1
+		shift 6
+		local shown=("$@")
+		shown[0]=${shown[0]##*/} # "loadgen", not its temporary path
+		h0=$(cpu_ticks "${PID[$proc]}")
+		e0=$(cpu_ticks "${PID[direct]}")
+		t0=$(date +%s.%N)
+		out=$(timeout "$ovl_limit" "$@" 2>>"$OUT/overload.log" || true)
+		t1=$(date +%s.%N)
+		h1=$(cpu_ticks "${PID[$proc]}")
+		e1=$(cpu_ticks "${PID[direct]}")
+		"$REPORT" parse -suite proxy -config "$cfg" -name "$name" -c "$c" -peak-c "$pk" -run "$rep" -cmd "${shown[*]}" \
+			-host "$h0,$h1" -encl "$e0,$e1" -hz "$HZ" -wall "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}')" <<<"$out" >>"$RAW"
+		echo "$out"
+	}
+
+	# Where does the quench proxy's req/s peak? wrk against quench without
+	# a limit, PEAK_DUR s per level, the best of PEAK_ROUNDS rounds
+	# (records named peak).
+	: >"$OUT/peak.tsv"
+	for round in $(seq "$PEAK_ROUNDS"); do
+		for c in $PEAK_LEVELS; do
+			rps=$(ovl_run quench peak "$c" "$round" quench 0 wrk -t2 -c"$c" -d"${PEAK_DUR}s" --latency "http://127.0.0.1:${PORT[quench]}/" |
+				awk '/Requests\/sec/ { print $2 }')
+			if [ -n "$rps" ]; then printf '%s\t%s\t%s\n' "$c" "$round" "$rps" | tee -a "$OUT/peak.tsv" >&2; fi
 		done
 	done
-	peak=$(awk -F'\t' '{ if ($4 > best[$2]) best[$2] = $4 } END { for (c in best) print best[c], c }' "$OUT/sweep.tsv" | sort -n | tail -1 | cut -d' ' -f2)
-	echo "quench req/s peaks at c=$peak; overload at c=$((4 * peak))" | tee "$OUT/overload.txt"
-	# name:flags; "honor" makes refused clients wait for Retry-After.
-	for run in quench-limited: quench-limited:-honor-retry-after quench: nginx:; do
-		name=${run%%:*} flags=${run#*:}
-		for c in "$peak" $((4 * peak)); do
-			for rep in $(seq "$REPS"); do
-				echo "$name$flags rep=$rep $("$TMP/bin/loadgen" -addr 127.0.0.1:${PORT[$name]} -c "$c" -d "${DUR}s" -timeout 2s $flags)" | tee -a "$OUT/overload.txt"
+	peak=$(awk -F'\t' '$3 > best { best = $3; c = $1 } END { print c }' "$OUT/peak.tsv")
+	if [ -z "$peak" ]; then
+		echo "proxy.sh: overload: every wrk run of the peak search failed; see $OUT/overload.log" >&2
+		printf '{"suite":"proxy","config":"quench","name":"setup","run":1,"error":"overload: peak search failed"}\n' >>"$RAW"
+	else
+		echo "quench req/s peaks at c=$peak; overload at c=$((4 * peak))" | tee "$OUT/overload.txt" >&2
+		for proc in quench-limited quench nginx; do # warm-up, not recorded: fill the upstream pools
+			"$TMP/bin/loadgen" -addr "127.0.0.1:${PORT[$proc]}" -c "$peak" -d 1s -timeout 2s >/dev/null 2>&1 || true
+		done
+		# loadgen at c_peak and 4 x c_peak, REPS rounds, interleaved so that
+		# drift in the machine's load hits every configuration alike.
+		# config:process:flags; -honor-retry-after makes refused clients
+		# wait for Retry-After, else they retry at once.
+		for rep in $(seq "$REPS"); do
+			for c in "$peak" $((4 * peak)); do
+				for v in quench-limited:quench-limited: quench-limited+retry-after:quench-limited:-honor-retry-after \
+					quench-unlimited:quench: nginx:nginx:; do
+					IFS=: read -r cfg proc flags <<<"$v"
+					# shellcheck disable=SC2086 # flags: zero or one word
+					out=$(ovl_run "$cfg" overload "$c" "$rep" "$proc" "$peak" "$TMP/bin/loadgen" -addr "127.0.0.1:${PORT[$proc]}" \
+						-c "$c" -d "${OVERLOAD_DUR}s" -timeout 2s $flags)
+					echo "$cfg rep=$rep $out" | tee -a "$OUT/overload.txt" >&2
+				done
 			done
 		done
-	done
+	fi
 fi
 echo "tables and logs in $OUT" >&2
 OUT=$OUT_BASE

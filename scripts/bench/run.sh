@@ -62,7 +62,12 @@ estimate() {
       tunnel)    t=$(( t + r * (24 * d + 12) + 4 * sw )) ;;
       userspace) t=$(( t + r * (10 * d + 10) )) ;;
       ingress)   t=$(( t + r * (12 * d + 40) + 4 * sw )) ;;
-      proxy)     t=$(( t + 21 * (1 + (r * d)) + 7 * sw + 10 )) ;;
+      proxy)     t=$(( t + 21 * (1 + (r * d)) + 7 * sw + 10 ))
+                 # overload (proxy.sh): wrk peak search, 7 levels × 3 s × 2 rounds (quick: 2 s × 1),
+                 # then loadgen, 8 runs × 3 s (quick: 2 s) per round, plus warm-ups and start-up
+                 if [ "${OVERLOAD:-1}" = 1 ]; then
+                   if [ "$MODE" = quick ]; then t=$(( t + 7 * 2 + 8 * r * 2 + 8 )); else t=$(( t + 7 * 3 * 2 + 8 * r * 3 + 12 )); fi
+                 fi ;;
       enclave)   t=$(( t + r * (12 * d + 12) + 4 * sw + 10 )) ;;
     esac
   done
@@ -83,7 +88,7 @@ for suite in $SUITES; do
   echo "=== $suite ($(( $(date +%s) - t0 )) s in) ==="
   case $suite in
     userspace) CONNS=${USERSPACE_CONNS:-100} ./userspace.sh || { echo "bench: $suite failed" >&2; status=1; } ;;
-    proxy) OVERLOAD=${OVERLOAD:-0} ./proxy.sh "$BENCH/results/proxy-$TS" || { echo "bench: $suite failed" >&2; status=1; } ;;
+    proxy) OVERLOAD=${OVERLOAD:-1} ./proxy.sh "$BENCH/results/proxy-$TS" || { echo "bench: $suite failed" >&2; status=1; } ;;
     *) "./$suite.sh" || { echo "bench: $suite failed" >&2; status=1; } ;;
   esac
 done >&2

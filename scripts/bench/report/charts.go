@@ -42,7 +42,8 @@ func (d *Data) series(s, name, tool string) []result.Series {
 
 // WriteCharts draws the suite's charts into dir with the given file-name
 // prefix and returns their paths: req/s and p99 against concurrency for
-// wrk points and sweeps (every config on one chart), and bulk bars.
+// wrk points and sweeps (every config on one chart), bulk bars, and the
+// proxy overload scenario's latency bars.
 func WriteCharts(d *Data, s, dir, prefix string) ([]string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("report: %w", err)
@@ -67,6 +68,11 @@ func WriteCharts(d *Data, s, dir, prefix string) ([]string, error) {
 		out = append(out, p)
 	}
 	if p, err := writeBulkChart(d, s, filepath.Join(dir, prefix+s+"-bulk.svg"), title); err != nil {
+		return out, err
+	} else if p != "" {
+		out = append(out, p)
+	}
+	if p, err := writeOverloadChart(d, s, filepath.Join(dir, prefix+s+"-overload.svg"), title); err != nil {
 		return out, err
 	} else if p != "" {
 		out = append(out, p)

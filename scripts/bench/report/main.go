@@ -19,12 +19,13 @@ import (
 )
 
 const usage = `Usage:
-  report parse    -suite S -config C -name N [-c C] [-run R] [-cmd CMD] [-host T0,T1] [-encl T0,T1] [-wall SECS] [-hz HZ] < tool-output
+  report parse    -suite S -config C -name N [-c C] [-peak-c C] [-run R] [-cmd CMD] [-host T0,T1] [-encl T0,T1] [-wall SECS] [-hz HZ] < tool-output
   report fromload -suite S [-run R] [-cmd CMD] sweep.json ...
   report machine  [-phase start|end] [-mode full|quick]
   report invocation -suite S -cmd CMD
   report md       [-o BENCHMARKS.md] [-charts DIR] [-chart-prefix P] [-history GLOB] [-gobench FILE] [-quick] [-title T] run.jsonl ...
 
+parse reads wrk --latency, iperf3 -J or loadgen output.
 parse, fromload, machine and invocation print JSON lines (` + Format + `) on stdout.
 `
 
@@ -47,6 +48,7 @@ func run(args []string, stdin io.Reader, stdout io.Writer) error {
 		fs.StringVar(&rec.Config, "config", "", "configuration measured")
 		fs.StringVar(&rec.Name, "name", "", "measurement name (http, ingress, ...)")
 		fs.IntVar(&rec.C, "c", 0, "concurrency")
+		fs.IntVar(&rec.PeakC, "peak-c", 0, "overload records: the concurrency where req/s peaked")
 		fs.IntVar(&rec.Run, "run", 1, "run number")
 		fs.StringVar(&rec.Tool, "tool", "", "tool (default: detected)")
 		fs.StringVar(&rec.Command, "cmd", "", "the command that produced the output")

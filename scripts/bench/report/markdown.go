@@ -230,6 +230,7 @@ func writeSuite(b *strings.Builder, d *Data, s string, o Options) {
 	writeHTTP(b, d, s, "http", "HTTP, wrk (keep-alive)")
 	writeIdle(b, d, s)
 	writeSweep(b, d, s)
+	writeOverload(b, d, s)
 	writeFailures(b, d, s)
 	if inv, cmds := d.Invocations[s], d.Commands[s]; len(inv) > 0 || len(cmds) > 0 {
 		b.WriteString("<details><summary>Commands</summary>\n\n```sh\n")

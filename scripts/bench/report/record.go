@@ -27,7 +27,9 @@ type Record struct {
 	Config string `json:"config"`
 	// Name is the measurement: http (wrk at C), sweep (bombardier step at
 	// C), a bulk direction (ingress, ingress_rev, egress, egress_rev,
-	// bulk), idle (idle-connection memory) or machine.
+	// bulk), idle (idle-connection memory), peak (the proxy suite's wrk
+	// search for the concurrency where req/s peaks), overload (loadgen at
+	// PeakC or 4 × PeakC) or machine.
 	Name string `json:"name"`
 	// C is the client concurrency for http and sweep.
 	C int `json:"c,omitempty"`
@@ -59,6 +61,18 @@ type Record struct {
 	Errors   int64 `json:"errors,omitempty"`
 	Timeouts int64 `json:"timeouts,omitempty"`
 	Non2xx   int64 `json:"non2xx,omitempty"`
+
+	// Refused counts the 503 responses among Non2xx (loadgen keeps them
+	// apart); RefusedP50Ms and RefusedP99Ms are their latency percentiles.
+	// On loadgen records P50Ms and P99Ms are the served (2xx) requests'
+	// alone, and RPS the served requests per second.
+	Refused      int64    `json:"refused,omitempty"`
+	RefusedP50Ms *float64 `json:"refused_p50_ms,omitempty"`
+	RefusedP99Ms *float64 `json:"refused_p99_ms,omitempty"`
+	// PeakC is, on overload records, the concurrency where the proxy's
+	// req/s peaked in the same run; C is PeakC (peak load) or a multiple
+	// of it (overload).
+	PeakC int `json:"peak_c,omitempty"`
 
 	// HostCPU and EnclCPU are the cores used during the run by the host
 	// daemon (or the proxy) and by the enclave-side forwarder (or the app).
@@ -188,11 +202,16 @@ func durMs(s string) (float64, bool) {
 func ptr[T any](v T) *T { return &v }
 
 // ParseOutput fills rec's figures from one tool's output: iperf3 -J (or
-// bulkcmd's and the ingress sender's iperf3-shaped JSON) or wrk --latency.
-// Output it cannot read sets rec.Error.
+// bulkcmd's and the ingress sender's iperf3-shaped JSON), loadgen's
+// key=value line (internal/benchapps/loadgen) or wrk --latency. Output it
+// cannot read sets rec.Error.
 func ParseOutput(rec *Record, text string) {
 	if strings.HasPrefix(strings.TrimSpace(text), "{") {
 		parseIperf(rec, text)
+		return
+	}
+	if line := loadgenLine.FindString(text); line != "" {
+		parseLoadgen(rec, line)
 		return
 	}
 	m := wrkRPS.FindStringSubmatch(text)
@@ -237,6 +256,56 @@ func ParseOutput(rec *Record, text string) {
 		good = rps * float64(rec.Requests-min(rec.Non2xx, rec.Requests)) / float64(rec.Requests)
 	}
 	rec.RPS = ptr(good)
+}
+
+// loadgenLine matches the result line of internal/benchapps/loadgen.
+var loadgenLine = regexp.MustCompile(`(?m)^c=\d+ secs=\S+ rps=.*$`)
+
+// loadgenKeys are the keys of loadgen's line the record needs.
+var loadgenKeys = []string{"secs", "rps", "ok", "ok_rps", "ok_p50", "ok_p99", "refused", "refused_p50", "refused_p99", "other", "timeouts", "errors"}
+
+// parseLoadgen reads loadgen's result line ("c=64 secs=3.0 rps=... ok=...
+// ok_rps=... ok_p50=... ok_p99=... refused=... refused_p50=...
+// refused_p99=... other=... timeouts=... errors=..."; latencies in ms).
+// A percentile of a class with no response is left unset.
+func parseLoadgen(rec *Record, line string) {
+	kv := map[string]float64{}
+	for f := range strings.FieldsSeq(line) {
+		k, v, ok := strings.Cut(f, "=")
+		if !ok {
+			continue
+		}
+		x, err := strconv.ParseFloat(v, 64)
+		if err != nil || !known(x) || x < 0 || x > 1e15 {
+			rec.Error = fmt.Sprintf("loadgen: bad value %q", f)
+			return
+		}
+		kv[k] = x
+	}
+	for _, k := range loadgenKeys {
+		if _, ok := kv[k]; !ok {
+			rec.Error = "loadgen: no " + k + " in " + tail(line, 300)
+			return
+		}
+	}
+	ok, refused, other := int64(kv["ok"]), int64(kv["refused"]), int64(kv["other"])
+	if kv["ok_rps"] > kv["rps"] {
+		rec.Error = "loadgen: ok_rps above rps in " + tail(line, 300)
+		return
+	}
+	if rec.Tool == "" {
+		rec.Tool = "loadgen"
+	}
+	rec.RPS, rec.ToolRPS = ptr(kv["ok_rps"]), ptr(kv["rps"])
+	rec.Requests = ok + refused + other
+	rec.Refused, rec.Non2xx = refused, refused+other
+	rec.Timeouts, rec.Errors = int64(kv["timeouts"]), int64(kv["errors"])
+	if ok > 0 {
+		rec.P50Ms, rec.P99Ms = ptr(kv["ok_p50"]), ptr(kv["ok_p99"])
+	}
+	if refused > 0 {
+		rec.RefusedP50Ms, rec.RefusedP99Ms = ptr(kv["refused_p50"]), ptr(kv["refused_p99"])
+	}
 }
 
 func parseIperf(rec *Record, text string) {

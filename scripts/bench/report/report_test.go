@@ -41,6 +41,10 @@ func TestParseOutput(t *testing.T) {
 		{file: "wrk-refused.txt", wantErr: "unparsable output: unable to connect"},
 		{file: "iperf3-ok.json", want: Record{Tool: "iperf3", Gbps: f64(12183485444.844667 / 1e9), Retransmits: new(int64(2))}},
 		{file: "iperf3-refused.json", wantErr: "unable to connect to server"},
+		{file: "loadgen-ok.txt", want: Record{Tool: "loadgen", RPS: f64(4659), ToolRPS: f64(33924), Requests: 4663 + 29293,
+			P50Ms: f64(0.91), P99Ms: f64(5.79), Non2xx: 29293, Refused: 29293, RefusedP50Ms: f64(0.21), RefusedP99Ms: f64(1.95)}},
+		// Nothing answered: no percentiles, the failures counted.
+		{file: "loadgen-errors.txt", want: Record{Tool: "loadgen", RPS: f64(0), ToolRPS: f64(0), Timeouts: 17, Errors: 1007}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {
@@ -63,7 +67,12 @@ func TestParseOutput(t *testing.T) {
 }
 
 func TestParseOutputOddInput(t *testing.T) {
-	for _, in := range []string{"", "{", `{"end":{}}`, "Requests/sec: x", "   "} {
+	for _, in := range []string{"", "{", `{"end":{}}`, "Requests/sec: x", "   ",
+		"c=1 secs=1 rps=5 ok=1", // loadgen line cut short
+		"c=1 secs=1 rps=NaN ok=1 ok_rps=1 ok_p50=1 ok_p99=1 refused=0 refused_p50=0 refused_p99=0 other=0 timeouts=0 errors=0",
+		"c=1 secs=1 rps=1 ok=9 ok_rps=9 ok_p50=1 ok_p99=1 refused=0 refused_p50=0 refused_p99=0 other=0 timeouts=0 errors=0", // served above all
+		"c=1 secs=1 rps=9 ok=-1 ok_rps=1 ok_p50=1 ok_p99=1 refused=0 refused_p50=0 refused_p99=0 other=0 timeouts=0 errors=0",
+	} {
 		var r Record
 		ParseOutput(&r, in)
 		if r.Error == "" {
@@ -137,7 +146,7 @@ func TestReadRecordsOldShape(t *testing.T) {
 
 func testData(t *testing.T) *Data {
 	t.Helper()
-	recs, err := ReadFiles([]string{"testdata/tunnel-old.jsonl", "testdata/run.jsonl"})
+	recs, err := ReadFiles([]string{"testdata/tunnel-old.jsonl", "testdata/run.jsonl", "testdata/overload.jsonl"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,6 +195,18 @@ func TestTargets(t *testing.T) {
 		{"4", "c = 100: quench ratio to direct ≥ nginx's", "0.50× vs 0.40×", Met},
 		{"4", "c = 100: quench ≥ 1.5× go-nitriding", "2.00× (20000 vs 10000 req/s)", Met},
 		{"4", "c = 100: quench p99 ≤ nginx's", "10.0 ms vs 8.0 ms", Missed},
+		{"4", "overload, quench, default limit; clients retry a 503 at once: served p99 at 4×c_peak ≤ 3× the p99 at c_peak",
+			"4.09×: 45.0 ms at c = 256 vs 11.0 ms at c = 64", Missed},
+		{"4", "overload, quench, default limit; clients retry a 503 at once: 503s at 4×c_peak within 10 ms (p99; p50 shown)",
+			"p99 16.0 ms, p50 4.8 ms (61000 refused per run, 80 % of responses)", Missed},
+		{"4", "overload, quench, default limit; clients retry a 503 at once: zero timeouts at 4×c_peak",
+			"0 timeouts in 3 run(s) at c = 256 (transport errors 0, other statuses 3)", Met},
+		{"4", "overload, quench, default limit; clients honour Retry-After: served p99 at 4×c_peak ≤ 3× the p99 at c_peak",
+			"2.50×: 25.0 ms at c = 256 vs 10.0 ms at c = 64", Met},
+		{"4", "overload, quench, default limit; clients honour Retry-After: 503s at 4×c_peak within 10 ms (p99; p50 shown)",
+			"p99 4.0 ms, p50 1.2 ms (1500 refused per run, 3 % of responses)", Met},
+		{"4", "overload, quench, default limit; clients honour Retry-After: zero timeouts at 4×c_peak",
+			"2 timeouts in 3 run(s) at c = 256 (transport errors 0, other statuses 0)", Missed},
 		{"6", "full HTTPS path req/s at c = 100 ≥ 3× nitriding's (best quench path)", "3.60×: 9000 (quench-fast) vs 2500", Met},
 		{"6", "full HTTPS path p99 at c = 1000 lower than nitriding's", "200 ms (quench-fast) vs 400 ms", Met},
 		{"7", "fast path req/s at c = 100 ≥ 0.6× direct", "0.55×: 22000 vs 40000", Missed},
@@ -270,7 +291,7 @@ func TestCharts(t *testing.T) {
 		suite string
 		want  []string
 	}{
-		{"proxy", []string{"proxy-sweep.svg", "proxy-http.svg"}},
+		{"proxy", []string{"proxy-sweep.svg", "proxy-http.svg", "proxy-overload.svg"}},
 		{"tunnel", []string{"tunnel-http.svg", "tunnel-bulk.svg"}},
 		{"ingress", []string{"ingress-http.svg", "ingress-bulk.svg"}},
 	} {
@@ -386,7 +407,7 @@ func TestMachineRecord(t *testing.T) {
 }
 
 func FuzzParseOutput(f *testing.F) {
-	for _, name := range []string{"wrk-ok.txt", "wrk-errors.txt", "wrk-refused.txt", "iperf3-ok.json", "iperf3-refused.json"} {
+	for _, name := range []string{"wrk-ok.txt", "wrk-errors.txt", "wrk-refused.txt", "iperf3-ok.json", "iperf3-refused.json", "loadgen-ok.txt", "loadgen-errors.txt"} {
 		b, err := os.ReadFile(filepath.Join("testdata", name))
 		if err != nil {
 			f.Fatal(err)
@@ -401,6 +422,9 @@ func FuzzParseOutput(f *testing.F) {
 		}
 		if r.RPS != nil && r.ToolRPS != nil && *r.RPS > *r.ToolRPS {
 			t.Fatalf("successful req/s %v above the tool's %v", *r.RPS, *r.ToolRPS)
+		}
+		if r.Refused < 0 || r.Refused > r.Non2xx || r.Timeouts < 0 || r.Errors < 0 || r.Requests < 0 {
+			t.Fatalf("impossible counts in %+v", r)
 		}
 	})
 }
@@ -427,4 +451,89 @@ func readTestdataF(f *testing.F, name string) string {
 		f.Fatal(err)
 	}
 	return string(b)
+}
+
+func TestRunParseLoadgen(t *testing.T) {
+	var out bytes.Buffer
+	err := run([]string{"parse", "-suite", "proxy", "-config", "quench-limited", "-name", "overload", "-c", "64", "-peak-c", "16",
+		"-run", "1", "-cmd", "loadgen -c 64", "-host", "0,90", "-wall", "1", "-hz", "100"},
+		strings.NewReader(readTestdata(t, "loadgen-ok.txt")), &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, err := ReadRecords(&out, "")
+	if err != nil || len(recs) != 1 {
+		t.Fatalf("records %v, err %v", recs, err)
+	}
+	r := recs[0]
+	if r.Name != "overload" || r.C != 64 || r.PeakC != 16 || r.Tool != "loadgen" || r.Refused != 29293 || *r.RefusedP99Ms != 1.95 || *r.HostCPU != 0.9 {
+		t.Fatalf("record = %+v", r)
+	}
+}
+
+func TestOverloadMarkdown(t *testing.T) {
+	var buf bytes.Buffer
+	if err := WriteMarkdown(&buf, testData(t), Options{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{
+		"### Overload (loadgen; c_peak = 64, overload at c = 256)",
+		"req/s by c (median of rounds): 16: 13.9k, 32: 15.9k, 64: 17.6k, 128: 16.9k, 256: 16.4k.",
+		"| quench, default limit; clients retry a 503 at once | 64 | 15000 | 4.00 / 11.0 | 1.00× | 0 | – | 0 / 0 / 0 |",
+		"| quench, default limit; clients retry a 503 at once | 256 | 5000 | 30.00 / 45.0 | 4.09× | 61000 (80 %) | 4.80 / 16.0 | 0 / 0 / 3 |",
+		"| quench, default limit; clients honour Retry-After | 256 | 14000 | 8.00 / 25.0 | 2.50× | 1500 (3 %) | 1.20 / 4.0 | 2 / 0 / 0 |",
+		"| nginx (no limit) | 256 | 16000 | 16.00 / 40.0 | 4.44× | 0 | – | 0 / 0 / 0 |",
+		"loadgen -addr 127.0.0.1:PORT -c 256 -d 3s -timeout 2s -honor-retry-after",
+	} {
+		if !strings.Contains(buf.String(), s) {
+			t.Errorf("Markdown lacks %q", s)
+		}
+	}
+	// The peak search is not an http point: no extra rows in the wrk table.
+	if strings.Contains(buf.String(), "| 16 | quench |") {
+		t.Error("peak-search records leaked into the wrk table")
+	}
+}
+
+// TestOverloadTargetsEdges covers what the testdata run does not: no 503s
+// at all, nothing served, one variant missing, and PeakC absent.
+func TestOverloadTargetsEdges(t *testing.T) {
+	lg := func(cfg string, c, peak int, rps, p99 float64, refused int64, rp99 *float64) Record {
+		return Record{Suite: "proxy", Config: cfg, Name: "overload", C: c, PeakC: peak, Run: 1, Tool: "loadgen",
+			RPS: f64(rps), P99Ms: f64(p99), Requests: 1000, Refused: refused, Non2xx: refused, RefusedP99Ms: rp99}
+	}
+	type row struct {
+		Goal   string
+		Status Status
+	}
+	tests := []struct {
+		name string
+		recs []Record
+		want []Status // per overload row: p99, 503s, timeouts (retry at once, then honour)
+	}{
+		{"no refusals", []Record{
+			lg("quench-limited", 8, 8, 100, 10, 0, nil), lg("quench-limited", 32, 8, 100, 20, 0, nil),
+			lg("quench-limited+retry-after", 8, 8, 100, 10, 0, nil), lg("quench-limited+retry-after", 32, 8, 100, 31, 10, f64(10.5)),
+		}, []Status{Met, Info, Met, Missed, Missed, Met}},
+		{"nothing served, honour missing", []Record{
+			lg("quench-limited", 8, 8, 100, 10, 0, nil), lg("quench-limited", 32, 8, 0, 0, 900, f64(2)),
+		}, []Status{Missed, Met, Met, NotMeasured, NotMeasured, NotMeasured}},
+		{"no peak_c: lowest c is the peak", []Record{
+			lg("quench-limited", 10, 0, 100, 10, 0, nil), lg("quench-limited", 40, 0, 100, 30, 5, f64(10)),
+		}, []Status{Met, Met, Met, NotMeasured, NotMeasured, NotMeasured}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var got []Status
+			for _, tg := range overloadTargets(Merge(tt.recs)) {
+				got = append(got, tg.Status)
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Fatalf("statuses (-want +got):\n%s", diff)
+			}
+		})
+	}
+	if ts := overloadTargets(Merge(nil)); len(ts) != 1 || ts[0].Status != NotMeasured {
+		t.Fatalf("no data: %+v", ts)
+	}
 }

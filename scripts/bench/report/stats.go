@@ -20,9 +20,18 @@ type Point struct {
 	HostCPU, EnclCPU      float64
 	KBPerConn             float64
 	Errors, Timeouts, Bad int64 // sums over runs; Bad = non-2xx
-	Failed                []string
-	Alive                 bool
-	Commands              []string
+	// Refused is the median count of 503 responses per run and
+	// RefusedShare their median share of all responses; RefP50 and RefP99
+	// their latency (loadgen records). Other sums the non-2xx responses
+	// that were not 503s over runs.
+	Refused, RefusedShare float64
+	RefP50, RefP99        float64
+	Other                 int64
+	// PeakC is the highest PeakC of the runs (overload records).
+	PeakC    int
+	Failed   []string
+	Alive    bool
+	Commands []string
 }
 
 // Data is a run's records merged into medians.
@@ -66,6 +75,7 @@ func Merge(recs []Record) *Data {
 	d := &Data{Points: map[key]*Point{}, Configs: map[string][]string{}, Runs: map[string]int{}, Commands: map[string][]string{}, Invocations: map[string][]string{}}
 	type acc struct {
 		gbps, rps, p50, p90, p99, hc, ec, kb []float64
+		refused, share, rp50, rp99           []float64
 	}
 	accs := map[key]*acc{}
 	for _, r := range recs {
@@ -104,6 +114,8 @@ func Merge(recs []Record) *Data {
 		p.Errors += r.Errors
 		p.Timeouts += r.Timeouts
 		p.Bad += r.Non2xx
+		p.Other += r.Non2xx - min(r.Refused, r.Non2xx)
+		p.PeakC = max(p.PeakC, r.PeakC)
 		if r.Error != "" {
 			p.Failed = append(p.Failed, r.Error)
 			continue
@@ -124,6 +136,14 @@ func Merge(recs []Record) *Data {
 		add(&a.hc, r.HostCPU)
 		add(&a.ec, r.EnclCPU)
 		add(&a.kb, r.KBPerConn)
+		if r.Tool == "loadgen" || r.Refused > 0 || r.RefusedP99Ms != nil {
+			a.refused = append(a.refused, float64(r.Refused))
+			if r.Requests > 0 {
+				a.share = append(a.share, float64(r.Refused)/float64(r.Requests))
+			}
+		}
+		add(&a.rp50, r.RefusedP50Ms)
+		add(&a.rp99, r.RefusedP99Ms)
 		if r.Alive != nil && *r.Alive {
 			p.Alive = true
 		}
@@ -133,6 +153,8 @@ func Merge(recs []Record) *Data {
 		p.Gbps, p.RPS = median(a.gbps), median(a.rps)
 		p.P50, p.P90, p.P99 = median(a.p50), median(a.p90), median(a.p99)
 		p.HostCPU, p.EnclCPU, p.KBPerConn = median(a.hc), median(a.ec), median(a.kb)
+		p.Refused, p.RefusedShare = median(a.refused), median(a.share)
+		p.RefP50, p.RefP99 = median(a.rp50), median(a.rp99)
 	}
 	return d
 }
@@ -154,10 +176,11 @@ func (d *Data) val(suite, config, name string, c int, f func(*Point) float64) fl
 	return f(p)
 }
 
-func fRPS(p *Point) float64  { return p.RPS }
-func fGbps(p *Point) float64 { return p.Gbps }
-func fP99(p *Point) float64  { return p.P99 }
-func fKB(p *Point) float64   { return p.KBPerConn }
+func fRPS(p *Point) float64    { return p.RPS }
+func fGbps(p *Point) float64   { return p.Gbps }
+func fP99(p *Point) float64    { return p.P99 }
+func fKB(p *Point) float64     { return p.KBPerConn }
+func fRefP99(p *Point) float64 { return p.RefP99 }
 
 // best returns the config among configs with the highest f (lowest when
 // low), and its value; "" and NaN when none is known.

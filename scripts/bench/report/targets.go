@@ -170,6 +170,9 @@ func Targets(d *Data) []Target {
 		st, det = atMost(qp, np)
 		add("4", fmt.Sprintf("c = %d: quench p99 ≤ nginx's", c), fmt.Sprintf("%s vs %s", ms(qp), ms(np)), st, det)
 	}
+	for _, t := range overloadTargets(d) {
+		add(t.Issue, t.Goal, t.Measured, t.Status, t.Detail)
+	}
 
 	// Issue 6: the full HTTPS path against nitriding's stack.
 	const en = "enclave"
