@@ -4,6 +4,11 @@
 // 2xx, refused 503, other), which wrk cannot do. A request that gets no
 // response within -timeout counts as a timeout; its connection is replaced.
 //
+// With -warmup, the connections are opened and loaded for that long before
+// the measured -d begins, so that the figures are those of the steady state
+// and not of c connections arriving at once (the server accepting them one by
+// one while their first requests wait).
+//
 // It prints one line of key=value pairs (latencies in milliseconds).
 package main
 
@@ -30,13 +35,14 @@ func main() {
 	dur := flag.Duration("d", 5*time.Second, "duration of the run")
 	timeout := flag.Duration("timeout", 2*time.Second, "a request with no response by then is a timeout")
 	honor := flag.Bool("honor-retry-after", false, "after a 503, wait for its Retry-After before the next request")
+	warmup := flag.Duration("warmup", 0, "load for this long before the measured -d begins (nothing recorded)")
 	flag.Parse()
 
 	req := []byte("GET " + *path + " HTTP/1.1\r\nHost: " + *addr + "\r\nUser-Agent: loadgen\r\n\r\n")
 	results := make([]*stats, *conns)
 	var wg sync.WaitGroup
 	start := make(chan struct{})
-	var end time.Time
+	var from, end time.Time
 	for i := range results {
 		st := &stats{}
 		results[i] = st
@@ -44,15 +50,15 @@ func main() {
 		go func() {
 			defer wg.Done()
 			<-start
-			worker(*addr, req, end, *timeout, *honor, st)
+			worker(*addr, req, from, end, *timeout, *honor, st)
 		}()
 	}
 	time.Sleep(100 * time.Millisecond) // let the workers park
-	begin := time.Now()
-	end = begin.Add(*dur)
+	from = time.Now().Add(*warmup)
+	end = from.Add(*dur)
 	close(start)
 	wg.Wait()
-	elapsed := time.Since(begin).Seconds()
+	elapsed := time.Since(from).Seconds()
 
 	var all stats
 	for _, st := range results {
@@ -94,7 +100,8 @@ func pct(d []time.Duration, p int) float64 {
 
 var errClosed = errors.New("server closed the connection")
 
-func worker(addr string, req []byte, end time.Time, timeout time.Duration, honor bool, st *stats) {
+// worker loads addr until end, recording the requests sent from from on.
+func worker(addr string, req []byte, from, end time.Time, timeout time.Duration, honor bool, st *stats) {
 	st.ok = make([]time.Duration, 0, 4096)
 	var c net.Conn
 	var br *bufio.Reader
@@ -118,8 +125,13 @@ func worker(addr string, req []byte, end time.Time, timeout time.Duration, honor
 		_ = c.SetDeadline(t0.Add(timeout))
 		code, keep, retryAfter, err := roundTrip(c, br, req)
 		d := time.Since(t0)
+		rec := !t0.Before(from)
 		var ne net.Error
 		switch {
+		case !rec:
+			if code == 503 && honor && retryAfter > 0 {
+				time.Sleep(min(retryAfter, time.Until(end)))
+			}
 		case errors.As(err, &ne) && ne.Timeout():
 			st.timeouts++
 		case err != nil:

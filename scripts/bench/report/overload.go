@@ -189,7 +189,7 @@ func writeOverload(b *strings.Builder, d *Data, s string) {
 					lv = append(lv, fmt.Sprintf("%d: %.1fk", c, v/1000))
 				}
 			}
-			fmt.Fprintf(b, "c_peak is where a wrk search of %s (no limit) peaked, best of its rounds; req/s by c (median of rounds): %s. ", cfg, strings.Join(lv, ", "))
+			fmt.Fprintf(b, "c_peak is where a wrk search of %s (no limit) reaches its plateau: the lowest concurrency within 5 %% of the highest req/s, best of its rounds; req/s by c (median of rounds): %s. Each loadgen run loads its connections for 1 s before it records. ", cfg, strings.Join(lv, ", "))
 		}
 	}
 	fmt.Fprintf(b, "Targets (issue 4): at %d×c_peak the served p99 stays within %d× the p99 at c_peak, 503s within %d ms, zero timeouts.\n\n",
