@@ -330,19 +330,25 @@ func TestParseGoBench(t *testing.T) {
 	}
 }
 
-func TestRunParse(t *testing.T) {
+// parseOne runs `report parse args` on testdata file in and returns the one
+// record it must print.
+func parseOne(t *testing.T, args []string, in string) Record {
+	t.Helper()
 	var out bytes.Buffer
-	err := run([]string{"parse", "-suite", "tunnel", "-config", "quench:65520", "-name", "http", "-c", "10", "-run", "2",
-		"-cmd", "wrk ...", "-host", "100,150", "-encl", "10,30", "-wall", "1", "-hz", "100"},
-		strings.NewReader(readTestdata(t, "wrk-ok.txt")), &out)
-	if err != nil {
+	if err := run(append([]string{"parse"}, args...), strings.NewReader(readTestdata(t, in)), &out); err != nil {
 		t.Fatal(err)
 	}
 	recs, err := ReadRecords(&out, "")
 	if err != nil || len(recs) != 1 {
 		t.Fatalf("records %v, err %v", recs, err)
 	}
-	r := recs[0]
+	return recs[0]
+}
+
+func TestRunParse(t *testing.T) {
+	var out bytes.Buffer
+	r := parseOne(t, []string{"-suite", "tunnel", "-config", "quench:65520", "-name", "http", "-c", "10", "-run", "2",
+		"-cmd", "wrk ...", "-host", "100,150", "-encl", "10,30", "-wall", "1", "-hz", "100"}, "wrk-ok.txt")
 	if r.Suite != "tunnel" || r.Config != "quench:65520" || r.C != 10 || r.Run != 2 || *r.HostCPU != 0.5 || *r.EnclCPU != 0.2 || *r.RPS != 43673.14 {
 		t.Fatalf("record = %+v", r)
 	}
@@ -454,18 +460,8 @@ func readTestdataF(f *testing.F, name string) string {
 }
 
 func TestRunParseLoadgen(t *testing.T) {
-	var out bytes.Buffer
-	err := run([]string{"parse", "-suite", "proxy", "-config", "quench-limited", "-name", "overload", "-c", "64", "-peak-c", "16",
-		"-run", "1", "-cmd", "loadgen -c 64", "-host", "0,90", "-wall", "1", "-hz", "100"},
-		strings.NewReader(readTestdata(t, "loadgen-ok.txt")), &out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	recs, err := ReadRecords(&out, "")
-	if err != nil || len(recs) != 1 {
-		t.Fatalf("records %v, err %v", recs, err)
-	}
-	r := recs[0]
+	r := parseOne(t, []string{"-suite", "proxy", "-config", "quench-limited", "-name", "overload", "-c", "64", "-peak-c", "16",
+		"-run", "1", "-cmd", "loadgen -c 64", "-host", "0,90", "-wall", "1", "-hz", "100"}, "loadgen-ok.txt")
 	if r.Name != "overload" || r.C != 64 || r.PeakC != 16 || r.Tool != "loadgen" || r.Refused != 29293 || *r.RefusedP99Ms != 1.95 || *r.HostCPU != 0.9 {
 		t.Fatalf("record = %+v", r)
 	}
