@@ -126,15 +126,9 @@ func writeBulkChart(d *Data, s, path, title string) (string, error) {
 				top = math.Max(top, v)
 			}
 		}
-		bars, err := plotter.NewBarChart(vals, w)
-		if err != nil {
+		if _, err := addBarGroup(pl, vals, w, i, len(cfgs), c); err != nil {
 			return "", fmt.Errorf("report: bulk chart: %w", err)
 		}
-		bars.LineStyle.Width = 0
-		bars.Color = barColours[i%len(barColours)]
-		bars.Offset = w * vg.Length(float64(i)-float64(len(cfgs)-1)/2)
-		pl.Add(bars)
-		pl.Legend.Add(c, bars)
 	}
 	pl.NominalX(labels...)
 	pl.Y.Min = 0
@@ -143,4 +137,19 @@ func writeBulkChart(d *Data, s, path, title string) (string, error) {
 		return "", fmt.Errorf("report: bulk chart: %w", err)
 	}
 	return path, nil
+}
+
+// addBarGroup adds series i of n to a grouped bar chart, bars w wide, with
+// its colour, offset and legend entry.
+func addBarGroup(pl *plot.Plot, vals plotter.Values, w vg.Length, i, n int, label string) (*plotter.BarChart, error) {
+	bars, err := plotter.NewBarChart(vals, w)
+	if err != nil {
+		return nil, err
+	}
+	bars.LineStyle.Width = 0
+	bars.Color = barColours[i%len(barColours)]
+	bars.Offset = w * vg.Length(float64(i)-float64(n-1)/2)
+	pl.Add(bars)
+	pl.Legend.Add(label, bars)
+	return bars, nil
 }

@@ -251,15 +251,10 @@ func writeOverloadChart(d *Data, s, path, title string) (string, error) {
 				top = math.Max(top, v)
 			}
 		}
-		bars, err := plotter.NewBarChart(vals, w)
+		bars, err := addBarGroup(pl, vals, w, i, len(series), sr.label)
 		if err != nil {
 			return "", fmt.Errorf("report: overload chart: %w", err)
 		}
-		bars.LineStyle.Width = 0
-		bars.Color = barColours[i%len(barColours)]
-		bars.Offset = w * vg.Length(float64(i)-float64(len(series)-1)/2)
-		pl.Add(bars)
-		pl.Legend.Add(sr.label, bars)
 		xys := make(plotter.XYs, len(cfgs))
 		for j := range cfgs {
 			xys[j] = plotter.XY{X: float64(j), Y: vals[j]}
