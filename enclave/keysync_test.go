@@ -78,16 +78,7 @@ func ksStart(tb testing.TB, att attestation.Attester, sock, public, sync, leader
 			ElectionRetry:     20 * time.Millisecond,
 		},
 	}
-	e, err := enclave.New(cfg)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := e.Start(ctx); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { _ = e.Close() })
+	e := startEnclave(tb, cfg)
 	addrs, err := e.Addrs()
 	if err != nil {
 		tb.Fatal(err)

@@ -76,16 +76,7 @@ func svStart(tb testing.TB, mod func(*enclave.Config)) *svEnv {
 	if mod != nil {
 		mod(&cfg)
 	}
-	e, err := enclave.New(cfg)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := e.Start(ctx); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { _ = e.Close() })
+	e := startEnclave(tb, cfg)
 	env.enc = e
 	env.public = "https://" + env.host.Published()[0].String()
 	addrs, err := e.Addrs()
@@ -629,4 +620,21 @@ func TestServeIngress(t *testing.T) {
 	if code != http.StatusOK || body != "client 203.0.113.9:40000" {
 		t.Fatalf("got %d %q", code, body)
 	}
+}
+
+// startEnclave creates and starts an Enclave with cfg, closed when the test
+// ends.
+func startEnclave(tb testing.TB, cfg enclave.Config) *enclave.Enclave {
+	tb.Helper()
+	e, err := enclave.New(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := e.Start(ctx); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = e.Close() })
+	return e
 }

@@ -157,17 +157,7 @@ func usStartEnclave(tb testing.TB, path string, mod func(*enclave.Config)) *encl
 	if mod != nil {
 		mod(&cfg)
 	}
-	e, err := enclave.New(cfg)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := e.Start(ctx); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { _ = e.Close() })
-	return e
+	return startEnclave(tb, cfg)
 }
 
 // usServeHTTP serves h on ln until the test ends.
