@@ -85,6 +85,12 @@ func TestOverload(t *testing.T) {
 }
 
 func TestQueue(t *testing.T) {
+	for _, front := range serveFronts {
+		t.Run(front, func(t *testing.T) { testQueue(t, front) })
+	}
+}
+
+func testQueue(t *testing.T, front string) {
 	checkGoroutines(t)
 	release := make(chan struct{})
 	var arrived atomic.Int32
@@ -93,7 +99,7 @@ func TestQueue(t *testing.T) {
 			<-release
 		}
 	})
-	env := newEnv(t, "serve", up, Config{MaxInFlight: 1, QueueSize: 1, QueueTimeout: 2 * time.Second})
+	env := newEnv(t, front, up, Config{MaxInFlight: 1, QueueSize: 1, QueueTimeout: 2 * time.Second})
 	get := func(path string, code *int, wg *sync.WaitGroup) {
 		defer wg.Done()
 		resp, err := env.client.Get(env.url + path)
@@ -522,6 +528,12 @@ func TestProxyProtocolClientAddress(t *testing.T) {
 }
 
 func TestServeProtocol(t *testing.T) {
+	for _, front := range serveFronts {
+		t.Run(front, func(t *testing.T) { testServeProtocol(t, front) })
+	}
+}
+
+func testServeProtocol(t *testing.T, front string) {
 	checkGoroutines(t)
 	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/stream" {
@@ -533,7 +545,7 @@ func TestServeProtocol(t *testing.T) {
 		body, _ := io.ReadAll(r.Body)
 		fmt.Fprintf(w, "%s %s %q", r.Method, r.URL.Path, body)
 	})
-	env := newEnv(t, "serve", up, Config{MaxHeaderBytes: 1024})
+	env := newEnv(t, front, up, Config{MaxHeaderBytes: 1024})
 	addr := strings.TrimPrefix(env.url, "http://")
 	tests := []struct {
 		name string
@@ -568,8 +580,14 @@ func TestServeProtocol(t *testing.T) {
 }
 
 func TestHTTP10KeepAlive(t *testing.T) {
+	for _, front := range serveFronts {
+		t.Run(front, func(t *testing.T) { testHTTP10KeepAlive(t, front) })
+	}
+}
+
+func testHTTP10KeepAlive(t *testing.T, front string) {
 	checkGoroutines(t)
-	env := newEnv(t, "serve", http.HandlerFunc(echoHandler), Config{})
+	env := newEnv(t, front, http.HandlerFunc(echoHandler), Config{})
 	c, err := net.Dial("tcp", strings.TrimPrefix(env.url, "http://"))
 	if err != nil {
 		t.Fatal(err)
@@ -641,6 +659,12 @@ func TestNewServerDefaults(t *testing.T) {
 // TestServeRefusals checks the prebuilt 503 responses of Serve in each of
 // their forms.
 func TestServeRefusals(t *testing.T) {
+	for _, front := range serveFronts {
+		t.Run(front, func(t *testing.T) { testServeRefusals(t, front) })
+	}
+}
+
+func testServeRefusals(t *testing.T, front string) {
 	checkGoroutines(t)
 	release := make(chan struct{})
 	arrived := make(chan struct{}, 1)
@@ -648,7 +672,7 @@ func TestServeRefusals(t *testing.T) {
 		arrived <- struct{}{}
 		<-release
 	})
-	env := newEnv(t, "serve", up, Config{MaxInFlight: 1, RetryAfter: 2 * time.Second})
+	env := newEnv(t, front, up, Config{MaxInFlight: 1, RetryAfter: 2 * time.Second})
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

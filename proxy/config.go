@@ -175,6 +175,17 @@ type Config struct {
 	// (64 KiB).
 	MaxHeaderBytes int
 
+	// EventLoops is how many event loops [Proxy.Serve] forwards plain TCP
+	// and unix-socket connections on (Linux), instead of a goroutine per
+	// connection: 0 means runtime.GOMAXPROCS(0), negative means none (every
+	// connection gets a goroutine, as TLS connections and other platforms
+	// always do). The loops forward HTTP/1.1 requests without a body or with
+	// a Content-Length one themselves and hand anything else (HTTP/1.0,
+	// chunked request bodies, Expect, upgrades, CONNECT, intercepted or
+	// queued requests) to the goroutine front end with the connection.
+	// docs/bench/proxy.md compares the two. Default 0.
+	EventLoops int
+
 	// Logger receives one line per upstream failure (level Warn) and per
 	// aborted exchange (level Debug). Default nil: logs are discarded.
 	Logger *slog.Logger

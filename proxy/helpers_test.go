@@ -17,8 +17,10 @@ import (
 	"time"
 )
 
-// fronts are the two ways a Proxy meets clients; behaviour tests run on both.
-var fronts = []string{"handler", "serve"}
+// fronts are the front ends: net/http's server with the Proxy as handler,
+// Serve on its event loops (Linux) and Serve with a goroutine per
+// connection.
+var fronts = []string{"handler", "serve", "serve-goroutines"}
 
 // testEnv is an upstream, a Proxy in front of it and a client.
 type testEnv struct {
@@ -79,7 +81,10 @@ func serveOn(t testing.TB, p *Proxy, front string, ln net.Listener) string {
 		srv := NewServer(p, ServerConfig{})
 		go func() { defer close(done); _ = srv.Serve(ln) }()
 		t.Cleanup(func() { _ = srv.Close(); <-done; _ = p.Close() })
-	case "serve":
+	case "serve", "serve-goroutines":
+		if front == "serve-goroutines" {
+			p.cfg.EventLoops = -1 // before the first Serve
+		}
 		go func() { defer close(done); _ = p.Serve(ln) }()
 		t.Cleanup(func() { _ = p.Close(); <-done })
 	default:
@@ -221,4 +226,26 @@ func checkReply(t *testing.T, reply string, want, not []string) {
 			t.Errorf("reply contains %q:\n%s", n, reply)
 		}
 	}
+}
+
+// serveFronts are the front ends of Serve: event loops and goroutines.
+var serveFronts = []string{"serve", "serve-goroutines"}
+
+// newUpstream starts an upstream server, closed in tb.Cleanup.
+func newUpstream(tb testing.TB, h http.Handler) *httptest.Server {
+	tb.Helper()
+	up := httptest.NewServer(h)
+	tb.Cleanup(up.Close)
+	return up
+}
+
+// newProxy returns a Proxy with the default Config in front of up.
+func newProxy(tb testing.TB, up *httptest.Server) *Proxy {
+	tb.Helper()
+	target, _ := url.Parse(up.URL)
+	p, err := New(target, Config{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return p
 }

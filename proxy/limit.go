@@ -53,6 +53,19 @@ func (l *limiter) acquire(ctx context.Context) bool {
 	}
 }
 
+// tryAcquire takes a slot if one is free, without queueing.
+func (l *limiter) tryAcquire() bool {
+	if l.slots == nil {
+		return true
+	}
+	select {
+	case l.slots <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
 func (l *limiter) release() {
 	if l.slots != nil {
 		<-l.slots

@@ -68,8 +68,30 @@ type connPool struct {
 	mu     sync.Mutex // serializes drain against itself
 }
 
-// get returns an idle connection, or dials a new one.
+// get returns an idle connection, or dials a new one, waiting for a slot
+// when MaxConns connections are open.
 func (p *connPool) get(ctx context.Context) (*upConn, error) {
+	uc, err := p.tryGet(ctx)
+	if err != errNoSlot {
+		return uc, err
+	}
+	uc, err = p.wait(ctx)
+	if uc != nil || err != nil {
+		return uc, err
+	}
+	uc, err = p.dialConn(ctx)
+	if err != nil {
+		<-p.slots
+	}
+	return uc, err
+}
+
+// errNoSlot is returned by tryGet when MaxConns connections are open.
+var errNoSlot = errors.New("proxy: all upstream connections busy")
+
+// tryGet is get without waiting: it returns errNoSlot when MaxConns
+// connections are open and none is idle. It may still wait for a dial.
+func (p *connPool) tryGet(ctx context.Context) (*upConn, error) {
 	for p.idle != nil {
 		var uc *upConn
 		select {
@@ -92,10 +114,7 @@ func (p *connPool) get(ctx context.Context) (*upConn, error) {
 		select {
 		case p.slots <- struct{}{}:
 		default:
-			uc, err := p.wait(ctx)
-			if uc != nil || err != nil {
-				return uc, err
-			}
+			return nil, errNoSlot
 		}
 	}
 	uc, err := p.dialConn(ctx)

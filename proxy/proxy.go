@@ -45,10 +45,12 @@ type Proxy struct {
 	shuttingDown atomic.Bool // set by Shutdown: Serve's connections close when idle
 
 	mu      sync.Mutex
-	closed  bool                 // guarded by mu
-	tunnels map[*tunnel]struct{} // guarded by mu
-	closers map[closer]struct{}  // listeners and connections of Serve; guarded by mu
-	wg      sync.WaitGroup       // one count per tunnel and per connection of Serve
+	closed  bool                    // guarded by mu
+	tunnels map[*tunnel]struct{}    // guarded by mu
+	loops   atomic.Pointer[loopSet] // Serve's event loops, started by the first Serve that can use them
+	noLoops bool                    // the event loops could not start; guarded by mu
+	closers map[closer]struct{}     // listeners and connections of Serve; guarded by mu
+	wg      sync.WaitGroup          // one count per tunnel and per connection of Serve
 }
 
 var _ http.Handler = (*Proxy)(nil)
@@ -181,6 +183,35 @@ func (p *Proxy) Close() error {
 	p.pool.close()
 	p.wg.Wait()
 	return nil
+}
+
+// eventLoops returns Serve's event loops, starting them on first use, or
+// nil when connections are served by goroutines (Config.EventLoops < 0,
+// an https target, a platform without epoll).
+func (p *Proxy) eventLoops() *loopSet {
+	if ls := p.loops.Load(); ls != nil {
+		return ls
+	}
+	if p.cfg.EventLoops < 0 || p.pool.tlsConfig != nil {
+		return nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || p.noLoops {
+		return nil
+	}
+	if ls := p.loops.Load(); ls != nil {
+		return ls
+	}
+	ls, err := newLoopSet(p, p.cfg.EventLoops)
+	if err != nil {
+		p.noLoops = true
+		p.log.LogAttrs(p.ctx, slog.LevelWarn, "proxy: event loops unavailable; serving a goroutine per connection", slog.Any("err", err))
+		return nil
+	}
+	p.closers[ls] = struct{}{}
+	p.loops.Store(ls)
+	return ls
 }
 
 // InFlight returns the number of requests being forwarded now.

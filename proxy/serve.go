@@ -63,13 +63,25 @@ func (p *Proxy) Serve(ln net.Listener) error {
 			return fmt.Errorf("proxy: serve: %w", err)
 		}
 		delay = 0
-		cc := newClientConn(p, c)
-		if p.shuttingDown.Load() || !p.track(cc) {
-			_ = c.Close()
+		if ls := p.eventLoops(); ls != nil && ls.take(c) {
+			continue
+		}
+		if !p.serveConn(c) {
 			return fmt.Errorf("proxy: serve: %w", net.ErrClosed)
 		}
-		go cc.serve()
 	}
+}
+
+// serveConn serves c on its own goroutine. It reports false, and closes c,
+// if the Proxy is closed or shutting down.
+func (p *Proxy) serveConn(c net.Conn) bool {
+	cc := newClientConn(p, c)
+	if p.shuttingDown.Load() || !p.track(cc) {
+		_ = c.Close()
+		return false
+	}
+	go cc.serve()
+	return true
 }
 
 // closer is something Close must close: a listener given to Serve or a
@@ -379,8 +391,9 @@ func (cc *clientConn) writeInformational(resp *http.Response) {
 
 // writeStatusLine writes the status line of resp, with the upstream's
 // reason phrase.
-func (cc *clientConn) writeStatusLine(resp *http.Response) {
-	bw := cc.bw
+func (cc *clientConn) writeStatusLine(resp *http.Response) { writeStatusLineTo(cc.bw, resp) }
+
+func writeStatusLineTo(bw *bufio.Writer, resp *http.Response) {
 	_, _ = bw.WriteString("HTTP/1.1 ")
 	if st := resp.Status; len(st) > 3 && st[3] == ' ' && int(st[0]-'0')*100+int(st[1]-'0')*10+int(st[2]-'0') == resp.StatusCode {
 		_, _ = bw.WriteString(resp.Status)

@@ -31,7 +31,9 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.shuttingDown.Store(true)
 	p.mu.Lock()
 	for c := range p.closers {
-		if _, ok := c.(*clientConn); !ok {
+		switch c.(type) {
+		case *clientConn, *loopSet:
+		default:
 			_ = c.Close() // a listener
 		}
 	}
@@ -65,6 +67,12 @@ func (p *Proxy) closeIdleConns() (done bool) {
 	defer p.mu.Unlock()
 	done = true
 	for c := range p.closers {
+		if ls, ok := c.(*loopSet); ok {
+			if !ls.drain() {
+				done = false
+			}
+			continue
+		}
 		cc, ok := c.(*clientConn)
 		if !ok {
 			continue

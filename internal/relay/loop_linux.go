@@ -603,3 +603,16 @@ func write(fd int, b []byte) (int, error) {
 		return int(n), nil
 	}
 }
+
+// DupSocket returns a non-blocking duplicate (close-on-exec, numbered 3 or
+// more) of c's file descriptor if c is a stream socket. The caller owns it;
+// c stays open.
+func DupSocket(c net.Conn) (int, bool) { return dupSocket(c) }
+
+// SysRead is read(2) on a non-blocking descriptor, retried on EINTR,
+// without allocating. It returns unix.EAGAIN when nothing is there.
+func SysRead(fd int, b []byte) (int, error) { return read(fd, b) }
+
+// SysWrite is write(2) on a non-blocking descriptor, retried on EINTR,
+// without allocating. It returns unix.EAGAIN when the socket is full.
+func SysWrite(fd int, b []byte) (int, error) { return write(fd, b) }

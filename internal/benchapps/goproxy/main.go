@@ -38,6 +38,7 @@ func main() {
 	queue := flag.Int("queue", 0, "quench: Config.QueueSize")
 	maxConns := flag.Int("max-conns", 0, "quench: Config.MaxConns (0: default)")
 	bufSize := flag.Int("buffer", 0, "quench: Config.BufferSize (0: default)")
+	eventLoops := flag.Int("event-loops", 0, "quench: Config.EventLoops (0: GOMAXPROCS, -1: a goroutine per connection)")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file (stopped by SIGTERM/SIGINT)")
 	local := flag.String("local", "", "quench modes: serve requests whose path starts with this prefix with a local hello handler (Config.Intercept) instead of forwarding them")
 	flag.Parse()
@@ -57,7 +58,7 @@ func main() {
 	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, os.Interrupt)
-	cfg := proxy.Config{MaxInFlight: *maxInFlight, QueueSize: *queue, MaxConns: *maxConns, BufferSize: *bufSize}
+	cfg := proxy.Config{MaxInFlight: *maxInFlight, QueueSize: *queue, MaxConns: *maxConns, BufferSize: *bufSize, EventLoops: *eventLoops}
 	if *local != "" {
 		hello := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
