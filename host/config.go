@@ -84,6 +84,14 @@ type Config struct {
 	// largest write the Nitro hypervisor passes intact.
 	MaxWrite int
 
+	// AckDelay is how long the gateway may hold a pure TCP ACK bound for an
+	// enclave, so that the connection's next segment (the client's next
+	// request) carries it instead of a frame of its own. Only ACKs that
+	// advance the acknowledgment number are held, never duplicate ACKs,
+	// window updates or ACKs with SACK blocks. Negative turns holding off.
+	// Default: DefaultAckDelay (1ms).
+	AckDelay time.Duration
+
 	// Publish lists host ports forwarded into the enclave, through the
 	// virtual network or (Publish.VSockPort) over the ingress fast path.
 	// Default: none.
@@ -321,6 +329,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.MTU < 576 || c.MTU > tap.MaxFrameSize-tap.EthernetHeaderSize {
 		return c, fmt.Errorf("host: MTU %d out of range [576, %d]", c.MTU, tap.MaxFrameSize-tap.EthernetHeaderSize)
+	}
+	if c.AckDelay == 0 {
+		c.AckDelay = DefaultAckDelay
 	}
 	if c.MaxWrite == 0 {
 		c.MaxWrite = tap.DefaultMaxWrite

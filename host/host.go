@@ -138,7 +138,7 @@ func (h *Host) createStackLocked() error {
 	if !c.DisableHostLoopback {
 		arpAllowed = append(arpAllowed, addr(c.HostLoopbackIP))
 	}
-	h.sw = newSwitch(c.MTU, c.GatewayMAC, arpAllowed, h.log)
+	h.sw = newSwitch(c.MTU, c.GatewayMAC, arpAllowed, c.AckDelay, h.log)
 	s := stack.New(stack.Options{
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4},

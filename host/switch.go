@@ -7,6 +7,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -34,6 +35,10 @@ type switchEndpoint struct {
 	// for every address, including other enclaves'.
 	arpAllowed map[tcpip.Address]bool
 
+	// ackDelay is how long pure TCP ACKs to an enclave may be held
+	// (Config.AckDelay; see ackhold.go). Zero or less: never.
+	ackDelay time.Duration
+
 	mu    sync.RWMutex
 	macs  map[tcpip.LinkAddress]*port // guarded by mu; learned source addresses
 	ports map[*port]struct{}          // guarded by mu
@@ -44,6 +49,7 @@ type switchEndpoint struct {
 type switchStats struct {
 	framesIn, framesOut, bytesIn, bytesOut atomic.Uint64
 	dropped                                atomic.Uint64 // runts, unknown destinations, spoofed ARP
+	acksHeld, acksSuperseded               atomic.Uint64 // pure ACKs held; of those, dropped for a later segment
 }
 
 // port is one attached enclave stream.
@@ -62,6 +68,12 @@ type port struct {
 	spare   []*stack.PacketBuffer // guarded by mu; the writer's emptied batch, for reuse
 	wake    chan struct{}         // capacity 1: the writer has work
 	done    chan struct{}         // closed when the port is detached
+
+	// Pure ACKs held back (see ackhold.go). ackTimer fires when the first
+	// one is due; the writer then queues it. It is armed whenever acks
+	// goes from empty to not empty.
+	acks     ackHold[*stack.PacketBuffer] // guarded by mu
+	ackTimer *time.Timer
 }
 
 // maxPending bounds a port's transmit queue; past it packets are dropped
@@ -73,9 +85,10 @@ var (
 	_ stack.QueueingDiscipline = (*switchEndpoint)(nil)
 )
 
-func newSwitch(mtu int, mac net.HardwareAddr, arpAllowed []tcpip.Address, log *slog.Logger) *switchEndpoint {
+func newSwitch(mtu int, mac net.HardwareAddr, arpAllowed []tcpip.Address, ackDelay time.Duration, log *slog.Logger) *switchEndpoint {
 	e := &switchEndpoint{
 		log:        log,
+		ackDelay:   ackDelay,
 		arpAllowed: map[tcpip.Address]bool{},
 		macs:       map[tcpip.LinkAddress]*port{},
 		ports:      map[*port]struct{}{},
@@ -90,6 +103,9 @@ func newSwitch(mtu int, mac net.HardwareAddr, arpAllowed []tcpip.Address, log *s
 // attach adds a stream to the switch.
 func (e *switchEndpoint) attach(c *tap.Conn, remote string) *port {
 	p := &port{conn: c, remote: remote, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	p.acks.delay = e.ackDelay
+	p.ackTimer = time.NewTimer(time.Hour)
+	p.ackTimer.Stop()
 	e.mu.Lock()
 	e.ports[p] = struct{}{}
 	e.mu.Unlock()
@@ -146,8 +162,9 @@ func (e *switchEndpoint) serve(p *port) error {
 		e.detach(p)
 		close(p.done)
 		<-writerDone
+		p.ackTimer.Stop()
 		p.mu.Lock()
-		for _, pkt := range p.pending {
+		for _, pkt := range p.acks.drain(p.pending) {
 			pkt.DecRef()
 		}
 		p.pending = nil
@@ -269,6 +286,25 @@ func (e *switchEndpoint) WritePacket(pkt *stack.PacketBuffer) tcpip.Error {
 		e.stats.dropped.Add(1)
 		return &tcpip.ErrNoBufferSpace{}
 	}
+	if p.acks.delay > 0 {
+		prev, act, held, arm := p.acks.offer(pkt, parsePacket(pkt), monoNow())
+		switch act {
+		case holdDrop:
+			prev.DecRef()
+			e.stats.acksSuperseded.Add(1)
+		case holdSendFirst:
+			p.pending = append(p.pending, prev) // keeps the reference taken when held
+		}
+		if held { // then act is holdNone: nothing was queued
+			pkt.IncRef()
+			if arm {
+				p.ackTimer.Reset(p.acks.delay)
+			}
+			p.mu.Unlock()
+			e.stats.acksHeld.Add(1)
+			return nil
+		}
+	}
 	pkt.IncRef()
 	p.pending = append(p.pending, pkt)
 	p.mu.Unlock()
@@ -279,12 +315,31 @@ func (e *switchEndpoint) WritePacket(pkt *stack.PacketBuffer) tcpip.Error {
 	return nil
 }
 
-// writer sends p's queued packets, everything queued at once, until p is
-// detached.
+// ackSlack: the writer sends held ACKs up to delay/ackSlack early, so that
+// ACKs due close together leave in one write.
+const ackSlack = 8
+
+// monoEpoch is the origin of monoNow; set once, never changed.
+var monoEpoch = time.Now()
+
+// monoNow is the monotonic clock for ackHold.
+func monoNow() time.Duration { return time.Since(monoEpoch) }
+
+// writer sends p's queued packets, everything queued at once, and p's held
+// ACKs when they are due, until p is detached.
 func (e *switchEndpoint) writer(p *port) {
 	for {
 		select {
 		case <-p.wake:
+		case <-p.ackTimer.C:
+			p.mu.Lock()
+			now := monoNow()
+			// ACKs due within ackSlack go now too: one wakeup, not several.
+			p.pending = p.acks.expire(now+p.acks.delay/ackSlack, p.pending)
+			if due, ok := p.acks.next(); ok {
+				p.ackTimer.Reset(max(due-now, 0))
+			}
+			p.mu.Unlock()
 		case <-p.done:
 			return
 		}
@@ -323,61 +378,16 @@ func (e *switchEndpoint) writer(p *port) {
 	}
 }
 
-// WritePackets implements stack.LinkWriter: it sends the stack's packets to
-// the enclaves, coalescing consecutive packets for the same enclave into as
-// few stream writes as possible.
+// WritePackets implements stack.LinkWriter. The stack does not call it (the
+// switch is the NIC's queueing discipline), but when something does, the
+// packets join the same queues as WritePacket's, so that held ACKs and
+// queued packets of a connection stay in order.
 func (e *switchEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
-	var (
-		cur           *port
-		frames, bytes int
-		err           error
-	)
-	release := func() {
-		if cur == nil {
-			return
-		}
-		if err == nil {
-			err = cur.conn.Flush()
-		}
-		cur.conn.UnlockWrite()
-		e.afterWrite(cur, frames, bytes, err)
-		cur, frames, bytes, err = nil, 0, 0, nil
-	}
 	n := 0
 	for _, pkt := range pkts.AsSlice() {
 		n++
-		if e.spoofedARP(pkt) {
-			e.stats.dropped.Add(1)
-			continue
-		}
-		dst := header.Ethernet(pkt.LinkHeader().Slice()).DestinationAddress()
-		if dst == header.EthernetBroadcastAddress || header.IsMulticastEthernetAddress(dst) {
-			release()
-			e.broadcast(pkt)
-			continue
-		}
-		e.mu.RLock()
-		p := e.macs[dst]
-		e.mu.RUnlock()
-		if p == nil || p.dead.Load() {
-			e.stats.dropped.Add(1)
-			continue
-		}
-		if p != cur {
-			release()
-			cur = p
-			cur.conn.LockWrite()
-		}
-		if err != nil {
-			continue
-		}
-		size := pkt.Size()
-		if err = cur.conn.AppendFrame(pkt.AsSlices()...); err == nil {
-			frames++
-			bytes += size
-		}
+		_ = e.WritePacket(pkt) // failures are counted as drops
 	}
-	release()
 	return n, nil
 }
 

@@ -35,6 +35,7 @@ type options struct {
 	IdleTimeout    time.Duration `yaml:"idle_timeout"`
 	DrainTimeout   time.Duration `yaml:"drain_timeout"`
 	RelayGoroutine bool          `yaml:"relay_goroutines"`
+	AckDelay       time.Duration `yaml:"ack_delay"`
 	Allow          []string      `yaml:"allow"`
 	AllowMetadata  bool          `yaml:"allow_metadata"`
 	NoHostLoopback bool          `yaml:"no_host_loopback"`
@@ -55,6 +56,7 @@ func defaultOptions() options {
 		DialTimeout:  host.DefaultDialTimeout,
 		IdleTimeout:  host.DefaultIdleTimeout,
 		DrainTimeout: host.DefaultDrainTimeout,
+		AckDelay:     host.DefaultAckDelay,
 		DHCP:         true,
 		LogLevel:     "info",
 	}
@@ -88,6 +90,7 @@ func (o *options) bind(fs *flag.FlagSet, configPath *string) {
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", o.DrainTimeout, "on SIGTERM or port removal, wait this long for connections to end before closing them")
 	fs.Var(listFlag{&o.Allow}, "allow", "egress policy: allow outbound connections and DNS answers only for DEST[:PORTS][/tcp|/udp], DEST a hostname, *.wildcard, address, CIDR or *; repeatable (default: allow all). Example: -allow '*.amazonaws.com:443' -allow 10.0.0.0/8:5432")
 	fs.BoolVar(&o.RelayGoroutine, "relay-goroutines", o.RelayGoroutine, "relay published-port connections with two goroutines each instead of the epoll event loops (for comparison and debugging)")
+	fs.DurationVar(&o.AckDelay, "ack-delay", o.AckDelay, "hold a pure TCP ACK to the enclave this long, so that the connection's next segment carries it instead (fewer frames per request); 0 turns it off")
 	fs.BoolVar(&o.AllowMetadata, "allow-metadata", o.AllowMetadata, "let enclaves reach 169.254.0.0/16, including the EC2 instance metadata service and its credentials")
 	fs.BoolVar(&o.NoHostLoopback, "no-host-loopback", o.NoHostLoopback, "do not map the subnet's last address (192.168.127.254) to the host's 127.0.0.1")
 	fs.BoolVar(&o.DHCP, "dhcp", o.DHCP, "answer DHCP on the virtual network like gvproxy (enclave MAC 5a:94:ef:e4:0c:ee gets the enclave address), so a stock gvforwarder configures itself without -preexisting; -dhcp=false turns it off")
@@ -130,10 +133,14 @@ func (o options) hostConfig() (host.Config, error) {
 		IdleTimeout:         o.IdleTimeout,
 		DrainTimeout:        o.DrainTimeout,
 		GoroutineRelay:      o.RelayGoroutine,
+		AckDelay:            o.AckDelay,
 		AllowMetadata:       o.AllowMetadata,
 		DisableHostLoopback: o.NoHostLoopback,
 		DisableDHCP:         !o.DHCP,
 		DNSUpstream:         o.DNS,
+	}
+	if cfg.AckDelay == 0 {
+		cfg.AckDelay = -1 // off; zero means the default in host.Config
 	}
 	var err error
 	if cfg.Subnet, err = netip.ParsePrefix(o.Subnet); err != nil {
