@@ -166,7 +166,7 @@ type ploop struct {
 	waking bool
 	dead   bool
 
-	socks    map[int32]*lsock
+	socks    []*lsock // by file descriptor (small integers)
 	clients  map[*lclient]struct{}
 	idle     []*lup // idle upstream connections, most recently used last
 	scratch  []byte
@@ -224,7 +224,6 @@ func newPloop(ls *loopSet) (*ploop, error) {
 	el := &ploop{
 		ls: ls, p: p, ep: ep, efd: efd, file: f, rc: rc,
 		events:  make([]unix.EpollEvent, 256),
-		socks:   map[int32]*lsock{},
 		clients: map[*lclient]struct{}{},
 		scratch: make([]byte, 64<<10),
 	}
@@ -325,7 +324,10 @@ func (el *ploop) poll(uintptr) bool {
 				el.drainInbox()
 				continue
 			}
-			s := el.socks[ev.Fd]
+			var s *lsock
+			if int(ev.Fd) < len(el.socks) {
+				s = el.socks[ev.Fd]
+			}
 			if s == nil {
 				continue
 			}
@@ -401,7 +403,10 @@ func (el *ploop) register(s *lsock) error {
 	if err := unix.EpollCtl(el.ep, unix.EPOLL_CTL_ADD, s.fd, &ev); err != nil {
 		return fmt.Errorf("proxy: epoll_ctl: %w", err)
 	}
-	el.socks[int32(s.fd)] = s
+	for s.fd >= len(el.socks) {
+		el.socks = append(el.socks, make([]*lsock, max(64, len(el.socks)))...)
+	}
+	el.socks[s.fd] = s
 	return nil
 }
 
@@ -996,7 +1001,7 @@ func (el *ploop) free(u *lup) {
 				return
 			}
 			// Hand it to w's loop.
-			delete(el.socks, int32(u.s.fd))
+			el.socks[u.s.fd] = nil
 			_ = unix.EpollCtl(el.ep, unix.EPOLL_CTL_DEL, u.s.fd, nil)
 			w.el.post(lop{kind: lopUp, c: w, fd: u.s.fd, reused: true})
 			return
@@ -1615,7 +1620,7 @@ func (c *lclient) close() {
 		}
 		c.release()
 	}
-	delete(el.socks, int32(c.s.fd))
+	el.socks[c.s.fd] = nil
 	_ = unix.Close(c.s.fd)
 	c.s.freePend(el.p)
 	c.freeIn()
@@ -1629,7 +1634,7 @@ func (c *lclient) handoff() {
 	if c.st == lcDial {
 		el.ls.remove(c)
 	}
-	delete(el.socks, int32(c.s.fd))
+	el.socks[c.s.fd] = nil
 	_ = unix.EpollCtl(el.ep, unix.EPOLL_CTL_DEL, c.s.fd, nil)
 	if c.slot {
 		// The goroutine front end admits the request again.
@@ -1732,7 +1737,7 @@ func (u *lup) close() {
 		return
 	}
 	el := u.el
-	delete(el.socks, int32(u.s.fd))
+	el.socks[u.s.fd] = nil
 	_ = unix.Close(u.s.fd)
 	u.s.fd = -1
 	u.s.freePend(el.p)
