@@ -7,10 +7,19 @@
 // clients in one of two ways:
 //
 //   - [Proxy.Serve] accepts connections from a [net.Listener] and speaks
-//     HTTP/1.1 on them itself, parsing with net/http ([http.ReadRequest])
-//     but without net/http's server: no goroutine per request, no response
-//     buffering layer. It is the fast front end, for plain HTTP/1.1 and TLS
-//     listeners that offer only http/1.1.
+//     HTTP/1.1 on them itself, without net/http's server. It is the fast
+//     front end, for plain HTTP/1.1 and TLS listeners that offer only
+//     http/1.1. On Linux, plain TCP and unix-socket connections are served
+//     on a few epoll event loops ([Config.EventLoops], one per CPU by
+//     default), as nginx serves them: no goroutine per connection, no
+//     allocation per request, the common request parsed without net/http
+//     by a parser held to net/http's by differential fuzz tests. Requests
+//     off the common path (HTTP/1.0, chunked request bodies, Expect,
+//     upgrades, CONNECT, intercepted requests, requests waiting in the
+//     admission queue) and TLS connections are served by a goroutine per
+//     connection that parses with net/http ([http.ReadRequest]); a
+//     connection moves there, with the bytes read so far, at its first such
+//     request.
 //   - *Proxy implements [http.Handler], for HTTP/2 clients (serve it with
 //     [NewServer] and a TLS config) or to mount it in an existing server.
 //
@@ -26,11 +35,12 @@
 // connections close, requests in flight finish with "Connection: close".
 //
 // Forwarded requests go upstream over HTTP/1.1 on the Proxy's own
-// forwarding path, again on net/http's parser ([http.ReadResponse]) but
-// without [net/http/httputil.ReverseProxy] and [net/http.Transport]: the
-// goroutine serving the client writes the request and reads the response
-// itself, on a pooled keep-alive connection, instead of handing it to a
-// transport's reader and writer goroutines. docs/bench/proxy.md has the
+// forwarding path, without [net/http/httputil.ReverseProxy] and
+// [net/http.Transport]: the goroutine (or event loop) serving the client
+// writes the request and reads the response itself, on a pooled keep-alive
+// connection, instead of handing it to a transport's reader and writer
+// goroutines. The event loops pass chunked response bodies through as they
+// are, finding their end with a scanner instead of decoding them. docs/bench/proxy.md has the
 // measurements behind that choice and behind the defaults in [Config].
 //
 // What the proxy does with each request:
