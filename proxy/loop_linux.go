@@ -556,10 +556,11 @@ func (s *lsock) read(b []byte) (int, error) {
 type lcState uint8
 
 const (
-	lcIdle  lcState = iota // reading the next request head
-	lcQueue                // waiting for an in-flight slot
-	lcDial                 // waiting for an upstream connection
-	lcExch                 // forwarding: request body up, response down
+	lcIdle   lcState = iota // reading the next request head
+	lcQueue                 // waiting for an in-flight slot
+	lcDial                  // waiting for an upstream connection
+	lcExch                  // forwarding: request body up, response down
+	lcLinger                // closing: reading and dropping what the client still sends
 )
 
 // Response body framing.
@@ -581,6 +582,7 @@ type lclient struct {
 	first      bool // no request yet
 	closeAfter bool // close after the current response
 	closing    bool // close once the pending bytes are out
+	refused    bool // a request was answered with an error: the client may still be sending
 	hdl        bool // the deadline is the request header's
 	tokens     connTokens
 	st         lcState
@@ -626,11 +628,11 @@ func (c *lclient) run() {
 			c.close()
 			return
 		} else if !done {
-			if c.st == lcIdle {
+			if c.st == lcIdle || c.st == lcLinger {
 				return // the last response first
 			}
-		} else if c.closing {
-			c.close()
+		} else if c.closing && c.st == lcIdle {
+			c.finishClose()
 			return
 		}
 		more := false
@@ -639,11 +641,58 @@ func (c *lclient) run() {
 			more = c.readRequest()
 		case lcExch:
 			more = c.exchange()
+		case lcLinger:
+			c.linger()
+			return
 		}
 		if !more {
-			if c.closing && c.s.pend == nil {
-				c.close() // a no-op if c is already closed or handed off
+			if c.closing && c.st == lcIdle && c.s.pend == nil {
+				c.finishClose()
 			}
+			return
+		}
+	}
+}
+
+// lingerTime is how long a connection closed with request bytes unread
+// keeps reading them (net/http waits as long).
+const lingerTime = 500 * time.Millisecond
+
+// finishClose closes c now that its last response is out. If the client
+// may still be sending (bytes unread, or a request refused as malformed),
+// closing would reset the connection,
+// and a reset can destroy that last response in the client's receive
+// buffer; so the write side is shut first and what comes is read and
+// dropped until the client closes too, for at most lingerTime, as net/http
+// does.
+func (c *lclient) finishClose() {
+	if _, live := c.el.clients[c]; !live {
+		return // closed already, or handed off
+	}
+	if !c.refused && c.inLen() == 0 && peekFD(c.s.fd) != peekData {
+		c.close()
+		return
+	}
+	c.freeIn()
+	if unix.Shutdown(c.s.fd, unix.SHUT_WR) != nil {
+		c.close()
+		return
+	}
+	c.st = lcLinger
+	c.deadline = c.el.now + int64(lingerTime)
+	c.s.readable = true
+	c.linger()
+}
+
+// linger drops what the client sends until it closes.
+func (c *lclient) linger() {
+	for c.s.readable {
+		n, err := c.s.read(c.el.scratch)
+		if err == unix.EAGAIN {
+			return
+		}
+		if err != nil || n == 0 {
+			c.close()
 			return
 		}
 	}
@@ -1573,8 +1622,8 @@ func (c *lclient) expired() {
 			c.fail(fmt.Errorf("proxy: wait for upstream connection: all %d busy", cap(c.el.p.pool.slots)))
 			c.run()
 		}
-	case lcIdle:
-		c.close() // idle, or a header that did not arrive in time
+	case lcIdle, lcLinger:
+		c.close() // idle, a header that did not arrive in time, or done lingering
 	case lcExch:
 		if !c.resp && c.bodyLeft == 0 {
 			c.fail(fmt.Errorf("proxy: wait for response: %w", os.ErrDeadlineExceeded))
@@ -1589,7 +1638,7 @@ func (c *lclient) expired() {
 // closes the connection after it.
 func (c *lclient) answerAndClose(code int) {
 	p := c.el.p
-	c.closeAfter, c.closing = true, true
+	c.closeAfter, c.closing, c.refused = true, true, true
 	body := statusBody(code)
 	msg := fmt.Appendf(nil, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
 		code, http.StatusText(code), len(body), body)

@@ -246,3 +246,30 @@ func summarize(reply string) string {
 	}
 	return out.String()
 }
+
+// TestLoopLingeringClose sends a malformed request followed by more: the
+// proxy answers 400, shuts its side and keeps reading (dropping) what the
+// client still sends instead of closing at once, whose reset could destroy
+// the 400 in the client's receive buffer. So the client reads the whole
+// 400 and an EOF, and can still write without a reset for a while.
+func TestLoopLingeringClose(t *testing.T) {
+	checkGoroutines(t)
+	env := newEnv(t, "serve", http.HandlerFunc(echoHandler), Config{})
+	c, err := net.Dial("tcp", strings.TrimPrefix(env.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, _ = io.WriteString(c, "NOT A REQUEST\r\n\r\nmore bytes")
+	_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	reply, err := io.ReadAll(c)
+	if err != nil || !strings.Contains(string(reply), "400 Bad Request") {
+		t.Fatalf("reply %q (err %v), want a 400 and EOF", reply, err)
+	}
+	for i := range 3 {
+		time.Sleep(20 * time.Millisecond)
+		if _, err := io.WriteString(c, "still sending"); err != nil {
+			t.Fatalf("write %d after the 400: %v (the proxy reset the connection)", i, err)
+		}
+	}
+}
