@@ -19,6 +19,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/quenchnet/quench/internal/epoll"
 	"github.com/quenchnet/quench/internal/relay"
 )
 
@@ -150,21 +151,12 @@ type lop struct {
 	ok     bool  // lopAdmit
 }
 
-// ploop is one event loop. Its goroutine owns everything below mu.
+// ploop is one event loop. Its goroutine owns everything but loop, which
+// others reach through post.
 type ploop struct {
-	ls     *loopSet
-	p      *Proxy
-	ep     int
-	efd    int
-	file   *os.File
-	rc     syscall.RawConn
-	events []unix.EpollEvent
-
-	mu     sync.Mutex
-	inbox  []lop
-	spare  []lop
-	waking bool
-	dead   bool
+	ls   *loopSet
+	p    *Proxy
+	loop *epoll.Loop[lop]
 
 	socks    []*lsock // by file descriptor (small integers)
 	clients  map[*lclient]struct{}
@@ -175,7 +167,6 @@ type ploop struct {
 	sweepGap time.Duration
 	stopped  bool
 	draining bool
-	efdBuf   [8]byte
 
 	// Parsing and head writing, reused for every message.
 	hr bytes.Reader
@@ -193,37 +184,13 @@ func (w *sliceWriter) Write(p []byte) (int, error) {
 }
 
 func newPloop(ls *loopSet) (*ploop, error) {
-	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	loop, err := epoll.New[lop]("proxy")
 	if err != nil {
-		return nil, fmt.Errorf("proxy: epoll_create1: %w", err)
-	}
-	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-	if err != nil {
-		_ = unix.Close(ep)
-		return nil, fmt.Errorf("proxy: eventfd: %w", err)
-	}
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLET, Fd: int32(efd)}
-	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, efd, &ev); err != nil {
-		_ = unix.Close(ep)
-		_ = unix.Close(efd)
-		return nil, fmt.Errorf("proxy: epoll_ctl: %w", err)
-	}
-	if err := unix.SetNonblock(ep, true); err != nil {
-		_ = unix.Close(ep)
-		_ = unix.Close(efd)
-		return nil, fmt.Errorf("proxy: epoll fd: %w", err)
-	}
-	f := os.NewFile(uintptr(ep), "proxy-epoll")
-	rc, err := f.SyscallConn()
-	if err != nil {
-		_ = f.Close()
-		_ = unix.Close(efd)
-		return nil, fmt.Errorf("proxy: epoll fd: %w", err)
+		return nil, err
 	}
 	p := ls.p
 	el := &ploop{
-		ls: ls, p: p, ep: ep, efd: efd, file: f, rc: rc,
-		events:  make([]unix.EpollEvent, 256),
+		ls: ls, p: p, loop: loop,
 		clients: map[*lclient]struct{}{},
 		scratch: make([]byte, 64<<10),
 	}
@@ -242,19 +209,8 @@ func newPloop(ls *loopSet) (*ploop, error) {
 }
 
 func (el *ploop) post(o lop) {
-	el.mu.Lock()
-	if el.dead {
-		el.mu.Unlock()
+	if !el.loop.Post(o) {
 		el.orphan(o)
-		return
-	}
-	el.inbox = append(el.inbox, o)
-	wake := !el.waking
-	el.waking = true
-	el.mu.Unlock()
-	if wake {
-		one := [8]byte{1}
-		_, _ = unix.Write(el.efd, one[:])
 	}
 }
 
@@ -278,18 +234,12 @@ func (el *ploop) orphan(o lop) {
 
 func (el *ploop) run() {
 	el.timer = time.AfterFunc(el.sweepGap, func() { el.post(lop{kind: lopSweep}) })
-	for !el.stopped {
-		if err := el.rc.Read(el.poll); err != nil {
-			break
-		}
+	left, err := el.loop.Run(el)
+	if err != nil {
+		el.p.log.LogAttrs(el.p.ctx, slog.LevelError, "proxy: event loop failed; its connections close", slog.Any("err", err))
 	}
 	el.timer.Stop()
-	el.mu.Lock()
-	el.dead = true
-	ops := el.inbox
-	el.inbox = nil
-	el.mu.Unlock()
-	for _, o := range ops {
+	for _, o := range left {
 		el.orphan(o)
 	}
 	for c := range el.clients {
@@ -299,75 +249,40 @@ func (el *ploop) run() {
 		u.close()
 	}
 	el.idle = nil
-	_ = el.file.Close()
-	_ = unix.Close(el.efd)
 }
 
-func (el *ploop) poll(uintptr) bool {
-	for {
-		n, err := unix.EpollWait(el.ep, el.events, 0)
-		if err != nil {
-			if err == unix.EINTR {
-				continue
-			}
-			el.p.log.LogAttrs(el.p.ctx, slog.LevelError, "proxy: epoll_wait failed; event loop stops", slog.Any("err", err))
-			el.stopped = true
-			return true
-		}
-		if n == 0 {
-			return el.stopped
-		}
-		el.now = time.Now().UnixNano()
-		for i := range el.events[:n] {
-			ev := &el.events[i]
-			if ev.Fd == int32(el.efd) {
-				el.drainInbox()
-				continue
-			}
-			var s *lsock
-			if int(ev.Fd) < len(el.socks) {
-				s = el.socks[ev.Fd]
-			}
-			if s == nil {
-				continue
-			}
-			if ev.Events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-				s.readable = true
-			}
-			if ev.Events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-				s.hup = true
-			}
-			if ev.Events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-				s.writable = true
-			}
-			switch {
-			case s.c != nil:
-				s.c.run()
-			case s.u != nil:
-				s.u.event()
-			}
-		}
-		if el.stopped {
-			return true
-		}
-		if n < len(el.events) {
-			// Events that come after this batch reach Go's poller as a
-			// new edge on the epoll descriptor, so there is no need to
-			// ask again (an epoll_wait per wake-up that finds nothing).
-			return false
-		}
+// Batch, Event, Ops and Stopped make ploop the epoll.Handler of its loop.
+func (el *ploop) Batch()        { el.now = time.Now().UnixNano() }
+func (el *ploop) Stopped() bool { return el.stopped }
+
+func (el *ploop) Event(fd int32, events uint32) {
+	var s *lsock
+	if int(fd) < len(el.socks) {
+		s = el.socks[fd]
+	}
+	if s == nil {
+		return // closed by an earlier event of this batch
+	}
+	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		s.readable = true
+	}
+	if events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		s.hup = true
+	}
+	if events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		s.writable = true
+	}
+	switch {
+	case s.c != nil:
+		s.c.run()
+	case s.u != nil:
+		s.u.event()
 	}
 }
 
-func (el *ploop) drainInbox() {
-	_, _ = unix.Read(el.efd, el.efdBuf[:])
-	el.mu.Lock()
-	ops := el.inbox
-	el.inbox = el.spare[:0]
-	el.waking = false
-	el.mu.Unlock()
+func (el *ploop) Ops(ops []lop) {
 	el.now = time.Now().UnixNano()
-	for i, o := range ops {
+	for _, o := range ops {
 		switch o.kind {
 		case lopAdd:
 			el.add(o.c)
@@ -392,16 +307,13 @@ func (el *ploop) drainInbox() {
 				o.c.handoff()
 			}
 		}
-		ops[i] = lop{}
 	}
-	el.spare = ops
 }
 
 // register adds s to the epoll set.
 func (el *ploop) register(s *lsock) error {
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(s.fd)}
-	if err := unix.EpollCtl(el.ep, unix.EPOLL_CTL_ADD, s.fd, &ev); err != nil {
-		return fmt.Errorf("proxy: epoll_ctl: %w", err)
+	if err := el.loop.Add(s.fd); err != nil {
+		return fmt.Errorf("proxy: %w", err)
 	}
 	for s.fd >= len(el.socks) {
 		el.socks = append(el.socks, make([]*lsock, max(64, len(el.socks)))...)
@@ -1051,7 +963,7 @@ func (el *ploop) free(u *lup) {
 			}
 			// Hand it to w's loop.
 			el.socks[u.s.fd] = nil
-			_ = unix.EpollCtl(el.ep, unix.EPOLL_CTL_DEL, u.s.fd, nil)
+			el.loop.Remove(u.s.fd)
 			w.el.post(lop{kind: lopUp, c: w, fd: u.s.fd, reused: true})
 			return
 		}
@@ -1684,7 +1596,7 @@ func (c *lclient) handoff() {
 		el.ls.remove(c)
 	}
 	el.socks[c.s.fd] = nil
-	_ = unix.EpollCtl(el.ep, unix.EPOLL_CTL_DEL, c.s.fd, nil)
+	el.loop.Remove(c.s.fd)
 	if c.slot {
 		// The goroutine front end admits the request again.
 		c.slot = false

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -13,6 +12,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/quenchnet/quench/internal/epoll"
 )
 
 // Loop relays connection pairs on a few event loops instead of two
@@ -153,19 +154,10 @@ type op struct {
 	p    *pair
 }
 
-// evloop is one event loop. Everything below mu is owned by its goroutine.
+// evloop is one event loop. Its goroutine owns everything but loop, which
+// others reach through post.
 type evloop struct {
-	ep     int      // epoll instance
-	efd    int      // eventfd: wakes the loop for its inbox
-	file   *os.File // ep, registered with Go's poller
-	rc     syscall.RawConn
-	events []unix.EpollEvent
-
-	mu      sync.Mutex
-	inbox   []op
-	spare   []op
-	waking  bool // an eventfd write is pending
-	dead    bool // stopped: posts are handled by the poster
+	loop    *epoll.Loop[op]
 	timerOn bool // the sweep timer is armed
 
 	sides   map[int32]*side
@@ -177,42 +169,15 @@ type evloop struct {
 	sweepAt time.Duration
 	stopped bool
 	pollErr error
-	efdBuf  [8]byte
 }
 
 func newEvloop() (*evloop, error) {
-	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	loop, err := epoll.New[op]("relay")
 	if err != nil {
-		return nil, fmt.Errorf("relay: epoll_create1: %w", err)
-	}
-	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-	if err != nil {
-		_ = unix.Close(ep)
-		return nil, fmt.Errorf("relay: eventfd: %w", err)
-	}
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLET, Fd: int32(efd)}
-	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, efd, &ev); err != nil {
-		_ = unix.Close(ep)
-		_ = unix.Close(efd)
-		return nil, fmt.Errorf("relay: epoll_ctl: %w", err)
-	}
-	if err := unix.SetNonblock(ep, true); err != nil {
-		_ = unix.Close(ep)
-		_ = unix.Close(efd)
-		return nil, fmt.Errorf("relay: epoll fd: %w", err)
-	}
-	// A non-blocking descriptor given to os.NewFile joins Go's poller, so
-	// the loop goroutine parks there until the epoll instance is ready.
-	f := os.NewFile(uintptr(ep), "relay-epoll")
-	rc, err := f.SyscallConn()
-	if err != nil {
-		_ = f.Close()
-		_ = unix.Close(efd)
-		return nil, fmt.Errorf("relay: epoll fd: %w", err)
+		return nil, err
 	}
 	return &evloop{
-		ep: ep, efd: efd, file: f, rc: rc,
-		events:  make([]unix.EpollEvent, 256),
+		loop:    loop,
 		sides:   map[int32]*side{},
 		pairs:   map[*pair]struct{}{},
 		scratch: make([]byte, sizes[len(sizes)-1]),
@@ -221,92 +186,59 @@ func newEvloop() (*evloop, error) {
 
 // post hands o to the loop. After the loop stopped, it is handled here.
 func (el *evloop) post(o op) {
-	el.mu.Lock()
-	if el.dead {
-		el.mu.Unlock()
-		if o.kind == opAdd {
-			_ = unix.Close(o.p.s[0].fd)
-			_ = unix.Close(o.p.s[1].fd)
-			if o.p.done != nil {
-				o.p.done(Stats{}, fmt.Errorf("relay: %w", net.ErrClosed))
-			}
-		}
-		return
+	if !el.loop.Post(o) {
+		orphan(o)
 	}
-	el.inbox = append(el.inbox, o)
-	wake := !el.waking
-	el.waking = true
-	el.mu.Unlock()
-	if wake {
-		one := [8]byte{1}
-		_, _ = unix.Write(el.efd, one[:])
+}
+
+// orphan ends a pair posted to a loop that has stopped.
+func orphan(o op) {
+	if o.kind == opAdd {
+		_ = unix.Close(o.p.s[0].fd)
+		_ = unix.Close(o.p.s[1].fd)
+		if o.p.done != nil {
+			o.p.done(Stats{}, fmt.Errorf("relay: %w", net.ErrClosed))
+		}
 	}
 }
 
 func (el *evloop) run() {
-	for !el.stopped {
-		if err := el.rc.Read(el.poll); err != nil {
-			el.pollErr = err
-			break
-		}
+	left, err := el.loop.Run(el)
+	el.pollErr = err
+	if el.timer != nil {
+		el.timer.Stop()
 	}
-	el.stop()
-	_ = el.file.Close()
-	_ = unix.Close(el.efd)
-}
-
-// poll handles ready events until there are none; it reports true when the
-// loop must stop.
-func (el *evloop) poll(uintptr) bool {
-	for {
-		n, err := unix.EpollWait(el.ep, el.events, 0)
-		if err != nil {
-			if err == unix.EINTR {
-				continue
-			}
-			el.pollErr = err
-			el.stopped = true
-			return true
-		}
-		if n == 0 {
-			return el.stopped
-		}
-		el.now = time.Now().UnixNano()
-		for i := range el.events[:n] {
-			ev := &el.events[i]
-			if ev.Fd == int32(el.efd) {
-				el.drainInbox()
-				continue
-			}
-			s := el.sides[ev.Fd]
-			if s == nil {
-				continue // closed by an earlier event of this batch
-			}
-			if ev.Events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-				s.readable = true
-			}
-			if ev.Events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-				s.hup = true
-			}
-			if ev.Events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-				s.writable = true
-			}
-			s.p.pump()
-		}
-		if el.stopped {
-			return true
-		}
+	for _, o := range left {
+		orphan(o)
+	}
+	for p := range el.pairs {
+		p.finish(nil)
 	}
 }
 
-func (el *evloop) drainInbox() {
-	_, _ = unix.Read(el.efd, el.efdBuf[:])
-	el.mu.Lock()
-	ops := el.inbox
-	el.inbox = el.spare[:0]
-	el.waking = false
-	el.mu.Unlock()
-	for i, o := range ops {
+// Batch, Event, Ops and Stopped make evloop the epoll.Handler of its loop.
+func (el *evloop) Batch()        { el.now = time.Now().UnixNano() }
+func (el *evloop) Stopped() bool { return el.stopped }
+
+func (el *evloop) Event(fd int32, events uint32) {
+	s := el.sides[fd]
+	if s == nil {
+		return // closed by an earlier event of this batch
+	}
+	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		s.readable = true
+	}
+	if events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		s.hup = true
+	}
+	if events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		s.writable = true
+	}
+	s.p.pump()
+}
+
+func (el *evloop) Ops(ops []op) {
+	for _, o := range ops {
 		switch o.kind {
 		case opAdd:
 			el.add(o.p)
@@ -319,24 +251,21 @@ func (el *evloop) drainInbox() {
 		case opStop:
 			el.stopped = true
 		}
-		ops[i] = op{}
 	}
-	el.spare = ops
 }
 
 func (el *evloop) add(p *pair) {
 	for i := range p.s {
 		s := &p.s[i]
-		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(s.fd)}
-		if err := unix.EpollCtl(el.ep, unix.EPOLL_CTL_ADD, s.fd, &ev); err != nil {
+		if err := el.loop.Add(s.fd); err != nil {
 			for j := range i {
-				_ = unix.EpollCtl(el.ep, unix.EPOLL_CTL_DEL, p.s[j].fd, nil)
+				el.loop.Remove(p.s[j].fd)
 				delete(el.sides, int32(p.s[j].fd))
 			}
 			_ = unix.Close(p.s[0].fd)
 			_ = unix.Close(p.s[1].fd)
 			if p.done != nil {
-				p.done(Stats{}, fmt.Errorf("relay: epoll_ctl: %w", err))
+				p.done(Stats{}, fmt.Errorf("relay: %w", err))
 			}
 			return
 		}
@@ -380,26 +309,6 @@ func (el *evloop) sweep() {
 	if el.timed > 0 {
 		el.timerOn = true
 		el.timer.Reset(el.sweepAt)
-	}
-}
-
-// stop ends every pair and refuses later posts.
-func (el *evloop) stop() {
-	el.mu.Lock()
-	el.dead = true
-	ops := el.inbox
-	el.inbox = nil
-	el.mu.Unlock()
-	if el.timer != nil {
-		el.timer.Stop()
-	}
-	for _, o := range ops {
-		if o.kind == opAdd {
-			el.add(o.p)
-		}
-	}
-	for p := range el.pairs {
-		p.finish(nil)
 	}
 }
 
