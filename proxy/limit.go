@@ -25,13 +25,8 @@ func newLimiter(maxInFlight, queueSize int, queueTimeout time.Duration) *limiter
 // acquire takes a slot, waiting in the queue if there is room in it. It
 // reports whether the request was admitted; if so, release must be called.
 func (l *limiter) acquire(ctx context.Context) bool {
-	if l.slots == nil {
+	if l.tryAcquire() {
 		return true
-	}
-	select {
-	case l.slots <- struct{}{}:
-		return true
-	default:
 	}
 	if l.queueSize == 0 {
 		return false

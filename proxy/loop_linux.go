@@ -263,15 +263,10 @@ func (el *ploop) Event(fd int32, events uint32) {
 	if s == nil {
 		return // closed by an earlier event of this batch
 	}
-	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		s.readable = true
-	}
-	if events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		s.hup = true
-	}
-	if events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		s.writable = true
-	}
+	r, h, w := epoll.Readiness(events)
+	s.readable = s.readable || r
+	s.hup = s.hup || h
+	s.writable = s.writable || w
 	switch {
 	case s.c != nil:
 		s.c.run()

@@ -105,18 +105,11 @@ func parseRequestFast(b []byte) (fastReq, bool) {
 			}
 			fr.length = n
 		case equalFoldASCII(name, "Connection"):
-			for v := value; len(v) > 0; {
-				var tok []byte
-				tok, v, _ = bytes.Cut(v, []byte{','})
-				tok = bytes.Trim(tok, " \t")
-				switch {
-				case len(tok) == 0, equalFoldASCII(tok, "keep-alive"):
-				case equalFoldASCII(tok, "close"):
-					fr.close = true
-				default:
-					return fr, false // other options: net/http's path drops the fields they name
-				}
+			cl, _, other := connectionOptions(value)
+			if other {
+				return fr, false // other options: net/http's path drops the fields they name
 			}
+			fr.close = fr.close || cl
 		case equalFoldASCII(name, "Idempotency-Key"), equalFoldASCII(name, "X-Idempotency-Key"):
 			fr.idem = true
 		case equalFoldASCII(name, "Transfer-Encoding"), equalFoldASCII(name, "Expect"),

@@ -106,18 +106,12 @@ func parseResponseHead(dst, b []byte) (respInfo, []byte, error) {
 			}
 			ri.chunked = true
 		case equalFoldASCII(name, "Connection"):
-			for v := value; len(v) > 0; {
-				var tok []byte
-				tok, v, _ = bytes.Cut(v, []byte{','})
-				tok = bytes.Trim(tok, " \t")
-				switch {
-				case equalFoldASCII(tok, "close"):
-					ri.close = true
-				case equalFoldASCII(tok, "keep-alive"):
-					keepAlive = true
-				}
+			cl, ka, other := connectionOptions(value)
+			ri.close = ri.close || cl
+			keepAlive = keepAlive || ka
+			if other {
+				tokens.parse([]string{string(value)})
 			}
-			tokens.parse([]string{string(value)})
 		}
 	}
 	if http10 && !keepAlive {
@@ -148,6 +142,26 @@ func parseResponseHead(dst, b []byte) (respInfo, []byte, error) {
 		dst = append(dst, '\r', '\n')
 	}
 	return ri, dst, nil
+}
+
+// connectionOptions reports which options a Connection field value lists:
+// close, keep-alive, others.
+func connectionOptions(v []byte) (close, keepAlive, other bool) {
+	for len(v) > 0 {
+		var tok []byte
+		tok, v, _ = bytes.Cut(v, []byte{','})
+		tok = bytes.Trim(tok, " \t")
+		switch {
+		case len(tok) == 0:
+		case equalFoldASCII(tok, "close"):
+			close = true
+		case equalFoldASCII(tok, "keep-alive"):
+			keepAlive = true
+		default:
+			other = true
+		}
+	}
+	return close, keepAlive, other
 }
 
 // cutLine returns the line at the start of b without its CRLF, and the rest.

@@ -27,6 +27,14 @@ type Handler[Op any] interface {
 	Stopped() bool
 }
 
+// Readiness splits an event's bits: readable (data, an EOF or an error to
+// read), hup (the peer shut down or the socket failed: read to the end) and
+// writable.
+func Readiness(events uint32) (readable, hup, writable bool) {
+	const gone = unix.EPOLLRDHUP | unix.EPOLLHUP | unix.EPOLLERR
+	return events&(unix.EPOLLIN|gone) != 0, events&gone != 0, events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0
+}
+
 // Loop is one event loop. Create it with New, give it to one goroutine's
 // Run, and reach it from others only through Post.
 type Loop[Op any] struct {
