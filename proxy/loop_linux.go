@@ -495,9 +495,10 @@ type lclient struct {
 	st         lcState
 	deadline   int64 // unix nanoseconds; 0: none
 
-	in    *[]byte // unconsumed bytes from the client; nil when there are none
-	inOff int
-	inEnd int
+	in      *[]byte // unconsumed bytes from the client; nil when there are none
+	inOff   int
+	inEnd   int
+	scanned int // bytes of in searched for the end of a head without finding it
 
 	ip   netip.Addr // the client's, for the forwarding fields
 	ipOK bool
@@ -612,9 +613,11 @@ func (c *lclient) readRequest() bool {
 	for {
 		if c.inLen() > 0 {
 			b := (*c.in)[c.inOff:c.inEnd]
-			if n := headEnd(b); n > 0 && n <= p.cfg.MaxHeaderBytes+upstreamBufSize {
+			n := headEnd(b, c.scanned)
+			if n > 0 && n <= p.cfg.MaxHeaderBytes+upstreamBufSize {
 				return c.dispatch(n)
 			}
+			c.scanned = len(b) // a header sent in small pieces is not scanned again from its start
 			if c.inLen() > p.cfg.MaxHeaderBytes+upstreamBufSize {
 				c.answerAndClose(http.StatusRequestHeaderFieldsTooLarge)
 				return false
@@ -664,9 +667,10 @@ func (c *lclient) readRequest() bool {
 
 // headEnd returns the length of the message head at the start of b, up to
 // and including the blank line that ends it, or 0 if b holds no whole head.
-// Lines may end in CRLF or, as net/http allows, in a bare LF.
-func headEnd(b []byte) int {
-	for i := 0; ; {
+// Lines may end in CRLF or, as net/http allows, in a bare LF. The first
+// from bytes were searched before and held no end.
+func headEnd(b []byte, from int) int {
+	for i := max(from-3, 0); ; {
 		j := bytes.IndexByte(b[i:], '\n')
 		if j < 0 {
 			return 0
@@ -709,11 +713,12 @@ func (c *lclient) freeIn() {
 		c.el.p.smallBufs.Put(c.in)
 	}
 	c.in = nil
-	c.inOff, c.inEnd = 0, 0
+	c.inOff, c.inEnd, c.scanned = 0, 0, 0
 }
 
 // consume drops n bytes from the front of c.in.
 func (c *lclient) consume(n int) {
+	c.scanned = 0
 	c.inOff += n
 	if c.inOff >= c.inEnd {
 		c.inOff, c.inEnd = 0, 0
@@ -1114,7 +1119,7 @@ func (c *lclient) readResponse() bool {
 			// Response head: accumulate in u.in.
 			if u.inEnd > u.hstart {
 				b := (*u.in)[u.hstart:u.inEnd]
-				if n := headEnd(b); n > 0 {
+				if n := headEnd(b, 0); n > 0 {
 					if !c.respHead(n) {
 						return false
 					}

@@ -273,3 +273,25 @@ func TestLoopLingeringClose(t *testing.T) {
 		}
 	}
 }
+
+// TestLoopHeadInPieces sends request heads a few bytes at a time, with
+// bare-LF and CRLF line ends: each is found where it ends, once.
+func TestLoopHeadInPieces(t *testing.T) {
+	checkGoroutines(t)
+	env := newEnv(t, "serve", http.HandlerFunc(echoHandler), Config{})
+	c, err := net.Dial("tcp", strings.TrimPrefix(env.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	req := "GET /one HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n\r\nGET /two HTTP/1.1\nHost: x\nConnection: close\n\n"
+	for i := 0; i < len(req); i += 3 {
+		if _, err := io.WriteString(c, req[i:min(i+3, len(req))]); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	reply, _ := io.ReadAll(c)
+	checkReply(t, string(reply), []string{"X-Uri: /one", "X-Uri: /two"}, nil)
+}

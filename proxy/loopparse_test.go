@@ -290,3 +290,34 @@ func FuzzParseRequestFast(f *testing.F) {
 		}
 	})
 }
+
+func TestHeadEnd(t *testing.T) {
+	tests := []struct {
+		in   string
+		want int
+	}{
+		{"GET / HTTP/1.1\r\nHost: x\r\n\r\nrest", 27},
+		{"GET / HTTP/1.1\nHost: x\n\nrest", 24},
+		{"GET / HTTP/1.1\r\nHost: x\n\r\n", 26},
+		{"GET / HTTP/1.1\r\nHost: x\r\n", 0},
+		{"\r\n", 0},
+		{"", 0},
+	}
+	for _, tt := range tests {
+		if got := headEnd([]byte(tt.in), 0); got != tt.want {
+			t.Errorf("headEnd(%q) = %d, want %d", tt.in, got, tt.want)
+		}
+		// Resumed at every point of an earlier search that found nothing.
+		for from := 0; from <= len(tt.in); from++ {
+			if tt.want > 0 && from > tt.want-1 {
+				break
+			}
+			if headEnd([]byte(tt.in[:from]), 0) != 0 {
+				continue
+			}
+			if got := headEnd([]byte(tt.in), from); got != tt.want {
+				t.Errorf("headEnd(%q, %d) = %d, want %d", tt.in, from, got, tt.want)
+			}
+		}
+	}
+}
