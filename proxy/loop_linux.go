@@ -968,6 +968,10 @@ func (el *ploop) free(u *lup) {
 			return
 		}
 	}
+	if m := el.p.cfg.MaxIdleConns; m < 0 || len(el.idle) >= max(m/len(el.ls.loops), 1) {
+		u.close() // keep-alive off, or MaxIdleConns (shared out among the loops) kept
+		return
+	}
 	el.idle = append(el.idle, u)
 }
 
