@@ -254,12 +254,7 @@ func summarize(reply string) string {
 // 400 and an EOF, and can still write without a reset for a while.
 func TestLoopLingeringClose(t *testing.T) {
 	checkGoroutines(t)
-	env := newEnv(t, "serve", http.HandlerFunc(echoHandler), Config{})
-	c, err := net.Dial("tcp", strings.TrimPrefix(env.url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dialEcho(t)
 	_, _ = io.WriteString(c, "NOT A REQUEST\r\n\r\nmore bytes")
 	_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
 	reply, err := io.ReadAll(c)
@@ -278,12 +273,7 @@ func TestLoopLingeringClose(t *testing.T) {
 // bare-LF and CRLF line ends: each is found where it ends, once.
 func TestLoopHeadInPieces(t *testing.T) {
 	checkGoroutines(t)
-	env := newEnv(t, "serve", http.HandlerFunc(echoHandler), Config{})
-	c, err := net.Dial("tcp", strings.TrimPrefix(env.url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dialEcho(t)
 	req := "GET /one HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n\r\nGET /two HTTP/1.1\nHost: x\nConnection: close\n\n"
 	for i := 0; i < len(req); i += 3 {
 		if _, err := io.WriteString(c, req[i:min(i+3, len(req))]); err != nil {
@@ -294,4 +284,17 @@ func TestLoopHeadInPieces(t *testing.T) {
 	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	reply, _ := io.ReadAll(c)
 	checkReply(t, string(reply), []string{"X-Uri: /one", "X-Uri: /two"}, nil)
+}
+
+// dialEcho connects to a Proxy served on the event loops in front of
+// echoHandler; everything is closed in t.Cleanup.
+func dialEcho(t *testing.T) net.Conn {
+	t.Helper()
+	env := newEnv(t, "serve", http.HandlerFunc(echoHandler), Config{})
+	c, err := net.Dial("tcp", strings.TrimPrefix(env.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
 }
