@@ -665,26 +665,6 @@ func (c *lclient) readRequest() bool {
 	}
 }
 
-// headEnd returns the length of the message head at the start of b, up to
-// and including the blank line that ends it, or 0 if b holds no whole head.
-// Lines may end in CRLF or, as net/http allows, in a bare LF. The first
-// from bytes were searched before and held no end.
-func headEnd(b []byte, from int) int {
-	for i := max(from-3, 0); ; {
-		j := bytes.IndexByte(b[i:], '\n')
-		if j < 0 {
-			return 0
-		}
-		i += j + 1
-		switch {
-		case i < len(b) && b[i] == '\n':
-			return i + 1
-		case i+1 < len(b) && b[i] == '\r' && b[i+1] == '\n':
-			return i + 2
-		}
-	}
-}
-
 // growIn makes room in c.in: moves the bytes to its start or to a larger
 // buffer.
 func (c *lclient) growIn() {

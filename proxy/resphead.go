@@ -164,6 +164,26 @@ func connectionOptions(v []byte) (close, keepAlive, other bool) {
 	return close, keepAlive, other
 }
 
+// headEnd returns the length of the message head at the start of b, up to
+// and including the blank line that ends it, or 0 if b holds no whole head.
+// Lines may end in CRLF or, as net/http allows, in a bare LF. The first
+// from bytes were searched before and held no end.
+func headEnd(b []byte, from int) int {
+	for i := max(from-3, 0); ; {
+		j := bytes.IndexByte(b[i:], '\n')
+		if j < 0 {
+			return 0
+		}
+		i += j + 1
+		switch {
+		case i < len(b) && b[i] == '\n':
+			return i + 1
+		case i+1 < len(b) && b[i] == '\r' && b[i+1] == '\n':
+			return i + 2
+		}
+	}
+}
+
 // cutLine returns the line at the start of b without its CRLF, and the rest.
 // ok is false if b has no CRLF or a bare LF or CR comes first.
 func cutLine(b []byte) (line, rest []byte, ok bool) {
