@@ -8,9 +8,13 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -297,4 +301,100 @@ func dialEcho(t *testing.T) net.Conn {
 	}
 	t.Cleanup(func() { _ = c.Close() })
 	return c
+}
+
+func TestLoopPick(t *testing.T) {
+	ls := &loopSet{loops: []*ploop{{}, {}, {}}}
+	count := func() map[*ploop]int {
+		m := map[*ploop]int{}
+		for range 30 {
+			m[ls.pick()]++
+		}
+		return m
+	}
+	ls.conns.Store(connsPerLoop - 1)
+	if m := count(); len(m) != 1 || m[ls.loops[0]] != 30 {
+		t.Errorf("%d connections: spread over %d loops, want all on the first", connsPerLoop-1, len(m))
+	}
+	ls.conns.Store(connsPerLoop)
+	if m := count(); len(m) != 2 || m[ls.loops[2]] != 0 {
+		t.Errorf("%d connections: spread over %d loops, want the first two", connsPerLoop, len(m))
+	}
+	ls.conns.Store(100 * connsPerLoop)
+	if m := count(); len(m) != 3 || m[ls.loops[0]] != 10 {
+		t.Errorf("many connections: %v, want 10 on each of 3 loops", m)
+	}
+}
+
+// TestLoopMaxConnsAcrossLoops runs more clients than one loop takes, with
+// two upstream connections for all of them: connections are handed from
+// loop to loop to whoever waits first, every request is answered, and the
+// upstream never sees more than MaxConns.
+func TestLoopMaxConnsAcrossLoops(t *testing.T) {
+	checkGoroutines(t)
+	var open, peak atomic.Int32
+	up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(time.Millisecond)
+	}))
+	up.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		switch s {
+		case http.StateNew:
+			n := open.Add(1)
+			for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+			}
+		case http.StateClosed, http.StateHijacked:
+			open.Add(-1)
+		}
+	}
+	up.Start()
+	defer up.Close()
+	target, _ := url.Parse(up.URL)
+	p, err := New(target, Config{MaxConns: 2, EventLoops: 2, DialTimeout: 10 * time.Second, MaxInFlight: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := serveFront(t, p, "serve")
+	const clients = 2*connsPerLoop + 8
+	var wg sync.WaitGroup
+	errs := make(chan error, clients)
+	conns := make([]net.Conn, clients)
+	for i := range conns { // all connected first, so that both loops get some
+		c, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns[i] = c
+	}
+	for _, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			br := bufio.NewReader(c)
+			for range 3 {
+				if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+					errs <- err
+					return
+				}
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					errs <- err
+					return
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				if resp.StatusCode != http.StatusOK {
+					errs <- fmt.Errorf("status %d", resp.StatusCode)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if n := peak.Load(); n > 2 {
+		t.Errorf("peak upstream connections %d, want <= 2 (MaxConns)", n)
+	}
 }
