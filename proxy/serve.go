@@ -391,9 +391,8 @@ func (cc *clientConn) writeInformational(resp *http.Response) {
 
 // writeStatusLine writes the status line of resp, with the upstream's
 // reason phrase.
-func (cc *clientConn) writeStatusLine(resp *http.Response) { writeStatusLineTo(cc.bw, resp) }
-
-func writeStatusLineTo(bw *bufio.Writer, resp *http.Response) {
+func (cc *clientConn) writeStatusLine(resp *http.Response) {
+	bw := cc.bw
 	_, _ = bw.WriteString("HTTP/1.1 ")
 	if st := resp.Status; len(st) > 3 && st[3] == ' ' && int(st[0]-'0')*100+int(st[1]-'0')*10+int(st[2]-'0') == resp.StatusCode {
 		_, _ = bw.WriteString(resp.Status)
