@@ -177,10 +177,7 @@ type Config struct {
 
 	// EventLoops is how many event loops [Proxy.Serve] forwards plain TCP
 	// and unix-socket connections on (Linux), instead of a goroutine per
-	// connection; connections fill one loop before the next takes any (one
-	// loop per 64 connections), since a loop with more connections serves
-	// more events per wake-up. 0 means runtime.GOMAXPROCS(0), negative
-	// means none (every
+	// connection: 0 means runtime.GOMAXPROCS(0), negative means none (every
 	// connection gets a goroutine, as TLS connections and other platforms
 	// always do). The loops forward HTTP/1.1 requests without a body or with
 	// a Content-Length one themselves and hand anything else (HTTP/1.0,
