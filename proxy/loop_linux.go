@@ -107,17 +107,9 @@ func (ls *loopSet) take(c net.Conn) bool {
 	return true
 }
 
-// connsPerLoop is how many client connections fill a loop before the next
-// one takes new connections too.
-const connsPerLoop = 64
-
-// pick returns the loop for a new connection. Few connections share one
-// loop, which then handles more events per wake-up (a wake-up costs more
-// than an event: docs/bench/proxy.md); one more loop joins in per
-// connsPerLoop connections, and they take new ones in turn.
+// pick returns the loop for a new connection: each in turn.
 func (ls *loopSet) pick() *ploop {
-	active := min(len(ls.loops), 1+int(ls.conns.Load())/connsPerLoop)
-	return ls.loops[ls.next.Add(1)%uint32(active)]
+	return ls.loops[ls.next.Add(1)%uint32(len(ls.loops))]
 }
 
 // Close makes the loops end every connection and stop; Proxy.Close waits
