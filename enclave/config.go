@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -151,6 +152,11 @@ type Config struct {
 	// and is then served by the public HTTPS server like those on
 	// PublicAddr. The Enclave closes the listener. Default: nil (none).
 	IngressListen func() (net.Listener, error)
+
+	// Forwards are ingress fast-path port forwards to programs in the
+	// enclave that listen on ordinary sockets (see Forward); they run with
+	// or without serving, in either network mode. Default: none.
+	Forwards []Forward
 
 	// InternalAddr is where the internal server for the app listens, always
 	// on kernel sockets: the enclave's loopback. It serves /enclave/ready
@@ -460,6 +466,14 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	c.Forwards = slices.Clone(c.Forwards)
+	for i, f := range c.Forwards {
+		f, err := f.validate()
+		if err != nil {
+			return c, err
+		}
+		c.Forwards[i] = f
 	}
 	return c.servingDefaults()
 }

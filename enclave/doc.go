@@ -51,6 +51,10 @@
 //     public server on a listener whose connections come one per client
 //     from quench-host with a PROXY protocol header ([ListenIngress]).
 //
+// With or without serving, [Config.Forwards] relay the ingress fast path to
+// servers in the enclave that listen on ordinary sockets, in any language
+// ([Forward]; quench-enclave -forward).
+//
 // Documents come from [Config.Attester]: by default the Nitro Secure Module
 // (/dev/nsm), which Start also uses to seed the kernel's entropy pool. The
 // development attester of package attestation is never chosen implicitly.

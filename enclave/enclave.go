@@ -34,6 +34,7 @@ type Enclave struct {
 	pump   *tap.Pump // set by Start
 	cancel func()    // stops the tunnel loop
 	srv    *servers  // set by Start when serving; nil otherwise
+	fwd    *forwards // set by Start when there are Forwards
 	wg     sync.WaitGroup
 	status tunnelStatus
 }
@@ -117,6 +118,18 @@ func (e *Enclave) Start(ctx context.Context) (err error) {
 			return err
 		}
 		e.srv = srv
+	}
+	if len(e.cfg.Forwards) > 0 {
+		fwd, err := startForwards(e.cfg.Forwards, e.cfg.MaxWrite, e.log)
+		if err != nil {
+			if e.srv != nil {
+				_ = e.srv.close()
+				e.srv = nil
+			}
+			e.stopNetwork()
+			return err
+		}
+		e.fwd = fwd
 	}
 	e.started = true
 	return nil
@@ -347,10 +360,28 @@ func (e *Enclave) Close() error {
 		return nil
 	}
 	var errs []error
+	var (
+		wg     sync.WaitGroup
+		fwdErr error
+	)
+	if e.fwd != nil {
+		// Forwarded connections drain beside the servers' requests.
+		wg.Go(func() {
+			drain := e.cfg.DrainTimeout
+			if drain <= 0 {
+				drain = DefaultDrainTimeout
+			}
+			fwdErr = e.fwd.close(drain)
+		})
+	}
 	if e.srv != nil {
 		if err := e.srv.close(); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	wg.Wait()
+	if fwdErr != nil {
+		errs = append(errs, fwdErr)
 	}
 	if err := e.stopNetwork(); err != nil {
 		errs = append(errs, err)
@@ -443,6 +474,18 @@ type Status struct {
 	Connected  bool   // a stream to the host is up
 	Reconnects uint64 // streams re-established after a drop
 	LastError  string // why the last stream ended or the last dial failed
+}
+
+// ForwardStats returns the counters of Config.Forwards, in their order;
+// nil before Start or without forwards.
+func (e *Enclave) ForwardStats() []ForwardStats {
+	e.mu.Lock()
+	fwd := e.fwd
+	e.mu.Unlock()
+	if fwd == nil {
+		return nil
+	}
+	return fwd.stats()
 }
 
 // Status returns the tunnel's state.

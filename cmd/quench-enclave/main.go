@@ -70,6 +70,10 @@ Examples:
   # Networking only (TAP): every program in the enclave gets a network.
   quench-enclave -host vsock://3:1024
 
+  # Plus the ingress fast path to a server in any language on port 8080
+  # (on the host: quench-host -publish-vsock 0.0.0.0:80:8080).
+  quench-enclave -host vsock://3:1024 -forward vsock://:8080=127.0.0.1:8080
+
   # Development without VSOCK, in a network namespace standing in for the
   # enclave, with the INSECURE development attester:
   QUENCH_VSOCK_DIR=/run/quench ip netns exec encl quench-enclave -dev-attester \
@@ -98,6 +102,45 @@ func (l *addrList) Set(v string) error {
 		return err
 	}
 	*l = append(*l, a)
+	return nil
+}
+
+// forwardList is the repeatable -forward flag.
+type forwardList []forwardSpec
+
+type forwardSpec struct {
+	spec        string
+	listen      endpoint.Addr
+	target      string
+	proxyHeader bool
+}
+
+func (l *forwardList) String() string {
+	s := make([]string, len(*l))
+	for i, f := range *l {
+		s[i] = f.spec
+	}
+	return strings.Join(s, " ")
+}
+
+func (l *forwardList) Set(v string) error {
+	listen, target, ok := strings.Cut(v, "=")
+	if !ok || listen == "" || target == "" {
+		return fmt.Errorf("%q: want LISTEN=TARGET[,proxy-header], e.g. vsock://:8080=127.0.0.1:8080", v)
+	}
+	f := forwardSpec{spec: v}
+	if t, opt, ok := strings.Cut(target, ","); ok {
+		if opt != "proxy-header" {
+			return fmt.Errorf("%q: unknown option %q (the only one is proxy-header)", v, opt)
+		}
+		target, f.proxyHeader = t, true
+	}
+	a, err := endpoint.Parse(listen)
+	if err != nil {
+		return fmt.Errorf("%q: %w", v, err)
+	}
+	f.listen, f.target = a, target
+	*l = append(*l, f)
 	return nil
 }
 
@@ -155,6 +198,8 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		syncBeat    = fs.Duration("sync-heartbeat", keysync.DefaultHeartbeatInterval, "with -fqdn-leader: interval of workers' heartbeats; a worker silent for 3 intervals is dropped")
 	)
 	fs.Var(&dns, "dns", "DNS server; repeatable (default: the gateway)")
+	var fwds forwardList
+	fs.Var(&fwds, "forward", "ingress fast path to a program in the enclave: LISTEN=TARGET[,proxy-header], e.g. vsock://:8080=127.0.0.1:8080; quench-host -publish-vsock HOSTPORT:8080 sends each client connection to LISTEN, which is relayed to TARGET (host:port or unix:///path on the enclave's own sockets); ,proxy-header passes the client address on in a PROXY v2 header; repeatable; works without -app-url and in both network modes")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), usage)
 		fs.PrintDefaults()
@@ -231,13 +276,25 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		},
 	}
 
+	for _, f := range fwds {
+		if f.listen.Scheme == "vsock" && f.listen.CID == endpoint.AnyCID && eopts.VSockDir != "" {
+			return nil, fmt.Errorf("-forward %s: with the VSOCK stand-in, name the enclave's CID: vsock://CID:PORT", f.spec)
+		}
+		la := f.listen
+		o.cfg.Forwards = append(o.cfg.Forwards, enclave.Forward{
+			Listen:      func() (net.Listener, error) { return endpoint.Listen(la, eopts) },
+			Target:      f.target,
+			ProxyHeader: f.proxyHeader,
+		})
+	}
+
 	serving := *appURL != ""
 	if !serving {
-		if len(o.appArgs) > 0 {
-			return nil, errors.New("the app command needs -app-url: where the app listens, for the proxy (e.g. http://127.0.0.1:8081)")
+		if len(o.appArgs) > 0 && len(fwds) == 0 {
+			return nil, errors.New("the app command needs -app-url (where the app listens, for the proxy, e.g. http://127.0.0.1:8081) or a -forward to it")
 		}
-		if mode == enclave.NetworkUserspace {
-			return nil, errors.New("-network userspace needs -app-url: without serving, the userspace network reaches no program")
+		if mode == enclave.NetworkUserspace && len(fwds) == 0 {
+			return nil, errors.New("-network userspace needs -app-url or -forward: without them, the userspace network reaches no program")
 		}
 		for _, name := range []string{"public-addr", "wait-for-app", "fqdn", "acme", "acme-directory", "acme-email", "acme-cache", "acme-roots", "tls-cert", "tls-key", "dev-attester", "dev-root-out", "metrics", "drain-timeout", "ingress", "max-in-flight", "queue", "queue-timeout", "fqdn-leader", "ext-priv-addr", "sync-advertise", "sync-heartbeat"} {
 			if set[name] {

@@ -124,6 +124,11 @@ func TestBadFlags(t *testing.T) {
 		{"bad heartbeat", []string{"-app-url", "http://127.0.0.1:1", "-fqdn-leader", "l", "-sync-heartbeat", "0s"}, "must be positive"},
 		{"bad leader", []string{"-app-url", "http://127.0.0.1:1", "-fqdn-leader", "a/b"}, "key synchronisation"},
 		{"ext priv on public port", []string{"-app-url", "http://127.0.0.1:1", "-fqdn-leader", "l", "-ext-priv-addr", ":443"}, "also the public"},
+		{"forward without target", []string{"-forward", "vsock://:8080"}, "want LISTEN=TARGET"},
+		{"forward bad listen", []string{"-forward", "udp://x=127.0.0.1:80"}, "-forward"},
+		{"forward bad option", []string{"-forward", "vsock://:8080=127.0.0.1:80,proxy"}, `unknown option "proxy"`},
+		{"forward bad target", []string{"-forward", "vsock://:8080=127.0.0.1"}, `target "127.0.0.1"`},
+		{"forward stand-in without cid", []string{"-vsock-dir", "/tmp", "-forward", "vsock://:8080=127.0.0.1:80"}, "name the enclave's CID"},
 		{"bad acme roots", []string{"-app-url", "http://127.0.0.1:1", "-acme", "-fqdn", "a.example", "-acme-roots", "/nonexistent"}, "-acme-roots"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -144,7 +149,7 @@ func TestHelp(t *testing.T) {
 	if code := run([]string{"-help"}, &stderr); code != 0 {
 		t.Errorf("exit code %d", code)
 	}
-	for _, want := range []string{"-app-cmd", "-dev-attester", "userspace", "-wait-for-app", "-fqdn-leader", "-ext-priv-addr", "/enclave/state"} {
+	for _, want := range []string{"-app-cmd", "-dev-attester", "userspace", "-wait-for-app", "-fqdn-leader", "-ext-priv-addr", "/enclave/state", "-forward", "proxy-header"} {
 		if !strings.Contains(stderr.String(), want) {
 			t.Errorf("help lacks %q", want)
 		}

@@ -85,7 +85,7 @@ func (l *Loop) Go(a, b net.Conn, opts Options, done func(Stats, error)) Handle {
 	_ = a.Close()
 	_ = b.Close()
 	el := l.loops[l.next.Add(1)%uint32(len(l.loops))]
-	p := &pair{loop: el, opts: opts, done: done}
+	p := &pair{loop: el, opts: opts, done: done, maxWrite: [2]int{opts.MaxWriteA, opts.MaxWriteB}}
 	p.s[0] = side{p: p, fd: fa, readable: true, writable: true}
 	p.s[1] = side{p: p, fd: fb, readable: true, writable: true}
 	el.post(op{kind: opAdd, p: p})
@@ -312,9 +312,11 @@ type pair struct {
 	loop *evloop
 	s    [2]side
 	opts Options
-	st   Stats
-	done func(Stats, error)
-	last int64 // el.now at the last read or backlog write
+	// maxWrite bounds each write to s[i] (Options.MaxWriteA, MaxWriteB).
+	maxWrite [2]int
+	st       Stats
+	done     func(Stats, error)
+	last     int64 // el.now at the last read or backlog write
 }
 
 // side is one socket of a pair and the bytes waiting to be written to it.
@@ -362,6 +364,9 @@ func (p *pair) copy(from int) bool {
 		}
 		buf := (*dst.pend)[dst.pendOff:dst.pendEnd]
 		n, err := write(dst.fd, buf)
+		if testWrite != nil {
+			testWrite(p, 1-from, len(buf))
+		}
 		if n > 0 {
 			dst.pendOff += n
 			p.count(from, n)
@@ -378,8 +383,12 @@ func (p *pair) copy(from int) bool {
 		pools[dst.pendCls].Put(dst.pend)
 		dst.pend = nil
 	}
+	scratch := el.scratch
+	if m := p.maxWrite[1-from]; m > 0 && m < len(scratch) {
+		scratch = scratch[:m]
+	}
 	for src.readable && !src.eof {
-		n, err := read(src.fd, el.scratch)
+		n, err := read(src.fd, scratch)
 		if err != nil {
 			if err == unix.EAGAIN {
 				src.readable = false
@@ -394,7 +403,7 @@ func (p *pair) copy(from int) bool {
 			break
 		}
 		p.last = el.now
-		if n < len(el.scratch) && !src.hup {
+		if n < len(scratch) && !src.hup {
 			// A short read drained the socket; with edge-triggered
 			// epoll, new data brings a new event. Not so for an EOF or
 			// error already signalled: read on until it shows.
@@ -402,7 +411,10 @@ func (p *pair) copy(from int) bool {
 		}
 		w := 0
 		if dst.writable {
-			w, err = write(dst.fd, el.scratch[:n])
+			w, err = write(dst.fd, scratch[:n])
+			if testWrite != nil {
+				testWrite(p, 1-from, n)
+			}
 			if err != nil && err != unix.EAGAIN {
 				p.finish(fmt.Errorf("relay: write: %w", err))
 				return false
@@ -423,7 +435,7 @@ func (p *pair) copy(from int) bool {
 			dst.pend = pools[cls].Get().(*[]byte)
 			dst.pendCls = cls
 			dst.pendOff = 0
-			dst.pendEnd = copy(*dst.pend, el.scratch[w:n])
+			dst.pendEnd = copy(*dst.pend, scratch[w:n])
 			return true
 		}
 	}
@@ -479,6 +491,10 @@ func (p *pair) finish(err error) {
 		p.done(p.st, err)
 	}
 }
+
+// testWrite, set by tests only, sees the size of every write to side i of a
+// pair.
+var testWrite func(p *pair, i, n int)
 
 // read and write are the syscalls without the allocation-free wrappers'
 // EINTR surprises.

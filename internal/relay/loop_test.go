@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -280,3 +281,84 @@ func openFDs(t *testing.T) int {
 	}
 	return len(ents)
 }
+
+// TestLoopMaxWrite relays 4 MiB each way with MaxWriteA and MaxWriteB set,
+// on the loop (sockets) and on its goroutine fallback (connections without
+// a descriptor): no write may exceed its side's bound, nothing may be lost.
+func TestLoopMaxWrite(t *testing.T) {
+	var mu sync.Mutex
+	var maxSeen [2]int
+	testWrite = func(_ *pair, i, n int) {
+		mu.Lock()
+		maxSeen[i] = max(maxSeen[i], n)
+		mu.Unlock()
+	}
+	t.Cleanup(func() { testWrite = nil }) // after the loop's Close (cleanups run last first)
+	l := newTestLoop(t, 1)
+	const limA, limB = 32 << 10, 5000
+	for _, kind := range []string{"loop", "goroutines"} {
+		t.Run(kind, func(t *testing.T) {
+			maxSeen = [2]int{}
+			client, a := unixPair(t)
+			b, server := unixPair(t)
+			var ca, cb net.Conn = a, b
+			var wa, wb *maxWriter
+			if kind == "goroutines" {
+				wa, wb = &maxWriter{Conn: a}, &maxWriter{Conn: b}
+				ca, cb = wa, wb
+			}
+			done := make(chan result, 1)
+			l.Go(ca, cb, Options{MaxWriteA: limA, MaxWriteB: limB}, func(st Stats, err error) { done <- result{st, err} })
+			data := make([]byte, 4<<20)
+			for i := range data {
+				data[i] = byte(i * 13)
+			}
+			errs := make(chan error, 2)
+			send := func(c *net.UnixConn) {
+				_, err := c.Write(data)
+				_ = c.CloseWrite()
+				errs <- err
+			}
+			go send(client)
+			go send(server)
+			for _, c := range []*net.UnixConn{client, server} {
+				got, err := io.ReadAll(c)
+				if err != nil || !bytes.Equal(got, data) {
+					t.Fatalf("read %d bytes, %v; want the %d sent", len(got), err, len(data))
+				}
+			}
+			for range 2 {
+				if err := <-errs; err != nil {
+					t.Fatal(err)
+				}
+			}
+			if r := <-done; r.err != nil {
+				t.Fatal(r.err)
+			}
+			if kind == "goroutines" {
+				mu.Lock()
+				maxSeen = [2]int{wa.max, wb.max}
+				mu.Unlock()
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if maxSeen[0] == 0 || maxSeen[0] > limA || maxSeen[1] == 0 || maxSeen[1] > limB {
+				t.Fatalf("largest writes to a and b: %d and %d; want at most %d and %d", maxSeen[0], maxSeen[1], limA, limB)
+			}
+		})
+	}
+}
+
+// maxWriter hides its connection's descriptor (so the loop relays it with
+// goroutines) and records its largest write.
+type maxWriter struct {
+	net.Conn
+	max int
+}
+
+func (w *maxWriter) Write(b []byte) (int, error) {
+	w.max = max(w.max, len(b))
+	return w.Conn.Write(b)
+}
+
+func (w *maxWriter) CloseWrite() error { return w.Conn.(*net.UnixConn).CloseWrite() }

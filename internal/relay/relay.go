@@ -52,6 +52,12 @@ type Options struct {
 	// AToB and BToA, when not nil, are increased by the bytes written in
 	// each direction as they are written (for live counters). Default: nil.
 	AToB, BToA *atomic.Int64
+
+	// MaxWriteA and MaxWriteB, when positive, bound every single write to a
+	// and to b: the relay reads at most that much for it at once. An
+	// enclave's writes to VSOCK must stay at 32 KiB or less (see
+	// tap.DefaultMaxWrite). Default: 0, unbounded.
+	MaxWriteA, MaxWriteB int
 }
 
 // Relay copies a→b and b→a until both directions have finished, then closes
@@ -74,9 +80,9 @@ func Relay(a, b net.Conn, opts Options) (Stats, error) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		st.BToA, errBA = copyHalf(a, b, idle, opts.BToA)
+		st.BToA, errBA = copyHalf(a, b, idle, opts.BToA, opts.MaxWriteA)
 	}()
-	st.AToB, errAB = copyHalf(b, a, idle, opts.AToB)
+	st.AToB, errAB = copyHalf(b, a, idle, opts.AToB, opts.MaxWriteB)
 	<-done
 	_ = a.Close()
 	_ = b.Close()
@@ -96,11 +102,11 @@ func Go(a, b net.Conn, opts Options, done func(Stats, error)) {
 		r.idle = newIdleTimer(opts.IdleTimeout, func() { _ = a.Close(); _ = b.Close() })
 	}
 	go func() {
-		r.st.AToB, r.errAB = copyHalf(b, a, r.idle, opts.AToB)
+		r.st.AToB, r.errAB = copyHalf(b, a, r.idle, opts.AToB, opts.MaxWriteB)
 		r.finish()
 	}()
 	go func() {
-		r.st.BToA, r.errBA = copyHalf(a, b, r.idle, opts.BToA)
+		r.st.BToA, r.errBA = copyHalf(a, b, r.idle, opts.BToA, opts.MaxWriteA)
 		r.finish()
 	}()
 }
@@ -128,10 +134,11 @@ func (r *async) finish() {
 	}
 }
 
-// copyHalf copies src to dst and then half-closes dst (or closes both on
-// error, which unblocks the other direction).
-func copyHalf(dst, src net.Conn, idle *idleTimer, counter *atomic.Int64) (int64, error) {
-	n, err := copyCounted(dst, src, idle, counter)
+// copyHalf copies src to dst, in writes of at most maxWrite bytes if it is
+// positive, and then half-closes dst (or closes both on error, which
+// unblocks the other direction).
+func copyHalf(dst, src net.Conn, idle *idleTimer, counter *atomic.Int64, maxWrite int) (int64, error) {
+	n, err := copyCounted(dst, src, idle, counter, maxWrite)
 	if err != nil {
 		_ = src.Close()
 		_ = dst.Close()
@@ -154,10 +161,10 @@ func Copy(dst io.Writer, src io.Reader, progress func()) (int64, error) {
 	if progress != nil {
 		it = &idleTimer{progress: progress}
 	}
-	return copyCounted(dst, src, it, nil)
+	return copyCounted(dst, src, it, nil, 0)
 }
 
-func copyCounted(dst io.Writer, src io.Reader, idle *idleTimer, counter *atomic.Int64) (int64, error) {
+func copyCounted(dst io.Writer, src io.Reader, idle *idleTimer, counter *atomic.Int64, maxWrite int) (int64, error) {
 	var (
 		written  int64
 		class    int
@@ -194,6 +201,9 @@ func copyCounted(dst io.Writer, src io.Reader, idle *idleTimer, counter *atomic.
 			bp = pools[class].Get().(*[]byte)
 		}
 		buf := *bp
+		if maxWrite > 0 && maxWrite < len(buf) {
+			buf = buf[:maxWrite]
+		}
 		nr, rerr := src.Read(buf)
 		drained = nr < len(buf)
 		if nr > 0 {

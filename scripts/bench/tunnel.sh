@@ -11,7 +11,11 @@
 #          at c = CONNS, and the same app reached directly;
 #   sweep: a bombardier concurrency sweep (scripts/load) of each config.
 #
-# Configs are KIND:MTU with KIND quench (TAP mode), userspace (the enclave
+# Configs are KIND:MTU with KIND quench (TAP mode), fastpath (TAP mode, but
+# the published ports use the ingress fast path: quench-host -publish-vsock,
+# one VSOCK stream per client connection, relayed in the enclave by
+# quench-enclave -forward to the app's port on the enclave's loopback; its
+# egress is quench's tunnel, so not measured again), userspace (the enclave
 # library's gVisor stack in a process: internal/benchapps/usenclave) or peer.
 # EGRESS=0 skips the egress measurements. CPU is cores used by the host
 # daemon and the enclave-side forwarder. Figures are medians of RUNS runs.
@@ -21,7 +25,7 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 SUITE_NAME=${NAME:-tunnel}
-CONFIGS=${CONFIGS:-"quench:65520 peer:65520 peer:1500"}
+CONFIGS=${CONFIGS:-"quench:65520 fastpath:65520 peer:65520 peer:1500"}
 CONNS=${CONNS:-"10 100 1000"}
 BULK=${BULK:-iperf3}
 EGRESS=${EGRESS:-1}
@@ -39,6 +43,10 @@ start_env() {
   case $kind in
     userspace) start_userspace "$mtu" "${pub[@]}" ;;
     quench) start_quench "$mtu" "${pub[@]}" ;;
+    fastpath)
+      QUENCH_VSOCK_DIR=$VS start_quench "$mtu" -enclave-cid 16 \
+        -publish-vsock 127.0.0.1:$P_BULK:5201 -publish-vsock 127.0.0.1:$P_HTTP:8080 -- \
+        -forward vsock://16:5201=127.0.0.1:5201 -forward vsock://16:8080=127.0.0.1:8080 ;;
     peer) start_peer "$mtu" "$P_BULK:5201" "$P_HTTP:8080" ;;
     *) echo "tunnel.sh: unknown config kind $kind" >&2; exit 1 ;;
   esac
@@ -53,6 +61,8 @@ start_env() {
   wait_url http://127.0.0.1:$P_HTTP/
 }
 
+VS=$WORK/vsock # the VSOCK stand-in's directory (fastpath)
+mkdir -p "$VS"
 HOST_IPERF_PORT=$P_HOST_IPERF
 spawn_global iperf3 -s -p $HOST_IPERF_PORT -B 127.0.0.1 >/dev/null 2>&1
 spawn_global "$BIN/hello" -listen 127.0.0.1:$P_DIRECT >/dev/null 2>&1
@@ -74,7 +84,7 @@ for RUN in $(seq 1 "$RUNS"); do
       measure ingress     0 iperf3 -c 127.0.0.1 -p $P_BULK -t "$DUR" -J
       measure ingress_rev 0 iperf3 -c 127.0.0.1 -p $P_BULK -t "$DUR" -J -R
     fi
-    if [ "$EGRESS" = 1 ] && [ "${cm%%:*}" != userspace ]; then
+    if [ "$EGRESS" = 1 ] && [ "${cm%%:*}" != userspace ] && [ "${cm%%:*}" != fastpath ]; then
       measure egress     0 ip netns exec "$NS" iperf3 -c 192.168.127.254 -p $HOST_IPERF_PORT -t "$DUR" -J
       measure egress_rev 0 ip netns exec "$NS" iperf3 -c 192.168.127.254 -p $HOST_IPERF_PORT -t "$DUR" -J -R
     fi

@@ -333,6 +333,9 @@ func bulkRatios(d *Data, s string) []ratioCol {
 	if len(q) > 0 && len(p) > 0 {
 		out = append(out, ratioCol{"quench TAP best ÷ peer best", q, p})
 	}
+	if f := d.withPrefix(s, "fastpath:"); len(f) > 0 && len(p) > 0 {
+		out = append(out, ratioCol{"fast path ÷ peer best", f, p})
+	}
 	if s == "ingress" {
 		out = append(out, ratioCol{"fast path ÷ raw unix", []string{"fastpath"}, []string{"raw-unix"}})
 	}
