@@ -6,8 +6,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -125,4 +127,39 @@ func TestIngressClientAddress(t *testing.T) {
 			t.Fatalf("body %q, want %q", body, want)
 		}
 	}
+}
+
+// TestForwardTAP: a TAP-mode enclave (quench-enclave in a namespace)
+// relays the host's fast path to a plain HTTP server on its port 8080 with
+// -forward; the published tunnel port keeps working beside it, and the
+// forward reaches the server again after the host daemon restarts.
+func TestForwardTAP(t *testing.T) {
+	env := newEnclaveEnv(t)
+	vs := filepath.Join(env.dir, "vsock")
+	if err := os.Mkdir(vs, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	fast := testutil.FreePort(t)
+	env.startHost("-vsock-dir", vs, "-enclave-cid", "16", "-publish-vsock", fmt.Sprintf("127.0.0.1:%d:8081", fast))
+	env.startEnclave("-vsock-dir", vs, "-forward", "vsock://16:8081=127.0.0.1:8080")
+	url := fmt.Sprintf("http://127.0.0.1:%d/", fast)
+	check := func() error {
+		body, _, err := get(context.Background(), url)
+		if err != nil {
+			return err
+		}
+		// Without ,proxy-header the server sees the forwarder's loopback address.
+		if want := "hello from the enclave; you are 127.0.0.1:"; !strings.HasPrefix(body, want) {
+			return fmt.Errorf("body %q, want it to start with %q", body, want)
+		}
+		return nil
+	}
+	testutil.WaitFor(t, 10*time.Second, "forward up", check)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := env.checkInbound(ctx); err != nil {
+		t.Fatalf("tunnel port beside the forward: %v", err)
+	}
+	env.restartHost()
+	testutil.WaitFor(t, 10*time.Second, "forward after the host restarted", check)
 }
