@@ -11,6 +11,9 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"syscall"
+
+	"github.com/quenchnet/quench/internal/rawio"
 )
 
 const (
@@ -163,6 +166,7 @@ type Stats struct {
 // lock; see LockWrite. Read and write sides may run concurrently.
 type Conn struct {
 	nc  net.Conn
+	raw syscall.RawConn // nc's, when reads and writes may bypass it (rawio.Of); else nil
 	cfg Config
 	// maxFrame is cfg.MTU + EthernetHeaderSize: the longest frame accepted
 	// from the stream.
@@ -205,6 +209,7 @@ func NewConn(c net.Conn, cfg Config) (*Conn, error) {
 	}
 	return &Conn{
 		nc:       c,
+		raw:      rawio.Of(c),
 		cfg:      cfg,
 		maxFrame: cfg.MTU + EthernetHeaderSize,
 		rbuf:     make([]byte, cfg.ReadBufferSize),
@@ -371,7 +376,7 @@ func (c *Conn) readMore() (int, error) {
 		return 0, fmt.Errorf("tap: read buffer full")
 	}
 	for range 100 {
-		n, err := c.nc.Read(c.rbuf[c.w:])
+		n, err := c.read(c.rbuf[c.w:])
 		c.readCalls.Add(1)
 		c.w += n
 		if n > 0 || err != nil {
@@ -639,9 +644,29 @@ func (c *Conn) flush() error {
 	return err
 }
 
+// read does one Read on the stream.
+func (c *Conn) read(p []byte) (int, error) {
+	if c.raw == nil {
+		return c.nc.Read(p)
+	}
+	n, err := rawio.ReadRaw(c.raw, p)
+	switch {
+	case err != nil:
+		return 0, &net.OpError{Op: "read", Net: c.nc.LocalAddr().Network(), Source: c.nc.LocalAddr(), Addr: c.nc.RemoteAddr(), Err: rawio.Cause("read", err)}
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
 // write does one Write on the stream; len(p) <= MaxWrite.
 func (c *Conn) write(p []byte) error {
-	_, err := c.nc.Write(p)
+	var err error
+	if c.raw == nil {
+		_, err = c.nc.Write(p)
+	} else if _, err = rawio.WriteRaw(c.raw, p); err != nil {
+		err = &net.OpError{Op: "write", Net: c.nc.LocalAddr().Network(), Source: c.nc.LocalAddr(), Addr: c.nc.RemoteAddr(), Err: rawio.Cause("write", err)}
+	}
 	c.writeCalls.Add(1)
 	if err != nil {
 		c.werr = fmt.Errorf("tap: write: %w", err)

@@ -15,6 +15,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/quenchnet/quench/internal/rawio"
 )
 
 // linuxTAP is a Linux TAP device (IFF_TAP|IFF_NO_PI). Its file descriptor
@@ -145,7 +147,8 @@ func (t *linuxTAP) MTU() int       { return t.mtu }
 func (t *linuxTAP) Name() string   { return t.name }
 
 // Read blocks until a frame is available, then reads every frame the
-// kernel has queued, up to len(bufs), each with one read syscall.
+// kernel has queued, up to len(bufs), each with one read syscall (a raw
+// one: see package rawio).
 func (t *linuxTAP) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	if len(bufs) == 0 {
 		return 0, nil
@@ -159,10 +162,7 @@ func (t *linuxTAP) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	)
 	err := t.rc.Read(func(fd uintptr) bool {
 		for n < len(bufs) {
-			m, err := unix.Read(int(fd), bufs[n][offset:])
-			if err == unix.EINTR {
-				continue
-			}
+			m, err := rawio.Read(int(fd), bufs[n][offset:])
 			if err == unix.EAGAIN {
 				return n > 0 // nothing queued: wait unless we have frames
 			}
@@ -192,10 +192,7 @@ func (t *linuxTAP) Write(bufs [][]byte, offset int) (int, error) {
 	)
 	err := t.rc.Write(func(fd uintptr) bool {
 		for n < len(bufs) {
-			_, err := unix.Write(int(fd), bufs[n][offset:])
-			if err == unix.EINTR {
-				continue
-			}
+			_, err := rawio.Write(int(fd), bufs[n][offset:])
 			if err == unix.EAGAIN {
 				return false
 			}

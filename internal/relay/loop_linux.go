@@ -9,11 +9,11 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/quenchnet/quench/internal/epoll"
+	"github.com/quenchnet/quench/internal/rawio"
 )
 
 // Loop relays connection pairs on a few event loops instead of two
@@ -496,38 +496,10 @@ func (p *pair) finish(err error) {
 // pair.
 var testWrite func(p *pair, i, n int)
 
-// read and write are the syscalls on non-blocking sockets, retried on
-// EINTR. They never block, so they are raw system calls: the goroutine
-// keeps its P, and Go's sysmon, which retakes a P whose syscall it sees
-// last across one of its ticks, has nothing to retake. With entersyscall
-// around each call (syscall.Syscall), a loop doing tens of thousands of
-// them a second on a busy machine kept sysmon polling every 20 µs: 21 % of
-// the forwarder's CPU time in one profile (see docs/bench/tunnel.md).
-func read(fd int, b []byte) (int, error) {
-	for {
-		n, _, errno := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
-		if errno == unix.EINTR {
-			continue
-		}
-		if errno != 0 {
-			return 0, errno
-		}
-		return int(n), nil
-	}
-}
-
-func write(fd int, b []byte) (int, error) {
-	for {
-		n, _, errno := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
-		if errno == unix.EINTR {
-			continue
-		}
-		if errno != 0 {
-			return 0, errno
-		}
-		return int(n), nil
-	}
-}
+// read and write are rawio's: raw system calls on the loop's non-blocking
+// sockets.
+func read(fd int, b []byte) (int, error)  { return rawio.Read(fd, b) }
+func write(fd int, b []byte) (int, error) { return rawio.Write(fd, b) }
 
 // DupSocket returns a non-blocking duplicate (close-on-exec, numbered 3 or
 // more) of c's file descriptor if c is a stream socket. The caller owns it;

@@ -21,6 +21,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/quenchnet/quench/internal/rawio"
 )
 
 // Buffer size classes. A copy loop starts at the smallest and moves up one
@@ -178,6 +180,30 @@ func copyCounted(dst io.Writer, src io.Reader, idle *idleTimer, counter *atomic.
 			waitRead = newWaiter(rc)
 		}
 	}
+	// Plain sockets are read and written with raw system calls (package
+	// rawio: no scheduler bookkeeping per call).
+	read, write := src.Read, dst.Write
+	if rc := rawio.Of(src); rc != nil {
+		read = func(b []byte) (int, error) {
+			n, err := rawio.ReadRaw(rc, b)
+			switch {
+			case err != nil:
+				return 0, rawio.Cause("read", err)
+			case n == 0:
+				return 0, io.EOF
+			}
+			return n, nil
+		}
+	}
+	if rc := rawio.Of(dst); rc != nil {
+		write = func(b []byte) (int, error) {
+			n, err := rawio.WriteRaw(rc, b)
+			if err != nil {
+				err = rawio.Cause("write", err)
+			}
+			return n, err
+		}
+	}
 	defer func() {
 		if bp != nil {
 			pools[class].Put(bp)
@@ -204,10 +230,10 @@ func copyCounted(dst io.Writer, src io.Reader, idle *idleTimer, counter *atomic.
 		if maxWrite > 0 && maxWrite < len(buf) {
 			buf = buf[:maxWrite]
 		}
-		nr, rerr := src.Read(buf)
+		nr, rerr := read(buf)
 		drained = nr < len(buf)
 		if nr > 0 {
-			nw, werr := dst.Write(buf[:nr])
+			nw, werr := write(buf[:nr])
 			written += int64(nw)
 			if counter != nil {
 				counter.Add(int64(nw))
