@@ -3,12 +3,13 @@ package enclave
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"net"
 	"net/http"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/quenchnet/quench/internal/endpoint"
 )
 
 // frontDoorHandshakeTimeout bounds a client's TLS handshake.
@@ -47,19 +48,16 @@ func (f *frontDoor) accept(ln net.Listener) {
 	f.wg.Add(1)
 	go func() {
 		defer f.wg.Done()
-		var delay time.Duration
+		var backoff endpoint.AcceptBackoff
 		for {
 			c, err := ln.Accept()
 			if err != nil {
-				var ne net.Error
-				if errors.As(err, &ne) && ne.Timeout() && !f.h1.isClosed() {
-					delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-					time.Sleep(delay)
+				if !f.h1.isClosed() && backoff.Wait(context.Background(), err) {
 					continue
 				}
 				return
 			}
-			delay = 0
+			backoff.Reset()
 			f.mu.Lock()
 			if f.closed {
 				f.mu.Unlock()

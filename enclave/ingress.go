@@ -13,6 +13,7 @@ import (
 
 	"github.com/pires/go-proxyproto"
 
+	"github.com/quenchnet/quench/internal/endpoint"
 	"github.com/quenchnet/quench/tap"
 )
 
@@ -141,7 +142,7 @@ func (l *IngressListener) Stats() IngressStats {
 
 func (l *IngressListener) acceptLoop() {
 	defer l.wg.Done()
-	var delay time.Duration
+	var backoff endpoint.AcceptBackoff
 	for {
 		select {
 		case l.sem <- struct{}{}:
@@ -151,15 +152,9 @@ func (l *IngressListener) acceptLoop() {
 		c, err := l.ln.Accept()
 		if err != nil {
 			<-l.sem
-			var ne net.Error
-			if l.ctx.Err() == nil && errors.As(err, &ne) && ne.Timeout() {
-				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				select {
-				case <-time.After(delay):
-					continue
-				case <-l.ctx.Done():
-					return
-				}
+			if backoff.Wait(l.ctx, err) {
+				l.cfg.Logger.Warn("ingress: accept failed; retrying", "addr", l.ln.Addr().String(), "err", err, "after", backoff.Delay())
+				continue
 			}
 			l.errMu.Lock()
 			l.err = err
@@ -167,7 +162,7 @@ func (l *IngressListener) acceptLoop() {
 			l.cancel()
 			return
 		}
-		delay = 0
+		backoff.Reset()
 		l.mu.Lock()
 		if l.ctx.Err() != nil {
 			l.mu.Unlock()

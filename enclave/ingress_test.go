@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -14,13 +15,24 @@ import (
 	"github.com/pires/go-proxyproto"
 
 	"github.com/quenchnet/quench/enclave"
+	"github.com/quenchnet/quench/internal/testutil"
 )
 
 func ingressListener(t *testing.T, cfg enclave.IngressConfig) *enclave.IngressListener {
 	t.Helper()
+	return ingressListenerOn(t, cfg, nil)
+}
+
+// ingressListenerOn is ingressListener with the unix listener passed
+// through wrap (if not nil) first.
+func ingressListenerOn(t *testing.T, cfg enclave.IngressConfig, wrap func(net.Listener) net.Listener) *enclave.IngressListener {
+	t.Helper()
 	ln, err := net.Listen("unix", filepath.Join(t.TempDir(), "ingress.sock"))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if wrap != nil {
+		ln = wrap(ln)
 	}
 	il := enclave.ListenIngress(ln, cfg)
 	t.Cleanup(func() { _ = il.Close() })
@@ -163,6 +175,25 @@ func TestIngressHalfCloseAndSlowPeer(t *testing.T) {
 	b, err := io.ReadAll(c)
 	if err != nil || string(b) != "bye" {
 		t.Fatalf("client read %q, %v", b, err)
+	}
+}
+
+// TestIngressRidesOutEMFILE: accept failing for want of file descriptors
+// (a connection flood) must not stop the listener for good; the next
+// connection is served. net.Error's Timeout is false for EMFILE, which the
+// listener used to take for a fatal error.
+func TestIngressRidesOutEMFILE(t *testing.T) {
+	var fl *testutil.FailingListener
+	il := ingressListenerOn(t, enclave.IngressConfig{}, func(ln net.Listener) net.Listener {
+		fl = testutil.FailAccepts(ln, syscall.EMFILE, 3)
+		return fl
+	})
+	_, sc := dialIngress(t, il)
+	if got := sc.RemoteAddr().String(); got != "192.0.2.1:1234" {
+		t.Fatalf("RemoteAddr %s", got)
+	}
+	if fl.Left() != 0 {
+		t.Fatalf("%d accept failures never happened", fl.Left())
 	}
 }
 

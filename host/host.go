@@ -21,6 +21,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 
+	"github.com/quenchnet/quench/internal/endpoint"
 	"github.com/quenchnet/quench/internal/ethlink"
 	"github.com/quenchnet/quench/internal/relay"
 	"github.com/quenchnet/quench/policy"
@@ -209,24 +210,23 @@ func (h *Host) Serve(ln net.Listener) error {
 		_ = ln.Close()
 	}()
 	h.log.Info("accepting enclave streams", "addr", ln.Addr().String())
-	var delay time.Duration
+	var backoff endpoint.AcceptBackoff
 	for {
 		c, err := ln.Accept()
 		if err != nil {
 			if h.ctx.Err() != nil {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				// Temporary failure (e.g. EMFILE shows up as such): back off.
-				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				h.log.Warn("accept failed; retrying", "err", err, "delay", delay)
-				time.Sleep(delay)
+			if backoff.Wait(h.ctx, err) {
+				h.log.Warn("accept failed; retrying", "err", err, "after", backoff.Delay())
 				continue
+			}
+			if h.ctx.Err() != nil {
+				return nil
 			}
 			return fmt.Errorf("host: accept: %w", err)
 		}
-		delay = 0
+		backoff.Reset()
 		if !h.track(c) {
 			_ = c.Close()
 			return nil

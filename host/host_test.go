@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"github.com/quenchnet/quench/host"
+	"github.com/quenchnet/quench/internal/testutil"
 	"github.com/quenchnet/quench/tap"
 )
 
@@ -23,6 +25,13 @@ var enclaveMAC = net.HardwareAddr{0x5a, 0x94, 0xef, 0xe4, 0x0c, 0xee}
 
 // startHost runs a Host serving a unix socket and returns it and the path.
 func startHost(tb testing.TB, cfg host.Config) (*host.Host, string) {
+	tb.Helper()
+	return startHostOn(tb, cfg, nil)
+}
+
+// startHostOn is startHost with the listener passed through wrap (if not
+// nil) before Serve gets it.
+func startHostOn(tb testing.TB, cfg host.Config, wrap func(net.Listener) net.Listener) (*host.Host, string) {
 	tb.Helper()
 	h, err := host.New(cfg)
 	if err != nil {
@@ -36,13 +45,18 @@ func startHost(tb testing.TB, cfg host.Config) (*host.Host, string) {
 	if err != nil {
 		tb.Fatal(err)
 	}
+	if wrap != nil {
+		ln = wrap(ln)
+	}
 	done := make(chan error, 1)
 	go func() { done <- h.Serve(ln) }()
 	tb.Cleanup(func() {
 		if err := h.Close(); err != nil {
 			tb.Errorf("Close: %v", err)
 		}
-		if err := <-done; err != nil {
+		// A test over before the goroutine reached Serve gets ErrClosed
+		// (Serve after Close); a Serve that ran returns nil after Close.
+		if err := <-done; err != nil && !errors.Is(err, net.ErrClosed) {
 			tb.Errorf("Serve: %v", err)
 		}
 	})
@@ -342,4 +356,40 @@ func TestPublishBindError(t *testing.T) {
 		t.Fatal("Start succeeded on a taken port")
 	}
 	_ = h.Close()
+}
+
+// TestServeRidesOutEMFILE: accept failing for want of file descriptors (a
+// connection flood) must not stop Serve; the next enclave stream that
+// arrives is served. net.Error's Timeout is false for EMFILE, which Serve
+// used to take for a fatal error.
+func TestServeRidesOutEMFILE(t *testing.T) {
+	var fl *testutil.FailingListener
+	_, path := startHostOn(t, host.Config{}, func(ln net.Listener) net.Listener {
+		fl = testutil.FailAccepts(ln, syscall.EMFILE, 3)
+		return fl
+	})
+	nc, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	_ = nc.SetDeadline(time.Now().Add(10 * time.Second))
+	c, err := tap.NewConn(nc, tap.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.ClientHandshake(); err != nil {
+		t.Fatal(err)
+	}
+	// The gateway's ARP reply proves the stream was accepted and attached.
+	req := arpRequest(enclaveMAC, netip.MustParseAddr("192.168.127.2"), netip.MustParseAddr("192.168.127.1"))
+	if _, err := c.WriteFrames([][]byte{req}, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, ip := readARPReply(t, c); ip.String() != "192.168.127.1" {
+		t.Fatalf("ARP reply for %s", ip)
+	}
+	if fl.Left() != 0 {
+		t.Fatalf("%d accept failures never happened", fl.Left())
+	}
 }

@@ -16,6 +16,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 
+	"github.com/quenchnet/quench/internal/endpoint"
 	"github.com/quenchnet/quench/internal/relay"
 )
 
@@ -222,15 +223,12 @@ func (h *Host) publishLocked(spec Publish) (*published, error) {
 // servePublished accepts clients on a published TCP port and relays each to
 // the enclave: through the virtual network, or over VSOCK for the fast path.
 func (h *Host) servePublished(p *published, ln net.Listener) {
-	var delay time.Duration
+	var backoff endpoint.AcceptBackoff
 	for {
 		c, err := ln.Accept()
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() && h.ctx.Err() == nil {
-				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				h.log.Warn("published port: accept failed; retrying", "addr", p.addr.String(), "err", err, "delay", delay)
-				time.Sleep(delay)
+			if backoff.Wait(h.ctx, err) {
+				h.log.Warn("published port: accept failed; retrying", "addr", p.addr.String(), "err", err, "after", backoff.Delay())
 				continue
 			}
 			if !errors.Is(err, net.ErrClosed) && h.ctx.Err() == nil {
@@ -238,7 +236,7 @@ func (h *Host) servePublished(p *published, ln net.Listener) {
 			}
 			return
 		}
-		delay = 0
+		backoff.Reset()
 		p.accepted.Add(1)
 		cc := &connCloser{conns: []net.Conn{c}}
 		p.mu.Lock()

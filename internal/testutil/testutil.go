@@ -17,6 +17,8 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -308,3 +310,32 @@ func WaitForFile(tb testing.TB, path string, timeout time.Duration) {
 
 // Discard is an io.Writer for unwanted output.
 var Discard io.Writer = io.Discard
+
+// FailingListener is a listener whose first Accepts fail as the kernel's
+// accept4 does when the process is out of file descriptors (or with another
+// errno), before the wrapped listener's own Accepts run: for tests of accept
+// loops that must ride such failures out.
+type FailingListener struct {
+	net.Listener
+	errno syscall.Errno
+	left  atomic.Int32
+}
+
+// FailAccepts wraps ln so that its next n Accepts fail with errno, wrapped
+// as net's listeners wrap it (*net.OpError around *os.SyscallError).
+func FailAccepts(ln net.Listener, errno syscall.Errno, n int) *FailingListener {
+	l := &FailingListener{Listener: ln, errno: errno}
+	l.left.Store(int32(n))
+	return l
+}
+
+// Accept fails while failures are left, then accepts from the listener.
+func (l *FailingListener) Accept() (net.Conn, error) {
+	if l.left.Add(-1) >= 0 {
+		return nil, &net.OpError{Op: "accept", Net: l.Addr().Network(), Addr: l.Addr(), Err: os.NewSyscallError("accept4", l.errno)}
+	}
+	return l.Listener.Accept()
+}
+
+// Left returns how many failures are still to come.
+func (l *FailingListener) Left() int { return max(int(l.left.Load()), 0) }
