@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/quenchnet/quench/internal/endpoint"
+	"github.com/quenchnet/quench/proxy"
 )
 
 // frontDoorHandshakeTimeout bounds a client's TLS handshake.
@@ -76,7 +77,9 @@ func (f *frontDoor) accept(ln net.Listener) {
 }
 
 func (f *frontDoor) handshake(c net.Conn) {
-	tc := tls.Server(c, f.tlsConfig)
+	// proxy.TLSServer: once the handshake is done, proxy.Serve moves an
+	// HTTP/1.1 connection onto its event loops.
+	tc := proxy.TLSServer(c, f.tlsConfig)
 	ctx, cancel := context.WithTimeout(context.Background(), f.timeout)
 	err := tc.HandshakeContext(ctx)
 	cancel()

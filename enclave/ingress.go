@@ -9,6 +9,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/pires/go-proxyproto"
@@ -317,6 +318,24 @@ func (c *IngressConn) Read(b []byte) (int, error) {
 	}
 	return c.Conn.Read(b)
 }
+
+// SyscallConn returns the socket's, for code that reads and writes the
+// socket itself (proxy.Serve's event loops), once no bytes are left read
+// past the header; until then it fails, as the socket alone would lose them.
+func (c *IngressConn) SyscallConn() (syscall.RawConn, error) {
+	if c.br != nil && c.br.Buffered() > 0 {
+		return nil, errors.New("enclave: ingress: bytes buffered past the PROXY header")
+	}
+	sc, ok := c.Conn.(syscall.Conn)
+	if !ok {
+		return nil, fmt.Errorf("enclave: ingress: %T has no socket: %w", c.Conn, errors.ErrUnsupported)
+	}
+	return sc.SyscallConn()
+}
+
+// MaxWrite is the bound on each write to the socket (IngressConfig.MaxWrite;
+// 0: none), for code that writes the socket itself.
+func (c *IngressConn) MaxWrite() int { return c.maxWrite }
 
 // RemoteAddr is the client's address as the host reported it.
 func (c *IngressConn) RemoteAddr() net.Addr { return c.remote }

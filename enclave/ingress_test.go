@@ -349,3 +349,40 @@ func TestIngressWriteSplit(t *testing.T) {
 		})
 	}
 }
+
+// TestIngressConnSocket: the socket is exposed (for proxy.Serve's event
+// loops) only once no bytes read past the header are left, with the write
+// bound.
+func TestIngressConnSocket(t *testing.T) {
+	il := ingressListener(t, enclave.IngressConfig{})
+	c, err := net.Dial("unix", il.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write(append(v2Header(t, "192.0.2.1:1234", "192.0.2.2:80"), "early"...)); err != nil {
+		t.Fatal(err)
+	}
+	sc, err := il.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	sysc, ok := sc.(syscall.Conn)
+	if !ok {
+		t.Fatalf("%T is not a syscall.Conn", sc)
+	}
+	if _, err := sysc.SyscallConn(); err == nil {
+		t.Error("SyscallConn with bytes buffered past the header: no error")
+	}
+	b := make([]byte, 5)
+	if _, err := io.ReadFull(sc, b); err != nil || string(b) != "early" {
+		t.Fatalf("read %q, %v", b, err)
+	}
+	if _, err := sysc.SyscallConn(); err != nil {
+		t.Errorf("SyscallConn once drained: %v", err)
+	}
+	if mw := sc.(interface{ MaxWrite() int }).MaxWrite(); mw != 32<<10 {
+		t.Errorf("MaxWrite %d, want %d", mw, 32<<10)
+	}
+}

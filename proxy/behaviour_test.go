@@ -194,7 +194,7 @@ func TestClientDisconnectMidBody(t *testing.T) {
 				bodyErr <- err
 			})
 			env := newEnv(t, front, up, Config{})
-			c, err := net.Dial("tcp", strings.TrimPrefix(env.url, "http://"))
+			c, err := dialFrontErr(t, env.url)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -312,7 +312,12 @@ func TestWebSocket(t *testing.T) {
 		t.Run(front, func(t *testing.T) {
 			env := newEnv(t, front, echo, Config{MaxInFlight: 1})
 			wsURL := "ws" + strings.TrimPrefix(env.url, "http") + "/ws"
-			ws, err := websocket.Dial(wsURL, "", env.url)
+			wcfg, err := websocket.NewConfig(wsURL, env.url)
+			if err != nil {
+				t.Fatal(err)
+			}
+			wcfg.TlsConfig = testClientTLS()
+			ws, err := websocket.DialConfig(wcfg)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -497,7 +502,8 @@ func TestProxyProtocolClientAddress(t *testing.T) {
 			pln := &proxyproto.Listener{Listener: ln, ReadHeaderTimeout: 5 * time.Second}
 			base := serveOn(t, env.proxy, front, pln)
 
-			c, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+			// The PROXY header comes first, TLS (serve-tls) after it.
+			c, err := dialFrontErr(t, strings.Replace(base, "https://", "http://", 1))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -512,6 +518,11 @@ func TestProxyProtocolClientAddress(t *testing.T) {
 			if _, err := hdr.WriteTo(c); err != nil {
 				t.Fatal(err)
 			}
+			proto := "http"
+			if strings.HasPrefix(base, "https://") {
+				c = tls.Client(c, testClientTLS())
+				proto = "https"
+			}
 			fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: enclave\r\n\r\n")
 			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 			if err != nil {
@@ -519,7 +530,7 @@ func TestProxyProtocolClientAddress(t *testing.T) {
 			}
 			resp.Body.Close()
 			got := []string{resp.Header.Get("Got-Xff"), resp.Header.Get("Got-Forwarded")}
-			want := []string{"203.0.113.7", "for=203.0.113.7;host=enclave;proto=http"}
+			want := []string{"203.0.113.7", "for=203.0.113.7;host=enclave;proto=" + proto}
 			if diff := cmp.Diff(want, got); diff != "" {
 				t.Errorf("(-want +got):\n%s", diff)
 			}
@@ -588,7 +599,7 @@ func TestHTTP10KeepAlive(t *testing.T) {
 func testHTTP10KeepAlive(t *testing.T, front string) {
 	checkGoroutines(t)
 	env := newEnv(t, front, http.HandlerFunc(echoHandler), Config{})
-	c, err := net.Dial("tcp", strings.TrimPrefix(env.url, "http://"))
+	c, err := dialFrontErr(t, env.url)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -147,20 +147,18 @@ func (p benchBufPool) Get() []byte  { return *p.p.Get().(*[]byte) }
 func (p benchBufPool) Put(b []byte) { p.p.Put(&b) }
 
 // BenchmarkFrontEnds measures whole requests through each front end, over
-// loopback TCP, one keep-alive client connection.
+// loopback TCP, one keep-alive client connection. serve-tls-goroutines is
+// serve-tls with the event loops off, for comparison.
 func BenchmarkFrontEnds(b *testing.B) {
 	target := rawUpstream(b)
-	for _, front := range fronts {
+	for _, front := range append(fronts, "serve-tls-goroutines") {
 		b.Run(front, func(b *testing.B) {
 			p, err := New(target, Config{})
 			if err != nil {
 				b.Fatal(err)
 			}
 			base := serveFront(b, p, front)
-			c, err := net.Dial("tcp", base[len("http://"):])
-			if err != nil {
-				b.Fatal(err)
-			}
+			c := dialFront(b, base)
 			defer c.Close()
 			req := []byte("GET /hello HTTP/1.1\r\nHost: enclave.example\r\n\r\n")
 			br := bufio.NewReader(c)

@@ -3,8 +3,15 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
 	"log/slog"
+	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -18,9 +25,10 @@ import (
 )
 
 // fronts are the front ends: net/http's server with the Proxy as handler,
-// Serve on its event loops (Linux) and Serve with a goroutine per
-// connection.
-var fronts = []string{"handler", "serve", "serve-goroutines"}
+// Serve on its event loops (Linux), Serve with a goroutine per connection,
+// and Serve given TLSServer connections whose handshake is done (on the
+// event loops on Linux), as an HTTPS front door does.
+var fronts = []string{"handler", "serve", "serve-goroutines", "serve-tls"}
 
 // testEnv is an upstream, a Proxy in front of it and a client.
 type testEnv struct {
@@ -57,7 +65,7 @@ func newEnv(t testing.TB, front string, h http.Handler, cfg Config) *testEnv {
 	}
 	env.proxy = p
 	env.url = serveFront(t, p, front)
-	tr := &http.Transport{MaxIdleConnsPerHost: 100, DisableCompression: true}
+	tr := &http.Transport{MaxIdleConnsPerHost: 100, DisableCompression: true, TLSClientConfig: testClientTLS()}
 	env.client = &http.Client{Transport: tr, Timeout: 10 * time.Second}
 	t.Cleanup(tr.CloseIdleConnections)
 	return env
@@ -87,6 +95,14 @@ func serveOn(t testing.TB, p *Proxy, front string, ln net.Listener) string {
 		}
 		go func() { defer close(done); _ = p.Serve(ln) }()
 		t.Cleanup(func() { _ = p.Close(); <-done })
+	case "serve-tls", "serve-tls-goroutines":
+		if front == "serve-tls-goroutines" {
+			p.cfg.EventLoops = -1
+		}
+		hl := newHandshakeListener(ln, testServerTLS(t))
+		go func() { defer close(done); _ = p.Serve(hl) }()
+		t.Cleanup(func() { _ = p.Close(); <-done; hl.wait() })
+		return "https://" + ln.Addr().String()
 	default:
 		t.Fatalf("unknown front %q", front)
 	}
@@ -187,14 +203,11 @@ func relevantStacks(all []byte) string {
 	return strings.Join(out, "\n\n")
 }
 
-// rawRequest sends raw bytes to addr (host:port) and returns the reply
-// read until the connection closes or d passes.
+// rawRequest sends raw bytes to addr (host:port, or a front's URL) and
+// returns the reply read until the connection closes or d passes.
 func rawRequest(t testing.TB, addr, req string, d time.Duration) string {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := dialFront(t, addr)
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(d))
 	if _, err := c.Write([]byte(req)); err != nil {
@@ -203,6 +216,129 @@ func rawRequest(t testing.TB, addr, req string, d time.Duration) string {
 	var b bytes.Buffer
 	_, _ = b.ReadFrom(c)
 	return b.String()
+}
+
+// dialFront connects to a front: addr is host:port (plain TCP) or the
+// front's URL (https: TLS, handshake done, no certificate check).
+func dialFront(t testing.TB, addr string) net.Conn {
+	t.Helper()
+	c, err := dialFrontErr(t, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// dialFrontErr is dialFront returning its error (for goroutines).
+func dialFrontErr(_ testing.TB, addr string) (net.Conn, error) {
+	if h, ok := strings.CutPrefix(addr, "https://"); ok {
+		return tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", h, testClientTLS())
+	}
+	return net.Dial("tcp", strings.TrimPrefix(addr, "http://"))
+}
+
+// testClientTLS is the client side of the serve-tls front: HTTP/1.1, any
+// certificate.
+func testClientTLS() *tls.Config {
+	return &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}}
+}
+
+var (
+	testCertOnce sync.Once
+	testCert     tls.Certificate
+	testCertErr  error
+)
+
+// testServerTLS is the serve-tls front's configuration: a self-signed
+// ECDSA certificate, made once.
+func testServerTLS(t testing.TB) *tls.Config {
+	t.Helper()
+	testCertOnce.Do(func() {
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			testCertErr = err
+			return
+		}
+		tmpl := &x509.Certificate{
+			SerialNumber: big.NewInt(1),
+			Subject:      pkix.Name{CommonName: "proxy test"},
+			DNSNames:     []string{"localhost"},
+			IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+			NotBefore:    time.Now().Add(-time.Hour),
+			NotAfter:     time.Now().Add(24 * time.Hour),
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+		if err != nil {
+			testCertErr = err
+			return
+		}
+		testCert = tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	})
+	if testCertErr != nil {
+		t.Fatal(testCertErr)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{testCert}, NextProtos: []string{"http/1.1"}}
+}
+
+// handshakeListener returns TLSServer connections whose handshake is done,
+// as an HTTPS front door that routes by ALPN hands them on.
+type handshakeListener struct {
+	net.Listener
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+	wg   sync.WaitGroup
+}
+
+func newHandshakeListener(ln net.Listener, cfg *tls.Config) *handshakeListener {
+	hl := &handshakeListener{Listener: ln, ch: make(chan net.Conn), done: make(chan struct{})}
+	hl.wg.Add(1)
+	go func() {
+		defer hl.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			hl.wg.Add(1)
+			go func() {
+				defer hl.wg.Done()
+				tc := TLSServer(c, cfg)
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				if tc.HandshakeContext(ctx) != nil {
+					_ = c.Close()
+					return
+				}
+				select {
+				case hl.ch <- tc:
+				case <-hl.done:
+					_ = c.Close()
+				}
+			}()
+		}
+	}()
+	return hl
+}
+
+func (hl *handshakeListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-hl.ch:
+		return c, nil
+	case <-hl.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (hl *handshakeListener) Close() error {
+	hl.once.Do(func() { close(hl.done) })
+	return hl.Listener.Close()
+}
+
+// wait waits for the accept loop and the handshakes in progress.
+func (hl *handshakeListener) wait() {
+	_ = hl.Close()
+	hl.wg.Wait()
 }
 
 func isCanceled(err error) bool {
@@ -228,8 +364,8 @@ func checkReply(t *testing.T, reply string, want, not []string) {
 	}
 }
 
-// serveFronts are the front ends of Serve: event loops and goroutines.
-var serveFronts = []string{"serve", "serve-goroutines"}
+// serveFronts are the front ends of Serve: event loops, goroutines, TLS.
+var serveFronts = []string{"serve", "serve-goroutines", "serve-tls"}
 
 // newUpstream starts an upstream server, closed in tb.Cleanup.
 func newUpstream(tb testing.TB, h http.Handler) *httptest.Server {

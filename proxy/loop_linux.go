@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -14,7 +15,6 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -84,24 +84,47 @@ func (ls *loopSet) take(c net.Conn) bool {
 	if ls.closed.Load() || ls.noFD.Load() {
 		return false
 	}
-	switch c.(type) {
+	sock := c // the connection holding the socket
+	var t *ltls
+	switch cc := c.(type) {
 	case *net.TCPConn, *net.UnixConn:
+	case *tls.Conn:
+		// A TLSServer connection whose handshake is done.
+		b, ok := cc.NetConn().(*tlsBase)
+		if !ok {
+			return false
+		}
+		st := cc.ConnectionState()
+		if !st.HandshakeComplete || (st.NegotiatedProtocol != "" && st.NegotiatedProtocol != "http/1.1") {
+			return false
+		}
+		t = &ltls{conn: cc, base: b, state: &st, more: true}
+		sock = b.Conn
 	default:
-		return false // TLS, PROXY protocol and other wrappers read ahead
+		return false // PROXY protocol and other wrappers read ahead
 	}
-	fd, ok := relay.DupSocket(c)
+	fd, ok := relay.DupSocket(sock)
 	if !ok {
 		return false
 	}
 	remote := c.RemoteAddr().String()
 	local := c.LocalAddr()
-	_ = c.Close()
+	maxWrite := 0
+	if mw, ok := sock.(interface{ MaxWrite() int }); ok {
+		maxWrite = mw.MaxWrite()
+	}
+	_ = sock.Close() // not a tls.Conn's Close: that would say goodbye
 	el := ls.pick()
 	cl := &lclient{el: el, remote: remote, local: local, first: true}
 	if ap, err := netip.ParseAddrPort(remote); err == nil {
 		cl.ip, cl.ipOK = ap.Addr().Unmap(), true
 	}
-	cl.s = lsock{fd: fd, readable: true, writable: true}
+	cl.s = lsock{fd: fd, readable: true, writable: true, maxWrite: maxWrite}
+	if t != nil {
+		t.c = cl
+		cl.tls = t
+		t.base.io = t
+	}
 	ls.conns.Add(1)
 	el.post(lop{kind: lopAdd, c: cl})
 	return true
@@ -167,6 +190,7 @@ type ploop struct {
 	clients  map[*lclient]struct{}
 	idle     []*lup // idle upstream connections, most recently used last
 	scratch  []byte
+	tlsOut   []byte // records a TLS client's tls.Conn wrote, on their way to its socket
 	now      int64
 	timer    *time.Timer
 	sweepGap time.Duration
@@ -380,6 +404,7 @@ type lsock struct {
 	writable bool
 	hup      bool
 	eof      bool
+	maxWrite int    // > 0: bytes per write at most (VSOCK)
 	pend     []byte // bytes not yet written; from the Proxy's buffer pool
 	pendBuf  *[]byte
 	pendOff  int
@@ -398,7 +423,7 @@ func (s *lsock) send(p *Proxy, b []byte) error {
 	n := 0
 	if s.writable {
 		var err error
-		n, err = relay.SysWrite(s.fd, b)
+		n, err = s.write(b)
 		if err != nil && err != unix.EAGAIN {
 			return err
 		}
@@ -421,7 +446,7 @@ func (s *lsock) flush(p *Proxy) (bool, error) {
 	if !s.writable {
 		return false, nil
 	}
-	n, err := relay.SysWrite(s.fd, s.pend[s.pendOff:])
+	n, err := s.write(s.pend[s.pendOff:])
 	if err != nil && err != unix.EAGAIN {
 		return false, err
 	}
@@ -432,6 +457,24 @@ func (s *lsock) flush(p *Proxy) (bool, error) {
 	}
 	s.freePend(p)
 	return true, nil
+}
+
+// write writes b, in pieces of at most maxWrite bytes, until the socket is
+// full.
+func (s *lsock) write(b []byte) (int, error) {
+	if s.maxWrite <= 0 || len(b) <= s.maxWrite {
+		return relay.SysWrite(s.fd, b)
+	}
+	n := 0
+	for n < len(b) {
+		piece := b[n:min(len(b), n+s.maxWrite)]
+		k, err := relay.SysWrite(s.fd, piece)
+		n += k
+		if err != nil || k < len(piece) {
+			return n, err
+		}
+	}
+	return n, nil
 }
 
 func (s *lsock) freePend(p *Proxy) {
@@ -489,6 +532,7 @@ const (
 type lclient struct {
 	el         *ploop
 	s          lsock
+	tls        *ltls // set for a TLS connection
 	remote     string
 	local      net.Addr
 	first      bool // no request yet
@@ -582,6 +626,7 @@ func (c *lclient) finishClose() {
 	if _, live := c.el.clients[c]; !live {
 		return // closed already, or handed off
 	}
+	c.closeNotify()
 	if !c.refused && c.inLen() == 0 && peekFD(c.s.fd) != peekData {
 		c.close()
 		return
@@ -628,7 +673,7 @@ func (c *lclient) readRequest() bool {
 				return false
 			}
 		}
-		if !c.s.readable {
+		if !c.readable() {
 			if c.inLen() == 0 {
 				c.freeIn()
 				c.hdl = false
@@ -650,7 +695,7 @@ func (c *lclient) readRequest() bool {
 		if c.inEnd == len(*c.in) {
 			c.growIn()
 		}
-		n, err := c.s.read((*c.in)[c.inEnd:])
+		n, err := c.read((*c.in)[c.inEnd:])
 		if err != nil {
 			if err == unix.EAGAIN {
 				continue
@@ -740,6 +785,9 @@ func (c *lclient) dispatch(n int) bool {
 			return false
 		}
 		r.RemoteAddr = c.remote
+		if c.tls != nil {
+			r.TLS = c.tls.state
+		}
 		c.tokens = connTokens{}
 		if v := r.Header["Connection"]; len(v) > 0 {
 			c.tokens.parse(v)
@@ -805,7 +853,7 @@ func (c *lclient) refuse() {
 	}
 	c.endRequest()
 	c.closing = c.closeAfter
-	if err := c.s.send(p, p.refusals[mode][head]); err != nil {
+	if err := c.send(p.refusals[mode][head]); err != nil {
 		c.close()
 	}
 }
@@ -1010,7 +1058,7 @@ func (c *lclient) start2(u *lup) {
 	u.hstart, u.inEnd = 0, 0
 	el.sw.b = el.sw.b[:0]
 	if c.fast {
-		el.sw.b = p.appendFastHead(el.sw.b, &c.fr, c.ip, c.ipOK)
+		el.sw.b = p.appendFastHead(el.sw.b, &c.fr, c.ip, c.ipOK, c.tls != nil)
 	} else {
 		el.bw.Reset(&el.sw)
 		p.writeRequestHead(el.bw, c.r, &c.tokens, "", false)
@@ -1046,7 +1094,7 @@ func (c *lclient) exchange() bool {
 	}
 	if done, err := u.s.flush(p); err != nil {
 		return c.upFailed(err)
-	} else if done && c.bodyLeft > 0 && c.s.readable {
+	} else if done && c.bodyLeft > 0 && c.readable() {
 		if !c.sendBody() {
 			return c.st != lcExch
 		}
@@ -1059,7 +1107,7 @@ func (c *lclient) exchange() bool {
 	}
 	if c.s.hup && c.bodyLeft == 0 && c.st == lcExch {
 		// The client may have gone: a pipelined request keeps it.
-		if peekFD(c.s.fd) == peekClosed {
+		if c.clientClosed() {
 			c.gone()
 			return false
 		}
@@ -1072,9 +1120,9 @@ func (c *lclient) exchange() bool {
 // when the exchange ended.
 func (c *lclient) sendBody() bool {
 	el, p := c.el, c.el.p
-	for c.bodyLeft > 0 && c.s.readable && c.up.s.pend == nil {
+	for c.bodyLeft > 0 && c.readable() && c.up.s.pend == nil {
 		b := el.scratch[:min(int64(len(el.scratch)), c.bodyLeft)]
-		n, err := c.s.read(b)
+		n, err := c.read(b)
 		if err == unix.EAGAIN {
 			break
 		}
@@ -1169,7 +1217,7 @@ func (c *lclient) readResponse() bool {
 		}
 		if n == 0 { // lfClose: the end
 			c.rclose = true
-			if err := c.s.send(p, lastChunk); err != nil {
+			if err := c.send(lastChunk); err != nil {
 				c.gone()
 				return false
 			}
@@ -1189,7 +1237,6 @@ var lastChunk = []byte("0\r\n\r\n")
 // body forwards response body bytes b (in el.scratch, or in u.in right
 // after the head) to the client and ends the response when b completes it.
 func (c *lclient) body(b []byte) bool {
-	p := c.el.p
 	switch c.rframe {
 	case lfLength:
 		k := min(int64(len(b)), c.rleft)
@@ -1197,7 +1244,7 @@ func (c *lclient) body(b []byte) bool {
 		if int64(len(b)) > k {
 			c.rclose = true // the upstream sent more than it announced
 		}
-		if err := c.s.send(p, b[:k]); err != nil {
+		if err := c.send(b[:k]); err != nil {
 			c.gone()
 			return false
 		}
@@ -1213,7 +1260,7 @@ func (c *lclient) body(b []byte) bool {
 		if n < len(b) {
 			c.rclose = true
 		}
-		if err := c.s.send(p, b[:n]); err != nil {
+		if err := c.send(b[:n]); err != nil {
 			c.gone()
 			return false
 		}
@@ -1224,7 +1271,7 @@ func (c *lclient) body(b []byte) bool {
 		// b sits in el.scratch[16:], with room for the framing around it
 		// when it came from there; otherwise copy.
 		frame := chunkFrame(c.el.scratch, b)
-		if err := c.s.send(p, frame); err != nil {
+		if err := c.send(frame); err != nil {
 			c.gone()
 			return false
 		}
@@ -1284,7 +1331,7 @@ func (c *lclient) respHead(n int) bool {
 	if ri.code < 200 {
 		if ri.code != http.StatusContinue {
 			out = append(out, '\r', '\n')
-			if err := c.s.send(p, out); err != nil {
+			if err := c.send(out); err != nil {
 				c.gone()
 				return false
 			}
@@ -1353,7 +1400,7 @@ func (c *lclient) respHead(n int) bool {
 	}
 	el.sw.b = append(el.sw.b, rest...)
 	u.freeIn()
-	if err := c.s.send(p, el.sw.b); err != nil {
+	if err := c.send(el.sw.b); err != nil {
 		c.gone()
 		return false
 	}
@@ -1446,7 +1493,6 @@ func (c *lclient) upFailed(err error) bool {
 // fail answers 502 (504 on timeouts) before the response began, or aborts
 // it after.
 func (c *lclient) fail(err error) {
-	p := c.el.p
 	if c.resp {
 		c.abort(err)
 		return
@@ -1480,7 +1526,7 @@ func (c *lclient) fail(err error) {
 	}
 	el.sw.b = append(el.sw.b, "\r\n"...)
 	el.sw.b = append(el.sw.b, body...)
-	if err := c.s.send(p, el.sw.b); err != nil {
+	if err := c.send(el.sw.b); err != nil {
 		c.close()
 	}
 }
@@ -1538,13 +1584,12 @@ func (c *lclient) expired() {
 // answerAndClose answers a request that cannot be served with code and
 // closes the connection after it.
 func (c *lclient) answerAndClose(code int) {
-	p := c.el.p
 	c.closeAfter, c.closing, c.refused = true, true, true
 	body := statusBody(code)
 	msg := fmt.Appendf(nil, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
 		code, http.StatusText(code), len(body), body)
 	c.freeIn()
-	if err := c.s.send(p, msg); err != nil {
+	if err := c.send(msg); err != nil {
 		c.close()
 	}
 }
@@ -1600,14 +1645,45 @@ func (c *lclient) handoff() {
 	}
 	pend := c.s.pend
 	c.freeIn()
-	f := os.NewFile(uintptr(c.s.fd), "proxy-client")
-	_ = unix.SetNonblock(c.s.fd, false)
-	nc, err := net.FileConn(f)
-	_ = f.Close()
 	el.ls.conns.Add(-1)
-	if err != nil {
-		c.s.freePend(p)
-		return
+	var nc net.Conn
+	if t := c.tls; t != nil {
+		// The socket, as Go's poller serves it, goes back under the
+		// tls.Conn, with the records it holds; the goroutine front end
+		// serves the tls.Conn.
+		raw := &fileConn{
+			File:     os.NewFile(uintptr(c.s.fd), "proxy-client"),
+			remote:   t.base.remote,
+			local:    t.base.local,
+			maxWrite: c.s.maxWrite,
+		}
+		t.base.Conn, t.base.io = raw, nil
+		nc = t.conn
+		if pend != nil {
+			out := bytes.Clone(pend[c.s.pendOff:])
+			c.s.freePend(p)
+			go func() {
+				// Records already sealed: straight to the socket.
+				_ = raw.SetWriteDeadline(time.Now().Add(max(p.cfg.TransferTimeout, time.Second)))
+				if _, err := raw.Write(out); err != nil {
+					_ = raw.Close()
+					return
+				}
+				_ = raw.SetWriteDeadline(time.Time{})
+				p.serveConn(&prefixConn{Conn: nc, prefix: prefix})
+			}()
+			return
+		}
+	} else {
+		f := os.NewFile(uintptr(c.s.fd), "proxy-client")
+		_ = unix.SetNonblock(c.s.fd, false)
+		var err error
+		nc, err = net.FileConn(f)
+		_ = f.Close()
+		if err != nil {
+			c.s.freePend(p)
+			return
+		}
 	}
 	if pend != nil {
 		// A response still on its way out: write it first, off the loop.
@@ -1711,27 +1787,4 @@ func peekFD(fd int) peekState {
 		return peekEmpty
 	}
 	return peekClosed
-}
-
-// prefixConn is a connection whose first bytes were read already.
-type prefixConn struct {
-	net.Conn
-	prefix []byte
-}
-
-func (c *prefixConn) Read(b []byte) (int, error) {
-	if len(c.prefix) > 0 {
-		n := copy(b, c.prefix)
-		c.prefix = c.prefix[n:]
-		return n, nil
-	}
-	return c.Conn.Read(b)
-}
-
-// SyscallConn lets peeks (alive checks) reach the socket.
-func (c *prefixConn) SyscallConn() (syscall.RawConn, error) {
-	if sc, ok := c.Conn.(syscall.Conn); ok {
-		return sc.SyscallConn()
-	}
-	return nil, errors.New("proxy: no socket")
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/sha256"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -64,11 +65,14 @@ func TestLoopLargeBodies(t *testing.T) {
 					_ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 64<<10)
 				})
 			}}
-			c, err := d.Dial("tcp", strings.TrimPrefix(env.url, "http://"))
+			c, err := d.Dial("tcp", strings.TrimPrefix(strings.TrimPrefix(env.url, "http://"), "https://"))
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer c.Close()
+			if strings.HasPrefix(env.url, "https://") {
+				c = tls.Client(c, testClientTLS())
+			}
 			_, _ = io.WriteString(c, "GET /down HTTP/1.1\r\nHost: x\r\n\r\n")
 			br := bufio.NewReader(c)
 			r2, err := http.ReadResponse(br, nil)
@@ -190,25 +194,24 @@ func FuzzFrontEnds(f *testing.F) {
 		f.Add(s)
 	}
 	up := newUpstream(f, http.HandlerFunc(echoHandler))
-	addrs := make([]string, 0, 2)
+	var addrs []string
 	for _, front := range serveFronts {
 		p := newProxy(f, up)
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			f.Fatal(err)
 		}
-		serveOn(f, p, front, ln)
-		addrs = append(addrs, ln.Addr().String())
+		addrs = append(addrs, serveOn(f, p, front, ln))
 	}
 	f.Fuzz(func(t *testing.T, req string) {
 		// A last request that closes the connection, so that a reply ends
 		// without waiting for the timeout.
 		req += "GET /end HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-		var got [2]string
+		got := make([]string, len(addrs))
 		for i, addr := range addrs {
 			got[i] = summarize(rawRequest(t, addr, req, time.Second))
 		}
-		if strings.Contains(got[0]+got[1], "Bad Request: ") {
+		if strings.Contains(strings.Join(got, ""), "Bad Request: ") {
 			// net/http's server in the upstream refused what the proxy
 			// forwarded and closed the connection; whether the proxy
 			// reads its end as EOF or as a reset is a race.
@@ -226,8 +229,10 @@ func FuzzFrontEnds(f *testing.F) {
 		// Either front end may close a connection early (after a
 		// response that raced its request body's end, say), which HTTP
 		// allows: what both answered must agree.
-		if n := min(len(got[0]), len(got[1])); got[0][:n] != got[1][:n] {
-			t.Fatalf("request %q:\nevent loop: %s\ngoroutines: %s", req, got[0], got[1])
+		for i := 1; i < len(got); i++ {
+			if n := min(len(got[0]), len(got[i])); got[0][:n] != got[i][:n] {
+				t.Fatalf("request %q:\n%s: %s\n%s: %s", req, serveFronts[0], got[0], serveFronts[i], got[i])
+			}
 		}
 	})
 }
@@ -295,7 +300,7 @@ func TestLoopHeadInPieces(t *testing.T) {
 func dialEcho(t *testing.T) net.Conn {
 	t.Helper()
 	env := newEnv(t, "serve", http.HandlerFunc(echoHandler), Config{})
-	c, err := net.Dial("tcp", strings.TrimPrefix(env.url, "http://"))
+	c, err := dialFrontErr(t, env.url)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -336,7 +341,7 @@ func TestLoopMaxConnsAcrossLoops(t *testing.T) {
 	errs := make(chan error, clients)
 	conns := make([]net.Conn, clients)
 	for i := range conns { // all connected first, so that both loops get some
-		c, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+		c, err := dialFrontErr(t, base)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"io"
 	"net/http"
 	"net/http/httputil"
@@ -230,14 +231,15 @@ func FuzzParseRequestFast(f *testing.F) {
 		"DELETE /x HTTP/1.1\r\nHost: a b\r\nIdempotency-Key: 1\r\n\r\n",
 		"PUT / HTTP/1.1\r\nhost: x\r\nProxy-Connection: keep-alive\r\n\r\n",
 	} {
-		f.Add(s, "192.0.2.1:1234")
+		f.Add(s, "192.0.2.1:1234", false)
 	}
-	f.Add("GET / HTTP/1.1\r\nHost: x\r\n\r\n", "[2001:db8::1]:1")
+	f.Add("GET / HTTP/1.1\r\nHost: x\r\n\r\n", "[2001:db8::1]:1", false)
+	f.Add("GET / HTTP/1.1\r\nHost: x\r\n\r\n", "192.0.2.1:1234", true)
 	p, err := New(&url.URL{Scheme: "http", Host: "upstream"}, Config{})
 	if err != nil {
 		f.Fatal(err)
 	}
-	f.Fuzz(func(t *testing.T, head, remote string) {
+	f.Fuzz(func(t *testing.T, head, remote string, https bool) {
 		if i := strings.Index(head, "\r\n\r\n"); i >= 0 {
 			head = head[:i+4]
 		} else {
@@ -261,7 +263,10 @@ func FuzzParseRequestFast(f *testing.F) {
 		}
 		r.RemoteAddr = remote
 		ip, ipOK := clientAddr(r)
-		fast := p.appendFastHead(nil, &fr, ip, ipOK)
+		if https {
+			r.TLS = &tls.ConnectionState{}
+		}
+		fast := p.appendFastHead(nil, &fr, ip, ipOK, https)
 		var buf bytes.Buffer
 		bw := bufio.NewWriter(&buf)
 		var tokens connTokens

@@ -249,18 +249,22 @@ func TestForwardedHeaders(t *testing.T) {
 						got[strings.TrimPrefix(k, "Got-")] = v
 					}
 				}
+				proto := "http"
+				if front == "serve-tls" {
+					proto = "https"
+				}
 				want := map[string][]string{
 					"X-Forwarded-For":   {"127.0.0.1"},
 					"X-Forwarded-Host":  {"example.com:8080"},
-					"X-Forwarded-Proto": {"http"},
-					"Forwarded":         {`for=127.0.0.1;host="example.com:8080";proto=http`},
+					"X-Forwarded-Proto": {proto},
+					"Forwarded":         {`for=127.0.0.1;host="example.com:8080";proto=` + proto},
 				}
 				if trust {
 					want = map[string][]string{
 						"X-Forwarded-For":   {"6.6.6.6, 127.0.0.1"},
 						"X-Forwarded-Host":  {"evil"},
 						"X-Forwarded-Proto": {"https"},
-						"Forwarded":         {`for=6.6.6.6, for=127.0.0.1;host="example.com:8080";proto=http`},
+						"Forwarded":         {`for=6.6.6.6, for=127.0.0.1;host="example.com:8080";proto=` + proto},
 					}
 				}
 				if diff := cmp.Diff(want, got); diff != "" {

@@ -161,7 +161,7 @@ func validOriginForm(t []byte) bool {
 // (without TrustForwarded and a target path; the caller checks): the
 // end-to-end fields as they came, then Host, the forwarding fields and the
 // framing.
-func (p *Proxy) appendFastHead(dst []byte, fr *fastReq, ip netip.Addr, ipOK bool) []byte {
+func (p *Proxy) appendFastHead(dst []byte, fr *fastReq, ip netip.Addr, ipOK, https bool) []byte {
 	dst = append(dst, fr.method...)
 	dst = append(dst, ' ')
 	dst = append(dst, fr.target...)
@@ -196,7 +196,11 @@ func (p *Proxy) appendFastHead(dst []byte, fr *fastReq, ip netip.Addr, ipOK bool
 		dst = append(dst, host...)
 		dst = append(dst, '\r', '\n')
 	}
-	dst = append(dst, "X-Forwarded-Proto: http\r\nForwarded: for="...)
+	if https {
+		dst = append(dst, "X-Forwarded-Proto: https\r\nForwarded: for="...)
+	} else {
+		dst = append(dst, "X-Forwarded-Proto: http\r\nForwarded: for="...)
+	}
 	switch {
 	case !ipOK:
 		dst = append(dst, "unknown"...)
@@ -211,7 +215,11 @@ func (p *Proxy) appendFastHead(dst []byte, fr *fastReq, ip netip.Addr, ipOK bool
 		dst = append(dst, ";host="...)
 		dst = appendForwardedValue(dst, host)
 	}
-	dst = append(dst, ";proto=http\r\n"...)
+	if https {
+		dst = append(dst, ";proto=https\r\n"...)
+	} else {
+		dst = append(dst, ";proto=http\r\n"...)
+	}
 	switch {
 	case fr.length > 0:
 		dst = append(dst, "Content-Length: "...)

@@ -255,7 +255,7 @@ func (cc *clientConn) serve() {
 		}
 		if first {
 			cc.remoteAddr = cc.conn.RemoteAddr().String()
-			if tc, ok := cc.conn.(*tls.Conn); ok {
+			if tc := tlsConnOf(cc.conn); tc != nil {
 				st := tc.ConnectionState()
 				cc.tlsState = &st
 			}

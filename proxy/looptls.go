@@ -1,0 +1,164 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"errors"
+	"net"
+	"os"
+	"syscall"
+	"time"
+)
+
+// TLSServer is [tls.Server] for connections given to [Proxy.Serve]: once
+// its handshake is done and the client chose HTTP/1.1 (or no protocol),
+// Serve moves the connection onto its event loops (Config.EventLoops), as
+// it does plain TCP and unix connections, instead of serving it on a
+// goroutine. Records are then encrypted and decrypted by crypto/tls on the
+// loop; docs/bench/enclave.md measures what this saves.
+//
+// Do the handshake before Serve sees the connection (HandshakeContext with
+// a deadline, as an HTTPS front door does to route by ALPN); Serve serves a
+// connection whose handshake is not done on a goroutine, as it serves any
+// tls.Conn. A connection that c wraps may expose its socket through
+// [syscall.Conn] only while it holds no bytes read ahead, and bound each
+// write to the socket with a MaxWrite() int method (VSOCK: 32 KiB); the
+// loop honours both. RemoteAddr and LocalAddr are c's, kept for the
+// connection's life.
+func TLSServer(c net.Conn, config *tls.Config) *tls.Conn {
+	return tls.Server(&tlsBase{Conn: c, remote: c.RemoteAddr(), local: c.LocalAddr()}, config)
+}
+
+// tlsBase is the connection under a TLSServer connection. On a loop its
+// reads and writes go to the loop (io); before that and after a handoff
+// back to a goroutine, to Conn.
+type tlsBase struct {
+	net.Conn
+	remote, local net.Addr
+	io            loopIO // set while the connection is on an event loop
+}
+
+// loopIO is an event loop's side of a tlsBase: non-blocking reads from the
+// socket and writes into the loop's output buffer.
+type loopIO interface {
+	rawRead(p []byte) (int, error)
+	rawWrite(p []byte) (int, error)
+}
+
+func (b *tlsBase) Read(p []byte) (int, error) {
+	if b.io != nil {
+		return b.io.rawRead(p)
+	}
+	return b.Conn.Read(p)
+}
+
+func (b *tlsBase) Write(p []byte) (int, error) {
+	if b.io != nil {
+		return b.io.rawWrite(p)
+	}
+	return b.Conn.Write(p)
+}
+
+// Close closes Conn; on a loop the loop closes the socket itself.
+func (b *tlsBase) Close() error {
+	if b.io != nil {
+		return nil
+	}
+	return b.Conn.Close()
+}
+
+func (b *tlsBase) RemoteAddr() net.Addr { return b.remote }
+func (b *tlsBase) LocalAddr() net.Addr  { return b.local }
+
+// Deadlines are the loop's business while it owns the connection.
+func (b *tlsBase) SetDeadline(t time.Time) error {
+	if b.io != nil {
+		return nil
+	}
+	return b.Conn.SetDeadline(t)
+}
+
+func (b *tlsBase) SetReadDeadline(t time.Time) error {
+	if b.io != nil {
+		return nil
+	}
+	return b.Conn.SetReadDeadline(t)
+}
+
+func (b *tlsBase) SetWriteDeadline(t time.Time) error {
+	if b.io != nil {
+		return nil
+	}
+	return b.Conn.SetWriteDeadline(t)
+}
+
+// errWouldBlock is what a loop-owned tlsBase returns when the socket has
+// nothing to read: crypto/tls keeps a partial record and reads on after a
+// Temporary error.
+var errWouldBlock error = wouldBlock{}
+
+type wouldBlock struct{}
+
+func (wouldBlock) Error() string   { return "proxy: would block" }
+func (wouldBlock) Timeout() bool   { return true }
+func (wouldBlock) Temporary() bool { return true }
+
+// fileConn is a socket handed back from an event loop to a goroutine, for
+// any address family (net.FileConn knows only TCP, UDP, IP and unix): an
+// *os.File on the non-blocking descriptor, which Go's poller serves with
+// deadlines, and the connection's addresses.
+type fileConn struct {
+	*os.File
+	remote, local net.Addr
+	maxWrite      int // > 0: split writes longer than this
+}
+
+func (f *fileConn) RemoteAddr() net.Addr { return f.remote }
+func (f *fileConn) LocalAddr() net.Addr  { return f.local }
+
+func (f *fileConn) Write(b []byte) (int, error) {
+	if f.maxWrite <= 0 || len(b) <= f.maxWrite {
+		return f.File.Write(b)
+	}
+	var n int
+	for len(b) > 0 {
+		k, err := f.File.Write(b[:min(len(b), f.maxWrite)])
+		n += k
+		if err != nil {
+			return n, err
+		}
+		b = b[k:]
+	}
+	return n, nil
+}
+
+// prefixConn is a connection whose first bytes were read already.
+type prefixConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (c *prefixConn) Read(b []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(b, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	return c.Conn.Read(b)
+}
+
+// SyscallConn lets peeks (alive checks) reach the socket.
+func (c *prefixConn) SyscallConn() (syscall.RawConn, error) {
+	if sc, ok := c.Conn.(syscall.Conn); ok {
+		return sc.SyscallConn()
+	}
+	return nil, errors.New("proxy: no socket")
+}
+
+// tlsConnOf returns the TLS connection c is or wraps, or nil.
+func tlsConnOf(c net.Conn) *tls.Conn {
+	if pc, ok := c.(*prefixConn); ok {
+		c = pc.Conn
+	}
+	tc, _ := c.(*tls.Conn)
+	return tc
+}

@@ -1,0 +1,204 @@
+package proxy
+
+import (
+	"bufio"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestLoopServesTLS checks that a TLSServer connection whose handshake is
+// done is served on an event loop, keep-alive, request after request.
+func TestLoopServesTLS(t *testing.T) {
+	checkGoroutines(t)
+	env := newEnv(t, "serve-tls", http.HandlerFunc(echoHandler), Config{})
+	c := dialFront(t, env.url)
+	defer c.Close()
+	br := bufio.NewReader(c)
+	for i := range 3 {
+		fmt.Fprintf(c, "POST /n%d HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello", i)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if got := resp.Header.Get("X-Uri"); got != fmt.Sprintf("/n%d", i) || string(b) != "hello" {
+			t.Fatalf("request %d: X-Uri %q, body %q", i, got, b)
+		}
+		if n := env.proxy.eventLoops().conns.Load(); n != 1 {
+			t.Fatalf("request %d: %d connections on the loops, want 1", i, n)
+		}
+	}
+}
+
+// TestLoopTLSTakeRefuses checks which TLS connections stay off the loops:
+// a handshake not done, HTTP/2 chosen, tls.Server's own connections.
+func TestLoopTLSTakeRefuses(t *testing.T) {
+	up := newUpstream(t, http.HandlerFunc(echoHandler))
+	p := newProxy(t, up)
+	defer p.Close()
+	ls := p.eventLoops()
+	if ls == nil {
+		t.Fatal("no event loops")
+	}
+	handshake := func(srv *tls.Conn, protos []string) {
+		t.Helper()
+		cc := tls.Client(srv.NetConn().(*tlsBase).Conn.(*pipeEnd).peer, &tls.Config{InsecureSkipVerify: true, NextProtos: protos})
+		errc := make(chan error, 1)
+		go func() { errc <- cc.Handshake() }()
+		if err := srv.Handshake(); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := testServerTLS(t)
+	cfg.NextProtos = []string{"h2", "http/1.1"}
+
+	a := newPipe()
+	if ls.take(TLSServer(a, cfg)) {
+		t.Error("took a connection before its handshake")
+	}
+	b := newPipe()
+	h2 := TLSServer(b, cfg)
+	handshake(h2, []string{"h2"})
+	if ls.take(h2) {
+		t.Error("took an HTTP/2 connection")
+	}
+	// A pipe has no socket: refused after the checks, left open.
+	d := newPipe()
+	h1 := TLSServer(d, cfg)
+	handshake(h1, []string{"http/1.1"})
+	if ls.take(h1) {
+		t.Error("took a connection without a socket")
+	}
+	if n := ls.conns.Load(); n != 0 {
+		t.Errorf("%d connections on the loops", n)
+	}
+}
+
+// pipeEnd is one end of net.Pipe that knows the other.
+type pipeEnd struct {
+	net.Conn
+	peer net.Conn
+}
+
+func newPipe() *pipeEnd {
+	a, b := net.Pipe()
+	return &pipeEnd{Conn: a, peer: b}
+}
+
+// TestLoopTLSHandOff sends, on one TLS connection, a request the loop
+// forwards, one that Config.Intercept claims (handed to the goroutine front
+// end with the tls.Conn and its buffered records), and another: all are
+// answered in order, and the intercepted request sees the TLS state and the
+// client's address.
+func TestLoopTLSHandOff(t *testing.T) {
+	checkGoroutines(t)
+	local := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "local tls=%v remote=%s", r.TLS != nil && r.TLS.HandshakeComplete, r.RemoteAddr)
+	})
+	env := newEnv(t, "serve-tls", http.HandlerFunc(echoHandler), Config{Intercept: func(r *http.Request) http.Handler {
+		if strings.HasPrefix(r.URL.Path, "/local") {
+			return local
+		}
+		return nil
+	}})
+	c := dialFront(t, env.url)
+	defer c.Close()
+	req := "GET /a HTTP/1.1\r\nHost: x\r\n\r\n" +
+		"GET /local HTTP/1.1\r\nHost: x\r\n\r\n" +
+		"GET /c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, req); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(c)
+	checkReply(t, string(b), []string{"X-Uri: /a", "local tls=true remote=" + c.LocalAddr().String(), "X-Uri: /c"}, nil)
+}
+
+// TestLoopTLSBadRecords writes garbage after the handshake: the loop closes
+// the connection (after a TLS alert) and serves the next one.
+func TestLoopTLSBadRecords(t *testing.T) {
+	checkGoroutines(t)
+	env := newEnv(t, "serve-tls", http.HandlerFunc(echoHandler), Config{})
+	for _, junk := range []string{
+		"\x17\x03\x03\x00\x20" + strings.Repeat("x", 32), // an application record that does not decrypt
+		"\x17\x03\x03\xff\xff",                           // a length over the limit
+		"GET / HTTP/1.1\r\nHost: x\r\n\r\n",              // plaintext
+	} {
+		raw, err := net.Dial("tcp", strings.TrimPrefix(env.url, "https://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc := tls.Client(raw, testClientTLS())
+		if err := tc.Handshake(); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 5*time.Second, "the connection on a loop", func() bool { return env.proxy.eventLoops().conns.Load() == 1 })
+		if _, err := io.WriteString(raw, junk); err != nil {
+			t.Fatal(err)
+		}
+		_ = raw.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.Copy(io.Discard, raw); err != nil && !isReset(err) {
+			t.Fatalf("%q: %v, want the connection closed", junk, err)
+		}
+		raw.Close()
+		eventually(t, 5*time.Second, "the connection closed", func() bool { return env.proxy.eventLoops().conns.Load() == 0 })
+	}
+	resp, err := env.client.Get(env.url + "/after")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if got := resp.Header.Get("X-Uri"); got != "/after" {
+		t.Errorf("after the bad connections: X-Uri %q", got)
+	}
+}
+
+func isReset(err error) bool {
+	return strings.Contains(err.Error(), "connection reset")
+}
+
+// TestLsockMaxWrite checks that a socket's writes stay within maxWrite
+// (VSOCK's 32 KiB): on a SEQPACKET pair every write is one message.
+func TestLsockMaxWrite(t *testing.T) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fds[0])
+	defer unix.Close(fds[1])
+	s := lsock{fd: fds[0], writable: true, maxWrite: 1000}
+	b := make([]byte, 4500)
+	for i := range b {
+		b[i] = byte(i)
+	}
+	n, err := s.write(b)
+	if err != nil || n != len(b) {
+		t.Fatalf("write: %d, %v", n, err)
+	}
+	var sizes []int
+	var got []byte
+	buf := make([]byte, 8192)
+	for {
+		k, err := unix.Read(fds[1], buf)
+		if err != nil {
+			break
+		}
+		sizes = append(sizes, k)
+		got = append(got, buf[:k]...)
+	}
+	if fmt.Sprint(sizes) != "[1000 1000 1000 1000 500]" || string(got) != string(b) {
+		t.Errorf("messages %v, bytes equal %v", sizes, string(got) == string(b))
+	}
+}
