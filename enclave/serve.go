@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -137,6 +138,15 @@ func (e *Enclave) startServers(ctx context.Context, nw network) (_ *servers, err
 				return appIntercept(r)
 			}
 			return nil
+		}
+		// Only /enclave and below (and the app's own paths) are asked
+		// about, so the proxy's event loops forward the rest without
+		// building an http.Request.
+		switch {
+		case appIntercept == nil:
+			pc.InterceptPaths = []string{IndexPath}
+		case len(pc.InterceptPaths) > 0:
+			pc.InterceptPaths = append(slices.Clip(pc.InterceptPaths), IndexPath)
 		}
 		p, err := proxy.New(cfg.AppURL, pc)
 		if err != nil {

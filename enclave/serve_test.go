@@ -505,6 +505,14 @@ func TestServeAppURLProtocols(t *testing.T) {
 			if code, _ := svGet(t, c, env.public+"/enclave/nope"); code != http.StatusNotFound {
 				t.Errorf("unknown enclave path: %d, want 404 (never the app)", code)
 			}
+			// The enclave's paths as the handlers see them (decoded), and
+			// nothing else.
+			if code, body := svGet(t, c, env.public+"/%65nclave/health"); code != http.StatusOK || !strings.Contains(body, `"status":"ok"`) {
+				t.Errorf("encoded health path: %d %q", code, body)
+			}
+			if code, body := svGet(t, c, env.public+"/enclavex"); code != http.StatusOK || body != "proxied /enclavex via https" {
+				t.Errorf("/enclavex: %d %q, want the app", code, body)
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			if _, err := attestation.VerifyRemote(ctx, env.public, attestation.RemoteConfig{

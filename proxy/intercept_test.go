@@ -7,8 +7,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptrace"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -354,5 +356,63 @@ func TestInterceptServeProtocol(t *testing.T) {
 	resp.Body.Close()
 	if diff := cmp.Diff(http.Header{"X-Sum": {"42"}, "X-Late": {"7"}}, resp.Trailer); diff != "" {
 		t.Errorf("trailers (-want +got):\n%s", diff)
+	}
+}
+
+// TestInterceptPaths checks that Config.InterceptPaths limits Intercept to
+// its paths (decoded, as r.URL.Path) on every front end, and that New
+// refuses a path without a leading slash.
+func TestInterceptPaths(t *testing.T) {
+	checkGoroutines(t)
+	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "upstream")
+	})
+	local := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "local")
+	})
+	for _, front := range fronts {
+		t.Run(front, func(t *testing.T) {
+			var mu sync.Mutex
+			asked := map[string]bool{}
+			env := newEnv(t, front, up, Config{
+				Intercept: func(r *http.Request) http.Handler {
+					mu.Lock()
+					asked[r.URL.Path] = true
+					mu.Unlock()
+					return local
+				},
+				InterceptPaths: []string{"/local/", "/x"},
+			})
+			for _, tc := range []struct{ path, want string }{
+				{"/local", "local"},
+				{"/local/a?b=c", "local"},
+				{"/%6cocal/a", "local"},
+				{"/x", "local"},
+				{"/localx", "upstream"},
+				{"/loca", "upstream"},
+				{"/y/../local", "upstream"},
+				{"/", "upstream"},
+				{"/xy?/x", "upstream"},
+			} {
+				resp, err := env.client.Get(env.url + tc.path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if string(b) != tc.want {
+					t.Errorf("%s: %q, want %q", tc.path, b, tc.want)
+				}
+			}
+			// The loops ask again after handing a request off: a set.
+			mu.Lock()
+			defer mu.Unlock()
+			if want := map[string]bool{"/local": true, "/local/a": true, "/x": true}; !maps.Equal(asked, want) {
+				t.Errorf("Intercept asked about %v, want %v", asked, want)
+			}
+		})
+	}
+	if _, err := New(&url.URL{Scheme: "http", Host: "x"}, Config{InterceptPaths: []string{"local"}}); err == nil {
+		t.Error("New accepted InterceptPaths without a leading slash")
 	}
 }

@@ -760,8 +760,8 @@ func (c *lclient) dispatch(n int) bool {
 	el, p := c.el, c.el.p
 	head := (*c.in)[c.inOff : c.inOff+n]
 	c.r, c.fast = nil, false
-	if p.cfg.Intercept == nil && !p.cfg.TrustForwarded && p.pathPrefix == "" {
-		if fr, ok := parseRequestFast(head); ok {
+	if (p.cfg.Intercept == nil || p.cfg.InterceptPaths != nil) && !p.cfg.TrustForwarded && p.pathPrefix == "" {
+		if fr, ok := parseRequestFast(head); ok && (p.cfg.Intercept == nil || !p.mayIntercept(fr.target)) {
 			c.fast, c.fr = true, fr
 			c.isHead = string(fr.method) == http.MethodHead
 			c.resend = fr.idempotent()
@@ -798,7 +798,7 @@ func (c *lclient) dispatch(n int) bool {
 			c.handoff()
 			return false
 		}
-		if ic := p.cfg.Intercept; ic != nil {
+		if ic := p.cfg.Intercept; ic != nil && p.interceptable(r.URL.Path) {
 			if ic(r) != nil {
 				c.handoff()
 				return false

@@ -217,13 +217,30 @@ func (p *Proxy) eventLoops() *loopSet {
 // InFlight returns the number of requests being forwarded now.
 func (p *Proxy) InFlight() int { return p.lim.inFlight() }
 
+// interceptable reports whether Config.Intercept is asked about a request
+// for path (Config.InterceptPaths).
+func (p *Proxy) interceptable(path string) bool {
+	return p.cfg.InterceptPaths == nil || underPaths(p.cfg.InterceptPaths, path)
+}
+
+// underPaths reports whether path is one of paths or lies below one,
+// without allocating.
+func underPaths[T string | []byte](paths []string, path T) bool {
+	for _, ip := range paths {
+		if len(path) >= len(ip) && string(path[:len(ip)]) == ip && (len(path) == len(ip) || path[len(ip)] == '/') {
+			return true
+		}
+	}
+	return false
+}
+
 func (p *Proxy) getBuf() *[]byte  { return p.bufs.Get().(*[]byte) }
 func (p *Proxy) putBuf(b *[]byte) { p.bufs.Put(b) }
 
 // ServeHTTP forwards r to the upstream and copies the response to w.
 // A handler that Config.Intercept returns for r serves it instead.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if ic := p.cfg.Intercept; ic != nil {
+	if ic := p.cfg.Intercept; ic != nil && p.interceptable(r.URL.Path) {
 		if h := ic(r); h != nil {
 			h.ServeHTTP(w, r)
 			return

@@ -156,6 +156,17 @@ func validOriginForm(t []byte) bool {
 	return true
 }
 
+// mayIntercept reports whether Config.Intercept may claim a request for
+// target (origin-form, as parseRequestFast accepts it): its path is within
+// Config.InterceptPaths, or percent-encoded (net/http decodes it first).
+func (p *Proxy) mayIntercept(target []byte) bool {
+	path := target
+	if i := bytes.IndexByte(path, '?'); i >= 0 {
+		path = path[:i]
+	}
+	return bytes.IndexByte(path, '%') >= 0 || p.cfg.InterceptPaths == nil || underPaths(p.cfg.InterceptPaths, path)
+}
+
 // appendFastHead appends the head of fr as sent upstream, as
 // writeRequestHead would write it for the same request parsed by net/http
 // (without TrustForwarded and a target path; the caller checks): the

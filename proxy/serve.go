@@ -322,7 +322,7 @@ func (cc *clientConn) handle(r *http.Request) bool {
 		}
 		cc.expectContinue = hasBody && r.ProtoAtLeast(1, 1)
 	}
-	if ic := p.cfg.Intercept; ic != nil {
+	if ic := p.cfg.Intercept; ic != nil && p.interceptable(r.URL.Path) {
 		if h := ic(r); h != nil {
 			return cc.intercept(r, h)
 		}
