@@ -9,24 +9,27 @@
 //   - [Proxy.Serve] accepts connections from a [net.Listener] and speaks
 //     HTTP/1.1 on them itself, without net/http's server. It is the fast
 //     front end, for plain HTTP/1.1 and TLS listeners that offer only
-//     http/1.1. On Linux, plain TCP and unix-socket connections are served
+//     http/1.1. On Linux, plain TCP and unix-socket connections, and TLS
+//     connections made with [TLSServer] whose handshake is done, are served
 //     on a few epoll event loops ([Config.EventLoops], one per CPU by
 //     default), as nginx serves them: no goroutine per connection, no
 //     allocation per request, the common request parsed without net/http
-//     by a parser held to net/http's by differential fuzz tests. Requests
-//     off the common path (HTTP/1.0, chunked request bodies, Expect,
-//     upgrades, CONNECT, intercepted requests, requests waiting in the
-//     admission queue) and TLS connections are served by a goroutine per
-//     connection that parses with net/http ([http.ReadRequest]); a
-//     connection moves there, with the bytes read so far, at its first such
-//     request.
+//     by a parser held to net/http's by differential fuzz tests; crypto/tls
+//     seals and opens the records on the loop. Requests off the common path
+//     (HTTP/1.0, chunked request bodies, Expect, upgrades, CONNECT,
+//     intercepted requests, requests waiting in the admission queue) and
+//     other TLS connections are served by a goroutine per connection that
+//     parses with net/http ([http.ReadRequest]); a connection moves there,
+//     with the bytes read so far, at its first such request.
 //   - *Proxy implements [http.Handler], for HTTP/2 clients (serve it with
 //     [NewServer] and a TLS config) or to mount it in an existing server.
 //
 // On both, [Config.Intercept] may take any request off the forwarding
 // path and hand it to a local [http.Handler] instead (an embedding
 // program's own endpoints, such as attestation or health checks), so that
-// one listener and the fast front end carry everything. Under Serve the
+// one listener and the fast front end carry everything;
+// [Config.InterceptPaths] names the paths it may claim, so that the event
+// loops forward the others without building an [http.Request]. Under Serve the
 // handler writes through the Proxy's own HTTP/1.1 response writer
 // (Content-Length for bodies that end within 4 KiB, chunked otherwise,
 // [http.Flusher], [http.Hijacker], [http.ResponseController]).

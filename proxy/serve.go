@@ -25,7 +25,9 @@ import (
 // per request, no response buffering layer, no header map copy for the
 // response; docs/bench/proxy.md measures the difference. It is the fast
 // front end for plain HTTP/1.1 and for TLS listeners that offer only
-// http/1.1; serve HTTP/2 clients through [NewServer] instead.
+// http/1.1; serve HTTP/2 clients through [NewServer] instead. TLS
+// connections made with [TLSServer] and handshaken before Serve sees them
+// are served on the event loops like plain ones.
 //
 // The connections are served with Config.ReadHeaderTimeout,
 // Config.IdleTimeout and Config.MaxHeaderBytes. A PROXY protocol listener
