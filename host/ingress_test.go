@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -358,4 +359,26 @@ func FuzzPortJSON(f *testing.F) {
 		_, _ = host.New(host.Config{Publish: []host.Publish{spec}, DialEnclave: func(context.Context, uint32) (net.Conn, error) { return nil, errors.New("no") }})
 		_ = spec.String()
 	})
+}
+
+// TestPublishedPortRidesOutEMFILE: a published port's accept loop retries
+// descriptor exhaustion (EMFILE) instead of stopping for good.
+func TestPublishedPortRidesOutEMFILE(t *testing.T) {
+	var fl *testutil.FailingListener
+	t.Cleanup(host.SetListenPublished(func(network, addr string) (net.Listener, error) {
+		ln, err := net.Listen(network, addr)
+		if err != nil {
+			return nil, err
+		}
+		fl = testutil.FailAccepts(ln, syscall.EMFILE, 3)
+		return fl, nil
+	}))
+	fe := newFakeEnclave(t, 5000)
+	h, _ := startHost(t, host.Config{Publish: []host.Publish{fastPort(t, 5000)}, DialEnclave: fe.dial})
+	if err := roundTrip(h.Published()[0].String()); err != nil {
+		t.Fatal(err)
+	}
+	if fl.Left() != 0 {
+		t.Fatalf("%d accept failures never happened", fl.Left())
+	}
 }

@@ -181,7 +181,7 @@ func (h *Host) publishLocked(spec Publish) (*published, error) {
 	p := &published{spec: spec, served: make(chan struct{}), conns: map[*connCloser]struct{}{}}
 	switch {
 	case spec.Network == "tcp":
-		ln, err := net.Listen("tcp", spec.Host.String())
+		ln, err := listenPublished("tcp", spec.Host.String())
 		if err != nil {
 			return nil, fmt.Errorf("host: publish %s: %w", spec, err)
 		}
@@ -219,6 +219,9 @@ func (h *Host) publishLocked(spec Publish) (*published, error) {
 	h.log.Info("published port", "host", p.addr.String(), "spec", spec.String())
 	return p, nil
 }
+
+// listenPublished opens a published TCP port's listener; tests wrap it.
+var listenPublished = net.Listen
 
 // servePublished accepts clients on a published TCP port and relays each to
 // the enclave: through the virtual network, or over VSOCK for the fast path.
