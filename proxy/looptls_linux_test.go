@@ -202,3 +202,112 @@ func TestLsockMaxWrite(t *testing.T) {
 		t.Errorf("messages %v, bytes equal %v", sizes, string(got) == string(b))
 	}
 }
+
+// TestLoopTLSRecordShapes feeds the loop TLS records in awkward shapes:
+// each record's bytes in 3-byte pieces (crypto/tls keeps the partial
+// record across would-block reads), many records in one segment (records
+// read ahead stay in tls.Conn, with no readiness event to come), and TLS
+// 1.2 as well as 1.3.
+func TestLoopTLSRecordShapes(t *testing.T) {
+	checkGoroutines(t)
+	env := newEnv(t, "serve-tls", http.HandlerFunc(echoHandler), Config{})
+	addr := strings.TrimPrefix(env.url, "https://")
+	for _, version := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
+		t.Run(tls.VersionName(version), func(t *testing.T) {
+			cfg := testClientTLS()
+			cfg.MaxVersion = version
+
+			// Pieces.
+			raw, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pc := &shapedConn{Conn: raw}
+			tc := tls.Client(pc, cfg)
+			if err := tc.Handshake(); err != nil {
+				t.Fatal(err)
+			}
+			if v := tc.ConnectionState().Version; v != version {
+				t.Fatalf("negotiated %x, want %x", v, version)
+			}
+			pc.piece = 3
+			br := bufio.NewReader(tc)
+			for i := range 3 {
+				fmt.Fprintf(tc, "POST /p%d HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n0123456789", i)
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if got := resp.Header.Get("X-Uri"); got != fmt.Sprintf("/p%d", i) || string(b) != "0123456789" {
+					t.Fatalf("pieces, request %d: X-Uri %q, body %q", i, got, b)
+				}
+			}
+			tc.Close()
+
+			// Many records in one segment: each request its own record.
+			raw, err = net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pc = &shapedConn{Conn: raw}
+			tc = tls.Client(pc, cfg)
+			if err := tc.Handshake(); err != nil {
+				t.Fatal(err)
+			}
+			pc.hold = true
+			const n = 40
+			for i := range n {
+				conn := ""
+				if i == n-1 {
+					conn = "Connection: close\r\n"
+				}
+				fmt.Fprintf(tc, "GET /r%d HTTP/1.1\r\nHost: x\r\n%s\r\n", i, conn)
+			}
+			if err := pc.flush(); err != nil {
+				t.Fatal(err)
+			}
+			_ = tc.SetReadDeadline(time.Now().Add(5 * time.Second))
+			b, _ := io.ReadAll(tc)
+			tc.Close()
+			var want []string
+			for i := range n {
+				want = append(want, fmt.Sprintf("X-Uri: /r%d\r\n", i))
+			}
+			checkReply(t, string(b), want, nil)
+		})
+	}
+}
+
+// shapedConn is a client connection whose writes go out in pieces of
+// piece bytes (if > 0), or are held until flush (hold).
+type shapedConn struct {
+	net.Conn
+	piece int
+	hold  bool
+	held  []byte
+}
+
+func (c *shapedConn) Write(b []byte) (int, error) {
+	switch {
+	case c.hold:
+		c.held = append(c.held, b...)
+		return len(b), nil
+	case c.piece > 0:
+		for i := 0; i < len(b); i += c.piece {
+			if _, err := c.Conn.Write(b[i:min(len(b), i+c.piece)]); err != nil {
+				return i, err
+			}
+			time.Sleep(100 * time.Microsecond) // separate segments
+		}
+		return len(b), nil
+	}
+	return c.Conn.Write(b)
+}
+
+func (c *shapedConn) flush() error {
+	_, err := c.Conn.Write(c.held)
+	c.held, c.hold = nil, false
+	return err
+}
