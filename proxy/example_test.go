@@ -50,6 +50,27 @@ func ExampleProxy_Serve_proxyProtocol() {
 	log.Print(p.Serve(&proxyproto.Listener{Listener: ln, ReadHeaderTimeout: 10 * time.Second}))
 }
 
+// HTTPS clients speaking HTTP/1.1, served on the event loops: Serve
+// completes each handshake, then crypto/tls seals and opens records on the
+// loop that serves the connection.
+func ExampleNewTLSListener() {
+	target, _ := url.Parse("http://127.0.0.1:8080")
+	p, err := proxy.New(target, proxy.Config{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer p.Close()
+	cert, err := tls.LoadX509KeyPair("cert.pem", "key.pem")
+	if err != nil {
+		log.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", ":443")
+	if err != nil {
+		log.Fatal(err)
+	}
+	log.Print(p.Serve(proxy.NewTLSListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}})))
+}
+
 // Serving HTTP/2 and HTTP/1.1 over TLS through net/http's server.
 func ExampleNewServer() {
 	target, _ := url.Parse("http://127.0.0.1:8080")

@@ -26,9 +26,10 @@ import (
 
 // fronts are the front ends: net/http's server with the Proxy as handler,
 // Serve on its event loops (Linux), Serve with a goroutine per connection,
-// and Serve given TLSServer connections whose handshake is done (on the
-// event loops on Linux), as an HTTPS front door does.
-var fronts = []string{"handler", "serve", "serve-goroutines", "serve-tls"}
+// Serve given TLSServer connections whose handshake is done (on the event
+// loops on Linux), as an HTTPS front door does, and Serve on a
+// NewTLSListener (Serve does the handshakes).
+var fronts = []string{"handler", "serve", "serve-goroutines", "serve-tls", "serve-tls-listener"}
 
 // testEnv is an upstream, a Proxy in front of it and a client.
 type testEnv struct {
@@ -102,6 +103,12 @@ func serveOn(t testing.TB, p *Proxy, front string, ln net.Listener) string {
 		hl := newHandshakeListener(ln, testServerTLS(t))
 		go func() { defer close(done); _ = p.Serve(hl) }()
 		t.Cleanup(func() { _ = p.Close(); <-done; hl.wait() })
+		return "https://" + ln.Addr().String()
+	case "serve-tls-listener":
+		cfg := testServerTLS(t)
+		cfg.NextProtos = []string{"h2", "http/1.1"} // NewTLSListener keeps http/1.1 only
+		go func() { defer close(done); _ = p.Serve(NewTLSListener(ln, cfg)) }()
+		t.Cleanup(func() { _ = p.Close(); <-done })
 		return "https://" + ln.Addr().String()
 	default:
 		t.Fatalf("unknown front %q", front)
@@ -365,7 +372,7 @@ func checkReply(t *testing.T, reply string, want, not []string) {
 }
 
 // serveFronts are the front ends of Serve: event loops, goroutines, TLS.
-var serveFronts = []string{"serve", "serve-goroutines", "serve-tls"}
+var serveFronts = []string{"serve", "serve-goroutines", "serve-tls", "serve-tls-listener"}
 
 // newUpstream starts an upstream server, closed in tb.Cleanup.
 func newUpstream(tb testing.TB, h http.Handler) *httptest.Server {

@@ -17,15 +17,46 @@ import (
 // loop; docs/bench/enclave.md measures what this saves.
 //
 // Do the handshake before Serve sees the connection (HandshakeContext with
-// a deadline, as an HTTPS front door does to route by ALPN); Serve serves a
-// connection whose handshake is not done on a goroutine, as it serves any
-// tls.Conn. A connection that c wraps may expose its socket through
+// a deadline, as an HTTPS front door does to route by ALPN), or let Serve
+// do it: given a TLSServer connection whose handshake is not done (as
+// [NewTLSListener] returns them), Serve completes it on a goroutine first. A connection that c wraps may expose its socket through
 // [syscall.Conn] only while it holds no bytes read ahead, and bound each
 // write to the socket with a MaxWrite() int method (VSOCK: 32 KiB); the
 // loop honours both. RemoteAddr and LocalAddr are c's, kept for the
 // connection's life.
 func TLSServer(c net.Conn, config *tls.Config) *tls.Conn {
 	return tls.Server(&tlsBase{Conn: c, remote: c.RemoteAddr(), local: c.LocalAddr()}, config)
+}
+
+// NewTLSListener is [tls.NewListener] for [Proxy.Serve]: its connections
+// are TLSServer connections, and config's NextProtos is replaced by
+// http/1.1 alone (Serve speaks HTTP/1.1; serve HTTP/2 through
+// [NewServer]). Serve completes each handshake on a goroutine, within
+// Config.ReadHeaderTimeout, then serves the connection on its event loops
+// (on a goroutine where there are none). config is cloned.
+func NewTLSListener(inner net.Listener, config *tls.Config) net.Listener {
+	c := config.Clone()
+	c.NextProtos = []string{"http/1.1"}
+	return &tlsListener{Listener: inner, config: c}
+}
+
+type tlsListener struct {
+	net.Listener
+	config *tls.Config
+}
+
+func (l *tlsListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return TLSServer(c, l.config), nil
+}
+
+// isTLSServerConn reports whether tc was made by TLSServer.
+func isTLSServerConn(tc *tls.Conn) bool {
+	_, ok := tc.NetConn().(*tlsBase)
+	return ok
 }
 
 // tlsBase is the connection under a TLSServer connection. On a loop its

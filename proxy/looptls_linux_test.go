@@ -311,3 +311,76 @@ func (c *shapedConn) flush() error {
 	c.held, c.hold = nil, false
 	return err
 }
+
+// TestTLSListener checks Serve on a NewTLSListener: it offers http/1.1
+// only, completes handshakes itself and serves on the loops; a client that
+// never finishes its handshake is dropped after ReadHeaderTimeout; Close
+// does not wait for handshakes in progress.
+func TestTLSListener(t *testing.T) {
+	checkGoroutines(t)
+	env := newEnv(t, "serve-tls-listener", http.HandlerFunc(echoHandler), Config{ReadHeaderTimeout: 300 * time.Millisecond})
+	addr := strings.TrimPrefix(env.url, "https://")
+
+	cfg := testClientTLS()
+	cfg.NextProtos = []string{"h2", "http/1.1"}
+	tc, err := tls.Dial("tcp", addr, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	if p := tc.ConnectionState().NegotiatedProtocol; p != "http/1.1" {
+		t.Fatalf("negotiated %q, want http/1.1", p)
+	}
+	fmt.Fprintf(tc, "GET /l HTTP/1.1\r\nHost: x\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(tc), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if got := resp.Header.Get("X-Uri"); got != "/l" {
+		t.Fatalf("X-Uri %q", got)
+	}
+	if n := env.proxy.eventLoops().conns.Load(); n != 1 {
+		t.Fatalf("%d connections on the loops, want 1", n)
+	}
+
+	// Silent client: closed within the handshake deadline.
+	silent, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	_ = silent.SetReadDeadline(time.Now().Add(5 * time.Second))
+	start := time.Now()
+	if _, err := silent.Read(make([]byte, 1)); err == nil {
+		t.Fatal("read from a silent client's connection succeeded")
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("silent client closed after %v", d)
+	}
+
+	// A handshake in progress does not hold Close (with a deadline far off).
+	env2 := newEnv(t, "serve-tls-listener", http.HandlerFunc(echoHandler), Config{ReadHeaderTimeout: time.Minute})
+	half, err := net.Dial("tcp", strings.TrimPrefix(env2.url, "https://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer half.Close()
+	eventually(t, 5*time.Second, "the handshake started", func() bool {
+		env2.proxy.mu.Lock()
+		defer env2.proxy.mu.Unlock()
+		for c := range env2.proxy.closers {
+			if _, ok := c.(handshaking); ok {
+				return true
+			}
+		}
+		return false
+	})
+	done := make(chan struct{})
+	go func() { _ = env2.proxy.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Second):
+		t.Fatal("Close waits for a handshake")
+	}
+}

@@ -250,7 +250,7 @@ func TestForwardedHeaders(t *testing.T) {
 					}
 				}
 				proto := "http"
-				if front == "serve-tls" {
+				if strings.HasPrefix(front, "serve-tls") {
 					proto = "https"
 				}
 				want := map[string][]string{

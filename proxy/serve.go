@@ -65,13 +65,63 @@ func (p *Proxy) Serve(ln net.Listener) error {
 			return fmt.Errorf("proxy: serve: %w", err)
 		}
 		delay = 0
-		if ls := p.eventLoops(); ls != nil && ls.take(c) {
-			continue
+		if ls := p.eventLoops(); ls != nil {
+			if tc, ok := c.(*tls.Conn); ok && isTLSServerConn(tc) && !tc.ConnectionState().HandshakeComplete {
+				// From NewTLSListener: the handshake first, then the loops.
+				if !p.handshake(tc) {
+					return fmt.Errorf("proxy: serve: %w", net.ErrClosed)
+				}
+				continue
+			}
+			if ls.take(c) {
+				continue
+			}
 		}
 		if !p.serveConn(c) {
 			return fmt.Errorf("proxy: serve: %w", net.ErrClosed)
 		}
 	}
+}
+
+// handshaking is a TLS connection in its handshake, for Close and Shutdown
+// to close.
+type handshaking struct{ c *tls.Conn }
+
+func (h handshaking) Close() error { return h.c.NetConn().Close() }
+
+// handshake completes tc's handshake on a goroutine, within
+// Config.ReadHeaderTimeout, then moves it onto the event loops (or serves it
+// on that goroutine if they do not take it). It reports false, and closes
+// tc, if the Proxy is closed or shutting down.
+func (p *Proxy) handshake(tc *tls.Conn) bool {
+	h := handshaking{tc}
+	p.mu.Lock()
+	if p.closed || p.shuttingDown.Load() {
+		p.mu.Unlock()
+		_ = h.Close()
+		return false
+	}
+	p.closers[h] = struct{}{}
+	p.wg.Add(1)
+	p.mu.Unlock()
+	go func() {
+		defer p.wg.Done()
+		ctx, cancel := context.WithTimeout(p.ctx, p.cfg.ReadHeaderTimeout)
+		err := tc.HandshakeContext(ctx)
+		cancel()
+		p.mu.Lock()
+		delete(p.closers, h)
+		p.mu.Unlock()
+		if err != nil || p.isClosed() || p.shuttingDown.Load() {
+			_ = h.Close()
+			return
+		}
+		if ls := p.eventLoops(); ls != nil && ls.take(tc) {
+			return
+		}
+		p.serveConn(tc)
+	}()
+	return true
 }
 
 // serveConn serves c on its own goroutine. It reports false, and closes c,
