@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -711,6 +712,74 @@ func testServeRefusals(t *testing.T, front string) {
 		t.Run(tt.name, func(t *testing.T) {
 			if diff := cmp.Diff(tt.want, rawRequest(t, addr, tt.req, 3*time.Second)); diff != "" {
 				t.Errorf("reply (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestNagleUpstream checks that an upstream which writes a response's head
+// and body apart without TCP_NODELAY (Python's http.server) is not held
+// back by the proxy's delayed ACK: Nagle's algorithm keeps the body until
+// the head is acknowledged, and Linux delays that ACK by at least 40 ms,
+// so 20 responses would take 800 ms or more; the proxy acknowledges at
+// once (TCP_QUICKACK) and they take a few. Linux only (the ACK timer).
+func TestNagleUpstream(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("TCP_QUICKACK is Linux's")
+	}
+	checkGoroutines(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_ = c.(*net.TCPConn).SetNoDelay(false)
+				br := bufio.NewReader(c)
+				for {
+					r, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					_, _ = io.Copy(io.Discard, r.Body)
+					_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+					_, _ = io.WriteString(c, "hello")
+				}
+			}()
+		}
+	}()
+	target, _ := url.Parse("http://" + ln.Addr().String())
+	for _, front := range fronts {
+		t.Run(front, func(t *testing.T) {
+			p, err := New(target, Config{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := dialFront(t, serveFront(t, p, front))
+			defer c.Close()
+			br := bufio.NewReader(c)
+			start := time.Now()
+			for range 20 {
+				_, _ = io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if string(b) != "hello" {
+					t.Fatalf("body %q", b)
+				}
+			}
+			if d := time.Since(start); d > 400*time.Millisecond {
+				t.Errorf("20 responses took %v: the upstream waited for delayed ACKs", d)
 			}
 		})
 	}

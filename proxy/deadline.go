@@ -49,9 +49,20 @@ type upReader struct {
 	uc  *upConn
 	ex  *exchange // the exchange waiting on the upstream; nil: plain reads
 	end time.Time // when that wait times out; zero: never
+
+	// Reads since the response began (the exchange resets them), and whether its
+	// ACK was hurried (quickAck).
+	reads int
+	acked bool
 }
 
 func (r *upReader) Read(p []byte) (int, error) {
+	if r.reads > 0 && !r.acked {
+		// Part of the response is in and more is wanted: see quickAck.
+		r.acked = true
+		r.uc.quickAck()
+	}
+	r.reads++
 	n, err := r.uc.conn.Read(p)
 	for n == 0 && err != nil && r.ex != nil && isTimeout(err) {
 		ex, uc := r.ex, r.uc

@@ -190,6 +190,7 @@ func (ex *exchange) roundTrip(uc *upConn, tokens *connTokens, upgrade string, ha
 
 	// Wait for the first byte before parsing, to tell a connection the
 	// upstream closed while it was idle from one that failed mid-response.
+	uc.rd.reads, uc.rd.acked = 0, false // a new response (quickAck)
 	if err := ex.waitUpstream(uc); err != nil {
 		if mayRetry && ex.ctx.Err() == nil && canResend(r) && !isTimeout(err) && !errors.Is(err, errClientGone) {
 			return true

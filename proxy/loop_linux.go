@@ -572,6 +572,7 @@ type lclient struct {
 	rframe   lframe
 	rleft    int64
 	rclose   bool // the upstream connection cannot be reused
+	acked    bool // waitUp sent the upstream's ACK for this response
 	cs       chunkScanner
 }
 
@@ -1054,7 +1055,7 @@ func (c *lclient) start2(u *lup) {
 	el, p := c.el, c.el.p
 	c.up, u.c = u, c
 	c.st = lcExch
-	c.rframe, c.rleft, c.rclose, c.cs = lfNone, 0, false, chunkScanner{}
+	c.rframe, c.rleft, c.rclose, c.cs, c.acked = lfNone, 0, false, chunkScanner{}, false
 	u.hstart, u.inEnd = 0, 0
 	el.sw.b = el.sw.b[:0]
 	if c.fast {
@@ -1168,7 +1169,7 @@ func (c *lclient) readResponse() bool {
 				}
 			}
 			if !u.s.readable {
-				return false
+				return c.waitUp(u.inEnd > u.hstart)
 			}
 			if u.in == nil {
 				u.in = p.smallBufs.Get().(*[]byte)
@@ -1178,7 +1179,7 @@ func (c *lclient) readResponse() bool {
 			}
 			n, err := u.s.read((*u.in)[u.inEnd:])
 			if err == unix.EAGAIN {
-				return false
+				return c.waitUp(u.inEnd > u.hstart)
 			}
 			if err != nil || n == 0 {
 				if u.inEnd == 0 && u.reused && !c.retried && c.length == 0 && c.resend {
@@ -1196,7 +1197,7 @@ func (c *lclient) readResponse() bool {
 		}
 		// Response body.
 		if !u.s.readable {
-			return false
+			return c.waitUp(true)
 		}
 		b := el.scratch
 		if c.rframe == lfClose {
@@ -1206,7 +1207,7 @@ func (c *lclient) readResponse() bool {
 		}
 		n, err := u.s.read(b)
 		if err == unix.EAGAIN {
-			return false
+			return c.waitUp(true)
 		}
 		if err != nil || (n == 0 && c.rframe != lfClose) {
 			if err == nil {
@@ -1233,6 +1234,24 @@ func (c *lclient) readResponse() bool {
 }
 
 var lastChunk = []byte("0\r\n\r\n")
+
+// waitUp is readResponse's return when the upstream has nothing more to
+// read for now. With part of the response in (partial), the upstream's
+// ACK goes out at once, once per response (TCP_QUICKACK): a server that
+// writes the head and the body apart without TCP_NODELAY (Python's
+// http.server, for one) holds the body back until the head is
+// acknowledged, and Linux delays that ACK by 40 ms.
+func (c *lclient) waitUp(partial bool) bool {
+	if partial && !c.acked {
+		c.acked = true
+		if u := c.up; !u.noQuickAck {
+			if unix.SetsockoptInt(u.s.fd, unix.IPPROTO_TCP, unix.TCP_QUICKACK, 1) != nil {
+				u.noQuickAck = true // not TCP
+			}
+		}
+	}
+	return false
+}
 
 // body forwards response body bytes b (in el.scratch, or in u.in right
 // after the head) to the client and ends the response when b completes it.
@@ -1717,6 +1736,8 @@ type lup struct {
 	inEnd  int
 	reused bool
 	idleAt int64
+	// noQuickAck: the socket takes no TCP_QUICKACK (a unix socket).
+	noQuickAck bool
 }
 
 func (u *lup) event() {

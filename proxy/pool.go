@@ -35,9 +35,10 @@ type upConn struct {
 	reused bool         // served an earlier request
 	abort  func()       // unblocks all I/O on conn for good; made once, not per request
 
-	rd       upReader     // under br
-	rdl, wdl lazyDeadline // owned by the exchange using uc
-	aborted  atomic.Bool  // abort has run: timeouts are final
+	rd         upReader     // under br
+	rdl, wdl   lazyDeadline // owned by the exchange using uc
+	aborted    atomic.Bool  // abort has run: timeouts are final
+	noQuickAck bool         // conn takes no TCP_QUICKACK
 }
 
 func newUpConn(c net.Conn) *upConn {
