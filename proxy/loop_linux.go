@@ -1665,12 +1665,12 @@ func (c *lclient) handoff() {
 	pend := c.s.pend
 	c.freeIn()
 	el.ls.conns.Add(-1)
-	var nc net.Conn
+	// raw is the socket, nc what the goroutine front end serves: the
+	// same, or for TLS the tls.Conn, with the records it holds, whose
+	// socket goes back under it as Go's poller serves it.
+	var raw, nc net.Conn
 	if t := c.tls; t != nil {
-		// The socket, as Go's poller serves it, goes back under the
-		// tls.Conn, with the records it holds; the goroutine front end
-		// serves the tls.Conn.
-		raw := &fileConn{
+		raw = &fileConn{
 			File:     os.NewFile(uintptr(c.s.fd), "proxy-client"),
 			remote:   t.base.remote,
 			local:    t.base.local,
@@ -1678,43 +1678,30 @@ func (c *lclient) handoff() {
 		}
 		t.base.Conn, t.base.io = raw, nil
 		nc = t.conn
-		if pend != nil {
-			out := bytes.Clone(pend[c.s.pendOff:])
-			c.s.freePend(p)
-			go func() {
-				// Records already sealed: straight to the socket.
-				_ = raw.SetWriteDeadline(time.Now().Add(max(p.cfg.TransferTimeout, time.Second)))
-				if _, err := raw.Write(out); err != nil {
-					_ = raw.Close()
-					return
-				}
-				_ = raw.SetWriteDeadline(time.Time{})
-				p.serveConn(&prefixConn{Conn: nc, prefix: prefix})
-			}()
-			return
-		}
 	} else {
 		f := os.NewFile(uintptr(c.s.fd), "proxy-client")
 		_ = unix.SetNonblock(c.s.fd, false)
 		var err error
-		nc, err = net.FileConn(f)
+		raw, err = net.FileConn(f)
 		_ = f.Close()
 		if err != nil {
 			c.s.freePend(p)
 			return
 		}
+		nc = raw
 	}
 	if pend != nil {
-		// A response still on its way out: write it first, off the loop.
+		// A response still on its way out (for TLS, records already
+		// sealed): write it to the socket first, off the loop.
 		out := bytes.Clone(pend[c.s.pendOff:])
 		c.s.freePend(p)
 		go func() {
-			_ = nc.SetWriteDeadline(time.Now().Add(max(p.cfg.TransferTimeout, time.Second)))
-			if _, err := nc.Write(out); err != nil {
-				_ = nc.Close()
+			_ = raw.SetWriteDeadline(time.Now().Add(max(p.cfg.TransferTimeout, time.Second)))
+			if _, err := raw.Write(out); err != nil {
+				_ = raw.Close()
 				return
 			}
-			_ = nc.SetWriteDeadline(time.Time{})
+			_ = raw.SetWriteDeadline(time.Time{})
 			p.serveConn(&prefixConn{Conn: nc, prefix: prefix})
 		}()
 		return
