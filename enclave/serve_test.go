@@ -646,3 +646,84 @@ func startEnclave(tb testing.TB, cfg enclave.Config) *enclave.Enclave {
 	tb.Cleanup(func() { _ = e.Close() })
 	return e
 }
+
+// TestServeIngressAppURLConcurrent drives the path quench-fast takes: TLS
+// over the ingress fast path (PROXY header, a unix socket standing in for
+// VSOCK) into the proxy's event loops, from 16 clients at once, mixing
+// requests the loops forward to the app (with and without bodies) and the
+// enclave's own endpoints (handed to the goroutine front end mid-
+// connection). Every answer must be right, with the client address from the
+// PROXY header; run with the race detector by make test.
+func TestServeIngressAppURLConcurrent(t *testing.T) {
+	ingressSock := filepath.Join(t.TempDir(), "ingress.sock")
+	app := svApp(t, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "%s %s for %s via %s: %d", r.Method, r.URL.Path, r.Header.Get("X-Forwarded-For"), r.Header.Get("X-Forwarded-Proto"), len(b))
+	})
+	svStart(t, func(c *enclave.Config) {
+		c.Handler = nil
+		c.AppURL = app
+		c.IngressListen = func() (net.Listener, error) { return net.Listen("unix", ingressSock) }
+	})
+	tr := &http.Transport{
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}},
+		MaxConnsPerHost: 16,
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			c, err := d.DialContext(ctx, "unix", ingressSock)
+			if err != nil {
+				return nil, err
+			}
+			h := proxyproto.HeaderProxyFromAddrs(2,
+				&net.TCPAddr{IP: net.IPv4(203, 0, 113, 9), Port: 40000},
+				&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 443})
+			if _, err := h.WriteTo(c); err != nil {
+				c.Close()
+				return nil, err
+			}
+			return c, nil
+		},
+	}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 20 * time.Second}
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for g := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 30 {
+				var req *http.Request
+				var want string
+				switch i % 3 {
+				case 0:
+					req, _ = http.NewRequest("GET", fmt.Sprintf("https://ingress.invalid/a/%d/%d", g, i), nil)
+					want = fmt.Sprintf("GET /a/%d/%d for 203.0.113.9 via https: 0", g, i)
+				case 1:
+					body := strings.Repeat("x", 100*i)
+					req, _ = http.NewRequest("POST", fmt.Sprintf("https://ingress.invalid/b/%d", g), strings.NewReader(body))
+					want = fmt.Sprintf("POST /b/%d for 203.0.113.9 via https: %d", g, len(body))
+				default:
+					req, _ = http.NewRequest("GET", "https://ingress.invalid/enclave/health", nil)
+					want = `"status":"ok"`
+				}
+				resp, err := c.Do(req)
+				if err != nil {
+					errs <- err
+					return
+				}
+				b, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if err != nil || resp.StatusCode != http.StatusOK || !strings.Contains(string(b), want) {
+					errs <- fmt.Errorf("%s %s: %d %q (%v), want %q", req.Method, req.URL.Path, resp.StatusCode, b, err, want)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
