@@ -606,21 +606,7 @@ func TestServeIngress(t *testing.T) {
 	_ = env
 	tr := &http.Transport{
 		TLSClientConfig: &tls.Config{InsecureSkipVerify: true},
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			c, err := d.DialContext(ctx, "unix", ingressSock)
-			if err != nil {
-				return nil, err
-			}
-			h := proxyproto.HeaderProxyFromAddrs(2,
-				&net.TCPAddr{IP: net.IPv4(203, 0, 113, 9), Port: 40000},
-				&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 443})
-			if _, err := h.WriteTo(c); err != nil {
-				c.Close()
-				return nil, err
-			}
-			return c, nil
-		},
+		DialContext:     dialIngressAs(ingressSock),
 	}
 	defer tr.CloseIdleConnections()
 	c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
@@ -668,21 +654,7 @@ func TestServeIngressAppURLConcurrent(t *testing.T) {
 	tr := &http.Transport{
 		TLSClientConfig: &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}},
 		MaxConnsPerHost: 16,
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			c, err := d.DialContext(ctx, "unix", ingressSock)
-			if err != nil {
-				return nil, err
-			}
-			h := proxyproto.HeaderProxyFromAddrs(2,
-				&net.TCPAddr{IP: net.IPv4(203, 0, 113, 9), Port: 40000},
-				&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 443})
-			if _, err := h.WriteTo(c); err != nil {
-				c.Close()
-				return nil, err
-			}
-			return c, nil
-		},
+		DialContext:     dialIngressAs(ingressSock),
 	}
 	defer tr.CloseIdleConnections()
 	c := &http.Client{Transport: tr, Timeout: 20 * time.Second}
@@ -725,5 +697,26 @@ func TestServeIngressAppURLConcurrent(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Error(err)
+	}
+}
+
+// dialIngressAs returns a DialContext that connects to the ingress socket
+// sock (the VSOCK stand-in) and sends a PROXY v2 header from
+// 203.0.113.9:40000, as quench-host's fast path does.
+func dialIngressAs(sock string) func(ctx context.Context, _, _ string) (net.Conn, error) {
+	return func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "unix", sock)
+		if err != nil {
+			return nil, err
+		}
+		h := proxyproto.HeaderProxyFromAddrs(2,
+			&net.TCPAddr{IP: net.IPv4(203, 0, 113, 9), Port: 40000},
+			&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 443})
+		if _, err := h.WriteTo(c); err != nil {
+			c.Close()
+			return nil, err
+		}
+		return c, nil
 	}
 }
