@@ -36,6 +36,7 @@ func main() {
 	mode := flag.String("mode", "quench", "quench, quench-handler, stock or nitriding")
 	maxInFlight := flag.Int("max-inflight", 0, "quench: Config.MaxInFlight (0: default, -1: none)")
 	queue := flag.Int("queue", 0, "quench: Config.QueueSize")
+	queueTimeout := flag.Duration("queue-timeout", 0, "quench: Config.QueueTimeout (0: default)")
 	maxConns := flag.Int("max-conns", 0, "quench: Config.MaxConns (0: default)")
 	bufSize := flag.Int("buffer", 0, "quench: Config.BufferSize (0: default)")
 	eventLoops := flag.Int("event-loops", 0, "quench: Config.EventLoops (0: GOMAXPROCS, -1: a goroutine per connection)")
@@ -58,7 +59,7 @@ func main() {
 	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, os.Interrupt)
-	cfg := proxy.Config{MaxInFlight: *maxInFlight, QueueSize: *queue, MaxConns: *maxConns, BufferSize: *bufSize, EventLoops: *eventLoops}
+	cfg := proxy.Config{MaxInFlight: *maxInFlight, QueueSize: *queue, QueueTimeout: *queueTimeout, MaxConns: *maxConns, BufferSize: *bufSize, EventLoops: *eventLoops}
 	if *local != "" {
 		hello := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
