@@ -302,6 +302,11 @@ func (el *ploop) Event(fd int32, events uint32) {
 	case s.u != nil:
 		s.u.event()
 	}
+	if w && s.outArmed && s.pend == nil && int(fd) < len(el.socks) && el.socks[fd] == s {
+		// Nothing waits to be written any more: stop watching writes.
+		s.outArmed = false
+		_ = el.loop.WatchWrites(s.fd, false)
+	}
 }
 
 func (el *ploop) Ops(ops []lop) {
@@ -336,9 +341,11 @@ func (el *ploop) Ops(ops []lop) {
 
 // register adds s to the epoll set.
 func (el *ploop) register(s *lsock) error {
-	if err := el.loop.Add(s.fd); err != nil {
+	// Writes are watched only while a socket is full (epoll.AddReader).
+	if err := el.loop.AddReader(s.fd); err != nil {
 		return fmt.Errorf("proxy: %w", err)
 	}
+	s.loop, s.outArmed = el.loop, false
 	for s.fd >= len(el.socks) {
 		el.socks = append(el.socks, make([]*lsock, max(64, len(el.socks)))...)
 	}
@@ -404,7 +411,9 @@ type lsock struct {
 	writable bool
 	hup      bool
 	eof      bool
-	maxWrite int    // > 0: bytes per write at most (VSOCK)
+	maxWrite int  // > 0: bytes per write at most (VSOCK)
+	outArmed bool // EPOLLOUT is watched (since a write fell short)
+	loop     *epoll.Loop[lop]
 	pend     []byte // bytes not yet written; from the Proxy's buffer pool
 	pendBuf  *[]byte
 	pendOff  int
@@ -430,11 +439,27 @@ func (s *lsock) send(p *Proxy, b []byte) error {
 		if n == len(b) {
 			return nil
 		}
-		s.writable = false
+		if err := s.full(); err != nil {
+			return err
+		}
 	}
 	s.pendBuf = p.getBuf()
 	s.pend = append((*s.pendBuf)[:0], b[n:]...)
 	s.pendOff = 0
+	return nil
+}
+
+// full records that s took less than it was given: writes wait for
+// EPOLLOUT, watched from now on.
+func (s *lsock) full() error {
+	s.writable = false
+	if s.outArmed || s.loop == nil {
+		return nil
+	}
+	s.outArmed = true
+	if err := s.loop.WatchWrites(s.fd, true); err != nil {
+		return fmt.Errorf("proxy: %w", err)
+	}
 	return nil
 }
 
@@ -452,8 +477,7 @@ func (s *lsock) flush(p *Proxy) (bool, error) {
 	}
 	s.pendOff += n
 	if s.pendOff < len(s.pend) {
-		s.writable = false
-		return false, nil
+		return false, s.full()
 	}
 	s.freePend(p)
 	return true, nil

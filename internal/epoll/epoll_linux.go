@@ -97,6 +97,34 @@ func (l *Loop[Op]) Add(fd int) error {
 	return nil
 }
 
+// AddReader registers fd for edge-triggered reads and hang-ups only; a
+// caller that finds fd full arms writes with WatchWrites. Unix stream
+// sockets signal EPOLLOUT to their writer whenever the reader takes data
+// (unix_write_space does not wait for the writer to have run out of room,
+// as TCP does), so a loop that always watches writes is woken once per
+// message it sends by the peer reading it, for nothing.
+func (l *Loop[Op]) AddReader(fd int) error {
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd)}
+	if err := unix.EpollCtl(l.ep, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		return fmt.Errorf("epoll_ctl: %w", err)
+	}
+	return nil
+}
+
+// WatchWrites turns EPOLLOUT on or off for fd, registered with AddReader.
+// Turned on, it reports an event at once if fd is writable by then, so a
+// caller arming it after a short write misses no edge.
+func (l *Loop[Op]) WatchWrites(fd int, on bool) error {
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd)}
+	if on {
+		ev.Events |= unix.EPOLLOUT
+	}
+	if err := unix.EpollCtl(l.ep, unix.EPOLL_CTL_MOD, fd, &ev); err != nil {
+		return fmt.Errorf("epoll_ctl: %w", err)
+	}
+	return nil
+}
+
 // Remove takes fd out of the set (closing fd does that too).
 func (l *Loop[Op]) Remove(fd int) { _ = unix.EpollCtl(l.ep, unix.EPOLL_CTL_DEL, fd, nil) }
 

@@ -92,3 +92,98 @@ func TestLoop(t *testing.T) {
 		t.Error("Post after Run returned was accepted")
 	}
 }
+
+// pending returns the events epoll has ready for fd, without blocking.
+func pending(t *testing.T, l *Loop[int], fd int) uint32 {
+	t.Helper()
+	n, err := epollWaitNow(l.ep, l.events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ev uint32
+	for _, e := range l.events[:n] {
+		if e.Fd == int32(fd) {
+			ev |= e.Events
+		}
+	}
+	return ev
+}
+
+func TestAddReaderWatchWrites(t *testing.T) {
+	l, err := New[int]("test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.file.Close()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fds[0])
+	defer unix.Close(fds[1])
+	a, b := fds[0], fds[1]
+	if err := l.AddReader(a); err != nil {
+		t.Fatal(err)
+	}
+	pending(t, l, a) // whatever registration reported
+	buf := make([]byte, 64<<10)
+
+	// The peer reading what a wrote wakes nobody.
+	if _, err := unix.Write(a, []byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := unix.Read(b, buf); err != nil {
+		t.Fatal(err)
+	}
+	if ev := pending(t, l, a); ev&unix.EPOLLOUT != 0 {
+		t.Fatalf("EPOLLOUT reported for a socket registered with AddReader: %#x", ev)
+	}
+
+	// Armed on a writable socket: reported at once.
+	if err := l.WatchWrites(a, true); err != nil {
+		t.Fatal(err)
+	}
+	if ev := pending(t, l, a); ev&unix.EPOLLOUT == 0 {
+		t.Fatalf("WatchWrites(true) on a writable socket reported %#x, want EPOLLOUT", ev)
+	}
+
+	// Full, then drained by the peer: the edge arrives.
+	for {
+		if _, err := unix.Write(a, buf); err == unix.EAGAIN {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+	}
+	pending(t, l, a)
+	for {
+		if _, err := unix.Read(b, buf); err == unix.EAGAIN {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ev := pending(t, l, a); ev&unix.EPOLLOUT == 0 {
+		t.Fatalf("a full socket drained by its peer reported %#x, want EPOLLOUT", ev)
+	}
+
+	// Disarmed: quiet again, reads still reported.
+	if err := l.WatchWrites(a, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := unix.Write(a, []byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := unix.Read(b, buf); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := unix.Write(b, []byte("pong")); err != nil {
+		t.Fatal(err)
+	}
+	if ev := pending(t, l, a); ev&unix.EPOLLOUT != 0 || ev&unix.EPOLLIN == 0 {
+		t.Fatalf("after WatchWrites(false): %#x, want EPOLLIN without EPOLLOUT", ev)
+	}
+	if err := l.WatchWrites(-1, true); err == nil {
+		t.Error("WatchWrites on a bad descriptor: no error")
+	}
+}

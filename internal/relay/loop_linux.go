@@ -230,6 +230,11 @@ func (el *evloop) Event(fd int32, events uint32) {
 	s.hup = s.hup || h
 	s.writable = s.writable || w
 	s.p.pump()
+	if w && s.outArmed && s.pend == nil && el.sides[fd] == s {
+		// Nothing waits to be written any more: stop watching writes.
+		s.outArmed = false
+		_ = el.loop.WatchWrites(s.fd, false)
+	}
 }
 
 func (el *evloop) Ops(ops []op) {
@@ -252,7 +257,7 @@ func (el *evloop) Ops(ops []op) {
 func (el *evloop) add(p *pair) {
 	for i := range p.s {
 		s := &p.s[i]
-		if err := el.loop.Add(s.fd); err != nil {
+		if err := el.loop.AddReader(s.fd); err != nil {
 			for j := range i {
 				el.loop.Remove(p.s[j].fd)
 				delete(el.sides, int32(p.s[j].fd))
@@ -326,12 +331,27 @@ type side struct {
 	readable bool // may have data (or EOF) to read
 	hup      bool // the peer shut down or the socket failed: read to the end
 	writable bool // the last write did not fill its send buffer
+	outArmed bool // EPOLLOUT is watched (since a write fell short)
 	eof      bool // read returned 0: nothing more comes from this socket
 	shut     bool // its write half is shut (the other side's EOF passed on)
 	pend     *[]byte
 	pendCls  int
 	pendOff  int
 	pendEnd  int
+}
+
+// full records that s took less than it was given: writes wait for
+// EPOLLOUT, watched from now on.
+func (s *side) full() error {
+	s.writable = false
+	if s.outArmed {
+		return nil
+	}
+	s.outArmed = true
+	if err := s.p.loop.loop.WatchWrites(s.fd, true); err != nil {
+		return fmt.Errorf("relay: %w", err)
+	}
+	return nil
 }
 
 // Close ends the relay from outside; done is called on the loop.
@@ -377,7 +397,10 @@ func (p *pair) copy(from int) bool {
 			return false
 		}
 		if n < len(buf) {
-			dst.writable = false
+			if err := dst.full(); err != nil {
+				p.finish(err)
+				return false
+			}
 			return true
 		}
 		pools[dst.pendCls].Put(dst.pend)
@@ -426,7 +449,10 @@ func (p *pair) copy(from int) bool {
 		if w < n {
 			// The destination is full: keep the rest and stop reading
 			// the source until it is written (EPOLLOUT on dst).
-			dst.writable = false
+			if err := dst.full(); err != nil {
+				p.finish(err)
+				return false
+			}
 			rest := n - w
 			cls := 0
 			for sizes[cls] < rest {
