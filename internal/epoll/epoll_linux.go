@@ -88,15 +88,6 @@ func New[Op any](name string) (*Loop[Op], error) {
 	return &Loop[Op]{ep: ep, efd: efd, file: f, rc: rc, events: make([]unix.EpollEvent, 256)}, nil
 }
 
-// Add registers fd for edge-triggered reads, writes and hang-ups.
-func (l *Loop[Op]) Add(fd int) error {
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd)}
-	if err := unix.EpollCtl(l.ep, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
-		return fmt.Errorf("epoll_ctl: %w", err)
-	}
-	return nil
-}
-
 // AddReader registers fd for edge-triggered reads and hang-ups only; a
 // caller that finds fd full arms writes with WatchWrites. Unix stream
 // sockets signal EPOLLOUT to their writer whenever the reader takes data

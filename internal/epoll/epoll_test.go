@@ -43,7 +43,7 @@ func TestLoop(t *testing.T) {
 	}
 	defer unix.Close(fds[0])
 	defer unix.Close(fds[1])
-	if err := l.Add(fds[0]); err != nil {
+	if err := l.AddReader(fds[0]); err != nil {
 		t.Fatal(err)
 	}
 	r := &recorder{events: make(chan int32, 16)}
