@@ -272,7 +272,7 @@ func TestMarkdownGolden(t *testing.T) {
 	}
 	for _, s := range []string{
 		"| 6 | full HTTPS path req/s at c = 100 ≥ 3× nitriding's (best quench path) | 3.60×: 9000 (quench-fast) vs 2500 | **met** +20 % margin |",
-		"The machine was busy during this run",
+		"The machine was busy when this run started",
 		"![proxy-http](../docs/bench/proxy-http.svg)",
 		"| 100 | quench | 20000 | 0.50× | 1.25× |",
 		"| tap | BenchmarkEncode-2 | 200 | 7100.0 | 0 | 0 |",
@@ -578,6 +578,22 @@ func TestTargetsFastPath(t *testing.T) {
 	} {
 		if got[goal] != want {
 			t.Errorf("%s: %q, want %q", goal, got[goal], want)
+		}
+	}
+}
+
+func TestBusyAtStart(t *testing.T) {
+	for _, tt := range []struct {
+		load float64
+		want bool
+	}{
+		{0.5, false}, // the end's load (the suites' own) does not count
+		{2.0, false},
+		{2.5, true},
+	} {
+		m := &Machine{NProc: 2, Load: [3]float64{tt.load, 0, 0}}
+		if got := busyAtStart(m); got != tt.want {
+			t.Errorf("busyAtStart(load %.1f on 2 CPUs) = %v, want %v", tt.load, got, tt.want)
 		}
 	}
 }
