@@ -42,6 +42,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 def main():
     host, port = LISTEN.rsplit(":", 1)
+    # socketserver's listen backlog is 5: when quench-enclave's proxy opens
+    # connections for a burst of clients at once, the rest of the SYNs are
+    # dropped and retried a second later.
+    http.server.ThreadingHTTPServer.request_queue_size = 128
     server = http.server.ThreadingHTTPServer((host, int(port)), Handler)
     server.daemon_threads = True
 
