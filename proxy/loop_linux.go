@@ -453,7 +453,7 @@ func (s *lsock) send(p *Proxy, b []byte) error {
 // EPOLLOUT, watched from now on.
 func (s *lsock) full() error {
 	s.writable = false
-	if s.outArmed || s.loop == nil {
+	if s.outArmed {
 		return nil
 	}
 	s.outArmed = true
