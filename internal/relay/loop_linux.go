@@ -29,6 +29,9 @@ import (
 //     source is not read until they are written), so idle pairs hold none;
 //   - the loop's goroutine waits in Go's own poller, on the epoll file
 //     descriptor, so no thread blocks in epoll_wait.
+//   - write readiness is watched only while a socket is full: a unix or
+//     VSOCK stream signals EPOLLOUT each time its reader takes data, which
+//     would wake the loop once per message for nothing.
 //
 // Connections that are not stream sockets with a file descriptor (TLS,
 // gVisor's gonet, net.Pipe) are relayed by Go's goroutines as before.
