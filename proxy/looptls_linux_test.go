@@ -23,16 +23,7 @@ func TestLoopServesTLS(t *testing.T) {
 	defer c.Close()
 	br := bufio.NewReader(c)
 	for i := range 3 {
-		fmt.Fprintf(c, "POST /n%d HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello", i)
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if got := resp.Header.Get("X-Uri"); got != fmt.Sprintf("/n%d", i) || string(b) != "hello" {
-			t.Fatalf("request %d: X-Uri %q, body %q", i, got, b)
-		}
+		postEcho(t, c, br, fmt.Sprintf("/n%d", i), "hello")
 		if n := env.proxy.eventLoops().conns.Load(); n != 1 {
 			t.Fatalf("request %d: %d connections on the loops, want 1", i, n)
 		}
@@ -233,16 +224,7 @@ func TestLoopTLSRecordShapes(t *testing.T) {
 			pc.piece = 3
 			br := bufio.NewReader(tc)
 			for i := range 3 {
-				fmt.Fprintf(tc, "POST /p%d HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n0123456789", i)
-				resp, err := http.ReadResponse(br, nil)
-				if err != nil {
-					t.Fatal(err)
-				}
-				b, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if got := resp.Header.Get("X-Uri"); got != fmt.Sprintf("/p%d", i) || string(b) != "0123456789" {
-					t.Fatalf("pieces, request %d: X-Uri %q, body %q", i, got, b)
-				}
+				postEcho(t, tc, br, fmt.Sprintf("/p%d", i), "0123456789")
 			}
 			tc.Close()
 
@@ -382,5 +364,21 @@ func TestTLSListener(t *testing.T) {
 	case <-done:
 	case <-time.After(2 * time.Second):
 		t.Fatal("Close waits for a handshake")
+	}
+}
+
+// postEcho sends POST path with body on c and checks that echoHandler's
+// answer, read from br, names the path and returns the body.
+func postEcho(t *testing.T, c io.Writer, br *bufio.Reader, path, body string) {
+	t.Helper()
+	fmt.Fprintf(c, "POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s", path, len(body), body)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if got := resp.Header.Get("X-Uri"); got != path || string(b) != body {
+		t.Fatalf("POST %s: X-Uri %q, body %q", path, got, b)
 	}
 }
