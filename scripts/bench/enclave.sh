@@ -8,6 +8,9 @@
 #   quench-fast: the same enclave server reached through the ingress fast
 #                path (-publish-vsock: one stream per client connection with
 #                a PROXY v2 header) instead of a published port
+#   quench-unix: quench-fast with the app on a unix socket (-app-url
+#                unix:///path; nitriding's proxy can only reach its app over
+#                TCP, so this row is information, not the target's)
 #   nitriding:   stock gvproxy + gvforwarder (gvisor-tap-vsock v0.8.9, MTU
 #                1500 as nitriding uses them) → a Go reverse proxy with
 #                nitriding-daemon's tuning (1000 idle connections per host,
@@ -20,14 +23,14 @@
 # (quench-enclave; gvforwarder + the nitriding proxy).
 #
 # Usage (root): scripts/bench/enclave.sh
-#   [env: RUNS=3 DUR=5 QUICK=1 CONNS="10 100 1000" KINDS="quench quench-fast nitriding" SWEEP=1
+#   [env: RUNS=3 DUR=5 QUICK=1 CONNS="10 100 1000" KINDS="quench quench-fast quench-unix nitriding" SWEEP=1
 #    ENCLAVE_ARGS="" (extra quench-enclave flags, e.g. "-max-in-flight -1") + lib.sh's]
 set -euo pipefail
 [ -n "${TRACE:-}" ] && set -x
 . "$(dirname "$0")/lib.sh"
 CONNS=${CONNS:-"10 100 1000"}
 ENCLAVE_ARGS=${ENCLAVE_ARGS:-}
-KINDS=${KINDS:-"quench quench-fast nitriding"}
+KINDS=${KINDS:-"quench quench-fast quench-unix nitriding"}
 bench_init enclave
 need_root
 need_tools wrk ip curl go
@@ -37,21 +40,25 @@ pick_port P_HTTPS 18443; pick_port P_DIRECT 18090
 
 # start_env KIND: the enclave's HTTPS server on 127.0.0.1:$P_HTTPS (18443).
 start_env() {
-  local kind=$1
+  local kind=$1 app=127.0.0.1:8081 appurl=http://127.0.0.1:8081
   case $kind in
-    quench|quench-fast)
+    quench|quench-fast|quench-unix)
       local pub=(-publish 127.0.0.1:$P_HTTPS:443) ing=()
-      if [ "$kind" = quench-fast ]; then
+      if [ "$kind" != quench ]; then
         pub=(-publish-vsock 127.0.0.1:$P_HTTPS:8443 -enclave-cid 16); ing=(-ingress vsock://16:8443)
       fi
+      if [ "$kind" = quench-unix ]; then
+        app=$WORK/app.sock appurl=unix://$WORK/app.sock
+        rm -f "$app"
+      fi
       mkdir -p "$WORK/vsock"
-      QUENCH_VSOCK_DIR=$WORK/vsock start_quench 65520 "${pub[@]}" -- "${ing[@]}" -app-url http://127.0.0.1:8081 -dev-attester $ENCLAVE_ARGS ;;
+      QUENCH_VSOCK_DIR=$WORK/vsock start_quench 65520 "${pub[@]}" -- "${ing[@]}" -app-url "$appurl" -dev-attester $ENCLAVE_ARGS ;;
     nitriding)
       start_nitriding "$P_HTTPS" http://127.0.0.1:8081
       ENCL_PID="$ENCL_PID $PROXY_PID" ;;
     *) echo "enclave.sh: unknown kind $kind" >&2; exit 1 ;;
   esac
-  spawn ip netns exec "$NS" "$BIN/hello" -listen 127.0.0.1:8081 >/dev/null 2>&1
+  spawn ip netns exec "$NS" "$BIN/hello" -listen "$app" >/dev/null 2>&1
   wait_url https://127.0.0.1:$P_HTTPS/ -k
 }
 

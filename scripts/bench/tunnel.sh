@@ -15,7 +15,9 @@
 # the published ports use the ingress fast path: quench-host -publish-vsock,
 # one VSOCK stream per client connection, relayed in the enclave by
 # quench-enclave -forward to the app's port on the enclave's loopback; its
-# egress is quench's tunnel, so not measured again), userspace (the enclave
+# egress is quench's tunnel, so not measured again), fastpath-unix (fastpath
+# with the app on a unix socket, its HTTP only: the peer's app can only be
+# reached over TCP, so this is information, not the target's), userspace (the enclave
 # library's gVisor stack in a process: internal/benchapps/usenclave) or peer.
 # EGRESS=0 skips the egress measurements. CPU is cores used by the host
 # daemon and the enclave-side forwarder. Figures are medians of RUNS runs.
@@ -25,7 +27,7 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 SUITE_NAME=${NAME:-tunnel}
-CONFIGS=${CONFIGS:-"quench:65520 fastpath:65520 peer:65520 peer:1500"}
+CONFIGS=${CONFIGS:-"quench:65520 fastpath:65520 fastpath-unix:65520 peer:65520 peer:1500"}
 CONNS=${CONNS:-"10 100 1000"}
 BULK=${BULK:-iperf3}
 EGRESS=${EGRESS:-1}
@@ -47,10 +49,16 @@ start_env() {
       QUENCH_VSOCK_DIR=$VS start_quench "$mtu" -enclave-cid 16 \
         -publish-vsock 127.0.0.1:$P_BULK:5201 -publish-vsock 127.0.0.1:$P_HTTP:8080 -- \
         -forward vsock://16:5201=127.0.0.1:5201 -forward vsock://16:8080=127.0.0.1:8080 ;;
+    fastpath-unix)
+      rm -f "$WORK/app.sock"
+      QUENCH_VSOCK_DIR=$VS start_quench "$mtu" -enclave-cid 16 -publish-vsock 127.0.0.1:$P_HTTP:8080 -- \
+        -forward "vsock://16:8080=unix://$WORK/app.sock" ;;
     peer) start_peer "$mtu" "$P_BULK:5201" "$P_HTTP:8080" ;;
     *) echo "tunnel.sh: unknown config kind $kind" >&2; exit 1 ;;
   esac
-  if [ "$kind" != userspace ]; then
+  if [ "$kind" = fastpath-unix ]; then
+    spawn ip netns exec "$NS" "$BIN/hello" -listen "$WORK/app.sock" >/dev/null 2>&1
+  elif [ "$kind" != userspace ]; then
     if [ "$BULK" = bulk ]; then
       spawn ip netns exec "$NS" "$BIN/bulkcmd" -listen 0.0.0.0:5201 >/dev/null 2>&1
     else
@@ -77,14 +85,16 @@ for RUN in $(seq 1 "$RUNS"); do
   for cm in $CONFIGS; do
     CFG=$cm
     start_env "${cm%%:*}" "${cm##*:}" || { env_failed; continue; }
-    if [ "$BULK" = bulk ]; then
+    if [ "${cm%%:*}" = fastpath-unix ]; then
+      : # HTTP only: its bulk path is fastpath's
+    elif [ "$BULK" = bulk ]; then
       measure ingress     0 "$BIN/bulkcmd" -connect 127.0.0.1:$P_BULK -t "${DUR}s"
       measure ingress_rev 0 "$BIN/bulkcmd" -connect 127.0.0.1:$P_BULK -t "${DUR}s" -R
     else
       measure ingress     0 iperf3 -c 127.0.0.1 -p $P_BULK -t "$DUR" -J
       measure ingress_rev 0 iperf3 -c 127.0.0.1 -p $P_BULK -t "$DUR" -J -R
     fi
-    if [ "$EGRESS" = 1 ] && [ "${cm%%:*}" != userspace ] && [ "${cm%%:*}" != fastpath ]; then
+    if [ "$EGRESS" = 1 ] && [ "${cm%%:*}" != userspace ] && [ "${cm%%:*}" != fastpath ] && [ "${cm%%:*}" != fastpath-unix ]; then
       measure egress     0 ip netns exec "$NS" iperf3 -c 192.168.127.254 -p $HOST_IPERF_PORT -t "$DUR" -J
       measure egress_rev 0 ip netns exec "$NS" iperf3 -c 192.168.127.254 -p $HOST_IPERF_PORT -t "$DUR" -J -R
     fi

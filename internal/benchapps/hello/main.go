@@ -8,11 +8,12 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 )
 
 func main() {
-	listen := flag.String("listen", "127.0.0.1:18080", "address to listen on")
+	listen := flag.String("listen", "127.0.0.1:18080", "address to listen on: host:port, or a path for a unix socket")
 	size := flag.Int("size", 13, "response body size in bytes")
 	flag.Parse()
 
@@ -25,7 +26,11 @@ func main() {
 		w.Header()["Content-Type"] = ctype
 		_, _ = w.Write(body)
 	})
-	ln, err := net.Listen("tcp", *listen)
+	network := "tcp"
+	if strings.HasPrefix(*listen, "/") {
+		network = "unix"
+	}
+	ln, err := net.Listen(network, *listen)
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -18,7 +18,7 @@ type suiteInfo struct {
 
 var suites = map[string]suiteInfo{
 	"tunnel": {"Tunnel: quench TAP mode vs gvproxy + gvforwarder (issue 2)",
-		"A network namespace holding only a TAP device is the enclave, a unix socket the VSOCK stream; the host daemon publishes host ports into it. The peer is stock gvproxy + gvforwarder (gvisor-tap-vsock v0.8.9). *direct* is the hello app on the host's loopback.",
+		"A network namespace holding only a TAP device is the enclave, a unix socket the VSOCK stream; the host daemon publishes host ports into it. The peer is stock gvproxy + gvforwarder (gvisor-tap-vsock v0.8.9). *direct* is the hello app on the host's loopback. *fastpath*: published ports through the ingress fast path (quench-host -publish-vsock → quench-enclave -forward → the app's TCP port); *fastpath-unix*: the same with the app on a unix socket (HTTP only; the peer's app can only be reached over TCP).",
 		"", "peer:"},
 	"userspace": {"Userspace mode: the enclave library's gVisor stack (issue 3)",
 		"The enclave side runs in a process (internal/benchapps/usenclave) instead of behind a TAP device. Bulk figures use bulkcmd for every config (iperf3 cannot run inside a userspace stack).",
@@ -30,7 +30,7 @@ var suites = map[string]suiteInfo{
 		"quench = Proxy.Serve (its own HTTP/1.1 front end), quench-handler = the same Proxy as an http.Handler; go-stock = httputil.ReverseProxy with http.DefaultTransport; go-nitriding = the same with nitriding's tuning (1000 idle conns per host, 32 KiB buffer pool); nginx and haproxy with keep-alive upstreams. Host CPU is the proxy's.",
 		"proxy.md", "nginx"},
 	"enclave": {"Full HTTPS path: client → host → enclave (TLS, proxy) → app (issue 6)",
-		"quench: quench-host ══ quench-enclave (TAP, TLS terminated in the enclave) → hello; quench-fast: the same through the ingress fast path; nitriding: stock gvproxy + gvforwarder at MTU 1500 → a Go reverse proxy with nitriding-daemon's tuning, same TLS → the same hello. direct: plain HTTP on the host.",
+		"quench: quench-host ══ quench-enclave (TAP, TLS terminated in the enclave) → hello; quench-fast: the same through the ingress fast path; quench-unix: quench-fast with the app on a unix socket (-app-url unix:///path, which nitriding's proxy cannot do); nitriding: stock gvproxy + gvforwarder at MTU 1500 → a Go reverse proxy with nitriding-daemon's tuning, same TLS → the same hello. direct: plain HTTP on the host.",
 		"enclave.md", "nitriding"},
 }
 

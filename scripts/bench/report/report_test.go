@@ -582,6 +582,34 @@ func TestTargetsFastPath(t *testing.T) {
 	}
 }
 
+// The app on a unix socket is a row of its own: the targets compare paths
+// whose app is reached the way the peer reaches it.
+func TestTargetsUnixApp(t *testing.T) {
+	rec := func(suite, cfg string, c int, rps float64) Record {
+		return Record{Suite: suite, Config: cfg, Name: "http", C: c, Run: 1, RPS: f64(rps), P99Ms: f64(100)}
+	}
+	recs := []Record{
+		rec("tunnel", "fastpath:65520", 100, 15000), rec("tunnel", "fastpath-unix:65520", 100, 18000),
+		rec("tunnel", "peer:1500", 100, 10000),
+		rec("enclave", "quench-fast", 100, 20000), rec("enclave", "quench-unix", 100, 31000),
+		rec("enclave", "nitriding", 100, 10000),
+	}
+	got := map[string]Target{}
+	for _, tg := range Targets(Merge(recs)) {
+		got[tg.Goal] = tg
+	}
+	for goal, want := range map[string]Target{
+		"HTTP req/s at c = 100 ≥ 2× the peer's":                                             {Measured: "1.50×: 15000 (fastpath:65520) vs 10000 (peer:1500)", Status: Missed},
+		"HTTP req/s at c = 100 with the app on a unix socket (the peer cannot)":             {Measured: "1.80× the peer: 18000 (fastpath-unix:65520)", Status: Info},
+		"full HTTPS path req/s at c = 100 ≥ 3× nitriding's (best quench path)":              {Measured: "2.00×: 20000 (quench-fast) vs 10000", Status: Missed},
+		"full HTTPS path req/s at c = 100 with the app on a unix socket (nitriding cannot)": {Measured: "3.10× nitriding's: 31000 vs 10000", Status: Info},
+	} {
+		if g := got[goal]; g.Measured != want.Measured || g.Status != want.Status {
+			t.Errorf("%s: %q (%v), want %q (%v)", goal, g.Measured, g.Status, want.Measured, want.Status)
+		}
+	}
+}
+
 func TestBusyAtStart(t *testing.T) {
 	for _, tt := range []struct {
 		load float64

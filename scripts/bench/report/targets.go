@@ -143,6 +143,13 @@ func Targets(d *Data) []Target {
 			fmt.Sprintf("%s the peer: %s (%s)", x(ratio(q, p)), num(q, 0), qc), Info, "")
 	}
 
+	if fu := d.withPrefix(tn, "fastpath-unix:"); len(fu) > 0 {
+		qc, q := d.best(tn, fu, "http", 100, fRPS, false)
+		_, p := d.best(tn, ps, "http", 100, fRPS, false)
+		add("2", "HTTP req/s at c = 100 with the app on a unix socket (the peer cannot)",
+			fmt.Sprintf("%s the peer: %s (%s)", x(ratio(q, p)), num(q, 0), qc), Info, "")
+	}
+
 	// Issue 3: userspace mode, for information.
 	const us = "userspace"
 	if len(d.Configs[us]) > 0 {
@@ -214,6 +221,10 @@ func Targets(d *Data) []Target {
 		}
 		add("6", "full HTTPS path p99 at c = 1000 lower than nitriding's",
 			fmt.Sprintf("%s (%s) vs %s", ms(q), qc, ms(n)), st, det)
+		if q, n := d.val(en, "quench-unix", "http", 100, fRPS), d.val(en, "nitriding", "http", 100, fRPS); known(q) {
+			add("6", "full HTTPS path req/s at c = 100 with the app on a unix socket (nitriding cannot)",
+				fmt.Sprintf("%s nitriding's: %s vs %s", x(ratio(q, n)), num(q, 0), num(n, 0)), Info, "")
+		}
 	}
 
 	// Issue 7: the ingress fast path.
