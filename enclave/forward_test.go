@@ -26,11 +26,25 @@ import (
 // client's address from it).
 func lineServer(t *testing.T, proxyHeader bool) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return lineServerOn(t, "tcp", proxyHeader)
+}
+
+// lineServerOn is lineServer on network "tcp" or "unix" (a socket in a
+// temporary directory); it returns the forward's target for it.
+func lineServerOn(t *testing.T, network string, proxyHeader bool) string {
+	t.Helper()
+	addr := "127.0.0.1:0"
+	if network == "unix" {
+		addr = filepath.Join(t.TempDir(), "line.sock")
+	}
+	ln, err := net.Listen(network, addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.Addr().String()
+	addr = ln.Addr().String()
+	if network == "unix" {
+		addr = "unix://" + addr
+	}
 	if proxyHeader {
 		ln = &proxyproto.Listener{Listener: ln, Policy: func(net.Addr) (proxyproto.Policy, error) { return proxyproto.REQUIRE, nil }}
 	}
@@ -59,7 +73,7 @@ func lineServer(t *testing.T, proxyHeader bool) string {
 				if cw, ok := c.(interface{ CloseWrite() error }); ok {
 					_ = cw.CloseWrite()
 				} else {
-					_ = c.(*proxyproto.Conn).Raw().(*net.TCPConn).CloseWrite()
+					_ = c.(*proxyproto.Conn).Raw().(interface{ CloseWrite() error }).CloseWrite()
 				}
 				_, _ = io.Copy(io.Discard, c)
 			}()
@@ -154,11 +168,22 @@ func clientHeader(client string) *proxyproto.Header {
 
 // TestForwardLines relays the line protocol through two forwards, one
 // passing the client's address on in a PROXY header, with bytes that came
-// in the same write as the header, and half-closes both ways.
+// in the same write as the header, and half-closes both ways; to servers
+// on TCP ports and on unix sockets.
 func TestForwardLines(t *testing.T) {
-	plain, withHdr := lineServer(t, false), lineServer(t, true)
+	for _, network := range []string{"tcp", "unix"} {
+		t.Run(network, func(t *testing.T) { testForwardLines(t, network) })
+	}
+}
+
+func testForwardLines(t *testing.T, network string) {
+	plain, withHdr := lineServerOn(t, network, false), lineServerOn(t, network, true)
 	dir, e := forwardEnclave(t, enclave.Forward{Target: plain}, enclave.Forward{Target: withHdr, ProxyHeader: true})
-	for i, wantYou := range []string{"127.0.0.1:", "203.0.113.7:40001\n"} {
+	local := "127.0.0.1:" // a unix socket's peer has no address
+	if network == "unix" {
+		local = ""
+	}
+	for i, wantYou := range []string{local, "203.0.113.7:40001\n"} {
 		c := dialForward(t, dir, i, clientHeader("203.0.113.7:40001"), "early\n")
 		r := bufio.NewReader(c)
 		you, err := r.ReadString('\n')

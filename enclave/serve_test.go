@@ -439,27 +439,45 @@ func TestServeCloseNoLeaks(t *testing.T) {
 // svApp serves h on the loopback as the app behind the enclave's proxy.
 func svApp(t *testing.T, h http.HandlerFunc) *url.URL {
 	t.Helper()
+	return svAppOn(t, "tcp", h)
+}
+
+// svAppOn serves h on a loopback TCP port ("tcp") or a unix socket
+// ("unix") and returns the AppURL that reaches it.
+func svAppOn(t *testing.T, network string, h http.HandlerFunc) *url.URL {
+	t.Helper()
 	app := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr := "127.0.0.1:0"
+	if network == "unix" {
+		addr = filepath.Join(t.TempDir(), "app.sock")
+	}
+	ln, err := net.Listen(network, addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	go func() { _ = app.Serve(ln) }()
 	t.Cleanup(func() { _ = app.Close() })
+	if network == "unix" {
+		return &url.URL{Scheme: "unix", Path: addr}
+	}
 	return &url.URL{Scheme: "http", Host: ln.Addr().String()}
 }
 
 func TestServeAppURL(t *testing.T) {
-	app := svApp(t, func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "proxied %s", r.URL.Path)
-	})
-	env := svStart(t, func(c *enclave.Config) {
-		c.Handler = nil
-		c.AppURL = app
-	})
-	c := svClient(t)
-	if code, body := svGet(t, c, env.public+"/p"); code != http.StatusOK || body != "proxied /p" {
-		t.Fatalf("got %d %q", code, body)
+	for _, network := range []string{"tcp", "unix"} {
+		t.Run(network, func(t *testing.T) {
+			app := svAppOn(t, network, func(w http.ResponseWriter, r *http.Request) {
+				fmt.Fprintf(w, "proxied %s for %s", r.URL.Path, r.Header.Get("X-Forwarded-Proto"))
+			})
+			env := svStart(t, func(c *enclave.Config) {
+				c.Handler = nil
+				c.AppURL = app
+			})
+			c := svClient(t)
+			if code, body := svGet(t, c, env.public+"/p"); code != http.StatusOK || body != "proxied /p for https" {
+				t.Fatalf("got %d %q", code, body)
+			}
+		})
 	}
 }
 
@@ -639,10 +657,17 @@ func startEnclave(tb testing.TB, cfg enclave.Config) *enclave.Enclave {
 // requests the loops forward to the app (with and without bodies) and the
 // enclave's own endpoints (handed to the goroutine front end mid-
 // connection). Every answer must be right, with the client address from the
-// PROXY header; run with the race detector by make test.
+// PROXY header; run with the race detector by make test. The app is on a
+// TCP port and, as the README recommends where it can, on a unix socket.
 func TestServeIngressAppURLConcurrent(t *testing.T) {
+	for _, network := range []string{"tcp", "unix"} {
+		t.Run(network, func(t *testing.T) { testServeIngressAppURLConcurrent(t, network) })
+	}
+}
+
+func testServeIngressAppURLConcurrent(t *testing.T, network string) {
 	ingressSock := filepath.Join(t.TempDir(), "ingress.sock")
-	app := svApp(t, func(w http.ResponseWriter, r *http.Request) {
+	app := svAppOn(t, network, func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
 		fmt.Fprintf(w, "%s %s for %s via %s: %d", r.Method, r.URL.Path, r.Header.Get("X-Forwarded-For"), r.Header.Get("X-Forwarded-Proto"), len(b))
 	})
