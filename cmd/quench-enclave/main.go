@@ -277,8 +277,8 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	}
 
 	for _, f := range fwds {
-		if f.listen.Scheme == "vsock" && f.listen.CID == endpoint.AnyCID && eopts.VSockDir != "" {
-			return nil, fmt.Errorf("-forward %s: with the VSOCK stand-in, name the enclave's CID: vsock://CID:PORT", f.spec)
+		if err := eopts.CheckListen(f.listen); err != nil {
+			return nil, fmt.Errorf("-forward %s: %w", f.spec, err)
 		}
 		la := f.listen
 		o.cfg.Forwards = append(o.cfg.Forwards, enclave.Forward{
@@ -344,8 +344,8 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		if err != nil {
 			return nil, fmt.Errorf("-ingress: %w", err)
 		}
-		if ia.Scheme == "vsock" && ia.CID == endpoint.AnyCID && eopts.VSockDir != "" {
-			return nil, fmt.Errorf("-ingress %s: with the VSOCK stand-in, name the enclave's CID: vsock://CID:PORT", *ingress)
+		if err := eopts.CheckListen(ia); err != nil {
+			return nil, fmt.Errorf("-ingress %s: %w", *ingress, err)
 		}
 		o.cfg.IngressListen = func() (net.Listener, error) { return endpoint.Listen(ia, eopts) }
 	}

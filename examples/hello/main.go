@@ -40,6 +40,7 @@ func run(args []string) error {
 		devAtt     = fs.Bool("dev-attester", false, "INSECURE development attester instead of the Nitro Secure Module")
 		devRootOut = fs.String("dev-root-out", "", "with -dev-attester: write its root certificate (PEM) here")
 		resolvConf = fs.String("resolv-conf", "/etc/resolv.conf", "TAP mode: resolv.conf to write; - to leave it alone")
+		ingress    = fs.String("ingress", "", "also serve HTTPS on this listener for quench-host's ingress fast path (-publish-vsock; PROXY header first), e.g. vsock://:8443")
 	)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -68,20 +69,32 @@ func run(args []string) error {
 		fmt.Fprintf(w, "hello from the enclave (%s mode); you are %s\n", *network, r.RemoteAddr)
 	})
 	eopts := endpoint.Options{VSockDir: endpoint.VSockDirFromEnv("")}
+	var ingressListen func() (net.Listener, error)
+	if *ingress != "" {
+		ia, err := endpoint.Parse(*ingress)
+		if err == nil {
+			err = eopts.CheckListen(ia)
+		}
+		if err != nil {
+			return fmt.Errorf("-ingress %s: %w", *ingress, err)
+		}
+		ingressListen = func() (net.Listener, error) { return endpoint.Listen(ia, eopts) }
+	}
 	e, err := enclave.New(enclave.Config{
 		Network: enclave.NetworkMode(*network),
 		DialHost: func(ctx context.Context) (net.Conn, error) {
 			return endpoint.Dial(ctx, ha, eopts)
 		},
-		ResolvConf:   *resolvConf,
-		Handler:      mux,
-		PublicAddr:   *publicAddr,
-		InternalAddr: *intAddr,
-		WaitForApp:   true,
-		FQDN:         *fqdn,
-		ACME:         *acme,
-		Attester:     att, // nil: the Nitro Secure Module
-		Logger:       log,
+		ResolvConf:    *resolvConf,
+		Handler:       mux,
+		PublicAddr:    *publicAddr,
+		IngressListen: ingressListen,
+		InternalAddr:  *intAddr,
+		WaitForApp:    true,
+		FQDN:          *fqdn,
+		ACME:          *acme,
+		Attester:      att, // nil: the Nitro Secure Module
+		Logger:        log,
 	})
 	if err != nil {
 		return err

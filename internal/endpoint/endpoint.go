@@ -124,6 +124,17 @@ func StandInPath(dir string, cid, port uint32) string {
 	return filepath.Join(dir, fmt.Sprintf("vsock-%d-%d.sock", cid, port))
 }
 
+// CheckListen reports an endpoint that Listen would open where nobody
+// dials it: with the VSOCK stand-in (o.VSockDir set, no o.LocalCID), a
+// vsock://:PORT listener has no CID to name its socket after, while
+// quench-host dials vsock://CID:PORT.
+func (o Options) CheckListen(a Addr) error {
+	if a.Scheme == "vsock" && a.CID == AnyCID && o.VSockDir != "" && o.LocalCID == 0 {
+		return errors.New("with the VSOCK stand-in, name the enclave's CID: vsock://CID:PORT")
+	}
+	return nil
+}
+
 // Listen listens on the endpoint a.
 func Listen(a Addr, o Options) (net.Listener, error) {
 	switch a.Scheme {

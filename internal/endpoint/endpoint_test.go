@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -108,5 +109,33 @@ func TestVSockDirFromEnv(t *testing.T) {
 	}
 	if got := VSockDirFromEnv("/flag"); got != "/flag" {
 		t.Errorf("flag should win, got %q", got)
+	}
+}
+
+func TestCheckListen(t *testing.T) {
+	anyCID, err := Parse("vsock://:8443")
+	if err != nil {
+		t.Fatal(err)
+	}
+	named, err := Parse("vsock://16:8443")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		o    Options
+		a    Addr
+		bad  bool
+	}{
+		{"stand-in, no CID", Options{VSockDir: "/tmp/q"}, anyCID, true},
+		{"stand-in, CID named", Options{VSockDir: "/tmp/q"}, named, false},
+		{"stand-in, local CID", Options{VSockDir: "/tmp/q", LocalCID: 16}, anyCID, false},
+		{"real VSOCK", Options{}, anyCID, false},
+		{"unix", Options{VSockDir: "/tmp/q"}, Addr{Scheme: "unix", Path: "/tmp/x.sock"}, false},
+	} {
+		err := tc.o.CheckListen(tc.a)
+		if (err != nil) != tc.bad || (err != nil && !strings.Contains(err.Error(), "vsock://CID:PORT")) {
+			t.Errorf("%s: %v", tc.name, err)
+		}
 	}
 }

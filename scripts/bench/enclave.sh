@@ -11,6 +11,10 @@
 #   quench-unix: quench-fast with the app on a unix socket (-app-url
 #                unix:///path; nitriding's proxy can only reach its app over
 #                TCP, so this row is information, not the target's)
+#   quench-go:   a Go app importing package enclave (the same hello handler
+#                in process, userspace mode; internal/benchapps/usenclave
+#                -https-ingress) reached through the ingress fast path: no
+#                proxy and no app process (information, not the target's)
 #   nitriding:   stock gvproxy + gvforwarder (gvisor-tap-vsock v0.8.9, MTU
 #                1500 as nitriding uses them) → a Go reverse proxy with
 #                nitriding-daemon's tuning (1000 idle connections per host,
@@ -23,18 +27,18 @@
 # (quench-enclave; gvforwarder + the nitriding proxy).
 #
 # Usage (root): scripts/bench/enclave.sh
-#   [env: RUNS=3 DUR=5 QUICK=1 CONNS="10 100 1000" KINDS="quench quench-fast quench-unix nitriding" SWEEP=1
+#   [env: RUNS=3 DUR=5 QUICK=1 CONNS="10 100 1000" KINDS="quench quench-fast quench-unix quench-go nitriding" SWEEP=1
 #    ENCLAVE_ARGS="" (extra quench-enclave flags, e.g. "-max-in-flight -1") + lib.sh's]
 set -euo pipefail
 [ -n "${TRACE:-}" ] && set -x
 . "$(dirname "$0")/lib.sh"
 CONNS=${CONNS:-"10 100 1000"}
 ENCLAVE_ARGS=${ENCLAVE_ARGS:-}
-KINDS=${KINDS:-"quench quench-fast quench-unix nitriding"}
+KINDS=${KINDS:-"quench quench-fast quench-unix quench-go nitriding"}
 bench_init enclave
 need_root
 need_tools wrk ip curl go
-need_bins quench-host quench-enclave gvproxy gvforwarder hello bombardier
+need_bins quench-host quench-enclave gvproxy gvforwarder hello usenclave bombardier
 need_tools ss
 pick_port P_HTTPS 18443; pick_port P_DIRECT 18090
 
@@ -53,6 +57,12 @@ start_env() {
       fi
       mkdir -p "$WORK/vsock"
       QUENCH_VSOCK_DIR=$WORK/vsock start_quench 65520 "${pub[@]}" -- "${ing[@]}" -app-url "$appurl" -dev-attester $ENCLAVE_ARGS ;;
+    quench-go)
+      mkdir -p "$WORK/vsock"
+      QUENCH_VSOCK_DIR=$WORK/vsock start_userspace 65520 -publish-vsock 127.0.0.1:$P_HTTPS:8443 -enclave-cid 16 -- \
+        -https-ingress "$WORK/vsock/vsock-16-8443.sock"
+      wait_url https://127.0.0.1:$P_HTTPS/ -k
+      return ;;
     nitriding)
       start_nitriding "$P_HTTPS" http://127.0.0.1:8081
       ENCL_PID="$ENCL_PID $PROXY_PID" ;;

@@ -177,16 +177,20 @@ start_quench() {
   ENCL_PID=$LAST_PID
 }
 
-# start_userspace MTU [HOST-ARGS...]: quench-host and the enclave library's
-# userspace stack in a process (usenclave serves :5201 bulk and :8080 hello).
+# start_userspace MTU [HOST-ARGS...] [-- USENCLAVE-ARGS...]: quench-host and
+# the enclave library's userspace stack in a process (usenclave serves :5201
+# bulk and :8080 hello).
 start_userspace() {
   local mtu=$1 sock=$WORK/host.sock; shift
+  local host=()
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do host+=("$1"); shift; done
+  [ "${1:-}" = -- ] && shift
   ip netns add "$NS"
   rm -f "$sock"
-  spawn "$BIN/quench-host" -listen "unix://$sock" -mtu "$mtu" "$@" -log-level warn 2>"$WORK/host.log"
+  spawn "$BIN/quench-host" -listen "unix://$sock" -mtu "$mtu" "${host[@]}" -log-level warn 2>"$WORK/host.log"
   HOST_PID=$LAST_PID
   wait_sock "$sock"
-  spawn "$BIN/usenclave" -host "$sock" -mtu "$mtu" 2>"$WORK/encl.log"
+  spawn "$BIN/usenclave" -host "$sock" -mtu "$mtu" "$@" 2>"$WORK/encl.log"
   ENCL_PID=$LAST_PID
 }
 

@@ -1,6 +1,10 @@
 // Command usenclave is the benchmark enclave in userspace mode: the
 // enclave library's gVisor stack inside this process, serving the hello
-// app on :8080 and the bulk server on :5201 of the enclave address.
+// app on :8080 and the bulk server on :5201 of the enclave address. With
+// -https-ingress it is also a Go enclave app as examples/hello is: the
+// same hello handler in process behind the enclave's HTTPS server (TLS,
+// attestation with the development attester) on the ingress fast path's
+// socket.
 package main
 
 import (
@@ -13,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/quenchnet/quench/attestation"
 	"github.com/quenchnet/quench/enclave"
 	"github.com/quenchnet/quench/internal/benchapps/bulk"
 )
@@ -20,15 +25,30 @@ import (
 func main() {
 	hostSock := flag.String("host", "", "quench-host's unix socket")
 	mtu := flag.Int("mtu", 65520, "MTU")
+	ingress := flag.String("https-ingress", "", "also serve hello in process over HTTPS on this unix socket (the ingress fast path's VSOCK stand-in)")
 	flag.Parse()
-	e, err := enclave.New(enclave.Config{
+	body := []byte("Hello, world!")
+	hello := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header()["Content-Type"] = []string{"text/plain; charset=utf-8"}
+		_, _ = w.Write(body)
+	})
+	cfg := enclave.Config{
 		Network: enclave.NetworkUserspace,
 		MTU:     *mtu,
 		DialHost: func(ctx context.Context) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", *hostSock)
 		},
-	})
+	}
+	if *ingress != "" {
+		att, err := attestation.NewDevAttester(attestation.DevConfig{})
+		if err != nil {
+			log.Fatal(err)
+		}
+		cfg.Handler, cfg.Attester, cfg.InternalAddr = hello, att, "-"
+		cfg.IngressListen = func() (net.Listener, error) { return net.Listen("unix", *ingress) }
+	}
+	e, err := enclave.New(cfg)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -48,11 +68,7 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	body := []byte("Hello, world!")
-	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.Header()["Content-Type"] = []string{"text/plain; charset=utf-8"}
-		_, _ = w.Write(body)
-	})}
+	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: hello}
 	go func() { _ = srv.Serve(hl) }()
 	go func() { _ = bulk.Serve(bl) }()
 	<-ctx.Done()

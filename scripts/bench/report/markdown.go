@@ -30,7 +30,7 @@ var suites = map[string]suiteInfo{
 		"quench = Proxy.Serve (its own HTTP/1.1 front end), quench-handler = the same Proxy as an http.Handler; go-stock = httputil.ReverseProxy with http.DefaultTransport; go-nitriding = the same with nitriding's tuning (1000 idle conns per host, 32 KiB buffer pool); nginx and haproxy with keep-alive upstreams. Host CPU is the proxy's.",
 		"proxy.md", "nginx"},
 	"enclave": {"Full HTTPS path: client → host → enclave (TLS, proxy) → app (issue 6)",
-		"quench: quench-host ══ quench-enclave (TAP, TLS terminated in the enclave) → hello; quench-fast: the same through the ingress fast path; quench-unix: quench-fast with the app on a unix socket (-app-url unix:///path, which nitriding's proxy cannot do); nitriding: stock gvproxy + gvforwarder at MTU 1500 → a Go reverse proxy with nitriding-daemon's tuning, same TLS → the same hello. direct: plain HTTP on the host.",
+		"quench: quench-host ══ quench-enclave (TAP, TLS terminated in the enclave) → hello; quench-fast: the same through the ingress fast path; quench-unix: quench-fast with the app on a unix socket (-app-url unix:///path, which nitriding's proxy cannot do); quench-go: a Go app importing package enclave, the same hello handler in process (userspace mode, ingress fast path; no proxy, no app process); nitriding: stock gvproxy + gvforwarder at MTU 1500 → a Go reverse proxy with nitriding-daemon's tuning, same TLS → the same hello. direct: plain HTTP on the host.",
 		"enclave.md", "nitriding"},
 }
 
