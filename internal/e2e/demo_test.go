@@ -171,8 +171,10 @@ func TestDemo(t *testing.T) {
 
 // TestHelloUserspace runs examples/hello in userspace mode (no root): an
 // in-process quench-host on the VSOCK stand-in publishes 127.0.0.1:0 to the
-// enclave's :443; the test GETs through it and verifies an attestation
-// document with the development root the example wrote.
+// enclave's :443, and another port over the ingress fast path to its
+// -ingress listener; the test GETs through both (the fast path keeps the
+// client's address) and verifies an attestation document with the
+// development root the example wrote.
 func TestHelloUserspace(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds examples/hello")
@@ -186,7 +188,16 @@ func TestHelloUserspace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := host.New(host.Config{Publish: []host.Publish{pub}})
+	fast, err := host.ParsePublishVSock("127.0.0.1:0:8443")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := host.New(host.Config{
+		Publish: []host.Publish{pub, fast},
+		DialEnclave: func(ctx context.Context, port uint32) (net.Conn, error) {
+			return endpoint.Dial(ctx, endpoint.Addr{Scheme: "vsock", CID: 16, Port: port}, endpoint.Options{VSockDir: dir})
+		},
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,7 +214,7 @@ func TestHelloUserspace(t *testing.T) {
 	t.Cleanup(func() { _ = h.Close(); <-served })
 
 	devRoot := filepath.Join(dir, "dev-root.pem")
-	cmd := exec.Command(exe, "-network", "userspace", "-dev-attester", "-dev-root-out", devRoot)
+	cmd := exec.Command(exe, "-network", "userspace", "-dev-attester", "-dev-root-out", devRoot, "-ingress", "vsock://16:8443")
 	cmd.Env = append(os.Environ(), endpoint.EnvVSockDir+"="+dir)
 	p := testutil.Start(t, "hello", cmd)
 
@@ -216,6 +227,10 @@ func TestHelloUserspace(t *testing.T) {
 	body, err := getBody(c, base+"/")
 	if err != nil || !strings.Contains(body, "hello from the enclave (userspace mode)") {
 		t.Fatalf("GET /: %q, %v", body, err)
+	}
+	body, err = getBody(c, "https://"+h.Published()[1].String()+"/")
+	if err != nil || !strings.Contains(body, "hello from the enclave (userspace mode); you are 127.0.0.1:") {
+		t.Fatalf("GET / over the ingress fast path: %q, %v", body, err)
 	}
 	roots, err := attestation.LoadRoots(devRoot)
 	if err != nil {
