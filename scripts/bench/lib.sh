@@ -77,13 +77,15 @@ need_tools() {
   for t in "$@"; do command -v "$t" >/dev/null || { echo "$SUITE: needs $t (apt-get install -y $t)" >&2; exit 1; }; done
 }
 
-# need_bins NAME...: binaries in $BIN; the bench apps are built when missing.
+# need_bins NAME...: binaries in $BIN; the bench apps are (re)built every
+# time (Go's build cache makes that quick), so a suite run on its own never
+# measures a stale one.
 need_bins() {
   local b
   for b in "$@"; do
     case $b in
       hello|goproxy|bulkcmd|usenclave|loadgen)
-        [ -x "$BIN/$b" ] || (cd "$ROOT" && go build -o "$BIN/" "./internal/benchapps/$b") ;;
+        (cd "$ROOT" && go build -o "$BIN/" "./internal/benchapps/$b") || exit 1 ;;
     esac
     [ -x "$BIN/$b" ] || { echo "$SUITE: $BIN/$b missing: run 'make build tools'" >&2; exit 1; }
   done
