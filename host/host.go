@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -58,6 +59,8 @@ type Host struct {
 	natStats natStats
 	relays   *relay.Loop     // published ports' relays; nil: goroutines (relay.Go)
 	learned  *policy.Learned // names behind addresses, for Config.Egress hostname rules
+
+	lastDialWarn atomic.Int64 // unix nanoseconds of the last published-port dial warning
 }
 
 // New validates cfg and returns a Host. It does no I/O and starts nothing.

@@ -8,10 +8,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -160,6 +162,49 @@ func TestIngressEnclaveDown(t *testing.T) {
 		t.Fatal("read succeeded with the enclave down")
 	}
 	waitFor(t, func() bool { return h.Ports()[0].Failed == 1 })
+}
+
+// TestIngressDialWarning: a failed dial into the enclave closes the client
+// and is a warning, at most one a second (the rest at debug level), which
+// names the open-file limit when that is what ran out.
+func TestIngressDialWarning(t *testing.T) {
+	var buf testutil.SyncBuffer
+	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	emfile := func(context.Context, uint32) (net.Conn, error) {
+		return nil, &net.OpError{Op: "dial", Net: "unix", Err: os.NewSyscallError("socket", syscall.EMFILE)}
+	}
+	h, _ := startHost(t, host.Config{Publish: []host.Publish{fastPort(t, 5000)}, DialEnclave: emfile, Logger: log})
+	for i := range 2 {
+		c, err := net.Dial("tcp", h.Published()[0].String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == nil {
+			t.Fatal("read succeeded with the dial failing")
+		}
+		c.Close()
+		waitFor(t, func() bool { return h.Ports()[0].Failed == uint64(i+1) })
+	}
+	out := buf.String()
+	var warns, debugs int
+	for _, line := range strings.Split(out, "\n") {
+		if !strings.Contains(line, "ingress: enclave unreachable") {
+			continue
+		}
+		if !strings.Contains(line, "raise the open-file limit") {
+			t.Errorf("no hint about the open-file limit: %s", line)
+		}
+		switch {
+		case strings.Contains(line, "level=WARN"):
+			warns++
+		case strings.Contains(line, "level=DEBUG"):
+			debugs++
+		}
+	}
+	if warns != 1 || debugs != 1 {
+		t.Fatalf("%d warnings and %d debug lines for two failed dials within a second, want 1 and 1:\n%s", warns, debugs, out)
+	}
 }
 
 func TestIngressIdleTimeout(t *testing.T) {

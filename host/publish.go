@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/containers/gvisor-tap-vsock/pkg/services/forwarder"
@@ -231,7 +232,7 @@ func (h *Host) servePublished(p *published, ln net.Listener) {
 		c, err := ln.Accept()
 		if err != nil {
 			if backoff.Wait(h.ctx, err) {
-				h.log.Warn("published port: accept failed; retrying", "addr", p.addr.String(), "err", err, "after", backoff.Delay())
+				h.log.Warn("published port: accept failed; retrying", append([]any{"addr", p.addr.String(), "err", err, "after", backoff.Delay()}, fdHint(err)...)...)
 				continue
 			}
 			if !errors.Is(err, net.ErrClosed) && h.ctx.Err() == nil {
@@ -375,7 +376,7 @@ func (h *Host) dialIn(p *published) net.Conn {
 	cancel()
 	if err != nil {
 		p.failed.Add(1)
-		h.log.Debug("published port: enclave unreachable", "target", fmt.Sprintf("%v:%d", target.Addr, target.Port), "err", err)
+		h.warnDial("published port: enclave unreachable; client connection closed", err, "target", fmt.Sprintf("%v:%d", target.Addr, target.Port))
 		return nil
 	}
 	return in
@@ -390,7 +391,7 @@ func (h *Host) dialVSock(p *published, c net.Conn) net.Conn {
 	cancel()
 	if err != nil {
 		p.failed.Add(1)
-		h.log.Debug("ingress: enclave unreachable", "vsock_port", p.spec.VSockPort, "err", err)
+		h.warnDial("ingress: enclave unreachable; client connection closed", err, "vsock_port", p.spec.VSockPort)
 		return nil
 	}
 	hdr := proxyproto.HeaderProxyFromAddrs(2, c.RemoteAddr(), c.LocalAddr())
@@ -403,4 +404,28 @@ func (h *Host) dialVSock(p *published, c net.Conn) net.Conn {
 	}
 	_ = vc.SetWriteDeadline(time.Time{})
 	return vc
+}
+
+// warnDial logs a failed dial into the enclave for a published port: a
+// warning at most once a second (with the enclave down every client fails
+// in turn), the rest at debug level. Out of file descriptors, it says so:
+// each fast-path client holds two in quench-host.
+func (h *Host) warnDial(msg string, err error, args ...any) {
+	args = append(append(args, "err", err), fdHint(err)...)
+	now := time.Now().UnixNano()
+	last := h.lastDialWarn.Load()
+	if now-last >= int64(time.Second) && h.lastDialWarn.CompareAndSwap(last, now) {
+		h.log.Warn(msg, args...)
+		return
+	}
+	h.log.Debug(msg, args...)
+}
+
+// fdHint returns a log attribute that names the open-file limit when err
+// is the process or the system running out of descriptors, else nothing.
+func fdHint(err error) []any {
+	if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+		return []any{"hint", "out of file descriptors: raise the open-file limit (ulimit -n, systemd LimitNOFILE=)"}
+	}
+	return nil
 }

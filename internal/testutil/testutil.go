@@ -181,23 +181,25 @@ func Peers(tb testing.TB) string {
 // Process is a supervised child process whose output is kept for the log.
 type Process struct {
 	Cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *SyncBuffer
 	done chan struct{}
 	err  error
 }
 
-type syncBuffer struct {
+// SyncBuffer is a bytes.Buffer safe for concurrent use: log output and
+// child processes' output that tests read while it is written.
+type SyncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
+func (s *SyncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Write(p)
 }
 
-func (s *syncBuffer) String() string {
+func (s *SyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
@@ -207,7 +209,7 @@ func (s *syncBuffer) String() string {
 // test fails.
 func Start(tb testing.TB, name string, cmd *exec.Cmd) *Process {
 	tb.Helper()
-	p := &Process{Cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
+	p := &Process{Cmd: cmd, out: &SyncBuffer{}, done: make(chan struct{})}
 	cmd.Stdout = p.out
 	cmd.Stderr = p.out
 	if err := cmd.Start(); err != nil {
