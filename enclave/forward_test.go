@@ -33,15 +33,8 @@ func lineServer(t *testing.T, proxyHeader bool) string {
 // temporary directory); it returns the forward's target for it.
 func lineServerOn(t *testing.T, network string, proxyHeader bool) string {
 	t.Helper()
-	addr := "127.0.0.1:0"
-	if network == "unix" {
-		addr = filepath.Join(t.TempDir(), "line.sock")
-	}
-	ln, err := net.Listen(network, addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr = ln.Addr().String()
+	ln := listenLocal(t, network)
+	addr := ln.Addr().String()
 	if network == "unix" {
 		addr = "unix://" + addr
 	}
@@ -110,6 +103,21 @@ func sinkServer(t *testing.T, n int) string {
 	}()
 	t.Cleanup(func() { _ = ln.Close() })
 	return ln.Addr().String()
+}
+
+// listenLocal listens on a kernel TCP port of 127.0.0.1 ("tcp") or on a
+// unix socket in a temporary directory ("unix").
+func listenLocal(t *testing.T, network string) net.Listener {
+	t.Helper()
+	addr := "127.0.0.1:0"
+	if network == "unix" {
+		addr = filepath.Join(t.TempDir(), "s.sock")
+	}
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln
 }
 
 func pattern(n int) []byte {

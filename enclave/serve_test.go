@@ -447,18 +447,11 @@ func svApp(t *testing.T, h http.HandlerFunc) *url.URL {
 func svAppOn(t *testing.T, network string, h http.HandlerFunc) *url.URL {
 	t.Helper()
 	app := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
-	addr := "127.0.0.1:0"
-	if network == "unix" {
-		addr = filepath.Join(t.TempDir(), "app.sock")
-	}
-	ln, err := net.Listen(network, addr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := listenLocal(t, network)
 	go func() { _ = app.Serve(ln) }()
 	t.Cleanup(func() { _ = app.Close() })
 	if network == "unix" {
-		return &url.URL{Scheme: "unix", Path: addr}
+		return &url.URL{Scheme: "unix", Path: ln.Addr().String()}
 	}
 	return &url.URL{Scheme: "http", Host: ln.Addr().String()}
 }
