@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -75,6 +76,12 @@ func TestConfigDefaults(t *testing.T) {
 }
 
 // echo accepts connections on ln and echoes them until ln is closed.
+//
+// A connection's reads never wait for its writes: what it reads is queued
+// in memory (without bound) for a separate writer. A reader that stops
+// reading until its own write completes can deadlock gVisor's TCP under
+// full-duplex load (docs/bench/userspace.md, "Full-duplex stall"); that is
+// gVisor's bug, not what these tests check.
 func echo(t *testing.T, ln net.Listener) {
 	t.Helper()
 	done := make(chan struct{})
@@ -85,16 +92,62 @@ func echo(t *testing.T, ln net.Listener) {
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-			}()
+			go echoConn(c)
 		}
 	}()
 	t.Cleanup(func() {
 		_ = ln.Close()
 		<-done
 	})
+}
+
+// echoConn echoes c until the peer closes its side, then closes c.
+func echoConn(c net.Conn) {
+	defer c.Close()
+	var (
+		mu     sync.Mutex
+		queued [][]byte
+		eof    bool
+	)
+	more := make(chan struct{}, 1)
+	go func() {
+		for {
+			b := make([]byte, 32<<10)
+			n, err := c.Read(b)
+			mu.Lock()
+			if n > 0 {
+				queued = append(queued, b[:n])
+			}
+			eof = err != nil
+			mu.Unlock()
+			select {
+			case more <- struct{}{}:
+			default:
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	for range more {
+		for {
+			mu.Lock()
+			q, end := queued, eof
+			queued = nil
+			mu.Unlock()
+			for _, b := range q {
+				if _, err := c.Write(b); err != nil {
+					return
+				}
+			}
+			if end && len(q) == 0 {
+				return
+			}
+			if len(q) == 0 {
+				break
+			}
+		}
+	}
 }
 
 func TestTCP(t *testing.T) {
@@ -111,6 +164,7 @@ func TestTCP(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("%s/mtu=%d/gso=%v", tt.kind, tt.mtu, tt.gso), func(t *testing.T) {
 			p := newPair(t, tt.kind, func(c *Config) { c.MTU = tt.mtu; c.noSoftwareGSO = !tt.gso })
+			traceTCP(t, p)
 			ln, err := p.b.Listen("tcp", ":7")
 			if err != nil {
 				t.Fatal(err)
@@ -133,8 +187,9 @@ func TestTCP(t *testing.T) {
 			// are exercised.
 			msg := bytes.Repeat([]byte("0123456789abcdef"), 1<<18) // 4 MiB
 			// A stall fails here within a minute instead of holding the
-			// whole run to its timeout (one was seen at MTU 1500 with
-			// software GSO, 2026-12-06; not yet understood).
+			// whole run to its timeout, and traceTCP logs why. (The one
+			// stall seen, a gVisor bug, is described in
+			// docs/bench/userspace.md, "Full-duplex stall".)
 			if err := c.SetDeadline(time.Now().Add(time.Minute)); err != nil {
 				t.Fatal(err)
 			}
