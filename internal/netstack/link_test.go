@@ -54,13 +54,21 @@ func ipv4Packet(src, dst [4]byte, proto uint8, id uint16, flagsFrag uint16, l4 [
 }
 
 func tcpSegment(src, dst [4]byte, sport, dport uint16, flags header.TCPFlags, payload []byte) []byte {
-	b := make([]byte, header.TCPMinimumSize+len(payload))
+	return tcpSegmentWith(src, dst, header.TCPFields{
+		SrcPort: sport, DstPort: dport, SeqNum: 1000, Flags: flags, WindowSize: 65535,
+	}, nil, payload)
+}
+
+// tcpSegmentWith builds a TCP segment from f (DataOffset and Checksum are
+// computed), options padded to 4 bytes, and payload.
+func tcpSegmentWith(src, dst [4]byte, f header.TCPFields, opts, payload []byte) []byte {
+	hlen := header.TCPMinimumSize + (len(opts)+3)&^3
+	b := make([]byte, hlen+len(payload))
+	f.DataOffset = uint8(hlen)
 	t := header.TCP(b)
-	t.Encode(&header.TCPFields{
-		SrcPort: sport, DstPort: dport, SeqNum: 1000, DataOffset: header.TCPMinimumSize,
-		Flags: flags, WindowSize: 65535,
-	})
-	copy(b[header.TCPMinimumSize:], payload)
+	t.Encode(&f)
+	copy(b[header.TCPMinimumSize:], opts)
+	copy(b[hlen:], payload)
 	xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, tcpip.AddrFrom4(src), tcpip.AddrFrom4(dst), uint16(len(b)))
 	xsum = checksum.Checksum(payload, xsum)
 	t.SetChecksum(^t.CalculateChecksum(xsum))
