@@ -35,6 +35,11 @@ type switchEndpoint struct {
 	// for every address, including other enclaves'.
 	arpAllowed map[tcpip.Address]bool
 
+	// zw works around gVisor's zero-window ACK bug (see
+	// ethlink.ZeroWindowACKs): it sees every packet the stack sends and
+	// fixes the pure ACKs from enclaves that gVisor would drop.
+	zw ethlink.ZeroWindowACKs
+
 	// ackDelay is how long pure TCP ACKs to an enclave may be held
 	// (Config.AckDelay; see ackhold.go). Zero or less: never.
 	ackDelay time.Duration
@@ -201,7 +206,7 @@ func (e *switchEndpoint) rx(p *port, frame []byte) {
 	}
 	switch {
 	case dst == e.LinkAddress():
-		e.deliver(frame, tcpip.PacketHost)
+		e.deliver(e.zw.Fix(frame), tcpip.PacketHost)
 	case dst == header.EthernetBroadcastAddress || header.IsMulticastEthernetAddress(dst):
 		e.deliver(frame, tcpip.PacketBroadcast)
 		e.flood(p, frame)
@@ -264,6 +269,7 @@ func (e *switchEndpoint) afterWrite(p *port, frames, bytes int, err error) {
 // queue. A packet for one enclave joins that enclave's transmit queue;
 // broadcasts are sent to every enclave at once.
 func (e *switchEndpoint) WritePacket(pkt *stack.PacketBuffer) tcpip.Error {
+	e.zw.Sent(pkt)
 	if e.spoofedARP(pkt) {
 		e.stats.dropped.Add(1)
 		return nil

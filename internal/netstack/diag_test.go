@@ -9,6 +9,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 )
 
+// probeState is what traceTCP keeps of a connection: its state after the
+// last segment it handled.
 type probeState struct {
 	snd                    stack.TCPSenderState
 	rcv                    stack.TCPReceiverState

@@ -26,8 +26,10 @@ import (
 //  3. The peer's pure ACK, whose sequence number is now past the stack's
 //     RcvNxt, is dropped without its acknowledgement field being read.
 //
-// It asserts the bug. If it fails, gVisor's behaviour changed: check whether
-// the bug is fixed, then update the docs and README and drop this test.
+// It asserts the bug, with segments handed to gVisor past quench's link, and
+// that the link's workaround (ethlink.ZeroWindowACKs) gets the ACK read. If
+// the first part fails, gVisor's behaviour changed: check whether the bug is
+// fixed, then update the docs, README and the workaround.
 func TestGVisorShrinkingWindowBug(t *testing.T) {
 	n, err := New(Config{MTU: 1500})
 	if err != nil {
@@ -144,13 +146,19 @@ func TestGVisorShrinkingWindowBug(t *testing.T) {
 	}
 	data := p.next(func(s rawSeg) bool { return s.payload > 0 })
 	p.rcvNxt = data.seq.Add(seqnum.Size(data.payload))
-	// sndUnaAfter sends a pure ACK at seq and returns the stack's SndUna
-	// once it has handled it.
-	sndUnaAfter := func(seq seqnum.Value) seqnum.Value {
+	// sndUnaAfter sends a pure ACK at seq, straight to gVisor (raw) or
+	// through quench's link, and returns the stack's SndUna once it has
+	// handled it.
+	sndUnaAfter := func(seq seqnum.Value, raw bool) seqnum.Value {
 		probeMu.Lock()
 		before := probed
 		probeMu.Unlock()
-		p.send(header.TCPFields{SeqNum: uint32(seq), AckNum: uint32(p.rcvNxt), Flags: header.TCPFlagAck, WindowSize: 65535}, nil, nil)
+		f := header.TCPFields{SeqNum: uint32(seq), AckNum: uint32(p.rcvNxt), Flags: header.TCPFlagAck, WindowSize: 65535}
+		if raw {
+			p.deliverRaw(f)
+		} else {
+			p.send(f, nil, nil)
+		}
 		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
 			probeMu.Lock()
 			done, una := probed > before, sndUna
@@ -162,17 +170,38 @@ func TestGVisorShrinkingWindowBug(t *testing.T) {
 		t.Fatal("the stack never handled the ACK")
 		return 0
 	}
-	if una := sndUnaAfter(p.sndNxt); una != data.seq {
+	if una := sndUnaAfter(p.sndNxt, true); una != data.seq {
 		if una == p.rcvNxt {
 			t.Fatalf("gVisor processed the ACK (SndUna %d): the bug may be fixed; see the test's comment", una)
 		}
 		t.Fatalf("SndUna = %d, want %d (the ACK ignored)", una, data.seq)
 	}
-	t.Logf("the ACK of %d..%d at seq %d is ignored: SndUna stays %d", data.seq, p.rcvNxt, p.sndNxt, data.seq)
+	t.Logf("gVisor ignores the ACK of %d..%d at seq %d: SndUna stays %d", data.seq, p.rcvNxt, p.sndNxt, data.seq)
 	// Control: the same ACK at the stack's RcvNxt is processed, so the
 	// probe does see acknowledgements (the assertion above can fail).
-	if una := sndUnaAfter(p.sndNxt - 1); una != p.rcvNxt {
-		t.Fatalf("the same ACK at seq %d (RcvNxt): SndUna = %d, want %d", p.sndNxt-1, una, p.rcvNxt)
+	// Through quench's link (ethlink.ZeroWindowACKs), the ACK past RcvNxt
+	// is processed too: the workaround.
+	for _, tc := range []struct {
+		name string
+		seq  seqnum.Value
+		raw  bool
+	}{
+		{"at RcvNxt, raw", p.sndNxt - 1, true},
+		{"past RcvNxt, through the link", p.sndNxt, false},
+	} {
+		// Make the stack send more, so that there is something new to
+		// acknowledge.
+		if _, err := c.Write([]byte("0123456789")); err != nil {
+			t.Fatal(err)
+		}
+		data = p.next(func(s rawSeg) bool { return s.payload > 0 })
+		p.rcvNxt = data.seq.Add(seqnum.Size(data.payload))
+		if una := sndUnaAfter(tc.seq, tc.raw); una != p.rcvNxt {
+			t.Fatalf("ACK %s: SndUna = %d, want %d", tc.name, una, p.rcvNxt)
+		}
+	}
+	if got := n.ep.zw.Fixed(); got != 1 {
+		t.Errorf("link fixed %d ACKs, want 1", got)
 	}
 }
 
@@ -273,6 +302,17 @@ func (p *rawPeer) send(f header.TCPFields, opts, payload []byte) {
 		ipv4Packet(gwIP, selfIP, uint8(header.TCPProtocolNumber), 1, 0, tcpSegmentWith(gwIP, selfIP, f, opts, payload)))
 	if _, err := p.n.Device().Write([][]byte{frame}, 0); err != nil {
 		p.t.Fatal(err)
+	}
+}
+
+// deliverRaw hands a segment to gVisor as send does, but past quench's link
+// and its workaround.
+func (p *rawPeer) deliverRaw(f header.TCPFields) {
+	f.SrcPort, f.DstPort = 40000, 7
+	frame := ethFrame(selfMA, hostMA, header.IPv4ProtocolNumber,
+		ipv4Packet(gwIP, selfIP, uint8(header.TCPProtocolNumber), 1, 0, tcpSegmentWith(gwIP, selfIP, f, nil, nil)))
+	if !p.n.ep.Deliver(frame, tcpip.PacketHost) {
+		p.t.Fatal("frame not delivered")
 	}
 }
 

@@ -33,6 +33,11 @@ type linkEndpoint struct {
 	log    *slog.Logger
 	warned atomic.Bool // a full queue has been logged
 
+	// zw works around gVisor's zero-window ACK bug (see
+	// ethlink.ZeroWindowACKs): it sees every packet sent and fixes the
+	// pure ACKs gVisor would drop.
+	zw ethlink.ZeroWindowACKs
+
 	framesIn, bytesIn, framesOut, bytesOut atomic.Uint64
 	droppedIn, droppedOut                  atomic.Uint64
 }
@@ -77,6 +82,7 @@ func (e *linkEndpoint) stats() Stats {
 func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	n := 0
 	for _, pkt := range pkts.AsSlice() {
+		e.zw.Sent(pkt)
 		if err := e.q.push(pkt); err != nil {
 			if _, full := err.(*tcpip.ErrNoBufferSpace); full {
 				e.dropOut(pkts.Len() - n)
@@ -100,6 +106,7 @@ var _ stack.QueueingDiscipline = qdisc{}
 
 // WritePacket implements stack.QueueingDiscipline.
 func (q qdisc) WritePacket(pkt *stack.PacketBuffer) tcpip.Error {
+	q.e.zw.Sent(pkt)
 	err := q.e.q.push(pkt)
 	if _, full := err.(*tcpip.ErrNoBufferSpace); full {
 		q.e.dropOut(1)
@@ -186,7 +193,7 @@ func (e *linkEndpoint) deliver(frame []byte) {
 		e.droppedIn.Add(1)
 		return
 	}
-	if !e.Deliver(frame, typ) {
+	if !e.Deliver(e.zw.Fix(frame), typ) {
 		e.droppedIn.Add(1)
 		return
 	}
