@@ -350,6 +350,11 @@ type Stats struct {
 	DialsRefused, DialsFailed, Dials uint64 // outbound NAT connections
 	UDPRefused                       uint64 // outbound UDP packets dropped by Config.Egress
 	DNSQueries, DNSRefused           uint64 // questions sent upstream; refused by Config.Egress
+
+	// ZeroWindowACKsFixed counts pure ACKs from enclaves rewritten so that
+	// gVisor reads them (ethlink.ZeroWindowACKs: a gVisor TCP bug that can
+	// otherwise deadlock a connection under full-duplex load).
+	ZeroWindowACKsFixed uint64
 }
 
 // Stats returns the current counters.
@@ -364,6 +369,7 @@ func (h *Host) Stats() Stats {
 		st.BytesIn = h.sw.stats.bytesIn.Load()
 		st.BytesOut = h.sw.stats.bytesOut.Load()
 		st.FramesDropped = h.sw.stats.dropped.Load()
+		st.ZeroWindowACKsFixed = h.sw.zw.Fixed()
 	}
 	st.Dials = h.natStats.dials.Load()
 	st.DialsFailed = h.natStats.failed.Load()

@@ -19,6 +19,7 @@ var (
 	descEnclaveBytes  = prometheus.NewDesc("quench_host_enclave_bytes_total", "Frame bytes per enclave stream and direction (in = from the enclave).", []string{"enclave", "direction"}, nil)
 	descDropped       = prometheus.NewDesc("quench_host_frames_dropped_total", "Frames dropped by the switch (runts, unknown destinations, spoofing).", nil, nil)
 	descDials         = prometheus.NewDesc("quench_host_nat_dials_total", "Outbound (NAT) TCP connection attempts by result: ok, failed, refused (policy or blocked address).", []string{"result"}, nil)
+	descZeroWindow    = prometheus.NewDesc("quench_host_zero_window_acks_fixed_total", "Pure TCP ACKs from enclaves whose sequence number was fixed so that gVisor reads them (a gVisor bug; docs/bench/userspace.md).", nil, nil)
 	descUDPRefused    = prometheus.NewDesc("quench_host_nat_udp_refused_total", "Outbound UDP packets dropped by the egress policy.", nil, nil)
 	descDNS           = prometheus.NewDesc("quench_host_dns_queries_total", "DNS questions for names outside quench.internal, by result: answered (sent upstream) or refused (egress policy).", []string{"result"}, nil)
 	descPortConns     = prometheus.NewDesc("quench_host_port_connections_total", "Client connections accepted per published port.", []string{"port", "mode"}, nil)
@@ -28,7 +29,7 @@ var (
 )
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descEnclaves, descEnclaveFrames, descEnclaveBytes, descDropped, descDials, descUDPRefused, descDNS, descPortConns, descPortActive, descPortFailed, descPortBytes} {
+	for _, d := range []*prometheus.Desc{descEnclaves, descEnclaveFrames, descEnclaveBytes, descDropped, descZeroWindow, descDials, descUDPRefused, descDNS, descPortConns, descPortActive, descPortFailed, descPortBytes} {
 		ch <- d
 	}
 }
@@ -40,6 +41,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	st := c.h.Stats()
 	ch <- prometheus.MustNewConstMetric(descEnclaves, prometheus.GaugeValue, float64(st.Enclaves))
 	counter(descDropped, float64(st.FramesDropped))
+	counter(descZeroWindow, float64(st.ZeroWindowACKsFixed))
 	counter(descDials, float64(st.Dials-min(st.Dials, st.DialsFailed)), "ok")
 	counter(descDials, float64(st.DialsFailed), "failed")
 	counter(descDials, float64(st.DialsRefused), "refused")

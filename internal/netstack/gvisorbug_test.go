@@ -200,7 +200,7 @@ func TestGVisorShrinkingWindowBug(t *testing.T) {
 			t.Fatalf("ACK %s: SndUna = %d, want %d", tc.name, una, p.rcvNxt)
 		}
 	}
-	if got := n.ep.zw.Fixed(); got != 1 {
+	if got := n.Stats().ZeroWindowACKsFixed; got != 1 {
 		t.Errorf("link fixed %d ACKs, want 1", got)
 	}
 }

@@ -73,6 +73,8 @@ func (e *linkEndpoint) stats() Stats {
 		BytesOut:   e.bytesOut.Load(),
 		DroppedIn:  e.droppedIn.Load(),
 		DroppedOut: e.droppedOut.Load(),
+
+		ZeroWindowACKsFixed: e.zw.Fixed(),
 	}
 }
 

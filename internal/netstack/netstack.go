@@ -184,6 +184,11 @@ type Stats struct {
 	// DroppedOut counts packets the stack sent that were dropped: the queue
 	// was full, or a packet did not fit Device.Read's buffer.
 	DroppedOut uint64
+
+	// ZeroWindowACKsFixed counts pure ACKs rewritten so that gVisor reads
+	// them (ethlink.ZeroWindowACKs: a gVisor TCP bug that can otherwise
+	// deadlock a connection under full-duplex load).
+	ZeroWindowACKsFixed uint64
 }
 
 // New builds the stack. It starts gVisor's protocol workers; the caller

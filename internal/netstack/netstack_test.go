@@ -161,7 +161,7 @@ func TestTCP(t *testing.T) {
 			if !bytes.Equal(got, msg) {
 				t.Fatal("echoed bytes differ")
 			}
-			t.Logf("ACKs fixed by the links: %d (dialer), %d (echo server)", p.a.ep.zw.Fixed(), p.b.ep.zw.Fixed())
+			t.Logf("ACKs fixed by the links: %d (dialer), %d (echo server)", p.a.Stats().ZeroWindowACKsFixed, p.b.Stats().ZeroWindowACKsFixed)
 			if err := c.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
 				t.Fatal(err)
 			}
