@@ -17,6 +17,7 @@ import (
 
 	"github.com/quenchnet/quench/enclave"
 	"github.com/quenchnet/quench/host"
+	"github.com/quenchnet/quench/internal/testutil"
 	"github.com/quenchnet/quench/tap"
 )
 
@@ -41,38 +42,26 @@ func lineServerOn(t *testing.T, network string, proxyHeader bool) string {
 	if proxyHeader {
 		ln = &proxyproto.Listener{Listener: ln, Policy: func(net.Addr) (proxyproto.Policy, error) { return proxyproto.REQUIRE, nil }}
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
+	testutil.ServeConns(t, ln, func(c net.Conn) {
+		fmt.Fprintf(c, "you are %s\n", c.RemoteAddr())
+		r := bufio.NewReader(c)
 		for {
-			c, err := ln.Accept()
+			line, err := r.ReadString('\n')
 			if err != nil {
+				break
+			}
+			if _, err := io.WriteString(c, line); err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				fmt.Fprintf(c, "you are %s\n", c.RemoteAddr())
-				r := bufio.NewReader(c)
-				for {
-					line, err := r.ReadString('\n')
-					if err != nil {
-						break
-					}
-					if _, err := io.WriteString(c, line); err != nil {
-						return
-					}
-				}
-				_, _ = io.WriteString(c, "bye")
-				if cw, ok := c.(interface{ CloseWrite() error }); ok {
-					_ = cw.CloseWrite()
-				} else {
-					_ = c.(*proxyproto.Conn).Raw().(interface{ CloseWrite() error }).CloseWrite()
-				}
-				_, _ = io.Copy(io.Discard, c)
-			}()
 		}
-	}()
-	t.Cleanup(func() { _ = ln.Close(); <-done })
+		_, _ = io.WriteString(c, "bye")
+		if cw, ok := c.(interface{ CloseWrite() error }); ok {
+			_ = cw.CloseWrite()
+		} else {
+			_ = c.(*proxyproto.Conn).Raw().(interface{ CloseWrite() error }).CloseWrite()
+		}
+		_, _ = io.Copy(io.Discard, c)
+	})
 	return addr
 }
 
@@ -84,24 +73,14 @@ func sinkServer(t *testing.T, n int) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				h := sha256.New()
-				if _, err := io.Copy(h, c); err != nil {
-					return
-				}
-				_, _ = c.Write(h.Sum(nil))
-				_, _ = c.Write(pattern(n))
-			}()
+	testutil.ServeConns(t, ln, func(c net.Conn) {
+		h := sha256.New()
+		if _, err := io.Copy(h, c); err != nil {
+			return
 		}
-	}()
-	t.Cleanup(func() { _ = ln.Close() })
+		_, _ = c.Write(h.Sum(nil))
+		_, _ = c.Write(pattern(n))
+	})
 	return ln.Addr().String()
 }
 

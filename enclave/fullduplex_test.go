@@ -11,6 +11,7 @@ import (
 
 	"github.com/quenchnet/quench/enclave"
 	"github.com/quenchnet/quench/host"
+	"github.com/quenchnet/quench/internal/testutil"
 )
 
 // TestUserspaceFullDuplexEgress sends 4 MiB both ways at once at MTU 1500
@@ -29,19 +30,7 @@ func TestUserspaceFullDuplexEgress(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-			}()
-		}
-	}()
+	testutil.Echo(t, ln)
 	sock := usSocket(t)
 	h := startTestHost(t, sock, host.Config{MTU: 1500, DNSUpstream: []string{usFakeUpstreamDNS(t)}})
 	e := usEnclave(t, sock, func(c *enclave.Config) { c.MTU = 1500 })

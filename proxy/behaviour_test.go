@@ -20,6 +20,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 	proxyproto "github.com/pires/go-proxyproto"
 	"golang.org/x/net/websocket"
+
+	"github.com/quenchnet/quench/internal/testutil"
 )
 
 func TestOverload(t *testing.T) {
@@ -732,29 +734,19 @@ func TestNagleUpstream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = ln.Close() })
-	go func() {
+	testutil.ServeConns(t, ln, func(c net.Conn) {
+		_ = c.(*net.TCPConn).SetNoDelay(false)
+		br := bufio.NewReader(c)
 		for {
-			c, err := ln.Accept()
+			r, err := http.ReadRequest(br)
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				_ = c.(*net.TCPConn).SetNoDelay(false)
-				br := bufio.NewReader(c)
-				for {
-					r, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					_, _ = io.Copy(io.Discard, r.Body)
-					_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
-					_, _ = io.WriteString(c, "hello")
-				}
-			}()
+			_, _ = io.Copy(io.Discard, r.Body)
+			_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+			_, _ = io.WriteString(c, "hello")
 		}
-	}()
+	})
 	target, _ := url.Parse("http://" + ln.Addr().String())
 	for _, front := range fronts {
 		t.Run(front, func(t *testing.T) {

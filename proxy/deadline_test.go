@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/quenchnet/quench/internal/testutil"
 )
 
 func TestLazyDeadline(t *testing.T) {
@@ -60,33 +62,23 @@ func TestSlowUpstreamAcrossPolls(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
 	const check = 100 * time.Millisecond // the client check interval
 	pause := check + 100*time.Millisecond
-	go func() {
+	testutil.ServeConns(t, ln, func(c net.Conn) {
+		br := bufio.NewReader(c)
 		for {
-			c, err := ln.Accept()
-			if err != nil {
+			if err := skipHead(br); err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					if err := skipHead(br); err != nil {
-						return
-					}
-					_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\n")
-					time.Sleep(pause)
-					_, _ = io.WriteString(c, "Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n")
-					time.Sleep(pause / 2)
-					_, _ = io.WriteString(c, "1")
-					time.Sleep(pause / 2)
-					_, _ = io.WriteString(c, "\r\n!\r\n0\r\n\r\n")
-				}
-			}()
+			_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\n")
+			time.Sleep(pause)
+			_, _ = io.WriteString(c, "Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n")
+			time.Sleep(pause / 2)
+			_, _ = io.WriteString(c, "1")
+			time.Sleep(pause / 2)
+			_, _ = io.WriteString(c, "\r\n!\r\n0\r\n\r\n")
 		}
-	}()
+	})
 	target, _ := url.Parse("http://" + ln.Addr().String())
 	p, err := New(target, Config{UpstreamTimeout: 5 * time.Second})
 	if err != nil {

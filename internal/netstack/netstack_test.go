@@ -16,6 +16,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"golang.org/x/net/nettest"
+
+	"github.com/quenchnet/quench/internal/testutil"
 )
 
 func TestConfigDefaults(t *testing.T) {
@@ -83,24 +85,7 @@ func TestConfigDefaults(t *testing.T) {
 // 1500 hit it about once in a hundred runs.
 func echo(t *testing.T, ln net.Listener) {
 	t.Helper()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		_ = ln.Close()
-		<-done
-	})
+	testutil.Echo(t, ln)
 }
 
 func TestTCP(t *testing.T) {

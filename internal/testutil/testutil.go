@@ -341,3 +341,36 @@ func (l *FailingListener) Accept() (net.Conn, error) {
 
 // Left returns how many failures are still to come.
 func (l *FailingListener) Left() int { return max(int(l.left.Load()), 0) }
+
+// ServeConns runs handle on every connection ln accepts, each on its own
+// goroutine, and closes the connection when handle returns. When the test
+// ends, ln is closed and the accept loop waited for.
+func ServeConns(tb testing.TB, ln net.Listener, handle func(net.Conn)) {
+	tb.Helper()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				handle(c)
+			}()
+		}
+	}()
+	tb.Cleanup(func() {
+		_ = ln.Close()
+		<-done
+	})
+}
+
+// Echo echoes every connection ln accepts (ServeConns). Each connection's
+// reads wait for its writes (io.Copy on one connection), like the simplest
+// echo servers.
+func Echo(tb testing.TB, ln net.Listener) {
+	tb.Helper()
+	ServeConns(tb, ln, func(c net.Conn) { _, _ = io.Copy(c, c) })
+}
