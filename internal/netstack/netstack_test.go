@@ -131,26 +131,14 @@ func TestTCP(t *testing.T) {
 			if err := c.SetDeadline(time.Now().Add(time.Minute)); err != nil {
 				t.Fatal(err)
 			}
-			errc := make(chan error, 1)
-			go func() {
-				_, err := c.Write(msg)
-				errc <- err
-			}()
-			got := make([]byte, len(msg))
-			if _, err := io.ReadFull(c, got); err != nil {
+			if err := testutil.EchoRoundTrip(c, msg); err != nil {
 				t.Fatal(err)
-			}
-			if err := <-errc; err != nil {
-				t.Fatal(err)
-			}
-			if !bytes.Equal(got, msg) {
-				t.Fatal("echoed bytes differ")
 			}
 			t.Logf("ACKs fixed by the links: %d (dialer), %d (echo server)", p.a.Stats().ZeroWindowACKsFixed, p.b.Stats().ZeroWindowACKsFixed)
 			if err := c.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
 				t.Fatal(err)
 			}
-			if n, err := c.Read(got[:1]); n != 0 || err != io.EOF {
+			if n, err := c.Read(make([]byte, 1)); n != 0 || err != io.EOF {
 				t.Fatalf("Read after peer's close = %d, %v; want 0, io.EOF", n, err)
 			}
 		})

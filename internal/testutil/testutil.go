@@ -374,3 +374,25 @@ func Echo(tb testing.TB, ln net.Listener) {
 	tb.Helper()
 	ServeConns(tb, ln, func(c net.Conn) { _, _ = io.Copy(c, c) })
 }
+
+// EchoRoundTrip writes msg to c while reading as many bytes back, as from
+// an echo server, and checks they are msg: a transfer both ways at once.
+// Set a deadline on c to bound it.
+func EchoRoundTrip(c net.Conn, msg []byte) error {
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.Write(msg)
+		errc <- err
+	}()
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, got); err != nil {
+		return fmt.Errorf("reading the echo: %w", err)
+	}
+	if err := <-errc; err != nil {
+		return fmt.Errorf("writing: %w", err)
+	}
+	if !bytes.Equal(got, msg) {
+		return fmt.Errorf("echoed bytes differ")
+	}
+	return nil
+}
