@@ -82,7 +82,7 @@ func TestGVisorShrinkingWindowBug(t *testing.T) {
 		t.Fatalf("stack offered window scale %d; the bug needs scaling", ws)
 	}
 	p.sndNxt, p.rcvNxt = iss+1, synAck.seq+1
-	p.ack()
+	p.send(header.TCPFields{SeqNum: uint32(p.sndNxt), AckNum: uint32(p.rcvNxt), Flags: header.TCPFlagAck, WindowSize: 65535}, nil, nil)
 	var c net.Conn
 	select {
 	case c = <-accepted:
@@ -295,12 +295,17 @@ func (p *rawPeer) edge(s rawSeg) seqnum.Value {
 	return s.ack.Add(seqnum.Size(s.win << p.ws))
 }
 
+// frame builds the Ethernet frame of a segment from the peer to port 7.
+func (p *rawPeer) frame(f header.TCPFields, opts, payload []byte) []byte {
+	f.SrcPort, f.DstPort = 40000, 7
+	return ethFrame(selfMA, hostMA, header.IPv4ProtocolNumber,
+		ipv4Packet(gwIP, selfIP, uint8(header.TCPProtocolNumber), 1, 0, tcpSegmentWith(gwIP, selfIP, f, opts, payload)))
+}
+
+// send writes a segment to the stack's device, through quench's link.
 func (p *rawPeer) send(f header.TCPFields, opts, payload []byte) {
 	p.t.Helper()
-	f.SrcPort, f.DstPort = 40000, 7
-	frame := ethFrame(selfMA, hostMA, header.IPv4ProtocolNumber,
-		ipv4Packet(gwIP, selfIP, uint8(header.TCPProtocolNumber), 1, 0, tcpSegmentWith(gwIP, selfIP, f, opts, payload)))
-	if _, err := p.n.Device().Write([][]byte{frame}, 0); err != nil {
+	if _, err := p.n.Device().Write([][]byte{p.frame(f, opts, payload)}, 0); err != nil {
 		p.t.Fatal(err)
 	}
 }
@@ -308,18 +313,10 @@ func (p *rawPeer) send(f header.TCPFields, opts, payload []byte) {
 // deliverRaw hands a segment to gVisor as send does, but past quench's link
 // and its workaround.
 func (p *rawPeer) deliverRaw(f header.TCPFields) {
-	f.SrcPort, f.DstPort = 40000, 7
-	frame := ethFrame(selfMA, hostMA, header.IPv4ProtocolNumber,
-		ipv4Packet(gwIP, selfIP, uint8(header.TCPProtocolNumber), 1, 0, tcpSegmentWith(gwIP, selfIP, f, nil, nil)))
-	if !p.n.ep.Deliver(frame, tcpip.PacketHost) {
+	p.t.Helper()
+	if !p.n.ep.Deliver(p.frame(f, nil, nil), tcpip.PacketHost) {
 		p.t.Fatal("frame not delivered")
 	}
-}
-
-// ack sends a pure ACK at sndNxt for everything up to rcvNxt.
-func (p *rawPeer) ack() {
-	p.t.Helper()
-	p.send(header.TCPFields{SeqNum: uint32(p.sndNxt), AckNum: uint32(p.rcvNxt), Flags: header.TCPFlagAck, WindowSize: 65535}, nil, nil)
 }
 
 // fillTo sends data up to edge in segments of at most 1400 bytes and returns
