@@ -14,7 +14,10 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
+	"time"
+	"unicode"
 )
 
 // RemoteConfig configures VerifyRemote.
@@ -36,11 +39,48 @@ type RemoteConfig struct {
 
 	// DialContext opens the TCP connection. Default: a net.Dialer.
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+
+	// Timeout bounds the whole exchange (dial, handshake, request, response)
+	// on top of ctx, so that a server that stops sending cannot hold the
+	// caller. Default (0): DefaultRemoteTimeout; negative: only ctx bounds it.
+	Timeout time.Duration
 }
+
+// DefaultRemoteTimeout is RemoteConfig.Timeout's default.
+const DefaultRemoteTimeout = 30 * time.Second
 
 // maxResponseBody bounds the attestation response body: base64 of
 // MaxDocumentSize plus whitespace.
 const maxResponseBody = 4*MaxDocumentSize/3 + 1024
+
+// maxResponseHead bounds the status line and headers of the response (net/http's
+// client allows 10 MB; an enclave's attestation endpoint sends a few hundred
+// bytes).
+const maxResponseHead = 64 << 10
+
+// errResponseHead is returned when the server's response head exceeds
+// maxResponseHead.
+var errResponseHead = fmt.Errorf("response head larger than %d bytes", maxResponseHead)
+
+// headLimiter fails reads once more than n bytes were read: it bounds what
+// http.ReadResponse buffers for a head that never ends. fetch lifts it for the
+// body, which has its own limit.
+type headLimiter struct {
+	r io.Reader
+	n int
+}
+
+func (l *headLimiter) Read(p []byte) (int, error) {
+	if l.n <= 0 {
+		return 0, errResponseHead
+	}
+	if len(p) > l.n {
+		p = p[:l.n]
+	}
+	n, err := l.r.Read(p)
+	l.n -= n
+	return n, err
+}
 
 // VerifyRemote fetches an attestation document from an enclave and verifies it.
 // rawURL is https://HOST[:PORT] (the path defaults to Path) or a full URL of
@@ -73,6 +113,15 @@ func VerifyRemote(ctx context.Context, rawURL string, cfg RemoteConfig) (*Result
 	q.Set("nonce", hex.EncodeToString(opts.Nonce))
 	u.RawQuery = q.Encode()
 
+	timeout := cfg.Timeout
+	if timeout == 0 {
+		timeout = DefaultRemoteTimeout
+	}
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
 	body, state, err := fetch(ctx, u, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("attestation: fetch %s: %w", u.Redacted(), err)
@@ -154,17 +203,22 @@ func fetch(ctx context.Context, u *url.URL, cfg RemoteConfig) ([]byte, tls.Conne
 	if err := req.Write(tc); err != nil {
 		return nil, none, ctxErr(ctx, err)
 	}
-	resp, err := http.ReadResponse(bufio.NewReader(tc), req)
+	lim := &headLimiter{r: tc, n: maxResponseHead}
+	resp, err := http.ReadResponse(bufio.NewReader(lim), req)
+	if errors.Is(err, errResponseHead) {
+		return nil, none, errResponseHead
+	}
 	if err != nil {
 		return nil, none, ctxErr(ctx, err)
 	}
+	lim.n = int(^uint(0) >> 1) // the body has its own limit below, after its framing is decoded
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBody+1))
 	if err != nil {
 		return nil, none, ctxErr(ctx, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, none, fmt.Errorf("HTTP %s: %s", resp.Status, firstLine(body))
+		return nil, none, fmt.Errorf("HTTP %s: %s", printable(resp.Status), firstLine(body))
 	}
 	if len(body) > maxResponseBody {
 		return nil, none, fmt.Errorf("response body larger than %d bytes", maxResponseBody)
@@ -193,9 +247,22 @@ func firstLine(b []byte) string {
 	return s
 }
 
+// printable returns s if it can go to a terminal as it is, and s quoted
+// (control characters escaped) otherwise: a server's status line must not be
+// able to move the cursor or retitle the window of whoever runs quench verify.
+func printable(s string) string {
+	if isPrintable(s) {
+		return s
+	}
+	return strconv.QuoteToASCII(s)
+}
+
+// isPrintable reports whether s holds only printable characters and spaces:
+// no C0 or C1 controls, DEL, or format characters such as bidirectional
+// overrides.
 func isPrintable(s string) bool {
 	for _, r := range s {
-		if r < 0x20 || r == 0x7f {
+		if r != ' ' && !unicode.IsPrint(r) {
 			return false
 		}
 	}

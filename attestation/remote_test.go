@@ -1,6 +1,7 @@
 package attestation_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -142,6 +143,21 @@ func TestVerifyRemoteFailures(t *testing.T) {
 	huge := serve(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write(bytes.Repeat([]byte("A"), 64<<10))
 	})
+	// A response head that never ends: 8 MiB of one header line. net/http's
+	// server would refuse to send it, so the server is raw TLS.
+	hugeHead := rawTLSServer(t, func(c net.Conn) {
+		_, _ = c.Write([]byte("HTTP/1.1 200 OK\r\nX-Pad: "))
+		pad := bytes.Repeat([]byte("a"), 64<<10)
+		for range 128 {
+			if _, err := c.Write(pad); err != nil {
+				return
+			}
+		}
+	})
+	// A status line with terminal escapes (clear screen, retitle the window).
+	escapes := rawTLSServer(t, func(c net.Conn) {
+		_, _ = c.Write([]byte("HTTP/1.1 503 \x1b]0;title\x07\x1b[2JOK verified\u202e\r\nContent-Length: 0\r\n\r\n"))
+	})
 	tests := []struct {
 		name    string
 		url     string
@@ -152,6 +168,8 @@ func TestVerifyRemoteFailures(t *testing.T) {
 		{name: "replayed document", url: replay, want: attestation.ErrNonceMismatch},
 		{name: "HTTP error", url: unavailable, wantMsg: "503 Service Unavailable: enclave not ready"},
 		{name: "oversized body", url: huge, wantMsg: "larger than"},
+		{name: "oversized head", url: hugeHead, wantMsg: "response head larger than"},
+		{name: "control characters in status", url: escapes, wantMsg: `"503 \x1b]0;title\a\x1b[2JOK verified\u202e"`},
 		{name: "http scheme", url: "http://127.0.0.1:1", wantMsg: "scheme must be https"},
 		{name: "no host", url: "https://", wantMsg: "no host"},
 		{name: "user info", url: "https://u:p@127.0.0.1:1", wantMsg: "user info"},
@@ -178,7 +196,53 @@ func TestVerifyRemoteFailures(t *testing.T) {
 			if !strings.Contains(err.Error(), tt.wantMsg) {
 				t.Errorf("err = %q, want it to contain %q", err, tt.wantMsg)
 			}
+			if strings.ContainsAny(err.Error(), "\x1b\x07\u202e") {
+				t.Errorf("err = %q: control characters from the server", err)
+			}
 		})
+	}
+}
+
+// rawTLSServer accepts TLS connections, reads each request head and hands the
+// connection to respond, which writes whatever it likes.
+func rawTLSServer(t *testing.T, respond func(net.Conn)) string {
+	t.Helper()
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer c.Close()
+				if _, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
+					respond(c)
+				}
+			})
+		}
+	})
+	return "https://" + ln.Addr().String()
+}
+
+// TestVerifyRemoteTimeout: without a deadline on ctx, RemoteConfig.Timeout
+// still bounds a server that never answers.
+func TestVerifyRemoteTimeout(t *testing.T) {
+	url := rawTLSServer(t, func(c net.Conn) { _, _ = io.Copy(io.Discard, c) })
+	start := time.Now()
+	_, err := attestation.VerifyRemote(context.Background(), url, attestation.RemoteConfig{
+		Options: attestation.Options{Time: time.Now()}, TLSConfig: insecureTLS, Timeout: 200 * time.Millisecond,
+	})
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("err = %v, want context.DeadlineExceeded", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("VerifyRemote returned after %s", d)
 	}
 }
 

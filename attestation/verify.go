@@ -35,8 +35,10 @@ type Options struct {
 	// absent from the document is a mismatch. Default: none checked.
 	PCRs map[uint][]byte
 
-	// Nonce, when non-nil, must equal the document's nonce byte for byte.
-	// Default (nil): not checked.
+	// Nonce, when non-nil, must equal the document's nonce byte for byte;
+	// it must not be empty (an empty nonce would match a document that has
+	// none, which proves nothing about freshness). Default (nil): not
+	// checked.
 	Nonce []byte
 
 	// MaxAge, when positive, bounds the distance between the document's
@@ -54,7 +56,8 @@ type Options struct {
 	AppKeyHash []byte
 
 	// UserData, when non-nil, must equal the document's user_data byte for
-	// byte (for layouts other than UserData). Default: not checked.
+	// byte (for layouts other than UserData); an empty non-nil UserData
+	// requires a document without user data. Default: not checked.
 	UserData []byte
 }
 
@@ -75,6 +78,9 @@ func (o *Options) validate() error {
 	}
 	if o.AppKeyHash != nil && len(o.AppKeyHash) != sha256.Size {
 		return fmt.Errorf("%w: AppKeyHash is %d bytes, want %d", ErrInvalidOptions, len(o.AppKeyHash), sha256.Size)
+	}
+	if o.Nonce != nil && len(o.Nonce) == 0 {
+		return fmt.Errorf("%w: empty Nonce (leave it nil to skip the nonce check)", ErrInvalidOptions)
 	}
 	if o.MaxAge < 0 {
 		return fmt.Errorf("%w: negative MaxAge %s", ErrInvalidOptions, o.MaxAge)
@@ -196,8 +202,10 @@ func Verify(doc []byte, opts Options) (*Result, error) {
 		res.Checks = append(res.Checks, CheckNonce)
 	}
 	if opts.MaxAge > 0 {
-		age := opts.Time.Sub(res.Timestamp)
-		if age > opts.MaxAge || -age > opts.MaxAge {
+		// Compare instants, not a Duration between them: Time.Sub saturates
+		// for timestamps centuries apart, and negating the saturated value
+		// overflows.
+		if res.Timestamp.Before(opts.Time.Add(-opts.MaxAge)) || res.Timestamp.After(opts.Time.Add(opts.MaxAge)) {
 			return nil, &TooOldError{Timestamp: res.Timestamp, At: opts.Time, MaxAge: opts.MaxAge}
 		}
 		res.Checks = append(res.Checks, CheckMaxAge)

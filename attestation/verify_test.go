@@ -10,6 +10,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -181,6 +182,8 @@ func TestVerifyRealDocumentRejected(t *testing.T) {
 		{name: "bad PCR length", opts: attestation.Options{Time: realDocTime, PCRs: map[uint][]byte{0: zeros(47)}}, want: attestation.ErrInvalidOptions},
 		{name: "bad cert hash length", opts: attestation.Options{Time: realDocTime, TLSCertHash: zeros(31)}, want: attestation.ErrInvalidOptions},
 		{name: "negative max age", opts: attestation.Options{Time: realDocTime, MaxAge: -1}, want: attestation.ErrInvalidOptions},
+		// An empty expected nonce would match a document without one.
+		{name: "empty nonce", opts: attestation.Options{Time: realDocTime, Nonce: []byte{}}, want: attestation.ErrInvalidOptions},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -196,6 +199,40 @@ func TestVerifyRealDocumentRejected(t *testing.T) {
 			}
 			if tt.check != nil {
 				tt.check(t, err)
+			}
+		})
+	}
+}
+
+// TestVerifyMaxAgeCenturies: documents stamped centuries away from
+// Options.Time (a signer with a wild clock) fail MaxAge. Time.Sub saturates
+// that far apart, and negating the saturated Duration overflowed, which let
+// a timestamp 300 years ahead through.
+func TestVerifyMaxAgeCenturies(t *testing.T) {
+	start := time.Now()
+	// (Centuries behind cannot be signed: the document's timestamp would be
+	// before the Unix epoch. "too old" above covers that direction.)
+	for _, years := range []int{1, 300} {
+		t.Run(fmt.Sprintf("%d years ahead", years), func(t *testing.T) {
+			calls := 0
+			dev := attestationtest.NewDevAttester(t, attestation.DevConfig{
+				// The first call dates the certificate chain (valid at
+				// start); documents are stamped years away.
+				Now: func() time.Time {
+					calls++
+					if calls == 1 {
+						return start
+					}
+					return start.AddDate(years, 0, 0)
+				},
+			})
+			doc, err := dev.Attest(context.Background(), attestation.Request{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			res, err := attestation.Verify(doc, attestation.Options{Time: start, Roots: dev.Roots(), MaxAge: time.Minute})
+			if !errors.Is(err, attestation.ErrTooOld) {
+				t.Fatalf("Verify = %v, %v; want ErrTooOld", res, err)
 			}
 		})
 	}

@@ -167,6 +167,9 @@ func TestVerifyCommand(t *testing.T) {
 		{name: "short URL nonce", args: []string{"verify", f.srv.URL, "--nonce", "00"}, wantCode: 2, wantErr: "40 hex digits"},
 		{name: "skip-verify with doc", args: []string{"verify", "--doc", f.devDoc, "--insecure-skip-tls-verify"}, wantCode: 2, wantErr: "is for a URL"},
 		{name: "short cert hash", args: []string{"verify", "--doc", f.devDoc, "--cert-sha256", "00"}, wantCode: 2, wantErr: "want 32"},
+		// --nonce "$UNSET" must not turn into "expect no nonce".
+		{name: "zero timeout", args: []string{"verify", f.srv.URL, "--timeout", "0s"}, wantCode: 2, wantErr: "--timeout must be positive"},
+		{name: "empty nonce", args: []string{"verify", "--doc", f.devDoc, "--nonce", ""}, wantCode: 2, wantErr: "empty value"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

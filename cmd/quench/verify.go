@@ -75,6 +75,10 @@ type hexFlag struct {
 func (h *hexFlag) String() string { return hex.EncodeToString(h.b) }
 
 func (h *hexFlag) Set(s string) error {
+	if s == "" {
+		// An empty expected nonce would match a document without one.
+		return errors.New("empty value")
+	}
 	b, err := hex.DecodeString(s)
 	if err != nil {
 		return err
@@ -164,6 +168,9 @@ func parseVerify(args []string, stderr io.Writer) (*verifyConfig, int) {
 		if c.nonce.set && len(c.nonce.b) != attestation.NonceSize {
 			return usageErr("--nonce with a URL must be %d hex digits", 2*attestation.NonceSize)
 		}
+		if c.timeout <= 0 {
+			return usageErr("--timeout must be positive, got %s", c.timeout)
+		}
 	default:
 		if c.insecure {
 			return usageErr("--insecure-skip-tls-verify is for a URL")
@@ -234,11 +241,10 @@ func verify(ctx context.Context, c *verifyConfig, stdin io.Reader) (*attestation
 		opts.Roots = roots
 	}
 	if c.url != "" {
-		ctx, cancel := context.WithTimeout(ctx, c.timeout)
-		defer cancel()
 		return attestation.VerifyRemote(ctx, c.url, attestation.RemoteConfig{
 			Options:   opts,
 			TLSConfig: &tls.Config{InsecureSkipVerify: c.insecure}, //nolint:gosec // see the flag's help
+			Timeout:   c.timeout,
 		})
 	}
 	data, err := readDoc(c.docPath, stdin)
