@@ -98,15 +98,33 @@ type Config struct {
 	ResolvConf string
 
 	// ReconnectMin and ReconnectMax bound the backoff between attempts to
-	// reach the host after the stream drops. Defaults: 50ms and 1s.
+	// reach the host after the stream drops: the wait doubles from
+	// ReconnectMin up to ReconnectMax, across failed dials and across
+	// streams that end within ReconnectMax of their start (a host that
+	// drops every stream at once gets about one attempt per ReconnectMax).
+	// After a stream that stayed up at least ReconnectMax, the first
+	// attempt is immediate and the backoff starts again. Defaults: 50ms
+	// and 1s.
 	ReconnectMin, ReconnectMax time.Duration
+
+	// StallTimeout detects a host that stalls the stream mid-way
+	// (tap.Config.StallTimeout): a frame from the host that has started
+	// arriving must complete, and each write to the host must go through,
+	// within it; otherwise the stream is dropped and the enclave
+	// reconnects. An idle stream never times out. Default:
+	// tap.DefaultStallTimeout (30 s). Negative means no limit.
+	StallTimeout time.Duration
 
 	// Egress, when set, limits where Dial (and HTTPClient) may connect:
 	// hostnames with wildcards, CIDRs and ports (see package policy). In
 	// userspace mode Dial is the only way out of the process, so the policy
 	// is part of the attested image and does not depend on the untrusted
 	// host; in TAP mode it covers only connections made through Dial.
-	// Default: nil, no limit.
+	// Names are resolved through the host's DNS, so an address it answers
+	// for an allowed name that leads back into the enclave (loopback,
+	// 0.0.0.0/8, multicast, broadcast, the enclave's own addresses) is
+	// refused unless an address or CIDR rule allows it; "localhost" is not
+	// asked of DNS. Default: nil, no limit (and no such check).
 	Egress *policy.Policy
 
 	// HandshakeSettle is how long the enclave waits after sending the
@@ -451,6 +469,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.ResolvConf == "" {
 		c.ResolvConf = "/etc/resolv.conf"
+	}
+	if c.StallTimeout == 0 {
+		c.StallTimeout = tap.DefaultStallTimeout
 	}
 	if c.HandshakeSettle == 0 {
 		c.HandshakeSettle = 100 * time.Millisecond

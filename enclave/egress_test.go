@@ -4,10 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
+	"golang.org/x/net/dns/dnsmessage"
+
 	"github.com/quenchnet/quench/enclave"
+	"github.com/quenchnet/quench/host"
+	"github.com/quenchnet/quench/internal/testutil"
 	"github.com/quenchnet/quench/policy"
 )
 
@@ -52,6 +59,95 @@ func TestUserspaceEgressPolicy(t *testing.T) {
 			if err == nil {
 				c.Close()
 				t.Fatalf("Dial(%s) succeeded, want refused", tt.addr)
+			}
+			if !errors.Is(err, enclave.ErrEgressRefused) {
+				t.Fatalf("Dial(%s) = %v, want ErrEgressRefused", tt.addr, err)
+			}
+		})
+	}
+}
+
+// TestUserspaceEgressHostDNS: the host's DNS answers for allowed names, but
+// must not lead Dial to destinations the policy would refuse by address and
+// that are inside the enclave: its loopback, its own address, the
+// unspecified address (the local system), multicast. An address or CIDR
+// rule still allows them explicitly.
+func TestUserspaceEgressHostDNS(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	zone := map[string]netip.Addr{
+		"loop.example.com.":  netip.MustParseAddr("127.0.0.1"),
+		"loop2.example.com.": netip.MustParseAddr("127.1.2.3"),
+		"self.example.com.":  netip.MustParseAddr("192.168.127.2"),
+		"zero.example.com.":  netip.MustParseAddr("0.0.0.0"),
+		"mcast.example.com.": netip.MustParseAddr("224.0.0.1"),
+		"bcast.example.com.": netip.MustParseAddr("255.255.255.255"),
+		"net.example.com.":   netip.MustParseAddr("192.168.127.255"),
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		testutil.ServeDNSUnknown(pc, zone, dnsmessage.RCodeSuccess)
+	}()
+	t.Cleanup(func() { _ = pc.Close(); <-done })
+	sock := usSocket(t)
+	startTestHost(t, sock, host.Config{DNSUpstream: []string{pc.LocalAddr().String()}})
+
+	tests := []struct {
+		name    string
+		rules   []string
+		addr    string
+		allowed bool
+	}{
+		{"name to loopback", []string{"loop.example.com:9000"}, "loop.example.com:9000", false},
+		{"name to loopback, not 127.0.0.1", []string{"loop2.example.com:9000"}, "loop2.example.com:9000", false},
+		{"name to own address", []string{"self.example.com:9000"}, "self.example.com:9000", false},
+		{"name to unspecified", []string{"zero.example.com:9000"}, "zero.example.com:9000", false},
+		{"name to multicast", []string{"mcast.example.com:9000/udp"}, "mcast.example.com:9000", false},
+		{"name to broadcast", []string{"bcast.example.com:9000/udp"}, "bcast.example.com:9000", false},
+		{"name to subnet broadcast", []string{"net.example.com:9000/udp"}, "net.example.com:9000", false},
+		{"wildcard to loopback", []string{"*.example.com:9000"}, "loop.example.com:9000", false},
+		{"loopback allowed by address", []string{"loop.example.com:9000", "127.0.0.1:9000"}, "loop.example.com:9000", true},
+		{"own address allowed by CIDR", []string{"self.example.com:9000", "192.168.127.0/24:9000"}, "self.example.com:9000", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := policy.Parse(tt.rules)
+			if err != nil {
+				t.Fatal(err)
+			}
+			e := usStartEnclave(t, sock, func(c *enclave.Config) { c.Egress = p })
+			usReady(t, e)
+			ln, err := e.Listen("tcp", ":9000") // 127.0.0.1 and 192.168.127.2
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			upc, err := e.ListenPacket("udp", ":9000")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer upc.Close()
+			network := "tcp"
+			if strings.HasSuffix(tt.rules[0], "/udp") {
+				network = "udp"
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			c, err := e.Dial(ctx, network, tt.addr)
+			if tt.allowed {
+				if err != nil {
+					t.Fatalf("Dial(%s) = %v, want allowed", tt.addr, err)
+				}
+				c.Close()
+				return
+			}
+			if err == nil {
+				t.Errorf("Dial(%s) reached %v: the host's DNS led it into the enclave", tt.addr, c.RemoteAddr())
+				c.Close()
+				return
 			}
 			if !errors.Is(err, enclave.ErrEgressRefused) {
 				t.Fatalf("Dial(%s) = %v, want ErrEgressRefused", tt.addr, err)

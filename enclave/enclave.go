@@ -3,6 +3,7 @@ package enclave
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -47,6 +48,9 @@ type network interface {
 	listenPacket(network, addr string) (net.PacketConn, error)
 	dial(ctx context.Context, network, addr string) (net.Conn, error)
 	resolver() *net.Resolver
+	// ownAddr reports whether ip is one of the enclave's own addresses
+	// (beyond Config.Address and loopback, which the caller checks).
+	ownAddr(ip netip.Addr) bool
 	close() error
 }
 
@@ -97,7 +101,8 @@ func (e *Enclave) Start(ctx context.Context) (err error) {
 		return fmt.Errorf("enclave: %s network: %w", e.cfg.Network, err)
 	}
 	pump := tap.NewPump(nw.device(), e.log)
-	first, err := e.connect(ctx)
+	b := &backoff{min: e.cfg.ReconnectMin, max: e.cfg.ReconnectMax}
+	first, err := e.connect(ctx, b)
 	if err != nil {
 		_ = pump.Close()
 		_ = nw.close()
@@ -108,7 +113,7 @@ func (e *Enclave) Start(ctx context.Context) (err error) {
 	e.wg.Add(1)
 	go func() {
 		defer e.wg.Done()
-		e.tunnel(runCtx, first)
+		e.tunnel(runCtx, first, b)
 	}()
 	e.log.Info("enclave network up", "mode", string(e.cfg.Network), "address", e.cfg.Address.String(), "mtu", e.cfg.MTU)
 	if e.cfg.serving() {
@@ -149,25 +154,49 @@ func (e *Enclave) stopNetwork() error {
 	return errors.Join(errs...)
 }
 
-// connect dials the host and performs the handshake, retrying with backoff
-// until ctx is done.
-func (e *Enclave) connect(ctx context.Context) (*tap.Conn, error) {
-	delay := e.cfg.ReconnectMin
+// backoff paces attempts to reach the host: the first attempt is
+// immediate, then each waits twice as long as the one before, from
+// ReconnectMin up to ReconnectMax. It is carried across streams, so that a
+// host that accepts and drops every stream at once is not hammered; only a
+// stream that stayed up (see tunnel) resets it.
+type backoff struct {
+	min, max, next time.Duration
+}
+
+// wait returns how long to wait before the next attempt, and advances.
+func (b *backoff) wait() time.Duration {
+	d := b.next
+	b.next = min(max(2*d, b.min), b.max)
+	return d
+}
+
+// reset makes the next attempt immediate again.
+func (b *backoff) reset() { b.next = 0 }
+
+// connect dials the host and performs the handshake, retrying with b until
+// ctx is done.
+func (e *Enclave) connect(ctx context.Context, b *backoff) (*tap.Conn, error) {
+	var lastErr error
 	for {
+		if d := b.wait(); d > 0 {
+			t := time.NewTimer(d)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil, errors.Join(ctx.Err(), lastErr)
+			case <-t.C:
+			}
+		}
 		c, err := e.dialOnce(ctx)
 		if err == nil {
 			return c, nil
 		}
+		lastErr = err
 		e.status.setErr(err)
-		e.log.Debug("host not reachable; retrying", "err", err, "delay", delay)
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		e.log.Debug("host not reachable; retrying", "err", err, "delay", b.next)
+		if ctx.Err() != nil {
 			return nil, errors.Join(ctx.Err(), err)
-		case <-t.C:
 		}
-		delay = min(2*delay, e.cfg.ReconnectMax)
 	}
 }
 
@@ -176,7 +205,7 @@ func (e *Enclave) dialOnce(ctx context.Context) (*tap.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err := tap.NewConn(nc, tap.Config{MTU: e.cfg.MTU, MaxWrite: e.cfg.MaxWrite})
+	c, err := tap.NewConn(nc, tap.Config{MTU: e.cfg.MTU, MaxWrite: e.cfg.MaxWrite, StallTimeout: e.cfg.StallTimeout})
 	if err != nil {
 		_ = nc.Close()
 		return nil, err
@@ -199,18 +228,32 @@ func (e *Enclave) dialOnce(ctx context.Context) (*tap.Conn, error) {
 }
 
 // tunnel pumps frames over c, and over a new connection each time the
-// stream drops, until ctx is cancelled.
-func (e *Enclave) tunnel(ctx context.Context, c *tap.Conn) {
+// stream drops, until ctx is cancelled. A stream that stayed up at least
+// ReconnectMax resets the backoff: the first attempt after it is immediate
+// (a restarted host is reached again at once). A stream that ended sooner
+// does not: the next attempt waits as the backoff says, so a host that drops
+// every stream right after the handshake gets at most one attempt per
+// ReconnectMax. If the device has failed, the Pump cannot run again and the
+// tunnel stops.
+func (e *Enclave) tunnel(ctx context.Context, c *tap.Conn, b *backoff) {
 	for {
 		e.status.setUp(true)
+		began := time.Now()
 		err := e.pump.Run(ctx, c)
 		e.status.setUp(false)
 		if ctx.Err() != nil {
 			return
 		}
 		e.status.setErr(err)
-		e.log.Warn("host stream ended; reconnecting", "err", err)
-		c, err = e.connect(ctx)
+		if derr := e.pump.DeviceErr(); derr != nil {
+			e.log.Error("enclave network device failed; the tunnel to the host is down for good", "err", derr)
+			return
+		}
+		if time.Since(began) >= e.cfg.ReconnectMax {
+			b.reset()
+		}
+		e.log.Warn("host stream ended; reconnecting", "err", err, "after", b.next)
+		c, err = e.connect(ctx, b)
 		if err != nil {
 			return // ctx cancelled
 		}
@@ -259,7 +302,12 @@ var ErrEgressRefused = errors.New("enclave: refused by egress policy")
 
 // dialPolicy dials addr after checking it against Config.Egress. A hostname
 // must be allowed by name and is resolved here, so the policy sees the
-// name and every address it resolved to.
+// name and every address it resolved to. The answer comes from the host's
+// DNS, which is untrusted: a resolved address inside the enclave (see
+// insideEnclave) is refused unless an address or CIDR rule allows it, so
+// that the host cannot turn an allowed name into a connection to the
+// enclave's own services. "localhost" and names under it (RFC 6761) are
+// not asked of DNS: they are 127.0.0.1, allowed by a name rule.
 func (e *Enclave) dialPolicy(ctx context.Context, nw network, network, addr string) (net.Conn, error) {
 	refuse := func(err error) error {
 		return &net.OpError{Op: "dial", Net: network, Err: err}
@@ -285,13 +333,20 @@ func (e *Enclave) dialPolicy(ctx context.Context, nw network, network, addr stri
 	if !e.cfg.Egress.AllowName(host) {
 		return nil, refuse(ErrEgressRefused)
 	}
-	ips, err := nw.resolver().LookupNetIP(ctx, "ip4", host)
-	if err != nil {
+	var ips []netip.Addr
+	if isLocalhost(host) {
+		ips = []netip.Addr{netip.AddrFrom4([4]byte{127, 0, 0, 1})}
+	} else if ips, err = nw.resolver().LookupNetIP(ctx, "ip4", host); err != nil {
 		return nil, refuse(err)
 	}
-	var lastErr error = ErrEgressRefused
+	var lastErr error
 	for _, ip := range ips {
+		ip = ip.Unmap()
 		if !e.cfg.Egress.Allow(proto, ip, uint16(port), []string{host}) {
+			continue
+		}
+		if !isLocalhost(host) && e.insideEnclave(nw, ip) && !e.cfg.Egress.Allow(proto, ip, uint16(port), nil) {
+			e.log.Warn("egress: the host's DNS answered an address inside the enclave; refused", "name", host, "address", ip.String())
 			continue
 		}
 		c, err := nw.dial(ctx, network, net.JoinHostPort(ip.String(), portStr))
@@ -300,10 +355,46 @@ func (e *Enclave) dialPolicy(ctx context.Context, nw network, network, addr stri
 		}
 		lastErr = err
 	}
-	if lastErr == ErrEgressRefused {
-		return nil, refuse(lastErr)
+	if lastErr == nil {
+		return nil, refuse(ErrEgressRefused)
 	}
 	return nil, lastErr
+}
+
+// insideEnclave reports whether ip, an address the host's DNS answered,
+// leads into the enclave rather than out through the host: loopback, the
+// unspecified address and the rest of 0.0.0.0/8 (the local system),
+// multicast, broadcast (limited, or the enclave subnet's), or one of the
+// enclave's own addresses.
+func (e *Enclave) insideEnclave(nw network, ip netip.Addr) bool {
+	ip = ip.Unmap()
+	switch {
+	case ip.IsLoopback(), ip.IsUnspecified(), ip.IsMulticast():
+		return true
+	case ip.Is4() && ip.As4()[0] == 0:
+		return true
+	case ip == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return true
+	case ip == e.cfg.Address.Addr():
+		return true
+	}
+	if pfx := e.cfg.Address.Masked(); pfx.Addr().Is4() && pfx.Bits() < 31 {
+		b := pfx.Addr().As4()
+		v := binary.BigEndian.Uint32(b[:]) | (1<<(32-pfx.Bits()) - 1)
+		binary.BigEndian.PutUint32(b[:], v)
+		if ip == netip.AddrFrom4(b) {
+			return true
+		}
+	}
+	return nw.ownAddr(ip)
+}
+
+// isLocalhost reports whether host is "localhost" or a name under it
+// (RFC 6761 section 6.3), which is never asked of a name server.
+func isLocalhost(host string) bool {
+	host = strings.TrimSuffix(host, ".")
+	return strings.EqualFold(host, "localhost") || len(host) > len(".localhost") &&
+		strings.EqualFold(host[len(host)-len(".localhost"):], ".localhost")
 }
 
 // Resolver returns a resolver that asks the enclave's DNS servers over the

@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pires/go-proxyproto"
+
 	"github.com/quenchnet/quench/internal/relay"
 )
 
@@ -46,7 +48,9 @@ type Forward struct {
 	// ProxyHeader passes the client's address on to Target in a PROXY
 	// protocol v2 header (for servers that read one: nginx proxy_protocol,
 	// HAProxy accept-proxy, go-proxyproto). The address is what the
-	// untrusted host claims (see IngressListener). Default: false, the
+	// untrusted host claims (see IngressListener). The header is written
+	// by the enclave, with the source and destination addresses only:
+	// whatever else the host's header held (TLVs, version 1) is dropped. Default: false, the
 	// header is removed and Target sees a plain connection.
 	ProxyHeader bool
 
@@ -215,14 +219,22 @@ func (fs *forwards) connect(fw *forward, ic *IngressConn) {
 
 // preamble writes to t what must precede the relayed bytes: the PROXY
 // header if fw passes it on, and the bytes ic read past its own header.
+// The header is made afresh, version 2 with the two addresses only: the
+// host's header is not passed on as it came, since its TLVs (say, one that
+// claims a verified client certificate) and its version are the untrusted
+// host's choice.
 func (fs *forwards) preamble(fw *forward, ic *IngressConn, t net.Conn) error {
 	var pre []byte
 	if fw.ProxyHeader && ic.header != nil {
-		h, err := ic.header.Format()
+		h := &proxyproto.Header{Version: 2, Command: proxyproto.LOCAL, TransportProtocol: proxyproto.UNSPEC}
+		if !ic.header.Command.IsLocal() {
+			h = proxyproto.HeaderProxyFromAddrs(2, ic.remote, ic.local)
+		}
+		b, err := h.Format()
 		if err != nil {
 			return fmt.Errorf("PROXY header: %w", err)
 		}
-		pre = h
+		pre = b
 	}
 	if ic.br != nil && ic.br.Buffered() > 0 {
 		b, _ := ic.br.Peek(ic.br.Buffered())

@@ -364,3 +364,68 @@ func TestForwardConfigErrors(t *testing.T) {
 		t.Errorf("unix target: %v", err)
 	}
 }
+
+// TestForwardProxyHeaderRebuilt: with ProxyHeader, Target gets a fresh
+// PROXY v2 header with the client's and the destination's addresses only:
+// not the host's header as written, whose TLVs (a claim that a client
+// certificate was verified, an authority) and version come from the
+// untrusted host.
+func TestForwardProxyHeaderRebuilt(t *testing.T) {
+	type got struct {
+		h   *proxyproto.Header
+		err error
+	}
+	results := make(chan got, 4)
+	ln := listenLocal(t, "tcp")
+	testutil.ServeConns(t, ln, func(c net.Conn) {
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		h, err := proxyproto.Read(bufio.NewReader(c))
+		results <- got{h, err}
+		_, _ = io.WriteString(c, "ok")
+	})
+	dir, _ := forwardEnclave(t, enclave.Forward{Target: ln.Addr().String(), ProxyHeader: true})
+
+	withTLVs := clientHeader("203.0.113.7:40001")
+	if err := withTLVs.SetTLVs([]proxyproto.TLV{
+		{Type: proxyproto.PP2_TYPE_AUTHORITY, Value: []byte("admin.example.com")},
+		{Type: proxyproto.PP2_TYPE_SSL, Value: []byte{0x07, 0, 0, 0, 0}}, // client cert verified
+	}); err != nil {
+		t.Fatal(err)
+	}
+	v1 := clientHeader("203.0.113.8:40002")
+	v1.Version = 1
+	for _, tc := range []struct {
+		name string
+		in   *proxyproto.Header
+		src  string
+	}{
+		{"v2 with TLVs", withTLVs, "203.0.113.7:40001"},
+		{"v1", v1, "203.0.113.8:40002"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := dialForward(t, dir, 0, tc.in, "")
+			if b, err := io.ReadAll(io.LimitReader(c, 2)); err != nil || string(b) != "ok" {
+				t.Fatalf("reply %q, %v", b, err)
+			}
+			var r got
+			select {
+			case r = <-results:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the target got no connection")
+			}
+			if r.err != nil {
+				t.Fatalf("target read the header: %v", r.err)
+			}
+			if r.h.Version != 2 {
+				t.Errorf("target got a version %d header, want 2", r.h.Version)
+			}
+			if tlvs, err := r.h.TLVs(); err != nil || len(tlvs) != 0 {
+				t.Errorf("target got TLVs %v (%v), want none", tlvs, err)
+			}
+			src, dst, ok := r.h.TCPAddrs()
+			if !ok || src.String() != tc.src || dst.String() != "10.1.2.3:443" {
+				t.Errorf("target got %v -> %v (TCP %v), want %s -> 10.1.2.3:443", src, dst, ok, tc.src)
+			}
+		})
+	}
+}

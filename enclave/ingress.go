@@ -46,8 +46,12 @@ type IngressConfig struct {
 	// header; slower ones are refused. Default: 5s.
 	HeaderTimeout time.Duration
 
-	// MaxPending bounds connections whose header is still being read; the
-	// listener stops accepting while that many are pending. Default: 1024.
+	// MaxPending bounds the connections taken off the underlying listener
+	// and not yet returned by Accept: those whose header is being read and
+	// those waiting for Accept. While that many are pending the listener
+	// stops accepting, and further connections wait in the kernel's
+	// backlog (as they would while nobody calls Accept, for instance until
+	// the app is ready). Default: 1024.
 	MaxPending int
 
 	// MaxWrite bounds every write to the underlying connection: a longer
@@ -82,7 +86,7 @@ type IngressListener struct {
 	ready  chan *IngressConn // good connections waiting for Accept
 	ctx    context.Context   // cancelled by Close
 	cancel context.CancelFunc
-	sem    chan struct{} // one token per pending header read
+	sem    chan struct{} // one token per connection taken off ln and not yet returned by Accept
 	wg     sync.WaitGroup
 
 	mu      sync.Mutex
@@ -178,11 +182,16 @@ func (l *IngressListener) acceptLoop() {
 	}
 }
 
-// handshake reads c's header and hands it to Accept, or refuses it.
+// handshake reads c's header and hands it to Accept, or refuses it; it
+// releases c's slot in sem once Accept has taken c or c is closed.
 func (l *IngressListener) handshake(c net.Conn) {
 	defer l.wg.Done()
+	// The connection keeps its slot in sem until Accept takes it, so that
+	// while nobody calls Accept (an app not ready yet) at most MaxPending
+	// connections are off the underlying listener; the rest wait in the
+	// kernel's backlog.
+	defer func() { <-l.sem }()
 	ic, err := readIngressHeader(c, l.cfg.Policy, l.cfg.HeaderTimeout, l.cfg.MaxWrite)
-	<-l.sem
 	l.mu.Lock()
 	delete(l.pending, c)
 	l.mu.Unlock()

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"runtime"
 	"syscall"
 	"testing"
 	"time"
@@ -384,5 +385,53 @@ func TestIngressConnSocket(t *testing.T) {
 	}
 	if mw := sc.(interface{ MaxWrite() int }).MaxWrite(); mw != 32<<10 {
 		t.Errorf("MaxWrite %d, want %d", mw, 32<<10)
+	}
+}
+
+// TestIngressBoundedWithoutAccept: while nobody calls Accept (say, before
+// the app is ready), the listener takes at most MaxPending connections off
+// the underlying listener; the rest wait in the kernel's backlog, without
+// a goroutine or a descriptor in the process, and are all served once
+// Accept is called.
+func TestIngressBoundedWithoutAccept(t *testing.T) {
+	const maxPending, conns = 8, 2000
+	il := ingressListener(t, enclave.IngressConfig{MaxPending: maxPending})
+	hdr := v2Header(t, "192.0.2.1:1234", "192.0.2.2:80")
+	goroutines := runtime.NumGoroutine()
+	clients := make([]net.Conn, 0, conns)
+	defer func() {
+		for _, c := range clients {
+			_ = c.Close()
+		}
+	}()
+	for range conns {
+		c, err := net.Dial("unix", il.Addr().String())
+		if err != nil {
+			t.Fatalf("dial %d: %v", len(clients), err)
+		}
+		clients = append(clients, c)
+		if _, err := c.Write(hdr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(200 * time.Millisecond) // let the listener take what it will
+	grew := runtime.NumGoroutine() - goroutines
+	st := il.Stats()
+	t.Logf("without Accept: %d connections taken, %d goroutines more", st.Accepted, grew)
+	if st.Accepted > maxPending+2 {
+		t.Errorf("%d connections taken off the listener with MaxPending %d and no Accept", st.Accepted, maxPending)
+	}
+	if grew > maxPending+10 {
+		t.Errorf("%d goroutines more with MaxPending %d and no Accept", grew, maxPending)
+	}
+	for i := range conns {
+		c, err := il.Accept()
+		if err != nil {
+			t.Fatalf("Accept %d: %v", i, err)
+		}
+		_ = c.Close()
+	}
+	if st := il.Stats(); st.Accepted != conns || st.Refused != 0 {
+		t.Errorf("stats %+v, want %d accepted", st, conns)
 	}
 }

@@ -3,6 +3,7 @@ package enclave
 import (
 	"context"
 	"net"
+	"net/netip"
 
 	"github.com/quenchnet/quench/tap"
 )
@@ -57,6 +58,30 @@ func (t *tapNetwork) dial(ctx context.Context, network, addr string) (net.Conn, 
 }
 
 func (t *tapNetwork) resolver() *net.Resolver { return t.res }
+
+// ownAddr reports whether ip is assigned to any of the kernel's interfaces
+// (a connection to it stays in the enclave). Addresses are read at each
+// call, as they may change; an error counts as "own", to refuse rather
+// than risk it.
+func (t *tapNetwork) ownAddr(ip netip.Addr) bool {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return true
+	}
+	for _, a := range addrs {
+		var aip net.IP
+		switch a := a.(type) {
+		case *net.IPNet:
+			aip = a.IP
+		case *net.IPAddr:
+			aip = a.IP
+		}
+		if x, ok := netip.AddrFromSlice(aip); ok && x.Unmap() == ip {
+			return true
+		}
+	}
+	return false
+}
 
 // close: the device itself is closed by the Pump (tap.Pump.Close closes it).
 func (t *tapNetwork) close() error { return nil }

@@ -3,6 +3,7 @@ package enclave
 import (
 	"context"
 	"net"
+	"net/netip"
 
 	"github.com/quenchnet/quench/internal/netstack"
 	"github.com/quenchnet/quench/tap"
@@ -45,6 +46,9 @@ func (u *userspaceNetwork) dial(ctx context.Context, network, addr string) (net.
 }
 
 func (u *userspaceNetwork) resolver() *net.Resolver { return u.n.Resolver() }
+
+// ownAddr: the stack has Config.Address and loopback only.
+func (u *userspaceNetwork) ownAddr(netip.Addr) bool { return false }
 
 // close stops the stack; listeners and conns it handed out are closed.
 func (u *userspaceNetwork) close() error { return u.n.Close() }

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/quenchnet/quench/internal/rawio"
 )
@@ -49,6 +50,11 @@ const (
 	// ServerHandshake accepts.
 	MaxHandshakeSize = 4 << 10
 
+	// DefaultStallTimeout is the default Config.StallTimeout: how long a
+	// frame that has started arriving may take to complete, and a write to
+	// the stream to go through, before the stream counts as stalled.
+	DefaultStallTimeout = 30 * time.Second
+
 	// IdealBatchSize is the number of frames a Device and the Pump move per
 	// batch: enough to amortise a syscall over many frames, small enough to
 	// keep the per-batch buffers modest. It plays the role of wireguard-go's
@@ -82,6 +88,12 @@ var (
 	// ErrZeroLengthFrame means a frame has length zero. No Ethernet frame is
 	// empty; on the read side it means a corrupt or hostile stream.
 	ErrZeroLengthFrame = errors.New("tap: zero-length frame")
+
+	// ErrStalled means the stream stalled (see Config.StallTimeout): a
+	// frame that had started arriving did not complete in time, or a write
+	// made no progress in time. Like a decode error it is sticky; the
+	// caller should close the Conn.
+	ErrStalled = errors.New("tap: stream stalled")
 
 	// ErrBadHandshake means the peer's /connect request was malformed,
 	// too long, not "POST /connect", or the stream ended inside it. The
@@ -119,6 +131,22 @@ type Config struct {
 	// (256 KiB); must be at least MTU+EthernetHeaderSize+LengthPrefixSize
 	// and at most 64 MiB.
 	ReadBufferSize int
+
+	// StallTimeout bounds how long the peer may leave the stream stuck in
+	// the middle of something: a frame whose first bytes have arrived must
+	// be complete within StallTimeout (Next, NextBatch and ReadFrames then
+	// fail with ErrStalled), and each write to the stream (at most
+	// MaxWrite bytes) must go through within StallTimeout (writes then
+	// fail with ErrStalled). A stall is detected between StallTimeout and
+	// 1.5 × StallTimeout after it began. An idle stream, with no partial
+	// frame buffered and nothing to write, never times out. It works
+	// through the stream's deadlines: while a partial frame is buffered,
+	// Next sets the read deadline itself (and clears it once the buffer
+	// holds no partial frame), and writes set the write deadline, so a
+	// caller that sets its own deadlines on the stream while frames flow
+	// should turn this off. Default DefaultStallTimeout (30 s); negative
+	// means no limit.
+	StallTimeout time.Duration
 }
 
 // withDefaults returns cfg with zero fields set to their defaults, or an
@@ -138,6 +166,9 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 	if cfg.ReadBufferSize == 0 {
 		cfg.ReadBufferSize = DefaultReadBufferSize
+	}
+	if cfg.StallTimeout == 0 {
+		cfg.StallTimeout = DefaultStallTimeout
 	}
 	minRead := cfg.MTU + EthernetHeaderSize + LengthPrefixSize
 	if cfg.ReadBufferSize < minRead || cfg.ReadBufferSize > maxReadBufferSize {
@@ -178,6 +209,14 @@ type Conn struct {
 	eof  bool   // the stream returned io.EOF
 	rerr error  // sticky read or decode error; returned once rbuf is drained
 
+	// Stall detection on the read side (Config.StallTimeout): the read
+	// deadline is set (rarmed) while a partial frame is buffered.
+	stall     time.Duration // cfg.StallTimeout; <= 0: off
+	nframes   uint64        // frames consumed
+	rarmed    bool          // the read deadline is set to rdeadline
+	rframe    uint64        // nframes when the partial frame was first seen
+	rdeadline time.Time     // the read deadline set while rarmed
+
 	framesRead atomic.Uint64
 	bytesRead  atomic.Uint64
 	readCalls  atomic.Uint64
@@ -189,6 +228,9 @@ type Conn struct {
 	wbuf []byte // allocated once, cfg.MaxWrite; guarded by wmu
 	wn   int    // bytes pending in wbuf; guarded by wmu
 	werr error  // sticky write error; guarded by wmu
+	// wdeadline is the write deadline last set (Config.StallTimeout);
+	// guarded by wmu.
+	wdeadline time.Time
 
 	framesWritten atomic.Uint64
 	bytesWritten  atomic.Uint64
@@ -214,6 +256,7 @@ func NewConn(c net.Conn, cfg Config) (*Conn, error) {
 		maxFrame: cfg.MTU + EthernetHeaderSize,
 		rbuf:     make([]byte, cfg.ReadBufferSize),
 		wbuf:     make([]byte, cfg.MaxWrite),
+		stall:    cfg.StallTimeout,
 	}, nil
 }
 
@@ -256,7 +299,11 @@ func (c *Conn) ClientHandshake() error {
 	if c.wn > 0 {
 		return errors.New("tap: ClientHandshake after frames were appended")
 	}
+	c.armWrite()
 	if _, err := io.WriteString(c.nc, clientHandshake); err != nil {
+		if c.writeStalled(err) {
+			err = fmt.Errorf("%w: the handshake did not go through in %v", ErrStalled, c.cfg.StallTimeout)
+		}
 		c.werr = fmt.Errorf("tap: write handshake: %w", err)
 		return c.werr
 	}
@@ -432,9 +479,12 @@ func (c *Conn) Buffered() bool {
 // calls drain many frames per syscall.
 //
 // Next returns io.EOF if the stream ends cleanly between frames,
-// io.ErrUnexpectedEOF (wrapped) if it ends inside a frame, and
-// ErrZeroLengthFrame or ErrFrameTooLarge (wrapped) for a bad length. Such
-// errors are sticky; the caller should close the Conn.
+// io.ErrUnexpectedEOF (wrapped) if it ends inside a frame,
+// ErrZeroLengthFrame or ErrFrameTooLarge (wrapped) for a bad length, and
+// ErrStalled (wrapped) if a frame that has started arriving does not
+// complete within Config.StallTimeout. Such errors are sticky; the caller
+// should close the Conn. Waiting for a frame that has not started never
+// times out.
 func (c *Conn) Next() ([]byte, error) {
 	for {
 		n, err := c.peek()
@@ -447,8 +497,12 @@ func (c *Conn) Next() ([]byte, error) {
 		if n > 0 {
 			f := c.rbuf[c.r+LengthPrefixSize : c.r+n : c.r+n]
 			c.r += n
+			c.nframes++
 			c.framesRead.Add(1)
 			c.bytesRead.Add(uint64(len(f)))
+			if c.rarmed && c.r == c.w {
+				c.disarmRead() // no partial frame left
+			}
 			return f, nil
 		}
 		if c.rerr != nil {
@@ -463,10 +517,20 @@ func (c *Conn) Next() ([]byte, error) {
 			}
 			return nil, c.rerr
 		}
+		if c.stall > 0 {
+			if c.r < c.w {
+				c.armRead()
+			} else if c.rarmed {
+				c.disarmRead()
+			}
+		}
 		if _, err := c.readMore(); err != nil {
 			switch {
 			case errors.Is(err, io.EOF):
 				c.eof = true
+			case c.readStalled(err):
+				// The partial frame did not complete in time.
+				c.rerr = fmt.Errorf("%w: a frame did not complete within %v", ErrStalled, c.stall)
 			case isTimeout(err):
 				// Bytes read before the deadline stay buffered; a
 				// frame they complete is returned first.
@@ -480,6 +544,60 @@ func (c *Conn) Next() ([]byte, error) {
 			// the error.
 		}
 	}
+}
+
+// armRead sets the read deadline for the partial frame at c.r, if it is not
+// the one the deadline was set for. The frame gets at least StallTimeout:
+// a deadline still that far away is kept (so a busy stream, where most
+// reads end inside a frame, sets it about once per StallTimeout/2), else
+// it is set to 1.5 × StallTimeout from now. A frame keeps the deadline it
+// got when it was first seen, however slowly its bytes trickle in.
+func (c *Conn) armRead() {
+	if c.rarmed && c.rframe == c.nframes {
+		return
+	}
+	c.rframe = c.nframes
+	now := time.Now()
+	if c.rarmed && c.rdeadline.Sub(now) >= c.stall {
+		return
+	}
+	c.rdeadline = now.Add(c.stall + c.stall/2)
+	c.rarmed = true
+	_ = c.nc.SetReadDeadline(c.rdeadline)
+}
+
+// disarmRead clears the read deadline armRead set.
+func (c *Conn) disarmRead() {
+	c.rarmed = false
+	_ = c.nc.SetReadDeadline(time.Time{})
+}
+
+// readStalled reports whether err is the timeout of the deadline armRead
+// set (rather than one the caller set on the stream).
+func (c *Conn) readStalled(err error) bool {
+	return c.rarmed && isTimeout(err) && !time.Now().Before(c.rdeadline)
+}
+
+// armWrite makes sure the write deadline leaves at least StallTimeout for
+// the next write: it is set to 1.5 × StallTimeout from now when less than
+// StallTimeout is left, so a busy stream sets it about once per
+// StallTimeout/2. The caller holds wmu.
+func (c *Conn) armWrite() {
+	if c.stall <= 0 {
+		return
+	}
+	now := time.Now()
+	if c.wdeadline.Sub(now) >= c.stall {
+		return
+	}
+	c.wdeadline = now.Add(c.stall + c.stall/2)
+	_ = c.nc.SetWriteDeadline(c.wdeadline)
+}
+
+// writeStalled reports whether err is the timeout of the deadline armWrite
+// set. The caller holds wmu.
+func (c *Conn) writeStalled(err error) bool {
+	return c.stall > 0 && isTimeout(err) && !time.Now().Before(c.wdeadline)
 }
 
 // NextBatch stores up to len(frames) frames in frames and returns how many:
@@ -661,6 +779,7 @@ func (c *Conn) read(p []byte) (int, error) {
 
 // write does one Write on the stream; len(p) <= MaxWrite.
 func (c *Conn) write(p []byte) error {
+	c.armWrite()
 	var err error
 	if c.raw == nil {
 		_, err = c.nc.Write(p)
@@ -669,6 +788,9 @@ func (c *Conn) write(p []byte) error {
 	}
 	c.writeCalls.Add(1)
 	if err != nil {
+		if c.writeStalled(err) {
+			err = fmt.Errorf("%w: a %d-byte write did not go through within %v", ErrStalled, len(p), c.stall)
+		}
 		c.werr = fmt.Errorf("tap: write: %w", err)
 		return c.werr
 	}

@@ -25,10 +25,11 @@ func TestNewConnConfig(t *testing.T) {
 		want    tap.Config
 		wantErr bool
 	}{
-		{name: "defaults", want: tap.Config{MTU: 65520, MaxWrite: 32 << 10, ReadBufferSize: 256 << 10}},
-		{name: "explicit", cfg: tap.Config{MTU: 1500, MaxWrite: 64, ReadBufferSize: 1516},
-			want: tap.Config{MTU: 1500, MaxWrite: 64, ReadBufferSize: 1516}},
-		{name: "largest MTU", cfg: tap.Config{MTU: 65521}, want: tap.Config{MTU: 65521, MaxWrite: 32 << 10, ReadBufferSize: 256 << 10}},
+		{name: "defaults", want: tap.Config{MTU: 65520, MaxWrite: 32 << 10, ReadBufferSize: 256 << 10, StallTimeout: 30 * time.Second}},
+		{name: "explicit", cfg: tap.Config{MTU: 1500, MaxWrite: 64, ReadBufferSize: 1516, StallTimeout: time.Second},
+			want: tap.Config{MTU: 1500, MaxWrite: 64, ReadBufferSize: 1516, StallTimeout: time.Second}},
+		{name: "largest MTU", cfg: tap.Config{MTU: 65521}, want: tap.Config{MTU: 65521, MaxWrite: 32 << 10, ReadBufferSize: 256 << 10, StallTimeout: 30 * time.Second}},
+		{name: "no stall timeout", cfg: tap.Config{StallTimeout: -1}, want: tap.Config{MTU: 65520, MaxWrite: 32 << 10, ReadBufferSize: 256 << 10, StallTimeout: -1}},
 		{name: "MTU too large", cfg: tap.Config{MTU: 65522}, wantErr: true},
 		{name: "MTU too small", cfg: tap.Config{MTU: 67}, wantErr: true},
 		{name: "negative MTU", cfg: tap.Config{MTU: -1}, wantErr: true},

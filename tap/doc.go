@@ -30,7 +30,10 @@
 //
 // Every length from the stream is checked before use (zero, over the MTU),
 // and a decode error is sticky: the stream cannot be resynchronised, so the
-// caller closes it.
+// caller closes it. A peer that stalls the stream mid-way (part of a frame
+// sent, then nothing; or nothing read while there is something to write)
+// is detected after [Config.StallTimeout] (30 s by default) and reported
+// as [ErrStalled], also sticky; an idle stream never times out.
 //
 // # Devices and the pump
 //

@@ -93,6 +93,15 @@ func (p *Pump) Attached() bool {
 	return p.att != nil
 }
 
+// DeviceErr returns why the device reader stopped, or nil while the device
+// works (or before the first Run). Once it is not nil, every Run fails at
+// once with it: the Pump is of no further use.
+func (p *Pump) DeviceErr() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.devErr
+}
+
 // Stats returns a snapshot of the Pump's counters.
 func (p *Pump) Stats() PumpStats {
 	return PumpStats{
@@ -106,8 +115,9 @@ func (p *Pump) Stats() PumpStats {
 // Run pumps frames between the device and c until c fails, the device
 // fails, or ctx is done, and returns why: io.EOF if the peer closed the
 // stream (a write error such as EPIPE may win the race instead while
-// frames are being sent), ctx.Err(), a decode error from c, or an I/O error
-// of c or the device. It closes c before returning and leaves the device
+// frames are being sent), ctx.Err(), a decode error from c, ErrStalled if
+// the peer stalled the stream (Config.StallTimeout), or an I/O error of c
+// or the device. It closes c before returning and leaves the device
 // open. The handshake must already be done.
 //
 // Only one Run may be in progress at a time; a concurrent call closes its

@@ -210,9 +210,15 @@ func TestPumpDeviceFailureIsFinal(t *testing.T) {
 	p := tap.NewPump(dev, nil)
 	defer p.Close()
 	_, done := attach(t, t.Context(), p)
+	if err := p.DeviceErr(); err != nil {
+		t.Fatalf("DeviceErr = %v with a working device", err)
+	}
 	dev.Close()
 	if err := waitRun(t, done); !errors.Is(err, os.ErrClosed) {
 		t.Fatalf("Run = %v, want os.ErrClosed", err)
+	}
+	if err := p.DeviceErr(); !errors.Is(err, os.ErrClosed) {
+		t.Fatalf("DeviceErr = %v, want os.ErrClosed", err)
 	}
 	a, _ := unixPair(t)
 	if err := p.Run(t.Context(), newConn(t, a, tap.Config{})); !errors.Is(err, os.ErrClosed) {

@@ -13,6 +13,7 @@ import (
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/waiter"
 )
 
@@ -24,8 +25,9 @@ import (
 //     reports Timeout());
 //   - stack errors become syscall.Errno values (gonet: errors.New of the
 //     tcpip.Error's text), so errors.Is(err, syscall.ECONNRESET) works;
-//   - addresses are fixed at creation (gonet asks the endpoint, which
-//     forgets them once closed, and then returns a nil net.Addr);
+//   - addresses are fixed at creation, from the endpoint's ID (gonet asks
+//     the endpoint, which reports no peer once closed or reset, and then
+//     returns a nil net.Addr);
 //   - WriteTo accepts any *net.UDPAddr, including 16-byte IPv4 ones, and
 //     refuses other net.Addr types instead of panicking.
 
@@ -160,8 +162,19 @@ type tcpConn struct {
 
 var _ net.Conn = (*tcpConn)(nil)
 
+// newTCPConn wraps a connected (or accepted) endpoint. The addresses come
+// from the endpoint's ID, which is fixed once the endpoint is connected:
+// gonet's RemoteAddr asks the endpoint whether it is still connected, and a
+// connection the peer reset while it waited in the accept queue would come
+// out of Accept with a nil RemoteAddr.
 func newTCPConn(n *Net, wq *waiter.Queue, ep tcpip.Endpoint) *tcpConn {
 	c := &tcpConn{c: gonet.NewTCPConn(wq, ep), n: n}
+	if info, ok := ep.Info().(*stack.TransportEndpointInfo); ok {
+		id := info.ID
+		c.laddr = &net.TCPAddr{IP: addrIP(id.LocalAddress), Port: int(id.LocalPort)}
+		c.raddr = &net.TCPAddr{IP: addrIP(id.RemoteAddress), Port: int(id.RemotePort)}
+		return c
+	}
 	c.laddr, c.raddr = c.c.LocalAddr(), c.c.RemoteAddr()
 	return c
 }
