@@ -114,7 +114,10 @@ type Config struct {
 	// may stall, not how long a large or streamed body may take. Under
 	// [Proxy.Serve] a write deadline already set is kept while it is less
 	// than an eighth of TransferTimeout earlier than now + TransferTimeout,
-	// to save moving it on every request. Negative leaves the deadlines to
+	// to save moving it on every request. On Serve's event loops, a client
+	// that stops reading a response is closed when this passes without it
+	// taking a byte (IdleTimeout, if this is negative, once the whole
+	// response is queued). Negative leaves the deadlines to
 	// the server. Default: DefaultTransferTimeout (60 s).
 	TransferTimeout time.Duration
 
@@ -153,6 +156,17 @@ type Config struct {
 	// and appends this hop to them. Default false: they are dropped and set
 	// afresh from the connection, since any client can forge them.
 	TrustForwarded bool
+
+	// AllowUnderscoreHeaders forwards request header fields whose names
+	// contain an underscore ("X_Api_Key"). Default false: they are dropped,
+	// as nginx drops them by default (underscores_in_headers off), because
+	// CGI, WSGI, PHP and the like map '-' and '_' alike to '_', so that
+	// X_Forwarded_For reaches the application as HTTP_X_FORWARDED_FOR, as
+	// the proxy's own X-Forwarded-For does. Even when set, the underscore
+	// spellings of the fields the proxy sets or drops (X-Forwarded-For,
+	// X-Forwarded-Host, X-Forwarded-Proto, Content-Length,
+	// Transfer-Encoding and the hop-by-hop ones) are dropped.
+	AllowUnderscoreHeaders bool
 
 	// TLSClientConfig configures TLS to https targets. Its ServerName
 	// defaults to the target's host name and its NextProtos are set to

@@ -54,6 +54,9 @@ type upReader struct {
 	// ACK was hurried (quickAck).
 	reads int
 	acked bool
+	// full: the last read filled its buffer, so the socket may hold more
+	// (see upConn.drained).
+	full bool
 }
 
 func (r *upReader) Read(p []byte) (int, error) {
@@ -81,6 +84,7 @@ func (r *upReader) Read(p []byte) (int, error) {
 		uc.rdl = lazyDeadline{t: dl, known: true}
 		n, err = uc.conn.Read(p)
 	}
+	r.full = n == len(p)
 	return n, err
 }
 

@@ -47,13 +47,22 @@
 // measurements behind that choice and behind the defaults in [Config].
 //
 // What the proxy does with each request:
+//   - under Serve, refuses it with 400, as net/http's server does, if a
+//     field name or value is invalid (whitespace before the colon, which
+//     other parsers take for the end of the header section, or control
+//     characters), and closes the connection after the response if its
+//     framing was ambiguous (Transfer-Encoding with Content-Length, or
+//     Transfer-Encoding in HTTP/1.0; RFC 9112 section 6.1);
 //   - admits it if fewer than [Config.MaxInFlight] requests are in flight,
 //     otherwise answers 503 with Retry-After at once (or after a short wait
 //     in an optional queue, [Config.QueueSize]); Serve writes a prebuilt
 //     refusal in one write and logs nothing per refusal;
 //   - takes an idle upstream connection (or dials one, up to
-//     [Config.MaxConns]) and writes the request line and headers without
-//     copying the header map, dropping hop-by-hop headers and setting
+//     [Config.MaxConns]; a connection on which the upstream sent more than
+//     its last response, such as a body for HEAD, is closed instead of
+//     reused) and writes the request line and headers without copying the
+//     header map, dropping hop-by-hop headers and fields whose names
+//     contain an underscore ([Config.AllowUnderscoreHeaders]), and setting
 //     X-Forwarded-For, X-Forwarded-Host, X-Forwarded-Proto and Forwarded
 //     from the connection ([http.Request.RemoteAddr], which a PROXY protocol
 //     listener such as github.com/pires/go-proxyproto sets to the original

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -118,7 +119,7 @@ func (ex *exchange) serve() {
 			ex.fail(err)
 			return
 		}
-		if uc.reused && time.Since(uc.idleAt) > ex.p.aliveCheckAfter && !idleConnUsable(uc.conn) {
+		if uc.reused && (uc.recheck || time.Since(uc.idleAt) > ex.p.aliveCheckAfter) && !idleConnUsable(uc.conn) {
 			ex.p.pool.discard(uc)
 			attempt--
 			continue
@@ -247,8 +248,43 @@ func (ex *exchange) roundTrip(uc *upConn, tokens *connTokens, upgrade string, ha
 	if hasBody && ex.finishBody(uc) != nil {
 		return false
 	}
-	keep = complete && !resp.Close
+	keep = complete && !resp.Close && uc.drained()
+	// A body sent for HEAD, 204 or 304 (a handler that writes one
+	// anyway) may arrive after the head: check before reuse.
+	uc.recheck = r.Method == http.MethodHead || resp.StatusCode == http.StatusNoContent ||
+		resp.StatusCode == http.StatusNotModified
 	return false
+}
+
+// drained reports whether uc holds nothing past the response just read:
+// bytes the upstream sent beyond its end (more than its Content-Length, a
+// body for HEAD, 204 or 304) would be taken for the response to the next
+// request on uc, another client's. Bytes already in br are seen at once;
+// the socket is peeked only when the last read filled its buffer, so
+// that more may be waiting (a short read drains a socket).
+func (uc *upConn) drained() bool {
+	if uc.br.Buffered() > 0 {
+		return false
+	}
+	if !uc.rd.full {
+		return true
+	}
+	if !idleConnUsable(uc.conn) {
+		return false
+	}
+	if _, ok := uc.conn.(*tls.Conn); ok {
+		// Decrypted bytes may wait in the tls.Conn, where no peek sees
+		// them: read with a deadline in the past, which returns them or
+		// times out at once (tls.Conn survives a timeout).
+		uc.disarm() // no retries in upReader
+		uc.rd.acked = true
+		_ = uc.conn.SetReadDeadline(aLongTimeAgo)
+		_, err := uc.br.Peek(1)
+		_ = uc.conn.SetReadDeadline(time.Time{})
+		uc.rdl = lazyDeadline{known: true}
+		return err != nil && isTimeout(err)
+	}
+	return true
 }
 
 // readResponse parses a response head from uc, rejecting status codes

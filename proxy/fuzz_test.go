@@ -48,6 +48,8 @@ func FuzzUpstreamResponse(f *testing.F) {
 		"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
 		"HTTP/1.1 200 OK\r\nConnection: X-A, close\r\nX-A: 1\r\nContent-Length: 0\r\n\r\n",
 		"HTTP/1.1 999 Weird\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nConnection: Content-Length\r\nContent-Length: 5\r\n\r\nhello",
+		"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nPOISON",
 		"garbage\r\n\r\n",
 		"",
 	} {
@@ -104,6 +106,9 @@ func FuzzServeRequest(f *testing.F) {
 		"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
 		"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
 		"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+		"POST /p HTTP/1.1\r\nHost: a\r\nX-Pad : 1\r\nContent-Length: 30\r\n\r\nGET /s HTTP/1.1\r\nHost: a\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nX_Forwarded_For: 6.6.6.6\r\n\r\n",
+		"POST /p HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\nabc",
 		"\x00\x01\x02",
 		// Intercepted: served on the connection by a local handler.
 		"GET /i/flush HTTP/1.1\r\nHost: a\r\n\r\nHEAD /i HTTP/1.1\r\nHost: a\r\n\r\n",

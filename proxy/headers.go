@@ -32,8 +32,10 @@ func isForwardedHeader(k string) bool {
 }
 
 // connTokens holds the header names listed in a Connection header, other
-// than the ones that are hop-by-hop anyway. Most requests list none, so it
-// lives on the stack and never allocates.
+// than the ones that are hop-by-hop anyway and the framing fields
+// (Content-Length, Transfer-Encoding), which are never dropped for being
+// listed. Most requests list none, so it lives on the stack and never
+// allocates.
 type connTokens struct {
 	n       int
 	names   [8]string
@@ -52,6 +54,11 @@ func (t *connTokens) parse(values []string) {
 			case strings.EqualFold(tok, "close"), strings.EqualFold(tok, "keep-alive"):
 			case strings.EqualFold(tok, "upgrade"):
 				t.upgrade = true
+			case strings.EqualFold(tok, "content-length"), strings.EqualFold(tok, "transfer-encoding"):
+				// The message's framing: never dropped for being named
+				// (Transfer-Encoding is hop-by-hop anyway). Dropping
+				// Content-Length from a response still framed by it
+				// would leave the client reading to the connection's end.
 			case t.n < len(t.names):
 				t.names[t.n] = tok
 				t.n++
@@ -216,12 +223,121 @@ func writeForwardedValue(bw *bufio.Writer, v string) {
 }
 
 // isTokenChar reports whether c is a tchar (RFC 9110 section 5.6.2).
-func isTokenChar(c byte) bool {
-	switch {
-	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+func isTokenChar(c byte) bool { return fieldBytes[c]&fbToken != 0 }
+
+// fieldBytes classifies bytes for the header field checks, one table
+// lookup per byte.
+var fieldBytes = func() (t [256]uint8) {
+	for c := range 256 {
+		b := byte(c)
+		switch {
+		case 'a' <= b && b <= 'z', 'A' <= b && b <= 'Z', '0' <= b && b <= '9',
+			strings.IndexByte("!#$%&'*+-.^_`|~", b) >= 0:
+			t[c] |= fbToken
+		}
+		if b >= ' ' && b != 0x7f || b == '\t' {
+			t[c] |= fbValue
+		}
+		if b == '_' {
+			t[c] |= fbUnderscore
+		}
+	}
+	return t
+}()
+
+const (
+	fbToken      = 1 << iota // a tchar: allowed in a field name
+	fbValue                  // allowed in a field value: anything but controls other than HTAB
+	fbUnderscore             // '_'
+)
+
+// validFieldName is httpguts.ValidHeaderFieldName: a non-empty token.
+func validFieldName(k string) bool {
+	if k == "" {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		if fieldBytes[k[i]]&fbToken == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// validFieldValue is httpguts.ValidHeaderFieldValue: no control
+// characters but HTAB (obs-text is allowed).
+func validFieldValue(v string) bool {
+	for i := 0; i < len(v); i++ {
+		if fieldBytes[v[i]]&fbValue == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// validHeader reports whether every field name and value in h is valid,
+// as net/http's server requires of a request before serving it.
+// http.ReadRequest does not check: it keeps, for one, a name with
+// whitespace before the colon ("X-A : 1", go.dev/issue/34540), a line that
+// other parsers take for the end of the header section.
+func validHeader(h map[string][]string) bool {
+	for k, vv := range h {
+		if !validFieldName(k) {
+			return false
+		}
+		for _, v := range vv {
+			if !validFieldValue(v) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// dropUnderscoreField reports whether a request field named k, which
+// contains an underscore, is dropped rather than forwarded. CGI, WSGI,
+// PHP and the like map '-' and '_' alike to '_' (X_Forwarded_For and
+// X-Forwarded-For both become HTTP_X_FORWARDED_FOR), so such a name can
+// stand in for a field the proxy sets or drops. Like nginx
+// (underscores_in_headers off), every one is dropped unless
+// Config.AllowUnderscoreHeaders; even then the stand-ins for the fields
+// the proxy manages are.
+func (p *Proxy) dropUnderscoreField(k string) bool {
+	if !p.cfg.AllowUnderscoreHeaders {
 		return true
 	}
-	return strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
+	for _, m := range [...]string{"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto",
+		"Content-Length", "Transfer-Encoding", "Proxy-Connection", "Keep-Alive",
+		"Proxy-Authenticate", "Proxy-Authorization"} {
+		if equalFoldDash(k, m) {
+			return true
+		}
+	}
+	return false
+}
+
+// equalFoldDash reports whether k equals m, ignoring ASCII case and taking
+// '_' in k for '-'.
+func equalFoldDash(k, m string) bool {
+	if len(k) != len(m) {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		c, d := k[i], m[i]
+		if c == '_' {
+			c = '-'
+		}
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if 'A' <= d && d <= 'Z' {
+			d += 'a' - 'A'
+		}
+		if c != d {
+			return false
+		}
+	}
+	return true
 }
 
 func writeHeaderLine(bw *bufio.Writer, k, v string) {
@@ -263,6 +379,9 @@ func (p *Proxy) writeRequestHead(bw *bufio.Writer, r *http.Request, tokens *conn
 		}
 		if isForwardedHeader(k) {
 			continue // written, or extended when trusted, by writeForwarded
+		}
+		if strings.IndexByte(k, '_') >= 0 && p.dropUnderscoreField(k) {
+			continue
 		}
 		if tokens.n > 0 || len(tokens.more) > 0 {
 			if tokens.has(k) {

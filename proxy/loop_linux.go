@@ -606,12 +606,19 @@ func (c *lclient) inLen() int { return c.inEnd - c.inOff }
 func (c *lclient) run() {
 	p := c.el.p
 	for {
+		off := c.s.pendOff
 		if done, err := c.s.flush(p); err != nil {
 			c.close()
 			return
 		} else if !done {
-			if c.st == lcIdle || c.st == lcLinger {
-				return // the last response first
+			if c.st == lcIdle {
+				// The last response first. Its bytes must not wait
+				// forever on a client that does not read them.
+				c.sendDeadline(c.s.pendOff != off)
+				return
+			}
+			if c.st == lcLinger {
+				return
 			}
 		} else if c.closing && c.st == lcIdle {
 			c.finishClose()
@@ -634,6 +641,25 @@ func (c *lclient) run() {
 			return
 		}
 	}
+}
+
+// sendDeadline sets the deadline of a connection whose response is
+// complete but not yet all sent (st is lcIdle, bytes pending): now +
+// TransferTimeout (IdleTimeout when that is off) if the client took some
+// bytes (moved) or no deadline is set, so that a client that stops
+// reading is closed, as a write deadline closes it on the goroutine
+// front end.
+func (c *lclient) sendDeadline(moved bool) {
+	if !moved && c.deadline != 0 {
+		return
+	}
+	p := c.el.p
+	d := p.cfg.TransferTimeout
+	if d <= 0 {
+		d = p.cfg.IdleTimeout
+	}
+	c.hdl = false
+	c.deadline = c.el.now + int64(d)
 }
 
 // lingerTime is how long a connection closed with request bytes unread
@@ -786,7 +812,8 @@ func (c *lclient) dispatch(n int) bool {
 	head := (*c.in)[c.inOff : c.inOff+n]
 	c.r, c.fast = nil, false
 	if (p.cfg.Intercept == nil || p.cfg.InterceptPaths != nil) && !p.cfg.TrustForwarded && p.pathPrefix == "" {
-		if fr, ok := parseRequestFast(head); ok && (p.cfg.Intercept == nil || !p.mayIntercept(fr.target)) {
+		if fr, ok := parseRequestFast(head); ok && (p.cfg.Intercept == nil || !p.mayIntercept(fr.target)) &&
+			!(fr.underscore && p.cfg.AllowUnderscoreHeaders) {
 			c.fast, c.fr = true, fr
 			c.isHead = string(fr.method) == http.MethodHead
 			c.resend = fr.idempotent()
@@ -916,8 +943,8 @@ func (c *lclient) connect() {
 	for len(el.idle) > 0 {
 		u := el.idle[len(el.idle)-1]
 		el.idle = el.idle[:len(el.idle)-1]
-		if el.now-u.idleAt > int64(p.cfg.IdleConnTimeout) || u.s.eof || u.s.hup {
-			u.close()
+		if el.now-u.idleAt > int64(p.cfg.IdleConnTimeout) || u.s.eof || u.s.hup || !u.drained() {
+			u.close() // closed, or it sent bytes nobody asked for
 			continue
 		}
 		c.start2(u)
@@ -1460,7 +1487,7 @@ func (c *lclient) respDone() {
 	u := c.up
 	c.up = nil
 	u.c = nil
-	if c.rclose || c.bodyLeft > 0 || u.s.eof || u.s.hup || el.stopped {
+	if c.rclose || c.bodyLeft > 0 || u.s.eof || u.s.hup || el.stopped || !u.drained() {
 		u.close()
 	} else {
 		u.reused = true
@@ -1477,6 +1504,7 @@ func (c *lclient) respDone() {
 // head from c.in.
 func (c *lclient) endRequest() {
 	c.st = lcIdle
+	c.deadline = 0 // run sets the next one (sendDeadline, readRequest)
 	c.consume(c.head)
 	c.head = 0
 	c.r, c.fast, c.inReq = nil, false, false
@@ -1767,6 +1795,24 @@ func (u *lup) event() {
 			}
 		}
 	}
+}
+
+// drained reports whether u has nothing left to read: bytes the upstream
+// sent past the end of a response (more than its Content-Length, a body
+// for HEAD) would be taken for the response to the next request on it,
+// another client's. The last read leaves readable set only when it
+// filled its buffer (lsock.read), so the common case costs no syscall;
+// otherwise the socket is peeked, and, found empty, readable is cleared:
+// bytes arriving later raise an edge (event closes an idle connection).
+func (u *lup) drained() bool {
+	if !u.s.readable {
+		return true
+	}
+	if peekFD(u.s.fd) != peekEmpty {
+		return false
+	}
+	u.s.readable = false
+	return true
 }
 
 func (u *lup) growIn() {

@@ -190,6 +190,13 @@ func FuzzFrontEnds(f *testing.F) {
 		"GET / HTTP/1.0\r\n\r\n",
 		"BAD\r\n\r\n",
 		"GET / HTTP/1.1\r\nHost: x\r\nConnection: close, X-A\r\nX-A: 1\r\n\r\n",
+		// Smuggling and spoofing attempts (smuggling_test.go).
+		"POST /p HTTP/1.1\r\nHost: x\r\nX-Pad : 1\r\nContent-Length: 30\r\n\r\nGET /s HTTP/1.1\r\nHost: x\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x01b\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: x\r\nX_Forwarded_For: 6.6.6.6\r\nX_A: 1\r\n\r\n",
+		"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /q HTTP/1.1\r\nHost: x\r\n\r\n",
+		"POST /p HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\nabcGET /q HTTP/1.1\r\nHost: x\r\n\r\n",
+		"POST /p HTTP/1.1\r\nHost: x\r\nConnection: Content-Length\r\nContent-Length: 3\r\n\r\nabcGET /q HTTP/1.1\r\nHost: x\r\n\r\n",
 	} {
 		f.Add(s)
 	}

@@ -39,6 +39,10 @@ type upConn struct {
 	rdl, wdl   lazyDeadline // owned by the exchange using uc
 	aborted    atomic.Bool  // abort has run: timeouts are final
 	noQuickAck bool         // conn takes no TCP_QUICKACK
+	// recheck: its last response had no body by rule (HEAD, 204, 304):
+	// it is peeked at before reuse however briefly it was idle, for a
+	// body the upstream may have sent anyway.
+	recheck bool
 }
 
 func newUpConn(c net.Conn) *upConn {

@@ -17,6 +17,9 @@ type fastReq struct {
 	length int64  // Content-Length; 0 when absent
 	close  bool   // Connection: close
 	idem   bool   // an Idempotency-Key or X-Idempotency-Key field
+	// underscore: a field name has an underscore (appendFastHead drops
+	// those fields; see Proxy.dropUnderscoreField).
+	underscore bool
 }
 
 // idempotent is canResend for fr.
@@ -34,7 +37,8 @@ func (fr *fastReq) idempotent() bool {
 // the event-loop front end forwards as they are: an origin-form target, one
 // valid Host, at most one Content-Length, no Transfer-Encoding, Expect, TE
 // or Upgrade, no Connection option other than close and keep-alive, no
-// forwarding headers. For anything else it reports false and the caller
+// forwarding headers. Field names with underscores are noted in
+// underscore. For anything else it reports false and the caller
 // parses with net/http, which applies the full rules (and may refuse the
 // request). FuzzParseRequestFast holds it to net/http.
 func parseRequestFast(b []byte) (fastReq, bool) {
@@ -82,14 +86,18 @@ func parseRequestFast(b []byte) (fastReq, bool) {
 			return fr, false
 		}
 		name := l[:i]
+		tok, seen := uint8(fbToken), uint8(0)
 		for _, c := range name {
-			if !isTokenChar(c) {
-				return fr, false
-			}
+			tok &= fieldBytes[c]
+			seen |= fieldBytes[c]
 		}
+		if tok == 0 {
+			return fr, false // whitespace before the colon, and the like: net/http's path refuses it
+		}
+		fr.underscore = fr.underscore || seen&fbUnderscore != 0
 		value := bytes.Trim(l[i+1:], " \t")
 		for _, c := range value {
-			if c < ' ' && c != '\t' || c == 0x7f || c >= 0x80 {
+			if fieldBytes[c]&fbValue == 0 || c >= 0x80 {
 				return fr, false
 			}
 		}
@@ -193,6 +201,9 @@ func (p *Proxy) appendFastHead(dst []byte, fr *fastReq, ip netip.Addr, ipOK, htt
 		name := l[:bytes.IndexByte(l, ':')]
 		if isHopField(name) || equalFoldASCII(name, "Host") || equalFoldASCII(name, "Content-Length") {
 			continue
+		}
+		if fr.underscore && bytes.IndexByte(name, '_') >= 0 {
+			continue // the caller parses with net/http if Config.AllowUnderscoreHeaders
 		}
 		dst = append(dst, l...)
 		dst = append(dst, '\r', '\n')

@@ -32,7 +32,8 @@ var errBadResponse = errors.New("proxy: malformed response head")
 // fields, ending in an empty line) as net/http's client would, and appends
 // the head to send to the client to dst: an HTTP/1.1 status line with the
 // upstream's reason phrase and the fields in their order and spelling,
-// without the hop-by-hop ones (and those the Connection field names) and
+// without the hop-by-hop ones (and those the Connection field names, but
+// never Content-Length, which still frames the body) and
 // without Content-Length when the body is chunked. The caller adds framing
 // and Connection fields and the final CRLF. It rejects what net/http
 // would reject and some things it would accept (obsolete line folding,

@@ -290,11 +290,18 @@ func (cc *clientConn) serve() {
 		}
 		// A header that has arrived whole is parsed without reading:
 		// ReadHeaderTimeout only matters for one that has not.
-		if b, _ := cc.br.Peek(cc.br.Buffered()); !bytes.Contains(b, crlfcrlf) {
+		buffered, _ := cc.br.Peek(cc.br.Buffered())
+		if !bytes.Contains(buffered, crlfcrlf) {
 			cc.rdl.set(cc.conn.SetReadDeadline, time.Now().Add(p.cfg.ReadHeaderTimeout), 0)
 		}
+		left := cc.lr.n
 		r, err := http.ReadRequest(cc.br)
 		tooLarge := cc.lr.n == 0
+		// Without a read, the head came from buffered, which is intact.
+		var head []byte
+		if cc.lr.n == left {
+			head = buffered[:len(buffered)-cc.br.Buffered()]
+		}
 		cc.lr.n = -1
 		if err != nil {
 			switch {
@@ -316,6 +323,9 @@ func (cc *clientConn) serve() {
 			cc.writeRaw(code)
 			return
 		}
+		if !r.Close && framingSuspect(r, head) {
+			r.Close = true // Connection: close, and no further request
+		}
 		r.RemoteAddr = cc.remoteAddr
 		r.TLS = cc.tlsState
 		if !cc.handle(r) {
@@ -325,6 +335,42 @@ func (cc *clientConn) serve() {
 }
 
 var crlfcrlf = []byte("\r\n\r\n")
+
+// framingSuspect reports whether a request's framing was ambiguous, so
+// that the connection must close after the response (RFC 9112 section
+// 6.1): Transfer-Encoding with Content-Length (the body was framed by the
+// former), or Transfer-Encoding in HTTP/1.0 (by the latter). A request
+// smuggled past another hop in front may follow. http.ReadRequest drops
+// the field that lost, so r's head tells: head, or nil when it is not at
+// hand (it arrived in several reads), and then the answer is yes. Only
+// chunked and HTTP/1.0 requests are looked at.
+func framingSuspect(r *http.Request, head []byte) bool {
+	var name string
+	switch {
+	case len(r.TransferEncoding) > 0:
+		name = "Content-Length"
+	case !r.ProtoAtLeast(1, 1):
+		name = "Transfer-Encoding" // net/http ignores it in HTTP/1.0
+	default:
+		return false
+	}
+	if head == nil {
+		return true
+	}
+	_, rest, _ := bytes.Cut(head, []byte{'\n'}) // the request line
+	for len(rest) > 0 {
+		var line []byte
+		line, rest, _ = bytes.Cut(rest, []byte{'\n'})
+		line = bytes.TrimSuffix(line, []byte{'\r'})
+		if len(line) == 0 {
+			break
+		}
+		if k, _, ok := bytes.Cut(line, []byte{':'}); ok && equalFoldASCII(k, name) {
+			return true
+		}
+	}
+	return false
+}
 
 // checkRequest applies the checks net/http's server makes beyond parsing,
 // returning the status to refuse r with, or 0.
@@ -336,6 +382,12 @@ func checkRequest(r *http.Request) int {
 		return http.StatusBadRequest // missing Host
 	}
 	if r.Host != "" && !httpguts.ValidHostHeader(r.Host) {
+		return http.StatusBadRequest
+	}
+	if !validHeader(r.Header) {
+		// Whitespace before a colon (RFC 9112 section 5.1: a server
+		// MUST answer 400), control characters: forwarded, such a
+		// field may end the header section for the upstream's parser.
 		return http.StatusBadRequest
 	}
 	return 0
