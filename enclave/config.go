@@ -116,10 +116,14 @@ type Config struct {
 	StallTimeout time.Duration
 
 	// Egress, when set, limits where Dial (and HTTPClient) may connect:
-	// hostnames with wildcards, CIDRs and ports (see package policy). In
-	// userspace mode Dial is the only way out of the process, so the policy
-	// is part of the attested image and does not depend on the untrusted
-	// host; in TAP mode it covers only connections made through Dial.
+	// hostnames with wildcards, CIDRs and ports (see package policy), and
+	// where a PacketConn from ListenPacket may send: to an address the
+	// policy allows (by address: a datagram carries no name), or to a peer
+	// that sent to that socket first (a reply; the last 4096 peers per
+	// socket are remembered). In userspace mode Dial and ListenPacket are
+	// the only ways out of the process, so the policy is part of the
+	// attested image and does not depend on the untrusted host; in TAP mode
+	// it covers only what goes through them.
 	// Names are resolved through the host's DNS, so an address it answers
 	// for an allowed name that leads back into the enclave (loopback,
 	// 0.0.0.0/8, multicast, broadcast, the enclave's own addresses) is

@@ -155,3 +155,73 @@ func TestUserspaceEgressHostDNS(t *testing.T) {
 		})
 	}
 }
+
+// TestUserspaceEgressPacketConn: with an egress policy, a PacketConn from
+// ListenPacket sends to addresses the policy allows and answers peers that
+// wrote to it first, and refuses everything else (it used to send anywhere).
+func TestUserspaceEgressPacketConn(t *testing.T) {
+	sock := usSocket(t)
+	h := usHost(t, sock, "127.0.0.1:0:5353/udp")
+	allowedSink, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer allowedSink.Close()
+	refusedSink, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer refusedSink.Close()
+	allowedPort := allowedSink.LocalAddr().(*net.UDPAddr).Port
+	refusedPort := refusedSink.LocalAddr().(*net.UDPAddr).Port
+	p, err := policy.Parse([]string{fmt.Sprintf("192.168.127.254:%d/udp", allowedPort)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := usStartEnclave(t, sock, func(c *enclave.Config) { c.Egress = p })
+	usReady(t, e)
+	pc, err := e.ListenPacket("udp", ":5353")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+
+	to := func(port int) net.Addr { return &net.UDPAddr{IP: net.IPv4(192, 168, 127, 254), Port: port} }
+	if _, err := pc.WriteTo([]byte("allowed"), to(allowedPort)); err != nil {
+		t.Fatalf("WriteTo an allowed address: %v", err)
+	}
+	buf := make([]byte, 64)
+	_ = allowedSink.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, _, err := allowedSink.ReadFrom(buf); err != nil || string(buf[:n]) != "allowed" {
+		t.Fatalf("allowed datagram: %q, %v", buf[:n], err)
+	}
+	if _, err := pc.WriteTo([]byte("refused"), to(refusedPort)); !errors.Is(err, enclave.ErrEgressRefused) {
+		t.Fatalf("WriteTo a destination the policy does not allow = %v, want ErrEgressRefused", err)
+	}
+	_ = refusedSink.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if n, _, err := refusedSink.ReadFrom(buf); err == nil {
+		t.Fatalf("refused datagram arrived: %q", buf[:n])
+	}
+
+	// A client that writes first is answered (a UDP server's reply).
+	c, err := net.Dial("udp", h.Published()[0].String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	_ = pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, from, err := pc.ReadFrom(buf)
+	if err != nil || string(buf[:n]) != "ping" {
+		t.Fatalf("ReadFrom: %q, %v", buf[:n], err)
+	}
+	if _, err := pc.WriteTo([]byte("pong"), from); err != nil {
+		t.Fatalf("reply to a peer that wrote first: %v", err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := c.Read(buf); err != nil || string(buf[:n]) != "pong" {
+		t.Fatalf("reply: %q, %v", buf[:n], err)
+	}
+}

@@ -272,13 +272,20 @@ func (e *Enclave) Listen(network, addr string) (net.Listener, error) {
 	return nw.listen(network, addr)
 }
 
-// ListenPacket listens for UDP on the enclave's network.
+// ListenPacket listens for UDP on the enclave's network. With
+// Config.Egress set, WriteTo sends only to addresses the policy allows and
+// to peers that sent to the socket first; anything else fails with
+// ErrEgressRefused.
 func (e *Enclave) ListenPacket(network, addr string) (net.PacketConn, error) {
 	nw, err := e.network()
 	if err != nil {
 		return nil, err
 	}
-	return nw.listenPacket(network, addr)
+	pc, err := nw.listenPacket(network, addr)
+	if err != nil || e.cfg.Egress == nil {
+		return pc, err
+	}
+	return newPolicedPacketConn(pc, e.cfg.Egress), nil
 }
 
 // Dial connects through the enclave's network. It has the signature of
