@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/quenchnet/quench/policy"
@@ -40,6 +41,27 @@ const (
 	// DefaultHandshakeTimeout bounds how long a new enclave stream may take
 	// to send its /connect request.
 	DefaultHandshakeTimeout = 10 * time.Second
+	// DefaultMaxEnclaveStreams bounds attached enclave streams; each costs
+	// about 300 KiB of buffers. Nitro allows a few enclaves per instance.
+	DefaultMaxEnclaveStreams = 64
+)
+
+// Defaults of the limits against hostile clients and enclaves (layer 4);
+// see Config.
+const (
+	// DefaultFirstByteTimeout: clients of TLS and HTTP, what published
+	// ports mostly carry, send at once; 30 s allows for slow networks.
+	DefaultFirstByteTimeout = 30 * time.Second
+	// DefaultMaxPortUDPFlows and DefaultMaxNATUDPFlows: each flow costs
+	// about 64-128 KiB while tracked, so 1024 bound that to ~128 MiB.
+	DefaultMaxPortUDPFlows = 1024
+	DefaultMaxNATUDPFlows  = 1024
+	// DefaultNATIdleTimeout is Linux's TCP keepalive time (7200 s), longer
+	// than the idle timeouts enclave software already has to live with on
+	// AWS (NAT gateway 350 s, load balancers at most 4000 s), so
+	// connections kept open that way keep working; what stays idle longer
+	// is most likely leaked and gets its descriptor back.
+	DefaultNATIdleTimeout = 2 * time.Hour
 )
 
 // Config configures a Host. The zero value is usable: it gives gvproxy's
@@ -135,6 +157,40 @@ type Config struct {
 	// stream. Default: 10s.
 	HandshakeTimeout time.Duration
 
+	// Isolation between enclaves (layer 2). Each enclave stream may send
+	// only from addresses it owns: a MAC it was first to use (or took over
+	// by reconnecting, see below), and an IPv4 address it was first to use
+	// or holds the DHCP lease for. Frames from another stream's addresses,
+	// or the host's (gateway, host loopback), are dropped and counted. A
+	// new stream from the same peer (the same VSOCK CID; for unix sockets,
+	// the same user id) whose first frame uses an attached stream's MAC
+	// replaces that stream: the enclave reconnected. Zero means the
+	// default; a negative value means no limit.
+
+	// MaxEnclaveStreams bounds the enclave streams attached or in their
+	// handshake; further connections are closed at once and counted.
+	// MaxEnclaveStreamsPerPeer bounds those from one peer (VSOCK CID), so
+	// that one enclave cannot take every slot. MaxEnclaveHandshakes bounds
+	// those in their handshake, so that connections that never finish it
+	// cannot hold every slot. Defaults: DefaultMaxEnclaveStreams (64); 16;
+	// 32.
+	MaxEnclaveStreams        int
+	MaxEnclaveStreamsPerPeer int
+	MaxEnclaveHandshakes     int
+
+	// MaxMACsPerEnclave bounds the source MACs one stream may use (and so
+	// the DHCP leases it may hold: a DHCP request must name its source
+	// MAC); the MAC table holds at most MaxEnclaveStreams times as many.
+	// MaxAddressesPerEnclave bounds the IPv4 addresses one stream may send
+	// from. Frames beyond them are dropped. Defaults: 16; 8.
+	MaxMACsPerEnclave      int
+	MaxAddressesPerEnclave int
+
+	// DHCPOfferTimeout is how long an address offered in answer to a
+	// DHCP DISCOVER is held for the client; unless a REQUEST confirms it,
+	// it returns to the pool. Default: 60s.
+	DHCPOfferTimeout time.Duration
+
 	// AllowMetadata lets enclaves reach the link-local range 169.254.0.0/16,
 	// which holds the EC2 instance metadata service and its credentials.
 	// Default: false (blocked).
@@ -145,6 +201,70 @@ type Config struct {
 	// Refusals are counted (Stats). It applies on top of AllowMetadata.
 	// Default: nil, everything allowed.
 	Egress *policy.Policy
+
+	// Limits against hostile clients and enclaves (layer 4). Zero means
+	// the default; a negative value means no limit (timeouts: none).
+	// Defaults that bound file descriptors derive from the open-file limit
+	// (RLIMIT_NOFILE as Go raised it at start-up, see FileLimit): published
+	// ports at most 1/2 of it, NAT TCP 1/4, NAT UDP at most 1/8, leaving the
+	// rest, at least 1/8, for enclave streams and listeners. Refusals are
+	// counted (LimitStats, PortStatus.Refused, metrics).
+
+	// MaxPortConns bounds the client connections of all published TCP
+	// ports together (a fast-path client holds two descriptors, one through
+	// the virtual network one). A client beyond it is accepted and reset at
+	// once, not left in the backlog, so that it learns at once and the
+	// backlog does not fill with connections nobody will serve. Default:
+	// FileLimit()/4.
+	MaxPortConns int
+
+	// MaxPortConnsPerPort bounds one published TCP port's connections, so
+	// that a flood of one port leaves room for the others. Default:
+	// MaxPortConns (only the total applies).
+	MaxPortConnsPerPort int
+
+	// FirstByteTimeout closes a published TCP port's connection whose
+	// client has sent nothing for this long after connecting: idle clients
+	// holding descriptors. For protocols whose clients may stay silent
+	// longer (server-push, or a server that speaks first and a slow human
+	// client), raise it or make it negative. Default:
+	// DefaultFirstByteTimeout (30s).
+	FirstByteTimeout time.Duration
+
+	// MaxPortUDPFlows bounds the client sources (address:port) tracked by
+	// all published UDP ports together; each costs a goroutine, a 64 KiB
+	// buffer and a gVisor endpoint until 90 s after its last datagram.
+	// Datagrams from new sources beyond it are dropped and counted.
+	// Default: DefaultMaxPortUDPFlows (1024).
+	MaxPortUDPFlows int
+
+	// MaxNATConns bounds enclave TCP connections through the NAT (one host
+	// descriptor each) in total, and MaxNATConnsPerEnclave those from one
+	// enclave address. SYNs beyond them are answered with a reset and
+	// counted. Default: FileLimit()/4 in total, half of it per enclave.
+	MaxNATConns           int
+	MaxNATConnsPerEnclave int
+
+	// MaxNATUDPFlows bounds enclave UDP flows through the NAT (each a host
+	// socket, two goroutines and two 64 KiB buffers, until 90 s after its
+	// last datagram) in total, and MaxNATUDPFlowsPerEnclave those from one
+	// enclave address. A new flow's datagrams beyond them are dropped and
+	// counted. Default: DefaultMaxNATUDPFlows (1024), or FileLimit()/8 if
+	// less, in total; half of it per enclave.
+	MaxNATUDPFlows           int
+	MaxNATUDPFlowsPerEnclave int
+
+	// NATIdleTimeout closes an enclave's TCP connection through the NAT
+	// when neither direction moved a byte for this long (keepalive probes
+	// carry none). Negative: never. Default: DefaultNATIdleTimeout (2h).
+	NATIdleTimeout time.Duration
+
+	// MaxDialsPerEnclave bounds how many of the MaxInFlightDials slots one
+	// enclave address may hold; its further SYNs are dropped (it
+	// retransmits) so that one enclave dialling unanswering addresses
+	// cannot stall the others' connections. Default: half of
+	// MaxInFlightDials, at least 1.
+	MaxDialsPerEnclave int
 
 	// Dial opens outbound connections on the host's network for enclave
 	// NAT traffic. Default: a net.Dialer.
@@ -348,6 +468,7 @@ func (c Config) withDefaults() (Config, error) {
 	if c.HandshakeTimeout == 0 {
 		c.HandshakeTimeout = DefaultHandshakeTimeout
 	}
+	c.isolationDefaults()
 	for _, u := range c.DNSUpstream {
 		if _, _, err := net.SplitHostPort(u); err != nil {
 			return c, fmt.Errorf("host: DNS upstream %q: want host:port: %w", u, err)
@@ -362,6 +483,7 @@ func (c Config) withDefaults() (Config, error) {
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = DefaultDrainTimeout
 	}
+	c.limitDefaults() // layer 4, after MaxInFlightDials
 	seen := map[string]bool{}
 	for _, p := range c.Publish {
 		if err := c.validatePublish(p); err != nil {
@@ -381,4 +503,50 @@ func (c Config) withDefaults() (Config, error) {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	return c, nil
+}
+
+// FileLimit returns the process's open-file limit (the soft RLIMIT_NOFILE,
+// which Go raises to the hard limit at start-up), or 1024 if unknown. The
+// default limits of Config derive from it.
+func FileLimit() int {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil || rl.Cur == 0 {
+		return 1024
+	}
+	return int(min(rl.Cur, 1<<30))
+}
+
+// limitDefaults fills in the limits against hostile clients and enclaves
+// (layer 4); negative values stay: no limit.
+func (c *Config) limitDefaults() {
+	fds := FileLimit()
+	def := func(v *int, d int) {
+		switch {
+		case *v != 0:
+		case d < 0:
+			*v = -1 // derived from a limit that is off
+		default:
+			*v = max(d, 1)
+		}
+	}
+	half := func(total int) int {
+		if total < 0 {
+			return -1
+		}
+		return total / 2
+	}
+	def(&c.MaxPortConns, fds/4)
+	def(&c.MaxPortConnsPerPort, c.MaxPortConns)
+	if c.FirstByteTimeout == 0 {
+		c.FirstByteTimeout = DefaultFirstByteTimeout
+	}
+	def(&c.MaxPortUDPFlows, DefaultMaxPortUDPFlows)
+	def(&c.MaxNATConns, fds/4)
+	def(&c.MaxNATConnsPerEnclave, half(c.MaxNATConns))
+	def(&c.MaxNATUDPFlows, min(DefaultMaxNATUDPFlows, fds/8))
+	def(&c.MaxNATUDPFlowsPerEnclave, half(c.MaxNATUDPFlows))
+	if c.NATIdleTimeout == 0 {
+		c.NATIdleTimeout = DefaultNATIdleTimeout
+	}
+	def(&c.MaxDialsPerEnclave, half(c.MaxInFlightDials))
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/containers/gvisor-tap-vsock/pkg/types"
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/iana"
+	"gvisor.dev/gvisor/pkg/tcpip"
 )
 
 // gvisor-tap-vsock's DHCP service binds its socket to NIC 1, hard-coded
@@ -33,11 +34,17 @@ const (
 // are dropped (clients retransmit). server4 starts a goroutine per message.
 const maxDHCPInFlight = 16
 
+// defaultDHCPOfferTimeout: how long an offered address waits for the
+// client's REQUEST (Config.DHCPOfferTimeout). Clients request within
+// seconds; a minute covers their retransmissions.
+const defaultDHCPOfferTimeout = 60 * time.Second
+
 // dhcpPool returns the address pool of the DHCP service: the gateway, the
 // host-loopback and the broadcast addresses are never leased, and the
 // enclave's default MAC (DefaultEnclaveMAC, the one quench-enclave and
 // stock gvforwarder use) always gets EnclaveIP, as with gvproxy. Other
-// clients get the lowest free address, kept for as long as the Host runs.
+// clients get the lowest free address, kept for as long as the Host runs
+// once a REQUEST confirmed it (an offer alone expires: dhcpHandler).
 func dhcpPool(c Config) *gvtap.IPPool {
 	subnet := &net.IPNet{IP: c.Subnet.Addr().AsSlice(), Mask: net.CIDRMask(c.Subnet.Bits(), 32)}
 	pool := gvtap.NewIPPool(subnet)
@@ -74,10 +81,18 @@ func (h *Host) startDHCPLocked() error {
 		return fmt.Errorf("host: DHCP: %w", err)
 	}
 	d := &dhcpHandler{
-		inner: srv.Underlying.Handler,
-		pool:  pool,
-		log:   h.log,
-		sem:   make(chan struct{}, maxDHCPInFlight),
+		inner:        srv.Underlying.Handler,
+		pool:         pool,
+		log:          h.log,
+		sem:          make(chan struct{}, maxDHCPInFlight),
+		offerTimeout: c.DHCPOfferTimeout,
+		offers:       map[string]time.Time{},
+		confirmed:    map[string]bool{DefaultEnclaveMAC.String(): true}, // reserved in dhcpPool
+		bind:         h.sw.bindLease,
+	}
+	h.sw.leaseOf = func(a tcpip.Address) (string, bool) {
+		key, ok := pool.Leases()[a.String()]
+		return key, ok
 	}
 	srv.Underlying.Handler = d.handle
 	h.closers = append(h.closers, func() { _ = srv.Underlying.Close() })
@@ -114,6 +129,16 @@ type dhcpHandler struct {
 	closed   bool           // guarded by mu
 	running  sync.WaitGroup // handlers started before closed; Add under mu
 	lastWarn time.Time      // guarded by mu
+
+	// Addresses offered (DISCOVER) but not yet requested return to the
+	// pool after offerTimeout, so that DISCOVERs alone cannot exhaust it.
+	offerTimeout time.Duration
+	offers       map[string]time.Time // guarded by mu; client key: when its offer expires
+	confirmed    map[string]bool      // guarded by mu; clients whose lease a REQUEST confirmed
+
+	// bind ties a leased address to the enclave stream of the client's
+	// MAC (switchEndpoint.bindLease).
+	bind func(mac net.HardwareAddr, ip net.IP)
 }
 
 func (d *dhcpHandler) handle(conn net.PacketConn, peer net.Addr, m *dhcpv4.DHCPv4) {
@@ -146,7 +171,25 @@ func (d *dhcpHandler) handle(conn net.PacketConn, peer net.Addr, m *dhcpv4.DHCPv
 		d.log.Debug("DHCP: ignored non-Ethernet client", "htype", m.HWType, "client", m.ClientHWAddr.String())
 		return
 	}
-	ip, err := d.pool.GetOrAssign(m.ClientHWAddr.String())
+	key := m.ClientHWAddr.String()
+	d.expireOffers()
+	ip, err := d.pool.GetOrAssign(key)
+	if err == nil {
+		d.mu.Lock()
+		switch {
+		case d.confirmed[key]:
+		case mt == dhcpv4.MessageTypeRequest:
+			delete(d.offers, key)
+			d.confirmed[key] = true
+		case d.offers[key].IsZero():
+			d.offers[key] = time.Now().Add(d.offerTimeout)
+		}
+		confirmed := d.confirmed[key]
+		d.mu.Unlock()
+		if confirmed && d.bind != nil {
+			d.bind(m.ClientHWAddr, ip)
+		}
+	}
 	if err != nil {
 		d.mu.Lock()
 		warn := time.Since(d.lastWarn) > time.Minute
@@ -161,6 +204,19 @@ func (d *dhcpHandler) handle(conn net.PacketConn, peer net.Addr, m *dhcpv4.DHCPv
 	}
 	d.log.Debug("DHCP: answering", "type", mt, "client", m.ClientHWAddr.String(), "ip", ip)
 	d.inner(conn, peer, m)
+}
+
+// expireOffers returns expired offers' addresses to the pool.
+func (d *dhcpHandler) expireOffers() {
+	now := time.Now()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for key, exp := range d.offers {
+		if now.After(exp) {
+			delete(d.offers, key)
+			d.pool.Release(key)
+		}
+	}
 }
 
 // close makes later messages be dropped and waits for running handlers.

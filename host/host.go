@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/mdlayher/vsock"
+	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
@@ -61,6 +63,15 @@ type Host struct {
 	learned  *policy.Learned // names behind addresses, for Config.Egress hostname rules
 
 	lastDialWarn atomic.Int64 // unix nanoseconds of the last published-port dial warning
+
+	// Enclave streams attached or in their handshake, those in their
+	// handshake, and connections refused for Config.MaxEnclaveStreams or
+	// MaxEnclaveHandshakes.
+	streams, handshakes atomic.Int64
+	streamsRefused      atomic.Uint64
+	lastStreamWarn      atomic.Int64 // unix nanoseconds
+	peerMu              sync.Mutex
+	peerStreams         map[string]int // guarded by peerMu; streams per peerID
 }
 
 // New validates cfg and returns a Host. It does no I/O and starts nothing.
@@ -78,6 +89,8 @@ func New(cfg Config) (*Host, error) {
 		conns:     map[io.Closer]struct{}{},
 		listeners: map[net.Listener]string{},
 		learned:   policy.NewLearned(0, 0),
+
+		peerStreams: map[string]int{},
 	}, nil
 }
 
@@ -143,6 +156,7 @@ func (h *Host) createStackLocked() error {
 		arpAllowed = append(arpAllowed, addr(c.HostLoopbackIP))
 	}
 	h.sw = newSwitch(c.MTU, c.GatewayMAC, arpAllowed, c.AckDelay, h.log)
+	h.sw.isolate(c)
 	s := stack.New(stack.Options{
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4},
@@ -230,21 +244,79 @@ func (h *Host) Serve(ln net.Listener) error {
 			return fmt.Errorf("host: accept: %w", err)
 		}
 		backoff.Reset()
+		peer := peerID(c)
+		release := h.admitStream(peer)
+		if release == nil {
+			_ = c.Close()
+			continue
+		}
 		if !h.track(c) {
+			release()
+			h.handshakes.Add(-1)
 			_ = c.Close()
 			return nil
 		}
 		h.wg.Add(1)
 		go func() {
 			defer h.wg.Done()
+			defer release()
 			defer h.untrack(c)
-			h.serveStream(c)
+			h.serveStream(c, peer)
 		}()
 	}
 }
 
-// serveStream runs one enclave stream: handshake, attach, frames until it ends.
-func (h *Host) serveStream(c net.Conn) {
+// admitStream counts a new enclave connection from peer against
+// Config.MaxEnclaveStreams, MaxEnclaveStreamsPerPeer and
+// MaxEnclaveHandshakes. It returns the function that gives the stream slot
+// back when the stream ends (serveStream gives the handshake slot back), or
+// nil: refused. Refusals are counted and logged at most once a minute.
+func (h *Host) admitStream(peer string) (release func()) {
+	maxStreams, maxHS := int64(h.cfg.MaxEnclaveStreams), int64(h.cfg.MaxEnclaveHandshakes)
+	maxPeer := h.cfg.MaxEnclaveStreamsPerPeer
+	h.peerMu.Lock()
+	ok := maxPeer < 0 || h.peerStreams[peer] < maxPeer
+	if ok {
+		h.peerStreams[peer]++
+	}
+	h.peerMu.Unlock()
+	n := h.streams.Add(1)
+	hs := h.handshakes.Add(1)
+	release = func() {
+		h.streams.Add(-1)
+		h.peerMu.Lock()
+		if h.peerStreams[peer]--; h.peerStreams[peer] <= 0 {
+			delete(h.peerStreams, peer)
+		}
+		h.peerMu.Unlock()
+	}
+	if ok && (maxStreams < 0 || n <= maxStreams) && (maxHS < 0 || hs <= maxHS) {
+		return release
+	}
+	if ok {
+		release()
+	} else {
+		h.streams.Add(-1)
+	}
+	h.handshakes.Add(-1)
+	h.streamsRefused.Add(1)
+	now := time.Now().UnixNano()
+	if last := h.lastStreamWarn.Load(); now-last > int64(time.Minute) && h.lastStreamWarn.CompareAndSwap(last, now) {
+		h.log.Warn("too many enclave streams; refusing new ones", "peer", peer, "streams", n-1, "handshakes", hs-1,
+			"max_streams", maxStreams, "max_per_peer", maxPeer, "max_handshakes", maxHS)
+	}
+	return nil
+}
+
+// serveStream runs one enclave stream: handshake, attach, frames until it
+// ends. admitStream counted it, handshake included.
+func (h *Host) serveStream(c net.Conn, peer string) {
+	handshaking := true
+	defer func() {
+		if handshaking {
+			h.handshakes.Add(-1)
+		}
+	}()
 	remote := c.RemoteAddr().String()
 	if remote == "" {
 		remote = c.LocalAddr().String()
@@ -262,8 +334,10 @@ func (h *Host) serveStream(c net.Conn) {
 		return
 	}
 	_ = c.SetReadDeadline(time.Time{})
-	h.log.Info("enclave connected", "remote", remote)
-	p := h.sw.attach(tc, remote)
+	handshaking = false
+	h.handshakes.Add(-1)
+	h.log.Info("enclave connected", "remote", remote, "peer", peer)
+	p := h.sw.attachPeer(tc, remote, peer)
 	err = h.sw.serve(p)
 	st := tc.Stats()
 	h.log.Info("enclave disconnected", "remote", remote, "err", err, "frames_in", st.FramesRead, "read_calls", st.ReadCalls, "frames_out", st.FramesWritten, "write_calls", st.WriteCalls)
@@ -351,6 +425,16 @@ type Stats struct {
 	UDPRefused                       uint64 // outbound UDP packets dropped by Config.Egress
 	DNSQueries, DNSRefused           uint64 // questions sent upstream; refused by Config.Egress
 
+	// Frames dropped (included in FramesDropped) because an enclave's
+	// queue was full (it does not read its stream fast enough), because
+	// they came from another enclave's or the host's MAC or IP address
+	// (spoofing), or past the per-enclave MAC and address limits.
+	FramesDroppedQueueFull, FramesDroppedSpoofed, FramesDroppedOverLimit uint64
+
+	// EnclaveStreamsRefused counts enclave connections closed at once for
+	// Config.MaxEnclaveStreams or MaxEnclaveHandshakes.
+	EnclaveStreamsRefused uint64
+
 	// ZeroWindowACKsFixed counts pure ACKs from enclaves rewritten so that
 	// gVisor reads them (ethlink.ZeroWindowACKs: a gVisor TCP bug that can
 	// otherwise deadlock a connection under full-duplex load).
@@ -369,8 +453,12 @@ func (h *Host) Stats() Stats {
 		st.BytesIn = h.sw.stats.bytesIn.Load()
 		st.BytesOut = h.sw.stats.bytesOut.Load()
 		st.FramesDropped = h.sw.stats.dropped.Load()
+		st.FramesDroppedQueueFull = h.sw.stats.queueFull.Load()
+		st.FramesDroppedSpoofed = h.sw.stats.spoofed.Load()
+		st.FramesDroppedOverLimit = h.sw.stats.overLimit.Load()
 		st.ZeroWindowACKsFixed = h.sw.zw.Fixed()
 	}
+	st.EnclaveStreamsRefused = h.streamsRefused.Load()
 	st.Dials = h.natStats.dials.Load()
 	st.DialsFailed = h.natStats.failed.Load()
 	st.DialsRefused = h.natStats.refused.Load()
@@ -405,4 +493,34 @@ func (h *Host) Enclaves() []EnclaveStatus {
 	}
 	slices.SortFunc(out, func(a, b EnclaveStatus) int { return strings.Compare(a.Remote, b.Remote) })
 	return out
+}
+
+// peerID names who is at the other end of an enclave stream, for
+// switchEndpoint.mayReplace: only a stream from the same peer may replace
+// another (an enclave reconnecting). For VSOCK it is the peer's context ID
+// (the enclave); for unix sockets (VSOCK stand-ins, tests) the peer
+// process's user id (SO_PEERCRED): processes of one user can already
+// interfere with each other. For TCP it is the peer's IP address.
+// Otherwise it is the network name, so that all such streams are one peer.
+func peerID(c net.Conn) string {
+	switch a := c.RemoteAddr().(type) {
+	case *vsock.Addr:
+		return fmt.Sprintf("vsock:%d", a.ContextID)
+	case *net.TCPAddr:
+		return "tcp:" + a.IP.String()
+	}
+	if uc, ok := c.(*net.UnixConn); ok {
+		if raw, err := uc.SyscallConn(); err == nil {
+			var (
+				cred *unix.Ucred
+				cerr error
+			)
+			if err := raw.Control(func(fd uintptr) {
+				cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+			}); err == nil && cerr == nil {
+				return fmt.Sprintf("unix:uid=%d", cred.Uid)
+			}
+		}
+	}
+	return c.RemoteAddr().Network()
 }

@@ -20,16 +20,29 @@ var (
 	descDropped       = prometheus.NewDesc("quench_host_frames_dropped_total", "Frames dropped by the switch (runts, unknown destinations, spoofing).", nil, nil)
 	descDials         = prometheus.NewDesc("quench_host_nat_dials_total", "Outbound (NAT) TCP connection attempts by result: ok, failed, refused (policy or blocked address).", []string{"result"}, nil)
 	descZeroWindow    = prometheus.NewDesc("quench_host_zero_window_acks_fixed_total", "Pure TCP ACKs from enclaves whose sequence number was fixed so that gVisor reads them (a gVisor bug; docs/bench/userspace.md).", nil, nil)
-	descUDPRefused    = prometheus.NewDesc("quench_host_nat_udp_refused_total", "Outbound UDP packets dropped by the egress policy.", nil, nil)
+	descUDPRefused    = prometheus.NewDesc("quench_host_nat_udp_refused_total", "Outbound UDP datagrams dropped by the egress policy or for a blocked address (unspecified, loopback, broadcast, multicast, the virtual network, metadata).", nil, nil)
 	descDNS           = prometheus.NewDesc("quench_host_dns_queries_total", "DNS questions for names outside quench.internal, by result: answered (sent upstream) or refused (egress policy).", []string{"result"}, nil)
 	descPortConns     = prometheus.NewDesc("quench_host_port_connections_total", "Client connections accepted per published port.", []string{"port", "mode"}, nil)
 	descPortActive    = prometheus.NewDesc("quench_host_port_active_connections", "Client connections being relayed per published port.", []string{"port", "mode"}, nil)
 	descPortFailed    = prometheus.NewDesc("quench_host_port_failed_connections_total", "Client connections closed because the enclave was unreachable.", []string{"port", "mode"}, nil)
 	descPortBytes     = prometheus.NewDesc("quench_host_port_bytes_total", "Bytes relayed per published port and direction (in = client to enclave).", []string{"port", "mode", "direction"}, nil)
+	descPortRefused   = prometheus.NewDesc("quench_host_port_refused_total", "Per published port: TCP clients reset at the connection limit, or UDP datagrams from new sources dropped at the flow limit.", []string{"port", "mode"}, nil)
+
+	// Limits against hostile clients and enclaves (layer 4).
+	descLimitActive  = prometheus.NewDesc("quench_host_limit_active", "Connections or flows held against each layer-4 limit: nat_tcp, nat_udp, port_tcp, port_udp.", []string{"limit"}, nil)
+	descLimitRefused = prometheus.NewDesc("quench_host_limit_refused_total", "Refusals at each layer-4 limit: nat_tcp (SYN reset), nat_udp (new flow dropped), nat_dial_share (SYN dropped, retransmitted), port_tcp (client reset), port_udp (datagram dropped), port_first_byte (client closed by the first-byte timeout).", []string{"limit"}, nil)
+)
+
+// Isolation between enclaves (layer 2).
+var (
+	descDroppedReason  = prometheus.NewDesc("quench_host_frames_dropped_by_reason_total", "Frames dropped by the switch for isolating enclaves, by reason: queue_full (an enclave not reading its stream), spoofed (another enclave's or the host's MAC or IP address), over_limit (per-enclave MAC and address limits). Included in quench_host_frames_dropped_total.", []string{"reason"}, nil)
+	descStreamsRefused = prometheus.NewDesc("quench_host_enclave_streams_refused_total", "Enclave connections closed at once because too many streams were attached or in their handshake.", nil, nil)
 )
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descEnclaves, descEnclaveFrames, descEnclaveBytes, descDropped, descZeroWindow, descDials, descUDPRefused, descDNS, descPortConns, descPortActive, descPortFailed, descPortBytes} {
+	ch <- descDroppedReason
+	ch <- descStreamsRefused
+	for _, d := range []*prometheus.Desc{descEnclaves, descEnclaveFrames, descEnclaveBytes, descDropped, descZeroWindow, descDials, descUDPRefused, descDNS, descPortConns, descPortActive, descPortFailed, descPortBytes, descPortRefused, descLimitActive, descLimitRefused} {
 		ch <- d
 	}
 }
@@ -41,6 +54,10 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	st := c.h.Stats()
 	ch <- prometheus.MustNewConstMetric(descEnclaves, prometheus.GaugeValue, float64(st.Enclaves))
 	counter(descDropped, float64(st.FramesDropped))
+	counter(descDroppedReason, float64(st.FramesDroppedQueueFull), "queue_full")
+	counter(descDroppedReason, float64(st.FramesDroppedSpoofed), "spoofed")
+	counter(descDroppedReason, float64(st.FramesDroppedOverLimit), "over_limit")
+	counter(descStreamsRefused, float64(st.EnclaveStreamsRefused))
 	counter(descZeroWindow, float64(st.ZeroWindowACKsFixed))
 	counter(descDials, float64(st.Dials-min(st.Dials, st.DialsFailed)), "ok")
 	counter(descDials, float64(st.DialsFailed), "failed")
@@ -48,6 +65,20 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descUDPRefused, float64(st.UDPRefused))
 	counter(descDNS, float64(st.DNSQueries-min(st.DNSQueries, st.DNSRefused)), "answered")
 	counter(descDNS, float64(st.DNSRefused), "refused")
+	ls := c.h.LimitStats()
+	gauge := func(v uint64, limit string) {
+		ch <- prometheus.MustNewConstMetric(descLimitActive, prometheus.GaugeValue, float64(v), limit)
+	}
+	gauge(ls.NATConns, "nat_tcp")
+	gauge(ls.NATUDPFlows, "nat_udp")
+	gauge(ls.PortConns, "port_tcp")
+	gauge(ls.PortUDPFlows, "port_udp")
+	counter(descLimitRefused, float64(ls.NATConnsRefused), "nat_tcp")
+	counter(descLimitRefused, float64(ls.NATUDPFlowsRefused), "nat_udp")
+	counter(descLimitRefused, float64(ls.DialsDeferred), "nat_dial_share")
+	counter(descLimitRefused, float64(ls.PortConnsRefused), "port_tcp")
+	counter(descLimitRefused, float64(ls.PortUDPRefused), "port_udp")
+	counter(descLimitRefused, float64(ls.PortFirstByteTimeouts), "port_first_byte")
 	seen := map[string]int{}
 	for _, e := range c.h.Enclaves() {
 		name := e.Remote // unix-socket streams share one address: number them
@@ -69,6 +100,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descPortConns, float64(p.Accepted), port, mode)
 		ch <- prometheus.MustNewConstMetric(descPortActive, prometheus.GaugeValue, float64(p.Active), port, mode)
 		counter(descPortFailed, float64(p.Failed), port, mode)
+		counter(descPortRefused, float64(p.Refused), port, mode)
 		counter(descPortBytes, float64(p.BytesIn), port, mode, "in")
 		counter(descPortBytes, float64(p.BytesOut), port, mode, "out")
 	}

@@ -2,16 +2,18 @@ package host
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
+	"time"
 
-	"github.com/containers/gvisor-tap-vsock/pkg/services/forwarder"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
-	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 	"gvisor.dev/gvisor/pkg/waiter"
@@ -23,6 +25,97 @@ type natStats struct {
 	dials, failed, refused atomic.Uint64
 	udpRefused             atomic.Uint64 // UDP packets dropped by policy
 	dnsQueries, dnsRefused atomic.Uint64 // upstream DNS questions; refused by policy
+
+	// Limits against hostile clients and enclaves (layer 4); set up by
+	// installNAT from Config, taken once per connection or flow.
+	natConns     flowLimit     // NAT TCP connections, per enclave address
+	natUDPFlows  flowLimit     // NAT UDP flows, per enclave address
+	dialSlots    flowLimit     // MaxInFlightDials shares, per enclave address
+	portConns    flowLimit     // published TCP ports' client connections (total)
+	portUDPFlows flowLimit     // published UDP ports' client sources (total)
+	firstByte    atomic.Uint64 // published-port clients closed by FirstByteTimeout
+}
+
+// flowLimit counts live flows (connections, UDP flows, dials) against a
+// total and a per-source cap, negative meaning none. It is taken when a
+// flow starts and released when it ends, never per packet.
+type flowLimit struct {
+	max, perSrc int
+	refused     atomic.Uint64
+
+	mu    sync.Mutex
+	n     int                   // guarded by mu
+	bySrc map[tcpip.Address]int // guarded by mu; when perSrc >= 0
+}
+
+func (l *flowLimit) init(max, perSrc int) {
+	l.max, l.perSrc = max, perSrc
+	if perSrc >= 0 {
+		l.bySrc = map[tcpip.Address]int{}
+	}
+}
+
+// acquire takes one flow for src, or counts a refusal and reports false.
+func (l *flowLimit) acquire(src tcpip.Address) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if (l.max >= 0 && l.n >= l.max) || (l.bySrc != nil && l.bySrc[src] >= l.perSrc) {
+		l.refused.Add(1)
+		return false
+	}
+	l.n++
+	if l.bySrc != nil {
+		l.bySrc[src]++
+	}
+	return true
+}
+
+// release ends one flow that acquire took for src.
+func (l *flowLimit) release(src tcpip.Address) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.n--
+	if l.bySrc != nil {
+		if l.bySrc[src] <= 1 {
+			delete(l.bySrc, src)
+		} else {
+			l.bySrc[src]--
+		}
+	}
+}
+
+func (l *flowLimit) live() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.n
+}
+
+// LimitStats reports the limits against hostile clients and enclaves
+// (layer 4; see Config): what is held now and what was refused.
+type LimitStats struct {
+	NATConns, NATConnsRefused       uint64 // enclave TCP connections through the NAT; reset at MaxNATConns(PerEnclave)
+	NATUDPFlows, NATUDPFlowsRefused uint64 // enclave UDP flows; new flows dropped at MaxNATUDPFlows(PerEnclave)
+	DialsDeferred                   uint64 // SYNs dropped at MaxDialsPerEnclave (the enclave retransmits)
+	PortConns, PortConnsRefused     uint64 // published TCP ports' clients; reset at MaxPortConns(PerPort)
+	PortFirstByteTimeouts           uint64 // published TCP ports' clients closed by FirstByteTimeout
+	PortUDPFlows, PortUDPRefused    uint64 // published UDP ports' client sources; datagrams dropped at MaxPortUDPFlows
+}
+
+// LimitStats returns the current counters of the layer-4 limits.
+func (h *Host) LimitStats() LimitStats {
+	n := &h.natStats
+	return LimitStats{
+		NATConns:              uint64(n.natConns.live()),
+		NATConnsRefused:       n.natConns.refused.Load(),
+		NATUDPFlows:           uint64(n.natUDPFlows.live()),
+		NATUDPFlowsRefused:    n.natUDPFlows.refused.Load(),
+		DialsDeferred:         n.dialSlots.refused.Load(),
+		PortConns:             uint64(n.portConns.live()),
+		PortConnsRefused:      n.portConns.refused.Load(),
+		PortFirstByteTimeouts: n.firstByte.Load(),
+		PortUDPFlows:          uint64(n.portUDPFlows.live()),
+		PortUDPRefused:        n.portUDPFlows.refused.Load(),
+	}
 }
 
 // installNAT terminates the enclave's outbound TCP and UDP in the stack and
@@ -31,27 +124,20 @@ type natStats struct {
 // allowed, and everything else is dialled as addressed.
 func (h *Host) installNAT() {
 	c := h.cfg
+	n := &h.natStats
+	n.natConns.init(c.MaxNATConns, c.MaxNATConnsPerEnclave)
+	n.natUDPFlows.init(c.MaxNATUDPFlows, c.MaxNATUDPFlowsPerEnclave)
+	n.dialSlots.init(-1, c.MaxDialsPerEnclave)
+	n.portConns.init(c.MaxPortConns, -1)
+	n.portUDPFlows.init(c.MaxPortUDPFlows, -1)
+
 	tcpFwd := tcp.NewForwarder(h.stack, 0, c.MaxInFlightDials, h.forwardTCP)
 	h.stack.SetTransportProtocolHandler(tcp.ProtocolNumber, tcpFwd.HandlePacket)
 
-	// UDP reuses gvisor-tap-vsock's forwarder (a connection-tracking proxy).
-	nat := map[tcpip.Address]tcpip.Address{}
-	if !c.DisableHostLoopback {
-		nat[addr(c.HostLoopbackIP)] = tcpip.AddrFrom4([4]byte{127, 0, 0, 1})
-	}
-	var natLock sync.Mutex
-	udpFwd := forwarder.UDP(h.stack, nat, &natLock, c.AllowMetadata)
-	handle := udpFwd.HandlePacket
-	if c.Egress != nil {
-		handle = func(id stack.TransportEndpointID, pkt *stack.PacketBuffer) bool {
-			if _, ok := h.natTargetNet("udp", id.LocalAddress, id.LocalPort); !ok {
-				h.natStats.udpRefused.Add(1)
-				return true // consumed: dropped
-			}
-			return udpFwd.HandlePacket(id, pkt)
-		}
-	}
-	h.stack.SetTransportProtocolHandler(udp.ProtocolNumber, handle)
+	// The stack calls the UDP forwarder only for datagrams no endpoint
+	// claims (a flow's first), never per packet of a flow.
+	udpFwd := udp.NewForwarder(h.stack, h.forwardUDP)
+	h.stack.SetTransportProtocolHandler(udp.ProtocolNumber, udpFwd.HandlePacket)
 }
 
 // natTarget maps a destination on the virtual network to the host-side
@@ -78,6 +164,11 @@ func (h *Host) natTargetNet(network string, dst tcpip.Address, port uint16) (str
 		return "", false
 	case a.IsUnspecified(), a.IsMulticast(), a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
 		return "", false
+	case a.IsLoopback(), a.Is4() && a.As4()[0] == 0:
+		// 127/8 is the host itself (only HostLoopbackIP may map there);
+		// 0/8 is "this host on this network" (RFC 1122), which Linux
+		// also connects to itself.
+		return "", false
 	}
 	if c.Egress != nil && !c.Egress.Allow(network, orig, port, h.learned.Names(orig)) {
 		return "", false
@@ -86,21 +177,39 @@ func (h *Host) natTargetNet(network string, dst tcpip.Address, port uint16) (str
 }
 
 // forwardTCP handles one new enclave connection to the outside. gVisor runs
-// it in a goroutine of its own; at most MaxInFlightDials run before Complete.
+// it in a goroutine of its own; at most MaxInFlightDials run before Complete,
+// at most MaxDialsPerEnclave of them for one enclave address.
 func (h *Host) forwardTCP(r *tcp.ForwarderRequest) {
 	id := r.ID()
+	src := id.RemoteAddress
+	n := &h.natStats
+	if !n.dialSlots.acquire(src) {
+		// This enclave holds its share of the dial slots: drop the SYN
+		// (no reset) as gVisor does when all are taken; it retransmits.
+		r.Complete(false)
+		return
+	}
 	target, ok := h.natTarget(id.LocalAddress, id.LocalPort)
 	if !ok {
-		h.natStats.refused.Add(1)
+		n.dialSlots.release(src)
+		n.refused.Add(1)
 		r.Complete(true)
 		return
 	}
-	h.natStats.dials.Add(1)
+	if !n.natConns.acquire(src) {
+		n.dialSlots.release(src)
+		h.log.Debug("outbound: connection limit reached; reset", "enclave", src, "target", target)
+		r.Complete(true)
+		return
+	}
+	defer n.natConns.release(src)
+	n.dials.Add(1)
 	ctx, cancel := context.WithTimeout(h.ctx, h.cfg.DialTimeout)
 	out, err := h.cfg.Dial(ctx, "tcp", target)
 	cancel()
+	n.dialSlots.release(src)
 	if err != nil {
-		h.natStats.failed.Add(1)
+		n.failed.Add(1)
 		h.log.Debug("outbound dial failed", "target", target, "err", err)
 		r.Complete(true)
 		return
@@ -127,5 +236,127 @@ func (h *Host) forwardTCP(r *tcp.ForwarderRequest) {
 		return
 	}
 	defer h.untrack(out)
-	_, _ = relay.Relay(in, out, relay.Options{})
+	_, _ = relay.Relay(in, out, relay.Options{IdleTimeout: max(h.cfg.NATIdleTimeout, 0)})
+}
+
+// udpFlowTimeout ends a UDP flow (NAT or published port) when no datagram
+// went either way for this long, as gvisor-tap-vsock's UDP proxy did.
+const udpFlowTimeout = 90 * time.Second
+
+// udpBufSize holds the largest UDP payload.
+const udpBufSize = 65507
+
+// forwardUDP handles the first datagram of an enclave UDP flow to the
+// outside: natTargetNet, policy or not, then a flow within
+// MaxNATUDPFlows(PerEnclave). It runs in the stack's receive path and
+// starts the flow's relay in goroutines.
+//
+// It replaces gvisor-tap-vsock's forwarder.UDP, which had no hook to
+// bound the flows it tracks (each a host socket and two goroutines with a
+// 64 KiB buffer, for 90 s).
+func (h *Host) forwardUDP(r *udp.ForwarderRequest) {
+	id := r.ID()
+	n := &h.natStats
+	target, ok := h.natTargetNet("udp", id.LocalAddress, id.LocalPort)
+	if !ok {
+		// Without this check (it ran only with an egress policy), a
+		// datagram to 0.0.0.0 was dialled as "0.0.0.0:port", which Linux
+		// connects to the host itself, even with DisableHostLoopback.
+		n.udpRefused.Add(1)
+		return
+	}
+	src := id.RemoteAddress
+	if !n.natUDPFlows.acquire(src) {
+		return // counted
+	}
+	var wq waiter.Queue
+	ep, terr := r.CreateEndpoint(&wq)
+	if terr != nil {
+		n.natUDPFlows.release(src)
+		h.log.Debug("outbound UDP: enclave side endpoint", "target", target, "err", terr)
+		return
+	}
+	in := gonet.NewUDPConn(&wq, ep)
+	if !h.goTracked(func() {
+		defer n.natUDPFlows.release(src)
+		ctx, cancel := context.WithTimeout(h.ctx, h.cfg.DialTimeout)
+		var d net.Dialer
+		out, err := d.DialContext(ctx, "udp", target)
+		cancel()
+		if err != nil {
+			_ = in.Close()
+			h.log.Debug("outbound UDP: dial failed", "target", target, "err", err)
+			return
+		}
+		h.relayUDP(in, out)
+	}) {
+		_ = in.Close()
+		n.natUDPFlows.release(src)
+	}
+}
+
+// relayUDP relays datagrams between two connected UDP sockets until
+// neither moved one for udpFlowTimeout or Close, then closes both.
+func (h *Host) relayUDP(a, b net.Conn) {
+	if !h.track(a) {
+		_ = a.Close()
+		_ = b.Close()
+		return
+	}
+	defer h.untrack(a)
+	if !h.track(b) {
+		_ = a.Close()
+		_ = b.Close()
+		return
+	}
+	defer h.untrack(b)
+	var last atomic.Int64 // unix nanoseconds of the last datagram either way
+	last.Store(time.Now().UnixNano())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		pumpUDP(b, a, &last)
+	}()
+	pumpUDP(a, b, &last)
+	<-done
+}
+
+// pumpUDP copies datagrams from src to dst until src fails or both were
+// idle for udpFlowTimeout, then closes both (ending the other direction).
+// Per datagram it costs a clock read and an atomic store; the read
+// deadline is re-armed only when it passes.
+func pumpUDP(src, dst net.Conn, last *atomic.Int64) {
+	defer func() { _ = src.Close(); _ = dst.Close() }()
+	buf := make([]byte, udpBufSize)
+	_ = src.SetReadDeadline(time.Now().Add(udpFlowTimeout))
+	for {
+		n, err := src.Read(buf)
+		if err != nil {
+			if isNetTimeout(err) {
+				idleSince := time.Unix(0, last.Load())
+				if time.Since(idleSince) < udpFlowTimeout {
+					_ = src.SetReadDeadline(idleSince.Add(udpFlowTimeout))
+					continue
+				}
+				return
+			}
+			if errors.Is(err, syscall.ECONNREFUSED) {
+				continue // ICMP port unreachable for an earlier datagram
+			}
+			return
+		}
+		last.Store(time.Now().UnixNano())
+		if _, err := dst.Write(buf[:n]); err != nil && isClosedConn(err) {
+			return
+		} // other errors lose this datagram only
+	}
+}
+
+func isNetTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+func isClosedConn(err error) bool {
+	return errors.Is(err, net.ErrClosed) || strings.Contains(err.Error(), "endpoint is closed")
 }

@@ -11,7 +11,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/containers/gvisor-tap-vsock/pkg/services/forwarder"
 	"github.com/pires/go-proxyproto"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
@@ -42,8 +41,9 @@ type published struct {
 	wg    sync.WaitGroup           // connection goroutines
 
 	accepted, failed  atomic.Uint64
+	refused           atomic.Uint64 // clients reset (TCP) or datagrams dropped (UDP) at a limit
 	active            atomic.Int64
-	bytesIn, bytesOut atomic.Int64 // client→enclave, enclave→client
+	bytesIn, bytesOut atomic.Int64 // client→enclave (of ended connections: see connCloser.in), enclave→client
 }
 
 func (p *published) close() { p.once.Do(p.closer) }
@@ -58,19 +58,27 @@ type PortStatus struct {
 	Addr     string // bound address, host:port
 	Accepted uint64 // client connections accepted (TCP)
 	Failed   uint64 // client connections closed because the enclave was unreachable
+	Refused  uint64 // clients reset (TCP) or new sources' datagrams dropped (UDP) at a limit (Config.MaxPortConns, ...)
 	Active   int64  // client connections being relayed now
 	BytesIn  int64  // client → enclave (TCP)
 	BytesOut int64  // enclave → client (TCP)
 }
 
 func (p *published) status() PortStatus {
+	p.mu.Lock()
+	in := p.bytesIn.Load()
+	for cc := range p.conns {
+		in += cc.in.Load()
+	}
+	p.mu.Unlock()
 	return PortStatus{
 		Spec:     p.spec,
 		Addr:     p.addr.String(),
 		Accepted: p.accepted.Load(),
 		Failed:   p.failed.Load(),
+		Refused:  p.refused.Load(),
 		Active:   p.active.Load(),
-		BytesIn:  p.bytesIn.Load(),
+		BytesIn:  in,
 		BytesOut: p.bytesOut.Load(),
 	}
 }
@@ -196,24 +204,17 @@ func (h *Host) publishLocked(spec Publish) (*published, error) {
 		}()
 	case spec.Network == "udp":
 		target := tcpip.FullAddress{NIC: nicID, Addr: addr(h.cfg.EnclaveIP), Port: spec.EnclavePort}
-		pc, err := net.ListenPacket("udp", spec.Host.String())
+		pc, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(spec.Host))
 		if err != nil {
-			return nil, fmt.Errorf("host: publish %s: %w", spec, err)
-		}
-		proxy, err := forwarder.NewUDPProxy(pc, func() (net.Conn, error) {
-			return gonet.DialUDP(h.stack, nil, &target, ipv4.ProtocolNumber)
-		})
-		if err != nil {
-			_ = pc.Close()
 			return nil, fmt.Errorf("host: publish %s: %w", spec, err)
 		}
 		p.addr = pc.LocalAddr()
-		p.closer = func() { _ = proxy.Close() }
+		p.closer = func() { _ = pc.Close() }
 		h.wg.Add(1)
 		go func() {
 			defer h.wg.Done()
 			defer close(p.served)
-			proxy.Run()
+			h.servePublishedUDP(p, pc, target)
 		}()
 	}
 	h.published = append(h.published, p)
@@ -241,22 +242,71 @@ func (h *Host) servePublished(p *published, ln net.Listener) {
 			return
 		}
 		backoff.Reset()
-		p.accepted.Add(1)
 		cc := &connCloser{conns: []net.Conn{c}}
-		p.mu.Lock()
-		p.conns[cc] = struct{}{}
-		p.wg.Add(1)
-		p.mu.Unlock()
+		if !h.admitPortConn(p, cc) {
+			// At the limit: reset at once rather than leave the client in
+			// the backlog, where it would hold a kernel slot until it
+			// gives up and then be accepted for nothing.
+			if tc, ok := c.(*net.TCPConn); ok {
+				_ = tc.SetLinger(0)
+			}
+			_ = c.Close()
+			h.warnDial("published port: connection limit reached; client reset", errConnLimit, "port", p.addr.String())
+			continue
+		}
+		p.accepted.Add(1)
+		if d := h.cfg.FirstByteTimeout; d > 0 {
+			cc.firstByte = time.AfterFunc(d, func() {
+				if cc.in.Load() == 0 {
+					h.natStats.firstByte.Add(1)
+					h.log.Debug("published port: client sent nothing; closed", "port", p.addr.String(), "after", d)
+					_ = cc.Close()
+				}
+			})
+		}
 		ok := h.goTracked(func() { h.serveConn(p, c, cc) })
 		if !ok {
-			p.mu.Lock()
-			delete(p.conns, cc)
-			p.mu.Unlock()
-			p.wg.Done()
+			h.releasePortConn(p, cc)
 			_ = c.Close()
 			return
 		}
 	}
+}
+
+// errConnLimit: a published port's client was reset at MaxPortConns or
+// MaxPortConnsPerPort.
+var errConnLimit = errors.New("too many client connections (MaxPortConns, MaxPortConnsPerPort)")
+
+// admitPortConn registers cc as a client of p within Config.MaxPortConnsPerPort
+// and MaxPortConns, or counts a refusal and reports false. Each admitted
+// client is released once, by releasePortConn.
+func (h *Host) admitPortConn(p *published, cc *connCloser) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	limit := h.cfg.MaxPortConnsPerPort
+	if (limit >= 0 && len(p.conns) >= limit) || !h.natStats.portConns.acquire(tcpip.Address{}) {
+		if limit >= 0 && len(p.conns) >= limit {
+			h.natStats.portConns.refused.Add(1)
+		}
+		p.refused.Add(1)
+		return false
+	}
+	p.conns[cc] = struct{}{}
+	p.wg.Add(1)
+	return true
+}
+
+// releasePortConn ends a client that admitPortConn registered.
+func (h *Host) releasePortConn(p *published, cc *connCloser) {
+	if cc.firstByte != nil {
+		cc.firstByte.Stop()
+	}
+	p.mu.Lock()
+	p.bytesIn.Add(cc.in.Load())
+	delete(p.conns, cc)
+	p.mu.Unlock()
+	h.natStats.portConns.release(tcpip.Address{})
+	p.wg.Done()
 }
 
 // connCloser is what Host.Close and a port's drain close for one client:
@@ -266,6 +316,9 @@ type connCloser struct {
 	conns  []net.Conn
 	relay  relay.Handle
 	closed bool
+
+	in        atomic.Int64 // bytes client → enclave (relay.Options.AToB)
+	firstByte *time.Timer  // Config.FirstByteTimeout; set before serveConn runs
 }
 
 // add adds c; if the client was closed already, it closes c and reports
@@ -314,11 +367,8 @@ func (h *Host) serveConn(p *published, c net.Conn, cc *connCloser) {
 	p.active.Add(1)
 	end := func() {
 		h.untrack(cc)
-		p.mu.Lock()
-		delete(p.conns, cc)
-		p.mu.Unlock()
 		p.active.Add(-1)
-		p.wg.Done()
+		h.releasePortConn(p, cc)
 	}
 	if !h.track(cc) {
 		_ = c.Close()
@@ -347,10 +397,10 @@ func (h *Host) serveConn(p *published, c net.Conn, cc *connCloser) {
 		h.wg.Done()
 	}
 	if h.relays != nil {
-		cc.started(h.relays.Go(c, enc, h.relayOptions(p), done))
+		cc.started(h.relays.Go(c, enc, h.relayOptions(p, cc), done))
 		return
 	}
-	relay.Go(c, enc, h.relayOptions(p), done)
+	relay.Go(c, enc, h.relayOptions(p, cc), done)
 	cc.started(relayConns{c, enc})
 }
 
@@ -363,8 +413,10 @@ func (r relayConns) Close() error {
 	return nil
 }
 
-func (h *Host) relayOptions(p *published) relay.Options {
-	return relay.Options{IdleTimeout: h.cfg.IdleTimeout, AToB: &p.bytesIn, BToA: &p.bytesOut}
+// relayOptions counts client bytes per connection (cc.in, for
+// FirstByteTimeout; status adds them up) and enclave bytes per port.
+func (h *Host) relayOptions(p *published, cc *connCloser) relay.Options {
+	return relay.Options{IdleTimeout: h.cfg.IdleTimeout, AToB: &cc.in, BToA: &p.bytesOut}
 }
 
 // dialIn connects to the enclave's address on the virtual network; nil
@@ -428,4 +480,105 @@ func fdHint(err error) []any {
 		return []any{"hint", "out of file descriptors: raise the open-file limit (ulimit -n, systemd LimitNOFILE=)"}
 	}
 	return nil
+}
+
+// servePublishedUDP relays a published UDP port: each client source
+// (address:port) gets a UDP socket of the stack to the enclave, until no
+// datagram went either way for udpFlowTimeout; at most
+// Config.MaxPortUDPFlows sources for all ports together, and datagrams
+// from new sources beyond it are dropped and counted.
+//
+// It replaces gvisor-tap-vsock's forwarder.UDPProxy, which tracks every
+// source without bound (a gVisor endpoint, a goroutine and a 64 KiB
+// buffer each, for 90 s): its only hook, the dialer, could refuse a
+// source only by failing, which it logs at error level through logrus for
+// every datagram, a log flood at the attacker's rate.
+func (h *Host) servePublishedUDP(p *published, pc *net.UDPConn, target tcpip.FullAddress) {
+	type flow struct {
+		conn *gonet.UDPConn
+		last atomic.Int64 // unix nanoseconds of the last datagram either way
+	}
+	var (
+		mu    sync.Mutex
+		flows = map[netip.AddrPort]*flow{} // guarded by mu
+		wg    sync.WaitGroup
+	)
+	defer func() {
+		mu.Lock()
+		for _, f := range flows {
+			_ = f.conn.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	}()
+	limit := &h.natStats.portUDPFlows
+	buf := make([]byte, udpBufSize)
+	for {
+		n, from, err := pc.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || h.ctx.Err() != nil {
+				return
+			}
+			continue
+		}
+		mu.Lock()
+		f := flows[from]
+		if f == nil {
+			if !limit.acquire(tcpip.Address{}) {
+				mu.Unlock()
+				p.refused.Add(1)
+				continue
+			}
+			conn, err := gonet.DialUDP(h.stack, nil, &target, ipv4.ProtocolNumber)
+			if err != nil {
+				mu.Unlock()
+				limit.release(tcpip.Address{})
+				p.failed.Add(1)
+				h.warnDial("published UDP port: enclave socket", err, "port", p.addr.String())
+				continue
+			}
+			f = &flow{conn: conn}
+			f.last.Store(time.Now().UnixNano())
+			flows[from] = f
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer limit.release(tcpip.Address{})
+				udpReplies(pc, from, conn, &f.last)
+				mu.Lock()
+				if flows[from] == f {
+					delete(flows, from)
+				}
+				mu.Unlock()
+				_ = conn.Close()
+			}()
+		}
+		mu.Unlock()
+		f.last.Store(time.Now().UnixNano())
+		_, _ = f.conn.Write(buf[:n]) // an error loses this datagram only
+	}
+}
+
+// udpReplies sends the enclave's datagrams on conn to client from through
+// pc until conn fails or no datagram went either way for udpFlowTimeout.
+func udpReplies(pc *net.UDPConn, from netip.AddrPort, conn *gonet.UDPConn, last *atomic.Int64) {
+	buf := make([]byte, udpBufSize)
+	_ = conn.SetReadDeadline(time.Now().Add(udpFlowTimeout))
+	for {
+		n, err := conn.Read(buf)
+		if err != nil {
+			if isNetTimeout(err) {
+				idleSince := time.Unix(0, last.Load())
+				if time.Since(idleSince) < udpFlowTimeout {
+					_ = conn.SetReadDeadline(idleSince.Add(udpFlowTimeout))
+					continue
+				}
+			}
+			return
+		}
+		last.Store(time.Now().UnixNano())
+		if _, err := pc.WriteToUDPAddrPort(buf[:n], from); err != nil && errors.Is(err, net.ErrClosed) {
+			return
+		}
+	}
 }

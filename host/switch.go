@@ -44,16 +44,33 @@ type switchEndpoint struct {
 	// (Config.AckDelay; see ackhold.go). Zero or less: never.
 	ackDelay time.Duration
 
+	// Isolation between enclaves (see rx, learn and checkSender). They are
+	// set before the first attach and never change.
+	subnet         *tcpip.Subnet                      // the virtual network; nil: every IPv4 address (tests)
+	hostOwned      map[tcpip.Address]bool             // addresses no enclave may send from: gateway, host loopback, broadcast
+	leaseOf        func(tcpip.Address) (string, bool) // DHCP lease or reservation of an address (its client key); nil: no DHCP
+	maxMACsPerPort int                                // source MACs one stream may use
+	maxMACs        int                                // source MACs of all streams together
+	maxIPsPerPort  int                                // IPv4 addresses one stream may send from
+
 	mu    sync.RWMutex
 	macs  map[tcpip.LinkAddress]*port // guarded by mu; learned source addresses
+	ips   map[tcpip.Address]*port     // guarded by mu; IPv4 addresses bound to a stream (DHCP lease or first use)
 	ports map[*port]struct{}          // guarded by mu
+
+	// ipGen changes whenever an address is bound to another stream than
+	// before, so that a port's cached binding (port.ip) is checked again.
+	ipGen atomic.Uint64
 
 	stats switchStats
 }
 
 type switchStats struct {
 	framesIn, framesOut, bytesIn, bytesOut atomic.Uint64
-	dropped                                atomic.Uint64 // runts, unknown destinations, spoofed ARP
+	dropped                                atomic.Uint64 // every dropped frame, including those counted below
+	queueFull                              atomic.Uint64 // frames for an enclave dropped because its queue was full (a slow or stalled reader)
+	spoofed                                atomic.Uint64 // frames from an enclave with another stream's or the host's MAC or IP address
+	overLimit                              atomic.Uint64 // frames from an enclave past the MAC or address limits
 	acksHeld, acksSuperseded               atomic.Uint64 // pure ACKs held; of those, dropped for a later segment
 }
 
@@ -61,18 +78,29 @@ type switchStats struct {
 type port struct {
 	conn   *tap.Conn
 	remote string
+	peer   string            // who is at the other end (peerID): only the same peer may replace this stream
 	mac    tcpip.LinkAddress // last learned source address; only the rx goroutine writes it
 	dead   atomic.Bool
+
+	nmacs, nips int // guarded by e.mu: entries of e.macs and e.ips that point here
+
+	// The last sender IPv4 address found bound to this port and e.ipGen
+	// at that time: the rx goroutine's cache of e.ips.
+	ip    tcpip.Address
+	ipGen uint64
 
 	// The transmit queue: the stack's packets for this enclave wait here
 	// until the port's writer goroutine sends everything queued in as few
 	// stream writes as possible. While one write is in the kernel, the
 	// next batch builds up, so the write rate adapts to the load.
-	mu      sync.Mutex
-	pending []*stack.PacketBuffer // guarded by mu; each holds a reference
-	spare   []*stack.PacketBuffer // guarded by mu; the writer's emptied batch, for reuse
-	wake    chan struct{}         // capacity 1: the writer has work
-	done    chan struct{}         // closed when the port is detached
+	mu       sync.Mutex
+	pending  []*stack.PacketBuffer // guarded by mu; each holds a reference
+	spare    []*stack.PacketBuffer // guarded by mu; the writer's emptied batch, for reuse
+	fwd      [][]byte              // guarded by mu; copies of frames from other enclaves, sent with pending
+	fwdBytes int                   // guarded by mu; their total size, at most maxFwdBytes
+	fwdSpare [][]byte              // guarded by mu; the writer's emptied fwd, for reuse
+	wake     chan struct{}         // capacity 1: the writer has work
+	done     chan struct{}         // closed when the port is detached
 
 	// Pure ACKs held back (see ackhold.go). ackTimer fires when the first
 	// one is due; the writer then queues it. It is armed whenever acks
@@ -85,6 +113,18 @@ type port struct {
 // (and counted) as a full NIC queue would, and TCP backs off.
 const maxPending = 4096
 
+// maxFwdBytes bounds the frames from other enclaves (unicast between
+// enclaves and floods of their broadcasts) waiting in one port's queue.
+// They are copied; past the bound they are dropped and counted, so an
+// enclave that does not read its stream costs the others nothing.
+const maxFwdBytes = 1 << 20
+
+// Defaults of the switch's isolation limits (see Config).
+const (
+	defaultMaxMACsPerStream = 16
+	defaultMaxIPsPerStream  = 8
+)
+
 var (
 	_ stack.LinkEndpoint       = (*switchEndpoint)(nil)
 	_ stack.QueueingDiscipline = (*switchEndpoint)(nil)
@@ -95,19 +135,31 @@ func newSwitch(mtu int, mac net.HardwareAddr, arpAllowed []tcpip.Address, ackDel
 		log:        log,
 		ackDelay:   ackDelay,
 		arpAllowed: map[tcpip.Address]bool{},
+		hostOwned:  map[tcpip.Address]bool{},
 		macs:       map[tcpip.LinkAddress]*port{},
-		ports:      map[*port]struct{}{},
+		ips:        map[tcpip.Address]*port{},
+
+		maxMACsPerPort: defaultMaxMACsPerStream,
+		maxMACs:        defaultMaxMACsPerStream * DefaultMaxEnclaveStreams,
+		maxIPsPerPort:  defaultMaxIPsPerStream,
+		ports:          map[*port]struct{}{},
 	}
 	e.Init(uint32(mtu), tcpip.LinkAddress(mac))
 	for _, a := range arpAllowed {
 		e.arpAllowed[a] = true
+		e.hostOwned[a] = true
 	}
 	return e
 }
 
-// attach adds a stream to the switch.
+// attach adds a stream to the switch, from a peer named remote.
 func (e *switchEndpoint) attach(c *tap.Conn, remote string) *port {
-	p := &port{conn: c, remote: remote, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	return e.attachPeer(c, remote, remote)
+}
+
+// attachPeer adds a stream from peer (see peerID) to the switch.
+func (e *switchEndpoint) attachPeer(c *tap.Conn, remote, peer string) *port {
+	p := &port{conn: c, remote: remote, peer: peer, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	p.acks.delay = e.ackDelay
 	p.ackTimer = time.NewTimer(time.Hour)
 	p.ackTimer.Stop()
@@ -127,6 +179,12 @@ func (e *switchEndpoint) detach(p *port) {
 			delete(e.macs, mac)
 		}
 	}
+	for ip, q := range e.ips {
+		if q == p {
+			delete(e.ips, ip)
+		}
+	}
+	p.nmacs, p.nips = 0, 0
 	e.mu.Unlock()
 	_ = p.conn.Close()
 }
@@ -140,18 +198,222 @@ func (e *switchEndpoint) closeAll() {
 	}
 }
 
-// learn records that mac lives behind p. A MAC already owned by another
-// stream moves to p, and the old stream is closed: the enclave reconnected.
-func (e *switchEndpoint) learn(p *port, mac tcpip.LinkAddress) {
+// learn records that mac lives behind p, and reports false when p may not
+// send from mac (the frame is then dropped and counted).
+//
+// A MAC already owned by another stream moves to p only when p replaces
+// that stream (mayReplace): the enclave reconnected. Then everything the
+// old stream owned (MACs, IPv4 addresses) moves to p, and the old stream is
+// closed. Otherwise the frame is dropped: one enclave cannot evict another,
+// or receive its traffic, by sending from its MAC.
+func (e *switchEndpoint) learn(p *port, mac tcpip.LinkAddress) bool {
 	e.mu.Lock()
 	old := e.macs[mac]
-	e.macs[mac] = p
+	switch {
+	case old == p:
+	case old == nil:
+		if p.nmacs >= e.maxMACsPerPort || len(e.macs) >= e.maxMACs {
+			e.mu.Unlock()
+			e.stats.overLimit.Add(1)
+			return false
+		}
+		e.macs[mac] = p
+		p.nmacs++
+	case !mayReplace(old, p):
+		e.mu.Unlock()
+		e.stats.spoofed.Add(1)
+		return false
+	default:
+		old.dead.Store(true)
+		for m, q := range e.macs {
+			if q == old {
+				e.macs[m] = p
+				p.nmacs++
+			}
+		}
+		for a, q := range e.ips {
+			if q == old {
+				e.ips[a] = p
+				p.nips++
+			}
+		}
+		old.nmacs, old.nips = 0, 0
+		e.ipGen.Add(1)
+	}
 	e.mu.Unlock()
 	p.mac = mac
 	if old != nil && old != p {
-		e.log.Info("enclave reconnected; replacing its old stream", "mac", net.HardwareAddr(mac), "old", old.remote, "new", p.remote)
+		e.log.Info("enclave reconnected; replacing its old stream", "mac", net.HardwareAddr(mac), "old", old.remote, "new", p.remote, "peer", p.peer)
 		_ = old.conn.Close()
 	}
+	return true
+}
+
+// mayReplace reports whether the new stream p may take over old's
+// addresses and close it, because it is the same enclave reconnecting (a
+// documented feature: after a restart, the enclave's new stream takes over
+// its MAC and IP at once, while the old stream may still look open).
+//
+// The rule: p and old come from the same peer (peerID: the same VSOCK CID;
+// for unix sockets, the same user id, SO_PEERCRED, since processes of one
+// user can already interfere with each other), and p is fresh: the frame
+// is the first p sends from any MAC (a reconnecting enclave starts with its
+// own MAC). A stream already established with a MAC of its own never takes
+// another stream's. A stream that has failed (dead) may always be replaced.
+// Callers hold e.mu.
+func mayReplace(old, p *port) bool {
+	if old.dead.Load() {
+		return true
+	}
+	return old.peer == p.peer && p.nmacs == 0 && p.nips == 0
+}
+
+// checkSender reports whether p may send frame (whose source MAC p owns),
+// as far as addresses go. IPv4 source and ARP sender addresses of the
+// subnet are bound to the stream that uses them first, or to the stream
+// whose MAC holds the DHCP lease for them: another stream's address, or one
+// the host owns (the gateway's, host loopback, broadcast), is refused. ARP
+// must name the frame's source MAC as its sender. A DHCP request must name
+// the frame's source MAC as its client, so that the leases one stream can
+// hold are bounded by its MACs (maxMACsPerPort).
+func (e *switchEndpoint) checkSender(p *port, frame []byte) bool {
+	var ip tcpip.Address
+	switch header.Ethernet(frame).Type() {
+	case header.IPv4ProtocolNumber:
+		h := header.IPv4(frame[header.EthernetMinimumSize:])
+		if !h.IsValid(len(h)) {
+			return false // the stack would drop it too; do not flood it
+		}
+		ip = h.SourceAddress()
+		if h.Protocol() == uint8(header.UDPProtocolNumber) && h.FragmentOffset() == 0 && !e.dhcpClientOK(frame, h) {
+			e.stats.spoofed.Add(1)
+			return false
+		}
+	case header.ARPProtocolNumber:
+		h := header.ARP(frame[header.EthernetMinimumSize:])
+		if !h.IsValid() {
+			return false // the stack would ignore it; do not flood it
+		}
+		if tcpip.LinkAddress(h.HardwareAddressSender()) != header.Ethernet(frame).SourceAddress() {
+			e.stats.spoofed.Add(1)
+			return false
+		}
+		ip = tcpip.AddrFromSlice(h.ProtocolAddressSender())
+		if ip != header.IPv4Any && !e.subnetContains(ip) {
+			e.stats.spoofed.Add(1) // no ARP for foreign addresses
+			return false
+		}
+	default:
+		return true
+	}
+	if ip == p.ip && p.ipGen == e.ipGen.Load() {
+		return true // the common case: the stream's own address
+	}
+	if ip == header.IPv4Any {
+		return true // DHCP, ARP probes: no address yet
+	}
+	if e.hostOwned[ip] {
+		e.stats.spoofed.Add(1)
+		return false
+	}
+	if !e.subnetContains(ip) {
+		return true // not on the virtual network: nobody's to steal (nothing routes back)
+	}
+	return e.bindSender(p, ip, header.Ethernet(frame).SourceAddress())
+}
+
+func (e *switchEndpoint) subnetContains(ip tcpip.Address) bool {
+	return e.subnet == nil || e.subnet.Contains(ip)
+}
+
+// bindSender checks (and, if it is free, binds) ip for p, which sends
+// from mac. The slow path of checkSender.
+func (e *switchEndpoint) bindSender(p *port, ip tcpip.Address, mac tcpip.LinkAddress) bool {
+	gen := e.ipGen.Load()
+	e.mu.RLock()
+	q := e.ips[ip]
+	full := p.nips >= e.maxIPsPerPort
+	e.mu.RUnlock()
+	if q == p {
+		p.ip, p.ipGen = ip, gen
+		return true
+	}
+	if q != nil && !q.dead.Load() {
+		e.stats.spoofed.Add(1)
+		return false
+	}
+	if full {
+		e.stats.overLimit.Add(1)
+		return false
+	}
+	// Free (or its stream failed). A DHCP lease for another client's MAC
+	// keeps it for that client.
+	if e.leaseOf != nil {
+		if key, ok := e.leaseOf(ip); ok && key != net.HardwareAddr(mac).String() {
+			e.stats.spoofed.Add(1)
+			return false
+		}
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	q = e.ips[ip]
+	switch {
+	case q == p:
+	case q != nil && !q.dead.Load():
+		e.stats.spoofed.Add(1)
+		return false
+	case p.nips >= e.maxIPsPerPort:
+		e.stats.overLimit.Add(1)
+		return false
+	default:
+		if q != nil {
+			q.nips--
+			e.ipGen.Add(1)
+		}
+		e.ips[ip] = p
+		p.nips++
+	}
+	p.ip, p.ipGen = ip, e.ipGen.Load()
+	return true
+}
+
+// bindLease binds ip to the stream that owns mac, the client DHCP just
+// leased it to (an address squatted by another stream before the lease
+// moves to the lessee).
+func (e *switchEndpoint) bindLease(mac net.HardwareAddr, ip net.IP) {
+	a := tcpip.AddrFromSlice(ip.To4())
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	p := e.macs[tcpip.LinkAddress(mac)]
+	if p == nil {
+		return
+	}
+	q := e.ips[a]
+	if q == p {
+		return
+	}
+	if q != nil {
+		q.nips--
+		e.ipGen.Add(1)
+	}
+	e.ips[a] = p
+	p.nips++
+}
+
+// dhcpClientOK reports whether an IPv4 UDP frame is not a DHCP request
+// naming another client hardware address than its source MAC.
+func (e *switchEndpoint) dhcpClientOK(frame []byte, h header.IPv4) bool {
+	u := header.UDP(h.Payload())
+	if len(u) < header.UDPMinimumSize || u.DestinationPort() != 67 {
+		return true
+	}
+	// BOOTP: op(1) htype(1) hlen(1) hops(1) xid(4) secs(2) flags(2)
+	// ciaddr yiaddr siaddr giaddr (16) chaddr(16).
+	b := u.Payload()
+	if len(b) < 28+6 {
+		return false
+	}
+	return tcpip.LinkAddress(b[28:34]) == header.Ethernet(frame).SourceAddress()
 }
 
 // serve reads frames from p until the stream fails, delivering them to the
@@ -173,6 +435,7 @@ func (e *switchEndpoint) serve(p *port) error {
 			pkt.DecRef()
 		}
 		p.pending = nil
+		p.fwd, p.fwdSpare, p.fwdBytes = nil, nil, 0
 		p.mu.Unlock()
 	}()
 	for {
@@ -195,14 +458,23 @@ func (e *switchEndpoint) rx(p *port, frame []byte) {
 	}
 	e.stats.framesIn.Add(1)
 	e.stats.bytesIn.Add(uint64(len(frame)))
+	if p.dead.Load() {
+		e.stats.dropped.Add(1) // replaced or failed: what is left in its buffer
+		return
+	}
 	eth := header.Ethernet(frame)
 	src, dst := eth.SourceAddress(), eth.DestinationAddress()
 	if src == e.LinkAddress() || header.IsMulticastEthernetAddress(src) {
 		e.stats.dropped.Add(1) // spoofed or invalid source
 		return
 	}
-	if src != p.mac {
-		e.learn(p, src)
+	if src != p.mac && !e.learn(p, src) {
+		e.stats.dropped.Add(1)
+		return
+	}
+	if !e.checkSender(p, frame) {
+		e.stats.dropped.Add(1)
+		return
 	}
 	switch {
 	case dst == e.LinkAddress():
@@ -218,7 +490,7 @@ func (e *switchEndpoint) rx(p *port, frame []byte) {
 			e.stats.dropped.Add(1)
 			return
 		}
-		e.sendFrame(q, frame)
+		e.forward(q, frame)
 	}
 }
 
@@ -239,18 +511,37 @@ func (e *switchEndpoint) flood(from *port, frame []byte) {
 	}
 	e.mu.RUnlock()
 	for _, p := range targets {
-		e.sendFrame(p, frame)
+		e.forward(p, frame)
 	}
 }
 
-func (e *switchEndpoint) sendFrame(p *port, frame []byte) {
-	p.conn.LockWrite()
-	err := p.conn.AppendFrame(frame)
-	if err == nil {
-		err = p.conn.Flush()
+// forward queues a copy of a frame from another enclave for p's writer. It
+// never blocks: a port whose queue is full (an enclave that does not read
+// its stream) loses the frame, and the sender's receive loop goes on.
+func (e *switchEndpoint) forward(p *port, frame []byte) {
+	if p.dead.Load() {
+		e.stats.dropped.Add(1)
+		return
 	}
-	p.conn.UnlockWrite()
-	e.afterWrite(p, 1, len(frame), err)
+	p.mu.Lock()
+	if p.fwdBytes+len(frame) > maxFwdBytes {
+		p.mu.Unlock()
+		e.stats.queueFull.Add(1)
+		e.stats.dropped.Add(1)
+		return
+	}
+	p.fwd = append(p.fwd, append([]byte(nil), frame...))
+	p.fwdBytes += len(frame)
+	p.mu.Unlock()
+	p.kick()
+}
+
+// kick wakes p's writer.
+func (p *port) kick() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
 }
 
 func (e *switchEndpoint) afterWrite(p *port, frames, bytes int, err error) {
@@ -289,6 +580,7 @@ func (e *switchEndpoint) WritePacket(pkt *stack.PacketBuffer) tcpip.Error {
 	p.mu.Lock()
 	if len(p.pending) >= maxPending {
 		p.mu.Unlock()
+		e.stats.queueFull.Add(1)
 		e.stats.dropped.Add(1)
 		return &tcpip.ErrNoBufferSpace{}
 	}
@@ -314,10 +606,7 @@ func (e *switchEndpoint) WritePacket(pkt *stack.PacketBuffer) tcpip.Error {
 	pkt.IncRef()
 	p.pending = append(p.pending, pkt)
 	p.mu.Unlock()
-	select {
-	case p.wake <- struct{}{}:
-	default:
-	}
+	p.kick()
 	return nil
 }
 
@@ -353,8 +642,12 @@ func (e *switchEndpoint) writer(p *port) {
 		batch := p.pending
 		p.pending = p.spare[:0]
 		p.spare = nil
+		fwd := p.fwd
+		p.fwd = p.fwdSpare[:0]
+		p.fwdSpare = nil
+		p.fwdBytes = 0
 		p.mu.Unlock()
-		if len(batch) == 0 {
+		if len(batch) == 0 && len(fwd) == 0 {
 			continue
 		}
 		var (
@@ -362,6 +655,15 @@ func (e *switchEndpoint) writer(p *port) {
 			frames, bytes int
 		)
 		p.conn.LockWrite()
+		for i, f := range fwd {
+			if err == nil && !p.dead.Load() {
+				if err = p.conn.AppendFrame(f); err == nil {
+					frames++
+					bytes += len(f)
+				}
+			}
+			fwd[i] = nil
+		}
 		for i, pkt := range batch {
 			if err == nil && !p.dead.Load() {
 				size := pkt.Size()
@@ -380,6 +682,7 @@ func (e *switchEndpoint) writer(p *port) {
 		e.afterWrite(p, frames, bytes, err)
 		p.mu.Lock()
 		p.spare = batch[:0]
+		p.fwdSpare = fwd[:0]
 		p.mu.Unlock()
 	}
 }
@@ -404,19 +707,23 @@ func (e *switchEndpoint) broadcast(pkt *stack.PacketBuffer) {
 		targets = append(targets, p)
 	}
 	e.mu.RUnlock()
-	if len(targets) == 0 {
-		return
-	}
-	parts := pkt.AsSlices()
-	size := pkt.Size()
+	// Queued, like unicast: the stack's goroutine never waits for an
+	// enclave's stream.
 	for _, p := range targets {
-		p.conn.LockWrite()
-		err := p.conn.AppendFrame(parts...)
-		if err == nil {
-			err = p.conn.Flush()
+		if p.dead.Load() {
+			continue
 		}
-		p.conn.UnlockWrite()
-		e.afterWrite(p, 1, size, err)
+		p.mu.Lock()
+		if len(p.pending) >= maxPending {
+			p.mu.Unlock()
+			e.stats.queueFull.Add(1)
+			e.stats.dropped.Add(1)
+			continue
+		}
+		pkt.IncRef()
+		p.pending = append(p.pending, pkt)
+		p.mu.Unlock()
+		p.kick()
 	}
 }
 
@@ -442,3 +749,54 @@ func (e *switchEndpoint) Capabilities() stack.LinkEndpointCapabilities {
 
 // Close implements stack.NetworkLinkEndpoint.
 func (e *switchEndpoint) Close() { e.closeAll() }
+
+// isolationDefaults fills in the limits of the isolation between enclaves
+// (layer 2); negative values stay: no limit.
+func (c *Config) isolationDefaults() {
+	for _, d := range []struct {
+		v   *int
+		def int
+	}{
+		{&c.MaxEnclaveStreams, DefaultMaxEnclaveStreams},
+		{&c.MaxEnclaveStreamsPerPeer, 16},
+		{&c.MaxEnclaveHandshakes, 32},
+		{&c.MaxMACsPerEnclave, defaultMaxMACsPerStream},
+		{&c.MaxAddressesPerEnclave, defaultMaxIPsPerStream},
+	} {
+		if *d.v == 0 {
+			*d.v = d.def
+		}
+	}
+	if c.DHCPOfferTimeout <= 0 {
+		c.DHCPOfferTimeout = defaultDHCPOfferTimeout
+	}
+}
+
+// isolate applies c's isolation settings to the switch; called before any
+// stream is attached.
+func (e *switchEndpoint) isolate(c Config) {
+	subnet, err := tcpip.NewSubnet(addr(c.Subnet.Addr()), tcpip.MaskFromBytes(net.CIDRMask(c.Subnet.Bits(), 32)))
+	if err == nil {
+		e.subnet = &subnet
+		e.hostOwned[subnet.ID()] = true
+		e.hostOwned[subnet.Broadcast()] = true
+	}
+	// The gateway and host loopback (arpAllowed) are the host's; so is
+	// host loopback when the mapping is off: no enclave may claim it.
+	e.hostOwned[addr(c.GatewayIP)] = true
+	e.hostOwned[addr(c.HostLoopbackIP)] = true
+	limit := func(v int) int {
+		if v < 0 {
+			return int(^uint(0) >> 1)
+		}
+		return v
+	}
+	e.maxMACsPerPort = limit(c.MaxMACsPerEnclave)
+	e.maxIPsPerPort = limit(c.MaxAddressesPerEnclave)
+	e.maxMACs = limit(c.MaxMACsPerEnclave)
+	if c.MaxEnclaveStreams > 0 && e.maxMACs < 1<<20 {
+		e.maxMACs *= c.MaxEnclaveStreams
+	} else if e.maxMACs < 1<<20 {
+		e.maxMACs *= DefaultMaxEnclaveStreams
+	}
+}

@@ -45,6 +45,26 @@ type options struct {
 	Metrics        string        `yaml:"metrics"`
 	Pprof          string        `yaml:"pprof"`
 	LogLevel       string        `yaml:"log_level"`
+
+	// Limits against hostile clients and enclaves (layer 4).
+	MaxPortConns             int           `yaml:"max_port_conns"`
+	MaxPortConnsPerPort      int           `yaml:"max_port_conns_per_port"`
+	FirstByteTimeout         time.Duration `yaml:"first_byte_timeout"`
+	MaxPortUDPFlows          int           `yaml:"max_port_udp_flows"`
+	MaxNATConns              int           `yaml:"max_nat_conns"`
+	MaxNATConnsPerEnclave    int           `yaml:"max_nat_conns_per_enclave"`
+	MaxNATUDPFlows           int           `yaml:"max_nat_udp_flows"`
+	MaxNATUDPFlowsPerEnclave int           `yaml:"max_nat_udp_flows_per_enclave"`
+	NATIdleTimeout           time.Duration `yaml:"nat_idle_timeout"`
+	MaxDialsPerEnclave       int           `yaml:"max_dials_per_enclave"`
+
+	// Isolation between enclaves (layer 2).
+	MaxEnclaveStreams        int           `yaml:"max_enclave_streams"`
+	MaxEnclaveStreamsPerPeer int           `yaml:"max_enclave_streams_per_peer"`
+	MaxEnclaveHandshakes     int           `yaml:"max_enclave_handshakes"`
+	MaxMACsPerEnclave        int           `yaml:"max_macs_per_enclave"`
+	MaxAddressesPerEnclave   int           `yaml:"max_addresses_per_enclave"`
+	DHCPOfferTimeout         time.Duration `yaml:"dhcp_offer_timeout"`
 }
 
 func defaultOptions() options {
@@ -59,6 +79,10 @@ func defaultOptions() options {
 		AckDelay:     host.DefaultAckDelay,
 		DHCP:         true,
 		LogLevel:     "info",
+
+		FirstByteTimeout: host.DefaultFirstByteTimeout,
+		MaxPortUDPFlows:  host.DefaultMaxPortUDPFlows,
+		NATIdleTimeout:   host.DefaultNATIdleTimeout,
 	}
 }
 
@@ -99,6 +123,26 @@ func (o *options) bind(fs *flag.FlagSet, configPath *string) {
 	fs.StringVar(&o.Metrics, "metrics", o.Metrics, "serve Prometheus metrics at /metrics on this address (e.g. 127.0.0.1:9100); off by default")
 	fs.StringVar(&o.Pprof, "pprof", o.Pprof, "serve net/http/pprof on this address (e.g. 127.0.0.1:6060); off by default")
 	fs.StringVar(&o.LogLevel, "log-level", o.LogLevel, "debug, info, warn or error")
+
+	// Limits against hostile clients and enclaves (layer 4); docs/host-ops.md.
+	fs.IntVar(&o.MaxPortConns, "max-port-conns", o.MaxPortConns, "client connections of all published TCP ports together; more are reset at once (0: a quarter of the open-file limit; negative: no limit)")
+	fs.IntVar(&o.MaxPortConnsPerPort, "max-port-conns-per-port", o.MaxPortConnsPerPort, "client connections of one published TCP port (0: -max-port-conns; negative: no limit)")
+	fs.DurationVar(&o.FirstByteTimeout, "first-byte-timeout", o.FirstByteTimeout, "close published-port connections whose client sent nothing for this long (0: never)")
+	fs.IntVar(&o.MaxPortUDPFlows, "max-port-udp-flows", o.MaxPortUDPFlows, "client sources tracked by all published UDP ports together; datagrams from more are dropped (negative: no limit)")
+	fs.IntVar(&o.MaxNATConns, "max-nat-conns", o.MaxNATConns, "enclave TCP connections through the NAT; more are reset (0: a quarter of the open-file limit; negative: no limit)")
+	fs.IntVar(&o.MaxNATConnsPerEnclave, "max-nat-conns-per-enclave", o.MaxNATConnsPerEnclave, "enclave TCP connections through the NAT from one enclave address (0: half of -max-nat-conns; negative: no limit)")
+	fs.IntVar(&o.MaxNATUDPFlows, "max-nat-udp-flows", o.MaxNATUDPFlows, "enclave UDP flows through the NAT; new flows beyond are dropped (0: 1024, or an eighth of the open-file limit if less; negative: no limit)")
+	fs.IntVar(&o.MaxNATUDPFlowsPerEnclave, "max-nat-udp-flows-per-enclave", o.MaxNATUDPFlowsPerEnclave, "enclave UDP flows through the NAT from one enclave address (0: half of -max-nat-udp-flows; negative: no limit)")
+	fs.DurationVar(&o.NATIdleTimeout, "nat-idle-timeout", o.NATIdleTimeout, "close enclave TCP connections through the NAT idle this long in both directions (0: never)")
+	fs.IntVar(&o.MaxDialsPerEnclave, "max-dials-per-enclave", o.MaxDialsPerEnclave, "outbound connection attempts in progress from one enclave address (0: half of -max-dials)")
+
+	// Isolation between enclaves (layer 2); docs/host-ops.md.
+	fs.IntVar(&o.MaxEnclaveStreams, "max-enclave-streams", o.MaxEnclaveStreams, "enclave streams attached or in their handshake; more are closed at once (0: 64; negative: no limit)")
+	fs.IntVar(&o.MaxEnclaveStreamsPerPeer, "max-enclave-streams-per-peer", o.MaxEnclaveStreamsPerPeer, "enclave streams from one peer (VSOCK CID; unix sockets: user id) (0: 16; negative: no limit)")
+	fs.IntVar(&o.MaxEnclaveHandshakes, "max-enclave-handshakes", o.MaxEnclaveHandshakes, "enclave streams in their handshake at once (0: 32; negative: no limit)")
+	fs.IntVar(&o.MaxMACsPerEnclave, "max-macs-per-enclave", o.MaxMACsPerEnclave, "source MACs one enclave stream may use (and DHCP leases it may hold) (0: 16; negative: no limit)")
+	fs.IntVar(&o.MaxAddressesPerEnclave, "max-addresses-per-enclave", o.MaxAddressesPerEnclave, "IPv4 addresses one enclave stream may send from (0: 8; negative: no limit)")
+	fs.DurationVar(&o.DHCPOfferTimeout, "dhcp-offer-timeout", o.DHCPOfferTimeout, "how long an address offered to a DHCP DISCOVER is held without a REQUEST (0: 60s)")
 }
 
 // loadConfigFile decodes a YAML config file over o. Unknown keys are
@@ -138,6 +182,31 @@ func (o options) hostConfig() (host.Config, error) {
 		DisableHostLoopback: o.NoHostLoopback,
 		DisableDHCP:         !o.DHCP,
 		DNSUpstream:         o.DNS,
+
+		MaxPortConns:             o.MaxPortConns,
+		MaxPortConnsPerPort:      o.MaxPortConnsPerPort,
+		FirstByteTimeout:         o.FirstByteTimeout,
+		MaxPortUDPFlows:          o.MaxPortUDPFlows,
+		MaxNATConns:              o.MaxNATConns,
+		MaxNATConnsPerEnclave:    o.MaxNATConnsPerEnclave,
+		MaxNATUDPFlows:           o.MaxNATUDPFlows,
+		MaxNATUDPFlowsPerEnclave: o.MaxNATUDPFlowsPerEnclave,
+		NATIdleTimeout:           o.NATIdleTimeout,
+		MaxDialsPerEnclave:       o.MaxDialsPerEnclave,
+
+		MaxEnclaveStreams:        o.MaxEnclaveStreams,
+		MaxEnclaveStreamsPerPeer: o.MaxEnclaveStreamsPerPeer,
+		MaxEnclaveHandshakes:     o.MaxEnclaveHandshakes,
+		MaxMACsPerEnclave:        o.MaxMACsPerEnclave,
+		MaxAddressesPerEnclave:   o.MaxAddressesPerEnclave,
+		DHCPOfferTimeout:         o.DHCPOfferTimeout,
+	}
+	// Zero durations mean "off" here; in host.Config they mean the default.
+	if cfg.FirstByteTimeout == 0 {
+		cfg.FirstByteTimeout = -1
+	}
+	if cfg.NATIdleTimeout == 0 {
+		cfg.NATIdleTimeout = -1
 	}
 	if cfg.AckDelay == 0 {
 		cfg.AckDelay = -1 // off; zero means the default in host.Config

@@ -140,6 +140,12 @@ func run(args []string, stderr io.Writer) int {
 	if err != nil {
 		return fail(err)
 	}
+	lc := h.Config() // limits against hostile clients and enclaves (layer 4), defaults filled in
+	logger.Info("limits", "open_files", host.FileLimit(), "max_port_conns", lc.MaxPortConns, "max_port_conns_per_port", lc.MaxPortConnsPerPort,
+		"first_byte_timeout", lc.FirstByteTimeout, "max_port_udp_flows", lc.MaxPortUDPFlows,
+		"max_nat_conns", lc.MaxNATConns, "max_nat_conns_per_enclave", lc.MaxNATConnsPerEnclave,
+		"max_nat_udp_flows", lc.MaxNATUDPFlows, "max_nat_udp_flows_per_enclave", lc.MaxNATUDPFlowsPerEnclave,
+		"nat_idle_timeout", lc.NATIdleTimeout, "max_dials_per_enclave", lc.MaxDialsPerEnclave)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

@@ -1,0 +1,379 @@
+package host_test
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"testing"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/quenchnet/quench/host"
+	"github.com/quenchnet/quench/tap"
+	"github.com/quenchnet/quench/tap/taptest"
+)
+
+// Tests of the isolation between enclaves (layer 2): what one enclave
+// stream can do to another, or to the host, through the switch. Each was
+// first a failing test of a security review.
+
+// waitTCPSYN reads frames from c until a TCP SYN to dport arrives (true) or
+// wait passes (false).
+func waitTCPSYN(t *testing.T, c *tap.Conn, dport uint16, wait time.Duration) bool {
+	t.Helper()
+	_ = c.NetConn().SetReadDeadline(time.Now().Add(wait))
+	defer func() { _ = c.NetConn().SetReadDeadline(time.Time{}) }()
+	for {
+		f, err := c.Next()
+		if err != nil {
+			return false
+		}
+		if len(f) < 14+20+20 || f[12] != 0x08 || f[13] != 0x00 || f[14+9] != 6 {
+			continue
+		}
+		ihl := int(f[14]&0x0f) * 4
+		tcp := f[14+ihl:]
+		if uint16(tcp[2])<<8|uint16(tcp[3]) == dport && tcp[13]&0x02 != 0 {
+			return true
+		}
+	}
+}
+
+// waitUntil polls cond until it holds (true) or d passes (false).
+func waitUntil(d time.Duration, cond func() bool) bool {
+	for deadline := time.Now().Add(d); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+	return true
+}
+
+// icmpEcho builds an ICMP echo request frame from mac/src to dst (the
+// gateway's MAC).
+func icmpEcho(mac net.HardwareAddr, src, dst netip.Addr, seq uint16) []byte {
+	const ipLen, icmpLen = header.IPv4MinimumSize, header.ICMPv4MinimumSize + 8
+	f := make([]byte, header.EthernetMinimumSize+ipLen+icmpLen)
+	header.Ethernet(f).Encode(&header.EthernetFields{SrcAddr: tcpip.LinkAddress(mac), DstAddr: tcpip.LinkAddress(host.DefaultGatewayMAC), Type: header.IPv4ProtocolNumber})
+	ip := header.IPv4(f[header.EthernetMinimumSize:])
+	ip.Encode(&header.IPv4Fields{TotalLength: ipLen + icmpLen, TTL: 64, Protocol: uint8(header.ICMPv4ProtocolNumber), SrcAddr: tcpip.AddrFrom4(src.As4()), DstAddr: tcpip.AddrFrom4(dst.As4())})
+	ip.SetChecksum(^ip.CalculateChecksum())
+	ic := header.ICMPv4(ip[ipLen:])
+	ic.SetType(header.ICMPv4Echo)
+	ic.SetIdent(1)
+	ic.SetSequence(seq)
+	ic.SetChecksum(^checksum.Checksum(ic, 0))
+	return f
+}
+
+// TestIsolationNonReadingEnclaveDoesNotStallOthers: frames the switch
+// floods or broadcasts used to be written synchronously, with no deadline,
+// into every other enclave's stream. An enclave that stops reading its
+// stream (here it also makes the gateway broadcast ARP requests, by pinging
+// from many addresses, to fill its own socket quickly) blocked those
+// writes forever: the next broadcast from another enclave (its ordinary ARP
+// request for the gateway) blocked that enclave's receive loop. Now every
+// write to a stream goes through its bounded queue and its own writer.
+// (The address limit is off, so that the attacker's pings all count.)
+func TestIsolationNonReadingEnclaveDoesNotStallOthers(t *testing.T) {
+	h, path := startHost(t, host.Config{MaxAddressesPerEnclave: -1})
+	gw := netip.MustParseAddr("192.168.127.1")
+	victimIP := netip.MustParseAddr("192.168.127.2")
+
+	// The victim reads its stream all the time and reports ARP replies
+	// from the gateway.
+	victim := connectRaw(t, path)
+	replies := make(chan struct{}, 100)
+	go func() {
+		for {
+			f, err := victim.Next()
+			if err != nil {
+				return
+			}
+			if a, err := taptest.ParseARP(f); err == nil && a.Op == 2 && a.SrcIP == gw {
+				replies <- struct{}{}
+			}
+		}
+	}()
+	askGateway := func() bool {
+		if _, err := victim.WriteFrames([][]byte{arpRequest(enclaveMAC, victimIP, gw)}, 0); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-replies:
+			return true
+		case <-time.After(3 * time.Second):
+			return false
+		}
+	}
+	if !askGateway() {
+		t.Fatal("no ARP reply before the attack")
+	}
+
+	// The attacker never reads. It pings the gateway from 240 spoofed
+	// addresses of the subnet; the gateway broadcasts ARP requests (with
+	// retries) for each, into the attacker's unread socket.
+	attackerMAC := net.HardwareAddr{0x02, 0, 0, 0, 0, 0xbb}
+	attacker := connectRaw(t, path)
+	var frames [][]byte
+	for i := 10; i < 250; i++ {
+		src := netip.AddrFrom4([4]byte{192, 168, 127, byte(i)})
+		frames = append(frames, icmpEcho(attackerMAC, src, gw, uint16(i)))
+	}
+	if _, err := attacker.WriteFrames(frames, 0); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(4 * time.Second) // ARP retries: the attacker's socket fills up
+
+	// The victim's first ARP request is answered (the stack sees it before
+	// the switch floods it), but flooding it to the attacker blocks the
+	// victim's receive loop, so the second one is never read.
+	first := askGateway()
+	second := askGateway()
+	t.Logf("frames dropped for full queues: %d", h.Stats().FramesDroppedQueueFull)
+	if !first || !second {
+		t.Errorf("a non-reading enclave stalled another enclave's stream: ARP replies from the gateway after the attack: first %v, second %v", first, second)
+	}
+}
+
+// TestIsolationEnclaveCannotTakeAnotherEnclavesIP: with two enclave
+// streams attached, the second one (another MAC) announces the first's
+// address 192.168.127.2 with an ARP request. Nothing tied an IP address to
+// a stream: the gateway believed it, and a published port's client
+// connection went to the attacker's stream. Now the address belongs to the
+// stream that used it first, and the attacker's frames from it are dropped.
+func TestIsolationEnclaveCannotTakeAnotherEnclavesIP(t *testing.T) {
+	h, path := startHost(t, host.Config{Publish: []host.Publish{{
+		Network: "tcp", Host: netip.MustParseAddrPort("127.0.0.1:0"), EnclavePort: 80,
+	}}})
+	enclaveIP := netip.MustParseAddr("192.168.127.2")
+	gw := netip.MustParseAddr("192.168.127.1")
+	victim := connectRaw(t, path)
+	if _, err := victim.WriteFrames([][]byte{arpRequest(enclaveMAC, enclaveIP, gw)}, 0); err != nil {
+		t.Fatal(err)
+	}
+	readARPReply(t, victim)
+
+	attackerMAC := net.HardwareAddr{0x02, 0, 0, 0, 0, 0xbb}
+	attacker := connectRaw(t, path)
+	if _, err := attacker.WriteFrames([][]byte{arpRequest(attackerMAC, enclaveIP, gw)}, 0); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(time.Second, func() bool { return h.Stats().FramesDroppedSpoofed > 0 }) // and not answered
+
+	// An internet client connects to the published port.
+	go func() {
+		c, err := net.DialTimeout("tcp", h.Published()[0].String(), 3*time.Second)
+		if err == nil {
+			time.Sleep(3 * time.Second)
+			c.Close()
+		}
+	}()
+	if waitTCPSYN(t, attacker, 80, 3*time.Second) {
+		t.Errorf("a published-port connection for %s:80 was delivered to another enclave's stream (MAC %s) after one ARP request from it", enclaveIP, attackerMAC)
+	}
+}
+
+// TestIsolationEnclaveCannotClaimGatewayIP: the switch filtered the
+// gateway's own ARP replies (spoofedARP) but flooded an enclave's ARP for
+// any address, the gateway's included, to every other enclave: one
+// broadcast "192.168.127.1 is at <attacker>" reached the victim's stack.
+// Now frames from the host's addresses are dropped.
+func TestIsolationEnclaveCannotClaimGatewayIP(t *testing.T) {
+	_, path := startHost(t, host.Config{})
+	gw := netip.MustParseAddr("192.168.127.1")
+	victim := connectRaw(t, path)
+	if _, err := victim.WriteFrames([][]byte{arpRequest(enclaveMAC, netip.MustParseAddr("192.168.127.2"), gw)}, 0); err != nil {
+		t.Fatal(err)
+	}
+	readARPReply(t, victim)
+	attackerMAC := net.HardwareAddr{0x02, 0, 0, 0, 0, 0xbb}
+	attacker := connectRaw(t, path)
+	garp := taptest.EthernetFrame(taptest.BroadcastMAC, attackerMAC, taptest.EtherTypeARP,
+		taptest.ARPReply(attackerMAC, gw, taptest.BroadcastMAC, gw)[14:])
+	if _, err := attacker.WriteFrames([][]byte{garp}, 0); err != nil {
+		t.Fatal(err)
+	}
+	_ = victim.NetConn().SetReadDeadline(time.Now().Add(2 * time.Second))
+	for {
+		f, err := victim.Next()
+		if err != nil {
+			return // not delivered: what should happen
+		}
+		if a, err := taptest.ParseARP(f); err == nil && a.SrcIP == gw && a.SrcMAC.String() != host.DefaultGatewayMAC.String() {
+			t.Fatalf("victim enclave received an ARP claiming the gateway %s is at %s, sent by another enclave", gw, a.SrcMAC)
+		}
+	}
+}
+
+// TestIsolationEnclaveCannotEvictAnother: a frame whose source MAC was
+// another attached enclave's MAC made the host close that enclave's stream
+// and send its traffic to the sender (switch.learn). Now only a fresh
+// stream from the same peer (a reconnecting enclave) may take a MAC over;
+// TestReconnectReplacesStream covers that.
+func TestIsolationEnclaveCannotEvictAnother(t *testing.T) {
+	h, path := startHost(t, host.Config{})
+	enclaveIP := netip.MustParseAddr("192.168.127.2")
+	gw := netip.MustParseAddr("192.168.127.1")
+	victim := connectRaw(t, path)
+	if _, err := victim.WriteFrames([][]byte{arpRequest(enclaveMAC, enclaveIP, gw)}, 0); err != nil {
+		t.Fatal(err)
+	}
+	readARPReply(t, victim)
+	attacker := connectRaw(t, path)
+	// Attacker's own MAC first (a separate, established enclave) ...
+	own := net.HardwareAddr{0x02, 0, 0, 0, 0, 0xbb}
+	if _, err := attacker.WriteFrames([][]byte{arpRequest(own, netip.MustParseAddr("192.168.127.3"), gw)}, 0); err != nil {
+		t.Fatal(err)
+	}
+	readARPReply(t, attacker)
+	waitFor(t, func() bool { return h.Stats().Enclaves == 2 })
+	// ... then one frame with the victim's MAC as source.
+	spoof := taptest.EthernetFrame(taptest.BroadcastMAC, enclaveMAC, 0x88b5, make([]byte, 46))
+	if _, err := attacker.WriteFrames([][]byte{spoof}, 0); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(time.Second, func() bool { return h.Stats().FramesDroppedSpoofed > 0 })
+	_ = victim.NetConn().SetReadDeadline(time.Now().Add(2 * time.Second))
+	for {
+		_, err := victim.Next()
+		if err == nil {
+			continue
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return // still attached: what should happen
+		}
+		t.Fatalf("victim enclave's stream was closed by the host after another stream sent one frame with its MAC: %v (enclaves attached: %d)", err, h.Stats().Enclaves)
+	}
+}
+
+// TestIsolationEnclaveStreamsBounded: whoever can connect to the enclave
+// listener (any enclave CID on VSOCK port 1024) could attach any number of
+// streams, each with a 256 KiB read and a 32 KiB write buffer, kept while
+// connected: 500 streams from one peer cost ~170 MiB. Now at most
+// MaxEnclaveStreams are attached or handshaking; the rest are refused.
+func TestIsolationEnclaveStreamsBounded(t *testing.T) {
+	const streams = 500
+	h, path := startHost(t, host.Config{})
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for range streams {
+		// A bare socket on this side: only the host's buffers count.
+		nc, err := net.Dial("unix", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { nc.Close() })
+		// A refused stream may be closed before this write: no error check.
+		_, _ = nc.Write([]byte("POST /connect HTTP/1.1\r\nHost: \r\n\r\n"))
+	}
+	waitFor(t, func() bool {
+		st := h.Stats()
+		return uint64(st.Enclaves)+st.EnclaveStreamsRefused == streams
+	})
+	runtime.GC()
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	grew := (int64(after.HeapInuse) - int64(before.HeapInuse)) >> 20
+	st := h.Stats()
+	t.Logf("%d idle streams attached, %d refused; heap in use +%d MiB", st.Enclaves, st.EnclaveStreamsRefused, grew)
+	if st.Enclaves > host.DefaultMaxEnclaveStreams || grew > 64 {
+		t.Errorf("one peer attached %d idle enclave streams costing +%d MiB; want at most %d", st.Enclaves, grew, host.DefaultMaxEnclaveStreams)
+	}
+}
+
+// TestIsolationDHCPNeedsOwnMAC: a DISCOVER alone (no REQUEST) assigned an
+// address to the client hardware address it named, for as long as the Host
+// ran: one stream naming made-up client MACs took the whole /24 pool in
+// about 250 messages. Now a DHCP request must name its frame's source MAC
+// (and a stream may use only MaxMACsPerEnclave MACs).
+func TestIsolationDHCPNeedsOwnMAC(t *testing.T) {
+	_, path := startHost(t, host.Config{})
+	attacker := connectRaw(t, path)
+	attackerMAC := net.HardwareAddr{0x02, 0, 0, 0, 0, 0xbb}
+	taken := 0
+	for i := range 300 {
+		fake := net.HardwareAddr{0x02, 0xfa, 0xce, 0, byte(i >> 8), byte(i)}
+		m := discover(t, fake)
+		f := taptest.UDPv4Frame(taptest.BroadcastMAC, attackerMAC, dhcpClient, dhcpServer, m.ToBytes())
+		if dhcpSend(t, attacker, f, netip.Addr{}, attackerMAC, m.TransactionID, time.Second) == nil {
+			break
+		}
+		taken++
+	}
+	newcomerMAC := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x42}
+	newcomer := connectRaw(t, path)
+	offer := dhcpExchange(t, newcomer, newcomerMAC, discover(t, newcomerMAC), 2*time.Second)
+	t.Logf("one stream took %d leases with DISCOVERs only", taken)
+	if offer == nil {
+		t.Errorf("after %d DISCOVERs from one stream (made-up client MACs, never REQUESTed), a new enclave gets no DHCP lease", taken)
+	}
+}
+
+// TestIsolationDHCPOffersExpire: an address offered to a DISCOVER that no
+// REQUEST confirms returns to the pool after DHCPOfferTimeout. One stream
+// (with the MAC limit off) exhausts the pool with DISCOVERs from made-up
+// MACs; once the offers expire, a newcomer gets a lease.
+func TestIsolationDHCPOffersExpire(t *testing.T) {
+	const timeout = 3 * time.Second
+	_, path := startHost(t, host.Config{MaxMACsPerEnclave: -1, DHCPOfferTimeout: timeout})
+	attacker := connectRaw(t, path)
+	taken := 0
+	start := time.Now()
+	for i := range 300 {
+		fake := net.HardwareAddr{0x02, 0xfa, 0xce, 0, byte(i >> 8), byte(i)}
+		if dhcpExchange(t, attacker, fake, discover(t, fake), 300*time.Millisecond) == nil {
+			break
+		}
+		taken++
+	}
+	if time.Since(start) > timeout/2 {
+		t.Skipf("too slow to exhaust the pool within the offer timeout (%v)", time.Since(start))
+	}
+	newcomerMAC := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x42}
+	newcomer := connectRaw(t, path)
+	if offer := dhcpExchange(t, newcomer, newcomerMAC, discover(t, newcomerMAC), 200*time.Millisecond); offer != nil {
+		t.Fatalf("pool not exhausted after %d DISCOVERs: %s offered", taken, offer.YourIPAddr)
+	}
+	time.Sleep(timeout)
+	offer := dhcpExchange(t, newcomer, newcomerMAC, discover(t, newcomerMAC), 2*time.Second)
+	if offer == nil {
+		t.Fatalf("%d offers never REQUESTed still hold the pool after the offer timeout", taken)
+	}
+}
+
+// TestIsolationReconnectKeepsAddress: an enclave's new stream (same peer,
+// same MAC) takes over the old stream's address at once, so published
+// ports reach the new stream.
+func TestIsolationReconnectKeepsAddress(t *testing.T) {
+	h, path := startHost(t, host.Config{Publish: []host.Publish{{
+		Network: "tcp", Host: netip.MustParseAddrPort("127.0.0.1:0"), EnclavePort: 80,
+	}}})
+	req := arpRequest(enclaveMAC, netip.MustParseAddr("192.168.127.2"), netip.MustParseAddr("192.168.127.1"))
+	old := connectRaw(t, path)
+	if _, err := old.WriteFrames([][]byte{req}, 0); err != nil {
+		t.Fatal(err)
+	}
+	readARPReply(t, old)
+	cur := connectRaw(t, path)
+	if _, err := cur.WriteFrames([][]byte{req}, 0); err != nil {
+		t.Fatal(err)
+	}
+	readARPReply(t, cur)
+	go func() {
+		c, err := net.DialTimeout("tcp", h.Published()[0].String(), 3*time.Second)
+		if err == nil {
+			time.Sleep(3 * time.Second)
+			c.Close()
+		}
+	}()
+	if !waitTCPSYN(t, cur, 80, 3*time.Second) {
+		t.Errorf("a published-port connection did not reach the reconnected enclave's stream")
+	}
+}
