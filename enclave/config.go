@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -183,7 +184,11 @@ type Config struct {
 	// InternalAddr is where the internal server for the app listens, always
 	// on kernel sockets: the enclave's loopback. It serves /enclave/ready
 	// and /enclave/hash (and /debug/pprof/ when Pprof is set). "-" turns it
-	// off (then WaitForApp needs Enclave.Ready). Default:
+	// off (then WaitForApp needs Enclave.Ready). Its host must be a literal
+	// loopback address (127.0.0.0/8 or ::1; names, "localhost" included,
+	// and empty or unspecified hosts are refused), and no Forward target
+	// or AppURL may name its port on a loopback, unspecified or
+	// "localhost" address: the untrusted host must not reach it. Default:
 	// DefaultInternalAddr ("127.0.0.1:8080").
 	InternalAddr string
 
@@ -204,8 +209,11 @@ type Config struct {
 
 	// ACME obtains the certificate for FQDN from an ACME CA with the
 	// TLS-ALPN-01 challenge (golang.org/x/crypto/acme/autocert), answered on
-	// the public listener: the host must publish port 443 to it. Exclusive
-	// with TLSCertFile. Default: false (self-signed ECDSA P-256).
+	// the public listener: the host must publish port 443 to it. Only an
+	// ECDSA P-256 certificate is obtained and served (documents bind one
+	// certificate; clients without ECDSA support, none current, fail the
+	// handshake). Exclusive with TLSCertFile. Default: false (self-signed
+	// ECDSA P-256).
 	ACME bool
 
 	// ACMEDirectory is the ACME directory URL. Default:
@@ -243,7 +251,9 @@ type Config struct {
 
 	// Pprof serves net/http/pprof under /debug/pprof/ on the internal
 	// server. Profiles expose process memory, so while it is on the
-	// attestation endpoints refuse (503). Default: false.
+	// attestation endpoints refuse (503), and key synchronisation, which
+	// attests and hands out keys, is refused altogether (New fails with
+	// FQDNLeader set). Default: false.
 	Pprof bool
 
 	// DrainTimeout bounds the graceful drain in Close: in-flight requests
@@ -264,7 +274,10 @@ type Config struct {
 	// SyncAddr is where the external endpoints for other enclaves
 	// (/enclave/leader, /enclave/sync, /enclave/heartbeat) listen with TLS,
 	// on the enclave's network (nitriding's -ext-priv-port). The host must
-	// publish it only inside the VPC. Default: DefaultSyncAddr (":444").
+	// publish it only inside the VPC. Its TLS certificate is the public
+	// one, or with ACME a self-signed one of its own (autocert serves only
+	// FQDN; peers authenticate each other by attestation, not by the
+	// certificate). Default: DefaultSyncAddr (":444").
 	SyncAddr string
 
 	// KeySync tunes key synchronisation. The Enclave fills in Attester
@@ -294,6 +307,9 @@ func (c Config) syncDefaults() (Config, error) {
 	}
 	if !c.serving() {
 		return c, errors.New("enclave: FQDNLeader needs serving (Handler or AppURL): key synchronisation shares the public server's certificate")
+	}
+	if c.Pprof {
+		return c, errors.New("enclave: Pprof (-pprof) and FQDNLeader (-fqdn-leader) are exclusive: key synchronisation attests this enclave and hands out (or receives) its TLS key and the app's state, which profiles of process memory would expose; attestation is refused while profiling")
 	}
 	if c.SyncAddr == "" {
 		c.SyncAddr = DefaultSyncAddr
@@ -371,8 +387,25 @@ func (c Config) servingDefaults() (Config, error) {
 		c.InternalAddr = DefaultInternalAddr
 	}
 	if c.InternalAddr != "-" {
-		if _, _, err := net.SplitHostPort(c.InternalAddr); err != nil {
-			return c, fmt.Errorf("enclave: InternalAddr %q: %w", c.InternalAddr, err)
+		port, err := loopbackPort(c.InternalAddr)
+		if err != nil {
+			return c, fmt.Errorf("enclave: InternalAddr %q (-internal-addr): %w", c.InternalAddr, err)
+		}
+		// Forwards and the app proxy are reached by the untrusted host:
+		// neither may lead to the internal server.
+		for _, f := range c.Forwards {
+			if _, addr, _ := parseTarget(f.Target); reachesLocalPort(addr, port) {
+				return c, fmt.Errorf("enclave: Forward target %q (-forward) is the internal server's address InternalAddr %q (-internal-addr): the host would reach /enclave/hash; use another port for one of them", f.Target, c.InternalAddr)
+			}
+		}
+		if u := c.AppURL; u != nil && u.Scheme != "unix" {
+			hp := u.Host
+			if u.Port() == "" {
+				hp = net.JoinHostPort(u.Hostname(), map[string]string{"http": "80", "https": "443"}[u.Scheme])
+			}
+			if reachesLocalPort(hp, port) {
+				return c, fmt.Errorf("enclave: AppURL %q (-app-url) is the internal server's address InternalAddr %q (-internal-addr): clients would reach /enclave/hash; use another port for one of them", u.Redacted(), c.InternalAddr)
+			}
 		}
 	}
 	if c.MetricsAddr != "" {
@@ -501,4 +534,52 @@ func (c Config) withDefaults() (Config, error) {
 		c.Forwards[i] = f
 	}
 	return c.servingDefaults()
+}
+
+// loopbackPort checks that addr, the internal server's address, is a
+// literal loopback address (127.0.0.0/8 or ::1) and returns its port.
+// Whoever reaches the internal server can replace the attested app key hash
+// (POST /enclave/hash), read a worker's synced state and, with Pprof, the
+// process memory: an empty or unspecified host would put it on the
+// enclave's network, where the host reaches it. Host names, "localhost"
+// included, are refused rather than resolved (the listener would use
+// whatever the resolver answers).
+func loopbackPort(addr string) (uint16, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return 0, err
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil || !ip.Unmap().IsLoopback() || ip.Zone() != "" {
+		return 0, fmt.Errorf("host %q is not a loopback address: the internal server must listen on 127.0.0.1 or [::1] (not a name, an empty or unspecified address), since whoever reaches it can register the attested app key hash", host)
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return 0, fmt.Errorf("bad port %q", port)
+	}
+	return uint16(n), nil
+}
+
+// reachesLocalPort reports whether dialling hostport may connect to a
+// listener on a loopback address and port: the same port on a loopback
+// address, the unspecified address (which Linux connects to loopback), an
+// empty host, or "localhost". Other names are not resolved.
+func reachesLocalPort(hostport string, port uint16) bool {
+	host, p, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return false
+	}
+	if n, err := strconv.ParseUint(p, 10, 16); err != nil || uint16(n) != port || port == 0 {
+		return false
+	}
+	h := strings.TrimSuffix(strings.ToLower(host), ".")
+	if h == "" || h == "localhost" || strings.HasSuffix(h, ".localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return false
+	}
+	ip = ip.Unmap()
+	return ip.IsLoopback() || ip.IsUnspecified()
 }

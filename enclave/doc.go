@@ -35,7 +35,8 @@
 //     to the app. Every document binds the SHA-256 of the served certificate
 //     and of the registered app key (attestation.UserData).
 //   - the internal server for the app on [Config.InternalAddr] of the
-//     enclave's loopback: [ReadyPath] (with [Config.WaitForApp] the public
+//     enclave's loopback (New refuses any other address, and a Forward
+//     target or AppURL leading to it): [ReadyPath] (with [Config.WaitForApp] the public
 //     server serves only after it), [HashPath] (register an app key hash)
 //     and [StatePath] (key synchronisation; 403 when it is off).
 //     In-process apps call [Enclave.Ready] and [Enclave.SetAppKeyHash].
@@ -60,7 +61,8 @@
 // development attester of package attestation is never chosen implicitly.
 // With [Config.Pprof], profiling is served on the internal server and the
 // attestation endpoints refuse, since profiling weakens the enclave's
-// isolation.
+// isolation; key synchronisation, which attests and hands out keys, cannot
+// be configured with it.
 //
 // Close drains: the servers stop accepting, requests in flight get
 // [Config.DrainTimeout] to finish, then the tunnel and the network stop;

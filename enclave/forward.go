@@ -40,9 +40,11 @@ type Forward struct {
 	Listen func() (net.Listener, error)
 
 	// Target is where the program listens: "host:port" (TCP, e.g.
-	// "127.0.0.1:8080") or "unix:///path". It is dialled with kernel
+	// "127.0.0.1:3000") or "unix:///path". It is dialled with kernel
 	// sockets, so in userspace mode it must be on the enclave's loopback.
-	// Required.
+	// When serving, it must not be the internal server (Config.InternalAddr's
+	// port on a loopback, unspecified or "localhost" address): New refuses
+	// it, as the host would reach /enclave/hash. Required.
 	Target string
 
 	// ProxyHeader passes the client's address on to Target in a PROXY

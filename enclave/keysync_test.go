@@ -280,3 +280,24 @@ func TestKeySyncStartFails(t *testing.T) {
 		t.Errorf("Close after a failed Start: %v", err)
 	}
 }
+
+// TestPprofRefusesKeySync: while profiling is on, the public attestation
+// endpoints refuse (profiles expose process memory); key synchronisation
+// attests too (GET /enclave/sync answers any caller's nonce) and hands out
+// or receives the TLS key and the app's state, so it is refused as well:
+// New fails rather than serve it.
+func TestPprofRefusesKeySync(t *testing.T) {
+	_, err := enclave.New(enclave.Config{Handler: http.NotFoundHandler(), Pprof: true, FQDNLeader: "leader.internal"})
+	if err == nil || !strings.Contains(err.Error(), "Pprof") || !strings.Contains(err.Error(), "FQDNLeader") {
+		t.Fatalf("New with Pprof and FQDNLeader: %v, want a refusal naming both", err)
+	}
+	// Each alone is fine.
+	for _, cfg := range []enclave.Config{
+		{Handler: http.NotFoundHandler(), Pprof: true},
+		{Handler: http.NotFoundHandler(), FQDNLeader: "leader.internal"},
+	} {
+		if _, err := enclave.New(cfg); err != nil {
+			t.Errorf("New: %v", err)
+		}
+	}
+}

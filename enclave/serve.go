@@ -182,6 +182,7 @@ func (e *Enclave) startServers(ctx context.Context, nw network) (_ *servers, err
 		}
 		closers = append(closers, func() { _ = s.internalLn.Close() })
 	}
+	var syncTLS *tls.Config
 	if cfg.syncOn() {
 		kc := cfg.KeySync
 		kc.Attester = s.att
@@ -200,6 +201,9 @@ func (e *Enclave) startServers(ctx context.Context, nw network) (_ *servers, err
 			return nil, fmt.Errorf("enclave: key sync listener %s: %w", cfg.SyncAddr, err)
 		}
 		closers = append(closers, func() { _ = s.syncLn.Close() })
+		if syncTLS, err = s.certs.syncTLSConfig(); err != nil {
+			return nil, err
+		}
 	}
 	if cfg.MetricsAddr != "" {
 		s.metricsLn, err = nw.listen("tcp", cfg.MetricsAddr)
@@ -283,7 +287,7 @@ func (e *Enclave) startServers(ctx context.Context, nw network) (_ *servers, err
 	}
 	if s.syncer != nil {
 		s.syncSrv = proxy.NewServer(s.syncer.ExternalHandler(), proxy.ServerConfig{
-			TLSConfig: s.certs.tlsConfig(),
+			TLSConfig: syncTLS,
 			Logger:    e.log,
 		})
 		s.wg.Add(1)

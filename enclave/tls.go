@@ -140,17 +140,57 @@ func (s *certSource) tlsConfig() *tls.Config {
 	return tc
 }
 
+// get picks the certificate for a handshake. With ACME it always asks
+// autocert as a client supporting ECDSA (asECDSAClient), so every client
+// gets the ECDSA certificate whose hash documents bind (hash): autocert
+// would serve clients without ECDSA an RSA certificate, bound nowhere.
+// Clients that support no ECDSA (none current) fail the handshake.
 func (s *certSource) get(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 	if c := s.static.Load(); c != nil {
 		return c, nil
 	}
-	if hello.ServerName == "" {
+	h := *hello
+	if h.ServerName == "" {
 		// Clients that connect by IP address send no SNI.
-		h := *hello
 		h.ServerName = s.fqdn
-		hello = &h
 	}
-	return s.acme.GetCertificate(hello)
+	asECDSAClient(&h)
+	return s.acme.GetCertificate(&h)
+}
+
+// asECDSAClient makes hello look like a modern client's, for which
+// autocert picks (and obtains) its ECDSA P-256 certificate, not RSA.
+func asECDSAClient(hello *tls.ClientHelloInfo) {
+	hello.SignatureSchemes = []tls.SignatureScheme{tls.ECDSAWithP256AndSHA256}
+	hello.SupportedCurves = []tls.CurveID{tls.CurveP256}
+	hello.CipherSuites = []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256}
+	hello.SupportedVersions = []uint16{tls.VersionTLS13, tls.VersionTLS12}
+}
+
+// syncTLSConfig is the TLS configuration of the key sync listener. Peers
+// do not verify its certificate (keysync authenticates them by attestation
+// documents binding nonces and an ECDH key, not the TLS certificate), but
+// the handshake must succeed whatever name they use (the leader's name,
+// FQDNLeader, or an address). Without ACME that is the public
+// certificate, which is served for any name. With ACME, autocert serves
+// only FQDN, so the sync listener gets its own self-signed certificate.
+func (s *certSource) syncTLSConfig() (*tls.Config, error) {
+	if s.acme == nil {
+		return s.tlsConfig(), nil
+	}
+	name := s.fqdn
+	if name == "" {
+		name = DefaultSelfSignedName
+	}
+	c, err := selfSigned(name, netip.Addr{}, time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("enclave: key sync certificate: %w", err)
+	}
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS12,
+		Certificates: []tls.Certificate{*c},
+		NextProtos:   []string{"h2", "http/1.1"},
+	}, nil
 }
 
 // hash returns the SHA-256 of the leaf certificate served for serverName
@@ -163,15 +203,11 @@ func (s *certSource) hash(serverName string) ([sha256.Size]byte, error) {
 	if serverName == "" {
 		serverName = s.fqdn
 	}
-	// Ask as a modern client does, so autocert picks the ECDSA
-	// certificate it serves to such clients.
-	c, err := s.acme.GetCertificate(&tls.ClientHelloInfo{
-		ServerName:        serverName,
-		SignatureSchemes:  []tls.SignatureScheme{tls.ECDSAWithP256AndSHA256},
-		SupportedCurves:   []tls.CurveID{tls.CurveP256},
-		CipherSuites:      []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256},
-		SupportedVersions: []uint16{tls.VersionTLS13, tls.VersionTLS12},
-	})
+	// Ask as get does, so autocert picks the ECDSA certificate it serves
+	// to every client.
+	hello := &tls.ClientHelloInfo{ServerName: serverName}
+	asECDSAClient(hello)
+	c, err := s.acme.GetCertificate(hello)
 	if err != nil {
 		return [sha256.Size]byte{}, err
 	}

@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/quenchnet/quench/policy"
@@ -509,11 +508,10 @@ func (c Config) withDefaults() (Config, error) {
 // which Go raises to the hard limit at start-up), or 1024 if unknown. The
 // default limits of Config derive from it.
 func FileLimit() int {
-	var rl syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil || rl.Cur == 0 {
-		return 1024
+	if n, ok := fileLimit(); ok && n > 0 {
+		return int(min(n, 1<<30))
 	}
-	return int(min(rl.Cur, 1<<30))
+	return 1024
 }
 
 // limitDefaults fills in the limits against hostile clients and enclaves

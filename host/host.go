@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/mdlayher/vsock"
-	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
@@ -510,16 +509,8 @@ func peerID(c net.Conn) string {
 		return "tcp:" + a.IP.String()
 	}
 	if uc, ok := c.(*net.UnixConn); ok {
-		if raw, err := uc.SyscallConn(); err == nil {
-			var (
-				cred *unix.Ucred
-				cerr error
-			)
-			if err := raw.Control(func(fd uintptr) {
-				cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-			}); err == nil && cerr == nil {
-				return fmt.Sprintf("unix:uid=%d", cred.Uid)
-			}
+		if uid, ok := peerUID(uc); ok {
+			return fmt.Sprintf("unix:uid=%d", uid)
 		}
 	}
 	return c.RemoteAddr().Network()

@@ -38,8 +38,10 @@ terminated in the enclave (self-signed, -tls-cert/-tls-key, or ACME with
 else proxied to the app. The app talks to quench-enclave on -internal-addr:
 GET /enclave/ready (with -wait-for-app, the public server starts only then)
 and POST /enclave/hash (register an app key hash bound into documents).
-With -app-cmd (or a command after --) it starts the app, forwards its
-output and SIGINT/SIGTERM, and exits with its exit code when it exits.
+With -app-cmd (or a command after --) it starts the app in its own process
+group, forwards its output and SIGINT/SIGTERM (to the whole group), kills
+the group if the app has not exited -drain-timeout+5s after the signal, and
+exits with the app's exit code when it exits.
 
 Key synchronisation (nitriding's horizontal scaling), with -fqdn-leader:
 identical enclaves elect as leader the one that reaches itself under the
@@ -70,9 +72,10 @@ Examples:
   # Networking only (TAP): every program in the enclave gets a network.
   quench-enclave -host vsock://3:1024
 
-  # Plus the ingress fast path to a server in any language on port 8080
-  # (on the host: quench-host -publish-vsock 0.0.0.0:80:8080).
-  quench-enclave -host vsock://3:1024 -forward vsock://:8080=127.0.0.1:8080
+  # Plus the ingress fast path to a server in any language on port 3000
+  # (on the host: quench-host -publish-vsock 0.0.0.0:80:8080). A target
+  # must not be -internal-addr (127.0.0.1:8080 when serving with -app-url).
+  quench-enclave -host vsock://3:1024 -forward vsock://:8080=127.0.0.1:3000
 
   # Development without VSOCK, in a network namespace standing in for the
   # enclave, with the INSECURE development attester:
@@ -126,7 +129,7 @@ func (l *forwardList) String() string {
 func (l *forwardList) Set(v string) error {
 	listen, target, ok := strings.Cut(v, "=")
 	if !ok || listen == "" || target == "" {
-		return fmt.Errorf("%q: want LISTEN=TARGET[,proxy-header], e.g. vsock://:8080=127.0.0.1:8080", v)
+		return fmt.Errorf("%q: want LISTEN=TARGET[,proxy-header], e.g. vsock://:8080=127.0.0.1:3000", v)
 	}
 	f := forwardSpec{spec: v}
 	if t, opt, ok := strings.Cut(target, ","); ok {
@@ -173,7 +176,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		appURL      = fs.String("app-url", "", "the app's address, http://HOST:PORT or unix:///path; turns serving on (HTTPS, attestation, proxy to the app)")
 		appCmd      = fs.String("app-cmd", "", "start the app with this command line (split like a POSIX shell, without expansion); or give it after --")
 		publicAddr  = fs.String("public-addr", enclave.DefaultPublicAddr, "public HTTPS address on the enclave's network (the host publishes a port to it)")
-		intAddr     = fs.String("internal-addr", enclave.DefaultInternalAddr, "internal server for the app (/enclave/ready, /enclave/hash, /enclave/state) on the enclave's loopback")
+		intAddr     = fs.String("internal-addr", enclave.DefaultInternalAddr, "internal server for the app (/enclave/ready, /enclave/hash, /enclave/state) on the enclave's loopback: a literal loopback address (127.0.0.1, [::1]; not localhost, not :PORT), and neither -app-url nor a -forward target may name it")
 		waitForApp  = fs.Bool("wait-for-app", false, "start the public server only after the app calls GET /enclave/ready on -internal-addr")
 		fqdn        = fs.String("fqdn", "", "the enclave's public name: ACME certificate name, self-signed certificate subject")
 		acmeOn      = fs.Bool("acme", false, "obtain the certificate for -fqdn by ACME (TLS-ALPN-01 on the public port; the host must publish port 443)")
@@ -186,7 +189,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		devAtt      = fs.Bool("dev-attester", false, "INSECURE: sign attestation documents with a self-generated development root instead of the Nitro Secure Module; for simulations only")
 		devRootOut  = fs.String("dev-root-out", "", "with -dev-attester: write the development root certificate (PEM) to this file, for `quench verify --roots`")
 		metricsAddr = fs.String("metrics", "", "serve Prometheus metrics at /metrics on this address of the enclave's network (e.g. :9090); off by default")
-		pprofOn     = fs.Bool("pprof", false, "serve net/http/pprof under /debug/pprof/ on -internal-addr; attestation is then refused, since profiling weakens isolation")
+		pprofOn     = fs.Bool("pprof", false, "serve net/http/pprof under /debug/pprof/ on -internal-addr; attestation is then refused, and -fqdn-leader (key sync) too, since profiling weakens isolation")
 		ingress     = fs.String("ingress", "", "also serve the public HTTPS server on this listener for quench-host's ingress fast path (PROXY protocol header first), e.g. vsock://:8443; off by default")
 		drain       = fs.Duration("drain-timeout", enclave.DefaultDrainTimeout, "on SIGTERM/SIGINT, how long in-flight requests get to finish")
 		maxInFlight = fs.Int("max-in-flight", 0, "requests forwarded to the app at once; past it they wait in -queue or get 503 with Retry-After at once; -1: no limit (default: 64 per CPU)")
@@ -199,7 +202,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	)
 	fs.Var(&dns, "dns", "DNS server; repeatable (default: the gateway)")
 	var fwds forwardList
-	fs.Var(&fwds, "forward", "ingress fast path to a program in the enclave: LISTEN=TARGET[,proxy-header], e.g. vsock://:8080=127.0.0.1:8080; quench-host -publish-vsock HOSTPORT:8080 sends each client connection to LISTEN, which is relayed to TARGET (host:port or unix:///path on the enclave's own sockets); ,proxy-header passes the client address on in a PROXY v2 header; repeatable; works without -app-url and in both network modes")
+	fs.Var(&fwds, "forward", "ingress fast path to a program in the enclave: LISTEN=TARGET[,proxy-header], e.g. vsock://:8080=127.0.0.1:3000; quench-host -publish-vsock HOSTPORT:8080 sends each client connection to LISTEN, which is relayed to TARGET (host:port or unix:///path on the enclave's own sockets); ,proxy-header passes the client address on in a PROXY v2 header; repeatable; works without -app-url and in both network modes")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), usage)
 		fs.PrintDefaults()
@@ -302,6 +305,11 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 			}
 		}
 		if *pprofOn {
+			// Profiles expose process memory: never on the enclave's
+			// network, where the host reaches them.
+			if err := checkLoopback(*intAddr); err != nil {
+				return nil, fmt.Errorf("-internal-addr %q (where -pprof listens): %w", *intAddr, err)
+			}
 			o.pprofAddr = *intAddr
 		}
 		return o, nil
@@ -468,8 +476,11 @@ func run(args []string, stderr io.Writer) int {
 	return superviseApp(e, o, sigs, stderr)
 }
 
-// superviseApp starts the app, forwards SIGINT/SIGTERM to it after draining
-// the enclave's servers, and returns the app's exit code once it exits.
+// superviseApp starts the app, forwards SIGINT/SIGTERM to its process group
+// (on Linux; to its process elsewhere) after draining the enclave's servers,
+// kills the group if the app has not exited DrainTimeout+5s after the first
+// signal (further signals are passed on but do not cancel that deadline),
+// and returns the app's exit code once it exits.
 func superviseApp(e *enclave.Enclave, o *options, sigs <-chan os.Signal, stderr io.Writer) int {
 	cmd := exec.Command(o.appArgs[0], o.appArgs[1:]...)
 	cmd.Stdin = nil
@@ -498,16 +509,25 @@ func superviseApp(e *enclave.Enclave, o *options, sigs <-chan os.Signal, stderr 
 		if err := e.Close(); err != nil {
 			o.logger.Error("close", "err", err)
 		}
-		_ = cmd.Process.Signal(s)
-		select {
-		case waitErr = <-exited:
-		case <-time.After(o.cfg.DrainTimeout + 5*time.Second):
-			o.logger.Error("app did not exit after the signal; killing it")
-			_ = cmd.Process.Kill()
-			waitErr = <-exited
-		case s2 := <-sigs:
-			_ = cmd.Process.Signal(s2)
-			waitErr = <-exited
+		signalApp(cmd.Process, s)
+		// The kill deadline holds whatever further signals arrive: a
+		// repeated SIGTERM is passed on, but never waits without limit
+		// for an app that ignores it.
+		kill := time.NewTimer(o.cfg.DrainTimeout + 5*time.Second)
+		defer kill.Stop()
+	wait:
+		for {
+			select {
+			case waitErr = <-exited:
+				break wait
+			case <-kill.C:
+				o.logger.Error("app did not exit after the signal; killing it")
+				signalApp(cmd.Process, syscall.SIGKILL)
+				waitErr = <-exited
+				break wait
+			case s2 := <-sigs:
+				signalApp(cmd.Process, s2)
+			}
 		}
 	}
 	return exitCode(waitErr)
@@ -526,4 +546,17 @@ func exitCode(err error) int {
 		return ee.ExitCode()
 	}
 	return 1
+}
+
+// checkLoopback refuses an address whose host is not a literal loopback
+// address (enclave.Config validates InternalAddr alike when serving).
+func checkLoopback(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if ip, err := netip.ParseAddr(host); err != nil || !ip.Unmap().IsLoopback() || ip.Zone() != "" {
+		return fmt.Errorf("host %q is not a loopback address (want 127.0.0.1 or [::1])", host)
+	}
+	return nil
 }

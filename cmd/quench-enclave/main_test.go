@@ -346,3 +346,36 @@ func TestAdmissionDefaults(t *testing.T) {
 		})
 	}
 }
+
+// TestLoopbackOnlyFlags: the internal server (and pprof, with or without
+// serving) must stay on the enclave's loopback, no -forward target or
+// -app-url may lead the host to it, and -pprof excludes key sync.
+func TestLoopbackOnlyFlags(t *testing.T) {
+	app := []string{"-app-url", "http://127.0.0.1:1"}
+	for _, tc := range []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"internal on all addresses", append(app, "-internal-addr", ":8080"), []string{"-internal-addr", "loopback"}},
+		{"internal unspecified", append(app, "-internal-addr", "0.0.0.0:8080"), []string{"-internal-addr", "loopback"}},
+		{"internal localhost", append(app, "-internal-addr", "localhost:8080"), []string{"-internal-addr", "loopback"}},
+		{"pprof without serving", []string{"-pprof", "-internal-addr", "0.0.0.0:6060"}, []string{"-internal-addr", "loopback"}},
+		{"app url is internal", []string{"-app-url", "http://127.0.0.1:8080"}, []string{"-app-url", "-internal-addr"}},
+		{"forward to internal", append(app, "-forward", "vsock://:8080=127.0.0.1:8080"), []string{"-forward", "-internal-addr"}},
+		{"forward to internal localhost", append(app, "-internal-addr", "127.0.0.1:9000", "-forward", "vsock://:8080=localhost:9000"), []string{"-forward", "-internal-addr"}},
+		{"pprof and key sync", append(app, "-pprof", "-fqdn-leader", "leader.internal"), []string{"-pprof", "-fqdn-leader"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var stderr bytes.Buffer
+			if code := run(tc.args, &stderr); code != 2 {
+				t.Errorf("exit code %d, want 2 (stderr %q)", code, stderr.String())
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(stderr.String(), w) {
+					t.Errorf("stderr %q does not contain %q", stderr.String(), w)
+				}
+			}
+		})
+	}
+}

@@ -17,7 +17,9 @@
 // the app registers with PUT [StatePath] on the internal server (or
 // [Syncer.SetState]). Workers send POST [HeartbeatPath] every
 // [Config.HeartbeatInterval] with the SHA-256 of the key material they hold;
-// when it differs from the leader's, the leader synchronises them. A worker
+// when it differs from the leader's, the leader synchronises them (at most
+// [Config.MaxConcurrentSyncs] at once, one per worker: heartbeats are not
+// authenticated, so a flood of them must not start unbounded syncs). A worker
 // not heard from for [Config.WorkerTimeout] is dropped from the leader's
 // list ([Syncer.Workers]). New state is also pushed to every listed worker
 // at once. Workers install the certificate ([Config.InstallCertificate]) and

@@ -75,12 +75,13 @@ func (r Role) String() string {
 
 // Defaults of Config.
 const (
-	DefaultPort              = 444 // nitriding's -ext-priv-port
-	DefaultHeartbeatInterval = 30 * time.Second
-	DefaultElectionRetry     = time.Second
-	DefaultSyncTimeout       = 30 * time.Second
-	DefaultMaxDocumentAge    = 5 * time.Minute
-	DefaultMaxStateSize      = 1 << 20 // nitriding's maxKeyMaterialLen
+	DefaultPort               = 444 // nitriding's -ext-priv-port
+	DefaultHeartbeatInterval  = 30 * time.Second
+	DefaultElectionRetry      = time.Second
+	DefaultSyncTimeout        = 30 * time.Second
+	DefaultMaxDocumentAge     = 5 * time.Minute
+	DefaultMaxStateSize       = 1 << 20 // nitriding's maxKeyMaterialLen
+	DefaultMaxConcurrentSyncs = 8
 )
 
 // DefaultPCRs are the measurements compared between leader and workers:
@@ -148,6 +149,19 @@ type Config struct {
 	// requests) and on the worker (how long its nonce stays valid).
 	// Default: DefaultSyncTimeout (30 s).
 	SyncTimeout time.Duration
+
+	// MaxConcurrentSyncs bounds the leader's synchronisations in flight,
+	// started by heartbeats from workers whose keys are out of date.
+	// Heartbeats are unauthenticated (the sync itself is attested), so
+	// whoever reaches the external endpoint could otherwise start any
+	// number of them, each a goroutine and a dial held up to SyncTimeout.
+	// Past the bound, such heartbeats (and SetState's pushes) start no
+	// sync: the worker is synced after a later heartbeat, since its key
+	// material still differs. Dropped syncs are counted
+	// (Syncer.DroppedSyncs) and logged at most once a minute. A worker
+	// already being synced is never synced twice at once. Default:
+	// DefaultMaxConcurrentSyncs (8).
+	MaxConcurrentSyncs int
 
 	// MaxDocumentAge bounds the age of peers' documents. Default:
 	// DefaultMaxDocumentAge (5 min).
@@ -227,6 +241,12 @@ func (c Config) withDefaults() (Config, error) {
 			return c, fmt.Errorf("keysync: negative %s %s", name, d)
 		}
 	}
+	if c.MaxConcurrentSyncs == 0 {
+		c.MaxConcurrentSyncs = DefaultMaxConcurrentSyncs
+	}
+	if c.MaxConcurrentSyncs < 0 {
+		return c, fmt.Errorf("keysync: negative MaxConcurrentSyncs %d", c.MaxConcurrentSyncs)
+	}
 	if c.MaxStateSize < 0 {
 		return c, fmt.Errorf("keysync: negative MaxStateSize %d", c.MaxStateSize)
 	}
@@ -273,6 +293,9 @@ type Syncer struct {
 	pending  []pendingSync        // guarded by mu: worker's outstanding syncs
 	started  bool                 // guarded by mu
 	closed   bool                 // guarded by mu
+
+	dropped  atomic.Uint64 // heartbeats that started no sync: MaxConcurrentSyncs in flight
+	lastDrop atomic.Int64  // unix nanoseconds of the last log of a dropped sync
 
 	syncedCh chan struct{} // closed at a worker's first sync
 	ctx      context.Context
@@ -402,7 +425,8 @@ func (s *Syncer) decide(r Role) bool {
 }
 
 // SetState sets the app's state on the leader and pushes it to every
-// listed worker. It fails with ErrUndecided, ErrNotLeader or ErrTooLarge.
+// listed worker (at most MaxConcurrentSyncs at once; the others get it
+// after their next heartbeat). It fails with ErrUndecided, ErrNotLeader or ErrTooLarge.
 func (s *Syncer) SetState(b []byte) error {
 	switch s.Role() {
 	case RoleUndecided:
@@ -603,11 +627,22 @@ func (s *Syncer) leaderKeys() (*Keys, error) {
 }
 
 // syncAsync synchronises worker in the background unless a sync with it is
-// already in flight.
+// already in flight or MaxConcurrentSyncs are (then it counts and, at most
+// once a minute, logs the drop).
 func (s *Syncer) syncAsync(worker string) {
 	s.mu.Lock()
 	if s.closed || s.syncing[worker] {
 		s.mu.Unlock()
+		return
+	}
+	if len(s.syncing) >= s.cfg.MaxConcurrentSyncs {
+		s.mu.Unlock()
+		n := s.dropped.Add(1)
+		now := time.Now().UnixNano()
+		if last := s.lastDrop.Load(); now-last >= int64(time.Minute) && s.lastDrop.CompareAndSwap(last, now) {
+			s.log.Warn("key sync: sync with worker not started: MaxConcurrentSyncs in flight (heartbeats are unauthenticated: a flood, or many workers at once); it is retried at the worker's next heartbeat",
+				"worker", worker, "max", s.cfg.MaxConcurrentSyncs, "dropped_total", n)
+		}
 		return
 	}
 	s.syncing[worker] = true
@@ -634,6 +669,10 @@ func (s *Syncer) syncAsync(worker string) {
 		s.log.Info("key sync: worker synced", "worker", worker, "workers", n)
 	}()
 }
+
+// DroppedSyncs is how many synchronisations (from heartbeats or SetState)
+// were not started because MaxConcurrentSyncs were in flight.
+func (s *Syncer) DroppedSyncs() uint64 { return s.dropped.Load() }
 
 // SyncWith runs one synchronisation with the worker whose external
 // endpoint is at hostport (the leader's side of the protocol; see the

@@ -15,6 +15,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"math/big"
 	"net"
@@ -570,6 +571,7 @@ func TestConfigErrors(t *testing.T) {
 		{"bad advertise", Config{Attester: att, Leader: "a:1", Advertise: "x/y"}, "Advertise"},
 		{"bad PCR", Config{Attester: att, Leader: "a:1", PCRs: []uint{40}}, "PCR index"},
 		{"negative", Config{Attester: att, Leader: "a:1", SyncTimeout: -1}, "negative SyncTimeout"},
+		{"negative max syncs", Config{Attester: att, Leader: "a:1", MaxConcurrentSyncs: -1}, "negative MaxConcurrentSyncs"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := New(tc.cfg)
@@ -770,5 +772,67 @@ func BenchmarkSealOpen(b *testing.B) {
 		if _, err := open(key, env, aad); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestHeartbeatFloodBounded: every unauthenticated heartbeat naming a new
+// worker_hostname would start a background sync (goroutine, dial, up to
+// SyncTimeout). Whoever reaches the key sync port (the host, any VPC peer)
+// must not grow the leader's goroutines and connections without limit:
+// syncs in flight are capped at MaxConcurrentSyncs, the rest counted, and
+// one worker is never synced twice at once.
+func TestHeartbeatFloodBounded(t *testing.T) {
+	att := devAttester(t, 0)
+	var leaderAddr string
+	var dials sync.Map // addr -> *atomic.Int32
+	n := newNode(t, att, att.Roots(), "", func(c *Config) {
+		c.SyncTimeout = 30 * time.Second
+		c.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if addr == leaderAddr {
+				var d net.Dialer
+				return d.DialContext(ctx, network, addr)
+			}
+			v, _ := dials.LoadOrStore(addr, new(atomic.Int32))
+			v.(*atomic.Int32).Add(1)
+			<-ctx.Done() // a black-holed worker address
+			return nil, ctx.Err()
+		}
+	})
+	leaderAddr = n.addr
+	n.start(t)
+	waitFor(t, "leader", func() bool { return n.s.Role() == RoleLeader })
+	before := runtime.NumGoroutine()
+	h := n.s.ExternalHandler()
+	heartbeat := func(worker string) {
+		t.Helper()
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, HeartbeatPath, strings.NewReader(`{"worker_hostname":"`+worker+`"}`)))
+		if rec.Code != http.StatusOK {
+			t.Fatalf("heartbeat for %s: %d", worker, rec.Code)
+		}
+	}
+	// The same worker, again and again: one sync.
+	for range 20 {
+		heartbeat("10.9.9.9:444")
+	}
+	const flood = 5000
+	for i := range flood {
+		heartbeat(fmt.Sprintf("10.%d.%d.1:444", i/256, i%256))
+	}
+	time.Sleep(200 * time.Millisecond)
+	if grown := runtime.NumGoroutine() - before; grown > 100 {
+		t.Fatalf("%d forged heartbeats left %d more goroutines on the leader (syncs in flight, each up to SyncTimeout): no bound", flood, grown)
+	}
+	n.s.mu.Lock()
+	inFlight := len(n.s.syncing)
+	n.s.mu.Unlock()
+	if inFlight > DefaultMaxConcurrentSyncs {
+		t.Errorf("%d syncs in flight, want at most %d", inFlight, DefaultMaxConcurrentSyncs)
+	}
+	if d := n.s.DroppedSyncs(); d < flood-DefaultMaxConcurrentSyncs {
+		t.Errorf("DroppedSyncs = %d, want at least %d", d, flood-DefaultMaxConcurrentSyncs)
+	}
+	if v, ok := dials.Load("10.9.9.9:444"); !ok || v.(*atomic.Int32).Load() != 1 {
+		t.Errorf("repeated heartbeats of one worker: want exactly 1 dial, got %v", v)
 	}
 }
