@@ -224,18 +224,11 @@ func (h *Host) forwardTCP(r *tcp.ForwarderRequest) {
 	}
 	ep.SocketOptions().SetKeepAlive(true)
 	in := gonet.NewTCPConn(&wq, ep)
-	if !h.track(in) {
-		_ = in.Close()
-		_ = out.Close()
+	untrack, ok := h.trackPair(in, out)
+	if !ok {
 		return
 	}
-	defer h.untrack(in)
-	if !h.track(out) {
-		_ = in.Close()
-		_ = out.Close()
-		return
-	}
-	defer h.untrack(out)
+	defer untrack()
 	_, _ = relay.Relay(in, out, relay.Options{IdleTimeout: max(h.cfg.NATIdleTimeout, 0)})
 }
 
@@ -298,18 +291,11 @@ func (h *Host) forwardUDP(r *udp.ForwarderRequest) {
 // relayUDP relays datagrams between two connected UDP sockets until
 // neither moved one for udpFlowTimeout or Close, then closes both.
 func (h *Host) relayUDP(a, b net.Conn) {
-	if !h.track(a) {
-		_ = a.Close()
-		_ = b.Close()
+	untrack, ok := h.trackPair(a, b)
+	if !ok {
 		return
 	}
-	defer h.untrack(a)
-	if !h.track(b) {
-		_ = a.Close()
-		_ = b.Close()
-		return
-	}
-	defer h.untrack(b)
+	defer untrack()
 	var last atomic.Int64 // unix nanoseconds of the last datagram either way
 	last.Store(time.Now().UnixNano())
 	done := make(chan struct{})
@@ -333,9 +319,7 @@ func pumpUDP(src, dst net.Conn, last *atomic.Int64) {
 		n, err := src.Read(buf)
 		if err != nil {
 			if isNetTimeout(err) {
-				idleSince := time.Unix(0, last.Load())
-				if time.Since(idleSince) < udpFlowTimeout {
-					_ = src.SetReadDeadline(idleSince.Add(udpFlowTimeout))
+				if udpRearm(src, last) {
 					continue
 				}
 				return
@@ -350,6 +334,36 @@ func pumpUDP(src, dst net.Conn, last *atomic.Int64) {
 			return
 		} // other errors lose this datagram only
 	}
+}
+
+// trackPair tracks both connections of a relay (see track), or closes both
+// and reports false when the host is closing. untrack ends the tracking.
+func (h *Host) trackPair(a, b net.Conn) (untrack func(), ok bool) {
+	if !h.track(a) {
+		_ = a.Close()
+		_ = b.Close()
+		return nil, false
+	}
+	if !h.track(b) {
+		h.untrack(a)
+		_ = a.Close()
+		_ = b.Close()
+		return nil, false
+	}
+	return func() { h.untrack(b); h.untrack(a) }, true
+}
+
+// udpRearm handles a read timeout on a UDP flow's conn: when a datagram
+// went either way (last, unix nanoseconds) less than udpFlowTimeout ago, it
+// moves the read deadline to udpFlowTimeout after that datagram and reports
+// true (keep reading); otherwise the flow is idle.
+func udpRearm(conn interface{ SetReadDeadline(time.Time) error }, last *atomic.Int64) bool {
+	idleSince := time.Unix(0, last.Load())
+	if time.Since(idleSince) < udpFlowTimeout {
+		_ = conn.SetReadDeadline(idleSince.Add(udpFlowTimeout))
+		return true
+	}
+	return false
 }
 
 func isNetTimeout(err error) bool {

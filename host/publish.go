@@ -567,12 +567,8 @@ func udpReplies(pc *net.UDPConn, from netip.AddrPort, conn *gonet.UDPConn, last 
 	for {
 		n, err := conn.Read(buf)
 		if err != nil {
-			if isNetTimeout(err) {
-				idleSince := time.Unix(0, last.Load())
-				if time.Since(idleSince) < udpFlowTimeout {
-					_ = conn.SetReadDeadline(idleSince.Add(udpFlowTimeout))
-					continue
-				}
+			if isNetTimeout(err) && udpRearm(conn, last) {
+				continue
 			}
 			return
 		}

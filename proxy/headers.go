@@ -323,21 +323,23 @@ func equalFoldDash(k, m string) bool {
 		return false
 	}
 	for i := 0; i < len(k); i++ {
-		c, d := k[i], m[i]
+		c := k[i]
 		if c == '_' {
 			c = '-'
 		}
-		if 'A' <= c && c <= 'Z' {
-			c += 'a' - 'A'
-		}
-		if 'A' <= d && d <= 'Z' {
-			d += 'a' - 'A'
-		}
-		if c != d {
+		if lowerASCII(c) != lowerASCII(m[i]) {
 			return false
 		}
 	}
 	return true
+}
+
+// lowerASCII returns c in lower case if it is an ASCII capital.
+func lowerASCII(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
 }
 
 func writeHeaderLine(bw *bufio.Writer, k, v string) {
