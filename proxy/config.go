@@ -185,6 +185,21 @@ type Config struct {
 	// (120 s).
 	IdleTimeout time.Duration
 
+	// TunnelIdleTimeout closes an upgraded connection (WebSocket and other
+	// protocols switched with 101) on which no byte went either way for
+	// this long. Applications that keep such connections open without
+	// traffic should send pings more often (WebSocket clients and servers
+	// usually ping every 30-60 s). Default: DefaultTunnelIdleTimeout (10
+	// min); negative: no limit.
+	TunnelIdleTimeout time.Duration
+
+	// MaxTunnels bounds the upgraded connections open at once (each holds
+	// a client and an upstream connection, and no longer counts against
+	// MaxInFlight or MaxConns); an upgrade request beyond it is refused
+	// with 503 before it is forwarded. Default: DefaultMaxTunnels (4096);
+	// negative: no limit.
+	MaxTunnels int
+
 	// MaxHeaderBytes bounds the size of a request header read by
 	// [Proxy.Serve]; larger ones get 431. Default: DefaultMaxHeaderBytes
 	// (64 KiB).
@@ -308,6 +323,12 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 	if cfg.MaxHeaderBytes == 0 {
 		cfg.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
+	if cfg.TunnelIdleTimeout == 0 {
+		cfg.TunnelIdleTimeout = DefaultTunnelIdleTimeout
+	}
+	if cfg.MaxTunnels == 0 {
+		cfg.MaxTunnels = DefaultMaxTunnels
 	}
 	if cfg.ReadHeaderTimeout < 0 || cfg.IdleTimeout < 0 || cfg.MaxHeaderBytes < 0 {
 		return cfg, fmt.Errorf("proxy: ReadHeaderTimeout, IdleTimeout and MaxHeaderBytes must not be negative")

@@ -113,6 +113,12 @@ func (ex *exchange) serve() {
 	if hasBody {
 		upgrade = "" // an upgrade must not carry a body; forward it as a plain request
 	}
+	if upgrade != "" && !ex.p.tunnelRoom() {
+		ex.p.refused()
+		ex.code = http.StatusServiceUnavailable
+		ex.cs.writeStatus(http.StatusServiceUnavailable, ex.p.retryAfterHeader())
+		return
+	}
 	for attempt := 0; ; attempt++ {
 		uc, err := ex.p.pool.get(ex.ctx)
 		if err != nil {

@@ -7,15 +7,21 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+
+	"golang.org/x/net/http/httpguts"
 )
 
-// isHopHeader reports whether k (in canonical form) is a hop-by-hop header
-// (RFC 9110 section 7.6.1, plus the obsolete ones net/http also drops),
-// which a proxy must not forward.
+// hopHeaders are the hop-by-hop fields (RFC 9110 section 7.6.1, plus the
+// obsolete ones net/http also drops, and HTTP2-Settings, which belongs to
+// the h2c upgrade: RFC 9113 section 3.2.1), which a proxy must not forward.
+var hopHeaders = [...]string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade", "Http2-Settings"}
+
+// isHopHeader reports whether k (in canonical form) is one of hopHeaders.
 func isHopHeader(k string) bool {
 	switch k {
 	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-		"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade":
+		"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade", "Http2-Settings":
 		return true
 	}
 	return false
@@ -95,12 +101,16 @@ func textprotoTrim(s string) string {
 }
 
 // upgradeType returns the protocol an HTTP/1.1 request asks to upgrade to,
-// or "" if it asks for none.
+// or "" if it asks for none. An upgrade to h2c is not one: behind the
+// proxy it would tunnel the client straight to the upstream's HTTP/2
+// server, past every check and forwarding field ("h2c smuggling"; RFC 9113
+// deprecates the upgrade), so the request goes on as a plain one (Upgrade
+// and HTTP2-Settings are hop-by-hop and dropped).
 func upgradeType(r *http.Request, tokens *connTokens) string {
 	if !tokens.upgrade || r.ProtoMajor != 1 {
 		return ""
 	}
-	if v := r.Header["Upgrade"]; len(v) > 0 {
+	if v := r.Header["Upgrade"]; len(v) > 0 && !hasToken(v, "h2c") {
 		return v[0]
 	}
 	return ""
@@ -262,6 +272,24 @@ func validFieldName(k string) bool {
 		}
 	}
 	return true
+}
+
+// validRequestLine reports whether r's method, target and Host can go into
+// an HTTP/1.1 request line and Host field as they are. net/http's HTTP/1
+// server ensures it; its HTTP/2 server lets spaces through in :method,
+// :path and :authority, which would split the request line upstream
+// ("GET /a HTTP/1.0 HTTP/1.1"). A fragment (#) has no place in a target
+// either.
+func validRequestLine(r *http.Request) bool {
+	if !validFieldName(r.Method) { // a method is a token
+		return false
+	}
+	for i := 0; i < len(r.RequestURI); i++ {
+		if c := r.RequestURI[i]; c <= ' ' || c == 0x7f || c == '#' {
+			return false
+		}
+	}
+	return r.Host == "" || httpguts.ValidHostHeader(r.Host)
 }
 
 // validFieldValue is httpguts.ValidHeaderFieldValue: no control

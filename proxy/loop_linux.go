@@ -1714,6 +1714,12 @@ func (c *lclient) handoff() {
 	if c.inLen() > 0 {
 		prefix = bytes.Clone((*c.in)[c.inOff:c.inEnd])
 	}
+	if t := c.tls; t != nil && len(t.pipe) > 0 {
+		// Bytes decrypted past c.in (clientClosed), which the tls.Conn
+		// no longer holds: they come next in the stream.
+		prefix = append(prefix, t.pipe...)
+		t.pipe = nil
+	}
 	pend := c.s.pend
 	c.freeIn()
 	el.ls.conns.Add(-1)

@@ -250,6 +250,10 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeStatus(w, http.StatusMethodNotAllowed, nil)
 		return
 	}
+	if !validRequestLine(r) {
+		writeStatus(w, http.StatusBadRequest, nil)
+		return
+	}
 	if !p.lim.acquire(r.Context()) {
 		p.refused()
 		writeStatus(w, http.StatusServiceUnavailable, p.retryAfterHeader())

@@ -223,8 +223,7 @@ func splitField(l []byte) (name, value []byte, err error) {
 
 // isHopField is isHopHeader for a field name in any case.
 func isHopField(name []byte) bool {
-	for _, h := range [...]string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-		"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"} {
+	for _, h := range hopHeaders {
 		if equalFoldASCII(name, h) {
 			return true
 		}

@@ -29,6 +29,14 @@ const (
 	// its next request.
 	DefaultIdleTimeout = 120 * time.Second
 
+	// DefaultTunnelIdleTimeout is Config.TunnelIdleTimeout's default: longer
+	// than the ping interval of WebSocket libraries and than the idle
+	// timeouts of the load balancers in front (AWS ALB: 60 s).
+	DefaultTunnelIdleTimeout = 10 * time.Minute
+
+	// DefaultMaxTunnels is Config.MaxTunnels's default.
+	DefaultMaxTunnels = 4096
+
 	// DefaultMaxHeaderBytes bounds a request header. net/http's default is
 	// 1 MiB; 64 KiB is 8× nginx's default large_client_header_buffers.
 	DefaultMaxHeaderBytes = 64 << 10

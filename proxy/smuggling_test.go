@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/quenchnet/quench/internal/testutil"
 )
 
 // rawUp is an upstream that parses requests with net/http and answers
@@ -48,20 +50,7 @@ func newRawUp(t *testing.T, respond func(r *http.Request) []string) *rawUp {
 func serveRawUp(t *testing.T, ln net.Listener, respond func(r *http.Request) []string) *rawUp {
 	t.Helper()
 	u := &rawUp{ln: ln, respond: respond}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { _ = ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() { defer wg.Done(); u.serve(c) }()
-		}
-	}()
+	testutil.ServeConnsWait(t, ln, u.serve)
 	return u
 }
 

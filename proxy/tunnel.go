@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -17,6 +18,7 @@ import (
 type tunnel struct {
 	client, upstream net.Conn
 	once             sync.Once
+	last             atomic.Int64 // unix nanoseconds of the last byte either way
 }
 
 func (t *tunnel) close() {
@@ -37,6 +39,18 @@ func (p *Proxy) addTunnel(t *tunnel) bool {
 	p.tunnels[t] = struct{}{}
 	p.wg.Add(1)
 	return true
+}
+
+// tunnelRoom reports whether another upgraded connection may open
+// (Config.MaxTunnels). Checked before the upgrade is forwarded, so
+// upgrades racing each other may pass it together.
+func (p *Proxy) tunnelRoom() bool {
+	if p.cfg.MaxTunnels < 0 {
+		return true
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.tunnels) < p.cfg.MaxTunnels
 }
 
 func (p *Proxy) removeTunnel(t *tunnel) {
@@ -96,14 +110,19 @@ func (ex *exchange) tunnel(uc *upConn, resp *http.Response, upgrade string) bool
 	}
 	defer p.removeTunnel(t)
 
+	if d := p.cfg.TunnelIdleTimeout; d > 0 {
+		t.last.Store(time.Now().UnixNano())
+		_ = cconn.SetReadDeadline(time.Now().Add(d))
+		_ = uc.conn.SetReadDeadline(time.Now().Add(d))
+	}
 	var wg sync.WaitGroup
 	var upErr error
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		upErr = p.pipe(t, uc.conn, cbr) // client to upstream
+		upErr = p.pipe(t, uc.conn, cconn, cbr) // client to upstream
 	}()
-	downErr := p.pipe(t, cconn, uc.br) // upstream to client
+	downErr := p.pipe(t, cconn, uc.conn, uc.br) // upstream to client
 	wg.Wait()
 	if err := errors.Join(upErr, downErr); err != nil {
 		p.log.LogAttrs(ex.ctx, slog.LevelDebug, "proxy: upgraded connection ended",
@@ -112,11 +131,12 @@ func (ex *exchange) tunnel(uc *upConn, resp *http.Response, upgrade string) bool
 	return true
 }
 
-// pipe copies src to dst until src ends, then half-closes dst, or closes
-// the whole tunnel if dst cannot be half-closed or on any error. It reads
-// into a small buffer while traffic is light and a BufferSize one while
-// reads fill the small one.
-func (p *Proxy) pipe(t *tunnel, dst net.Conn, src *bufio.Reader) error {
+// pipe copies src (reading srcConn) to dst until src ends, then
+// half-closes dst, or closes the whole tunnel if dst cannot be half-closed,
+// on any error, or when no byte went either way for TunnelIdleTimeout. It
+// reads into a small buffer while traffic is light and a BufferSize one
+// while reads fill the small one.
+func (p *Proxy) pipe(t *tunnel, dst, srcConn net.Conn, src *bufio.Reader) error {
 	small := p.smallBufs.Get().(*[]byte)
 	defer p.smallBufs.Put(small)
 	var big *[]byte
@@ -129,6 +149,9 @@ func (p *Proxy) pipe(t *tunnel, dst net.Conn, src *bufio.Reader) error {
 	for {
 		n, err := src.Read(buf)
 		if n > 0 {
+			if p.cfg.TunnelIdleTimeout > 0 {
+				t.last.Store(time.Now().UnixNano())
+			}
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				t.close()
 				return werr
@@ -149,6 +172,15 @@ func (p *Proxy) pipe(t *tunnel, dst net.Conn, src *bufio.Reader) error {
 			}
 			t.close()
 			return nil
+		}
+		if err != nil && isTimeout(err) && p.cfg.TunnelIdleTimeout > 0 {
+			// Idle for a while this way; the other way may not be.
+			if last := time.Unix(0, t.last.Load()); time.Since(last) < p.cfg.TunnelIdleTimeout {
+				_ = srcConn.SetReadDeadline(last.Add(p.cfg.TunnelIdleTimeout))
+				continue
+			}
+			t.close()
+			return fmt.Errorf("proxy: upgraded connection idle for %v: %w", p.cfg.TunnelIdleTimeout, err)
 		}
 		if err != nil {
 			t.close()
