@@ -40,12 +40,7 @@ func TestUserspaceEgressPolicy(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p, err := policy.Parse(tt.rules)
-			if err != nil {
-				t.Fatal(err)
-			}
-			e := usStartEnclave(t, sock, func(c *enclave.Config) { c.Egress = p })
-			usReady(t, e)
+			e := egressEnclave(t, sock, tt.rules)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			c, err := e.Dial(ctx, "tcp", tt.addr)
@@ -114,22 +109,13 @@ func TestUserspaceEgressHostDNS(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p, err := policy.Parse(tt.rules)
-			if err != nil {
-				t.Fatal(err)
-			}
-			e := usStartEnclave(t, sock, func(c *enclave.Config) { c.Egress = p })
-			usReady(t, e)
+			e := egressEnclave(t, sock, tt.rules)
 			ln, err := e.Listen("tcp", ":9000") // 127.0.0.1 and 192.168.127.2
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer ln.Close()
-			upc, err := e.ListenPacket("udp", ":9000")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer upc.Close()
+			egressListenPacket(t, e.ListenPacket, ":9000")
 			network := "tcp"
 			if strings.HasSuffix(tt.rules[0], "/udp") {
 				network = "udp"
@@ -162,29 +148,12 @@ func TestUserspaceEgressHostDNS(t *testing.T) {
 func TestUserspaceEgressPacketConn(t *testing.T) {
 	sock := usSocket(t)
 	h := usHost(t, sock, "127.0.0.1:0:5353/udp")
-	allowedSink, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer allowedSink.Close()
-	refusedSink, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer refusedSink.Close()
+	allowedSink := egressListenPacket(t, net.ListenPacket, "127.0.0.1:0")
+	refusedSink := egressListenPacket(t, net.ListenPacket, "127.0.0.1:0")
 	allowedPort := allowedSink.LocalAddr().(*net.UDPAddr).Port
 	refusedPort := refusedSink.LocalAddr().(*net.UDPAddr).Port
-	p, err := policy.Parse([]string{fmt.Sprintf("192.168.127.254:%d/udp", allowedPort)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := usStartEnclave(t, sock, func(c *enclave.Config) { c.Egress = p })
-	usReady(t, e)
-	pc, err := e.ListenPacket("udp", ":5353")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pc.Close()
+	e := egressEnclave(t, sock, []string{fmt.Sprintf("192.168.127.254:%d/udp", allowedPort)})
+	pc := egressListenPacket(t, e.ListenPacket, ":5353")
 
 	to := func(port int) net.Addr { return &net.UDPAddr{IP: net.IPv4(192, 168, 127, 254), Port: port} }
 	if _, err := pc.WriteTo([]byte("allowed"), to(allowedPort)); err != nil {
@@ -224,4 +193,29 @@ func TestUserspaceEgressPacketConn(t *testing.T) {
 	if n, err := c.Read(buf); err != nil || string(buf[:n]) != "pong" {
 		t.Fatalf("reply: %q, %v", buf[:n], err)
 	}
+}
+
+// egressListenPacket listens for UDP on address with listen (net's or an
+// enclave's ListenPacket) and closes the socket when the test ends.
+func egressListenPacket(t *testing.T, listen func(network, address string) (net.PacketConn, error), address string) net.PacketConn {
+	t.Helper()
+	pc, err := listen("udp", address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = pc.Close() })
+	return pc
+}
+
+// egressEnclave starts an enclave attached to sock with an egress policy
+// of rules and waits until it is ready.
+func egressEnclave(t *testing.T, sock string, rules []string) *enclave.Enclave {
+	t.Helper()
+	p, err := policy.Parse(rules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := usStartEnclave(t, sock, func(c *enclave.Config) { c.Egress = p })
+	usReady(t, e)
+	return e
 }

@@ -3,12 +3,12 @@ package enclave_test
 import (
 	"net"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/quenchnet/quench/enclave"
+	"github.com/quenchnet/quench/internal/testutil"
 	"github.com/quenchnet/quench/tap"
 )
 
@@ -21,31 +21,12 @@ func dropHost(t *testing.T, sock string) *atomic.Int64 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var (
-		n  atomic.Int64
-		wg sync.WaitGroup
-	)
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			n.Add(1)
-			wg.Go(func() {
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-				if tc, err := tap.NewConn(c, tap.Config{}); err == nil {
-					_ = tc.ServerHandshake()
-				}
-			})
+	return testutil.ServeConnsWait(t, ln, func(c net.Conn) {
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		if tc, err := tap.NewConn(c, tap.Config{}); err == nil {
+			_ = tc.ServerHandshake()
 		}
 	})
-	t.Cleanup(func() {
-		_ = ln.Close()
-		wg.Wait()
-	})
-	return &n
 }
 
 // TestReconnectBackoff: a host that drops every stream right after the
@@ -88,37 +69,21 @@ func TestReconnectAfterStall(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var (
-		streams = make(chan struct{}, 100)
-		stop    = make(chan struct{})
-		wg      sync.WaitGroup
-	)
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				defer c.Close()
-				tc, err := tap.NewConn(c, tap.Config{})
-				if err != nil || tc.ServerHandshake() != nil {
-					return
-				}
-				streams <- struct{}{}
-				// 12 bytes of a 1000-byte frame, then nothing.
-				if _, err := c.Write(append([]byte{0xe8, 0x03}, make([]byte, 10)...)); err != nil {
-					return
-				}
-				<-stop
-			})
+	streams := make(chan struct{}, 100)
+	stop := make(chan struct{})
+	testutil.ServeConnsWait(t, ln, func(c net.Conn) {
+		tc, err := tap.NewConn(c, tap.Config{})
+		if err != nil || tc.ServerHandshake() != nil {
+			return
 		}
+		streams <- struct{}{}
+		// 12 bytes of a 1000-byte frame, then nothing.
+		if _, err := c.Write(append([]byte{0xe8, 0x03}, make([]byte, 10)...)); err != nil {
+			return
+		}
+		<-stop
 	})
-	t.Cleanup(func() {
-		close(stop)
-		_ = ln.Close()
-		wg.Wait()
-	})
+	t.Cleanup(func() { close(stop) }) // before ServeConnsWait's cleanup
 	e := usStartEnclave(t, sock, func(c *enclave.Config) {
 		c.StallTimeout = 300 * time.Millisecond
 		c.HandshakeSettle = -1

@@ -5,11 +5,10 @@ import (
 	"io"
 	"net"
 	"path/filepath"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/quenchnet/quench/internal/testutil"
 	"github.com/quenchnet/quench/tap"
 )
 
@@ -22,27 +21,11 @@ func TestTunnelStopsOnDeviceFailure(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var (
-		streams atomic.Int64
-		wg      sync.WaitGroup
-	)
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			streams.Add(1)
-			wg.Go(func() { // a host that keeps the stream and reads it
-				defer c.Close()
-				if tc, err := tap.NewConn(c, tap.Config{}); err == nil && tc.ServerHandshake() == nil {
-					_, _ = io.Copy(io.Discard, c)
-				}
-			})
+	streams := testutil.ServeConnsWait(t, ln, func(c net.Conn) { // a host that keeps the stream and reads it
+		if tc, err := tap.NewConn(c, tap.Config{}); err == nil && tc.ServerHandshake() == nil {
+			_, _ = io.Copy(io.Discard, c)
 		}
 	})
-	defer wg.Wait()
-	defer ln.Close()
 
 	e, err := New(Config{
 		DialHost: func(ctx context.Context) (net.Conn, error) {

@@ -81,6 +81,24 @@ func connectRaw(tb testing.TB, path string) *tap.Conn {
 	return c
 }
 
+// arpGateway sends an ARP request from mac/ip for the gateway
+// (192.168.127.1) on c and waits for the reply.
+func arpGateway(tb testing.TB, c *tap.Conn, mac net.HardwareAddr, ip netip.Addr) {
+	tb.Helper()
+	if _, err := c.WriteFrames([][]byte{arpRequest(mac, ip, netip.MustParseAddr("192.168.127.1"))}, 0); err != nil {
+		tb.Fatal(err)
+	}
+	readARPReply(tb, c)
+}
+
+// connectARP is connectRaw followed by arpGateway.
+func connectARP(tb testing.TB, path string, mac net.HardwareAddr, ip netip.Addr) *tap.Conn {
+	tb.Helper()
+	c := connectRaw(tb, path)
+	arpGateway(tb, c, mac, ip)
+	return c
+}
+
 // arpRequest builds an Ethernet ARP request from mac/ip for target.
 func arpRequest(mac net.HardwareAddr, ip, target netip.Addr) []byte {
 	f := make([]byte, header.EthernetMinimumSize+header.ARPSize)
@@ -166,18 +184,8 @@ func TestARPNoSpoof(t *testing.T) {
 // MAC replaces the first, which the host then closes.
 func TestReconnectReplacesStream(t *testing.T) {
 	h, path := startHost(t, host.Config{})
-	old := connectRaw(t, path)
-	req := arpRequest(enclaveMAC, netip.MustParseAddr("192.168.127.2"), netip.MustParseAddr("192.168.127.1"))
-	if _, err := old.WriteFrames([][]byte{req}, 0); err != nil {
-		t.Fatal(err)
-	}
-	readARPReply(t, old)
-
-	cur := connectRaw(t, path)
-	if _, err := cur.WriteFrames([][]byte{req}, 0); err != nil {
-		t.Fatal(err)
-	}
-	readARPReply(t, cur)
+	old := connectARP(t, path, enclaveMAC, netip.MustParseAddr("192.168.127.2"))
+	connectARP(t, path, enclaveMAC, netip.MustParseAddr("192.168.127.2"))
 
 	_ = old.NetConn().SetReadDeadline(time.Now().Add(5 * time.Second))
 	for {

@@ -26,22 +26,7 @@ import (
 // wait passes (false).
 func waitTCPSYN(t *testing.T, c *tap.Conn, dport uint16, wait time.Duration) bool {
 	t.Helper()
-	_ = c.NetConn().SetReadDeadline(time.Now().Add(wait))
-	defer func() { _ = c.NetConn().SetReadDeadline(time.Time{}) }()
-	for {
-		f, err := c.Next()
-		if err != nil {
-			return false
-		}
-		if len(f) < 14+20+20 || f[12] != 0x08 || f[13] != 0x00 || f[14+9] != 6 {
-			continue
-		}
-		ihl := int(f[14]&0x0f) * 4
-		tcp := f[14+ihl:]
-		if uint16(tcp[2])<<8|uint16(tcp[3]) == dport && tcp[13]&0x02 != 0 {
-			return true
-		}
-	}
+	return l4WaitTCPFlags(c, dport, taptest.TCPFlagSYN, wait)
 }
 
 // waitUntil polls cond until it holds (true) or d passes (false).
@@ -153,11 +138,7 @@ func TestIsolationEnclaveCannotTakeAnotherEnclavesIP(t *testing.T) {
 	}}})
 	enclaveIP := netip.MustParseAddr("192.168.127.2")
 	gw := netip.MustParseAddr("192.168.127.1")
-	victim := connectRaw(t, path)
-	if _, err := victim.WriteFrames([][]byte{arpRequest(enclaveMAC, enclaveIP, gw)}, 0); err != nil {
-		t.Fatal(err)
-	}
-	readARPReply(t, victim)
+	connectARP(t, path, enclaveMAC, enclaveIP) // the victim
 
 	attackerMAC := net.HardwareAddr{0x02, 0, 0, 0, 0, 0xbb}
 	attacker := connectRaw(t, path)
@@ -187,11 +168,7 @@ func TestIsolationEnclaveCannotTakeAnotherEnclavesIP(t *testing.T) {
 func TestIsolationEnclaveCannotClaimGatewayIP(t *testing.T) {
 	_, path := startHost(t, host.Config{})
 	gw := netip.MustParseAddr("192.168.127.1")
-	victim := connectRaw(t, path)
-	if _, err := victim.WriteFrames([][]byte{arpRequest(enclaveMAC, netip.MustParseAddr("192.168.127.2"), gw)}, 0); err != nil {
-		t.Fatal(err)
-	}
-	readARPReply(t, victim)
+	victim := connectARP(t, path, enclaveMAC, netip.MustParseAddr("192.168.127.2"))
 	attackerMAC := net.HardwareAddr{0x02, 0, 0, 0, 0, 0xbb}
 	attacker := connectRaw(t, path)
 	garp := taptest.EthernetFrame(taptest.BroadcastMAC, attackerMAC, taptest.EtherTypeARP,
@@ -219,19 +196,10 @@ func TestIsolationEnclaveCannotClaimGatewayIP(t *testing.T) {
 func TestIsolationEnclaveCannotEvictAnother(t *testing.T) {
 	h, path := startHost(t, host.Config{})
 	enclaveIP := netip.MustParseAddr("192.168.127.2")
-	gw := netip.MustParseAddr("192.168.127.1")
-	victim := connectRaw(t, path)
-	if _, err := victim.WriteFrames([][]byte{arpRequest(enclaveMAC, enclaveIP, gw)}, 0); err != nil {
-		t.Fatal(err)
-	}
-	readARPReply(t, victim)
-	attacker := connectRaw(t, path)
+	victim := connectARP(t, path, enclaveMAC, enclaveIP)
 	// Attacker's own MAC first (a separate, established enclave) ...
 	own := net.HardwareAddr{0x02, 0, 0, 0, 0, 0xbb}
-	if _, err := attacker.WriteFrames([][]byte{arpRequest(own, netip.MustParseAddr("192.168.127.3"), gw)}, 0); err != nil {
-		t.Fatal(err)
-	}
-	readARPReply(t, attacker)
+	attacker := connectARP(t, path, own, netip.MustParseAddr("192.168.127.3"))
 	waitFor(t, func() bool { return h.Stats().Enclaves == 2 })
 	// ... then one frame with the victim's MAC as source.
 	spoof := taptest.EthernetFrame(taptest.BroadcastMAC, enclaveMAC, 0x88b5, make([]byte, 46))

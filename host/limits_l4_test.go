@@ -16,8 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/quenchnet/quench/enclave"
 	"github.com/quenchnet/quench/host"
 	"github.com/quenchnet/quench/internal/testutil"
@@ -74,33 +72,15 @@ func l4HoldEnclave(t *testing.T) func(ctx context.Context, port uint32) (net.Con
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				_, _ = io.Copy(io.Discard, c)
-			}()
-		}
-	}()
+	testutil.ServeConnsWait(t, ln, func(c net.Conn) { _, _ = io.Copy(io.Discard, c) })
 	var mu sync.Mutex
 	var conns []net.Conn
 	t.Cleanup(func() {
-		_ = ln.Close()
 		mu.Lock()
 		for _, c := range conns {
 			_ = c.Close()
 		}
 		mu.Unlock()
-		wg.Wait()
 	})
 	return func(ctx context.Context, port uint32) (net.Conn, error) {
 		var d net.Dialer
@@ -222,27 +202,7 @@ func TestPublishedPortFloodLeavesEnclaveServed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var mu sync.Mutex
-	var held []net.Conn
-	go func() {
-		for {
-			c, err := eln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			held = append(held, c)
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		eln.Close()
-		mu.Lock()
-		for _, c := range held {
-			c.Close()
-		}
-		mu.Unlock()
-	})
+	held := testutil.Hold(t, eln, nil)
 
 	port := testutil.FreePort(t)
 	sock := filepath.Join(dir, "host.sock")
@@ -296,9 +256,7 @@ func TestPublishedPortFloodLeavesEnclaveServed(t *testing.T) {
 		clients = append(clients, c)
 	}
 	time.Sleep(time.Second)
-	mu.Lock()
-	n := len(held)
-	mu.Unlock()
+	n := held.Load()
 	t.Logf("%d idle clients connected; the enclave holds %d fast-path streams", len(clients), n)
 	if n > 96/4 {
 		t.Errorf("the enclave holds %d fast-path streams; want at most %d (MaxPortConns default)", n, 96/4)
@@ -384,12 +342,8 @@ func TestNATUDPFlowsBounded(t *testing.T) {
 	}()
 	port := uint16(sink.LocalAddr().(*net.UDPAddr).Port)
 	h, path := startHost(t, host.Config{MaxNATUDPFlows: 2 * limit, MaxNATUDPFlowsPerEnclave: limit})
-	c := connectRaw(t, path)
 	src := netip.MustParseAddr("192.168.127.2")
-	if _, err := c.WriteFrames([][]byte{arpRequest(enclaveMAC, src, netip.MustParseAddr("192.168.127.1"))}, 0); err != nil {
-		t.Fatal(err)
-	}
-	readARPReply(t, c)
+	c := connectARP(t, path, enclaveMAC, src)
 	go func() { _, _ = io.Copy(io.Discard, c.NetConn()) }()
 	fd0 := openFDsL4(t)
 	dst := netip.AddrPortFrom(netip.MustParseAddr("192.168.127.254"), port)
@@ -428,22 +382,9 @@ func openFDsL4(t *testing.T) int {
 // serving path and returns it once a dial to addr succeeds.
 func l4Enclave(t *testing.T, path, addr string) *enclave.Enclave {
 	t.Helper()
-	e, err := enclave.New(enclave.Config{
-		Network: enclave.NetworkUserspace,
-		DialHost: func(ctx context.Context) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := e.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = e.Close() })
+	e := l4StartEnclave(t, ctx, path)
 	for {
 		dctx, dcancel := context.WithTimeout(ctx, time.Second)
 		c, err := e.Dial(dctx, "tcp", addr)
@@ -468,28 +409,7 @@ func l4Accepting(t *testing.T) (net.Listener, chan net.Conn) {
 		t.Fatal(err)
 	}
 	ch := make(chan net.Conn, 10000)
-	var mu sync.Mutex
-	var held []net.Conn
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			held = append(held, c)
-			mu.Unlock()
-			ch <- c
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range held {
-			c.Close()
-		}
-		mu.Unlock()
-	})
+	testutil.Hold(t, ln, func(c net.Conn) { ch <- c })
 	return ln, ch
 }
 
@@ -595,16 +515,11 @@ func TestNATDialSlotsSharedPerEnclave(t *testing.T) {
 		},
 	}
 	h, path := startHost(t, cfg)
-	gw := netip.MustParseAddr("192.168.127.1")
 	hostLo := netip.MustParseAddr("192.168.127.254")
 
 	attackerMAC := net.HardwareAddr{0x02, 0, 0, 0, 0, 0xbb}
 	attackerIP := netip.MustParseAddr("192.168.127.3")
-	attacker := connectRaw(t, path)
-	if _, err := attacker.WriteFrames([][]byte{arpRequest(attackerMAC, attackerIP, gw)}, 0); err != nil {
-		t.Fatal(err)
-	}
-	readARPReply(t, attacker)
+	attacker := connectARP(t, path, attackerMAC, attackerIP)
 	go func() { _, _ = io.Copy(io.Discard, attacker.NetConn()) }()
 	var syns [][]byte
 	for i := range 64 {
@@ -619,11 +534,7 @@ func TestNATDialSlotsSharedPerEnclave(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 
 	victimIP := netip.MustParseAddr("192.168.127.2")
-	victim := connectRaw(t, path)
-	if _, err := victim.WriteFrames([][]byte{arpRequest(enclaveMAC, victimIP, gw)}, 0); err != nil {
-		t.Fatal(err)
-	}
-	readARPReply(t, victim)
+	victim := connectARP(t, path, enclaveMAC, victimIP)
 	syn := taptest.TCPv4Frame(host.DefaultGatewayMAC, enclaveMAC, taptest.TCPSegment{
 		Src: netip.AddrPortFrom(victimIP, 41000), Dst: netip.AddrPortFrom(hostLo, good),
 		Seq: 5000, Flags: taptest.TCPFlagSYN,
@@ -645,18 +556,7 @@ func TestCollectorLimits(t *testing.T) {
 	h, _ := startHost(t, host.Config{Publish: []host.Publish{{
 		Network: "udp", Host: netip.MustParseAddrPort("127.0.0.1:0"), EnclavePort: 9,
 	}}})
-	reg := prometheus.NewPedanticRegistry()
-	if err := reg.Register(h.Collector()); err != nil {
-		t.Fatal(err)
-	}
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]int{}
-	for _, mf := range mfs {
-		got[mf.GetName()] = len(mf.GetMetric())
-	}
+	got := gatherCollector(t, h)
 	for name, n := range map[string]int{"quench_host_limit_active": 4, "quench_host_limit_refused_total": 6, "quench_host_port_refused_total": 1} {
 		if got[name] != n {
 			t.Errorf("%s: %d series, want %d", name, got[name], n)
@@ -680,34 +580,31 @@ func l4BenchEcho(pc net.PacketConn) {
 	}
 }
 
+// l4StartEnclave starts an enclave in userspace mode attached to the Host
+// serving path and closes it when the test ends.
+func l4StartEnclave(tb testing.TB, ctx context.Context, path string) *enclave.Enclave {
+	tb.Helper()
+	e, err := enclave.New(enclave.Config{
+		Network: enclave.NetworkUserspace,
+		DialHost: func(ctx context.Context) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		},
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := e.Start(ctx); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = e.Close() })
+	return e
+}
+
 // l4BenchSetup starts a Host and a userspace enclave attached to it.
 func l4BenchSetup(b *testing.B, publish []host.Publish) (*host.Host, *enclave.Enclave) {
-	h, err := host.New(host.Config{Publish: publish})
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := h.Start(context.Background()); err != nil {
-		b.Fatal(err)
-	}
-	path := filepath.Join(b.TempDir(), "h.sock")
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		b.Fatal(err)
-	}
-	go func() { _ = h.Serve(ln) }()
-	b.Cleanup(func() { _ = h.Close() })
-	e, err := enclave.New(enclave.Config{Network: enclave.NetworkUserspace, DialHost: func(ctx context.Context) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", path)
-	}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := e.Start(context.Background()); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = e.Close() })
-	return h, e
+	h, path := startHost(b, host.Config{Publish: publish})
+	return h, l4StartEnclave(b, context.Background(), path)
 }
 
 // l4RoundTrips measures 512-byte UDP round trips on c.

@@ -3,6 +3,7 @@ package tap_test
 import (
 	"context"
 	"errors"
+	"net"
 	"os"
 	"testing"
 	"time"
@@ -38,31 +39,43 @@ func nextErr(t *testing.T, c *tap.Conn, limit time.Duration) (error, time.Durati
 	}
 }
 
+// eachTransport runs f in a subtest per transport (in parallel if
+// parallel) with one end a of the transport's pair and a Conn c with
+// StallTimeout stall on the other.
+func eachTransport(t *testing.T, parallel bool, stall time.Duration, f func(t *testing.T, a net.Conn, c *tap.Conn)) {
+	t.Helper()
+	for _, tr := range transports {
+		t.Run(tr.name, func(t *testing.T) {
+			if parallel {
+				t.Parallel()
+			}
+			a, b := tr.pair(t)
+			f(t, a, newConn(t, b, tap.Config{StallTimeout: stall}))
+		})
+	}
+}
+
 // TestStallReadPartialFrame: a peer that sends 12 bytes of a 1000-byte
 // frame and then nothing is detected within 1.5 × StallTimeout, with a
 // sticky ErrStalled.
 func TestStallReadPartialFrame(t *testing.T) {
-	for _, tr := range transports {
-		t.Run(tr.name, func(t *testing.T) {
-			a, b := tr.pair(t)
-			c := newConn(t, b, tap.Config{StallTimeout: testStall})
-			go a.Write(append(prefix(1000), make([]byte, 10)...))
-			err, took := nextErr(t, c, 5*time.Second)
-			if !errors.Is(err, tap.ErrStalled) {
-				t.Fatalf("Next = %v, want ErrStalled", err)
-			}
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				t.Errorf("Next = %v: a stall must not look like a caller's deadline (not sticky)", err)
-			}
-			t.Logf("Next failed after %v: %v", took.Round(time.Millisecond), err)
-			if took < testStall-20*time.Millisecond {
-				t.Errorf("stall detected after %v, before StallTimeout %v", took, testStall)
-			}
-			if _, err := c.Next(); !errors.Is(err, tap.ErrStalled) {
-				t.Errorf("second Next = %v, want the sticky ErrStalled", err)
-			}
-		})
-	}
+	eachTransport(t, false, testStall, func(t *testing.T, a net.Conn, c *tap.Conn) {
+		go a.Write(append(prefix(1000), make([]byte, 10)...))
+		err, took := nextErr(t, c, 5*time.Second)
+		if !errors.Is(err, tap.ErrStalled) {
+			t.Fatalf("Next = %v, want ErrStalled", err)
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Errorf("Next = %v: a stall must not look like a caller's deadline (not sticky)", err)
+		}
+		t.Logf("Next failed after %v: %v", took.Round(time.Millisecond), err)
+		if took < testStall-20*time.Millisecond {
+			t.Errorf("stall detected after %v, before StallTimeout %v", took, testStall)
+		}
+		if _, err := c.Next(); !errors.Is(err, tap.ErrStalled) {
+			t.Errorf("second Next = %v, want the sticky ErrStalled", err)
+		}
+	})
 }
 
 // TestStallReadTrickle: a frame whose bytes trickle in steadily but too
@@ -99,37 +112,32 @@ func TestStallReadTrickle(t *testing.T) {
 // TestStallIdleIsFine: a stream without traffic never times out, before
 // any frame and after frames that arrived in pieces.
 func TestStallIdleIsFine(t *testing.T) {
-	for _, tr := range transports {
-		t.Run(tr.name, func(t *testing.T) {
-			t.Parallel()
-			a, b := tr.pair(t)
-			c := newConn(t, b, tap.Config{StallTimeout: okStall})
-			frame := encode(make([]byte, 1000))
-			send := func(after time.Duration, p []byte) {
-				time.Sleep(after)
-				if _, err := a.Write(p); err != nil {
-					t.Error(err)
-				}
+	eachTransport(t, true, okStall, func(t *testing.T, a net.Conn, c *tap.Conn) {
+		frame := encode(make([]byte, 1000))
+		send := func(after time.Duration, p []byte) {
+			time.Sleep(after)
+			if _, err := a.Write(p); err != nil {
+				t.Error(err)
 			}
-			// Idle from the start, then a frame.
-			go send(2*okStall, frame)
-			if err, took := nextErr(t, c, 10*time.Second); err != nil {
-				t.Fatalf("Next after %v idle = %v", took, err)
-			}
-			// A frame in two pieces (the read deadline is set), then idle.
-			go func() {
-				send(0, frame[:100])
-				send(10*time.Millisecond, frame[100:])
-			}()
-			if err, _ := nextErr(t, c, 10*time.Second); err != nil {
-				t.Fatalf("Next of a frame in pieces = %v", err)
-			}
-			go send(2*okStall, frame)
-			if err, took := nextErr(t, c, 10*time.Second); err != nil {
-				t.Fatalf("Next after %v idle following a split frame = %v", took, err)
-			}
-		})
-	}
+		}
+		// Idle from the start, then a frame.
+		go send(2*okStall, frame)
+		if err, took := nextErr(t, c, 10*time.Second); err != nil {
+			t.Fatalf("Next after %v idle = %v", took, err)
+		}
+		// A frame in two pieces (the read deadline is set), then idle.
+		go func() {
+			send(0, frame[:100])
+			send(10*time.Millisecond, frame[100:])
+		}()
+		if err, _ := nextErr(t, c, 10*time.Second); err != nil {
+			t.Fatalf("Next of a frame in pieces = %v", err)
+		}
+		go send(2*okStall, frame)
+		if err, took := nextErr(t, c, 10*time.Second); err != nil {
+			t.Fatalf("Next after %v idle following a split frame = %v", took, err)
+		}
+	})
 }
 
 // TestStallBusyStream: frames that keep arriving split across reads, for
@@ -163,28 +171,23 @@ func TestStallBusyStream(t *testing.T) {
 // once a write has made no progress for StallTimeout; an idle writer does
 // not time out.
 func TestStallWrite(t *testing.T) {
-	for _, tr := range transports {
-		t.Run(tr.name, func(t *testing.T) {
-			t.Parallel()
-			_, b := tr.pair(t)
-			c := newConn(t, b, tap.Config{StallTimeout: testStall})
-			frames := sizedFrames(64, 65534) // 4 MiB: beyond any socket buffer
-			time.Sleep(2 * testStall)        // idle first
-			start := time.Now()
-			var err error
-			for err == nil && time.Since(start) < 10*time.Second {
-				_, err = c.WriteFrames(frames, 0)
-			}
-			took := time.Since(start)
-			if !errors.Is(err, tap.ErrStalled) {
-				t.Fatalf("WriteFrames = %v after %v, want ErrStalled", err, took)
-			}
-			t.Logf("WriteFrames failed after %v: %v", took.Round(time.Millisecond), err)
-			if _, err := c.WriteFrames(frames[:1], 0); !errors.Is(err, tap.ErrStalled) {
-				t.Errorf("next WriteFrames = %v, want the sticky ErrStalled", err)
-			}
-		})
-	}
+	eachTransport(t, true, testStall, func(t *testing.T, _ net.Conn, c *tap.Conn) {
+		frames := sizedFrames(64, 65534) // 4 MiB: beyond any socket buffer
+		time.Sleep(2 * testStall)        // idle first
+		start := time.Now()
+		var err error
+		for err == nil && time.Since(start) < 10*time.Second {
+			_, err = c.WriteFrames(frames, 0)
+		}
+		took := time.Since(start)
+		if !errors.Is(err, tap.ErrStalled) {
+			t.Fatalf("WriteFrames = %v after %v, want ErrStalled", err, took)
+		}
+		t.Logf("WriteFrames failed after %v: %v", took.Round(time.Millisecond), err)
+		if _, err := c.WriteFrames(frames[:1], 0); !errors.Is(err, tap.ErrStalled) {
+			t.Errorf("next WriteFrames = %v, want the sticky ErrStalled", err)
+		}
+	})
 }
 
 // TestStallOff: a negative StallTimeout waits for ever.

@@ -31,14 +31,7 @@ import (
 // the first part fails, gVisor's behaviour changed: check whether the bug is
 // fixed, then update the docs, README and the workaround.
 func TestGVisorShrinkingWindowBug(t *testing.T) {
-	n, err := New(Config{MTU: 1500})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n.Close()
-	if terr := n.stack.AddStaticNeighbor(nicLink, ipv4.ProtocolNumber, tcpip.AddrFrom4(gwIP), tcpip.LinkAddress(hostMA)); terr != nil {
-		t.Fatal(terr)
-	}
+	n := newRawNet(t)
 	var (
 		probeMu sync.Mutex
 		sndUna  seqnum.Value
@@ -66,8 +59,7 @@ func TestGVisorShrinkingWindowBug(t *testing.T) {
 		}
 	}()
 
-	p := &rawPeer{t: t, n: n, segs: make(chan rawSeg, 4096)}
-	go p.readFrames()
+	p := newRawPeer(t, n)
 
 	// Handshake: the peer offers window scaling, no timestamps, no SACK.
 	const iss = 1000
@@ -222,6 +214,28 @@ type rawPeer struct {
 	segs           chan rawSeg
 	sndNxt, rcvNxt seqnum.Value
 	ws             int // the stack's window scale
+}
+
+// newRawNet returns a Net (closed when the test ends) that knows the
+// gateway's MAC, for a rawPeer to stand in for it.
+func newRawNet(t *testing.T) *Net {
+	t.Helper()
+	n, err := New(Config{MTU: 1500})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	if terr := n.stack.AddStaticNeighbor(nicLink, ipv4.ProtocolNumber, tcpip.AddrFrom4(gwIP), tcpip.LinkAddress(hostMA)); terr != nil {
+		t.Fatal(terr)
+	}
+	return n
+}
+
+// newRawPeer returns a rawPeer on n that reads n's frames.
+func newRawPeer(t *testing.T, n *Net) *rawPeer {
+	p := &rawPeer{t: t, n: n, segs: make(chan rawSeg, 4096)}
+	go p.readFrames()
+	return p
 }
 
 func (p *rawPeer) readFrames() {

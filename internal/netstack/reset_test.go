@@ -6,9 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
-	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 )
 
 // TestAcceptAfterReset: a connection that the peer resets after the
@@ -17,21 +15,13 @@ import (
 // returns a nil RemoteAddr, on which callers' RemoteAddr().String()
 // panics).
 func TestAcceptAfterReset(t *testing.T) {
-	n, err := New(Config{MTU: 1500})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n.Close()
-	if terr := n.stack.AddStaticNeighbor(nicLink, ipv4.ProtocolNumber, tcpip.AddrFrom4(gwIP), tcpip.LinkAddress(hostMA)); terr != nil {
-		t.Fatal(terr)
-	}
+	n := newRawNet(t)
 	ln, err := n.Listen("tcp", ":7")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	p := &rawPeer{t: t, n: n, segs: make(chan rawSeg, 4096)}
-	go p.readFrames()
+	p := newRawPeer(t, n)
 
 	const iss = 5000
 	p.send(header.TCPFields{SeqNum: iss, Flags: header.TCPFlagSyn, WindowSize: 65535}, nil, nil)

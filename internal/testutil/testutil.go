@@ -347,24 +347,33 @@ func (l *FailingListener) Left() int { return max(int(l.left.Load()), 0) }
 // ends, ln is closed and the accept loop waited for.
 func ServeConns(tb testing.TB, ln net.Listener, handle func(net.Conn)) {
 	tb.Helper()
-	done := make(chan struct{})
+	done := acceptLoop(ln, func(c net.Conn) {
+		go func() {
+			defer c.Close()
+			handle(c)
+		}()
+	})
+	tb.Cleanup(func() {
+		_ = ln.Close()
+		<-done
+	})
+}
+
+// acceptLoop calls accepted with every connection ln accepts, on one
+// goroutine, until Accept fails; then it closes done.
+func acceptLoop(ln net.Listener, accepted func(net.Conn)) (done <-chan struct{}) {
+	ch := make(chan struct{})
 	go func() {
-		defer close(done)
+		defer close(ch)
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				handle(c)
-			}()
+			accepted(c)
 		}
 	}()
-	tb.Cleanup(func() {
-		_ = ln.Close()
-		<-done
-	})
+	return ch
 }
 
 // Echo echoes every connection ln accepts (ServeConns). Each connection's
@@ -395,4 +404,61 @@ func EchoRoundTrip(c net.Conn, msg []byte) error {
 		return fmt.Errorf("echoed bytes differ")
 	}
 	return nil
+}
+
+// ServeConnsWait is ServeConns that also counts the connections ln accepts
+// and, when the test ends, closes those still open and waits for every
+// handler to return (after closing ln and waiting for the accept loop).
+func ServeConnsWait(tb testing.TB, ln net.Listener, handle func(net.Conn)) *atomic.Int64 {
+	tb.Helper()
+	var (
+		n        atomic.Int64
+		handlers sync.WaitGroup
+		mu       sync.Mutex
+		open     = map[net.Conn]struct{}{}
+	)
+	done := acceptLoop(ln, func(c net.Conn) {
+		n.Add(1)
+		mu.Lock()
+		open[c] = struct{}{}
+		mu.Unlock()
+		handlers.Go(func() {
+			defer func() {
+				mu.Lock()
+				delete(open, c)
+				mu.Unlock()
+				_ = c.Close()
+			}()
+			handle(c)
+		})
+	})
+	tb.Cleanup(func() {
+		_ = ln.Close()
+		<-done
+		mu.Lock()
+		for c := range open {
+			_ = c.Close()
+		}
+		mu.Unlock()
+		handlers.Wait()
+	})
+	return &n
+}
+
+// Hold accepts every connection on ln and holds it open, neither reading
+// nor writing, until the test ends, when ln and the held connections are
+// closed (ServeConnsWait). accepted, if not nil, is called with each
+// connection as it is accepted. It returns the count of connections
+// accepted.
+func Hold(tb testing.TB, ln net.Listener, accepted func(net.Conn)) *atomic.Int64 {
+	tb.Helper()
+	release := make(chan struct{})
+	n := ServeConnsWait(tb, ln, func(c net.Conn) {
+		if accepted != nil {
+			accepted(c)
+		}
+		<-release
+	})
+	tb.Cleanup(func() { close(release) }) // runs before ServeConnsWait's
+	return n
 }
