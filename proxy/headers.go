@@ -121,7 +121,7 @@ func upgradeType(r *http.Request, tokens *connTokens) string {
 func clientAddr(r *http.Request) (netip.Addr, bool) {
 	ap, err := netip.ParseAddrPort(r.RemoteAddr)
 	if err == nil {
-		return ap.Addr().Unmap(), true
+		return forwardedAddr(ap.Addr()), true
 	}
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
@@ -131,7 +131,15 @@ func clientAddr(r *http.Request) (netip.Addr, bool) {
 	if err != nil {
 		return netip.Addr{}, false
 	}
-	return a.Unmap(), true
+	return forwardedAddr(a), true
+}
+
+// forwardedAddr is a client address as the forwarding fields carry it:
+// IPv4 unmapped, and without an IPv6 zone, which names one of the proxy's
+// interfaces (meaningless upstream, and any bytes an interface name may
+// hold would go into a header).
+func forwardedAddr(a netip.Addr) netip.Addr {
+	return a.Unmap().WithZone("")
 }
 
 // writeForwarded writes X-Forwarded-For, X-Forwarded-Host,

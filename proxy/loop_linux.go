@@ -117,7 +117,7 @@ func (ls *loopSet) take(c net.Conn) bool {
 	el := ls.pick()
 	cl := &lclient{el: el, remote: remote, local: local, first: true}
 	if ap, err := netip.ParseAddrPort(remote); err == nil {
-		cl.ip, cl.ipOK = ap.Addr().Unmap(), true
+		cl.ip, cl.ipOK = forwardedAddr(ap.Addr()), true
 	}
 	cl.s = lsock{fd: fd, readable: true, writable: true, maxWrite: maxWrite}
 	if t != nil {

@@ -113,8 +113,14 @@ func TestPumpReconnect(t *testing.T) {
 	host2, done2 := attach(t, t.Context(), p)
 	exchange(t, dev, host2, frames[:50])
 
-	st := p.Stats()
-	if want := uint64(len(frames) + 50); st.ToConn != want || st.ToDevice != want {
+	// The pump counts a batch after the device's Write returns, which can
+	// be after the device handed the frames on: wait for the count.
+	want := uint64(len(frames) + 50)
+	waitFor(t, "the stats to count every frame", func() bool {
+		st := p.Stats()
+		return st.ToConn >= want && st.ToDevice >= want
+	})
+	if st := p.Stats(); st.ToConn != want || st.ToDevice != want {
 		t.Errorf("Stats = %+v, want ToConn = ToDevice = %d", st, want)
 	}
 
