@@ -34,6 +34,7 @@ type PortJSON struct {
 	Accepted    uint64 `json:"accepted"`               // output only, like the rest
 	Failed      uint64 `json:"failed"`
 	Active      int64  `json:"active"`
+	Refused     uint64 `json:"refused"` // clients reset or datagrams dropped at a limit
 	BytesIn     int64  `json:"bytes_in"`
 	BytesOut    int64  `json:"bytes_out"`
 }
@@ -43,6 +44,27 @@ type ControlStatus struct {
 	Enclaves []EnclaveJSON `json:"enclaves"`
 	Ports    []PortJSON    `json:"ports"`
 	NAT      NATJSON       `json:"nat"`
+	Limits   LimitsJSON    `json:"limits"`
+}
+
+// LimitsJSON holds what the limits against hostile clients and enclaves
+// hold and have refused (host-ops.md, "Limits" and "Isolation between
+// enclaves").
+type LimitsJSON struct {
+	NATConns              uint64 `json:"nat_conns"`
+	NATConnsRefused       uint64 `json:"nat_conns_refused"`
+	NATUDPFlows           uint64 `json:"nat_udp_flows"`
+	NATUDPFlowsRefused    uint64 `json:"nat_udp_flows_refused"`
+	DialsDeferred         uint64 `json:"dials_deferred"`
+	PortConns             uint64 `json:"port_conns"`
+	PortConnsRefused      uint64 `json:"port_conns_refused"`
+	PortFirstByteTimeouts uint64 `json:"port_first_byte_timeouts"`
+	PortUDPFlows          uint64 `json:"port_udp_flows"`
+	PortUDPRefused        uint64 `json:"port_udp_refused"`
+	FramesDroppedSpoofed  uint64 `json:"frames_dropped_spoofed"`
+	FramesDroppedOverLim  uint64 `json:"frames_dropped_over_limit"`
+	FramesDroppedFull     uint64 `json:"frames_dropped_queue_full"`
+	StreamsRefused        uint64 `json:"enclave_streams_refused"`
 }
 
 // EnclaveJSON is an attached enclave stream in the control API.
@@ -69,7 +91,7 @@ func portJSON(s PortStatus) PortJSON {
 	return PortJSON{
 		Network: s.Spec.Network, Host: s.Spec.Host.String(), EnclavePort: s.Spec.EnclavePort,
 		VSockPort: s.Spec.VSockPort, Addr: s.Addr, Accepted: s.Accepted, Failed: s.Failed,
-		Active: s.Active, BytesIn: s.BytesIn, BytesOut: s.BytesOut,
+		Active: s.Active, Refused: s.Refused, BytesIn: s.BytesIn, BytesOut: s.BytesOut,
 	}
 }
 
@@ -107,6 +129,17 @@ func (h *Host) handleStatus(w http.ResponseWriter, _ *http.Request) {
 		Enclaves: []EnclaveJSON{},
 		Ports:    h.portsJSON(),
 		NAT:      NATJSON{Dials: st.Dials, DialsFailed: st.DialsFailed, DialsRefused: st.DialsRefused, FramesDropped: st.FramesDropped, UDPRefused: st.UDPRefused, DNSQueries: st.DNSQueries, DNSRefused: st.DNSRefused},
+	}
+	ls := h.LimitStats()
+	out.Limits = LimitsJSON{
+		NATConns: ls.NATConns, NATConnsRefused: ls.NATConnsRefused,
+		NATUDPFlows: ls.NATUDPFlows, NATUDPFlowsRefused: ls.NATUDPFlowsRefused,
+		DialsDeferred: ls.DialsDeferred,
+		PortConns:     ls.PortConns, PortConnsRefused: ls.PortConnsRefused,
+		PortFirstByteTimeouts: ls.PortFirstByteTimeouts,
+		PortUDPFlows:          ls.PortUDPFlows, PortUDPRefused: ls.PortUDPRefused,
+		FramesDroppedSpoofed: st.FramesDroppedSpoofed, FramesDroppedOverLim: st.FramesDroppedOverLimit,
+		FramesDroppedFull: st.FramesDroppedQueueFull, StreamsRefused: st.EnclaveStreamsRefused,
 	}
 	for _, e := range h.Enclaves() {
 		out.Enclaves = append(out.Enclaves, EnclaveJSON{Remote: e.Remote, FramesIn: e.FramesIn, FramesOut: e.FramesOut, BytesIn: e.BytesIn, BytesOut: e.BytesOut})

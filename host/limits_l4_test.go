@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -146,6 +147,12 @@ func TestPublishedPortConnectionLimit(t *testing.T) {
 	}
 	if got := h.Ports()[0].Refused; got != 5 {
 		t.Errorf("PortStatus.Refused = %d, want 5", got)
+	}
+	// The control API reports the same.
+	var cs host.ControlStatus
+	newControl(t, h).do("GET", "/v1/status", nil, http.StatusOK, &cs)
+	if cs.Limits.PortConns != limit || cs.Limits.PortConnsRefused != 5 || len(cs.Ports) != 1 || cs.Ports[0].Refused != 5 {
+		t.Errorf("control status: limits %+v, ports %+v", cs.Limits, cs.Ports)
 	}
 	served[0].Close()
 	waitFor(t, func() bool { return h.LimitStats().PortConns == limit-1 })
