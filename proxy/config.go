@@ -193,8 +193,9 @@ type Config struct {
 	// min); negative: no limit.
 	TunnelIdleTimeout time.Duration
 
-	// MaxTunnels bounds the upgraded connections open at once (each holds
-	// a client and an upstream connection, and no longer counts against
+	// MaxTunnels bounds the upgraded connections open at once, with the
+	// upgrade requests being forwarded (each holds a client and an
+	// upstream connection, and once upgraded no longer counts against
 	// MaxInFlight or MaxConns); an upgrade request beyond it is refused
 	// with 503 before it is forwarded. Default: DefaultMaxTunnels (4096);
 	// negative: no limit.

@@ -113,11 +113,15 @@ func (ex *exchange) serve() {
 	if hasBody {
 		upgrade = "" // an upgrade must not carry a body; forward it as a plain request
 	}
-	if upgrade != "" && !ex.p.tunnelRoom() {
-		ex.p.refused()
-		ex.code = http.StatusServiceUnavailable
-		ex.cs.writeStatus(http.StatusServiceUnavailable, ex.p.retryAfterHeader())
-		return
+	if upgrade != "" {
+		// The tunnel, if the upstream switches, runs inside this call.
+		if !ex.p.reserveUpgrade() {
+			ex.p.refused()
+			ex.code = http.StatusServiceUnavailable
+			ex.cs.writeStatus(http.StatusServiceUnavailable, ex.p.retryAfterHeader())
+			return
+		}
+		defer ex.p.releaseUpgrade()
 	}
 	for attempt := 0; ; attempt++ {
 		uc, err := ex.p.pool.get(ex.ctx)

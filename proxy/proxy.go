@@ -45,12 +45,15 @@ type Proxy struct {
 	shuttingDown atomic.Bool // set by Shutdown: Serve's connections close when idle
 
 	mu      sync.Mutex
-	closed  bool                    // guarded by mu
-	tunnels map[*tunnel]struct{}    // guarded by mu
-	loops   atomic.Pointer[loopSet] // Serve's event loops, started by the first Serve that can use them
-	noLoops bool                    // the event loops could not start; guarded by mu
-	closers map[closer]struct{}     // listeners and connections of Serve; guarded by mu
-	wg      sync.WaitGroup          // one count per tunnel and per connection of Serve
+	closed  bool                 // guarded by mu
+	tunnels map[*tunnel]struct{} // guarded by mu
+	// upgrades counts the upgrade requests being forwarded or tunnelled
+	// (Config.MaxTunnels), each from before it is forwarded until it ends.
+	upgrades atomic.Int64
+	loops    atomic.Pointer[loopSet] // Serve's event loops, started by the first Serve that can use them
+	noLoops  bool                    // the event loops could not start; guarded by mu
+	closers  map[closer]struct{}     // listeners and connections of Serve; guarded by mu
+	wg       sync.WaitGroup          // one count per tunnel and per connection of Serve
 }
 
 var _ http.Handler = (*Proxy)(nil)

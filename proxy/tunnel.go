@@ -41,16 +41,25 @@ func (p *Proxy) addTunnel(t *tunnel) bool {
 	return true
 }
 
-// tunnelRoom reports whether another upgraded connection may open
-// (Config.MaxTunnels). Checked before the upgrade is forwarded, so
-// upgrades racing each other may pass it together.
-func (p *Proxy) tunnelRoom() bool {
+// reserveUpgrade takes one of Config.MaxTunnels for an upgrade request
+// about to be forwarded, or reports false when none is left. The caller
+// gives it back with releaseUpgrade once the request, and the tunnel if it
+// became one, has ended.
+func (p *Proxy) reserveUpgrade() bool {
 	if p.cfg.MaxTunnels < 0 {
 		return true
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return len(p.tunnels) < p.cfg.MaxTunnels
+	if p.upgrades.Add(1) > int64(p.cfg.MaxTunnels) {
+		p.upgrades.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (p *Proxy) releaseUpgrade() {
+	if p.cfg.MaxTunnels >= 0 {
+		p.upgrades.Add(-1)
+	}
 }
 
 func (p *Proxy) removeTunnel(t *tunnel) {
