@@ -28,6 +28,7 @@ import (
 
 	"github.com/quenchnet/quench/attestation"
 	"github.com/quenchnet/quench/enclave"
+	"github.com/quenchnet/quench/internal/testutil"
 )
 
 // acmeName is the enclave's name in the ACME test; the test's DNS server
@@ -163,10 +164,7 @@ func TestACMEPebble(t *testing.T) {
 		t.Fatal(err)
 	}
 	e, err := enclave.New(enclave.Config{
-		DialHost: func(ctx context.Context) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", sock)
-		},
+		DialHost:      testutil.DialUnix(sock),
 		Handler:       http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "acme app") }),
 		InternalAddr:  "-",
 		Attester:      dev,

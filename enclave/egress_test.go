@@ -41,23 +41,7 @@ func TestUserspaceEgressPolicy(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			e := egressEnclave(t, sock, tt.rules)
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			c, err := e.Dial(ctx, "tcp", tt.addr)
-			if tt.allowed {
-				if err != nil {
-					t.Fatalf("Dial(%s) = %v, want allowed", tt.addr, err)
-				}
-				c.Close()
-				return
-			}
-			if err == nil {
-				c.Close()
-				t.Fatalf("Dial(%s) succeeded, want refused", tt.addr)
-			}
-			if !errors.Is(err, enclave.ErrEgressRefused) {
-				t.Fatalf("Dial(%s) = %v, want ErrEgressRefused", tt.addr, err)
-			}
+			dialExpect(t, e, "tcp", tt.addr, tt.allowed, "")
 		})
 	}
 }
@@ -120,24 +104,7 @@ func TestUserspaceEgressHostDNS(t *testing.T) {
 			if strings.HasSuffix(tt.rules[0], "/udp") {
 				network = "udp"
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			c, err := e.Dial(ctx, network, tt.addr)
-			if tt.allowed {
-				if err != nil {
-					t.Fatalf("Dial(%s) = %v, want allowed", tt.addr, err)
-				}
-				c.Close()
-				return
-			}
-			if err == nil {
-				t.Errorf("Dial(%s) reached %v: the host's DNS led it into the enclave", tt.addr, c.RemoteAddr())
-				c.Close()
-				return
-			}
-			if !errors.Is(err, enclave.ErrEgressRefused) {
-				t.Fatalf("Dial(%s) = %v, want ErrEgressRefused", tt.addr, err)
-			}
+			dialExpect(t, e, network, tt.addr, tt.allowed, "the host's DNS led it into the enclave")
 		})
 	}
 }
@@ -218,4 +185,29 @@ func egressEnclave(t *testing.T, sock string, rules []string) *enclave.Enclave {
 	e := usStartEnclave(t, sock, func(c *enclave.Config) { c.Egress = p })
 	usReady(t, e)
 	return e
+}
+
+// dialExpect dials addr through e and fails the test unless the dial
+// succeeds when allowed, and fails with ErrEgressRefused otherwise. why,
+// if set, says what a dial that should have been refused means.
+func dialExpect(t *testing.T, e *enclave.Enclave, network, addr string, allowed bool, why string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := e.Dial(ctx, network, addr)
+	switch {
+	case allowed && err != nil:
+		t.Fatalf("Dial(%s) = %v, want allowed", addr, err)
+	case allowed:
+		c.Close()
+	case err == nil:
+		remote := c.RemoteAddr()
+		c.Close()
+		if why == "" {
+			why = "want refused"
+		}
+		t.Fatalf("Dial(%s) reached %v: %s", addr, remote, why)
+	case !errors.Is(err, enclave.ErrEgressRefused):
+		t.Fatalf("Dial(%s) = %v, want ErrEgressRefused", addr, err)
+	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/quenchnet/quench/enclave"
 	"github.com/quenchnet/quench/enclave/keysync"
 	"github.com/quenchnet/quench/host"
+	"github.com/quenchnet/quench/internal/testutil"
 )
 
 // These tests run three enclaves (userspace mode, each with its own
@@ -58,10 +59,7 @@ func ksPort(tb testing.TB, addr string) string {
 func ksStart(tb testing.TB, att attestation.Attester, sock, public, sync, leaderSync string) *ksEnclave {
 	tb.Helper()
 	cfg := enclave.Config{
-		DialHost: func(ctx context.Context) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", sock)
-		},
+		DialHost:     testutil.DialUnix(sock),
 		ReconnectMin: 10 * time.Millisecond,
 		ReconnectMax: 200 * time.Millisecond,
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -257,10 +255,7 @@ func TestKeySyncStartFails(t *testing.T) {
 	}
 	sock, _, _ := ksHost(t)
 	e, err := enclave.New(enclave.Config{
-		DialHost: func(ctx context.Context) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", sock)
-		},
+		DialHost:     testutil.DialUnix(sock),
 		Handler:      http.NotFoundHandler(),
 		InternalAddr: "127.0.0.1:0",
 		Attester:     att,

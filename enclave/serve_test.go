@@ -25,6 +25,7 @@ import (
 	"github.com/quenchnet/quench/attestation"
 	"github.com/quenchnet/quench/enclave"
 	"github.com/quenchnet/quench/host"
+	"github.com/quenchnet/quench/internal/testutil"
 )
 
 // These tests run an in-process quench-host and an enclave in userspace
@@ -60,10 +61,7 @@ func svStart(tb testing.TB, mod func(*enclave.Config)) *svEnv {
 	}
 	env.dev = dev
 	cfg := enclave.Config{
-		DialHost: func(ctx context.Context) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", sock)
-		},
+		DialHost:     testutil.DialUnix(sock),
 		ReconnectMin: 10 * time.Millisecond,
 		ReconnectMax: 200 * time.Millisecond,
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -392,10 +390,7 @@ func TestServeCloseNoLeaks(t *testing.T) {
 		}
 		for i := 0; i < 2; i++ {
 			e, err := enclave.New(enclave.Config{
-				DialHost: func(ctx context.Context) (net.Conn, error) {
-					var d net.Dialer
-					return d.DialContext(ctx, "unix", sock)
-				},
+				DialHost:     testutil.DialUnix(sock),
 				Handler:      http.NotFoundHandler(),
 				InternalAddr: "127.0.0.1:0",
 				MetricsAddr:  ":9090",
@@ -578,10 +573,7 @@ func TestServeNoNSM(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "host.sock")
 	svHost(t, sock)
 	e, err := enclave.New(enclave.Config{
-		DialHost: func(ctx context.Context) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", sock)
-		},
+		DialHost:     testutil.DialUnix(sock),
 		Handler:      http.NotFoundHandler(),
 		InternalAddr: "-",
 	})

@@ -28,10 +28,7 @@ func TestTunnelStopsOnDeviceFailure(t *testing.T) {
 	})
 
 	e, err := New(Config{
-		DialHost: func(ctx context.Context) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", sock)
-		},
+		DialHost:        testutil.DialUnix(sock),
 		HandshakeSettle: -1,
 		ReconnectMin:    time.Millisecond,
 		ReconnectMax:    10 * time.Millisecond,

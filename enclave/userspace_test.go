@@ -146,11 +146,8 @@ func usReady(tb testing.TB, e *enclave.Enclave) {
 func usStartEnclave(tb testing.TB, path string, mod func(*enclave.Config)) *enclave.Enclave {
 	tb.Helper()
 	cfg := enclave.Config{
-		Network: enclave.NetworkUserspace,
-		DialHost: func(ctx context.Context) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
-		},
+		Network:      enclave.NetworkUserspace,
+		DialHost:     testutil.DialUnix(path),
 		ReconnectMin: 10 * time.Millisecond,
 		ReconnectMax: 200 * time.Millisecond,
 	}
@@ -517,11 +514,8 @@ func TestUserspaceCloseNoLeaks(t *testing.T) {
 		defer func() { _ = h.Close(); wg.Wait() }()
 
 		e, err := enclave.New(enclave.Config{
-			Network: enclave.NetworkUserspace,
-			DialHost: func(ctx context.Context) (net.Conn, error) {
-				var d net.Dialer
-				return d.DialContext(ctx, "unix", sock)
-			},
+			Network:  enclave.NetworkUserspace,
+			DialHost: testutil.DialUnix(sock),
 		})
 		if err != nil {
 			t.Fatal(err)

@@ -592,11 +592,8 @@ func l4BenchEcho(pc net.PacketConn) {
 func l4StartEnclave(tb testing.TB, ctx context.Context, path string) *enclave.Enclave {
 	tb.Helper()
 	e, err := enclave.New(enclave.Config{
-		Network: enclave.NetworkUserspace,
-		DialHost: func(ctx context.Context) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
-		},
+		Network:  enclave.NetworkUserspace,
+		DialHost: testutil.DialUnix(path),
 	})
 	if err != nil {
 		tb.Fatal(err)

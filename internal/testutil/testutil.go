@@ -462,3 +462,12 @@ func Hold(tb testing.TB, ln net.Listener, accepted func(net.Conn)) *atomic.Int64
 	tb.Cleanup(func() { close(release) }) // runs before ServeConnsWait's
 	return n
 }
+
+// DialUnix returns a dialer of the unix socket at path, in the shape of
+// enclave.Config.DialHost: the VSOCK stand-in of the tests.
+func DialUnix(path string) func(ctx context.Context) (net.Conn, error) {
+	return func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", path)
+	}
+}
