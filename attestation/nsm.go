@@ -29,15 +29,28 @@ type NSMConfig struct {
 	// does not exist (outside an enclave), and with an error wrapping
 	// errors.ErrUnsupported on operating systems other than Linux.
 	Session NSMSession
+
+	// MaxConcurrent bounds the requests (Attest and Read) in the NSM at
+	// once. Callers past it wait in Go, where Attest's context can cancel
+	// them, instead of each holding an OS thread blocked in the ioctl: the
+	// Linux driver serves one request at a time, so without a bound a
+	// flood of attestation requests parks one thread per request in the
+	// kernel, and past 10,000 threads the Go runtime aborts the process.
+	// Default: DefaultNSMConcurrency (1, what the driver serves anyway).
+	MaxConcurrent int
 }
+
+// DefaultNSMConcurrency is NSMConfig.MaxConcurrent's default.
+const DefaultNSMConcurrency = 1
 
 // NSMAttester is the production Attester: it asks the Nitro Secure Module
 // (/dev/nsm) for attestation documents. It is also an io.Reader of random
 // bytes from the NSM (see SeedEntropy). It is safe for concurrent use. When
 // it is no longer needed, Close must be called; it waits for calls in flight.
 type NSMAttester struct {
-	mu   sync.RWMutex
-	sess NSMSession // guarded by mu; nil after Close
+	mu    sync.RWMutex
+	sess  NSMSession    // guarded by mu; nil after Close
+	slots chan struct{} // one token per request in the NSM
 }
 
 var (
@@ -47,6 +60,12 @@ var (
 
 // NewNSMAttester opens the NSM session (unless cfg.Session is given).
 func NewNSMAttester(cfg NSMConfig) (*NSMAttester, error) {
+	if cfg.MaxConcurrent < 0 {
+		return nil, fmt.Errorf("attestation: NSMConfig.MaxConcurrent %d is negative", cfg.MaxConcurrent)
+	}
+	if cfg.MaxConcurrent == 0 {
+		cfg.MaxConcurrent = DefaultNSMConcurrency
+	}
 	sess := cfg.Session
 	if sess == nil {
 		var err error
@@ -54,17 +73,24 @@ func NewNSMAttester(cfg NSMConfig) (*NSMAttester, error) {
 			return nil, err
 		}
 	}
-	return &NSMAttester{sess: sess}, nil
+	return &NSMAttester{sess: sess, slots: make(chan struct{}, cfg.MaxConcurrent)}, nil
 }
 
-// Attest asks the NSM for a document carrying req. The ctx is only checked on
-// entry: the NSM request is a single ioctl that cannot be interrupted.
+// Attest asks the NSM for a document carrying req. The ctx cancels the wait
+// for the NSM (see NSMConfig.MaxConcurrent), not the request once it is in
+// the NSM: that is a single ioctl that cannot be interrupted.
 func (a *NSMAttester) Attest(ctx context.Context, req Request) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("attestation: NSM attest: %w", err)
 	}
 	if err := req.validate(); err != nil {
 		return nil, err
+	}
+	select {
+	case a.slots <- struct{}{}:
+		defer func() { <-a.slots }()
+	case <-ctx.Done():
+		return nil, fmt.Errorf("attestation: NSM attest: waiting for the NSM: %w", ctx.Err())
 	}
 	a.mu.RLock()
 	defer a.mu.RUnlock()
@@ -91,6 +117,8 @@ func (a *NSMAttester) Attest(ctx context.Context, req Request) ([]byte, error) {
 // Read fills p with random bytes from the NSM's hardware generator. It blocks
 // until p is full or the NSM fails.
 func (a *NSMAttester) Read(p []byte) (int, error) {
+	a.slots <- struct{}{}
+	defer func() { <-a.slots }()
 	a.mu.RLock()
 	defer a.mu.RUnlock()
 	if a.sess == nil {

@@ -7,9 +7,11 @@ import (
 	"io"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/hf/nsm/request"
 	"github.com/hf/nsm/response"
 
 	"github.com/quenchnet/quench/attestation"
@@ -139,5 +141,117 @@ func TestSeedEntropyArguments(t *testing.T) {
 				t.Fatal("SeedEntropy succeeded")
 			}
 		})
+	}
+}
+
+// gatedNSM holds every Send until gate is closed (or, with hold set, for
+// hold), counting the requests inside the NSM at once.
+type gatedNSM struct {
+	*attestationtest.FakeNSM
+	gate          chan struct{}
+	hold          time.Duration
+	inside, most  atomic.Int32
+	entered       chan struct{}
+	enteredClosed sync.Once
+}
+
+func (g *gatedNSM) Send(req request.Request) (response.Response, error) {
+	n := g.inside.Add(1)
+	defer g.inside.Add(-1)
+	for m := g.most.Load(); n > m && !g.most.CompareAndSwap(m, n); m = g.most.Load() {
+	}
+	g.enteredClosed.Do(func() { close(g.entered) })
+	if g.hold > 0 {
+		time.Sleep(g.hold)
+	} else {
+		<-g.gate
+	}
+	return g.FakeNSM.Send(req)
+}
+
+// TestNSMAttesterOneRequestAtATime: concurrent Attest calls reach the NSM one
+// at a time (each would otherwise hold an OS thread blocked in the driver,
+// which serves one request at a time).
+func TestNSMAttesterOneRequestAtATime(t *testing.T) {
+	dev := attestationtest.NewDevAttester(t, attestation.DevConfig{})
+	g := &gatedNSM{FakeNSM: attestationtest.NewFakeNSM(dev), hold: 5 * time.Millisecond, entered: make(chan struct{})}
+	a, err := attestation.NewNSMAttester(attestation.NSMConfig{Session: g})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	var wg sync.WaitGroup
+	for range 12 {
+		wg.Go(func() {
+			if _, err := a.Attest(context.Background(), attestation.Request{}); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if m := g.most.Load(); m != 1 {
+		t.Errorf("%d requests in the NSM at once, want 1", m)
+	}
+}
+
+// TestNSMAttesterWaitCancelled: a caller waiting for the NSM gives up when
+// its context ends, while the request ahead of it is still in the NSM.
+func TestNSMAttesterWaitCancelled(t *testing.T) {
+	dev := attestationtest.NewDevAttester(t, attestation.DevConfig{})
+	g := &gatedNSM{FakeNSM: attestationtest.NewFakeNSM(dev), gate: make(chan struct{}), entered: make(chan struct{})}
+	a, err := attestation.NewNSMAttester(attestation.NSMConfig{Session: g})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	first := make(chan error, 1)
+	go func() {
+		_, err := a.Attest(context.Background(), attestation.Request{})
+		first <- err
+	}()
+	<-g.entered
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	second := make(chan error, 1)
+	go func() {
+		_, err := a.Attest(ctx, attestation.Request{})
+		second <- err
+	}()
+	select {
+	case err := <-second:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("Attest waiting behind a stuck request = %v, want DeadlineExceeded", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("Attest waiting behind a stuck request did not return when its context ended")
+	}
+	close(g.gate)
+	if err := <-first; err != nil {
+		t.Errorf("first Attest = %v", err)
+	}
+}
+
+func TestNSMAttesterMaxConcurrent(t *testing.T) {
+	dev := attestationtest.NewDevAttester(t, attestation.DevConfig{})
+	if _, err := attestation.NewNSMAttester(attestation.NSMConfig{Session: attestationtest.NewFakeNSM(dev), MaxConcurrent: -1}); err == nil {
+		t.Error("MaxConcurrent -1 accepted")
+	}
+	g := &gatedNSM{FakeNSM: attestationtest.NewFakeNSM(dev), gate: make(chan struct{}), entered: make(chan struct{})}
+	a, err := attestation.NewNSMAttester(attestation.NSMConfig{Session: g, MaxConcurrent: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	var wg sync.WaitGroup
+	for range 5 {
+		wg.Go(func() { _, _ = a.Attest(context.Background(), attestation.Request{}) })
+	}
+	for g.inside.Load() < 3 {
+		time.Sleep(time.Millisecond)
+	}
+	close(g.gate)
+	wg.Wait()
+	if m := g.most.Load(); m != 3 {
+		t.Errorf("%d requests in the NSM at once, want 3", m)
 	}
 }
