@@ -13,6 +13,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/quenchnet/quench/attestation"
@@ -53,6 +55,9 @@ const (
 	DefaultDrainTimeout = 10 * time.Second
 	// DefaultACMEDirectory is Let's Encrypt's production directory.
 	DefaultACMEDirectory = "https://acme-v02.api.letsencrypt.org/directory"
+	// DefaultMaxAttestations is Config.MaxAttestations's default: enough
+	// to keep the NSM busy and queue a few milliseconds of requests.
+	DefaultMaxAttestations = 16
 	// DefaultSelfSignedName is the certificate name of the self-signed
 	// certificate when FQDN is empty.
 	DefaultSelfSignedName = "quench-enclave"
@@ -238,6 +243,16 @@ type Config struct {
 	// only). The development attester is never chosen implicitly: pass an
 	// *attestation.DevAttester explicitly.
 	Attester attestation.Attester
+
+	// MaxAttestations bounds the attestation documents the public server
+	// produces at once (/enclave/attestation, and /enclave/config with a
+	// nonce). A request past it gets 503 with Retry-After: 1 at once:
+	// each document is an NSM request, and the NSM serves one at a time,
+	// so a flood of requests would otherwise queue without bound (holding
+	// a connection and a goroutine each) and delay every other client's
+	// document. Negative means no limit. Default: DefaultMaxAttestations
+	// (16).
+	MaxAttestations int
 
 	// SeedEntropy is how many bytes of NSM randomness Start adds to the
 	// kernel entropy pool when Attester is the default NSM attester (needs
@@ -442,6 +457,9 @@ func (c Config) servingDefaults() (Config, error) {
 	if c.SeedEntropy > attestation.MaxEntropySeed {
 		return c, fmt.Errorf("enclave: SeedEntropy %d above %d", c.SeedEntropy, attestation.MaxEntropySeed)
 	}
+	if c.MaxAttestations == 0 {
+		c.MaxAttestations = DefaultMaxAttestations
+	}
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = DefaultDrainTimeout
 	}
@@ -558,6 +576,32 @@ func loopbackPort(addr string) (uint16, error) {
 		return 0, fmt.Errorf("bad port %q", port)
 	}
 	return uint16(n), nil
+}
+
+// internalGuard refuses connections to the internal server made from a
+// host name: New refuses a Forward target or AppURL that names the internal
+// server's port on a loopback address (reachesLocalPort), but other names
+// are resolved only when dialled, through resolvers the host may answer
+// (its DNS server in TAP mode). control, a net.Dialer Control function,
+// sees the address a name resolved to and refuses the internal server's
+// port on a loopback or unspecified address.
+type internalGuard struct {
+	port atomic.Uint32 // the internal server's bound port; 0: none
+}
+
+func (g *internalGuard) control(_, address string, _ syscall.RawConn) error {
+	p := g.port.Load()
+	if p == 0 {
+		return nil
+	}
+	ap, err := netip.ParseAddrPort(address)
+	if err != nil || uint32(ap.Port()) != p {
+		return nil
+	}
+	if ip := ap.Addr().Unmap(); ip.IsLoopback() || ip.IsUnspecified() {
+		return fmt.Errorf("enclave: refusing to connect to %s, the internal server's port on loopback (a target's host name resolved to it): whoever reaches the internal server can register the attested app key hash", address)
+	}
+	return nil
 }
 
 // reachesLocalPort reports whether dialling hostport may connect to a

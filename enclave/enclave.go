@@ -38,6 +38,7 @@ type Enclave struct {
 	fwd    *forwards // set by Start when there are Forwards
 	wg     sync.WaitGroup
 	status tunnelStatus
+	guard  internalGuard // the internal server's port, refused to forwards and the app proxy
 }
 
 // network is what a networking mode provides to the app.
@@ -125,7 +126,7 @@ func (e *Enclave) Start(ctx context.Context) (err error) {
 		e.srv = srv
 	}
 	if len(e.cfg.Forwards) > 0 {
-		fwd, err := startForwards(e.cfg.Forwards, e.cfg.MaxWrite, e.log)
+		fwd, err := startForwards(e.cfg.Forwards, e.cfg.MaxWrite, &e.guard, e.log)
 		if err != nil {
 			if e.srv != nil {
 				_ = e.srv.close()

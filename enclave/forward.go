@@ -112,6 +112,7 @@ type forwards struct {
 	log      *slog.Logger
 	maxWrite int // bound on writes to VSOCK; 0: none
 	loop     *relay.Loop
+	dialer   net.Dialer      // refuses the internal server (internalGuard)
 	ctx      context.Context // cancelled by close: pending dials give up
 	cancel   context.CancelFunc
 	fw       []*forward
@@ -134,13 +135,14 @@ type forward struct {
 
 // startForwards opens every forward's listener and starts accepting. On
 // error nothing is left running.
-func startForwards(list []Forward, maxWrite int, log *slog.Logger) (*forwards, error) {
+func startForwards(list []Forward, maxWrite int, guard *internalGuard, log *slog.Logger) (*forwards, error) {
 	loop, err := relay.NewLoop(relay.LoopConfig{})
 	if err != nil {
 		return nil, fmt.Errorf("enclave: forwards: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	fs := &forwards{log: log, loop: loop, ctx: ctx, cancel: cancel, live: map[relay.Handle]struct{}{}}
+	fs.dialer.Control = guard.control
 	if maxWrite > 0 {
 		fs.maxWrite = maxWrite
 	}
@@ -185,8 +187,7 @@ func (fs *forwards) acceptLoop(fw *forward) {
 func (fs *forwards) connect(fw *forward, ic *IngressConn) {
 	ctx, cancel := context.WithTimeout(fs.ctx, fw.DialTimeout)
 	defer cancel()
-	var d net.Dialer
-	t, err := d.DialContext(ctx, fw.network, fw.addr)
+	t, err := fs.dialer.DialContext(ctx, fw.network, fw.addr)
 	if err == nil {
 		err = fs.preamble(fw, ic, t)
 		if err != nil {

@@ -1,11 +1,16 @@
 package enclave_test
 
 import (
+	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/quenchnet/quench/enclave"
 )
@@ -85,4 +90,95 @@ func TestForwardOrAppURLToInternalServer(t *testing.T) {
 			t.Errorf("%s: %v", tc.name, err)
 		}
 	}
+}
+
+// loopbackName returns a host name, other than "localhost", that this
+// machine resolves to loopback addresses only (its own host name usually
+// does, through /etc/hosts), or skips the test.
+func loopbackName(t *testing.T) string {
+	t.Helper()
+	name, err := os.Hostname()
+	if err != nil || name == "" || strings.EqualFold(strings.TrimSuffix(name, "."), "localhost") || strings.HasSuffix(strings.ToLower(name), ".localhost") {
+		t.Skipf("no host name other than localhost (%q, %v)", name, err)
+	}
+	addrs, err := net.LookupHost(name)
+	if err != nil || len(addrs) == 0 {
+		t.Skipf("host name %q does not resolve: %v", name, err)
+	}
+	for _, a := range addrs {
+		if ip, err := netip.ParseAddr(a); err != nil || !ip.IsLoopback() {
+			t.Skipf("host name %q resolves to %s, not loopback", name, a)
+		}
+	}
+	return name
+}
+
+// freeLoopbackPort returns a port of 127.0.0.1 that was free a moment ago.
+func freeLoopbackPort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	return port
+}
+
+// TestTargetNameResolvingToInternalServer: New refuses targets that name
+// the internal server's port on loopback, but a host name is resolved only
+// when dialled, by resolvers the host may answer. A Forward target or
+// AppURL whose name resolved to 127.0.0.1 reached the internal server
+// (POST /enclave/hash) from the host's connections. The dial refuses it now.
+func TestTargetNameResolvingToInternalServer(t *testing.T) {
+	name := loopbackName(t)
+	port := freeLoopbackPort(t)
+	internal := "127.0.0.1:" + port
+	target := net.JoinHostPort(name, port)
+
+	t.Run("forward", func(t *testing.T) {
+		fwSock := filepath.Join(t.TempDir(), "fw.sock")
+		env := svStart(t, func(c *enclave.Config) {
+			c.InternalAddr = internal
+			c.Forwards = []enclave.Forward{{
+				Listen: func() (net.Listener, error) { return net.Listen("unix", fwSock) },
+				Target: target,
+			}}
+		})
+		c, err := net.Dial("unix", fwSock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		hdr, err := clientHeader("203.0.113.7:40000").Format()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Write(append(hdr, "GET /enclave/ready HTTP/1.0\r\n\r\n"...)); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		got, _ := io.ReadAll(c)
+		if len(got) > 0 {
+			t.Errorf("a forward to %s (resolving to the internal server %s) answered %q", target, internal, got)
+		}
+		if st := env.enc.ForwardStats(); len(st) != 1 || st[0].DialErrors != 1 {
+			t.Errorf("ForwardStats = %+v, want one dial error", st)
+		}
+	})
+	t.Run("app url", func(t *testing.T) {
+		u, err := url.Parse("http://" + target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		env := svStart(t, func(c *enclave.Config) {
+			c.InternalAddr = internal
+			c.Handler = nil
+			c.AppURL = u
+		})
+		code, body := svGet(t, svClient(t), env.public+"/debug/pprof/")
+		if code != http.StatusBadGateway {
+			t.Errorf("the app proxy to %s (resolving to the internal server %s) answered %d %q, want 502", target, internal, code, body)
+		}
+	})
 }

@@ -36,7 +36,7 @@ func newMetrics(e *Enclave) *metrics {
 		}, []string{"handler", "code"}),
 		attestations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "quench_enclave_attestations_total",
-			Help: "Attestation documents requested, by result (ok, error, refused).",
+			Help: "Attestation documents requested, by result (ok, error, refused: pprof on, busy: MaxAttestations reached).",
 		}, []string{"result"}),
 		appReady: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "quench_enclave_app_ready",

@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -67,6 +68,7 @@ type servers struct {
 	syncLn     net.Listener
 
 	inFlight  atomic.Int64  // public requests being handled
+	attSlots  chan struct{} // one token per attestation document being made; nil: no limit
 	ready     chan struct{} // closed once the app is ready
 	readyOnce sync.Once
 	closing   chan struct{} // closed by close
@@ -85,6 +87,9 @@ func (e *Enclave) startServers(ctx context.Context, nw network) (_ *servers, err
 		e:       e,
 		ready:   make(chan struct{}),
 		closing: make(chan struct{}),
+	}
+	if cfg.MaxAttestations > 0 {
+		s.attSlots = make(chan struct{}, cfg.MaxAttestations)
 	}
 	var closers []func()
 	defer func() {
@@ -148,6 +153,13 @@ func (e *Enclave) startServers(ctx context.Context, nw network) (_ *servers, err
 		case len(pc.InterceptPaths) > 0:
 			pc.InterceptPaths = append(slices.Clip(pc.InterceptPaths), IndexPath)
 		}
+		if pc.DialContext == nil && cfg.AppURL.Scheme != "unix" {
+			// New refused an AppURL naming the internal server's port
+			// on loopback; a host name that resolves there (through the
+			// host's DNS, say) is refused when dialled.
+			d := &net.Dialer{KeepAlive: 30 * time.Second, Control: e.guard.control}
+			pc.DialContext = d.DialContext
+		}
 		p, err := proxy.New(cfg.AppURL, pc)
 		if err != nil {
 			return nil, fmt.Errorf("enclave: app proxy: %w", err)
@@ -181,6 +193,9 @@ func (e *Enclave) startServers(ctx context.Context, nw network) (_ *servers, err
 			return nil, fmt.Errorf("enclave: internal listener %s: %w", cfg.InternalAddr, err)
 		}
 		closers = append(closers, func() { _ = s.internalLn.Close() })
+		if ap, err := netip.ParseAddrPort(s.internalLn.Addr().String()); err == nil {
+			e.guard.port.Store(uint32(ap.Port()))
+		}
 	}
 	var syncTLS *tls.Config
 	if cfg.syncOn() {
@@ -519,6 +534,32 @@ func (s *servers) refuseIfProfiling(w http.ResponseWriter) bool {
 	return true
 }
 
+// takeAttestSlot takes one of the Config.MaxAttestations slots for a request
+// that asks for a document. When none is free it answers 503 with
+// Retry-After at once (a document costs an NSM request, which the NSM serves
+// one at a time: a queue would only grow) and reports false. After true, the
+// caller calls releaseAttestSlot.
+func (s *servers) takeAttestSlot(w http.ResponseWriter) bool {
+	if s.attSlots == nil {
+		return true
+	}
+	select {
+	case s.attSlots <- struct{}{}:
+		return true
+	default:
+		s.metrics.attestations.WithLabelValues("busy").Inc()
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "attestation busy: too many documents being produced, retry later", http.StatusServiceUnavailable)
+		return false
+	}
+}
+
+func (s *servers) releaseAttestSlot() {
+	if s.attSlots != nil {
+		<-s.attSlots
+	}
+}
+
 // userData returns the attestation user data for a request on r's TLS
 // connection: the hash of the certificate served for its SNI and the
 // registered app key hash.
@@ -539,9 +580,10 @@ func (s *servers) userData(r *http.Request) ([]byte, error) {
 }
 
 func (s *servers) handleAttestation(w http.ResponseWriter, r *http.Request) {
-	if s.refuseIfProfiling(w) {
+	if s.refuseIfProfiling(w) || !s.takeAttestSlot(w) {
 		return
 	}
+	defer s.releaseAttestSlot()
 	h, err := attestation.NewHandler(attestation.HandlerConfig{
 		Attester: s.att,
 		UserData: func() ([]byte, error) { return s.userData(r) },
@@ -607,6 +649,10 @@ func (s *servers) handleConfig(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "failed to obtain attestation document", http.StatusInternalServerError)
 		return
 	}
+	if !s.takeAttestSlot(w) {
+		return
+	}
+	defer s.releaseAttestSlot()
 	sum := sha256.Sum256(s.configDoc)
 	doc, err := s.att.Attest(r.Context(), attestation.Request{Nonce: nonce, UserData: ud, PublicKey: sum[:]})
 	if err != nil {

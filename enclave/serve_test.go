@@ -16,6 +16,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -351,6 +352,78 @@ func TestServePprofRefusesAttestation(t *testing.T) {
 		"quench_enclave_tunnel_connected 1",
 		"quench_enclave_app_ready 1",
 	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+}
+
+// gatedAttester holds every document until gate is closed.
+type gatedAttester struct {
+	attestation.Attester
+	gate   chan struct{}
+	inside atomic.Int32
+}
+
+func (g *gatedAttester) Attest(ctx context.Context, req attestation.Request) ([]byte, error) {
+	g.inside.Add(1)
+	<-g.gate
+	return g.Attester.Attest(ctx, req)
+}
+
+// TestServeMaxAttestations: past MaxAttestations documents being made, an
+// attestation request is refused at once with 503 and Retry-After rather
+// than queued behind the NSM; the ones in progress complete.
+func TestServeMaxAttestations(t *testing.T) {
+	g := &gatedAttester{gate: make(chan struct{})}
+	env := svStart(t, func(c *enclave.Config) {
+		g.Attester = c.Attester
+		c.Attester = g
+		c.MaxAttestations = 2
+		c.MetricsAddr = ":9090"
+	})
+	c := svClient(t)
+	nonce := strings.Repeat("00", attestation.NonceSize)
+	codes := make(chan int, 2)
+	for _, p := range []string{enclave.AttestationPath, enclave.ConfigPath} {
+		go func() {
+			resp, err := c.Get(env.public + p + "?nonce=" + nonce)
+			if err != nil {
+				t.Error(err)
+				codes <- 0
+				return
+			}
+			resp.Body.Close()
+			codes <- resp.StatusCode
+		}()
+	}
+	for g.inside.Load() < 2 {
+		time.Sleep(time.Millisecond)
+	}
+	for _, p := range []string{enclave.AttestationPath, enclave.ConfigPath} {
+		resp, err := c.Get(env.public + p + "?nonce=" + nonce)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") != "1" {
+			t.Errorf("%s past the limit: %d, Retry-After %q; want 503, 1", p, resp.StatusCode, resp.Header.Get("Retry-After"))
+		}
+	}
+	if code, _ := svGet(t, c, env.public+enclave.ConfigPath); code != http.StatusOK {
+		t.Errorf("config without a nonce (no document) past the limit: %d", code)
+	}
+	close(g.gate)
+	for range 2 {
+		if code := <-codes; code != http.StatusOK {
+			t.Errorf("request within the limit: %d", code)
+		}
+	}
+	if code, _ := svGet(t, c, env.public+enclave.AttestationPath+"?nonce="+nonce); code != http.StatusOK {
+		t.Errorf("after the others completed: %d", code)
+	}
+	_, body := svGet(t, c, "http://"+env.host.Published()[1].String()+"/metrics")
+	for _, want := range []string{`quench_enclave_attestations_total{result="busy"} 2`, `quench_enclave_attestations_total{result="ok"} 3`} {
 		if !strings.Contains(body, want) {
 			t.Errorf("metrics lack %q", want)
 		}
