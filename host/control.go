@@ -64,6 +64,7 @@ type LimitsJSON struct {
 	FramesDroppedSpoofed  uint64 `json:"frames_dropped_spoofed"`
 	FramesDroppedOverLim  uint64 `json:"frames_dropped_over_limit"`
 	FramesDroppedFull     uint64 `json:"frames_dropped_queue_full"`
+	FramesDroppedNotIPv4  uint64 `json:"frames_dropped_not_ipv4"`
 	StreamsRefused        uint64 `json:"enclave_streams_refused"`
 }
 
@@ -140,6 +141,7 @@ func (h *Host) handleStatus(w http.ResponseWriter, _ *http.Request) {
 		PortUDPFlows:          ls.PortUDPFlows, PortUDPRefused: ls.PortUDPRefused,
 		FramesDroppedSpoofed: st.FramesDroppedSpoofed, FramesDroppedOverLim: st.FramesDroppedOverLimit,
 		FramesDroppedFull: st.FramesDroppedQueueFull, StreamsRefused: st.EnclaveStreamsRefused,
+		FramesDroppedNotIPv4: st.FramesDroppedNotIPv4,
 	}
 	for _, e := range h.Enclaves() {
 		out.Enclaves = append(out.Enclaves, EnclaveJSON{Remote: e.Remote, FramesIn: e.FramesIn, FramesOut: e.FramesOut, BytesIn: e.BytesIn, BytesOut: e.BytesOut})

@@ -430,6 +430,11 @@ type Stats struct {
 	// (spoofing), or past the per-enclave MAC and address limits.
 	FramesDroppedQueueFull, FramesDroppedSpoofed, FramesDroppedOverLimit uint64
 
+	// FramesDroppedNotIPv4 counts frames from enclaves that were neither
+	// IPv4 nor ARP (included in FramesDropped): the virtual network is
+	// IPv4 only; an enclave kernel with IPv6 on sends a few at start.
+	FramesDroppedNotIPv4 uint64
+
 	// EnclaveStreamsRefused counts enclave connections closed at once for
 	// Config.MaxEnclaveStreams or MaxEnclaveHandshakes.
 	EnclaveStreamsRefused uint64
@@ -455,6 +460,7 @@ func (h *Host) Stats() Stats {
 		st.FramesDroppedQueueFull = h.sw.stats.queueFull.Load()
 		st.FramesDroppedSpoofed = h.sw.stats.spoofed.Load()
 		st.FramesDroppedOverLimit = h.sw.stats.overLimit.Load()
+		st.FramesDroppedNotIPv4 = h.sw.stats.notIPv4.Load()
 		st.ZeroWindowACKsFixed = h.sw.zw.Fixed()
 	}
 	st.EnclaveStreamsRefused = h.streamsRefused.Load()

@@ -345,3 +345,65 @@ func TestIsolationReconnectKeepsAddress(t *testing.T) {
 		t.Errorf("a published-port connection did not reach the reconnected enclave's stream")
 	}
 }
+
+// TestIsolationOnlyIPv4AndARPBetweenEnclaves: the switch checked the
+// addresses of IPv4 and ARP frames only and forwarded every other
+// ethertype between enclaves as it came. A VLAN-tagged frame carrying IPv4
+// from the gateway's address, or IPv6 to another enclave's MAC or to all
+// of them, reached the other enclave's kernel without any check. The
+// virtual network is IPv4 only: such frames are dropped now.
+func TestIsolationOnlyIPv4AndARPBetweenEnclaves(t *testing.T) {
+	h, path := startHost(t, host.Config{})
+	victimIP, attackerIP := netip.MustParseAddr("192.168.127.2"), netip.MustParseAddr("192.168.127.3")
+	victim := connectARP(t, path, enclaveMAC, victimIP)
+	attackerMAC := net.HardwareAddr{0x02, 0, 0, 0, 0, 0xcc}
+	attacker := connectARP(t, path, attackerMAC, attackerIP)
+
+	to := func(dst net.HardwareAddr, typ uint16, payload []byte) []byte {
+		f := make([]byte, header.EthernetMinimumSize, header.EthernetMinimumSize+len(payload))
+		copy(f[0:6], dst)
+		copy(f[6:12], attackerMAC)
+		f[12], f[13] = byte(typ>>8), byte(typ)
+		return append(f, payload...)
+	}
+	// IPv4 from the gateway's address, behind an 802.1Q tag.
+	spoofed := icmpEcho(attackerMAC, netip.MustParseAddr("192.168.127.1"), victimIP, 1)[header.EthernetMinimumSize:]
+	tagged := append([]byte{0x00, 0x01, 0x08, 0x00}, spoofed...) // VLAN 1, then the IPv4 ethertype
+	ipv6 := make([]byte, header.IPv6MinimumSize+8)
+	ipv6[0] = 0x60
+	ipv6[5] = 8   // payload length
+	ipv6[6] = 17  // UDP
+	ipv6[7] = 255 // hop limit
+	allNodes := net.HardwareAddr{0x33, 0x33, 0, 0, 0, 1}
+	// The marker: an ordinary IPv4 frame from the attacker's own address,
+	// queued for the victim after the others.
+	marker := icmpEcho(attackerMAC, attackerIP, victimIP, 99)
+	copy(marker[0:6], enclaveMAC)
+	frames := [][]byte{
+		to(enclaveMAC, 0x8100, tagged),
+		to(enclaveMAC, uint16(header.IPv6ProtocolNumber), ipv6),
+		to(allNodes, uint16(header.IPv6ProtocolNumber), ipv6),
+		to(net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, 0x88b5, []byte("local experimental ethertype")),
+		marker,
+	}
+	if _, err := attacker.WriteFrames(frames, 0); err != nil {
+		t.Fatal(err)
+	}
+	_ = victim.NetConn().SetReadDeadline(time.Now().Add(5 * time.Second))
+	for {
+		f, err := victim.Next()
+		if err != nil {
+			t.Fatalf("the marker frame never arrived: %v", err)
+		}
+		typ := header.Ethernet(f).Type()
+		if typ == header.IPv4ProtocolNumber && len(f) == len(marker) && f[len(f)-9] == 99 {
+			break // the marker: everything sent before it was dropped
+		}
+		if typ != header.IPv4ProtocolNumber && typ != header.ARPProtocolNumber {
+			t.Errorf("another enclave's frame of ethertype %#04x reached the victim", uint16(typ))
+		}
+	}
+	if got := h.Stats().FramesDroppedNotIPv4; got != 4 {
+		t.Errorf("FramesDroppedNotIPv4 = %d, want 4", got)
+	}
+}

@@ -35,7 +35,7 @@ var (
 
 // Isolation between enclaves (layer 2).
 var (
-	descDroppedReason  = prometheus.NewDesc("quench_host_frames_dropped_by_reason_total", "Frames dropped by the switch for isolating enclaves, by reason: queue_full (an enclave not reading its stream), spoofed (another enclave's or the host's MAC or IP address), over_limit (per-enclave MAC and address limits). Included in quench_host_frames_dropped_total.", []string{"reason"}, nil)
+	descDroppedReason  = prometheus.NewDesc("quench_host_frames_dropped_by_reason_total", "Frames dropped by the switch for isolating enclaves, by reason: queue_full (an enclave not reading its stream), spoofed (another enclave's or the host's MAC or IP address), over_limit (per-enclave MAC and address limits), not_ipv4 (neither IPv4 nor ARP: the virtual network is IPv4 only). Included in quench_host_frames_dropped_total.", []string{"reason"}, nil)
 	descStreamsRefused = prometheus.NewDesc("quench_host_enclave_streams_refused_total", "Enclave connections closed at once because too many streams were attached or in their handshake.", nil, nil)
 )
 
@@ -57,6 +57,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descDroppedReason, float64(st.FramesDroppedQueueFull), "queue_full")
 	counter(descDroppedReason, float64(st.FramesDroppedSpoofed), "spoofed")
 	counter(descDroppedReason, float64(st.FramesDroppedOverLimit), "over_limit")
+	counter(descDroppedReason, float64(st.FramesDroppedNotIPv4), "not_ipv4")
 	counter(descStreamsRefused, float64(st.EnclaveStreamsRefused))
 	counter(descZeroWindow, float64(st.ZeroWindowACKsFixed))
 	counter(descDials, float64(st.Dials-min(st.Dials, st.DialsFailed)), "ok")

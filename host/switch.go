@@ -71,6 +71,7 @@ type switchStats struct {
 	queueFull                              atomic.Uint64 // frames for an enclave dropped because its queue was full (a slow or stalled reader)
 	spoofed                                atomic.Uint64 // frames from an enclave with another stream's or the host's MAC or IP address
 	overLimit                              atomic.Uint64 // frames from an enclave past the MAC or address limits
+	notIPv4                                atomic.Uint64 // frames from an enclave neither IPv4 nor ARP
 	acksHeld, acksSuperseded               atomic.Uint64 // pure ACKs held; of those, dropped for a later segment
 }
 
@@ -275,7 +276,10 @@ func mayReplace(old, p *port) bool {
 // the host owns (the gateway's, host loopback, broadcast), is refused. ARP
 // must name the frame's source MAC as its sender. A DHCP request must name
 // the frame's source MAC as its client, so that the leases one stream can
-// hold are bounded by its MACs (maxMACsPerPort).
+// hold are bounded by its MACs (maxMACsPerPort). The virtual network is
+// IPv4 only: every other ethertype (IPv6, VLAN-tagged frames, ...) is
+// refused, since the host's stack would drop it and, forwarded to another
+// enclave, it would pass without any of these address checks.
 func (e *switchEndpoint) checkSender(p *port, frame []byte) bool {
 	var ip tcpip.Address
 	switch header.Ethernet(frame).Type() {
@@ -304,7 +308,8 @@ func (e *switchEndpoint) checkSender(p *port, frame []byte) bool {
 			return false
 		}
 	default:
-		return true
+		e.stats.notIPv4.Add(1)
+		return false
 	}
 	if ip == p.ip && p.ipGen == e.ipGen.Load() {
 		return true // the common case: the stream's own address
