@@ -222,6 +222,14 @@ type Config struct {
 	// MaxPortConns (only the total applies).
 	MaxPortConnsPerPort int
 
+	// MaxPortConnsPerClient bounds the connections one client address
+	// holds on all published TCP ports together, so that one source
+	// cannot take MaxPortConns alone. Set it when clients connect directly
+	// or through a load balancer that keeps their addresses (an NLB); behind
+	// one that does not (an ALB), every client has the balancer's few
+	// addresses and a cap would refuse them. Default: no limit.
+	MaxPortConnsPerClient int
+
 	// FirstByteTimeout closes a published TCP port's connection whose
 	// client has sent nothing for this long after connecting: idle clients
 	// holding descriptors. For protocols whose clients may stay silent
@@ -535,6 +543,7 @@ func (c *Config) limitDefaults() {
 	}
 	def(&c.MaxPortConns, fds/4)
 	def(&c.MaxPortConnsPerPort, c.MaxPortConns)
+	def(&c.MaxPortConnsPerClient, -1)
 	if c.FirstByteTimeout == 0 {
 		c.FirstByteTimeout = DefaultFirstByteTimeout
 	}

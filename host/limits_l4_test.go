@@ -161,6 +161,55 @@ func TestPublishedPortConnectionLimit(t *testing.T) {
 	}
 }
 
+// TestPublishedPortConnectionLimitPerClient: with MaxPortConnsPerClient,
+// one client address holds at most that many published-port connections;
+// another address is still served. Without it, one source could take
+// MaxPortConns alone.
+func TestPublishedPortConnectionLimitPerClient(t *testing.T) {
+	const perClient = 2
+	h, _ := startHost(t, host.Config{
+		Publish: []host.Publish{fastPort(t, 5000)}, DialEnclave: l4HoldEnclave(t),
+		MaxPortConnsPerClient: perClient, FirstByteTimeout: -1,
+	})
+	addr := h.Published()[0].String()
+	dialFrom := func(src string) (net.Conn, error) {
+		d := net.Dialer{Timeout: 2 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+		c, err := d.Dial("tcp", addr)
+		if err == nil {
+			t.Cleanup(func() { c.Close() })
+		}
+		return c, err
+	}
+	var served []net.Conn
+	for range perClient {
+		c, err := dialFrom("127.0.0.1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		served = append(served, c)
+	}
+	waitFor(t, func() bool { return h.LimitStats().PortConns == perClient })
+	if c, err := dialFrom("127.0.0.1"); err == nil && !l4ClosedSoon(c, 2*time.Second) {
+		t.Errorf("connection %d from one client address was not reset (limit %d)", perClient+1, perClient)
+	}
+	other, err := dialFrom("127.0.0.2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return h.LimitStats().PortConns == perClient+1 })
+	if l4ClosedSoon(other, 100*time.Millisecond) {
+		t.Error("another client address was reset")
+	}
+	if st := h.LimitStats(); st.PortConnsRefused != 1 {
+		t.Errorf("PortConnsRefused = %d, want 1", st.PortConnsRefused)
+	}
+	served[0].Close()
+	waitFor(t, func() bool { return h.LimitStats().PortConns == perClient })
+	if c, err := dialFrom("127.0.0.1"); err != nil || l4ClosedSoon(c, 300*time.Millisecond) {
+		t.Errorf("the client was refused after one of its connections closed: %v", err)
+	}
+}
+
 // TestPublishedPortFirstByteTimeout: a client that sends nothing is closed
 // after FirstByteTimeout; one that sent a byte is not.
 func TestPublishedPortFirstByteTimeout(t *testing.T) {

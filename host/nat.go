@@ -128,7 +128,7 @@ func (h *Host) installNAT() {
 	n.natConns.init(c.MaxNATConns, c.MaxNATConnsPerEnclave)
 	n.natUDPFlows.init(c.MaxNATUDPFlows, c.MaxNATUDPFlowsPerEnclave)
 	n.dialSlots.init(-1, c.MaxDialsPerEnclave)
-	n.portConns.init(c.MaxPortConns, -1)
+	n.portConns.init(c.MaxPortConns, c.MaxPortConnsPerClient)
 	n.portUDPFlows.init(c.MaxPortUDPFlows, -1)
 
 	tcpFwd := tcp.NewForwarder(h.stack, 0, c.MaxInFlightDials, h.forwardTCP)

@@ -242,7 +242,7 @@ func (h *Host) servePublished(p *published, ln net.Listener) {
 			return
 		}
 		backoff.Reset()
-		cc := &connCloser{conns: []net.Conn{c}}
+		cc := &connCloser{conns: []net.Conn{c}, client: clientAddr(c)}
 		if !h.admitPortConn(p, cc) {
 			// At the limit: reset at once rather than leave the client in
 			// the backlog, where it would hold a kernel slot until it
@@ -273,18 +273,26 @@ func (h *Host) servePublished(p *published, ln net.Listener) {
 	}
 }
 
-// errConnLimit: a published port's client was reset at MaxPortConns or
-// MaxPortConnsPerPort.
-var errConnLimit = errors.New("too many client connections (MaxPortConns, MaxPortConnsPerPort)")
+// errConnLimit: a published port's client was reset at MaxPortConns,
+// MaxPortConnsPerPort or MaxPortConnsPerClient.
+var errConnLimit = errors.New("too many client connections (MaxPortConns, MaxPortConnsPerPort, MaxPortConnsPerClient)")
 
-// admitPortConn registers cc as a client of p within Config.MaxPortConnsPerPort
-// and MaxPortConns, or counts a refusal and reports false. Each admitted
-// client is released once, by releasePortConn.
+// clientAddr is c's remote IP address, the key of MaxPortConnsPerClient.
+func clientAddr(c net.Conn) tcpip.Address {
+	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		return tcpip.AddrFromSlice(ta.AddrPort().Addr().Unmap().AsSlice())
+	}
+	return tcpip.Address{}
+}
+
+// admitPortConn registers cc as a client of p within Config.MaxPortConnsPerPort,
+// MaxPortConns and MaxPortConnsPerClient, or counts a refusal and reports
+// false. Each admitted client is released once, by releasePortConn.
 func (h *Host) admitPortConn(p *published, cc *connCloser) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	limit := h.cfg.MaxPortConnsPerPort
-	if (limit >= 0 && len(p.conns) >= limit) || !h.natStats.portConns.acquire(tcpip.Address{}) {
+	if (limit >= 0 && len(p.conns) >= limit) || !h.natStats.portConns.acquire(cc.client) {
 		if limit >= 0 && len(p.conns) >= limit {
 			h.natStats.portConns.refused.Add(1)
 		}
@@ -305,7 +313,7 @@ func (h *Host) releasePortConn(p *published, cc *connCloser) {
 	p.bytesIn.Add(cc.in.Load())
 	delete(p.conns, cc)
 	p.mu.Unlock()
-	h.natStats.portConns.release(tcpip.Address{})
+	h.natStats.portConns.release(cc.client)
 	p.wg.Done()
 }
 
@@ -317,8 +325,9 @@ type connCloser struct {
 	relay  relay.Handle
 	closed bool
 
-	in        atomic.Int64 // bytes client → enclave (relay.Options.AToB)
-	firstByte *time.Timer  // Config.FirstByteTimeout; set before serveConn runs
+	client    tcpip.Address // the client's IP address (MaxPortConnsPerClient)
+	in        atomic.Int64  // bytes client → enclave (relay.Options.AToB)
+	firstByte *time.Timer   // Config.FirstByteTimeout; set before serveConn runs
 }
 
 // add adds c; if the client was closed already, it closes c and reports

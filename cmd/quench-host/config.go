@@ -49,6 +49,7 @@ type options struct {
 	// Limits against hostile clients and enclaves (layer 4).
 	MaxPortConns             int           `yaml:"max_port_conns"`
 	MaxPortConnsPerPort      int           `yaml:"max_port_conns_per_port"`
+	MaxPortConnsPerClient    int           `yaml:"max_port_conns_per_client"`
 	FirstByteTimeout         time.Duration `yaml:"first_byte_timeout"`
 	MaxPortUDPFlows          int           `yaml:"max_port_udp_flows"`
 	MaxNATConns              int           `yaml:"max_nat_conns"`
@@ -127,6 +128,7 @@ func (o *options) bind(fs *flag.FlagSet, configPath *string) {
 	// Limits against hostile clients and enclaves (layer 4); docs/host-ops.md.
 	fs.IntVar(&o.MaxPortConns, "max-port-conns", o.MaxPortConns, "client connections of all published TCP ports together; more are reset at once (0: a quarter of the open-file limit; negative: no limit)")
 	fs.IntVar(&o.MaxPortConnsPerPort, "max-port-conns-per-port", o.MaxPortConnsPerPort, "client connections of one published TCP port (0: -max-port-conns; negative: no limit)")
+	fs.IntVar(&o.MaxPortConnsPerClient, "max-port-conns-per-client", o.MaxPortConnsPerClient, "client connections of one client IP address on all published TCP ports together (0 or negative: no limit; set it when clients connect directly or through an NLB that keeps their addresses, not behind an ALB)")
 	fs.DurationVar(&o.FirstByteTimeout, "first-byte-timeout", o.FirstByteTimeout, "close published-port connections whose client sent nothing for this long (0: never)")
 	fs.IntVar(&o.MaxPortUDPFlows, "max-port-udp-flows", o.MaxPortUDPFlows, "client sources tracked by all published UDP ports together; datagrams from more are dropped (negative: no limit)")
 	fs.IntVar(&o.MaxNATConns, "max-nat-conns", o.MaxNATConns, "enclave TCP connections through the NAT; more are reset (0: a quarter of the open-file limit; negative: no limit)")
@@ -185,6 +187,7 @@ func (o options) hostConfig() (host.Config, error) {
 
 		MaxPortConns:             o.MaxPortConns,
 		MaxPortConnsPerPort:      o.MaxPortConnsPerPort,
+		MaxPortConnsPerClient:    o.MaxPortConnsPerClient,
 		FirstByteTimeout:         o.FirstByteTimeout,
 		MaxPortUDPFlows:          o.MaxPortUDPFlows,
 		MaxNATConns:              o.MaxNATConns,

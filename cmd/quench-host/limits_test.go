@@ -13,6 +13,7 @@ func TestLimitsConfig(t *testing.T) {
 	p := writeFile(t, `
 max_port_conns: 100
 max_port_conns_per_port: 50
+max_port_conns_per_client: 6
 first_byte_timeout: 0s
 max_port_udp_flows: 10
 max_nat_conns: 200
@@ -43,7 +44,7 @@ dhcp_offer_timeout: 10s
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.MaxPortConns != 100 || cfg.MaxPortConnsPerPort != 50 || cfg.FirstByteTimeout >= 0 || cfg.MaxPortUDPFlows != 10 ||
+	if cfg.MaxPortConns != 100 || cfg.MaxPortConnsPerPort != 50 || cfg.MaxPortConnsPerClient != 6 || cfg.FirstByteTimeout >= 0 || cfg.MaxPortUDPFlows != 10 ||
 		cfg.MaxNATConns != 200 || cfg.MaxNATConnsPerEnclave != -1 || cfg.MaxNATUDPFlows != 30 || cfg.MaxNATUDPFlowsPerEnclave != 3 ||
 		cfg.NATIdleTimeout >= 0 || cfg.MaxDialsPerEnclave != 7 ||
 		cfg.MaxEnclaveStreams != 9 || cfg.MaxEnclaveStreamsPerPeer != 3 || cfg.MaxEnclaveHandshakes != 4 ||

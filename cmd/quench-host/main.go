@@ -141,7 +141,7 @@ func run(args []string, stderr io.Writer) int {
 		return fail(err)
 	}
 	lc := h.Config() // limits against hostile clients and enclaves (layer 4), defaults filled in
-	logger.Info("limits", "open_files", host.FileLimit(), "max_port_conns", lc.MaxPortConns, "max_port_conns_per_port", lc.MaxPortConnsPerPort,
+	logger.Info("limits", "open_files", host.FileLimit(), "max_port_conns", lc.MaxPortConns, "max_port_conns_per_port", lc.MaxPortConnsPerPort, "max_port_conns_per_client", lc.MaxPortConnsPerClient,
 		"first_byte_timeout", lc.FirstByteTimeout, "max_port_udp_flows", lc.MaxPortUDPFlows,
 		"max_nat_conns", lc.MaxNATConns, "max_nat_conns_per_enclave", lc.MaxNATConnsPerEnclave,
 		"max_nat_udp_flows", lc.MaxNATUDPFlows, "max_nat_udp_flows_per_enclave", lc.MaxNATUDPFlowsPerEnclave,
