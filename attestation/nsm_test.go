@@ -194,6 +194,17 @@ func TestNSMAttesterOneRequestAtATime(t *testing.T) {
 	}
 }
 
+// attestAsync calls a.Attest in a goroutine; its error arrives on the
+// channel.
+func attestAsync(a *attestation.NSMAttester, ctx context.Context) <-chan error {
+	ch := make(chan error, 1)
+	go func() {
+		_, err := a.Attest(ctx, attestation.Request{})
+		ch <- err
+	}()
+	return ch
+}
+
 // TestNSMAttesterWaitCancelled: a caller waiting for the NSM gives up when
 // its context ends, while the request ahead of it is still in the NSM.
 func TestNSMAttesterWaitCancelled(t *testing.T) {
@@ -204,21 +215,12 @@ func TestNSMAttesterWaitCancelled(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer a.Close()
-	first := make(chan error, 1)
-	go func() {
-		_, err := a.Attest(context.Background(), attestation.Request{})
-		first <- err
-	}()
+	first := attestAsync(a, context.Background())
 	<-g.entered
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
-	second := make(chan error, 1)
-	go func() {
-		_, err := a.Attest(ctx, attestation.Request{})
-		second <- err
-	}()
 	select {
-	case err := <-second:
+	case err := <-attestAsync(a, ctx):
 		if !errors.Is(err, context.DeadlineExceeded) {
 			t.Errorf("Attest waiting behind a stuck request = %v, want DeadlineExceeded", err)
 		}

@@ -102,17 +102,25 @@ func l4ClosedSoon(c net.Conn, wait time.Duration) bool {
 	return err != nil && !errors.Is(err, os.ErrDeadlineExceeded)
 }
 
+// l4PortHost starts a host with cfg's limits, publishing one fast-path
+// port to an enclave that holds every connection, with no first-byte
+// timeout; it returns the host and the port's address.
+func l4PortHost(t *testing.T, cfg host.Config) (*host.Host, string) {
+	t.Helper()
+	cfg.Publish = []host.Publish{fastPort(t, 5000)}
+	cfg.DialEnclave = l4HoldEnclave(t)
+	cfg.FirstByteTimeout = -1
+	h, _ := startHost(t, cfg)
+	return h, h.Published()[0].String()
+}
+
 // TestPublishedPortConnectionLimit: a published port serves at most
 // MaxPortConns clients at once; the next ones are reset at once (and
 // counted), and a slot freed is usable again. Before, every client was
 // served, each holding two descriptors for up to the idle timeout.
 func TestPublishedPortConnectionLimit(t *testing.T) {
 	const limit = 3
-	h, _ := startHost(t, host.Config{
-		Publish: []host.Publish{fastPort(t, 5000)}, DialEnclave: l4HoldEnclave(t),
-		MaxPortConns: limit, FirstByteTimeout: -1,
-	})
-	addr := h.Published()[0].String()
+	h, addr := l4PortHost(t, host.Config{MaxPortConns: limit})
 	dial := func() net.Conn {
 		c, err := net.DialTimeout("tcp", addr, 2*time.Second)
 		if err != nil {
@@ -167,11 +175,7 @@ func TestPublishedPortConnectionLimit(t *testing.T) {
 // MaxPortConns alone.
 func TestPublishedPortConnectionLimitPerClient(t *testing.T) {
 	const perClient = 2
-	h, _ := startHost(t, host.Config{
-		Publish: []host.Publish{fastPort(t, 5000)}, DialEnclave: l4HoldEnclave(t),
-		MaxPortConnsPerClient: perClient, FirstByteTimeout: -1,
-	})
-	addr := h.Published()[0].String()
+	h, addr := l4PortHost(t, host.Config{MaxPortConnsPerClient: perClient})
 	dialFrom := func(src string) (net.Conn, error) {
 		d := net.Dialer{Timeout: 2 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
 		c, err := d.Dial("tcp", addr)
