@@ -196,7 +196,7 @@ func TestNSMAttesterOneRequestAtATime(t *testing.T) {
 
 // attestAsync calls a.Attest in a goroutine; its error arrives on the
 // channel.
-func attestAsync(a *attestation.NSMAttester, ctx context.Context) <-chan error {
+func attestAsync(ctx context.Context, a *attestation.NSMAttester) <-chan error {
 	ch := make(chan error, 1)
 	go func() {
 		_, err := a.Attest(ctx, attestation.Request{})
@@ -215,12 +215,12 @@ func TestNSMAttesterWaitCancelled(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer a.Close()
-	first := attestAsync(a, context.Background())
+	first := attestAsync(context.Background(), a)
 	<-g.entered
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
 	select {
-	case err := <-attestAsync(a, ctx):
+	case err := <-attestAsync(ctx, a):
 		if !errors.Is(err, context.DeadlineExceeded) {
 			t.Errorf("Attest waiting behind a stuck request = %v, want DeadlineExceeded", err)
 		}
