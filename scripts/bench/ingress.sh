@@ -130,7 +130,8 @@ mkdir -p "$VS"
 start_env() {
   if [ "$1" = quench ]; then
     QUENCH_VSOCK_DIR=$VS start_quench 65520 -publish 127.0.0.1:$P_HTTP:8080 \
-      -publish-vsock 127.0.0.1:$P_FAST:8443 -publish-vsock 127.0.0.1:$P_SINK:9000 -enclave-cid 16
+      -publish-vsock 127.0.0.1:$P_FAST:8443 -publish-vsock 127.0.0.1:$P_SINK:9000 -enclave-cid 16 \
+      -max-port-conns $((NIDLE + 1024))
   else
     start_peer 65520 "$P_HTTP:8080"
   fi
