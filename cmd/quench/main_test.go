@@ -347,3 +347,53 @@ func closedAddr(tb testing.TB) string {
 	ln.Close()
 	return addr
 }
+
+// TestVerifyErrorIsTerminalSafe: the server's certificate is text the
+// server chooses (DNS names may hold any ASCII, controls included), and a
+// hostname mismatch puts its names into the error. The FAILED line, and the
+// JSON error, must carry them escaped, not as escape sequences for the
+// terminal of whoever runs quench verify.
+func TestVerifyErrorIsTerminalSafe(t *testing.T) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(8),
+		Subject:      pkix.Name{CommonName: "hostile"},
+		DNSNames:     []string{"\x1b]0;owned\x07\x1b[2Jverified.example\x7f"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(http.NotFoundHandler())
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
+	url := "https://localhost:" + port
+
+	code, stdout, stderr := runQuench(t, "", "verify", url, "--json", "--timeout", "10s")
+	if code != 1 {
+		t.Fatalf("exit %d, want 1\nstdout: %q\nstderr: %q", code, stdout, stderr)
+	}
+	if !strings.Contains(stderr, "certificate is valid for") {
+		t.Fatalf("stderr %q: want the hostname mismatch", stderr)
+	}
+	for _, out := range []string{stderr, stdout} {
+		if strings.ContainsAny(out, "\x1b\x07\x7f") {
+			t.Errorf("control characters reach the terminal: %q", out)
+		}
+	}
+	if want := `\x1b]0;owned\a\x1b[2Jverified.example\x7f`; !strings.Contains(stderr, want) {
+		t.Errorf("stderr %q does not show the name escaped as %s", stderr, want)
+	}
+	if strings.Count(stderr, "\n") != 1 {
+		t.Errorf("stderr is not one line: %q", stderr)
+	}
+}

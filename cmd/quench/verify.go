@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/quenchnet/quench/attestation"
 )
@@ -198,7 +199,7 @@ func runVerify(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	}
 	res, err := verify(ctx, c, stdin)
 	if err != nil {
-		msg := strings.Join(strings.Fields(err.Error()), " ") // one line
+		msg := terminalSafe(strings.Join(strings.Fields(err.Error()), " ")) // one line
 		fmt.Fprintf(stderr, "quench verify: FAILED: %s\n", msg)
 		if c.json {
 			_ = json.NewEncoder(stdout).Encode(map[string]any{"verified": false, "error": msg})
@@ -216,6 +217,25 @@ func runVerify(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	}
 	printResult(stdout, res, c.at)
 	return exitOK
+}
+
+// terminalSafe returns s with every character that is neither printable nor
+// a space escaped as in a Go string literal (\x1b, \a, \u202e): C0 and C1
+// controls, DEL, and format characters such as bidirectional overrides.
+// Errors carry text the server chose (the DNS names of its certificate, in
+// a hostname mismatch), which must not reach the terminal of whoever runs
+// quench verify as escape sequences.
+func terminalSafe(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if r == ' ' || unicode.IsPrint(r) {
+			b.WriteRune(r)
+			continue
+		}
+		q := strconv.QuoteRuneToASCII(r)
+		b.WriteString(q[1 : len(q)-1])
+	}
+	return b.String()
 }
 
 // verify builds the policy from c and runs the library.
