@@ -355,6 +355,65 @@ func TestControlErrors(t *testing.T) {
 	ctl.do("DELETE", "/v1/ports/tcp/"+taken+"?drain=soon", nil, http.StatusBadRequest, nil)
 }
 
+// TestPublishIPv4WildcardIsIPv4Only: a port published on 0.0.0.0 (the
+// default host address of -publish and -publish-vsock) takes IPv4 clients
+// only, lists as 0.0.0.0:PORT, and is removed by that address, as
+// host-ops.md shows (`quench-host ctl rm tcp/0.0.0.0:8443`). Go listens on
+// an unspecified IPv4 address with a dual-stack IPv6 socket unless told
+// "tcp4": the port then took IPv6 clients past an IPv4-only firewall (each
+// IPv6 address its own MaxPortConnsPerClient share), listed as [::]:PORT,
+// and the documented removal answered 404.
+func TestPublishIPv4WildcardIsIPv4Only(t *testing.T) {
+	if ln, err := net.Listen("tcp6", "[::1]:0"); err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	} else {
+		_ = ln.Close()
+	}
+	fe := newFakeEnclave(t, 5000)
+	h, _ := startHost(t, host.Config{DialEnclave: fe.dial})
+	ctl := newControl(t, h)
+
+	var tcp host.PortJSON
+	ctl.do("POST", "/v1/ports", host.PortJSON{Network: "tcp", Host: "0.0.0.0:0", VSockPort: 5000}, http.StatusCreated, &tcp)
+	ap, err := netip.ParseAddrPort(tcp.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := netip.AddrPortFrom(netip.IPv4Unspecified(), ap.Port()); ap != want {
+		t.Errorf("TCP port published on 0.0.0.0 lists as %s, want %s", ap, want)
+	}
+	if err := roundTrip(fmt.Sprintf("127.0.0.1:%d", ap.Port())); err != nil {
+		t.Fatalf("IPv4 client: %v", err)
+	}
+	if c, err := net.DialTimeout("tcp6", fmt.Sprintf("[::1]:%d", ap.Port()), 5*time.Second); err == nil {
+		_ = c.Close()
+		t.Errorf("an IPv6 client reached the TCP port published on 0.0.0.0:%d", ap.Port())
+	}
+
+	var udp host.PortJSON
+	ctl.do("POST", "/v1/ports", host.PortJSON{Network: "udp", Host: "0.0.0.0:0", EnclavePort: 53}, http.StatusCreated, &udp)
+	up, err := netip.ParseAddrPort(udp.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := netip.AddrPortFrom(netip.IPv4Unspecified(), up.Port()); up != want {
+		t.Errorf("UDP port published on 0.0.0.0 lists as %s, want %s", up, want)
+	}
+	// The port's IPv6 side is free: nothing of quench-host listens there.
+	if pc, err := net.ListenPacket("udp6", fmt.Sprintf("[::1]:%d", up.Port())); err != nil {
+		t.Errorf("UDP port published on 0.0.0.0:%d holds IPv6 too: %v", up.Port(), err)
+	} else {
+		_ = pc.Close()
+	}
+
+	// Removal by the address the port was published on.
+	ctl.do("DELETE", fmt.Sprintf("/v1/ports/tcp/0.0.0.0:%d", ap.Port()), nil, http.StatusNoContent, nil)
+	ctl.do("DELETE", fmt.Sprintf("/v1/ports/udp/0.0.0.0:%d", up.Port()), nil, http.StatusNoContent, nil)
+	if ps := h.Ports(); len(ps) != 0 {
+		t.Errorf("ports left: %+v", ps)
+	}
+}
+
 // TestRemovePortDeadline: connections still open when the drain deadline
 // passes are closed.
 func TestRemovePortDeadline(t *testing.T) {

@@ -190,7 +190,7 @@ func (h *Host) publishLocked(spec Publish) (*published, error) {
 	p := &published{spec: spec, served: make(chan struct{}), conns: map[*connCloser]struct{}{}}
 	switch {
 	case spec.Network == "tcp":
-		ln, err := listenPublished("tcp", spec.Host.String())
+		ln, err := listenPublished(listenNetwork("tcp", spec.Host), spec.Host.String())
 		if err != nil {
 			return nil, fmt.Errorf("host: publish %s: %w", spec, err)
 		}
@@ -204,7 +204,7 @@ func (h *Host) publishLocked(spec Publish) (*published, error) {
 		}()
 	case spec.Network == "udp":
 		target := tcpip.FullAddress{NIC: nicID, Addr: addr(h.cfg.EnclaveIP), Port: spec.EnclavePort}
-		pc, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(spec.Host))
+		pc, err := net.ListenUDP(listenNetwork("udp", spec.Host), net.UDPAddrFromAddrPort(spec.Host))
 		if err != nil {
 			return nil, fmt.Errorf("host: publish %s: %w", spec, err)
 		}
@@ -220,6 +220,19 @@ func (h *Host) publishLocked(spec Publish) (*published, error) {
 	h.published = append(h.published, p)
 	h.log.Info("published port", "host", p.addr.String(), "spec", spec.String())
 	return p, nil
+}
+
+// listenNetwork returns the network to listen on host with: network ("tcp"
+// or "udp") with a 4 appended for an IPv4 address. Given plain "tcp", Go
+// listens on an unspecified IPv4 address such as 0.0.0.0 with a dual-stack
+// IPv6 socket: a port published on 0.0.0.0 then took IPv6 clients too, and
+// was listed as [::]:PORT, not by the address RemovePort is given. Docker's
+// -p 0.0.0.0:... is IPv4 only as well; [::] stays dual-stack.
+func listenNetwork(network string, host netip.AddrPort) string {
+	if host.Addr().Unmap().Is4() {
+		return network + "4"
+	}
+	return network
 }
 
 // listenPublished opens a published TCP port's listener; tests wrap it.
