@@ -236,10 +236,12 @@ func drain(h *host.Host, timeout time.Duration) {
 	wg.Wait()
 }
 
-// listenControl listens on a unix socket only its owner may use.
+// listenControl listens on a unix socket only its owner may use. A socket
+// left at path by a quench-host that crashed is replaced; one that a running
+// quench-host still serves is not (endpoint.RemoveStaleSocket).
 func listenControl(path string) (net.Listener, error) {
-	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
-		_ = os.Remove(path)
+	if err := endpoint.RemoveStaleSocket(path); err != nil {
+		return nil, fmt.Errorf("-control: %w", err)
 	}
 	old := syscall.Umask(0o077)
 	ln, err := net.Listen("unix", path)

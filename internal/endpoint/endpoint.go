@@ -18,6 +18,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
+	"time"
 
 	"github.com/mdlayher/vsock"
 )
@@ -160,8 +162,8 @@ func Listen(a Addr, o Options) (net.Listener, error) {
 
 // listenUnix removes a stale socket file first so restarts work.
 func listenUnix(path string) (net.Listener, error) {
-	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
-		_ = os.Remove(path)
+	if err := RemoveStaleSocket(path); err != nil {
+		return nil, err
 	}
 	ln, err := net.Listen("unix", path)
 	if err != nil {
@@ -169,6 +171,30 @@ func listenUnix(path string) (net.Listener, error) {
 	}
 	ln.(*net.UnixListener).SetUnlinkOnClose(true)
 	return ln, nil
+}
+
+// RemoveStaleSocket removes the unix socket at path if nothing listens on it
+// any more (a process that crashed leaves its socket behind), so that a new
+// listener can bind there. A socket that still accepts connections is
+// another process's: it is left alone and reported as in use, rather than
+// taken over (a second daemon given the same path silently took the first
+// one's clients). Anything else at path (a file of another kind, a symbolic
+// link, a socket that refuses for another reason) is left for the bind to
+// fail on.
+func RemoveStaleSocket(path string) error {
+	fi, err := os.Lstat(path)
+	if err != nil || fi.Mode()&os.ModeSocket == 0 {
+		return nil
+	}
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err == nil {
+		_ = c.Close()
+		return fmt.Errorf("listen unix %s: socket in use by a running process", path)
+	}
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		_ = os.Remove(path) // nobody listens: stale
+	}
+	return nil
 }
 
 // Dial connects to the endpoint a.

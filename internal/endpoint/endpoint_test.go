@@ -3,6 +3,8 @@ package endpoint
 import (
 	"context"
 	"io"
+	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -137,5 +139,67 @@ func TestCheckListen(t *testing.T) {
 		if (err != nil) != tc.bad || (err != nil && !strings.Contains(err.Error(), "vsock://CID:PORT")) {
 			t.Errorf("%s: %v", tc.name, err)
 		}
+	}
+}
+
+// TestListenUnixLeavesLiveSocket: a socket file some process still listens
+// on is not stale: a second Listen on its path must fail rather than remove
+// it and take the path over (a second quench-host with the same -vsock-dir
+// or -listen took the enclave streams of the first). A socket nobody
+// listens on any more (left by a crash) is still replaced.
+func TestListenUnixLeavesLiveSocket(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "live.sock")
+	a := Addr{Scheme: "unix", Path: path}
+	ln, err := Listen(a, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	if ln2, err := Listen(a, Options{}); err == nil {
+		ln2.Close()
+		t.Fatal("a second Listen took over a live socket")
+	} else if !strings.Contains(err.Error(), "in use") {
+		t.Errorf("second Listen: %v, want the socket in use", err)
+	}
+	c, err := net.DialTimeout("unix", path, 5*time.Second)
+	if err != nil {
+		t.Fatalf("the first listener lost its socket: %v", err)
+	}
+	c.Close()
+
+	// Stale: the file of a listener that ended without removing it.
+	stale := filepath.Join(t.TempDir(), "stale.sock")
+	sl, err := net.Listen("unix", stale)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sl.(*net.UnixListener).SetUnlinkOnClose(false)
+	sl.Close()
+	ln3, err := Listen(Addr{Scheme: "unix", Path: stale}, Options{})
+	if err != nil {
+		t.Fatalf("stale socket not replaced: %v", err)
+	}
+	ln3.Close()
+
+	// Anything else at the path stays.
+	file := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(file, []byte("keep"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if ln4, err := Listen(Addr{Scheme: "unix", Path: file}, Options{}); err == nil {
+		ln4.Close()
+		t.Error("Listen over a regular file succeeded")
+	}
+	if b, err := os.ReadFile(file); err != nil || string(b) != "keep" {
+		t.Errorf("regular file at the path: %q, %v", b, err)
 	}
 }
