@@ -212,8 +212,9 @@ func (p *Policy) String() string {
 }
 
 // Learned remembers which hostnames addresses were resolved from, for
-// hostname rules. Entries expire TTL after their last resolution. The zero
-// value is not usable; use NewLearned. Safe for concurrent use.
+// hostname rules. Entries (an address and a name) expire TTL after their
+// last resolution. The zero value is not usable; use NewLearned. Safe for
+// concurrent use.
 type Learned struct {
 	ttl time.Duration
 	max int
@@ -221,10 +222,18 @@ type Learned struct {
 
 	mu sync.Mutex
 	m  map[netip.Addr]map[string]time.Time // guarded by mu; address → name → expiry
+	n  int                                 // guarded by mu; entries in m (address–name pairs)
+	// next is the earliest expiry left by the last expireLocked: until it
+	// has passed, a full table is not scanned again on every Record.
+	// Guarded by mu.
+	next time.Time
 }
 
 // NewLearned returns a Learned keeping entries for ttl (default 10 minutes
-// when 0) and at most max addresses (default 65536 when 0).
+// when 0) and at most max entries (default 65536 when 0). An entry is an
+// address and a name: one address may have been resolved from any number
+// of names (every name under a wildcard rule can resolve to the same
+// addresses), so max bounds the names, not only the addresses.
 func NewLearned(ttl time.Duration, max int) *Learned {
 	if ttl <= 0 {
 		ttl = 10 * time.Minute
@@ -238,21 +247,25 @@ func NewLearned(ttl time.Duration, max int) *Learned {
 // Record notes that name resolved to ips.
 func (l *Learned) Record(name string, ips ...netip.Addr) {
 	name = normName(name)
-	exp := l.now().Add(l.ttl)
+	now := l.now()
+	exp := now.Add(l.ttl)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if len(l.m) >= l.max {
+	if l.n >= l.max && now.After(l.next) {
 		l.expireLocked()
 	}
 	for _, ip := range ips {
 		ip = ip.Unmap()
 		names := l.m[ip]
-		if names == nil {
-			if len(l.m) >= l.max {
-				continue // full of live entries: this address is not learned
+		if _, ok := names[name]; !ok {
+			if l.n >= l.max {
+				continue // full of live entries: this one is not learned
 			}
-			names = map[string]time.Time{}
-			l.m[ip] = names
+			if names == nil {
+				names = map[string]time.Time{}
+				l.m[ip] = names
+			}
+			l.n++
 		}
 		names[name] = exp
 	}
@@ -260,10 +273,15 @@ func (l *Learned) Record(name string, ips ...netip.Addr) {
 
 func (l *Learned) expireLocked() {
 	now := l.now()
+	l.next = time.Time{}
 	for ip, names := range l.m {
 		for n, exp := range names {
-			if now.After(exp) {
+			switch {
+			case now.After(exp):
 				delete(names, n)
+				l.n--
+			case l.next.IsZero() || exp.Before(l.next):
+				l.next = exp
 			}
 		}
 		if len(names) == 0 {

@@ -1,6 +1,7 @@
 package policy_test
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
@@ -105,6 +106,31 @@ func TestLearned(t *testing.T) {
 	l.Record("c.example", c) // expiry made room
 	if got := l.Names(c); len(got) != 1 {
 		t.Errorf("Names(c) = %v", got)
+	}
+}
+
+// TestLearnedNamesBounded: max bounds the names learned, not only the
+// addresses. Every name under a wildcard rule such as *.s3.amazonaws.com
+// resolves, to the same few addresses: an enclave asking the host's DNS
+// for ever new names used to grow one address's names without limit, and
+// none expired while the addresses were fewer than max.
+func TestLearnedNamesBounded(t *testing.T) {
+	l := policy.NewLearned(time.Hour, 100)
+	a := netip.MustParseAddr("192.0.2.1")
+	for i := range 10000 {
+		l.Record(fmt.Sprintf("b%d.s3.amazonaws.com", i), a)
+	}
+	names := l.Names(a)
+	if len(names) > 100 {
+		t.Fatalf("%d names kept for one address, with max 100", len(names))
+	}
+	l.Record("b0.s3.amazonaws.com", a) // known: refreshed, still there
+	found := false
+	for _, n := range l.Names(a) {
+		found = found || n == "b0.s3.amazonaws.com"
+	}
+	if !found {
+		t.Errorf("Names = %v, want the first name learned kept", l.Names(a))
 	}
 }
 
