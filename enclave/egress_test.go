@@ -162,6 +162,50 @@ func TestUserspaceEgressPacketConn(t *testing.T) {
 	}
 }
 
+// TestUserspaceEgressDialUDPWriteTo: a "udp" conn from Dial is also a
+// net.PacketConn (the Go resolver needs that), and its WriteTo must not
+// reach what the policy refuses. The userspace stack sends a connected
+// socket's datagram to whatever address WriteTo names, so an app that
+// handed such a conn to a library writing with WriteTo (QUIC, DNS) could be
+// led past the policy by the addresses its peer sends.
+func TestUserspaceEgressDialUDPWriteTo(t *testing.T) {
+	sock := usSocket(t)
+	usHost(t, sock)
+	allowedSink := egressListenPacket(t, net.ListenPacket, "127.0.0.1:0")
+	refusedSink := egressListenPacket(t, net.ListenPacket, "127.0.0.1:0")
+	allowedPort := allowedSink.LocalAddr().(*net.UDPAddr).Port
+	refusedPort := refusedSink.LocalAddr().(*net.UDPAddr).Port
+	e := egressEnclave(t, sock, []string{fmt.Sprintf("192.168.127.254:%d/udp", allowedPort)})
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := e.Dial(ctx, "udp", fmt.Sprintf("192.168.127.254:%d", allowedPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("allowed")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64)
+	_ = allowedSink.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, _, err := allowedSink.ReadFrom(buf); err != nil || string(buf[:n]) != "allowed" {
+		t.Fatalf("allowed datagram: %q, %v", buf[:n], err)
+	}
+	pc, ok := c.(net.PacketConn)
+	if !ok {
+		return // nothing else to write with
+	}
+	to := &net.UDPAddr{IP: net.IPv4(192, 168, 127, 254), Port: refusedPort}
+	if _, err := pc.WriteTo([]byte("refused"), to); err == nil {
+		t.Errorf("WriteTo(%v), a destination the policy refuses, on a conn dialled elsewhere succeeded", to)
+	}
+	_ = refusedSink.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if n, _, err := refusedSink.ReadFrom(buf); err == nil {
+		t.Fatalf("refused datagram arrived: %q", buf[:n])
+	}
+}
+
 // egressListenPacket listens for UDP on address with listen (net's or an
 // enclave's ListenPacket) and closes the socket when the test ends.
 func egressListenPacket(t *testing.T, listen func(network, address string) (net.PacketConn, error), address string) net.PacketConn {

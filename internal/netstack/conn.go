@@ -336,10 +336,16 @@ func (c *udpConn) Write(b []byte) (int, error) {
 }
 
 // WriteTo implements net.PacketConn. addr must be a *net.UDPAddr with an
-// IPv4 address.
+// IPv4 address. On a conn from Dial it fails with net.ErrWriteToConnected,
+// as the standard library's does: the stack would send the datagram to addr
+// rather than the peer, past whatever checked the address Dial was given
+// (enclave.Config.Egress).
 func (c *udpConn) WriteTo(b []byte, addr net.Addr) (int, error) {
 	if c.closed.Load() {
 		return 0, c.err("write", addr, net.ErrClosed)
+	}
+	if c.raddr != nil {
+		return 0, c.err("write", addr, net.ErrWriteToConnected)
 	}
 	ua, ok := addr.(*net.UDPAddr)
 	if !ok || ua == nil {

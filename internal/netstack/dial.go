@@ -151,7 +151,8 @@ func (n *Net) localAddress(network, address string) (tcpip.FullAddress, error) {
 // be an http.Transport's DialContext. ctx bounds name resolution and the
 // connection's establishment only.
 //
-// A "udp" conn is also a net.PacketConn, as the standard library's is.
+// A "udp" conn is also a net.PacketConn, as the standard library's is, and
+// as there its WriteTo fails with net.ErrWriteToConnected.
 func (n *Net) Dial(ctx context.Context, network, address string) (net.Conn, error) {
 	opErr := func(addr net.Addr, err error) error {
 		return &net.OpError{Op: "dial", Net: network, Addr: addr, Err: err}

@@ -256,6 +256,10 @@ func TestUDP(t *testing.T) {
 			t.Errorf("WriteTo(%#v) succeeded", addr)
 		}
 	}
+	// A conn from Dial sends only to its peer, as the standard library's.
+	if _, err := c.(net.PacketConn).WriteTo([]byte("x"), from); !errors.Is(err, net.ErrWriteToConnected) {
+		t.Errorf("WriteTo on a dialled conn = %v, want ErrWriteToConnected", err)
+	}
 }
 
 func TestErrors(t *testing.T) {
