@@ -133,8 +133,9 @@ type Config struct {
 	// Names are resolved through the host's DNS, so an address it answers
 	// for an allowed name that leads back into the enclave (loopback,
 	// 0.0.0.0/8, multicast, broadcast, the enclave's own addresses) is
-	// refused unless an address or CIDR rule allows it; "localhost" is not
-	// asked of DNS. Default: nil, no limit (and no such check).
+	// refused unless an address or CIDR rule allows it ("*" does not);
+	// "localhost" is not asked of DNS. Default: nil, no limit (and no such
+	// check).
 	Egress *policy.Policy
 
 	// HandshakeSettle is how long the enclave waits after sending the

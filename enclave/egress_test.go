@@ -50,7 +50,7 @@ func TestUserspaceEgressPolicy(t *testing.T) {
 // must not lead Dial to destinations the policy would refuse by address and
 // that are inside the enclave: its loopback, its own address, the
 // unspecified address (the local system), multicast. An address or CIDR
-// rule still allows them explicitly.
+// rule still allows them explicitly; "*" does not.
 func TestUserspaceEgressHostDNS(t *testing.T) {
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
@@ -90,6 +90,12 @@ func TestUserspaceEgressHostDNS(t *testing.T) {
 		{"wildcard to loopback", []string{"*.example.com:9000"}, "loop.example.com:9000", false},
 		{"loopback allowed by address", []string{"loop.example.com:9000", "127.0.0.1:9000"}, "loop.example.com:9000", true},
 		{"own address allowed by CIDR", []string{"self.example.com:9000", "192.168.127.0/24:9000"}, "self.example.com:9000", true},
+		// "*" allows any destination out, not these in particular: the
+		// host's DNS must not lead a name there either.
+		{"* to loopback", []string{"*:9000"}, "loop.example.com:9000", false},
+		{"* to own address", []string{"*"}, "self.example.com:9000", false},
+		{"* to unspecified", []string{"*:9000/tcp"}, "zero.example.com:9000", false},
+		{"*, loopback dialled by address", []string{"*:9000"}, "127.0.0.1:9000", true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -312,9 +312,10 @@ var ErrEgressRefused = errors.New("enclave: refused by egress policy")
 // must be allowed by name and is resolved here, so the policy sees the
 // name and every address it resolved to. The answer comes from the host's
 // DNS, which is untrusted: a resolved address inside the enclave (see
-// insideEnclave) is refused unless an address or CIDR rule allows it, so
-// that the host cannot turn an allowed name into a connection to the
-// enclave's own services. "localhost" and names under it (RFC 6761) are
+// insideEnclave) is refused unless an address or CIDR rule allows it ("*"
+// does not: it allows any destination, not these), so that the host
+// cannot turn an allowed name into a connection to the enclave's own
+// services. "localhost" and names under it (RFC 6761) are
 // not asked of DNS: they are 127.0.0.1, allowed by a name rule.
 func (e *Enclave) dialPolicy(ctx context.Context, nw network, network, addr string) (net.Conn, error) {
 	refuse := func(err error) error {
@@ -353,7 +354,7 @@ func (e *Enclave) dialPolicy(ctx context.Context, nw network, network, addr stri
 		if !e.cfg.Egress.Allow(proto, ip, uint16(port), []string{host}) {
 			continue
 		}
-		if !isLocalhost(host) && e.insideEnclave(nw, ip) && !e.cfg.Egress.Allow(proto, ip, uint16(port), nil) {
+		if !isLocalhost(host) && e.insideEnclave(nw, ip) && !e.cfg.Egress.AllowAddress(proto, ip, uint16(port)) {
 			e.log.Warn("egress: the host's DNS answered an address inside the enclave; refused", "name", host, "address", ip.String())
 			continue
 		}

@@ -199,6 +199,26 @@ func (p *Policy) Allow(network string, ip netip.Addr, port uint16, names []strin
 	return false
 }
 
+// AllowAddress reports whether an address or CIDR rule allows a connection
+// (network "tcp" or "udp") to ip:port. Unlike Allow with no names, "*"
+// does not count: it allows any destination, without naming this one, so
+// that a caller can tell an address the policy names from one it merely
+// does not exclude (such as the enclave's own loopback, which an untrusted
+// DNS answer may lead to).
+func (p *Policy) AllowAddress(network string, ip netip.Addr, port uint16) bool {
+	if p == nil {
+		return true
+	}
+	ip = ip.Unmap()
+	for i := range p.rules {
+		r := &p.rules[i]
+		if r.prefix.IsValid() && r.prefix.Contains(ip) && r.matchPort(network, port) {
+			return true
+		}
+	}
+	return false
+}
+
 // String lists the rules as given.
 func (p *Policy) String() string {
 	if p == nil {

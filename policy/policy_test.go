@@ -80,6 +80,43 @@ func TestNilAndStar(t *testing.T) {
 	}
 }
 
+// TestAllowAddress: address and CIDR rules count, "*" and hostname rules
+// do not.
+func TestAllowAddress(t *testing.T) {
+	p, err := policy.Parse([]string{"*:443", "api.example.com", "10.0.0.0/8:5432", "127.0.0.1:9000/tcp"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ip := netip.MustParseAddr
+	tests := []struct {
+		network string
+		ip      netip.Addr
+		port    uint16
+		want    bool
+	}{
+		{"tcp", ip("10.1.2.3"), 5432, true},
+		{"udp", ip("10.1.2.3"), 5432, true},
+		{"tcp", ip("10.1.2.3"), 443, false}, // only "*"
+		{"tcp", ip("127.0.0.1"), 9000, true},
+		{"tcp", ip("::ffff:127.0.0.1"), 9000, true},
+		{"udp", ip("127.0.0.1"), 9000, false},
+		{"tcp", ip("127.0.0.1"), 443, false},
+		{"tcp", ip("198.51.100.7"), 80, false}, // a hostname rule's port: no address
+	}
+	for _, tt := range tests {
+		if got := p.AllowAddress(tt.network, tt.ip, tt.port); got != tt.want {
+			t.Errorf("AllowAddress(%s %s:%d) = %v, want %v", tt.network, tt.ip, tt.port, got, tt.want)
+		}
+		if tt.port == 443 && !p.Allow(tt.network, tt.ip, tt.port, nil) {
+			t.Errorf("Allow(%s %s:%d) refused, want allowed by *", tt.network, tt.ip, tt.port)
+		}
+	}
+	var nilP *policy.Policy
+	if !nilP.AllowAddress("tcp", ip("127.0.0.1"), 1) {
+		t.Error("nil policy refuses")
+	}
+}
+
 func TestParseErrors(t *testing.T) {
 	for _, s := range []string{"", ":443", "example.com:0", "example.com:99999", "example.com:10-5", "10.0.0.0/33", "[2001:db8::/32", "[::1]x", "bad_name!.com", "a..b", "*.", "example.com:x"} {
 		if _, err := policy.Parse([]string{s}); err == nil {
