@@ -20,8 +20,10 @@
 // when it differs from the leader's, the leader synchronises them (at most
 // [Config.MaxConcurrentSyncs] at once, one per worker: heartbeats are not
 // authenticated, so a flood of them must not start unbounded syncs). A worker
-// not heard from for [Config.WorkerTimeout] is dropped from the leader's
-// list ([Syncer.Workers]). New state is also pushed to every listed worker
+// enters the leader's list ([Syncer.Workers]) only through a synchronisation
+// that succeeded (a heartbeat with a matching hash from an unlisted worker
+// starts one too), and is dropped when not heard from for
+// [Config.WorkerTimeout]. New state is also pushed to every listed worker
 // at once. Workers install the certificate ([Config.InstallCertificate]) and
 // serve the state to their app at GET [StatePath].
 //

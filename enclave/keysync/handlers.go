@@ -235,7 +235,11 @@ func (s *Syncer) finishSync(r *http.Request) error {
 
 // handleHeartbeat is the leader receiving a worker's heartbeat: a worker
 // whose keys differ from the leader's is synchronised (in the background);
-// one whose keys match is listed as alive.
+// a listed one whose keys match is kept alive. A worker enters the list only
+// through an attested synchronisation: heartbeats are unauthenticated and
+// the hash they carry is no secret (the host reads it in genuine workers'
+// heartbeats, whose TLS nobody verifies), so a matching hash from an
+// unlisted worker_hostname is synchronised too, not listed on its word.
 func (s *Syncer) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", "POST")
@@ -267,16 +271,15 @@ func (s *Syncer) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	want := keys.Hash()
+	known := false
 	if hash != nil && bytes.Equal(hash, want[:]) {
 		s.mu.Lock()
-		_, known := s.workers[worker]
-		s.workers[worker] = time.Now()
-		n := len(s.workers)
-		s.mu.Unlock()
-		if !known {
-			s.log.Info("key sync: worker listed", "worker", worker, "workers", n)
+		if _, known = s.workers[worker]; known {
+			s.workers[worker] = time.Now()
 		}
-	} else {
+		s.mu.Unlock()
+	}
+	if !known {
 		s.syncAsync(worker)
 	}
 	w.WriteHeader(http.StatusOK)

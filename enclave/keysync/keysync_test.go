@@ -836,3 +836,56 @@ func TestHeartbeatFloodBounded(t *testing.T) {
 		t.Errorf("repeated heartbeats of one worker: want exactly 1 dial, got %v", v)
 	}
 }
+
+// TestForgedHeartbeatsListNoWorker: heartbeats are unauthenticated, and the
+// hash of the leader's key material they carry is no secret (genuine workers
+// send it over TLS whose certificate nobody checks, so the host reads it;
+// without a certificate and state, as with ACME before the first PUT
+// /enclave/state, it is the hash of empty Keys). Heartbeats with the current
+// hash and made-up worker_hostnames must not list workers the leader never
+// synced: each entry would stay for WorkerTimeout (memory without bound)
+// and take SetState's pushes away from the genuine workers.
+func TestForgedHeartbeatsListNoWorker(t *testing.T) {
+	att := devAttester(t, 0)
+	var leaderAddr string
+	n := newNode(t, att, att.Roots(), "", func(c *Config) {
+		c.WorkerTimeout = time.Hour
+		c.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if addr == leaderAddr {
+				var d net.Dialer
+				return d.DialContext(ctx, network, addr)
+			}
+			return nil, errors.New("no enclave at this address")
+		}
+	})
+	leaderAddr = n.addr
+	n.start(t)
+	waitFor(t, "leader", func() bool { return n.s.Role() == RoleLeader })
+	if code := putState(t, n, "app secret"); code != http.StatusOK {
+		t.Fatal(code)
+	}
+	keys, err := n.s.leaderKeys()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := keys.Hash() // what every synced worker's heartbeat shows
+	hash := base64.StdEncoding.EncodeToString(sum[:])
+	h := n.s.ExternalHandler()
+	const forged = 2000
+	for i := range forged {
+		body := fmt.Sprintf(`{"hashed_keys":%q,"worker_hostname":"10.%d.%d.1:444"}`, hash, i/256, i%256)
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, HeartbeatPath, strings.NewReader(body)))
+		if rec.Code != http.StatusOK {
+			t.Fatalf("heartbeat %d: %d", i, rec.Code)
+		}
+	}
+	waitFor(t, "syncs with the forged workers to end", func() bool {
+		n.s.mu.Lock()
+		defer n.s.mu.Unlock()
+		return len(n.s.syncing) == 0
+	})
+	if got := len(n.s.Workers()); got != 0 {
+		t.Fatalf("%d forged heartbeats with the leader's hash listed %d workers that were never synced (kept for WorkerTimeout, pushed to at every SetState)", forged, got)
+	}
+}
