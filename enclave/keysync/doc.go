@@ -45,9 +45,11 @@
 //     then forgets: a replay finds no nonce), checks that it binds the
 //     ciphertext, decrypts and installs the keys.
 //
-// Every body from a peer is size-bounded before it is read; malformed or
-// forged documents, foreign PCRs, stale or reused nonces answer with an
-// error status and change nothing.
+// Every body from a peer is size-bounded before it is read, and a worker
+// reads at most 4 POST [SyncPath] bodies at once (more answer 503 at once:
+// each is read whole before it can be verified); malformed or forged
+// documents, foreign PCRs, stale or reused nonces answer with an error
+// status and change nothing.
 //
 // # Serving
 //

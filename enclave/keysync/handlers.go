@@ -41,6 +41,9 @@ func httpError(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, ErrUndecided), errors.Is(err, ErrNotSynced):
 		code = http.StatusServiceUnavailable
+	case errors.Is(err, ErrBusy):
+		code = http.StatusServiceUnavailable
+		w.Header().Set("Retry-After", "1")
 	case errors.Is(err, ErrNotLeader), errors.Is(err, ErrNotWorker):
 		code = http.StatusGone
 	case errors.Is(err, ErrTooLarge):
@@ -134,6 +137,20 @@ func (s *Syncer) handleLeader(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 }
 
+// takeSlot takes one of the worker's maxPending slots for a /enclave/sync
+// request (see Syncer.handling), or answers ErrBusy and returns false.
+func (s *Syncer) takeSlot(w http.ResponseWriter) bool {
+	select {
+	case s.handling <- struct{}{}:
+		return true
+	default:
+		httpError(w, ErrBusy)
+		return false
+	}
+}
+
+func (s *Syncer) releaseSlot() { <-s.handling }
+
 func (s *Syncer) handleSync(w http.ResponseWriter, r *http.Request) {
 	switch r.Method {
 	case http.MethodGet:
@@ -190,6 +207,10 @@ func (s *Syncer) handleSyncFinish(w http.ResponseWriter, r *http.Request) {
 		httpError(w, ErrNotWorker)
 		return
 	}
+	if !s.takeSlot(w) {
+		return
+	}
+	defer s.releaseSlot()
 	if err := s.finishSync(r); err != nil {
 		s.log.Warn("key sync: refused keys", "from", r.RemoteAddr, "err", err)
 		httpError(w, err)

@@ -49,6 +49,10 @@ var (
 	// ErrStaleNonce: a sync message names no outstanding nonce (replayed,
 	// expired or never issued; HTTP 409). Nothing was synced.
 	ErrStaleNonce = errors.New("keysync: unknown, expired or reused nonce")
+	// ErrBusy: a worker is already handling as many synchronisation
+	// requests as it holds outstanding nonces (HTTP 503 with Retry-After).
+	// Nothing was read or synced.
+	ErrBusy = errors.New("keysync: too many synchronisation requests in progress")
 )
 
 // Role is an enclave's place in its deployment.
@@ -259,7 +263,8 @@ func (c Config) withDefaults() (Config, error) {
 	return c, nil
 }
 
-// maxPending bounds the worker's outstanding sync nonces.
+// maxPending bounds the worker's outstanding sync nonces, and the
+// synchronisation requests it handles at once (see Syncer.handling).
 const maxPending = 4
 
 // pendingSync is a worker's half of a synchronisation in progress.
@@ -294,6 +299,12 @@ type Syncer struct {
 	started  bool                 // guarded by mu
 	closed   bool                 // guarded by mu
 
+	// handling holds one token per POST /enclave/sync a worker is handling
+	// (at most maxPending): their bodies, up to maxSyncBody each, are read
+	// whole before anything in them can be verified, so a peer must not
+	// make the worker hold any number of them at once.
+	handling chan struct{}
+
 	dropped  atomic.Uint64 // heartbeats that started no sync: MaxConcurrentSyncs in flight
 	lastDrop atomic.Int64  // unix nanoseconds of the last log of a dropped sync
 
@@ -316,6 +327,7 @@ func New(cfg Config) (*Syncer, error) {
 		workers:  map[string]time.Time{},
 		syncing:  map[string]bool{},
 		syncedCh: make(chan struct{}),
+		handling: make(chan struct{}, maxPending),
 	}
 	if _, err := rand.Read(s.nonce[:]); err != nil {
 		return nil, fmt.Errorf("keysync: nonce: %w", err)

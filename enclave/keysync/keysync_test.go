@@ -889,3 +889,73 @@ func TestForgedHeartbeatsListNoWorker(t *testing.T) {
 		t.Fatalf("%d forged heartbeats with the leader's hash listed %d workers that were never synced (kept for WorkerTimeout, pushed to at every SetState)", forged, got)
 	}
 }
+
+// newLoneWorker makes a started worker whose leader answers every election
+// request with 410 (and nothing else).
+func newLoneWorker(t *testing.T, att attestation.Attester, roots *x509.CertPool) *node {
+	t.Helper()
+	gone, gref := newServer(t)
+	var h http.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusGone) })
+	gref.h.Store(&h)
+	w := newNode(t, att, roots, gone.Listener.Addr().String(), nil)
+	w.start(t)
+	<-w.s.Decided()
+	if w.s.Role() != RoleWorker {
+		t.Fatalf("role %v", w.s.Role())
+	}
+	return w
+}
+
+// TestSyncBodiesBounded: POST /enclave/sync is read whole (up to
+// maxSyncBody, about 1.9 MB with the default state limit) before anything
+// in it can be verified. Whoever reaches the key sync port (the host, any
+// VPC peer) must not make a worker hold one such buffer per concurrent
+// request (HTTP/2 allows 250 per connection): the enclave's memory would be
+// theirs to exhaust.
+func TestSyncBodiesBounded(t *testing.T) {
+	att := devAttester(t, 0)
+	w := newLoneWorker(t, att, att.Roots())
+	const conns = 32
+	limit := maxSyncBody(DefaultMaxStateSize)
+	body := bytes.Repeat([]byte("A"), limit-1) // all but the last byte: the handler keeps waiting
+	copy(body, `{"document":"`)
+
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	var wg sync.WaitGroup
+	var cs []net.Conn
+	var mu sync.Mutex
+	for range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := tls.Dial("tcp", w.addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			cs = append(cs, c)
+			mu.Unlock()
+			_ = c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+			fmt.Fprintf(c, "POST %s HTTP/1.1\r\nHost: worker\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", SyncPath, limit)
+			_, _ = c.Write(body) // fails once the worker refused and closed
+		}()
+	}
+	wg.Wait()
+	defer func() {
+		for _, c := range cs {
+			_ = c.Close()
+		}
+	}()
+	time.Sleep(200 * time.Millisecond) // the last writes reach the handlers
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	grown := int64(after.HeapAlloc) - int64(before.HeapAlloc)
+	t.Logf("%d stalled POSTs of %d bytes: heap grew by %.1f MB", conns, limit, float64(grown)/(1<<20))
+	if max := int64(8 * limit); grown > max {
+		t.Fatalf("%d stalled POST /enclave/sync from an unauthenticated peer hold %.1f MB of the worker's heap (more than %.1f MB): no bound on bodies read at once",
+			conns, float64(grown)/(1<<20), float64(max)/(1<<20))
+	}
+}
