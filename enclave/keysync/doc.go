@@ -46,10 +46,10 @@
 //     ciphertext, decrypts and installs the keys.
 //
 // Every body from a peer is size-bounded before it is read, and a worker
-// reads at most 4 POST [SyncPath] bodies at once (more answer 503 at once:
-// each is read whole before it can be verified); malformed or forged
-// documents, foreign PCRs, stale or reused nonces answer with an error
-// status and change nothing.
+// handles at most 4 [SyncPath] requests at once (more answer 503 at once:
+// each POST body is read whole before it can be verified, each GET is an
+// attestation); malformed or forged documents, foreign PCRs, stale or
+// reused nonces answer with an error status and change nothing.
 //
 // # Serving
 //

@@ -176,6 +176,10 @@ func (s *Syncer) handleSyncStart(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
+	if !s.takeSlot(w) {
+		return
+	}
+	defer s.releaseSlot()
 	workerNonce := make([]byte, NonceSize)
 	if _, err := rand.Read(workerNonce); err != nil {
 		httpError(w, fmt.Errorf("keysync: nonce: %w", err))

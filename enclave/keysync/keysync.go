@@ -299,9 +299,10 @@ type Syncer struct {
 	started  bool                 // guarded by mu
 	closed   bool                 // guarded by mu
 
-	// handling holds one token per POST /enclave/sync a worker is handling
-	// (at most maxPending): their bodies, up to maxSyncBody each, are read
-	// whole before anything in them can be verified, so a peer must not
+	// handling holds one token per /enclave/sync request a worker is
+	// handling (at most maxPending): POST bodies, up to maxSyncBody each,
+	// are read whole before anything in them can be verified, and each GET
+	// is an attestation (the NSM serves one at a time), so a peer must not
 	// make the worker hold any number of them at once.
 	handling chan struct{}
 

@@ -959,3 +959,83 @@ func TestSyncBodiesBounded(t *testing.T) {
 			conns, float64(grown)/(1<<20), float64(max)/(1<<20))
 	}
 }
+
+// gatedAttester holds Attest calls, once armed, until release is closed,
+// and records how many were held at once.
+type gatedAttester struct {
+	attestation.Attester
+	armed          atomic.Bool
+	inFlight, peak atomic.Int32
+	release        chan struct{}
+}
+
+func (g *gatedAttester) Attest(ctx context.Context, req attestation.Request) ([]byte, error) {
+	if g.armed.Load() {
+		n := g.inFlight.Add(1)
+		defer g.inFlight.Add(-1)
+		for p := g.peak.Load(); n > p && !g.peak.CompareAndSwap(p, n); p = g.peak.Load() {
+		}
+		select {
+		case <-g.release:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return g.Attester.Attest(ctx, req)
+}
+
+// TestSyncAttestationsBounded: every GET /enclave/sync makes the worker
+// attest, and anyone who reaches the key sync port may ask. The NSM serves
+// one request at a time, so requests without a bound (they are outside
+// enclave.Config.MaxAttestations) queue ahead of the public
+// /enclave/attestation and of the genuine leader's sync, a goroutine each.
+// A worker attests for at most maxPending of them at once and answers the
+// others 503 at once.
+func TestSyncAttestationsBounded(t *testing.T) {
+	dev := devAttester(t, 0)
+	g := &gatedAttester{Attester: dev, release: make(chan struct{})}
+	w := newLoneWorker(t, g, dev.Roots())
+	g.armed.Store(true)
+	released := false
+	defer func() {
+		if !released {
+			close(g.release)
+		}
+	}()
+
+	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	const requests = 40
+	var answered atomic.Int32
+	var busy atomic.Int32
+	var wg sync.WaitGroup
+	for range requests {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := c.Get("https://" + w.addr + SyncPath + "?nonce=" + strings.Repeat("ab", NonceSize))
+			if err != nil {
+				return
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			_ = resp.Body.Close()
+			if resp.StatusCode == http.StatusServiceUnavailable {
+				busy.Add(1)
+			}
+			answered.Add(1)
+		}()
+	}
+	waitFor(t, "every request answered or attesting", func() bool {
+		return answered.Load()+g.inFlight.Load() == requests
+	})
+	if p := g.peak.Load(); p > maxPending {
+		t.Errorf("%d unauthenticated GET %s attested %d at once, want at most %d", requests, SyncPath, p, maxPending)
+	}
+	close(g.release)
+	released = true
+	wg.Wait()
+	if b := busy.Load(); b < requests-maxPending {
+		t.Errorf("%d answers 503, want at least %d", b, requests-maxPending)
+	}
+}
