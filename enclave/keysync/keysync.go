@@ -336,6 +336,12 @@ func New(cfg Config) (*Syncer, error) {
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.client = &http.Client{
 		Timeout: cfg.SyncTimeout,
+		// The protocol has no redirects, and whoever answers may be the
+		// host: following one would aim this enclave's requests at any
+		// URL the host names, plain http:// to its own loopback services
+		// (the internal server, the app) included. A 3xx is an answer
+		// like any other non-200.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		Transport: &http.Transport{
 			DialContext: cfg.Dial,
 			// Peers' certificates are not checked: authenticity comes

@@ -1039,3 +1039,71 @@ func TestSyncAttestationsBounded(t *testing.T) {
 		t.Errorf("%d answers 503, want at least %d", b, requests-maxPending)
 	}
 }
+
+// TestNoRedirects: the protocol has no redirects, and whoever answers a
+// peer request may be the host (peers' TLS certificates are not checked).
+// Following a redirect would let the host aim the enclave's own requests
+// (GET, or POST with its body for 307/308) at any URL it names, plain
+// http:// to the enclave's loopback included: the internal server
+// (/enclave/ready, /enclave/hash) and apps that trust loopback. No request
+// of the election, of heartbeats or of a sync may follow one.
+func TestNoRedirects(t *testing.T) {
+	var hits atomic.Int32
+	internal := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if hits.Add(1) == 1 {
+			t.Logf("loopback service reached: %s %s", r.Method, r.URL)
+		}
+	}))
+	defer internal.Close()
+	att := devAttester(t, 0)
+
+	for _, tc := range []struct {
+		name   string
+		answer func(w http.ResponseWriter, r *http.Request) // the host as the leader
+	}{
+		{"election", func(w http.ResponseWriter, r *http.Request) {
+			http.Redirect(w, r, internal.URL+"/enclave/ready", http.StatusFound)
+		}},
+		{"heartbeat", func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == LeaderPath {
+				w.WriteHeader(http.StatusGone)
+				return
+			}
+			http.Redirect(w, r, internal.URL+"/enclave/hash", http.StatusTemporaryRedirect)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			hits.Store(0)
+			host, ref := newServer(t)
+			var h http.Handler = http.HandlerFunc(tc.answer)
+			ref.h.Store(&h)
+			n := newNode(t, att, att.Roots(), host.Listener.Addr().String(), nil)
+			n.start(t)
+			time.Sleep(10 * n.s.cfg.HeartbeatInterval)
+			if got := hits.Load(); got != 0 {
+				t.Errorf("the host's redirects made the enclave send %d requests to a loopback service", got)
+			}
+		})
+	}
+
+	t.Run("sync", func(t *testing.T) {
+		hits.Store(0)
+		leader := newNode(t, att, att.Roots(), "", nil)
+		leader.start(t)
+		waitFor(t, "leader", func() bool { return leader.s.Role() == RoleLeader })
+		host, ref := newServer(t) // the host as a worker
+		var h http.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			http.Redirect(w, r, internal.URL+"/enclave/ready", http.StatusFound)
+		})
+		ref.h.Store(&h)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		err := leader.s.SyncWith(ctx, host.Listener.Addr().String())
+		if err == nil {
+			t.Error("SyncWith a redirecting worker succeeded")
+		}
+		if got := hits.Load(); got != 0 {
+			t.Errorf("the host's redirect made the leader send %d requests to a loopback service (SyncWith: %v)", got, err)
+		}
+	})
+}
