@@ -351,7 +351,12 @@ func New(cfg Config) (*Syncer, error) {
 			TLSHandshakeTimeout:   10 * time.Second,
 			ResponseHeaderTimeout: cfg.SyncTimeout,
 			MaxIdleConnsPerHost:   2,
-			IdleConnTimeout:       90 * time.Second,
+			// Idle connections in total, not only per host: heartbeats
+			// name any worker address, and every sync whose peer
+			// answered (the host answers any address) would otherwise
+			// leave one behind for IdleConnTimeout.
+			MaxIdleConns:    2 * cfg.MaxConcurrentSyncs,
+			IdleConnTimeout: 90 * time.Second,
 		},
 	}
 	return s, nil

@@ -1107,3 +1107,68 @@ func TestNoRedirects(t *testing.T) {
 		}
 	})
 }
+
+// countedConn counts itself open until its first Close.
+type countedConn struct {
+	net.Conn
+	once sync.Once
+	open *atomic.Int32
+}
+
+func (c *countedConn) Close() error {
+	c.once.Do(func() { c.open.Add(-1) })
+	return c.Conn.Close()
+}
+
+// TestForgedWorkersLeaveNoIdleConns: every heartbeat naming a new
+// worker_hostname makes the leader connect there. When whoever answers
+// (the host: it answers any address) completes the exchange, even with a
+// refused document, the connection is kept alive for reuse under that
+// name for IdleConnTimeout (90 s): a descriptor, two goroutines and
+// buffers each. Syncs in flight are bounded (TestHeartbeatFloodBounded),
+// the connections they leave behind must be too.
+func TestForgedWorkersLeaveNoIdleConns(t *testing.T) {
+	att := devAttester(t, 0)
+	fake, fref := newServer(t) // the host, answering as every worker
+	var h http.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, `{}`) // not a document: refused
+	})
+	fref.h.Store(&h)
+	var leaderAddr string
+	var open atomic.Int32
+	n := newNode(t, att, att.Roots(), "", func(c *Config) {
+		c.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if addr != leaderAddr {
+				addr = fake.Listener.Addr().String()
+			}
+			var d net.Dialer
+			conn, err := d.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			open.Add(1)
+			return &countedConn{Conn: conn, open: &open}, nil
+		}
+	})
+	leaderAddr = n.addr
+	n.start(t)
+	waitFor(t, "leader", func() bool { return n.s.Role() == RoleLeader })
+	hx := n.s.ExternalHandler()
+	const forged = 200
+	for i := range forged {
+		rec := httptest.NewRecorder()
+		hx.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, HeartbeatPath,
+			strings.NewReader(fmt.Sprintf(`{"worker_hostname":"10.%d.%d.1:444"}`, i/256, i%256))))
+		if rec.Code != http.StatusOK {
+			t.Fatalf("heartbeat %d: %d", i, rec.Code)
+		}
+		waitFor(t, "the forged sync to end", func() bool {
+			n.s.mu.Lock()
+			defer n.s.mu.Unlock()
+			return len(n.s.syncing) == 0
+		})
+	}
+	if got, max := open.Load(), int32(2*DefaultMaxConcurrentSyncs); got > max {
+		t.Fatalf("%d forged heartbeats left %d connections of the leader open (kept alive for 90 s each), want at most %d", forged, got, max)
+	}
+}
