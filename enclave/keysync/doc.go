@@ -16,7 +16,9 @@
 // the public server ([Config.Certificate]) and the app's state, opaque bytes
 // the app registers with PUT [StatePath] on the internal server (or
 // [Syncer.SetState]). Workers send POST [HeartbeatPath] every
-// [Config.HeartbeatInterval] with the SHA-256 of the key material they hold;
+// [Config.HeartbeatInterval] with the SHA-256 of the key material they hold
+// (salted with random bytes the leader hands out with it: the host reads
+// heartbeats, and must not test guesses of the state against them);
 // when it differs from the leader's, the leader synchronises them (at most
 // [Config.MaxConcurrentSyncs] at once, one per worker: heartbeats are not
 // authenticated, so a flood of them must not start unbounded syncs). A worker

@@ -282,6 +282,7 @@ type Syncer struct {
 	log    *slog.Logger
 	client *http.Client
 	nonce  [NonceSize]byte // election nonce
+	salt   [saltSize]byte  // Keys.Salt of the key material the leader hands out
 
 	role    atomic.Int32
 	decided chan struct{} // closed when the role is decided
@@ -332,6 +333,9 @@ func New(cfg Config) (*Syncer, error) {
 	}
 	if _, err := rand.Read(s.nonce[:]); err != nil {
 		return nil, fmt.Errorf("keysync: nonce: %w", err)
+	}
+	if _, err := rand.Read(s.salt[:]); err != nil {
+		return nil, fmt.Errorf("keysync: salt: %w", err)
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.client = &http.Client{
@@ -647,7 +651,12 @@ func (s *Syncer) leaderKeys() (*Keys, error) {
 	s.mu.Lock()
 	state := s.state
 	s.mu.Unlock()
-	return keysFromCertificate(cert, state)
+	k, err := keysFromCertificate(cert, state)
+	if err != nil {
+		return nil, err
+	}
+	k.Salt = s.salt[:]
+	return k, nil
 }
 
 // syncAsync synchronises worker in the background unless a sync with it is

@@ -1172,3 +1172,53 @@ func TestForgedWorkersLeaveNoIdleConns(t *testing.T) {
 		t.Fatalf("%d forged heartbeats left %d connections of the leader open (kept alive for 90 s each), want at most %d", forged, got, max)
 	}
 }
+
+// TestHeartbeatHashNotGuessable: workers' heartbeats carry the hash of the
+// key material, and the host reads them (peers do not check each other's
+// TLS certificates, so it can stand in the middle). Without a certificate
+// (ACME, where each enclave obtains its own) the key material is the app's
+// state alone: its plain hash would let the host test guesses of the state
+// offline (a PIN, a choice among few values) and see when it changes.
+func TestHeartbeatHashNotGuessable(t *testing.T) {
+	att := devAttester(t, 0)
+	noCert := func(c *Config) { c.Certificate = func() *tls.Certificate { return nil } }
+	leader := newNode(t, att, att.Roots(), "", noCert)
+	var mu sync.Mutex
+	var seen []string // hashed_keys of the heartbeats, as the host reads them
+	ext := leader.s.ExternalHandler()
+	var rec http.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == HeartbeatPath {
+			b, _ := io.ReadAll(r.Body)
+			var hb heartbeat
+			if json.Unmarshal(b, &hb) == nil && hb.HashedKeys != "" {
+				mu.Lock()
+				seen = append(seen, hb.HashedKeys)
+				mu.Unlock()
+			}
+			r.Body = io.NopCloser(bytes.NewReader(b))
+		}
+		ext.ServeHTTP(w, r)
+	})
+	leader.ref.h.Store(&rec)
+	leader.start(t)
+	waitFor(t, "leader", func() bool { return leader.s.Role() == RoleLeader })
+	const secret = "4711"
+	if code := putState(t, leader, secret); code != http.StatusOK {
+		t.Fatal(code)
+	}
+	w := newNode(t, att, att.Roots(), leader.addr, noCert)
+	w.start(t)
+	waitFor(t, "a heartbeat of the synced worker", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(seen) > 0
+	})
+	guess := (&Keys{State: []byte(secret)}).Hash()
+	mu.Lock()
+	defer mu.Unlock()
+	for _, h := range seen {
+		if h == base64.StdEncoding.EncodeToString(guess[:]) {
+			t.Fatalf("the heartbeat's hashed_keys is the plain hash of the state: the host confirms the guess %q offline", secret)
+		}
+	}
+}

@@ -44,6 +44,10 @@ const (
 	maxCertMaterial = 64 << 10
 	// maxHostname bounds worker_hostname.
 	maxHostname = 255
+	// saltSize is the size of Keys.Salt as the leader draws it; maxSalt
+	// bounds what a peer sends.
+	saltSize = 32
+	maxSalt  = 64
 	// envelopeOverhead is what seal adds to the plaintext.
 	envelopeOverhead = 1 + 32 + 16
 )
@@ -164,14 +168,23 @@ type Keys struct {
 	CertKey []byte `json:"cert_key,omitempty"`
 	// State is the app's opaque state (PUT /enclave/state).
 	State []byte `json:"state,omitempty"`
+	// Salt is random bytes the leader draws once (New) and hands out with
+	// the rest. Hash covers it: workers show Hash in heartbeats, which the
+	// host can read, and without a secret in it the hash of the state
+	// (with ACME, of all the key material) could be matched against
+	// guesses offline.
+	Salt []byte `json:"salt,omitempty"`
 }
 
 // maxKeysEncoded bounds the JSON encoding of Keys with maxState bytes of
 // state (base64 grows it by 4/3).
-func maxKeysEncoded(maxState int) int { return b64Len(maxCertMaterial) + b64Len(maxState) + 256 }
+func maxKeysEncoded(maxState int) int {
+	return b64Len(maxCertMaterial) + b64Len(maxState) + b64Len(maxSalt) + 256
+}
 
 // Hash is the SHA-256 over an unambiguous encoding of k (each field and
-// certificate length-prefixed), as workers report it in heartbeats.
+// certificate length-prefixed), as workers report it in heartbeats. Without
+// a Salt it can be matched against guesses of the other fields.
 func (k *Keys) Hash() [sha256.Size]byte {
 	h := sha256.New()
 	var n [8]byte
@@ -187,6 +200,7 @@ func (k *Keys) Hash() [sha256.Size]byte {
 	}
 	put(k.CertKey)
 	put(k.State)
+	put(k.Salt)
 	var out [sha256.Size]byte
 	h.Sum(out[:0])
 	return out
@@ -217,6 +231,9 @@ func decodeKeys(b []byte, maxState int) (*Keys, error) {
 	}
 	if len(k.State) > maxState {
 		return nil, fmt.Errorf("%w: state of %d bytes, at most %d", ErrTooLarge, len(k.State), maxState)
+	}
+	if len(k.Salt) > maxSalt {
+		return nil, fmt.Errorf("%w: salt of %d bytes, at most %d", ErrTooLarge, len(k.Salt), maxSalt)
 	}
 	n := len(k.CertKey)
 	for _, c := range k.CertChain {
