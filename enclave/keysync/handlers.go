@@ -290,12 +290,11 @@ func (s *Syncer) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
 		httpError(w, err)
 		return
 	}
-	keys, err := s.leaderKeys()
+	want, err := s.leaderHash()
 	if err != nil {
 		httpError(w, err)
 		return
 	}
-	want := keys.Hash()
 	known := false
 	if hash != nil && bytes.Equal(hash, want[:]) {
 		s.mu.Lock()

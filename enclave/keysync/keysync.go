@@ -294,6 +294,8 @@ type Syncer struct {
 	state    []byte               // guarded by mu: leader's state, or the worker's synced state
 	synced   bool                 // guarded by mu: a worker received keys
 	keysHash [sha256.Size]byte    // guarded by mu: hash of the worker's keys
+	stateGen uint64               // guarded by mu: the leader's SetState calls
+	leaderHC leaderHashCache      // guarded by mu: see leaderHash
 	workers  map[string]time.Time // guarded by mu: leader's workers, last heartbeat
 	syncing  map[string]bool      // guarded by mu: leader's syncs in flight
 	pending  []pendingSync        // guarded by mu: worker's outstanding syncs
@@ -467,6 +469,7 @@ func (s *Syncer) SetState(b []byte) error {
 	}
 	s.mu.Lock()
 	s.state = bytes.Clone(b)
+	s.stateGen++
 	workers := make([]string, 0, len(s.workers))
 	for w := range s.workers {
 		workers = append(workers, w)
@@ -644,19 +647,69 @@ func (s *Syncer) heartbeat(ctx context.Context, u string) error {
 
 // leaderKeys is the key material the leader hands out now.
 func (s *Syncer) leaderKeys() (*Keys, error) {
+	k, _, err := s.leaderKeysGen()
+	return k, err
+}
+
+// leaderKeysGen is leaderKeys with the certificate it holds and the state
+// generation (stateGen) it was made of.
+func (s *Syncer) leaderKeysGen() (*Keys, uint64, error) {
 	var cert *tls.Certificate
 	if s.cfg.Certificate != nil {
 		cert = s.cfg.Certificate()
 	}
 	s.mu.Lock()
-	state := s.state
+	state, gen := s.state, s.stateGen
 	s.mu.Unlock()
 	k, err := keysFromCertificate(cert, state)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	k.Salt = s.salt[:]
-	return k, nil
+	return k, gen, nil
+}
+
+// leaderHashCache is the last hash leaderHash computed and what it was
+// computed of.
+type leaderHashCache struct {
+	ok   bool
+	leaf []byte // the certificate's leaf (DER); nil for none
+	gen  uint64 // stateGen
+	sum  [sha256.Size]byte
+}
+
+// leaderHash is leaderKeys().Hash(), computed again only when the
+// certificate or the state changed: every heartbeat compares with it, and
+// heartbeats are unauthenticated and cost their sender a few bytes, so
+// hashing the whole state (up to MaxStateSize) for each would let anyone
+// who reaches the key sync port spin the leader's CPU.
+func (s *Syncer) leaderHash() ([sha256.Size]byte, error) {
+	var leaf []byte
+	if s.cfg.Certificate != nil {
+		if c := s.cfg.Certificate(); c != nil && len(c.Certificate) > 0 {
+			leaf = c.Certificate[0]
+		}
+	}
+	s.mu.Lock()
+	c := s.leaderHC
+	hit := c.ok && c.gen == s.stateGen && bytes.Equal(c.leaf, leaf)
+	s.mu.Unlock()
+	if hit {
+		return c.sum, nil
+	}
+	k, gen, err := s.leaderKeysGen()
+	if err != nil {
+		return [sha256.Size]byte{}, err
+	}
+	var kl []byte
+	if len(k.CertChain) > 0 {
+		kl = k.CertChain[0]
+	}
+	sum := k.Hash()
+	s.mu.Lock()
+	s.leaderHC = leaderHashCache{ok: true, leaf: kl, gen: gen, sum: sum}
+	s.mu.Unlock()
+	return sum, nil
 }
 
 // syncAsync synchronises worker in the background unless a sync with it is

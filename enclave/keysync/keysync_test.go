@@ -1222,3 +1222,72 @@ func TestHeartbeatHashNotGuessable(t *testing.T) {
 		}
 	}
 }
+
+// TestHeartbeatCostIndependentOfState: every heartbeat (unauthenticated, a
+// few bytes, many per connection) is compared with the hash of the leader's
+// key material. Hashing the whole state again for each (up to
+// MaxStateSize, 1 MiB) would let anyone who reaches the key sync port spin
+// the leader's CPU at a thousandfold amplification; the hash changes only
+// with the state or the certificate.
+func TestHeartbeatCostIndependentOfState(t *testing.T) {
+	att := devAttester(t, 0)
+	var leaderAddr string
+	n := newNode(t, att, att.Roots(), "", func(c *Config) {
+		c.Dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if addr == leaderAddr {
+				var d net.Dialer
+				return d.DialContext(ctx, network, addr)
+			}
+			<-ctx.Done() // a black-holed worker: its one sync stays in flight
+			return nil, ctx.Err()
+		}
+	})
+	leaderAddr = n.addr
+	n.start(t)
+	waitFor(t, "leader", func() bool { return n.s.Role() == RoleLeader })
+	h := n.s.ExternalHandler()
+	const beats = 300
+	// The fastest of a few rounds, against noise from other processes.
+	perBeat := func() time.Duration {
+		best := time.Duration(1<<63 - 1)
+		for range 3 {
+			start := time.Now()
+			for range beats {
+				rec := httptest.NewRecorder()
+				h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, HeartbeatPath, strings.NewReader(`{"worker_hostname":"10.9.9.9:444"}`)))
+				if rec.Code != http.StatusOK {
+					t.Fatalf("heartbeat: %d", rec.Code)
+				}
+			}
+			best = min(best, time.Since(start)/beats)
+		}
+		return best
+	}
+	if err := n.s.SetState([]byte("small")); err != nil {
+		t.Fatal(err)
+	}
+	small := perBeat()
+	if err := n.s.SetState(make([]byte, DefaultMaxStateSize)); err != nil {
+		t.Fatal(err)
+	}
+	large := perBeat()
+	t.Logf("one heartbeat: %v with 5 bytes of state, %v with %d", small, large, DefaultMaxStateSize)
+	if large > 5*small+50*time.Microsecond {
+		t.Errorf("a heartbeat costs the leader %v with %d bytes of state against %v with 5: the state is hashed for every unauthenticated heartbeat", large, DefaultMaxStateSize, small)
+	}
+	// New state and a new certificate still change the hash heartbeats are
+	// compared with.
+	for _, change := range []func(){
+		func() { _ = n.s.SetState([]byte("new")) },
+		func() { n.cert.Store(testCert(t)) },
+	} {
+		change()
+		k, err := n.s.leaderKeys()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := n.s.leaderHash(); err != nil || got != k.Hash() {
+			t.Errorf("leaderHash after a change: %x, %v; want %x", got, err, k.Hash())
+		}
+	}
+}
