@@ -113,7 +113,7 @@ func (p PortJSON) Spec() (Publish, error) {
 const maxControlBody = 64 << 10
 
 // ControlHandler returns the control API. Serve it only where operators
-// are trusted (quench-host uses a unix socket with mode 0600): it changes
+// are trusted (quench-host uses a unix socket with mode 0700): it changes
 // what is published.
 func (h *Host) ControlHandler() http.Handler {
 	r := chi.NewRouter()

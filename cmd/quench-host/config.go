@@ -120,7 +120,7 @@ func (o *options) bind(fs *flag.FlagSet, configPath *string) {
 	fs.BoolVar(&o.NoHostLoopback, "no-host-loopback", o.NoHostLoopback, "do not map the subnet's last address (192.168.127.254) to the host's 127.0.0.1")
 	fs.BoolVar(&o.DHCP, "dhcp", o.DHCP, "answer DHCP on the virtual network like gvproxy (enclave MAC 5a:94:ef:e4:0c:ee gets the enclave address), so a stock gvforwarder configures itself without -preexisting; -dhcp=false turns it off")
 	fs.StringVar(&o.VSockDir, "vsock-dir", o.VSockDir, "VSOCK stand-in: serve and dial vsock:// addresses as unix sockets in this directory (also $"+endpoint.EnvVSockDir+")")
-	fs.StringVar(&o.Control, "control", o.Control, "serve the control API (quench-host ctl) on this unix socket path, mode 0600; off by default")
+	fs.StringVar(&o.Control, "control", o.Control, "serve the control API (quench-host ctl) on this unix socket path, mode 0700 (owner only); off by default")
 	fs.StringVar(&o.Metrics, "metrics", o.Metrics, "serve Prometheus metrics at /metrics on this address (e.g. 127.0.0.1:9100); off by default")
 	fs.StringVar(&o.Pprof, "pprof", o.Pprof, "serve net/http/pprof on this address (e.g. 127.0.0.1:6060); off by default")
 	fs.StringVar(&o.LogLevel, "log-level", o.LogLevel, "debug, info, warn or error")

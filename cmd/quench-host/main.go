@@ -36,7 +36,7 @@ with it too.
 
 Usage:
   quench-host [flags]
-  quench-host ctl [-control PATH] status|ports|add SPEC|add-vsock SPEC|rm ADDR [-drain D]
+  quench-host ctl [-control PATH] [-drain D] status|ports|add SPEC|add-vsock SPEC|rm ADDR
 
 Examples:
   # Enclaves connect on VSOCK port 1024; host port 443 reaches enclave port 443.
