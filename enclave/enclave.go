@@ -407,11 +407,17 @@ func isLocalhost(host string) bool {
 }
 
 // Resolver returns a resolver that asks the enclave's DNS servers over the
-// enclave's network.
+// enclave's network. With Config.Egress, it asks only about names the
+// policy allows (policy.AllowName); a question about any other name is
+// answered "no such host" without leaving the enclave, since the name
+// itself would reach the DNS servers the host forwards to.
 func (e *Enclave) Resolver() (*net.Resolver, error) {
 	nw, err := e.network()
 	if err != nil {
 		return nil, err
+	}
+	if e.cfg.Egress != nil {
+		return policedResolver(nw.resolver(), e.cfg.Egress, e.log), nil
 	}
 	return nw.resolver(), nil
 }
