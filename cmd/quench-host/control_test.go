@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/quenchnet/quench/internal/testutil"
 )
 
 // TestListenControl: the control socket is its owner's only, a second
@@ -20,15 +22,7 @@ func TestListenControl(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	testutil.ServeConns(t, ln, func(net.Conn) {})
 	fi, err := os.Lstat(path)
 	if err != nil {
 		t.Fatal(err)
@@ -48,13 +42,7 @@ func TestListenControl(t *testing.T) {
 	c.Close()
 
 	// Left by a crash: replaced.
-	stale := filepath.Join(t.TempDir(), "stale.sock")
-	sl, err := net.Listen("unix", stale)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sl.(*net.UnixListener).SetUnlinkOnClose(false)
-	sl.Close()
+	stale := testutil.StaleUnixSocket(t)
 	ln3, err := listenControl(stale)
 	if err != nil {
 		t.Fatalf("stale control socket not replaced: %v", err)

@@ -365,15 +365,7 @@ func TestWorkerRefusesBadSync(t *testing.T) {
 
 	// A worker whose leader (a dead address) answers nothing: make it a
 	// worker by answering its election request with 410 ourselves.
-	gone, gref := newServer(t)
-	var h http.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusGone) })
-	gref.h.Store(&h)
-	w := newNode(t, att, roots, gone.Listener.Addr().String(), nil)
-	w.start(t)
-	<-w.s.Decided()
-	if w.s.Role() != RoleWorker {
-		t.Fatalf("role %v", w.s.Role())
-	}
+	w := newLoneWorker(t, att, roots)
 	f := newFakeLeader(t, w)
 	keys, _ := json.Marshal(&Keys{State: []byte("the secret")})
 	ctx := context.Background()
@@ -873,18 +865,9 @@ func TestForgedHeartbeatsListNoWorker(t *testing.T) {
 	h := n.s.ExternalHandler()
 	const forged = 2000
 	for i := range forged {
-		body := fmt.Sprintf(`{"hashed_keys":%q,"worker_hostname":"10.%d.%d.1:444"}`, hash, i/256, i%256)
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, HeartbeatPath, strings.NewReader(body)))
-		if rec.Code != http.StatusOK {
-			t.Fatalf("heartbeat %d: %d", i, rec.Code)
-		}
+		forgeHeartbeat(t, h, i, fmt.Sprintf(`"hashed_keys":%q,`, hash))
 	}
-	waitFor(t, "syncs with the forged workers to end", func() bool {
-		n.s.mu.Lock()
-		defer n.s.mu.Unlock()
-		return len(n.s.syncing) == 0
-	})
+	waitNoSyncs(t, n.s, "syncs with the forged workers to end")
 	if got := len(n.s.Workers()); got != 0 {
 		t.Fatalf("%d forged heartbeats with the leader's hash listed %d workers that were never synced (kept for WorkerTimeout, pushed to at every SetState)", forged, got)
 	}
@@ -1156,17 +1139,8 @@ func TestForgedWorkersLeaveNoIdleConns(t *testing.T) {
 	hx := n.s.ExternalHandler()
 	const forged = 200
 	for i := range forged {
-		rec := httptest.NewRecorder()
-		hx.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, HeartbeatPath,
-			strings.NewReader(fmt.Sprintf(`{"worker_hostname":"10.%d.%d.1:444"}`, i/256, i%256))))
-		if rec.Code != http.StatusOK {
-			t.Fatalf("heartbeat %d: %d", i, rec.Code)
-		}
-		waitFor(t, "the forged sync to end", func() bool {
-			n.s.mu.Lock()
-			defer n.s.mu.Unlock()
-			return len(n.s.syncing) == 0
-		})
+		forgeHeartbeat(t, hx, i, "")
+		waitNoSyncs(t, n.s, "the forged sync to end")
 	}
 	if got, max := open.Load(), int32(2*DefaultMaxConcurrentSyncs); got > max {
 		t.Fatalf("%d forged heartbeats left %d connections of the leader open (kept alive for 90 s each), want at most %d", forged, got, max)
@@ -1290,4 +1264,27 @@ func TestHeartbeatCostIndependentOfState(t *testing.T) {
 			t.Errorf("leaderHash after a change: %x, %v; want %x", got, err, k.Hash())
 		}
 	}
+}
+
+// forgeHeartbeat posts to h, a leader's external handler, an unauthenticated
+// heartbeat from made-up worker i (10.x.y.1:444), with fields (JSON members
+// followed by a comma) before worker_hostname.
+func forgeHeartbeat(t *testing.T, h http.Handler, i int, fields string) {
+	t.Helper()
+	body := fmt.Sprintf(`{%s"worker_hostname":"10.%d.%d.1:444"}`, fields, i/256, i%256)
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, HeartbeatPath, strings.NewReader(body)))
+	if rec.Code != http.StatusOK {
+		t.Fatalf("heartbeat %d: %d", i, rec.Code)
+	}
+}
+
+// waitNoSyncs waits until s, a leader, has no sync in flight.
+func waitNoSyncs(t *testing.T, s *Syncer, what string) {
+	t.Helper()
+	waitFor(t, what, func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return len(s.syncing) == 0
+	})
 }

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/quenchnet/quench/internal/testutil"
 )
 
 func TestParse(t *testing.T) {
@@ -155,15 +157,7 @@ func TestListenUnixLeavesLiveSocket(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	testutil.ServeConns(t, ln, func(net.Conn) {})
 	if ln2, err := Listen(a, Options{}); err == nil {
 		ln2.Close()
 		t.Fatal("a second Listen took over a live socket")
@@ -177,13 +171,7 @@ func TestListenUnixLeavesLiveSocket(t *testing.T) {
 	c.Close()
 
 	// Stale: the file of a listener that ended without removing it.
-	stale := filepath.Join(t.TempDir(), "stale.sock")
-	sl, err := net.Listen("unix", stale)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sl.(*net.UnixListener).SetUnlinkOnClose(false)
-	sl.Close()
+	stale := testutil.StaleUnixSocket(t)
 	ln3, err := Listen(Addr{Scheme: "unix", Path: stale}, Options{})
 	if err != nil {
 		t.Fatalf("stale socket not replaced: %v", err)

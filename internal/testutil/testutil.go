@@ -471,3 +471,18 @@ func DialUnix(path string) func(ctx context.Context) (net.Conn, error) {
 		return d.DialContext(ctx, "unix", path)
 	}
 }
+
+// StaleUnixSocket returns the path of a unix socket file in a temporary
+// directory whose listener ended without removing it, as a crashed daemon
+// leaves one: nothing accepts on it.
+func StaleUnixSocket(tb testing.TB) string {
+	tb.Helper()
+	path := filepath.Join(tb.TempDir(), "stale.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	_ = ln.Close()
+	return path
+}
