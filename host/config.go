@@ -223,8 +223,8 @@ type Config struct {
 	MaxPortConnsPerPort int
 
 	// MaxPortConnsPerClient bounds the connections one client address
-	// holds on all published TCP ports together, so that one source
-	// cannot take MaxPortConns alone. Set it when clients connect directly
+	// (an IPv4 address, or an IPv6 /64) holds on all published TCP ports
+	// together, so that one source cannot take MaxPortConns alone. Set it when clients connect directly
 	// or through a load balancer that keeps their addresses (an NLB); behind
 	// one that does not (an ALB), every client has the balancer's few
 	// addresses and a cap would refuse them. Default: no limit.

@@ -209,3 +209,30 @@ func TestIsolationPeerID(t *testing.T) {
 		t.Errorf("peerID = %q, want %q", got, want)
 	}
 }
+
+// TestClientAddrIPv6Prefix: MaxPortConnsPerClient counts an IPv6 client
+// per /64, so one client cannot pass the cap by using more of its
+// addresses; IPv4 (mapped or not) per address.
+func TestClientAddrIPv6Prefix(t *testing.T) {
+	conn := func(ip string) net.Conn {
+		return fakeRemoteConn{remote: &net.TCPAddr{IP: net.ParseIP(ip), Port: 1}}
+	}
+	if clientAddr(conn("2001:db8:1:2::1")) != clientAddr(conn("2001:db8:1:2:ffff::9")) {
+		t.Error("two addresses of one IPv6 /64 count as different clients")
+	}
+	if clientAddr(conn("2001:db8:1:2::1")) == clientAddr(conn("2001:db8:1:3::1")) {
+		t.Error("two IPv6 /64s count as one client")
+	}
+	if clientAddr(conn("::ffff:192.0.2.1")) != clientAddr(conn("192.0.2.1")) || clientAddr(conn("192.0.2.1")) == clientAddr(conn("192.0.2.2")) {
+		t.Error("IPv4 clients are not counted per address")
+	}
+}
+
+// fakeRemoteConn is a net.Conn with only a remote address (its other
+// methods are not called).
+type fakeRemoteConn struct {
+	net.Conn
+	remote net.Addr
+}
+
+func (f fakeRemoteConn) RemoteAddr() net.Addr { return f.remote }

@@ -290,12 +290,20 @@ func (h *Host) servePublished(p *published, ln net.Listener) {
 // MaxPortConnsPerPort or MaxPortConnsPerClient.
 var errConnLimit = errors.New("too many client connections (MaxPortConns, MaxPortConnsPerPort, MaxPortConnsPerClient)")
 
-// clientAddr is c's remote IP address, the key of MaxPortConnsPerClient.
+// clientAddr is the key of MaxPortConnsPerClient for c: its remote IPv4
+// address, or the /64 of its IPv6 address (the smallest block a client is
+// usually given: one client can use any address in it).
 func clientAddr(c net.Conn) tcpip.Address {
-	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
-		return tcpip.AddrFromSlice(ta.AddrPort().Addr().Unmap().AsSlice())
+	ta, ok := c.RemoteAddr().(*net.TCPAddr)
+	if !ok {
+		return tcpip.Address{}
 	}
-	return tcpip.Address{}
+	a := ta.AddrPort().Addr().Unmap()
+	if a.Is6() {
+		p, _ := a.WithZone("").Prefix(64)
+		a = p.Addr()
+	}
+	return tcpip.AddrFromSlice(a.AsSlice())
 }
 
 // admitPortConn registers cc as a client of p within Config.MaxPortConnsPerPort,
