@@ -39,6 +39,14 @@ const maxDHCPInFlight = 16
 // seconds; a minute covers their retransmissions.
 const defaultDHCPOfferTimeout = 60 * time.Second
 
+// dhcpLeaseExpiry is how long a confirmed lease lasts after the client's
+// last REQUEST before its address returns to the pool: the lease time the
+// DHCP service gives (one hour, fixed by gvisor-tap-vsock's dhcp.New) and a
+// grace period. Clients renew halfway through (RFC 2131 T1), so a client
+// that is still there never loses its lease; one that is gone, or that
+// only took addresses, does. A variable for tests.
+var dhcpLeaseExpiry = time.Hour + 5*time.Minute
+
 // dhcpPool returns the address pool of the DHCP service: the gateway, the
 // host-loopback and the broadcast addresses are never leased, and the
 // enclave's default MAC (DefaultEnclaveMAC, the one quench-enclave and
@@ -87,7 +95,7 @@ func (h *Host) startDHCPLocked() error {
 		sem:          make(chan struct{}, maxDHCPInFlight),
 		offerTimeout: c.DHCPOfferTimeout,
 		offers:       map[string]time.Time{},
-		confirmed:    map[string]bool{DefaultEnclaveMAC.String(): true}, // reserved in dhcpPool
+		confirmed:    map[string]time.Time{DefaultEnclaveMAC.String(): {}}, // reserved in dhcpPool: never expires
 		bind:         h.sw.bindLease,
 	}
 	h.sw.leaseOf = func(a tcpip.Address) (string, bool) {
@@ -131,10 +139,11 @@ type dhcpHandler struct {
 	lastWarn time.Time      // guarded by mu
 
 	// Addresses offered (DISCOVER) but not yet requested return to the
-	// pool after offerTimeout, so that DISCOVERs alone cannot exhaust it.
+	// pool after offerTimeout, so that DISCOVERs alone cannot exhaust it;
+	// leases a REQUEST confirmed, dhcpLeaseExpiry after the last REQUEST.
 	offerTimeout time.Duration
 	offers       map[string]time.Time // guarded by mu; client key: when its offer expires
-	confirmed    map[string]bool      // guarded by mu; clients whose lease a REQUEST confirmed
+	confirmed    map[string]time.Time // guarded by mu; client key: when its lease expires (zero: never)
 
 	// bind ties a leased address to the enclave stream of the client's
 	// MAC (switchEndpoint.bindLease).
@@ -172,19 +181,22 @@ func (d *dhcpHandler) handle(conn net.PacketConn, peer net.Addr, m *dhcpv4.DHCPv
 		return
 	}
 	key := m.ClientHWAddr.String()
-	d.expireOffers()
+	d.expire()
 	ip, err := d.pool.GetOrAssign(key)
 	if err == nil {
 		d.mu.Lock()
+		exp, confirmed := d.confirmed[key]
 		switch {
-		case d.confirmed[key]:
 		case mt == dhcpv4.MessageTypeRequest:
 			delete(d.offers, key)
-			d.confirmed[key] = true
+			if !confirmed || !exp.IsZero() {
+				d.confirmed[key] = time.Now().Add(dhcpLeaseExpiry)
+			}
+			confirmed = true
+		case confirmed:
 		case d.offers[key].IsZero():
 			d.offers[key] = time.Now().Add(d.offerTimeout)
 		}
-		confirmed := d.confirmed[key]
 		d.mu.Unlock()
 		if confirmed && d.bind != nil {
 			d.bind(m.ClientHWAddr, ip)
@@ -206,14 +218,20 @@ func (d *dhcpHandler) handle(conn net.PacketConn, peer net.Addr, m *dhcpv4.DHCPv
 	d.inner(conn, peer, m)
 }
 
-// expireOffers returns expired offers' addresses to the pool.
-func (d *dhcpHandler) expireOffers() {
+// expire returns the addresses of expired offers and leases to the pool.
+func (d *dhcpHandler) expire() {
 	now := time.Now()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for key, exp := range d.offers {
 		if now.After(exp) {
 			delete(d.offers, key)
+			d.pool.Release(key)
+		}
+	}
+	for key, exp := range d.confirmed {
+		if !exp.IsZero() && now.After(exp) {
+			delete(d.confirmed, key)
 			d.pool.Release(key)
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/insomniacslk/dhcp/dhcpv4"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -405,5 +406,71 @@ func TestIsolationOnlyIPv4AndARPBetweenEnclaves(t *testing.T) {
 	}
 	if got := h.Stats().FramesDroppedNotIPv4; got != 4 {
 		t.Errorf("FramesDroppedNotIPv4 = %d, want 4", got)
+	}
+}
+
+// dhcpLease runs DISCOVER and REQUEST for mac on c and returns the ACK, or
+// nil when no offer or ack came within wait.
+func dhcpLease(t *testing.T, c *tap.Conn, mac net.HardwareAddr, wait time.Duration) *dhcpv4.DHCPv4 {
+	t.Helper()
+	offer := dhcpExchange(t, c, mac, discover(t, mac), wait)
+	if offer == nil {
+		return nil
+	}
+	req, err := dhcpv4.NewRequestFromOffer(offer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dhcpExchange(t, c, mac, req, wait)
+}
+
+// TestIsolationDHCPLeasesExpire: leases a REQUEST confirmed lasted as long
+// as the Host ran: one stream (with the MAC limit off, or several streams of
+// one peer over time) could hold the whole pool for good. Now a lease not
+// renewed returns to the pool when it expires (the lease time the service
+// gives and a grace period), while a client that renews keeps its address.
+func TestIsolationDHCPLeasesExpire(t *testing.T) {
+	const expiry = 6 * time.Second
+	defer host.SetDHCPLeaseExpiry(expiry)()
+	_, path := startHost(t, host.Config{MaxMACsPerEnclave: -1})
+	keeperMAC := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x11}
+	keeper := connectRaw(t, path)
+	first := dhcpLease(t, keeper, keeperMAC, 2*time.Second)
+	if first == nil {
+		t.Fatal("no lease for the first client")
+	}
+	attacker := connectRaw(t, path)
+	start := time.Now()
+	taken := 0
+	for i := range 300 {
+		fake := net.HardwareAddr{0x02, 0xfa, 0xce, 0, byte(i >> 8), byte(i)}
+		if dhcpLease(t, attacker, fake, 300*time.Millisecond) == nil {
+			break
+		}
+		taken++
+	}
+	if time.Since(start) > expiry/2 {
+		t.Skipf("too slow to exhaust the pool within the lease expiry (%v)", time.Since(start))
+	}
+	newcomerMAC := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x42}
+	newcomer := connectRaw(t, path)
+	if offer := dhcpExchange(t, newcomer, newcomerMAC, discover(t, newcomerMAC), 200*time.Millisecond); offer != nil {
+		t.Fatalf("pool not exhausted after %d leases: %s offered", taken, offer.YourIPAddr)
+	}
+	// The first client renews halfway through its lease, as clients do,
+	// until the others' leases have expired.
+	for range 2 {
+		time.Sleep(expiry/2 + 100*time.Millisecond)
+		renew, err := dhcpv4.NewRequestFromOffer(first)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ack := dhcpExchange(t, keeper, keeperMAC, renew, 2*time.Second)
+		if ack == nil || !ack.YourIPAddr.Equal(first.YourIPAddr) {
+			t.Fatalf("a client renewing its lease lost it: %v", ack)
+		}
+	}
+	if dhcpLease(t, newcomer, newcomerMAC, 2*time.Second) == nil {
+		t.Fatalf("%d leases never renewed still hold the pool after they expired", taken)
 	}
 }
