@@ -396,8 +396,7 @@ func (p *pair) copy(from int) bool {
 			p.last = el.now // a slow reader draining a backlog is not idle
 		}
 		if err != nil && err != unix.EAGAIN {
-			p.finish(fmt.Errorf("relay: write: %w", err))
-			return false
+			return p.writeFailed(from, err)
 		}
 		if n < len(buf) {
 			if err := dst.full(); err != nil {
@@ -442,8 +441,7 @@ func (p *pair) copy(from int) bool {
 				testWrite(p, 1-from, n)
 			}
 			if err != nil && err != unix.EAGAIN {
-				p.finish(fmt.Errorf("relay: write: %w", err))
-				return false
+				return p.writeFailed(from, err)
 			}
 			if w > 0 {
 				p.count(from, w)
@@ -477,6 +475,28 @@ func (p *pair) copy(from int) bool {
 			return false
 		}
 	}
+	return true
+}
+
+// writeFailed handles an error writing to s[1-from]; it reports false when
+// it finished the pair. A peer that went away (EPIPE, ECONNRESET) may have
+// sent bytes the relay has not read yet, such as a server's answer to a
+// request it did not read to the end (an HTTP 413) before it closed: only
+// the direction towards it ends (the backlog for it and what s[from] has
+// yet to send are dropped, s[from] is no longer read), and the other one
+// goes on until it ends too. Other errors end the pair.
+func (p *pair) writeFailed(from int, err error) bool {
+	if err != unix.EPIPE && err != unix.ECONNRESET {
+		p.finish(fmt.Errorf("relay: write: %w", err))
+		return false
+	}
+	src, dst := &p.s[from], &p.s[1-from]
+	if dst.pend != nil {
+		pools[dst.pendCls].Put(dst.pend)
+		dst.pend = nil
+	}
+	src.eof, src.readable = true, false
+	dst.shut = true // nothing to half-close: its peer reads no more
 	return true
 }
 

@@ -362,3 +362,50 @@ func (w *maxWriter) Write(b []byte) (int, error) {
 }
 
 func (w *maxWriter) CloseWrite() error { return w.Conn.(*net.UnixConn).CloseWrite() }
+
+// TestLoopReplyBeforePeerClose: a server that answers and closes without
+// reading the whole request (an HTTP 413, say) has its answer relayed to
+// the client, although the relay's next write to it fails: the answer was
+// sent before the close, and a client connected directly would read it.
+func TestLoopReplyBeforePeerClose(t *testing.T) {
+	for _, kind := range []string{"unix", "tcp"} {
+		t.Run(kind, func(t *testing.T) {
+			l := newTestLoop(t, 1)
+			var client, a, b, server net.Conn
+			if kind == "unix" {
+				client, a = unixPair(t)
+				b, server = unixPair(t)
+			} else {
+				client, a = tcpPair(t)
+				var ts *net.TCPConn
+				b, ts = tcpPair(t)
+				server = ts
+				_ = ts.SetLinger(0) // its close resets: the relay's writes fail
+			}
+			reply := []byte("HTTP/1.1 413 Content Too Large\r\nConnection: close\r\n\r\n")
+			if _, err := server.Write(reply); err != nil {
+				t.Fatal(err)
+			}
+			_ = server.Close()
+			time.Sleep(50 * time.Millisecond) // the close reaches b
+			if _, err := client.Write([]byte("POST / HTTP/1.1\r\nContent-Length: 1000000\r\n\r\n")); err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan result, 1)
+			l.Go(a, b, Options{}, func(st Stats, err error) { done <- result{st, err} })
+			_ = client.SetReadDeadline(time.Now().Add(5 * time.Second))
+			got, err := io.ReadAll(client)
+			if !bytes.Equal(got, reply) {
+				t.Errorf("client read %q (%v), want the reply %q", got, err, reply)
+			}
+			select {
+			case r := <-done:
+				if r.err != nil {
+					t.Errorf("done: %v", r.err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("relay did not end")
+			}
+		})
+	}
+}
