@@ -139,8 +139,19 @@ func (r *async) finish() {
 // copyHalf copies src to dst, in writes of at most maxWrite bytes if it is
 // positive, and then half-closes dst (or closes both on error, which
 // unblocks the other direction).
+//
+// A dst whose peer went away (EPIPE, ECONNRESET on a write) ends this
+// direction only, with src left open and unread: that peer may have sent
+// bytes the other direction has yet to copy, such as a server's answer to a
+// request it did not read to the end (an HTTP 413) before it closed.
 func copyHalf(dst, src net.Conn, idle *idleTimer, counter *atomic.Int64, maxWrite int) (int64, error) {
 	n, err := copyCounted(dst, src, idle, counter, maxWrite)
+	if we, ok := err.(writeError); ok {
+		if errors.Is(we.err, syscall.EPIPE) || errors.Is(we.err, syscall.ECONNRESET) {
+			return n, nil
+		}
+		err = we.err
+	}
 	if err != nil {
 		_ = src.Close()
 		_ = dst.Close()
@@ -163,8 +174,18 @@ func Copy(dst io.Writer, src io.Reader, progress func()) (int64, error) {
 	if progress != nil {
 		it = &idleTimer{progress: progress}
 	}
-	return copyCounted(dst, src, it, nil, 0)
+	n, err := copyCounted(dst, src, it, nil, 0)
+	if we, ok := err.(writeError); ok {
+		err = we.err
+	}
+	return n, err
 }
+
+// writeError marks an error of copyCounted's writes (not its reads).
+type writeError struct{ err error }
+
+func (e writeError) Error() string { return e.err.Error() }
+func (e writeError) Unwrap() error { return e.err }
 
 func copyCounted(dst io.Writer, src io.Reader, idle *idleTimer, counter *atomic.Int64, maxWrite int) (int64, error) {
 	var (
@@ -240,10 +261,10 @@ func copyCounted(dst io.Writer, src io.Reader, idle *idleTimer, counter *atomic.
 			}
 			idle.touch()
 			if werr != nil {
-				return written, werr
+				return written, writeError{werr}
 			}
 			if nw != nr {
-				return written, io.ErrShortWrite
+				return written, writeError{io.ErrShortWrite}
 			}
 			if !drained {
 				full++

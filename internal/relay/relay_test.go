@@ -466,3 +466,43 @@ func TestGo(t *testing.T) {
 	case <-time.After(50 * time.Millisecond):
 	}
 }
+
+// slowWriter delays every write, so that the relay's other direction has
+// done all it can meanwhile.
+type slowWriter struct{ net.Conn }
+
+func (w slowWriter) Write(b []byte) (int, error) {
+	time.Sleep(200 * time.Millisecond)
+	return w.Conn.Write(b)
+}
+
+// TestReplyBeforePeerClose is TestLoopReplyBeforePeerClose for the
+// goroutine relay: the server's answer reaches the client although the
+// relay's write of the request to the closed server fails first.
+func TestReplyBeforePeerClose(t *testing.T) {
+	client, a := unixPair(t)
+	b, server := unixPair(t)
+	reply := []byte("HTTP/1.1 413 Content Too Large\r\nConnection: close\r\n\r\n")
+	if _, err := server.Write(reply); err != nil {
+		t.Fatal(err)
+	}
+	_ = server.Close()
+	if _, err := client.Write([]byte("POST / HTTP/1.1\r\nContent-Length: 1000000\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan result, 1)
+	go func() { st, err := Relay(slowWriter{a}, b, Options{}); done <- result{st, err} }()
+	_ = client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got, err := io.ReadAll(client)
+	if !bytes.Equal(got, reply) {
+		t.Errorf("client read %q (%v), want the reply %q", got, err, reply)
+	}
+	select {
+	case r := <-done:
+		if r.err != nil {
+			t.Errorf("Relay: %v", r.err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("relay did not end")
+	}
+}
