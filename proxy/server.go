@@ -53,8 +53,10 @@ type ServerConfig struct {
 	// DefaultServerReadTimeout (60 s).
 	ReadTimeout time.Duration
 
-	// WriteTimeout is http.Server.WriteTimeout. Default:
-	// DefaultServerWriteTimeout (90 s).
+	// WriteTimeout is http.Server.WriteTimeout, and with TLSConfig also
+	// HTTP/2's WriteByteTimeout (a connection that takes no byte for that
+	// long while bytes wait is closed). Default: DefaultServerWriteTimeout
+	// (90 s).
 	WriteTimeout time.Duration
 
 	// IdleTimeout is http.Server.IdleTimeout. Default: DefaultIdleTimeout
@@ -119,6 +121,13 @@ func NewServer(h http.Handler, cfg ServerConfig) *http.Server {
 		protos.SetHTTP1(true)
 		protos.SetHTTP2(true)
 		srv.Protocols = &protos
+		// net/http's HTTP/2 server applies WriteTimeout per stream: it
+		// resets the stream, but the connection's writer stays blocked
+		// in a write to a client that stopped reading, holding the
+		// connection for good. WriteByteTimeout closes a connection that
+		// takes none of the bytes waiting for it for that long (it runs
+		// only while bytes wait, and restarts with each byte written).
+		srv.HTTP2 = &http.HTTP2Config{WriteByteTimeout: cfg.WriteTimeout}
 	}
 	return srv
 }
