@@ -444,7 +444,8 @@ const drainGrace = 250 * time.Millisecond
 // speaks HTTP/2: Shutdown sends GOAWAY, but (Go 1.26) returns only when
 // clients close their idle HTTP/2 connections or ctx ends. So once no request
 // has been in flight for drainGrace, the remaining connections (idle by
-// then) are closed.
+// then) are closed. An HTTP/2 response is in flight until its last data is
+// sent (publicHandler).
 func (s *servers) shutdownPublic(ctx context.Context) error {
 	done := make(chan error, 1)
 	go func() { done <- s.public.Shutdown(ctx) }()
@@ -502,9 +503,19 @@ func (s *servers) publicHandler(app http.Handler) http.Handler {
 		defer s.inFlight.Add(-1)
 		if enclavePaths(r) {
 			encl.ServeHTTP(w, r)
-			return
+		} else {
+			app.ServeHTTP(w, r)
 		}
-		app.ServeHTTP(w, r)
+		if r.ProtoMajor == 2 {
+			// What the handler left buffered goes out after it
+			// returns, and may wait for the client's flow-control
+			// window (a slow reader): send it while the request
+			// still counts as in flight, so that shutdownPublic does
+			// not close the connection under it. (HTTP/2 then
+			// declares no Content-Length for a body the handler
+			// left unsized; the body's framing does not need it.)
+			_ = http.NewResponseController(w).Flush()
+		}
 	})
 }
 
