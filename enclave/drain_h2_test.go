@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -53,7 +54,12 @@ func TestServeDrainH2SlowReader(t *testing.T) {
 	go func() { closed <- env.enc.Close() }()
 	// The client takes its time before opening its window again (a slow
 	// consumer), well within DrainTimeout (5 s).
-	time.AfterFunc(time.Second, func() { _ = fr.WriteWindowUpdate(1, 1<<20) })
+	var wmu sync.Mutex // the Framer's writes, from here and from the timer
+	time.AfterFunc(time.Second, func() {
+		wmu.Lock()
+		defer wmu.Unlock()
+		_ = fr.WriteWindowUpdate(1, 1<<20)
+	})
 	got := 0
 	for {
 		f, err := fr.ReadFrame()
@@ -63,7 +69,9 @@ func TestServeDrainH2SlowReader(t *testing.T) {
 		switch f := f.(type) {
 		case *http2.SettingsFrame:
 			if !f.IsAck() {
+				wmu.Lock()
 				_ = fr.WriteSettingsAck()
+				wmu.Unlock()
 			}
 		case *http2.DataFrame:
 			got += len(f.Data())
