@@ -382,30 +382,10 @@ func TestLoopReplyBeforePeerClose(t *testing.T) {
 				server = ts
 				_ = ts.SetLinger(0) // its close resets: the relay's writes fail
 			}
-			reply := []byte("HTTP/1.1 413 Content Too Large\r\nConnection: close\r\n\r\n")
-			if _, err := server.Write(reply); err != nil {
-				t.Fatal(err)
-			}
-			_ = server.Close()
-			time.Sleep(50 * time.Millisecond) // the close reaches b
-			if _, err := client.Write([]byte("POST / HTTP/1.1\r\nContent-Length: 1000000\r\n\r\n")); err != nil {
-				t.Fatal(err)
-			}
+			reply := answerThenClose(t, client, server)
 			done := make(chan result, 1)
 			l.Go(a, b, Options{}, func(st Stats, err error) { done <- result{st, err} })
-			_ = client.SetReadDeadline(time.Now().Add(5 * time.Second))
-			got, err := io.ReadAll(client)
-			if !bytes.Equal(got, reply) {
-				t.Errorf("client read %q (%v), want the reply %q", got, err, reply)
-			}
-			select {
-			case r := <-done:
-				if r.err != nil {
-					t.Errorf("done: %v", r.err)
-				}
-			case <-time.After(5 * time.Second):
-				t.Fatal("relay did not end")
-			}
+			expectReply(t, client, reply, done)
 		})
 	}
 }

@@ -482,16 +482,33 @@ func (w slowWriter) Write(b []byte) (int, error) {
 func TestReplyBeforePeerClose(t *testing.T) {
 	client, a := unixPair(t)
 	b, server := unixPair(t)
+	reply := answerThenClose(t, client, server)
+	done := make(chan result, 1)
+	go func() { st, err := Relay(slowWriter{a}, b, Options{}); done <- result{st, err} }()
+	expectReply(t, client, reply, done)
+}
+
+// answerThenClose has server answer (an HTTP 413) and close before the
+// relay starts, and client send a request the server will not read; it
+// returns the answer.
+func answerThenClose(t *testing.T, client, server net.Conn) []byte {
+	t.Helper()
 	reply := []byte("HTTP/1.1 413 Content Too Large\r\nConnection: close\r\n\r\n")
 	if _, err := server.Write(reply); err != nil {
 		t.Fatal(err)
 	}
 	_ = server.Close()
+	time.Sleep(50 * time.Millisecond) // the close reaches the relay's side
 	if _, err := client.Write([]byte("POST / HTTP/1.1\r\nContent-Length: 1000000\r\n\r\n")); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan result, 1)
-	go func() { st, err := Relay(slowWriter{a}, b, Options{}); done <- result{st, err} }()
+	return reply
+}
+
+// expectReply checks that client reads exactly reply, and that the relay
+// (reporting on done) ends without an error.
+func expectReply(t *testing.T, client net.Conn, reply []byte, done <-chan result) {
+	t.Helper()
 	_ = client.SetReadDeadline(time.Now().Add(5 * time.Second))
 	got, err := io.ReadAll(client)
 	if !bytes.Equal(got, reply) {
@@ -500,7 +517,7 @@ func TestReplyBeforePeerClose(t *testing.T) {
 	select {
 	case r := <-done:
 		if r.err != nil {
-			t.Errorf("Relay: %v", r.err)
+			t.Errorf("relay: %v", r.err)
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("relay did not end")
