@@ -276,7 +276,6 @@ func TestIsolationDHCPNeedsOwnMAC(t *testing.T) {
 		}
 		taken++
 	}
-	newcomerMAC := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x42}
 	newcomer := connectRaw(t, path)
 	offer := dhcpExchange(t, newcomer, newcomerMAC, discover(t, newcomerMAC), 2*time.Second)
 	t.Logf("one stream took %d leases with DISCOVERs only", taken)
@@ -293,23 +292,9 @@ func TestIsolationDHCPOffersExpire(t *testing.T) {
 	const timeout = 3 * time.Second
 	_, path := startHost(t, host.Config{MaxMACsPerEnclave: -1, DHCPOfferTimeout: timeout})
 	attacker := connectRaw(t, path)
-	taken := 0
-	start := time.Now()
-	for i := range 300 {
-		fake := net.HardwareAddr{0x02, 0xfa, 0xce, 0, byte(i >> 8), byte(i)}
-		if dhcpExchange(t, attacker, fake, discover(t, fake), 300*time.Millisecond) == nil {
-			break
-		}
-		taken++
-	}
-	if time.Since(start) > timeout/2 {
-		t.Skipf("too slow to exhaust the pool within the offer timeout (%v)", time.Since(start))
-	}
-	newcomerMAC := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x42}
-	newcomer := connectRaw(t, path)
-	if offer := dhcpExchange(t, newcomer, newcomerMAC, discover(t, newcomerMAC), 200*time.Millisecond); offer != nil {
-		t.Fatalf("pool not exhausted after %d DISCOVERs: %s offered", taken, offer.YourIPAddr)
-	}
+	taken, newcomer := exhaustDHCPPool(t, path, timeout/2, func(mac net.HardwareAddr) bool {
+		return dhcpExchange(t, attacker, mac, discover(t, mac), 300*time.Millisecond) != nil
+	})
 	time.Sleep(timeout)
 	offer := dhcpExchange(t, newcomer, newcomerMAC, discover(t, newcomerMAC), 2*time.Second)
 	if offer == nil {
@@ -440,23 +425,9 @@ func TestIsolationDHCPLeasesExpire(t *testing.T) {
 		t.Fatal("no lease for the first client")
 	}
 	attacker := connectRaw(t, path)
-	start := time.Now()
-	taken := 0
-	for i := range 300 {
-		fake := net.HardwareAddr{0x02, 0xfa, 0xce, 0, byte(i >> 8), byte(i)}
-		if dhcpLease(t, attacker, fake, 300*time.Millisecond) == nil {
-			break
-		}
-		taken++
-	}
-	if time.Since(start) > expiry/2 {
-		t.Skipf("too slow to exhaust the pool within the lease expiry (%v)", time.Since(start))
-	}
-	newcomerMAC := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x42}
-	newcomer := connectRaw(t, path)
-	if offer := dhcpExchange(t, newcomer, newcomerMAC, discover(t, newcomerMAC), 200*time.Millisecond); offer != nil {
-		t.Fatalf("pool not exhausted after %d leases: %s offered", taken, offer.YourIPAddr)
-	}
+	taken, newcomer := exhaustDHCPPool(t, path, expiry/2, func(mac net.HardwareAddr) bool {
+		return dhcpLease(t, attacker, mac, 300*time.Millisecond) != nil
+	})
 	// The first client renews halfway through its lease, as clients do,
 	// until the others' leases have expired.
 	for range 2 {
@@ -473,4 +444,32 @@ func TestIsolationDHCPLeasesExpire(t *testing.T) {
 	if dhcpLease(t, newcomer, newcomerMAC, 2*time.Second) == nil {
 		t.Fatalf("%d leases never renewed still hold the pool after they expired", taken)
 	}
+}
+
+// newcomerMAC is the client that finds the DHCP pool exhausted.
+var newcomerMAC = net.HardwareAddr{0x02, 0, 0, 0, 0, 0x42}
+
+// exhaustDHCPPool calls take with made-up client MACs until it fails (the
+// pool is exhausted), within within or the test is skipped, and checks that
+// a newcomer (newcomerMAC, on a stream of its own to the host at path) is
+// offered nothing. It returns how many take succeeded and the newcomer's
+// stream.
+func exhaustDHCPPool(t *testing.T, path string, within time.Duration, take func(net.HardwareAddr) bool) (int, *tap.Conn) {
+	t.Helper()
+	start := time.Now()
+	taken := 0
+	for i := range 300 {
+		if !take(net.HardwareAddr{0x02, 0xfa, 0xce, 0, byte(i >> 8), byte(i)}) {
+			break
+		}
+		taken++
+	}
+	if time.Since(start) > within {
+		t.Skipf("too slow to exhaust the pool within %v (%v)", within, time.Since(start))
+	}
+	newcomer := connectRaw(t, path)
+	if offer := dhcpExchange(t, newcomer, newcomerMAC, discover(t, newcomerMAC), 200*time.Millisecond); offer != nil {
+		t.Fatalf("pool not exhausted after %d clients: %s offered", taken, offer.YourIPAddr)
+	}
+	return taken, newcomer
 }
