@@ -4,7 +4,7 @@ BIN       ?= $(CURDIR)/bin
 TESTFLAGS ?= -race -timeout 25m
 export GOFLAGS := -buildvcs=false
 
-.PHONY: all build tools test test-short vet fmt demo bench bench-quick fuzz clean
+.PHONY: all build tools test test-short vet fmt demo bench bench-quick fuzz soak clean
 
 all: build
 
@@ -50,6 +50,14 @@ bench: build tools
 ## scripts/bench/results/BENCHMARKS-quick.md and scripts/bench/results/charts/
 bench-quick: build tools
 	QUICK=1 scripts/bench/run.sh
+
+## soak: the whole system under mixed load while quench-host is killed,
+## restarted and frozen and quench-enclave is killed, SOAK_ROUNDS times each
+## (about 6 s a round); fails if a path stays down or a daemon that stayed up
+## keeps descriptors or goroutines (needs root; make test runs 2 rounds)
+SOAK_ROUNDS ?= 25
+soak:
+	QUENCH_SOAK_ROUNDS=$(SOAK_ROUNDS) $(GO) test -count=1 -timeout 60m -run '^TestSoak$$' -v ./internal/e2e/
 
 ## fuzz: a short run of every fuzz target
 fuzz:
