@@ -179,8 +179,15 @@ func (env *enclaveEnv) checkEgressHTTP() error {
 
 // getHostHTTP GETs the host's HTTP server at addr from inside the enclave.
 func (env *enclaveEnv) getHostHTTP(addr string) error {
+	return env.getHostHTTPWith(&net.Dialer{Timeout: 3 * time.Second}, addr)
+}
+
+// getHostHTTPWith is getHostHTTP with the connection dialled by d. The
+// request asks the server to close the connection after its answer, so the
+// server's side closes first.
+func (env *enclaveEnv) getHostHTTPWith(d *net.Dialer, addr string) error {
 	return env.ns.Do(func() error {
-		c, err := net.DialTimeout("tcp", addr, 3*time.Second)
+		c, err := d.Dial("tcp", addr)
 		if err != nil {
 			return err
 		}
