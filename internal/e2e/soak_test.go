@@ -295,19 +295,24 @@ func (s *soakEnv) soakLoad(workers int) (stop func() map[string]int64) {
 	}
 }
 
-// checkAll runs each client once and returns the first failure.
-func (s *soakEnv) checkAll() error {
+// checkAll runs each client once and returns the first failure, and the
+// clients that took longer than half a second (a SYN retransmitted, say).
+func (s *soakEnv) checkAll() (slow []string, err error) {
 	cs, closeIdle := s.clients()
 	defer closeIdle()
 	for _, c := range cs {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		start := time.Now()
 		err := c.do(ctx)
 		cancel()
 		if err != nil {
-			return fmt.Errorf("%s: %w", c.name, err)
+			return slow, fmt.Errorf("%s: %w", c.name, err)
+		}
+		if d := time.Since(start); d > 500*time.Millisecond {
+			slow = append(slow, fmt.Sprintf("%s %v", c.name, d.Round(time.Millisecond)))
 		}
 	}
-	return nil
+	return slow, nil
 }
 
 // usage is what a process holds: open descriptors (from /proc) and
@@ -414,9 +419,11 @@ func (s *soakEnv) round(name string, disrupt func() time.Time) {
 	t0 := disrupt()
 	var errs []string // what failed on the way back, for the log
 	var attempt time.Time
+	var slow []string
 	testutil.WaitFor(s.t, 10*time.Second, "every path after "+name, func() error {
 		attempt = time.Now()
-		err := s.checkAll()
+		var err error
+		slow, err = s.checkAll()
 		if err != nil {
 			errs = append(errs, fmt.Sprintf("%v: %v", attempt.Sub(t0).Round(time.Millisecond), err))
 		}
@@ -431,8 +438,8 @@ func (s *soakEnv) round(name string, disrupt func() time.Time) {
 	time.Sleep(time.Second)
 	h, herr := s.hostUsage()
 	e, eerr := s.enclaveUsage()
-	s.t.Logf("%s: every path served again by %v after (the passing check began at %v); calls %v; a second later quench-host %v (%v), quench-enclave %v (%v)",
-		name, checked.Round(time.Millisecond), recovered.Round(time.Millisecond), calls, h, herr, e, eerr)
+	s.t.Logf("%s: every path served again by %v after (the passing check began at %v; slow in it: %v); calls %v; a second later quench-host %v (%v), quench-enclave %v (%v)",
+		name, checked.Round(time.Millisecond), recovered.Round(time.Millisecond), slow, calls, h, herr, e, eerr)
 }
 
 // TestSoak runs the whole system under a mix of traffic on every path (the
@@ -458,7 +465,7 @@ func TestSoak(t *testing.T) {
 	s := newSoakEnv(t)
 	s.startHost()
 	s.startEnclave()
-	testutil.WaitFor(t, 30*time.Second, "every path serving", s.checkAll)
+	testutil.WaitFor(t, 30*time.Second, "every path serving", func() error { _, err := s.checkAll(); return err })
 
 	warmUp := func() {
 		stop := s.soakLoad(2)
