@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containers/gvisor-tap-vsock/pkg/services/dhcp"
@@ -44,8 +45,12 @@ const defaultDHCPOfferTimeout = 60 * time.Second
 // DHCP service gives (one hour, fixed by gvisor-tap-vsock's dhcp.New) and a
 // grace period. Clients renew halfway through (RFC 2131 T1), so a client
 // that is still there never loses its lease; one that is gone, or that
-// only took addresses, does. A variable for tests.
-var dhcpLeaseExpiry = time.Hour + 5*time.Minute
+// only took addresses, does. A variable for tests (SetDHCPLeaseExpiry).
+var dhcpLeaseExpiry = func() *atomic.Int64 {
+	var d atomic.Int64 // a time.Duration; atomic because tests change it while handlers of closed hosts may still run
+	d.Store(int64(time.Hour + 5*time.Minute))
+	return &d
+}()
 
 // dhcpPool returns the address pool of the DHCP service: the gateway, the
 // host-loopback and the broadcast addresses are never leased, and the
@@ -190,7 +195,7 @@ func (d *dhcpHandler) handle(conn net.PacketConn, peer net.Addr, m *dhcpv4.DHCPv
 		case mt == dhcpv4.MessageTypeRequest:
 			delete(d.offers, key)
 			if !confirmed || !exp.IsZero() {
-				d.confirmed[key] = time.Now().Add(dhcpLeaseExpiry)
+				d.confirmed[key] = time.Now().Add(time.Duration(dhcpLeaseExpiry.Load()))
 			}
 			confirmed = true
 		case confirmed:

@@ -15,7 +15,6 @@ func SetListenPublished(f func(network, addr string) (net.Listener, error)) (res
 // SetDHCPLeaseExpiry makes confirmed DHCP leases expire d after their last
 // REQUEST until the returned function restores the default.
 func SetDHCPLeaseExpiry(d time.Duration) (restore func()) {
-	old := dhcpLeaseExpiry
-	dhcpLeaseExpiry = d
-	return func() { dhcpLeaseExpiry = old }
+	old := dhcpLeaseExpiry.Swap(int64(d))
+	return func() { dhcpLeaseExpiry.Store(old) }
 }
