@@ -164,6 +164,40 @@ func (h *Host) Start(ctx context.Context) (err error) {
 // connections the host dials into enclaves (published ports) sooner.
 const natTimeWait = time.Second
 
+// forgetNeighbors removes from the host's neighbour table the entries for
+// addresses and MACs of an enclave stream that ended. The switch forgets
+// which stream a MAC lives behind when its stream ends, and drops frames
+// for MACs it does not know (never floods them to other enclaves); an entry
+// left in the table would keep the stack sending to that MAC, and so
+// dropping every packet for the address, until the entry failed (tens of
+// seconds) or the enclave happened to send a frame. An enclave restarted
+// with the same MAC and address that only answers (a server in userspace
+// mode sends nothing first) was unreachable that long. Without the entry,
+// the next packet is preceded by a broadcast ARP request, which reaches
+// the new stream, whose answer teaches the switch and the stack at once.
+func (h *Host) forgetNeighbors(macs []tcpip.LinkAddress, ips []tcpip.Address) {
+	entries, terr := h.stack.Neighbors(nicID, ipv4.ProtocolNumber)
+	if terr != nil {
+		return
+	}
+	gone := make(map[tcpip.Address]bool, len(ips))
+	for _, ip := range ips {
+		gone[ip] = true
+	}
+	for _, mac := range macs {
+		for _, n := range entries {
+			if n.LinkAddr == mac {
+				gone[n.Addr] = true
+			}
+		}
+	}
+	for _, n := range entries {
+		if gone[n.Addr] {
+			_ = h.stack.RemoveNeighbor(nicID, ipv4.ProtocolNumber, n.Addr)
+		}
+	}
+}
+
 func (h *Host) createStackLocked() error {
 	c := h.cfg
 	arpAllowed := []tcpip.Address{addr(c.GatewayIP)}
@@ -188,6 +222,7 @@ func (h *Host) createStackLocked() error {
 	if terr := s.SetTransportProtocolOption(tcp.ProtocolNumber, &tw); terr != nil {
 		return fmt.Errorf("host: TCP TIME_WAIT: %v", terr)
 	}
+	h.sw.forget = h.forgetNeighbors
 	// The switch is also the NIC's queueing discipline: per-enclave queues
 	// drained in batches (see switchEndpoint.WritePacket).
 	if terr := s.CreateNICWithOptions(nicID, h.sw, stack.NICOptions{QDisc: h.sw}); terr != nil {

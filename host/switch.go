@@ -62,6 +62,11 @@ type switchEndpoint struct {
 	// before, so that a port's cached binding (port.ip) is checked again.
 	ipGen atomic.Uint64
 
+	// forget, if set, is called (without e.mu) with the MACs and IPv4
+	// addresses a detached stream owned: the host's stack must resolve
+	// them afresh (see Host.forgetNeighbors).
+	forget func(macs []tcpip.LinkAddress, ips []tcpip.Address)
+
 	stats switchStats
 }
 
@@ -170,24 +175,32 @@ func (e *switchEndpoint) attachPeer(c *tap.Conn, remote, peer string) *port {
 	return p
 }
 
-// detach removes p and forgets the addresses learned on it.
+// detach removes p and forgets the addresses learned on it, here and
+// (forget) in the host's stack.
 func (e *switchEndpoint) detach(p *port) {
 	p.dead.Store(true)
+	var macs []tcpip.LinkAddress
+	var ips []tcpip.Address
 	e.mu.Lock()
 	delete(e.ports, p)
 	for mac, q := range e.macs {
 		if q == p {
 			delete(e.macs, mac)
+			macs = append(macs, mac)
 		}
 	}
 	for ip, q := range e.ips {
 		if q == p {
 			delete(e.ips, ip)
+			ips = append(ips, ip)
 		}
 	}
 	p.nmacs, p.nips = 0, 0
 	e.mu.Unlock()
 	_ = p.conn.Close()
+	if e.forget != nil && (len(macs) > 0 || len(ips) > 0) {
+		e.forget(macs, ips)
+	}
 }
 
 // closeAll closes every attached stream (their rx loops then detach them).
