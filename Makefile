@@ -57,7 +57,7 @@ bench-quick: build tools
 ## keeps descriptors or goroutines (needs root; make test runs 2 rounds)
 SOAK_ROUNDS ?= 25
 soak:
-	QUENCH_SOAK_ROUNDS=$(SOAK_ROUNDS) $(GO) test -count=1 -timeout 60m -run '^TestSoak$$' -v ./internal/e2e/
+	QUENCH_SOAK_ROUNDS=$(SOAK_ROUNDS) $(GO) test -count=1 -timeout 60m -run '^TestSoak(Userspace)?$$' -v ./internal/e2e/
 
 ## fuzz: a short run of every fuzz target
 fuzz:

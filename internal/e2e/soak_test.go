@@ -135,87 +135,105 @@ type soakClient struct {
 	do   func(ctx context.Context) error
 }
 
-func (s *soakEnv) clients() (cs []soakClient, closeIdle func()) {
-	tlsConf := &tls.Config{InsecureSkipVerify: true} // documents bind the self-signed certificate
-	keep := &http.Transport{TLSClientConfig: tlsConf, MaxIdleConnsPerHost: 64}
-	fresh := &http.Transport{TLSClientConfig: tlsConf, DisableKeepAlives: true}
-	get := func(tr *http.Transport, url, want string) func(context.Context) error {
-		return func(ctx context.Context) error {
-			req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-			if err != nil {
-				return err
-			}
-			resp, err := tr.RoundTrip(req)
-			if err != nil {
-				return err
-			}
-			defer resp.Body.Close()
-			b, err := io.ReadAll(resp.Body)
-			if err != nil {
-				return err
-			}
-			if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), want) {
-				return fmt.Errorf("GET %s: %s %.80q", url, resp.Status, b)
-			}
-			return nil
-		}
-	}
-	// abandon reads the first KiB of a 1 MiB answer and closes.
-	abandon := func(url string) func(context.Context) error {
-		return func(ctx context.Context) error {
-			req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-			if err != nil {
-				return err
-			}
-			resp, err := fresh.RoundTrip(req)
-			if err != nil {
-				return err
-			}
-			defer resp.Body.Close()
-			_, err = io.ReadFull(resp.Body, make([]byte, 1024))
+// soakTransports are the clients' two HTTP transports: one that keeps
+// connections alive and one that opens a new connection per request. TLS
+// certificates are not checked: documents bind the self-signed certificate.
+func soakTransports() (keep, fresh *http.Transport, closeIdle func()) {
+	tlsConf := &tls.Config{InsecureSkipVerify: true}
+	keep = &http.Transport{TLSClientConfig: tlsConf, MaxIdleConnsPerHost: 64}
+	fresh = &http.Transport{TLSClientConfig: tlsConf, DisableKeepAlives: true}
+	return keep, fresh, func() { keep.CloseIdleConnections(); fresh.CloseIdleConnections() }
+}
+
+// soakGet GETs url and wants a 200 whose body contains want.
+func soakGet(tr *http.Transport, url, want string) func(context.Context) error {
+	return func(ctx context.Context) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
 			return err
 		}
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			return err
+		}
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), want) {
+			return fmt.Errorf("GET %s: %s %.80q", url, resp.Status, b)
+		}
+		return nil
 	}
+}
+
+// soakAbandon reads the first KiB of a long answer and closes.
+func soakAbandon(tr *http.Transport, url string) func(context.Context) error {
+	return func(ctx context.Context) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return err
+		}
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		_, err = io.ReadFull(resp.Body, make([]byte, 1024))
+		return err
+	}
+}
+
+// soakAttest asks for an attestation document with a fresh nonce.
+func soakAttest(tr *http.Transport, base string) func(context.Context) error {
+	return func(ctx context.Context) error {
+		var nonce [20]byte
+		_, _ = rand.Read(nonce[:])
+		return soakGet(tr, base+"/enclave/attestation?nonce="+hex.EncodeToString(nonce[:]), "")(ctx)
+	}
+}
+
+// soakConnectClose opens a connection to each port and closes it before
+// sending anything. It is paced: unpaced, two workers open ~3000
+// connections a second, more than the machine retires, and fill
+// quench-host's connection limit (which then resets clients, as designed).
+func soakConnectClose(ports ...int) func(context.Context) error {
+	return func(ctx context.Context) error {
+		time.Sleep(5 * time.Millisecond)
+		for _, p := range ports {
+			var d net.Dialer
+			c, err := d.DialContext(ctx, "tcp", fmt.Sprintf("127.0.0.1:%d", p))
+			if err != nil {
+				return err
+			}
+			_ = c.Close()
+		}
+		return nil
+	}
+}
+
+func (s *soakEnv) clients() (cs []soakClient, closeIdle func()) {
+	keep, fresh, closeIdle := soakTransports()
 	tunnel := fmt.Sprintf("https://127.0.0.1:%d", s.tunnelPort)
 	ingress := fmt.Sprintf("https://127.0.0.1:%d", s.ingressPort)
 	forward := fmt.Sprintf("http://127.0.0.1:%d", s.forwardPort)
-	cs = []soakClient{
-		{"tunnel keep-alive", get(keep, tunnel+"/", "soak app")},
-		{"tunnel new connections", get(fresh, tunnel+"/", "soak app")},
-		{"ingress keep-alive", get(keep, ingress+"/", "soak app; you are")},
-		{"ingress new connections", get(fresh, ingress+"/", "soak app")},
-		{"forward keep-alive", get(keep, forward+"/", "soak app")},
-		{"attestation", func(ctx context.Context) error {
-			var nonce [20]byte
-			_, _ = rand.Read(nonce[:])
-			return get(keep, ingress+"/enclave/attestation?nonce="+hex.EncodeToString(nonce[:]), "")(ctx)
-		}},
+	return []soakClient{
+		{"tunnel keep-alive", soakGet(keep, tunnel+"/", "soak app")},
+		{"tunnel new connections", soakGet(fresh, tunnel+"/", "soak app")},
+		{"ingress keep-alive", soakGet(keep, ingress+"/", "soak app; you are")},
+		{"ingress new connections", soakGet(fresh, ingress+"/", "soak app")},
+		{"forward keep-alive", soakGet(keep, forward+"/", "soak app")},
+		{"attestation", soakAttest(keep, ingress)},
 		{"abandoned downloads", func(ctx context.Context) error {
-			if err := abandon(tunnel + "/big")(ctx); err != nil {
+			if err := soakAbandon(fresh, tunnel+"/big")(ctx); err != nil {
 				return err
 			}
-			return abandon(forward + "/big")(ctx)
+			return soakAbandon(fresh, forward+"/big")(ctx)
 		}},
-		{"connect and close", func(ctx context.Context) error {
-			// Paced: unpaced, two workers open ~3000 connections a second,
-			// more than the machine retires, and fill quench-host's
-			// connection limit (which then resets clients, as designed).
-			time.Sleep(5 * time.Millisecond)
-			for _, p := range []int{s.tunnelPort, s.ingressPort, s.forwardPort} {
-				var d net.Dialer
-				c, err := d.DialContext(ctx, "tcp", fmt.Sprintf("127.0.0.1:%d", p))
-				if err != nil {
-					return err
-				}
-				_ = c.Close()
-			}
-			return nil
-		}},
-		{"egress NAT", func(ctx context.Context) error {
-			return s.getHostHTTP(ctx)
-		}},
-	}
-	return cs, func() { keep.CloseIdleConnections(); fresh.CloseIdleConnections() }
+		{"connect and close", soakConnectClose(s.tunnelPort, s.ingressPort, s.forwardPort)},
+		{"egress NAT", s.getHostHTTP},
+	}, closeIdle
 }
 
 // getHostHTTP GETs the server on the host's loopback from inside the
@@ -250,6 +268,13 @@ func (s *soakEnv) getHostHTTP(ctx context.Context) error {
 // stop returns the calls that failed per client.
 func (s *soakEnv) soakLoad(workers int) (stop func() map[string]int64) {
 	cs, closeIdle := s.clients()
+	return runLoad(cs, closeIdle, workers)
+}
+
+// runLoad runs each client in workers goroutines until stop is called;
+// stop closes idle connections and returns the calls that succeeded ("ok")
+// and those that failed per client.
+func runLoad(cs []soakClient, closeIdle func(), workers int) (stop func() map[string]int64) {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	failed := make([]atomic.Int64, len(cs))
@@ -300,6 +325,10 @@ func (s *soakEnv) soakLoad(workers int) (stop func() map[string]int64) {
 func (s *soakEnv) checkAll() (slow []string, err error) {
 	cs, closeIdle := s.clients()
 	defer closeIdle()
+	return checkClients(cs)
+}
+
+func checkClients(cs []soakClient) (slow []string, err error) {
 	for _, c := range cs {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		start := time.Now()
@@ -442,6 +471,19 @@ func (s *soakEnv) round(name string, disrupt func() time.Time) {
 		name, checked.Round(time.Millisecond), recovered.Round(time.Millisecond), slow, calls, h, herr, e, eerr)
 }
 
+// soakRounds is the rounds per phase: 2, or QUENCH_SOAK_ROUNDS.
+func soakRounds(t *testing.T) int {
+	v := os.Getenv(EnvSoakRounds)
+	if v == "" {
+		return 2
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		t.Fatalf("%s=%q: want a positive number of rounds", EnvSoakRounds, v)
+	}
+	return n
+}
+
 // TestSoak runs the whole system under a mix of traffic on every path (the
 // frame tunnel, the ingress fast path into the HTTPS server and into a
 // -forward, attestation, abandoned downloads, bare connects, egress
@@ -454,14 +496,7 @@ func TestSoak(t *testing.T) {
 	if testing.Short() {
 		t.Skip("soak: runs the whole system under load for a while")
 	}
-	rounds := 2
-	if v := os.Getenv(EnvSoakRounds); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			t.Fatalf("%s=%q: want a positive number of rounds", EnvSoakRounds, v)
-		}
-		rounds = n
-	}
+	rounds := soakRounds(t)
 	s := newSoakEnv(t)
 	s.startHost()
 	s.startEnclave()
