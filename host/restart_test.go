@@ -72,4 +72,3 @@ func TestPublishedPortAfterSilentEnclaveRestart(t *testing.T) {
 	}
 	t.Logf("the restarted enclave answered after %v", time.Since(start).Round(time.Millisecond))
 }
-

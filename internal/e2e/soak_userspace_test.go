@@ -169,7 +169,7 @@ func (u *usSoakEnv) round(name string, disrupt func() time.Time) {
 	stop := runLoad(cs, closeIdle, 2)
 	time.Sleep(700 * time.Millisecond)
 	t0 := disrupt()
-	calls := stop() // the enclave's clients may be for one that is gone
+	calls := stop()            // the enclave's clients may be for one that is gone
 	checking := time.Since(t0) // stop waits for requests cut by the disruption (up to their 5 s timeout)
 	var slow, errs []string
 	testutil.WaitFor(u.t, 10*time.Second, "every path after "+name, func() error {
