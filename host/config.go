@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/quenchnet/quench/internal/filelimit"
 	"github.com/quenchnet/quench/policy"
 	"github.com/quenchnet/quench/tap"
 )
@@ -515,12 +516,7 @@ func (c Config) withDefaults() (Config, error) {
 // FileLimit returns the process's open-file limit (the soft RLIMIT_NOFILE,
 // which Go raises to the hard limit at start-up), or 1024 if unknown. The
 // default limits of Config derive from it.
-func FileLimit() int {
-	if n, ok := fileLimit(); ok && n > 0 {
-		return int(min(n, 1<<30))
-	}
-	return 1024
-}
+func FileLimit() int { return filelimit.Get() }
 
 // limitDefaults fills in the limits against hostile clients and enclaves
 // (layer 4); negative values stay: no limit.
