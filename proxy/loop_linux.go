@@ -113,9 +113,13 @@ func (ls *loopSet) take(c net.Conn) bool {
 	if mw, ok := sock.(interface{ MaxWrite() int }); ok {
 		maxWrite = mw.MaxWrite()
 	}
+	var done func()
+	if d, ok := sock.(detacher); ok {
+		done = d.Detach() // before Close: the end is the duplicate's
+	}
 	_ = sock.Close() // not a tls.Conn's Close: that would say goodbye
 	el := ls.pick()
-	cl := &lclient{el: el, remote: remote, local: local, first: true}
+	cl := &lclient{el: el, remote: remote, local: local, first: true, done: done}
 	if ap, err := netip.ParseAddrPort(remote); err == nil {
 		cl.ip, cl.ipOK = forwardedAddr(ap.Addr()), true
 	}
@@ -248,6 +252,7 @@ func (el *ploop) orphan(o lop) {
 	switch o.kind {
 	case lopAdd:
 		_ = unix.Close(o.c.s.fd)
+		o.c.ended()
 		el.ls.conns.Add(-1)
 	case lopUp:
 		if o.err == nil {
@@ -357,6 +362,7 @@ func (el *ploop) add(c *lclient) {
 	c.s.c = c
 	if err := el.register(&c.s); err != nil {
 		_ = unix.Close(c.s.fd)
+		c.ended()
 		el.ls.conns.Add(-1)
 		return
 	}
@@ -598,6 +604,10 @@ type lclient struct {
 	rclose   bool // the upstream connection cannot be reused
 	acked    bool // waitUp sent the upstream's ACK for this response
 	cs       chunkScanner
+
+	// done is the Detach release of the connection the loop took (see
+	// TLSServer), called by ended; nil if none.
+	done func()
 }
 
 func (c *lclient) inLen() int { return c.inEnd - c.inOff }
@@ -1688,9 +1698,19 @@ func (c *lclient) close() {
 	}
 	el.socks[c.s.fd] = nil
 	_ = unix.Close(c.s.fd)
+	c.ended()
 	c.s.freePend(el.p)
 	c.freeIn()
 	el.ls.conns.Add(-1)
+}
+
+// ended calls the Detach release of c's connection, once its socket is
+// closed or handed on (see TLSServer).
+func (c *lclient) ended() {
+	if done := c.done; done != nil {
+		c.done = nil
+		done()
+	}
 }
 
 // handoff moves c to the goroutine front end with the bytes read so far.
@@ -1733,7 +1753,9 @@ func (c *lclient) handoff() {
 			remote:   t.base.remote,
 			local:    t.base.local,
 			maxWrite: c.s.maxWrite,
+			done:     c.done, // the connection ends with raw now
 		}
+		c.done = nil
 		t.base.Conn, t.base.io = raw, nil
 		nc = t.conn
 	} else {
@@ -1742,6 +1764,8 @@ func (c *lclient) handoff() {
 		var err error
 		raw, err = net.FileConn(f)
 		_ = f.Close()
+		// No release to carry: a plain connection is a *net.TCPConn or
+		// *net.UnixConn (take), which have no Detach.
 		if err != nil {
 			c.s.freePend(p)
 			return

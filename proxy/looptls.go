@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -24,6 +25,16 @@ import (
 // write to the socket with a MaxWrite() int method (VSOCK: 32 KiB); the
 // loop honours both. RemoteAddr and LocalAddr are c's, kept for the
 // connection's life.
+//
+// A loop that takes the socket works on a duplicate of its descriptor and
+// closes c at once, so c's Close does not mark the connection's end. A c
+// that must learn of that end (to release a slot of a connection limit,
+// say) may have a method Detach() (release func()): the loop calls it
+// before it closes c (Close must then leave the end to release), and calls
+// the release it returned, if not nil, exactly once when the connection
+// ends: when the loop closes the duplicate, or, for a connection the loop
+// hands to a goroutine, when that connection is closed.
+
 func TLSServer(c net.Conn, config *tls.Config) *tls.Conn {
 	return tls.Server(&tlsBase{Conn: c, remote: c.RemoteAddr(), local: c.LocalAddr()}, config)
 }
@@ -140,7 +151,22 @@ func (wouldBlock) Temporary() bool { return true }
 type fileConn struct {
 	*os.File
 	remote, local net.Addr
-	maxWrite      int // > 0: split writes longer than this
+	maxWrite      int    // > 0: split writes longer than this
+	done          func() // the Detach release of the connection it was; nil if none
+	doneOnce      sync.Once
+}
+
+// detacher is the optional method of a connection under a TLSServer
+// connection that learns when a loop ends it (see TLSServer).
+type detacher interface{ Detach() (release func()) }
+
+// Close closes the descriptor and ends the connection.
+func (f *fileConn) Close() error {
+	err := f.File.Close()
+	if f.done != nil {
+		f.doneOnce.Do(f.done)
+	}
+	return err
 }
 
 func (f *fileConn) RemoteAddr() net.Addr { return f.remote }
