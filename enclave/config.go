@@ -20,6 +20,7 @@ import (
 	"github.com/quenchnet/quench/attestation"
 	"github.com/quenchnet/quench/enclave/keysync"
 	"github.com/quenchnet/quench/internal/endpoint"
+	"github.com/quenchnet/quench/internal/filelimit"
 	"github.com/quenchnet/quench/policy"
 	"github.com/quenchnet/quench/proxy"
 	"github.com/quenchnet/quench/tap"
@@ -62,6 +63,11 @@ const (
 	// certificate when FQDN is empty.
 	DefaultSelfSignedName = "quench-enclave"
 )
+
+// DefaultMaxConns is Config.MaxConns's default: a quarter of the process's
+// open-file limit (the soft RLIMIT_NOFILE, which Go raises to the hard limit
+// at start-up; 1024 if unknown), at least 1.
+func DefaultMaxConns() int { return max(filelimit.Get()/4, 1) }
 
 // Config configures an Enclave. The zero value is usable: userspace
 // networking, the host at VSOCK CID 3 port 1024, gvproxy's addresses, and no
@@ -255,6 +261,25 @@ type Config struct {
 	// document. Negative means no limit. Default: DefaultMaxAttestations
 	// (16).
 	MaxAttestations int
+
+	// MaxConns bounds the connections the public HTTPS server holds at
+	// once, on all its listeners together (PublicAddr, through the
+	// tunnel, and IngressListen, the fast path), from the moment they are
+	// accepted to the moment they close: in their TLS handshake, idle
+	// between requests, served on the proxy's event loops, HTTP/2, or
+	// upgraded. A connection past it is closed as it is accepted, before
+	// any handshake, counted (quench_enclave_public_connections_refused_total)
+	// and logged (a warning at most once a second). The host is untrusted
+	// and can open as many connections as it likes; without a cap they
+	// would take the process's file descriptors, which an app importing
+	// this package shares (its own files, its upstream dials, key
+	// synchronisation). Negative means no limit. Default: a quarter of the
+	// open-file limit (the soft RLIMIT_NOFILE as Go raised it at start-up,
+	// 1024 if unknown), as quench-host's MaxPortConns: each connection
+	// holds a descriptor and, proxied to the app, may hold a second one
+	// (the upstream connection of its request or its upgraded tunnel), so
+	// at most half of the descriptors go to the public server.
+	MaxConns int
 
 	// SeedEntropy is how many bytes of NSM randomness Start adds to the
 	// kernel entropy pool when Attester is the default NSM attester (needs
@@ -461,6 +486,9 @@ func (c Config) servingDefaults() (Config, error) {
 	}
 	if c.MaxAttestations == 0 {
 		c.MaxAttestations = DefaultMaxAttestations
+	}
+	if c.MaxConns == 0 {
+		c.MaxConns = DefaultMaxConns()
 	}
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = DefaultDrainTimeout

@@ -342,6 +342,19 @@ func (c *IngressConn) SyscallConn() (syscall.RawConn, error) {
 	return sc.SyscallConn()
 }
 
+// Detach is for proxy.Serve's event loops (see proxy.TLSServer), which
+// take a duplicate of the socket and close the connection at once: it
+// passes on the underlying connection's Detach, so that a connection
+// limit under the listener (the Enclave's Config.MaxConns) releases its
+// slot when the loops end the connection, not when they take it. It
+// returns nil when the underlying connection has no Detach.
+func (c *IngressConn) Detach() (release func()) {
+	if d, ok := c.Conn.(interface{ Detach() func() }); ok {
+		return d.Detach()
+	}
+	return nil
+}
+
 // MaxWrite is the bound on each write to the socket (IngressConfig.MaxWrite;
 // 0: none), for code that writes the socket itself.
 func (c *IngressConn) MaxWrite() int { return c.maxWrite }

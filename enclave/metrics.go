@@ -27,7 +27,7 @@ type metrics struct {
 	proxyUpErrors prometheus.Counter
 }
 
-func newMetrics(e *Enclave) *metrics {
+func newMetrics(e *Enclave, conns *connCap) *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -66,6 +66,14 @@ func newMetrics(e *Enclave) *metrics {
 	}
 	m.reg.MustRegister(m.requests, m.attestations, m.appReady,
 		m.proxyInFlight, m.proxyRequests, m.proxyLatency, m.proxyRefused, m.proxyUpErrors,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "quench_enclave_public_connections",
+			Help: "Connections the public HTTPS server holds, on all its listeners together (at most MaxConns).",
+		}, func() float64 { return float64(conns.held.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "quench_enclave_public_connections_refused_total",
+			Help: "Connections to the public HTTPS server closed as they were accepted because MaxConns were held.",
+		}, func() float64 { return float64(conns.refused.Load()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "quench_enclave_tunnel_connected",
 			Help: "1 while the frame tunnel to the host is up.",

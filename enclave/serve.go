@@ -55,6 +55,7 @@ type servers struct {
 	proxy   *proxy.Proxy
 	front   *frontDoor // HTTP/1.1 to the proxy's front end; nil without a proxied app
 	metrics *metrics
+	conns   *connCap // Config.MaxConns, on publicLn and ingressLn
 
 	publicLn   net.Listener
 	ingressLn  *IngressListener // nil unless Config.IngressListen
@@ -122,7 +123,8 @@ func (e *Enclave) startServers(ctx context.Context, nw network) (_ *servers, err
 	if err != nil {
 		return nil, err
 	}
-	s.metrics = newMetrics(e)
+	s.conns = newConnCap(cfg.MaxConns, e.log)
+	s.metrics = newMetrics(e, s.conns)
 
 	var app http.Handler = cfg.Handler
 	if cfg.AppURL != nil {
@@ -174,17 +176,21 @@ func (e *Enclave) startServers(ctx context.Context, nw network) (_ *servers, err
 	}
 
 	// Bind everything before serving anything.
-	s.publicLn, err = nw.listen("tcp", cfg.PublicAddr)
+	// Both public listeners count against Config.MaxConns from the
+	// moment a connection is accepted (the ingress fast path's before
+	// its PROXY header is read).
+	publicLn, err := nw.listen("tcp", cfg.PublicAddr)
 	if err != nil {
 		return nil, fmt.Errorf("enclave: public listener %s: %w", cfg.PublicAddr, err)
 	}
+	s.publicLn = s.conns.listen(publicLn)
 	closers = append(closers, func() { _ = s.publicLn.Close() })
 	if cfg.IngressListen != nil {
 		ln, err := cfg.IngressListen()
 		if err != nil {
 			return nil, fmt.Errorf("enclave: ingress listener: %w", err)
 		}
-		s.ingressLn = ListenIngress(ln, IngressConfig{Logger: e.log})
+		s.ingressLn = ListenIngress(s.conns.listen(ln), IngressConfig{Logger: e.log})
 		closers = append(closers, func() { _ = s.ingressLn.Close() })
 	}
 	if cfg.InternalAddr != "-" {
@@ -249,7 +255,7 @@ func (e *Enclave) startServers(ctx context.Context, nw network) (_ *servers, err
 		case <-s.closing:
 			return
 		}
-		e.log.Info("public HTTPS server serving", "addr", s.publicLn.Addr().String(), "cert", s.certs.kind)
+		e.log.Info("public HTTPS server serving", "addr", s.publicLn.Addr().String(), "cert", s.certs.kind, "max_conns", cfg.MaxConns)
 		if s.front == nil {
 			s.serve("public", s.public, tls.NewListener(s.publicLn, s.public.TLSConfig))
 			return

@@ -115,6 +115,8 @@ func TestBadFlags(t *testing.T) {
 		{"ingress stand-in without cid", []string{"-app-url", "http://127.0.0.1:1", "-vsock-dir", "/tmp", "-ingress", "vsock://:8443"}, "name the enclave's CID"},
 		{"max attestations without app", []string{"-max-attestations", "4"}, "-max-attestations needs -app-url"},
 		{"bad max attestations", []string{"-app-url", "http://127.0.0.1:1", "-max-attestations", "0"}, "-max-attestations 0"},
+		{"max conns without app", []string{"-max-conns", "100"}, "-max-conns needs -app-url"},
+		{"bad max conns", []string{"-app-url", "http://127.0.0.1:1", "-max-conns", "-2"}, "-max-conns -2"},
 		{"max in flight without app", []string{"-max-in-flight", "10"}, "-max-in-flight needs -app-url"},
 		{"bad max in flight", []string{"-app-url", "http://127.0.0.1:1", "-max-in-flight", "-5"}, "-max-in-flight -5"},
 		{"negative queue", []string{"-app-url", "http://127.0.0.1:1", "-queue", "-1"}, "must not be negative"},
