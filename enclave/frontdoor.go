@@ -14,7 +14,7 @@ import (
 )
 
 // frontDoorHandshakeTimeout bounds a client's TLS handshake.
-const frontDoorHandshakeTimeout = 10 * time.Second
+var frontDoorHandshakeTimeout = 10 * time.Second
 
 // frontDoor serves the public HTTPS listeners when the app sits behind the
 // proxy (Config.AppURL). It completes each TLS handshake and hands the

@@ -1,0 +1,485 @@
+package enclave_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/quenchnet/quench/enclave"
+)
+
+// These tests hold Config.MaxConns connections to the public server over
+// both of its listeners (the tunnel through quench-host, and the ingress
+// fast path: a unix socket standing in for VSOCK, whose TLS connections
+// the proxy's event loops take), and check that one more is closed at once
+// and counted, and that every way a connection ends gives its slot back
+// exactly once.
+
+const capN = 3 // Config.MaxConns in these tests
+
+// capEnv is an enclave with MaxConns capN, serving an app (in-process, or
+// proxied with AppURL) that answers "ok PATH" and, for a request with
+// "Upgrade: echo", switches protocols and echoes.
+type capEnv struct {
+	e       *enclave.Enclave
+	counts  func() (held int64, refused uint64)
+	tunnel  string // the host's published port to the public server
+	ingress string // the ingress listener's unix socket
+}
+
+func startCapEnv(t *testing.T, proxied bool) *capEnv {
+	t.Helper()
+	ingress := filepath.Join(t.TempDir(), "in.sock")
+	env := svStart(t, func(c *enclave.Config) {
+		c.MaxConns = capN
+		c.IngressListen = func() (net.Listener, error) { return net.Listen("unix", ingress) }
+		if proxied {
+			c.Handler = nil
+			c.AppURL = svApp(t, capApp)
+		} else {
+			c.Handler = http.HandlerFunc(capApp)
+		}
+	})
+	return &capEnv{
+		e:       env.enc,
+		counts:  enclave.ConnCounts(env.enc),
+		tunnel:  env.host.Published()[0].String(),
+		ingress: ingress,
+	}
+}
+
+func capApp(w http.ResponseWriter, r *http.Request) {
+	if r.Header.Get("Upgrade") != "echo" {
+		fmt.Fprintf(w, "ok %s", r.URL.Path)
+		return
+	}
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	defer conn.Close()
+	_, _ = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+	if brw.Flush() != nil {
+		return
+	}
+	_, _ = io.Copy(conn, brw.Reader)
+}
+
+const (
+	viaTunnel  = "tunnel"
+	viaIngress = "ingress"
+)
+
+// dial connects to the public server over the tunnel or the ingress fast
+// path (with the PROXY header quench-host would send).
+func (ce *capEnv) dial(t *testing.T, via string) net.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := ce.dialContext(ctx, via)
+	if err != nil {
+		t.Fatalf("dial %s: %v", via, err)
+	}
+	return c
+}
+
+func (ce *capEnv) dialContext(ctx context.Context, via string) (net.Conn, error) {
+	if via == viaTunnel {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", ce.tunnel)
+	}
+	return dialIngressAs(ce.ingress)(ctx, "", "")
+}
+
+// waitFor polls cond for up to 10 s.
+func waitFor(t *testing.T, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ok, state := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: still %s after 10s", what, state)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// waitHeld waits until the public server holds exactly n connections, and
+// checks the gauge says the same.
+func (ce *capEnv) waitHeld(t *testing.T, n int64) {
+	t.Helper()
+	waitFor(t, fmt.Sprintf("connections held, want %d", n), func() (bool, string) {
+		held, _ := ce.counts()
+		return held == n, fmt.Sprint(held)
+	})
+	if g := enclave.MetricValue(ce.e, "quench_enclave_public_connections"); g != float64(n) {
+		t.Fatalf("quench_enclave_public_connections = %v, want %d", g, n)
+	}
+}
+
+// stall opens a connection that stops in the middle of its handshake: the
+// first bytes of a TLS record, then nothing.
+func (ce *capEnv) stall(t *testing.T, via string) net.Conn {
+	t.Helper()
+	c := ce.dial(t, via)
+	if _, err := c.Write([]byte{0x16, 0x03, 0x01}); err != nil {
+		t.Fatalf("stall %s: %v", via, err)
+	}
+	return c
+}
+
+// expectRefused checks that one more connection is closed at once, before
+// any handshake, and counted.
+func (ce *capEnv) expectRefused(t *testing.T, via string) {
+	t.Helper()
+	_, before := ce.counts()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := ce.dialContext(ctx, via)
+	switch {
+	case via == viaIngress && (errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET)):
+		// Closed before the PROXY header was all written.
+	case err != nil:
+		t.Fatalf("dial %s: %v", via, err)
+	default:
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		_, _ = c.Write([]byte{0x16, 0x03, 0x01})
+		n, err := c.Read(make([]byte, 1))
+		var ne net.Error
+		if err == nil || errors.As(err, &ne) && ne.Timeout() {
+			t.Fatalf("connection %d via %s: read %d bytes, %v; want it closed at once", capN+1, via, n, err)
+		}
+	}
+	waitFor(t, "refusal counted", func() (bool, string) {
+		_, r := ce.counts()
+		return r == before+1, fmt.Sprintf("%d refused (%d before)", r, before)
+	})
+	_, r := ce.counts()
+	if m := enclave.MetricValue(ce.e, "quench_enclave_public_connections_refused_total"); m != float64(r) {
+		t.Fatalf("quench_enclave_public_connections_refused_total = %v, want %d", m, r)
+	}
+}
+
+// h1Conn is an HTTP/1.1 connection over TLS, driven by hand so that the
+// test knows which connection each request takes.
+type h1Conn struct {
+	tc *tls.Conn
+	br *bufio.Reader
+}
+
+func (ce *capEnv) h1(t *testing.T, via string) *h1Conn {
+	t.Helper()
+	c := ce.dial(t, via)
+	tc := tls.Client(c, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+	_ = tc.SetDeadline(time.Now().Add(10 * time.Second))
+	if err := tc.Handshake(); err != nil {
+		c.Close()
+		t.Fatalf("handshake via %s: %v", via, err)
+	}
+	_ = tc.SetDeadline(time.Time{})
+	return &h1Conn{tc: tc, br: bufio.NewReader(tc)}
+}
+
+// get sends GET path (with Connection: close if closeConn) and checks the
+// answer.
+func (h *h1Conn) get(t *testing.T, path string, closeConn bool) {
+	t.Helper()
+	_ = h.tc.SetDeadline(time.Now().Add(10 * time.Second))
+	defer func() { _ = h.tc.SetDeadline(time.Time{}) }()
+	req := "GET " + path + " HTTP/1.1\r\nHost: enclave.invalid\r\n"
+	if closeConn {
+		req += "Connection: close\r\n"
+	}
+	if _, err := io.WriteString(h.tc, req+"\r\n"); err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	resp, err := http.ReadResponse(h.br, nil)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	want := "ok " + path
+	if strings.HasPrefix(path, "/enclave/") {
+		want = `"status":"ok"`
+	}
+	if err != nil || resp.StatusCode != http.StatusOK || !strings.Contains(string(b), want) {
+		t.Fatalf("GET %s: %d %q (%v), want %q", path, resp.StatusCode, b, err, want)
+	}
+	if closeConn {
+		if _, err := h.br.ReadByte(); err != io.EOF {
+			t.Fatalf("GET %s with Connection: close: %v after the response, want EOF", path, err)
+		}
+	}
+}
+
+// upgrade switches h to the echo protocol and checks an echo.
+func (h *h1Conn) upgrade(t *testing.T) {
+	t.Helper()
+	_ = h.tc.SetDeadline(time.Now().Add(10 * time.Second))
+	defer func() { _ = h.tc.SetDeadline(time.Time{}) }()
+	if _, err := io.WriteString(h.tc, "GET /up HTTP/1.1\r\nHost: enclave.invalid\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(h.br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	if _, err := io.WriteString(h.tc, "ping"); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 4)
+	if _, err := io.ReadFull(h.br, b); err != nil || string(b) != "ping" {
+		t.Fatalf("echo: %q %v", b, err)
+	}
+}
+
+func (h *h1Conn) Close() error { return h.tc.Close() }
+
+// h2 returns a transport holding one HTTP/2 connection (idle after a
+// request, closed by CloseIdleConnections).
+func (ce *capEnv) h2(t *testing.T, via string) *http.Transport {
+	t.Helper()
+	tr := &http.Transport{
+		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true},
+		ForceAttemptHTTP2: true,
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return ce.dialContext(ctx, via)
+		},
+	}
+	t.Cleanup(tr.CloseIdleConnections)
+	ce.h2get(t, tr)
+	return tr
+}
+
+func (ce *capEnv) h2get(t *testing.T, tr *http.Transport) {
+	t.Helper()
+	c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	resp, err := c.Get("https://enclave.invalid/h2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.ProtoMajor != 2 || string(b) != "ok /h2" {
+		t.Fatalf("HTTP/2 GET: %d over HTTP/%d %q", resp.StatusCode, resp.ProtoMajor, b)
+	}
+}
+
+// readClosed reads c until the server closes it (within 5 s).
+func readClosed(t *testing.T, c net.Conn, what string) {
+	t.Helper()
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err := io.Copy(io.Discard, c)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("%s: the server did not close the connection", what)
+	}
+}
+
+func forModes(t *testing.T, f func(t *testing.T, proxied bool)) {
+	for _, proxied := range []bool{false, true} {
+		name := "handler"
+		if proxied {
+			name = "proxied"
+		}
+		t.Run(name, func(t *testing.T) { f(t, proxied) })
+	}
+}
+
+// TestMaxConnsStalledHandshakes: capN connections stalled in their TLS
+// handshake, over both listeners, hold the cap; the next is closed at once
+// and counted; once they close, new connections are served.
+func TestMaxConnsStalledHandshakes(t *testing.T) {
+	forModes(t, func(t *testing.T, proxied bool) {
+		ce := startCapEnv(t, proxied)
+		var held []net.Conn
+		for i := range capN {
+			held = append(held, ce.stall(t, []string{viaTunnel, viaIngress}[i%2]))
+		}
+		ce.waitHeld(t, capN)
+		ce.expectRefused(t, viaTunnel)
+		ce.expectRefused(t, viaIngress)
+		ce.waitHeld(t, capN)
+		for _, c := range held {
+			c.Close()
+		}
+		ce.waitHeld(t, 0)
+		for _, via := range []string{viaTunnel, viaIngress} {
+			h := ce.h1(t, via)
+			h.get(t, "/again", false)
+			h.Close()
+		}
+	})
+}
+
+// TestMaxConnsKeepAlive: capN established keep-alive connections (HTTP/1.1
+// over the ingress fast path, which a proxied app's event loops take, over
+// the tunnel, and HTTP/2) hold the cap while idle; the next is closed at
+// once; the held ones keep working; once they close, new ones are served.
+func TestMaxConnsKeepAlive(t *testing.T) {
+	forModes(t, func(t *testing.T, proxied bool) {
+		ce := startCapEnv(t, proxied)
+		loop := ce.h1(t, viaIngress)
+		loop.get(t, "/a", false)
+		tun := ce.h1(t, viaTunnel)
+		tun.get(t, "/b", false)
+		h2 := ce.h2(t, viaIngress)
+		ce.waitHeld(t, capN)
+		for range 3 {
+			ce.expectRefused(t, viaIngress)
+			ce.expectRefused(t, viaTunnel)
+		}
+		loop.get(t, "/a", false)
+		tun.get(t, "/b", false)
+		ce.h2get(t, h2)
+		ce.waitHeld(t, capN)
+		loop.Close()
+		ce.waitHeld(t, capN-1)
+		tun.Close()
+		h2.CloseIdleConnections()
+		ce.waitHeld(t, 0)
+		h := ce.h1(t, viaIngress)
+		h.get(t, "/again", false)
+		h.Close()
+		ce.waitHeld(t, 0)
+	})
+}
+
+// TestMaxConnsNoLeak ends connections every way there is, many times, over
+// both listeners, and then checks that no slot leaked (or was released
+// twice): exactly capN connections can be held again. A path that skipped
+// its release would keep the count above 0.
+func TestMaxConnsNoLeak(t *testing.T) {
+	forModes(t, func(t *testing.T, proxied bool) {
+		if proxied {
+			// The front door's handshake deadline, so that a stalled
+			// handshake ends by timing out.
+			defer enclave.SetFrontDoorHandshakeTimeout(200 * time.Millisecond)()
+		}
+		ce := startCapEnv(t, proxied)
+		type path struct {
+			name string
+			run  func(t *testing.T, via string)
+		}
+		paths := []path{
+			{"failed handshake", func(t *testing.T, via string) {
+				// A client that does not speak TLS.
+				c := ce.dial(t, via)
+				defer c.Close()
+				_, _ = io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+				readClosed(t, c, "failed handshake")
+			}},
+			{"left mid-handshake", func(t *testing.T, via string) {
+				ce.stall(t, via).Close()
+			}},
+			{"keep-alive, closed by the client", func(t *testing.T, via string) {
+				// On the event loops over the ingress path of a
+				// proxied app.
+				h := ce.h1(t, via)
+				defer h.Close()
+				h.get(t, "/x", false)
+				h.get(t, "/y", false)
+			}},
+			{"closed by the server", func(t *testing.T, via string) {
+				h := ce.h1(t, via)
+				defer h.Close()
+				h.get(t, "/x", false)
+				h.get(t, "/z", true)
+			}},
+			{"handed to a goroutine", func(t *testing.T, via string) {
+				// The enclave's endpoints: the loops hand the
+				// connection to the goroutine front end, which serves
+				// it on.
+				h := ce.h1(t, via)
+				defer h.Close()
+				h.get(t, "/x", false)
+				h.get(t, "/enclave/health", false)
+				h.get(t, "/y", false)
+			}},
+			{"upgraded", func(t *testing.T, via string) {
+				// Tunnelled by the proxy; a hijack with an in-process
+				// handler.
+				h := ce.h1(t, via)
+				defer h.Close()
+				h.get(t, "/x", false)
+				h.upgrade(t)
+			}},
+			{"HTTP/2", func(t *testing.T, via string) {
+				ce.h2(t, via).CloseIdleConnections()
+			}},
+		}
+		if proxied {
+			paths = append(paths, path{"handshake timeout", func(t *testing.T, via string) {
+				c := ce.stall(t, via)
+				defer c.Close()
+				readClosed(t, c, "handshake timeout")
+			}})
+		}
+		for round := range 3 {
+			for _, via := range []string{viaTunnel, viaIngress} {
+				for _, p := range paths {
+					p.run(t, via)
+					if round == 0 {
+						// Each path on its own first: which one leaks.
+						t.Logf("%s via %s", p.name, via)
+						ce.waitHeld(t, 0)
+					}
+				}
+			}
+		}
+		ce.waitHeld(t, 0)
+		// Exactly capN again: keep-alive connections, on the loops where
+		// there are loops.
+		var held []*h1Conn
+		for i := range capN {
+			h := ce.h1(t, []string{viaIngress, viaTunnel}[i%2])
+			h.get(t, "/held", false)
+			held = append(held, h)
+		}
+		ce.waitHeld(t, capN)
+		ce.expectRefused(t, viaIngress)
+		ce.expectRefused(t, viaTunnel)
+		for _, h := range held {
+			h.Close()
+		}
+		ce.waitHeld(t, 0)
+	})
+}
+
+// TestMaxConnsClose: Close releases the slots of every connection it ends
+// (in its handshake, idle on the event loops, HTTP/2).
+func TestMaxConnsClose(t *testing.T) {
+	forModes(t, func(t *testing.T, proxied bool) {
+		ce := startCapEnv(t, proxied)
+		stalled := ce.stall(t, viaTunnel)
+		defer stalled.Close()
+		loop := ce.h1(t, viaIngress)
+		defer loop.Close()
+		loop.get(t, "/a", false)
+		ce.h2(t, viaIngress)
+		ce.waitHeld(t, capN)
+		if err := ce.e.Close(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "connections held after Close, want 0", func() (bool, string) {
+			held, _ := ce.counts()
+			return held == 0, fmt.Sprint(held)
+		})
+	})
+}
