@@ -7,7 +7,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -380,5 +383,102 @@ func postEcho(t *testing.T, c io.Writer, br *bufio.Reader, path, body string) {
 	resp.Body.Close()
 	if got := resp.Header.Get("X-Uri"); got != path || string(b) != body {
 		t.Fatalf("POST %s: X-Uri %q, body %q", path, got, b)
+	}
+}
+
+// detachListener wraps its connections in detachConns sharing its counts.
+type detachListener struct {
+	net.Listener
+	detached, released, closed atomic.Int64
+}
+
+func (l *detachListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &detachConn{Conn: c, l: l}, nil
+}
+
+// detachConn is a connection under a limit, as the enclave's: its Close
+// releases a slot unless Detach handed the release on.
+type detachConn struct {
+	net.Conn
+	l        *detachListener
+	detached atomic.Bool
+}
+
+func (c *detachConn) SyscallConn() (syscall.RawConn, error) {
+	return c.Conn.(syscall.Conn).SyscallConn()
+}
+
+func (c *detachConn) Close() error {
+	c.l.closed.Add(1)
+	if !c.detached.Load() {
+		c.l.released.Add(1)
+	}
+	return c.Conn.Close()
+}
+
+func (c *detachConn) Detach() func() {
+	c.detached.Store(true)
+	c.l.detached.Add(1)
+	return func() { c.l.released.Add(1) }
+}
+
+// TestLoopTLSDetach: a connection the loop takes is Detached and closed at
+// once, and its release comes exactly once when the connection really
+// ends: closed on the loop, or after a hand-off to a goroutine.
+func TestLoopTLSDetach(t *testing.T) {
+	checkGoroutines(t)
+	local := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "local") })
+	up := newUpstream(t, http.HandlerFunc(echoHandler))
+	target, _ := url.Parse(up.URL)
+	p, err := New(target, Config{Intercept: func(r *http.Request) http.Handler {
+		if r.URL.Path == "/local" {
+			return local
+		}
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dl := &detachListener{Listener: ln}
+	addr := serveOn(t, p, "serve-tls", dl)
+	counts := func() string {
+		return fmt.Sprintf("detached %d, closed %d, released %d", dl.detached.Load(), dl.closed.Load(), dl.released.Load())
+	}
+	get := func(c net.Conn, br *bufio.Reader, path string) {
+		t.Helper()
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.WriteString(c, "GET "+path+" HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	for i, paths := range [][]string{{"/a", "/b"}, {"/a", "/local", "/b"}} {
+		c := dialFront(t, addr)
+		br := bufio.NewReader(c)
+		for _, path := range paths {
+			get(c, br, path)
+		}
+		if dl.detached.Load() != int64(i+1) || dl.closed.Load() != int64(i+1) || dl.released.Load() != int64(i) {
+			t.Fatalf("connection %d (%v) open: %s; want it detached and closed, not released", i, paths, counts())
+		}
+		c.Close()
+		eventually(t, 5*time.Second, "the release", func() bool { return dl.released.Load() == int64(i+1) })
+	}
+	_ = p.Close()
+	if dl.released.Load() != 2 {
+		t.Fatalf("after Close: %s; want 2 released", counts())
 	}
 }
