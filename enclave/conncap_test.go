@@ -2,15 +2,18 @@ package enclave_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -31,6 +34,7 @@ const capN = 3 // Config.MaxConns in these tests
 // proxied with AppURL) that answers "ok PATH" and, for a request with
 // "Upgrade: echo", switches protocols and echoes.
 type capEnv struct {
+	logs    *lockedBuffer // the enclave's log (text)
 	e       *enclave.Enclave
 	counts  func() (held int64, refused uint64)
 	tunnel  string // the host's published port to the public server
@@ -40,7 +44,9 @@ type capEnv struct {
 func startCapEnv(t *testing.T, proxied bool) *capEnv {
 	t.Helper()
 	ingress := filepath.Join(t.TempDir(), "in.sock")
+	logs := &lockedBuffer{}
 	env := svStart(t, func(c *enclave.Config) {
+		c.Logger = slog.New(slog.NewTextHandler(logs, nil))
 		c.MaxConns = capN
 		c.IngressListen = func() (net.Listener, error) { return net.Listen("unix", ingress) }
 		if proxied {
@@ -51,11 +57,30 @@ func startCapEnv(t *testing.T, proxied bool) *capEnv {
 		}
 	})
 	return &capEnv{
+		logs:    logs,
 		e:       env.enc,
 		counts:  enclave.ConnCounts(env.enc),
 		tunnel:  env.host.Published()[0].String(),
 		ingress: ingress,
 	}
+}
+
+// lockedBuffer is a bytes.Buffer for several goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 func capApp(w http.ResponseWriter, r *http.Request) {
@@ -341,9 +366,18 @@ func TestMaxConnsKeepAlive(t *testing.T) {
 		tun.get(t, "/b", false)
 		h2 := ce.h2(t, viaIngress)
 		ce.waitHeld(t, capN)
+		start := time.Now()
 		for range 3 {
 			ce.expectRefused(t, viaIngress)
 			ce.expectRefused(t, viaTunnel)
+		}
+		// Six refusals, logged at most once a second, naming the limit.
+		warnings := strings.Count(ce.logs.String(), "connection limit reached")
+		if most := 1 + int(time.Since(start)/time.Second); warnings < 1 || warnings > most {
+			t.Errorf("%d warnings for 6 refusals in %v, want 1 to %d:\n%s", warnings, time.Since(start), most, ce.logs)
+		}
+		if !strings.Contains(ce.logs.String(), fmt.Sprintf("level=WARN msg=\"public server: connection limit reached; new connections are closed at once\" max_conns=%d", capN)) {
+			t.Errorf("no warning naming the limit:\n%s", ce.logs)
 		}
 		loop.get(t, "/a", false)
 		tun.get(t, "/b", false)
