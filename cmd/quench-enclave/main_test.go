@@ -383,3 +383,21 @@ func TestLoopbackOnlyFlags(t *testing.T) {
 		})
 	}
 }
+
+// TestMaxConnsFlag: -max-conns reaches Config.MaxConns; 0 (not given)
+// leaves the default to package enclave, -1 turns the limit off.
+func TestMaxConnsFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want int
+	}{{nil, 0}, {[]string{"-max-conns", "500"}, 500}, {[]string{"-max-conns", "-1"}, -1}} {
+		var stderr bytes.Buffer
+		o, err := parse(append([]string{"-app-url", "http://127.0.0.1:1"}, tc.args...), &stderr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if o.cfg.MaxConns != tc.want {
+			t.Errorf("%v: MaxConns %d, want %d", tc.args, o.cfg.MaxConns, tc.want)
+		}
+	}
+}
