@@ -43,8 +43,13 @@ func (c *connCap) acquire() bool {
 
 func (c *connCap) release() { c.held.Add(-1) }
 
-// refuse closes nc, counts it and warns at most once a second.
+// refuse closes nc, counts it and warns at most once a second. A TCP
+// connection is reset, as quench-host resets clients past its limits, so
+// that no TIME_WAIT state is left behind for it.
 func (c *connCap) refuse(nc net.Conn, ln net.Listener) {
+	if l, ok := nc.(interface{ SetLinger(int) error }); ok {
+		_ = l.SetLinger(0)
+	}
 	_ = nc.Close()
 	c.refused.Add(1)
 	now := time.Now().UnixNano()
