@@ -52,7 +52,7 @@ bench-quick: build tools
 	QUICK=1 scripts/bench/run.sh
 
 ## soak: the whole system under mixed load while quench-host is killed,
-## restarted and frozen and quench-enclave is killed, SOAK_ROUNDS times each
+## restarted and frozen and quench-enclave is killed and frozen, SOAK_ROUNDS times each
 ## (about 6 s a round); fails if a path stays down or a daemon that stayed up
 ## keeps descriptors or goroutines (needs root; make test runs 2 rounds)
 SOAK_ROUNDS ?= 25

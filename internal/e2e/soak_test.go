@@ -488,7 +488,7 @@ func soakRounds(t *testing.T) int {
 // frame tunnel, the ingress fast path into the HTTPS server and into a
 // -forward, attestation, abandoned downloads, bare connects, egress
 // through NAT) while the host daemon is killed, restarted and frozen, then
-// while the enclave is killed and restarted. After each phase the process
+// while the enclave is killed and restarted, and frozen. After each phase the process
 // that stayed up must hold no more descriptors and goroutines than before
 // the load, give or take a small slack: nothing a disruption cuts may leak.
 // Rounds per phase: 2, or QUENCH_SOAK_ROUNDS (make soak).
@@ -526,7 +526,7 @@ func TestSoak(t *testing.T) {
 	}
 	t.Logf("quench-enclave after %d rounds: %v", rounds, s.settled("quench-enclave", base, s.enclaveUsage))
 
-	// Phase 2: the host stays up while the enclave is killed.
+	// Phase 2: the host stays up while the enclave is killed and frozen.
 	warmUp()
 	base = s.baseline("quench-host", s.hostUsage)
 	for i := range rounds {
@@ -535,6 +535,12 @@ func TestSoak(t *testing.T) {
 			s.enclave.Kill()
 			s.startEnclave()
 			return t0
+		})
+		s.round(fmt.Sprintf("enclave frozen for 1.5 s (%d/%d)", i+1, rounds), func() time.Time {
+			_ = s.enclave.Cmd.Process.Signal(syscall.SIGSTOP)
+			time.Sleep(1500 * time.Millisecond)
+			_ = s.enclave.Cmd.Process.Signal(syscall.SIGCONT)
+			return time.Now()
 		})
 	}
 	t.Logf("quench-host after %d rounds: %v", rounds, s.settled("quench-host", base, s.hostUsage))
