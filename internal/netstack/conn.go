@@ -271,10 +271,13 @@ func (c *tcpConn) SetWriteDeadline(t time.Time) error {
 }
 
 // udpConn is a UDP socket on the stack: a net.PacketConn, and a net.Conn
-// when connected (Dial).
+// when connected (Dial). Writes go through gonet; received datagrams are
+// moved by a goroutine from gVisor's queue to rx, which bounds them by
+// their size in memory (see rxQueue).
 type udpConn struct {
 	c            *gonet.UDPConn
 	n            *Net
+	rx           rxQueue
 	laddr, raddr net.Addr // raddr is nil unless connected
 	closed       atomic.Bool
 }
@@ -286,10 +289,18 @@ var (
 
 func newUDPConn(n *Net, wq *waiter.Queue, ep tcpip.Endpoint, connected bool) *udpConn {
 	c := &udpConn{c: gonet.NewUDPConn(wq, ep), n: n}
+	c.rx.limit = int(ep.SocketOptions().GetReceiveBufferSize())
 	c.laddr = c.c.LocalAddr()
 	if connected {
 		c.raddr = c.c.RemoteAddr()
 	}
+	// Register before the first Read, so that no datagram is missed.
+	entry, notify := waiter.NewChannelEntry(waiter.ReadableEvents)
+	wq.EventRegister(&entry)
+	go func() {
+		defer wq.EventUnregister(&entry)
+		c.rx.pump(ep, notify)
+	}()
 	return c
 }
 
@@ -312,12 +323,8 @@ func (c *udpConn) readFrom(b []byte, raddr net.Addr) (int, net.Addr, error) {
 	if c.closed.Load() {
 		return 0, nil, c.err("read", raddr, net.ErrClosed)
 	}
-	n, from, err := c.c.ReadFrom(b)
+	n, from, err := c.rx.pop(b)
 	if err != nil {
-		if err == io.EOF {
-			// A UDP endpoint "closed for receive" is a closed socket.
-			err = net.ErrClosed
-		}
 		return n, nil, c.err("read", raddr, err)
 	}
 	return n, from, nil
@@ -382,7 +389,8 @@ func (c *udpConn) SetDeadline(t time.Time) error {
 	if c.closed.Load() {
 		return c.err("set", c.raddr, net.ErrClosed)
 	}
-	return c.c.SetDeadline(t)
+	c.rx.setDeadline(t)
+	return c.c.SetWriteDeadline(t)
 }
 
 // SetReadDeadline implements net.Conn and net.PacketConn.
@@ -390,7 +398,8 @@ func (c *udpConn) SetReadDeadline(t time.Time) error {
 	if c.closed.Load() {
 		return c.err("set", c.raddr, net.ErrClosed)
 	}
-	return c.c.SetReadDeadline(t)
+	c.rx.setDeadline(t)
+	return nil
 }
 
 // SetWriteDeadline implements net.Conn and net.PacketConn.
@@ -399,6 +408,152 @@ func (c *udpConn) SetWriteDeadline(t time.Time) error {
 		return c.err("set", c.raddr, net.ErrClosed)
 	}
 	return c.c.SetWriteDeadline(t)
+}
+
+// datagramOverhead is what a queued datagram costs in a udpConn's receive
+// queue on top of its payload: about the memory of its bookkeeping, as the
+// Linux kernel charges a socket an skb's truesize.
+const datagramOverhead = 256
+
+// datagram is one entry of an rxQueue: a datagram, or an error the socket
+// reported once (an ICMP error on a connected socket).
+type datagram struct {
+	b    []byte
+	from net.Addr
+	err  error
+}
+
+// rxQueue is a udpConn's receive queue. gVisor charges a datagram to the
+// socket's receive buffer by its payload alone, so a peer (the host) could
+// queue empty datagrams without limit, and 1-byte ones by the hundred
+// thousand, in a socket the application reads slowly or not at all. pump
+// moves them out of gVisor's queue as they arrive; rxQueue charges each its
+// payload plus datagramOverhead and drops datagrams once the socket's
+// receive buffer size is used, as gVisor and Linux do.
+type rxQueue struct {
+	limit int // the socket's receive buffer size, fixed at creation
+
+	mu       sync.Mutex
+	items    []datagram    // guarded by mu
+	size     int           // guarded by mu; bytes charged for items
+	ended    bool          // guarded by mu; the socket was closed
+	deadline time.Time     // guarded by mu; of reads
+	wake     chan struct{} // guarded by mu; closed on any change, made by a waiting reader
+}
+
+// pump moves ep's datagrams to q until ep is closed for receiving. notify
+// receives ep's readable events.
+func (q *rxQueue) pump(ep tcpip.Endpoint, notify <-chan struct{}) {
+	for {
+		var w datagramWriter
+		res, terr := ep.Read(&w, tcpip.ReadOptions{NeedRemoteAddr: true})
+		switch terr.(type) {
+		case nil:
+			from := &net.UDPAddr{IP: addrIP(res.RemoteAddr.Addr), Port: int(res.RemoteAddr.Port)}
+			q.push(datagram{b: w.b, from: from})
+		case *tcpip.ErrWouldBlock:
+			<-notify
+		case *tcpip.ErrClosedForReceive:
+			q.end()
+			return
+		default:
+			q.push(datagram{err: stackError("read", terr)})
+		}
+	}
+}
+
+// datagramWriter collects one datagram's payload.
+type datagramWriter struct{ b []byte }
+
+func (w *datagramWriter) Write(p []byte) (int, error) {
+	w.b = append(w.b, p...)
+	return len(p), nil
+}
+
+// wakeLocked wakes the waiting readers.
+func (q *rxQueue) wakeLocked() {
+	if q.wake != nil {
+		close(q.wake)
+		q.wake = nil
+	}
+}
+
+// push queues d, or drops it when the receive buffer is used up.
+func (q *rxQueue) push(d datagram) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.size >= q.limit {
+		return
+	}
+	q.items = append(q.items, d)
+	q.size += len(d.b) + datagramOverhead
+	q.wakeLocked()
+}
+
+func (q *rxQueue) end() {
+	q.mu.Lock()
+	q.ended = true
+	q.wakeLocked()
+	q.mu.Unlock()
+}
+
+func (q *rxQueue) setDeadline(t time.Time) {
+	q.mu.Lock()
+	q.deadline = t
+	q.wakeLocked()
+	q.mu.Unlock()
+}
+
+// pop waits for a datagram, the read deadline or the socket's end, and
+// copies the datagram to b (truncating it, as a UDP socket does).
+func (q *rxQueue) pop(b []byte) (int, net.Addr, error) {
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		q.mu.Lock()
+		if len(q.items) > 0 {
+			d := q.items[0]
+			q.items[0] = datagram{}
+			q.items = q.items[1:]
+			q.size -= len(d.b) + datagramOverhead
+			q.mu.Unlock()
+			if d.err != nil {
+				return 0, nil, d.err
+			}
+			return copy(b, d.b), d.from, nil
+		}
+		if q.ended {
+			q.mu.Unlock()
+			return 0, nil, net.ErrClosed
+		}
+		dl := q.deadline
+		if !dl.IsZero() && !time.Now().Before(dl) {
+			q.mu.Unlock()
+			return 0, nil, os.ErrDeadlineExceeded
+		}
+		if q.wake == nil {
+			q.wake = make(chan struct{})
+		}
+		wake := q.wake
+		q.mu.Unlock()
+		var expired <-chan time.Time
+		if !dl.IsZero() {
+			if timer == nil {
+				timer = time.NewTimer(time.Until(dl))
+			} else {
+				timer.Reset(time.Until(dl))
+			}
+			expired = timer.C
+		}
+		select {
+		case <-wake:
+		case <-expired:
+		}
+	}
 }
 
 // listener is a TCP net.Listener on the stack. Accept is gonet's loop, with
