@@ -195,6 +195,16 @@ func (e *linkEndpoint) deliver(frame []byte) {
 		e.droppedIn.Add(1)
 		return
 	}
+	if proto == header.IPv4ProtocolNumber && len(frame) >= header.EthernetMinimumSize+header.IPv4MinimumSize &&
+		frame[header.EthernetMinimumSize+12] == 0 {
+		// The source (at offset 12 of the IPv4 header) is in 0.0.0.0/8,
+		// "this network": never a peer's address, and gVisor would take
+		// it, so that an answer to 0.0.0.0 reached the stack's own
+		// services, loopback ones included. Linux drops these packets as
+		// martians.
+		e.droppedIn.Add(1)
+		return
+	}
 	if !e.Deliver(e.zw.Fix(frame), typ) {
 		e.droppedIn.Add(1)
 		return

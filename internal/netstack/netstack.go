@@ -179,7 +179,8 @@ type Stats struct {
 	BytesOut  uint64 // bytes of those frames
 
 	// DroppedIn counts frames written to the Device that the link refused:
-	// runts, other destination MACs, unknown EtherTypes, our own source MAC.
+	// runts, other destination MACs, unknown EtherTypes, our own source MAC,
+	// IPv4 sources in 0.0.0.0/8.
 	DroppedIn uint64
 	// DroppedOut counts packets the stack sent that were dropped: the queue
 	// was full, or a packet did not fit Device.Read's buffer.
