@@ -195,13 +195,7 @@ func (e *linkEndpoint) deliver(frame []byte) {
 		e.droppedIn.Add(1)
 		return
 	}
-	if proto == header.IPv4ProtocolNumber && len(frame) >= header.EthernetMinimumSize+header.IPv4MinimumSize &&
-		frame[header.EthernetMinimumSize+12] == 0 {
-		// The source (at offset 12 of the IPv4 header) is in 0.0.0.0/8,
-		// "this network": never a peer's address, and gVisor would take
-		// it, so that an answer to 0.0.0.0 reached the stack's own
-		// services, loopback ones included. Linux drops these packets as
-		// martians.
+	if proto == header.IPv4ProtocolNumber && refuseIPv4(frame[header.EthernetMinimumSize:]) {
 		e.droppedIn.Add(1)
 		return
 	}
@@ -211,6 +205,35 @@ func (e *linkEndpoint) deliver(frame []byte) {
 	}
 	e.framesIn.Add(1)
 	e.bytesIn.Add(uint64(len(frame)))
+}
+
+// refuseIPv4 reports whether the link drops ip, an IPv4 packet, before
+// gVisor sees it:
+//   - its source is in 0.0.0.0/8, "this network": never a peer's address,
+//     and gVisor would take it, so that an answer to 0.0.0.0 reached the
+//     stack's own services, loopback ones included (Linux drops these
+//     packets as martians);
+//   - it is an ICMP "fragmentation needed" with a next-hop MTU below
+//     minMTU: gVisor would cut the segments of the connection it quotes to
+//     what that MTU leaves, down to 1 byte, and send a packet for every byte
+//     or few (Linux never goes below 552).
+func refuseIPv4(ip []byte) bool {
+	if len(ip) < header.IPv4MinimumSize {
+		return false // gVisor drops it
+	}
+	h := header.IPv4(ip)
+	if h.SourceAddressSlice()[0] == 0 {
+		return true
+	}
+	if h.TransportProtocol() != header.ICMPv4ProtocolNumber || h.FragmentOffset() != 0 {
+		return false
+	}
+	hl := int(h.HeaderLength())
+	if hl < header.IPv4MinimumSize || len(ip) < hl+header.ICMPv4MinimumSize {
+		return false
+	}
+	icmp := header.ICMPv4(ip[hl:])
+	return icmp.Type() == header.ICMPv4DstUnreachable && icmp.Code() == header.ICMPv4FragmentationNeeded && int(icmp.MTU()) < minMTU
 }
 
 // device is the tap.Device side of the link.

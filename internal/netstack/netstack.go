@@ -180,7 +180,7 @@ type Stats struct {
 
 	// DroppedIn counts frames written to the Device that the link refused:
 	// runts, other destination MACs, unknown EtherTypes, our own source MAC,
-	// IPv4 sources in 0.0.0.0/8.
+	// IPv4 sources in 0.0.0.0/8, "fragmentation needed" below 576 bytes.
 	DroppedIn uint64
 	// DroppedOut counts packets the stack sent that were dropped: the queue
 	// was full, or a packet did not fit Device.Read's buffer.
