@@ -15,8 +15,14 @@ import (
 	"gvisor.dev/gvisor/pkg/waiter"
 )
 
-// listenBacklog matches gonet's (and common Linux distributions') somaxconn.
-const listenBacklog = 4096
+// listenBacklog bounds a listener's connections the app has not accepted
+// yet (and, about as many again, its handshakes in progress; past those,
+// SYN cookies). It is Linux's somaxconn of old, not today's 4096: each of
+// these connections has a receive buffer the host can fill
+// (ethlink.TCPBufDefault, 1 MiB) and, unlike Linux's tcp_mem, nothing
+// bounds their sum, so a listener whose app stops accepting could be made
+// to hold 4 to 8 GiB; at 128, at most 255 MiB.
+const listenBacklog = 128
 
 var loopbackAddr = netip.AddrFrom4([4]byte{127, 0, 0, 1})
 
