@@ -13,7 +13,8 @@ import (
 // sender, as servers do (and as enclave.Config.Egress allows for peers
 // that wrote first), sent to 0.0.0.0, which the stack delivers to itself:
 // the host could reach the enclave's loopback UDP services, from
-// 127.0.0.1.
+// 127.0.0.1. The sources gVisor drops itself are checked too: the stack's
+// own address, loopback, broadcast and multicast.
 func TestZeroNetSourceDropped(t *testing.T) {
 	n := newRawNet(t)
 	defer drain(n)()
@@ -35,7 +36,14 @@ func TestZeroNetSourceDropped(t *testing.T) {
 	// The spoofed datagrams, then one from the gateway: the socket queues
 	// them in order, so the first one read is the gateway's unless the
 	// spoofed ones got in.
-	frames := [][]byte{datagram([4]byte{0, 0, 0, 0}, "zero"), datagram([4]byte{0, 1, 2, 3}, "zeronet"), datagram(gwIP, "gateway")}
+	frames := [][]byte{
+		datagram([4]byte{0, 0, 0, 0}, "zero"), datagram([4]byte{0, 1, 2, 3}, "zeronet"),
+		// gVisor drops these itself; keep it so.
+		datagram(selfIP, "self"), datagram([4]byte{127, 0, 0, 1}, "loopback"),
+		datagram([4]byte{192, 168, 127, 255}, "subnet broadcast"), datagram([4]byte{255, 255, 255, 255}, "broadcast"),
+		datagram([4]byte{224, 0, 0, 1}, "multicast"),
+		datagram(gwIP, "gateway"),
+	}
 	if _, err := n.Device().Write(frames, 0); err != nil {
 		t.Fatal(err)
 	}
