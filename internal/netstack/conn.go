@@ -152,9 +152,14 @@ func fixOpError(op, network string, laddr, raddr net.Addr, closed bool, err erro
 	return &net.OpError{Op: op, Net: network, Source: laddr, Addr: raddr, Err: inner}
 }
 
+// orphanTimeout bounds how long a conn the app has closed may wait for the
+// peer to take its unsent data (see tcpConn.Close). A variable for tests.
+var orphanTimeout = 60 * time.Second
+
 // tcpConn is a TCP net.Conn on the stack.
 type tcpConn struct {
 	c            *gonet.TCPConn
+	ep           tcpip.Endpoint
 	n            *Net
 	laddr, raddr net.Addr
 	closed       atomic.Bool
@@ -168,7 +173,7 @@ var _ net.Conn = (*tcpConn)(nil)
 // connection the peer reset while it waited in the accept queue would come
 // out of Accept with a nil RemoteAddr.
 func newTCPConn(n *Net, wq *waiter.Queue, ep tcpip.Endpoint) *tcpConn {
-	c := &tcpConn{c: gonet.NewTCPConn(wq, ep), n: n}
+	c := &tcpConn{c: gonet.NewTCPConn(wq, ep), ep: ep, n: n}
 	if info, ok := ep.Info().(*stack.TransportEndpointInfo); ok {
 		id := info.ID
 		c.laddr = &net.TCPAddr{IP: addrIP(id.LocalAddress), Port: int(id.LocalPort)}
@@ -209,11 +214,20 @@ func (c *tcpConn) Write(b []byte) (int, error) {
 
 // Close implements net.Conn. It sends FIN (RST if unread data remains) and
 // unblocks pending Reads and Writes, which then return net.ErrClosed.
+//
+// Unsent data stays with the stack until the peer takes it, as with the
+// kernel. gVisor waits for good while the peer keeps its window at zero and
+// answers the window probes, so a host could pile up closed connections
+// and their send buffers without limit; a closed conn gets a user timeout
+// (TCP_USER_TIMEOUT, which gVisor applies to window probes too): it is
+// reset after orphanTimeout without progress, as Linux gives up on orphans.
 func (c *tcpConn) Close() error {
 	if !c.closed.CompareAndSwap(false, true) {
 		return c.err("close", net.ErrClosed)
 	}
 	c.n.untrack(c)
+	uto := tcpip.TCPUserTimeoutOption(orphanTimeout)
+	_ = c.ep.SetSockOpt(&uto)
 	return c.c.Close()
 }
 
