@@ -47,6 +47,13 @@ const (
 	// retransmissions come after its RTO (200 ms at least).
 	timeWait = time.Second
 
+	// finWait2 is how long a connection the app closed waits for the
+	// peer's FIN once its own is acknowledged (gVisor's default: 60 s, as
+	// Linux's tcp_fin_timeout). These are whole gVisor endpoints too,
+	// uncapped (Linux keeps a TIME-WAIT struct); a few seconds let an
+	// honest peer's FIN, relayed from a client far away, arrive.
+	finWait2 = 5 * time.Second
+
 	nicLink     tcpip.NICID = 1
 	nicLoopback tcpip.NICID = 2
 
@@ -243,6 +250,10 @@ func (n *Net) setup() error {
 	tw := tcpip.TCPTimeWaitTimeoutOption(timeWait)
 	if terr := s.SetTransportProtocolOption(tcp.ProtocolNumber, &tw); terr != nil {
 		return fmt.Errorf("netstack: TIME-WAIT timeout: %v", terr)
+	}
+	fw2 := tcpip.TCPLingerTimeoutOption(finWait2)
+	if terr := s.SetTransportProtocolOption(tcp.ProtocolNumber, &fw2); terr != nil {
+		return fmt.Errorf("netstack: FIN-WAIT-2 timeout: %v", terr)
 	}
 	if terr := s.CreateNICWithOptions(nicLink, n.ep, stack.NICOptions{Name: "eth0", QDisc: qdisc{n.ep}}); terr != nil {
 		return fmt.Errorf("netstack: create NIC: %v", terr)

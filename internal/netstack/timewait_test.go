@@ -66,3 +66,58 @@ func TestTimeWaitShort(t *testing.T) {
 		t.Fatalf("%d of %d connections the enclave closed are still in TIME-WAIT after %v", n, conns, within)
 	}
 }
+
+// TestFinWait2Short: the host takes the FIN of connections the enclave's
+// app closed but never sends its own. Each stays a whole gVisor endpoint
+// in FIN-WAIT-2 for the linger timeout (gVisor's default: 60 s), with no
+// cap on their number, as in TIME-WAIT; Linux turns them into small
+// TIME-WAIT structs.
+func TestFinWait2Short(t *testing.T) {
+	p := newPair(t, wireDirect, nil)
+	ln, err := p.b.Listen("tcp", ":80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	const conns = 200
+	for range conns {
+		c, err := p.a.Dial(context.Background(), "tcp", "192.168.127.2:80")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		// The enclave's FIN: the host's side is at EOF and stays open.
+		if _, err := io.Copy(io.Discard, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	finWait2 := func() int {
+		n := 0
+		for _, te := range p.b.stack.RegisteredEndpoints() {
+			if ep, ok := te.(tcpip.Endpoint); ok && tcp.EndpointState(ep.State()) == tcp.StateFinWait2 {
+				n++
+			}
+		}
+		return n
+	}
+	if n := finWait2(); n == 0 {
+		t.Fatal("no connection in FIN-WAIT-2: the test does not test")
+	}
+	const within = 15 * time.Second
+	deadline := time.Now().Add(within)
+	for finWait2() > 0 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if n := finWait2(); n > 0 {
+		t.Fatalf("%d of %d connections the enclave closed are still in FIN-WAIT-2 after %v", n, conns, within)
+	}
+}
