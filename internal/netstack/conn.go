@@ -285,9 +285,8 @@ func (c *tcpConn) SetWriteDeadline(t time.Time) error {
 }
 
 // udpConn is a UDP socket on the stack: a net.PacketConn, and a net.Conn
-// when connected (Dial). Writes go through gonet; received datagrams are
-// moved by a goroutine from gVisor's queue to rx, which bounds them by
-// their size in memory (see rxQueue).
+// when connected (Dial). Writes go through gonet, reads through rx, which
+// bounds the datagrams waiting to be read by their size in memory.
 type udpConn struct {
 	c            *gonet.UDPConn
 	n            *Net
@@ -303,18 +302,11 @@ var (
 
 func newUDPConn(n *Net, wq *waiter.Queue, ep tcpip.Endpoint, connected bool) *udpConn {
 	c := &udpConn{c: gonet.NewUDPConn(wq, ep), n: n}
-	c.rx.limit = int(ep.SocketOptions().GetReceiveBufferSize())
+	c.rx.init(ep, wq)
 	c.laddr = c.c.LocalAddr()
 	if connected {
 		c.raddr = c.c.RemoteAddr()
 	}
-	// Register before the first Read, so that no datagram is missed.
-	entry, notify := waiter.NewChannelEntry(waiter.ReadableEvents)
-	wq.EventRegister(&entry)
-	go func() {
-		defer wq.EventUnregister(&entry)
-		c.rx.pump(ep, notify)
-	}()
 	return c
 }
 
@@ -437,41 +429,89 @@ type datagram struct {
 	err  error
 }
 
-// rxQueue is a udpConn's receive queue. gVisor charges a datagram to the
+// rxQueue is a udpConn's receive side. gVisor charges a datagram to the
 // socket's receive buffer by its payload alone, so a peer (the host) could
 // queue empty datagrams without limit, and 1-byte ones by the hundred
-// thousand, in a socket the application reads slowly or not at all. pump
-// moves them out of gVisor's queue as they arrive; rxQueue charges each its
-// payload plus datagramOverhead and drops datagrams once the socket's
-// receive buffer size is used, as gVisor and Linux do.
+// thousand, in a socket the application reads slowly or not at all.
+//
+// A reader takes datagrams straight from gVisor's queue, as gonet does,
+// when it has nothing of its own. Whenever datagrams wait in gVisor's
+// queue and no reader is waiting for them, pump moves them to items, which
+// charges each its payload plus datagramOverhead and drops datagrams once
+// the socket's receive buffer size is used, as gVisor and Linux do. gVisor
+// signals a readable socket only when its queue stops being empty, so pump
+// wakes then (and skips it if readers wait: they were signalled too), and
+// a reader that leaves datagrams behind in gVisor's queue kicks pump.
 type rxQueue struct {
-	limit int // the socket's receive buffer size, fixed at creation
+	ep    tcpip.Endpoint
+	wq    *waiter.Queue
+	limit int           // the socket's receive buffer size, fixed at creation
+	kick  chan struct{} // asks pump to drain gVisor's queue
 
+	// mu serialises reads from ep, so that datagrams keep their order.
 	mu       sync.Mutex
 	items    []datagram    // guarded by mu
 	size     int           // guarded by mu; bytes charged for items
+	waiting  int           // guarded by mu; readers waiting for a datagram
 	ended    bool          // guarded by mu; the socket was closed
 	deadline time.Time     // guarded by mu; of reads
 	wake     chan struct{} // guarded by mu; closed on any change, made by a waiting reader
 }
 
-// pump moves ep's datagrams to q until ep is closed for receiving. notify
-// receives ep's readable events.
-func (q *rxQueue) pump(ep tcpip.Endpoint, notify <-chan struct{}) {
+// init sets q up on ep and starts its pump, which ends when ep is closed.
+func (q *rxQueue) init(ep tcpip.Endpoint, wq *waiter.Queue) {
+	q.ep, q.wq = ep, wq
+	q.limit = int(ep.SocketOptions().GetReceiveBufferSize())
+	q.kick = make(chan struct{}, 1)
+	// Register before the first Read, so that no datagram is missed.
+	entry, notify := waiter.NewChannelEntry(waiter.ReadableEvents)
+	wq.EventRegister(&entry)
+	go func() {
+		defer wq.EventUnregister(&entry)
+		q.pump(notify)
+	}()
+}
+
+func (q *rxQueue) pump(notify <-chan struct{}) {
+	q.drain(false)
+	for {
+		kicked := false
+		select {
+		case <-notify:
+		case <-q.kick:
+			kicked = true
+		}
+		if q.drain(kicked) {
+			return
+		}
+	}
+}
+
+// drain moves gVisor's queue to items, unless readers wait and were
+// signalled (not kicked). It reports whether the socket is closed.
+func (q *rxQueue) drain(kicked bool) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.ended {
+		return true
+	}
+	if q.waiting > 0 && !kicked {
+		return false
+	}
 	for {
 		var w datagramWriter
-		res, terr := ep.Read(&w, tcpip.ReadOptions{NeedRemoteAddr: true})
+		res, terr := q.ep.Read(&w, tcpip.ReadOptions{NeedRemoteAddr: true})
 		switch terr.(type) {
 		case nil:
-			from := &net.UDPAddr{IP: addrIP(res.RemoteAddr.Addr), Port: int(res.RemoteAddr.Port)}
-			q.push(datagram{b: w.b, from: from})
+			q.pushLocked(datagram{b: w.b, from: &net.UDPAddr{IP: addrIP(res.RemoteAddr.Addr), Port: int(res.RemoteAddr.Port)}})
 		case *tcpip.ErrWouldBlock:
-			<-notify
+			return false
 		case *tcpip.ErrClosedForReceive:
-			q.end()
-			return
+			q.ended = true
+			q.wakeLocked()
+			return true
 		default:
-			q.push(datagram{err: stackError("read", terr)})
+			q.pushLocked(datagram{err: stackError("read", terr)})
 		}
 	}
 }
@@ -492,10 +532,8 @@ func (q *rxQueue) wakeLocked() {
 	}
 }
 
-// push queues d, or drops it when the receive buffer is used up.
-func (q *rxQueue) push(d datagram) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
+// pushLocked queues d, or drops it when the receive buffer is used up.
+func (q *rxQueue) pushLocked(d datagram) {
 	if q.size >= q.limit {
 		return
 	}
@@ -504,11 +542,14 @@ func (q *rxQueue) push(d datagram) {
 	q.wakeLocked()
 }
 
-func (q *rxQueue) end() {
-	q.mu.Lock()
-	q.ended = true
-	q.wakeLocked()
-	q.mu.Unlock()
+// kickIfPending asks pump to drain gVisor's queue if it is not empty.
+func (q *rxQueue) kickIfPending() {
+	if q.ep.Readiness(waiter.ReadableEvents) != 0 {
+		select {
+		case q.kick <- struct{}{}:
+		default:
+		}
+	}
 }
 
 func (q *rxQueue) setDeadline(t time.Time) {
@@ -518,13 +559,22 @@ func (q *rxQueue) setDeadline(t time.Time) {
 	q.mu.Unlock()
 }
 
-// pop waits for a datagram, the read deadline or the socket's end, and
-// copies the datagram to b (truncating it, as a UDP socket does).
+// pop reads a datagram into b (truncating it, as a UDP socket does): one of
+// items, or else one from gVisor's queue, waiting for it until the read
+// deadline or the socket's end.
 func (q *rxQueue) pop(b []byte) (int, net.Addr, error) {
-	var timer *time.Timer
+	var (
+		timer      *time.Timer
+		entry      waiter.Entry
+		notify     chan struct{}
+		registered bool
+	)
 	defer func() {
 		if timer != nil {
 			timer.Stop()
+		}
+		if registered {
+			q.wq.EventUnregister(&entry)
 		}
 	}()
 	for {
@@ -544,6 +594,35 @@ func (q *rxQueue) pop(b []byte) (int, net.Addr, error) {
 			q.mu.Unlock()
 			return 0, nil, net.ErrClosed
 		}
+		if !registered {
+			// Before reading, so that a datagram arriving after the
+			// read is signalled.
+			entry, notify = waiter.NewChannelEntry(waiter.ReadableEvents)
+			q.wq.EventRegister(&entry)
+			registered = true
+		}
+		w := tcpip.SliceWriter(b)
+		res, terr := q.ep.Read(&w, tcpip.ReadOptions{NeedRemoteAddr: true})
+		switch terr.(type) {
+		case nil:
+			q.mu.Unlock()
+			q.kickIfPending()
+			return res.Count, &net.UDPAddr{IP: addrIP(res.RemoteAddr.Addr), Port: int(res.RemoteAddr.Port)}, nil
+		case *tcpip.ErrWouldBlock:
+		case *tcpip.ErrClosedForReceive:
+			q.ended = true
+			q.wakeLocked()
+			q.mu.Unlock()
+			select {
+			case q.kick <- struct{}{}: // to end pump
+			default:
+			}
+			return 0, nil, net.ErrClosed
+		default:
+			q.mu.Unlock()
+			q.kickIfPending()
+			return 0, nil, stackError("read", terr)
+		}
 		dl := q.deadline
 		if !dl.IsZero() && !time.Now().Before(dl) {
 			q.mu.Unlock()
@@ -553,6 +632,7 @@ func (q *rxQueue) pop(b []byte) (int, net.Addr, error) {
 			q.wake = make(chan struct{})
 		}
 		wake := q.wake
+		q.waiting++
 		q.mu.Unlock()
 		var expired <-chan time.Time
 		if !dl.IsZero() {
@@ -565,8 +645,12 @@ func (q *rxQueue) pop(b []byte) (int, net.Addr, error) {
 		}
 		select {
 		case <-wake:
+		case <-notify:
 		case <-expired:
 		}
+		q.mu.Lock()
+		q.waiting--
+		q.mu.Unlock()
 	}
 }
 
