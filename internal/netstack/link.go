@@ -339,8 +339,10 @@ func (d *device) Close() error {
 type queue struct {
 	mu     sync.Mutex
 	ring   []*stack.PacketBuffer // guarded by mu
+	sizes  []int                 // guarded by mu; the packets' sizes
 	head   int                   // guarded by mu; index of the oldest packet
 	n      int                   // guarded by mu; packets queued
+	bytes  int                   // guarded by mu; their total size
 	closed bool                  // guarded by mu
 
 	// ready holds a token when the queue may have become non-empty since
@@ -352,18 +354,21 @@ type queue struct {
 
 func (q *queue) init(size int) {
 	q.ring = make([]*stack.PacketBuffer, size)
+	q.sizes = make([]int, size)
 	q.ready = make(chan struct{}, 1)
 	q.done = make(chan struct{})
 }
 
-// push queues pkt with a new reference.
+// push queues pkt with a new reference. The queue is full at len(ring)
+// packets or maxQueueBytes (one packet always fits).
 func (q *queue) push(pkt *stack.PacketBuffer) tcpip.Error {
+	size := pkt.Size()
 	q.mu.Lock()
 	if q.closed {
 		q.mu.Unlock()
 		return &tcpip.ErrClosedForSend{}
 	}
-	if q.n == len(q.ring) {
+	if q.n == len(q.ring) || q.n > 0 && q.bytes+size > maxQueueBytes {
 		q.mu.Unlock()
 		return &tcpip.ErrNoBufferSpace{}
 	}
@@ -372,7 +377,9 @@ func (q *queue) push(pkt *stack.PacketBuffer) tcpip.Error {
 		i -= len(q.ring)
 	}
 	q.ring[i] = pkt.IncRef()
+	q.sizes[i] = size
 	q.n++
+	q.bytes += size
 	wake := q.n == 1
 	q.mu.Unlock()
 	if wake {
@@ -394,6 +401,7 @@ func (q *queue) pop(dst []*stack.PacketBuffer) (int, error) {
 			for i := range k {
 				dst[i] = q.ring[q.head]
 				q.ring[q.head] = nil
+				q.bytes -= q.sizes[q.head]
 				q.head++
 				if q.head == len(q.ring) {
 					q.head = 0
@@ -423,6 +431,7 @@ func (q *queue) close() {
 		return
 	}
 	q.closed = true
+	q.bytes = 0
 	for q.n > 0 {
 		q.ring[q.head].DecRef()
 		q.ring[q.head] = nil
@@ -431,6 +440,13 @@ func (q *queue) close() {
 	}
 	q.mu.Unlock()
 	close(q.done)
+}
+
+// len returns the number of packets queued.
+func (q *queue) len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.n
 }
 
 func (q *queue) isClosed() bool {

@@ -31,6 +31,13 @@ const (
 	// router would, and TCP recovers them with SACK.
 	DefaultQueueLen = 4096
 
+	// maxQueueBytes bounds the bytes of the packets queued for Device.Read
+	// too: at MTU 65520, 4096 packets are 256 MiB, which a host that stops
+	// reading the tunnel could make the enclave hold (with maximal pings,
+	// each answered in a packet as large). 32 MiB is 4 full 8 MiB windows,
+	// and about 10 ms of the fastest link.
+	maxQueueBytes = 32 << 20
+
 	// TCP keepalive of dialled and accepted connections: the standard
 	// library's defaults (net.Dialer.KeepAlive, net.ListenConfig), so that
 	// connections through a host that restarted are noticed.
@@ -88,8 +95,9 @@ type Config struct {
 	// call. Default tap.IdealBatchSize (128).
 	BatchSize int
 
-	// QueueLen bounds the packets queued between the stack and Device.Read;
-	// further packets are dropped and counted. Default DefaultQueueLen.
+	// QueueLen bounds the packets queued between the stack and Device.Read
+	// (and so do 32 MiB); further packets are dropped and counted. Default
+	// DefaultQueueLen.
 	QueueLen int
 
 	// Logger receives operational logs, never per packet (the first
