@@ -18,3 +18,17 @@ func SetDHCPLeaseExpiry(d time.Duration) (restore func()) {
 	old := dhcpLeaseExpiry.Swap(int64(d))
 	return func() { dhcpLeaseExpiry.Store(old) }
 }
+
+// StackTCPConnected is the host stack's TCP endpoints in a connected state
+// (established or closing), orphans included.
+func (h *Host) StackTCPConnected() uint64 {
+	return h.stack.Stats().TCP.CurrentConnected.Value()
+}
+
+// SetOrphanTimeout sets how long a closed NAT connection may keep unsent
+// data until the returned function restores the default.
+func SetOrphanTimeout(d time.Duration) (restore func()) {
+	old := orphanTimeout
+	orphanTimeout = d
+	return func() { orphanTimeout = old }
+}

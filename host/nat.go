@@ -14,6 +14,8 @@ import (
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 	"gvisor.dev/gvisor/pkg/waiter"
@@ -223,13 +225,70 @@ func (h *Host) forwardTCP(r *tcp.ForwarderRequest) {
 		return
 	}
 	ep.SocketOptions().SetKeepAlive(true)
-	in := gonet.NewTCPConn(&wq, ep)
+	in := boundOrphan(gonet.NewTCPConn(&wq, ep), ep)
 	untrack, ok := h.trackPair(in, out)
 	if !ok {
 		return
 	}
 	defer untrack()
 	_, _ = relay.Relay(in, out, relay.Options{IdleTimeout: max(h.cfg.NATIdleTimeout, 0)})
+}
+
+// orphanTimeout bounds how long a connection on the host's stack that the
+// relay has closed may wait for the enclave to take its unsent data. A
+// variable for tests.
+var orphanTimeout = 60 * time.Second
+
+// orphanBounded is a connection of the host's stack whose endpoint gets a
+// user timeout (TCP_USER_TIMEOUT, which gVisor applies to window probes
+// too) when it is closed. Unsent data stays with the stack after Close, as
+// with the kernel, and gVisor waits for good while the peer keeps its
+// window at zero and answers the probes: an enclave that half-closed and
+// never read could leave the host any number of closed connections, each
+// with up to its send buffer queued, outside the NAT and port limits
+// (which end with the relay). Now such an orphan is reset after
+// orphanTimeout without progress, as Linux gives up on orphans. Live
+// connections keep no user timeout: an app may stop reading for as long
+// as it likes.
+type orphanBounded struct {
+	*gonet.TCPConn
+	ep tcpip.Endpoint
+}
+
+func boundOrphan(c *gonet.TCPConn, ep tcpip.Endpoint) net.Conn { return orphanBounded{c, ep} }
+
+func (c orphanBounded) Close() error {
+	uto := tcpip.TCPUserTimeoutOption(orphanTimeout)
+	_ = c.ep.SetSockOpt(&uto)
+	return c.TCPConn.Close()
+}
+
+// dialStack is gonet.DialContextTCP returning a connection whose Close
+// bounds the orphan it may leave (orphanBounded).
+func dialStack(ctx context.Context, s *stack.Stack, addr tcpip.FullAddress) (net.Conn, error) {
+	var wq waiter.Queue
+	ep, terr := s.NewEndpoint(tcp.ProtocolNumber, ipv4.ProtocolNumber, &wq)
+	if terr != nil {
+		return nil, errors.New(terr.String())
+	}
+	entry, notify := waiter.NewChannelEntry(waiter.WritableEvents)
+	wq.EventRegister(&entry)
+	defer wq.EventUnregister(&entry)
+	terr = ep.Connect(addr)
+	if _, ok := terr.(*tcpip.ErrConnectStarted); ok {
+		select {
+		case <-ctx.Done():
+			ep.Close()
+			return nil, ctx.Err()
+		case <-notify:
+		}
+		terr = ep.LastError()
+	}
+	if terr != nil {
+		ep.Close()
+		return nil, &net.OpError{Op: "connect", Net: "tcp", Addr: &net.TCPAddr{IP: net.IP(addr.Addr.AsSlice()), Port: int(addr.Port)}, Err: errors.New(terr.String())}
+	}
+	return boundOrphan(gonet.NewTCPConn(&wq, ep), ep), nil
 }
 
 // udpFlowTimeout ends a UDP flow (NAT or published port) when no datagram

@@ -454,7 +454,7 @@ func (h *Host) relayOptions(p *published, cc *connCloser) relay.Options {
 func (h *Host) dialIn(p *published) net.Conn {
 	target := tcpip.FullAddress{NIC: nicID, Addr: addr(h.cfg.EnclaveIP), Port: p.spec.EnclavePort}
 	ctx, cancel := context.WithTimeout(h.ctx, h.cfg.DialTimeout)
-	in, err := gonet.DialContextTCP(ctx, h.stack, target, ipv4.ProtocolNumber)
+	in, err := dialStack(ctx, h.stack, target)
 	cancel()
 	if err != nil {
 		p.failed.Add(1)

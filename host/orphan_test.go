@@ -1,0 +1,76 @@
+package host_test
+
+import (
+	"context"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/quenchnet/quench/host"
+)
+
+// TestNATOrphanAtZeroWindow: an enclave opens NAT connections to a server
+// that sends a little more than the enclave's receive buffer and closes,
+// half-closes its own side and never reads. The host's relay then ends
+// (both directions are done) with data still queued towards the enclave,
+// whose window stays at zero while its stack answers every probe. gVisor
+// kept such a closed connection, and its send buffer, for good, outside
+// the NAT connection limit: an enclave could make the host hold any number
+// of them. A closed connection now gets a user timeout and is reset after
+// orphanTimeout without progress, as Linux gives up on orphans.
+func TestNATOrphanAtZeroWindow(t *testing.T) {
+	defer host.SetOrphanTimeout(time.Second)()
+	srv, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	payload := make([]byte, 3<<19) // past the enclave's receive buffer (1 MiB), within it and the host's send buffer
+	go func() {
+		for {
+			c, err := srv.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_, _ = c.Write(payload)
+			}()
+		}
+	}()
+	h, path := startHost(t, host.Config{})
+	addr := "192.168.127.254:" + portOf(t, srv.Addr())
+	e := l4Enclave(t, path, addr)
+	before := h.StackTCPConnected()
+	const n = 4
+	for range n {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		c, err := e.Dial(ctx, "tcp", addr)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close() // never read; closed when the test ends
+		if err := c.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The relays end once they queued the server's bytes; the orphans
+	// must go within a few orphan timeouts (gVisor's backoff between
+	// window probes), not stay.
+	deadline := time.Now().Add(20 * time.Second)
+	for h.StackTCPConnected() > before {
+		if time.Now().After(deadline) {
+			t.Fatalf("the host's stack still holds %d connected TCP endpoints (%d before the enclave's connections) 20 s later", h.StackTCPConnected(), before)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func portOf(t *testing.T, a net.Addr) string {
+	_, p, err := net.SplitHostPort(a.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
