@@ -10,8 +10,9 @@ import (
 	"time"
 )
 
-// connCap bounds the connections the public server holds at once, on all
-// its listeners together (Config.MaxConns).
+// connCap bounds the connections the host can open into the enclave that
+// it holds at once, on all its listeners together (Config.MaxConns): the
+// public server's, the forwards' and key sync's. An Enclave has one.
 // Without a limit (negative) it still counts them, for the metrics.
 type connCap struct {
 	max     int64 // the limit; math.MaxInt64: none
@@ -57,7 +58,7 @@ func (c *connCap) refuse(nc net.Conn, ln net.Listener) {
 	if now-last < int64(time.Second) || !c.lastLog.CompareAndSwap(last, now) {
 		return
 	}
-	c.log.Warn("public server: connection limit reached; new connections are closed at once",
+	c.log.Warn("connection limit reached (MaxConns); new connections are closed at once",
 		"max_conns", c.max, "listener", ln.Addr().String(), "refused_total", c.refused.Load())
 }
 
@@ -86,8 +87,9 @@ func (l *capListener) Accept() (net.Conn, error) {
 }
 
 // capConn holds one slot of its connCap until the connection ends: its
-// first Close, or, once the proxy's event loops took its socket (Detach),
-// the release they call when they close their duplicate of it.
+// first Close, or, once the proxy's or a forward's event loops took its
+// socket (Detach), the release they call when they close their duplicate
+// of it.
 type capConn struct {
 	net.Conn
 	cap   *connCap
@@ -110,9 +112,9 @@ func (c *capConn) Close() error {
 	return err
 }
 
-// Detach is for proxy.Serve's event loops (see proxy.TLSServer): they
-// take a duplicate of the socket and close c at once; the slot is released
-// when they call the returned function.
+// Detach is for event loops that take a duplicate of the socket and close
+// c at once (proxy.Serve's, see proxy.TLSServer; a forward's relay.Loop):
+// the slot is released when they call the returned function.
 func (c *capConn) Detach() func() {
 	if !c.state.CompareAndSwap(capLive, capDetached) {
 		return nil

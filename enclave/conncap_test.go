@@ -19,13 +19,15 @@ import (
 	"time"
 
 	"github.com/quenchnet/quench/enclave"
+	"github.com/quenchnet/quench/internal/testutil"
 )
 
 // These tests hold Config.MaxConns connections to the public server over
 // both of its listeners (the tunnel through quench-host, and the ingress
 // fast path: a unix socket standing in for VSOCK, whose TLS connections
-// the proxy's event loops take), and check that one more is closed at once
-// and counted, and that every way a connection ends gives its slot back
+// the proxy's event loops take), and to forwards (whose pairs a relay
+// loop takes), and check that one more is closed at once and
+// counted, and that every way a connection ends gives its slot back
 // exactly once.
 
 const capN = 3 // Config.MaxConns in these tests
@@ -39,11 +41,15 @@ type capEnv struct {
 	counts  func() (held int64, refused uint64)
 	tunnel  string // the host's published port to the public server
 	ingress string // the ingress listener's unix socket
+	fwdDir  string // forward i listens on fwDIR/fwI.sock (dialForward), dialled as viaForward(i)
 }
 
-func startCapEnv(t *testing.T, proxied bool) *capEnv {
+// startCapEnv starts a capEnv; with targets, the enclave also has a
+// forward to each (in that order), sharing the cap.
+func startCapEnv(t *testing.T, proxied bool, targets ...string) *capEnv {
 	t.Helper()
 	ingress := filepath.Join(t.TempDir(), "in.sock")
+	fwdDir := t.TempDir()
 	logs := &lockedBuffer{}
 	env := svStart(t, func(c *enclave.Config) {
 		c.Logger = slog.New(slog.NewTextHandler(logs, nil))
@@ -55,6 +61,13 @@ func startCapEnv(t *testing.T, proxied bool) *capEnv {
 		} else {
 			c.Handler = http.HandlerFunc(capApp)
 		}
+		for i, target := range targets {
+			path := filepath.Join(fwdDir, fmt.Sprintf("fw%d.sock", i))
+			c.Forwards = append(c.Forwards, enclave.Forward{
+				Listen: func() (net.Listener, error) { return net.Listen("unix", path) },
+				Target: target,
+			})
+		}
 	})
 	return &capEnv{
 		logs:    logs,
@@ -62,6 +75,7 @@ func startCapEnv(t *testing.T, proxied bool) *capEnv {
 		counts:  enclave.ConnCounts(env.enc),
 		tunnel:  env.host.Published()[0].String(),
 		ingress: ingress,
+		fwdDir:  fwdDir,
 	}
 }
 
@@ -106,6 +120,9 @@ const (
 	viaIngress = "ingress"
 )
 
+// viaForward names forward i of a capEnv for dial and expectRefused.
+func viaForward(i int) string { return fmt.Sprintf("fw%d", i) }
+
 // dial connects to the public server over the tunnel or the ingress fast
 // path (with the PROXY header quench-host would send).
 func (ce *capEnv) dial(t *testing.T, via string) net.Conn {
@@ -120,11 +137,14 @@ func (ce *capEnv) dial(t *testing.T, via string) net.Conn {
 }
 
 func (ce *capEnv) dialContext(ctx context.Context, via string) (net.Conn, error) {
-	if via == viaTunnel {
+	switch via {
+	case viaTunnel:
 		var d net.Dialer
 		return d.DialContext(ctx, "tcp", ce.tunnel)
+	case viaIngress:
+		return dialIngressAs(ce.ingress)(ctx, "", "")
 	}
-	return dialIngressAs(ce.ingress)(ctx, "", "")
+	return dialIngressAs(filepath.Join(ce.fwdDir, via+".sock"))(ctx, "", "")
 }
 
 // waitFor polls cond for up to 10 s.
@@ -143,17 +163,17 @@ func waitFor(t *testing.T, what string, cond func() (bool, string)) {
 	}
 }
 
-// waitHeld waits until the public server holds exactly n connections, and
-// checks the gauge says the same.
+// waitHeld waits until the capped listeners hold exactly n connections,
+// as counted and as the gauge says. (A connection the client closed may
+// still be waiting to be accepted: both are read together, in case it is
+// counted between them.)
 func (ce *capEnv) waitHeld(t *testing.T, n int64) {
 	t.Helper()
 	waitFor(t, fmt.Sprintf("connections held, want %d", n), func() (bool, string) {
 		held, _ := ce.counts()
-		return held == n, fmt.Sprint(held)
+		g := enclave.MetricValue(ce.e, "quench_enclave_public_connections")
+		return held == n && g == float64(n), fmt.Sprintf("%d (gauge %v)", held, g)
 	})
-	if g := enclave.MetricValue(ce.e, "quench_enclave_public_connections"); g != float64(n) {
-		t.Fatalf("quench_enclave_public_connections = %v, want %d", g, n)
-	}
 }
 
 // stall opens a connection that stops in the middle of its handshake: the
@@ -176,7 +196,7 @@ func (ce *capEnv) expectRefused(t *testing.T, via string) {
 	defer cancel()
 	c, err := ce.dialContext(ctx, via)
 	switch {
-	case via == viaIngress && (errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET)):
+	case via != viaTunnel && (errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET)):
 		// Closed before the PROXY header was all written.
 	case err != nil:
 		t.Fatalf("dial %s: %v", via, err)
@@ -376,7 +396,7 @@ func TestMaxConnsKeepAlive(t *testing.T) {
 		if most := 1 + int(time.Since(start)/time.Second); warnings < 1 || warnings > most {
 			t.Errorf("%d warnings for 6 refusals in %v, want 1 to %d:\n%s", warnings, time.Since(start), most, ce.logs)
 		}
-		if !strings.Contains(ce.logs.String(), fmt.Sprintf("level=WARN msg=\"public server: connection limit reached; new connections are closed at once\" max_conns=%d", capN)) {
+		if !strings.Contains(ce.logs.String(), fmt.Sprintf("level=WARN msg=\"connection limit reached (MaxConns); new connections are closed at once\" max_conns=%d", capN)) {
 			t.Errorf("no warning naming the limit:\n%s", ce.logs)
 		}
 		loop.get(t, "/a", false)
@@ -516,4 +536,231 @@ func TestMaxConnsClose(t *testing.T) {
 			return held == 0, fmt.Sprint(held)
 		})
 	})
+}
+
+// fwdConn is a connection relayed by a forward to lineServer, past its
+// greeting.
+type fwdConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+// holdForward opens a connection to forward i (a lineServer) and reads the
+// greeting, so that the pair is being relayed.
+func holdForward(t *testing.T, dir string, i int) *fwdConn {
+	t.Helper()
+	c := dialForward(t, dir, i, clientHeader("203.0.113.7:40001"), "")
+	r := bufio.NewReader(c)
+	if you, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(you, "you are ") {
+		t.Fatalf("forward %d: greeting %q, %v", i, you, err)
+	}
+	return &fwdConn{c, r}
+}
+
+// echo checks that f is still relayed both ways.
+func (f *fwdConn) echo(t *testing.T) {
+	t.Helper()
+	fmt.Fprintf(f, "ping\n")
+	if line, err := f.r.ReadString('\n'); err != nil || line != "ping\n" {
+		t.Fatalf("forward echo %q, %v", line, err)
+	}
+}
+
+// TestMaxConnsForward: a forward shares the public server's cap. capN
+// connections relayed by the forward hold it: the next forward connection
+// and the next public ones (tunnel, ingress) are closed at once and
+// counted, while the held ones keep relaying; one ending frees a slot, for
+// the public server as well.
+func TestMaxConnsForward(t *testing.T) {
+	ce := startCapEnv(t, false, lineServer(t, false))
+	var held []*fwdConn
+	for range capN {
+		held = append(held, holdForward(t, ce.fwdDir, 0))
+	}
+	ce.waitHeld(t, capN)
+	ce.expectRefused(t, viaForward(0))
+	ce.expectRefused(t, viaTunnel)
+	ce.expectRefused(t, viaIngress)
+	ce.expectRefused(t, viaForward(0))
+	for _, f := range held {
+		f.echo(t)
+	}
+	ce.waitHeld(t, capN)
+	if st := ce.e.ForwardStats(); st[0].Accepted != capN || st[0].Active != capN {
+		t.Errorf("forward stats %+v; want %d accepted and active (the refused ones never reach the forward)", st[0], capN)
+	}
+	if !strings.Contains(ce.logs.String(), "connection limit reached") {
+		t.Errorf("no warning for the refusals:\n%s", ce.logs)
+	}
+	held[0].Close()
+	ce.waitHeld(t, capN-1)
+	h := ce.h1(t, viaTunnel)
+	h.get(t, "/public", false)
+	ce.waitHeld(t, capN)
+	ce.expectRefused(t, viaForward(0))
+	h.Close()
+	for _, f := range held[1:] {
+		f.Close()
+	}
+	ce.waitHeld(t, 0)
+}
+
+// TestMaxConnsForwardOnly: without a public server (forwards only, as
+// quench-enclave -forward without -app-url), the forwards are capped
+// still.
+func TestMaxConnsForwardOnly(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "host.sock")
+	usHost(t, sock)
+	target := lineServer(t, false)
+	e := usEnclave(t, sock, func(c *enclave.Config) {
+		c.MaxConns = capN
+		c.Forwards = []enclave.Forward{{
+			Listen: func() (net.Listener, error) { return net.Listen("unix", filepath.Join(dir, "fw0.sock")) },
+			Target: target,
+		}}
+	})
+	ce := &capEnv{e: e, counts: enclave.ConnCounts(e), fwdDir: dir}
+	waitHeld := func(n int64) {
+		t.Helper()
+		waitFor(t, fmt.Sprintf("connections held, want %d", n), func() (bool, string) {
+			held, _ := ce.counts()
+			return held == n, fmt.Sprint(held)
+		})
+	}
+	var held []*fwdConn
+	for range capN {
+		held = append(held, holdForward(t, dir, 0))
+	}
+	waitHeld(capN)
+	_, before := ce.counts()
+	c, err := ce.dialContext(context.Background(), viaForward(0))
+	if err == nil {
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		n, err := c.Read(make([]byte, 1))
+		var ne net.Error
+		if err == nil || errors.As(err, &ne) && ne.Timeout() {
+			t.Fatalf("forward connection %d: read %d bytes, %v; want it closed at once", capN+1, n, err)
+		}
+		c.Close()
+	}
+	waitFor(t, "refusal counted", func() (bool, string) {
+		_, r := ce.counts()
+		return r == before+1, fmt.Sprintf("%d refused (%d before)", r, before)
+	})
+	for _, f := range held {
+		f.Close()
+	}
+	waitHeld(0)
+	holdForward(t, dir, 0).echo(t)
+}
+
+// resetServer serves on a kernel TCP port of 127.0.0.1: it writes "bye" to
+// each connection and resets it, ending the forward's pair from the
+// target's side.
+func resetServer(t *testing.T) string {
+	t.Helper()
+	ln := listenLocal(t, "tcp")
+	testutil.ServeConns(t, ln, func(c net.Conn) {
+		_, _ = io.WriteString(c, "bye")
+		_ = c.(*net.TCPConn).SetLinger(0)
+	})
+	return ln.Addr().String()
+}
+
+// TestMaxConnsForwardNoLeak ends forwarded connections every way there is,
+// many times, and then checks that no slot leaked or was released twice:
+// the count is back at 0 after each, and exactly capN can be held again.
+func TestMaxConnsForwardNoLeak(t *testing.T) {
+	ln := listenLocal(t, "tcp")
+	dead := ln.Addr().String()
+	_ = ln.Close()
+	ce := startCapEnv(t, false, lineServer(t, false), dead, resetServer(t))
+	hdr := clientHeader("203.0.113.7:40001")
+	paths := []struct {
+		name string
+		run  func(t *testing.T)
+	}{
+		{"target unreachable", func(t *testing.T) {
+			c := dialForward(t, ce.fwdDir, 1, hdr, "")
+			defer c.Close()
+			readClosed(t, c, "dial failure")
+		}},
+		{"no PROXY header", func(t *testing.T) {
+			c := dialForward(t, ce.fwdDir, 0, nil, "GET / HTTP/1.1\r\n\r\n")
+			defer c.Close()
+			readClosed(t, c, "no header")
+		}},
+		{"left mid-header", func(t *testing.T) {
+			b, _ := hdr.Format()
+			c := dialForward(t, ce.fwdDir, 0, nil, string(b[:8]))
+			c.Close()
+		}},
+		{"closed by the client", func(t *testing.T) {
+			f := holdForward(t, ce.fwdDir, 0)
+			f.echo(t)
+			f.Close()
+		}},
+		{"half-closed both ways", func(t *testing.T) {
+			// The pair ends (and its slot is free) before the client
+			// closes its socket.
+			f := holdForward(t, ce.fwdDir, 0)
+			defer f.Close()
+			_ = f.Conn.(*net.UnixConn).CloseWrite()
+			if rest, err := io.ReadAll(f.r); err != nil || string(rest) != "bye" {
+				t.Fatalf("after half-close %q, %v", rest, err)
+			}
+			ce.waitHeld(t, 0)
+		}},
+		{"reset by the target", func(t *testing.T) {
+			c := dialForward(t, ce.fwdDir, 2, hdr, "")
+			defer c.Close()
+			readClosed(t, c, "target reset")
+			ce.waitHeld(t, 0)
+		}},
+	}
+	for round := range 3 {
+		for _, p := range paths {
+			p.run(t)
+			if round == 0 {
+				t.Logf("%s", p.name)
+				ce.waitHeld(t, 0)
+			}
+		}
+	}
+	ce.waitHeld(t, 0)
+	st := ce.e.ForwardStats()
+	if st[1].DialErrors != 3 || st[0].Refused != 6 || st[0].Active != 0 || st[2].Active != 0 {
+		t.Errorf("forward stats %+v; want 3 dial errors, 6 refused headers, none active", st)
+	}
+	var held []*fwdConn
+	for range capN {
+		held = append(held, holdForward(t, ce.fwdDir, 0))
+	}
+	ce.waitHeld(t, capN)
+	ce.expectRefused(t, viaForward(0))
+	ce.expectRefused(t, viaTunnel)
+	for _, f := range held {
+		f.Close()
+	}
+	ce.waitHeld(t, 0)
+}
+
+// TestMaxConnsForwardClose: Close releases the slots of the pairs it ends
+// after the drain, and of the public server's connections.
+func TestMaxConnsForwardClose(t *testing.T) {
+	ce := startCapEnv(t, true, lineServer(t, false))
+	for range capN - 1 {
+		holdForward(t, ce.fwdDir, 0)
+	}
+	stalled := ce.stall(t, viaTunnel)
+	defer stalled.Close()
+	ce.waitHeld(t, capN)
+	if err := ce.e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	held, _ := ce.counts()
+	if held != 0 {
+		t.Fatalf("connections held after Close: %d, want 0", held)
+	}
 }

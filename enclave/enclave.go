@@ -39,6 +39,7 @@ type Enclave struct {
 	wg     sync.WaitGroup
 	status tunnelStatus
 	guard  internalGuard // the internal server's port, refused to forwards and the app proxy
+	conns  *connCap      // Config.MaxConns: the servers' and the forwards' listeners share it
 }
 
 // network is what a networking mode provides to the app.
@@ -68,7 +69,7 @@ func New(cfg Config) (*Enclave, error) {
 			return nil, fmt.Errorf("enclave: AppURL: %w", err)
 		}
 	}
-	return &Enclave{cfg: cfg, log: cfg.Logger}, nil
+	return &Enclave{cfg: cfg, log: cfg.Logger, conns: newConnCap(cfg.MaxConns, cfg.Logger)}, nil
 }
 
 // Config returns the configuration in effect, with defaults filled in.
@@ -126,7 +127,7 @@ func (e *Enclave) Start(ctx context.Context) (err error) {
 		e.srv = srv
 	}
 	if len(e.cfg.Forwards) > 0 {
-		fwd, err := startForwards(e.cfg.Forwards, e.cfg.MaxWrite, &e.guard, e.log)
+		fwd, err := startForwards(e.cfg.Forwards, e.cfg.MaxWrite, &e.guard, e.conns, e.log)
 		if err != nil {
 			if e.srv != nil {
 				_ = e.srv.close()

@@ -2,15 +2,12 @@ package enclave
 
 import "time"
 
-// ConnCounts returns a function reporting the connections e's public
-// server holds (Config.MaxConns) and those it refused; it keeps reporting
-// after Close.
+// ConnCounts returns a function reporting the connections e holds on the
+// listeners Config.MaxConns bounds (public server, forwards, key sync) and
+// those it refused; it keeps reporting after Close.
 func ConnCounts(e *Enclave) func() (held int64, refused uint64) {
-	s, err := e.servers()
-	if err != nil {
-		panic(err)
-	}
-	return func() (int64, uint64) { return s.conns.held.Load(), s.conns.refused.Load() }
+	c := e.conns
+	return func() (int64, uint64) { return c.held.Load(), c.refused.Load() }
 }
 
 // MetricValue returns the value of e's Prometheus metric name (a gauge or

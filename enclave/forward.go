@@ -135,7 +135,11 @@ type forward struct {
 
 // startForwards opens every forward's listener and starts accepting. On
 // error nothing is left running.
-func startForwards(list []Forward, maxWrite int, guard *internalGuard, log *slog.Logger) (*forwards, error) {
+//
+// Every forward's connections count against conns (Config.MaxConns) from
+// the moment they are accepted, before their PROXY header is read, until
+// their relayed pair ends; past the cap they are closed as accepted.
+func startForwards(list []Forward, maxWrite int, guard *internalGuard, conns *connCap, log *slog.Logger) (*forwards, error) {
 	loop, err := relay.NewLoop(relay.LoopConfig{})
 	if err != nil {
 		return nil, fmt.Errorf("enclave: forwards: %w", err)
@@ -152,7 +156,7 @@ func startForwards(list []Forward, maxWrite int, guard *internalGuard, log *slog
 			fs.close(0)
 			return nil, fmt.Errorf("enclave: Forward to %s: listen: %w", f.Target, err)
 		}
-		fw := &forward{Forward: f, ln: ListenIngress(ln, IngressConfig{Logger: log, MaxWrite: maxWrite})}
+		fw := &forward{Forward: f, ln: ListenIngress(conns.listen(ln), IngressConfig{Logger: log, MaxWrite: maxWrite})}
 		fw.network, fw.addr, _ = parseTarget(f.Target)
 		fs.fw = append(fs.fw, fw)
 		log.Info("ingress forward", "listen", ln.Addr().String(), "target", f.Target, "proxy_header", f.ProxyHeader)
@@ -202,13 +206,20 @@ func (fs *forwards) connect(fw *forward, ic *IngressConn) {
 	}
 	// The relay reads and writes the VSOCK connection itself: IngressConn's
 	// buffered bytes went out in the preamble, its write bound is MaxWriteA.
+	// The loop closes ic.Conn at once when it takes a duplicate of its
+	// socket: the connection's MaxConns slot goes with the pair's end,
+	// when done is called (exactly once, also after the loop's Close).
 	fw.active.Add(1)
 	fs.relays.Add(1)
+	release := ic.Detach()
 	var h relay.Handle
 	fs.mu.Lock()
 	h = fs.loop.Go(ic.Conn, t, relay.Options{MaxWriteA: fs.maxWrite}, func(_ relay.Stats, err error) {
 		if err != nil {
 			fs.log.Debug("ingress forward: relay ended", "target", fw.Target, "from", ic.RemoteAddr(), "err", err)
+		}
+		if release != nil {
+			release()
 		}
 		fw.active.Add(-1)
 		fs.mu.Lock()

@@ -55,7 +55,7 @@ type servers struct {
 	proxy   *proxy.Proxy
 	front   *frontDoor // HTTP/1.1 to the proxy's front end; nil without a proxied app
 	metrics *metrics
-	conns   *connCap // Config.MaxConns, on publicLn and ingressLn
+	conns   *connCap // the Enclave's (Config.MaxConns), on publicLn and ingressLn
 
 	publicLn   net.Listener
 	ingressLn  *IngressListener // nil unless Config.IngressListen
@@ -123,7 +123,7 @@ func (e *Enclave) startServers(ctx context.Context, nw network) (_ *servers, err
 	if err != nil {
 		return nil, err
 	}
-	s.conns = newConnCap(cfg.MaxConns, e.log)
+	s.conns = e.conns
 	s.metrics = newMetrics(e, s.conns)
 
 	var app http.Handler = cfg.Handler
@@ -176,9 +176,9 @@ func (e *Enclave) startServers(ctx context.Context, nw network) (_ *servers, err
 	}
 
 	// Bind everything before serving anything.
-	// Both public listeners count against Config.MaxConns from the
-	// moment a connection is accepted (the ingress fast path's before
-	// its PROXY header is read).
+	// Both public listeners count against Config.MaxConns (with the
+	// forwards) from the moment a connection is accepted (the ingress
+	// fast path's before its PROXY header is read).
 	publicLn, err := nw.listen("tcp", cfg.PublicAddr)
 	if err != nil {
 		return nil, fmt.Errorf("enclave: public listener %s: %w", cfg.PublicAddr, err)
