@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/quenchnet/quench/attestation"
 	"github.com/quenchnet/quench/enclave"
 	"github.com/quenchnet/quench/internal/testutil"
 )
@@ -25,8 +26,8 @@ import (
 // These tests hold Config.MaxConns connections to the public server over
 // both of its listeners (the tunnel through quench-host, and the ingress
 // fast path: a unix socket standing in for VSOCK, whose TLS connections
-// the proxy's event loops take), and to forwards (whose pairs a relay
-// loop takes), and check that one more is closed at once and
+// the proxy's event loops take), to forwards (whose pairs a relay loop
+// takes) and to key sync, and check that one more is closed at once and
 // counted, and that every way a connection ends gives its slot back
 // exactly once.
 
@@ -763,4 +764,40 @@ func TestMaxConnsForwardClose(t *testing.T) {
 	if held != 0 {
 		t.Fatalf("connections held after Close: %d, want 0", held)
 	}
+}
+
+// TestMaxConnsKeySync: the key-sync listener counts against the same cap:
+// a connection to it holds a slot until it closes; with the cap full the
+// next one, to it or to the public server, is closed at once.
+func TestMaxConnsKeySync(t *testing.T) {
+	att, err := attestation.NewDevAttester(attestation.DevConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock, public, sync := ksHost(t)
+	// The leader is unreachable (a closed port): the enclave never
+	// connects to its own sync listener, whose count stays the test's.
+	ln := listenLocal(t, "tcp")
+	dead := ln.Addr().String()
+	_ = ln.Close()
+	ks := ksStart(t, att, sock, public, sync, dead, func(c *enclave.Config) { c.MaxConns = capN })
+	ce := &capEnv{e: ks.enc, counts: enclave.ConnCounts(ks.enc), tunnel: public}
+	syncCE := *ce
+	syncCE.tunnel = sync
+	syncConn := syncCE.stall(t, viaTunnel)
+	defer syncConn.Close()
+	ce.waitHeld(t, 1)
+	for range capN - 1 {
+		defer ce.stall(t, viaTunnel).Close()
+	}
+	ce.waitHeld(t, capN)
+	syncCE.expectRefused(t, viaTunnel)
+	ce.expectRefused(t, viaTunnel)
+	syncConn.Close()
+	ce.waitHeld(t, capN-1)
+	h := syncCE.h1(t, viaTunnel) // a TLS handshake with the sync server
+	ce.waitHeld(t, capN)
+	ce.expectRefused(t, viaTunnel)
+	h.Close()
+	ce.waitHeld(t, capN-1)
 }

@@ -55,8 +55,9 @@ func ksPort(tb testing.TB, addr string) string {
 }
 
 // ksStart starts an enclave whose key sync leader is reached at
-// leaderSync (a published address on this machine).
-func ksStart(tb testing.TB, att attestation.Attester, sock, public, sync, leaderSync string) *ksEnclave {
+// leaderSync (a published address on this machine); mods adjust its
+// Config.
+func ksStart(tb testing.TB, att attestation.Attester, sock, public, sync, leaderSync string, mods ...func(*enclave.Config)) *ksEnclave {
 	tb.Helper()
 	cfg := enclave.Config{
 		DialHost:     testutil.DialUnix(sock),
@@ -75,6 +76,9 @@ func ksStart(tb testing.TB, att attestation.Attester, sock, public, sync, leader
 			WorkerTimeout:     time.Second,
 			ElectionRetry:     20 * time.Millisecond,
 		},
+	}
+	for _, mod := range mods {
+		mod(&cfg)
 	}
 	e := startEnclave(tb, cfg)
 	addrs, err := e.Addrs()

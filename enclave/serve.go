@@ -55,7 +55,7 @@ type servers struct {
 	proxy   *proxy.Proxy
 	front   *frontDoor // HTTP/1.1 to the proxy's front end; nil without a proxied app
 	metrics *metrics
-	conns   *connCap // the Enclave's (Config.MaxConns), on publicLn and ingressLn
+	conns   *connCap // the Enclave's (Config.MaxConns), on publicLn, ingressLn and syncLn
 
 	publicLn   net.Listener
 	ingressLn  *IngressListener // nil unless Config.IngressListen
@@ -176,9 +176,9 @@ func (e *Enclave) startServers(ctx context.Context, nw network) (_ *servers, err
 	}
 
 	// Bind everything before serving anything.
-	// Both public listeners count against Config.MaxConns (with the
-	// forwards) from the moment a connection is accepted (the ingress
-	// fast path's before its PROXY header is read).
+	// The public listeners and key sync's count against Config.MaxConns
+	// (with the forwards) from the moment a connection is accepted (the
+	// ingress fast path's before its PROXY header is read).
 	publicLn, err := nw.listen("tcp", cfg.PublicAddr)
 	if err != nil {
 		return nil, fmt.Errorf("enclave: public listener %s: %w", cfg.PublicAddr, err)
@@ -217,10 +217,14 @@ func (e *Enclave) startServers(ctx context.Context, nw network) (_ *servers, err
 			return nil, fmt.Errorf("enclave: key synchronisation: %w", err)
 		}
 		closers = append(closers, func() { _ = s.syncer.Close() })
-		s.syncLn, err = nw.listen("tcp", cfg.SyncAddr)
+		var syncLn net.Listener
+		syncLn, err = nw.listen("tcp", cfg.SyncAddr)
 		if err != nil {
 			return nil, fmt.Errorf("enclave: key sync listener %s: %w", cfg.SyncAddr, err)
 		}
+		// Served by net/http alone (no event loop takes its sockets):
+		// a connection's slot is released by its Close.
+		s.syncLn = s.conns.listen(syncLn)
 		closers = append(closers, func() { _ = s.syncLn.Close() })
 		if syncTLS, err = s.certs.syncTLSConfig(); err != nil {
 			return nil, err
