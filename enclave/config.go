@@ -262,23 +262,29 @@ type Config struct {
 	// (16).
 	MaxAttestations int
 
-	// MaxConns bounds the connections the public HTTPS server holds at
-	// once, on all its listeners together (PublicAddr, through the
-	// tunnel, and IngressListen, the fast path), from the moment they are
-	// accepted to the moment they close: in their TLS handshake, idle
-	// between requests, served on the proxy's event loops, HTTP/2, or
-	// upgraded. A connection past it is closed as it is accepted, before
-	// any handshake, counted (quench_enclave_public_connections_refused_total)
-	// and logged (a warning at most once a second). The host is untrusted
-	// and can open as many connections as it likes; without a cap they
-	// would take the process's file descriptors, which an app importing
-	// this package shares (its own files, its upstream dials, key
-	// synchronisation). Negative means no limit. Default: a quarter of the
-	// open-file limit (the soft RLIMIT_NOFILE as Go raised it at start-up,
-	// 1024 if unknown), as quench-host's MaxPortConns: each connection
-	// holds a descriptor and, proxied to the app, may hold a second one
-	// (the upstream connection of its request or its upgraded tunnel), so
-	// at most half of the descriptors go to the public server.
+	// MaxConns bounds the connections the host can open into the enclave
+	// that it holds at once, on all its listeners together: the public
+	// HTTPS server's (PublicAddr, through the tunnel, and IngressListen,
+	// the fast path), every Forward's Listen, and key synchronisation's
+	// (SyncAddr), from the moment they are accepted to the moment they
+	// end: in their TLS handshake or PROXY header, idle between requests,
+	// served on the proxy's event loops, HTTP/2, upgraded, or relayed by
+	// a forward (until both sides of the pair are closed). A connection
+	// past it is closed as it is accepted, before any handshake or
+	// header (a TCP one is reset), counted
+	// (quench_enclave_public_connections_refused_total) and logged (a
+	// warning at most once a second). The host is untrusted and can open
+	// as many connections as it likes; without a cap they would take the
+	// process's file descriptors, which an app importing this package
+	// shares (its own files, its upstream dials, key synchronisation).
+	// It applies with forwards alone too (no Handler or AppURL). Negative
+	// means no limit. Default: a quarter of the open-file limit (the soft
+	// RLIMIT_NOFILE as Go raised it at start-up, 1024 if unknown), as
+	// quench-host's MaxPortConns: each connection holds a descriptor and,
+	// proxied to the app or forwarded, may hold a second one (the upstream
+	// connection of its request, its upgraded tunnel, or the forward's
+	// dial of its Target), so at most half of the descriptors go to the
+	// host's connections.
 	MaxConns int
 
 	// SeedEntropy is how many bytes of NSM randomness Start adds to the

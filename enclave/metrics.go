@@ -68,11 +68,11 @@ func newMetrics(e *Enclave, conns *connCap) *metrics {
 		m.proxyInFlight, m.proxyRequests, m.proxyLatency, m.proxyRefused, m.proxyUpErrors,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "quench_enclave_public_connections",
-			Help: "Connections the public HTTPS server holds, on all its listeners together (at most MaxConns).",
+			Help: "Connections the host opened into the enclave that are held now, on all listeners together: the public HTTPS server's, the forwards' and key sync's (at most MaxConns).",
 		}, func() float64 { return float64(conns.held.Load()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "quench_enclave_public_connections_refused_total",
-			Help: "Connections to the public HTTPS server closed as they were accepted because MaxConns were held.",
+			Help: "Connections to the public HTTPS server, a forward or key sync closed as they were accepted because MaxConns were held.",
 		}, func() float64 { return float64(conns.refused.Load()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "quench_enclave_tunnel_connected",
