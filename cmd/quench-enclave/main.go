@@ -192,7 +192,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		pprofOn     = fs.Bool("pprof", false, "serve net/http/pprof under /debug/pprof/ on -internal-addr; attestation is then refused, and -fqdn-leader (key sync) too, since profiling weakens isolation")
 		ingress     = fs.String("ingress", "", "also serve the public HTTPS server on this listener for quench-host's ingress fast path (PROXY protocol header first), e.g. vsock://:8443; off by default")
 		maxAttest   = fs.Int("max-attestations", enclave.DefaultMaxAttestations, "attestation documents produced at once (each is an NSM request, served one at a time); past it /enclave/attestation and attested /enclave/config get 503 with Retry-After at once; -1: no limit")
-		maxConns    = fs.Int("max-conns", 0, "connections the public HTTPS server holds at once, over the tunnel and -ingress together (in their handshake, idle or busy); past it a new connection is closed at once, counted and logged; -1: no limit (default: a quarter of the open-file limit)")
+		maxConns    = fs.Int("max-conns", 0, "connections the host opened into the enclave held at once: to the public HTTPS server (over the tunnel and -ingress), to every -forward and to key sync, together (in their handshake, idle, busy or relayed); past it a new connection is closed at once, counted and logged; -1: no limit (default: a quarter of the open-file limit)")
 		drain       = fs.Duration("drain-timeout", enclave.DefaultDrainTimeout, "on SIGTERM/SIGINT, how long in-flight requests get to finish")
 		maxInFlight = fs.Int("max-in-flight", 0, "requests forwarded to the app at once; past it they wait in -queue or get 503 with Retry-After at once; -1: no limit (default: 64 per CPU)")
 		queue       = fs.Int("queue", -1, "requests that may wait for a free -max-in-flight slot (each for up to -queue-timeout) before being refused; 0: refuse at once (default: 8 times -max-in-flight)")
@@ -293,15 +293,25 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		})
 	}
 
+	// -max-conns caps the forwards as well as the public server and key
+	// sync: it stands with either -app-url or -forward.
+	if *maxConns < -1 {
+		return nil, fmt.Errorf("-max-conns %d: want a positive limit, 0 for the default or -1 for none", *maxConns)
+	}
+	o.cfg.MaxConns = *maxConns
+
 	serving := *appURL != ""
 	if !serving {
+		if set["max-conns"] && len(fwds) == 0 {
+			return nil, errors.New("-max-conns needs -app-url or -forward (it caps the connections to the public server, the forwards and key sync)")
+		}
 		if len(o.appArgs) > 0 && len(fwds) == 0 {
 			return nil, errors.New("the app command needs -app-url (where the app listens, for the proxy, e.g. http://127.0.0.1:8081) or a -forward to it")
 		}
 		if mode == enclave.NetworkUserspace && len(fwds) == 0 {
 			return nil, errors.New("-network userspace needs -app-url or -forward: without them, the userspace network reaches no program")
 		}
-		for _, name := range []string{"public-addr", "wait-for-app", "fqdn", "acme", "acme-directory", "acme-email", "acme-cache", "acme-roots", "tls-cert", "tls-key", "dev-attester", "dev-root-out", "metrics", "max-attestations", "max-conns", "drain-timeout", "ingress", "max-in-flight", "queue", "queue-timeout", "fqdn-leader", "ext-priv-addr", "sync-advertise", "sync-heartbeat"} {
+		for _, name := range []string{"public-addr", "wait-for-app", "fqdn", "acme", "acme-directory", "acme-email", "acme-cache", "acme-roots", "tls-cert", "tls-key", "dev-attester", "dev-root-out", "metrics", "max-attestations", "drain-timeout", "ingress", "max-in-flight", "queue", "queue-timeout", "fqdn-leader", "ext-priv-addr", "sync-advertise", "sync-heartbeat"} {
 			if set[name] {
 				return nil, fmt.Errorf("-%s needs -app-url (serving is off without it)", name)
 			}
@@ -367,10 +377,6 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		return nil, fmt.Errorf("-max-attestations %d: want a positive limit or -1 for none", *maxAttest)
 	}
 	o.cfg.MaxAttestations = *maxAttest
-	if *maxConns < -1 {
-		return nil, fmt.Errorf("-max-conns %d: want a positive limit, 0 for the default or -1 for none", *maxConns)
-	}
-	o.cfg.MaxConns = *maxConns
 	if *maxInFlight < -1 {
 		return nil, fmt.Errorf("-max-in-flight %d: want a positive limit, 0 for the default or -1 for none", *maxInFlight)
 	}

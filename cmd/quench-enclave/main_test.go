@@ -115,7 +115,8 @@ func TestBadFlags(t *testing.T) {
 		{"ingress stand-in without cid", []string{"-app-url", "http://127.0.0.1:1", "-vsock-dir", "/tmp", "-ingress", "vsock://:8443"}, "name the enclave's CID"},
 		{"max attestations without app", []string{"-max-attestations", "4"}, "-max-attestations needs -app-url"},
 		{"bad max attestations", []string{"-app-url", "http://127.0.0.1:1", "-max-attestations", "0"}, "-max-attestations 0"},
-		{"max conns without app", []string{"-max-conns", "100"}, "-max-conns needs -app-url"},
+		{"max conns without app", []string{"-max-conns", "100"}, "-max-conns needs -app-url or -forward"},
+		{"bad max conns with forwards only", []string{"-forward", "vsock://:8080=127.0.0.1:80", "-max-conns", "-2"}, "-max-conns -2"},
 		{"bad max conns", []string{"-app-url", "http://127.0.0.1:1", "-max-conns", "-2"}, "-max-conns -2"},
 		{"max in flight without app", []string{"-max-in-flight", "10"}, "-max-in-flight needs -app-url"},
 		{"bad max in flight", []string{"-app-url", "http://127.0.0.1:1", "-max-in-flight", "-5"}, "-max-in-flight -5"},
@@ -384,20 +385,27 @@ func TestLoopbackOnlyFlags(t *testing.T) {
 	}
 }
 
-// TestMaxConnsFlag: -max-conns reaches Config.MaxConns; 0 (not given)
-// leaves the default to package enclave, -1 turns the limit off.
+// TestMaxConnsFlag: -max-conns reaches Config.MaxConns, with -app-url or
+// with forwards alone (which it caps too); 0 (not given) leaves the
+// default to package enclave, -1 turns the limit off.
 func TestMaxConnsFlag(t *testing.T) {
-	for _, tc := range []struct {
-		args []string
-		want int
-	}{{nil, 0}, {[]string{"-max-conns", "500"}, 500}, {[]string{"-max-conns", "-1"}, -1}} {
-		var stderr bytes.Buffer
-		o, err := parse(append([]string{"-app-url", "http://127.0.0.1:1"}, tc.args...), &stderr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if o.cfg.MaxConns != tc.want {
-			t.Errorf("%v: MaxConns %d, want %d", tc.args, o.cfg.MaxConns, tc.want)
+	for _, base := range [][]string{
+		{"-app-url", "http://127.0.0.1:1"},
+		{"-forward", "vsock://:8080=127.0.0.1:80"},
+	} {
+		for _, tc := range []struct {
+			args []string
+			want int
+		}{{nil, 0}, {[]string{"-max-conns", "500"}, 500}, {[]string{"-max-conns", "-1"}, -1}} {
+			var stderr bytes.Buffer
+			args := append(append([]string(nil), base...), tc.args...)
+			o, err := parse(args, &stderr)
+			if err != nil {
+				t.Fatalf("%v: %v", args, err)
+			}
+			if o.cfg.MaxConns != tc.want {
+				t.Errorf("%v: MaxConns %d, want %d", args, o.cfg.MaxConns, tc.want)
+			}
 		}
 	}
 }
