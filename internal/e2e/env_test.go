@@ -186,13 +186,23 @@ func (env *enclaveEnv) getHostHTTP(addr string) error {
 // request asks the server to close the connection after its answer, so the
 // server's side closes first.
 func (env *enclaveEnv) getHostHTTPWith(d *net.Dialer, addr string) error {
-	return env.ns.Do(func() error {
+	return getHostHTTPIn(env.ns, d, addr)
+}
+
+// getHostHTTPIn GETs the host's HTTP server at addr from inside ns, on a
+// connection dialled by d; its deadline bounds the whole exchange.
+func getHostHTTPIn(ns *testutil.NS, d *net.Dialer, addr string) error {
+	return ns.Do(func() error {
 		c, err := d.Dial("tcp", addr)
 		if err != nil {
 			return err
 		}
 		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		dl := d.Deadline
+		if dl.IsZero() {
+			dl = time.Now().Add(5 * time.Second)
+		}
+		_ = c.SetDeadline(dl)
 		if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: host\r\nConnection: close\r\n\r\n"); err != nil {
 			return err
 		}

@@ -15,8 +15,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -239,29 +237,11 @@ func (s *soakEnv) clients() (cs []soakClient, closeIdle func()) {
 // getHostHTTP GETs the server on the host's loopback from inside the
 // enclave's namespace, through quench-host's NAT.
 func (s *soakEnv) getHostHTTP(ctx context.Context) error {
-	var c net.Conn
-	if err := s.ns.Do(func() (err error) {
-		var d net.Dialer
-		c, err = d.DialContext(ctx, "tcp", net.JoinHostPort(hostLoopback, strconv.Itoa(s.hostHTTP)))
-		return err
-	}); err != nil {
-		return err
-	}
-	defer c.Close()
+	var d net.Dialer
 	if dl, ok := ctx.Deadline(); ok {
-		_ = c.SetDeadline(dl)
+		d.Deadline = dl
 	}
-	if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: host\r\nConnection: close\r\n\r\n"); err != nil {
-		return err
-	}
-	b, err := io.ReadAll(c)
-	if err != nil {
-		return err
-	}
-	if !strings.Contains(string(b), "hello from the host") {
-		return fmt.Errorf("egress: unexpected response %.80q", b)
-	}
-	return nil
+	return getHostHTTPIn(s.ns, &d, net.JoinHostPort(hostLoopback, strconv.Itoa(s.hostHTTP)))
 }
 
 // soakLoad runs every client in its own goroutines until stop is called;
@@ -271,51 +251,33 @@ func (s *soakEnv) soakLoad(workers int) (stop func() map[string]int64) {
 	return runLoad(cs, closeIdle, workers)
 }
 
-// runLoad runs each client in workers goroutines until stop is called;
-// stop closes idle connections and returns the calls that succeeded ("ok")
-// and those that failed per client.
+// runLoad runs each client in workers goroutines (testutil.Load) until
+// stop is called; stop closes idle connections and returns the calls that
+// succeeded ("ok") and those that failed per client. A path that is down
+// fails at once, so a failed call is followed by a short pause.
 func runLoad(cs []soakClient, closeIdle func(), workers int) (stop func() map[string]int64) {
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	failed := make([]atomic.Int64, len(cs))
-	var ok atomic.Int64
+	stops := make([]func() testutil.LoadResult, len(cs))
 	for i, c := range cs {
-		for range workers {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for {
-					select {
-					case <-done:
-						return
-					default:
-					}
-					ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-					if err := c.do(ctx); err != nil {
-						failed[i].Add(1)
-						// A path that is down fails at once: do not spin.
-						select {
-						case <-done:
-						case <-time.After(50 * time.Millisecond):
-						}
-					} else {
-						ok.Add(1)
-					}
-					cancel()
-				}
-			}()
-		}
+		stops[i] = testutil.Load(workers, func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			err := c.do(ctx)
+			if err != nil {
+				time.Sleep(50 * time.Millisecond)
+			}
+			return err
+		})
 	}
 	return func() map[string]int64 {
-		close(done)
-		wg.Wait()
-		closeIdle()
-		m := map[string]int64{"ok": ok.Load()}
+		m := map[string]int64{}
 		for i, c := range cs {
-			if n := failed[i].Load(); n > 0 {
-				m[c.name] = n
+			r := stops[i]()
+			m["ok"] += r.OK
+			if r.Failed > 0 {
+				m[c.name] = r.Failed
 			}
 		}
+		closeIdle()
 		return m
 	}
 }
@@ -507,41 +469,35 @@ func TestSoak(t *testing.T) {
 		time.Sleep(time.Second)
 		t.Logf("warm-up: %v", stop())
 	}
-	// Phase 1: the enclave stays up while the host is killed and frozen.
-	warmUp()
-	base := s.baseline("quench-enclave", s.enclaveUsage)
-	for i := range rounds {
-		s.round(fmt.Sprintf("host killed and restarted (%d/%d)", i+1, rounds), func() time.Time {
+	// The disruptions of the process p returns: killed and started again,
+	// then frozen for 1.5 s.
+	kill := func(p func() *testutil.Process, start func()) func() time.Time {
+		return func() time.Time {
 			t0 := time.Now()
-			s.host.Kill()
-			s.startHost()
+			p().Kill()
+			start()
 			return t0
-		})
-		s.round(fmt.Sprintf("host frozen for 1.5 s (%d/%d)", i+1, rounds), func() time.Time {
-			_ = s.host.Cmd.Process.Signal(syscall.SIGSTOP)
-			time.Sleep(1500 * time.Millisecond)
-			_ = s.host.Cmd.Process.Signal(syscall.SIGCONT)
-			return time.Now()
-		})
+		}
 	}
-	t.Logf("quench-enclave after %d rounds: %v", rounds, s.settled("quench-enclave", base, s.enclaveUsage))
-
-	// Phase 2: the host stays up while the enclave is killed and frozen.
-	warmUp()
-	base = s.baseline("quench-host", s.hostUsage)
-	for i := range rounds {
-		s.round(fmt.Sprintf("enclave killed and restarted (%d/%d)", i+1, rounds), func() time.Time {
-			t0 := time.Now()
-			s.enclave.Kill()
-			s.startEnclave()
-			return t0
-		})
-		s.round(fmt.Sprintf("enclave frozen for 1.5 s (%d/%d)", i+1, rounds), func() time.Time {
-			_ = s.enclave.Cmd.Process.Signal(syscall.SIGSTOP)
+	freeze := func(p func() *testutil.Process) func() time.Time {
+		return func() time.Time {
+			_ = p().Cmd.Process.Signal(syscall.SIGSTOP)
 			time.Sleep(1500 * time.Millisecond)
-			_ = s.enclave.Cmd.Process.Signal(syscall.SIGCONT)
+			_ = p().Cmd.Process.Signal(syscall.SIGCONT)
 			return time.Now()
-		})
+		}
 	}
-	t.Logf("quench-host after %d rounds: %v", rounds, s.settled("quench-host", base, s.hostUsage))
+	// phase disrupts the daemon named what while the other one (kept,
+	// measured by measure) stays up and must keep nothing.
+	phase := func(what, kept string, p func() *testutil.Process, start func(), measure func() (usage, error)) {
+		warmUp()
+		base := s.baseline(kept, measure)
+		for i := range rounds {
+			s.round(fmt.Sprintf("%s killed and restarted (%d/%d)", what, i+1, rounds), kill(p, start))
+			s.round(fmt.Sprintf("%s frozen for 1.5 s (%d/%d)", what, i+1, rounds), freeze(p))
+		}
+		t.Logf("%s after %d rounds: %v", kept, rounds, s.settled(kept, base, measure))
+	}
+	phase("host", "quench-enclave", func() *testutil.Process { return s.host }, s.startHost, s.enclaveUsage)
+	phase("enclave", "quench-host", func() *testutil.Process { return s.enclave }, s.startEnclave, s.hostUsage)
 }

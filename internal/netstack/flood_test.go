@@ -36,16 +36,7 @@ func stackEndpoint(t *testing.T, n *Net, proto tcpip.TransportProtocolNumber, po
 // socket's receive buffer by its payload only, so empty ones were queued
 // without limit (about 700 bytes of heap each: 210 MB for 300,000).
 func TestUDPFloodBounded(t *testing.T) {
-	n, err := New(Config{MTU: 1500})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n.Close()
-	defer drain(n)()
-	pc, err := n.ListenPacket("udp", ":9999")
-	if err != nil {
-		t.Fatal(err)
-	}
+	n, pc := udpNet(t)
 	defer pc.Close()
 
 	const sent = 100_000
@@ -90,16 +81,7 @@ func TestUDPFloodBounded(t *testing.T) {
 // arriving while they read and while none waits, get every datagram once
 // (the receive queue never fills here), and Close ends them.
 func TestUDPConcurrentReaders(t *testing.T) {
-	n, err := New(Config{MTU: 1500})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n.Close()
-	defer drain(n)()
-	pc, err := n.ListenPacket("udp", ":9999")
-	if err != nil {
-		t.Fatal(err)
-	}
+	n, pc := udpNet(t)
 	const total, batch, readers = 20_000, 100, 4
 	var (
 		mu   sync.Mutex
@@ -156,4 +138,22 @@ func TestUDPConcurrentReaders(t *testing.T) {
 			t.Errorf("datagram %d read %d times", k, c)
 		}
 	}
+}
+
+// udpNet is a stack (MTU 1500) whose device is drained, with a UDP socket
+// on port 9999; both are closed when the test ends.
+func udpNet(t *testing.T) (*Net, net.PacketConn) {
+	t.Helper()
+	n, err := New(Config{MTU: 1500})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	stop := drain(n)
+	t.Cleanup(stop)
+	pc, err := n.ListenPacket("udp", ":9999")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n, pc
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 )
 
@@ -45,26 +46,7 @@ func TestTimeWaitShort(t *testing.T) {
 		_, _ = io.Copy(io.Discard, c)
 		c.Close()
 	}
-	timeWait := func() int {
-		n := 0
-		for _, te := range p.b.stack.RegisteredEndpoints() {
-			if ep, ok := te.(tcpip.Endpoint); ok && tcp.EndpointState(ep.State()) == tcp.StateTimeWait {
-				n++
-			}
-		}
-		return n
-	}
-	if n := timeWait(); n == 0 {
-		t.Fatal("no connection in TIME-WAIT: the test does not test")
-	}
-	const within = 5 * time.Second
-	deadline := time.Now().Add(within)
-	for timeWait() > 0 && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
-	if n := timeWait(); n > 0 {
-		t.Fatalf("%d of %d connections the enclave closed are still in TIME-WAIT after %v", n, conns, within)
-	}
+	expectStateDrains(t, p.b.stack, tcp.StateTimeWait, conns, 5*time.Second)
 }
 
 // TestFinWait2Short: the host takes the FIN of connections the enclave's
@@ -100,24 +82,31 @@ func TestFinWait2Short(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	finWait2 := func() int {
+	expectStateDrains(t, p.b.stack, tcp.StateFinWait2, conns, 15*time.Second)
+}
+
+// expectStateDrains checks that some of the conns connections the enclave
+// closed are in state on s now (else the test does not test), and that none
+// is any more within the given time.
+func expectStateDrains(t *testing.T, s *stack.Stack, state tcp.EndpointState, conns int, within time.Duration) {
+	t.Helper()
+	count := func() int {
 		n := 0
-		for _, te := range p.b.stack.RegisteredEndpoints() {
-			if ep, ok := te.(tcpip.Endpoint); ok && tcp.EndpointState(ep.State()) == tcp.StateFinWait2 {
+		for _, te := range s.RegisteredEndpoints() {
+			if ep, ok := te.(tcpip.Endpoint); ok && tcp.EndpointState(ep.State()) == state {
 				n++
 			}
 		}
 		return n
 	}
-	if n := finWait2(); n == 0 {
-		t.Fatal("no connection in FIN-WAIT-2: the test does not test")
+	if count() == 0 {
+		t.Fatalf("no connection in %v: the test does not test", state)
 	}
-	const within = 15 * time.Second
 	deadline := time.Now().Add(within)
-	for finWait2() > 0 && time.Now().Before(deadline) {
-		time.Sleep(100 * time.Millisecond)
+	for count() > 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
 	}
-	if n := finWait2(); n > 0 {
-		t.Fatalf("%d of %d connections the enclave closed are still in FIN-WAIT-2 after %v", n, conns, within)
+	if n := count(); n > 0 {
+		t.Fatalf("%d of %d connections the enclave closed are still in %v after %v", n, conns, state, within)
 	}
 }
