@@ -187,6 +187,15 @@ func FuzzDeviceWrite(f *testing.F) {
 
 // TestDeviceGarbage floods a stack with random frames addressed to it and
 // checks it still serves TCP afterwards.
+//
+// Under the race detector the flood has no ARP frames: when a neighbour's
+// resolution completes, gVisor (this version, stack/neighbor_entry.go,
+// notifyCompletionLocked) reads the entry's link address in a deferred
+// function without the entry's lock, and an ARP frame handled meanwhile
+// writes it. The detector reports that race in gVisor about once in twenty
+// runs; it is benign for Ethernet (both values are 6-byte strings, the
+// string header's pointer is written in one word). Runs without -race, and
+// the fuzz targets, keep the ARP frames.
 func TestDeviceGarbage(t *testing.T) {
 	p := newPair(t, wireDirect, nil)
 	ln, err := p.b.Listen("tcp", ":80")
@@ -210,6 +219,9 @@ func TestDeviceGarbage(t *testing.T) {
 			var f []byte
 			if rng.IntN(4) == 0 {
 				f = append([]byte(nil), seeds[rng.IntN(len(seeds))]...)
+				for raceEnabled && len(f) >= 14 && f[12] == 0x08 && f[13] == 0x06 {
+					f = append(f[:0], seeds[rng.IntN(len(seeds))]...) // no ARP under -race (above)
+				}
 				for range rng.IntN(4) + 1 { // flip a few bytes
 					if len(f) > 0 {
 						f[rng.IntN(len(f))] ^= byte(rng.Uint32())
