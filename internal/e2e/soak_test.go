@@ -143,43 +143,43 @@ func soakTransports() (keep, fresh *http.Transport, closeIdle func()) {
 	return keep, fresh, func() { keep.CloseIdleConnections(); fresh.CloseIdleConnections() }
 }
 
+// soakRequest GETs url with tr and hands the response to check.
+func soakRequest(ctx context.Context, tr *http.Transport, url string, check func(*http.Response) error) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	return check(resp)
+}
+
 // soakGet GETs url and wants a 200 whose body contains want.
 func soakGet(tr *http.Transport, url, want string) func(context.Context) error {
 	return func(ctx context.Context) error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		if err != nil {
-			return err
-		}
-		resp, err := tr.RoundTrip(req)
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		if err != nil {
-			return err
-		}
-		if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), want) {
-			return fmt.Errorf("GET %s: %s %.80q", url, resp.Status, b)
-		}
-		return nil
+		return soakRequest(ctx, tr, url, func(resp *http.Response) error {
+			b, err := io.ReadAll(resp.Body)
+			if err != nil {
+				return err
+			}
+			if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), want) {
+				return fmt.Errorf("GET %s: %s %.80q", url, resp.Status, b)
+			}
+			return nil
+		})
 	}
 }
 
 // soakAbandon reads the first KiB of a long answer and closes.
 func soakAbandon(tr *http.Transport, url string) func(context.Context) error {
 	return func(ctx context.Context) error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		if err != nil {
+		return soakRequest(ctx, tr, url, func(resp *http.Response) error {
+			_, err := io.ReadFull(resp.Body, make([]byte, 1024))
 			return err
-		}
-		resp, err := tr.RoundTrip(req)
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		_, err = io.ReadFull(resp.Body, make([]byte, 1024))
-		return err
+		})
 	}
 }
 

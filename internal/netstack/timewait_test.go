@@ -3,6 +3,7 @@ package netstack
 import (
 	"context"
 	"io"
+	"net"
 	"testing"
 	"time"
 
@@ -19,21 +20,10 @@ import (
 // connections a second held gigabytes of them.
 func TestTimeWaitShort(t *testing.T) {
 	p := newPair(t, wireDirect, nil)
-	ln, err := p.b.Listen("tcp", ":80")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			_, _ = c.Read(make([]byte, 1))
-			c.Close()
-		}
-	}()
+	serveB80(t, p, func(c net.Conn) {
+		_, _ = c.Read(make([]byte, 1))
+		c.Close()
+	})
 	const conns = 500
 	for range conns {
 		c, err := p.a.Dial(context.Background(), "tcp", "192.168.127.2:80")
@@ -56,20 +46,7 @@ func TestTimeWaitShort(t *testing.T) {
 // TIME-WAIT structs.
 func TestFinWait2Short(t *testing.T) {
 	p := newPair(t, wireDirect, nil)
-	ln, err := p.b.Listen("tcp", ":80")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	serveB80(t, p, func(c net.Conn) { c.Close() })
 	const conns = 200
 	for range conns {
 		c, err := p.a.Dial(context.Background(), "tcp", "192.168.127.2:80")
@@ -109,4 +86,24 @@ func expectStateDrains(t *testing.T, s *stack.Stack, state tcp.EndpointState, co
 	if n := count(); n > 0 {
 		t.Fatalf("%d of %d connections the enclave closed are still in %v after %v", n, conns, state, within)
 	}
+}
+
+// serveB80 listens on port 80 of p's second stack and hands every
+// connection to handle, until the test ends.
+func serveB80(t *testing.T, p *pair, handle func(net.Conn)) {
+	t.Helper()
+	ln, err := p.b.Listen("tcp", ":80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			handle(c)
+		}
+	}()
 }
