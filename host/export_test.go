@@ -2,6 +2,8 @@ package host
 
 import (
 	"net"
+
+	"github.com/quenchnet/quench/internal/ethlink"
 	"time"
 )
 
@@ -28,7 +30,7 @@ func (h *Host) StackTCPConnected() uint64 {
 // SetOrphanTimeout sets how long a closed NAT connection may keep unsent
 // data until the returned function restores the default.
 func SetOrphanTimeout(d time.Duration) (restore func()) {
-	old := orphanTimeout
-	orphanTimeout = d
-	return func() { orphanTimeout = old }
+	old := ethlink.OrphanTimeout
+	ethlink.OrphanTimeout = d
+	return func() { ethlink.OrphanTimeout = old }
 }

@@ -148,22 +148,6 @@ func (h *Host) Start(ctx context.Context) (err error) {
 	return nil
 }
 
-// natTimeWait is how long the host's stack keeps a TCP connection it closed
-// first in TIME_WAIT (gVisor's default is 60 s, two Linux MSLs). A NAT
-// connection whose server closes first ends that way on the host's side,
-// while the enclave's kernel, which closed second, keeps nothing and may
-// reuse the port at once; gVisor hands a new SYN for a tuple in TIME_WAIT
-// only to a listening endpoint, and NAT has none (it is the stack's
-// forwarder), so for the whole TIME_WAIT the enclave's SYNs were dropped
-// and its connect stalled for up to a minute. TIME_WAIT guards against a
-// lost final ACK and stray old segments, neither of which lasts longer
-// than a moment on the ordered, local link to the enclave: if the final
-// ACK was lost, the enclave's next FIN is answered with a reset, which
-// ends its closed socket all the same. A SYN that meets the second that
-// remains is retransmitted after it (Linux: 1 s). It also frees ports of
-// connections the host dials into enclaves (published ports) sooner.
-const natTimeWait = time.Second
-
 // forgetNeighbors removes from the host's neighbour table the entries for
 // addresses and MACs of an enclave stream that ended. The switch forgets
 // which stream a MAC lives behind when its stream ends, and drops frames
@@ -217,10 +201,6 @@ func (h *Host) createStackLocked() error {
 	})
 	if err := ethlink.TuneTCP(s); err != nil {
 		return fmt.Errorf("host: %w", err)
-	}
-	tw := tcpip.TCPTimeWaitTimeoutOption(natTimeWait)
-	if terr := s.SetTransportProtocolOption(tcp.ProtocolNumber, &tw); terr != nil {
-		return fmt.Errorf("host: TCP TIME_WAIT: %v", terr)
 	}
 	h.sw.forget = h.forgetNeighbors
 	// The switch is also the NIC's queueing discipline: per-enclave queues

@@ -20,6 +20,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 	"gvisor.dev/gvisor/pkg/waiter"
 
+	"github.com/quenchnet/quench/internal/ethlink"
 	"github.com/quenchnet/quench/internal/relay"
 )
 
@@ -234,22 +235,11 @@ func (h *Host) forwardTCP(r *tcp.ForwarderRequest) {
 	_, _ = relay.Relay(in, out, relay.Options{IdleTimeout: max(h.cfg.NATIdleTimeout, 0)})
 }
 
-// orphanTimeout bounds how long a connection on the host's stack that the
-// relay has closed may wait for the enclave to take its unsent data. A
-// variable for tests.
-var orphanTimeout = 60 * time.Second
-
-// orphanBounded is a connection of the host's stack whose endpoint gets a
-// user timeout (TCP_USER_TIMEOUT, which gVisor applies to window probes
-// too) when it is closed. Unsent data stays with the stack after Close, as
-// with the kernel, and gVisor waits for good while the peer keeps its
-// window at zero and answers the probes: an enclave that half-closed and
-// never read could leave the host any number of closed connections, each
-// with up to its send buffer queued, outside the NAT and port limits
-// (which end with the relay). Now such an orphan is reset after
-// orphanTimeout without progress, as Linux gives up on orphans. Live
-// connections keep no user timeout: an app may stop reading for as long
-// as it likes.
+// orphanBounded is a connection of the host's stack whose endpoint is
+// bounded as an orphan when it is closed (ethlink.BoundOrphan): an enclave
+// that half-closed and never read could otherwise leave the host any number
+// of closed connections with their send buffers, outside the NAT and port
+// limits, which end with the relay.
 type orphanBounded struct {
 	*gonet.TCPConn
 	ep tcpip.Endpoint
@@ -258,8 +248,7 @@ type orphanBounded struct {
 func boundOrphan(c *gonet.TCPConn, ep tcpip.Endpoint) net.Conn { return orphanBounded{c, ep} }
 
 func (c orphanBounded) Close() error {
-	uto := tcpip.TCPUserTimeoutOption(orphanTimeout)
-	_ = c.ep.SetSockOpt(&uto)
+	ethlink.BoundOrphan(c.ep)
 	return c.TCPConn.Close()
 }
 

@@ -17,7 +17,7 @@ import (
 // kept such a closed connection, and its send buffer, for good, outside
 // the NAT connection limit: an enclave could make the host hold any number
 // of them. A closed connection now gets a user timeout and is reset after
-// orphanTimeout without progress, as Linux gives up on orphans.
+// ethlink.OrphanTimeout without progress, as Linux gives up on orphans.
 func TestNATOrphanAtZeroWindow(t *testing.T) {
 	defer host.SetOrphanTimeout(time.Second)()
 	srv, err := net.Listen("tcp", "127.0.0.1:0")

@@ -15,6 +15,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/waiter"
+
+	"github.com/quenchnet/quench/internal/ethlink"
 )
 
 // The conns wrap gonet's, which carry the data path and deadlines, and fix
@@ -152,10 +154,6 @@ func fixOpError(op, network string, laddr, raddr net.Addr, closed bool, err erro
 	return &net.OpError{Op: op, Net: network, Source: laddr, Addr: raddr, Err: inner}
 }
 
-// orphanTimeout bounds how long a conn the app has closed may wait for the
-// peer to take its unsent data (see tcpConn.Close). A variable for tests.
-var orphanTimeout = 60 * time.Second
-
 // tcpConn is a TCP net.Conn on the stack.
 type tcpConn struct {
 	c            *gonet.TCPConn
@@ -214,20 +212,14 @@ func (c *tcpConn) Write(b []byte) (int, error) {
 
 // Close implements net.Conn. It sends FIN (RST if unread data remains) and
 // unblocks pending Reads and Writes, which then return net.ErrClosed.
-//
-// Unsent data stays with the stack until the peer takes it, as with the
-// kernel. gVisor waits for good while the peer keeps its window at zero and
-// answers the window probes, so a host could pile up closed connections
-// and their send buffers without limit; a closed conn gets a user timeout
-// (TCP_USER_TIMEOUT, which gVisor applies to window probes too): it is
-// reset after orphanTimeout without progress, as Linux gives up on orphans.
+// Unsent data stays with the stack until the host takes it, at most
+// ethlink.OrphanTimeout without progress (ethlink.BoundOrphan).
 func (c *tcpConn) Close() error {
 	if !c.closed.CompareAndSwap(false, true) {
 		return c.err("close", net.ErrClosed)
 	}
 	c.n.untrack(c)
-	uto := tcpip.TCPUserTimeoutOption(orphanTimeout)
-	_ = c.ep.SetSockOpt(&uto)
+	ethlink.BoundOrphan(c.ep)
 	return c.c.Close()
 }
 

@@ -44,23 +44,6 @@ const (
 	keepaliveIdle     = 15 * time.Second
 	keepaliveInterval = 15 * time.Second
 
-	// timeWait is how long a connection the stack closed first stays in
-	// TIME-WAIT (gVisor's default: 60 s). Each is a whole gVisor endpoint,
-	// about 10 KB, and nothing caps their number (Linux keeps a small
-	// struct, at most tcp_max_tw_buckets): a host opening connections that
-	// the app closes first could make the enclave hold gigabytes of them.
-	// TIME-WAIT guards against delayed duplicates of the old connection's
-	// segments; the link is an in-order stream to one peer's stack, whose
-	// retransmissions come after its RTO (200 ms at least).
-	timeWait = time.Second
-
-	// finWait2 is how long a connection the app closed waits for the
-	// peer's FIN once its own is acknowledged (gVisor's default: 60 s, as
-	// Linux's tcp_fin_timeout). These are whole gVisor endpoints too,
-	// uncapped (Linux keeps a TIME-WAIT struct); a few seconds let an
-	// honest peer's FIN, relayed from a client far away, arrive.
-	finWait2 = 5 * time.Second
-
 	nicLink     tcpip.NICID = 1
 	nicLoopback tcpip.NICID = 2
 
@@ -254,14 +237,6 @@ func (n *Net) setup() error {
 	s, c := n.stack, n.cfg
 	if err := ethlink.TuneTCP(s); err != nil {
 		return fmt.Errorf("netstack: %w", err)
-	}
-	tw := tcpip.TCPTimeWaitTimeoutOption(timeWait)
-	if terr := s.SetTransportProtocolOption(tcp.ProtocolNumber, &tw); terr != nil {
-		return fmt.Errorf("netstack: TIME-WAIT timeout: %v", terr)
-	}
-	fw2 := tcpip.TCPLingerTimeoutOption(finWait2)
-	if terr := s.SetTransportProtocolOption(tcp.ProtocolNumber, &fw2); terr != nil {
-		return fmt.Errorf("netstack: FIN-WAIT-2 timeout: %v", terr)
 	}
 	if terr := s.CreateNICWithOptions(nicLink, n.ep, stack.NICOptions{Name: "eth0", QDisc: qdisc{n.ep}}); terr != nil {
 		return fmt.Errorf("netstack: create NIC: %v", terr)

@@ -9,6 +9,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/seqnum"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+
+	"github.com/quenchnet/quench/internal/ethlink"
 )
 
 // TestOrphanAtZeroWindowAborted: the app writes a response and closes its
@@ -18,7 +20,7 @@ import (
 // such a connection, and its unsent data (up to the send buffer, 1 MiB and
 // more), for good: a host could leak the enclave's memory one connection
 // at a time. A closed conn now gets gVisor's user timeout (TCP_USER_TIMEOUT):
-// it is dropped after orphanTimeout without the window opening.
+// it is dropped after ethlink.OrphanTimeout without the window opening.
 // orphan returns a raw peer whose connection the app has written 200 KB
 // to and closed, the time of Close, the right edge of the window the
 // peer announced, and a func reporting whether the stack still has the
@@ -72,15 +74,15 @@ func orphan(t *testing.T) (p *rawPeer, closed time.Time, edge seqnum.Value, aliv
 }
 
 func TestOrphanAtZeroWindowAborted(t *testing.T) {
-	defer func(d time.Duration) { orphanTimeout = d }(orphanTimeout)
-	orphanTimeout = time.Second
+	defer func(d time.Duration) { ethlink.OrphanTimeout = d }(ethlink.OrphanTimeout)
+	ethlink.OrphanTimeout = time.Second
 
 	p, closed, edge, alive := orphan(t)
 
 	// Take the window's worth, then hold the window at zero and answer
 	// everything the stack sends (its probes), until the stack lets go of
 	// the connection.
-	limit := time.After(orphanTimeout + 15*time.Second)
+	limit := time.After(ethlink.OrphanTimeout + 15*time.Second)
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	probes := 0
@@ -105,14 +107,14 @@ func TestOrphanAtZeroWindowAborted(t *testing.T) {
 // however slowly, is not cut by the user timeout: it counts from the last
 // time the window opened.
 func TestOrphanSlowReaderKept(t *testing.T) {
-	defer func(d time.Duration) { orphanTimeout = d }(orphanTimeout)
-	orphanTimeout = 2 * time.Second
+	defer func(d time.Duration) { ethlink.OrphanTimeout = d }(ethlink.OrphanTimeout)
+	ethlink.OrphanTimeout = 2 * time.Second
 
 	p, closed, _, alive := orphan(t)
 	// Every 200 ms, open the window for one segment.
 	open := time.NewTicker(200 * time.Millisecond)
 	defer open.Stop()
-	for time.Since(closed) < 2*orphanTimeout {
+	for time.Since(closed) < 2*ethlink.OrphanTimeout {
 		if !alive() {
 			t.Fatalf("the closed conn was dropped %v after Close while its peer kept taking data", time.Since(closed).Round(100*time.Millisecond))
 		}
