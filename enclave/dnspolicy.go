@@ -3,13 +3,9 @@ package enclave
 import (
 	"context"
 	"encoding/binary"
-	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"sync"
-
-	"golang.org/x/net/dns/dnsmessage"
 
 	"github.com/quenchnet/quench/policy"
 )
@@ -62,7 +58,7 @@ func (c policedDNSPacketConn) WriteTo(_ []byte, addr net.Addr) (int, error) {
 
 // errDNSQuery: a message written to a policed resolver's connection that is
 // not a DNS query with questions. Go's resolver never writes one.
-var errDNSQuery = errors.New("enclave: not a DNS query")
+var errDNSQuery = policy.ErrNotQuery
 
 // policedDNSConn is a resolver's connection to a DNS server that passes on
 // only queries whose questions the policy allows. A query it refuses is not
@@ -87,7 +83,7 @@ func (c *policedDNSConn) Write(b []byte) (int, error) {
 		}
 		msg = b[2:]
 	}
-	answer, name, err := refuseQuery(msg, c.p)
+	answer, name, err := c.p.RefuseQuery(msg)
 	if err != nil {
 		return 0, err
 	}
@@ -115,43 +111,4 @@ func (c *policedDNSConn) Read(b []byte) (int, error) {
 	}
 	c.mu.Unlock()
 	return c.Conn.Read(b)
-}
-
-// refuseQuery parses the DNS query msg. When p allows every name it asks
-// about, it returns a nil answer; otherwise an NXDOMAIN answer to it and the
-// first name refused.
-func refuseQuery(msg []byte, p *policy.Policy) (answer []byte, refused string, err error) {
-	var parser dnsmessage.Parser
-	h, err := parser.Start(msg)
-	if err != nil || h.Response {
-		return nil, "", fmt.Errorf("%w: %v", errDNSQuery, err)
-	}
-	qs, err := parser.AllQuestions()
-	if err != nil || len(qs) == 0 {
-		return nil, "", fmt.Errorf("%w: no questions (%v)", errDNSQuery, err)
-	}
-	for _, q := range qs {
-		if name := q.Name.String(); !p.AllowName(name) {
-			refused = name
-			break
-		}
-	}
-	if refused == "" {
-		return nil, "", nil
-	}
-	b := dnsmessage.NewBuilder(nil, dnsmessage.Header{
-		ID: h.ID, Response: true, OpCode: h.OpCode,
-		RecursionDesired: h.RecursionDesired, RecursionAvailable: true,
-		RCode: dnsmessage.RCodeNameError,
-	})
-	if err := b.StartQuestions(); err != nil {
-		return nil, "", err
-	}
-	for _, q := range qs {
-		if err := b.Question(q); err != nil {
-			return nil, "", err
-		}
-	}
-	answer, err = b.Finish()
-	return answer, refused, err
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/quenchnet/quench/enclave/keysync"
+	"github.com/quenchnet/quench/internal/egressfw"
 	"github.com/quenchnet/quench/proxy"
 	"github.com/quenchnet/quench/tap"
 )
@@ -38,8 +39,9 @@ type Enclave struct {
 	fwd    *forwards // set by Start when there are Forwards
 	wg     sync.WaitGroup
 	status tunnelStatus
-	guard  internalGuard // the internal server's port, refused to forwards and the app proxy
-	conns  *connCap      // Config.MaxConns: the servers' and the forwards' listeners share it
+	guard  internalGuard    // the internal server's port, refused to forwards and the app proxy
+	conns  *connCap         // Config.MaxConns: the servers' and the forwards' listeners share it
+	egress *egressfw.Filter // TAP mode with Config.Egress: the frames' firewall; set by Start
 }
 
 // network is what a networking mode provides to the app.
@@ -102,7 +104,20 @@ func (e *Enclave) Start(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("enclave: %s network: %w", e.cfg.Network, err)
 	}
-	pump := tap.NewPump(nw.device(), e.log)
+	dev := nw.device()
+	if e.cfg.Egress != nil && e.cfg.Network == NetworkTAP {
+		// Every program's kernel sockets go out through the TAP device:
+		// the policy is applied to its frames.
+		e.egress = egressfw.New(egressfw.Config{
+			Policy: e.cfg.Egress,
+			Subnet: e.cfg.Address,
+			DNS:    e.cfg.DNS,
+			Inside: func(ip netip.Addr) bool { return e.insideEnclave(nw, ip) },
+			Logger: e.log,
+		})
+		dev = egressfw.Wrap(dev, e.egress)
+	}
+	pump := tap.NewPump(dev, e.log)
 	b := &backoff{min: e.cfg.ReconnectMin, max: e.cfg.ReconnectMax}
 	first, err := e.connect(ctx, b)
 	if err != nil {

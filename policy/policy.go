@@ -326,3 +326,18 @@ func (l *Learned) Names(ip netip.Addr) []string {
 	}
 	return out
 }
+
+// NamesAddress reports whether some address or CIDR rule covers ip, on
+// any of its ports ("*" does not count; see AllowAddress).
+func (p *Policy) NamesAddress(ip netip.Addr) bool {
+	if p == nil {
+		return true
+	}
+	ip = ip.Unmap()
+	for i := range p.rules {
+		if r := &p.rules[i]; r.prefix.IsValid() && r.prefix.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}

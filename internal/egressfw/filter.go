@@ -1,0 +1,728 @@
+// Package egressfw is the enclave's egress firewall for TAP mode: it sits
+// between the kernel's TAP device and the tunnel to the host and passes out
+// only the frames an egress policy (package policy) allows, so that the
+// policy, part of the enclave's attested configuration, holds for every
+// program's kernel sockets and not only for Go code that dials through
+// package enclave.
+//
+// What leaves the enclave, with a policy:
+//
+//   - TCP: a connection the policy allows (its SYN opens a flow), and the
+//     replies of connections the host opened into the enclave (an inbound SYN
+//     opens a flow). A SYN to anywhere else is answered at once, in the
+//     enclave, with a reset: connect fails with "connection refused".
+//   - UDP: datagrams to destinations the policy allows, and replies to peers
+//     that sent to that port first. Others are answered with ICMP
+//     "communication administratively prohibited".
+//   - DNS queries to the enclave's DNS servers (UDP port 53) only when the
+//     policy allows every name they ask about; others are answered NXDOMAIN
+//     here. The answers to the queries that pass teach the filter which
+//     addresses allowed names have, for hostname rules. An answer that leads
+//     an allowed name back into the enclave (loopback, the enclave's own
+//     addresses, broadcast, ...) is dropped.
+//   - ARP for addresses in the enclave's subnet; ICMP echo replies to peers
+//     that sent an echo request.
+//
+// Everything else is dropped: other ICMP (pings out, errors), IPv6,
+// fragments of datagrams whose first fragment did not pass, other
+// protocols and ethertypes. DNS over TCP is not inspected: it is plain TCP,
+// refused unless a rule allows the server. Frames from the host are passed
+// in unchanged, except for the DNS answers above; the filter only learns
+// from them.
+//
+// The flow table is bounded (Config.MaxFlows); past it, new connections are
+// refused until old ones expire.
+package egressfw
+
+import (
+	"encoding/binary"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/dns/dnsmessage"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+
+	"github.com/quenchnet/quench/policy"
+)
+
+// Flow lifetimes without traffic.
+const (
+	// TCPOpenTimeout bounds a TCP flow from its SYN until it carries data
+	// both ways, and after it has closed (FIN both ways).
+	TCPOpenTimeout = time.Minute
+	// TCPIdleTimeout bounds an established TCP flow without any frame.
+	// Long, like Linux conntrack's (5 days): an idle database connection
+	// without keep-alives must not break.
+	TCPIdleTimeout = 24 * time.Hour
+	// UDPTimeout bounds a UDP flow without any datagram.
+	UDPTimeout = 2 * time.Minute
+	// EchoTimeout bounds the permission to answer an ICMP echo request.
+	EchoTimeout = 30 * time.Second
+	// fragTimeout bounds the permission for a datagram's later fragments.
+	fragTimeout = 30 * time.Second
+	// sweepEvery is how often expired flows are removed.
+	sweepEvery = 30 * time.Second
+)
+
+// maxAnswer bounds the NXDOMAIN answers the filter writes: an answer
+// repeats the query's questions, which compression may have made much
+// shorter than their names.
+const maxAnswer = 4096
+
+// DefaultMaxFlows is Config.MaxFlows's default.
+const DefaultMaxFlows = 1 << 16
+
+// Config configures a Filter.
+type Config struct {
+	// Policy is the egress allow-list. Required.
+	Policy *policy.Policy
+	// Subnet is the enclave's address and subnet: ARP is passed for
+	// addresses in it.
+	Subnet netip.Prefix
+	// DNS lists the enclave's DNS servers: UDP queries to their port 53 are
+	// checked name by name, and their answers learned.
+	DNS []netip.Addr
+	// Inside reports whether an address a DNS answer gives leads into the
+	// enclave rather than out (loopback, own addresses, broadcast, ...);
+	// such answers are dropped unless an address rule names the address.
+	// Nil: loopback, 0.0.0.0/8, multicast, 255.255.255.255 and Subnet's
+	// own address.
+	Inside func(netip.Addr) bool
+	// MaxFlows bounds the flow table. Default DefaultMaxFlows.
+	MaxFlows int
+	// Logger gets a warning for refusals, at most one a second. Nil
+	// discards.
+	Logger *slog.Logger
+	// Now is the clock; nil means time.Now (tests set it).
+	Now func() time.Time
+}
+
+// Stats counts what the filter refused.
+type Stats struct {
+	TCP     uint64 // connections refused (SYNs answered with a reset)
+	UDP     uint64 // datagrams refused
+	DNS     uint64 // DNS queries answered NXDOMAIN
+	Dropped uint64 // other frames dropped (ICMP, IPv6, stray TCP, bad frames, ...)
+	Answers uint64 // DNS answers from the host dropped (they led into the enclave)
+	Full    uint64 // flows not opened because the table was full
+	Flows   int    // flows in the table
+}
+
+// Filter decides frame by frame. Safe for concurrent use by one reader of
+// the enclave's frames and one writer of the host's (the two directions of
+// a tap.Pump).
+type Filter struct {
+	p       *policy.Policy
+	learned *policy.Learned
+	subnet  netip.Prefix
+	dns     []netip.Addr
+	inside  func(netip.Addr) bool
+	max     int
+	log     *slog.Logger
+	now     func() time.Time
+
+	mu        sync.Mutex
+	flows     map[flowKey]flow  // guarded by mu
+	frags     map[fragKey]int64 // guarded by mu: first fragments passed → expiry (unix ns)
+	nextSweep int64             // guarded by mu
+	lastWarn  int64             // guarded by mu
+	unwarned  uint64            // guarded by mu: refusals since the last warning
+
+	tcp, udp, dnsRefused, dropped, answers, full atomic.Uint64
+}
+
+// flowKey is one flow as the enclave sees it: local is the enclave's end.
+// For ICMP echo, lport is the echo identifier and rport 0.
+type flowKey struct {
+	proto        uint8
+	lport, rport uint16
+	lip, rip     [4]byte
+}
+
+// flow is a flow's state.
+type flow struct {
+	expires int64 // unix ns
+	state   uint8
+}
+
+// TCP flow states (bits).
+const (
+	synAck      = 1 << iota // the responder's SYN-ACK was seen
+	established             // a segment without SYN followed it
+	finOut                  // the enclave sent FIN
+	finIn                   // the host sent FIN
+)
+
+type fragKey struct {
+	proto uint8
+	id    uint16
+	dst   [4]byte
+}
+
+// New returns a Filter for cfg.
+func New(cfg Config) *Filter {
+	f := &Filter{
+		p:       cfg.Policy,
+		learned: policy.NewLearned(0, 0),
+		subnet:  cfg.Subnet,
+		dns:     cfg.DNS,
+		inside:  cfg.Inside,
+		max:     cfg.MaxFlows,
+		log:     cfg.Logger,
+		now:     cfg.Now,
+		flows:   map[flowKey]flow{},
+		frags:   map[fragKey]int64{},
+	}
+	if f.max <= 0 {
+		f.max = DefaultMaxFlows
+	}
+	if f.log == nil {
+		f.log = slog.New(slog.DiscardHandler)
+	}
+	if f.now == nil {
+		f.now = time.Now
+	}
+	if f.inside == nil {
+		own := cfg.Subnet.Addr()
+		f.inside = func(ip netip.Addr) bool {
+			return ip.IsLoopback() || ip.IsUnspecified() || ip.IsMulticast() ||
+				ip.Is4() && (ip.As4()[0] == 0 || ip == netip.AddrFrom4([4]byte{255, 255, 255, 255})) ||
+				ip == own
+		}
+	}
+	return f
+}
+
+// Stats returns the filter's counters.
+func (f *Filter) Stats() Stats {
+	f.mu.Lock()
+	n := len(f.flows)
+	f.mu.Unlock()
+	return Stats{
+		TCP: f.tcp.Load(), UDP: f.udp.Load(), DNS: f.dnsRefused.Load(),
+		Dropped: f.dropped.Load(), Answers: f.answers.Load(), Full: f.full.Load(), Flows: n,
+	}
+}
+
+// Frame layout.
+const (
+	ethLen       = 14
+	typeIPv4     = 0x0800
+	typeARP      = 0x0806
+	protoICMP    = 1
+	protoTCP     = 6
+	protoUDP     = 17
+	tcpFIN       = 0x01
+	tcpSYN       = 0x02
+	tcpRST       = 0x04
+	tcpACK       = 0x10
+	icmpEchoRepl = 0
+	icmpUnreach  = 3
+	icmpEcho     = 8
+)
+
+// packet is a parsed IPv4 frame.
+type packet struct {
+	frame    []byte
+	ip       []byte // IPv4 header and payload, up to the total length
+	l4       []byte // transport header and payload (first fragment), or nil
+	proto    uint8
+	src, dst [4]byte
+	id       uint16
+	more     bool // more fragments follow
+	offset   int  // fragment offset in bytes
+}
+
+// parseIPv4 parses frame as an Ethernet frame with an IPv4 packet.
+func parseIPv4(frame []byte) (pk packet, ok bool) {
+	if len(frame) < ethLen+20 || binary.BigEndian.Uint16(frame[12:]) != typeIPv4 {
+		return pk, false
+	}
+	ip := frame[ethLen:]
+	ihl := int(ip[0]&0x0f) * 4
+	total := int(binary.BigEndian.Uint16(ip[2:]))
+	if ip[0]>>4 != 4 || ihl < 20 || total < ihl || total > len(ip) {
+		return pk, false
+	}
+	ip = ip[:total]
+	ff := binary.BigEndian.Uint16(ip[6:])
+	pk = packet{
+		frame: frame, ip: ip, proto: ip[9], id: binary.BigEndian.Uint16(ip[4:]),
+		more: ff&0x2000 != 0, offset: int(ff&0x1fff) * 8,
+	}
+	copy(pk.src[:], ip[12:16])
+	copy(pk.dst[:], ip[16:20])
+	if pk.offset == 0 {
+		pk.l4 = ip[ihl:]
+	}
+	return pk, true
+}
+
+// Outbound reports whether frame, from the enclave, may go to the host. For
+// a refused frame it may also return reply, a frame to hand back to the
+// enclave in its place (a TCP reset, an ICMP error, an NXDOMAIN answer);
+// reply is freshly allocated.
+func (f *Filter) Outbound(frame []byte) (pass bool, reply []byte) {
+	if len(frame) < ethLen {
+		f.dropped.Add(1)
+		return false, nil
+	}
+	switch binary.BigEndian.Uint16(frame[12:]) {
+	case typeARP:
+		if f.arpInSubnet(frame) {
+			return true, nil
+		}
+		f.dropped.Add(1)
+		return false, nil
+	case typeIPv4:
+	default:
+		f.dropped.Add(1)
+		return false, nil
+	}
+	pk, ok := parseIPv4(frame)
+	if !ok {
+		f.dropped.Add(1)
+		return false, nil
+	}
+	now := f.now().UnixNano()
+	if pk.offset != 0 {
+		return f.laterFragment(pk, now), nil
+	}
+	switch pk.proto {
+	case protoTCP:
+		pass, reply = f.tcpOut(pk, now)
+	case protoUDP:
+		pass, reply = f.udpOut(pk, now)
+	case protoICMP:
+		pass = f.icmpOut(pk, now)
+	default:
+		f.dropped.Add(1)
+	}
+	if pass && pk.more {
+		f.mu.Lock()
+		if len(f.frags) < f.max {
+			f.frags[fragKey{pk.proto, pk.id, pk.dst}] = now + int64(fragTimeout)
+		}
+		f.mu.Unlock()
+	}
+	return pass, reply
+}
+
+// arpInSubnet reports whether an ARP frame asks or answers about an address
+// in the enclave's subnet.
+func (f *Filter) arpInSubnet(frame []byte) bool {
+	a := frame[ethLen:]
+	if len(a) < 28 || binary.BigEndian.Uint16(a[0:]) != 1 || binary.BigEndian.Uint16(a[2:]) != typeIPv4 || a[4] != 6 || a[5] != 4 {
+		return false
+	}
+	return f.subnet.Contains(netip.AddrFrom4([4]byte(a[24:28])))
+}
+
+func (f *Filter) laterFragment(pk packet, now int64) bool {
+	f.mu.Lock()
+	exp, ok := f.frags[fragKey{pk.proto, pk.id, pk.dst}]
+	f.mu.Unlock()
+	if ok && exp > now {
+		return true
+	}
+	f.dropped.Add(1)
+	return false
+}
+
+func (f *Filter) tcpOut(pk packet, now int64) (bool, []byte) {
+	t := pk.l4
+	if len(t) < 20 {
+		f.dropped.Add(1)
+		return false, nil
+	}
+	flags := t[13]
+	k := flowKey{proto: protoTCP, lport: binary.BigEndian.Uint16(t[0:]), rport: binary.BigEndian.Uint16(t[2:]), lip: pk.src, rip: pk.dst}
+	f.mu.Lock()
+	fl, ok := f.flows[k]
+	if ok && fl.expires > now {
+		f.tcpUpdateLocked(k, fl, flags, finOut, now)
+		f.mu.Unlock()
+		return true, nil
+	}
+	f.mu.Unlock()
+	if flags&(tcpSYN|tcpACK|tcpRST) != tcpSYN {
+		// Not part of a flow, and not a connection's first segment: a
+		// reset for a stray segment, or a flow that expired.
+		f.dropped.Add(1)
+		return false, nil
+	}
+	dst := netip.AddrFrom4(pk.dst)
+	if !f.p.Allow("tcp", dst, k.rport, f.learned.Names(dst)) {
+		f.tcp.Add(1)
+		f.warn("egress: connection refused by the egress policy", "to", netip.AddrPortFrom(dst, k.rport).String(), "proto", "tcp")
+		return false, tcpReset(pk)
+	}
+	if !f.open(k, flow{expires: now + int64(TCPOpenTimeout)}, now) {
+		f.tcp.Add(1)
+		return false, tcpReset(pk)
+	}
+	return true, nil
+}
+
+// tcpUpdateLocked records a segment of flow k with flags; fin is finOut or
+// finIn for its direction. A flow is established once a segment without
+// SYN follows the SYN-ACK (the handshake completed): from then on it lives
+// TCPIdleTimeout without traffic, and TCPOpenTimeout before that and once
+// both sides have sent FIN. A reset ends it.
+func (f *Filter) tcpUpdateLocked(k flowKey, fl flow, flags byte, fin uint8, now int64) {
+	if flags&tcpRST != 0 {
+		delete(f.flows, k)
+		return
+	}
+	switch {
+	case flags&(tcpSYN|tcpACK) == tcpSYN|tcpACK:
+		fl.state |= synAck
+	case flags&tcpSYN == 0 && fl.state&synAck != 0:
+		fl.state |= established
+	}
+	if flags&tcpFIN != 0 {
+		fl.state |= fin
+	}
+	if fl.state&established != 0 && fl.state&(finOut|finIn) != finOut|finIn {
+		fl.expires = now + int64(TCPIdleTimeout)
+	} else {
+		fl.expires = now + int64(TCPOpenTimeout)
+	}
+	f.flows[k] = fl
+}
+
+// open adds flow k unless the table is full of live flows.
+func (f *Filter) open(k flowKey, fl flow, now int64) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.flows) >= f.max || now >= f.nextSweep {
+		f.sweepLocked(now)
+	}
+	if len(f.flows) >= f.max {
+		f.full.Add(1)
+		return false
+	}
+	f.flows[k] = fl
+	return true
+}
+
+func (f *Filter) sweepLocked(now int64) {
+	f.nextSweep = now + int64(sweepEvery)
+	for k, fl := range f.flows {
+		if fl.expires <= now {
+			delete(f.flows, k)
+		}
+	}
+	for k, exp := range f.frags {
+		if exp <= now {
+			delete(f.frags, k)
+		}
+	}
+}
+
+func (f *Filter) isDNS(ip [4]byte, port uint16) bool {
+	if port != 53 {
+		return false
+	}
+	a := netip.AddrFrom4(ip)
+	for _, d := range f.dns {
+		if d.Unmap() == a {
+			return true
+		}
+	}
+	return false
+}
+
+func (f *Filter) udpOut(pk packet, now int64) (bool, []byte) {
+	u := pk.l4
+	if len(u) < 8 {
+		f.dropped.Add(1)
+		return false, nil
+	}
+	k := flowKey{proto: protoUDP, lport: binary.BigEndian.Uint16(u[0:]), rport: binary.BigEndian.Uint16(u[2:]), lip: pk.src, rip: pk.dst}
+	if f.isDNS(pk.dst, k.rport) {
+		if pk.more {
+			f.dropped.Add(1) // a fragmented query: not checked, not passed
+			return false, nil
+		}
+		answer, name, err := f.p.RefuseQuery(udpPayload(u))
+		if err != nil {
+			f.dropped.Add(1)
+			return false, nil
+		}
+		if answer != nil {
+			f.dnsRefused.Add(1)
+			f.warn("egress: DNS question for a name the egress policy does not allow; answered NXDOMAIN here", "name", name)
+			if len(answer) > maxAnswer {
+				return false, nil // a query built to make its answer huge
+			}
+			return false, udpReply(pk, answer)
+		}
+		return true, nil
+	}
+	f.mu.Lock()
+	fl, ok := f.flows[k]
+	if ok && fl.expires > now {
+		fl.expires = now + int64(UDPTimeout)
+		f.flows[k] = fl
+		f.mu.Unlock()
+		return true, nil
+	}
+	f.mu.Unlock()
+	dst := netip.AddrFrom4(pk.dst)
+	if !f.p.Allow("udp", dst, k.rport, f.learned.Names(dst)) {
+		f.udp.Add(1)
+		f.warn("egress: datagram refused by the egress policy", "to", netip.AddrPortFrom(dst, k.rport).String(), "proto", "udp")
+		return false, icmpProhibited(pk)
+	}
+	if !f.open(k, flow{expires: now + int64(UDPTimeout)}, now) {
+		f.udp.Add(1)
+		return false, icmpProhibited(pk)
+	}
+	return true, nil
+}
+
+// udpPayload returns a UDP datagram's payload, bounded by its length field.
+func udpPayload(u []byte) []byte {
+	n := int(binary.BigEndian.Uint16(u[4:]))
+	if n < 8 || n > len(u) {
+		n = len(u)
+	}
+	return u[8:n]
+}
+
+// icmpOut passes echo replies to peers that asked.
+func (f *Filter) icmpOut(pk packet, now int64) bool {
+	c := pk.l4
+	if len(c) >= 8 && c[0] == icmpEchoRepl && !pk.more {
+		k := flowKey{proto: protoICMP, lport: binary.BigEndian.Uint16(c[4:]), lip: pk.src, rip: pk.dst}
+		f.mu.Lock()
+		fl, ok := f.flows[k]
+		if ok && fl.expires > now {
+			delete(f.flows, k)
+			f.mu.Unlock()
+			return true
+		}
+		f.mu.Unlock()
+	}
+	f.dropped.Add(1)
+	return false
+}
+
+// Inbound inspects frame, from the host, on its way into the enclave: it
+// opens flows for connections the host opens, learns DNS answers, and
+// reports whether the frame may be delivered (false only for a DNS answer
+// that leads into the enclave).
+func (f *Filter) Inbound(frame []byte) bool {
+	pk, ok := parseIPv4(frame)
+	if !ok || pk.l4 == nil {
+		return true
+	}
+	now := f.now().UnixNano()
+	switch pk.proto {
+	case protoTCP:
+		t := pk.l4
+		if len(t) < 20 {
+			return true
+		}
+		flags := t[13]
+		k := flowKey{proto: protoTCP, lport: binary.BigEndian.Uint16(t[2:]), rport: binary.BigEndian.Uint16(t[0:]), lip: pk.dst, rip: pk.src}
+		f.mu.Lock()
+		fl, ok := f.flows[k]
+		if ok && fl.expires > now {
+			f.tcpUpdateLocked(k, fl, flags, finIn, now)
+			f.mu.Unlock()
+			return true
+		}
+		f.mu.Unlock()
+		if flags&(tcpSYN|tcpACK|tcpRST) == tcpSYN {
+			f.open(k, flow{expires: now + int64(TCPOpenTimeout)}, now)
+		}
+	case protoUDP:
+		u := pk.l4
+		if len(u) < 8 {
+			return true
+		}
+		sport := binary.BigEndian.Uint16(u[0:])
+		if f.isDNS(pk.src, sport) {
+			if !pk.more {
+				return f.learn(udpPayload(u))
+			}
+			return true
+		}
+		k := flowKey{proto: protoUDP, lport: binary.BigEndian.Uint16(u[2:]), rport: sport, lip: pk.dst, rip: pk.src}
+		f.mu.Lock()
+		fl, ok := f.flows[k]
+		if ok && fl.expires > now {
+			fl.expires = now + int64(UDPTimeout)
+			f.flows[k] = fl
+			f.mu.Unlock()
+			return true
+		}
+		f.mu.Unlock()
+		f.open(k, flow{expires: now + int64(UDPTimeout)}, now)
+	case protoICMP:
+		c := pk.l4
+		if len(c) >= 8 && c[0] == icmpEcho && !pk.more {
+			k := flowKey{proto: protoICMP, lport: binary.BigEndian.Uint16(c[4:]), lip: pk.dst, rip: pk.src}
+			f.open(k, flow{expires: now + int64(EchoTimeout)}, now)
+		}
+	}
+	return true
+}
+
+// learn records the addresses a DNS answer gives for the names the policy
+// allows, and reports whether the answer may be delivered: not when it
+// leads an allowed name into the enclave.
+func (f *Filter) learn(msg []byte) bool {
+	var p dnsmessage.Parser
+	h, err := p.Start(msg)
+	if err != nil || !h.Response {
+		return true // not an answer: the resolver drops it
+	}
+	q, err := p.Question()
+	if err != nil {
+		return true
+	}
+	if err := p.SkipAllQuestions(); err != nil {
+		return true
+	}
+	name := q.Name.String()
+	var ips []netip.Addr
+	for {
+		ah, err := p.AnswerHeader()
+		if err != nil {
+			break
+		}
+		var ip netip.Addr
+		switch ah.Type {
+		case dnsmessage.TypeA:
+			r, err := p.AResource()
+			if err != nil {
+				return true
+			}
+			ip = netip.AddrFrom4(r.A)
+		case dnsmessage.TypeAAAA:
+			r, err := p.AAAAResource()
+			if err != nil {
+				return true
+			}
+			ip = netip.AddrFrom16(r.AAAA).Unmap()
+		default:
+			if err := p.SkipAnswer(); err != nil {
+				return true
+			}
+			continue
+		}
+		if f.inside(ip) && !f.p.NamesAddress(ip) {
+			f.answers.Add(1)
+			f.warn("egress: the host's DNS answered an address inside the enclave; answer dropped", "name", name, "address", ip.String())
+			return false
+		}
+		ips = append(ips, ip)
+	}
+	if len(ips) > 0 && f.p.AllowName(name) {
+		f.learned.Record(name, ips...)
+	}
+	return true
+}
+
+// warn logs a refusal, at most once a second, with the count of those not
+// logged.
+func (f *Filter) warn(msg string, args ...any) {
+	now := f.now().UnixNano()
+	f.mu.Lock()
+	if now-f.lastWarn < int64(time.Second) {
+		f.unwarned++
+		f.mu.Unlock()
+		return
+	}
+	f.lastWarn = now
+	n := f.unwarned
+	f.unwarned = 0
+	f.mu.Unlock()
+	if n > 0 {
+		args = append(args, "not_logged_since_last", n)
+	}
+	f.log.Warn(msg, args...)
+}
+
+// reply starts a frame back to pk's sender: Ethernet addresses swapped, an
+// IPv4 header from pk's destination to its source with protocol proto, and
+// room for n bytes of payload, which it returns.
+func reply(pk packet, proto uint8, n int) (frame, payload []byte) {
+	frame = make([]byte, ethLen+20+n)
+	copy(frame[0:6], pk.frame[6:12])
+	copy(frame[6:12], pk.frame[0:6])
+	binary.BigEndian.PutUint16(frame[12:], typeIPv4)
+	ip := frame[ethLen:]
+	ip[0] = 0x45
+	binary.BigEndian.PutUint16(ip[2:], uint16(20+n))
+	ip[8] = 64
+	ip[9] = proto
+	copy(ip[12:16], pk.dst[:])
+	copy(ip[16:20], pk.src[:])
+	binary.BigEndian.PutUint16(ip[10:], ^checksum.Checksum(ip[:20], 0))
+	return frame, ip[20:]
+}
+
+// l4Checksum fills in a TCP or UDP checksum (at offset off of seg).
+func l4Checksum(pk packet, proto uint8, seg []byte, off int) {
+	var ph [12]byte
+	copy(ph[0:4], pk.dst[:]) // the reply's source
+	copy(ph[4:8], pk.src[:])
+	ph[9] = proto
+	binary.BigEndian.PutUint16(ph[10:], uint16(len(seg)))
+	sum := ^checksum.Checksum(seg, checksum.Checksum(ph[:], 0))
+	if sum == 0 && proto == protoUDP {
+		sum = 0xffff
+	}
+	binary.BigEndian.PutUint16(seg[off:], sum)
+}
+
+// tcpReset answers the SYN pk with a reset, as a closed port does.
+func tcpReset(pk packet) []byte {
+	t := pk.l4
+	frame, seg := reply(pk, protoTCP, 20)
+	copy(seg[0:2], t[2:4])
+	copy(seg[2:4], t[0:2])
+	off := int(t[12]>>4) * 4
+	dataLen := 0
+	if off >= 20 && off <= len(t) {
+		dataLen = len(t) - off
+	}
+	binary.BigEndian.PutUint32(seg[8:], binary.BigEndian.Uint32(t[4:])+1+uint32(dataLen))
+	seg[12] = 5 << 4
+	seg[13] = tcpRST | tcpACK
+	l4Checksum(pk, protoTCP, seg, 16)
+	return frame
+}
+
+// udpReply answers the datagram pk with payload from its destination port.
+func udpReply(pk packet, payload []byte) []byte {
+	u := pk.l4
+	frame, seg := reply(pk, protoUDP, 8+len(payload))
+	copy(seg[0:2], u[2:4])
+	copy(seg[2:4], u[0:2])
+	binary.BigEndian.PutUint16(seg[4:], uint16(8+len(payload)))
+	copy(seg[8:], payload)
+	l4Checksum(pk, protoUDP, seg, 6)
+	return frame
+}
+
+// icmpProhibited answers pk with ICMP "destination unreachable:
+// communication administratively prohibited", quoting its header and first
+// 8 bytes as RFC 792 asks.
+func icmpProhibited(pk packet) []byte {
+	ihl := int(pk.ip[0]&0x0f) * 4
+	quote := pk.ip[:min(len(pk.ip), ihl+8)]
+	frame, c := reply(pk, protoICMP, 8+len(quote))
+	c[0] = icmpUnreach
+	c[1] = 13
+	copy(c[8:], quote)
+	binary.BigEndian.PutUint16(c[2:], ^checksum.Checksum(c, 0))
+	return frame
+}

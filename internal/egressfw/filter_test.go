@@ -1,0 +1,402 @@
+package egressfw
+
+import (
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"golang.org/x/net/dns/dnsmessage"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+
+	"github.com/quenchnet/quench/policy"
+	"github.com/quenchnet/quench/tap/taptest"
+)
+
+var (
+	encMAC = net.HardwareAddr{0x5a, 0x94, 0xef, 0xe4, 0x0c, 0xee}
+	gwMAC  = net.HardwareAddr{0x5a, 0x94, 0xef, 0xe4, 0x0c, 0xdd}
+	encIP  = netip.MustParseAddr("192.168.127.2")
+	gwIP   = netip.MustParseAddr("192.168.127.1")
+	subnet = netip.MustParsePrefix("192.168.127.2/24")
+)
+
+// clock is a settable clock for Config.Now.
+type clock struct{ t time.Time }
+
+func (c *clock) now() time.Time          { return c.t }
+func (c *clock) advance(d time.Duration) { c.t = c.t.Add(d) }
+
+func newFilter(t testing.TB, max int, rules ...string) (*Filter, *clock) {
+	t.Helper()
+	p, err := policy.Parse(rules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &clock{t: time.Unix(1_800_000_000, 0)}
+	return New(Config{Policy: p, Subnet: subnet, DNS: []netip.Addr{gwIP}, MaxFlows: max, Now: c.now}), c
+}
+
+func ap(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
+
+// out builds a TCP segment from the enclave; in one from the host.
+func out(src, dst string, seq uint32, flags uint8, payload ...byte) []byte {
+	return taptest.TCPv4Frame(gwMAC, encMAC, taptest.TCPSegment{Src: ap(src), Dst: ap(dst), Seq: seq, Flags: flags, Payload: payload})
+}
+
+func in(src, dst string, flags uint8) []byte {
+	return taptest.TCPv4Frame(encMAC, gwMAC, taptest.TCPSegment{Src: ap(src), Dst: ap(dst), Flags: flags})
+}
+
+const (
+	syn    = taptest.TCPFlagSYN
+	ack    = taptest.TCPFlagACK
+	synack = syn | ack
+	fin    = taptest.TCPFlagFIN | ack
+	rst    = taptest.TCPFlagRST
+)
+
+func mustPass(t *testing.T, f *Filter, frame []byte, what string) {
+	t.Helper()
+	if pass, reply := f.Outbound(frame); !pass || reply != nil {
+		t.Fatalf("%s: pass=%v reply=%x, want passed", what, pass, reply)
+	}
+}
+
+func mustDrop(t *testing.T, f *Filter, frame []byte, what string) []byte {
+	t.Helper()
+	pass, reply := f.Outbound(frame)
+	if pass {
+		t.Fatalf("%s: passed, want refused", what)
+	}
+	return reply
+}
+
+// checkReply checks that reply is a well-formed IPv4 frame back to the
+// sender of frame (addresses swapped, checksums valid) and returns its
+// transport part.
+func checkReply(t *testing.T, frame, reply []byte, proto uint8) []byte {
+	t.Helper()
+	pk, ok := parseIPv4(reply)
+	if !ok || pk.l4 == nil {
+		t.Fatalf("reply %x is not an IPv4 frame", reply)
+	}
+	orig, _ := parseIPv4(frame)
+	if string(reply[0:6]) != string(frame[6:12]) || string(reply[6:12]) != string(frame[0:6]) {
+		t.Errorf("reply's MACs %x → %x, want %x → %x", reply[6:12], reply[0:6], frame[0:6], frame[6:12])
+	}
+	if pk.src != orig.dst || pk.dst != orig.src || pk.proto != proto {
+		t.Errorf("reply %v → %v proto %d, want %v → %v proto %d", pk.src, pk.dst, pk.proto, orig.dst, orig.src, proto)
+	}
+	if checksum.Checksum(pk.ip[:20], 0) != 0xffff {
+		t.Errorf("reply's IPv4 checksum is wrong")
+	}
+	if proto != protoICMP {
+		var ph [12]byte
+		copy(ph[0:4], pk.src[:])
+		copy(ph[4:8], pk.dst[:])
+		ph[9] = proto
+		binary.BigEndian.PutUint16(ph[10:], uint16(len(pk.l4)))
+		if checksum.Checksum(pk.l4, checksum.Checksum(ph[:], 0)) != 0xffff {
+			t.Errorf("reply's transport checksum is wrong")
+		}
+	} else if checksum.Checksum(pk.l4, 0) != 0xffff {
+		t.Errorf("reply's ICMP checksum is wrong")
+	}
+	return pk.l4
+}
+
+func TestTCPRefusedWithReset(t *testing.T) {
+	f, _ := newFilter(t, 0, "10.0.0.0/8:443")
+	mustPass(t, f, out("192.168.127.2:40000", "10.1.2.3:443", 7, syn), "SYN to an allowed destination")
+
+	frame := out("192.168.127.2:40001", "10.1.2.3:80", 1000, syn, 'h', 'i')
+	reply := mustDrop(t, f, frame, "SYN to a port the rule does not list")
+	if reply == nil {
+		t.Fatal("no reset for a refused SYN")
+	}
+	tcp := checkReply(t, frame, reply, protoTCP)
+	if sp, dp := binary.BigEndian.Uint16(tcp[0:]), binary.BigEndian.Uint16(tcp[2:]); sp != 80 || dp != 40001 {
+		t.Errorf("reset's ports %d → %d, want 80 → 40001", sp, dp)
+	}
+	if tcp[13] != tcpRST|tcpACK {
+		t.Errorf("reset's flags %#x, want RST|ACK", tcp[13])
+	}
+	if got := binary.BigEndian.Uint32(tcp[8:]); got != 1000+1+2 {
+		t.Errorf("reset acknowledges %d, want %d (the SYN and its 2 bytes of data)", got, 1003)
+	}
+	mustDrop(t, f, out("192.168.127.2:40002", "11.0.0.1:443", 1, syn), "SYN outside the CIDR")
+	if s := f.Stats(); s.TCP != 2 || s.Flows != 1 {
+		t.Errorf("stats %+v, want 2 TCP refusals and 1 flow", s)
+	}
+}
+
+func TestTCPFlows(t *testing.T) {
+	f, c := newFilter(t, 0, "10.0.0.0/8:443")
+	// A segment that belongs to no flow does not pass, whatever it
+	// carries: only a SYN opens one.
+	if reply := mustDrop(t, f, out("192.168.127.2:40000", "10.1.2.3:443", 7, ack, 'x'), "data without a flow"); reply != nil {
+		t.Error("a stray segment was answered")
+	}
+	if reply := mustDrop(t, f, out("192.168.127.2:40000", "10.9.9.9:80", 7, synack), "SYN-ACK nobody asked for"); reply != nil {
+		t.Error("a stray SYN-ACK was answered")
+	}
+
+	// An outbound connection: handshake, data both ways, idle for a day
+	// less a minute, FIN both ways, then gone after TCPOpenTimeout.
+	mustPass(t, f, out("192.168.127.2:40000", "10.1.2.3:443", 7, syn), "SYN")
+	f.Inbound(in("10.1.2.3:443", "192.168.127.2:40000", synack))
+	mustPass(t, f, out("192.168.127.2:40000", "10.1.2.3:443", 8, ack), "ACK")
+	f.Inbound(in("10.1.2.3:443", "192.168.127.2:40000", ack))
+	c.advance(TCPIdleTimeout - time.Minute)
+	mustPass(t, f, out("192.168.127.2:40000", "10.1.2.3:443", 8, ack, 'x'), "data after a long idle")
+	mustPass(t, f, out("192.168.127.2:40000", "10.1.2.3:443", 9, fin), "FIN")
+	f.Inbound(in("10.1.2.3:443", "192.168.127.2:40000", fin))
+	mustPass(t, f, out("192.168.127.2:40000", "10.1.2.3:443", 10, ack), "last ACK")
+	c.advance(TCPOpenTimeout + time.Second)
+	mustDrop(t, f, out("192.168.127.2:40000", "10.1.2.3:443", 10, ack), "ACK after the closed flow expired")
+
+	// A connection whose handshake never completes lasts TCPOpenTimeout.
+	mustPass(t, f, out("192.168.127.2:40001", "10.1.2.3:443", 7, syn), "SYN")
+	c.advance(TCPOpenTimeout + time.Second)
+	mustDrop(t, f, out("192.168.127.2:40001", "10.1.2.3:443", 8, ack, 'x'), "data on a half-open flow that expired")
+
+	// A reset ends a flow at once, from either side.
+	mustPass(t, f, out("192.168.127.2:40002", "10.1.2.3:443", 7, syn), "SYN")
+	f.Inbound(in("10.1.2.3:443", "192.168.127.2:40002", rst))
+	mustDrop(t, f, out("192.168.127.2:40002", "10.1.2.3:443", 8, ack, 'x'), "data after the peer's reset")
+}
+
+func TestTCPInbound(t *testing.T) {
+	f, c := newFilter(t, 0, "10.0.0.0/8:443")
+	// A connection the host opens into the enclave: its replies pass,
+	// whatever the policy says about the peer.
+	mustDrop(t, f, out("192.168.127.2:8080", "203.0.113.9:5555", 1, synack), "SYN-ACK before the SYN")
+	f.Inbound(in("203.0.113.9:5555", "192.168.127.2:8080", syn))
+	mustPass(t, f, out("192.168.127.2:8080", "203.0.113.9:5555", 1, synack), "SYN-ACK to an inbound SYN")
+	f.Inbound(in("203.0.113.9:5555", "192.168.127.2:8080", ack))
+	c.advance(time.Hour)
+	mustPass(t, f, out("192.168.127.2:8080", "203.0.113.9:5555", 2, ack, 'o', 'k'), "reply an hour later")
+	// The same peer on another port is not part of it.
+	reply := mustDrop(t, f, out("192.168.127.2:8080", "203.0.113.9:5556", 1, ack), "another port of the peer")
+	if reply != nil {
+		t.Error("a stray segment was answered")
+	}
+	if s := f.Stats(); s.TCP != 0 {
+		t.Errorf("stray segments counted as refused connections: %+v", s)
+	}
+}
+
+func TestUDP(t *testing.T) {
+	f, c := newFilter(t, 0, "10.0.0.5:5000/udp")
+	udp := func(src, dst string, payload string) []byte {
+		return taptest.UDPv4Frame(gwMAC, encMAC, ap(src), ap(dst), []byte(payload))
+	}
+	mustPass(t, f, udp("192.168.127.2:4000", "10.0.0.5:5000", "hi"), "datagram to an allowed destination")
+	frame := udp("192.168.127.2:4000", "10.0.0.6:5000", "secret")
+	reply := mustDrop(t, f, frame, "datagram to another address")
+	if reply == nil {
+		t.Fatal("no ICMP error for a refused datagram")
+	}
+	icmp := checkReply(t, frame, reply, protoICMP)
+	if icmp[0] != 3 || icmp[1] != 13 {
+		t.Errorf("ICMP type %d code %d, want 3/13", icmp[0], icmp[1])
+	}
+	orig, _ := parseIPv4(frame)
+	if want := orig.ip[:28]; string(icmp[8:]) != string(want) {
+		t.Errorf("ICMP quotes %x, want %x (the IP header and 8 bytes)", icmp[8:], want)
+	}
+
+	// A peer that sends first may be answered, for UDPTimeout after the
+	// last datagram.
+	peer := "198.51.100.7:53000"
+	mustDrop(t, f, udp("192.168.127.2:7000", peer, "unasked"), "datagram to a peer before it wrote")
+	f.Inbound(taptest.UDPv4Frame(encMAC, gwMAC, ap(peer), ap("192.168.127.2:7000"), []byte("ping")))
+	mustPass(t, f, udp("192.168.127.2:7000", peer, "pong"), "reply to a peer that wrote")
+	mustDrop(t, f, udp("192.168.127.2:7001", peer, "pong"), "from another port to that peer")
+	c.advance(UDPTimeout - time.Second)
+	mustPass(t, f, udp("192.168.127.2:7000", peer, "pong"), "reply within the timeout")
+	c.advance(UDPTimeout + time.Second)
+	mustDrop(t, f, udp("192.168.127.2:7000", peer, "late"), "reply after the timeout")
+}
+
+// query builds a DNS query frame from the enclave to its DNS server.
+func query(t testing.TB, id uint16, names ...string) []byte {
+	t.Helper()
+	b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: id, RecursionDesired: true})
+	_ = b.StartQuestions()
+	for _, n := range names {
+		if err := b.Question(dnsmessage.Question{Name: dnsmessage.MustNewName(n), Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	msg, err := b.Finish()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return taptest.UDPv4Frame(gwMAC, encMAC, ap("192.168.127.2:33333"), ap("192.168.127.1:53"), msg)
+}
+
+// answer builds the DNS server's answer frame: name has the A records ips.
+func answer(t testing.TB, name string, ips ...string) []byte {
+	t.Helper()
+	b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: 1, Response: true})
+	_ = b.StartQuestions()
+	n := dnsmessage.MustNewName(name)
+	_ = b.Question(dnsmessage.Question{Name: n, Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET})
+	_ = b.StartAnswers()
+	cname := dnsmessage.MustNewName("edge.cdn.example.")
+	_ = b.CNAMEResource(dnsmessage.ResourceHeader{Name: n, Class: dnsmessage.ClassINET}, dnsmessage.CNAMEResource{CNAME: cname})
+	for _, ip := range ips {
+		if err := b.AResource(dnsmessage.ResourceHeader{Name: cname, Class: dnsmessage.ClassINET, TTL: 60}, dnsmessage.AResource{A: netip.MustParseAddr(ip).As4()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	msg, err := b.Finish()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return taptest.UDPv4Frame(encMAC, gwMAC, ap("192.168.127.1:53"), ap("192.168.127.2:33333"), msg)
+}
+
+func TestDNS(t *testing.T) {
+	f, _ := newFilter(t, 0, "api.example.com:443", "192.168.127.254:9000")
+	mustPass(t, f, query(t, 1, "api.example.com."), "query for an allowed name")
+
+	frame := query(t, 42, "api.example.com.", "secret.attacker.example.")
+	reply := mustDrop(t, f, frame, "query with a name not allowed")
+	if reply == nil {
+		t.Fatal("no NXDOMAIN answer")
+	}
+	u := checkReply(t, frame, reply, protoUDP)
+	var p dnsmessage.Parser
+	h, err := p.Start(u[8:])
+	if err != nil || !h.Response || h.ID != 42 || h.RCode != dnsmessage.RCodeNameError {
+		t.Errorf("answer %+v (%v), want an NXDOMAIN response with ID 42", h, err)
+	}
+	if binary.BigEndian.Uint16(u[0:]) != 53 || binary.BigEndian.Uint16(u[2:]) != 33333 {
+		t.Errorf("answer's ports %d → %d, want 53 → 33333", binary.BigEndian.Uint16(u[0:]), binary.BigEndian.Uint16(u[2:]))
+	}
+	// Anything else to the DNS server's port is not a query: dropped,
+	// not answered.
+	junk := taptest.UDPv4Frame(gwMAC, encMAC, ap("192.168.127.2:33333"), ap("192.168.127.1:53"), []byte("exfiltrated bytes"))
+	if reply := mustDrop(t, f, junk, "junk to the DNS port"); reply != nil {
+		t.Error("junk to the DNS port was answered")
+	}
+
+	// The answer for the allowed name teaches its addresses (through a
+	// CNAME) to the hostname rule, on the rule's ports only.
+	if !f.Inbound(answer(t, "api.example.com.", "203.0.113.10", "203.0.113.11")) {
+		t.Fatal("answer for an allowed name dropped")
+	}
+	mustPass(t, f, out("192.168.127.2:40000", "203.0.113.11:443", 1, syn), "SYN to a learned address")
+	mustDrop(t, f, out("192.168.127.2:40001", "203.0.113.11:80", 1, syn), "SYN to a learned address, other port")
+	// An answer for a name the policy does not allow teaches nothing
+	// (the host may send it unasked).
+	f.Inbound(answer(t, "other.example.", "203.0.113.20"))
+	mustDrop(t, f, out("192.168.127.2:40002", "203.0.113.20:443", 1, syn), "SYN to an address of a name not allowed")
+
+	// An answer that leads an allowed name into the enclave is dropped,
+	// unless an address rule names the address.
+	for _, ip := range []string{"127.0.0.1", "192.168.127.2", "0.0.0.0", "255.255.255.255", "224.0.0.1"} {
+		if f.Inbound(answer(t, "api.example.com.", ip)) {
+			t.Errorf("answer %s for an allowed name delivered", ip)
+		}
+	}
+	inside := New(Config{Policy: f.p, Subnet: subnet, DNS: []netip.Addr{gwIP}, Inside: func(netip.Addr) bool { return true }})
+	if !inside.Inbound(answer(t, "api.example.com.", "192.168.127.254")) {
+		t.Error("answer with an address an address rule names was dropped")
+	}
+	if s := f.Stats(); s.DNS != 1 || s.Answers != 5 {
+		t.Errorf("stats %+v, want 1 DNS refusal and 5 answers dropped", s)
+	}
+}
+
+func TestOtherFrames(t *testing.T) {
+	f, _ := newFilter(t, 0, "*")
+	// ARP within the subnet only.
+	mustPass(t, f, taptest.ARPRequest(encMAC, encIP, gwIP), "ARP for the gateway")
+	mustDrop(t, f, taptest.ARPRequest(encMAC, encIP, netip.MustParseAddr("10.0.0.1")), "ARP outside the subnet")
+	// IPv6, other ethertypes, short frames.
+	mustDrop(t, f, taptest.EthernetFrame(gwMAC, encMAC, taptest.EtherTypeIPv6, make([]byte, 60)), "IPv6")
+	mustDrop(t, f, taptest.EthernetFrame(gwMAC, encMAC, 0x8100, make([]byte, 60)), "VLAN")
+	mustDrop(t, f, []byte{1, 2, 3}, "3 bytes")
+	// "*" allows any TCP and UDP destination, not pings.
+	mustPass(t, f, out("192.168.127.2:40000", "8.8.8.8:1", 1, syn), "SYN with *")
+	echo := icmpFrame(8, 77)
+	mustDrop(t, f, echo, "ping out")
+	// An echo reply only to a peer that asked, once.
+	mustDrop(t, f, icmpFrame(0, 77), "echo reply nobody asked for")
+	req := icmpFrame(8, 77)
+	swapped := append([]byte(nil), req...)
+	copy(swapped[ethLen+12:], req[ethLen+16:ethLen+20])
+	copy(swapped[ethLen+16:], req[ethLen+12:ethLen+16])
+	f.Inbound(swapped)
+	mustPass(t, f, icmpFrame(0, 77), "echo reply to a ping")
+	mustDrop(t, f, icmpFrame(0, 77), "second echo reply")
+}
+
+// icmpFrame is an ICMP message of type typ and identifier id from the
+// enclave to 10.0.0.1.
+func icmpFrame(typ uint8, id uint16) []byte {
+	c := make([]byte, 16)
+	c[0] = typ
+	binary.BigEndian.PutUint16(c[4:], id)
+	binary.BigEndian.PutUint16(c[2:], ^checksum.Checksum(c, 0))
+	ip := make([]byte, 20+len(c))
+	ip[0] = 0x45
+	binary.BigEndian.PutUint16(ip[2:], uint16(len(ip)))
+	ip[8], ip[9] = 64, protoICMP
+	copy(ip[12:], encIP.AsSlice())
+	copy(ip[16:], []byte{10, 0, 0, 1})
+	copy(ip[20:], c)
+	return taptest.EthernetFrame(gwMAC, encMAC, taptest.EtherTypeIPv4, ip)
+}
+
+func TestFragments(t *testing.T) {
+	f, _ := newFilter(t, 0, "10.0.0.5:5000/udp")
+	frag := func(dst string, id uint16, offset int, more bool) []byte {
+		frame := taptest.UDPv4Frame(gwMAC, encMAC, ap("192.168.127.2:4000"), ap(dst), make([]byte, 64))
+		ip := frame[ethLen:]
+		binary.BigEndian.PutUint16(ip[4:], id)
+		ff := uint16(offset / 8)
+		if more {
+			ff |= 0x2000
+		}
+		binary.BigEndian.PutUint16(ip[6:], ff)
+		if offset != 0 { // a later fragment: the payload is not a UDP header
+			binary.BigEndian.PutUint16(ip[20:], 9999)
+		}
+		return frame
+	}
+	mustDrop(t, f, frag("10.0.0.5:5000", 9, 1480, false), "later fragment without its first")
+	mustPass(t, f, frag("10.0.0.5:5000", 9, 0, true), "first fragment")
+	mustPass(t, f, frag("10.0.0.5:5000", 9, 1480, false), "later fragment")
+	mustDrop(t, f, frag("10.0.0.6:5000", 9, 1480, false), "later fragment to another address")
+	mustDrop(t, f, frag("10.0.0.6:5000", 10, 0, true), "refused first fragment")
+	mustDrop(t, f, frag("10.0.0.6:5000", 10, 1480, false), "its later fragment")
+}
+
+func TestFlowTableBounded(t *testing.T) {
+	f, c := newFilter(t, 4, "*")
+	for i := range 4 {
+		mustPass(t, f, out("192.168.127.2:"+itoa(40000+i), "10.0.0.1:443", 1, syn), "SYN")
+	}
+	if reply := mustDrop(t, f, out("192.168.127.2:40010", "10.0.0.1:443", 1, syn), "SYN past MaxFlows"); reply == nil {
+		t.Error("a SYN refused for a full table was not reset")
+	}
+	// Inbound connections do not get past it either.
+	f.Inbound(in("203.0.113.9:5555", "192.168.127.2:8080", syn))
+	mustDrop(t, f, out("192.168.127.2:8080", "203.0.113.9:5555", 1, synack), "SYN-ACK past MaxFlows")
+	if s := f.Stats(); s.Full != 2 || s.Flows != 4 {
+		t.Errorf("stats %+v, want 2 refused for a full table, 4 flows", s)
+	}
+	c.advance(TCPOpenTimeout + time.Second)
+	mustPass(t, f, out("192.168.127.2:40010", "10.0.0.1:443", 1, syn), "SYN once the half-open flows expired")
+	if s := f.Stats(); s.Flows != 1 {
+		t.Errorf("%d flows after the sweep, want 1", s.Flows)
+	}
+}
+
+func itoa(i int) string { return netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(i)).String()[len("0.0.0.0:"):] }

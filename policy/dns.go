@@ -1,0 +1,53 @@
+package policy
+
+import (
+	"errors"
+	"fmt"
+
+	"golang.org/x/net/dns/dnsmessage"
+)
+
+// ErrNotQuery is returned by RefuseQuery for a message that is not a DNS
+// query with questions.
+var ErrNotQuery = errors.New("policy: not a DNS query")
+
+// RefuseQuery parses the DNS query msg. When p allows every name it asks
+// about (AllowName), it returns a nil answer; otherwise an NXDOMAIN answer
+// to it, to be given in place of the server's, and the first name refused.
+// A message that is not a query with questions is an error wrapping
+// ErrNotQuery.
+func (p *Policy) RefuseQuery(msg []byte) (answer []byte, refused string, err error) {
+	var parser dnsmessage.Parser
+	h, err := parser.Start(msg)
+	if err != nil || h.Response {
+		return nil, "", fmt.Errorf("%w: %v", ErrNotQuery, err)
+	}
+	qs, err := parser.AllQuestions()
+	if err != nil || len(qs) == 0 {
+		return nil, "", fmt.Errorf("%w: no questions (%v)", ErrNotQuery, err)
+	}
+	for _, q := range qs {
+		if name := q.Name.String(); !p.AllowName(name) {
+			refused = name
+			break
+		}
+	}
+	if refused == "" {
+		return nil, "", nil
+	}
+	b := dnsmessage.NewBuilder(nil, dnsmessage.Header{
+		ID: h.ID, Response: true, OpCode: h.OpCode,
+		RecursionDesired: h.RecursionDesired, RecursionAvailable: true,
+		RCode: dnsmessage.RCodeNameError,
+	})
+	if err := b.StartQuestions(); err != nil {
+		return nil, "", err
+	}
+	for _, q := range qs {
+		if err := b.Question(q); err != nil {
+			return nil, "", err
+		}
+	}
+	answer, err = b.Finish()
+	return answer, refused, err
+}
