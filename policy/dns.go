@@ -17,6 +17,11 @@ var ErrNotQuery = errors.New("policy: not a DNS query")
 // A message that is not a query with questions is an error wrapping
 // ErrNotQuery.
 func (p *Policy) RefuseQuery(msg []byte) (answer []byte, refused string, err error) {
+	return RefuseQuery(msg, p.AllowName)
+}
+
+// RefuseQuery is Policy.RefuseQuery with allow in place of AllowName.
+func RefuseQuery(msg []byte, allow func(name string) bool) (answer []byte, refused string, err error) {
 	var parser dnsmessage.Parser
 	h, err := parser.Start(msg)
 	if err != nil || h.Response {
@@ -27,7 +32,7 @@ func (p *Policy) RefuseQuery(msg []byte) (answer []byte, refused string, err err
 		return nil, "", fmt.Errorf("%w: no questions (%v)", ErrNotQuery, err)
 	}
 	for _, q := range qs {
-		if name := q.Name.String(); !p.AllowName(name) {
+		if name := q.Name.String(); !allow(name) {
 			refused = name
 			break
 		}

@@ -38,6 +38,7 @@ import (
 	"encoding/binary"
 	"log/slog"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -61,6 +62,8 @@ const (
 	UDPTimeout = 2 * time.Minute
 	// EchoTimeout bounds the permission to answer an ICMP echo request.
 	EchoTimeout = 30 * time.Second
+	// PermitTimeout bounds a permission given by Permit or PermitName.
+	PermitTimeout = 10 * time.Second
 	// fragTimeout bounds the permission for a datagram's later fragments.
 	fragTimeout = 30 * time.Second
 	// sweepEvery is how often expired flows are removed.
@@ -125,6 +128,8 @@ type Filter struct {
 	now     func() time.Time
 
 	mu        sync.Mutex
+	permits   map[flowKey]int64 // guarded by mu: Permit's destinations (local ends zero) → expiry
+	names     map[string]int64  // guarded by mu: PermitName's names → expiry
 	flows     map[flowKey]flow  // guarded by mu
 	frags     map[fragKey]int64 // guarded by mu: first fragments passed → expiry (unix ns)
 	nextSweep int64             // guarded by mu
@@ -174,6 +179,8 @@ func New(cfg Config) *Filter {
 		log:     cfg.Logger,
 		now:     cfg.Now,
 		flows:   map[flowKey]flow{},
+		permits: map[flowKey]int64{},
+		names:   map[string]int64{},
 		frags:   map[fragKey]int64{},
 	}
 	if f.max <= 0 {
@@ -355,7 +362,7 @@ func (f *Filter) tcpOut(pk packet, now int64) (bool, []byte) {
 		return false, nil
 	}
 	dst := netip.AddrFrom4(pk.dst)
-	if !f.p.Allow("tcp", dst, k.rport, f.learned.Names(dst)) {
+	if !f.p.Allow("tcp", dst, k.rport, f.learned.Names(dst)) && !f.permitted(k, now) {
 		f.tcp.Add(1)
 		f.warn("egress: connection refused by the egress policy", "to", netip.AddrPortFrom(dst, k.rport).String(), "proto", "tcp")
 		return false, tcpReset(pk)
@@ -448,7 +455,9 @@ func (f *Filter) udpOut(pk packet, now int64) (bool, []byte) {
 			f.dropped.Add(1) // a fragmented query: not checked, not passed
 			return false, nil
 		}
-		answer, name, err := f.p.RefuseQuery(udpPayload(u))
+		answer, name, err := policy.RefuseQuery(udpPayload(u), func(name string) bool {
+			return f.p.AllowName(name) || f.namePermitted(name, now)
+		})
 		if err != nil {
 			f.dropped.Add(1)
 			return false, nil
@@ -473,7 +482,7 @@ func (f *Filter) udpOut(pk packet, now int64) (bool, []byte) {
 	}
 	f.mu.Unlock()
 	dst := netip.AddrFrom4(pk.dst)
-	if !f.p.Allow("udp", dst, k.rport, f.learned.Names(dst)) {
+	if !f.p.Allow("udp", dst, k.rport, f.learned.Names(dst)) && !f.permitted(k, now) {
 		f.udp.Add(1)
 		f.warn("egress: datagram refused by the egress policy", "to", netip.AddrPortFrom(dst, k.rport).String(), "proto", "udp")
 		return false, icmpProhibited(pk)
@@ -483,6 +492,80 @@ func (f *Filter) udpOut(pk packet, now int64) (bool, []byte) {
 		return false, icmpProhibited(pk)
 	}
 	return true, nil
+}
+
+// maxPermits bounds the permissions of Permit and PermitName alive at once.
+const maxPermits = 1024
+
+// Permit lets the enclave's own next connection to dst (network "tcp" or
+// "udp") through, whatever the policy, if it starts within PermitTimeout:
+// for destinations that the enclave's attested configuration names and
+// that package enclave dials for itself (the ACME directory, key-sync
+// peers), which Config.Egress does not limit. A program that connects to
+// the same destination in that moment gets through too: to a destination
+// the configuration names anyway.
+func (f *Filter) Permit(network string, dst netip.AddrPort) {
+	if !dst.Addr().Unmap().Is4() {
+		return
+	}
+	proto := uint8(protoTCP)
+	if network == "udp" || network == "udp4" {
+		proto = protoUDP
+	}
+	now := f.now().UnixNano()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.expirePermitsLocked(now)
+	if len(f.permits) < maxPermits {
+		f.permits[flowKey{proto: proto, rport: dst.Port(), rip: dst.Addr().Unmap().As4()}] = now + int64(PermitTimeout)
+	}
+}
+
+// PermitName lets DNS questions about name through for PermitTimeout,
+// whatever the policy (see Permit).
+func (f *Filter) PermitName(name string) {
+	now := f.now().UnixNano()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.expirePermitsLocked(now)
+	if len(f.names) < maxPermits {
+		f.names[normName(name)] = now + int64(PermitTimeout)
+	}
+}
+
+func normName(name string) string { return strings.TrimSuffix(strings.ToLower(name), ".") }
+
+func (f *Filter) expirePermitsLocked(now int64) {
+	for k, exp := range f.permits {
+		if exp <= now {
+			delete(f.permits, k)
+		}
+	}
+	for k, exp := range f.names {
+		if exp <= now {
+			delete(f.names, k)
+		}
+	}
+}
+
+// permitted reports whether Permit allowed flow k's destination, and uses
+// the permission up.
+func (f *Filter) permitted(k flowKey, now int64) bool {
+	pk := flowKey{proto: k.proto, rport: k.rport, rip: k.rip}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	exp, ok := f.permits[pk]
+	if ok {
+		delete(f.permits, pk)
+	}
+	return ok && exp > now
+}
+
+func (f *Filter) namePermitted(name string, now int64) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	exp, ok := f.names[normName(name)]
+	return ok && exp > now
 }
 
 // udpPayload returns a UDP datagram's payload, bounded by its length field.

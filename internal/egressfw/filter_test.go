@@ -399,4 +399,6 @@ func TestFlowTableBounded(t *testing.T) {
 	}
 }
 
-func itoa(i int) string { return netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(i)).String()[len("0.0.0.0:"):] }
+func itoa(i int) string {
+	return netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(i)).String()[len("0.0.0.0:"):]
+}
