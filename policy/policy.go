@@ -219,6 +219,19 @@ func (p *Policy) AllowAddress(network string, ip netip.Addr, port uint16) bool {
 	return false
 }
 
+// Rules returns the rules as given, in order: nil for a nil Policy (allow
+// all), an empty, non-nil slice for a Policy without rules (refuse all).
+func (p *Policy) Rules() []string {
+	if p == nil {
+		return nil
+	}
+	s := make([]string, 0, len(p.rules))
+	for _, r := range p.rules {
+		s = append(s, r.text)
+	}
+	return s
+}
+
 // String lists the rules as given.
 func (p *Policy) String() string {
 	if p == nil {

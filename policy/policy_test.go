@@ -80,6 +80,32 @@ func TestNilAndStar(t *testing.T) {
 	}
 }
 
+// TestRules: the rules as given, in order; nil for no policy, empty (not
+// nil) for a policy that refuses everything.
+func TestRules(t *testing.T) {
+	var nilP *policy.Policy
+	if r := nilP.Rules(); r != nil {
+		t.Errorf("nil policy: %q, want nil", r)
+	}
+	empty, _ := policy.Parse(nil)
+	if r := empty.Rules(); r == nil || len(r) != 0 {
+		t.Errorf("empty policy: %#v, want an empty, non-nil slice", r)
+	}
+	in := []string{"*.amazonaws.com:443", "10.0.0.0/8:5432/tcp", "[2001:db8::/32]:8000-8100", "API.example.com."}
+	p, err := policy.Parse(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := p.Rules()
+	if fmt.Sprint(got) != fmt.Sprint(in) {
+		t.Errorf("Rules() = %q, want %q", got, in)
+	}
+	got[0] = "*" // a copy: the policy stays immutable
+	if p.Rules()[0] != in[0] {
+		t.Error("Rules() shares the policy's memory")
+	}
+}
+
 // TestAllowAddress: address and CIDR rules count, "*" and hostname rules
 // do not.
 func TestAllowAddress(t *testing.T) {
