@@ -26,6 +26,7 @@ import (
 	"github.com/quenchnet/quench/enclave/keysync"
 	"github.com/quenchnet/quench/internal/debugserver"
 	"github.com/quenchnet/quench/internal/endpoint"
+	"github.com/quenchnet/quench/policy"
 )
 
 const usage = `quench-enclave: the enclave side of quench.
@@ -61,6 +62,13 @@ Network modes (-network):
              only quench-enclave's own servers (public, metrics) get a
              network. Other programs, including the app, have only the
              loopback interface: no egress, no DNS.
+
+Egress policy (-allow): an allow-list enforced inside the enclave, so it is
+part of the attested image (and shown in /enclave/config), unlike
+quench-host's -allow, which the untrusted host controls. In TAP mode it
+applies to every program in the enclave (their kernel sockets and DNS
+queries); replies on connections into the enclave (published ports,
+-forward) always pass.
 
 Usage:
   quench-enclave [flags] [-- app command and args]
@@ -205,6 +213,11 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	fs.Var(&dns, "dns", "DNS server; repeatable (default: the gateway)")
 	var fwds forwardList
 	fs.Var(&fwds, "forward", "ingress fast path to a program in the enclave: LISTEN=TARGET[,proxy-header], e.g. vsock://:8080=127.0.0.1:3000; quench-host -publish-vsock HOSTPORT:8080 sends each client connection to LISTEN, which is relayed to TARGET (host:port or unix:///path on the enclave's own sockets); ,proxy-header passes the client address on in a PROXY v2 header; repeatable; works without -app-url and in both network modes")
+	var allow []string
+	fs.Func("allow", "egress policy: allow outbound connections and DNS answers only for DEST[:PORTS][/tcp|/udp], DEST a hostname, *.wildcard, address, CIDR or *; repeatable (default: allow all). Example: -allow '*.amazonaws.com:443' -allow 10.0.0.0/8:5432. Enforced inside the enclave (part of the attested image, unlike quench-host's -allow, which the untrusted host controls), for every program in TAP mode (in userspace mode no other program has a network); shown in /enclave/config", func(v string) error {
+		allow = append(allow, v)
+		return nil
+	})
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), usage)
 		fs.PrintDefaults()
@@ -279,6 +292,12 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		DialHost: func(ctx context.Context) (net.Conn, error) {
 			return endpoint.Dial(ctx, ha, eopts)
 		},
+	}
+
+	if len(allow) > 0 {
+		if o.cfg.Egress, err = policy.Parse(allow); err != nil {
+			return nil, fmt.Errorf("-allow: %w", err)
+		}
 	}
 
 	for _, f := range fwds {

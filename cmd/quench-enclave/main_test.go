@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -134,6 +135,9 @@ func TestBadFlags(t *testing.T) {
 		{"forward bad option", []string{"-forward", "vsock://:8080=127.0.0.1:80,proxy"}, `unknown option "proxy"`},
 		{"forward bad target", []string{"-forward", "vsock://:8080=127.0.0.1"}, `target "127.0.0.1"`},
 		{"forward stand-in without cid", []string{"-vsock-dir", "/tmp", "-forward", "vsock://:8080=127.0.0.1:80"}, "name the enclave's CID"},
+		{"bad allow port", []string{"-allow", "api.example.com:0"}, `-allow: policy: allow "api.example.com:0": bad port "0"`},
+		{"bad allow name", []string{"-allow", "ok.example:443", "-allow", "b@d.example"}, `allow "b@d.example"`},
+		{"empty allow", []string{"-allow", ""}, `-allow: policy: allow "": empty destination`},
 		{"bad acme roots", []string{"-app-url", "http://127.0.0.1:1", "-acme", "-fqdn", "a.example", "-acme-roots", "/nonexistent"}, "-acme-roots"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -154,7 +158,7 @@ func TestHelp(t *testing.T) {
 	if code := run([]string{"-help"}, &stderr); code != 0 {
 		t.Errorf("exit code %d", code)
 	}
-	for _, want := range []string{"-app-cmd", "-dev-attester", "userspace", "-wait-for-app", "-fqdn-leader", "-ext-priv-addr", "/enclave/state", "-forward", "proxy-header"} {
+	for _, want := range []string{"-app-cmd", "-dev-attester", "userspace", "-wait-for-app", "-fqdn-leader", "-ext-priv-addr", "/enclave/state", "-forward", "proxy-header", "-allow", "attested image", "every program in TAP mode"} {
 		if !strings.Contains(stderr.String(), want) {
 			t.Errorf("help lacks %q", want)
 		}
@@ -405,6 +409,54 @@ func TestMaxConnsFlag(t *testing.T) {
 			}
 			if o.cfg.MaxConns != tc.want {
 				t.Errorf("%v: MaxConns %d, want %d", args, o.cfg.MaxConns, tc.want)
+			}
+		}
+	}
+}
+
+// TestAllowFlag: -allow rules, repeatable, become Config.Egress in both
+// network modes; without -allow there is no policy (allow all).
+func TestAllowFlag(t *testing.T) {
+	for _, base := range [][]string{
+		nil, // TAP, networking only
+		{"-network", "userspace", "-app-url", "http://127.0.0.1:1"},
+		{"-network", "userspace", "-forward", "vsock://:8080=127.0.0.1:80"},
+	} {
+		var stderr bytes.Buffer
+		o, err := parse(base, &stderr)
+		if err != nil {
+			t.Fatalf("%v: %v", base, err)
+		}
+		if o.cfg.Egress != nil {
+			t.Errorf("%v: Egress %v without -allow, want nil", base, o.cfg.Egress)
+		}
+		args := append(append([]string(nil), base...), "-allow", "*.amazonaws.com:443", "-allow", "10.0.0.0/8:5432/tcp", "-allow", "192.168.127.254:9000")
+		if o, err = parse(args, &stderr); err != nil {
+			t.Fatalf("%v: %v", args, err)
+		}
+		p := o.cfg.Egress
+		if p == nil {
+			t.Fatalf("%v: no Egress", args)
+		}
+		if diff := cmp.Diff([]string{"*.amazonaws.com:443", "10.0.0.0/8:5432/tcp", "192.168.127.254:9000"}, p.Rules()); diff != "" {
+			t.Errorf("%v: rules (-want +got):\n%s", args, diff)
+		}
+		for _, c := range []struct {
+			network string
+			ip      string
+			port    uint16
+			names   []string
+			want    bool
+		}{
+			{"tcp", "10.1.2.3", 5432, nil, true},
+			{"udp", "10.1.2.3", 5432, nil, false},
+			{"tcp", "192.168.127.254", 9000, nil, true},
+			{"tcp", "192.168.127.254", 9001, nil, false},
+			{"tcp", "52.1.2.3", 443, []string{"s3.amazonaws.com"}, true},
+			{"tcp", "52.1.2.3", 443, []string{"example.com"}, false},
+		} {
+			if got := p.Allow(c.network, netip.MustParseAddr(c.ip), c.port, c.names); got != c.want {
+				t.Errorf("%v: Allow(%s, %s:%d, %v) = %v, want %v", args, c.network, c.ip, c.port, c.names, got, c.want)
 			}
 		}
 	}
