@@ -818,6 +818,9 @@ type publicConfigView struct {
 	DevAttester  bool     `json:"dev_attester"`
 	DrainTimeout string   `json:"drain_timeout"`
 	FQDNLeader   string   `json:"fqdn_leader,omitempty"`
+	// Egress lists the rules of Config.Egress as given; null when there
+	// is no policy (everything allowed), [] when it refuses everything.
+	Egress []string `json:"egress"`
 }
 
 func publicConfig(c Config, certKind string) publicConfigView {
@@ -835,6 +838,7 @@ func publicConfig(c Config, certKind string) publicConfigView {
 		Pprof:        c.Pprof,
 		DrainTimeout: c.DrainTimeout.String(),
 		FQDNLeader:   c.FQDNLeader,
+		Egress:       c.Egress.Rules(),
 	}
 	for _, d := range c.DNS {
 		v.DNS = append(v.DNS, d.String())

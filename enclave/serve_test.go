@@ -27,6 +27,7 @@ import (
 	"github.com/quenchnet/quench/enclave"
 	"github.com/quenchnet/quench/host"
 	"github.com/quenchnet/quench/internal/testutil"
+	"github.com/quenchnet/quench/policy"
 )
 
 // These tests run an in-process quench-host and an enclave in userspace
@@ -179,8 +180,8 @@ func TestServeHTTPSAndAttestation(t *testing.T) {
 
 	// /enclave/config: plain, then attested.
 	code, plain := svGet(t, c, env.public+enclave.ConfigPath)
-	if code != http.StatusOK || !strings.Contains(plain, `"dev_attester":true`) {
-		t.Fatalf("config: %d %q", code, plain)
+	if code != http.StatusOK || !strings.Contains(plain, `"dev_attester":true`) || !strings.Contains(plain, `"egress":null`) {
+		t.Fatalf("config: %d %q (want dev_attester true and egress null: no policy)", code, plain)
 	}
 	nonce := make([]byte, attestation.NonceSize)
 	nonce[0] = 7
@@ -206,6 +207,30 @@ func TestServeHTTPSAndAttestation(t *testing.T) {
 	}
 	if diff := cmp.Diff(sum[:], cres.PublicKey); diff != "" {
 		t.Errorf("config hash in public_key (-want +got):\n%s", diff)
+	}
+}
+
+// TestServeConfigEgress: /enclave/config lists the egress policy's rules
+// as given, so that clients can audit the attested policy.
+func TestServeConfigEgress(t *testing.T) {
+	rules := []string{"*.amazonaws.com:443", "10.0.0.0/8:5432/tcp", "192.168.127.254:9000/udp"}
+	pol, err := policy.Parse(rules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := svStart(t, func(c *enclave.Config) { c.Egress = pol })
+	code, body := svGet(t, svClient(t), env.public+enclave.ConfigPath)
+	if code != http.StatusOK {
+		t.Fatalf("config: %d %q", code, body)
+	}
+	var got struct {
+		Egress []string `json:"egress"`
+	}
+	if err := json.Unmarshal([]byte(body), &got); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(rules, got.Egress); diff != "" {
+		t.Errorf("egress (-want +got):\n%s\nconfig: %s", diff, body)
 	}
 }
 
