@@ -1,0 +1,388 @@
+package e2e
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/net/dns/dnsmessage"
+
+	"github.com/quenchnet/quench/internal/testutil"
+)
+
+// fastRefusal bounds how long a refusal by the enclave's egress filter
+// may take: it answers at once (a RST to the SYN, NXDOMAIN to the query),
+// so this is a generous bound, not a benchmark. A dropped SYN would be
+// retransmitted only after 1 s.
+const fastRefusal = time.Second
+
+// TestEnclaveEgressPolicy runs quench-enclave -allow in TAP mode (the
+// namespace stands in for the enclave) behind a quench-host without any
+// policy of its own, so that whatever is refused is refused inside the
+// enclave: by the frame-level egress filter that package enclave installs
+// on the TAP device for Config.Egress, which polices every program's
+// kernel sockets. The test's own sockets in the namespace stand for such
+// programs.
+//
+// Rules: allowed.example:HOSTHTTP/tcp (a hostname rule, matched through
+// the DNS answers the filter saw), 192.168.127.254:ADDRHTTP/tcp (an
+// address rule: a service on the host's loopback) and
+// 192.168.127.0/24:HOSTUDP/udp (a CIDR rule). The upstream DNS server
+// answers allowed.example and denied.example, both with the host's
+// loopback address.
+func TestEnclaveEgressPolicy(t *testing.T) {
+	env := newEnclaveEnv(t)
+
+	// Host services on 127.0.0.1, which the enclave reaches at
+	// 192.168.127.254: env.hostHTTP (hostname rule) and env.hostUDP (CIDR
+	// rule) from newEnclaveEnv, plus one HTTP server for the address
+	// rule, and an HTTP server and a UDP echo that no rule allows, which
+	// count what reaches them.
+	addrHTTP := listenHostHTTP(t)
+	refusedHTTP, refusedConns := listenCountingHTTP(t)
+	refusedUDP, refusedDatagrams := listenCountingUDPEcho(t)
+
+	// The upstream DNS server, counting the queries that reach it by name.
+	dpc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	upstream := &countingDNS{PacketConn: dpc, names: map[string]int{}}
+	t.Cleanup(func() { _ = dpc.Close() })
+	go testutil.ServeDNS(upstream, map[string]netip.Addr{
+		"allowed.example.": netip.MustParseAddr(hostLoopback),
+		"denied.example.":  netip.MustParseAddr(hostLoopback),
+	})
+	env.dnsPort = dpc.LocalAddr().(*net.UDPAddr).Port // startHost passes it as -dns
+
+	// The enclave also serves HTTPS (to its HTTP server on :8080), for
+	// /enclave/config through a published port.
+	public := testutil.FreePort(t)
+	env.startHost("-publish", fmt.Sprintf("127.0.0.1:%d:443", public))
+	rules := []string{
+		fmt.Sprintf("allowed.example:%d/tcp", env.hostHTTP),
+		fmt.Sprintf("%s:%d/tcp", hostLoopback, addrHTTP),
+		fmt.Sprintf("192.168.127.0/24:%d/udp", env.hostUDP),
+	}
+	args := []string{"-app-url", "http://127.0.0.1:8080", "-internal-addr", "127.0.0.1:8079", "-dev-attester"}
+	for _, r := range rules {
+		args = append(args, "-allow", r)
+	}
+	env.startEnclave(args...)
+	ctx := context.Background()
+	testutil.WaitFor(t, 20*time.Second, "inbound HTTP through the published port", func() error { return env.checkInbound(ctx) })
+
+	hostAddr := func(port int) string { return net.JoinHostPort(hostLoopback, strconv.Itoa(port)) }
+
+	// Before the enclave has resolved allowed.example, nothing allows its
+	// address: a hostname rule matches only through DNS answers.
+	t.Run("hostname rule needs a DNS answer", func(t *testing.T) {
+		d, err := env.dialIn(hostAddr(env.hostHTTP))
+		checkRefused(t, "before resolving allowed.example", d, err)
+	})
+
+	resolveAllowed := func() error {
+		return env.ns.Do(func() error {
+			got, err := testutil.QueryA("192.168.127.1:53", "allowed.example")
+			if err != nil || len(got) == 0 || got[0].String() != hostLoopback {
+				return fmt.Errorf("allowed.example: %v, %v; want %s", got, err, hostLoopback)
+			}
+			return nil
+		})
+	}
+	t.Run("DNS allowed name", func(t *testing.T) {
+		if err := resolveAllowed(); err != nil {
+			t.Fatal(err)
+		}
+		if n := upstream.count("allowed.example."); n == 0 {
+			t.Error("allowed.example did not go through the host's DNS to the upstream server")
+		}
+	})
+	// A name no hostname rule allows: NXDOMAIN at once, from the filter;
+	// the query never leaves the enclave.
+	t.Run("DNS denied name", func(t *testing.T) {
+		var took time.Duration
+		err := env.ns.Do(func() error {
+			start := time.Now()
+			got, err := testutil.QueryA("192.168.127.1:53", "denied.example")
+			took = time.Since(start)
+			if err == nil {
+				return fmt.Errorf("denied.example resolved to %v, want NXDOMAIN", got)
+			}
+			if !strings.Contains(err.Error(), "RCodeNameError") {
+				return fmt.Errorf("denied.example: %v (after %v), want NXDOMAIN", err, took)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Error(err)
+		} else if took > fastRefusal {
+			t.Errorf("NXDOMAIN for denied.example after %v, want under %v", took, fastRefusal)
+		}
+		if n := upstream.count("denied.example."); n != 0 {
+			t.Errorf("denied.example reached the upstream DNS server %d times, want 0 (answered in the enclave)", n)
+		}
+	})
+
+	t.Run("TCP allowed by hostname rule", func(t *testing.T) {
+		if err := resolveAllowed(); err != nil { // the filter learns the address
+			t.Fatal(err)
+		}
+		if err := env.getHostHTTP(hostAddr(env.hostHTTP)); err != nil {
+			t.Errorf("allowed.example:%d: %v", env.hostHTTP, err)
+		}
+	})
+	t.Run("TCP allowed by address rule", func(t *testing.T) {
+		if err := env.getHostHTTP(hostAddr(addrHTTP)); err != nil {
+			t.Errorf("%s: %v", hostAddr(addrHTTP), err)
+		}
+	})
+	// No rule: the same address as both rules', on another port.
+	t.Run("TCP refused", func(t *testing.T) {
+		d, err := env.dialIn(hostAddr(refusedHTTP))
+		checkRefused(t, hostAddr(refusedHTTP), d, err)
+		if n := refusedConns.Load(); n != 0 {
+			t.Errorf("the refused server accepted %d connections, want 0", n)
+		}
+	})
+
+	t.Run("UDP allowed by CIDR rule", func(t *testing.T) {
+		err := env.ns.Do(func() error {
+			ok, err := net.Dial("udp", hostAddr(env.hostUDP))
+			if err != nil {
+				return err
+			}
+			defer ok.Close()
+			var last error
+			for range 5 {
+				if last = udpRoundTrip(ok, "allowed"); last == nil {
+					return nil
+				}
+			}
+			return fmt.Errorf("%s: %v", hostAddr(env.hostUDP), last)
+		})
+		if err != nil {
+			t.Error(err)
+		}
+	})
+	// No rule: dropped in the enclave, which answers with an ICMP
+	// "administratively prohibited"; the connected socket sees an error on
+	// a later read (the errno is not checked, only logged).
+	t.Run("UDP refused", func(t *testing.T) {
+		err := env.ns.Do(func() error {
+			no, err := net.Dial("udp", hostAddr(refusedUDP))
+			if err != nil {
+				return err
+			}
+			defer no.Close()
+			for i := range 3 {
+				if _, err := no.Write([]byte("refused")); err != nil {
+					t.Logf("write %d to %s: %v", i, hostAddr(refusedUDP), err)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			_ = no.SetReadDeadline(time.Now().Add(time.Second))
+			buf := make([]byte, 64)
+			n, err := no.Read(buf)
+			if err == nil {
+				return fmt.Errorf("refused UDP port echoed %q", buf[:n])
+			}
+			t.Logf("read from %s: %v", hostAddr(refusedUDP), err)
+			return nil
+		})
+		if err != nil {
+			t.Error(err)
+		}
+		time.Sleep(100 * time.Millisecond) // datagrams on their way through the host
+		if n := refusedDatagrams.Load(); n != 0 {
+			t.Errorf("the refused UDP server received %d datagrams, want 0", n)
+		}
+	})
+
+	// Connections into the enclave pass whatever the policy: their
+	// replies go to clients no rule names.
+	t.Run("inbound", func(t *testing.T) {
+		if err := env.checkInbound(ctx); err != nil {
+			t.Errorf("published TCP port: %v", err)
+		}
+		c, err := net.Dial("udp", fmt.Sprintf("127.0.0.1:%d", env.udpPort))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		var last error
+		for range 5 {
+			if last = udpRoundTrip(c, "ping in"); last == nil {
+				break
+			}
+		}
+		if last != nil {
+			t.Errorf("published UDP port: %v", last)
+		}
+	})
+
+	// Clients can audit the attested policy: /enclave/config lists it.
+	t.Run("config", func(t *testing.T) {
+		tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}
+		defer tr.CloseIdleConnections()
+		c := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+		var body []byte
+		testutil.WaitFor(t, 10*time.Second, "/enclave/config", func() error {
+			resp, err := c.Get(fmt.Sprintf("https://127.0.0.1:%d/enclave/config", public))
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			if body, err = io.ReadAll(resp.Body); err != nil {
+				return err
+			}
+			if resp.StatusCode != http.StatusOK {
+				return fmt.Errorf("%s: %s", resp.Status, body)
+			}
+			return nil
+		})
+		var cfg struct {
+			Egress []string `json:"egress"`
+		}
+		if err := json.Unmarshal(body, &cfg); err != nil {
+			t.Fatalf("%v: %s", err, body)
+		}
+		if fmt.Sprint(cfg.Egress) != fmt.Sprint(rules) {
+			t.Errorf("egress %q, want %q", cfg.Egress, rules)
+		}
+	})
+}
+
+// checkRefused wants a connection attempt refused at once: ECONNREFUSED (a
+// RST to the SYN) within fastRefusal.
+func checkRefused(t *testing.T, what string, took time.Duration, err error) {
+	t.Helper()
+	switch {
+	case err == nil:
+		t.Errorf("%s: connected, want connection refused", what)
+	case !errors.Is(err, syscall.ECONNREFUSED):
+		t.Errorf("%s: %v after %v, want connection refused", what, err, took)
+	case took > fastRefusal:
+		t.Errorf("%s: refused after %v, want under %v", what, took, fastRefusal)
+	}
+}
+
+// dialIn opens a TCP connection to addr from inside the enclave and closes
+// it; it returns how long the attempt took.
+func (env *enclaveEnv) dialIn(addr string) (took time.Duration, err error) {
+	err = env.ns.Do(func() error {
+		start := time.Now()
+		c, err := net.DialTimeout("tcp", addr, 3*time.Second)
+		took = time.Since(start)
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	})
+	return took, err
+}
+
+// listenHostHTTP serves "hello from the host" on the host's 127.0.0.1 and
+// returns the port.
+func listenHostHTTP(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveHTTP(t, ln, "hello from the host")
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// listenCountingHTTP is listenHostHTTP counting the accepted connections.
+func listenCountingHTTP(t *testing.T) (int, *atomic.Int64) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := &countingListener{Listener: ln}
+	serveHTTP(t, cl, "hello from the host")
+	return ln.Addr().(*net.TCPAddr).Port, &cl.n
+}
+
+type countingListener struct {
+	net.Listener
+	n atomic.Int64
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.n.Add(1)
+	}
+	return c, err
+}
+
+// listenCountingUDPEcho runs a UDP echo on the host's 127.0.0.1 counting
+// the datagrams it receives.
+func listenCountingUDPEcho(t *testing.T) (int, *atomic.Int64) {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cpc := &countingPacketConn{PacketConn: pc}
+	serveUDPEcho(t, cpc)
+	return pc.LocalAddr().(*net.UDPAddr).Port, &cpc.n
+}
+
+type countingPacketConn struct {
+	net.PacketConn
+	n atomic.Int64
+}
+
+func (c *countingPacketConn) ReadFrom(b []byte) (int, net.Addr, error) {
+	n, from, err := c.PacketConn.ReadFrom(b)
+	if err == nil {
+		c.n.Add(1)
+	}
+	return n, from, err
+}
+
+// countingDNS counts the DNS queries read from the PacketConn by question
+// name (lower case, with the trailing dot).
+type countingDNS struct {
+	net.PacketConn
+	mu    sync.Mutex
+	names map[string]int // guarded by mu
+}
+
+func (c *countingDNS) ReadFrom(b []byte) (int, net.Addr, error) {
+	n, from, err := c.PacketConn.ReadFrom(b)
+	if err == nil {
+		var p dnsmessage.Parser
+		if _, perr := p.Start(b[:n]); perr == nil {
+			if q, perr := p.Question(); perr == nil {
+				c.mu.Lock()
+				c.names[strings.ToLower(q.Name.String())]++
+				c.mu.Unlock()
+			}
+		}
+	}
+	return n, from, err
+}
+
+func (c *countingDNS) count(name string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.names[name]
+}
