@@ -134,9 +134,15 @@ type Config struct {
 	// that sent to that socket first (a reply; the last 4096 peers per
 	// socket are remembered); and which names Resolver asks about (others
 	// are answered "no such host" in the enclave). In userspace mode Dial,
-	// ListenPacket and Resolver are the only ways out of the process, so
-	// the policy is part of the attested image and does not depend on the
-	// untrusted host; in TAP mode it covers only what goes through them.
+	// ListenPacket and Resolver are the only ways out of the process; in
+	// TAP mode the policy is also applied to the TAP device's frames
+	// (package internal/egressfw), so that it holds for every program's
+	// kernel sockets: a refused TCP connection is reset at once, a refused
+	// datagram answered with an ICMP error, a DNS question about a name no
+	// rule allows answered NXDOMAIN, and replies on connections into the
+	// enclave pass. Either way the policy is part of the attested image
+	// and does not depend on the untrusted host. The enclave's own
+	// connections (ACME, key sync) are not limited by it.
 	// Names are resolved through the host's DNS, so an address it answers
 	// for an allowed name that leads back into the enclave (loopback,
 	// 0.0.0.0/8, multicast, broadcast, the enclave's own addresses) is

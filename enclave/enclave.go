@@ -612,3 +612,51 @@ func (e *Enclave) ForwardStats() []ForwardStats {
 
 // Status returns the tunnel's state.
 func (e *Enclave) Status() Status { return e.status.get() }
+
+// ownDial is the dialer of the enclave's own connections (the ACME client,
+// key sync), which Config.Egress does not limit: their destinations are in
+// the attested configuration (or, for key sync, attested peers). In TAP mode
+// with a policy, the frame filter would refuse them like any program's, so
+// ownDial resolves the name with the filter's leave (PermitName) and lets
+// each address it tries through (Permit).
+func (e *Enclave) ownDial(nw network) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	f := e.egress
+	if f == nil {
+		return nw.dial
+	}
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		host, portStr, err := net.SplitHostPort(addr)
+		if err != nil {
+			return nil, err
+		}
+		port, err := nw.resolver().LookupPort(ctx, network, portStr)
+		if err != nil {
+			return nil, err
+		}
+		var ips []netip.Addr
+		if ip, err := netip.ParseAddr(host); err == nil {
+			ips = []netip.Addr{ip}
+		} else {
+			f.PermitName(host)
+			if ips, err = nw.resolver().LookupNetIP(ctx, "ip4", host); err != nil {
+				return nil, err
+			}
+		}
+		var firstErr error
+		for _, ip := range ips {
+			dst := netip.AddrPortFrom(ip.Unmap(), uint16(port))
+			f.Permit(network, dst)
+			c, err := nw.dial(ctx, network, dst.String())
+			if err == nil {
+				return c, nil
+			}
+			if firstErr == nil {
+				firstErr = err
+			}
+		}
+		if firstErr == nil {
+			firstErr = &net.DNSError{Err: "no IPv4 address", Name: host, IsNotFound: true}
+		}
+		return nil, firstErr
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/quenchnet/quench/internal/egressfw"
 	"github.com/quenchnet/quench/proxy"
 )
 
@@ -90,7 +91,37 @@ func newMetrics(e *Enclave, conns *connCap) *metrics {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
+	if e.egress != nil {
+		m.reg.MustRegister(egressCollector{e.egress})
+	}
 	return m
+}
+
+// egressCollector exports the TAP-mode egress filter's counters.
+type egressCollector struct{ f *egressfw.Filter }
+
+var (
+	egressRefusedDesc = prometheus.NewDesc("quench_enclave_egress_refused_total",
+		"Frames from the enclave's programs the egress policy stopped (TAP mode), by kind: tcp (connections reset), udp (datagrams), dns (questions answered NXDOMAIN), table_full (flows not opened: MaxFlows), other (ICMP, IPv6, segments of no flow, ...); dns_answer counts the host's DNS answers dropped because they led into the enclave.",
+		[]string{"kind"}, nil)
+	egressFlowsDesc = prometheus.NewDesc("quench_enclave_egress_flows",
+		"Flows the egress filter tracks now (TAP mode).", nil, nil)
+)
+
+func (c egressCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- egressRefusedDesc
+	ch <- egressFlowsDesc
+}
+
+func (c egressCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.f.Stats()
+	for _, k := range []struct {
+		kind string
+		n    uint64
+	}{{"tcp", s.TCP}, {"udp", s.UDP}, {"dns", s.DNS}, {"table_full", s.Full}, {"other", s.Dropped}, {"dns_answer", s.Answers}} {
+		ch <- prometheus.MustNewConstMetric(egressRefusedDesc, prometheus.CounterValue, float64(k.n), k.kind)
+	}
+	ch <- prometheus.MustNewConstMetric(egressFlowsDesc, prometheus.GaugeValue, float64(s.Flows))
 }
 
 // instrument counts h's responses under the handler label name.

@@ -208,7 +208,7 @@ func (e *Enclave) startServers(ctx context.Context, nw network) (_ *servers, err
 		kc := cfg.KeySync
 		kc.Attester = s.att
 		if kc.Dial == nil {
-			kc.Dial = nw.dial
+			kc.Dial = e.ownDial(nw)
 		}
 		kc.Certificate = s.certs.current
 		kc.InstallCertificate = s.certs.install
@@ -349,7 +349,7 @@ func (s *servers) acmeClient(nw network) *http.Client {
 	return &http.Client{
 		Timeout: time.Minute,
 		Transport: &http.Transport{
-			DialContext:         nw.dial,
+			DialContext:         s.e.ownDial(nw),
 			TLSClientConfig:     &tls.Config{RootCAs: s.cfg.ACMERoots, MinVersion: tls.VersionTLS12},
 			TLSHandshakeTimeout: 10 * time.Second,
 			ForceAttemptHTTP2:   true,

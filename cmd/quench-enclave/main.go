@@ -67,8 +67,12 @@ Egress policy (-allow): an allow-list enforced inside the enclave, so it is
 part of the attested image (and shown in /enclave/config), unlike
 quench-host's -allow, which the untrusted host controls. In TAP mode it
 applies to every program in the enclave (their kernel sockets and DNS
-queries); replies on connections into the enclave (published ports,
--forward) always pass.
+queries): a connection it refuses fails at once ("connection refused"), a
+name it does not allow gets NXDOMAIN, and a hostname rule allows the
+addresses the DNS answered for that name. Replies on connections into the
+enclave (published ports, -forward) always pass; quench-enclave's own
+connections (-acme, key sync) are not limited by it. DNS over TCP is
+plain TCP to the DNS server: refused unless a rule allows it.
 
 Usage:
   quench-enclave [flags] [-- app command and args]

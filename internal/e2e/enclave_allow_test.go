@@ -77,7 +77,7 @@ func TestEnclaveEgressPolicy(t *testing.T) {
 		fmt.Sprintf("%s:%d/tcp", hostLoopback, addrHTTP),
 		fmt.Sprintf("192.168.127.0/24:%d/udp", env.hostUDP),
 	}
-	args := []string{"-app-url", "http://127.0.0.1:8080", "-internal-addr", "127.0.0.1:8079", "-dev-attester"}
+	args := []string{"-app-url", "http://127.0.0.1:8080", "-internal-addr", "127.0.0.1:8079", "-dev-attester", "-metrics", "127.0.0.1:8078"}
 	for _, r := range rules {
 		args = append(args, "-allow", r)
 	}
@@ -235,6 +235,41 @@ func TestEnclaveEgressPolicy(t *testing.T) {
 	})
 
 	// Clients can audit the attested policy: /enclave/config lists it.
+	// The refusals above are counted (at least: a resolver may retry).
+	t.Run("metrics", func(t *testing.T) {
+		var body []byte
+		err := env.ns.Do(func() error {
+			// Dialled here, on the namespace's thread (an http.Client would
+			// dial from another).
+			c, err := net.DialTimeout("tcp", "127.0.0.1:8078", 5*time.Second)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := io.WriteString(c, "GET /metrics HTTP/1.0\r\n\r\n"); err != nil {
+				return err
+			}
+			body, err = io.ReadAll(c)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, kind := range []string{"tcp", "udp", "dns"} {
+			prefix := fmt.Sprintf("quench_enclave_egress_refused_total{kind=%q} ", kind)
+			i := strings.Index(string(body), prefix)
+			if i < 0 {
+				t.Errorf("no %s in the metrics", prefix)
+				continue
+			}
+			line, _, _ := strings.Cut(string(body[i+len(prefix):]), "\n")
+			if n, err := strconv.ParseFloat(line, 64); err != nil || n < 1 {
+				t.Errorf("%s%s, want at least 1", prefix, line)
+			}
+		}
+	})
+
 	t.Run("config", func(t *testing.T) {
 		tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}
 		defer tr.CloseIdleConnections()

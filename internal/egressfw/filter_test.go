@@ -402,3 +402,18 @@ func TestFlowTableBounded(t *testing.T) {
 func itoa(i int) string {
 	return netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(i)).String()[len("0.0.0.0:"):]
 }
+
+func TestPermit(t *testing.T) {
+	f, c := newFilter(t, 0, "10.0.0.0/8:443")
+	f.Permit("tcp", ap("203.0.113.5:444"))
+	f.PermitName("Leader.Example.")
+	mustPass(t, f, query(t, 1, "leader.example."), "question about a permitted name")
+	mustPass(t, f, out("192.168.127.2:40000", "203.0.113.5:444", 1, syn), "SYN to a permitted destination")
+	mustDrop(t, f, out("192.168.127.2:40001", "203.0.113.5:444", 1, syn), "second SYN: the permission is used up")
+	f.Permit("udp", ap("203.0.113.5:444"))
+	mustDrop(t, f, out("192.168.127.2:40002", "203.0.113.5:444", 1, syn), "TCP with a UDP permission")
+	f.Permit("tcp", ap("203.0.113.6:444"))
+	c.advance(PermitTimeout + time.Second)
+	mustDrop(t, f, out("192.168.127.2:40003", "203.0.113.6:444", 1, syn), "SYN after the permission expired")
+	mustDrop(t, f, query(t, 1, "leader.example."), "question after the name's permission expired")
+}
