@@ -102,6 +102,10 @@ func newSoakEnv(t *testing.T) *soakEnv {
 		"-forward", "vsock://16:8080=" + soakAppAddr,
 		"-metrics", soakEnclaveMetrics, "-dev-attester",
 		"-dev-root-out", filepath.Join(s.dir, "dev-root.pem"),
+		// An egress policy for what the load reaches (the egress NAT
+		// path), so that the TAP egress filter carries every frame of
+		// the tunnel through the disruptions too.
+		"-allow", fmt.Sprintf("%s:%d/tcp", hostLoopback, s.hostHTTP),
 	}
 	return s
 }
