@@ -128,13 +128,14 @@ type Filter struct {
 	now     func() time.Time
 
 	mu        sync.Mutex
-	permits   map[flowKey]int64 // guarded by mu: Permit's destinations (local ends zero) → expiry
-	names     map[string]int64  // guarded by mu: PermitName's names → expiry
-	flows     map[flowKey]flow  // guarded by mu
-	frags     map[fragKey]int64 // guarded by mu: first fragments passed → expiry (unix ns)
-	nextSweep int64             // guarded by mu
-	lastWarn  int64             // guarded by mu
-	unwarned  uint64            // guarded by mu: refusals since the last warning
+	permits   map[flowKey]int64      // guarded by mu: Permit's destinations (local ends zero) → expiry
+	names     map[string]int64       // guarded by mu: PermitName's names → expiry
+	resets    map[flowKey]resetLeave // guarded by mu: stray segments from the host the kernel may reset
+	flows     map[flowKey]flow       // guarded by mu
+	frags     map[fragKey]int64      // guarded by mu: first fragments passed → expiry (unix ns)
+	nextSweep int64                  // guarded by mu
+	lastWarn  int64                  // guarded by mu
+	unwarned  uint64                 // guarded by mu: refusals since the last warning
 
 	tcp, udp, dnsRefused, dropped, answers, full atomic.Uint64
 }
@@ -161,6 +162,15 @@ const (
 	finIn                   // the host sent FIN
 )
 
+// resetLeave is the reset the kernel sends for a stray segment from the
+// host: with seq = the segment's acknowledgement number if it had ACK, or
+// else with RST|ACK, seq 0 and ack = the sequence number after it.
+type resetLeave struct {
+	expires  int64
+	seq, ack uint32
+	hadAck   bool
+}
+
 type fragKey struct {
 	proto uint8
 	id    uint16
@@ -181,6 +191,7 @@ func New(cfg Config) *Filter {
 		flows:   map[flowKey]flow{},
 		permits: map[flowKey]int64{},
 		names:   map[string]int64{},
+		resets:  map[flowKey]resetLeave{},
 		frags:   map[fragKey]int64{},
 	}
 	if f.max <= 0 {
@@ -355,13 +366,36 @@ func (f *Filter) tcpOut(pk packet, now int64) (bool, []byte) {
 		return true, nil
 	}
 	f.mu.Unlock()
-	if flags&(tcpSYN|tcpACK|tcpRST) != tcpSYN {
-		// Not part of a flow, and not a connection's first segment: a
-		// reset for a stray segment, or a flow that expired.
+	dst := netip.AddrFrom4(pk.dst)
+	switch {
+	case flags&tcpRST != 0:
+		// The kernel's reset for a segment from the host that belongs
+		// to no connection passes, once; no other.
+		if f.resetAllowed(k, t, now) {
+			return true, nil
+		}
+		f.dropped.Add(1)
+		return false, nil
+	case flags&tcpSYN == 0:
+		// Mid-stream, without a flow: a connection older than this
+		// filter (quench-enclave restarted while the program's socket
+		// lived on) or whose flow expired. It is picked up if the host
+		// spoke on it first (a connection into the enclave) or the
+		// policy allows its destination; otherwise the program's socket
+		// is reset, so that it fails now rather than after its
+		// retransmissions.
+		if f.pickUp(k, now) || f.p.Allow("tcp", dst, k.rport, f.learned.Names(dst)) {
+			if f.open(k, flow{expires: now + int64(TCPIdleTimeout), state: synAck | established}, now) {
+				return true, nil
+			}
+		}
+		f.dropped.Add(1)
+		return false, tcpReset(pk)
+	case flags&tcpACK != 0:
+		// A SYN-ACK without the host's SYN.
 		f.dropped.Add(1)
 		return false, nil
 	}
-	dst := netip.AddrFrom4(pk.dst)
 	if !f.p.Allow("tcp", dst, k.rport, f.learned.Names(dst)) && !f.permitted(k, now) {
 		f.tcp.Add(1)
 		f.warn("egress: connection refused by the egress policy", "to", netip.AddrPortFrom(dst, k.rport).String(), "proto", "tcp")
@@ -546,6 +580,11 @@ func (f *Filter) expirePermitsLocked(now int64) {
 			delete(f.names, k)
 		}
 	}
+	for k, l := range f.resets {
+		if l.expires <= now {
+			delete(f.resets, k)
+		}
+	}
 }
 
 // permitted reports whether Permit allowed flow k's destination, and uses
@@ -566,6 +605,73 @@ func (f *Filter) namePermitted(name string, now int64) bool {
 	defer f.mu.Unlock()
 	exp, ok := f.names[normName(name)]
 	return ok && exp > now
+}
+
+// leaveReset notes the host's segment t, which belongs to no flow: the
+// connection is gone from the enclave (after a restart, say), and the
+// kernel may answer with the reset it sends for it, so that the host's end
+// ends at once instead of retransmitting until it gives up (the reset's
+// fields are the host's, so it carries nothing from the enclave); or the
+// connection outlived the filter (quench-enclave restarted), and it may be
+// picked up (pickUp).
+func (f *Filter) leaveReset(k flowKey, t []byte, now int64) {
+	l := resetLeave{expires: now + int64(PermitTimeout), hadAck: t[13]&tcpACK != 0}
+	if l.hadAck {
+		l.seq = binary.BigEndian.Uint32(t[8:])
+	} else {
+		n := uint32(0)
+		if off := int(t[12]>>4) * 4; off >= 20 && off <= len(t) {
+			n = uint32(len(t) - off)
+		}
+		if t[13]&tcpFIN != 0 {
+			n++
+		}
+		l.ack = binary.BigEndian.Uint32(t[4:]) + n
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.resets[k]; !ok && len(f.resets) >= maxPermits {
+		f.expirePermitsLocked(now)
+		if len(f.resets) >= maxPermits {
+			return
+		}
+	}
+	f.resets[k] = l
+}
+
+// resetAllowed reports whether the reset t answers a stray segment as the
+// kernel would (leaveReset), and uses the leave up.
+func (f *Filter) resetAllowed(k flowKey, t []byte, now int64) bool {
+	if off := int(t[12]>>4) * 4; off < 20 || off != len(t) {
+		return false // options or data: not the kernel's reset
+	}
+	seq, ack := binary.BigEndian.Uint32(t[4:]), binary.BigEndian.Uint32(t[8:])
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	l, ok := f.resets[k]
+	switch {
+	case !ok || l.expires <= now:
+		return false
+	case l.hadAck && (t[13] != tcpRST || seq != l.seq):
+		return false
+	case !l.hadAck && (t[13] != tcpRST|tcpACK || seq != 0 || ack != l.ack):
+		return false
+	}
+	delete(f.resets, k)
+	return true
+}
+
+// pickUp reports whether the host sent a segment on flow k, which the
+// filter did not know, in the last PermitTimeout (leaveStray), and uses that
+// up.
+func (f *Filter) pickUp(k flowKey, now int64) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	l, ok := f.resets[k]
+	if ok {
+		delete(f.resets, k)
+	}
+	return ok && l.expires > now
 }
 
 // udpPayload returns a UDP datagram's payload, bounded by its length field.
@@ -621,8 +727,11 @@ func (f *Filter) Inbound(frame []byte) bool {
 			return true
 		}
 		f.mu.Unlock()
-		if flags&(tcpSYN|tcpACK|tcpRST) == tcpSYN {
+		switch {
+		case flags&(tcpSYN|tcpACK|tcpRST) == tcpSYN:
 			f.open(k, flow{expires: now + int64(TCPOpenTimeout)}, now)
+		case flags&(tcpSYN|tcpRST) == 0:
+			f.leaveReset(k, t, now)
 		}
 	case protoUDP:
 		u := pk.l4
@@ -766,20 +875,32 @@ func l4Checksum(pk packet, proto uint8, seg []byte, off int) {
 	binary.BigEndian.PutUint16(seg[off:], sum)
 }
 
-// tcpReset answers the SYN pk with a reset, as a closed port does.
+// tcpReset answers the segment pk with a reset, as RFC 793 has a closed
+// port do: to a segment with ACK, sequence number its acknowledgement;
+// otherwise RST|ACK acknowledging it (a SYN counts one).
 func tcpReset(pk packet) []byte {
 	t := pk.l4
 	frame, seg := reply(pk, protoTCP, 20)
 	copy(seg[0:2], t[2:4])
 	copy(seg[2:4], t[0:2])
-	off := int(t[12]>>4) * 4
-	dataLen := 0
-	if off >= 20 && off <= len(t) {
-		dataLen = len(t) - off
-	}
-	binary.BigEndian.PutUint32(seg[8:], binary.BigEndian.Uint32(t[4:])+1+uint32(dataLen))
 	seg[12] = 5 << 4
-	seg[13] = tcpRST | tcpACK
+	if t[13]&tcpACK != 0 {
+		copy(seg[4:8], t[8:12])
+		seg[13] = tcpRST
+	} else {
+		n := uint32(0)
+		if off := int(t[12]>>4) * 4; off >= 20 && off <= len(t) {
+			n = uint32(len(t) - off)
+		}
+		if t[13]&tcpSYN != 0 {
+			n++
+		}
+		if t[13]&tcpFIN != 0 {
+			n++
+		}
+		binary.BigEndian.PutUint32(seg[8:], binary.BigEndian.Uint32(t[4:])+n)
+		seg[13] = tcpRST | tcpACK
+	}
 	l4Checksum(pk, protoTCP, seg, 16)
 	return frame
 }

@@ -134,38 +134,83 @@ func TestTCPRefusedWithReset(t *testing.T) {
 
 func TestTCPFlows(t *testing.T) {
 	f, c := newFilter(t, 0, "10.0.0.0/8:443")
-	// A segment that belongs to no flow does not pass, whatever it
-	// carries: only a SYN opens one.
-	if reply := mustDrop(t, f, out("192.168.127.2:40000", "10.1.2.3:443", 7, ack, 'x'), "data without a flow"); reply != nil {
-		t.Error("a stray segment was answered")
-	}
 	if reply := mustDrop(t, f, out("192.168.127.2:40000", "10.9.9.9:80", 7, synack), "SYN-ACK nobody asked for"); reply != nil {
 		t.Error("a stray SYN-ACK was answered")
 	}
 
-	// An outbound connection: handshake, data both ways, idle for a day
-	// less a minute, FIN both ways, then gone after TCPOpenTimeout.
-	mustPass(t, f, out("192.168.127.2:40000", "10.1.2.3:443", 7, syn), "SYN")
-	f.Inbound(in("10.1.2.3:443", "192.168.127.2:40000", synack))
-	mustPass(t, f, out("192.168.127.2:40000", "10.1.2.3:443", 8, ack), "ACK")
-	f.Inbound(in("10.1.2.3:443", "192.168.127.2:40000", ack))
+	// A connection the host opens into the enclave, from a peer the policy
+	// does not allow: handshake, data both ways, idle for a day less a
+	// minute, FIN both ways, then gone after TCPOpenTimeout.
+	local, peer := "192.168.127.2:8080", "203.0.113.9:5555"
+	f.Inbound(in(peer, local, syn))
+	mustPass(t, f, out(local, peer, 1, synack), "SYN-ACK")
+	f.Inbound(in(peer, local, ack))
+	mustPass(t, f, out(local, peer, 2, ack, 'x'), "data")
 	c.advance(TCPIdleTimeout - time.Minute)
-	mustPass(t, f, out("192.168.127.2:40000", "10.1.2.3:443", 8, ack, 'x'), "data after a long idle")
-	mustPass(t, f, out("192.168.127.2:40000", "10.1.2.3:443", 9, fin), "FIN")
-	f.Inbound(in("10.1.2.3:443", "192.168.127.2:40000", fin))
-	mustPass(t, f, out("192.168.127.2:40000", "10.1.2.3:443", 10, ack), "last ACK")
+	mustPass(t, f, out(local, peer, 3, ack, 'x'), "data after a long idle")
+	mustPass(t, f, out(local, peer, 4, fin), "FIN")
+	f.Inbound(in(peer, local, fin))
+	mustPass(t, f, out(local, peer, 5, ack), "last ACK")
 	c.advance(TCPOpenTimeout + time.Second)
-	mustDrop(t, f, out("192.168.127.2:40000", "10.1.2.3:443", 10, ack), "ACK after the closed flow expired")
+	if reply := mustDrop(t, f, out(local, peer, 5, ack), "ACK after the closed flow expired"); reply == nil {
+		t.Error("a segment of no flow to a destination not allowed did not reset its socket")
+	}
 
 	// A connection whose handshake never completes lasts TCPOpenTimeout.
-	mustPass(t, f, out("192.168.127.2:40001", "10.1.2.3:443", 7, syn), "SYN")
+	peer = "203.0.113.9:5556"
+	f.Inbound(in(peer, local, syn))
+	mustPass(t, f, out(local, peer, 1, synack), "SYN-ACK")
 	c.advance(TCPOpenTimeout + time.Second)
-	mustDrop(t, f, out("192.168.127.2:40001", "10.1.2.3:443", 8, ack, 'x'), "data on a half-open flow that expired")
+	mustDrop(t, f, out(local, peer, 2, ack, 'x'), "data on a half-open flow that expired")
 
 	// A reset ends a flow at once, from either side.
-	mustPass(t, f, out("192.168.127.2:40002", "10.1.2.3:443", 7, syn), "SYN")
-	f.Inbound(in("10.1.2.3:443", "192.168.127.2:40002", rst))
-	mustDrop(t, f, out("192.168.127.2:40002", "10.1.2.3:443", 8, ack, 'x'), "data after the peer's reset")
+	peer = "203.0.113.9:5557"
+	f.Inbound(in(peer, local, syn))
+	mustPass(t, f, out(local, peer, 1, synack), "SYN-ACK")
+	f.Inbound(in(peer, local, ack))
+	f.Inbound(in(peer, local, rst))
+	mustDrop(t, f, out(local, peer, 2, ack, 'x'), "data after the peer's reset")
+	peer = "203.0.113.9:5558"
+	f.Inbound(in(peer, local, syn))
+	mustPass(t, f, out(local, peer, 1, synack), "SYN-ACK")
+	f.Inbound(in(peer, local, ack))
+	mustPass(t, f, out(local, peer, 2, rst), "the enclave's reset")
+	mustDrop(t, f, out(local, peer, 2, ack, 'x'), "data after the enclave's reset")
+}
+
+// Connections older than the filter (quench-enclave restarted, the
+// program's socket lived on) or whose flow expired are picked up mid-stream
+// when the policy allows their destination or the host spoke on them first
+// (a connection into the enclave); any other is reset in the enclave, so
+// the program fails at once instead of after its retransmissions.
+func TestTCPMidStream(t *testing.T) {
+	f, _ := newFilter(t, 0, "10.0.0.0/8:443")
+	mustPass(t, f, out("192.168.127.2:40000", "10.1.2.3:443", 7, ack, 'x'), "data to an allowed destination")
+	mustPass(t, f, out("192.168.127.2:40000", "10.1.2.3:443", 8, fin), "its FIN")
+	if s := f.Stats(); s.Flows != 1 {
+		t.Errorf("%d flows, want the one picked up", s.Flows)
+	}
+
+	frame := taptest.TCPv4Frame(gwMAC, encMAC, taptest.TCPSegment{Src: ap("192.168.127.2:40001"), Dst: ap("11.1.2.3:443"), Seq: 7, Ack: 4242, Flags: ack, Payload: []byte("secret")})
+	reply := mustDrop(t, f, frame, "data to a destination not allowed")
+	if reply == nil {
+		t.Fatal("no reset for the program's socket")
+	}
+	tcp := checkReply(t, frame, reply, protoTCP)
+	if tcp[13] != tcpRST || binary.BigEndian.Uint32(tcp[4:]) != 4242 {
+		t.Errorf("reset flags %#x seq %d, want RST with seq 4242 (the segment's ACK)", tcp[13], binary.BigEndian.Uint32(tcp[4:]))
+	}
+
+	// A connection into the enclave that outlived the filter: the host's
+	// next segment comes first.
+	local, peer := "192.168.127.2:8080", "203.0.113.9:6000"
+	f.Inbound(in(peer, local, ack))
+	mustPass(t, f, out(local, peer, 1, ack, 'o', 'k'), "reply on a connection the host spoke on")
+	mustPass(t, f, out(local, peer, 2, ack, 'o', 'k'), "and the next")
+	// Not on another port of the same peer.
+	if reply := mustDrop(t, f, out(local, "203.0.113.9:6001", 1, ack, 'x'), "data to another port of the peer"); reply == nil {
+		t.Error("no reset for the program's socket")
+	}
 }
 
 func TestTCPInbound(t *testing.T) {
@@ -179,9 +224,8 @@ func TestTCPInbound(t *testing.T) {
 	c.advance(time.Hour)
 	mustPass(t, f, out("192.168.127.2:8080", "203.0.113.9:5555", 2, ack, 'o', 'k'), "reply an hour later")
 	// The same peer on another port is not part of it.
-	reply := mustDrop(t, f, out("192.168.127.2:8080", "203.0.113.9:5556", 1, ack), "another port of the peer")
-	if reply != nil {
-		t.Error("a stray segment was answered")
+	if reply := mustDrop(t, f, out("192.168.127.2:8080", "203.0.113.9:5556", 1, ack), "another port of the peer"); reply == nil {
+		t.Error("the program's socket was not reset")
 	}
 	if s := f.Stats(); s.TCP != 0 {
 		t.Errorf("stray segments counted as refused connections: %+v", s)
@@ -416,4 +460,34 @@ func TestPermit(t *testing.T) {
 	c.advance(PermitTimeout + time.Second)
 	mustDrop(t, f, out("192.168.127.2:40003", "203.0.113.6:444", 1, syn), "SYN after the permission expired")
 	mustDrop(t, f, query(t, 1, "leader.example."), "question after the name's permission expired")
+}
+
+// A segment from the host for a connection the enclave no longer has (its
+// program, or the whole enclave, restarted) is answered by the kernel with
+// a reset, which must go out: otherwise the host's end lingers until its
+// retransmissions give up. Only that reset, once, and only as the kernel
+// builds it (the host chose its sequence number): not a channel for data.
+func TestResetForStraySegment(t *testing.T) {
+	f, c := newFilter(t, 0, "10.0.0.0/8:443")
+	stray := taptest.TCPv4Frame(encMAC, gwMAC, taptest.TCPSegment{Src: ap("203.0.113.9:5555"), Dst: ap("192.168.127.2:8080"), Seq: 500, Ack: 9000, Flags: ack, Payload: []byte("GET")})
+	reset := func(seq uint32, flags uint8, payload ...byte) []byte {
+		return taptest.TCPv4Frame(gwMAC, encMAC, taptest.TCPSegment{Src: ap("192.168.127.2:8080"), Dst: ap("203.0.113.9:5555"), Seq: seq, Flags: flags, Payload: payload})
+	}
+	mustDrop(t, f, reset(9000, rst), "reset before any segment came")
+	f.Inbound(stray)
+	mustDrop(t, f, reset(9001, rst), "reset with another sequence number")
+	mustDrop(t, f, reset(9000, rst, 's', 'e', 'c'), "reset carrying data")
+	mustPass(t, f, reset(9000, rst), "the kernel's reset")
+	mustDrop(t, f, reset(9000, rst), "a second reset")
+
+	// A stray segment without ACK: the kernel's reset has sequence 0 and
+	// acknowledges it.
+	f.Inbound(taptest.TCPv4Frame(encMAC, gwMAC, taptest.TCPSegment{Src: ap("203.0.113.9:5556"), Dst: ap("192.168.127.2:8080"), Seq: 700, Flags: taptest.TCPFlagFIN, Payload: []byte("ab")}))
+	mustDrop(t, f, taptest.TCPv4Frame(gwMAC, encMAC, taptest.TCPSegment{Src: ap("192.168.127.2:8080"), Dst: ap("203.0.113.9:5556"), Seq: 0, Ack: 12345, Flags: rst | ack}), "reset acknowledging something else")
+	mustPass(t, f, taptest.TCPv4Frame(gwMAC, encMAC, taptest.TCPSegment{Src: ap("192.168.127.2:8080"), Dst: ap("203.0.113.9:5556"), Seq: 0, Ack: 703, Flags: rst | ack}), "the kernel's reset to a segment without ACK")
+
+	// The leave expires.
+	f.Inbound(stray)
+	c.advance(PermitTimeout + time.Second)
+	mustDrop(t, f, reset(9000, rst), "reset long after the segment")
 }
