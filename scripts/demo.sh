@@ -80,6 +80,7 @@ ip netns exec "$NS" "$BIN/quench-enclave" \
     -host vsock://3:1024 -resolv-conf "$WORK/resolv.conf" \
     -app-url http://127.0.0.1:8081 -wait-for-app \
     -dev-attester -dev-root-out "$WORK/dev-root.pem" \
+    -allow "192.168.127.254:$PORT/tcp" \
     -log-level info \
     -- python3 "$ROOT/examples/sidecar/app.py" >"$WORK/enclave.log" 2>&1 &
 ENCL_PID=$!
@@ -99,6 +100,31 @@ echo "health: $(fetch "https://127.0.0.1:$PORT/enclave/health")"
 
 step "quench verify (development root; the certificate is self-signed, the document binds it)"
 "$BIN/quench" verify "https://127.0.0.1:$PORT" --roots "$WORK/dev-root.pem" --insecure-skip-tls-verify --max-age 1m
+
+step "egress policy, enforced inside the enclave for every program (-allow 192.168.127.254:$PORT/tcp)"
+ip netns exec "$NS" python3 - "$PORT" <<'PY'
+import socket, struct, sys, time
+port = int(sys.argv[1])
+def connect(host, p):
+    t = time.monotonic()
+    try:
+        socket.create_connection((host, p), timeout=5).close()
+        r = "connected"
+    except OSError as e:
+        r = e.strerror or str(e)
+    print(f"  connect {host + ':' + str(p):<21} -> {r} ({(time.monotonic() - t) * 1000:.1f} ms)")
+connect("192.168.127.254", port)  # the host's loopback, the port the rule allows
+connect("192.168.127.254", 22)    # another port there: refused in the enclave
+connect("192.0.2.1", 443)         # anywhere else: refused in the enclave
+# A DNS question about a name no rule allows: answered NXDOMAIN in the enclave.
+q = struct.pack(">HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0) + b"".join(
+    bytes([len(l)]) + l.encode() for l in "leak.example.com".split(".")) + b"\0" + struct.pack(">HH", 1, 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5)
+t = time.monotonic()
+s.sendto(q, ("192.168.127.1", 53))
+rcode = s.recv(512)[3] & 0x0f
+print(f"  DNS leak.example.com          -> {'NXDOMAIN' if rcode == 3 else 'rcode %d' % rcode} ({(time.monotonic() - t) * 1000:.1f} ms)")
+PY
 
 step "bombardier -c $LOAD_CONNS -d $LOAD_TIME (bounded load, loopback only)"
 "$BIN/bombardier" -c "$LOAD_CONNS" -d "$LOAD_TIME" -k -l "https://127.0.0.1:$PORT/"
