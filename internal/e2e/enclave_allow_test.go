@@ -166,13 +166,10 @@ func TestEnclaveEgressPolicy(t *testing.T) {
 				return err
 			}
 			defer ok.Close()
-			var last error
-			for range 5 {
-				if last = udpRoundTrip(ok, "allowed"); last == nil {
-					return nil
-				}
+			if err := udpRoundTrips(ok, "allowed"); err != nil {
+				return fmt.Errorf("%s: %v", hostAddr(env.hostUDP), err)
 			}
-			return fmt.Errorf("%s: %v", hostAddr(env.hostUDP), last)
+			return nil
 		})
 		if err != nil {
 			t.Error(err)
@@ -223,14 +220,8 @@ func TestEnclaveEgressPolicy(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		var last error
-		for range 5 {
-			if last = udpRoundTrip(c, "ping in"); last == nil {
-				break
-			}
-		}
-		if last != nil {
-			t.Errorf("published UDP port: %v", last)
+		if err := udpRoundTrips(c, "ping in"); err != nil {
+			t.Errorf("published UDP port: %v", err)
 		}
 	})
 

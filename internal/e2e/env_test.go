@@ -219,6 +219,18 @@ func getHostHTTPIn(ns *testutil.NS, d *net.Dialer, addr string) error {
 
 // udpRoundTrip sends msg from a socket made by mk to addr and waits for
 // the echo.
+// udpRoundTrips tries udpRoundTrip up to five times (a datagram, or its
+// echo, may be lost while ARP resolves) and returns the last error.
+func udpRoundTrips(c net.Conn, msg string) error {
+	var last error
+	for range 5 {
+		if last = udpRoundTrip(c, msg); last == nil {
+			return nil
+		}
+	}
+	return last
+}
+
 func udpRoundTrip(c net.Conn, msg string) error {
 	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
 	if _, err := c.Write([]byte(msg)); err != nil {

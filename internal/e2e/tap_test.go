@@ -116,13 +116,7 @@ func TestTAPEndToEnd(t *testing.T) {
 				return err
 			}
 			defer c.Close()
-			var last error
-			for range 5 {
-				if last = udpRoundTrip(c, "ping out"); last == nil {
-					return nil
-				}
-			}
-			return last
+			return udpRoundTrips(c, "ping out")
 		})
 		if err != nil {
 			t.Fatal(err)
