@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -85,6 +87,7 @@ func TestDemo(t *testing.T) {
 		"-host", "vsock://3:1024", "-resolv-conf", filepath.Join(dir, "resolv.conf"),
 		"-app-url", "http://127.0.0.1:8081", "-wait-for-app",
 		"-dev-attester", "-dev-root-out", devRoot, "-log-level", "debug",
+		"-allow", fmt.Sprintf("%s:%d/tcp", hostLoopback, port),
 		"--", "python3", filepath.Join(root, "examples/sidecar/app.py"))
 	cmd.Env = env
 	encl := testutil.Start(t, "quench-enclave", cmd)
@@ -114,6 +117,30 @@ func TestDemo(t *testing.T) {
 	// Against the AWS root, the development document must fail.
 	if out, err := exec.Command(filepath.Join(bin, "quench"), "verify", base, "--insecure-skip-tls-verify").CombinedOutput(); err == nil {
 		t.Errorf("quench verify accepted a development document with the AWS root:\n%s", out)
+	}
+
+	// The egress policy, as the demo shows it: from the enclave, the
+	// allowed port of the host's loopback is reached; another port there
+	// is refused at once; a name no rule allows gets NXDOMAIN.
+	err = ns.Do(func() error {
+		c, err := net.DialTimeout("tcp", net.JoinHostPort(hostLoopback, strconv.Itoa(port)), 5*time.Second)
+		if err != nil {
+			return fmt.Errorf("allowed port: %v", err)
+		}
+		_ = c.Close()
+		if c, err := net.DialTimeout("tcp", net.JoinHostPort(hostLoopback, "22"), 5*time.Second); !errors.Is(err, syscall.ECONNREFUSED) {
+			if c != nil {
+				_ = c.Close()
+			}
+			return fmt.Errorf("port 22 of the host: %v, want connection refused", err)
+		}
+		if got, err := testutil.QueryA("192.168.127.1:53", "leak.example.com"); err == nil || !strings.Contains(err.Error(), "RCodeNameError") {
+			return fmt.Errorf("leak.example.com: %v, %v; want NXDOMAIN", got, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Error(err)
 	}
 
 	// A bounded burst (the demo uses bombardier; here 8 × 25 requests).
