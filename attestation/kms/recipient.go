@@ -23,11 +23,11 @@ const keyEncryptionAlgorithm = "RSAES_OAEP_SHA_256"
 // key pair whose public key is bound into an attestation document, and the
 // means to open the CiphertextForRecipient that KMS answers with.
 //
-// The private key never leaves the Recipient. KMS only checks the document
-// (signature, PCRs against the key policy, and its age), so make a Recipient
-// when it is needed, or replace it regularly, rather than keeping one for the
-// life of the enclave: a new one costs a key generation (tens of
-// milliseconds) and one attestation. A Recipient is safe for concurrent use.
+// The private key never leaves the Recipient. The document is evidence of
+// the enclave's state when it was made, so make a Recipient when it is
+// needed, or replace it regularly, rather than keeping one for the life of
+// the enclave (see the package documentation). A Recipient is safe for
+// concurrent use.
 type Recipient struct {
 	key *rsa.PrivateKey
 	doc []byte
