@@ -17,13 +17,12 @@
 // key policy, and instead of the plaintext returns CiphertextForRecipient: a
 // CMS EnvelopedData (RFC 5652) for that public key, which
 // [Recipient.Decrypt] opens. The shape KMS sends, and the only one accepted
-// (in BER, as KMS sends it, with indefinite lengths, or in DER): one
-// KeyTransRecipientInfo, version 2, naming
-// the key by subject key identifier (SHA-256 of the SubjectPublicKeyInfo);
-// the content key encrypted with RSAES-OAEP, SHA-256 and MGF1-SHA-256; the
-// content encrypted with AES-256-CBC, possibly split into several OCTET
-// STRINGs. [DecryptEnvelopedData] does this for any RSA key of at least 2048
-// bits.
+// (in BER with indefinite lengths, as KMS sends it, or in DER): one
+// KeyTransRecipientInfo, version 2, naming the key by subject key identifier
+// (SHA-256 of the SubjectPublicKeyInfo); the content key encrypted with
+// RSAES-OAEP, SHA-256 and MGF1-SHA-256; the content encrypted with
+// AES-256-CBC, possibly split into several OCTET STRINGs.
+// [DecryptEnvelopedData] does this for any RSA key of at least 2048 bits.
 //
 // # Key policy
 //
