@@ -72,7 +72,9 @@ type TAPConfig struct {
 	DNS []netip.Addr
 
 	// ResolvConf is the path of a resolv.conf to write, one "nameserver"
-	// line per DNS server. Empty (the default) means do not write one.
+	// line per DNS server and "options edns0" (answers up to 1200 bytes
+	// over UDP rather than 512, before a resolver falls back to TCP).
+	// Empty (the default) means do not write one.
 	ResolvConf string
 }
 

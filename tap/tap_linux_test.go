@@ -98,7 +98,7 @@ func TestCreateTAP(t *testing.T) {
 			cfg:  tap.TAPConfig{},
 			want: linkState{Name: "tap0", MTU: tap.DefaultMTU, MAC: "5a:94:ef:e4:0c:ee", Up: true,
 				Addrs: []string{"192.168.127.2/24"}, Gateway: "192.168.127.1", LoopUp: true,
-				Resolver: "# written by quench\nnameserver 192.168.127.1\n"},
+				Resolver: "# written by quench\nnameserver 192.168.127.1\noptions edns0\n"},
 		},
 		{
 			name: "custom",
@@ -107,7 +107,7 @@ func TestCreateTAP(t *testing.T) {
 				DNS:     []netip.Addr{netip.MustParseAddr("10.77.0.53"), netip.MustParseAddr("10.77.0.54")}},
 			want: linkState{Name: "qtap7", MTU: 1500, MAC: "02:01:02:03:04:05", Up: true,
 				Addrs: []string{"10.77.0.5/16"}, Gateway: "10.77.0.1", LoopUp: true,
-				Resolver: "# written by quench\nnameserver 10.77.0.53\nnameserver 10.77.0.54\n"},
+				Resolver: "# written by quench\nnameserver 10.77.0.53\nnameserver 10.77.0.54\noptions edns0\n"},
 		},
 	}
 	for _, tt := range tests {
