@@ -74,7 +74,8 @@ type servers struct {
 	readyOnce sync.Once
 	closing   chan struct{} // closed by close
 	appKey    atomic.Pointer[[sha256.Size]byte]
-	configDoc []byte // JSON served at ConfigPath
+	kms       kmsRecipients // the internal server's KMS endpoints
+	configDoc []byte        // JSON served at ConfigPath
 	wg        sync.WaitGroup
 }
 
@@ -759,6 +760,8 @@ func (s *servers) internalHandler() http.Handler {
 		s.log.Info("app key hash registered", "sha256", hex.EncodeToString(h[:]))
 		fmt.Fprintln(w, "ok")
 	})
+	mux.HandleFunc(KMSRecipientPath, s.handleKMSRecipient)
+	mux.HandleFunc(KMSDecryptPath, s.handleKMSDecrypt)
 	if s.syncer != nil {
 		mux.Handle(StatePath, s.syncer.StateHandler())
 	} else {
