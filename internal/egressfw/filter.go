@@ -19,7 +19,8 @@
 //     here. The answers to the queries that pass teach the filter which
 //     addresses allowed names have, for hostname rules. An answer that leads
 //     an allowed name back into the enclave (loopback, the enclave's own
-//     addresses, broadcast, ...) is dropped.
+//     addresses, broadcast, ...) is dropped, and so is one in fragments,
+//     which the filter cannot check.
 //   - ARP for addresses in the enclave's subnet; ICMP echo replies to peers
 //     that sent an echo request.
 //
@@ -109,7 +110,7 @@ type Stats struct {
 	UDP     uint64 // datagrams refused
 	DNS     uint64 // DNS queries answered NXDOMAIN
 	Dropped uint64 // other frames dropped (ICMP, IPv6, stray TCP, bad frames, ...)
-	Answers uint64 // DNS answers from the host dropped (they led into the enclave)
+	Answers uint64 // DNS answers from the host dropped (they led into the enclave, or could not be checked)
 	Full    uint64 // flows not opened because the table was full
 	Flows   int    // flows in the table
 }
@@ -704,7 +705,7 @@ func (f *Filter) icmpOut(pk packet, now int64) bool {
 // Inbound inspects frame, from the host, on its way into the enclave: it
 // opens flows for connections the host opens, learns DNS answers, and
 // reports whether the frame may be delivered (false only for a DNS answer
-// that leads into the enclave).
+// that leads into the enclave or that it cannot check).
 func (f *Filter) Inbound(frame []byte) bool {
 	pk, ok := parseIPv4(frame)
 	if !ok || pk.l4 == nil {
@@ -740,10 +741,17 @@ func (f *Filter) Inbound(frame []byte) bool {
 		}
 		sport := binary.BigEndian.Uint16(u[0:])
 		if f.isDNS(pk.src, sport) {
-			if !pk.more {
-				return f.learn(udpPayload(u))
+			if pk.more {
+				// The first fragment of an answer: the filter cannot
+				// check the addresses of the whole, which the enclave's
+				// kernel would reassemble, so it drops it (the later
+				// fragments are useless without it). Answers fit in a
+				// frame (resolvers answer at most 1232 bytes by default).
+				f.answers.Add(1)
+				f.warn("egress: the host's DNS sent a fragmented answer; dropped")
+				return false
 			}
-			return true
+			return f.learn(udpPayload(u))
 		}
 		k := flowKey{proto: protoUDP, lport: binary.BigEndian.Uint16(u[2:]), rport: sport, lip: pk.dst, rip: pk.src}
 		f.mu.Lock()

@@ -491,3 +491,37 @@ func TestResetForStraySegment(t *testing.T) {
 	c.advance(PermitTimeout + time.Second)
 	mustDrop(t, f, reset(9000, rst), "reset long after the segment")
 }
+
+// fragment splits the IPv4 frame into two fragments, the first carrying
+// the first n bytes (a multiple of 8) of its payload.
+func fragment(frame []byte, n int) (first, second []byte) {
+	ip := frame[ethLen:]
+	payload := ip[20:]
+	build := func(part []byte, offset int, more bool) []byte {
+		h := make([]byte, 20+len(part))
+		copy(h, ip[:20])
+		binary.BigEndian.PutUint16(h[2:], uint16(len(h)))
+		binary.BigEndian.PutUint16(h[4:], 0x4242)
+		ff := uint16(offset / 8)
+		if more {
+			ff |= 0x2000
+		}
+		binary.BigEndian.PutUint16(h[6:], ff)
+		h[10], h[11] = 0, 0
+		binary.BigEndian.PutUint16(h[10:], ^checksum.Checksum(h[:20], 0))
+		copy(h[20:], part)
+		return append(append([]byte(nil), frame[:ethLen]...), h...)
+	}
+	return build(payload[:n], 0, true), build(payload[n:], n, false)
+}
+
+// TestDNSAnswerFragmented: an answer that leads an allowed name into the
+// enclave must not get in by coming in fragments, which the filter cannot
+// parse (the enclave's kernel reassembles them).
+func TestDNSAnswerFragmented(t *testing.T) {
+	f, _ := newFilter(t, 0, "api.example.com:443")
+	first, second := fragment(answer(t, "api.example.com.", "127.0.0.1"), 16)
+	if f.Inbound(first) && f.Inbound(second) {
+		t.Error("an answer leading an allowed name to 127.0.0.1 was delivered in fragments")
+	}
+}
