@@ -776,44 +776,54 @@ func (f *Filter) Inbound(frame []byte) bool {
 
 // learn records the addresses a DNS answer gives for the names the policy
 // allows, and reports whether the answer may be delivered: not when it
-// leads an allowed name into the enclave.
+// leads an allowed name into the enclave, nor when its answer records
+// cannot all be read (a resolver might read what the filter cannot check).
+// An answer without a question is checked too, and teaches nothing: some
+// stub resolvers match answers by ID alone.
 func (f *Filter) learn(msg []byte) bool {
 	var p dnsmessage.Parser
 	h, err := p.Start(msg)
 	if err != nil || !h.Response {
 		return true // not an answer: the resolver drops it
 	}
+	name := ""
 	q, err := p.Question()
-	if err != nil {
-		return true
+	switch err {
+	case nil:
+		name = q.Name.String()
+		if err := p.SkipAllQuestions(); err != nil {
+			return f.unreadable()
+		}
+	case dnsmessage.ErrSectionDone:
+	default:
+		return f.unreadable()
 	}
-	if err := p.SkipAllQuestions(); err != nil {
-		return true
-	}
-	name := q.Name.String()
 	var ips []netip.Addr
 	for {
 		ah, err := p.AnswerHeader()
-		if err != nil {
+		if err == dnsmessage.ErrSectionDone {
 			break
+		}
+		if err != nil {
+			return f.unreadable()
 		}
 		var ip netip.Addr
 		switch ah.Type {
 		case dnsmessage.TypeA:
 			r, err := p.AResource()
 			if err != nil {
-				return true
+				return f.unreadable()
 			}
 			ip = netip.AddrFrom4(r.A)
 		case dnsmessage.TypeAAAA:
 			r, err := p.AAAAResource()
 			if err != nil {
-				return true
+				return f.unreadable()
 			}
 			ip = netip.AddrFrom16(r.AAAA).Unmap()
 		default:
 			if err := p.SkipAnswer(); err != nil {
-				return true
+				return f.unreadable()
 			}
 			continue
 		}
@@ -824,10 +834,17 @@ func (f *Filter) learn(msg []byte) bool {
 		}
 		ips = append(ips, ip)
 	}
-	if len(ips) > 0 && f.p.AllowName(name) {
+	if len(ips) > 0 && name != "" && f.p.AllowName(name) {
 		f.learned.Record(name, ips...)
 	}
 	return true
+}
+
+// unreadable drops a DNS answer whose records the filter cannot read.
+func (f *Filter) unreadable() bool {
+	f.answers.Add(1)
+	f.warn("egress: the host's DNS sent an answer the filter cannot read; dropped")
+	return false
 }
 
 // warn logs a refusal, at most once a second, with the count of those not

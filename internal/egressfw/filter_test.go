@@ -525,3 +525,40 @@ func TestDNSAnswerFragmented(t *testing.T) {
 		t.Error("an answer leading an allowed name to 127.0.0.1 was delivered in fragments")
 	}
 }
+
+// TestDNSAnswerUnchecked: an answer whose records the filter cannot read
+// through must not be delivered unchecked: some stub resolvers (musl's
+// matches answers by ID) accept an answer without a question section.
+func TestDNSAnswerUnchecked(t *testing.T) {
+	f, _ := newFilter(t, 0, "api.example.com:443")
+	b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: 1, Response: true})
+	_ = b.StartAnswers()
+	name := dnsmessage.MustNewName("api.example.com.")
+	if err := b.AResource(dnsmessage.ResourceHeader{Name: name, Class: dnsmessage.ClassINET, TTL: 60}, dnsmessage.AResource{A: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	msg, err := b.Finish()
+	if err != nil {
+		t.Fatal(err)
+	}
+	frame := taptest.UDPv4Frame(encMAC, gwMAC, ap("192.168.127.1:53"), ap("192.168.127.2:33333"), msg)
+	if f.Inbound(frame) {
+		t.Error("an answer without a question, leading api.example.com to 127.0.0.1, was delivered")
+	}
+	// Records the parser cannot read past: dropped too.
+	eb := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: 1, Response: true})
+	good, err := eb.Finish()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := append([]byte(nil), good...)
+	binary.BigEndian.PutUint16(bad[6:], 1) // one answer, missing
+	frame = taptest.UDPv4Frame(encMAC, gwMAC, ap("192.168.127.1:53"), ap("192.168.127.2:33333"), bad)
+	if f.Inbound(frame) {
+		t.Error("an answer whose records cannot be read was delivered")
+	}
+	frame = taptest.UDPv4Frame(encMAC, gwMAC, ap("192.168.127.1:53"), ap("192.168.127.2:33333"), good)
+	if !f.Inbound(frame) {
+		t.Error("an empty answer was dropped")
+	}
+}
