@@ -25,8 +25,9 @@
 //     that sent an echo request.
 //
 // Everything else is dropped: other ICMP (pings out, errors), IPv6,
-// fragments of datagrams whose first fragment did not pass, other
-// protocols and ethertypes. DNS over TCP is not inspected: it is plain TCP,
+// IPv4 with options (a source route would make the destination checked
+// only the first hop), fragments of datagrams whose first fragment did not
+// pass, other protocols and ethertypes. DNS over TCP is not inspected: it is plain TCP,
 // refused unless a rule allows the server. Frames from the host are passed
 // in unchanged, except for the DNS answers above; the filter only learns
 // from them.
@@ -302,7 +303,10 @@ func (f *Filter) Outbound(frame []byte) (pass bool, reply []byte) {
 		return false, nil
 	}
 	pk, ok := parseIPv4(frame)
-	if !ok {
+	if !ok || pk.ip[0]&0x0f != 5 {
+		// Not IPv4, or with options: the kernel sends none of its own,
+		// and a program's source route (IP_OPTIONS needs no privilege)
+		// would make the destination checked here only the first hop.
 		f.dropped.Add(1)
 		return false, nil
 	}

@@ -562,3 +562,35 @@ func TestDNSAnswerUnchecked(t *testing.T) {
 		t.Error("an empty answer was dropped")
 	}
 }
+
+// withOptions returns the IPv4 frame with opts (a multiple of 4 bytes)
+// inserted as its header's options.
+func withOptions(frame, opts []byte) []byte {
+	ip := frame[ethLen:]
+	h := make([]byte, 0, len(frame)+len(opts))
+	h = append(h, frame[:ethLen]...)
+	h = append(h, ip[:20]...)
+	h = append(h, opts...)
+	h = append(h, ip[20:]...)
+	nip := h[ethLen:]
+	nip[0] = 0x40 | byte((20+len(opts))/4)
+	binary.BigEndian.PutUint16(nip[2:], uint16(len(nip)))
+	nip[10], nip[11] = 0, 0
+	binary.BigEndian.PutUint16(nip[10:], ^checksum.Checksum(nip[:20+len(opts)], 0))
+	return h
+}
+
+// TestIPOptions: the enclave's IPv4 packets with options are dropped. A
+// program needs no privilege to set IP_OPTIONS, and a loose source route
+// makes the header's destination (what the filter checks) only the first
+// hop: the packet asks it to go on to the route's last address.
+func TestIPOptions(t *testing.T) {
+	f, _ := newFilter(t, 0, "10.0.0.0/8:443")
+	// LSRR: type 0x83, length 7, pointer 4, the address 203.0.113.66;
+	// then an end of options.
+	lsrr := []byte{0x83, 7, 4, 203, 0, 113, 66, 0}
+	mustDrop(t, f, withOptions(out("192.168.127.2:40000", "10.1.2.3:443", 1, syn), lsrr), "SYN with a loose source route")
+	mustPass(t, f, out("192.168.127.2:40000", "10.1.2.3:443", 1, syn), "SYN without options")
+	f.Inbound(in("10.1.2.3:443", "192.168.127.2:40000", synack))
+	mustDrop(t, f, withOptions(out("192.168.127.2:40000", "10.1.2.3:443", 2, ack, 'x'), lsrr), "a flow's segment with a loose source route")
+}
