@@ -26,7 +26,7 @@
 //
 // Everything else is dropped: other ICMP (pings out, errors), IPv6,
 // IPv4 with options (a source route would make the destination checked
-// only the first hop), fragments of datagrams whose first fragment did not
+// only the first hop) or from another address than the enclave's, fragments of datagrams whose first fragment did not
 // pass, other protocols and ethertypes. DNS over TCP is not inspected: it is plain TCP,
 // refused unless a rule allows the server. Frames from the host are passed
 // in unchanged, except for the DNS answers above; the filter only learns
@@ -85,7 +85,7 @@ type Config struct {
 	// Policy is the egress allow-list. Required.
 	Policy *policy.Policy
 	// Subnet is the enclave's address and subnet: ARP is passed for
-	// addresses in it.
+	// addresses in it, and IPv4 only from the address.
 	Subnet netip.Prefix
 	// DNS lists the enclave's DNS servers: UDP queries to their port 53 are
 	// checked name by name, and their answers learned.
@@ -120,14 +120,16 @@ type Stats struct {
 // the enclave's frames and one writer of the host's (the two directions of
 // a tap.Pump).
 type Filter struct {
-	p       *policy.Policy
-	learned *policy.Learned
-	subnet  netip.Prefix
-	dns     []netip.Addr
-	inside  func(netip.Addr) bool
-	max     int
-	log     *slog.Logger
-	now     func() time.Time
+	p        *policy.Policy
+	learned  *policy.Learned
+	subnet   netip.Prefix
+	own      [4]byte // subnet's address: the source of the enclave's packets
+	checkSrc bool    // own is set
+	dns      []netip.Addr
+	inside   func(netip.Addr) bool
+	max      int
+	log      *slog.Logger
+	now      func() time.Time
 
 	mu        sync.Mutex
 	permits   map[flowKey]int64      // guarded by mu: Permit's destinations (local ends zero) → expiry
@@ -195,6 +197,9 @@ func New(cfg Config) *Filter {
 		names:   map[string]int64{},
 		resets:  map[flowKey]resetLeave{},
 		frags:   map[fragKey]int64{},
+	}
+	if a := cfg.Subnet.Addr().Unmap(); a.Is4() {
+		f.own, f.checkSrc = a.As4(), true
 	}
 	if f.max <= 0 {
 		f.max = DefaultMaxFlows
@@ -307,6 +312,12 @@ func (f *Filter) Outbound(frame []byte) (pass bool, reply []byte) {
 		// Not IPv4, or with options: the kernel sends none of its own,
 		// and a program's source route (IP_OPTIONS needs no privilege)
 		// would make the destination checked here only the first hop.
+		f.dropped.Add(1)
+		return false, nil
+	}
+	if f.checkSrc && pk.src != f.own {
+		// Not from the enclave's address: a program's raw socket,
+		// sending in another's name (the replies go there).
 		f.dropped.Add(1)
 		return false, nil
 	}

@@ -594,3 +594,18 @@ func TestIPOptions(t *testing.T) {
 	f.Inbound(in("10.1.2.3:443", "192.168.127.2:40000", synack))
 	mustDrop(t, f, withOptions(out("192.168.127.2:40000", "10.1.2.3:443", 2, ack, 'x'), lsrr), "a flow's segment with a loose source route")
 }
+
+// TestSpoofedSource: the enclave's IPv4 packets must come from its own
+// address. A program with CAP_NET_RAW could otherwise send to an allowed
+// destination in a third party's name (whose replies, echoing its data, go
+// to that third party), and fill the flow table with flows of addresses
+// that are not the enclave's.
+func TestSpoofedSource(t *testing.T) {
+	f, _ := newFilter(t, 0, "10.0.0.0/8:443", "10.0.0.0/8:53/udp")
+	mustDrop(t, f, out("203.0.113.66:40000", "10.1.2.3:443", 1, syn), "SYN from another address")
+	mustDrop(t, f, taptest.UDPv4Frame(gwMAC, encMAC, ap("203.0.113.66:4000"), ap("10.1.2.3:53"), []byte("x")), "datagram from another address")
+	mustPass(t, f, out("192.168.127.2:40000", "10.1.2.3:443", 1, syn), "SYN from the enclave's address")
+	if s := f.Stats(); s.Flows != 1 {
+		t.Errorf("%d flows, want 1", s.Flows)
+	}
+}
