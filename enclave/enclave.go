@@ -109,11 +109,12 @@ func (e *Enclave) Start(ctx context.Context) (err error) {
 		// Every program's kernel sockets go out through the TAP device:
 		// the policy is applied to its frames.
 		e.egress = egressfw.New(egressfw.Config{
-			Policy: e.cfg.Egress,
-			Subnet: e.cfg.Address,
-			DNS:    e.cfg.DNS,
-			Inside: func(ip netip.Addr) bool { return e.insideEnclave(nw, ip) },
-			Logger: e.log,
+			Policy:  e.cfg.Egress,
+			Subnet:  e.cfg.Address,
+			Gateway: e.cfg.Gateway,
+			DNS:     e.cfg.DNS,
+			Inside:  func(ip netip.Addr) bool { return e.insideEnclave(nw, ip) },
+			Logger:  e.log,
 		})
 		dev = egressfw.Wrap(dev, e.egress)
 	}

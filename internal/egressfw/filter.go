@@ -26,7 +26,10 @@
 //
 // Everything else is dropped: other ICMP (pings out, errors), IPv6,
 // IPv4 with options (a source route would make the destination checked
-// only the first hop) or from another address than the enclave's, fragments of datagrams whose first fragment did not
+// only the first hop) or from another address than the enclave's, IPv4 in
+// an Ethernet frame for another link address than its destination's (the
+// host's switch delivers frames by their Ethernet destination, to other
+// enclaves too: see Config.Gateway), fragments of datagrams whose first fragment did not
 // pass, other protocols and ethertypes. DNS over TCP is not inspected: it is plain TCP,
 // refused unless a rule allows the server. Frames from the host are passed
 // in unchanged, except for the DNS answers above; the filter only learns
@@ -87,6 +90,13 @@ type Config struct {
 	// Subnet is the enclave's address and subnet: ARP is passed for
 	// addresses in it, and IPv4 only from the address.
 	Subnet netip.Prefix
+	// Gateway is the enclave's gateway. When set, IPv4 routed through it
+	// (to its address or outside Subnet) passes only in frames to its
+	// Ethernet address, which the filter learns from the gateway's ARP:
+	// the host's switch forwards frames to the enclave their Ethernet
+	// destination names, so a frame to an allowed address but another
+	// enclave's MAC would hand the data to that enclave.
+	Gateway netip.Addr
 	// DNS lists the enclave's DNS servers: UDP queries to their port 53 are
 	// checked name by name, and their answers learned.
 	DNS []netip.Addr
@@ -125,11 +135,17 @@ type Filter struct {
 	subnet   netip.Prefix
 	own      [4]byte // subnet's address: the source of the enclave's packets
 	checkSrc bool    // own is set
-	dns      []netip.Addr
-	inside   func(netip.Addr) bool
-	max      int
-	log      *slog.Logger
-	now      func() time.Time
+	bcast    [4]byte // subnet's broadcast address
+	gateway  [4]byte // Config.Gateway
+	hasGw    bool    // gateway is set
+	// gwMAC is the gateway's Ethernet address, learned from its ARP, in
+	// the low 48 bits, with bit 48 set once known.
+	gwMAC  atomic.Uint64
+	dns    []netip.Addr
+	inside func(netip.Addr) bool
+	max    int
+	log    *slog.Logger
+	now    func() time.Time
 
 	mu        sync.Mutex
 	permits   map[flowKey]int64      // guarded by mu: Permit's destinations (local ends zero) → expiry
@@ -200,6 +216,13 @@ func New(cfg Config) *Filter {
 	}
 	if a := cfg.Subnet.Addr().Unmap(); a.Is4() {
 		f.own, f.checkSrc = a.As4(), true
+		if b := cfg.Subnet.Bits(); b >= 0 && b < 31 {
+			v := binary.BigEndian.Uint32(f.own[:]) | (1<<(32-b) - 1)
+			binary.BigEndian.PutUint32(f.bcast[:], v)
+		}
+	}
+	if g := cfg.Gateway.Unmap(); g.Is4() {
+		f.gateway, f.hasGw = g.As4(), true
 	}
 	if f.max <= 0 {
 		f.max = DefaultMaxFlows
@@ -321,6 +344,10 @@ func (f *Filter) Outbound(frame []byte) (pass bool, reply []byte) {
 		f.dropped.Add(1)
 		return false, nil
 	}
+	if !f.linkOK(pk) {
+		f.dropped.Add(1)
+		return false, nil
+	}
 	now := f.now().UnixNano()
 	if pk.offset != 0 {
 		return f.laterFragment(pk, now), nil
@@ -343,6 +370,42 @@ func (f *Filter) Outbound(frame []byte) (pass bool, reply []byte) {
 		f.mu.Unlock()
 	}
 	return pass, reply
+}
+
+// macBits is an Ethernet address as gwMAC holds it.
+func macBits(mac []byte) uint64 {
+	return 1<<48 | uint64(binary.BigEndian.Uint16(mac[0:]))<<32 | uint64(binary.BigEndian.Uint32(mac[2:]))
+}
+
+// linkOK reports whether pk's Ethernet destination fits its IPv4
+// destination: the host's switch delivers a frame to whichever enclave its
+// Ethernet destination names (and a broadcast frame to all), whatever the
+// IPv4 destination. A broadcast or multicast frame must be for a broadcast
+// or multicast address; with Config.Gateway, a frame routed through the
+// gateway (to its address or outside the subnet) must be for the gateway's
+// Ethernet address.
+func (f *Filter) linkOK(pk packet) bool {
+	if pk.frame[0]&1 != 0 {
+		return pk.dst == [4]byte{255, 255, 255, 255} || pk.dst[0]&0xf0 == 224 || f.checkSrc && pk.dst == f.bcast
+	}
+	if !f.hasGw || pk.dst != f.gateway && f.subnet.Contains(netip.AddrFrom4(pk.dst)) {
+		return true
+	}
+	return f.gwMAC.Load() == macBits(pk.frame[0:6])
+}
+
+// learnGateway learns the gateway's Ethernet address from an ARP frame
+// from the host whose sender is the gateway's address (the host's switch
+// lets no enclave send ARP in the gateway's name).
+func (f *Filter) learnGateway(frame []byte) {
+	a := frame[ethLen:]
+	if !f.hasGw || len(a) < 28 || binary.BigEndian.Uint16(a[0:]) != 1 || binary.BigEndian.Uint16(a[2:]) != typeIPv4 || a[4] != 6 || a[5] != 4 {
+		return
+	}
+	if [4]byte(a[14:18]) != f.gateway || string(a[8:14]) != string(frame[6:12]) || a[8]&1 != 0 {
+		return
+	}
+	f.gwMAC.Store(macBits(a[8:14]))
 }
 
 // arpInSubnet reports whether an ARP frame asks or answers about an address
@@ -722,6 +785,10 @@ func (f *Filter) icmpOut(pk packet, now int64) bool {
 // reports whether the frame may be delivered (false only for a DNS answer
 // that leads into the enclave or that it cannot check).
 func (f *Filter) Inbound(frame []byte) bool {
+	if len(frame) >= ethLen && binary.BigEndian.Uint16(frame[12:]) == typeARP {
+		f.learnGateway(frame)
+		return true
+	}
 	pk, ok := parseIPv4(frame)
 	if !ok || pk.l4 == nil {
 		return true

@@ -609,3 +609,42 @@ func TestSpoofedSource(t *testing.T) {
 		t.Errorf("%d flows, want 1", s.Flows)
 	}
 }
+
+// withDstMAC returns frame sent to the Ethernet address mac.
+func withDstMAC(frame []byte, mac net.HardwareAddr) []byte {
+	frame = append([]byte(nil), frame...)
+	copy(frame[0:6], mac)
+	return frame
+}
+
+// TestEthernetDestination: the host's switch forwards a frame to the
+// enclave its Ethernet destination names, and floods broadcast frames to
+// every enclave: an allowed IP destination in a frame addressed to another
+// enclave's MAC (or to all) would hand the enclave's data to another
+// enclave, with another policy or none, past this one. Frames routed
+// through the gateway go to the gateway's MAC only (learned from its ARP),
+// and broadcast frames only to broadcast addresses.
+func TestEthernetDestination(t *testing.T) {
+	p, err := policy.Parse([]string{"10.0.0.0/8:443", "api.example.com:443"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := New(Config{Policy: p, Subnet: subnet, Gateway: gwIP, DNS: []netip.Addr{gwIP}})
+	other := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x66}
+	bcast := net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+	syn1 := out("192.168.127.2:40000", "10.1.2.3:443", 1, syn)
+	mustDrop(t, f, syn1, "SYN before the gateway's MAC is known")
+	if !f.Inbound(taptest.ARPReply(gwMAC, gwIP, encMAC, encIP)) {
+		t.Fatal("the gateway's ARP reply was dropped")
+	}
+	mustDrop(t, f, withDstMAC(syn1, bcast), "SYN to an allowed address in a broadcast frame")
+	mustDrop(t, f, withDstMAC(syn1, other), "SYN to an allowed address in a frame to another MAC")
+	mustDrop(t, f, withDstMAC(query(t, 1, "api.example.com."), other), "DNS query to the gateway's address in a frame to another MAC")
+	mustPass(t, f, syn1, "SYN to the gateway's MAC")
+	mustDrop(t, f, withDstMAC(out("192.168.127.2:40000", "10.1.2.3:443", 2, ack, 'x'), other), "a flow's segment to another MAC")
+	mustPass(t, f, query(t, 1, "api.example.com."), "DNS query to the gateway's MAC")
+	// Another enclave's ARP (its sender address is not the gateway's)
+	// teaches nothing.
+	f.Inbound(taptest.ARPReply(other, netip.MustParseAddr("192.168.127.3"), encMAC, encIP))
+	mustPass(t, f, out("192.168.127.2:40001", "10.1.2.3:443", 1, syn), "SYN to the gateway's MAC after another enclave's ARP")
+}
