@@ -21,7 +21,8 @@
 //     an allowed name back into the enclave (loopback, the enclave's own
 //     addresses, broadcast, ...) is dropped, and so is one in fragments,
 //     which the filter cannot check.
-//   - ARP for addresses in the enclave's subnet; ICMP echo replies to peers
+//   - ARP for addresses in the enclave's subnet, from the enclave's address
+//     and without room for data; ICMP echo replies to peers
 //     that sent an echo request.
 //
 // Everything else is dropped: other ICMP (pings out, errors), IPv6,
@@ -409,11 +410,35 @@ func (f *Filter) learnGateway(frame []byte) {
 }
 
 // arpInSubnet reports whether an ARP frame asks or answers about an address
-// in the enclave's subnet.
+// in the enclave's subnet, as the enclave's kernel writes it: from the
+// enclave's address and the frame's link address, a request with no target
+// link address, a reply to the frame's destination, nothing after it but
+// zero padding. ARP requests are flooded to every enclave on the host's
+// switch: no field may carry a program's data beyond the choice of target.
 func (f *Filter) arpInSubnet(frame []byte) bool {
 	a := frame[ethLen:]
 	if len(a) < 28 || binary.BigEndian.Uint16(a[0:]) != 1 || binary.BigEndian.Uint16(a[2:]) != typeIPv4 || a[4] != 6 || a[5] != 4 {
 		return false
+	}
+	if string(a[8:14]) != string(frame[6:12]) || f.checkSrc && [4]byte(a[14:18]) != f.own {
+		return false
+	}
+	switch binary.BigEndian.Uint16(a[6:]) {
+	case 1:
+		if string(a[18:24]) != "\x00\x00\x00\x00\x00\x00" {
+			return false
+		}
+	case 2:
+		if string(a[18:24]) != string(frame[0:6]) {
+			return false
+		}
+	default:
+		return false
+	}
+	for _, b := range a[28:] {
+		if b != 0 {
+			return false
+		}
 	}
 	return f.subnet.Contains(netip.AddrFrom4([4]byte(a[24:28])))
 }

@@ -648,3 +648,27 @@ func TestEthernetDestination(t *testing.T) {
 	f.Inbound(taptest.ARPReply(other, netip.MustParseAddr("192.168.127.3"), encMAC, encIP))
 	mustPass(t, f, out("192.168.127.2:40001", "10.1.2.3:443", 1, syn), "SYN to the gateway's MAC after another enclave's ARP")
 }
+
+// TestARPFrames: ARP requests are broadcast, and the host's switch floods
+// them to every enclave: the filter passes only ARP as the enclave's
+// kernel writes it, without room for a program's data (bytes after the
+// ARP packet, another sender address, a target link address in a
+// request).
+func TestARPFrames(t *testing.T) {
+	f, _ := newFilter(t, 0, "*")
+	req := taptest.ARPRequest(encMAC, encIP, gwIP)
+	mustPass(t, f, req, "ARP request")
+	mustPass(t, f, taptest.ARPReply(encMAC, encIP, gwMAC, gwIP), "ARP reply")
+	mustPass(t, f, append(append([]byte(nil), req...), make([]byte, 18)...), "ARP request with zero padding")
+	mustDrop(t, f, append(append([]byte(nil), req...), []byte("exfiltrated bytes")...), "ARP request with data after it")
+	mustDrop(t, f, taptest.ARPRequest(encMAC, netip.MustParseAddr("192.168.127.99"), gwIP), "ARP request from another address")
+	spoofMAC := append([]byte(nil), req...)
+	copy(spoofMAC[ethLen+8:], []byte{0x02, 1, 2, 3, 4, 5})
+	mustDrop(t, f, spoofMAC, "ARP request with another sender link address than the frame's")
+	targetMAC := append([]byte(nil), req...)
+	copy(targetMAC[ethLen+18:], []byte("secret"))
+	mustDrop(t, f, targetMAC, "ARP request with data in its target link address")
+	badOp := append([]byte(nil), req...)
+	binary.BigEndian.PutUint16(badOp[ethLen+6:], 0x4242)
+	mustDrop(t, f, badOp, "ARP with another operation")
+}
