@@ -2,7 +2,10 @@ package egressfw
 
 import (
 	"encoding/binary"
+	"net/netip"
 	"testing"
+
+	"github.com/quenchnet/quench/policy"
 
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 )
@@ -19,8 +22,9 @@ func record(fromHost bool, frame []byte) []byte {
 
 // FuzzFilter feeds frames both ways (frames from the host are bytes from
 // outside the enclave; the enclave's programs may send any bytes too): no
-// panic, the flow table stays within MaxFlows, and every reply is a
-// well-formed IPv4 frame back to the sender.
+// panic, the flow table stays within MaxFlows, every reply is a
+// well-formed IPv4 frame back to the sender, and every frame passed out is
+// one the policy or the filter's state allowed (allowedBefore).
 //
 // The input is a sequence of records: a direction byte (odd: from the
 // host), a 2-byte length, the frame.
@@ -42,9 +46,18 @@ func FuzzFilter(f *testing.F) {
 			n = min(n, len(data))
 			frame := data[:n]
 			data = data[n:]
+			var reply []byte
 			if fromHost {
 				fl.Inbound(frame)
-			} else if _, reply := fl.Outbound(frame); reply != nil {
+			} else {
+				before := allowedBefore(fl, frame)
+				var pass bool
+				pass, reply = fl.Outbound(frame)
+				if pass && !before {
+					t.Fatalf("passed out %x, which neither the policy nor a flow allows", frame)
+				}
+			}
+			if reply != nil {
 				pk, ok := parseIPv4(reply)
 				if !ok || pk.l4 == nil || len(pk.ip) != len(reply)-ethLen {
 					t.Fatalf("malformed reply %x to %x", reply, frame)
@@ -62,4 +75,56 @@ func FuzzFilter(f *testing.F) {
 			c.advance(1e9)
 		}
 	})
+}
+
+// allowedBefore reports, before f sees the enclave's frame, whether f may
+// pass it: ARP about the subnet; IPv4 from the enclave's address without
+// options, and then a later fragment of a datagram whose first fragment
+// passed, a DNS query about allowed names only, an echo reply to a ping,
+// or TCP or UDP on a live flow or to a destination the policy allows.
+func allowedBefore(f *Filter, frame []byte) bool {
+	if len(frame) < ethLen {
+		return false
+	}
+	if binary.BigEndian.Uint16(frame[12:]) == typeARP {
+		return len(frame) >= ethLen+28 && f.subnet.Contains(netip.AddrFrom4([4]byte(frame[ethLen+24:ethLen+28])))
+	}
+	pk, ok := parseIPv4(frame)
+	if !ok || pk.ip[0]&0x0f != 5 || pk.src != f.own {
+		return false
+	}
+	now := f.now().UnixNano()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if pk.offset != 0 {
+		exp, ok := f.frags[fragKey{pk.proto, pk.id, pk.dst}]
+		return ok && exp > now
+	}
+	live := func(k flowKey) bool {
+		fl, ok := f.flows[k]
+		return ok && fl.expires > now
+	}
+	dst := netip.AddrFrom4(pk.dst)
+	switch pk.proto {
+	case protoTCP, protoUDP:
+		if len(pk.l4) < 4 {
+			return false
+		}
+		k := flowKey{proto: pk.proto, lport: binary.BigEndian.Uint16(pk.l4[0:]), rport: binary.BigEndian.Uint16(pk.l4[2:]), lip: pk.src, rip: pk.dst}
+		if pk.proto == protoUDP && f.isDNS(pk.dst, k.rport) {
+			if pk.more || len(pk.l4) < 8 {
+				return false
+			}
+			answer, _, err := policy.RefuseQuery(udpPayload(pk.l4), f.p.AllowName)
+			return err == nil && answer == nil
+		}
+		network := "tcp"
+		if pk.proto == protoUDP {
+			network = "udp"
+		}
+		return live(k) || f.p.Allow(network, dst, k.rport, f.learned.Names(dst))
+	case protoICMP:
+		return len(pk.l4) >= 8 && pk.l4[0] == icmpEchoRepl && live(flowKey{proto: protoICMP, lport: binary.BigEndian.Uint16(pk.l4[4:]), lip: pk.src, rip: pk.dst})
+	}
+	return false
 }
