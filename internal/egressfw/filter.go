@@ -96,7 +96,11 @@ type Config struct {
 	// Ethernet address, which the filter learns from the gateway's ARP:
 	// the host's switch forwards frames to the enclave their Ethernet
 	// destination names, so a frame to an allowed address but another
-	// enclave's MAC would hand the data to that enclave.
+	// enclave's MAC would hand the data to that enclave. And the host's
+	// IPv4 from the gateway's address or outside Subnet is believed (opens
+	// flows, teaches DNS answers) and delivered only from the gateway's
+	// Ethernet address: another enclave on the switch may send in an
+	// outside address's name.
 	Gateway netip.Addr
 	// DNS lists the enclave's DNS servers: UDP queries to their port 53 are
 	// checked name by name, and their answers learned.
@@ -393,6 +397,19 @@ func (f *Filter) linkOK(pk packet) bool {
 		return true
 	}
 	return f.gwMAC.Load() == macBits(pk.frame[0:6])
+}
+
+// viaGateway reports whether the host's frame pk, if it comes from the
+// gateway's address or from outside the subnet, comes from the gateway's
+// Ethernet address. The host's switch forwards frames between enclaves, and
+// lets an enclave send from any address outside the subnet (but not from
+// the gateway's): a frame "from" an outside address in another enclave's
+// name must not open flows, nor teach DNS answers, nor reach the kernel.
+func (f *Filter) viaGateway(pk packet) bool {
+	if !f.hasGw || pk.src != f.gateway && f.subnet.Contains(netip.AddrFrom4(pk.src)) {
+		return true
+	}
+	return f.gwMAC.Load() == macBits(pk.frame[6:12])
 }
 
 // learnGateway learns the gateway's Ethernet address from an ARP frame
@@ -807,15 +824,24 @@ func (f *Filter) icmpOut(pk packet, now int64) bool {
 
 // Inbound inspects frame, from the host, on its way into the enclave: it
 // opens flows for connections the host opens, learns DNS answers, and
-// reports whether the frame may be delivered (false only for a DNS answer
-// that leads into the enclave or that it cannot check).
+// reports whether the frame may be delivered (false for a DNS answer that
+// leads into the enclave or that it cannot check, and, with
+// Config.Gateway, for IPv4 from the gateway's address or outside the
+// subnet that does not come from the gateway's Ethernet address).
 func (f *Filter) Inbound(frame []byte) bool {
 	if len(frame) >= ethLen && binary.BigEndian.Uint16(frame[12:]) == typeARP {
 		f.learnGateway(frame)
 		return true
 	}
 	pk, ok := parseIPv4(frame)
-	if !ok || pk.l4 == nil {
+	if !ok {
+		return true
+	}
+	if !f.viaGateway(pk) {
+		f.dropped.Add(1)
+		return false
+	}
+	if pk.l4 == nil {
 		return true
 	}
 	now := f.now().UnixNano()

@@ -672,3 +672,45 @@ func TestARPFrames(t *testing.T) {
 	binary.BigEndian.PutUint16(badOp[ethLen+6:], 0x4242)
 	mustDrop(t, f, badOp, "ARP with another operation")
 }
+
+// withSrcMAC returns frame sent from the Ethernet address mac.
+func withSrcMAC(frame []byte, mac net.HardwareAddr) []byte {
+	frame = append([]byte(nil), frame...)
+	copy(frame[6:12], mac)
+	return frame
+}
+
+// TestInboundNotViaGateway: another enclave on the host's switch can send
+// frames to this enclave's MAC with any source address outside the subnet
+// (the switch lets it: nobody owns those). Were they believed, a
+// colluding enclave could open flows (a SYN or a datagram "from"
+// 203.0.113.66) or teach DNS answers from an outside DNS server, and this
+// enclave's programs would reach those addresses. Only the gateway speaks
+// for addresses outside the subnet.
+func TestInboundNotViaGateway(t *testing.T) {
+	p, err := policy.Parse([]string{"api.example.com:443"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	outside := netip.MustParseAddr("198.51.100.53")
+	f := New(Config{Policy: p, Subnet: subnet, Gateway: gwIP, DNS: []netip.Addr{outside}})
+	f.Inbound(taptest.ARPRequest(gwMAC, gwIP, encIP))
+	other := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x66}
+
+	if f.Inbound(withSrcMAC(in("203.0.113.66:5555", "192.168.127.2:8080", syn), other)) {
+		t.Error("a SYN from an outside address, not through the gateway, was delivered")
+	}
+	mustDrop(t, f, out("192.168.127.2:8080", "203.0.113.66:5555", 1, synack), "SYN-ACK to a SYN from another enclave")
+	f.Inbound(withSrcMAC(taptest.UDPv4Frame(encMAC, gwMAC, ap("203.0.113.66:5555"), ap("192.168.127.2:7000"), []byte("x")), other))
+	mustDrop(t, f, taptest.UDPv4Frame(gwMAC, encMAC, ap("192.168.127.2:7000"), ap("203.0.113.66:5555"), []byte("y")), "reply to a datagram from another enclave")
+	ans := answer(t, "api.example.com.", "203.0.113.77")
+	copy(ans[ethLen+12:], outside.AsSlice()) // from the outside DNS server (checksums do not matter here)
+	f.Inbound(withSrcMAC(ans, other))
+	mustDrop(t, f, out("192.168.127.2:40000", "203.0.113.77:443", 1, syn), "SYN to an address another enclave's DNS answer taught")
+
+	// Through the gateway: believed.
+	f.Inbound(in("203.0.113.66:5555", "192.168.127.2:8080", syn))
+	mustPass(t, f, out("192.168.127.2:8080", "203.0.113.66:5555", 1, synack), "SYN-ACK to a SYN through the gateway")
+	f.Inbound(ans)
+	mustPass(t, f, out("192.168.127.2:40000", "203.0.113.77:443", 1, syn), "SYN to an address the DNS answer taught")
+}
