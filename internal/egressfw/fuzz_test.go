@@ -5,9 +5,10 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/quenchnet/quench/policy"
-
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+
+	"github.com/quenchnet/quench/policy"
+	"github.com/quenchnet/quench/tap/taptest"
 )
 
 // record encodes a frame for FuzzFilter's input.
@@ -27,7 +28,8 @@ func record(fromHost bool, frame []byte) []byte {
 // one the policy or the filter's state allowed (allowedBefore).
 //
 // The input is a sequence of records: a direction byte (odd: from the
-// host), a 2-byte length, the frame.
+// host), a 2-byte length, the frame. Bit 1 of the first direction byte
+// sets Config.Gateway.
 func FuzzFilter(f *testing.F) {
 	f.Add(append(record(false, out("192.168.127.2:40000", "10.1.2.3:443", 7, syn)),
 		record(true, in("10.1.2.3:443", "192.168.127.2:40000", synack))...))
@@ -37,8 +39,18 @@ func FuzzFilter(f *testing.F) {
 	f.Add(append(record(false, query(f, 1, "api.example.com.", "x.attacker.example.")),
 		record(true, answer(f, "api.example.com.", "203.0.113.10", "127.0.0.1"))...))
 	f.Add(record(false, icmpFrame(8, 1)))
+	gwARP := record(true, taptest.ARPReply(gwMAC, gwIP, encMAC, encIP))
+	gwARP[0] |= 2 // with Config.Gateway
+	f.Add(append(append(gwARP,
+		record(false, out("192.168.127.2:40000", "10.1.2.3:443", 7, syn))...),
+		record(true, in("10.1.2.3:443", "192.168.127.2:40000", synack))...))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		fl, c := newFilter(t, 8, "10.0.0.0/8:443", "api.example.com:443", "192.168.127.254:9000/udp")
+		if len(data) > 0 && data[0]&2 != 0 {
+			// The first record's direction byte also chooses a filter
+			// with Config.Gateway (its Ethernet checks).
+			fl = New(Config{Policy: fl.p, Subnet: subnet, Gateway: gwIP, DNS: []netip.Addr{gwIP}, MaxFlows: 8, Now: c.now})
+		}
 		for len(data) >= 3 {
 			fromHost := data[0]&1 == 1
 			n := int(binary.BigEndian.Uint16(data[1:]))
