@@ -96,11 +96,12 @@ type Config struct {
 	// Ethernet address, which the filter learns from the gateway's ARP:
 	// the host's switch forwards frames to the enclave their Ethernet
 	// destination names, so a frame to an allowed address but another
-	// enclave's MAC would hand the data to that enclave. And the host's
-	// IPv4 from the gateway's address or outside Subnet is believed (opens
-	// flows, teaches DNS answers) and delivered only from the gateway's
-	// Ethernet address: another enclave on the switch may send in an
-	// outside address's name.
+	// enclave's MAC would hand the data to that enclave; IPv4 to other
+	// addresses in Subnet passes only in frames to the link address their
+	// ARP gave. And the host's IPv4 from the gateway's address or outside
+	// Subnet is believed (opens flows, teaches DNS answers) and delivered
+	// only from the gateway's Ethernet address: another enclave on the
+	// switch may send in an outside address's name.
 	Gateway netip.Addr
 	// DNS lists the enclave's DNS servers: UDP queries to their port 53 are
 	// checked name by name, and their answers learned.
@@ -157,6 +158,7 @@ type Filter struct {
 	names     map[string]int64       // guarded by mu: PermitName's names → expiry
 	resets    map[flowKey]resetLeave // guarded by mu: stray segments from the host the kernel may reset
 	flows     map[flowKey]flow       // guarded by mu
+	neigh     map[[4]byte]uint64     // guarded by mu: link addresses (as gwMAC) of the subnet's other addresses, learned from ARP
 	frags     map[fragKey]int64      // guarded by mu: first fragments passed → expiry (unix ns)
 	nextSweep int64                  // guarded by mu
 	lastWarn  int64                  // guarded by mu
@@ -218,6 +220,7 @@ func New(cfg Config) *Filter {
 		names:   map[string]int64{},
 		resets:  map[flowKey]resetLeave{},
 		frags:   map[fragKey]int64{},
+		neigh:   map[[4]byte]uint64{},
 	}
 	if a := cfg.Subnet.Addr().Unmap(); a.Is4() {
 		f.own, f.checkSrc = a.As4(), true
@@ -388,15 +391,22 @@ func macBits(mac []byte) uint64 {
 // IPv4 destination. A broadcast or multicast frame must be for a broadcast
 // or multicast address; with Config.Gateway, a frame routed through the
 // gateway (to its address or outside the subnet) must be for the gateway's
-// Ethernet address.
+// Ethernet address, and one to another address in the subnet for the
+// Ethernet address ARP gave for it.
 func (f *Filter) linkOK(pk packet) bool {
 	if pk.frame[0]&1 != 0 {
 		return pk.dst == [4]byte{255, 255, 255, 255} || pk.dst[0]&0xf0 == 224 || f.checkSrc && pk.dst == f.bcast
 	}
-	if !f.hasGw || pk.dst != f.gateway && f.subnet.Contains(netip.AddrFrom4(pk.dst)) {
+	if !f.hasGw {
 		return true
 	}
-	return f.gwMAC.Load() == macBits(pk.frame[0:6])
+	if pk.dst == f.gateway || !f.subnet.Contains(netip.AddrFrom4(pk.dst)) {
+		return f.gwMAC.Load() == macBits(pk.frame[0:6])
+	}
+	f.mu.Lock()
+	mac, ok := f.neigh[pk.dst]
+	f.mu.Unlock()
+	return ok && mac == macBits(pk.frame[0:6])
 }
 
 // viaGateway reports whether the host's frame pk, if it comes from the
@@ -412,18 +422,33 @@ func (f *Filter) viaGateway(pk packet) bool {
 	return f.gwMAC.Load() == macBits(pk.frame[6:12])
 }
 
-// learnGateway learns the gateway's Ethernet address from an ARP frame
-// from the host whose sender is the gateway's address (the host's switch
-// lets no enclave send ARP in the gateway's name).
-func (f *Filter) learnGateway(frame []byte) {
+// maxNeighbors bounds the link addresses learned for the subnet's
+// addresses other than the gateway's.
+const maxNeighbors = 4096
+
+// learnARP learns the link address of an ARP frame's sender: the
+// gateway's, or that of another address in the subnet (the host's switch
+// lets no enclave send ARP in the gateway's name, nor in the name of an
+// address another stream holds).
+func (f *Filter) learnARP(frame []byte) {
 	a := frame[ethLen:]
 	if !f.hasGw || len(a) < 28 || binary.BigEndian.Uint16(a[0:]) != 1 || binary.BigEndian.Uint16(a[2:]) != typeIPv4 || a[4] != 6 || a[5] != 4 {
 		return
 	}
-	if [4]byte(a[14:18]) != f.gateway || string(a[8:14]) != string(frame[6:12]) || a[8]&1 != 0 {
+	if string(a[8:14]) != string(frame[6:12]) || a[8]&1 != 0 {
 		return
 	}
-	f.gwMAC.Store(macBits(a[8:14]))
+	ip, mac := [4]byte(a[14:18]), macBits(a[8:14])
+	switch {
+	case ip == f.gateway:
+		f.gwMAC.Store(mac)
+	case ip != f.own && f.subnet.Contains(netip.AddrFrom4(ip)):
+		f.mu.Lock()
+		if _, ok := f.neigh[ip]; ok || len(f.neigh) < maxNeighbors {
+			f.neigh[ip] = mac
+		}
+		f.mu.Unlock()
+	}
 }
 
 // arpInSubnet reports whether an ARP frame asks or answers about an address
@@ -830,7 +855,7 @@ func (f *Filter) icmpOut(pk packet, now int64) bool {
 // subnet that does not come from the gateway's Ethernet address).
 func (f *Filter) Inbound(frame []byte) bool {
 	if len(frame) >= ethLen && binary.BigEndian.Uint16(frame[12:]) == typeARP {
-		f.learnGateway(frame)
+		f.learnARP(frame)
 		return true
 	}
 	pk, ok := parseIPv4(frame)

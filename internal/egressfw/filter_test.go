@@ -714,3 +714,24 @@ func TestInboundNotViaGateway(t *testing.T) {
 	f.Inbound(ans)
 	mustPass(t, f, out("192.168.127.2:40000", "203.0.113.77:443", 1, syn), "SYN to an address the DNS answer taught")
 }
+
+// TestEthernetDestinationInSubnet: a rule may name an address in the
+// subnet (192.168.127.254, the host's loopback, is a documented one):
+// frames to it must go to the link address ARP gave for it, not to another
+// enclave's, which the host's switch would deliver them to.
+func TestEthernetDestinationInSubnet(t *testing.T) {
+	p, err := policy.Parse([]string{"192.168.127.254:9000"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := New(Config{Policy: p, Subnet: subnet, Gateway: gwIP, DNS: []netip.Addr{gwIP}})
+	hostLo := netip.MustParseAddr("192.168.127.254")
+	other := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x66}
+	f.Inbound(taptest.ARPReply(gwMAC, gwIP, encMAC, encIP))
+	syn1 := out("192.168.127.2:40000", "192.168.127.254:9000", 1, syn)
+	mustDrop(t, f, withDstMAC(syn1, other), "SYN to an allowed address in the subnet, in a frame to another enclave's MAC, before ARP")
+	f.Inbound(taptest.ARPReply(gwMAC, hostLo, encMAC, encIP)) // the gateway answers for the host's loopback
+	f.Inbound(taptest.ARPRequest(other, netip.MustParseAddr("192.168.127.3"), encIP))
+	mustDrop(t, f, withDstMAC(syn1, other), "SYN to an allowed address in the subnet, in a frame to another enclave's MAC")
+	mustPass(t, f, syn1, "SYN to an allowed address in the subnet, to the MAC ARP gave")
+}
