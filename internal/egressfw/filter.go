@@ -25,16 +25,17 @@
 //     and without room for data; ICMP echo replies to peers
 //     that sent an echo request.
 //
-// Everything else is dropped: other ICMP (pings out, errors), IPv6,
-// IPv4 with options (a source route would make the destination checked
-// only the first hop) or from another address than the enclave's, IPv4 in
-// an Ethernet frame for another link address than its destination's (the
+// Everything else is dropped: other ICMP (pings out, errors), IPv6, IPv4
+// with options (a source route would make the destination checked only
+// the first hop) or from another address than the enclave's, IPv4 in an
+// Ethernet frame for another link address than its destination's (the
 // host's switch delivers frames by their Ethernet destination, to other
-// enclaves too: see Config.Gateway), fragments of datagrams whose first fragment did not
-// pass, other protocols and ethertypes. DNS over TCP is not inspected: it is plain TCP,
-// refused unless a rule allows the server. Frames from the host are passed
-// in unchanged, except for the DNS answers above; the filter only learns
-// from them.
+// enclaves too: see Config.Gateway), fragments of datagrams whose first
+// fragment did not pass, other protocols and ethertypes. DNS over TCP is
+// not inspected: it is refused unless an address rule names the server
+// ("*" does not). Frames from the host are passed in unchanged, except for
+// the DNS answers above (and, with Config.Gateway, frames in an outside
+// address's name not from the gateway); the filter only learns from them.
 //
 // The flow table is bounded (Config.MaxFlows); past it, new connections are
 // refused until old ones expire.
@@ -530,7 +531,7 @@ func (f *Filter) tcpOut(pk packet, now int64) (bool, []byte) {
 		// policy allows its destination; otherwise the program's socket
 		// is reset, so that it fails now rather than after its
 		// retransmissions.
-		if f.pickUp(k, now) || f.p.Allow("tcp", dst, k.rport, f.learned.Names(dst)) {
+		if f.pickUp(k, now) || f.allowTCP(dst, k.rport) {
 			if f.open(k, flow{expires: now + int64(TCPIdleTimeout), state: synAck | established}, now) {
 				return true, nil
 			}
@@ -542,7 +543,7 @@ func (f *Filter) tcpOut(pk packet, now int64) (bool, []byte) {
 		f.dropped.Add(1)
 		return false, nil
 	}
-	if !f.p.Allow("tcp", dst, k.rport, f.learned.Names(dst)) && !f.permitted(k, now) {
+	if !f.allowTCP(dst, k.rport) && !f.permitted(k, now) {
 		f.tcp.Add(1)
 		f.warn("egress: connection refused by the egress policy", "to", netip.AddrPortFrom(dst, k.rport).String(), "proto", "tcp")
 		return false, tcpReset(pk)
@@ -552,6 +553,17 @@ func (f *Filter) tcpOut(pk packet, now int64) (bool, []byte) {
 		return false, tcpReset(pk)
 	}
 	return true, nil
+}
+
+// allowTCP reports whether the policy allows a TCP connection to dst:port.
+// DNS over TCP is not inspected (its answers could lead an allowed name
+// into the enclave), so a connection to a DNS server needs a rule that
+// names the server ("*" does not).
+func (f *Filter) allowTCP(dst netip.Addr, port uint16) bool {
+	if f.isDNS(dst.As4(), port) {
+		return f.p.AllowAddress("tcp", dst, port)
+	}
+	return f.p.Allow("tcp", dst, port, f.learned.Names(dst))
 }
 
 // tcpUpdateLocked records a segment of flow k with flags; fin is finOut or

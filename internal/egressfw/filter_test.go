@@ -735,3 +735,19 @@ func TestEthernetDestinationInSubnet(t *testing.T) {
 	mustDrop(t, f, withDstMAC(syn1, other), "SYN to an allowed address in the subnet, in a frame to another enclave's MAC")
 	mustPass(t, f, syn1, "SYN to an allowed address in the subnet, to the MAC ARP gave")
 }
+
+// TestDNSOverTCP: DNS over TCP is not inspected, so the answers the filter
+// drops over UDP (an allowed name led to 127.0.0.1) would get in over TCP
+// (the host sets TC in the UDP answer, the resolver asks again over TCP).
+// "*" allows every destination without naming the DNS server: TCP to its
+// port 53 needs an address rule that names it.
+func TestDNSOverTCP(t *testing.T) {
+	f, _ := newFilter(t, 0, "*")
+	frame := out("192.168.127.2:40000", "192.168.127.1:53", 1, syn)
+	if reply := mustDrop(t, f, frame, "DNS over TCP with *"); reply == nil {
+		t.Error("DNS over TCP refused without a reset")
+	}
+	mustPass(t, f, out("192.168.127.2:40001", "192.168.127.1:80", 1, syn), "TCP to the DNS server's other ports with *")
+	named, _ := newFilter(t, 0, "192.168.127.1:53/tcp")
+	mustPass(t, named, frame, "DNS over TCP with a rule naming the server")
+}
