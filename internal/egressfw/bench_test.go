@@ -1,11 +1,20 @@
 package egressfw
 
-import "testing"
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/quenchnet/quench/tap/taptest"
+)
 
 // BenchmarkOutbound is the filter's cost for a frame of an established
 // connection, the common case (no allocation).
 func BenchmarkOutbound(b *testing.B) {
-	f, _ := newFilter(b, 0, "10.0.0.0/8:443")
+	f, c := newFilter(b, 0, "10.0.0.0/8:443")
+	// As package enclave configures it: with the gateway (whose link
+	// address the filter checks on every frame).
+	f = New(Config{Policy: f.p, Subnet: subnet, Gateway: gwIP, DNS: []netip.Addr{gwIP}, Now: c.now})
+	f.Inbound(taptest.ARPReply(gwMAC, gwIP, encMAC, encIP))
 	if pass, _ := f.Outbound(out("192.168.127.2:40000", "10.1.2.3:443", 7, syn)); !pass {
 		b.Fatal("SYN refused")
 	}
