@@ -9,7 +9,8 @@
 //
 //   - TCP: a connection the policy allows (its SYN opens a flow), and the
 //     replies of connections the host opened into the enclave (an inbound SYN
-//     opens a flow). A SYN to anywhere else is answered at once, in the
+//     opens a flow; with Config.Gateway, one straight from another enclave
+//     on the host's switch only if the policy allows that enclave). A SYN to anywhere else is answered at once, in the
 //     enclave, with a reset: connect fails with "connection refused".
 //   - UDP: datagrams to destinations the policy allows, and replies to peers
 //     that sent to that port first. Others are answered with ICMP
@@ -426,6 +427,22 @@ func (f *Filter) viaGateway(pk packet) bool {
 // maxNeighbors bounds the link addresses learned for the subnet's
 // addresses other than the gateway's.
 const maxNeighbors = 4096
+
+// mayOpen reports whether the host's frame pk may open a flow (its peer
+// pk's source, port port of network): with Config.Gateway, one straight
+// from another enclave on the host's switch (not from the gateway's
+// Ethernet address) may only if an address rule names the peer, or (for
+// TCP and UDP) the policy allows its address and port, as if this enclave
+// connected to it. Otherwise a
+// compromised enclave could connect in and read this enclave's data from
+// the replies, past the policy.
+func (f *Filter) mayOpen(pk packet, network string, port uint16) bool {
+	if !f.hasGw || f.gwMAC.Load() == macBits(pk.frame[6:12]) {
+		return true
+	}
+	src := netip.AddrFrom4(pk.src)
+	return f.p.NamesAddress(src) || network != "" && f.p.Allow(network, src, port, nil)
+}
 
 // learnARP learns the link address of an ARP frame's sender: the
 // gateway's, or that of another address in the subnet (the host's switch
@@ -899,6 +916,9 @@ func (f *Filter) Inbound(frame []byte) bool {
 		}
 		f.mu.Unlock()
 		switch {
+		case !f.mayOpen(pk, "tcp", k.rport):
+			// Straight from another enclave, not allowed: no flow, and
+			// no leave to reset or pick up one.
 		case flags&(tcpSYN|tcpACK|tcpRST) == tcpSYN:
 			f.open(k, flow{expires: now + int64(TCPOpenTimeout)}, now)
 		case flags&(tcpSYN|tcpRST) == 0:
@@ -933,10 +953,12 @@ func (f *Filter) Inbound(frame []byte) bool {
 			return true
 		}
 		f.mu.Unlock()
-		f.open(k, flow{expires: now + int64(UDPTimeout)}, now)
+		if f.mayOpen(pk, "udp", sport) {
+			f.open(k, flow{expires: now + int64(UDPTimeout)}, now)
+		}
 	case protoICMP:
 		c := pk.l4
-		if len(c) >= 8 && c[0] == icmpEcho && !pk.more {
+		if len(c) >= 8 && c[0] == icmpEcho && !pk.more && f.mayOpen(pk, "", 0) {
 			k := flowKey{proto: protoICMP, lport: binary.BigEndian.Uint16(c[4:]), lip: pk.dst, rip: pk.src}
 			f.open(k, flow{expires: now + int64(EchoTimeout)}, now)
 		}

@@ -751,3 +751,39 @@ func TestDNSOverTCP(t *testing.T) {
 	named, _ := newFilter(t, 0, "192.168.127.1:53/tcp")
 	mustPass(t, named, frame, "DNS over TCP with a rule naming the server")
 }
+
+// TestInboundFromOtherEnclave: another enclave on the host's switch (a
+// compromised one: docs/host-ops.md's "Isolation between enclaves") that
+// connects straight into this one, not through the gateway, must not open
+// a flow this enclave's programs can send their data back on, unless the
+// policy allows that address.
+func TestInboundFromOtherEnclave(t *testing.T) {
+	for _, rules := range [][]string{{"10.0.0.0/8:443"}, {"10.0.0.0/8:443", "192.168.127.3"}} {
+		p, err := policy.Parse(rules)
+		if err != nil {
+			t.Fatal(err)
+		}
+		allowed := len(rules) == 2
+		f := New(Config{Policy: p, Subnet: subnet, Gateway: gwIP, DNS: []netip.Addr{gwIP}})
+		other := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x66}
+		peer := netip.MustParseAddr("192.168.127.3")
+		f.Inbound(taptest.ARPReply(gwMAC, gwIP, encMAC, encIP))
+		f.Inbound(taptest.ARPRequest(other, peer, encIP))
+
+		f.Inbound(withSrcMAC(in("192.168.127.3:5555", "192.168.127.2:8080", syn), other))
+		f.Inbound(withSrcMAC(taptest.UDPv4Frame(encMAC, other, ap("192.168.127.3:5556"), ap("192.168.127.2:7000"), []byte("x")), other))
+		tcpReply := withDstMAC(out("192.168.127.2:8080", "192.168.127.3:5555", 1, synack), other)
+		udpReply := withDstMAC(taptest.UDPv4Frame(gwMAC, encMAC, ap("192.168.127.2:7000"), ap("192.168.127.3:5556"), []byte("y")), other)
+		if allowed {
+			mustPass(t, f, tcpReply, "SYN-ACK to an enclave the policy allows")
+			mustPass(t, f, udpReply, "reply to a datagram from an enclave the policy allows")
+		} else {
+			mustDrop(t, f, tcpReply, "SYN-ACK to a SYN straight from another enclave")
+			mustDrop(t, f, udpReply, "reply to a datagram straight from another enclave")
+		}
+		// The same connection through the gateway (a published port):
+		// its replies pass.
+		f.Inbound(in("203.0.113.9:5555", "192.168.127.2:8080", syn))
+		mustPass(t, f, out("192.168.127.2:8080", "203.0.113.9:5555", 1, synack), "SYN-ACK to a SYN through the gateway")
+	}
+}
