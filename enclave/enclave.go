@@ -112,6 +112,7 @@ func (e *Enclave) Start(ctx context.Context) (err error) {
 			Policy:  e.cfg.Egress,
 			Subnet:  e.cfg.Address,
 			Gateway: e.cfg.Gateway,
+			MAC:     e.cfg.MAC,
 			DNS:     e.cfg.DNS,
 			Inside:  func(ip netip.Addr) bool { return e.insideEnclave(nw, ip) },
 			Logger:  e.log,

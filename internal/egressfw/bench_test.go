@@ -13,7 +13,7 @@ func BenchmarkOutbound(b *testing.B) {
 	f, c := newFilter(b, 0, "10.0.0.0/8:443")
 	// As package enclave configures it: with the gateway (whose link
 	// address the filter checks on every frame).
-	f = New(Config{Policy: f.p, Subnet: subnet, Gateway: gwIP, DNS: []netip.Addr{gwIP}, Now: c.now})
+	f = New(Config{Policy: f.p, Subnet: subnet, Gateway: gwIP, MAC: encMAC, DNS: []netip.Addr{gwIP}, Now: c.now})
 	f.Inbound(taptest.ARPReply(gwMAC, gwIP, encMAC, encIP))
 	if pass, _ := f.Outbound(out("192.168.127.2:40000", "10.1.2.3:443", 7, syn)); !pass {
 		b.Fatal("SYN refused")

@@ -45,6 +45,7 @@ package egressfw
 import (
 	"encoding/binary"
 	"log/slog"
+	"net"
 	"net/netip"
 	"strings"
 	"sync"
@@ -105,6 +106,11 @@ type Config struct {
 	// only from the gateway's Ethernet address: another enclave on the
 	// switch may send in an outside address's name.
 	Gateway netip.Addr
+	// MAC is the enclave's link address. When set, only frames from it
+	// pass out: a raw socket's from other addresses would carry data in
+	// them (ARP requests, flooded to every enclave on the host's switch)
+	// and claim other enclaves' link addresses at the switch.
+	MAC net.HardwareAddr
 	// DNS lists the enclave's DNS servers: UDP queries to their port 53 are
 	// checked name by name, and their answers learned.
 	DNS []netip.Addr
@@ -143,6 +149,7 @@ type Filter struct {
 	subnet   netip.Prefix
 	own      [4]byte // subnet's address: the source of the enclave's packets
 	checkSrc bool    // own is set
+	mac      uint64  // Config.MAC as macBits gives it; 0: unset
 	bcast    [4]byte // subnet's broadcast address
 	gateway  [4]byte // Config.Gateway
 	hasGw    bool    // gateway is set
@@ -230,6 +237,9 @@ func New(cfg Config) *Filter {
 			v := binary.BigEndian.Uint32(f.own[:]) | (1<<(32-b) - 1)
 			binary.BigEndian.PutUint32(f.bcast[:], v)
 		}
+	}
+	if len(cfg.MAC) == 6 {
+		f.mac = macBits(cfg.MAC)
 	}
 	if g := cfg.Gateway.Unmap(); g.Is4() {
 		f.gateway, f.hasGw = g.As4(), true
@@ -324,7 +334,7 @@ func parseIPv4(frame []byte) (pk packet, ok bool) {
 // enclave in its place (a TCP reset, an ICMP error, an NXDOMAIN answer);
 // reply is freshly allocated.
 func (f *Filter) Outbound(frame []byte) (pass bool, reply []byte) {
-	if len(frame) < ethLen {
+	if len(frame) < ethLen || f.mac != 0 && macBits(frame[6:12]) != f.mac {
 		f.dropped.Add(1)
 		return false, nil
 	}

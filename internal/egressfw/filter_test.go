@@ -787,3 +787,21 @@ func TestInboundFromOtherEnclave(t *testing.T) {
 		mustPass(t, f, out("192.168.127.2:8080", "203.0.113.9:5555", 1, synack), "SYN-ACK to a SYN through the gateway")
 	}
 }
+
+// TestSourceMAC: with Config.MAC, the enclave's frames must come from its
+// link address. A raw socket's frames from other link addresses would carry
+// data in them (the host's switch floods ARP requests, sender address
+// included, to every enclave) and claim other enclaves' addresses at the
+// switch, which binds a MAC to the first stream that uses it.
+func TestSourceMAC(t *testing.T) {
+	p, err := policy.Parse([]string{"*"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := New(Config{Policy: p, Subnet: subnet, MAC: encMAC, DNS: []netip.Addr{gwIP}})
+	other := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x66}
+	mustPass(t, f, taptest.ARPRequest(encMAC, encIP, gwIP), "ARP request from the enclave's MAC")
+	mustDrop(t, f, taptest.ARPRequest(other, encIP, gwIP), "ARP request from another MAC")
+	mustPass(t, f, out("192.168.127.2:40000", "10.1.2.3:443", 1, syn), "SYN from the enclave's MAC")
+	mustDrop(t, f, withSrcMAC(out("192.168.127.2:40001", "10.1.2.3:443", 1, syn), other), "SYN from another MAC")
+}

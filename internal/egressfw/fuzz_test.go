@@ -48,8 +48,8 @@ func FuzzFilter(f *testing.F) {
 		fl, c := newFilter(t, 8, "10.0.0.0/8:443", "api.example.com:443", "192.168.127.254:9000/udp")
 		if len(data) > 0 && data[0]&2 != 0 {
 			// The first record's direction byte also chooses a filter
-			// with Config.Gateway (its Ethernet checks).
-			fl = New(Config{Policy: fl.p, Subnet: subnet, Gateway: gwIP, DNS: []netip.Addr{gwIP}, MaxFlows: 8, Now: c.now})
+			// with Config.Gateway and Config.MAC (its Ethernet checks).
+			fl = New(Config{Policy: fl.p, Subnet: subnet, Gateway: gwIP, MAC: encMAC, DNS: []netip.Addr{gwIP}, MaxFlows: 8, Now: c.now})
 		}
 		for len(data) >= 3 {
 			fromHost := data[0]&1 == 1
