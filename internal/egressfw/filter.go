@@ -96,7 +96,8 @@ type Config struct {
 	Subnet netip.Prefix
 	// Gateway is the enclave's gateway. When set, IPv4 routed through it
 	// (to its address or outside Subnet) passes only in frames to its
-	// Ethernet address, which the filter learns from the gateway's ARP:
+	// Ethernet address, which the filter learns from the gateway's ARP
+	// and IPv4 (the host's switch lets no enclave send in its name):
 	// the host's switch forwards frames to the enclave their Ethernet
 	// destination names, so a frame to an allowed address but another
 	// enclave's MAC would hand the data to that enclave; IPv4 to other
@@ -900,6 +901,14 @@ func (f *Filter) Inbound(frame []byte) bool {
 	pk, ok := parseIPv4(frame)
 	if !ok {
 		return true
+	}
+	if f.hasGw && pk.src == f.gateway && frame[6]&1 == 0 {
+		// The gateway's own IPv4 (the host's switch lets no enclave
+		// send from its address) teaches its link address too: the
+		// host's stack may connect in (a published port) without ARP.
+		if mac := macBits(frame[6:12]); f.gwMAC.Load() != mac {
+			f.gwMAC.Store(mac)
+		}
 	}
 	if !f.viaGateway(pk) {
 		f.dropped.Add(1)

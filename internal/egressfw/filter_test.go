@@ -805,3 +805,22 @@ func TestSourceMAC(t *testing.T) {
 	mustPass(t, f, out("192.168.127.2:40000", "10.1.2.3:443", 1, syn), "SYN from the enclave's MAC")
 	mustDrop(t, f, withSrcMAC(out("192.168.127.2:40001", "10.1.2.3:443", 1, syn), other), "SYN from another MAC")
 }
+
+// TestGatewayLearnedFromIPv4: the host's stack may know the enclave's MAC
+// without asking (a neighbour entry from before the enclave restarted),
+// and published ports connect in from the gateway's address: the
+// gateway's link address is learned from its IPv4 too (the host's switch
+// lets no enclave send from the gateway's address), so such a connection
+// is not dropped until the gateway happens to send ARP.
+func TestGatewayLearnedFromIPv4(t *testing.T) {
+	p, err := policy.Parse([]string{"10.0.0.0/8:443"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := New(Config{Policy: p, Subnet: subnet, Gateway: gwIP, MAC: encMAC, DNS: []netip.Addr{gwIP}})
+	if !f.Inbound(in("192.168.127.1:5555", "192.168.127.2:8080", syn)) {
+		t.Fatal("a published port's SYN from the gateway was dropped")
+	}
+	mustPass(t, f, out("192.168.127.2:8080", "192.168.127.1:5555", 1, synack), "SYN-ACK to the gateway")
+	mustPass(t, f, out("192.168.127.2:40000", "10.1.2.3:443", 1, syn), "SYN through the gateway")
+}
