@@ -93,7 +93,8 @@ func FuzzFilter(f *testing.F) {
 // pass it: ARP about the subnet; IPv4 from the enclave's address without
 // options, and then a later fragment of a datagram whose first fragment
 // passed, a DNS query about allowed names only, an echo reply to a ping,
-// or TCP or UDP on a live flow or to a destination the policy allows.
+// TCP or UDP on a live flow or to a destination the policy allows, or TCP
+// of no flow that the host spoke on first.
 func allowedBefore(f *Filter, frame []byte) bool {
 	if len(frame) < ethLen {
 		return false
@@ -133,6 +134,13 @@ func allowedBefore(f *Filter, frame []byte) bool {
 		network := "tcp"
 		if pk.proto == protoUDP {
 			network = "udp"
+		}
+		if pk.proto == protoTCP {
+			// A segment of no flow the host spoke on first (a reset or
+			// data on a connection older than the filter: pickUp).
+			if l, ok := f.resets[k]; ok && l.expires > now {
+				return true
+			}
 		}
 		return live(k) || f.p.Allow(network, dst, k.rport, f.learned.Names(dst))
 	case protoICMP:
