@@ -218,7 +218,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	var fwds forwardList
 	fs.Var(&fwds, "forward", "ingress fast path to a program in the enclave: LISTEN=TARGET[,proxy-header], e.g. vsock://:8080=127.0.0.1:3000; quench-host -publish-vsock HOSTPORT:8080 sends each client connection to LISTEN, which is relayed to TARGET (host:port or unix:///path on the enclave's own sockets); ,proxy-header passes the client address on in a PROXY v2 header; repeatable; works without -app-url and in both network modes")
 	var allow []string
-	fs.Func("allow", "egress policy: allow outbound connections and DNS answers only as `RULE` says: DEST[:PORTS][/tcp|/udp], DEST a hostname, *.wildcard, address, CIDR or *; repeatable (default: allow all). Example: -allow '*.amazonaws.com:443' -allow 10.0.0.0/8:5432. Enforced inside the enclave (part of the attested image, unlike quench-host's -allow, which the untrusted host controls), for every program in TAP mode (in userspace mode no other program has a network); shown in /enclave/config", func(v string) error {
+	fs.Func("allow", "egress policy: allow outbound connections and DNS answers only as `RULE` says: DEST[:PORTS][/tcp|/udp], DEST a hostname, *.wildcard, address, CIDR or *; repeatable (default: allow all). Example: -allow kms.us-east-1.amazonaws.com:443 -allow 10.0.0.0/8:5432 (a wildcard over a zone where anyone can get a name, such as *.amazonaws.com, allows whoever gets one). Enforced inside the enclave (part of the attested image, unlike quench-host's -allow, which the untrusted host controls), for every program in TAP mode (in userspace mode no other program has a network); shown in /enclave/config", func(v string) error {
 		allow = append(allow, v)
 		return nil
 	})
