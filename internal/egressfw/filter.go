@@ -571,16 +571,30 @@ func (f *Filter) tcpOut(pk packet, now int64) (bool, []byte) {
 		f.dropped.Add(1)
 		return false, nil
 	}
-	if !f.allowTCP(dst, k.rport) && !f.permitted(k, now) {
-		f.tcp.Add(1)
-		f.warn("egress: connection refused by the egress policy", "to", netip.AddrPortFrom(dst, k.rport).String(), "proto", "tcp")
-		return false, tcpReset(pk)
-	}
-	if !f.open(k, flow{expires: now + int64(TCPOpenTimeout)}, now) {
-		f.tcp.Add(1)
+	if !f.admit(k, f.allowTCP(dst, k.rport), TCPOpenTimeout, &f.tcp, now) {
 		return false, tcpReset(pk)
 	}
 	return true, nil
+}
+
+// admit opens flow k, the first of a connection or datagram exchange the
+// enclave starts, if the policy allows it (allowed) or Permit did, for ttl;
+// otherwise it counts the refusal in refused and reports false.
+func (f *Filter) admit(k flowKey, allowed bool, ttl time.Duration, refused *atomic.Uint64, now int64) bool {
+	if !allowed && !f.permitted(k, now) {
+		refused.Add(1)
+		proto := "tcp"
+		if k.proto == protoUDP {
+			proto = "udp"
+		}
+		f.warn("egress: refused by the egress policy", "to", netip.AddrPortFrom(netip.AddrFrom4(k.rip), k.rport).String(), "proto", proto)
+		return false
+	}
+	if !f.open(k, flow{expires: now + int64(ttl)}, now) {
+		refused.Add(1)
+		return false
+	}
+	return true
 }
 
 // allowTCP reports whether the policy allows a TCP connection to dst:port.
@@ -702,13 +716,7 @@ func (f *Filter) udpOut(pk packet, now int64) (bool, []byte) {
 	}
 	f.mu.Unlock()
 	dst := netip.AddrFrom4(pk.dst)
-	if !f.p.Allow("udp", dst, k.rport, f.learned.Names(dst)) && !f.permitted(k, now) {
-		f.udp.Add(1)
-		f.warn("egress: datagram refused by the egress policy", "to", netip.AddrPortFrom(dst, k.rport).String(), "proto", "udp")
-		return false, icmpProhibited(pk)
-	}
-	if !f.open(k, flow{expires: now + int64(UDPTimeout)}, now) {
-		f.udp.Add(1)
+	if !f.admit(k, f.p.Allow("udp", dst, k.rport, f.learned.Names(dst)), UDPTimeout, &f.udp, now) {
 		return false, icmpProhibited(pk)
 	}
 	return true, nil
