@@ -19,6 +19,7 @@ import (
 	"github.com/quenchnet/quench/attestation"
 	"github.com/quenchnet/quench/enclave"
 	"github.com/quenchnet/quench/internal/endpoint"
+	"github.com/quenchnet/quench/policy"
 )
 
 func main() {
@@ -42,8 +43,21 @@ func run(args []string) error {
 		resolvConf = fs.String("resolv-conf", "/etc/resolv.conf", "TAP mode: resolv.conf to write; - to leave it alone")
 		ingress    = fs.String("ingress", "", "also serve HTTPS on this listener for quench-host's ingress fast path (-publish-vsock; PROXY header first), e.g. vsock://:8443")
 	)
+	var allow []string
+	fs.Func("allow", "egress policy `RULE` (repeatable; see package policy): where the app may connect, enforced in the enclave (in TAP mode for every program)", func(v string) error {
+		allow = append(allow, v)
+		return nil
+	})
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	var egress *policy.Policy
+	if len(allow) > 0 {
+		p, err := policy.Parse(allow)
+		if err != nil {
+			return fmt.Errorf("-allow: %w", err)
+		}
+		egress = p
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	ha, err := endpoint.Parse(*hostURL)
@@ -94,6 +108,7 @@ func run(args []string) error {
 		FQDN:          *fqdn,
 		ACME:          *acme,
 		Attester:      att, // nil: the Nitro Secure Module
+		Egress:        egress,
 		Logger:        log,
 	})
 	if err != nil {
