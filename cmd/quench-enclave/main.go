@@ -37,8 +37,10 @@ terminated in the enclave (self-signed, -tls-cert/-tls-key, or ACME with
 -acme -fqdn), attestation documents binding the TLS certificate at
 /enclave/attestation, /enclave/config and /enclave/health, and everything
 else proxied to the app. The app talks to quench-enclave on -internal-addr:
-GET /enclave/ready (with -wait-for-app, the public server starts only then)
-and POST /enclave/hash (register an app key hash bound into documents).
+GET /enclave/ready (with -wait-for-app, the public server starts only then),
+POST /enclave/hash (register an app key hash bound into documents), and
+POST /enclave/kms/recipient and /enclave/kms/decrypt (AWS KMS secrets sealed
+to the enclave: see docs/nitriding-migration.md).
 With -app-cmd (or a command after --) it starts the app in its own process
 group, forwards its output and SIGINT/SIGTERM (to the whole group), kills
 the group if the app has not exited -drain-timeout+5s after the signal, and
@@ -72,7 +74,8 @@ name it does not allow gets NXDOMAIN, and a hostname rule allows the
 addresses the DNS answered for that name. Replies on connections into the
 enclave (published ports, -forward) always pass; quench-enclave's own
 connections (-acme, key sync) are not limited by it. DNS over TCP is
-plain TCP to the DNS server: refused unless a rule allows it.
+plain TCP to the DNS server: refused unless an address or CIDR rule names
+the server (* does not).
 
 Usage:
   quench-enclave [flags] [-- app command and args]
@@ -188,7 +191,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		appURL      = fs.String("app-url", "", "the app's address, http://HOST:PORT or unix:///path; turns serving on (HTTPS, attestation, proxy to the app)")
 		appCmd      = fs.String("app-cmd", "", "start the app with this command line (split like a POSIX shell, without expansion); or give it after --")
 		publicAddr  = fs.String("public-addr", enclave.DefaultPublicAddr, "public HTTPS address on the enclave's network (the host publishes a port to it)")
-		intAddr     = fs.String("internal-addr", enclave.DefaultInternalAddr, "internal server for the app (/enclave/ready, /enclave/hash, /enclave/state) on the enclave's loopback: a literal loopback address (127.0.0.1, [::1]; not localhost, not :PORT), and neither -app-url nor a -forward target may name it")
+		intAddr     = fs.String("internal-addr", enclave.DefaultInternalAddr, "internal server for the app (/enclave/ready, /enclave/hash, /enclave/state, /enclave/kms/*) on the enclave's loopback: a literal loopback address (127.0.0.1, [::1]; not localhost, not :PORT), and neither -app-url nor a -forward target may name it")
 		waitForApp  = fs.Bool("wait-for-app", false, "start the public server only after the app calls GET /enclave/ready on -internal-addr")
 		fqdn        = fs.String("fqdn", "", "the enclave's public name: ACME certificate name, self-signed certificate subject")
 		acmeOn      = fs.Bool("acme", false, "obtain the certificate for -fqdn by ACME (TLS-ALPN-01 on the public port; the host must publish port 443)")
@@ -199,11 +202,11 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		tlsCert     = fs.String("tls-cert", "", "PEM certificate chain to serve (with -tls-key); default: a self-signed ECDSA P-256 certificate")
 		tlsKey      = fs.String("tls-key", "", "PEM private key of -tls-cert")
 		devAtt      = fs.Bool("dev-attester", false, "INSECURE: sign attestation documents with a self-generated development root instead of the Nitro Secure Module; for simulations only")
-		devRootOut  = fs.String("dev-root-out", "", "with -dev-attester: write the development root certificate (PEM) to this file, for `quench verify --roots`")
+		devRootOut  = fs.String("dev-root-out", "", "with -dev-attester: write the development root certificate (PEM) to `FILE`, for quench verify --roots")
 		metricsAddr = fs.String("metrics", "", "serve Prometheus metrics at /metrics on this address of the enclave's network (e.g. :9090); off by default")
 		pprofOn     = fs.Bool("pprof", false, "serve net/http/pprof under /debug/pprof/ on -internal-addr; attestation is then refused, and -fqdn-leader (key sync) too, since profiling weakens isolation")
 		ingress     = fs.String("ingress", "", "also serve the public HTTPS server on this listener for quench-host's ingress fast path (PROXY protocol header first), e.g. vsock://:8443; off by default")
-		maxAttest   = fs.Int("max-attestations", enclave.DefaultMaxAttestations, "attestation documents produced at once (each is an NSM request, served one at a time); past it /enclave/attestation and attested /enclave/config get 503 with Retry-After at once; -1: no limit")
+		maxAttest   = fs.Int("max-attestations", enclave.DefaultMaxAttestations, "attestation documents produced at once (each is an NSM request, served one at a time); past it /enclave/attestation, attested /enclave/config and /enclave/kms/recipient get 503 with Retry-After at once; -1: no limit")
 		maxConns    = fs.Int("max-conns", 0, "connections the host opened into the enclave held at once: to the public HTTPS server (over the tunnel and -ingress), to every -forward and to key sync, together (in their handshake, idle, busy or relayed); past it a new connection is closed at once, counted and logged; -1: no limit (default: a quarter of the open-file limit)")
 		drain       = fs.Duration("drain-timeout", enclave.DefaultDrainTimeout, "on SIGTERM/SIGINT, how long in-flight requests get to finish")
 		maxInFlight = fs.Int("max-in-flight", 0, "requests forwarded to the app at once; past it they wait in -queue or get 503 with Retry-After at once; -1: no limit (default: 64 per CPU)")
@@ -218,7 +221,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	var fwds forwardList
 	fs.Var(&fwds, "forward", "ingress fast path to a program in the enclave: LISTEN=TARGET[,proxy-header], e.g. vsock://:8080=127.0.0.1:3000; quench-host -publish-vsock HOSTPORT:8080 sends each client connection to LISTEN, which is relayed to TARGET (host:port or unix:///path on the enclave's own sockets); ,proxy-header passes the client address on in a PROXY v2 header; repeatable; works without -app-url and in both network modes")
 	var allow []string
-	fs.Func("allow", "egress policy: allow outbound connections and DNS answers only as `RULE` says: DEST[:PORTS][/tcp|/udp], DEST a hostname, *.wildcard, address, CIDR or *; repeatable (default: allow all). Example: -allow kms.us-east-1.amazonaws.com:443 -allow 10.0.0.0/8:5432 (a wildcard over a zone where anyone can get a name, such as *.amazonaws.com, allows whoever gets one). Enforced inside the enclave (part of the attested image, unlike quench-host's -allow, which the untrusted host controls), for every program in TAP mode (in userspace mode no other program has a network); shown in /enclave/config", func(v string) error {
+	fs.Func("allow", "egress policy: allow outbound connections and DNS answers only as `RULE` says: DEST[:PORTS][/tcp|/udp], DEST a hostname, *.wildcard, address, CIDR or *; repeatable (default: allow all). Example: -allow kms.us-east-1.amazonaws.com:443 -allow 10.0.0.0/8:5432 (a wildcard over a zone where anyone can get a name, such as *.amazonaws.com, allows whoever gets one). Enforced inside the enclave (part of the attested image, unlike quench-host's -allow, which the untrusted host controls), for every program in TAP mode (in userspace mode no other program has a network); shown in /enclave/config (egress) with -app-url", func(v string) error {
 		allow = append(allow, v)
 		return nil
 	})

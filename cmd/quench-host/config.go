@@ -113,7 +113,7 @@ func (o *options) bind(fs *flag.FlagSet, configPath *string) {
 	fs.DurationVar(&o.DialTimeout, "dial-timeout", o.DialTimeout, "timeout of one outbound or enclave connection attempt")
 	fs.DurationVar(&o.IdleTimeout, "idle-timeout", o.IdleTimeout, "close published-port connections idle this long in both directions (negative: never)")
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", o.DrainTimeout, "on SIGTERM or port removal, wait this long for connections to end before closing them")
-	fs.Var(listFlag{&o.Allow}, "allow", "egress policy: allow outbound connections and DNS answers only as `RULE` says: DEST[:PORTS][/tcp|/udp], DEST a hostname, *.wildcard, address, CIDR or *; repeatable (default: allow all). Example: -allow '*.amazonaws.com:443' -allow 10.0.0.0/8:5432")
+	fs.Var(listFlag{&o.Allow}, "allow", "egress policy: allow outbound connections and DNS answers only as `RULE` says: DEST[:PORTS][/tcp|/udp], DEST a hostname, *.wildcard, address, CIDR or *; repeatable (default: allow all). Example: -allow kms.us-east-1.amazonaws.com:443 -allow 10.0.0.0/8:5432 (a wildcard over a zone where anyone can get a name, such as *.amazonaws.com, allows whoever gets one)")
 	fs.BoolVar(&o.RelayGoroutine, "relay-goroutines", o.RelayGoroutine, "relay published-port connections with two goroutines each instead of the epoll event loops (for comparison and debugging)")
 	fs.DurationVar(&o.AckDelay, "ack-delay", o.AckDelay, "hold a pure TCP ACK to the enclave this long, so that the connection's next segment carries it instead (fewer frames per request); 0 turns it off")
 	fs.BoolVar(&o.AllowMetadata, "allow-metadata", o.AllowMetadata, "let enclaves reach 169.254.0.0/16, including the EC2 instance metadata service and its credentials")
