@@ -7,9 +7,10 @@
 # It builds nothing itself (`make demo` runs `make build tools` first), then:
 # starts quench-host publishing 127.0.0.1:8443 to the enclave's port 443;
 # starts quench-enclave in a fresh network namespace with the INSECURE
-# development attester and examples/sidecar/app.py; shows an HTTPS request
-# through the published port, `quench verify` against the development root,
-# and a short bombardier run. Everything is stopped and the namespace removed
+# development attester, an egress policy (-allow) and examples/sidecar/app.py;
+# shows an HTTPS request through the published port, `quench verify` against
+# the development root, the egress policy refusing a port, an address and a
+# DNS name in the enclave, and a short bombardier run. Everything is stopped and the namespace removed
 # on exit or Ctrl-C.
 set -euo pipefail
 
