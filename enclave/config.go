@@ -201,9 +201,10 @@ type Config struct {
 	Forwards []Forward
 
 	// InternalAddr is where the internal server for the app listens, always
-	// on kernel sockets: the enclave's loopback. It serves /enclave/ready
-	// and /enclave/hash (and /debug/pprof/ when Pprof is set). "-" turns it
-	// off (then WaitForApp needs Enclave.Ready). Its host must be a literal
+	// on kernel sockets: the enclave's loopback. It serves /enclave/ready,
+	// /enclave/hash, /enclave/kms/recipient and /enclave/kms/decrypt (and
+	// /debug/pprof/ when Pprof is set). "-" turns it off (then WaitForApp
+	// needs Enclave.Ready). Its host must be a literal
 	// loopback address (127.0.0.0/8 or ::1; names, "localhost" included,
 	// and empty or unspecified hosts are refused), and no Forward target
 	// or AppURL may name its port on a loopback, unspecified or
@@ -599,7 +600,8 @@ func (c Config) withDefaults() (Config, error) {
 // loopbackPort checks that addr, the internal server's address, is a
 // literal loopback address (127.0.0.0/8 or ::1) and returns its port.
 // Whoever reaches the internal server can replace the attested app key hash
-// (POST /enclave/hash), read a worker's synced state and, with Pprof, the
+// (POST /enclave/hash), have KMS answers sealed to the enclave opened
+// (/enclave/kms/*), read a worker's synced state and, with Pprof, the
 // process memory: an empty or unspecified host would put it on the
 // enclave's network, where the host reaches it. Host names, "localhost"
 // included, are refused rather than resolved (the listener would use
