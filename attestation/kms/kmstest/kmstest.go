@@ -1,6 +1,13 @@
 // Package kmstest seals data the way AWS KMS does for a Recipient, so that
 // programs using package kms (or quench-enclave's /enclave/kms endpoints)
 // can be tested without KMS.
+//
+// With quench-enclave -dev-attester, the key to seal to is the public_key
+// field of the document POST /enclave/kms/recipient answers with
+// (attestation_document, base64): attestation.Verify with the roots written
+// by -dev-root-out (attestation.LoadRoots) returns it in Result.PublicKey, a
+// DER SubjectPublicKeyInfo for x509.ParsePKIXPublicKey. Send Seal's output,
+// base64-encoded, as ciphertext_for_recipient to POST /enclave/kms/decrypt.
 package kmstest
 
 import (
