@@ -305,6 +305,16 @@ type packet struct {
 	offset   int  // fragment offset in bytes
 }
 
+// flow is the flow of pk's TCP or UDP header (at least 4 bytes of it), a
+// packet from the enclave (out) or from the host.
+func (pk packet) flow(out bool) flowKey {
+	a, b := binary.BigEndian.Uint16(pk.l4[0:]), binary.BigEndian.Uint16(pk.l4[2:])
+	if out {
+		return flowKey{proto: pk.proto, lport: a, rport: b, lip: pk.src, rip: pk.dst}
+	}
+	return flowKey{proto: pk.proto, lport: b, rport: a, lip: pk.dst, rip: pk.src}
+}
+
 // parseIPv4 parses frame as an Ethernet frame with an IPv4 packet.
 func parseIPv4(frame []byte) (pk packet, ok bool) {
 	if len(frame) < ethLen+20 || binary.BigEndian.Uint16(frame[12:]) != typeIPv4 {
@@ -532,7 +542,7 @@ func (f *Filter) tcpOut(pk packet, now int64) (bool, []byte) {
 		return false, nil
 	}
 	flags := t[13]
-	k := flowKey{proto: protoTCP, lport: binary.BigEndian.Uint16(t[0:]), rport: binary.BigEndian.Uint16(t[2:]), lip: pk.src, rip: pk.dst}
+	k := pk.flow(true)
 	f.mu.Lock()
 	fl, ok := f.flows[k]
 	if ok && fl.expires > now {
@@ -683,7 +693,7 @@ func (f *Filter) udpOut(pk packet, now int64) (bool, []byte) {
 		f.dropped.Add(1)
 		return false, nil
 	}
-	k := flowKey{proto: protoUDP, lport: binary.BigEndian.Uint16(u[0:]), rport: binary.BigEndian.Uint16(u[2:]), lip: pk.src, rip: pk.dst}
+	k := pk.flow(true)
 	if f.isDNS(pk.dst, k.rport) {
 		if pk.more {
 			f.dropped.Add(1) // a fragmented query: not checked, not passed
@@ -933,7 +943,7 @@ func (f *Filter) Inbound(frame []byte) bool {
 			return true
 		}
 		flags := t[13]
-		k := flowKey{proto: protoTCP, lport: binary.BigEndian.Uint16(t[2:]), rport: binary.BigEndian.Uint16(t[0:]), lip: pk.dst, rip: pk.src}
+		k := pk.flow(false)
 		f.mu.Lock()
 		fl, ok := f.flows[k]
 		if ok && fl.expires > now {
@@ -970,7 +980,7 @@ func (f *Filter) Inbound(frame []byte) bool {
 			}
 			return f.learn(udpPayload(u))
 		}
-		k := flowKey{proto: protoUDP, lport: binary.BigEndian.Uint16(u[2:]), rport: sport, lip: pk.dst, rip: pk.src}
+		k := pk.flow(false)
 		f.mu.Lock()
 		fl, ok := f.flows[k]
 		if ok && fl.expires > now {
