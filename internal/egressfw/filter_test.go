@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"net"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 
@@ -823,4 +824,50 @@ func TestGatewayLearnedFromIPv4(t *testing.T) {
 	}
 	mustPass(t, f, out("192.168.127.2:8080", "192.168.127.1:5555", 1, synack), "SYN-ACK to the gateway")
 	mustPass(t, f, out("192.168.127.2:40000", "10.1.2.3:443", 1, syn), "SYN through the gateway")
+}
+
+// The two directions of a tap.Pump call the filter from two goroutines,
+// and the enclave calls Permit and Stats from others: run them together
+// (for the race detector).
+func TestConcurrentUse(t *testing.T) {
+	p, err := policy.Parse([]string{"10.0.0.0/8:443", "api.example.com:443"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := New(Config{Policy: p, Subnet: subnet, Gateway: gwIP, MAC: encMAC, DNS: []netip.Addr{gwIP}, MaxFlows: 64})
+	outFrames := [][]byte{
+		out("192.168.127.2:40000", "10.1.2.3:443", 7, syn),
+		out("192.168.127.2:40001", "11.1.2.3:443", 7, syn),
+		out("192.168.127.2:40000", "10.1.2.3:443", 8, ack, 'x'),
+		query(t, 1, "api.example.com."),
+		query(t, 2, "leak.example."),
+		taptest.ARPRequest(encMAC, encIP, gwIP),
+	}
+	inFrames := [][]byte{
+		taptest.ARPReply(gwMAC, gwIP, encMAC, encIP),
+		in("10.1.2.3:443", "192.168.127.2:40000", synack),
+		in("203.0.113.9:5555", "192.168.127.2:8080", syn),
+		answer(t, "api.example.com.", "203.0.113.10"),
+	}
+	var wg sync.WaitGroup
+	run := func(fn func(i int)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 2000 {
+				fn(i)
+			}
+		}()
+	}
+	run(func(i int) { f.Outbound(outFrames[i%len(outFrames)]) })
+	run(func(i int) { f.Inbound(inFrames[i%len(inFrames)]) })
+	run(func(i int) {
+		f.Permit("tcp", ap("203.0.113.5:444"))
+		f.PermitName("leader.example.")
+		_ = f.Stats()
+	})
+	wg.Wait()
+	if s := f.Stats(); s.Flows > 64 {
+		t.Errorf("%d flows, MaxFlows 64", s.Flows)
+	}
 }
