@@ -94,3 +94,52 @@ func readAll(t *testing.T, d interface {
 	}
 	return got
 }
+
+// The pump reads (and the filter injects its replies) while it writes the
+// host's frames: the device sees one writer at a time.
+func TestWrapConcurrent(t *testing.T) {
+	f, _ := newFilter(t, 0, "10.0.0.0/8:443")
+	dev := taptest.NewChannelDevice(0)
+	w := Wrap(dev, f)
+	defer w.Close()
+	const n = 500
+	done := make(chan struct{})
+	go func() { // the enclave's kernel: takes every frame written to the device
+		for {
+			select {
+			case <-dev.Inbound:
+			case <-done:
+				return
+			}
+		}
+	}()
+	go func() {
+		for i := range n {
+			dev.Outbound <- out("192.168.127.2:40000", "11.1.2.3:443", uint32(i), syn) // refused: a reset is injected
+			dev.Outbound <- out("192.168.127.2:40001", "10.1.2.3:443", uint32(i), syn)
+		}
+	}()
+	writeErr := make(chan error, 1)
+	go func() {
+		frame := in("10.1.2.3:443", "192.168.127.2:40001", ack)
+		for range n {
+			if _, err := w.Write([][]byte{frame}, 0); err != nil {
+				writeErr <- err
+				return
+			}
+		}
+		writeErr <- nil
+	}()
+	bufs, sizes := bufsFor(w)
+	for got := 0; got < n; {
+		k, err := w.Read(bufs, sizes, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got += k
+	}
+	if err := <-writeErr; err != nil {
+		t.Fatal(err)
+	}
+	close(done)
+}
