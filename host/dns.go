@@ -108,7 +108,7 @@ func (p *policyResolver) LookupIPAddr(ctx context.Context, host string) ([]net.I
 		return nil, err
 	}
 	ips, err := p.r.LookupIPAddr(ctx, host)
-	if err == nil && p.h.cfg.Egress != nil {
+	if err == nil && p.h.cfg.Egress.NamesHost(host) {
 		addrs := make([]netip.Addr, 0, len(ips))
 		for _, ip := range ips {
 			if a, ok := netip.AddrFromSlice(ip.IP); ok {

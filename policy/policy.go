@@ -174,6 +174,23 @@ func (p *Policy) AllowName(name string) bool {
 	return false
 }
 
+// NamesHost reports whether a hostname rule other than "*" matches name:
+// whether the addresses name resolves to can change what Allow says ("*"
+// allows every address on its ports whatever it was resolved from). A
+// resolver need remember (Learned) only such names.
+func (p *Policy) NamesHost(name string) bool {
+	if p == nil {
+		return false
+	}
+	name = normName(name)
+	for i := range p.rules {
+		if r := &p.rules[i]; !r.any && r.matchName(name) {
+			return true
+		}
+	}
+	return false
+}
+
 // Allow reports whether a connection (network "tcp" or "udp") to ip:port is
 // allowed. names are the hostnames ip was resolved from (see Learned), for
 // hostname rules.

@@ -210,3 +210,25 @@ func FuzzParse(f *testing.F) {
 		_ = p.Allow("tcp", netip.MustParseAddr("10.0.0.1"), 443, []string{s})
 	})
 }
+
+func TestNamesHost(t *testing.T) {
+	p, err := policy.Parse([]string{"*:443", "db.example.com:5432", "*.svc.example.com:80", "10.0.0.0/8"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]bool{
+		"db.example.com":    true,
+		"DB.Example.com.":   true,
+		"a.svc.example.com": true,
+		"svc.example.com":   false, // the wildcard is below the apex only
+		"attacker.example":  false, // only "*" matches: its addresses do not matter
+		"other.example.com": false,
+	} {
+		if got := p.NamesHost(name); got != want {
+			t.Errorf("NamesHost(%q) = %v, want %v", name, got, want)
+		}
+	}
+	if (*policy.Policy)(nil).NamesHost("db.example.com") {
+		t.Error("a nil policy (allow all) needs no names")
+	}
+}

@@ -1063,7 +1063,7 @@ func (f *Filter) learn(msg []byte) bool {
 		}
 		ips = append(ips, ip)
 	}
-	if len(ips) > 0 && name != "" && f.p.AllowName(name) {
+	if len(ips) > 0 && name != "" && f.p.NamesHost(name) {
 		f.learned.Record(name, ips...)
 	}
 	return true

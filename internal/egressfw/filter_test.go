@@ -871,3 +871,18 @@ func TestConcurrentUse(t *testing.T) {
 		t.Errorf("%d flows, MaxFlows 64", s.Flows)
 	}
 }
+
+// Only names a hostname rule other than "*" matches are remembered: under
+// "*" the host could otherwise fill the table with names whose addresses
+// change nothing.
+func TestLearnsOnlyNamedHosts(t *testing.T) {
+	f, _ := newFilter(t, 0, "*:443", "db.example.com:5432")
+	f.Inbound(answer(t, "other.example.", "203.0.113.20"))
+	if names := f.learned.Names(netip.MustParseAddr("203.0.113.20")); len(names) != 0 {
+		t.Errorf("learned %v for a name only * matches", names)
+	}
+	f.Inbound(answer(t, "db.example.com.", "203.0.113.21"))
+	mustPass(t, f, out("192.168.127.2:40000", "203.0.113.21:5432", 1, syn), "SYN to the database's learned address")
+	mustDrop(t, f, out("192.168.127.2:40001", "203.0.113.20:5432", 1, syn), "SYN to another name's address on the database port")
+	mustPass(t, f, out("192.168.127.2:40002", "203.0.113.20:443", 1, syn), "SYN to any address on 443")
+}
