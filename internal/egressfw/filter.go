@@ -716,15 +716,9 @@ func (f *Filter) udpOut(pk packet, now int64) (bool, []byte) {
 		}
 		return true, nil
 	}
-	f.mu.Lock()
-	fl, ok := f.flows[k]
-	if ok && fl.expires > now {
-		fl.expires = now + int64(UDPTimeout)
-		f.flows[k] = fl
-		f.mu.Unlock()
+	if f.refreshUDP(k, now) {
 		return true, nil
 	}
-	f.mu.Unlock()
 	dst := netip.AddrFrom4(pk.dst)
 	if !f.admit(k, f.p.Allow("udp", dst, k.rport, f.learned.Names(dst)), UDPTimeout, &f.udp, now) {
 		return false, icmpProhibited(pk)
@@ -878,6 +872,20 @@ func (f *Filter) pickUp(k flowKey, now int64) bool {
 	return ok && l.expires > now
 }
 
+// refreshUDP reports whether UDP flow k is live, and if so extends it by
+// UDPTimeout.
+func (f *Filter) refreshUDP(k flowKey, now int64) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fl, ok := f.flows[k]
+	if !ok || fl.expires <= now {
+		return false
+	}
+	fl.expires = now + int64(UDPTimeout)
+	f.flows[k] = fl
+	return true
+}
+
 // udpPayload returns a UDP datagram's payload, bounded by its length field.
 func udpPayload(u []byte) []byte {
 	n := int(binary.BigEndian.Uint16(u[4:]))
@@ -981,15 +989,9 @@ func (f *Filter) Inbound(frame []byte) bool {
 			return f.learn(udpPayload(u))
 		}
 		k := pk.flow(false)
-		f.mu.Lock()
-		fl, ok := f.flows[k]
-		if ok && fl.expires > now {
-			fl.expires = now + int64(UDPTimeout)
-			f.flows[k] = fl
-			f.mu.Unlock()
+		if f.refreshUDP(k, now) {
 			return true
 		}
-		f.mu.Unlock()
 		if f.mayOpen(pk, "udp", sport) {
 			f.open(k, flow{expires: now + int64(UDPTimeout)}, now)
 		}
