@@ -106,8 +106,22 @@ type Config struct {
 	TAPName string
 
 	// ResolvConf is the resolv.conf that NetworkTAP writes the DNS servers
-	// to. Default: /etc/resolv.conf. "-" means do not write one.
+	// (or DNSProxy) to. Default: /etc/resolv.conf. "-" means do not write
+	// one.
 	ResolvConf string
+
+	// DNSProxy is, in TAP mode with Egress, the loopback address on whose
+	// port 53 (UDP and TCP) the enclave answers its programs' DNS
+	// questions, and the name server written to ResolvConf in place of
+	// DNS. It passes the questions on to DNS: over UDP through the egress
+	// filter, like any program's; over TCP on its own connections, checking
+	// each whole question and answer by the policy as the filter checks
+	// datagrams (the filter refuses programs' own DNS over TCP, which it
+	// cannot inspect), so that answers too large for a datagram resolve
+	// too. Default: 127.0.0.1. "-" means none: ResolvConf names DNS, and
+	// a name whose answer does not fit in a datagram does not resolve.
+	// Not used in userspace mode or without Egress.
+	DNSProxy string
 
 	// ReconnectMin and ReconnectMax bound the backoff between attempts to
 	// reach the host after the stream drops: the wait doubles from
@@ -568,6 +582,14 @@ func (c Config) withDefaults() (Config, error) {
 	if c.ResolvConf == "" {
 		c.ResolvConf = "/etc/resolv.conf"
 	}
+	if c.DNSProxy == "" {
+		c.DNSProxy = "127.0.0.1"
+	}
+	if c.DNSProxy != "-" {
+		if a, err := netip.ParseAddr(c.DNSProxy); err != nil || !a.Is4() || !a.IsLoopback() {
+			return c, fmt.Errorf("enclave: DNS proxy %q: want an IPv4 loopback address (127.0.0.1) or - for none", c.DNSProxy)
+		}
+	}
 	if c.StallTimeout == 0 {
 		c.StallTimeout = tap.DefaultStallTimeout
 	}
@@ -670,4 +692,14 @@ func reachesLocalPort(hostport string, port uint16) bool {
 	}
 	ip = ip.Unmap()
 	return ip.IsLoopback() || ip.IsUnspecified()
+}
+
+// dnsProxyAddr is DNSProxy's address when the DNS proxy runs: in TAP mode
+// with Egress, unless DNSProxy is "-".
+func (c Config) dnsProxyAddr() (netip.Addr, bool) {
+	if c.Network != NetworkTAP || c.Egress == nil || c.DNSProxy == "-" {
+		return netip.Addr{}, false
+	}
+	a, err := netip.ParseAddr(c.DNSProxy)
+	return a, err == nil
 }

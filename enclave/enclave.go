@@ -42,6 +42,7 @@ type Enclave struct {
 	guard  internalGuard    // the internal server's port, refused to forwards and the app proxy
 	conns  *connCap         // Config.MaxConns: the servers' and the forwards' listeners share it
 	egress *egressfw.Filter // TAP mode with Config.Egress: the frames' firewall; set by Start
+	dnsp   *dnsProxy        // TAP mode with Config.Egress, unless Config.DNSProxy is "-"; set by Start
 }
 
 // network is what a networking mode provides to the app.
@@ -120,9 +121,23 @@ func (e *Enclave) Start(ctx context.Context) (err error) {
 		dev = egressfw.Wrap(dev, e.egress)
 	}
 	pump := tap.NewPump(dev, e.log)
+	if a, ok := e.cfg.dnsProxyAddr(); ok && e.egress != nil {
+		servers := make([]netip.AddrPort, len(e.cfg.DNS))
+		for i, s := range e.cfg.DNS {
+			servers[i] = netip.AddrPortFrom(s, 53)
+		}
+		dp, err := startDNSProxy(netip.AddrPortFrom(a, 53), servers, e.egress, e.log)
+		if err != nil {
+			_ = pump.Close()
+			_ = nw.close()
+			return fmt.Errorf("enclave: %w (another DNS server in the enclave? DNSProxy \"-\", quench-enclave -dns-proxy -, runs none)", err)
+		}
+		e.dnsp = dp
+	}
 	b := &backoff{min: e.cfg.ReconnectMin, max: e.cfg.ReconnectMax}
 	first, err := e.connect(ctx, b)
 	if err != nil {
+		e.stopDNSProxy()
 		_ = pump.Close()
 		_ = nw.close()
 		return fmt.Errorf("enclave: connect to host: %w", err)
@@ -162,6 +177,7 @@ func (e *Enclave) Start(ctx context.Context) (err error) {
 // stopNetwork stops the tunnel and the networking mode.
 func (e *Enclave) stopNetwork() error {
 	e.cancel()
+	e.stopDNSProxy()
 	var errs []error
 	if err := e.pump.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
 		errs = append(errs, err)
@@ -171,6 +187,13 @@ func (e *Enclave) stopNetwork() error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+func (e *Enclave) stopDNSProxy() {
+	if e.dnsp != nil {
+		e.dnsp.close()
+		e.dnsp = nil
+	}
 }
 
 // backoff paces attempts to reach the host: the first attempt is

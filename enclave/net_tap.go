@@ -19,19 +19,25 @@ func newTAPNetwork(cfg Config) (*tapNetwork, error) {
 	if resolv == "-" {
 		resolv = ""
 	}
+	servers := cfg.DNS
+	if a, ok := cfg.dnsProxyAddr(); ok {
+		// Programs, and the enclave's own lookups, ask the DNS proxy
+		// (Enclave.Start starts it), which asks cfg.DNS.
+		servers = []netip.Addr{a}
+	}
 	dev, err := tap.CreateTAP(tap.TAPConfig{
 		Name:       cfg.TAPName,
 		MTU:        cfg.MTU,
 		MAC:        cfg.MAC,
 		Address:    cfg.Address,
 		Gateway:    cfg.Gateway,
-		DNS:        cfg.DNS,
+		DNS:        servers,
 		ResolvConf: resolv,
 	})
 	if err != nil {
 		return nil, err
 	}
-	dns := net.JoinHostPort(cfg.DNS[0].String(), "53")
+	dns := net.JoinHostPort(servers[0].String(), "53")
 	res := &net.Resolver{
 		PreferGo: true,
 		Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {

@@ -138,8 +138,8 @@ func writeResolvConf(path string, dns []netip.Addr) error {
 	}
 	// EDNS0: glibc then takes UDP answers up to 1200 bytes instead of
 	// 512. Past 512, gvproxy's and quench-host's DNS truncate an answer for
-	// a client without EDNS0, and glibc retries over TCP, which an egress
-	// policy in the enclave refuses unless a rule allows the server.
+	// a client without EDNS0, and glibc retries over TCP: a round trip
+	// more (and, under an egress policy, through the enclave's DNS proxy).
 	b.WriteString("options edns0\n")
 	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
 		return errorf("write %s: %w", path, err)

@@ -73,9 +73,12 @@ queries): a connection it refuses fails at once ("connection refused"), a
 name it does not allow gets NXDOMAIN, and a hostname rule allows the
 addresses the DNS answered for that name. Replies on connections into the
 enclave (published ports, -forward) always pass; quench-enclave's own
-connections (-acme, key sync) are not limited by it. DNS over TCP is
-plain TCP to the DNS server: refused unless an address or CIDR rule names
-the server (* does not).
+connections (-acme, key sync) are not limited by it. The enclave's DNS
+goes through quench-enclave (-dns-proxy, written to -resolv-conf), which
+checks every question and answer, over UDP and over TCP (for answers too
+large for a datagram); a program's own DNS over TCP to the host's server
+is refused unless an address or CIDR rule names the server (* does not),
+as it cannot be inspected.
 
 Usage:
   quench-enclave [flags] [-- app command and args]
@@ -185,6 +188,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		gateway     = fs.String("gateway", "192.168.127.1", "the host's address on the virtual network (default route, DNS)")
 		tapName     = fs.String("tap-name", "tap0", "TAP device name (-network tap)")
 		resolvConf  = fs.String("resolv-conf", "/etc/resolv.conf", "resolv.conf to write the DNS servers to (-network tap); - to leave it alone")
+		dnsProxy    = fs.String("dns-proxy", "127.0.0.1", "with -allow in TAP mode: the loopback address where quench-enclave answers the enclave's DNS (port 53, UDP and TCP; written to -resolv-conf), checking every question and answer by the policy, over TCP too (programs' own DNS over TCP is refused: it cannot be inspected); - for none")
 		startWait   = fs.Duration("start-timeout", 2*time.Minute, "how long to keep trying to reach the host at start-up")
 		vsockDir    = fs.String("vsock-dir", "", "VSOCK stand-in: vsock:// addresses are unix sockets in this directory (also $"+endpoint.EnvVSockDir+")")
 		logLevel    = fs.String("log-level", "info", "debug, info, warn or error")
@@ -295,6 +299,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		DNS:        dns,
 		TAPName:    *tapName,
 		ResolvConf: *resolvConf,
+		DNSProxy:   *dnsProxy,
 		Logger:     o.logger,
 		DialHost: func(ctx context.Context) (net.Conn, error) {
 			return endpoint.Dial(ctx, ha, eopts)

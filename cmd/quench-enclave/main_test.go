@@ -138,6 +138,8 @@ func TestBadFlags(t *testing.T) {
 		{"bad allow port", []string{"-allow", "api.example.com:0"}, `-allow: policy: allow "api.example.com:0": bad port "0"`},
 		{"bad allow name", []string{"-allow", "ok.example:443", "-allow", "b@d.example"}, `allow "b@d.example"`},
 		{"empty allow", []string{"-allow", ""}, `-allow: policy: allow "": empty destination`},
+		{"dns proxy not loopback", []string{"-allow", "*", "-dns-proxy", "192.168.127.2"}, `DNS proxy "192.168.127.2": want an IPv4 loopback address`},
+		{"dns proxy not an address", []string{"-allow", "*", "-dns-proxy", "localhost"}, `DNS proxy "localhost"`},
 		{"bad acme roots", []string{"-app-url", "http://127.0.0.1:1", "-acme", "-fqdn", "a.example", "-acme-roots", "/nonexistent"}, "-acme-roots"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

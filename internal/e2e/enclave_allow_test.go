@@ -10,6 +10,8 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/miekg/dns"
 	"golang.org/x/net/dns/dnsmessage"
 
 	"github.com/quenchnet/quench/internal/testutil"
@@ -135,6 +138,48 @@ func TestEnclaveEgressPolicy(t *testing.T) {
 		if n := upstream.count("denied.example."); n != 0 {
 			t.Errorf("denied.example reached the upstream DNS server %d times, want 0 (answered in the enclave)", n)
 		}
+	})
+
+	// resolv.conf names the enclave's DNS proxy, which answers over UDP and
+	// TCP on the enclave's loopback; over TCP it checks the questions and
+	// answers itself and passes the questions on through quench-host (the
+	// frame filter lets exactly its socket through), while a program's own
+	// DNS over TCP to the host is refused.
+	t.Run("DNS proxy", func(t *testing.T) {
+		resolv, err := os.ReadFile(filepath.Join(env.dir, "resolv.conf"))
+		if err != nil || !strings.Contains(string(resolv), "nameserver 127.0.0.1\n") || strings.Contains(string(resolv), "192.168.127.1") {
+			t.Errorf("resolv.conf %q (%v), want nameserver 127.0.0.1 only", resolv, err)
+		}
+		before := upstream.count("allowed.example.")
+		for _, netw := range []string{"udp", "tcp"} {
+			err := env.ns.Do(func() error {
+				r, err := dnsExchange(netw, "127.0.0.1:53", "allowed.example.")
+				if err != nil {
+					return err
+				}
+				if r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 || !strings.HasSuffix(r.Answer[0].String(), hostLoopback) {
+					return fmt.Errorf("allowed.example: %v", r)
+				}
+				if r, err = dnsExchange(netw, "127.0.0.1:53", "denied.example."); err != nil {
+					return err
+				}
+				if r.Rcode != dns.RcodeNameError {
+					return fmt.Errorf("denied.example: %s, want NXDOMAIN", dns.RcodeToString[r.Rcode])
+				}
+				return nil
+			})
+			if err != nil {
+				t.Errorf("%s: %v", netw, err)
+			}
+		}
+		if n := upstream.count("allowed.example."); n < before+2 {
+			t.Errorf("allowed.example reached the upstream server %d times through the proxy, want 2 (UDP and TCP)", n-before)
+		}
+		if n := upstream.count("denied.example."); n != 0 {
+			t.Errorf("denied.example reached the upstream DNS server %d times, want 0", n)
+		}
+		d, err := env.dialIn("192.168.127.1:53")
+		checkRefused(t, "a program's own DNS over TCP to the host", d, err)
 	})
 
 	t.Run("TCP allowed by hostname rule", func(t *testing.T) {
@@ -411,4 +456,14 @@ func (c *countingDNS) count(name string) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.names[name]
+}
+
+// dnsExchange asks server one A question over netw ("udp" or "tcp"). The
+// socket is created in the calling thread, so it works inside NS.Do.
+func dnsExchange(netw, server, name string) (*dns.Msg, error) {
+	c := &dns.Client{Net: netw, Timeout: 3 * time.Second}
+	m := new(dns.Msg)
+	m.SetQuestion(name, dns.TypeA)
+	r, _, err := c.Exchange(m, server)
+	return r, err
 }

@@ -34,7 +34,8 @@
 // enclaves too: see Config.Gateway), fragments of datagrams whose first
 // fragment did not pass, other protocols and ethertypes. DNS over TCP is
 // not inspected: it is refused unless an address rule names the server
-// ("*" does not). Frames from the host are passed in unchanged, except for
+// ("*" does not); the enclave's DNS proxy has whole messages checked
+// instead (Query, Answer) on connections PermitFrom lets through. Frames from the host are passed in unchanged, except for
 // the DNS answers above (and, with Config.Gateway, frames in an outside
 // address's name not from the gateway); the filter only learns from them.
 //
@@ -164,7 +165,7 @@ type Filter struct {
 	now    func() time.Time
 
 	mu        sync.Mutex
-	permits   map[flowKey]int64      // guarded by mu: Permit's destinations (local ends zero) → expiry
+	permits   map[flowKey]int64      // guarded by mu: Permit's destinations (local ends zero) and PermitFrom's flows (local port set) → expiry
 	names     map[string]int64       // guarded by mu: PermitName's names → expiry
 	resets    map[flowKey]resetLeave // guarded by mu: stray segments from the host the kernel may reset
 	flows     map[flowKey]flow       // guarded by mu
@@ -699,16 +700,12 @@ func (f *Filter) udpOut(pk packet, now int64) (bool, []byte) {
 			f.dropped.Add(1) // a fragmented query: not checked, not passed
 			return false, nil
 		}
-		answer, name, err := policy.RefuseQuery(udpPayload(u), func(name string) bool {
-			return f.p.AllowName(name) || f.namePermitted(name, now)
-		})
+		answer, err := f.query(udpPayload(u), now)
 		if err != nil {
 			f.dropped.Add(1)
 			return false, nil
 		}
 		if answer != nil {
-			f.dnsRefused.Add(1)
-			f.warn("egress: DNS question for a name the egress policy does not allow; answered NXDOMAIN here", "name", name)
 			if len(answer) > maxAnswer {
 				return false, nil // a query built to make its answer huge
 			}
@@ -736,7 +733,10 @@ const maxPermits = 1024
 // peers), which Config.Egress does not limit. A program that connects to
 // the same destination in that moment gets through too: to a destination
 // the configuration names anyway.
-func (f *Filter) Permit(network string, dst netip.AddrPort) {
+func (f *Filter) Permit(network string, dst netip.AddrPort) { f.permit(network, 0, dst) }
+
+// permit records Permit's (port 0) or PermitFrom's permission.
+func (f *Filter) permit(network string, port uint16, dst netip.AddrPort) {
 	if !dst.Addr().Unmap().Is4() {
 		return
 	}
@@ -749,7 +749,7 @@ func (f *Filter) Permit(network string, dst netip.AddrPort) {
 	defer f.mu.Unlock()
 	f.expirePermitsLocked(now)
 	if len(f.permits) < maxPermits {
-		f.permits[flowKey{proto: proto, rport: dst.Port(), rip: dst.Addr().Unmap().As4()}] = now + int64(PermitTimeout)
+		f.permits[flowKey{proto: proto, lport: port, rport: dst.Port(), rip: dst.Addr().Unmap().As4()}] = now + int64(PermitTimeout)
 	}
 }
 
@@ -785,17 +785,23 @@ func (f *Filter) expirePermitsLocked(now int64) {
 	}
 }
 
-// permitted reports whether Permit allowed flow k's destination, and uses
-// the permission up.
+// permitted reports whether PermitFrom allowed flow k (its local port and
+// destination) or Permit its destination, and uses the permission up.
 func (f *Filter) permitted(k flowKey, now int64) bool {
-	pk := flowKey{proto: k.proto, rport: k.rport, rip: k.rip}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	exp, ok := f.permits[pk]
-	if ok {
-		delete(f.permits, pk)
+	for _, pk := range [2]flowKey{
+		{proto: k.proto, lport: k.lport, rport: k.rport, rip: k.rip},
+		{proto: k.proto, rport: k.rport, rip: k.rip},
+	} {
+		if exp, ok := f.permits[pk]; ok {
+			delete(f.permits, pk)
+			if exp > now {
+				return true
+			}
+		}
 	}
-	return ok && exp > now
+	return false
 }
 
 func (f *Filter) namePermitted(name string, now int64) bool {

@@ -1,0 +1,90 @@
+package egressfw
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"golang.org/x/net/dns/dnsmessage"
+
+	"github.com/quenchnet/quench/policy"
+)
+
+// TestPermitFrom: the permission names the local port, so a program racing
+// to the same destination (here, DNS over TCP, which no rule allows) in
+// that moment is refused, and the enclave's own socket passes, once.
+func TestPermitFrom(t *testing.T) {
+	f, c := newFilter(t, 0, "*")
+	f.PermitFrom("tcp", 40000, ap("192.168.127.1:53"))
+	mustDrop(t, f, out("192.168.127.2:40001", "192.168.127.1:53", 1, syn), "another socket's SYN to the permitted destination")
+	mustPass(t, f, out("192.168.127.2:40000", "192.168.127.1:53", 1, syn), "the permitted socket's SYN")
+	if !f.Inbound(in("192.168.127.1:53", "192.168.127.2:40000", synack)) {
+		t.Fatal("its SYN-ACK dropped")
+	}
+	mustPass(t, f, out("192.168.127.2:40000", "192.168.127.1:53", 2, ack, 0, 2, 'h', 'i'), "its data")
+	mustDrop(t, f, out("192.168.127.2:40002", "192.168.127.1:53", 1, syn), "a second connection: the permission is used up")
+
+	f.PermitFrom("udp", 40003, ap("192.168.127.1:53"))
+	mustDrop(t, f, out("192.168.127.2:40003", "192.168.127.1:53", 1, syn), "TCP with a UDP permission")
+	f.PermitFrom("tcp", 40004, ap("192.168.127.1:53"))
+	c.advance(PermitTimeout + time.Second)
+	mustDrop(t, f, out("192.168.127.2:40004", "192.168.127.1:53", 1, syn), "SYN after the permission expired")
+	f.PermitFrom("tcp", 0, ap("192.168.127.1:53")) // port 0 names no socket: no permission at all
+	mustDrop(t, f, out("192.168.127.2:40005", "192.168.127.1:53", 1, syn), "SYN after PermitFrom with port 0")
+}
+
+// dnsMsg is the DNS message in a frame built by query or answer.
+func dnsMsg(t *testing.T, frame []byte) []byte {
+	t.Helper()
+	pk, ok := parseIPv4(frame)
+	if !ok {
+		t.Fatal("not an IPv4 frame")
+	}
+	return udpPayload(pk.l4)
+}
+
+func TestQuery(t *testing.T) {
+	f, _ := newFilter(t, 0, "api.example.com:443")
+	if a, err := f.Query(dnsMsg(t, query(t, 7, "api.example.com."))); a != nil || err != nil {
+		t.Errorf("allowed name: answer %x, %v; want neither", a, err)
+	}
+	a, err := f.Query(dnsMsg(t, query(t, 8, "api.example.com.", "secret.attacker.example.")))
+	if err != nil || a == nil {
+		t.Fatalf("refused name: answer %x, %v; want NXDOMAIN", a, err)
+	}
+	var p dnsmessage.Parser
+	if h, err := p.Start(a); err != nil || !h.Response || h.ID != 8 || h.RCode != dnsmessage.RCodeNameError {
+		t.Errorf("answer %+v (%v), want an NXDOMAIN response with ID 8", h, err)
+	}
+	f.PermitName("leader.example.")
+	if a, err := f.Query(dnsMsg(t, query(t, 9, "leader.example."))); a != nil || err != nil {
+		t.Errorf("permitted name: answer %x, %v; want neither", a, err)
+	}
+	for _, junk := range [][]byte{nil, []byte("exfiltrated bytes"), dnsMsg(t, answer(t, "api.example.com.", "203.0.113.10"))} {
+		if _, err := f.Query(junk); !errors.Is(err, policy.ErrNotQuery) {
+			t.Errorf("Query(%x): %v, want ErrNotQuery", junk, err)
+		}
+	}
+	if s := f.Stats(); s.DNS != 1 {
+		t.Errorf("stats %+v, want 1 DNS refusal", s)
+	}
+}
+
+func TestAnswer(t *testing.T) {
+	f, _ := newFilter(t, 0, "api.example.com:443")
+	if !f.Answer(dnsMsg(t, answer(t, "api.example.com.", "203.0.113.10"))) {
+		t.Fatal("answer for an allowed name refused")
+	}
+	mustPass(t, f, out("192.168.127.2:40000", "203.0.113.10:443", 1, syn), "SYN to the address Answer learned")
+	if f.Answer(dnsMsg(t, answer(t, "api.example.com.", "127.0.0.1"))) {
+		t.Error("answer leading an allowed name to loopback delivered")
+	}
+	for _, junk := range [][]byte{nil, []byte("0123456789abcdef"), dnsMsg(t, query(t, 1, "api.example.com."))} {
+		if f.Answer(junk) {
+			t.Errorf("Answer(%x) = true, want false: not a DNS answer", junk)
+		}
+	}
+	if s := f.Stats(); s.Answers != 4 {
+		t.Errorf("stats %+v, want 4 answers dropped", s)
+	}
+}
