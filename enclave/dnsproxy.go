@@ -2,10 +2,8 @@ package enclave
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -17,6 +15,7 @@ import (
 	"golang.org/x/net/dns/dnsmessage"
 	"golang.org/x/sys/unix"
 
+	"github.com/quenchnet/quench/internal/dnswire"
 	"github.com/quenchnet/quench/internal/egressfw"
 )
 
@@ -42,8 +41,6 @@ const (
 	// dnsProxyTimeout bounds one exchange with the host's DNS (each server
 	// in turn) and a TCP client's wait between questions.
 	dnsProxyTimeout = 5 * time.Second
-	// dnsMinMessage is a DNS header's size: shorter messages are not DNS.
-	dnsMinMessage = 12
 )
 
 // errDNSAnswerRefused: the egress filter refused a DNS answer from the
@@ -123,7 +120,7 @@ func (p *dnsProxy) serveUDP() {
 			}
 			continue // an ICMP error from an earlier reply, say
 		}
-		if n < dnsMinMessage {
+		if n < dnswire.MinMessage {
 			continue
 		}
 		answer, err := p.f.Query(buf[:n])
@@ -186,7 +183,7 @@ func (p *dnsProxy) readUDPAnswer(c *net.UDPConn, msg, buf []byte) []byte {
 		if err != nil {
 			return nil // timed out, refused (ICMP) or closed
 		}
-		if n >= dnsMinMessage && buf[0] == msg[0] && buf[1] == msg[1] && buf[2]&0x80 != 0 {
+		if n >= dnswire.MinMessage && buf[0] == msg[0] && buf[1] == msg[1] && buf[2]&0x80 != 0 {
 			return append([]byte(nil), buf[:n]...)
 		}
 	}
@@ -257,7 +254,7 @@ func (p *dnsProxy) serveConn(c net.Conn) {
 	}()
 	for {
 		_ = c.SetReadDeadline(time.Now().Add(p.timeout))
-		msg, err := readDNSMessage(c)
+		msg, err := dnswire.ReadMessage(c)
 		if err != nil {
 			return
 		}
@@ -267,7 +264,9 @@ func (p *dnsProxy) serveConn(c net.Conn) {
 			return
 		}
 		if answer == nil {
-			answer, err = p.exchangeTCP(&up, msg)
+			// The EDNS size is for UDP; stock gvproxy's DNS would
+			// truncate its TCP answer to it (package dnswire).
+			answer, err = p.exchangeTCP(&up, dnswire.WidenEDNS(msg))
 			if err != nil {
 				p.log.Warn("DNS proxy: no answer over TCP; answering SERVFAIL", "err", err)
 				if answer, err = servFail(msg); err != nil {
@@ -276,7 +275,7 @@ func (p *dnsProxy) serveConn(c net.Conn) {
 			}
 		}
 		_ = c.SetWriteDeadline(time.Now().Add(p.timeout))
-		if err := writeDNSMessage(c, answer); err != nil {
+		if err := dnswire.WriteMessage(c, answer); err != nil {
 			return
 		}
 	}
@@ -318,11 +317,11 @@ func (p *dnsProxy) exchangeTCP(up *net.Conn, msg []byte) ([]byte, error) {
 
 func (p *dnsProxy) roundTrip(c net.Conn, msg []byte) ([]byte, error) {
 	_ = c.SetDeadline(time.Now().Add(p.timeout))
-	if err := writeDNSMessage(c, msg); err != nil {
+	if err := dnswire.WriteMessage(c, msg); err != nil {
 		return nil, err
 	}
 	for {
-		answer, err := readDNSMessage(c)
+		answer, err := dnswire.ReadMessage(c)
 		if err != nil {
 			return nil, err
 		}
@@ -375,35 +374,6 @@ func (p *dnsProxy) dialServer() (net.Conn, error) {
 		firstErr = errors.New("no DNS server")
 	}
 	return nil, firstErr
-}
-
-// readDNSMessage reads one length-prefixed DNS message from a stream.
-func readDNSMessage(r io.Reader) ([]byte, error) {
-	var n [2]byte
-	if _, err := io.ReadFull(r, n[:]); err != nil {
-		return nil, err
-	}
-	size := int(binary.BigEndian.Uint16(n[:]))
-	if size < dnsMinMessage {
-		return nil, fmt.Errorf("DNS message of %d bytes", size)
-	}
-	msg := make([]byte, size)
-	if _, err := io.ReadFull(r, msg); err != nil {
-		return nil, err
-	}
-	return msg, nil
-}
-
-// writeDNSMessage writes msg, after its length, in one write.
-func writeDNSMessage(w io.Writer, msg []byte) error {
-	if len(msg) > 65535 {
-		return fmt.Errorf("DNS message of %d bytes", len(msg))
-	}
-	b := make([]byte, 2+len(msg))
-	binary.BigEndian.PutUint16(b, uint16(len(msg)))
-	copy(b[2:], msg)
-	_, err := w.Write(b)
-	return err
 }
 
 // servFail returns a SERVFAIL answer to the query msg, with its questions.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/quenchnet/quench/internal/dnswire"
 	"github.com/quenchnet/quench/internal/egressfw"
 	"github.com/quenchnet/quench/policy"
 	"github.com/quenchnet/quench/tap/taptest"
@@ -75,8 +76,13 @@ func startFakeHostDNS(t *testing.T) *fakeHostDNS {
 		default:
 			m.Rcode = dns.RcodeNameError
 		}
-		if netw == "udp" {
-			m.Truncate(512) // no EDNS in these queries: the classic limit
+		// As gvisor-tap-vsock's DNS server (quench-host's, gvproxy's):
+		// truncated to the query's EDNS size, over TCP too.
+		switch o := r.IsEdns0(); {
+		case o != nil:
+			m.Truncate(int(o.UDPSize()))
+		case netw == "udp":
+			m.Truncate(512)
 		}
 		_ = w.WriteMsg(m)
 	})
@@ -139,9 +145,19 @@ func (p *dnsProxy) addr() string { return p.udp.LocalAddr().String() }
 
 func exchange(t *testing.T, netw, server, name string) *dns.Msg {
 	t.Helper()
+	return exchangeEDNS(t, netw, server, name, 0)
+}
+
+// exchangeEDNS is exchange with an EDNS record giving size (0: none).
+func exchangeEDNS(t *testing.T, netw, server, name string, size uint16) *dns.Msg {
+	t.Helper()
 	c := &dns.Client{Net: netw, Timeout: 3 * time.Second, UDPSize: 512}
 	m := new(dns.Msg)
 	m.SetQuestion(name, dns.TypeA)
+	if size > 0 {
+		m.SetEdns0(size, false)
+		c.UDPSize = size
+	}
 	r, _, err := c.Exchange(m, server)
 	if err != nil {
 		t.Fatalf("%s %s: %v", netw, name, err)
@@ -172,9 +188,11 @@ func TestDNSProxy(t *testing.T) {
 		}
 	})
 	t.Run("TCP large answer", func(t *testing.T) {
-		r := exchange(t, "tcp", p.addr(), "big.example.")
-		if r.Rcode != dns.RcodeSuccess || len(r.Answer) != 120 {
-			t.Fatalf("rcode %s, %d records; want all 120", dns.RcodeToString[r.Rcode], len(r.Answer))
+		// With glibc's EDNS size (options edns0): the proxy raises it
+		// for the host's server, which would truncate to it over TCP.
+		r := exchangeEDNS(t, "tcp", p.addr(), "big.example.", 1200)
+		if r.Rcode != dns.RcodeSuccess || len(r.Answer) != 120 || r.Truncated {
+			t.Fatalf("rcode %s, %d records, truncated %v; want all 120", dns.RcodeToString[r.Rcode], len(r.Answer), r.Truncated)
 		}
 		// The filter learned the addresses from the answer, as it does
 		// from datagrams: a connection to one is allowed.
@@ -246,7 +264,7 @@ func TestDNSProxyTCPStream(t *testing.T) {
 		m.SetQuestion(n, dns.TypeA)
 		m.Id = uint16(100 + i)
 		b, _ := m.Pack()
-		if err := writeDNSMessage(&out, b); err != nil {
+		if err := dnswire.WriteMessage(&out, b); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -255,7 +273,7 @@ func TestDNSProxyTCPStream(t *testing.T) {
 	}
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 	for i, want := range []int{dns.RcodeSuccess, dns.RcodeNameError, dns.RcodeSuccess} {
-		b, err := readDNSMessage(c)
+		b, err := dnswire.ReadMessage(c)
 		if err != nil {
 			t.Fatalf("answer %d: %v", i, err)
 		}
@@ -334,7 +352,7 @@ func FuzzDNSProxyAnswer(f *testing.F) {
 	a.Answer = append(a.Answer, rr)
 	good, _ := a.Pack()
 	var seed bytes.Buffer
-	_ = writeDNSMessage(&seed, good)
+	_ = dnswire.WriteMessage(&seed, good)
 	f.Add(seed.Bytes())
 	f.Add(append([]byte{0, 12}, good[:12]...))
 	f.Add([]byte{0xff, 0xff, 1, 2})
@@ -342,7 +360,7 @@ func FuzzDNSProxyAnswer(f *testing.F) {
 	a.Answer = []dns.RR{rr}
 	leak, _ := a.Pack()
 	seed.Reset()
-	_ = writeDNSMessage(&seed, leak)
+	_ = dnswire.WriteMessage(&seed, leak)
 	f.Add(seed.Bytes())
 	pol, err := policy.Parse([]string{"api.example.com:443"})
 	if err != nil {
@@ -356,7 +374,7 @@ func FuzzDNSProxyAnswer(f *testing.F) {
 		enclaveEnd, hostEnd := net.Pipe()
 		go func() {
 			defer hostEnd.Close()
-			if _, err := readDNSMessage(hostEnd); err != nil {
+			if _, err := dnswire.ReadMessage(hostEnd); err != nil {
 				return
 			}
 			_, _ = hostEnd.Write(stream)
@@ -373,7 +391,7 @@ func FuzzDNSProxyAnswer(f *testing.F) {
 		if err := m.Unpack(answer); err != nil {
 			// The filter reads only what it needs; the client's parser
 			// may be stricter. It must still be an answer to the question.
-			if len(answer) < dnsMinMessage || answer[0] != 0x42 || answer[1] != 0x42 || answer[2]&0x80 == 0 {
+			if len(answer) < dnswire.MinMessage || answer[0] != 0x42 || answer[1] != 0x42 || answer[2]&0x80 == 0 {
 				t.Fatalf("answer %x is not a response to the question", answer)
 			}
 			return

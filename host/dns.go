@@ -13,6 +13,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+
+	"github.com/quenchnet/quench/internal/dnswire"
 )
 
 // DNSZone is the zone the gateway answers itself: host.DNSZone is the host
@@ -38,7 +40,7 @@ func (h *Host) startDNSLocked() error {
 		records = append(records, types.Record{Name: "host", IP: h.cfg.HostLoopbackIP.AsSlice()})
 	}
 	zones := []types.Zone{{Name: DNSZone, Records: records}}
-	srv, err := dns.NewWithUpstreamResolver(udpConn, tcpLn, zones, &policyResolver{h: h, r: h.resolver()})
+	srv, err := dns.NewWithUpstreamResolver(udpConn, widenListener{tcpLn}, zones, &policyResolver{h: h, r: h.resolver()})
 	if err != nil {
 		_ = udpConn.Close()
 		_ = tcpLn.Close()
@@ -153,4 +155,19 @@ func (p *policyResolver) LookupTXT(ctx context.Context, name string) ([]string, 
 		return nil, err
 	}
 	return p.r.LookupTXT(ctx, name)
+}
+
+// widenListener hands the DNS server its TCP connections through
+// dnswire.WidenConn: gvisor-tap-vsock's server truncates its answers over
+// TCP to the EDNS payload size of the query, which glibc sets to 1200, so
+// an answer that a resolver asked for again over TCP because it did not
+// fit in a datagram came back truncated the same way.
+type widenListener struct{ net.Listener }
+
+func (l widenListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return dnswire.WidenConn(c), nil
 }
