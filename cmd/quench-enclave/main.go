@@ -26,6 +26,7 @@ import (
 	"github.com/quenchnet/quench/enclave/keysync"
 	"github.com/quenchnet/quench/internal/debugserver"
 	"github.com/quenchnet/quench/internal/endpoint"
+	"github.com/quenchnet/quench/internal/sandbox"
 	"github.com/quenchnet/quench/policy"
 )
 
@@ -78,7 +79,11 @@ goes through quench-enclave (-dns-proxy, written to -resolv-conf), which
 checks every question and answer, over UDP and over TCP (for answers too
 large for a datagram); a program's own DNS over TCP to the host's server
 is refused unless an address or CIDR rule names the server (* does not),
-as it cannot be inspected.
+as it cannot be inspected. The app (-app-cmd or after --) starts under a
+seccomp filter (-app-sandbox, on with -allow) that refuses it and what it
+starts the other ways out: VSOCK sockets (straight to the host), packet
+and raw sockets, io_uring. Give -app-user too: an app running as root can
+reach into quench-enclave itself.
 
 Usage:
   quench-enclave [flags] [-- app command and args]
@@ -104,6 +109,10 @@ Flags:
 `
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == sandbox.Arg {
+		// Run again by superviseApp to start a sandboxed app.
+		os.Exit(sandbox.Main(os.Args[2:]))
+	}
 	os.Exit(run(os.Args[1:], os.Stderr))
 }
 
@@ -168,7 +177,9 @@ func (l *forwardList) Set(v string) error {
 // options are the parsed flags.
 type options struct {
 	cfg        enclave.Config
-	appArgs    []string // the app command, if any
+	appArgs    []string            // the app command, if any
+	appSandbox bool                // start the app under internal/sandbox's seccomp filter
+	appCred    *syscall.Credential // run the app as this user (-app-user), or nil
 	startWait  time.Duration
 	devRootOut string
 	pprofAddr  string // networking-only pprof (debugserver)
@@ -194,6 +205,8 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		logLevel    = fs.String("log-level", "info", "debug, info, warn or error")
 		appURL      = fs.String("app-url", "", "the app's address, http://HOST:PORT or unix:///path; turns serving on (HTTPS, attestation, proxy to the app)")
 		appCmd      = fs.String("app-cmd", "", "start the app with this command line (split like a POSIX shell, without expansion); or give it after --")
+		appSandbox  = fs.String("app-sandbox", "auto", "start the app under a seccomp filter that refuses it (and what it starts) VSOCK sockets, packet and raw sockets, io_uring and taking other processes' descriptors: the ways past the egress policy besides the TAP device. auto: with -allow; on; off")
+		appUser     = fs.String("app-user", "", "run the app as `USER[:GROUP]` (names or numeric IDs; supplementary groups dropped). An app running as root can reach into quench-enclave itself: give a user for -allow to hold against the app")
 		publicAddr  = fs.String("public-addr", enclave.DefaultPublicAddr, "public HTTPS address on the enclave's network (the host publishes a port to it)")
 		intAddr     = fs.String("internal-addr", enclave.DefaultInternalAddr, "internal server for the app (/enclave/ready, /enclave/hash, /enclave/state, /enclave/kms/*) on the enclave's loopback: a literal loopback address (127.0.0.1, [::1]; not localhost, not :PORT), and neither -app-url nor a -forward target may name it")
 		waitForApp  = fs.Bool("wait-for-app", false, "start the public server only after the app calls GET /enclave/ready on -internal-addr")
@@ -267,6 +280,34 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 			return nil, errors.New("-app-cmd is empty")
 		}
 		o.appArgs = words
+	}
+	switch *appSandbox {
+	case "on":
+		o.appSandbox = true
+	case "auto":
+		o.appSandbox = len(allow) > 0
+	case "off":
+	default:
+		return nil, fmt.Errorf("-app-sandbox %q: want auto, on or off", *appSandbox)
+	}
+	if len(o.appArgs) == 0 {
+		for _, name := range []string{"app-sandbox", "app-user"} {
+			if set[name] {
+				return nil, fmt.Errorf("-%s needs the app command (-app-cmd or after --)", name)
+			}
+		}
+	} else {
+		if o.appSandbox {
+			if _, err := sandbox.Filter(); err != nil {
+				return nil, fmt.Errorf("-app-sandbox: %w (-app-sandbox off to start the app without it)", err)
+			}
+		}
+		if *appUser != "" {
+			var err error
+			if o.appCred, err = lookupAppUser(*appUser); err != nil {
+				return nil, fmt.Errorf("-app-user: %w", err)
+			}
+		}
 	}
 
 	var mode enclave.NetworkMode
@@ -529,17 +570,25 @@ func run(args []string, stderr io.Writer) int {
 // signal (further signals are passed on but do not cancel that deadline),
 // and returns the app's exit code once it exits.
 func superviseApp(e *enclave.Enclave, o *options, sigs <-chan os.Signal, stderr io.Writer) int {
-	cmd := exec.Command(o.appArgs[0], o.appArgs[1:]...)
+	cmd, err := appCommand(o)
+	if err != nil {
+		_ = e.Close()
+		fmt.Fprintf(stderr, "quench-enclave: start app: %v\n", err)
+		return 1
+	}
 	cmd.Stdin = nil
 	cmd.Stdout = os.Stdout
 	cmd.Stderr = stderr
-	cmd.SysProcAttr = appSysProcAttr()
 	if err := cmd.Start(); err != nil {
 		_ = e.Close()
 		fmt.Fprintf(stderr, "quench-enclave: start app: %v\n", err)
 		return 1
 	}
-	o.logger.Info("app started", "pid", cmd.Process.Pid, "cmd", strings.Join(o.appArgs, " "))
+	attrs := []any{"pid", cmd.Process.Pid, "cmd", strings.Join(o.appArgs, " "), "sandbox", o.appSandbox}
+	if o.appCred != nil {
+		attrs = append(attrs, "uid", o.appCred.Uid, "gid", o.appCred.Gid)
+	}
+	o.logger.Info("app started", attrs...)
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 

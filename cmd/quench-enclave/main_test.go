@@ -23,6 +23,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/quenchnet/quench/host"
+	"github.com/quenchnet/quench/internal/sandbox"
 	"github.com/quenchnet/quench/internal/testutil"
 	"github.com/quenchnet/quench/proxy"
 )
@@ -138,6 +139,12 @@ func TestBadFlags(t *testing.T) {
 		{"bad allow port", []string{"-allow", "api.example.com:0"}, `-allow: policy: allow "api.example.com:0": bad port "0"`},
 		{"bad allow name", []string{"-allow", "ok.example:443", "-allow", "b@d.example"}, `allow "b@d.example"`},
 		{"empty allow", []string{"-allow", ""}, `-allow: policy: allow "": empty destination`},
+		{"bad app sandbox", []string{"-app-sandbox", "maybe"}, `-app-sandbox "maybe": want auto, on or off`},
+		{"app sandbox without app", []string{"-app-sandbox", "on"}, "-app-sandbox needs the app command"},
+		{"app user without app", []string{"-app-user", "nobody"}, "-app-user needs the app command"},
+		{"bad app user", []string{"-app-url", "http://127.0.0.1:1", "-app-user", "no-such-user-here", "--", "true"}, `-app-user: user "no-such-user-here"`},
+		{"bad app group", []string{"-app-url", "http://127.0.0.1:1", "-app-user", "0:no-such-group-here", "--", "true"}, `group "no-such-group-here"`},
+		{"empty app user", []string{"-app-url", "http://127.0.0.1:1", "-app-user", ":0", "--", "true"}, "want USER or USER:GROUP"},
 		{"dns proxy not loopback", []string{"-allow", "*", "-dns-proxy", "192.168.127.2"}, `DNS proxy "192.168.127.2": want an IPv4 loopback address`},
 		{"dns proxy not an address", []string{"-allow", "*", "-dns-proxy", "localhost"}, `DNS proxy "localhost"`},
 		{"bad acme roots", []string{"-app-url", "http://127.0.0.1:1", "-acme", "-fqdn", "a.example", "-acme-roots", "/nonexistent"}, "-acme-roots"},
@@ -167,8 +174,13 @@ func TestHelp(t *testing.T) {
 	}
 }
 
-// TestMain lets the test binary act as the app for TestSIGTERMDrain.
+// TestMain lets the test binary act as the app for TestSIGTERMDrain, and
+// as quench-enclave's sandbox step.
 func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == sandbox.Arg {
+		// superviseApp starts a sandboxed app through selfExe: this binary.
+		os.Exit(sandbox.Main(os.Args[2:]))
+	}
 	if addr := os.Getenv("QUENCH_TEST_APP"); addr != "" {
 		os.Exit(testApp(addr, os.Getenv("QUENCH_TEST_READY")))
 	}

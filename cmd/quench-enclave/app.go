@@ -1,0 +1,85 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"os/user"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/quenchnet/quench/internal/sandbox"
+)
+
+// selfExe is quench-enclave's own binary, which starts a sandboxed app
+// (sandbox.Arg); tests point it at the test binary.
+var selfExe = os.Executable
+
+// appCommand is the app's command: the app itself (as o.appCred, if set),
+// or, with the sandbox, quench-enclave run again to install the filter,
+// change to o.appCred's user and execute the app (Go cannot run code
+// between fork and exec). The app's path is looked up here, so that a
+// missing command is reported as before.
+func appCommand(o *options) (*exec.Cmd, error) {
+	if !o.appSandbox {
+		cmd := exec.Command(o.appArgs[0], o.appArgs[1:]...)
+		cmd.SysProcAttr = appSysProcAttr()
+		cmd.SysProcAttr.Credential = o.appCred
+		return cmd, nil
+	}
+	path, err := exec.LookPath(o.appArgs[0])
+	if err != nil {
+		return nil, err
+	}
+	self, err := selfExe()
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: own binary: %w", err)
+	}
+	user := "-"
+	if c := o.appCred; c != nil {
+		user = fmt.Sprintf("%d:%d", c.Uid, c.Gid)
+	}
+	args := append([]string{sandbox.Arg, user, path}, o.appArgs...)
+	cmd := exec.Command(self, args...)
+	cmd.SysProcAttr = appSysProcAttr()
+	return cmd, nil
+}
+
+// lookupAppUser parses -app-user: USER or USER:GROUP, each a name or a
+// numeric ID. Without GROUP, the user's primary group (a numeric user
+// without a passwd entry: its own number).
+func lookupAppUser(spec string) (*syscall.Credential, error) {
+	name, group, hasGroup := strings.Cut(spec, ":")
+	if name == "" || hasGroup && group == "" {
+		return nil, fmt.Errorf("%q: want USER or USER:GROUP", spec)
+	}
+	var uid, gid uint64
+	u, err := user.Lookup(name)
+	if err != nil {
+		u, err = user.LookupId(name)
+	}
+	switch {
+	case err == nil:
+		uid, _ = strconv.ParseUint(u.Uid, 10, 32)
+		gid, _ = strconv.ParseUint(u.Gid, 10, 32)
+	default:
+		n, perr := strconv.ParseUint(name, 10, 32)
+		if perr != nil {
+			return nil, fmt.Errorf("user %q: %w", name, err)
+		}
+		uid, gid = n, n
+	}
+	if hasGroup {
+		g, err := user.LookupGroup(group)
+		if err != nil {
+			g, err = user.LookupGroupId(group)
+		}
+		if err == nil {
+			gid, _ = strconv.ParseUint(g.Gid, 10, 32)
+		} else if gid, err = strconv.ParseUint(group, 10, 32); err != nil {
+			return nil, fmt.Errorf("group %q: not a group name or number", group)
+		}
+	}
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}, nil
+}
