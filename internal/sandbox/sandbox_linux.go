@@ -129,10 +129,15 @@ func Install() error {
 		return fmt.Errorf("sandbox: no_new_privs: %w", err)
 	}
 	prog := unix.SockFprog{Len: uint16(len(raw)), Filter: (*unix.SockFilter)(unsafe.Pointer(&raw[0]))}
-	_, _, errno := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, unix.SECCOMP_FILTER_FLAG_TSYNC, uintptr(unsafe.Pointer(&prog)))
+	tid, _, errno := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, unix.SECCOMP_FILTER_FLAG_TSYNC, uintptr(unsafe.Pointer(&prog)))
 	runtime.KeepAlive(raw)
 	if errno != 0 {
 		return fmt.Errorf("sandbox: seccomp: %w", errno)
+	}
+	if tid != 0 {
+		// With TSYNC, a thread that cannot take the filter is reported
+		// by its ID, not an errno, and no thread has the filter.
+		return fmt.Errorf("sandbox: seccomp: thread %d cannot take the filter", tid)
 	}
 	return nil
 }

@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
@@ -87,8 +89,11 @@ func TestProgram(t *testing.T) {
 // TestMain lets the test binary act as a sandboxed process for
 // TestInstall.
 func TestMain(m *testing.M) {
-	if os.Getenv("QUENCH_SANDBOX_CHILD") == "1" {
+	switch os.Getenv("QUENCH_SANDBOX_CHILD") {
+	case "1":
 		os.Exit(child())
+	case "tsync":
+		os.Exit(tsyncChild())
 	}
 	os.Exit(m.Run())
 }
@@ -150,6 +155,55 @@ func TestInstall(t *testing.T) {
 	}
 	if _, err := exec.LookPath("python3"); err == nil && got["grandchild-vsock"] != eperm {
 		t.Errorf("AF_VSOCK in a process the sandboxed one started: errno %q, want EPERM", got["grandchild-vsock"])
+	}
+	t.Logf("child: %s", out)
+}
+
+// tsyncChild gives one thread a seccomp filter of its own (as a library
+// might), so that no filter can be synchronised to every thread, then
+// reports Install's result and the errno of socket(AF_VSOCK).
+func tsyncChild() int {
+	ready := make(chan error)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread keeps its filter and stays
+		allow := []bpf.Instruction{bpf.RetConstant{Val: allowed}}
+		raw, err := bpf.Assemble(allow)
+		if err == nil {
+			err = unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+		}
+		if err == nil {
+			prog := unix.SockFprog{Len: uint16(len(raw)), Filter: (*unix.SockFilter)(unsafe.Pointer(&raw[0]))}
+			_, _, errno := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, 0, uintptr(unsafe.Pointer(&prog)))
+			if errno != 0 {
+				err = errno
+			}
+		}
+		ready <- err
+		select {}
+	}()
+	if err := <-ready; err != nil {
+		fmt.Println("setup", err)
+		return 1
+	}
+	runtime.LockOSThread()
+	fmt.Println("install", Install() == nil)
+	_, _, errno := unix.RawSyscall(unix.SYS_SOCKET, afVSock, unix.SOCK_STREAM, 0)
+	fmt.Println("vsock", int(errno))
+	return 0
+}
+
+// TestInstallTSYNCFailure: when the filter cannot be put on every thread
+// (the kernel then installs it on none and returns the thread's ID rather
+// than an error), Install fails rather than let the app start without it.
+func TestInstallTSYNCFailure(t *testing.T) {
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "QUENCH_SANDBOX_CHILD=tsync")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("child: %v: %s", err, out)
+	}
+	if strings.Contains(string(out), "install true") && !strings.Contains(string(out), fmt.Sprintf("vsock %d\n", unix.EPERM)) {
+		t.Errorf("Install reported success but the filter is not in place:\n%s", out)
 	}
 	t.Logf("child: %s", out)
 }
