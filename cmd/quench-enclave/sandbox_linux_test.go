@@ -115,3 +115,34 @@ func TestLookupAppUser(t *testing.T) {
 		}
 	}
 }
+
+// TestAppUserPdeathsig: the app keeps its parent-death signal (SIGTERM
+// should quench-enclave die) when it runs as another user, with and
+// without the sandbox: the kernel clears it when a process changes its
+// user, which the sandbox step does after quench-enclave started it.
+func TestAppUserPdeathsig(t *testing.T) {
+	testutil.RequireRoot(t)
+	// As the user: a python3 outside /root.
+	const python = "/usr/bin/python3"
+	if _, err := os.Stat(python); err != nil {
+		t.Skipf("needs %s", python)
+	}
+	cred, err := lookupAppUser("65534:65534")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Exits with prctl(PR_GET_PDEATHSIG).
+	probe := []string{python, "-c", `
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+sig = ctypes.c_int(-1)
+if libc.prctl(2, ctypes.byref(sig), 0, 0, 0) != 0:
+    sys.exit(100)
+sys.exit(sig.value)
+`}
+	for _, sandboxed := range []bool{false, true} {
+		if code := runApp(t, &options{appArgs: probe, appSandbox: sandboxed, appCred: cred}); code != int(syscall.SIGTERM) {
+			t.Errorf("sandbox %v, -app-user: the app's parent-death signal is %d, want SIGTERM (%d)", sandboxed, code, syscall.SIGTERM)
+		}
+	}
+}

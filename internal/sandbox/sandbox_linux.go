@@ -3,6 +3,7 @@
 package sandbox
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -167,6 +168,14 @@ func Main(args []string) int {
 		return fail(err)
 	}
 	if args[0] != "-" {
+		// The kernel clears the parent-death signal quench-enclave gave
+		// this process (SysProcAttr.Pdeathsig) when it changes user: keep
+		// it, as Go's exec does after Credential.
+		var sig int32
+		if err := unix.Prctl(unix.PR_GET_PDEATHSIG, uintptr(unsafe.Pointer(&sig)), 0, 0, 0); err != nil {
+			return fail(fmt.Errorf("parent-death signal: %w", err))
+		}
+		ppid := os.Getppid()
 		// Go changes every thread's IDs (since 1.16).
 		if err := syscall.Setgroups(nil); err != nil {
 			return fail(fmt.Errorf("setgroups: %w", err))
@@ -176,6 +185,14 @@ func Main(args []string) int {
 		}
 		if err := syscall.Setuid(uid); err != nil {
 			return fail(fmt.Errorf("setuid %d: %w", uid, err))
+		}
+		if sig != 0 {
+			if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(sig), 0, 0, 0); err != nil {
+				return fail(fmt.Errorf("parent-death signal: %w", err))
+			}
+			if os.Getppid() != ppid {
+				return fail(errors.New("quench-enclave exited"))
+			}
 		}
 	}
 	return fail(unix.Exec(args[1], args[2:], os.Environ()))
