@@ -146,3 +146,26 @@ sys.exit(sig.value)
 		}
 	}
 }
+
+// TestAppSandboxDescriptors: a sandboxed app gets standard input, output
+// and error only, not whatever quench-enclave left open without
+// close-on-exec (such as a descriptor it inherited from what started it: a
+// VSOCK connection there would be a way to the host past the filter).
+func TestAppSandboxDescriptors(t *testing.T) {
+	testutil.RequireCommand(t, "python3")
+	// Not close-on-exec: as inherited from a parent.
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fds[0]); syscall.Close(fds[1]) })
+	// Exits with the number of descriptors above 2 (the directory's own
+	// is not counted: os.listdir has closed it).
+	probe := []string{"sh", "-c", `exec python3 -c '
+import os, sys
+sys.exit(len([f for f in os.listdir("/proc/self/fd") if int(f) > 2]) - 1)
+'`}
+	if code := runApp(t, &options{appArgs: probe, appSandbox: true}); code != 0 {
+		t.Errorf("sandboxed app: %d descriptors besides 0, 1 and 2, want none", code)
+	}
+}

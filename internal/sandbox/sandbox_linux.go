@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"strconv"
 	"syscall"
 	"unsafe"
 
@@ -145,7 +146,8 @@ func Install() error {
 
 // Main is quench-enclave's "Arg USER PATH ARGV..." step: it installs the
 // filter, becomes USER ("UID:GID", supplementary groups dropped; "-" to
-// stay who it is) and executes PATH with ARGV and the environment. The
+// stay who it is) and executes PATH with ARGV and the environment, with no
+// descriptors but standard input, output and error. The
 // user is changed here rather than by the parent, so that this binary need
 // not be executable by USER. It returns only on failure, with the exit code
 // to use (127, as a shell for a command it could not run).
@@ -195,5 +197,28 @@ func Main(args []string) int {
 			}
 		}
 	}
+	if err := closeOnExec(); err != nil {
+		return fail(err)
+	}
 	return fail(unix.Exec(args[1], args[2:], os.Environ()))
+}
+
+// closeOnExec marks every descriptor above standard error close-on-exec,
+// so that the app gets none that quench-enclave inherited or left open
+// (a VSOCK connection among them would be a way to the host).
+func closeOnExec() error {
+	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err == nil {
+		return nil
+	}
+	// Before Linux 5.11.
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return fmt.Errorf("sandbox: descriptors: %w", err)
+	}
+	for _, e := range ents {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			unix.CloseOnExec(fd)
+		}
+	}
+	return nil
 }
