@@ -9,10 +9,10 @@
 // host's NAT, past the enclave's policy. So the filter refuses, with EPERM:
 //
 //   - socket(AF_VSOCK, ...): a program's own VSOCK connections;
-//   - socket(AF_PACKET, ...) and socket(AF_INET or AF_INET6, SOCK_RAW or
-//     SOCK_PACKET, ...): frames and packets built by hand, which can ride
-//     on any flow the firewall has open (a flow is a 5-tuple, not a
-//     socket);
+//   - socket(AF_PACKET or AF_XDP, ...) and socket(AF_INET or AF_INET6,
+//     SOCK_RAW or SOCK_PACKET, ...): frames and packets built by hand,
+//     which can ride on any flow the firewall has open (a flow is a
+//     5-tuple, not a socket);
 //   - io_uring_setup: io_uring opens sockets (IORING_OP_SOCKET) without the
 //     socket system call the filter checks; programs that use it fall back
 //     to ordinary calls when it is refused (libuv, liburing users), as under

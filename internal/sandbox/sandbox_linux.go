@@ -29,6 +29,7 @@ const (
 	afInet6    = 10
 	afPacket   = 17
 	afVSock    = 40
+	afXDP      = 44
 	sockRaw    = 3
 	sockPacket = 10
 	sockType   = 0xf // SOCK_TYPE_MASK: the type without SOCK_NONBLOCK, SOCK_CLOEXEC
@@ -87,6 +88,7 @@ func program(a abi) []bpf.Instruction {
 	s = append(s, step{label: sock, ins: bpf.LoadAbsolute{Off: offArg0, Size: 4}})
 	jump(bpf.JumpEqual, afVSock, deny, "")
 	jump(bpf.JumpEqual, afPacket, deny, "")
+	jump(bpf.JumpEqual, afXDP, deny, "")
 	jump(bpf.JumpEqual, afInet, inet, "")
 	jump(bpf.JumpEqual, afInet6, inet, allow)
 	s = append(s, step{label: inet, ins: bpf.LoadAbsolute{Off: offArg1, Size: 4}})

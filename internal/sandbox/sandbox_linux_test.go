@@ -55,6 +55,7 @@ func TestProgram(t *testing.T) {
 			{"socket(AF_VSOCK) with upper bits set (the kernel reads an int)", a.auditArch, a.socket, []uint64{1<<32 | afVSock, unix.SOCK_STREAM}, denied},
 			{"socket(AF_PACKET, SOCK_RAW)", a.auditArch, a.socket, []uint64{afPacket, sockRaw}, denied},
 			{"socket(AF_PACKET, SOCK_DGRAM)", a.auditArch, a.socket, []uint64{afPacket, unix.SOCK_DGRAM}, denied},
+			{"socket(AF_XDP, SOCK_RAW)", a.auditArch, a.socket, []uint64{afXDP, sockRaw}, denied},
 			{"socket(AF_INET, SOCK_RAW|SOCK_CLOEXEC)", a.auditArch, a.socket, []uint64{afInet, sockRaw | unix.SOCK_CLOEXEC}, denied},
 			{"socket(AF_INET6, SOCK_RAW|SOCK_NONBLOCK) with upper bits", a.auditArch, a.socket, []uint64{afInet6, 1<<40 | sockRaw | unix.SOCK_NONBLOCK}, denied},
 			{"socket(AF_INET, SOCK_PACKET)", a.auditArch, a.socket, []uint64{afInet, sockPacket}, denied},
@@ -115,6 +116,7 @@ func child() int {
 	try("vsock", afVSock, unix.SOCK_STREAM)
 	try("vsock-upper", 1<<32|afVSock, unix.SOCK_STREAM)
 	try("packet", afPacket, sockRaw)
+	try("xdp", afXDP, sockRaw)
 	try("raw", afInet, sockRaw|unix.SOCK_CLOEXEC)
 	try("tcp", afInet, unix.SOCK_STREAM|unix.SOCK_CLOEXEC)
 	try("udp6", afInet6, unix.SOCK_DGRAM)
@@ -143,7 +145,7 @@ func TestInstall(t *testing.T) {
 		}
 	}
 	eperm := fmt.Sprint(int(unix.EPERM))
-	for _, k := range []string{"vsock", "vsock-upper", "packet", "raw", "io_uring"} {
+	for _, k := range []string{"vsock", "vsock-upper", "packet", "xdp", "raw", "io_uring"} {
 		if got[k] != eperm {
 			t.Errorf("%s: errno %q, want EPERM (%s)", k, got[k], eperm)
 		}
