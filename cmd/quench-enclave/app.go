@@ -61,10 +61,16 @@ func lookupAppUser(spec string) (*syscall.Credential, error) {
 	}
 	switch {
 	case err == nil:
-		uid, _ = strconv.ParseUint(u.Uid, 10, 32)
-		gid, _ = strconv.ParseUint(u.Gid, 10, 32)
+		// os/user without cgo takes any integer from passwd: an error
+		// here must not leave 0 (root).
+		if uid, err = parseID(u.Uid); err == nil {
+			gid, err = parseID(u.Gid)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("user %q: %w", name, err)
+		}
 	default:
-		n, perr := strconv.ParseUint(name, 10, 32)
+		n, perr := parseID(name)
 		if perr != nil {
 			return nil, fmt.Errorf("user %q: %w", name, err)
 		}
@@ -76,10 +82,22 @@ func lookupAppUser(spec string) (*syscall.Credential, error) {
 			g, err = user.LookupGroupId(group)
 		}
 		if err == nil {
-			gid, _ = strconv.ParseUint(g.Gid, 10, 32)
-		} else if gid, err = strconv.ParseUint(group, 10, 32); err != nil {
+			if gid, err = parseID(g.Gid); err != nil {
+				return nil, fmt.Errorf("group %q: %w", group, err)
+			}
+		} else if gid, err = parseID(group); err != nil {
 			return nil, fmt.Errorf("group %q: not a group name or number", group)
 		}
 	}
 	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}, nil
+}
+
+// parseID parses a user or group ID: 32 bits, and not 4294967295 ((uid_t)-1
+// means "no change" to the kernel, and no one).
+func parseID(s string) (uint64, error) {
+	n, err := strconv.ParseUint(s, 10, 32)
+	if err == nil && n == 1<<32-1 {
+		err = fmt.Errorf("ID %s is not a user's or group's", s)
+	}
+	return n, err
 }

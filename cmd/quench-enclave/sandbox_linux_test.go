@@ -1,9 +1,11 @@
 package main
 
 import (
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/quenchnet/quench/enclave"
 	"github.com/quenchnet/quench/internal/testutil"
+	"golang.org/x/sys/unix"
 )
 
 // runApp runs o's app under superviseApp (no enclave started) and returns
@@ -168,4 +171,72 @@ sys.exit(len([f for f in os.listdir("/proc/self/fd") if int(f) > 2]) - 1)
 	if code := runApp(t, &options{appArgs: probe, appSandbox: true}); code != 0 {
 		t.Errorf("sandboxed app: %d descriptors besides 0, 1 and 2, want none", code)
 	}
+}
+
+// init: the child of TestLookupAppUserBadIDs, in its own mount namespace,
+// looks users up in the passwd and group files it is given.
+func init() {
+	dir := os.Getenv("QUENCH_TEST_PASSWD_DIR")
+	if dir == "" {
+		return
+	}
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		fmt.Println("mount", err)
+		os.Exit(1)
+	}
+	for _, f := range []string{"passwd", "group"} {
+		if err := unix.Mount(filepath.Join(dir, f), "/etc/"+f, "", unix.MS_BIND, ""); err != nil {
+			fmt.Println("mount", f, err)
+			os.Exit(1)
+		}
+	}
+	for _, spec := range strings.Fields(os.Getenv("QUENCH_TEST_PASSWD_SPECS")) {
+		if c, err := lookupAppUser(spec); err != nil {
+			fmt.Printf("%s error\n", spec)
+		} else {
+			fmt.Printf("%s %d:%d\n", spec, c.Uid, c.Gid)
+		}
+	}
+	os.Exit(0)
+}
+
+// TestLookupAppUserBadIDs: an ID in passwd or group that is not a 32-bit
+// user or group number (os/user without cgo, as quench-enclave is built,
+// passes on any integer, even negative) is refused, not taken as 0 (root)
+// or as (uid_t)-1; so are the numbers 4294967295 themselves.
+func TestLookupAppUserBadIDs(t *testing.T) {
+	testutil.RequireRoot(t)
+	dir := t.TempDir()
+	passwd := "root:x:0:0:root:/root:/bin/sh\nquenchneg:x:-2:-2::/:/bin/sh\nquenchbig:x:4294967296:65534::/:/bin/sh\n"
+	group := "root:x:0:\nquenchneggrp:x:-2:\n"
+	if err := os.WriteFile(filepath.Join(dir, "passwd"), []byte(passwd), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "group"), []byte(group), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	specs := []string{"quenchneg", "quenchbig", "65534:quenchneggrp", "4294967295", "65534:4294967295"}
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "QUENCH_TEST_PASSWD_DIR="+dir, "QUENCH_TEST_PASSWD_SPECS="+strings.Join(specs, " "))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNS}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("child: %v: %s", err, out)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		spec, got, _ := strings.Cut(line, " ")
+		if got == "error" {
+			continue
+		}
+		var uid, gid uint32
+		if _, err := fmt.Sscanf(got, "%d:%d", &uid, &gid); err != nil {
+			t.Fatalf("child: %q", line)
+		}
+		// Only 65534 and the numbers glibc's parser gives (-2 as 4294967294)
+		// are users or groups; 0 is root, 4294967295 none.
+		if uid == 0 || gid == 0 || uid == 4294967295 || gid == 4294967295 {
+			t.Errorf("-app-user %s: %d:%d, want an error", spec, uid, gid)
+		}
+	}
+	t.Logf("child: %s", out)
 }
