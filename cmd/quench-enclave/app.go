@@ -13,8 +13,14 @@ import (
 )
 
 // selfExe is quench-enclave's own binary, which starts a sandboxed app
-// (sandbox.Arg); tests point it at the test binary.
-var selfExe = os.Executable
+// (sandbox.Arg): /proc/self/exe where there is one, the very file this
+// process runs, even if its path was replaced or removed since.
+func selfExe() (string, error) {
+	if _, err := os.Stat("/proc/self/exe"); err == nil {
+		return "/proc/self/exe", nil
+	}
+	return os.Executable()
+}
 
 // appCommand is the app's command: the app itself (as o.appCred, if set),
 // or, with the sandbox, quench-enclave run again to install the filter,

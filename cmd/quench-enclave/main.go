@@ -589,6 +589,9 @@ func superviseApp(e *enclave.Enclave, o *options, sigs <-chan os.Signal, stderr 
 		attrs = append(attrs, "uid", o.appCred.Uid, "gid", o.appCred.Gid)
 	}
 	o.logger.Info("app started", attrs...)
+	if o.appSandbox && (o.appCred == nil && os.Geteuid() == 0 || o.appCred != nil && o.appCred.Uid == 0) {
+		o.logger.Warn("the app runs as root: the sandbox does not hold it (it can reach into quench-enclave, or reconfigure the network with CAP_NET_ADMIN); give it a user of its own with -app-user")
+	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 

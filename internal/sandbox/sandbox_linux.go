@@ -108,7 +108,11 @@ func program(a abi) []bpf.Instruction {
 		if to == "" {
 			return 0
 		}
-		return uint8(at[to] - from - 1)
+		n, ok := at[to]
+		if !ok || n-from-1 > 255 {
+			panic("sandbox: jump to " + to + " out of reach") // the program outgrew 8-bit jumps
+		}
+		return uint8(n - from - 1)
 	}
 	out := make([]bpf.Instruction, len(s))
 	for i, st := range s {
