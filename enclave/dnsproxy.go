@@ -54,7 +54,7 @@ type dnsProxy struct {
 	udp     *net.UDPConn
 	tcp     *net.TCPListener
 	log     *slog.Logger
-	timeout time.Duration // dnsProxyTimeout; tests shorten it (set before serving)
+	timeout time.Duration // dnsProxyTimeout; tests shorten it
 
 	queries chan struct{} // UDP questions in flight
 	conns   chan struct{} // TCP connections served
@@ -70,12 +70,8 @@ type dnsProxy struct {
 	wg      sync.WaitGroup
 }
 
-// startDNSProxy listens on addr (UDP and TCP) and serves until close;
-// timeout 0 means dnsProxyTimeout.
-func startDNSProxy(addr netip.AddrPort, servers []netip.AddrPort, f *egressfw.Filter, log *slog.Logger, timeout time.Duration) (*dnsProxy, error) {
-	if timeout <= 0 {
-		timeout = dnsProxyTimeout
-	}
+// startDNSProxy listens on addr (UDP and TCP) and serves until close.
+func startDNSProxy(addr netip.AddrPort, servers []netip.AddrPort, f *egressfw.Filter, log *slog.Logger) (*dnsProxy, error) {
 	u, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(addr))
 	if err != nil {
 		return nil, fmt.Errorf("DNS proxy: %w", err)
@@ -86,7 +82,7 @@ func startDNSProxy(addr netip.AddrPort, servers []netip.AddrPort, f *egressfw.Fi
 		return nil, fmt.Errorf("DNS proxy: %w", err)
 	}
 	p := &dnsProxy{
-		f: f, servers: servers, udp: u, tcp: t, log: log, timeout: timeout,
+		f: f, servers: servers, udp: u, tcp: t, log: log, timeout: dnsProxyTimeout,
 		queries: make(chan struct{}, dnsProxyQueries),
 		conns:   make(chan struct{}, dnsProxyConns),
 		open:    map[net.Conn]struct{}{},

@@ -109,7 +109,7 @@ func (f *fakeHostDNS) tcpClients() []netip.AddrPort {
 // startTestDNSProxy starts a proxy on a free loopback port in front of
 // servers, with a filter for rules (the proxy's datagrams do not pass
 // through it here: there is no TAP device; its TCP checks and permits do).
-func startTestDNSProxy(t *testing.T, timeout time.Duration, servers []netip.AddrPort, rules ...string) (*dnsProxy, *egressfw.Filter) {
+func startTestDNSProxy(t *testing.T, servers []netip.AddrPort, rules ...string) (*dnsProxy, *egressfw.Filter) {
 	t.Helper()
 	p, err := policy.Parse(rules)
 	if err != nil {
@@ -129,13 +129,14 @@ func startTestDNSProxy(t *testing.T, timeout time.Duration, servers []netip.Addr
 		}
 		addr := pc.LocalAddr().(*net.UDPAddr).AddrPort()
 		_ = pc.Close()
-		if dp, err = startDNSProxy(addr, servers, f, slog.New(slog.DiscardHandler), timeout); err == nil {
+		if dp, err = startDNSProxy(addr, servers, f, slog.New(slog.DiscardHandler)); err == nil {
 			break
 		}
 	}
 	if dp == nil {
 		t.Fatal("no free port for the DNS proxy")
 	}
+	dp.timeout = 2 * time.Second
 	t.Cleanup(dp.close)
 	return dp, f
 }
@@ -166,7 +167,7 @@ func exchangeEDNS(t *testing.T, netw, server, name string, size uint16) *dns.Msg
 
 func TestDNSProxy(t *testing.T) {
 	host := startFakeHostDNS(t)
-	p, f := startTestDNSProxy(t, 2*time.Second, []netip.AddrPort{host.addr}, "allowed.example:443", "big.example:443", "leak.example:443")
+	p, f := startTestDNSProxy(t, []netip.AddrPort{host.addr}, "allowed.example:443", "big.example:443", "leak.example:443")
 
 	t.Run("UDP allowed name", func(t *testing.T) {
 		r := exchange(t, "udp", p.addr(), "allowed.example.")
@@ -250,7 +251,7 @@ func TestDNSProxy(t *testing.T) {
 // connection; so does a length shorter than a DNS header.
 func TestDNSProxyTCPStream(t *testing.T) {
 	host := startFakeHostDNS(t)
-	p, _ := startTestDNSProxy(t, 2*time.Second, []netip.AddrPort{host.addr}, "allowed.example:443")
+	p, _ := startTestDNSProxy(t, []netip.AddrPort{host.addr}, "allowed.example:443")
 	c, err := net.Dial("tcp", p.addr())
 	if err != nil {
 		t.Fatal(err)
@@ -317,7 +318,8 @@ func TestDNSProxyServerDown(t *testing.T) {
 		}
 	}()
 	silent := ln.Addr().(*net.TCPAddr).AddrPort()
-	p, _ := startTestDNSProxy(t, 300*time.Millisecond, []netip.AddrPort{silent}, "*.example:443")
+	p, _ := startTestDNSProxy(t, []netip.AddrPort{silent}, "*.example:443")
+	p.timeout = 300 * time.Millisecond
 	r := exchange(t, "tcp", p.addr(), "allowed.example.")
 	if r.Rcode != dns.RcodeServerFailure {
 		t.Errorf("rcode %s, want SERVFAIL", dns.RcodeToString[r.Rcode])

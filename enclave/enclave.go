@@ -126,7 +126,7 @@ func (e *Enclave) Start(ctx context.Context) (err error) {
 		for i, s := range e.cfg.DNS {
 			servers[i] = netip.AddrPortFrom(s, 53)
 		}
-		dp, err := startDNSProxy(netip.AddrPortFrom(a, 53), servers, e.egress, e.log, 0)
+		dp, err := startDNSProxy(netip.AddrPortFrom(a, 53), servers, e.egress, e.log)
 		if err != nil {
 			_ = pump.Close()
 			_ = nw.close()
