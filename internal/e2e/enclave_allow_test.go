@@ -182,6 +182,65 @@ func TestEnclaveEgressPolicy(t *testing.T) {
 		checkRefused(t, "a program's own DNS over TCP to the host", d, err)
 	})
 
+	// The proxy's connection to the host's DNS passed by a permission for
+	// its socket's port; once it has ended, its flow lingers (1 min after
+	// the FINs). A program that binds that port and connects to the host's
+	// DNS must be refused, not let onto the old flow to ask it, unchecked,
+	// a name no rule allows. The port is free at once when the host closed
+	// first (its DNS server closes a connection idle for 8 s; the program
+	// keeps its own to the proxy busy with refused names meanwhile, which
+	// do not reach the host), so that the proxy's socket skips TIME_WAIT.
+	t.Run("DNS proxy's port reused", func(t *testing.T) {
+		before := upstream.count("denied.example.")
+		var took time.Duration
+		err := env.ns.Do(func() error {
+			c, err := net.Dial("tcp", "127.0.0.1:53")
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+			if err := dnsAskTCP(c, "allowed.example."); err != nil {
+				return fmt.Errorf("through the proxy: %w", err)
+			}
+			port, err := proxyUpstreamPort("01") // ESTABLISHED
+			if err != nil {
+				return err
+			}
+			for deadline := time.Now().Add(15 * time.Second); ; {
+				if p, err := proxyUpstreamPort("08"); err == nil && p == port { // CLOSE_WAIT: the host closed
+					break
+				}
+				if time.Now().After(deadline) {
+					return errors.New("the host's DNS did not close the proxy's idle connection")
+				}
+				if err := dnsAskTCP(c, "denied.example."); err != nil {
+					return fmt.Errorf("through the proxy: %w", err)
+				}
+				time.Sleep(500 * time.Millisecond)
+			}
+			c.Close() // the proxy closes its connection to the host's DNS
+			time.Sleep(300 * time.Millisecond)
+			d := net.Dialer{LocalAddr: &net.TCPAddr{Port: port}, Timeout: 3 * time.Second}
+			start := time.Now()
+			up, err := d.Dial("tcp4", "192.168.127.1:53")
+			took = time.Since(start)
+			if err != nil {
+				return err
+			}
+			defer up.Close()
+			_ = up.SetDeadline(time.Now().Add(5 * time.Second))
+			if err := dnsAskTCP(up, "denied.example."); err != nil {
+				return fmt.Errorf("connected from the proxy's port %d; then: %w", port, err)
+			}
+			return fmt.Errorf("connected from the proxy's port %d and asked the host's DNS directly", port)
+		})
+		checkRefused(t, "a program's DNS over TCP from the proxy's former port", took, err)
+		if n := upstream.count("denied.example."); n != before {
+			t.Errorf("denied.example reached the upstream DNS server %d times, want 0", n-before)
+		}
+	})
+
 	t.Run("TCP allowed by hostname rule", func(t *testing.T) {
 		if err := resolveAllowed(); err != nil { // the filter learns the address
 			t.Fatal(err)
@@ -466,4 +525,50 @@ func dnsExchange(netw, server, name string) (*dns.Msg, error) {
 	m.SetQuestion(name, dns.TypeA)
 	r, _, err := c.Exchange(m, server)
 	return r, err
+}
+
+// dnsAskTCP asks name (A) on the DNS-over-TCP connection c and reads the
+// answer.
+func dnsAskTCP(c net.Conn, name string) error {
+	m := new(dns.Msg)
+	m.SetQuestion(name, dns.TypeA)
+	b, err := m.Pack()
+	if err != nil {
+		return err
+	}
+	if _, err := c.Write(append([]byte{byte(len(b) >> 8), byte(len(b))}, b...)); err != nil {
+		return err
+	}
+	var n [2]byte
+	if _, err := io.ReadFull(c, n[:]); err != nil {
+		return err
+	}
+	_, err = io.ReadFull(c, make([]byte, int(n[0])<<8|int(n[1])))
+	return err
+}
+
+// proxyUpstreamPort returns the local port of the DNS proxy's TCP
+// connection to the host's DNS (192.168.127.1:53) in state (as
+// /proc/net/tcp gives it), from the calling thread's network namespace.
+func proxyUpstreamPort(state string) (int, error) {
+	b, err := os.ReadFile("/proc/thread-self/net/tcp")
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) < 4 || f[2] != "017FA8C0:0035" || f[3] != state { // 192.168.127.1:53
+			continue
+		}
+		_, p, ok := strings.Cut(f[1], ":")
+		if !ok {
+			continue
+		}
+		port, err := strconv.ParseUint(p, 16, 16)
+		if err != nil {
+			return 0, err
+		}
+		return int(port), nil
+	}
+	return 0, fmt.Errorf("no connection from the DNS proxy to the host's DNS in state %s", state)
 }

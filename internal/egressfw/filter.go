@@ -546,10 +546,17 @@ func (f *Filter) tcpOut(pk packet, now int64) (bool, []byte) {
 	k := pk.flow(true)
 	f.mu.Lock()
 	fl, ok := f.flows[k]
-	if ok && fl.expires > now {
+	if ok && fl.expires > now && (flags&(tcpSYN|tcpACK) != tcpSYN || fl.state&established == 0) {
 		f.tcpUpdateLocked(k, fl, flags, finOut, now)
 		f.mu.Unlock()
 		return true, nil
+	}
+	if ok && fl.expires > now {
+		// A SYN on a flow past its handshake: that connection is over
+		// (its flow lives on after the FINs), and a new one from the
+		// same port, maybe another socket's, must pass on its own: a
+		// PermitFrom permission was for the old one only.
+		delete(f.flows, k)
 	}
 	f.mu.Unlock()
 	dst := netip.AddrFrom4(pk.dst)

@@ -23,7 +23,9 @@ import (
 // socket (bound to port before it connects), so a program connecting to
 // the same destination in that moment is not let through with it: for
 // connections whose content the caller checks itself, such as DNS over TCP
-// to a server no rule allows by address.
+// to a server no rule allows by address. The flow it opens is that
+// connection's only: a later SYN from the same port (another socket's, once
+// the port is free again) needs a permission of its own.
 func (f *Filter) PermitFrom(network string, port uint16, dst netip.AddrPort) {
 	if port != 0 {
 		f.permit(network, port, dst)

@@ -88,3 +88,24 @@ func TestAnswer(t *testing.T) {
 		t.Errorf("stats %+v, want 4 answers dropped", s)
 	}
 }
+
+// TestPermitFromReusedPort: once the enclave's own connection that
+// PermitFrom let through has ended, a program that binds the same local
+// port (free again at once when the host closed first, or reused from
+// TIME_WAIT with SO_REUSEADDR) and connects to the same DNS server must not
+// ride on the old flow, which lives on for TCPOpenTimeout after both FINs:
+// its SYN starts a new connection and needs a permission of its own.
+func TestPermitFromReusedPort(t *testing.T) {
+	f, _ := newFilter(t, 0, "*")
+	local, srv := "192.168.127.2:40000", "192.168.127.1:53"
+	f.PermitFrom("tcp", 40000, ap(srv))
+	mustPass(t, f, out(local, srv, 1, syn), "the permitted socket's SYN")
+	if !f.Inbound(in(srv, local, synack)) {
+		t.Fatal("its SYN-ACK dropped")
+	}
+	mustPass(t, f, out(local, srv, 2, ack), "its ACK")
+	f.Inbound(in(srv, local, fin))
+	mustPass(t, f, out(local, srv, 2, fin), "its FIN")
+	mustDrop(t, f, out(local, srv, 1000, syn), "a program's SYN from the same port after the connection ended")
+	mustDrop(t, f, out(local, srv, 1001, ack, 0, 2, 'h', 'i'), "its data")
+}
