@@ -72,6 +72,17 @@ type dnsProxy struct {
 
 // startDNSProxy listens on addr (UDP and TCP) and serves until close.
 func startDNSProxy(addr netip.AddrPort, servers []netip.AddrPort, f *egressfw.Filter, log *slog.Logger) (*dnsProxy, error) {
+	p, err := listenDNSProxy(addr, servers, f, log)
+	if err != nil {
+		return nil, err
+	}
+	p.start()
+	return p, nil
+}
+
+// listenDNSProxy is startDNSProxy without serving yet (start): tests set
+// the timeout in between, before any goroutine reads it.
+func listenDNSProxy(addr netip.AddrPort, servers []netip.AddrPort, f *egressfw.Filter, log *slog.Logger) (*dnsProxy, error) {
 	u, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(addr))
 	if err != nil {
 		return nil, fmt.Errorf("DNS proxy: %w", err)
@@ -88,10 +99,14 @@ func startDNSProxy(addr netip.AddrPort, servers []netip.AddrPort, f *egressfw.Fi
 		open:    map[net.Conn]struct{}{},
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
+	return p, nil
+}
+
+// start serves the listeners of listenDNSProxy until close.
+func (p *dnsProxy) start() {
 	p.wg.Add(2)
 	go p.serveUDP()
 	go p.serveTCP()
-	return p, nil
 }
 
 // close stops the proxy and waits for its goroutines (each bounded by the

@@ -111,6 +111,12 @@ func (f *fakeHostDNS) tcpClients() []netip.AddrPort {
 // through it here: there is no TAP device; its TCP checks and permits do).
 func startTestDNSProxy(t *testing.T, servers []netip.AddrPort, rules ...string) (*dnsProxy, *egressfw.Filter) {
 	t.Helper()
+	return startTestDNSProxyTimeout(t, 2*time.Second, servers, rules...)
+}
+
+// startTestDNSProxyTimeout is startTestDNSProxy with the proxy's timeout.
+func startTestDNSProxyTimeout(t *testing.T, timeout time.Duration, servers []netip.AddrPort, rules ...string) (*dnsProxy, *egressfw.Filter) {
+	t.Helper()
 	p, err := policy.Parse(rules)
 	if err != nil {
 		t.Fatal(err)
@@ -129,14 +135,15 @@ func startTestDNSProxy(t *testing.T, servers []netip.AddrPort, rules ...string) 
 		}
 		addr := pc.LocalAddr().(*net.UDPAddr).AddrPort()
 		_ = pc.Close()
-		if dp, err = startDNSProxy(addr, servers, f, slog.New(slog.DiscardHandler)); err == nil {
+		if dp, err = listenDNSProxy(addr, servers, f, slog.New(slog.DiscardHandler)); err == nil {
 			break
 		}
 	}
 	if dp == nil {
 		t.Fatal("no free port for the DNS proxy")
 	}
-	dp.timeout = 2 * time.Second
+	dp.timeout = timeout // before start: the goroutines read it
+	dp.start()
 	t.Cleanup(dp.close)
 	return dp, f
 }
@@ -318,8 +325,7 @@ func TestDNSProxyServerDown(t *testing.T) {
 		}
 	}()
 	silent := ln.Addr().(*net.TCPAddr).AddrPort()
-	p, _ := startTestDNSProxy(t, []netip.AddrPort{silent}, "*.example:443")
-	p.timeout = 300 * time.Millisecond
+	p, _ := startTestDNSProxyTimeout(t, 300*time.Millisecond, []netip.AddrPort{silent}, "*.example:443")
 	r := exchange(t, "tcp", p.addr(), "allowed.example.")
 	if r.Rcode != dns.RcodeServerFailure {
 		t.Errorf("rcode %s, want SERVFAIL", dns.RcodeToString[r.Rcode])
