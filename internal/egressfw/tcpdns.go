@@ -36,9 +36,14 @@ func (f *Filter) PermitFrom(network string, port uint16, dst netip.AddrPort) {
 // a UDP datagram the filter sees, as it checks those: nil when the policy
 // (or PermitName) allows every name it asks about; otherwise an NXDOMAIN
 // answer to give in its place, the refusal counted and logged. A message
-// that is not a DNS query with questions is an error (policy.ErrNotQuery).
+// that is not a DNS query with questions is an error (policy.ErrNotQuery),
+// counted as dropped, as such a datagram to a DNS server is.
 func (f *Filter) Query(msg []byte) (answer []byte, err error) {
-	return f.query(msg, f.now().UnixNano())
+	answer, err = f.query(msg, f.now().UnixNano())
+	if err != nil {
+		f.dropped.Add(1)
+	}
+	return answer, err
 }
 
 func (f *Filter) query(msg []byte, now int64) ([]byte, error) {
