@@ -62,9 +62,11 @@ type dnsProxy struct {
 	ctx    context.Context // cancelled by close: dials in progress end
 	cancel context.CancelFunc
 
-	mu     sync.Mutex
-	open   map[net.Conn]struct{} // guarded by mu: TCP clients and connections to servers, closed by close
-	closed bool                  // guarded by mu
+	mu       sync.Mutex
+	open     map[net.Conn]struct{} // guarded by mu: TCP clients and connections to servers, closed by close
+	closed   bool                  // guarded by mu
+	lastWarn time.Time             // guarded by mu: see warn
+	unwarned uint64                // guarded by mu: warnings not logged since lastWarn
 
 	dropped atomic.Uint64 // UDP questions dropped (dnsProxyQueries), TCP connections closed (dnsProxyConns)
 	wg      sync.WaitGroup
@@ -283,7 +285,7 @@ func (p *dnsProxy) serveConn(c net.Conn) {
 			// truncate its TCP answer to it (package dnswire).
 			answer, err = p.exchangeTCP(&up, dnswire.WidenEDNS(msg))
 			if err != nil {
-				p.log.Warn("DNS proxy: no answer over TCP; answering SERVFAIL", "err", err)
+				p.warn("DNS proxy: no answer over TCP; answering SERVFAIL", "err", err)
 				if answer, err = servFail(msg); err != nil {
 					return
 				}
@@ -389,6 +391,28 @@ func (p *dnsProxy) dialServer() (net.Conn, error) {
 		firstErr = errors.New("no DNS server")
 	}
 	return nil, firstErr
+}
+
+// warn logs msg at most once a second, with the count of those not
+// logged: a program can make exchanges fail as often as it asks (a name of
+// its own that resolves to 127.0.0.1, under a rule such as *), and the log
+// is the egress filter's too, which bounds its own warnings so.
+func (p *dnsProxy) warn(msg string, args ...any) {
+	now := time.Now()
+	p.mu.Lock()
+	if now.Sub(p.lastWarn) < time.Second {
+		p.unwarned++
+		p.mu.Unlock()
+		return
+	}
+	p.lastWarn = now
+	n := p.unwarned
+	p.unwarned = 0
+	p.mu.Unlock()
+	if n > 0 {
+		args = append(args, "not_logged_since_last", n)
+	}
+	p.log.Warn(msg, args...)
 }
 
 // servFail returns a SERVFAIL answer to the query msg, with its questions.

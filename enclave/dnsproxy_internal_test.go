@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -111,11 +112,12 @@ func (f *fakeHostDNS) tcpClients() []netip.AddrPort {
 // through it here: there is no TAP device; its TCP checks and permits do).
 func startTestDNSProxy(t *testing.T, servers []netip.AddrPort, rules ...string) (*dnsProxy, *egressfw.Filter) {
 	t.Helper()
-	return startTestDNSProxyTimeout(t, 2*time.Second, servers, rules...)
+	return startTestDNSProxyWith(t, nil, servers, rules...)
 }
 
-// startTestDNSProxyTimeout is startTestDNSProxy with the proxy's timeout.
-func startTestDNSProxyTimeout(t *testing.T, timeout time.Duration, servers []netip.AddrPort, rules ...string) (*dnsProxy, *egressfw.Filter) {
+// startTestDNSProxyWith is startTestDNSProxy with set, if not nil, called
+// on the proxy before it serves (to set its timeout or logger).
+func startTestDNSProxyWith(t *testing.T, set func(*dnsProxy), servers []netip.AddrPort, rules ...string) (*dnsProxy, *egressfw.Filter) {
 	t.Helper()
 	p, err := policy.Parse(rules)
 	if err != nil {
@@ -142,7 +144,10 @@ func startTestDNSProxyTimeout(t *testing.T, timeout time.Duration, servers []net
 	if dp == nil {
 		t.Fatal("no free port for the DNS proxy")
 	}
-	dp.timeout = timeout // before start: the goroutines read it
+	dp.timeout = 2 * time.Second
+	if set != nil {
+		set(dp) // before start: the goroutines read the fields
+	}
 	dp.start()
 	t.Cleanup(dp.close)
 	return dp, f
@@ -325,7 +330,7 @@ func TestDNSProxyServerDown(t *testing.T) {
 		}
 	}()
 	silent := ln.Addr().(*net.TCPAddr).AddrPort()
-	p, _ := startTestDNSProxyTimeout(t, 300*time.Millisecond, []netip.AddrPort{silent}, "*.example:443")
+	p, _ := startTestDNSProxyWith(t, func(p *dnsProxy) { p.timeout = 300 * time.Millisecond }, []netip.AddrPort{silent}, "*.example:443")
 	r := exchange(t, "tcp", p.addr(), "allowed.example.")
 	if r.Rcode != dns.RcodeServerFailure {
 		t.Errorf("rcode %s, want SERVFAIL", dns.RcodeToString[r.Rcode])
@@ -411,4 +416,52 @@ func FuzzDNSProxyAnswer(f *testing.F) {
 			}
 		}
 	})
+}
+
+// countHandler counts the records logged at Warn or above.
+type countHandler struct {
+	slog.Handler
+	n *atomic.Int64
+}
+
+func (h countHandler) Enabled(context.Context, slog.Level) bool { return true }
+
+func (h countHandler) Handle(_ context.Context, r slog.Record) error {
+	if r.Level >= slog.LevelWarn {
+		h.n.Add(1)
+	}
+	return nil
+}
+
+// TestDNSProxyWarnRate: a program that asks over TCP, again and again, for
+// an allowed name whose answer the filter refuses (a name of its own that
+// resolves to 127.0.0.1, under a rule such as *) must not make the proxy
+// log a warning each time: the log (the enclave's console, slow) is shared
+// with the frame filter, which bounds its own to one a second.
+func TestDNSProxyWarnRate(t *testing.T) {
+	host := startFakeHostDNS(t)
+	var warns atomic.Int64
+	p, _ := startTestDNSProxyWith(t, func(p *dnsProxy) { p.log = slog.New(countHandler{slog.DiscardHandler, &warns}) },
+		[]netip.AddrPort{host.addr}, "leak.example:443")
+	c, err := net.Dial("tcp", p.addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	m := new(dns.Msg)
+	m.SetQuestion("leak.example.", dns.TypeA)
+	q, _ := m.Pack()
+	const asks = 50
+	for i := range asks {
+		if err := dnswire.WriteMessage(c, q); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := dnswire.ReadMessage(c); err != nil {
+			t.Fatalf("answer %d: %v", i, err)
+		}
+	}
+	if n := warns.Load(); n > 2 {
+		t.Errorf("%d warnings for %d refused answers, want at most one a second", n, asks)
+	}
 }
