@@ -190,6 +190,7 @@ type flowKey struct {
 type flow struct {
 	expires int64 // unix ns
 	state   uint8
+	isn     uint32 // with synOut: the sequence number of the enclave's SYN
 }
 
 // TCP flow states (bits).
@@ -198,6 +199,7 @@ const (
 	established             // a segment without SYN followed it
 	finOut                  // the enclave sent FIN
 	finIn                   // the host sent FIN
+	synOut                  // the enclave's SYN opened it (isn)
 )
 
 // resetLeave is the reset the kernel sends for a stray segment from the
@@ -543,18 +545,19 @@ func (f *Filter) tcpOut(pk packet, now int64) (bool, []byte) {
 		return false, nil
 	}
 	flags := t[13]
+	seq := binary.BigEndian.Uint32(t[4:])
 	k := pk.flow(true)
 	f.mu.Lock()
 	fl, ok := f.flows[k]
-	if ok && fl.expires > now && (flags&(tcpSYN|tcpACK) != tcpSYN || fl.state&established == 0) {
+	if ok && fl.expires > now && !newSYN(fl, flags, seq) {
 		f.tcpUpdateLocked(k, fl, flags, finOut, now)
 		f.mu.Unlock()
 		return true, nil
 	}
 	if ok && fl.expires > now {
-		// A SYN on a flow past its handshake: that connection is over
-		// (its flow lives on after the FINs), and a new one from the
-		// same port, maybe another socket's, must pass on its own: a
+		// A new connection from the port of a flow that lives on (after
+		// its FINs, or after the enclave gave up on the handshake): it
+		// may be another socket's, and must pass on its own: a
 		// PermitFrom permission was for the old one only.
 		delete(f.flows, k)
 	}
@@ -589,16 +592,27 @@ func (f *Filter) tcpOut(pk packet, now int64) (bool, []byte) {
 		f.dropped.Add(1)
 		return false, nil
 	}
-	if !f.admit(k, f.allowTCP(dst, k.rport), TCPOpenTimeout, &f.tcp, now) {
+	if !f.admit(k, f.allowTCP(dst, k.rport), flow{expires: now + int64(TCPOpenTimeout), state: synOut, isn: seq}, &f.tcp, now) {
 		return false, tcpReset(pk)
 	}
 	return true, nil
 }
 
-// admit opens flow k, the first of a connection or datagram exchange the
-// enclave starts, if the policy allows it (allowed) or Permit did, for ttl;
+// newSYN reports whether a segment with flags and sequence number seq from
+// the enclave on live flow fl starts a new connection: a SYN without ACK
+// once the handshake completed, or with another sequence number than the
+// SYN that opened the flow (not a retransmission of it).
+func newSYN(fl flow, flags byte, seq uint32) bool {
+	if flags&(tcpSYN|tcpACK) != tcpSYN {
+		return false
+	}
+	return fl.state&established != 0 || fl.state&synOut != 0 && fl.isn != seq
+}
+
+// admit opens flow k as fl, the first of a connection or datagram exchange
+// the enclave starts, if the policy allows it (allowed) or Permit did;
 // otherwise it counts the refusal in refused and reports false.
-func (f *Filter) admit(k flowKey, allowed bool, ttl time.Duration, refused *atomic.Uint64, now int64) bool {
+func (f *Filter) admit(k flowKey, allowed bool, fl flow, refused *atomic.Uint64, now int64) bool {
 	if !allowed && !f.permitted(k, now) {
 		refused.Add(1)
 		proto := "tcp"
@@ -608,7 +622,7 @@ func (f *Filter) admit(k flowKey, allowed bool, ttl time.Duration, refused *atom
 		f.warn("egress: refused by the egress policy", "to", netip.AddrPortFrom(netip.AddrFrom4(k.rip), k.rport).String(), "proto", proto)
 		return false
 	}
-	if !f.open(k, flow{expires: now + int64(ttl)}, now) {
+	if !f.open(k, fl, now) {
 		refused.Add(1)
 		return false
 	}
@@ -724,7 +738,7 @@ func (f *Filter) udpOut(pk packet, now int64) (bool, []byte) {
 		return true, nil
 	}
 	dst := netip.AddrFrom4(pk.dst)
-	if !f.admit(k, f.p.Allow("udp", dst, k.rport, f.learned.Names(dst)), UDPTimeout, &f.udp, now) {
+	if !f.admit(k, f.p.Allow("udp", dst, k.rport, f.learned.Names(dst)), flow{expires: now + int64(UDPTimeout)}, &f.udp, now) {
 		return false, icmpProhibited(pk)
 	}
 	return true, nil

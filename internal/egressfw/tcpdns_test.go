@@ -111,3 +111,17 @@ func TestPermitFromReusedPort(t *testing.T) {
 	mustDrop(t, f, out(local, srv, 1000, syn), "a program's SYN from the same port after the connection ended")
 	mustDrop(t, f, out(local, srv, 1001, ack, 0, 2, 'h', 'i'), "its data")
 }
+
+// TestPermitFromUnansweredSYN: the enclave's own connection gave up before
+// the host answered its SYN (the tunnel was down for the dial's 5 s, say),
+// and its flow lives on for TCPOpenTimeout. Its retransmitted SYNs (the
+// same sequence number) pass; a SYN from the same port with another
+// sequence number is a new socket's, which needs a permission of its own.
+func TestPermitFromUnansweredSYN(t *testing.T) {
+	f, _ := newFilter(t, 0, "*")
+	local, srv := "192.168.127.2:40000", "192.168.127.1:53"
+	f.PermitFrom("tcp", 40000, ap(srv))
+	mustPass(t, f, out(local, srv, 1, syn), "the permitted socket's SYN")
+	mustPass(t, f, out(local, srv, 1, syn), "its retransmitted SYN")
+	mustDrop(t, f, out(local, srv, 900000, syn), "another socket's SYN from the same port")
+}
