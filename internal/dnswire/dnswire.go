@@ -56,27 +56,69 @@ func WriteMessage(w io.Writer, msg []byte) error {
 // WidenEDNS returns the query msg with the UDP payload size of its EDNS
 // record raised to 65535, for a server that would otherwise truncate its
 // answer over TCP to that size; msg itself when it has no such record, is
-// not a query or cannot be read (the server then gets it as it came).
+// not a query or cannot be read (the server then gets it as it came). It
+// walks the message rather than unpack it, and changes those 2 bytes only:
+// unpacked whole, a query built of names compressed to 2 bytes (each 256
+// unpacked) cost quench-host, for a hostile enclave's, 200 times its size
+// in memory.
 func WidenEDNS(msg []byte) []byte {
-	var m dnsmessage.Message
-	if err := m.Unpack(msg); err != nil || m.Response {
-		return msg
+	if len(msg) < MinMessage || msg[2]&0x80 != 0 {
+		return msg // not a query
 	}
-	changed := false
-	for i := range m.Additionals {
-		if h := &m.Additionals[i].Header; h.Type == dnsmessage.TypeOPT && h.Class != 65535 {
-			h.Class = 65535
-			changed = true
+	var out []byte
+	off := MinMessage
+	for sec := range 4 { // questions, answers, authorities, additionals
+		for range binary.BigEndian.Uint16(msg[4+2*sec:]) {
+			if off = skipName(msg, off); off < 0 {
+				return msg
+			}
+			if sec == 0 { // a question: its type and class
+				if off += 4; off > len(msg) {
+					return msg
+				}
+				continue
+			}
+			if off+10 > len(msg) { // type, class, TTL, data length
+				return msg
+			}
+			if sec == 3 && dnsmessage.Type(binary.BigEndian.Uint16(msg[off:])) == dnsmessage.TypeOPT &&
+				binary.BigEndian.Uint16(msg[off+2:]) != 65535 {
+				if out == nil {
+					out = append([]byte(nil), msg...)
+				}
+				binary.BigEndian.PutUint16(out[off+2:], 65535) // OPT's class: the UDP payload size
+			}
+			if off += 10 + int(binary.BigEndian.Uint16(msg[off+8:])); off > len(msg) {
+				return msg
+			}
 		}
 	}
-	if !changed {
+	if out == nil {
 		return msg
 	}
-	b, err := m.Pack()
-	if err != nil || len(b) > 65535 {
-		return msg
+	return out
+}
+
+// skipName returns the offset in msg after the name at off, or -1 if it
+// cannot be read.
+func skipName(msg []byte, off int) int {
+	for off < len(msg) {
+		switch c := int(msg[off]); c & 0xC0 {
+		case 0x00: // a label, or the root
+			if c == 0 {
+				return off + 1
+			}
+			off += 1 + c
+		case 0xC0: // a pointer: the name ends here
+			if off+2 > len(msg) {
+				return -1
+			}
+			return off + 2
+		default: // extended label types (RFC 6891 §5)
+			return -1
+		}
 	}
-	return b
+	return -1
 }
 
 // WidenConn wraps c, a DNS server's TCP connection, so that the queries
