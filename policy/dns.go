@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 
@@ -8,14 +9,21 @@ import (
 )
 
 // ErrNotQuery is returned by RefuseQuery for a message that is not a DNS
-// query with questions.
+// query with 1 to MaxQuestions questions.
 var ErrNotQuery = errors.New("policy: not a DNS query")
+
+// MaxQuestions bounds the questions of a query RefuseQuery reads. A
+// resolver asks one (RFC 9619); thousands fit in 64 KB, each a 2-byte
+// pointer to a name of up to 255 bytes, and cost the egress filter, on
+// the path of every frame, over 400 times the message's size and a tenth of a
+// second to read and refuse.
+const MaxQuestions = 16
 
 // RefuseQuery parses the DNS query msg. When p allows every name it asks
 // about (AllowName), it returns a nil answer; otherwise an NXDOMAIN answer
 // to it, to be given in place of the server's, and the first name refused.
-// A message that is not a query with questions is an error wrapping
-// ErrNotQuery.
+// A message that is not a query with 1 to MaxQuestions questions is an
+// error wrapping ErrNotQuery.
 func (p *Policy) RefuseQuery(msg []byte) (answer []byte, refused string, err error) {
 	return RefuseQuery(msg, p.AllowName)
 }
@@ -26,6 +34,9 @@ func RefuseQuery(msg []byte, allow func(name string) bool) (answer []byte, refus
 	h, err := parser.Start(msg)
 	if err != nil || h.Response {
 		return nil, "", fmt.Errorf("%w: %v", ErrNotQuery, err)
+	}
+	if n := binary.BigEndian.Uint16(msg[4:]); n > MaxQuestions {
+		return nil, "", fmt.Errorf("%w: %d questions", ErrNotQuery, n)
 	}
 	qs, err := parser.AllQuestions()
 	if err != nil || len(qs) == 0 {
