@@ -1065,37 +1065,81 @@ func (f *Filter) learn(msg []byte) bool {
 		if err != nil {
 			return f.unreadable()
 		}
-		var ip netip.Addr
+		start := len(ips) // this record's addresses follow
 		switch ah.Type {
 		case dnsmessage.TypeA:
 			r, err := p.AResource()
 			if err != nil {
 				return f.unreadable()
 			}
-			ip = netip.AddrFrom4(r.A)
+			ips = append(ips, netip.AddrFrom4(r.A))
 		case dnsmessage.TypeAAAA:
 			r, err := p.AAAAResource()
 			if err != nil {
 				return f.unreadable()
 			}
-			ip = netip.AddrFrom16(r.AAAA).Unmap()
+			ips = append(ips, netip.AddrFrom16(r.AAAA).Unmap())
+		case dnsmessage.TypeSVCB, dnsmessage.TypeHTTPS:
+			// Address hints: clients that read HTTPS records (browsers,
+			// curl) may connect to them before asking for A or AAAA.
+			var r dnsmessage.SVCBResource
+			if ah.Type == dnsmessage.TypeSVCB {
+				r, err = p.SVCBResource()
+			} else {
+				var h dnsmessage.HTTPSResource
+				h, err = p.HTTPSResource()
+				r = h.SVCBResource
+			}
+			if err != nil {
+				return f.unreadable()
+			}
+			var ok bool
+			if ips, ok = appendHints(ips, r); !ok {
+				return f.unreadable()
+			}
 		default:
 			if err := p.SkipAnswer(); err != nil {
 				return f.unreadable()
 			}
 			continue
 		}
-		if f.inside(ip) && !f.p.NamesAddress(ip) {
-			f.answers.Add(1)
-			f.warn("egress: the host's DNS answered an address inside the enclave; answer dropped", "name", name, "address", ip.String())
-			return false
+		for _, ip := range ips[start:] {
+			if f.inside(ip) && !f.p.NamesAddress(ip) {
+				f.answers.Add(1)
+				f.warn("egress: the host's DNS answered an address inside the enclave; answer dropped", "name", name, "address", ip.String())
+				return false
+			}
 		}
-		ips = append(ips, ip)
 	}
 	if len(ips) > 0 && name != "" && f.p.NamesHost(name) {
 		f.learned.Record(name, ips...)
 	}
 	return true
+}
+
+// appendHints appends the addresses of r's ipv4hint and ipv6hint
+// parameters to ips; false if a hint's length is not a whole number of
+// addresses.
+func appendHints(ips []netip.Addr, r dnsmessage.SVCBResource) ([]netip.Addr, bool) {
+	for _, prm := range r.Params {
+		size := 0
+		switch prm.Key {
+		case dnsmessage.SVCParamIPv4Hint:
+			size = 4
+		case dnsmessage.SVCParamIPv6Hint:
+			size = 16
+		default:
+			continue
+		}
+		if len(prm.Value)%size != 0 {
+			return ips, false
+		}
+		for v := prm.Value; len(v) > 0; v = v[size:] {
+			a, _ := netip.AddrFromSlice(v[:size])
+			ips = append(ips, a.Unmap())
+		}
+	}
+	return ips, true
 }
 
 // unreadable drops a DNS answer whose records the filter cannot read.

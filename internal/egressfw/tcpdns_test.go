@@ -2,12 +2,14 @@ package egressfw
 
 import (
 	"errors"
+	"net/netip"
 	"testing"
 	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
 
 	"github.com/quenchnet/quench/policy"
+	"github.com/quenchnet/quench/tap/taptest"
 )
 
 // TestPermitFrom: the permission names the local port, so a program racing
@@ -124,4 +126,62 @@ func TestPermitFromUnansweredSYN(t *testing.T) {
 	mustPass(t, f, out(local, srv, 1, syn), "the permitted socket's SYN")
 	mustPass(t, f, out(local, srv, 1, syn), "its retransmitted SYN")
 	mustDrop(t, f, out(local, srv, 900000, syn), "another socket's SYN from the same port")
+}
+
+// svcbAnswer is the DNS server's answer frame for name with one HTTPS
+// record whose address hints are hints.
+func svcbAnswer(t *testing.T, name string, hints ...string) []byte {
+	t.Helper()
+	b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: 1, Response: true})
+	_ = b.StartQuestions()
+	n := dnsmessage.MustNewName(name)
+	_ = b.Question(dnsmessage.Question{Name: n, Type: dnsmessage.TypeHTTPS, Class: dnsmessage.ClassINET})
+	_ = b.StartAnswers()
+	var v4, v6 []byte
+	for _, h := range hints {
+		a := netip.MustParseAddr(h)
+		if a.Is4() {
+			v4 = append(v4, a.AsSlice()...)
+		} else {
+			v6 = append(v6, a.AsSlice()...)
+		}
+	}
+	var r dnsmessage.SVCBResource
+	r.Priority, r.Target = 1, dnsmessage.MustNewName(".")
+	if v4 != nil {
+		r.SetParam(dnsmessage.SVCParamIPv4Hint, v4)
+	}
+	if v6 != nil {
+		r.SetParam(dnsmessage.SVCParamIPv6Hint, v6)
+	}
+	if err := b.HTTPSResource(dnsmessage.ResourceHeader{Name: n, Class: dnsmessage.ClassINET, TTL: 60}, dnsmessage.HTTPSResource{SVCBResource: r}); err != nil {
+		t.Fatal(err)
+	}
+	msg, err := b.Finish()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return taptest.UDPv4Frame(encMAC, gwMAC, ap("192.168.127.1:53"), ap("192.168.127.2:33333"), msg)
+}
+
+// TestDNSAnswerAddressHints: the address hints of HTTPS and SVCB records,
+// which some clients connect to before asking for A records, are checked
+// and learned like A records.
+func TestDNSAnswerAddressHints(t *testing.T) {
+	f, _ := newFilter(t, 0, "api.example.com:443")
+	if !f.Inbound(svcbAnswer(t, "api.example.com.", "203.0.113.30", "2001:db8::1")) {
+		t.Fatal("HTTPS record with outside hints dropped")
+	}
+	mustPass(t, f, out("192.168.127.2:40000", "203.0.113.30:443", 1, syn), "SYN to an address hint")
+	for _, hint := range []string{"127.0.0.1", "192.168.127.2", "::1"} {
+		if f.Inbound(svcbAnswer(t, "api.example.com.", "203.0.113.31", hint)) {
+			t.Errorf("HTTPS record with hint %s into the enclave delivered", hint)
+		}
+	}
+	if !f.Answer(dnsMsg(t, svcbAnswer(t, "api.example.com.", "203.0.113.32"))) {
+		t.Error("Answer refused an HTTPS record with an outside hint")
+	}
+	if f.Answer(dnsMsg(t, svcbAnswer(t, "api.example.com.", "127.0.0.2"))) {
+		t.Error("Answer (the DNS proxy's check) delivered a hint into the enclave")
+	}
 }
