@@ -152,6 +152,7 @@ func (p *dnsProxy) serveUDP() {
 		case p.queries <- struct{}{}:
 		default:
 			p.dropped.Add(1)
+			p.warn("DNS proxy: busy; question dropped", "in_flight", dnsProxyQueries)
 			continue
 		}
 		msg := append([]byte(nil), buf[:n]...)
@@ -242,6 +243,7 @@ func (p *dnsProxy) serveTCP() {
 		case p.conns <- struct{}{}:
 		default:
 			p.dropped.Add(1)
+			p.warn("DNS proxy: busy; TCP connection closed", "connections", dnsProxyConns)
 			_ = c.Close()
 			continue
 		}

@@ -465,3 +465,48 @@ func TestDNSProxyWarnRate(t *testing.T) {
 		t.Errorf("%d warnings for %d refused answers, want at most one a second", n, asks)
 	}
 }
+
+// TestDNSProxyBusy: past dnsProxyConns TCP connections, a new one is closed
+// at once and counted (quench_enclave_dns_proxy_dropped_total).
+func TestDNSProxyBusy(t *testing.T) {
+	host := startFakeHostDNS(t)
+	p, _ := startTestDNSProxy(t, []netip.AddrPort{host.addr}, "allowed.example:443")
+	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	for range dnsProxyConns {
+		c, err := net.Dial("tcp", p.addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+	}
+	// Each held connection is being served once one question is answered.
+	for i, c := range held {
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		m := new(dns.Msg)
+		m.SetQuestion("denied.example.", dns.TypeA)
+		b, _ := m.Pack()
+		if err := dnswire.WriteMessage(c, b); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := dnswire.ReadMessage(c); err != nil {
+			t.Fatalf("held connection %d: %v", i, err)
+		}
+	}
+	c, err := net.Dial("tcp", p.addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if n, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatalf("connection past the limit: read %d bytes, want it closed", n)
+	}
+	if n := p.dropped.Load(); n != 1 {
+		t.Errorf("dropped %d, want 1", n)
+	}
+}

@@ -94,6 +94,12 @@ func newMetrics(e *Enclave, conns *connCap) *metrics {
 	if e.egress != nil {
 		m.reg.MustRegister(egressCollector{e.egress})
 	}
+	if p := e.dnsp; p != nil {
+		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "quench_enclave_dns_proxy_dropped_total",
+			Help: "DNS questions (UDP) and connections (TCP) the enclave's DNS proxy dropped because it had too many in hand (TAP mode with an egress policy).",
+		}, func() float64 { return float64(p.dropped.Load()) }))
+	}
 	return m
 }
 
