@@ -360,27 +360,7 @@ func (p *dnsProxy) roundTrip(c net.Conn, msg []byte) ([]byte, error) {
 func (p *dnsProxy) dialServer() (net.Conn, error) {
 	var firstErr error
 	for _, srv := range p.servers {
-		d := net.Dialer{
-			Timeout: p.timeout,
-			Control: func(_, _ string, rc syscall.RawConn) error {
-				var err error
-				if cerr := rc.Control(func(fd uintptr) {
-					if err = unix.Bind(int(fd), &unix.SockaddrInet4{}); err != nil {
-						return
-					}
-					var sa unix.Sockaddr
-					if sa, err = unix.Getsockname(int(fd)); err != nil {
-						return
-					}
-					if sa4, ok := sa.(*unix.SockaddrInet4); ok {
-						p.f.PermitFrom("tcp", uint16(sa4.Port), srv)
-					}
-				}); cerr != nil {
-					return cerr
-				}
-				return err
-			},
-		}
+		d := net.Dialer{Timeout: p.timeout, Control: permitOwn(p.f, "tcp", srv)}
 		c, err := d.DialContext(p.ctx, "tcp4", srv.String())
 		if err == nil {
 			return c, nil
@@ -442,4 +422,30 @@ func servFail(msg []byte) ([]byte, error) {
 		}
 	}
 	return b.Finish()
+}
+
+// permitOwn is a net.Dialer Control function for the enclave's own
+// connection to dst (network "tcp" or "udp") through the egress filter f:
+// it binds the socket to a port before it connects and lets exactly that
+// socket through (Filter.PermitFrom), so that a program connecting to the
+// same destination in the same moment is still refused.
+func permitOwn(f *egressfw.Filter, network string, dst netip.AddrPort) func(string, string, syscall.RawConn) error {
+	return func(_, _ string, rc syscall.RawConn) error {
+		var err error
+		if cerr := rc.Control(func(fd uintptr) {
+			if err = unix.Bind(int(fd), &unix.SockaddrInet4{}); err != nil {
+				return
+			}
+			var sa unix.Sockaddr
+			if sa, err = unix.Getsockname(int(fd)); err != nil {
+				return
+			}
+			if sa4, ok := sa.(*unix.SockaddrInet4); ok {
+				f.PermitFrom(network, uint16(sa4.Port), dst)
+			}
+		}); cerr != nil {
+			return cerr
+		}
+		return err
+	}
 }

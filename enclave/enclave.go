@@ -643,7 +643,8 @@ func (e *Enclave) Status() Status { return e.status.get() }
 // the attested configuration (or, for key sync, attested peers). In TAP mode
 // with a policy, the frame filter would refuse them like any program's, so
 // ownDial resolves the name with the filter's leave (PermitName) and lets
-// each address it tries through (Permit).
+// the socket it connects to each address through (PermitFrom: bound to its
+// port first).
 func (e *Enclave) ownDial(nw network) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	f := e.egress
 	if f == nil {
@@ -670,8 +671,10 @@ func (e *Enclave) ownDial(nw network) func(ctx context.Context, network, addr st
 		var firstErr error
 		for _, ip := range ips {
 			dst := netip.AddrPortFrom(ip.Unmap(), uint16(port))
-			f.Permit(network, dst)
-			c, err := nw.dial(ctx, network, dst.String())
+			// Exactly this socket passes the filter (not any program's
+			// to dst in the same moment).
+			d := net.Dialer{Control: permitOwn(f, network, dst)}
+			c, err := d.DialContext(ctx, strings.TrimSuffix(network, "4")+"4", dst.String())
 			if err == nil {
 				return c, nil
 			}

@@ -3,6 +3,7 @@ package enclave
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"testing"
@@ -44,7 +45,11 @@ func (n *dialNet) dial(_ context.Context, _, addr string) (net.Conn, error) {
 
 // The enclave's own connections (ACME, key sync) are not limited by
 // Config.Egress: in TAP mode, ownDial has the frame filter let the name's
-// DNS question and the connection through, once.
+// DNS question through, and the socket it connects with, bound to its port
+// first, so that another program's connection to the same place in that
+// moment is not let through with it. The leader here is on the loopback (no
+// traffic leaves the machine); the filter is asked about the SYNs the
+// kernel would send through the TAP device.
 func TestOwnDialPermits(t *testing.T) {
 	p, err := policy.Parse([]string{"10.0.0.0/8:443"})
 	if err != nil {
@@ -57,11 +62,26 @@ func TestOwnDialPermits(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer dpc.Close()
-	go testutil.ServeDNS(dpc, map[string]netip.Addr{"leader.example.": netip.MustParseAddr("203.0.113.5")})
+	go testutil.ServeDNS(dpc, map[string]netip.Addr{"leader.example.": netip.MustParseAddr("127.0.0.1")})
 	res := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "udp", dpc.LocalAddr().String())
 	}}
+	leader, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer leader.Close()
+	from := make(chan netip.AddrPort, 1)
+	go func() {
+		c, err := leader.Accept()
+		if err != nil {
+			return
+		}
+		from <- c.RemoteAddr().(*net.TCPAddr).AddrPort()
+		c.Close()
+	}()
+	lport := leader.Addr().(*net.TCPAddr).Port
 	nw := &dialNet{res: res, f: f, passed: map[string]bool{}}
 	e := &Enclave{egress: f}
 
@@ -72,19 +92,28 @@ func TestOwnDialPermits(t *testing.T) {
 		msg, _ := b.Finish()
 		return taptest.UDPv4Frame(testGwMAC, testEnclMAC, netip.MustParseAddrPort("192.168.127.2:5555"), netip.AddrPortFrom(gw, 53), msg)
 	}
+	syn := func(sport uint16) []byte {
+		return taptest.TCPv4Frame(testGwMAC, testEnclMAC, taptest.TCPSegment{
+			Src: netip.AddrPortFrom(netip.MustParseAddr("192.168.127.2"), sport), Dst: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(lport)), Flags: taptest.TCPFlagSYN,
+		})
+	}
 	if pass, _ := f.Outbound(query("leader.example.")); pass {
 		t.Fatal("the policy lets the leader's name through by itself: the test proves nothing")
 	}
-	_, _ = e.ownDial(nw)(context.Background(), "tcp", "leader.example:444")
-	if !nw.passed["203.0.113.5:444"] {
-		t.Errorf("ownDial's connection to the leader was refused by the filter (dialled: %v)", nw.passed)
+	c, err := e.ownDial(nw)(context.Background(), "tcp", fmt.Sprintf("leader.example:%d", lport))
+	if err != nil {
+		t.Fatalf("ownDial: %v", err)
 	}
+	c.Close()
+	src := <-from
 	if pass, _ := f.Outbound(query("leader.example.")); !pass {
 		t.Error("the DNS question about the leader's name was refused right after ownDial")
 	}
-	// A permission is used up by the connection it was given for.
-	if _, err := nw.dial(context.Background(), "tcp", "203.0.113.5:444"); err == nil || nw.passed["203.0.113.5:444"] {
-		t.Error("a second connection to the leader passed without ownDial")
+	if pass, _ := f.Outbound(syn(src.Port() + 1)); pass {
+		t.Error("another socket's SYN to the leader passed on ownDial's permission")
+	}
+	if pass, _ := f.Outbound(syn(src.Port())); !pass {
+		t.Errorf("ownDial's own socket (port %d) has no permission", src.Port())
 	}
 	// With no filter (userspace mode, or no policy), ownDial is the
 	// network's dial.

@@ -72,7 +72,7 @@ const (
 	UDPTimeout = 2 * time.Minute
 	// EchoTimeout bounds the permission to answer an ICMP echo request.
 	EchoTimeout = 30 * time.Second
-	// PermitTimeout bounds a permission given by Permit or PermitName.
+	// PermitTimeout bounds a permission given by PermitFrom or PermitName.
 	PermitTimeout = 10 * time.Second
 	// fragTimeout bounds the permission for a datagram's later fragments.
 	fragTimeout = 30 * time.Second
@@ -165,7 +165,7 @@ type Filter struct {
 	now    func() time.Time
 
 	mu        sync.Mutex
-	permits   map[flowKey]int64      // guarded by mu: Permit's destinations (local ends zero) and PermitFrom's flows (local port set) → expiry
+	permits   map[flowKey]int64      // guarded by mu: PermitFrom's flows (local address zero) → expiry
 	names     map[string]int64       // guarded by mu: PermitName's names → expiry
 	resets    map[flowKey]resetLeave // guarded by mu: stray segments from the host the kernel may reset
 	flows     map[flowKey]flow       // guarded by mu
@@ -744,19 +744,10 @@ func (f *Filter) udpOut(pk packet, now int64) (bool, []byte) {
 	return true, nil
 }
 
-// maxPermits bounds the permissions of Permit and PermitName alive at once.
+// maxPermits bounds the permissions of PermitFrom and PermitName alive at once.
 const maxPermits = 1024
 
-// Permit lets the enclave's own next connection to dst (network "tcp" or
-// "udp") through, whatever the policy, if it starts within PermitTimeout:
-// for destinations that the enclave's attested configuration names and
-// that package enclave dials for itself (the ACME directory, key-sync
-// peers), which Config.Egress does not limit. A program that connects to
-// the same destination in that moment gets through too: to a destination
-// the configuration names anyway.
-func (f *Filter) Permit(network string, dst netip.AddrPort) { f.permit(network, 0, dst) }
-
-// permit records Permit's (port 0) or PermitFrom's permission.
+// permit records PermitFrom's permission.
 func (f *Filter) permit(network string, port uint16, dst netip.AddrPort) {
 	if !dst.Addr().Unmap().Is4() {
 		return
@@ -775,7 +766,8 @@ func (f *Filter) permit(network string, port uint16, dst netip.AddrPort) {
 }
 
 // PermitName lets DNS questions about name through for PermitTimeout,
-// whatever the policy (see Permit).
+// whatever the policy (see PermitFrom): for the names of the enclave's own
+// connections.
 func (f *Filter) PermitName(name string) {
 	now := f.now().UnixNano()
 	f.mu.Lock()
@@ -807,22 +799,16 @@ func (f *Filter) expirePermitsLocked(now int64) {
 }
 
 // permitted reports whether PermitFrom allowed flow k (its local port and
-// destination) or Permit its destination, and uses the permission up.
+// destination), and uses the permission up.
 func (f *Filter) permitted(k flowKey, now int64) bool {
+	pk := flowKey{proto: k.proto, lport: k.lport, rport: k.rport, rip: k.rip}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	for _, pk := range [2]flowKey{
-		{proto: k.proto, lport: k.lport, rport: k.rport, rip: k.rip},
-		{proto: k.proto, rport: k.rport, rip: k.rip},
-	} {
-		if exp, ok := f.permits[pk]; ok {
-			delete(f.permits, pk)
-			if exp > now {
-				return true
-			}
-		}
+	exp, ok := f.permits[pk]
+	if ok {
+		delete(f.permits, pk)
 	}
-	return false
+	return ok && exp > now
 }
 
 func (f *Filter) namePermitted(name string, now int64) bool {

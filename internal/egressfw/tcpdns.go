@@ -19,11 +19,13 @@ import (
 
 // PermitFrom lets the enclave's own next connection from local port port
 // to dst (network "tcp" or "udp") through, whatever the policy, if it
-// starts within PermitTimeout. Unlike Permit, it names the connection's
+// starts within PermitTimeout: for destinations that the enclave's attested
+// configuration names and that package enclave dials for itself (the ACME
+// directory, key-sync peers), which Config.Egress does not limit, and for
+// connections whose content it checks itself (DNS over TCP from its DNS
+// proxy, to a server no rule allows by address). It names the connection's
 // socket (bound to port before it connects), so a program connecting to
-// the same destination in that moment is not let through with it: for
-// connections whose content the caller checks itself, such as DNS over TCP
-// to a server no rule allows by address. The flow it opens is that
+// the same destination in that moment is not let through with it. The flow it opens is that
 // connection's only: a later SYN from the same port (another socket's, once
 // the port is free again) needs a permission of its own.
 func (f *Filter) PermitFrom(network string, port uint16, dst netip.AddrPort) {
