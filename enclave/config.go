@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -164,6 +165,12 @@ type Config struct {
 	// "localhost" is not asked of DNS. Default: nil, no limit (and no such
 	// check).
 	Egress *policy.Policy
+
+	// Annotations are shown as they are in /enclave/config ("annotations"),
+	// for clients to audit: what the program embedding the enclave does
+	// beyond this configuration. quench-enclave lists how it started the
+	// app (app_sandbox: seccomp or off; app_user: UID:GID). Default: none.
+	Annotations map[string]string
 
 	// HandshakeSettle is how long the enclave waits after sending the
 	// /connect request before it sends frames. A stock gvproxy parses the
@@ -609,6 +616,7 @@ func (c Config) withDefaults() (Config, error) {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	c.Forwards = slices.Clone(c.Forwards)
+	c.Annotations = maps.Clone(c.Annotations)
 	for i, f := range c.Forwards {
 		f, err := f.validate()
 		if err != nil {

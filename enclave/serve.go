@@ -824,6 +824,10 @@ type publicConfigView struct {
 	// Egress lists the rules of Config.Egress as given; null when there
 	// is no policy (everything allowed), [] when it refuses everything.
 	Egress []string `json:"egress"`
+	// DNSProxy is the DNS proxy's address when it runs (TAP mode with
+	// Egress), where resolv.conf sends the enclave's programs.
+	DNSProxy    string            `json:"dns_proxy,omitempty"`
+	Annotations map[string]string `json:"annotations,omitempty"`
 }
 
 func publicConfig(c Config, certKind string) publicConfigView {
@@ -842,6 +846,10 @@ func publicConfig(c Config, certKind string) publicConfigView {
 		DrainTimeout: c.DrainTimeout.String(),
 		FQDNLeader:   c.FQDNLeader,
 		Egress:       c.Egress.Rules(),
+		Annotations:  c.Annotations,
+	}
+	if a, ok := c.dnsProxyAddr(); ok {
+		v.DNSProxy = a.String()
 	}
 	for _, d := range c.DNS {
 		v.DNS = append(v.DNS, d.String())

@@ -218,19 +218,28 @@ func TestServeConfigEgress(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	env := svStart(t, func(c *enclave.Config) { c.Egress = pol })
+	notes := map[string]string{"app_sandbox": "seccomp", "app_user": "1000:1000"}
+	env := svStart(t, func(c *enclave.Config) { c.Egress = pol; c.Annotations = notes })
 	code, body := svGet(t, svClient(t), env.public+enclave.ConfigPath)
 	if code != http.StatusOK {
 		t.Fatalf("config: %d %q", code, body)
 	}
 	var got struct {
-		Egress []string `json:"egress"`
+		Egress      []string          `json:"egress"`
+		Annotations map[string]string `json:"annotations"`
+		DNSProxy    *string           `json:"dns_proxy"`
 	}
 	if err := json.Unmarshal([]byte(body), &got); err != nil {
 		t.Fatal(err)
 	}
 	if diff := cmp.Diff(rules, got.Egress); diff != "" {
 		t.Errorf("egress (-want +got):\n%s\nconfig: %s", diff, body)
+	}
+	if diff := cmp.Diff(notes, got.Annotations); diff != "" {
+		t.Errorf("annotations (-want +got):\n%s\nconfig: %s", diff, body)
+	}
+	if got.DNSProxy != nil {
+		t.Errorf("dns_proxy %q in userspace mode, where there is none", *got.DNSProxy)
 	}
 }
 

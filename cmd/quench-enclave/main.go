@@ -296,6 +296,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 				return nil, fmt.Errorf("-%s needs the app command (-app-cmd or after --)", name)
 			}
 		}
+		o.appSandbox = false // no app to hold
 	} else {
 		if o.appSandbox {
 			if _, err := sandbox.Filter(); err != nil {
@@ -351,6 +352,17 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		if o.cfg.Egress, err = policy.Parse(allow); err != nil {
 			return nil, fmt.Errorf("-allow: %w", err)
 		}
+	}
+	if len(o.appArgs) > 0 {
+		// How the app is held, for clients auditing /enclave/config.
+		sb, uid, gid := "off", os.Geteuid(), os.Getegid()
+		if o.appSandbox {
+			sb = "seccomp"
+		}
+		if c := o.appCred; c != nil {
+			uid, gid = int(c.Uid), int(c.Gid)
+		}
+		o.cfg.Annotations = map[string]string{"app_sandbox": sb, "app_user": fmt.Sprintf("%d:%d", uid, gid)}
 	}
 
 	for _, f := range fwds {

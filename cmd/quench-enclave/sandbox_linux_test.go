@@ -240,3 +240,31 @@ func TestLookupAppUserBadIDs(t *testing.T) {
 	}
 	t.Logf("child: %s", out)
 }
+
+// TestAppSandboxFlags: -app-sandbox auto is on with -allow only; the way
+// the app is held is listed for /enclave/config; without an app, nothing.
+func TestAppSandboxFlags(t *testing.T) {
+	app := []string{"-app-url", "http://127.0.0.1:1"}
+	for _, tc := range []struct {
+		args    []string
+		sandbox bool
+		notes   map[string]string
+	}{
+		{append(app, "--", "true"), false, map[string]string{"app_sandbox": "off", "app_user": fmt.Sprintf("%d:%d", os.Geteuid(), os.Getegid())}},
+		{append(app, "-allow", "*", "--", "true"), true, map[string]string{"app_sandbox": "seccomp", "app_user": fmt.Sprintf("%d:%d", os.Geteuid(), os.Getegid())}},
+		{append(app, "-allow", "*", "-app-sandbox", "off", "-app-user", "1234:5", "--", "true"), false, map[string]string{"app_sandbox": "off", "app_user": "1234:5"}},
+		{append(app, "-app-sandbox", "on", "-app-user", "1234", "--", "true"), true, map[string]string{"app_sandbox": "seccomp", "app_user": "1234:1234"}},
+		{append(app, "-allow", "*"), false, nil},
+	} {
+		o, err := parse(tc.args, io.Discard)
+		if err != nil {
+			t.Fatalf("%v: %v", tc.args, err)
+		}
+		if o.appSandbox != tc.sandbox {
+			t.Errorf("%v: sandbox %v, want %v", tc.args, o.appSandbox, tc.sandbox)
+		}
+		if fmt.Sprint(o.cfg.Annotations) != fmt.Sprint(tc.notes) {
+			t.Errorf("%v: annotations %v, want %v", tc.args, o.cfg.Annotations, tc.notes)
+		}
+	}
+}

@@ -385,13 +385,17 @@ func TestEnclaveEgressPolicy(t *testing.T) {
 			return nil
 		})
 		var cfg struct {
-			Egress []string `json:"egress"`
+			Egress   []string `json:"egress"`
+			DNSProxy string   `json:"dns_proxy"`
 		}
 		if err := json.Unmarshal(body, &cfg); err != nil {
 			t.Fatalf("%v: %s", err, body)
 		}
 		if fmt.Sprint(cfg.Egress) != fmt.Sprint(rules) {
 			t.Errorf("egress %q, want %q", cfg.Egress, rules)
+		}
+		if cfg.DNSProxy != "127.0.0.1" {
+			t.Errorf("dns_proxy %q, want 127.0.0.1", cfg.DNSProxy)
 		}
 	})
 }
