@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -77,8 +78,14 @@ func lookupAppUser(spec string) (*syscall.Credential, error) {
 		}
 	default:
 		n, perr := parseID(name)
+		var numErr *strconv.NumError
+		if errors.As(perr, &numErr) {
+			// Not a number: err is os/user's about the name as an ID
+			// ("strconv.Atoi: parsing ...").
+			return nil, fmt.Errorf("user %q: not a user name or number", name)
+		}
 		if perr != nil {
-			return nil, fmt.Errorf("user %q: %w", name, err)
+			return nil, fmt.Errorf("user %q: %w", name, perr)
 		}
 		uid, gid = n, n
 	}

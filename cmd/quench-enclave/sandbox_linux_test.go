@@ -268,3 +268,19 @@ func TestAppSandboxFlags(t *testing.T) {
 		}
 	}
 }
+
+// TestLookupAppUserUnknown: a name that is neither a user nor a number is
+// reported as such (it was "strconv.Atoi: parsing ...: invalid syntax",
+// os/user's LookupId error, whatever the name).
+func TestLookupAppUserUnknown(t *testing.T) {
+	for _, tc := range []struct{ spec, want string }{
+		{"quench-no-such-user", `user "quench-no-such-user": not a user name or number`},
+		{"quench-no-such-user:0", `user "quench-no-such-user": not a user name or number`},
+		{"0:quench-no-such-group", `group "quench-no-such-group": not a group name or number`},
+	} {
+		_, err := lookupAppUser(tc.spec)
+		if err == nil || err.Error() != tc.want {
+			t.Errorf("%q: %v, want %s", tc.spec, err, tc.want)
+		}
+	}
+}
