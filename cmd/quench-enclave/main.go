@@ -364,6 +364,12 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		}
 		o.cfg.Annotations = map[string]string{"app_sandbox": sb, "app_user": fmt.Sprintf("%d:%d", uid, gid)}
 	}
+	if set["dns-proxy"] && *dnsProxy != "-" && (o.cfg.Egress == nil || mode != enclave.NetworkTAP) {
+		// Without a policy (or in userspace mode, where no other program
+		// has a network) there is no DNS proxy, and resolv.conf names -dns:
+		// a -dns-proxy given anyway would be ignored without a word.
+		return nil, errors.New("-dns-proxy needs -allow in TAP mode (the DNS proxy runs only with an egress policy)")
+	}
 
 	for _, f := range fwds {
 		if err := eopts.CheckListen(f.listen); err != nil {

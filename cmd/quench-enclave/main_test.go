@@ -147,6 +147,8 @@ func TestBadFlags(t *testing.T) {
 		{"empty app user", []string{"-app-url", "http://127.0.0.1:1", "-app-user", ":0", "--", "true"}, "want USER or USER:GROUP"},
 		{"dns proxy not loopback", []string{"-allow", "*", "-dns-proxy", "192.168.127.2"}, `DNS proxy "192.168.127.2": want an IPv4 loopback address`},
 		{"dns proxy not an address", []string{"-allow", "*", "-dns-proxy", "localhost"}, `DNS proxy "localhost"`},
+		{"dns proxy without allow", []string{"-dns-proxy", "127.0.0.53"}, "-dns-proxy needs -allow in TAP mode"},
+		{"dns proxy in userspace mode", []string{"-network", "userspace", "-app-url", "http://127.0.0.1:1", "-allow", "*", "-dns-proxy", "127.0.0.53"}, "-dns-proxy needs -allow in TAP mode"},
 		{"bad acme roots", []string{"-app-url", "http://127.0.0.1:1", "-acme", "-fqdn", "a.example", "-acme-roots", "/nonexistent"}, "-acme-roots"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
