@@ -81,9 +81,9 @@ large for a datagram); a program's own DNS over TCP to the host's server
 is refused unless an address or CIDR rule names the server (* does not),
 as it cannot be inspected. The app (-app-cmd or after --) starts under a
 seccomp filter (-app-sandbox, on with -allow) that refuses it and what it
-starts the other ways out: VSOCK sockets (straight to the host), packet
-and raw sockets, io_uring. Give -app-user too: an app running as root can
-reach into quench-enclave itself.
+starts the other ways out: VSOCK sockets (straight to the host), packet,
+XDP and raw sockets, io_uring, pidfd_getfd. Give -app-user too: an app
+running as root can reach into quench-enclave itself.
 
 Usage:
   quench-enclave [flags] [-- app command and args]
@@ -205,7 +205,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		logLevel    = fs.String("log-level", "info", "debug, info, warn or error")
 		appURL      = fs.String("app-url", "", "the app's address, http://HOST:PORT or unix:///path; turns serving on (HTTPS, attestation, proxy to the app)")
 		appCmd      = fs.String("app-cmd", "", "start the app with this command line (split like a POSIX shell, without expansion); or give it after --")
-		appSandbox  = fs.String("app-sandbox", "auto", "start the app under a seccomp filter that refuses it (and what it starts) VSOCK sockets, packet and raw sockets, io_uring and taking other processes' descriptors: the ways past the egress policy besides the TAP device. auto: with -allow; on; off")
+		appSandbox  = fs.String("app-sandbox", "auto", "start the app under a seccomp filter that refuses it (and what it starts) VSOCK sockets, packet, XDP and raw sockets, io_uring and taking other processes' descriptors (pidfd_getfd): the ways past the egress policy besides the TAP device. auto: with -allow; on; off")
 		appUser     = fs.String("app-user", "", "run the app as `USER[:GROUP]` (names or numeric IDs; supplementary groups dropped). An app running as root can reach into quench-enclave itself: give a user for -allow to hold against the app")
 		publicAddr  = fs.String("public-addr", enclave.DefaultPublicAddr, "public HTTPS address on the enclave's network (the host publishes a port to it)")
 		intAddr     = fs.String("internal-addr", enclave.DefaultInternalAddr, "internal server for the app (/enclave/ready, /enclave/hash, /enclave/state, /enclave/kms/*) on the enclave's loopback: a literal loopback address (127.0.0.1, [::1]; not localhost, not :PORT), and neither -app-url nor a -forward target may name it")
@@ -220,7 +220,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		tlsKey      = fs.String("tls-key", "", "PEM private key of -tls-cert")
 		devAtt      = fs.Bool("dev-attester", false, "INSECURE: sign attestation documents with a self-generated development root instead of the Nitro Secure Module; for simulations only")
 		devRootOut  = fs.String("dev-root-out", "", "with -dev-attester: write the development root certificate (PEM) to `FILE`, for quench verify --roots")
-		metricsAddr = fs.String("metrics", "", "serve Prometheus metrics at /metrics on this address of the enclave's network (e.g. :9090); off by default")
+		metricsAddr = fs.String("metrics", "", "serve Prometheus metrics at /metrics on this address of the enclave's network (e.g. :9090); needs -app-url; off by default")
 		pprofOn     = fs.Bool("pprof", false, "serve net/http/pprof under /debug/pprof/ on -internal-addr; attestation is then refused, and -fqdn-leader (key sync) too, since profiling weakens isolation")
 		ingress     = fs.String("ingress", "", "also serve the public HTTPS server on this listener for quench-host's ingress fast path (PROXY protocol header first), e.g. vsock://:8443; off by default")
 		maxAttest   = fs.Int("max-attestations", enclave.DefaultMaxAttestations, "attestation documents produced at once (each is an NSM request, served one at a time); past it /enclave/attestation, attested /enclave/config and /enclave/kms/recipient get 503 with Retry-After at once; -1: no limit")
