@@ -597,6 +597,14 @@ func (c Config) withDefaults() (Config, error) {
 			return c, fmt.Errorf("enclave: DNS proxy %q: want an IPv4 loopback address (127.0.0.1) or - for none", c.DNSProxy)
 		}
 	}
+	if a, ok := c.dnsProxyAddr(); ok {
+		for _, s := range c.DNS {
+			if s.Unmap() == a {
+				// The proxy would pass each question on to itself.
+				return c, fmt.Errorf("enclave: DNS server %s is the DNS proxy's address (DNSProxy, quench-enclave -dns-proxy): it would ask itself; name the host's DNS (the default) or another server", s)
+			}
+		}
+	}
 	if c.StallTimeout == 0 {
 		c.StallTimeout = tap.DefaultStallTimeout
 	}

@@ -510,3 +510,27 @@ func TestDNSProxyBusy(t *testing.T) {
 		t.Errorf("dropped %d, want 1", n)
 	}
 }
+
+// TestDNSProxyNotItsOwnServer: a DNS server at the DNS proxy's own address
+// (quench-enclave -dns 127.0.0.1 with -allow) is refused: the proxy would
+// pass every question on to itself, round and round, until its 256 slots
+// were full, and no program's DNS would be answered.
+func TestDNSProxyNotItsOwnServer(t *testing.T) {
+	pol, err := policy.Parse([]string{"ok.example:443"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := Config{Network: NetworkTAP, Egress: pol, DNS: []netip.Addr{netip.MustParseAddr("127.0.0.1")}}
+	if _, err := base.withDefaults(); err == nil || !strings.Contains(err.Error(), "DNS server 127.0.0.1 is the DNS proxy's address") {
+		t.Errorf("DNS 127.0.0.1, DNS proxy 127.0.0.1: %v, want an error", err)
+	}
+	for _, c := range []Config{
+		{Network: NetworkTAP, Egress: pol, DNS: []netip.Addr{netip.MustParseAddr("127.0.0.1")}, DNSProxy: "127.0.0.2"},
+		{Network: NetworkTAP, Egress: pol, DNS: []netip.Addr{netip.MustParseAddr("127.0.0.1")}, DNSProxy: "-"},
+		{Network: NetworkTAP, DNS: []netip.Addr{netip.MustParseAddr("127.0.0.1")}}, // no policy: no proxy
+	} {
+		if _, err := c.withDefaults(); err != nil {
+			t.Errorf("DNS %v, DNS proxy %q, policy %v: %v", c.DNS, c.DNSProxy, c.Egress != nil, err)
+		}
+	}
+}

@@ -234,7 +234,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		advertise   = fs.String("sync-advertise", "", "with -fqdn-leader: host[:port] where the leader reaches this enclave's -ext-priv-addr (default: the source address of its heartbeats, port of the leader's)")
 		syncBeat    = fs.Duration("sync-heartbeat", keysync.DefaultHeartbeatInterval, "with -fqdn-leader: interval of workers' heartbeats; a worker silent for 3 intervals is dropped")
 	)
-	fs.Var(&dns, "dns", "DNS server; repeatable (default: the gateway)")
+	fs.Var(&dns, "dns", "DNS server (port 53); repeatable (default: the gateway). With -allow in TAP mode the DNS proxy asks it, and resolv.conf names the proxy")
 	var fwds forwardList
 	fs.Var(&fwds, "forward", "ingress fast path to a program in the enclave: LISTEN=TARGET[,proxy-header], e.g. vsock://:8080=127.0.0.1:3000; quench-host -publish-vsock HOSTPORT:8080 sends each client connection to LISTEN, which is relayed to TARGET (host:port or unix:///path on the enclave's own sockets); ,proxy-header passes the client address on in a PROXY v2 header; repeatable; works without -app-url and in both network modes")
 	var allow []string
