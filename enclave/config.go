@@ -599,7 +599,8 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if a, ok := c.dnsProxyAddr(); ok {
 		for _, s := range c.DNS {
-			if s.Unmap() == a {
+			// 0.0.0.0 is 127.0.0.1 to the kernel's routing.
+			if s.Unmap() == a || s.Unmap().IsUnspecified() && a == netip.AddrFrom4([4]byte{127, 0, 0, 1}) {
 				// The proxy would pass each question on to itself.
 				return c, fmt.Errorf("enclave: DNS server %s is the DNS proxy's address (DNSProxy, quench-enclave -dns-proxy): it would ask itself; name the host's DNS (the default) or another server", s)
 			}

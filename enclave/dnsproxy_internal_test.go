@@ -524,6 +524,10 @@ func TestDNSProxyNotItsOwnServer(t *testing.T) {
 	if _, err := base.withDefaults(); err == nil || !strings.Contains(err.Error(), "DNS server 127.0.0.1 is the DNS proxy's address") {
 		t.Errorf("DNS 127.0.0.1, DNS proxy 127.0.0.1: %v, want an error", err)
 	}
+	base.DNS = []netip.Addr{netip.MustParseAddr("192.168.127.1"), netip.MustParseAddr("0.0.0.0")} // the kernel's 127.0.0.1
+	if _, err := base.withDefaults(); err == nil || !strings.Contains(err.Error(), "DNS server 0.0.0.0 is the DNS proxy's address") {
+		t.Errorf("DNS 0.0.0.0, DNS proxy 127.0.0.1: %v, want an error", err)
+	}
 	for _, c := range []Config{
 		{Network: NetworkTAP, Egress: pol, DNS: []netip.Addr{netip.MustParseAddr("127.0.0.1")}, DNSProxy: "127.0.0.2"},
 		{Network: NetworkTAP, Egress: pol, DNS: []netip.Addr{netip.MustParseAddr("127.0.0.1")}, DNSProxy: "-"},
