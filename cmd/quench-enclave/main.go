@@ -610,6 +610,9 @@ func superviseApp(e *enclave.Enclave, o *options, sigs <-chan os.Signal, stderr 
 	if o.appSandbox && (o.appCred == nil && os.Geteuid() == 0 || o.appCred != nil && o.appCred.Uid == 0) {
 		o.logger.Warn("the app runs as root: the sandbox does not hold it (it can reach into quench-enclave, or reconfigure the network with CAP_NET_ADMIN); give it a user of its own with -app-user")
 	}
+	if !o.appSandbox && o.cfg.Egress != nil {
+		o.logger.Warn("the app runs without the sandbox (-app-sandbox off): it and what it starts can open VSOCK sockets to the host, past the egress policy (-allow)")
+	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 

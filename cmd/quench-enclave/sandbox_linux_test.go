@@ -14,6 +14,7 @@ import (
 
 	"github.com/quenchnet/quench/enclave"
 	"github.com/quenchnet/quench/internal/testutil"
+	"github.com/quenchnet/quench/policy"
 	"golang.org/x/sys/unix"
 )
 
@@ -281,6 +282,39 @@ func TestLookupAppUserUnknown(t *testing.T) {
 		_, err := lookupAppUser(tc.spec)
 		if err == nil || err.Error() != tc.want {
 			t.Errorf("%q: %v, want %s", tc.spec, err, tc.want)
+		}
+	}
+}
+
+// TestAppSandboxOffWarns: with an egress policy, an app started without
+// the sandbox (-app-sandbox off) is warned about, as a sandboxed app
+// running as root is: it can open VSOCK to the host past the policy.
+func TestAppSandboxOffWarns(t *testing.T) {
+	pol, err := policy.Parse([]string{"ok.example:443"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		sandbox bool
+		egress  *policy.Policy
+		warn    bool
+	}{
+		{false, pol, true},
+		{false, nil, false},
+	} {
+		e, err := enclave.New(enclave.Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var log strings.Builder
+		o := &options{appArgs: []string{"true"}, appSandbox: tc.sandbox}
+		o.cfg.Egress = tc.egress
+		o.logger = slog.New(slog.NewTextHandler(&log, nil))
+		if code := superviseApp(e, o, make(chan os.Signal), io.Discard); code != 0 {
+			t.Fatalf("exit %d", code)
+		}
+		if got := strings.Contains(log.String(), "without the sandbox"); got != tc.warn {
+			t.Errorf("sandbox %v, policy %v: warned %v, want %v; log:\n%s", tc.sandbox, tc.egress != nil, got, tc.warn, log.String())
 		}
 	}
 }
