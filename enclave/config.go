@@ -322,7 +322,9 @@ type Config struct {
 	SeedEntropy int
 
 	// MetricsAddr, when set, serves Prometheus metrics at /metrics on this
-	// address of the enclave's network. Default: empty (off).
+	// address of the enclave's network: the tunnel's, the connections',
+	// the egress filter's and the DNS proxy's, and, when serving, the
+	// servers' and the proxy's. Default: empty (off).
 	MetricsAddr string
 
 	// Pprof serves net/http/pprof under /debug/pprof/ on the internal
@@ -438,7 +440,7 @@ func (c Config) servingDefaults() (Config, error) {
 		if c.syncOn() {
 			return c, errors.New("enclave: FQDNLeader needs serving (Handler or AppURL): key synchronisation shares the public server's certificate")
 		}
-		if c.ACME || c.TLSCertFile != "" || c.TLSKeyFile != "" || c.WaitForApp || c.MetricsAddr != "" || c.Pprof {
+		if c.ACME || c.TLSCertFile != "" || c.TLSKeyFile != "" || c.WaitForApp || c.Pprof {
 			return c, errors.New("enclave: serving options are set but neither Handler nor AppURL is")
 		}
 		return c, nil

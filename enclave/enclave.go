@@ -43,6 +43,9 @@ type Enclave struct {
 	conns  *connCap         // Config.MaxConns: the servers' and the forwards' listeners share it
 	egress *egressfw.Filter // TAP mode with Config.Egress: the frames' firewall; set by Start
 	dnsp   *dnsProxy        // TAP mode with Config.Egress, unless Config.DNSProxy is "-"; set by Start
+	// metricsSrv serves Config.MetricsAddr when not serving (the servers
+	// serve it otherwise); set by Start.
+	metricsSrv *http.Server
 }
 
 // network is what a networking mode provides to the app.
@@ -158,6 +161,12 @@ func (e *Enclave) Start(ctx context.Context) (err error) {
 		}
 		e.srv = srv
 	}
+	if e.cfg.MetricsAddr != "" && !e.cfg.serving() {
+		if err := e.startMetrics(nw); err != nil {
+			e.stopNetwork()
+			return err
+		}
+	}
 	if len(e.cfg.Forwards) > 0 {
 		fwd, err := startForwards(e.cfg.Forwards, e.cfg.MaxWrite, &e.guard, e.conns, e.log)
 		if err != nil {
@@ -176,6 +185,10 @@ func (e *Enclave) Start(ctx context.Context) (err error) {
 
 // stopNetwork stops the tunnel and the networking mode.
 func (e *Enclave) stopNetwork() error {
+	if e.metricsSrv != nil {
+		_ = e.metricsSrv.Close()
+		e.metricsSrv = nil
+	}
 	e.cancel()
 	e.stopDNSProxy()
 	var errs []error
@@ -687,4 +700,26 @@ func (e *Enclave) ownDial(nw network) func(ctx context.Context, network, addr st
 		}
 		return nil, firstErr
 	}
+}
+
+// startMetrics serves Config.MetricsAddr without the servers (no Handler
+// or AppURL): the network's collectors only.
+func (e *Enclave) startMetrics(nw network) error {
+	ln, err := nw.listen("tcp", e.cfg.MetricsAddr)
+	if err != nil {
+		return fmt.Errorf("enclave: metrics listener %s: %w", e.cfg.MetricsAddr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", newMetrics(e, e.conns, false).handler())
+	srv := proxy.NewServer(mux, proxy.ServerConfig{Logger: e.log})
+	e.metricsSrv = srv
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			e.log.Error("server stopped", "server", "metrics", "err", err)
+		}
+	}()
+	e.log.Info("metrics serving", "addr", ln.Addr().String())
+	return nil
 }

@@ -28,7 +28,9 @@ type metrics struct {
 	proxyUpErrors prometheus.Counter
 }
 
-func newMetrics(e *Enclave, conns *connCap) *metrics {
+// newMetrics makes the collectors: the network's always, the servers'
+// (HTTP requests, attestations, the proxy) when serving.
+func newMetrics(e *Enclave, conns *connCap, serving bool) *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -65,8 +67,11 @@ func newMetrics(e *Enclave, conns *connCap) *metrics {
 			Help: "Requests whose exchange with the app failed.",
 		}),
 	}
-	m.reg.MustRegister(m.requests, m.attestations, m.appReady,
-		m.proxyInFlight, m.proxyRequests, m.proxyLatency, m.proxyRefused, m.proxyUpErrors,
+	if serving {
+		m.reg.MustRegister(m.requests, m.attestations, m.appReady,
+			m.proxyInFlight, m.proxyRequests, m.proxyLatency, m.proxyRefused, m.proxyUpErrors)
+	}
+	m.reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "quench_enclave_public_connections",
 			Help: "Connections the host opened into the enclave that are held now, on all listeners together: the public HTTPS server's, the forwards' and key sync's (at most MaxConns).",

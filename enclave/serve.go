@@ -125,7 +125,7 @@ func (e *Enclave) startServers(ctx context.Context, nw network) (_ *servers, err
 		return nil, err
 	}
 	s.conns = e.conns
-	s.metrics = newMetrics(e, s.conns)
+	s.metrics = newMetrics(e, s.conns, true)
 
 	var app http.Handler = cfg.Handler
 	if cfg.AppURL != nil {

@@ -837,3 +837,37 @@ func dialIngressAs(sock string) func(ctx context.Context, _, _ string) (net.Conn
 		return c, nil
 	}
 }
+
+// TestMetricsWithoutServing: a networking-only enclave (no Handler or
+// AppURL) serves MetricsAddr too, with the network's collectors and none
+// of the servers'.
+func TestMetricsWithoutServing(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "host.sock")
+	h := svHost(t, sock)
+	e := startEnclave(t, enclave.Config{
+		DialHost:    testutil.DialUnix(sock),
+		MetricsAddr: ":9090",
+	})
+	var body string
+	testutil.WaitFor(t, 10*time.Second, "metrics through the published port", func() error {
+		code, b := svGet(t, svClient(t), "http://"+h.Published()[1].String()+"/metrics")
+		if code != http.StatusOK {
+			return fmt.Errorf("metrics: %d", code)
+		}
+		body = b
+		return nil
+	})
+	for _, want := range []string{"quench_enclave_tunnel_connected 1", "quench_enclave_public_connections "} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+	for _, not := range []string{"quench_enclave_app_ready", "quench_enclave_attestations_total", "quench_enclave_proxy_in_flight"} {
+		if strings.Contains(body, not) {
+			t.Errorf("metrics of a networking-only enclave have %q", not)
+		}
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -220,7 +220,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		tlsKey      = fs.String("tls-key", "", "PEM private key of -tls-cert")
 		devAtt      = fs.Bool("dev-attester", false, "INSECURE: sign attestation documents with a self-generated development root instead of the Nitro Secure Module; for simulations only")
 		devRootOut  = fs.String("dev-root-out", "", "with -dev-attester: write the development root certificate (PEM) to `FILE`, for quench verify --roots")
-		metricsAddr = fs.String("metrics", "", "serve Prometheus metrics at /metrics on this address of the enclave's network (e.g. :9090); needs -app-url; off by default")
+		metricsAddr = fs.String("metrics", "", "serve Prometheus metrics at /metrics on this address of the enclave's network (e.g. :9090): the tunnel, connections, with -allow the egress filter and the DNS proxy, and with -app-url the servers and the proxy; off by default")
 		pprofOn     = fs.Bool("pprof", false, "serve net/http/pprof under /debug/pprof/ on -internal-addr; attestation is then refused, and -fqdn-leader (key sync) too, since profiling weakens isolation")
 		ingress     = fs.String("ingress", "", "also serve the public HTTPS server on this listener for quench-host's ingress fast path (PROXY protocol header first), e.g. vsock://:8443; off by default")
 		maxAttest   = fs.Int("max-attestations", enclave.DefaultMaxAttestations, "attestation documents produced at once (each is an NSM request, served one at a time); past it /enclave/attestation, attested /enclave/config and /enclave/kms/recipient get 503 with Retry-After at once; -1: no limit")
@@ -401,7 +401,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		if mode == enclave.NetworkUserspace && len(fwds) == 0 {
 			return nil, errors.New("-network userspace needs -app-url or -forward: without them, the userspace network reaches no program")
 		}
-		for _, name := range []string{"public-addr", "wait-for-app", "fqdn", "acme", "acme-directory", "acme-email", "acme-cache", "acme-roots", "tls-cert", "tls-key", "dev-attester", "dev-root-out", "metrics", "max-attestations", "drain-timeout", "ingress", "max-in-flight", "queue", "queue-timeout", "fqdn-leader", "ext-priv-addr", "sync-advertise", "sync-heartbeat"} {
+		for _, name := range []string{"public-addr", "wait-for-app", "fqdn", "acme", "acme-directory", "acme-email", "acme-cache", "acme-roots", "tls-cert", "tls-key", "dev-attester", "dev-root-out", "max-attestations", "drain-timeout", "ingress", "max-in-flight", "queue", "queue-timeout", "fqdn-leader", "ext-priv-addr", "sync-advertise", "sync-heartbeat"} {
 			if set[name] {
 				return nil, fmt.Errorf("-%s needs -app-url (serving is off without it)", name)
 			}
