@@ -17,6 +17,7 @@ import (
 
 	"github.com/quenchnet/quench/internal/dnswire"
 	"github.com/quenchnet/quench/internal/egressfw"
+	"github.com/quenchnet/quench/internal/ratelog"
 )
 
 // The DNS proxy: in TAP mode with an egress policy, the server that the
@@ -62,13 +63,12 @@ type dnsProxy struct {
 	ctx    context.Context // cancelled by close: dials in progress end
 	cancel context.CancelFunc
 
-	mu       sync.Mutex
-	open     map[net.Conn]struct{} // guarded by mu: TCP clients and connections to servers, closed by close
-	closed   bool                  // guarded by mu
-	lastWarn time.Time             // guarded by mu: see warn
-	unwarned uint64                // guarded by mu: warnings not logged since lastWarn
+	mu     sync.Mutex
+	open   map[net.Conn]struct{} // guarded by mu: TCP clients and connections to servers, closed by close
+	closed bool                  // guarded by mu
 
-	dropped atomic.Uint64 // UDP questions dropped (dnsProxyQueries), TCP connections closed (dnsProxyConns)
+	warns   ratelog.Limiter // see warn
+	dropped atomic.Uint64   // UDP questions dropped (dnsProxyQueries), TCP connections closed (dnsProxyConns)
 	wg      sync.WaitGroup
 }
 
@@ -379,23 +379,7 @@ func (p *dnsProxy) dialServer() (net.Conn, error) {
 // logged: a program can make exchanges fail as often as it asks (a name of
 // its own that resolves to 127.0.0.1, under a rule such as *), and the log
 // is the egress filter's too, which bounds its own warnings so.
-func (p *dnsProxy) warn(msg string, args ...any) {
-	now := time.Now()
-	p.mu.Lock()
-	if now.Sub(p.lastWarn) < time.Second {
-		p.unwarned++
-		p.mu.Unlock()
-		return
-	}
-	p.lastWarn = now
-	n := p.unwarned
-	p.unwarned = 0
-	p.mu.Unlock()
-	if n > 0 {
-		args = append(args, "not_logged_since_last", n)
-	}
-	p.log.Warn(msg, args...)
-}
+func (p *dnsProxy) warn(msg string, args ...any) { p.warns.Warn(p.log, msg, args...) }
 
 // servFail returns a SERVFAIL answer to the query msg, with its questions.
 func servFail(msg []byte) ([]byte, error) {

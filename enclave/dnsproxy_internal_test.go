@@ -17,6 +17,7 @@ import (
 
 	"github.com/quenchnet/quench/internal/dnswire"
 	"github.com/quenchnet/quench/internal/egressfw"
+	"github.com/quenchnet/quench/internal/testutil"
 	"github.com/quenchnet/quench/policy"
 	"github.com/quenchnet/quench/tap/taptest"
 )
@@ -36,18 +37,8 @@ type fakeHostDNS struct {
 
 func startFakeHostDNS(t *testing.T) *fakeHostDNS {
 	t.Helper()
-	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := pc.LocalAddr().(*net.UDPAddr).Port
-	ln, err := net.Listen("tcp4", fmt.Sprintf("127.0.0.1:%d", port))
-	if err != nil {
-		_ = pc.Close()
-		t.Skipf("TCP port %d of the UDP one is taken: %v", port, err)
-	}
-	f := &fakeHostDNS{addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port))}
-	handler := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+	f := &fakeHostDNS{}
+	f.addr = testutil.ListenDNS(t, dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
 		m := new(dns.Msg)
 		m.SetReply(r)
 		q := r.Question[0]
@@ -86,12 +77,7 @@ func startFakeHostDNS(t *testing.T) *fakeHostDNS {
 			m.Truncate(512)
 		}
 		_ = w.WriteMsg(m)
-	})
-	us := &dns.Server{PacketConn: pc, Handler: handler}
-	ts := &dns.Server{Listener: ln, Handler: handler}
-	go func() { _ = us.ActivateAndServe() }()
-	go func() { _ = ts.ActivateAndServe() }()
-	t.Cleanup(func() { _ = us.Shutdown(); _ = ts.Shutdown() })
+	}))
 	return f
 }
 

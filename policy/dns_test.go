@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/quenchnet/quench/internal/testutil"
 	"github.com/quenchnet/quench/policy"
 )
 
@@ -20,18 +21,8 @@ func TestRefuseQueryManyQuestions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	msg := make([]byte, 12, 65535)
-	msg = append(msg, 1, 'x') // the long name, at offset 12
-	for range 126 {
-		msg = append(msg, 1, 'a')
-	}
-	msg = append(msg, 0, 0, 1, 0, 1)
-	n := 1
-	for len(msg)+6 <= 65535 {
-		msg = append(msg, 0xC0, 12, 0, 1, 0, 1)
-		n++
-	}
-	binary.BigEndian.PutUint16(msg[4:], uint16(n))
+	msg := testutil.CostlyDNSQuery(0)
+	n := binary.BigEndian.Uint16(msg[4:])
 
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)

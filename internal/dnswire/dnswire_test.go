@@ -2,7 +2,6 @@ package dnswire
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -11,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
+
+	"github.com/quenchnet/quench/internal/testutil"
 )
 
 func query(t testing.TB, edns int) []byte {
@@ -159,44 +160,13 @@ func FuzzWidenConn(f *testing.F) {
 	})
 }
 
-// costlyQuery is a query of about 64 KB with an EDNS record and n records
-// in section sec (0: questions, 3: additionals) besides, each a 2-byte
-// pointer to a name of 253 bytes: unpacked whole, every one is a name of
-// 256 bytes and more.
-func costlyQuery(sec int) []byte {
-	msg := make([]byte, 12, 65535)
-	msg = append(msg, 1, 'x') // the long name, at offset 12
-	for range 126 {
-		msg = append(msg, 1, 'a')
-	}
-	msg = append(msg, 0, 0, 1, 0, 1)
-	n := 1
-	rec := []byte{0xC0, 12, 0, 1, 0, 1} // a question for the long name
-	if sec == 3 {
-		rec = []byte{0xC0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 1} // an A record
-	}
-	for len(msg)+len(rec)+11 <= 65535 {
-		msg = append(msg, rec...)
-		n++
-	}
-	qd, ar := 1, 1
-	if sec == 3 {
-		ar += n - 1
-	} else {
-		qd = n
-	}
-	binary.BigEndian.PutUint16(msg[4:], uint16(qd))
-	binary.BigEndian.PutUint16(msg[10:], uint16(ar))
-	return append(msg, 0, 0, 41, 4, 176, 0, 0, 0, 0, 0, 0) // OPT, 1200 bytes
-}
-
 // TestWidenEDNSCost: quench-host widens every query a client (a hostile
 // enclave) sends its DNS over TCP; a query built to be costly must not
 // make it allocate many times the query's size, nor take long. A query
 // has one question and at most an EDNS record and a signature besides.
 func TestWidenEDNSCost(t *testing.T) {
 	for _, sec := range []int{0, 3} {
-		msg := costlyQuery(sec)
+		msg := testutil.CostlyDNSQuery(sec)
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
 		start := time.Now()

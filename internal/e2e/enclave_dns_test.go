@@ -41,17 +41,7 @@ func testLargeAnswer(t *testing.T, enclaveArgs ...string) {
 	// The upstream DNS server, UDP and TCP on one port: big.example has 100
 	// addresses (about 1.6 KB, over glibc's 1200-byte EDNS limit).
 	const records = 100
-	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := pc.LocalAddr().(*net.UDPAddr).Port
-	ln, err := net.Listen("tcp4", fmt.Sprintf("127.0.0.1:%d", port))
-	if err != nil {
-		_ = pc.Close()
-		t.Skipf("TCP port %d of the UDP one is taken: %v", port, err)
-	}
-	handler := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+	upstream := testutil.ListenDNS(t, dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
 		m := new(dns.Msg)
 		m.SetReply(r)
 		q := r.Question[0]
@@ -71,12 +61,8 @@ func testLargeAnswer(t *testing.T, enclaveArgs ...string) {
 			m.Truncate(size)
 		}
 		_ = w.WriteMsg(m)
-	})
-	us, ts := &dns.Server{PacketConn: pc, Handler: handler}, &dns.Server{Listener: ln, Handler: handler}
-	go func() { _ = us.ActivateAndServe() }()
-	go func() { _ = ts.ActivateAndServe() }()
-	t.Cleanup(func() { _ = us.Shutdown(); _ = ts.Shutdown() })
-	env.dnsPort = port
+	}))
+	env.dnsPort = int(upstream.Port())
 
 	// glibc in the namespace reads /etc/netns/NAME/resolv.conf (ip netns
 	// exec mounts it over /etc/resolv.conf): quench-enclave writes it there.
@@ -92,6 +78,7 @@ func testLargeAnswer(t *testing.T, enclaveArgs ...string) {
 
 	var out []byte
 	testutil.WaitFor(t, 20*time.Second, "getent ahostsv4 big.example in the enclave", func() error {
+		var err error
 		out, err = exec.Command("ip", "netns", "exec", env.ns.Name, "getent", "ahostsv4", "big.example").CombinedOutput()
 		if err != nil {
 			return fmt.Errorf("%v: %s", err, out)

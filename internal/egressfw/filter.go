@@ -56,6 +56,7 @@ import (
 	"golang.org/x/net/dns/dnsmessage"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 
+	"github.com/quenchnet/quench/internal/ratelog"
 	"github.com/quenchnet/quench/policy"
 )
 
@@ -172,8 +173,8 @@ type Filter struct {
 	neigh     map[[4]byte]uint64     // guarded by mu: link addresses (as gwMAC) of the subnet's other addresses, learned from ARP
 	frags     map[fragKey]int64      // guarded by mu: first fragments passed → expiry (unix ns)
 	nextSweep int64                  // guarded by mu
-	lastWarn  int64                  // guarded by mu
-	unwarned  uint64                 // guarded by mu: refusals since the last warning
+
+	warns ratelog.Limiter // the filter's warnings
 
 	tcp, udp, dnsRefused, dropped, answers, full atomic.Uint64
 }
@@ -257,6 +258,7 @@ func New(cfg Config) *Filter {
 	if f.now == nil {
 		f.now = time.Now
 	}
+	f.warns.Now = f.now
 	if f.inside == nil {
 		own := cfg.Subnet.Addr()
 		f.inside = func(ip netip.Addr) bool {
@@ -1137,23 +1139,7 @@ func (f *Filter) unreadable() bool {
 
 // warn logs a refusal, at most once a second, with the count of those not
 // logged.
-func (f *Filter) warn(msg string, args ...any) {
-	now := f.now().UnixNano()
-	f.mu.Lock()
-	if now-f.lastWarn < int64(time.Second) {
-		f.unwarned++
-		f.mu.Unlock()
-		return
-	}
-	f.lastWarn = now
-	n := f.unwarned
-	f.unwarned = 0
-	f.mu.Unlock()
-	if n > 0 {
-		args = append(args, "not_logged_since_last", n)
-	}
-	f.log.Warn(msg, args...)
-}
+func (f *Filter) warn(msg string, args ...any) { f.warns.Warn(f.log, msg, args...) }
 
 // reply starts a frame back to pk's sender: Ethernet addresses swapped, an
 // IPv4 header from pk's destination to its source with protocol proto, and

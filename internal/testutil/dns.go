@@ -1,13 +1,16 @@
 package testutil
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"strings"
+	"testing"
 	"time"
 
+	"github.com/miekg/dns"
 	"golang.org/x/net/dns/dnsmessage"
 )
 
@@ -104,4 +107,57 @@ func ServeDNSUnknown(pc net.PacketConn, records map[string]netip.Addr, rcode dns
 		}
 		_, _ = pc.WriteTo(out, from)
 	}
+}
+
+// ListenDNS serves handler over UDP and TCP on one port of 127.0.0.1 until
+// the test ends, and returns the address; it skips the test if the TCP
+// port of the UDP one is taken.
+func ListenDNS(tb testing.TB, handler dns.Handler) netip.AddrPort {
+	tb.Helper()
+	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	port := pc.LocalAddr().(*net.UDPAddr).Port
+	ln, err := net.Listen("tcp4", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		_ = pc.Close()
+		tb.Skipf("TCP port %d of the UDP one is taken: %v", port, err)
+	}
+	us, ts := &dns.Server{PacketConn: pc, Handler: handler}, &dns.Server{Listener: ln, Handler: handler}
+	go func() { _ = us.ActivateAndServe() }()
+	go func() { _ = ts.ActivateAndServe() }()
+	tb.Cleanup(func() { _ = us.Shutdown(); _ = ts.Shutdown() })
+	return netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port))
+}
+
+// CostlyDNSQuery is a query of about 64 KB with an EDNS record and n records
+// in section sec (0: questions, 3: additionals) besides, each a 2-byte
+// pointer to a name of 253 bytes: unpacked whole, every one is a name of
+// 256 bytes and more.
+func CostlyDNSQuery(sec int) []byte {
+	msg := make([]byte, 12, 65535)
+	msg = append(msg, 1, 'x') // the long name, at offset 12
+	for range 126 {
+		msg = append(msg, 1, 'a')
+	}
+	msg = append(msg, 0, 0, 1, 0, 1)
+	n := 1
+	rec := []byte{0xC0, 12, 0, 1, 0, 1} // a question for the long name
+	if sec == 3 {
+		rec = []byte{0xC0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 1} // an A record
+	}
+	for len(msg)+len(rec)+11 <= 65535 {
+		msg = append(msg, rec...)
+		n++
+	}
+	qd, ar := 1, 1
+	if sec == 3 {
+		ar += n - 1
+	} else {
+		qd = n
+	}
+	binary.BigEndian.PutUint16(msg[4:], uint16(qd))
+	binary.BigEndian.PutUint16(msg[10:], uint16(ar))
+	return append(msg, 0, 0, 41, 4, 176, 0, 0, 0, 0, 0, 0) // OPT, 1200 bytes
 }
