@@ -9,11 +9,9 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
-	"golang.org/x/sys/unix"
 
 	"github.com/quenchnet/quench/internal/dnswire"
 	"github.com/quenchnet/quench/internal/egressfw"
@@ -201,7 +199,7 @@ func (p *dnsProxy) readUDPAnswer(c *net.UDPConn, msg, buf []byte) []byte {
 		if err != nil {
 			return nil // timed out, refused (ICMP) or closed
 		}
-		if n >= dnswire.MinMessage && buf[0] == msg[0] && buf[1] == msg[1] && buf[2]&0x80 != 0 {
+		if dnswire.IsAnswerTo(buf[:n], msg) {
 			return append([]byte(nil), buf[:n]...)
 		}
 	}
@@ -344,7 +342,7 @@ func (p *dnsProxy) roundTrip(c net.Conn, msg []byte) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		if answer[0] == msg[0] && answer[1] == msg[1] && answer[2]&0x80 != 0 {
+		if dnswire.IsAnswerTo(answer, msg) {
 			return answer, nil
 		}
 		// An answer to another question: not ours (the proxy sends one
@@ -392,44 +390,5 @@ func servFail(msg []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := dnsmessage.NewBuilder(nil, dnsmessage.Header{
-		ID: h.ID, Response: true, OpCode: h.OpCode,
-		RecursionDesired: h.RecursionDesired, RecursionAvailable: true,
-		RCode: dnsmessage.RCodeServerFailure,
-	})
-	if err := b.StartQuestions(); err != nil {
-		return nil, err
-	}
-	for _, q := range qs {
-		if err := b.Question(q); err != nil {
-			return nil, err
-		}
-	}
-	return b.Finish()
-}
-
-// permitOwn is a net.Dialer Control function for the enclave's own
-// connection to dst (network "tcp" or "udp") through the egress filter f:
-// it binds the socket to a port before it connects and lets exactly that
-// socket through (Filter.PermitFrom), so that a program connecting to the
-// same destination in the same moment is still refused.
-func permitOwn(f *egressfw.Filter, network string, dst netip.AddrPort) func(string, string, syscall.RawConn) error {
-	return func(_, _ string, rc syscall.RawConn) error {
-		var err error
-		if cerr := rc.Control(func(fd uintptr) {
-			if err = unix.Bind(int(fd), &unix.SockaddrInet4{}); err != nil {
-				return
-			}
-			var sa unix.Sockaddr
-			if sa, err = unix.Getsockname(int(fd)); err != nil {
-				return
-			}
-			if sa4, ok := sa.(*unix.SockaddrInet4); ok {
-				f.PermitFrom(network, uint16(sa4.Port), dst)
-			}
-		}); cerr != nil {
-			return cerr
-		}
-		return err
-	}
+	return dnswire.Reply(h, qs, dnsmessage.RCodeServerFailure)
 }

@@ -13,7 +13,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/quenchnet/quench/enclave/keysync"
 	"github.com/quenchnet/quench/internal/egressfw"
@@ -722,4 +725,30 @@ func (e *Enclave) startMetrics(nw network) error {
 	}()
 	e.log.Info("metrics serving", "addr", ln.Addr().String())
 	return nil
+}
+
+// permitOwn is a net.Dialer Control function for the enclave's own
+// connection to dst (network "tcp" or "udp") through the egress filter f:
+// it binds the socket to a port before it connects and lets exactly that
+// socket through (Filter.PermitFrom), so that a program connecting to the
+// same destination in the same moment is still refused.
+func permitOwn(f *egressfw.Filter, network string, dst netip.AddrPort) func(string, string, syscall.RawConn) error {
+	return func(_, _ string, rc syscall.RawConn) error {
+		var err error
+		if cerr := rc.Control(func(fd uintptr) {
+			if err = unix.Bind(int(fd), &unix.SockaddrInet4{}); err != nil {
+				return
+			}
+			var sa unix.Sockaddr
+			if sa, err = unix.Getsockname(int(fd)); err != nil {
+				return
+			}
+			if sa4, ok := sa.(*unix.SockaddrInet4); ok {
+				f.PermitFrom(network, uint16(sa4.Port), dst)
+			}
+		}); cerr != nil {
+			return cerr
+		}
+		return err
+	}
 }

@@ -6,6 +6,8 @@ import (
 	"fmt"
 
 	"golang.org/x/net/dns/dnsmessage"
+
+	"github.com/quenchnet/quench/internal/dnswire"
 )
 
 // ErrNotQuery is returned by RefuseQuery for a message that is not a DNS
@@ -51,19 +53,6 @@ func RefuseQuery(msg []byte, allow func(name string) bool) (answer []byte, refus
 	if refused == "" {
 		return nil, "", nil
 	}
-	b := dnsmessage.NewBuilder(nil, dnsmessage.Header{
-		ID: h.ID, Response: true, OpCode: h.OpCode,
-		RecursionDesired: h.RecursionDesired, RecursionAvailable: true,
-		RCode: dnsmessage.RCodeNameError,
-	})
-	if err := b.StartQuestions(); err != nil {
-		return nil, "", err
-	}
-	for _, q := range qs {
-		if err := b.Question(q); err != nil {
-			return nil, "", err
-		}
-	}
-	answer, err = b.Finish()
+	answer, err = dnswire.Reply(h, qs, dnsmessage.RCodeNameError)
 	return answer, refused, err
 }

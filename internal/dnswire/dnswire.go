@@ -53,6 +53,31 @@ func WriteMessage(w io.Writer, msg []byte) error {
 	return err
 }
 
+// Reply returns an answer without records to the query with header h and
+// questions qs, with rcode: what a resolver gets from the enclave for a
+// name refused there (NXDOMAIN) or an exchange that failed (SERVFAIL).
+func Reply(h dnsmessage.Header, qs []dnsmessage.Question, rcode dnsmessage.RCode) ([]byte, error) {
+	b := dnsmessage.NewBuilder(nil, dnsmessage.Header{
+		ID: h.ID, Response: true, OpCode: h.OpCode,
+		RecursionDesired: h.RecursionDesired, RecursionAvailable: true,
+		RCode: rcode,
+	})
+	if err := b.StartQuestions(); err != nil {
+		return nil, err
+	}
+	for _, q := range qs {
+		if err := b.Question(q); err != nil {
+			return nil, err
+		}
+	}
+	return b.Finish()
+}
+
+// IsAnswerTo reports whether msg is a DNS response with query's ID.
+func IsAnswerTo(msg, query []byte) bool {
+	return len(msg) >= MinMessage && len(query) >= 2 && msg[0] == query[0] && msg[1] == query[1] && msg[2]&0x80 != 0
+}
+
 // WidenEDNS returns the query msg with the UDP payload size of its EDNS
 // record raised to 65535, for a server that would otherwise truncate its
 // answer over TCP to that size; msg itself when it has no such record, is
