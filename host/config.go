@@ -206,8 +206,8 @@ type Config struct {
 	// the default; a negative value means no limit (timeouts: none).
 	// Defaults that bound file descriptors derive from the open-file limit
 	// (RLIMIT_NOFILE as Go raised it at start-up, see FileLimit): published
-	// ports at most 1/2 of it, NAT TCP 1/4, NAT UDP at most 1/8, leaving the
-	// rest, at least 1/8, for enclave streams and listeners. Refusals are
+	// ports at most 1/2 of it, NAT TCP 1/4, NAT UDP at most 1/8, vsock-proxy
+	// connections 1/8, leaving the rest for enclave streams and listeners. Refusals are
 	// counted (LimitStats, PortStatus.Refused, metrics).
 
 	// MaxPortConns bounds the client connections of all published TCP
@@ -266,6 +266,15 @@ type Config struct {
 	// when neither direction moved a byte for this long (keepalive probes
 	// carry none). Negative: never. Default: DefaultNATIdleTimeout (2h).
 	NATIdleTimeout time.Duration
+
+	// MaxVSockProxyConns bounds the connections of all VSockProxy ports
+	// together (two host descriptors each: the enclave's VSOCK connection
+	// and the target's), and MaxVSockProxyConnsPerPeer those from one peer
+	// (a VSOCK CID: one enclave), so that one enclave cannot take them all.
+	// Connections beyond are closed at once and counted. Default:
+	// FileLimit()/16 in total, half of it per peer.
+	MaxVSockProxyConns        int
+	MaxVSockProxyConnsPerPeer int
 
 	// MaxDialsPerEnclave bounds how many of the MaxInFlightDials slots one
 	// enclave address may hold; its further SYNs are dropped (it
@@ -552,4 +561,6 @@ func (c *Config) limitDefaults() {
 		c.NATIdleTimeout = DefaultNATIdleTimeout
 	}
 	def(&c.MaxDialsPerEnclave, half(c.MaxInFlightDials))
+	def(&c.MaxVSockProxyConns, fds/16)
+	def(&c.MaxVSockProxyConnsPerPeer, half(c.MaxVSockProxyConns))
 }

@@ -43,6 +43,7 @@ type PortJSON struct {
 type ControlStatus struct {
 	Enclaves []EnclaveJSON `json:"enclaves"`
 	Ports    []PortJSON    `json:"ports"`
+	Proxies  []ProxyJSON   `json:"vsock_proxies"`
 	NAT      NATJSON       `json:"nat"`
 	Limits   LimitsJSON    `json:"limits"`
 }
@@ -61,11 +62,26 @@ type LimitsJSON struct {
 	PortFirstByteTimeouts uint64 `json:"port_first_byte_timeouts"`
 	PortUDPFlows          uint64 `json:"port_udp_flows"`
 	PortUDPRefused        uint64 `json:"port_udp_refused"`
+	ProxyConns            uint64 `json:"vsock_proxy_conns"`
+	ProxyConnsRefused     uint64 `json:"vsock_proxy_conns_refused"`
 	FramesDroppedSpoofed  uint64 `json:"frames_dropped_spoofed"`
 	FramesDroppedOverLim  uint64 `json:"frames_dropped_over_limit"`
 	FramesDroppedFull     uint64 `json:"frames_dropped_queue_full"`
 	FramesDroppedNotIPv4  uint64 `json:"frames_dropped_not_ipv4"`
 	StreamsRefused        uint64 `json:"enclave_streams_refused"`
+}
+
+// ProxyJSON is a vsock-proxy port (Host.ServeVSockProxy) in the control API.
+type ProxyJSON struct {
+	VSockPort uint32 `json:"vsock_port"`
+	Target    string `json:"target"`
+	Addr      string `json:"addr"`
+	Accepted  uint64 `json:"accepted"`
+	Failed    uint64 `json:"failed"`
+	Refused   uint64 `json:"refused"`
+	Active    int64  `json:"active"`
+	BytesIn   int64  `json:"bytes_in"`
+	BytesOut  int64  `json:"bytes_out"`
 }
 
 // EnclaveJSON is an attached enclave stream in the control API.
@@ -129,6 +145,7 @@ func (h *Host) handleStatus(w http.ResponseWriter, _ *http.Request) {
 	out := ControlStatus{
 		Enclaves: []EnclaveJSON{},
 		Ports:    h.portsJSON(),
+		Proxies:  []ProxyJSON{},
 		NAT:      NATJSON{Dials: st.Dials, DialsFailed: st.DialsFailed, DialsRefused: st.DialsRefused, FramesDropped: st.FramesDropped, UDPRefused: st.UDPRefused, DNSQueries: st.DNSQueries, DNSRefused: st.DNSRefused},
 	}
 	ls := h.LimitStats()
@@ -142,6 +159,14 @@ func (h *Host) handleStatus(w http.ResponseWriter, _ *http.Request) {
 		FramesDroppedSpoofed: st.FramesDroppedSpoofed, FramesDroppedOverLim: st.FramesDroppedOverLimit,
 		FramesDroppedFull: st.FramesDroppedQueueFull, StreamsRefused: st.EnclaveStreamsRefused,
 		FramesDroppedNotIPv4: st.FramesDroppedNotIPv4,
+		ProxyConns:           ls.ProxyConns, ProxyConnsRefused: ls.ProxyConnsRefused,
+	}
+	for _, p := range h.VSockProxies() {
+		out.Proxies = append(out.Proxies, ProxyJSON{
+			VSockPort: p.Proxy.Port, Target: p.Proxy.Target, Addr: p.Addr,
+			Accepted: p.Accepted, Failed: p.Failed, Refused: p.Refused, Active: p.Active,
+			BytesIn: p.BytesIn, BytesOut: p.BytesOut,
+		})
 	}
 	for _, e := range h.Enclaves() {
 		out.Enclaves = append(out.Enclaves, EnclaveJSON{Remote: e.Remote, FramesIn: e.FramesIn, FramesOut: e.FramesOut, BytesIn: e.BytesIn, BytesOut: e.BytesOut})

@@ -47,13 +47,14 @@ type Host struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // every goroutine Host starts
 
-	mu        sync.Mutex
-	started   bool                    // guarded by mu
-	closed    bool                    // guarded by mu
-	conns     map[io.Closer]struct{}  // guarded by mu; relayed and enclave conns, closed by Close
-	listeners map[net.Listener]string // guarded by mu; enclave listeners given to Serve
-	closers   []func()                // guarded by mu; run by Close in reverse order
-	published []*published            // guarded by mu
+	mu           sync.Mutex
+	started      bool                    // guarded by mu
+	closed       bool                    // guarded by mu
+	conns        map[io.Closer]struct{}  // guarded by mu; relayed and enclave conns, closed by Close
+	listeners    map[net.Listener]string // guarded by mu; enclave listeners given to Serve
+	closers      []func()                // guarded by mu; run by Close in reverse order
+	published    []*published            // guarded by mu
+	vsockProxies []*vsockProxy           // guarded by mu; in ServeVSockProxy's order
 
 	stack    *stack.Stack
 	sw       *switchEndpoint

@@ -617,13 +617,13 @@ func TestCollectorLimits(t *testing.T) {
 		Network: "udp", Host: netip.MustParseAddrPort("127.0.0.1:0"), EnclavePort: 9,
 	}}})
 	got := gatherCollector(t, h)
-	for name, n := range map[string]int{"quench_host_limit_active": 4, "quench_host_limit_refused_total": 6, "quench_host_port_refused_total": 1} {
+	for name, n := range map[string]int{"quench_host_limit_active": 5, "quench_host_limit_refused_total": 7, "quench_host_port_refused_total": 1} {
 		if got[name] != n {
 			t.Errorf("%s: %d series, want %d", name, got[name], n)
 		}
 	}
 	if c := h.Config(); c.MaxPortConns <= 0 || c.MaxNATConns <= 0 || c.MaxNATConnsPerEnclave <= 0 || c.MaxNATUDPFlows <= 0 ||
-		c.MaxDialsPerEnclave != c.MaxInFlightDials/2 || c.FirstByteTimeout != host.DefaultFirstByteTimeout || c.NATIdleTimeout != host.DefaultNATIdleTimeout {
+		c.MaxDialsPerEnclave != c.MaxInFlightDials/2 || c.MaxVSockProxyConns != max(host.FileLimit()/16, 1) || c.MaxVSockProxyConnsPerPeer != c.MaxVSockProxyConns/2 || c.FirstByteTimeout != host.DefaultFirstByteTimeout || c.NATIdleTimeout != host.DefaultNATIdleTimeout {
 		t.Errorf("default limits not filled in: %+v", c)
 	}
 }

@@ -28,9 +28,13 @@ var (
 	descPortBytes     = prometheus.NewDesc("quench_host_port_bytes_total", "Bytes relayed per published port and direction (in = client to enclave).", []string{"port", "mode", "direction"}, nil)
 	descPortRefused   = prometheus.NewDesc("quench_host_port_refused_total", "Per published port: TCP clients reset at the connection limit, or UDP datagrams from new sources dropped at the flow limit.", []string{"port", "mode"}, nil)
 
+	descProxyConns  = prometheus.NewDesc("quench_host_vsock_proxy_connections_total", "Enclave connections per vsock-proxy port by result: accepted, failed (target unreachable), refused (connection limit).", []string{"port", "target", "result"}, nil)
+	descProxyActive = prometheus.NewDesc("quench_host_vsock_proxy_active_connections", "Enclave connections being relayed per vsock-proxy port.", []string{"port", "target"}, nil)
+	descProxyBytes  = prometheus.NewDesc("quench_host_vsock_proxy_bytes_total", "Bytes relayed per vsock-proxy port and direction (in = enclave to target).", []string{"port", "target", "direction"}, nil)
+
 	// Limits against hostile clients and enclaves (layer 4).
-	descLimitActive  = prometheus.NewDesc("quench_host_limit_active", "Connections or flows held against each layer-4 limit: nat_tcp, nat_udp, port_tcp, port_udp.", []string{"limit"}, nil)
-	descLimitRefused = prometheus.NewDesc("quench_host_limit_refused_total", "Refusals at each layer-4 limit: nat_tcp (SYN reset), nat_udp (new flow dropped), nat_dial_share (SYN dropped, retransmitted), port_tcp (client reset), port_udp (datagram dropped), port_first_byte (client closed by the first-byte timeout).", []string{"limit"}, nil)
+	descLimitActive  = prometheus.NewDesc("quench_host_limit_active", "Connections or flows held against each layer-4 limit: nat_tcp, nat_udp, port_tcp, port_udp, vsock_proxy.", []string{"limit"}, nil)
+	descLimitRefused = prometheus.NewDesc("quench_host_limit_refused_total", "Refusals at each layer-4 limit: nat_tcp (SYN reset), nat_udp (new flow dropped), nat_dial_share (SYN dropped, retransmitted), port_tcp (client reset), port_udp (datagram dropped), port_first_byte (client closed by the first-byte timeout), vsock_proxy (enclave connection closed).", []string{"limit"}, nil)
 )
 
 // Isolation between enclaves (layer 2).
@@ -42,7 +46,7 @@ var (
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descDroppedReason
 	ch <- descStreamsRefused
-	for _, d := range []*prometheus.Desc{descEnclaves, descEnclaveFrames, descEnclaveBytes, descDropped, descZeroWindow, descDials, descUDPRefused, descDNS, descPortConns, descPortActive, descPortFailed, descPortBytes, descPortRefused, descLimitActive, descLimitRefused} {
+	for _, d := range []*prometheus.Desc{descEnclaves, descEnclaveFrames, descEnclaveBytes, descDropped, descZeroWindow, descDials, descUDPRefused, descDNS, descPortConns, descPortActive, descPortFailed, descPortBytes, descPortRefused, descProxyConns, descProxyActive, descProxyBytes, descLimitActive, descLimitRefused} {
 		ch <- d
 	}
 }
@@ -74,12 +78,14 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(ls.NATUDPFlows, "nat_udp")
 	gauge(ls.PortConns, "port_tcp")
 	gauge(ls.PortUDPFlows, "port_udp")
+	gauge(ls.ProxyConns, "vsock_proxy")
 	counter(descLimitRefused, float64(ls.NATConnsRefused), "nat_tcp")
 	counter(descLimitRefused, float64(ls.NATUDPFlowsRefused), "nat_udp")
 	counter(descLimitRefused, float64(ls.DialsDeferred), "nat_dial_share")
 	counter(descLimitRefused, float64(ls.PortConnsRefused), "port_tcp")
 	counter(descLimitRefused, float64(ls.PortUDPRefused), "port_udp")
 	counter(descLimitRefused, float64(ls.PortFirstByteTimeouts), "port_first_byte")
+	counter(descLimitRefused, float64(ls.ProxyConnsRefused), "vsock_proxy")
 	seen := map[string]int{}
 	for _, e := range c.h.Enclaves() {
 		name := e.Remote // unix-socket streams share one address: number them
@@ -104,5 +110,14 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descPortRefused, float64(p.Refused), port, mode)
 		counter(descPortBytes, float64(p.BytesIn), port, mode, "in")
 		counter(descPortBytes, float64(p.BytesOut), port, mode, "out")
+	}
+	for _, p := range c.h.VSockProxies() {
+		port := fmt.Sprint(p.Proxy.Port)
+		counter(descProxyConns, float64(p.Accepted), port, p.Proxy.Target, "accepted")
+		counter(descProxyConns, float64(p.Failed), port, p.Proxy.Target, "failed")
+		counter(descProxyConns, float64(p.Refused), port, p.Proxy.Target, "refused")
+		ch <- prometheus.MustNewConstMetric(descProxyActive, prometheus.GaugeValue, float64(p.Active), port, p.Proxy.Target)
+		counter(descProxyBytes, float64(p.BytesIn), port, p.Proxy.Target, "in")
+		counter(descProxyBytes, float64(p.BytesOut), port, p.Proxy.Target, "out")
 	}
 }

@@ -31,35 +31,36 @@ type natStats struct {
 
 	// Limits against hostile clients and enclaves (layer 4); set up by
 	// installNAT from Config, taken once per connection or flow.
-	natConns     flowLimit     // NAT TCP connections, per enclave address
-	natUDPFlows  flowLimit     // NAT UDP flows, per enclave address
-	dialSlots    flowLimit     // MaxInFlightDials shares, per enclave address
-	portConns    flowLimit     // published TCP ports' client connections (total)
-	portUDPFlows flowLimit     // published UDP ports' client sources (total)
-	firstByte    atomic.Uint64 // published-port clients closed by FirstByteTimeout
+	natConns     flowLimit[tcpip.Address] // NAT TCP connections, per enclave address
+	natUDPFlows  flowLimit[tcpip.Address] // NAT UDP flows, per enclave address
+	dialSlots    flowLimit[tcpip.Address] // MaxInFlightDials shares, per enclave address
+	portConns    flowLimit[tcpip.Address] // published TCP ports' client connections (total)
+	portUDPFlows flowLimit[tcpip.Address] // published UDP ports' client sources (total)
+	proxyConns   flowLimit[string]        // vsock-proxy connections, per peer (peerID)
+	firstByte    atomic.Uint64            // published-port clients closed by FirstByteTimeout
 }
 
 // flowLimit counts live flows (connections, UDP flows, dials) against a
 // total and a per-source cap, negative meaning none. It is taken when a
 // flow starts and released when it ends, never per packet.
-type flowLimit struct {
+type flowLimit[K comparable] struct {
 	max, perSrc int
 	refused     atomic.Uint64
 
 	mu    sync.Mutex
-	n     int                   // guarded by mu
-	bySrc map[tcpip.Address]int // guarded by mu; when perSrc >= 0
+	n     int       // guarded by mu
+	bySrc map[K]int // guarded by mu; when perSrc >= 0
 }
 
-func (l *flowLimit) init(max, perSrc int) {
+func (l *flowLimit[K]) init(max, perSrc int) {
 	l.max, l.perSrc = max, perSrc
 	if perSrc >= 0 {
-		l.bySrc = map[tcpip.Address]int{}
+		l.bySrc = map[K]int{}
 	}
 }
 
 // acquire takes one flow for src, or counts a refusal and reports false.
-func (l *flowLimit) acquire(src tcpip.Address) bool {
+func (l *flowLimit[K]) acquire(src K) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if (l.max >= 0 && l.n >= l.max) || (l.bySrc != nil && l.bySrc[src] >= l.perSrc) {
@@ -74,7 +75,7 @@ func (l *flowLimit) acquire(src tcpip.Address) bool {
 }
 
 // release ends one flow that acquire took for src.
-func (l *flowLimit) release(src tcpip.Address) {
+func (l *flowLimit[K]) release(src K) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.n--
@@ -87,7 +88,7 @@ func (l *flowLimit) release(src tcpip.Address) {
 	}
 }
 
-func (l *flowLimit) live() int {
+func (l *flowLimit[K]) live() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.n
@@ -102,6 +103,7 @@ type LimitStats struct {
 	PortConns, PortConnsRefused     uint64 // published TCP ports' clients; reset at MaxPortConns(PerPort)
 	PortFirstByteTimeouts           uint64 // published TCP ports' clients closed by FirstByteTimeout
 	PortUDPFlows, PortUDPRefused    uint64 // published UDP ports' client sources; datagrams dropped at MaxPortUDPFlows
+	ProxyConns, ProxyConnsRefused   uint64 // vsock-proxy connections; closed at MaxVSockProxyConns(PerPeer)
 }
 
 // LimitStats returns the current counters of the layer-4 limits.
@@ -118,6 +120,8 @@ func (h *Host) LimitStats() LimitStats {
 		PortFirstByteTimeouts: n.firstByte.Load(),
 		PortUDPFlows:          uint64(n.portUDPFlows.live()),
 		PortUDPRefused:        n.portUDPFlows.refused.Load(),
+		ProxyConns:            uint64(n.proxyConns.live()),
+		ProxyConnsRefused:     n.proxyConns.refused.Load(),
 	}
 }
 
@@ -133,6 +137,7 @@ func (h *Host) installNAT() {
 	n.dialSlots.init(-1, c.MaxDialsPerEnclave)
 	n.portConns.init(c.MaxPortConns, c.MaxPortConnsPerClient)
 	n.portUDPFlows.init(c.MaxPortUDPFlows, -1)
+	n.proxyConns.init(c.MaxVSockProxyConns, c.MaxVSockProxyConnsPerPeer)
 
 	tcpFwd := tcp.NewForwarder(h.stack, 0, c.MaxInFlightDials, h.forwardTCP)
 	h.stack.SetTransportProtocolHandler(tcp.ProtocolNumber, tcpFwd.HandlePacket)
