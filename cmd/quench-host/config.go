@@ -26,6 +26,7 @@ type options struct {
 	Publish        []string      `yaml:"publish"`
 	PublishVSock   []string      `yaml:"publish_vsock"`
 	EnclaveCID     uint          `yaml:"enclave_cid"`
+	VSockProxy     []string      `yaml:"vsock_proxy"`
 	DNS            []string      `yaml:"dns"`
 	MTU            int           `yaml:"mtu"`
 	Subnet         string        `yaml:"subnet"`
@@ -58,6 +59,8 @@ type options struct {
 	MaxNATUDPFlowsPerEnclave int           `yaml:"max_nat_udp_flows_per_enclave"`
 	NATIdleTimeout           time.Duration `yaml:"nat_idle_timeout"`
 	MaxDialsPerEnclave       int           `yaml:"max_dials_per_enclave"`
+	MaxProxyConns            int           `yaml:"max_vsock_proxy_conns"`
+	MaxProxyConnsPerEnclave  int           `yaml:"max_vsock_proxy_conns_per_enclave"`
 
 	// Isolation between enclaves (layer 2).
 	MaxEnclaveStreams        int           `yaml:"max_enclave_streams"`
@@ -105,6 +108,7 @@ func (o *options) bind(fs *flag.FlagSet, configPath *string) {
 	fs.Var(listFlag{&o.Publish}, "publish", "forward a host port into the enclave over the virtual network: [HOSTIP:]HOSTPORT:ENCLAVEPORT[/udp]; repeatable (HOSTIP defaults to 0.0.0.0, IPv4 only; [::] takes IPv4 and IPv6)")
 	fs.Var(listFlag{&o.PublishVSock}, "publish-vsock", "ingress fast path: forward a host TCP port to the enclave's VSOCK port, one VSOCK connection per client with a PROXY protocol v2 header: [HOSTIP:]HOSTPORT:VSOCKPORT; repeatable")
 	fs.UintVar(&o.EnclaveCID, "enclave-cid", o.EnclaveCID, "CID of the enclave that -publish-vsock ports dial")
+	fs.Var(listFlag{&o.VSockProxy}, "vsock-proxy", "AWS vsock-proxy's role: programs in enclaves connect to the parent's VSOCK port (vsock://3:VSOCKPORT) and each connection is relayed over TCP to HOST:PORT (a name is resolved for each connection): VSOCKPORT:HOST:PORT; repeatable. `vsock-proxy 8000 kms.us-east-1.amazonaws.com 443` is -vsock-proxy 8000:kms.us-east-1.amazonaws.com:443 (-allow does not apply: the target is named here)")
 	fs.Var(listFlag{&o.DNS}, "dns", "upstream DNS server host:port for names outside quench.internal; repeatable (default: the host's resolver)")
 	fs.IntVar(&o.MTU, "mtu", o.MTU, "MTU of the virtual link; it never reaches the internet (the host terminates TCP), so large is fast. Enclaves must use the same value.")
 	fs.StringVar(&o.Subnet, "subnet", o.Subnet, "virtual network; the gateway is its first address, the enclave its second, the host loopback its last usable one")
@@ -137,6 +141,8 @@ func (o *options) bind(fs *flag.FlagSet, configPath *string) {
 	fs.IntVar(&o.MaxNATUDPFlowsPerEnclave, "max-nat-udp-flows-per-enclave", o.MaxNATUDPFlowsPerEnclave, "enclave UDP flows through the NAT from one enclave address (0: half of -max-nat-udp-flows; negative: no limit)")
 	fs.DurationVar(&o.NATIdleTimeout, "nat-idle-timeout", o.NATIdleTimeout, "close enclave TCP connections through the NAT idle this long in both directions (0: never)")
 	fs.IntVar(&o.MaxDialsPerEnclave, "max-dials-per-enclave", o.MaxDialsPerEnclave, "outbound connection attempts in progress from one enclave address (0: half of -max-dials)")
+	fs.IntVar(&o.MaxProxyConns, "max-vsock-proxy-conns", o.MaxProxyConns, "connections of all -vsock-proxy ports together; more are closed at once (0: a sixteenth of the open-file limit; negative: no limit)")
+	fs.IntVar(&o.MaxProxyConnsPerEnclave, "max-vsock-proxy-conns-per-enclave", o.MaxProxyConnsPerEnclave, "connections of all -vsock-proxy ports from one enclave (VSOCK CID; unix sockets: user id) (0: half of -max-vsock-proxy-conns; negative: no limit)")
 
 	// Isolation between enclaves (layer 2); docs/host-ops.md.
 	fs.IntVar(&o.MaxEnclaveStreams, "max-enclave-streams", o.MaxEnclaveStreams, "enclave streams attached or in their handshake; more are closed at once (0: 64; negative: no limit)")
@@ -185,17 +191,19 @@ func (o options) hostConfig() (host.Config, error) {
 		DisableDHCP:         !o.DHCP,
 		DNSUpstream:         o.DNS,
 
-		MaxPortConns:             o.MaxPortConns,
-		MaxPortConnsPerPort:      o.MaxPortConnsPerPort,
-		MaxPortConnsPerClient:    o.MaxPortConnsPerClient,
-		FirstByteTimeout:         o.FirstByteTimeout,
-		MaxPortUDPFlows:          o.MaxPortUDPFlows,
-		MaxNATConns:              o.MaxNATConns,
-		MaxNATConnsPerEnclave:    o.MaxNATConnsPerEnclave,
-		MaxNATUDPFlows:           o.MaxNATUDPFlows,
-		MaxNATUDPFlowsPerEnclave: o.MaxNATUDPFlowsPerEnclave,
-		NATIdleTimeout:           o.NATIdleTimeout,
-		MaxDialsPerEnclave:       o.MaxDialsPerEnclave,
+		MaxPortConns:              o.MaxPortConns,
+		MaxPortConnsPerPort:       o.MaxPortConnsPerPort,
+		MaxPortConnsPerClient:     o.MaxPortConnsPerClient,
+		FirstByteTimeout:          o.FirstByteTimeout,
+		MaxPortUDPFlows:           o.MaxPortUDPFlows,
+		MaxNATConns:               o.MaxNATConns,
+		MaxNATConnsPerEnclave:     o.MaxNATConnsPerEnclave,
+		MaxNATUDPFlows:            o.MaxNATUDPFlows,
+		MaxNATUDPFlowsPerEnclave:  o.MaxNATUDPFlowsPerEnclave,
+		NATIdleTimeout:            o.NATIdleTimeout,
+		MaxDialsPerEnclave:        o.MaxDialsPerEnclave,
+		MaxVSockProxyConns:        o.MaxProxyConns,
+		MaxVSockProxyConnsPerPeer: o.MaxProxyConnsPerEnclave,
 
 		MaxEnclaveStreams:        o.MaxEnclaveStreams,
 		MaxEnclaveStreamsPerPeer: o.MaxEnclaveStreamsPerPeer,
@@ -246,4 +254,29 @@ func (o options) hostConfig() (host.Config, error) {
 		return cfg, fmt.Errorf("enclave-cid %d out of range", o.EnclaveCID)
 	}
 	return cfg, nil
+}
+
+// vsockProxies parses -vsock-proxy. Two proxies on one VSOCK port, or a
+// proxy on the port of a vsock:// -listen, are errors: the second listener
+// would fail with an address in use.
+func (o options) vsockProxies(listen []endpoint.Addr) ([]host.VSockProxy, error) {
+	var out []host.VSockProxy
+	seen := map[uint32]string{}
+	for _, a := range listen {
+		if a.Scheme == "vsock" {
+			seen[a.Port] = "-listen " + a.String()
+		}
+	}
+	for _, s := range o.VSockProxy {
+		p, err := host.ParseVSockProxy(s)
+		if err != nil {
+			return nil, err
+		}
+		if other, ok := seen[p.Port]; ok {
+			return nil, fmt.Errorf("vsock-proxy %s: VSOCK port %d is taken by %s", p, p.Port, other)
+		}
+		seen[p.Port] = "-vsock-proxy " + p.String()
+		out = append(out, p)
+	}
+	return out, nil
 }

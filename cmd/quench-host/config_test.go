@@ -1,13 +1,19 @@
 package main
 
 import (
+	"flag"
+	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/quenchnet/quench/host"
+	"github.com/quenchnet/quench/internal/endpoint"
 )
 
 func writeFile(t *testing.T, body string) string {
@@ -145,5 +151,45 @@ func TestExampleConfig(t *testing.T) {
 	}
 	if len(cfg.Publish) != 1 || cfg.Publish[0].VSockPort != 8443 || cfg.Egress == nil {
 		t.Errorf("example config: %+v", cfg)
+	}
+}
+
+// TestVSockProxyOptions: -vsock-proxy from the file and the command line,
+// and the errors: a bad spec, two proxies on one VSOCK port, a proxy on
+// the port enclaves connect to.
+func TestVSockProxyOptions(t *testing.T) {
+	o := defaultOptions()
+	if err := loadConfigFile(writeFile(t, "vsock_proxy: ['8000:kms.us-east-1.amazonaws.com:443']\n"), &o); err != nil {
+		t.Fatal(err)
+	}
+	configPath := ""
+	fs := flag.NewFlagSet("quench-host", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	o.bind(fs, &configPath)
+	if err := fs.Parse([]string{"-vsock-proxy", "8001:[2001:db8::1]:5432"}); err != nil {
+		t.Fatal(err)
+	}
+	listen := []endpoint.Addr{{Scheme: "vsock", CID: endpoint.AnyCID, Port: 1024}, {Scheme: "unix", Path: "/run/x.sock"}}
+	got, err := o.vsockProxies(listen)
+	want := []host.VSockProxy{{Port: 8000, Target: "kms.us-east-1.amazonaws.com:443"}, {Port: 8001, Target: "[2001:db8::1]:5432"}}
+	if err != nil || !slices.Equal(got, want) {
+		t.Errorf("vsockProxies = %+v, %v; want %+v", got, err, want)
+	}
+	for _, tc := range []struct {
+		specs []string
+		want  string
+	}{
+		{[]string{"8000:kms"}, "want HOST:PORT"},
+		{[]string{"8000:a:443", "8000:b:443"}, "VSOCK port 8000 is taken by -vsock-proxy 8000:a:443"},
+		{[]string{"1024:a:443"}, "VSOCK port 1024 is taken by -listen vsock://:1024"},
+	} {
+		o := options{VSockProxy: tc.specs}
+		if _, err := o.vsockProxies(listen); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: %v; want an error with %q", tc.specs, err, tc.want)
+		}
+	}
+	var stderr strings.Builder
+	if code := run([]string{"-vsock-proxy", "8000:kms:https"}, &stderr); code != 2 || !strings.Contains(stderr.String(), `port "https": want 1-65535`) {
+		t.Errorf("run with a bad -vsock-proxy: exit %d: %s", code, stderr.String())
 	}
 }

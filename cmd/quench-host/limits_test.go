@@ -22,6 +22,8 @@ max_nat_udp_flows: 30
 max_nat_udp_flows_per_enclave: 3
 nat_idle_timeout: 1h
 max_dials_per_enclave: 7
+max_vsock_proxy_conns: 40
+max_vsock_proxy_conns_per_enclave: 4
 max_enclave_streams: 9
 max_enclave_streams_per_peer: 3
 max_enclave_handshakes: 4
@@ -46,7 +48,7 @@ dhcp_offer_timeout: 10s
 	}
 	if cfg.MaxPortConns != 100 || cfg.MaxPortConnsPerPort != 50 || cfg.MaxPortConnsPerClient != 6 || cfg.FirstByteTimeout >= 0 || cfg.MaxPortUDPFlows != 10 ||
 		cfg.MaxNATConns != 200 || cfg.MaxNATConnsPerEnclave != -1 || cfg.MaxNATUDPFlows != 30 || cfg.MaxNATUDPFlowsPerEnclave != 3 ||
-		cfg.NATIdleTimeout >= 0 || cfg.MaxDialsPerEnclave != 7 ||
+		cfg.NATIdleTimeout >= 0 || cfg.MaxDialsPerEnclave != 7 || cfg.MaxVSockProxyConns != 40 || cfg.MaxVSockProxyConnsPerPeer != 4 ||
 		cfg.MaxEnclaveStreams != 9 || cfg.MaxEnclaveStreamsPerPeer != 3 || cfg.MaxEnclaveHandshakes != 4 ||
 		cfg.MaxMACsPerEnclave != 5 || cfg.MaxAddressesPerEnclave != 2 || cfg.DHCPOfferTimeout != 10*time.Second {
 		t.Errorf("host config limits: %+v", cfg)

@@ -46,6 +46,9 @@ Examples:
   # with the client's address in a PROXY protocol v2 header.
   quench-host -publish-vsock 0.0.0.0:443:8443 -enclave-cid 16
 
+  # AWS vsock-proxy's role: enclave programs that dial vsock://3:8000 reach KMS.
+  quench-host -vsock-proxy 8000:kms.us-east-1.amazonaws.com:443
+
   # Settings from a file; a control socket for quench-host ctl; metrics.
   quench-host -config /etc/quench/host.yaml -control /run/quench-host/control.sock -metrics 127.0.0.1:9100
 
@@ -136,6 +139,10 @@ func run(args []string, stderr io.Writer) int {
 		}
 		addrs = append(addrs, a)
 	}
+	proxies, err := o.vsockProxies(addrs)
+	if err != nil {
+		return fail(err)
+	}
 	h, err := host.New(cfg)
 	if err != nil {
 		return fail(err)
@@ -145,7 +152,8 @@ func run(args []string, stderr io.Writer) int {
 		"first_byte_timeout", lc.FirstByteTimeout, "max_port_udp_flows", lc.MaxPortUDPFlows,
 		"max_nat_conns", lc.MaxNATConns, "max_nat_conns_per_enclave", lc.MaxNATConnsPerEnclave,
 		"max_nat_udp_flows", lc.MaxNATUDPFlows, "max_nat_udp_flows_per_enclave", lc.MaxNATUDPFlowsPerEnclave,
-		"nat_idle_timeout", lc.NATIdleTimeout, "max_dials_per_enclave", lc.MaxDialsPerEnclave)
+		"nat_idle_timeout", lc.NATIdleTimeout, "max_dials_per_enclave", lc.MaxDialsPerEnclave,
+		"max_vsock_proxy_conns", lc.MaxVSockProxyConns, "max_vsock_proxy_conns_per_enclave", lc.MaxVSockProxyConnsPerPeer)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -202,6 +210,16 @@ func run(args []string, stderr io.Writer) int {
 		}
 		logger.Info("listening for enclaves", "url", a.String(), "addr", ln.Addr().String())
 		g.Go(func() error { return h.Serve(ln) })
+	}
+	for _, p := range proxies {
+		a := endpoint.Addr{Scheme: "vsock", CID: endpoint.AnyCID, Port: p.Port}
+		ln, err := endpoint.Listen(a, epOpts)
+		if err != nil {
+			_ = h.Close()
+			return fail(fmt.Errorf("vsock-proxy %s: listen %s: %w", p, a, err))
+		}
+		logger.Info("vsock-proxy", "url", a.String(), "addr", ln.Addr().String(), "target", p.Target)
+		g.Go(func() error { return h.ServeVSockProxy(ln, p) })
 	}
 	for _, p := range h.Ports() {
 		logger.Info("published", "addr", p.Addr, "spec", p.Spec.String())
