@@ -303,9 +303,13 @@ measure() {
 }
 
 # wrk_points URL [C...]: measure http at each of $CONNS (or the given) levels.
+# WRK_CLOSE=1 sends "Connection: close": a new connection for every request,
+# recorded as http-close.
 wrk_points() {
   local url=$1 c; shift
-  for c in ${*:-$CONNS}; do measure http "$c" wrk -t2 -c"$c" -d"${DUR}s" --latency "$url"; done
+  local name=http close=()
+  [ "${WRK_CLOSE:-0}" = 1 ] && { name=http-close; close=(-H "Connection: close"); }
+  for c in ${*:-$CONNS}; do measure "$name" "$c" wrk -t2 -c"$c" -d"${DUR}s" --latency "${close[@]}" "$url"; done
 }
 
 # sweep [-insecure] NAME=URL...: a bombardier concurrency sweep with

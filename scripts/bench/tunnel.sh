@@ -6,7 +6,8 @@
 #
 #   bulk:  iperf3 host→enclave and enclave→host through a published port,
 #          and egress from the enclave to the host's loopback (NAT, both
-#          ways); BULK=bulk uses internal/benchapps/bulkcmd instead;
+#          ways); BULK=bulk uses internal/benchapps/bulkcmd instead, BULK=none
+#          skips bulk;
 #   HTTP:  wrk against the hello app in the enclave through a published port
 #          at c = CONNS, and the same app reached directly;
 #   sweep: a bombardier concurrency sweep (scripts/load) of each config.
@@ -23,7 +24,8 @@
 # daemon and the enclave-side forwarder. Figures are medians of RUNS runs.
 #
 # Usage (root): scripts/bench/tunnel.sh
-#   [env: RUNS=3 DUR=5 QUICK=1 CONFIGS="..." CONNS="10 100 1000" BULK=iperf3|bulk EGRESS=1 SWEEP=1 + lib.sh's]
+#   [env: RUNS=3 DUR=5 QUICK=1 CONFIGS="..." CONNS="10 100 1000" BULK=iperf3|bulk|none EGRESS=1 SWEEP=1
+#    WRK_CLOSE=1 (a new connection per request) + lib.sh's]
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 SUITE_NAME=${NAME:-tunnel}
@@ -85,8 +87,8 @@ for RUN in $(seq 1 "$RUNS"); do
   for cm in $CONFIGS; do
     CFG=$cm
     start_env "${cm%%:*}" "${cm##*:}" || { env_failed; continue; }
-    if [ "${cm%%:*}" = fastpath-unix ]; then
-      : # HTTP only: its bulk path is fastpath's
+    if [ "${cm%%:*}" = fastpath-unix ] || [ "$BULK" = none ]; then
+      : # HTTP only (fastpath-unix: its bulk path is fastpath's)
     elif [ "$BULK" = bulk ]; then
       measure ingress     0 "$BIN/bulkcmd" -connect 127.0.0.1:$P_BULK -t "${DUR}s"
       measure ingress_rev 0 "$BIN/bulkcmd" -connect 127.0.0.1:$P_BULK -t "${DUR}s" -R
