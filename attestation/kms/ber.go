@@ -97,11 +97,18 @@ func berElement(b []byte, off, depth int) (tag byte, content, rest []byte, err e
 		if len(b) < 2+n {
 			return 0, nil, nil, fmt.Errorf("truncated length at offset %d", off)
 		}
-		length = 0
+		// Up to 2^32-1: counted in uint64, since it would be negative
+		// in a 32-bit int, and checked against the input before
+		// conversion.
+		var l uint64
 		for _, c := range b[2 : 2+n] {
-			length = length<<8 | int(c)
+			l = l<<8 | uint64(c)
 		}
 		hdr += n
+		if l > uint64(len(b)-hdr) {
+			return 0, nil, nil, fmt.Errorf("element at offset %d claims %d bytes, only %d left", off, l, len(b)-hdr)
+		}
+		length = int(l)
 	}
 	body := b[hdr:]
 	if length > len(body) {

@@ -57,6 +57,11 @@ func TestBERToDERRejects(t *testing.T) {
 		{"truncated header", "04", "truncated"},
 		{"truncated content", "040561", "claims 5 bytes"},
 		{"absurd length", "0484ffffffff61", "claims"},
+		// Lengths of 2^31 and more are negative in a 32-bit int: they
+		// must not pass for indefinite ones, nor reach a slice bound.
+		{"absurd length, constructed", "3084ffffffff0401610000", "claims"},
+		{"length 2^31, constructed", "30848000000004016100 00", "claims"},
+		{"length 2^31, primitive", "04848000000061", "claims"},
 		{"five length octets", "04850000000001", "length octets"},
 		{"reserved length", "04ff", "reserved"},
 		{"indefinite primitive", "0480610000", "primitive"},
