@@ -354,7 +354,10 @@ func parseEncryptedContentInfo(eci asn1.RawValue) (iv, ciphertext []byte, err er
 }
 
 // decryptAES256CBC decrypts and removes PKCS#7 padding (RFC 5652 §6.3),
-// checking it strictly.
+// checking it strictly. The check reads the whole last block in constant
+// time and bad padding is one error, which says nothing of the decrypted
+// bytes: the envelope is not authenticated, so whoever sees the outcome of
+// envelopes it altered has a padding oracle, and must get no more.
 func decryptAES256CBC(key, iv, ciphertext []byte) ([]byte, error) {
 	block, err := aes.NewCipher(key)
 	if err != nil {
@@ -363,15 +366,13 @@ func decryptAES256CBC(key, iv, ciphertext []byte) ([]byte, error) {
 	out := make([]byte, len(ciphertext))
 	cipher.NewCBCDecrypter(block, iv).CryptBlocks(out, ciphertext)
 	pad := int(out[len(out)-1])
-	if pad < 1 || pad > aes.BlockSize {
-		return nil, fmt.Errorf("%w: bad padding (length %d)", ErrMalformed, pad)
-	}
-	good := 1
-	for _, c := range out[len(out)-pad:] {
-		good &= subtle.ConstantTimeByteEq(c, byte(pad))
+	good := subtle.ConstantTimeLessOrEq(1, pad) & subtle.ConstantTimeLessOrEq(pad, aes.BlockSize)
+	for i := 1; i <= aes.BlockSize; i++ {
+		inPad := subtle.ConstantTimeLessOrEq(i, pad)
+		good &= subtle.ConstantTimeByteEq(out[len(out)-i], byte(pad)) | (inPad ^ 1)
 	}
 	if good != 1 {
-		return nil, fmt.Errorf("%w: bad padding (bytes differ)", ErrMalformed)
+		return nil, fmt.Errorf("%w: bad padding", ErrMalformed)
 	}
 	return out[:len(out)-pad], nil
 }

@@ -465,3 +465,35 @@ func TestDecryptRejectsBadInputAndKeys(t *testing.T) {
 		})
 	}
 }
+
+// Bad padding is one error, whatever the decrypted bytes: its message must
+// not carry them (the last byte was printed as the "length"), since whoever
+// sees the errors of envelopes it altered would read plaintext from them, one
+// byte per request, rather than guess it as a padding oracle does.
+func TestDecryptBadPaddingSaysNothingOfThePlaintext(t *testing.T) {
+	key := testKey(t)
+	var msgs []string
+	for _, last := range []byte{0, 17, 0x20, 0x7f, 0xa5, 0xff} {
+		e := newEnvelope(t, &key.PublicKey, nil)
+		e.ciphertext = encryptRaw(t, e, append(bytes.Repeat([]byte{last}, 15), last))
+		_, err := DecryptEnvelopedData(key, e.build(t))
+		if !errors.Is(err, ErrMalformed) {
+			t.Fatalf("last byte %#x: %v, want ErrMalformed", last, err)
+		}
+		msgs = append(msgs, err.Error())
+	}
+	for _, pt := range [][]byte{append(make([]byte, 13), 1, 3, 3), append(make([]byte, 15), 2)} {
+		e := newEnvelope(t, &key.PublicKey, nil)
+		e.ciphertext = encryptRaw(t, e, pt)
+		_, err := DecryptEnvelopedData(key, e.build(t))
+		if err == nil {
+			t.Fatalf("%x: no error", pt)
+		}
+		msgs = append(msgs, err.Error())
+	}
+	for _, m := range msgs[1:] {
+		if m != msgs[0] {
+			t.Fatalf("bad padding gives different errors: %q", msgs)
+		}
+	}
+}

@@ -53,7 +53,11 @@
 // An EnvelopedData is not authenticated: anyone who knows the public key can
 // make one that decrypts. The plaintext is KMS's because it arrived in KMS's
 // answer over TLS, which the program terminates inside the enclave; it is
-// secret because only this enclave holds the private key.
+// secret because only this enclave holds the private key. Nor is the
+// content's integrity protected (AES-CBC, no MAC): do not let whoever
+// supplied an envelope learn whether it decrypted, unless it is KMS, or
+// altered copies of a genuine envelope become a padding oracle on its
+// plaintext. Errors say nothing of the decrypted bytes.
 //
 // # Hostile input
 //
