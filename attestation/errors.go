@@ -57,6 +57,11 @@ var (
 	// UserDataMismatchError.
 	ErrUserDataMismatch = errors.New("attestation: user data mismatch")
 
+	// ErrPublicKeyMismatch: the document's public_key is not
+	// Options.PublicKey (for /enclave/config: not the hash of the
+	// configuration served with it).
+	ErrPublicKeyMismatch = errors.New("attestation: public key mismatch")
+
 	// ErrBadUserData is returned by ParseUserData for bytes in none of the
 	// known layouts.
 	ErrBadUserData = errors.New("attestation: user data not in a known layout")

@@ -5,9 +5,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -90,24 +92,74 @@ func (l *headLimiter) Read(p []byte) (int, error) {
 // user data binds the certificate presented on that connection. ctx bounds
 // the whole exchange.
 func VerifyRemote(ctx context.Context, rawURL string, cfg RemoteConfig) (*Result, error) {
+	res, _, err := verifyRemote(ctx, rawURL, Path, maxResponseBody, "text/plain", cfg, func(body []byte) ([]byte, []byte, error) {
+		doc, err := DecodeDocument(body)
+		return doc, nil, err
+	})
+	return res, err
+}
+
+// ConfigPath is where quench serves an enclave's configuration, attested
+// when a nonce is given (enclave.ConfigPath).
+const ConfigPath = "/enclave/config"
+
+// maxConfigResponse bounds the body of an attested configuration: the
+// document's base64 and the configuration, whose egress rules and
+// annotations make it the larger part.
+const maxConfigResponse = 1 << 20
+
+// VerifyRemoteConfig fetches an enclave's configuration as quench serves it
+// (GET /enclave/config?nonce=<hex>: the settings a client may audit, such
+// as the egress policy and how the app is sandboxed) and verifies it as
+// VerifyRemote verifies a document, plus one check: the document's
+// public_key is the SHA-256 of the configuration bytes served with it
+// (cfg.Options.PublicKey must be nil). rawURL is https://HOST[:PORT] (the
+// path defaults to ConfigPath) or a full URL. It returns the verified
+// document and the configuration's JSON exactly as attested.
+func VerifyRemoteConfig(ctx context.Context, rawURL string, cfg RemoteConfig) (*Result, []byte, error) {
+	if cfg.Options.PublicKey != nil {
+		return nil, nil, fmt.Errorf("%w: PublicKey is the configuration's hash in VerifyRemoteConfig", ErrInvalidOptions)
+	}
+	return verifyRemote(ctx, rawURL, ConfigPath, maxConfigResponse, "application/json", cfg, func(body []byte) ([]byte, []byte, error) {
+		var r struct {
+			Config      json.RawMessage `json:"config"`
+			Attestation string          `json:"attestation"`
+		}
+		if err := json.Unmarshal(body, &r); err != nil {
+			return nil, nil, &BadDocumentError{Err: fmt.Errorf("configuration response: %w", err)}
+		}
+		if len(r.Config) == 0 || r.Attestation == "" {
+			return nil, nil, &BadDocumentError{Err: errors.New(`configuration response without "config" and "attestation" (was a nonce sent to a server that is not quench?)`)}
+		}
+		doc, err := DecodeDocument([]byte(r.Attestation))
+		return doc, r.Config, err
+	})
+}
+
+// verifyRemote is VerifyRemote and VerifyRemoteConfig: it fetches
+// rawURL (defaultPath when it has none) with a nonce over one TLS
+// connection, reading at most maxBody bytes, has decode split the body into
+// the document and the payload whose SHA-256 the document's public_key must
+// be (nil: no such check), and verifies.
+func verifyRemote(ctx context.Context, rawURL, defaultPath string, maxBody int, accept string, cfg RemoteConfig, decode func(body []byte) (doc, payload []byte, err error)) (*Result, []byte, error) {
 	opts := cfg.Options
 	if err := opts.validate(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if opts.TLSCertHash != nil {
-		return nil, fmt.Errorf("%w: TLSCertHash is taken from the connection in VerifyRemote", ErrInvalidOptions)
+		return nil, nil, fmt.Errorf("%w: TLSCertHash is taken from the connection in VerifyRemote", ErrInvalidOptions)
 	}
-	u, err := attestationURL(rawURL)
+	u, err := remoteURL(rawURL, defaultPath)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if opts.Nonce == nil {
 		opts.Nonce = make([]byte, NonceSize)
 		if _, err := rand.Read(opts.Nonce); err != nil {
-			return nil, fmt.Errorf("attestation: nonce: %w", err)
+			return nil, nil, fmt.Errorf("attestation: nonce: %w", err)
 		}
 	} else if len(opts.Nonce) != NonceSize {
-		return nil, fmt.Errorf("%w: nonce is %d bytes, the endpoint takes %d", ErrInvalidOptions, len(opts.Nonce), NonceSize)
+		return nil, nil, fmt.Errorf("%w: nonce is %d bytes, the endpoint takes %d", ErrInvalidOptions, len(opts.Nonce), NonceSize)
 	}
 	q := u.Query()
 	q.Set("nonce", hex.EncodeToString(opts.Nonce))
@@ -122,23 +174,31 @@ func VerifyRemote(ctx context.Context, rawURL string, cfg RemoteConfig) (*Result
 		ctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 	}
-	body, state, err := fetch(ctx, u, cfg)
+	body, state, err := fetch(ctx, u, cfg, maxBody, accept)
 	if err != nil {
-		return nil, fmt.Errorf("attestation: fetch %s: %w", u.Redacted(), err)
+		return nil, nil, fmt.Errorf("attestation: fetch %s: %w", u.Redacted(), err)
 	}
-	doc, err := DecodeDocument(body)
+	doc, payload, err := decode(body)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if len(state.PeerCertificates) == 0 {
-		return nil, fmt.Errorf("attestation: fetch %s: server presented no certificate", u.Redacted())
+		return nil, nil, fmt.Errorf("attestation: fetch %s: server presented no certificate", u.Redacted())
 	}
 	h := CertHash(state.PeerCertificates[0].Raw)
 	opts.TLSCertHash = h[:]
-	return Verify(doc, opts)
+	if payload != nil {
+		sum := sha256.Sum256(payload)
+		opts.PublicKey = sum[:]
+	}
+	res, err := Verify(doc, opts)
+	if err != nil {
+		return nil, nil, err
+	}
+	return res, payload, nil
 }
 
-func attestationURL(rawURL string) (*url.URL, error) {
+func remoteURL(rawURL, defaultPath string) (*url.URL, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		return nil, fmt.Errorf("attestation: bad URL: %w", err)
@@ -153,7 +213,7 @@ func attestationURL(rawURL string) (*url.URL, error) {
 		return nil, fmt.Errorf("attestation: bad URL %q: user info not supported", u.Redacted())
 	}
 	if u.Path == "" || u.Path == "/" {
-		u.Path = Path
+		u.Path = defaultPath
 	}
 	u.Fragment = ""
 	return u, nil
@@ -161,7 +221,7 @@ func attestationURL(rawURL string) (*url.URL, error) {
 
 // fetch does the GET on a single connection and returns the body and the TLS
 // state of that connection.
-func fetch(ctx context.Context, u *url.URL, cfg RemoteConfig) ([]byte, tls.ConnectionState, error) {
+func fetch(ctx context.Context, u *url.URL, cfg RemoteConfig, maxBody int, accept string) ([]byte, tls.ConnectionState, error) {
 	var none tls.ConnectionState
 	addr := u.Host
 	if u.Port() == "" {
@@ -199,7 +259,7 @@ func fetch(ctx context.Context, u *url.URL, cfg RemoteConfig) ([]byte, tls.Conne
 	}
 	req.Close = true
 	req.Header.Set("User-Agent", "quench-verify")
-	req.Header.Set("Accept", "text/plain")
+	req.Header.Set("Accept", accept)
 	if err := req.Write(tc); err != nil {
 		return nil, none, ctxErr(ctx, err)
 	}
@@ -213,15 +273,15 @@ func fetch(ctx context.Context, u *url.URL, cfg RemoteConfig) ([]byte, tls.Conne
 	}
 	lim.n = int(^uint(0) >> 1) // the body has its own limit below, after its framing is decoded
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBody+1))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, int64(maxBody)+1))
 	if err != nil {
 		return nil, none, ctxErr(ctx, err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		return nil, none, fmt.Errorf("HTTP %s: %s", printable(resp.Status), firstLine(body))
 	}
-	if len(body) > maxResponseBody {
-		return nil, none, fmt.Errorf("response body larger than %d bytes", maxResponseBody)
+	if len(body) > maxBody {
+		return nil, none, fmt.Errorf("response body larger than %d bytes", maxBody)
 	}
 	return body, state, nil
 }

@@ -59,6 +59,12 @@ type Options struct {
 	// byte (for layouts other than UserData); an empty non-nil UserData
 	// requires a document without user data. Default: not checked.
 	UserData []byte
+
+	// PublicKey, when non-nil, must equal the document's public_key byte
+	// for byte; it must not be empty. quench puts the SHA-256 of its
+	// configuration there in /enclave/config's documents (see
+	// VerifyRemoteConfig). Default: not checked.
+	PublicKey []byte
 }
 
 func (o *Options) validate() error {
@@ -82,6 +88,9 @@ func (o *Options) validate() error {
 	if o.Nonce != nil && len(o.Nonce) == 0 {
 		return fmt.Errorf("%w: empty Nonce (leave it nil to skip the nonce check)", ErrInvalidOptions)
 	}
+	if o.PublicKey != nil && len(o.PublicKey) == 0 {
+		return fmt.Errorf("%w: empty PublicKey (leave it nil to skip the public key check)", ErrInvalidOptions)
+	}
 	if o.MaxAge < 0 {
 		return fmt.Errorf("%w: negative MaxAge %s", ErrInvalidOptions, o.MaxAge)
 	}
@@ -101,6 +110,7 @@ const (
 	CheckUserData    Check = "user_data"         // Options.UserData
 	CheckTLSCertHash Check = "tls_cert_hash"     // Options.TLSCertHash
 	CheckAppKeyHash  Check = "app_key_hash"      // Options.AppKeyHash
+	CheckPublicKey   Check = "public_key"        // Options.PublicKey
 )
 
 // Result is a verified attestation document. Verify returns one only when
@@ -130,7 +140,8 @@ type Result struct {
 // opts asks for. It returns a Result only if every check passed; otherwise
 // the error matches one sentinel (ErrBadDocument, ErrUntrustedChain,
 // ErrBadSignature, ErrPCRMismatch, ErrNonceMismatch, ErrTooOld,
-// ErrUserDataMismatch, ErrTimeRequired, ErrInvalidOptions) and nitrite's own
+// ErrUserDataMismatch, ErrPublicKeyMismatch, ErrTimeRequired,
+// ErrInvalidOptions) and nitrite's own
 // sentinels stay matchable with errors.Is.
 //
 // Certificate revocation is not checked (Nitro publishes no CRLs).
@@ -239,6 +250,12 @@ func Verify(doc []byte, opts Options) (*Result, error) {
 			}
 			res.Checks = append(res.Checks, CheckAppKeyHash)
 		}
+	}
+	if opts.PublicKey != nil {
+		if !bytes.Equal(d.PublicKey, opts.PublicKey) {
+			return nil, fmt.Errorf("%w: want %s, got %s", ErrPublicKeyMismatch, hexOrNone(opts.PublicKey), hexOrNone(d.PublicKey))
+		}
+		res.Checks = append(res.Checks, CheckPublicKey)
 	}
 	return res, nil
 }

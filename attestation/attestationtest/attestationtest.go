@@ -3,6 +3,9 @@ package attestationtest
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -160,18 +163,49 @@ func NewDevAttester(tb testing.TB, cfg attestation.DevConfig) *attestation.DevAt
 // pool from srv.Client().
 func NewServer(tb testing.TB, a attestation.Attester) *httptest.Server {
 	tb.Helper()
+	return NewConfigServer(tb, a, nil, nil)
+}
+
+// NewConfigServer is NewServer that also serves attestation.ConfigPath as
+// quench's enclave does: GET ?nonce=<hex> answers {"config": served,
+// "attestation": base64 document} whose public_key is the SHA-256 of
+// attested (of served, when attested is nil; a different value stands for
+// a configuration swapped on the way) and whose user data binds the
+// server's certificate. served must be compact JSON (as the enclave serves
+// it: the encoder compacts it). With served nil, ConfigPath is not served.
+func NewConfigServer(tb testing.TB, a attestation.Attester, served, attested []byte) *httptest.Server {
+	tb.Helper()
 	srv := httptest.NewUnstartedServer(nil)
-	h, err := attestation.NewHandler(attestation.HandlerConfig{
-		Attester: a,
-		UserData: func() ([]byte, error) {
-			return attestation.UserData{TLSCertHash: attestation.CertHash(srv.Certificate().Raw)}.Marshal(), nil
-		},
-	})
+	userData := func() ([]byte, error) {
+		return attestation.UserData{TLSCertHash: attestation.CertHash(srv.Certificate().Raw)}.Marshal(), nil
+	}
+	h, err := attestation.NewHandler(attestation.HandlerConfig{Attester: a, UserData: userData})
 	if err != nil {
 		tb.Fatalf("attestationtest: %v", err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle(attestation.Path, h)
+	if served != nil {
+		if attested == nil {
+			attested = served
+		}
+		sum := sha256.Sum256(attested)
+		mux.HandleFunc(attestation.ConfigPath, func(w http.ResponseWriter, r *http.Request) {
+			nonce, err := attestation.ParseNonce(r.URL.Query().Get("nonce"))
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			ud, _ := userData()
+			doc, err := a.Attest(r.Context(), attestation.Request{Nonce: nonce, UserData: ud, PublicKey: sum[:]})
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode(map[string]any{"config": json.RawMessage(served), "attestation": base64.StdEncoding.EncodeToString(doc)})
+		})
+	}
 	srv.Config.Handler = mux
 	srv.StartTLS()
 	tb.Cleanup(srv.Close)
