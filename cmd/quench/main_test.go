@@ -390,3 +390,43 @@ func TestVerifyErrorIsTerminalSafe(t *testing.T) {
 		t.Errorf("stderr is not one line: %q", stderr)
 	}
 }
+
+// TestVerifyConfig: --config verifies and prints the attested configuration
+// (text and JSON), rejects one the document does not bind, and is refused
+// with --doc.
+func TestVerifyConfig(t *testing.T) {
+	f := newFixture(t)
+	config := []byte("{\"egress\":[\"kms.us-east-1.amazonaws.com:443\"],\"annotations\":{\"app_sandbox\":\"seccomp\",\"note\":\"\u202egnp.exe\"}}")
+	srv := attestationtest.NewConfigServer(t, f.dev, config, nil)
+	code, stdout, stderr := runQuench(t, "", "verify", "--config", srv.URL, "--roots", f.rootsPath, "--insecure-skip-tls-verify")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	for _, want := range []string{"public_key", "config (bound by public_key):", `"kms.us-east-1.amazonaws.com:443"`, `"app_sandbox": "seccomp"`, `\u202egnp.exe`} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("output lacks %q:\n%s", want, stdout)
+		}
+	}
+	if strings.ContainsRune(stdout, '\u202e') {
+		t.Errorf("a bidirectional override reached the terminal:\n%q", stdout)
+	}
+
+	code, stdout, stderr = runQuench(t, "", "verify", "--json", "--config", srv.URL, "--roots", f.rootsPath, "--insecure-skip-tls-verify")
+	var got struct {
+		Checks []string
+		Config map[string]any
+	}
+	if code != 0 || json.Unmarshal([]byte(stdout), &got) != nil || got.Config["egress"] == nil || !strings.Contains(strings.Join(got.Checks, ","), "public_key") {
+		t.Errorf("--json: exit %d, %s %s", code, stdout, stderr)
+	}
+
+	swapped := attestationtest.NewConfigServer(t, f.dev, []byte(`{"egress":null}`), config)
+	code, stdout, stderr = runQuench(t, "", "verify", "--config", swapped.URL, "--roots", f.rootsPath, "--insecure-skip-tls-verify")
+	if code != 1 || !strings.Contains(stderr, "public key mismatch") || strings.Contains(stdout, "egress") {
+		t.Errorf("swapped configuration: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+	code, _, stderr = runQuench(t, "", "verify", "--config", "--doc", f.devDoc)
+	if code != 2 || !strings.Contains(stderr, "--config is for a URL") {
+		t.Errorf("--config with --doc: exit %d, %s", code, stderr)
+	}
+}

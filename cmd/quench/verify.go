@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -21,11 +22,15 @@ import (
 )
 
 const verifyUsage = `usage: quench verify https://HOST[:PORT][/PATH] [flags]
+       quench verify --config https://HOST[:PORT][/PATH] [flags]
        quench verify --doc FILE [flags]
 
 With a URL, quench picks a random nonce, fetches GET /enclave/attestation?nonce=...
 over TLS, verifies the document, and checks that it binds the certificate the
-server presented on that same connection. With --doc, it verifies a stored
+server presented on that same connection. With --config, it fetches the
+enclave's configuration instead (GET /enclave/config?nonce=...: its egress
+policy, how its app is sandboxed, ...), checks the same and that the document
+binds that configuration, and prints it. With --doc, it verifies a stored
 document (base64 or raw CBOR; "-" reads stdin).
 
 flags:
@@ -104,6 +109,7 @@ type verifyConfig struct {
 	timeout  time.Duration
 	insecure bool
 	json     bool
+	config   bool
 }
 
 // parseVerify parses the verify arguments; flags and the URL may come in any
@@ -132,6 +138,7 @@ func parseVerify(args []string, stderr io.Writer) (*verifyConfig, int) {
 	fs.BoolVar(&c.insecure, "insecure-skip-tls-verify", false, "with a URL: do not verify the server certificate against the system roots\n(enclave certificates are usually self-signed; the attestation document's\ncertificate binding still authenticates the connection)")
 	fs.DurationVar(&c.timeout, "timeout", 30*time.Second, "with a URL: give up after `DURATION`")
 	fs.BoolVar(&c.json, "json", false, "print the verified document and the checks as JSON")
+	fs.BoolVar(&c.config, "config", false, "with a URL: verify and print the enclave's attested configuration (/enclave/config) rather than a bare document")
 
 	var pos []string
 	for {
@@ -176,6 +183,9 @@ func parseVerify(args []string, stderr io.Writer) (*verifyConfig, int) {
 		if c.insecure {
 			return usageErr("--insecure-skip-tls-verify is for a URL")
 		}
+		if c.config {
+			return usageErr("--config is for a URL: a stored document does not carry the configuration")
+		}
 	}
 	if at == "" {
 		c.at = time.Now()
@@ -197,7 +207,7 @@ func runVerify(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	if c == nil {
 		return code
 	}
-	res, err := verify(ctx, c, stdin)
+	res, config, err := verify(ctx, c, stdin)
 	if err != nil {
 		msg := terminalSafe(strings.Join(strings.Fields(err.Error()), " ")) // one line
 		fmt.Fprintf(stderr, "quench verify: FAILED: %s\n", msg)
@@ -209,14 +219,34 @@ func runVerify(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	if c.json {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		if err := enc.Encode(jsonResult(res, c.at)); err != nil {
+		j := jsonResult(res, c.at)
+		j.Config = config
+		if err := enc.Encode(j); err != nil {
 			fmt.Fprintf(stderr, "quench verify: %v\n", err)
 			return exitFailed
 		}
 		return exitOK
 	}
 	printResult(stdout, res, c.at)
+	if config != nil {
+		printConfig(stdout, config)
+	}
 	return exitOK
+}
+
+// printConfig prints an attested configuration indented, one line at a
+// time through terminalSafe: JSON strings may hold characters (U+202E)
+// that reorder what a terminal shows.
+func printConfig(w io.Writer, config []byte) {
+	var b bytes.Buffer
+	if err := json.Indent(&b, config, "", "  "); err != nil {
+		b.Reset()
+		b.Write(config)
+	}
+	fmt.Fprintln(w, "config (bound by public_key):")
+	for _, line := range strings.Split(b.String(), "\n") {
+		fmt.Fprintln(w, terminalSafe(line))
+	}
 }
 
 // terminalSafe returns s with every character that is neither printable nor
@@ -238,8 +268,9 @@ func terminalSafe(s string) string {
 	return b.String()
 }
 
-// verify builds the policy from c and runs the library.
-func verify(ctx context.Context, c *verifyConfig, stdin io.Reader) (*attestation.Result, error) {
+// verify builds the policy from c and runs the library. It returns the
+// attested configuration too with --config.
+func verify(ctx context.Context, c *verifyConfig, stdin io.Reader) (*attestation.Result, []byte, error) {
 	opts := attestation.Options{Time: c.at, MaxAge: c.maxAge}
 	if len(c.pcrs) > 0 {
 		opts.PCRs = c.pcrs
@@ -256,26 +287,32 @@ func verify(ctx context.Context, c *verifyConfig, stdin io.Reader) (*attestation
 	if c.roots != "" {
 		roots, err := attestation.LoadRoots(c.roots)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		opts.Roots = roots
 	}
 	if c.url != "" {
-		return attestation.VerifyRemote(ctx, c.url, attestation.RemoteConfig{
+		rc := attestation.RemoteConfig{
 			Options:   opts,
 			TLSConfig: &tls.Config{InsecureSkipVerify: c.insecure}, //nolint:gosec // see the flag's help
 			Timeout:   c.timeout,
-		})
+		}
+		if c.config {
+			return attestation.VerifyRemoteConfig(ctx, c.url, rc)
+		}
+		res, err := attestation.VerifyRemote(ctx, c.url, rc)
+		return res, nil, err
 	}
 	data, err := readDoc(c.docPath, stdin)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	doc, err := attestation.DecodeDocument(data)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return attestation.Verify(doc, opts)
+	res, err := attestation.Verify(doc, opts)
+	return res, nil, err
 }
 
 // readDoc reads at most a little more than any valid document.
@@ -307,6 +344,7 @@ type resultJSON struct {
 	Certificate  string            `json:"certificate_subject"`
 	CertNotAfter string            `json:"certificate_not_after"`
 	Checks       []string          `json:"checks"`
+	Config       json.RawMessage   `json:"config,omitempty"` // --config: the attested configuration
 }
 
 func hexPtr(b []byte) *string {
