@@ -208,6 +208,15 @@ func TestServeHTTPSAndAttestation(t *testing.T) {
 	if diff := cmp.Diff(sum[:], cres.PublicKey); diff != "" {
 		t.Errorf("config hash in public_key (-want +got):\n%s", diff)
 	}
+	// The client side: VerifyRemoteConfig checks all of it on one
+	// connection (nonce, certificate binding, the configuration's hash).
+	_, vc, err := attestation.VerifyRemoteConfig(context.Background(), env.public, attestation.RemoteConfig{
+		Options:   attestation.Options{Time: time.Now(), Roots: env.dev.Roots()},
+		TLSConfig: &tls.Config{InsecureSkipVerify: true},
+	})
+	if err != nil || string(vc) != strings.TrimSpace(plain) {
+		t.Errorf("VerifyRemoteConfig: %s, %v; want %s", vc, err, plain)
+	}
 }
 
 // TestServeConfigEgress: /enclave/config lists the egress policy's rules
