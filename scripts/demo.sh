@@ -75,15 +75,29 @@ HOST_PID=$!
 for _ in $(seq 100); do [ -S "$WORK/vsock-3-1024.sock" ] && break; sleep 0.1; done
 [ -S "$WORK/vsock-3-1024.sock" ] || { cat "$WORK/host.log"; die "quench-host did not start"; }
 
-step "quench-enclave in network namespace $NS (TAP mode, development attester, Python app)"
+step "quench-enclave in network namespace $NS (TAP mode, development attester, Python app as nobody)"
+# The app runs as nobody (-app-user), as an enclave's app should: a root app
+# could reconfigure the enclave's network past the sandbox. Its file goes
+# where nobody can read it; $WORK itself stays closed to listing.
+chmod 0711 "$WORK"
+install -d -m 0755 "$WORK/app"
+install -m 0644 "$ROOT/examples/sidecar/app.py" "$WORK/app/app.py"
+# Debian's python3 first: one under /root (pyenv) is not nobody's to run.
+PY=/usr/bin/python3
+[ -x "$PY" ] || PY=$(command -v python3)
+APP_USER=(-app-user nobody)
+if ! runuser -u nobody -- "$PY" -c '' 2>/dev/null; then
+    echo "note: $PY cannot run as nobody here; the app runs as root"
+    APP_USER=()
+fi
 ip netns add "$NS"
 ip netns exec "$NS" "$BIN/quench-enclave" \
     -host vsock://3:1024 -resolv-conf "$WORK/resolv.conf" \
     -app-url http://127.0.0.1:8081 -wait-for-app \
     -dev-attester -dev-root-out "$WORK/dev-root.pem" \
-    -allow "192.168.127.254:$PORT/tcp" \
+    -allow "192.168.127.254:$PORT/tcp" "${APP_USER[@]}" \
     -log-level info \
-    -- python3 "$ROOT/examples/sidecar/app.py" >"$WORK/enclave.log" 2>&1 &
+    -- "$PY" "$WORK/app/app.py" >"$WORK/enclave.log" 2>&1 &
 ENCL_PID=$!
 
 ok=
@@ -101,6 +115,9 @@ echo "health: $(fetch "https://127.0.0.1:$PORT/enclave/health")"
 
 step "quench verify (development root; the certificate is self-signed, the document binds it)"
 "$BIN/quench" verify "https://127.0.0.1:$PORT" --roots "$WORK/dev-root.pem" --insecure-skip-tls-verify --max-age 1m
+
+step "quench verify --config: the policy the enclave attests (bound by the document's public_key)"
+"$BIN/quench" verify --config "https://127.0.0.1:$PORT" --roots "$WORK/dev-root.pem" --insecure-skip-tls-verify --max-age 1m | sed -n '/^config/,$p'
 
 step "egress policy, enforced inside the enclave for every program (-allow 192.168.127.254:$PORT/tcp)"
 ip netns exec "$NS" python3 - "$PORT" <<'PY'

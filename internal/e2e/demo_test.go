@@ -83,12 +83,41 @@ func TestDemo(t *testing.T) {
 	hostProc := startHost("quench-host")
 
 	devRoot := filepath.Join(dir, "dev-root.pem")
+	// The app runs as nobody, as in the demo: its file where nobody can
+	// read it.
+	appDir := filepath.Join(dir, "app")
+	app, err := os.ReadFile(filepath.Join(root, "examples/sidecar/app.py"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{filepath.Dir(dir), dir} {
+		if err := os.Chmod(d, 0o711); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Mkdir(appDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(appDir, "app.py"), app, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Debian's python3 first: one under /root (pyenv) is not nobody's to
+	// run; if none is, the app runs as root, as the demo then does.
+	py := "/usr/bin/python3"
+	if _, err := os.Stat(py); err != nil {
+		py = "python3"
+	}
+	appUser := []string{"-app-user", "nobody"}
+	if err := exec.Command("runuser", "-u", "nobody", "--", py, "-c", "").Run(); err != nil {
+		t.Logf("%s cannot run as nobody (%v): the app runs as root", py, err)
+		appUser = nil
+	}
 	cmd := ns.Command(filepath.Join(bin, "quench-enclave"),
 		"-host", "vsock://3:1024", "-resolv-conf", filepath.Join(dir, "resolv.conf"),
 		"-app-url", "http://127.0.0.1:8081", "-wait-for-app",
 		"-dev-attester", "-dev-root-out", devRoot, "-log-level", "debug",
-		"-allow", fmt.Sprintf("%s:%d/tcp", hostLoopback, port),
-		"--", "python3", filepath.Join(root, "examples/sidecar/app.py"))
+		"-allow", fmt.Sprintf("%s:%d/tcp", hostLoopback, port))
+	cmd.Args = append(append(cmd.Args, appUser...), "--", py, filepath.Join(appDir, "app.py"))
 	cmd.Env = env
 	encl := testutil.Start(t, "quench-enclave", cmd)
 
@@ -113,6 +142,13 @@ func TestDemo(t *testing.T) {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("quench verify output lacks %q:\n%s", want, out)
 		}
+	}
+	// The attested configuration, as the demo shows it: the policy and
+	// the app's sandbox, bound by the document.
+	out, err = exec.Command(filepath.Join(bin, "quench"), "verify", "--config", base,
+		"--roots", devRoot, "--insecure-skip-tls-verify", "--max-age", "1m").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "public_key") || !strings.Contains(string(out), `"egress": [`) || !strings.Contains(string(out), `"app_sandbox": "seccomp"`) || (appUser != nil && !strings.Contains(string(out), `"app_user": "65534:65534"`)) {
+		t.Errorf("quench verify --config: %v\n%s", err, out)
 	}
 	// Against the AWS root, the development document must fail.
 	if out, err := exec.Command(filepath.Join(bin, "quench"), "verify", base, "--insecure-skip-tls-verify").CombinedOutput(); err == nil {
