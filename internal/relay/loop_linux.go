@@ -119,11 +119,24 @@ func dupSocket(c net.Conn) (int, bool) {
 	if err != nil {
 		return -1, false
 	}
+	// TCP and unix stream connections are streams; other kinds (VSOCK)
+	// are asked. Each system call saved counts when every client request
+	// is a connection of its own.
+	stream := false
+	switch c := c.(type) {
+	case *net.TCPConn:
+		stream = true
+	case *net.UnixConn:
+		a, ok := c.LocalAddr().(*net.UnixAddr)
+		stream = ok && a != nil && a.Net == "unix"
+	}
 	nfd := -1
 	cerr := rc.Control(func(fd uintptr) {
-		typ, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TYPE)
-		if err != nil || typ != unix.SOCK_STREAM {
-			return
+		if !stream {
+			typ, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TYPE)
+			if err != nil || typ != unix.SOCK_STREAM {
+				return
+			}
 		}
 		// At least 3: a write to a broken stream on fd 1 or 2 would
 		// kill the process with SIGPIPE (os/signal).
@@ -131,7 +144,9 @@ func dupSocket(c net.Conn) (int, bool) {
 		if err != nil {
 			return
 		}
-		if unix.SetNonblock(d, true) != nil {
+		// The duplicate shares the file status flags: Go's sockets are
+		// non-blocking already, so one F_GETFL usually settles it.
+		if fl, err := unix.FcntlInt(uintptr(d), unix.F_GETFL, 0); err != nil || (fl&unix.O_NONBLOCK == 0 && unix.SetNonblock(d, true) != nil) {
 			_ = unix.Close(d)
 			return
 		}
@@ -468,6 +483,12 @@ func (p *pair) copy(from int) bool {
 	}
 	if src.eof && dst.pend == nil && !dst.shut {
 		dst.shut = true
+		if dst.eof && src.pend == nil {
+			// Both directions are done: pump finishes the pair now, and
+			// close sends the FIN (dst's input was read to its end) for
+			// one system call less per connection.
+			return true
+		}
 		if err := unix.Shutdown(dst.fd, unix.SHUT_WR); err != nil {
 			// Cannot half-close (the peer is gone): end both, as the
 			// goroutine relay does.
