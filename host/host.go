@@ -240,6 +240,40 @@ func addr(a netip.Addr) tcpip.Address { return tcpip.AddrFromSlice(a.AsSlice()) 
 // called for several listeners at once. It closes ln before returning and
 // returns nil after Close.
 func (h *Host) Serve(ln net.Listener) error {
+	return h.acceptOn(ln, "Serve", "", func() {
+		h.log.Info("accepting enclave streams", "addr", ln.Addr().String())
+	}, func(c net.Conn) bool {
+		peer := peerID(c)
+		release := h.admitStream(peer)
+		if release == nil {
+			_ = c.Close()
+			return true
+		}
+		if !h.track(c) {
+			release()
+			h.handshakes.Add(-1)
+			_ = c.Close()
+			return false
+		}
+		h.wg.Add(1)
+		go func() {
+			defer h.wg.Done()
+			defer release()
+			defer h.untrack(c)
+			h.serveStream(c, peer)
+		}()
+		return true
+	})
+}
+
+// acceptOn is the accept loop of Serve and ServeVSockProxy (method names
+// the caller in errors, label prefixes its log and error messages): it
+// refuses ln before Start and after Close, registers it for Close (with
+// registered, if not nil, run under h.mu), retries failed accepts with
+// backoff, and gives each connection to handle, which reports false when
+// the Host is closing. It closes ln before returning and returns nil after
+// Close.
+func (h *Host) acceptOn(ln net.Listener, method, label string, registered func(), handle func(net.Conn) bool) error {
 	h.mu.Lock()
 	if h.closed {
 		h.mu.Unlock()
@@ -249,9 +283,12 @@ func (h *Host) Serve(ln net.Listener) error {
 	if !h.started {
 		h.mu.Unlock()
 		_ = ln.Close()
-		return errors.New("host: Serve called before Start")
+		return fmt.Errorf("host: %s called before Start", method)
 	}
 	h.listeners[ln] = ln.Addr().String()
+	if registered != nil {
+		registered()
+	}
 	h.wg.Add(1)
 	h.mu.Unlock()
 	defer h.wg.Done()
@@ -261,7 +298,6 @@ func (h *Host) Serve(ln net.Listener) error {
 		h.mu.Unlock()
 		_ = ln.Close()
 	}()
-	h.log.Info("accepting enclave streams", "addr", ln.Addr().String())
 	var backoff endpoint.AcceptBackoff
 	for {
 		c, err := ln.Accept()
@@ -270,34 +306,18 @@ func (h *Host) Serve(ln net.Listener) error {
 				return nil
 			}
 			if backoff.Wait(h.ctx, err) {
-				h.log.Warn("accept failed; retrying", "err", err, "after", backoff.Delay())
+				h.log.Warn(label+"accept failed; retrying", append([]any{"addr", ln.Addr().String(), "err", err, "after", backoff.Delay()}, fdHint(err)...)...)
 				continue
 			}
 			if h.ctx.Err() != nil {
 				return nil
 			}
-			return fmt.Errorf("host: accept: %w", err)
+			return fmt.Errorf("host: %saccept: %w", label, err)
 		}
 		backoff.Reset()
-		peer := peerID(c)
-		release := h.admitStream(peer)
-		if release == nil {
-			_ = c.Close()
-			continue
-		}
-		if !h.track(c) {
-			release()
-			h.handshakes.Add(-1)
-			_ = c.Close()
+		if !handle(c) {
 			return nil
 		}
-		h.wg.Add(1)
-		go func() {
-			defer h.wg.Done()
-			defer release()
-			defer h.untrack(c)
-			h.serveStream(c, peer)
-		}()
 	}
 }
 

@@ -10,7 +10,6 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/quenchnet/quench/internal/endpoint"
 	"github.com/quenchnet/quench/internal/relay"
 )
 
@@ -141,61 +140,26 @@ func (h *Host) ServeVSockProxy(ln net.Listener, p VSockProxy) error {
 		return fmt.Errorf("host: vsock-proxy %s: %w", p, err)
 	}
 	vp := &vsockProxy{spec: p, addr: ln.Addr().String()}
-	h.mu.Lock()
-	if h.closed {
-		h.mu.Unlock()
-		_ = ln.Close()
-		return fmt.Errorf("host: %w", net.ErrClosed)
-	}
-	if !h.started {
-		h.mu.Unlock()
-		_ = ln.Close()
-		return errors.New("host: ServeVSockProxy called before Start")
-	}
-	h.listeners[ln] = vp.addr
-	h.vsockProxies = append(h.vsockProxies, vp)
-	h.wg.Add(1)
-	h.mu.Unlock()
-	defer h.wg.Done()
-	defer func() {
-		h.mu.Lock()
-		delete(h.listeners, ln)
-		h.mu.Unlock()
-		_ = ln.Close()
-	}()
-	h.log.Info("vsock-proxy: accepting enclave connections", "addr", vp.addr, "target", p.Target)
-	var backoff endpoint.AcceptBackoff
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if h.ctx.Err() != nil {
-				return nil
-			}
-			if backoff.Wait(h.ctx, err) {
-				h.log.Warn("vsock-proxy: accept failed; retrying", append([]any{"addr", vp.addr, "err", err, "after", backoff.Delay()}, fdHint(err)...)...)
-				continue
-			}
-			if h.ctx.Err() != nil {
-				return nil
-			}
-			return fmt.Errorf("host: vsock-proxy %s: accept: %w", p, err)
-		}
-		backoff.Reset()
+	return h.acceptOn(ln, "ServeVSockProxy", fmt.Sprintf("vsock-proxy %s: ", p), func() {
+		h.vsockProxies = append(h.vsockProxies, vp)
+		h.log.Info("vsock-proxy: accepting enclave connections", "addr", vp.addr, "target", p.Target)
+	}, func(c net.Conn) bool {
 		peer := peerID(c)
 		if !h.natStats.proxyConns.acquire(peer) {
 			vp.refused.Add(1)
 			h.warnDial("vsock-proxy: connection limit reached; enclave connection closed", errProxyLimit, "peer", peer, "target", p.Target)
 			_ = c.Close()
-			continue
+			return true
 		}
 		vp.accepted.Add(1)
 		cc := &connCloser{conns: []net.Conn{c}}
 		if !h.goTracked(func() { h.serveProxyConn(vp, c, cc, peer) }) {
 			h.natStats.proxyConns.release(peer)
 			_ = c.Close()
-			return nil
+			return false
 		}
-	}
+		return true
+	})
 }
 
 // errProxyLimit: a vsock-proxy connection was closed at MaxVSockProxyConns

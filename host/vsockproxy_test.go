@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/quenchnet/quench/host"
+	"github.com/quenchnet/quench/internal/testutil"
 )
 
 func TestParseVSockProxy(t *testing.T) {
@@ -72,29 +73,14 @@ func proxyTarget(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { _ = ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				_, _ = io.WriteString(c, "hello\n")
-				h := sha256.New()
-				_, _ = io.Copy(io.MultiWriter(c, h), c)
-				_, _ = c.Write(h.Sum(nil))
-				_ = c.(*net.TCPConn).CloseWrite()
-				_, _ = io.Copy(io.Discard, c)
-			}()
-		}
-	}()
+	testutil.ServeConnsWait(t, ln, func(c net.Conn) {
+		_, _ = io.WriteString(c, "hello\n")
+		h := sha256.New()
+		_, _ = io.Copy(io.MultiWriter(c, h), c)
+		_, _ = c.Write(h.Sum(nil))
+		_ = c.(*net.TCPConn).CloseWrite()
+		_, _ = io.Copy(io.Discard, c)
+	})
 	return ln.Addr().String()
 }
 
