@@ -240,9 +240,10 @@ func addr(a netip.Addr) tcpip.Address { return tcpip.AddrFromSlice(a.AsSlice()) 
 // called for several listeners at once. It closes ln before returning and
 // returns nil after Close.
 func (h *Host) Serve(ln net.Listener) error {
-	return h.acceptOn(ln, "Serve", "", func() {
+	return h.acceptOn(ln, "Serve", "", func() error {
 		h.log.Info("accepting enclave streams", "addr", ln.Addr().String())
-	}, func(c net.Conn) bool {
+		return nil
+	}, nil, func(c net.Conn) bool {
 		peer := peerID(c)
 		release := h.admitStream(peer)
 		if release == nil {
@@ -268,12 +269,13 @@ func (h *Host) Serve(ln net.Listener) error {
 
 // acceptOn is the accept loop of Serve and ServeVSockProxy (method names
 // the caller in errors, label prefixes its log and error messages): it
-// refuses ln before Start and after Close, registers it for Close (with
-// registered, if not nil, run under h.mu), retries failed accepts with
+// refuses ln before Start and after Close, registers it for Close (register
+// runs under h.mu first and may refuse ln with an error; unregister, if not
+// nil, runs under h.mu when the loop ends), retries failed accepts with
 // backoff, and gives each connection to handle, which reports false when
 // the Host is closing. It closes ln before returning and returns nil after
 // Close.
-func (h *Host) acceptOn(ln net.Listener, method, label string, registered func(), handle func(net.Conn) bool) error {
+func (h *Host) acceptOn(ln net.Listener, method, label string, register func() error, unregister func(), handle func(net.Conn) bool) error {
 	h.mu.Lock()
 	if h.closed {
 		h.mu.Unlock()
@@ -285,16 +287,21 @@ func (h *Host) acceptOn(ln net.Listener, method, label string, registered func()
 		_ = ln.Close()
 		return fmt.Errorf("host: %s called before Start", method)
 	}
-	h.listeners[ln] = ln.Addr().String()
-	if registered != nil {
-		registered()
+	if err := register(); err != nil {
+		h.mu.Unlock()
+		_ = ln.Close()
+		return err
 	}
+	h.listeners[ln] = ln.Addr().String()
 	h.wg.Add(1)
 	h.mu.Unlock()
 	defer h.wg.Done()
 	defer func() {
 		h.mu.Lock()
 		delete(h.listeners, ln)
+		if unregister != nil {
+			unregister()
+		}
 		h.mu.Unlock()
 		_ = ln.Close()
 	}()

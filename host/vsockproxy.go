@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -111,7 +112,8 @@ func (p *vsockProxy) status() VSockProxyStatus {
 }
 
 // VSockProxies returns the status of every VSockProxy being served, in the
-// order ServeVSockProxy was called.
+// order ServeVSockProxy was called; one whose ServeVSockProxy returned is
+// not listed.
 func (h *Host) VSockProxies() []VSockProxyStatus {
 	h.mu.Lock()
 	ps := append([]*vsockProxy(nil), h.vsockProxies...)
@@ -133,16 +135,26 @@ func (h *Host) VSockProxies() []VSockProxyStatus {
 // enclave sees its connection end before any byte). A connection is
 // closed after Config.NATIdleTimeout without a byte either way. Like
 // Serve, it may be called for several listeners at once, closes ln before
-// returning and returns nil after Close.
+// returning and returns nil after Close. A VSOCK port is served by one call
+// at a time: another for the same p.Port fails.
 func (h *Host) ServeVSockProxy(ln net.Listener, p VSockProxy) error {
 	if err := p.validate(); err != nil {
 		_ = ln.Close()
 		return fmt.Errorf("host: vsock-proxy %s: %w", p, err)
 	}
 	vp := &vsockProxy{spec: p, addr: ln.Addr().String()}
-	return h.acceptOn(ln, "ServeVSockProxy", fmt.Sprintf("vsock-proxy %s: ", p), func() {
+	return h.acceptOn(ln, "ServeVSockProxy", fmt.Sprintf("vsock-proxy %s: ", p), func() error {
+		if slices.ContainsFunc(h.vsockProxies, func(o *vsockProxy) bool { return o.spec.Port == p.Port }) {
+			// As on VSOCK, where the second listener fails with an address
+			// in use; two would also be two series with the same labels,
+			// which fail every /metrics scrape.
+			return fmt.Errorf("host: vsock-proxy %s: VSOCK port %d is served already", p, p.Port)
+		}
 		h.vsockProxies = append(h.vsockProxies, vp)
 		h.log.Info("vsock-proxy: accepting enclave connections", "addr", vp.addr, "target", p.Target)
+		return nil
+	}, func() {
+		h.vsockProxies = slices.DeleteFunc(h.vsockProxies, func(o *vsockProxy) bool { return o == vp })
 	}, func(c net.Conn) bool {
 		peer := peerID(c)
 		if !h.natStats.proxyConns.acquire(peer) {

@@ -341,3 +341,46 @@ func TestVSockProxyClose(t *testing.T) {
 		t.Errorf("ServeVSockProxy after Close: %v, want ErrClosed", err)
 	}
 }
+
+// TestVSockProxyServedOnce: VSockProxies lists the proxies being served
+// only, and one VSOCK port is served once at a time (as on VSOCK, where a
+// second listener fails with an address in use): a proxy served again
+// after its ServeVSockProxy ended, or twice at once, would otherwise be
+// two series with the same labels, which fail every /metrics scrape.
+func TestVSockProxyServedOnce(t *testing.T) {
+	target := proxyTarget(t)
+	h, _ := startHost(t, host.Config{})
+	p := host.VSockProxy{Port: 8000, Target: target}
+	ln, err := net.Listen("unix", filepath.Join(t.TempDir(), "first.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- h.ServeVSockProxy(ln, p) }()
+	waitFor(t, func() bool { return len(h.VSockProxies()) == 1 })
+	_ = ln.Close() // the listener fails: ServeVSockProxy returns
+	if err := <-done; err == nil {
+		t.Fatal("ServeVSockProxy on a closed listener: nil error")
+	}
+	if st := h.VSockProxies(); len(st) != 0 {
+		t.Errorf("VSockProxies after ServeVSockProxy returned: %+v, want none", st)
+	}
+	serveProxy(t, h, p) // served again
+	waitFor(t, func() bool { return len(h.VSockProxies()) == 1 })
+	if err := proxyExchange(h.VSockProxies()[0].Addr, []byte("again")); err != nil {
+		t.Fatal(err)
+	}
+	second, err := net.Listen("unix", filepath.Join(t.TempDir(), "second.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.ServeVSockProxy(second, p); err == nil || !strings.Contains(err.Error(), "served already") {
+		t.Errorf("the same VSOCK port served twice at once: %v, want an error", err)
+	}
+	if st := h.VSockProxies(); len(st) != 1 {
+		t.Errorf("VSockProxies: %+v, want one", st)
+	}
+	if n := gatherCollector(t, h)["quench_host_vsock_proxy_connections_total"]; n != 3 {
+		t.Errorf("quench_host_vsock_proxy_connections_total has %d series, want 3", n)
+	}
+}
