@@ -430,3 +430,30 @@ func TestVerifyConfig(t *testing.T) {
 		t.Errorf("--config with --doc: exit %d, %s", code, stderr)
 	}
 }
+
+// TestVerifyConfigJSONIsTerminalSafe: with --json, the attested
+// configuration (whatever an enclave with unpinned PCRs attests) reaches
+// stdout with its bidirectional overrides, C1 controls (U+009B is CSI),
+// DEL and bytes that are not UTF-8 escaped, as the text output and the
+// errors have them, and still decodes to the same values.
+func TestVerifyConfigJSONIsTerminalSafe(t *testing.T) {
+	f := newFixture(t)
+	config := []byte("{\"note\":\"\u202egnp.exe\u009b2J\x7f\xff\",\"emoji\":\"\U0001F600\",\"tag\":\"\U000E0041\"}")
+	srv := attestationtest.NewConfigServer(t, f.dev, config, nil)
+	code, stdout, stderr := runQuench(t, "", "verify", "--json", "--config", srv.URL, "--roots", f.rootsPath, "--insecure-skip-tls-verify")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	for _, bad := range []string{"\u202e", "\u009b", "\x7f", "\xff", "\U000E0041"} {
+		if strings.Contains(stdout, bad) {
+			t.Errorf("%q reached the terminal:\n%q", bad, stdout)
+		}
+	}
+	var got struct{ Config map[string]string }
+	if err := json.Unmarshal([]byte(stdout), &got); err != nil {
+		t.Fatalf("--json output: %v\n%s", err, stdout)
+	}
+	if got.Config["note"] != "\u202egnp.exe\u009b2J\x7f\ufffd" || got.Config["emoji"] != "\U0001F600" || got.Config["tag"] != "\U000E0041" {
+		t.Errorf("config decodes to %q", got.Config)
+	}
+}

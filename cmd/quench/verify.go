@@ -17,6 +17,8 @@ import (
 	"strings"
 	"time"
 	"unicode"
+	"unicode/utf16"
+	"unicode/utf8"
 
 	"github.com/quenchnet/quench/attestation"
 )
@@ -220,7 +222,7 @@ func runVerify(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		j := jsonResult(res, c.at)
-		j.Config = config
+		j.Config = jsonTerminalSafe(config)
 		if err := enc.Encode(j); err != nil {
 			fmt.Fprintf(stderr, "quench verify: %v\n", err)
 			return exitFailed
@@ -266,6 +268,31 @@ func terminalSafe(s string) string {
 		b.WriteString(q[1 : len(q)-1])
 	}
 	return b.String()
+}
+
+// jsonTerminalSafe returns the JSON value v with what terminalSafe escapes
+// (and bytes that are not UTF-8) written as \u escapes, which decode to the
+// same strings (U+FFFD for bytes that are not UTF-8, as encoding/json
+// decodes them): --json writes the attested configuration to a terminal
+// too. In valid JSON such characters occur in strings only.
+func jsonTerminalSafe(v []byte) json.RawMessage {
+	var b bytes.Buffer
+	for len(v) > 0 {
+		r, n := utf8.DecodeRune(v)
+		switch {
+		case r < utf8.RuneSelf && r != 0x7f, r != utf8.RuneError && unicode.IsPrint(r):
+			b.Write(v[:n])
+		default: // U+FFFD too: a byte that is not UTF-8 decodes to it
+			r1, r2 := utf16.EncodeRune(r)
+			if r1 == unicode.ReplacementChar {
+				fmt.Fprintf(&b, `\u%04x`, r)
+			} else {
+				fmt.Fprintf(&b, `\u%04x\u%04x`, r1, r2)
+			}
+		}
+		v = v[n:]
+	}
+	return b.Bytes()
 }
 
 // verify builds the policy from c and runs the library. It returns the
