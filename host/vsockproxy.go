@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -74,10 +75,29 @@ func (p VSockProxy) validate() error {
 	if strings.ContainsAny(h, " /\\%") || strings.ContainsFunc(h, func(r rune) bool { return r < 0x21 || r > 0x7e }) {
 		return fmt.Errorf("target %q: host is neither a name nor an address", p.Target)
 	}
+	if _, err := netip.ParseAddr(h); err != nil && endsInNumber(h) {
+		// getaddrinfo (Go's cgo resolver) reads inet_aton's forms:
+		// 010.0.0.1 is 8.0.0.1, 127.1 and 2130706433 are 127.0.0.1. No
+		// name's last label is a number.
+		return fmt.Errorf("target %q: host is not an address as written (IPv4 in dotted decimal, IPv6 in brackets) nor a name", p.Target)
+	}
 	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
 		return fmt.Errorf("target %q: port %q: want 1-65535", p.Target, port)
 	}
 	return nil
+}
+
+// endsInNumber reports whether the last label of h (a trailing dot aside)
+// is a decimal or 0x-hexadecimal number, as in inet_aton's forms of IPv4
+// addresses (the WHATWG URL standard's "ends in a number").
+func endsInNumber(h string) bool {
+	h = strings.TrimSuffix(h, ".")
+	last := h[strings.LastIndexByte(h, '.')+1:]
+	if len(last) > 1 && (last[:2] == "0x" || last[:2] == "0X") {
+		last = last[2:]
+		return !strings.ContainsFunc(last, func(r rune) bool { return !strings.ContainsRune("0123456789abcdefABCDEF", r) })
+	}
+	return last != "" && !strings.ContainsFunc(last, func(r rune) bool { return r < '0' || r > '9' })
 }
 
 // VSockProxyStatus describes one VSockProxy served by ServeVSockProxy and

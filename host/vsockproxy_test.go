@@ -26,6 +26,7 @@ func TestParseVSockProxy(t *testing.T) {
 		"8001:10.0.0.5:5432":                   {Port: 8001, Target: "10.0.0.5:5432"},
 		"8002:[2001:db8::1]:443":               {Port: 8002, Target: "[2001:db8::1]:443"},
 		"4294967294:localhost:1":               {Port: 4294967294, Target: "localhost:1"},
+		"8003:kms.example.1a:443":              {Port: 8003, Target: "kms.example.1a:443"},
 	}
 	for s, want := range good {
 		got, err := host.ParseVSockProxy(s)
@@ -54,6 +55,16 @@ func TestParseVSockProxy(t *testing.T) {
 		"8000:fe80::1%eth0:443":       "want HOST:PORT",
 		"8000:[fe80::1%25eth0]:443":   "neither a name nor an address",
 		"8000:unix:///run/x.sock:443": "want HOST:PORT",
+		// inet_aton's forms: getaddrinfo (Go's cgo resolver) reads them as
+		// addresses other than the one they seem to name (010.0.0.1 is
+		// 8.0.0.1; 127.1 and 2130706433 are 127.0.0.1).
+		"8000:010.0.0.1:443":  "not an address as written",
+		"8000:127.1:443":      "not an address as written",
+		"8000:2130706433:443": "not an address as written",
+		"8000:0x7f.1:443":     "not an address as written",
+		"8000:[127.1]:443":    "not an address as written",
+		"8000:10.0.0.1.:443":  "not an address as written",
+		"8000:kms.0X1F:443":   "not an address as written",
 	}
 	for s, want := range bad {
 		p, err := host.ParseVSockProxy(s)
