@@ -207,8 +207,9 @@ type Config struct {
 	// Defaults that bound file descriptors derive from the open-file limit
 	// (RLIMIT_NOFILE as Go raised it at start-up, see FileLimit): published
 	// ports at most 1/2 of it, NAT TCP 1/4, NAT UDP at most 1/8, vsock-proxy
-	// connections 1/8, leaving the rest for enclave streams and listeners. Refusals are
-	// counted (LimitStats, PortStatus.Refused, metrics).
+	// connections 1/16, leaving the rest, at least 1/16, for enclave streams
+	// and listeners. Refusals are counted (LimitStats, PortStatus.Refused,
+	// metrics).
 
 	// MaxPortConns bounds the client connections of all published TCP
 	// ports together (a fast-path client holds two descriptors, one through
@@ -272,7 +273,7 @@ type Config struct {
 	// and the target's), and MaxVSockProxyConnsPerPeer those from one peer
 	// (a VSOCK CID: one enclave), so that one enclave cannot take them all.
 	// Connections beyond are closed at once and counted. Default:
-	// FileLimit()/16 in total, half of it per peer.
+	// FileLimit()/32 in total, half of it per peer.
 	MaxVSockProxyConns        int
 	MaxVSockProxyConnsPerPeer int
 
@@ -561,6 +562,6 @@ func (c *Config) limitDefaults() {
 		c.NATIdleTimeout = DefaultNATIdleTimeout
 	}
 	def(&c.MaxDialsPerEnclave, half(c.MaxInFlightDials))
-	def(&c.MaxVSockProxyConns, fds/16)
+	def(&c.MaxVSockProxyConns, fds/32)
 	def(&c.MaxVSockProxyConnsPerPeer, half(c.MaxVSockProxyConns))
 }

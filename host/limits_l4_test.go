@@ -623,7 +623,7 @@ func TestCollectorLimits(t *testing.T) {
 		}
 	}
 	if c := h.Config(); c.MaxPortConns <= 0 || c.MaxNATConns <= 0 || c.MaxNATConnsPerEnclave <= 0 || c.MaxNATUDPFlows <= 0 ||
-		c.MaxDialsPerEnclave != c.MaxInFlightDials/2 || c.MaxVSockProxyConns != max(host.FileLimit()/16, 1) || c.MaxVSockProxyConnsPerPeer != c.MaxVSockProxyConns/2 || c.FirstByteTimeout != host.DefaultFirstByteTimeout || c.NATIdleTimeout != host.DefaultNATIdleTimeout {
+		c.MaxDialsPerEnclave != c.MaxInFlightDials/2 || c.MaxVSockProxyConns != max(host.FileLimit()/32, 1) || c.MaxVSockProxyConnsPerPeer != c.MaxVSockProxyConns/2 || c.FirstByteTimeout != host.DefaultFirstByteTimeout || c.NATIdleTimeout != host.DefaultNATIdleTimeout {
 		t.Errorf("default limits not filled in: %+v", c)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -393,5 +394,38 @@ func TestVSockProxyServedOnce(t *testing.T) {
 	}
 	if n := gatherCollector(t, h)["quench_host_vsock_proxy_connections_total"]; n != 3 {
 		t.Errorf("quench_host_vsock_proxy_connections_total has %d series, want 3", n)
+	}
+}
+
+// TestDefaultLimitsLeaveDescriptors: at every open-file limit, the default
+// limits together (published ports 2 descriptors a connection, NAT TCP 1,
+// NAT UDP 1 a flow, vsock-proxy 2) leave at least a sixteenth of the
+// descriptors to enclave streams, listeners and the control API. With
+// vsock-proxy's FileLimit/16 they took all of them at limits up to 8192
+// (NAT UDP's share is a full eighth there), so hostile clients and
+// enclaves at their limits left no descriptor for an enclave to reconnect.
+func TestDefaultLimitsLeaveDescriptors(t *testing.T) {
+	var old syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &old); err != nil {
+		t.Skip(err)
+	}
+	t.Cleanup(func() { _ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &old) })
+	for _, n := range []uint64{1024, 4096, 8192, 16384, 1 << 20} {
+		if n > old.Max {
+			continue
+		}
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: n, Max: old.Max}); err != nil {
+			t.Fatal(err)
+		}
+		h, err := host.New(host.Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := h.Config()
+		used := 2*c.MaxPortConns + c.MaxNATConns + c.MaxNATUDPFlows + 2*c.MaxVSockProxyConns
+		if left := int(n) - used; left < int(n)/16 {
+			t.Errorf("open-file limit %d: the default limits take %d descriptors, leaving %d (want at least %d)", n, used, left, n/16)
+		}
+		_ = h.Close()
 	}
 }
