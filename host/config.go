@@ -263,9 +263,9 @@ type Config struct {
 	MaxNATUDPFlows           int
 	MaxNATUDPFlowsPerEnclave int
 
-	// NATIdleTimeout closes an enclave's TCP connection through the NAT
-	// when neither direction moved a byte for this long (keepalive probes
-	// carry none). Negative: never. Default: DefaultNATIdleTimeout (2h).
+	// NATIdleTimeout closes an enclave's TCP connection through the NAT,
+	// or a VSockProxy connection, when neither direction moved a byte for
+	// this long (keepalive probes carry none). Negative: never. Default: DefaultNATIdleTimeout (2h).
 	NATIdleTimeout time.Duration
 
 	// MaxVSockProxyConns bounds the connections of all VSockProxy ports

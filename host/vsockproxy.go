@@ -75,7 +75,13 @@ func (p VSockProxy) validate() error {
 	if strings.ContainsAny(h, " /\\%") || strings.ContainsFunc(h, func(r rune) bool { return r < 0x21 || r > 0x7e }) {
 		return fmt.Errorf("target %q: host is neither a name nor an address", p.Target)
 	}
-	if _, err := netip.ParseAddr(h); err != nil && endsInNumber(h) {
+	a, err := netip.ParseAddr(h)
+	if err == nil && a.Unmap().IsUnspecified() {
+		// connect(2) to 0.0.0.0 or :: reaches the host's own services,
+		// which the NAT refuses for that reason; name 127.0.0.1 to mean it.
+		return fmt.Errorf("target %q: the unspecified address reaches the host itself; name 127.0.0.1 if that is meant", p.Target)
+	}
+	if err != nil && endsInNumber(h) {
 		// getaddrinfo (Go's cgo resolver) reads inet_aton's forms:
 		// 010.0.0.1 is 8.0.0.1, 127.1 and 2130706433 are 127.0.0.1. No
 		// name's last label is a number.

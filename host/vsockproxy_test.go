@@ -56,6 +56,9 @@ func TestParseVSockProxy(t *testing.T) {
 		"8000:fe80::1%eth0:443":       "want HOST:PORT",
 		"8000:[fe80::1%25eth0]:443":   "neither a name nor an address",
 		"8000:unix:///run/x.sock:443": "want HOST:PORT",
+		"8000:0.0.0.0:443":            "unspecified",
+		"8000:[::]:443":               "unspecified",
+		"8000:[::ffff:0.0.0.0]:443":   "unspecified",
 		// inet_aton's forms: getaddrinfo (Go's cgo resolver) reads them as
 		// addresses other than the one they seem to name (010.0.0.1 is
 		// 8.0.0.1; 127.1 and 2130706433 are 127.0.0.1).

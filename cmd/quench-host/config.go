@@ -139,7 +139,7 @@ func (o *options) bind(fs *flag.FlagSet, configPath *string) {
 	fs.IntVar(&o.MaxNATConnsPerEnclave, "max-nat-conns-per-enclave", o.MaxNATConnsPerEnclave, "enclave TCP connections through the NAT from one enclave address (0: half of -max-nat-conns; negative: no limit)")
 	fs.IntVar(&o.MaxNATUDPFlows, "max-nat-udp-flows", o.MaxNATUDPFlows, "enclave UDP flows through the NAT; new flows beyond are dropped (0: 1024, or an eighth of the open-file limit if less; negative: no limit)")
 	fs.IntVar(&o.MaxNATUDPFlowsPerEnclave, "max-nat-udp-flows-per-enclave", o.MaxNATUDPFlowsPerEnclave, "enclave UDP flows through the NAT from one enclave address (0: half of -max-nat-udp-flows; negative: no limit)")
-	fs.DurationVar(&o.NATIdleTimeout, "nat-idle-timeout", o.NATIdleTimeout, "close enclave TCP connections through the NAT idle this long in both directions (0: never)")
+	fs.DurationVar(&o.NATIdleTimeout, "nat-idle-timeout", o.NATIdleTimeout, "close enclave TCP connections through the NAT, and -vsock-proxy connections, idle this long in both directions (0: never)")
 	fs.IntVar(&o.MaxDialsPerEnclave, "max-dials-per-enclave", o.MaxDialsPerEnclave, "outbound connection attempts in progress from one enclave address (0: half of -max-dials)")
 	fs.IntVar(&o.MaxProxyConns, "max-vsock-proxy-conns", o.MaxProxyConns, "connections of all -vsock-proxy ports together; more are closed at once (0: a thirty-second of the open-file limit; negative: no limit)")
 	fs.IntVar(&o.MaxProxyConnsPerEnclave, "max-vsock-proxy-conns-per-enclave", o.MaxProxyConnsPerEnclave, "connections of all -vsock-proxy ports from one enclave (VSOCK CID; unix sockets: user id) (0: half of -max-vsock-proxy-conns; negative: no limit)")
