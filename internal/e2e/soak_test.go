@@ -51,6 +51,7 @@ const (
 	soakEnclaveMetrics = "127.0.0.1:9090" // in the namespace
 	soakAppAddr        = "127.0.0.1:8081" // in the namespace
 	soakBigBody        = 1 << 20
+	soakProxyPort      = 8000 // quench-host -vsock-proxy: the parent's VSOCK port
 )
 
 func newSoakEnv(t *testing.T) *soakEnv {
@@ -95,6 +96,8 @@ func newSoakEnv(t *testing.T) *soakEnv {
 		"-publish-vsock", fmt.Sprintf("127.0.0.1:%d:8443", s.ingressPort),
 		"-publish-vsock", fmt.Sprintf("127.0.0.1:%d:8080", s.forwardPort),
 		"-metrics", fmt.Sprintf("127.0.0.1:%d", s.hostMetrics),
+		// vsock-proxy's role, to the same server on the host's loopback.
+		"-vsock-proxy", fmt.Sprintf("%d:127.0.0.1:%d", soakProxyPort, s.hostHTTP),
 	}
 	s.enclaveArgs = []string{
 		"-host", "vsock://3:1024", "-resolv-conf", filepath.Join(s.dir, "resolv.conf"),
@@ -216,7 +219,14 @@ func soakConnectClose(ports ...int) func(context.Context) error {
 }
 
 func (s *soakEnv) clients() (cs []soakClient, closeIdle func()) {
-	keep, fresh, closeIdle := soakTransports()
+	keep, fresh, closeTransports := soakTransports()
+	// A program in the enclave that dials the parent's VSOCK port, as
+	// kmstool does, a new connection per request.
+	proxy := &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", endpoint.StandInPath(s.dir, endpoint.ParentCID, soakProxyPort))
+	}}
+	closeIdle = func() { closeTransports(); proxy.CloseIdleConnections() }
 	tunnel := fmt.Sprintf("https://127.0.0.1:%d", s.tunnelPort)
 	ingress := fmt.Sprintf("https://127.0.0.1:%d", s.ingressPort)
 	forward := fmt.Sprintf("http://127.0.0.1:%d", s.forwardPort)
@@ -235,6 +245,7 @@ func (s *soakEnv) clients() (cs []soakClient, closeIdle func()) {
 		}},
 		{"connect and close", soakConnectClose(s.tunnelPort, s.ingressPort, s.forwardPort)},
 		{"egress NAT", s.getHostHTTP},
+		{"vsock-proxy", soakGet(proxy, "http://kms.example/", "hello from the host")},
 	}, closeIdle
 }
 
