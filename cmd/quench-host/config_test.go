@@ -193,3 +193,18 @@ func TestVSockProxyOptions(t *testing.T) {
 		t.Errorf("run with a bad -vsock-proxy: exit %d: %s", code, stderr.String())
 	}
 }
+
+// TestFlagPlaceholders: flag takes the first backquoted text of a usage
+// string as the value's name in --help; it must be a name, not a phrase
+// (-vsock-proxy's showed "vsock-proxy 8000 kms.us-east-1.amazonaws.com 443").
+func TestFlagPlaceholders(t *testing.T) {
+	o := defaultOptions()
+	configPath := ""
+	fs := flag.NewFlagSet("quench-host", flag.ContinueOnError)
+	o.bind(fs, &configPath)
+	fs.VisitAll(func(f *flag.Flag) {
+		if name, _ := flag.UnquoteUsage(f); strings.ContainsAny(name, " \t") {
+			t.Errorf("-%s: value placeholder %q", f.Name, name)
+		}
+	})
+}
