@@ -3,6 +3,7 @@ package attestation_test
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log"
@@ -95,6 +96,32 @@ func ExampleVerifyRemote() {
 }
 
 // At enclave start, seed the kernel's entropy pool from the NSM.
+// A client auditing what an enclave served by quench promises (its egress
+// policy, how its app is held) before sending it anything: the
+// configuration comes back only if the document binds it, and the PCR pins
+// it to the audited image.
+func ExampleVerifyRemoteConfig() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, config, err := attestation.VerifyRemoteConfig(ctx, "https://enclave.example.com", attestation.RemoteConfig{
+		Options: attestation.Options{
+			Time: time.Now(),
+			PCRs: map[uint][]byte{0: make([]byte, 48)}, // the audited image's PCR0
+		},
+		TLSConfig: &tls.Config{InsecureSkipVerify: true}, // the document authenticates the certificate
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	var c struct {
+		Egress []string `json:"egress"` // nil: no policy
+	}
+	if err := json.Unmarshal(config, &c); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("the enclave may connect to", c.Egress)
+}
+
 func ExampleSeedEntropy() {
 	nsm, err := attestation.NewNSMAttester(attestation.NSMConfig{})
 	if err != nil {

@@ -477,3 +477,24 @@ func TestAllowFlag(t *testing.T) {
 		}
 	}
 }
+
+// TestHelpPlaceholders: flag takes the first backquoted text of a usage
+// string as the value's name in --help; every one must be a name, not a
+// phrase.
+func TestHelpPlaceholders(t *testing.T) {
+	var buf bytes.Buffer
+	_, _ = parse([]string{"-h"}, &buf)
+	n := 0
+	for _, line := range strings.Split(buf.String(), "\n") {
+		if !strings.HasPrefix(line, "  -") {
+			continue
+		}
+		n++
+		if f := strings.Fields(line); len(f) > 2 {
+			t.Errorf("flag line %q: the value's name is not one word", line)
+		}
+	}
+	if n < 20 {
+		t.Fatalf("found %d flag lines in --help:\n%s", n, buf.String())
+	}
+}

@@ -457,3 +457,22 @@ func TestVerifyConfigJSONIsTerminalSafe(t *testing.T) {
 		t.Errorf("config decodes to %q", got.Config)
 	}
 }
+
+// TestVerifyHelpPlaceholders: each flag's value name in verify -h is one
+// word (flag takes the first backquoted text of its usage).
+func TestVerifyHelpPlaceholders(t *testing.T) {
+	_, _, stderr := runQuench(t, "", "verify", "-h")
+	n := 0
+	for _, line := range strings.Split(stderr, "\n") {
+		if !strings.HasPrefix(line, "  -") {
+			continue
+		}
+		n++
+		if f := strings.Fields(line); len(f) > 2 {
+			t.Errorf("flag line %q: the value's name is not one word", line)
+		}
+	}
+	if n < 10 {
+		t.Fatalf("found %d flag lines in verify -h:\n%s", n, stderr)
+	}
+}
