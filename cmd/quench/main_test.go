@@ -142,6 +142,10 @@ func TestVerifyCommand(t *testing.T) {
 			wantCode: 0, wantOut: "nonce:       " + strings.Repeat("ab", 20)},
 		{name: "URL without skip-verify", args: []string{"verify", f.srv.URL, "--roots", f.rootsPath},
 			wantCode: 1, wantErr: "certificate signed by unknown authority", oneLine: true},
+		// A new user's first try at an enclave's self-signed certificate:
+		// the error names the flag.
+		{name: "URL without skip-verify names the flag", args: []string{"verify", "--config", f.srv.URL, "--roots", f.rootsPath},
+			wantCode: 1, wantErr: "--insecure-skip-tls-verify", oneLine: true},
 		{name: "URL with AWS root", args: []string{"verify", f.srv.URL, "--insecure-skip-tls-verify"},
 			wantCode: 1, wantErr: "certificate chain not trusted", oneLine: true},
 		{name: "URL wrong PCR", args: []string{"verify", f.srv.URL, "--roots", f.rootsPath, "--insecure-skip-tls-verify", "--pcr", "0=" + zeroPCR},

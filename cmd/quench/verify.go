@@ -212,6 +212,10 @@ func runVerify(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	res, config, err := verify(ctx, c, stdin)
 	if err != nil {
 		msg := terminalSafe(strings.Join(strings.Fields(err.Error()), " ")) // one line
+		var cve *tls.CertificateVerificationError
+		if errors.As(err, &cve) && !c.insecure {
+			msg += " (an enclave's certificate is usually self-signed: add --insecure-skip-tls-verify; the attestation document's certificate binding still authenticates the connection)"
+		}
 		fmt.Fprintf(stderr, "quench verify: FAILED: %s\n", msg)
 		if c.json {
 			_ = json.NewEncoder(stdout).Encode(map[string]any{"verified": false, "error": msg})
