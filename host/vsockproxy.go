@@ -67,6 +67,9 @@ func (p VSockProxy) validate() error {
 	}
 	h, port, err := net.SplitHostPort(p.Target)
 	if err != nil {
+		if strings.Count(p.Target, ":") > 1 && !strings.ContainsAny(p.Target, "[/") {
+			return fmt.Errorf("target %q: want HOST:PORT, an IPv6 address in brackets ([2001:db8::1]:443)", p.Target)
+		}
 		return fmt.Errorf("target %q: want HOST:PORT", p.Target)
 	}
 	if h == "" {
