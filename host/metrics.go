@@ -28,7 +28,7 @@ var (
 	descPortBytes     = prometheus.NewDesc("quench_host_port_bytes_total", "Bytes relayed per published port and direction (in = client to enclave).", []string{"port", "mode", "direction"}, nil)
 	descPortRefused   = prometheus.NewDesc("quench_host_port_refused_total", "Per published port: TCP clients reset at the connection limit, or UDP datagrams from new sources dropped at the flow limit.", []string{"port", "mode"}, nil)
 
-	descProxyConns  = prometheus.NewDesc("quench_host_vsock_proxy_connections_total", "Enclave connections per vsock-proxy port by result: accepted, failed (target unreachable), refused (connection limit).", []string{"port", "target", "result"}, nil)
+	descProxyConns  = prometheus.NewDesc("quench_host_vsock_proxy_connections_total", "Enclave connections per vsock-proxy port by result: accepted (within the connection limit, those that then failed included), failed (target unreachable), refused (connection limit).", []string{"port", "target", "result"}, nil)
 	descProxyActive = prometheus.NewDesc("quench_host_vsock_proxy_active_connections", "Enclave connections being relayed per vsock-proxy port.", []string{"port", "target"}, nil)
 	descProxyBytes  = prometheus.NewDesc("quench_host_vsock_proxy_bytes_total", "Bytes relayed per vsock-proxy port and direction (in = enclave to target).", []string{"port", "target", "direction"}, nil)
 

@@ -114,8 +114,8 @@ func endsInNumber(h string) bool {
 type VSockProxyStatus struct {
 	Proxy    VSockProxy
 	Addr     string // the listener's address
-	Accepted uint64 // connections from enclaves accepted
-	Failed   uint64 // connections closed because the target could not be dialled
+	Accepted uint64 // connections from enclaves accepted (within the limits), Failed ones too
+	Failed   uint64 // accepted connections closed because the target could not be dialled
 	Refused  uint64 // connections closed at once at MaxVSockProxyConns(PerPeer)
 	Active   int64  // connections being relayed now
 	BytesIn  int64  // enclave → target, of relayed and ended connections
