@@ -20,8 +20,8 @@ import (
 const ctlUsage = `quench-host ctl: talk to a running quench-host's control API.
 
 Usage:
-  quench-host ctl [-control PATH] status            enclaves, ports and counters
-  quench-host ctl [-control PATH] ports             published ports and their counters
+  quench-host ctl [-control PATH] status            enclaves, ports, -vsock-proxy ports and counters
+  quench-host ctl [-control PATH] ports             published ports and their counters (not -vsock-proxy's)
   quench-host ctl [-control PATH] add SPEC          publish [HOSTIP:]HOSTPORT:ENCLAVEPORT[/udp]
   quench-host ctl [-control PATH] add-vsock SPEC    publish [HOSTIP:]HOSTPORT:VSOCKPORT (fast path)
   quench-host ctl [-control PATH] [-drain D] rm [tcp/|udp/]ADDR
