@@ -126,7 +126,7 @@ func VerifyRemoteConfig(ctx context.Context, rawURL string, cfg RemoteConfig) (*
 			Attestation string          `json:"attestation"`
 		}
 		if err := json.Unmarshal(body, &r); err != nil {
-			return nil, nil, &BadDocumentError{Err: fmt.Errorf("configuration response: %w", err)}
+			return nil, nil, &BadDocumentError{Err: fmt.Errorf("configuration response is not JSON (a path in the URL must be the configuration's, %s): %w", ConfigPath, err)}
 		}
 		if len(r.Config) == 0 || r.Attestation == "" {
 			return nil, nil, &BadDocumentError{Err: errors.New(`configuration response without "config" and "attestation" (was a nonce sent to a server that is not quench?)`)}

@@ -71,7 +71,7 @@ func TestVerifyRemoteConfigFailures(t *testing.T) {
 		text string
 	}{
 		{"config swapped by a relay", attestationtest.NewConfigServer(t, dev, []byte(`{"egress":null}`), config), attestation.ErrPublicKeyMismatch, "public key mismatch"},
-		{"attestation document only", bodyServer(t, "bm90IGEgZG9j"), attestation.ErrBadDocument, "configuration response"},
+		{"attestation document only", bodyServer(t, "bm90IGEgZG9j"), attestation.ErrBadDocument, "not JSON"},
 		{"no attestation", bodyServer(t, `{"config":{"egress":null}}`), attestation.ErrBadDocument, "was a nonce sent"},
 		{"attestation not base64", bodyServer(t, `{"config":{},"attestation":"!!"}`), attestation.ErrBadDocument, ""},
 		{"too large", bodyServer(t, `{"config":"`+strings.Repeat("a", 1<<20)+`"}`), nil, "larger than"},
