@@ -32,8 +32,9 @@ over TLS, verifies the document, and checks that it binds the certificate the
 server presented on that same connection. With --config, it fetches the
 enclave's configuration instead (GET /enclave/config?nonce=...: its egress
 policy, how its app is sandboxed, ...), checks the same and that the document
-binds that configuration, and prints it. With --doc, it verifies a stored
-document (base64 or raw CBOR; "-" reads stdin).
+binds that configuration, and prints it. A PATH in the URL is fetched in
+place of that path. With --doc, it verifies a stored document (base64 or raw
+CBOR; "-" reads stdin).
 
 flags:
 `
