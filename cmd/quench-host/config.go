@@ -103,7 +103,7 @@ func (f listFlag) Set(s string) error { *f.l = append(*f.l, s); return nil }
 // bind defines the flags on fs, writing into o and defaulting to o's
 // current values.
 func (o *options) bind(fs *flag.FlagSet, configPath *string) {
-	fs.StringVar(configPath, "config", *configPath, "read settings from this YAML file (keys as the flags, with underscores: publish_vsock, enclave_cid, ...); flags given too override it")
+	fs.StringVar(configPath, "config", *configPath, "read settings from this YAML file (keys as the flags, with underscores: publish_vsock, enclave_cid, ...); flags given too override it, and repeatable ones (-publish, -vsock-proxy, -allow, ...) add to its lists")
 	fs.Var(listFlag{&o.Listen}, "listen", "where enclaves connect; repeatable (default vsock://:1024)")
 	fs.Var(listFlag{&o.Publish}, "publish", "forward a host port into the enclave over the virtual network: [HOSTIP:]HOSTPORT:ENCLAVEPORT[/udp]; repeatable (HOSTIP defaults to 0.0.0.0, IPv4 only; [::] takes IPv4 and IPv6)")
 	fs.Var(listFlag{&o.PublishVSock}, "publish-vsock", "ingress fast path: forward a host TCP port to the enclave's VSOCK port, one VSOCK connection per client with a PROXY protocol v2 header: [HOSTIP:]HOSTPORT:VSOCKPORT; repeatable")
