@@ -25,7 +25,8 @@ func main() {
 const usage = `usage: quench <command> [arguments]
 
 commands:
-  verify    verify a Nitro attestation document, fetched from an enclave or stored
+  verify    verify a Nitro attestation document, fetched from an enclave or stored,
+            or an enclave's attested configuration (--config)
   help      show this help
 
 Run "quench verify -h" for the verify flags.
