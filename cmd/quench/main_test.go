@@ -148,6 +148,10 @@ func TestVerifyCommand(t *testing.T) {
 			wantCode: 1, wantErr: "--insecure-skip-tls-verify", oneLine: true},
 		{name: "URL with AWS root", args: []string{"verify", f.srv.URL, "--insecure-skip-tls-verify"},
 			wantCode: 1, wantErr: "certificate chain not trusted", oneLine: true},
+		// A new user's first try at a -dev-attester enclave: the error
+		// names the flag.
+		{name: "URL with AWS root names --roots", args: []string{"verify", f.srv.URL, "--insecure-skip-tls-verify"},
+			wantCode: 1, wantErr: "--roots", oneLine: true},
 		{name: "URL wrong PCR", args: []string{"verify", f.srv.URL, "--roots", f.rootsPath, "--insecure-skip-tls-verify", "--pcr", "0=" + zeroPCR},
 			wantCode: 1, wantErr: "PCR0 mismatch", oneLine: true},
 		{name: "URL nothing listening", args: []string{"verify", "https://" + closedAddr(t), "--insecure-skip-tls-verify"},

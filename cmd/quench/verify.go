@@ -213,6 +213,9 @@ func runVerify(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	res, config, err := verify(ctx, c, stdin)
 	if err != nil {
 		msg := terminalSafe(strings.Join(strings.Fields(err.Error()), " ")) // one line
+		if errors.Is(err, attestation.ErrUntrustedChain) && c.roots == "" {
+			msg += " (checked against the AWS Nitro root; documents of quench-enclave -dev-attester need --roots with its -dev-root-out file)"
+		}
 		var cve *tls.CertificateVerificationError
 		if errors.As(err, &cve) && !c.insecure {
 			msg += " (an enclave's certificate is usually self-signed: add --insecure-skip-tls-verify; the attestation document's certificate binding still authenticates the connection)"
