@@ -140,7 +140,7 @@ func parseVerify(args []string, stderr io.Writer) (*verifyConfig, int) {
 	fs.Var(&c.appKey, "app-key-sha256", "require the user data to bind the application key with this SHA-256 `HEX`")
 	fs.BoolVar(&c.insecure, "insecure-skip-tls-verify", false, "with a URL: do not verify the server certificate against the system roots\n(enclave certificates are usually self-signed; the attestation document's\ncertificate binding still authenticates the connection)")
 	fs.DurationVar(&c.timeout, "timeout", 30*time.Second, "with a URL: give up after `DURATION`")
-	fs.BoolVar(&c.json, "json", false, "print the verified document and the checks as JSON")
+	fs.BoolVar(&c.json, "json", false, "print the verified document and the checks as JSON (with --config, the configuration too, as \"config\")")
 	fs.BoolVar(&c.config, "config", false, "with a URL: verify and print the enclave's attested configuration (/enclave/config) rather than a bare document")
 
 	var pos []string
