@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/quenchnet/quench/host"
@@ -134,6 +135,9 @@ func runCtl(args []string, stdout, stderr io.Writer) int {
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := client.Do(req)
 	if err != nil {
+		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+			return fail(fmt.Errorf("%w (is quench-host running with -control %s?)", err, *sock))
+		}
 		return fail(err)
 	}
 	defer resp.Body.Close()
