@@ -484,3 +484,18 @@ func TestVerifyHelpPlaceholders(t *testing.T) {
 		t.Fatalf("found %d flag lines in verify -h:\n%s", n, stderr)
 	}
 }
+
+// TestVerifyNotesUnpinnedImage: a verification without --pcr passes for
+// every genuine enclave, whatever it runs: stderr says so, once; with a
+// PCR pinned it says nothing.
+func TestVerifyNotesUnpinnedImage(t *testing.T) {
+	f := newFixture(t)
+	code, _, stderr := runQuench(t, "", "verify", f.srv.URL, "--roots", f.rootsPath, "--insecure-skip-tls-verify")
+	if code != 0 || strings.Count(stderr, "no --pcr given") != 1 {
+		t.Errorf("without --pcr: exit %d, stderr %q", code, stderr)
+	}
+	code, _, stderr = runQuench(t, "", "verify", f.srv.URL, "--roots", f.rootsPath, "--insecure-skip-tls-verify", "--pcr", "0="+strings.Repeat("aa", 48))
+	if code != 0 || stderr != "" {
+		t.Errorf("with --pcr: exit %d, stderr %q", code, stderr)
+	}
+}
