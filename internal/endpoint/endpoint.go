@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/url"
 	"os"
@@ -146,7 +147,8 @@ func Listen(a Addr, o Options) (net.Listener, error) {
 			if cid == AnyCID {
 				cid = o.LocalCID
 			}
-			return listenUnix(StandInPath(o.VSockDir, cid, a.Port))
+			ln, err := listenUnix(StandInPath(o.VSockDir, cid, a.Port))
+			return ln, standInErr(o.VSockDir, err)
 		}
 		if a.CID == AnyCID {
 			return vsock.Listen(a.Port, nil)
@@ -158,6 +160,18 @@ func Listen(a Addr, o Options) (net.Listener, error) {
 		return net.Listen("tcp", a.Host)
 	}
 	return nil, fmt.Errorf("endpoint: cannot listen on %v", a)
+}
+
+// standInErr names a missing VSOCK stand-in directory in err, which
+// otherwise says only that a socket path does not exist.
+func standInErr(dir string, err error) error {
+	if err == nil || !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	if _, serr := os.Stat(dir); errors.Is(serr, fs.ErrNotExist) {
+		return fmt.Errorf("%w (the VSOCK stand-in directory %s does not exist: create it, and give both sides the same one)", err, dir)
+	}
+	return err
 }
 
 // listenUnix removes a stale socket file first so restarts work.
@@ -206,7 +220,8 @@ func Dial(ctx context.Context, a Addr, o Options) (net.Conn, error) {
 			return nil, errors.New("endpoint: cannot dial a vsock URL without a CID")
 		}
 		if o.VSockDir != "" {
-			return d.DialContext(ctx, "unix", StandInPath(o.VSockDir, a.CID, a.Port))
+			c, err := d.DialContext(ctx, "unix", StandInPath(o.VSockDir, a.CID, a.Port))
+			return c, standInErr(o.VSockDir, err)
 		}
 		type result struct {
 			c   net.Conn

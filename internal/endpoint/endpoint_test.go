@@ -191,3 +191,21 @@ func TestListenUnixLeavesLiveSocket(t *testing.T) {
 		t.Errorf("regular file at the path: %q, %v", b, err)
 	}
 }
+
+// TestStandInMissingDir: a VSOCK stand-in directory that does not exist is
+// named as such, on both sides, not left to a bare "no such file or
+// directory" about a socket path.
+func TestStandInMissingDir(t *testing.T) {
+	o := Options{VSockDir: filepath.Join(t.TempDir(), "missing"), LocalCID: ParentCID}
+	a, _ := Parse("vsock://:1024")
+	if ln, err := Listen(a, o); err == nil || !strings.Contains(err.Error(), "stand-in directory") {
+		if ln != nil {
+			ln.Close()
+		}
+		t.Errorf("Listen in a missing stand-in directory: %v", err)
+	}
+	d, _ := Parse("vsock://3:1024")
+	if _, err := Dial(context.Background(), d, o); err == nil || !strings.Contains(err.Error(), "stand-in directory") {
+		t.Errorf("Dial in a missing stand-in directory: %v", err)
+	}
+}
