@@ -288,7 +288,7 @@ func (h *Host) servePublished(p *published, ln net.Listener) {
 
 // errConnLimit: a published port's client was reset at MaxPortConns,
 // MaxPortConnsPerPort or MaxPortConnsPerClient.
-var errConnLimit = errors.New("too many client connections (MaxPortConns, MaxPortConnsPerPort, MaxPortConnsPerClient)")
+var errConnLimit = errors.New("too many client connections (Config.MaxPortConns, MaxPortConnsPerPort, MaxPortConnsPerClient; quench-host -max-port-conns, -max-port-conns-per-port, -max-port-conns-per-client)")
 
 // clientAddr is the key of MaxPortConnsPerClient for c: its remote IPv4
 // address, or the /64 of its IPv6 address (the smallest block a client is

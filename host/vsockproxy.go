@@ -205,7 +205,7 @@ func (h *Host) ServeVSockProxy(ln net.Listener, p VSockProxy) error {
 
 // errProxyLimit: a vsock-proxy connection was closed at MaxVSockProxyConns
 // or MaxVSockProxyConnsPerPeer.
-var errProxyLimit = errors.New("too many vsock-proxy connections (MaxVSockProxyConns, MaxVSockProxyConnsPerPeer)")
+var errProxyLimit = errors.New("too many vsock-proxy connections (Config.MaxVSockProxyConns, MaxVSockProxyConnsPerPeer; quench-host -max-vsock-proxy-conns, -max-vsock-proxy-conns-per-enclave)")
 
 // serveProxyConn dials the target for the enclave's connection c and hands
 // both to the relay.
