@@ -277,6 +277,22 @@ type Config struct {
 	MaxVSockProxyConns        int
 	MaxVSockProxyConnsPerPeer int
 
+	// EnclaveLog receives each line of the enclaves' log streams
+	// (ServeEnclaveLogs): the enclave ("vsock:16"), the stream ("stdout",
+	// "stderr", "quench"; names are the enclave's choice) and the line,
+	// valid only during the call, as the enclave sent it (any bytes but a
+	// newline). Calls for one stream come in order, from one goroutine; a
+	// slow EnclaveLog slows that enclave's shipping, never the network.
+	// Default: Logger at Info level, message "enclave", attributes
+	// enclave, stream and line (slog quotes control characters, so a line
+	// cannot forge log records or terminal escapes).
+	EnclaveLog func(enclave, stream string, line []byte)
+	// MaxEnclaveLogStreams bounds the log streams open at once (a
+	// goroutine and a 64 KiB buffer each), 4 per enclave; more are closed
+	// at once and counted. Negative: no limit (4 per enclave still).
+	// Default: DefaultMaxEnclaveLogStreams (64).
+	MaxEnclaveLogStreams int
+
 	// MaxDialsPerEnclave bounds how many of the MaxInFlightDials slots one
 	// enclave address may hold; its further SYNs are dropped (it
 	// retransmits) so that one enclave dialling unanswering addresses
@@ -520,6 +536,12 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	if c.EnclaveLog == nil {
+		log := c.Logger
+		c.EnclaveLog = func(enclave, stream string, line []byte) {
+			log.Info("enclave", "enclave", enclave, "stream", stream, "line", string(line))
+		}
+	}
 	return c, nil
 }
 
@@ -564,4 +586,5 @@ func (c *Config) limitDefaults() {
 	def(&c.MaxDialsPerEnclave, half(c.MaxInFlightDials))
 	def(&c.MaxVSockProxyConns, fds/32)
 	def(&c.MaxVSockProxyConnsPerPeer, half(c.MaxVSockProxyConns))
+	def(&c.MaxEnclaveLogStreams, DefaultMaxEnclaveLogStreams)
 }

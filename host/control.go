@@ -46,6 +46,18 @@ type ControlStatus struct {
 	Proxies  []ProxyJSON   `json:"vsock_proxies"`
 	NAT      NATJSON       `json:"nat"`
 	Limits   LimitsJSON    `json:"limits"`
+	Logs     LogsJSON      `json:"enclave_logs"`
+}
+
+// LogsJSON holds the counters of the enclaves' log streams
+// (ServeEnclaveLogs, quench-host -enclave-logs).
+type LogsJSON struct {
+	Streams  uint64 `json:"streams"`
+	Accepted uint64 `json:"accepted"`
+	Refused  uint64 `json:"refused"`
+	Failed   uint64 `json:"failed"`
+	Lines    uint64 `json:"lines"`
+	Bytes    uint64 `json:"bytes"`
 }
 
 // LimitsJSON holds what the limits against hostile clients and enclaves
@@ -161,6 +173,8 @@ func (h *Host) handleStatus(w http.ResponseWriter, _ *http.Request) {
 		FramesDroppedNotIPv4: st.FramesDroppedNotIPv4,
 		ProxyConns:           ls.ProxyConns, ProxyConnsRefused: ls.ProxyConnsRefused,
 	}
+	el := h.EnclaveLogStats()
+	out.Logs = LogsJSON{Streams: el.Streams, Accepted: el.Accepted, Refused: el.Refused, Failed: el.Errors, Lines: el.Lines, Bytes: el.Bytes}
 	for _, p := range h.VSockProxies() {
 		out.Proxies = append(out.Proxies, ProxyJSON{
 			VSockPort: p.Proxy.Port, Target: p.Proxy.Target, Addr: p.Addr,

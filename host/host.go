@@ -59,6 +59,7 @@ type Host struct {
 	stack    *stack.Stack
 	sw       *switchEndpoint
 	natStats natStats
+	logStats enclaveLogStats
 	relays   *relay.Loop     // published ports' relays; nil: goroutines (relay.Go)
 	learned  *policy.Learned // names behind addresses, for Config.Egress hostname rules
 
@@ -81,7 +82,7 @@ func New(cfg Config) (*Host, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Host{
+	h := &Host{
 		cfg:       cfg,
 		log:       cfg.Logger,
 		ctx:       ctx,
@@ -91,7 +92,9 @@ func New(cfg Config) (*Host, error) {
 		learned:   policy.NewLearned(0, 0),
 
 		peerStreams: map[string]int{},
-	}, nil
+	}
+	h.logStats.streams.init(cfg.MaxEnclaveLogStreams, maxLogStreamsPerPeer)
+	return h, nil
 }
 
 // Config returns the configuration in effect, with defaults filled in.

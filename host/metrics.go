@@ -32,6 +32,11 @@ var (
 	descProxyActive = prometheus.NewDesc("quench_host_vsock_proxy_active_connections", "Enclave connections being relayed per vsock-proxy port.", []string{"port", "target"}, nil)
 	descProxyBytes  = prometheus.NewDesc("quench_host_vsock_proxy_bytes_total", "Bytes relayed per vsock-proxy port and direction (in = enclave to target).", []string{"port", "target", "direction"}, nil)
 
+	descLogStreams = prometheus.NewDesc("quench_host_enclave_log_streams", "Enclave log streams open (-enclave-logs).", nil, nil)
+	descLogConns   = prometheus.NewDesc("quench_host_enclave_log_streams_total", "Enclave log streams by result: accepted, refused (too many), failed (malformed or failed; counted in accepted too).", []string{"result"}, nil)
+	descLogLines   = prometheus.NewDesc("quench_host_enclave_log_lines_total", "Lines received on enclave log streams.", nil, nil)
+	descLogBytes   = prometheus.NewDesc("quench_host_enclave_log_bytes_total", "Bytes of lines received on enclave log streams.", nil, nil)
+
 	// Limits against hostile clients and enclaves (layer 4).
 	descLimitActive  = prometheus.NewDesc("quench_host_limit_active", "Connections or flows held against each layer-4 limit: nat_tcp, nat_udp, port_tcp, port_udp, vsock_proxy.", []string{"limit"}, nil)
 	descLimitRefused = prometheus.NewDesc("quench_host_limit_refused_total", "Refusals at each layer-4 limit: nat_tcp (SYN reset), nat_udp (new flow dropped), nat_dial_share (SYN dropped, retransmitted), port_tcp (client reset), port_udp (datagram dropped), port_first_byte (client closed by the first-byte timeout), vsock_proxy (enclave connection closed).", []string{"limit"}, nil)
@@ -46,7 +51,7 @@ var (
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descDroppedReason
 	ch <- descStreamsRefused
-	for _, d := range []*prometheus.Desc{descEnclaves, descEnclaveFrames, descEnclaveBytes, descDropped, descZeroWindow, descDials, descUDPRefused, descDNS, descPortConns, descPortActive, descPortFailed, descPortBytes, descPortRefused, descProxyConns, descProxyActive, descProxyBytes, descLimitActive, descLimitRefused} {
+	for _, d := range []*prometheus.Desc{descEnclaves, descEnclaveFrames, descEnclaveBytes, descDropped, descZeroWindow, descDials, descUDPRefused, descDNS, descPortConns, descPortActive, descPortFailed, descPortBytes, descPortRefused, descProxyConns, descProxyActive, descProxyBytes, descLimitActive, descLimitRefused, descLogStreams, descLogConns, descLogLines, descLogBytes} {
 		ch <- d
 	}
 }
@@ -86,6 +91,13 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descLimitRefused, float64(ls.PortUDPRefused), "port_udp")
 	counter(descLimitRefused, float64(ls.PortFirstByteTimeouts), "port_first_byte")
 	counter(descLimitRefused, float64(ls.ProxyConnsRefused), "vsock_proxy")
+	el := c.h.EnclaveLogStats()
+	ch <- prometheus.MustNewConstMetric(descLogStreams, prometheus.GaugeValue, float64(el.Streams))
+	counter(descLogConns, float64(el.Accepted), "accepted")
+	counter(descLogConns, float64(el.Refused), "refused")
+	counter(descLogConns, float64(el.Errors), "failed")
+	counter(descLogLines, float64(el.Lines))
+	counter(descLogBytes, float64(el.Bytes))
 	seen := map[string]int{}
 	for _, e := range c.h.Enclaves() {
 		name := e.Remote // unix-socket streams share one address: number them

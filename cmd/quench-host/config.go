@@ -27,6 +27,7 @@ type options struct {
 	PublishVSock   []string      `yaml:"publish_vsock"`
 	EnclaveCID     uint          `yaml:"enclave_cid"`
 	VSockProxy     []string      `yaml:"vsock_proxy"`
+	EnclaveLogs    string        `yaml:"enclave_logs"`
 	DNS            []string      `yaml:"dns"`
 	MTU            int           `yaml:"mtu"`
 	Subnet         string        `yaml:"subnet"`
@@ -61,6 +62,7 @@ type options struct {
 	MaxDialsPerEnclave       int           `yaml:"max_dials_per_enclave"`
 	MaxProxyConns            int           `yaml:"max_vsock_proxy_conns"`
 	MaxProxyConnsPerEnclave  int           `yaml:"max_vsock_proxy_conns_per_enclave"`
+	MaxEnclaveLogStreams     int           `yaml:"max_enclave_log_streams"`
 
 	// Isolation between enclaves (layer 2).
 	MaxEnclaveStreams        int           `yaml:"max_enclave_streams"`
@@ -109,6 +111,7 @@ func (o *options) bind(fs *flag.FlagSet, configPath *string) {
 	fs.Var(listFlag{&o.PublishVSock}, "publish-vsock", "ingress fast path: forward a host TCP port to the enclave's VSOCK port, one VSOCK connection per client with a PROXY protocol v2 header: [HOSTIP:]HOSTPORT:VSOCKPORT; repeatable")
 	fs.UintVar(&o.EnclaveCID, "enclave-cid", o.EnclaveCID, "CID of the enclave that -publish-vsock ports dial")
 	fs.Var(listFlag{&o.VSockProxy}, "vsock-proxy", "AWS vsock-proxy's role, as `VSOCKPORT:HOST:PORT`: programs in enclaves connect to the parent's VSOCK port (vsock://3:VSOCKPORT) and each connection is relayed over TCP to HOST:PORT (a name is resolved for each connection); repeatable. \"vsock-proxy 8000 kms.us-east-1.amazonaws.com 443\" is -vsock-proxy 8000:kms.us-east-1.amazonaws.com:443 (-allow does not apply: the target is named here)")
+	fs.StringVar(&o.EnclaveLogs, "enclave-logs", o.EnclaveLogs, "receive enclaves' logs on this `URL` (vsock://:1025; quench-enclave -log-to vsock://3:1025 sends its log and the app's output there) and write each line to standard error, at every -log-level: msg=enclave enclave=vsock:CID stream=stdout|stderr|quench line=\"...\" (control characters quoted); off by default")
 	fs.Var(listFlag{&o.DNS}, "dns", "upstream DNS server host:port for names outside quench.internal; repeatable (default: the host's resolver)")
 	fs.IntVar(&o.MTU, "mtu", o.MTU, "MTU of the virtual link; it never reaches the internet (the host terminates TCP), so large is fast. Enclaves must use the same value.")
 	fs.StringVar(&o.Subnet, "subnet", o.Subnet, "virtual network; the gateway is its first address, the enclave its second, the host loopback its last usable one")
@@ -142,6 +145,7 @@ func (o *options) bind(fs *flag.FlagSet, configPath *string) {
 	fs.DurationVar(&o.NATIdleTimeout, "nat-idle-timeout", o.NATIdleTimeout, "close enclave TCP connections through the NAT, and -vsock-proxy connections, idle this long in both directions (0: never)")
 	fs.IntVar(&o.MaxDialsPerEnclave, "max-dials-per-enclave", o.MaxDialsPerEnclave, "outbound connection attempts in progress from one enclave address (0: half of -max-dials)")
 	fs.IntVar(&o.MaxProxyConns, "max-vsock-proxy-conns", o.MaxProxyConns, "connections of all -vsock-proxy ports together; more are closed at once (0: a thirty-second of the open-file limit; negative: no limit)")
+	fs.IntVar(&o.MaxEnclaveLogStreams, "max-enclave-log-streams", o.MaxEnclaveLogStreams, "-enclave-logs streams open at once, 4 per enclave at most; more are closed at once (0: 64; negative: no limit besides 4 per enclave)")
 	fs.IntVar(&o.MaxProxyConnsPerEnclave, "max-vsock-proxy-conns-per-enclave", o.MaxProxyConnsPerEnclave, "connections of all -vsock-proxy ports from one enclave (VSOCK CID; unix sockets: user id) (0: half of -max-vsock-proxy-conns; negative: no limit)")
 
 	// Isolation between enclaves (layer 2); docs/host-ops.md.
@@ -204,6 +208,7 @@ func (o options) hostConfig() (host.Config, error) {
 		MaxDialsPerEnclave:        o.MaxDialsPerEnclave,
 		MaxVSockProxyConns:        o.MaxProxyConns,
 		MaxVSockProxyConnsPerPeer: o.MaxProxyConnsPerEnclave,
+		MaxEnclaveLogStreams:      o.MaxEnclaveLogStreams,
 
 		MaxEnclaveStreams:        o.MaxEnclaveStreams,
 		MaxEnclaveStreamsPerPeer: o.MaxEnclaveStreamsPerPeer,
@@ -254,6 +259,30 @@ func (o options) hostConfig() (host.Config, error) {
 		return cfg, fmt.Errorf("enclave-cid %d out of range", o.EnclaveCID)
 	}
 	return cfg, nil
+}
+
+// enclaveLogs parses -enclave-logs (ok false: not given). Its VSOCK port
+// may not be one of -listen's or -vsock-proxy's.
+func (o options) enclaveLogs(listen []endpoint.Addr, proxies []host.VSockProxy) (a endpoint.Addr, ok bool, err error) {
+	if o.EnclaveLogs == "" {
+		return a, false, nil
+	}
+	if a, err = endpoint.Parse(o.EnclaveLogs); err != nil {
+		return a, false, fmt.Errorf("-enclave-logs: %w", err)
+	}
+	if a.Scheme == "vsock" {
+		for _, l := range listen {
+			if l.Scheme == "vsock" && l.Port == a.Port {
+				return a, false, fmt.Errorf("-enclave-logs %s: VSOCK port %d is taken by -listen %s", o.EnclaveLogs, a.Port, l)
+			}
+		}
+		for _, p := range proxies {
+			if p.Port == a.Port {
+				return a, false, fmt.Errorf("-enclave-logs %s: VSOCK port %d is taken by -vsock-proxy %s", o.EnclaveLogs, a.Port, p)
+			}
+		}
+	}
+	return a, true, nil
 }
 
 // vsockProxies parses -vsock-proxy. Two proxies on one VSOCK port, or a

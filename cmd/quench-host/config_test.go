@@ -194,6 +194,40 @@ func TestVSockProxyOptions(t *testing.T) {
 	}
 }
 
+// TestEnclaveLogsOptions: -enclave-logs from the file, and its errors: a
+// bad URL, a VSOCK port that -listen or -vsock-proxy serve.
+func TestEnclaveLogsOptions(t *testing.T) {
+	o := defaultOptions()
+	if err := loadConfigFile(writeFile(t, "enclave_logs: vsock://:1025\nmax_enclave_log_streams: 8\n"), &o); err != nil {
+		t.Fatal(err)
+	}
+	listen := []endpoint.Addr{{Scheme: "vsock", CID: endpoint.AnyCID, Port: 1024}}
+	proxies := []host.VSockProxy{{Port: 8000, Target: "kms:443"}}
+	a, ok, err := o.enclaveLogs(listen, proxies)
+	if err != nil || !ok || a.Port != 1025 {
+		t.Errorf("enclaveLogs = %v, %v, %v", a, ok, err)
+	}
+	if cfg, err := o.hostConfig(); err != nil || cfg.MaxEnclaveLogStreams != 8 {
+		t.Errorf("MaxEnclaveLogStreams = %d, %v", cfg.MaxEnclaveLogStreams, err)
+	}
+	if _, ok, err := (options{}).enclaveLogs(listen, proxies); ok || err != nil {
+		t.Errorf("without -enclave-logs: %v, %v", ok, err)
+	}
+	for _, tc := range []struct{ url, want string }{
+		{"vsock://:1024", "VSOCK port 1024 is taken by -listen vsock://:1024"},
+		{"vsock://:8000", "VSOCK port 8000 is taken by -vsock-proxy 8000:kms:443"},
+		{"udp://:1025", "-enclave-logs"},
+	} {
+		if _, _, err := (options{EnclaveLogs: tc.url}).enclaveLogs(listen, proxies); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v; want an error with %q", tc.url, err, tc.want)
+		}
+	}
+	var stderr strings.Builder
+	if code := run([]string{"-enclave-logs", "vsock://:1024"}, &stderr); code != 2 || !strings.Contains(stderr.String(), "taken by -listen") {
+		t.Errorf("run with -enclave-logs on -listen's port: exit %d: %s", code, stderr.String())
+	}
+}
+
 // TestFlagPlaceholders: flag takes the first backquoted text of a usage
 // string as the value's name in --help; it must be a name, not a phrase
 // (-vsock-proxy's showed "vsock-proxy 8000 kms.us-east-1.amazonaws.com 443").

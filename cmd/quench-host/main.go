@@ -49,6 +49,10 @@ Examples:
   # AWS vsock-proxy's role: enclave programs that dial vsock://3:8000 reach KMS.
   quench-host -vsock-proxy 8000:kms.us-east-1.amazonaws.com:443
 
+  # Enclaves' logs (quench-enclave -log-to vsock://3:1025) on standard error,
+  # one line each with the enclave's CID; journald keeps them under systemd.
+  quench-host -enclave-logs vsock://:1025
+
   # Settings from a file; a control socket for quench-host ctl; metrics.
   quench-host -config /etc/quench/host.yaml -control /run/quench-host/control.sock -metrics 127.0.0.1:9100
 
@@ -143,6 +147,18 @@ func run(args []string, stderr io.Writer) int {
 	if err != nil {
 		return fail(err)
 	}
+	logsAddr, logsOn, err := o.enclaveLogs(addrs, proxies)
+	if err != nil {
+		return fail(err)
+	}
+	if logsOn {
+		// Enclaves' lines pass whatever -log-level says: the operator
+		// asked for them.
+		enclaveLog := slog.New(slog.NewTextHandler(stderr, nil))
+		cfg.EnclaveLog = func(enclave, stream string, line []byte) {
+			enclaveLog.Info("enclave", "enclave", enclave, "stream", stream, "line", string(line))
+		}
+	}
 	h, err := host.New(cfg)
 	if err != nil {
 		return fail(err)
@@ -153,7 +169,8 @@ func run(args []string, stderr io.Writer) int {
 		"max_nat_conns", lc.MaxNATConns, "max_nat_conns_per_enclave", lc.MaxNATConnsPerEnclave,
 		"max_nat_udp_flows", lc.MaxNATUDPFlows, "max_nat_udp_flows_per_enclave", lc.MaxNATUDPFlowsPerEnclave,
 		"nat_idle_timeout", lc.NATIdleTimeout, "max_dials_per_enclave", lc.MaxDialsPerEnclave,
-		"max_vsock_proxy_conns", lc.MaxVSockProxyConns, "max_vsock_proxy_conns_per_enclave", lc.MaxVSockProxyConnsPerPeer)
+		"max_vsock_proxy_conns", lc.MaxVSockProxyConns, "max_vsock_proxy_conns_per_enclave", lc.MaxVSockProxyConnsPerPeer,
+		"max_enclave_log_streams", lc.MaxEnclaveLogStreams)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -220,6 +237,15 @@ func run(args []string, stderr io.Writer) int {
 		}
 		logger.Info("vsock-proxy", "url", a.String(), "addr", ln.Addr().String(), "target", p.Target)
 		g.Go(func() error { return h.ServeVSockProxy(ln, p) })
+	}
+	if logsOn {
+		ln, err := endpoint.Listen(logsAddr, epOpts)
+		if err != nil {
+			_ = h.Close()
+			return fail(fmt.Errorf("-enclave-logs: listen %s: %w", logsAddr, err))
+		}
+		logger.Info("enclave logs", "url", logsAddr.String(), "addr", ln.Addr().String())
+		g.Go(func() error { return h.ServeEnclaveLogs(ln) })
 	}
 	for _, p := range h.Ports() {
 		logger.Info("published", "addr", p.Addr, "spec", p.Spec.String())

@@ -1,0 +1,143 @@
+package host_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/quenchnet/quench/host"
+	"github.com/quenchnet/quench/internal/testutil"
+	"github.com/quenchnet/quench/logship"
+)
+
+// startLogHost starts a Host with ServeEnclaveLogs on a unix socket and
+// returns the socket's path.
+func startLogHost(t *testing.T, cfg host.Config) (*host.Host, string) {
+	t.Helper()
+	h, err := host.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "logs.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- h.ServeEnclaveLogs(ln) }()
+	t.Cleanup(func() {
+		if err := h.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+		if err := <-done; err != nil {
+			t.Errorf("ServeEnclaveLogs: %v", err)
+		}
+	})
+	return h, path
+}
+
+func eventually(t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestEnclaveLogsReachTheHostLog(t *testing.T) {
+	var out testutil.SyncBuffer
+	h, path := startLogHost(t, host.Config{Logger: slog.New(slog.NewTextHandler(&out, nil))})
+	s, err := logship.New(logship.Config{Dial: func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", path)
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, _ := s.Writer("stdout")
+	// A line that would forge a log record and colour a terminal.
+	fmt.Fprint(w, "served / in 3ms\nevil \x1b[31mred level=ERROR msg=forged\n")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := s.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	log := out.String()
+	for _, want := range []string{
+		`msg=enclave enclave="unix:uid=`,
+		` stream=stdout line="served / in 3ms"`,
+		` stream=stdout line="evil \x1b[31mred level=ERROR msg=forged"`,
+	} {
+		if !strings.Contains(log, want) {
+			t.Errorf("host log lacks %q:\n%s", want, log)
+		}
+	}
+	if strings.Contains(log, "\x1b") {
+		t.Errorf("an escape reached the host log raw:\n%q", log)
+	}
+	st := h.EnclaveLogStats()
+	if st.Lines != 2 || st.Accepted != 1 || st.Errors != 0 || st.Bytes != uint64(len("served / in 3ms")+len("evil \x1b[31mred level=ERROR msg=forged")) {
+		t.Fatalf("stats %+v", st)
+	}
+	eventually(t, "the stream to end", func() bool { return h.EnclaveLogStats().Streams == 0 })
+}
+
+func TestEnclaveLogsMalformedAndLimits(t *testing.T) {
+	var mu sync.Mutex
+	var lines []string
+	h, path := startLogHost(t, host.Config{EnclaveLog: func(enclave, stream string, line []byte) {
+		mu.Lock()
+		lines = append(lines, stream+": "+string(line))
+		mu.Unlock()
+	}})
+	dial := func() net.Conn {
+		c, err := net.Dial("unix", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+
+	// Not a log stream: closed, counted.
+	c := dial()
+	io.WriteString(c, "POST /connect HTTP/1.1\r\n\r\n")
+	c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.Copy(io.Discard, c); err != nil {
+		t.Fatalf("malformed stream not closed: %v", err)
+	}
+	eventually(t, "the error to be counted", func() bool { return h.EnclaveLogStats().Errors == 1 })
+
+	// Four streams from one peer are held; the fifth is closed at once.
+	for i := range 4 {
+		c := dial()
+		io.WriteString(c, logship.Header)
+		rec := fmt.Sprintf("\x03out%c\x00line %d", byte(len(fmt.Sprintf("line %d", i))), i)
+		io.WriteString(c, rec)
+	}
+	eventually(t, "four streams", func() bool { return h.EnclaveLogStats().Streams == 4 })
+	c = dial()
+	c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.Copy(io.Discard, c); err != nil {
+		t.Fatalf("fifth stream not closed: %v", err)
+	}
+	eventually(t, "the refusal", func() bool { return h.EnclaveLogStats().Refused == 1 })
+	eventually(t, "four lines", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(lines) == 4
+	})
+}
