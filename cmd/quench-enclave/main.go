@@ -27,6 +27,7 @@ import (
 	"github.com/quenchnet/quench/internal/debugserver"
 	"github.com/quenchnet/quench/internal/endpoint"
 	"github.com/quenchnet/quench/internal/sandbox"
+	"github.com/quenchnet/quench/logship"
 	"github.com/quenchnet/quench/policy"
 )
 
@@ -184,6 +185,14 @@ type options struct {
 	devRootOut string
 	pprofAddr  string // networking-only pprof (debugserver)
 	logger     *slog.Logger
+
+	// -log-to: where the log and the app's output are shipped (logTo.Scheme
+	// empty: nowhere); logTee is the logger's output, to which run adds
+	// the shipper, logShip.
+	logTo   endpoint.Addr
+	eopts   endpoint.Options
+	logTee  *tee
+	logShip *logship.Shipper
 }
 
 // parse turns the command line into options; the error is for the user.
@@ -203,6 +212,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		startWait   = fs.Duration("start-timeout", 2*time.Minute, "how long to keep trying to reach the host at start-up")
 		vsockDir    = fs.String("vsock-dir", "", "VSOCK stand-in: vsock:// addresses are unix sockets in this directory (also $"+endpoint.EnvVSockDir+")")
 		logLevel    = fs.String("log-level", "info", "debug, info, warn or error")
+		logTo       = fs.String("log-to", "", "also send quench-enclave's log and the app's standard output and error to quench-host -enclave-logs at `URL` (vsock://3:1025), on a VSOCK stream of their own: they arrive while the enclave's network is down, and a production enclave has no console. Lines wait in a 1 MiB buffer while the host is away, past it they are dropped and counted, never blocking the app. The host reads every line, so never log secrets; the app's output is a way out of the enclave that -allow does not hold. Named in /enclave/config (annotation logs_to_host); off by default")
 		appURL      = fs.String("app-url", "", "the app's address, http://HOST:PORT or unix:///path; turns serving on (HTTPS, attestation, proxy to the app)")
 		appCmd      = fs.String("app-cmd", "", "start the app with this command line (split like a POSIX shell, without expansion); or give it after --")
 		appSandbox  = fs.String("app-sandbox", "auto", "start the app under a seccomp filter that refuses it (and what it starts) VSOCK sockets, packet, XDP and raw sockets, io_uring and taking other processes' descriptors (pidfd_getfd): the ways past the egress policy besides the TAP device. auto: with -allow; on; off")
@@ -260,7 +270,8 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
 		return nil, fmt.Errorf("-log-level: %w", err)
 	}
-	o.logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	o.logTee = &tee{local: stderr}
+	o.logger = slog.New(slog.NewTextHandler(o.logTee, &slog.HandlerOptions{Level: level}))
 
 	// The app command: -app-cmd or everything after --.
 	if fs.NArg() > 0 {
@@ -333,6 +344,12 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		return nil, fmt.Errorf("-gateway: %w", err)
 	}
 	eopts := endpoint.Options{VSockDir: endpoint.VSockDirFromEnv(*vsockDir)}
+	o.eopts = eopts
+	if *logTo != "" {
+		if o.logTo, err = endpoint.Parse(*logTo); err != nil {
+			return nil, fmt.Errorf("-log-to: %w", err)
+		}
+	}
 	o.cfg = enclave.Config{
 		Network:    mode,
 		MTU:        *mtu,
@@ -363,6 +380,14 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 			uid, gid = int(c.Uid), int(c.Gid)
 		}
 		o.cfg.Annotations = map[string]string{"app_sandbox": sb, "app_user": fmt.Sprintf("%d:%d", uid, gid)}
+	}
+	if *logTo != "" {
+		// Clients auditing /enclave/config see that the enclave's log,
+		// and the app's output, leave it for the host.
+		if o.cfg.Annotations == nil {
+			o.cfg.Annotations = map[string]string{}
+		}
+		o.cfg.Annotations["logs_to_host"] = o.logTo.String()
 	}
 	if set["dns-proxy"] && *dnsProxy != "-" && (o.cfg.Egress == nil || mode != enclave.NetworkTAP) {
 		// Without a policy (or in userspace mode, where no other program
@@ -534,6 +559,16 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "quench-enclave: %v\n", err)
 		return 1
 	}
+	if o.logTo.Scheme != "" {
+		stop, err := startLogShip(o, stderr)
+		if err != nil {
+			return fail(err)
+		}
+		defer stop()
+		if o.cfg.Egress != nil && len(o.appArgs) > 0 {
+			o.logger.Warn("-log-to sends the app's output to the host: a way out of the enclave that -allow does not hold")
+		}
+	}
 	if o.pprofAddr != "" {
 		stopPprof, err := debugserver.Start(o.pprofAddr, o.logger)
 		if err != nil {
@@ -595,8 +630,13 @@ func superviseApp(e *enclave.Enclave, o *options, sigs <-chan os.Signal, stderr 
 		return 1
 	}
 	cmd.Stdin = nil
-	cmd.Stdout = os.Stdout
-	cmd.Stderr = stderr
+	cmd.Stdout = appOutput(o, os.Stdout, "stdout")
+	cmd.Stderr = appOutput(o, stderr, "stderr")
+	if o.logShip != nil {
+		// The output goes through pipes now: do not wait for ever on
+		// one that a process the app left behind holds open.
+		cmd.WaitDelay = 2 * time.Second
+	}
 	if err := cmd.Start(); err != nil {
 		_ = e.Close()
 		fmt.Fprintf(stderr, "quench-enclave: start app: %v\n", err)

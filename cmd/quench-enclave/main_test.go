@@ -149,6 +149,8 @@ func TestBadFlags(t *testing.T) {
 		{"dns proxy not an address", []string{"-allow", "*", "-dns-proxy", "localhost"}, `DNS proxy "localhost"`},
 		{"dns proxy without allow", []string{"-dns-proxy", "127.0.0.53"}, "-dns-proxy needs -allow in TAP mode"},
 		{"dns proxy in userspace mode", []string{"-network", "userspace", "-app-url", "http://127.0.0.1:1", "-allow", "*", "-dns-proxy", "127.0.0.53"}, "-dns-proxy needs -allow in TAP mode"},
+		{"bad log-to", []string{"-log-to", "udp://3:1025"}, "-log-to"},
+		{"log-to without port", []string{"-log-to", "vsock://3"}, "-log-to"},
 		{"bad acme roots", []string{"-app-url", "http://127.0.0.1:1", "-acme", "-fqdn", "a.example", "-acme-roots", "/nonexistent"}, "-acme-roots"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -496,5 +498,24 @@ func TestHelpPlaceholders(t *testing.T) {
 	}
 	if n < 20 {
 		t.Fatalf("found %d flag lines in --help:\n%s", n, buf.String())
+	}
+}
+
+// TestLogToAnnotation: with -log-to, /enclave/config names where the logs
+// go (clients see that they leave the enclave); without it, nothing.
+func TestLogToAnnotation(t *testing.T) {
+	o, err := parse([]string{"-app-url", "http://127.0.0.1:1", "-log-to", "vsock://3:1025"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := o.cfg.Annotations["logs_to_host"]; got != "vsock://3:1025" {
+		t.Errorf("logs_to_host = %q, want vsock://3:1025", got)
+	}
+	o, err = parse([]string{"-app-url", "http://127.0.0.1:1"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := o.cfg.Annotations["logs_to_host"]; ok {
+		t.Errorf("logs_to_host without -log-to: %v", o.cfg.Annotations)
 	}
 }
