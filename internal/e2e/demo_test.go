@@ -66,7 +66,7 @@ func TestDemo(t *testing.T) {
 	}
 	port := testutil.FreePort(t)
 	env := append(os.Environ(), endpoint.EnvVSockDir+"="+dir)
-	hostArgs := []string{"-listen", "vsock://:1024", "-publish", fmt.Sprintf("127.0.0.1:%d:443", port), "-log-level", "debug"}
+	hostArgs := []string{"-listen", "vsock://:1024", "-publish", fmt.Sprintf("127.0.0.1:%d:443", port), "-log-level", "debug", "-enclave-logs", "vsock://:1025"}
 	startHost := func(name string) *testutil.Process {
 		cmd := exec.Command(filepath.Join(bin, "quench-host"), hostArgs...)
 		cmd.Env = env
@@ -115,7 +115,7 @@ func TestDemo(t *testing.T) {
 	cmd := ns.Command(filepath.Join(bin, "quench-enclave"),
 		"-host", "vsock://3:1024", "-resolv-conf", filepath.Join(dir, "resolv.conf"),
 		"-app-url", "http://127.0.0.1:8081", "-wait-for-app",
-		"-dev-attester", "-dev-root-out", devRoot, "-log-level", "debug",
+		"-dev-attester", "-dev-root-out", devRoot, "-log-level", "debug", "-log-to", "vsock://3:1025",
 		"-allow", fmt.Sprintf("%s:%d/tcp", hostLoopback, port))
 	cmd.Args = append(append(cmd.Args, appUser...), "--", py, filepath.Join(appDir, "app.py"))
 	cmd.Env = env
@@ -147,7 +147,7 @@ func TestDemo(t *testing.T) {
 	// the app's sandbox, bound by the document.
 	out, err = exec.Command(filepath.Join(bin, "quench"), "verify", "--config", base,
 		"--roots", devRoot, "--insecure-skip-tls-verify", "--max-age", "1m").CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "public_key") || !strings.Contains(string(out), `"egress": [`) || !strings.Contains(string(out), `"app_sandbox": "seccomp"`) || (appUser != nil && !strings.Contains(string(out), `"app_user": "65534:65534"`)) {
+	if err != nil || !strings.Contains(string(out), "public_key") || !strings.Contains(string(out), `"egress": [`) || !strings.Contains(string(out), `"logs_to_host": "vsock://3:1025"`) || !strings.Contains(string(out), `"app_sandbox": "seccomp"`) || (appUser != nil && !strings.Contains(string(out), `"app_user": "65534:65534"`)) {
 		t.Errorf("quench verify --config: %v\n%s", err, out)
 	}
 	// Against the AWS root, the development document must fail.
@@ -204,6 +204,11 @@ func TestDemo(t *testing.T) {
 	}
 	burst()
 
+	// The app's output as the parent sees it (-log-to, -enclave-logs).
+	if out := hostProc.Output(); !strings.Contains(out, `msg=enclave enclave="unix:uid=0" stream=stdout line="app: listening on`) {
+		t.Errorf("the app's first line is not in the host's log:\n%s", out)
+	}
+
 	// The host restarts; the enclave reconnects and serves again.
 	hostProc.Kill()
 	hostProc = startHost("quench-host (restarted)")
@@ -228,6 +233,11 @@ func TestDemo(t *testing.T) {
 	}
 	if !strings.Contains(encl.Output(), "app: signal 15") {
 		t.Errorf("the app did not get SIGTERM:\n%s", encl.Output())
+	}
+	// Its last words reached the restarted host before quench-enclave
+	// exited.
+	if out := hostProc.Output(); !strings.Contains(out, `stream=stdout line="app: signal 15 - exiting"`) {
+		t.Errorf("the app's last line is not in the restarted host's log:\n%s", out)
 	}
 	_ = hostProc.Stop(5 * time.Second)
 }
