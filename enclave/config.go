@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/quenchnet/quench/attestation"
 	"github.com/quenchnet/quench/enclave/keysync"
 	"github.com/quenchnet/quench/internal/endpoint"
@@ -326,6 +328,10 @@ type Config struct {
 	// the egress filter's and the DNS proxy's, and, when serving, the
 	// servers' and the proxy's. Default: empty (off).
 	MetricsAddr string
+	// MetricsCollectors are registered beside the enclave's own on the
+	// MetricsAddr registry (quench-enclave adds its log shipper's). A
+	// collector whose metrics clash with the enclave's fails Start.
+	MetricsCollectors []prometheus.Collector
 
 	// Pprof serves net/http/pprof under /debug/pprof/ on the internal
 	// server. Profiles expose process memory, so while it is on the

@@ -712,8 +712,13 @@ func (e *Enclave) startMetrics(nw network) error {
 	if err != nil {
 		return fmt.Errorf("enclave: metrics listener %s: %w", e.cfg.MetricsAddr, err)
 	}
+	m, err := newMetrics(e, e.conns, false)
+	if err != nil {
+		_ = ln.Close()
+		return err
+	}
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", newMetrics(e, e.conns, false).handler())
+	mux.Handle("/metrics", m.handler())
 	srv := proxy.NewServer(mux, proxy.ServerConfig{Logger: e.log})
 	e.metricsSrv = srv
 	e.wg.Add(1)

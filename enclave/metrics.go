@@ -1,6 +1,7 @@
 package enclave
 
 import (
+	"fmt"
 	"net/http"
 	"strconv"
 	"time"
@@ -30,7 +31,7 @@ type metrics struct {
 
 // newMetrics makes the collectors: the network's always, the servers'
 // (HTTP requests, attestations, the proxy) when serving.
-func newMetrics(e *Enclave, conns *connCap, serving bool) *metrics {
+func newMetrics(e *Enclave, conns *connCap, serving bool) (*metrics, error) {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -99,13 +100,18 @@ func newMetrics(e *Enclave, conns *connCap, serving bool) *metrics {
 	if e.egress != nil {
 		m.reg.MustRegister(egressCollector{e.egress})
 	}
+	for _, c := range e.cfg.MetricsCollectors {
+		if err := m.reg.Register(c); err != nil {
+			return nil, fmt.Errorf("enclave: MetricsCollectors: %w", err)
+		}
+	}
 	if p := e.dnsp; p != nil {
 		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "quench_enclave_dns_proxy_dropped_total",
 			Help: "DNS questions (UDP) and connections (TCP) the enclave's DNS proxy dropped because it had too many in hand (TAP mode with an egress policy).",
 		}, func() float64 { return float64(p.dropped.Load()) }))
 	}
-	return m
+	return m, nil
 }
 
 // egressCollector exports the TAP-mode egress filter's counters.

@@ -125,7 +125,9 @@ func (e *Enclave) startServers(ctx context.Context, nw network) (_ *servers, err
 		return nil, err
 	}
 	s.conns = e.conns
-	s.metrics = newMetrics(e, s.conns, true)
+	if s.metrics, err = newMetrics(e, s.conns, true); err != nil {
+		return nil, err
+	}
 
 	var app http.Handler = cfg.Handler
 	if cfg.AppURL != nil {

@@ -23,6 +23,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 	proxyproto "github.com/pires/go-proxyproto"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/quenchnet/quench/attestation"
 	"github.com/quenchnet/quench/enclave"
 	"github.com/quenchnet/quench/host"
@@ -853,9 +855,11 @@ func dialIngressAs(sock string) func(ctx context.Context, _, _ string) (net.Conn
 func TestMetricsWithoutServing(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "host.sock")
 	h := svHost(t, sock)
+	extra := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "test_extra", Help: "A collector of the caller's."}, func() float64 { return 42 })
 	e := startEnclave(t, enclave.Config{
-		DialHost:    testutil.DialUnix(sock),
-		MetricsAddr: ":9090",
+		DialHost:          testutil.DialUnix(sock),
+		MetricsAddr:       ":9090",
+		MetricsCollectors: []prometheus.Collector{extra},
 	})
 	var body string
 	testutil.WaitFor(t, 10*time.Second, "metrics through the published port", func() error {
@@ -866,7 +870,7 @@ func TestMetricsWithoutServing(t *testing.T) {
 		body = b
 		return nil
 	})
-	for _, want := range []string{"quench_enclave_tunnel_connected 1", "quench_enclave_public_connections "} {
+	for _, want := range []string{"quench_enclave_tunnel_connected 1", "quench_enclave_public_connections ", "test_extra 42"} {
 		if !strings.Contains(body, want) {
 			t.Errorf("metrics lack %q", want)
 		}
@@ -878,5 +882,22 @@ func TestMetricsWithoutServing(t *testing.T) {
 	}
 	if err := e.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A collector clashing with the enclave's own fails Start, saying which.
+func TestMetricsCollectorClash(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "host.sock")
+	svHost(t, sock)
+	clash := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "quench_enclave_tunnel_connected", Help: "Not the enclave's."}, func() float64 { return 0 })
+	e, err := enclave.New(enclave.Config{DialHost: testutil.DialUnix(sock), MetricsAddr: ":9090", MetricsCollectors: []prometheus.Collector{clash}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := e.Start(ctx); err == nil || !strings.Contains(err.Error(), "MetricsCollectors") {
+		t.Fatalf("Start with a clashing collector: %v", err)
 	}
 }
