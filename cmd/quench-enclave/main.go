@@ -388,6 +388,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 			o.cfg.Annotations = map[string]string{}
 		}
 		o.cfg.Annotations["logs_to_host"] = o.logTo.String()
+		o.cfg.MetricsCollectors = append(o.cfg.MetricsCollectors, shipCollector{o})
 	}
 	if set["dns-proxy"] && *dnsProxy != "-" && (o.cfg.Egress == nil || mode != enclave.NetworkTAP) {
 		// Without a policy (or in userspace mode, where no other program
@@ -407,6 +408,9 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 			ProxyHeader: f.proxyHeader,
 		})
 	}
+
+	// Metrics stand without serving too: the network's collectors.
+	o.cfg.MetricsAddr = *metricsAddr
 
 	// -max-conns caps the forwards as well as the public server and key
 	// sync: it stands with either -app-url or -forward.
@@ -485,7 +489,6 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		o.cfg.IngressListen = func() (net.Listener, error) { return endpoint.Listen(ia, eopts) }
 	}
 	o.cfg.TLSCertFile, o.cfg.TLSKeyFile = *tlsCert, *tlsKey
-	o.cfg.MetricsAddr = *metricsAddr
 	o.cfg.Pprof = *pprofOn
 	o.cfg.DrainTimeout = *drain
 	if *maxAttest == 0 || *maxAttest < -1 {

@@ -519,3 +519,19 @@ func TestLogToAnnotation(t *testing.T) {
 		t.Errorf("logs_to_host without -log-to: %v", o.cfg.Annotations)
 	}
 }
+
+// TestMetricsWithoutAppURL: -metrics serves the network's collectors with
+// only -forward (it was dropped without a word when not serving), and
+// -log-to adds the shipper's.
+func TestMetricsWithoutAppURL(t *testing.T) {
+	o, err := parse([]string{"-forward", "vsock://:8080=127.0.0.1:3000", "-metrics", ":9090", "-log-to", "vsock://3:1025"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.cfg.MetricsAddr != ":9090" {
+		t.Errorf("MetricsAddr = %q, want :9090", o.cfg.MetricsAddr)
+	}
+	if len(o.cfg.MetricsCollectors) != 1 {
+		t.Errorf("MetricsCollectors = %v, want the log shipper's", o.cfg.MetricsCollectors)
+	}
+}
