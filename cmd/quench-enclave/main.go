@@ -442,6 +442,10 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 				return nil, fmt.Errorf("-internal-addr %q (where -pprof listens): %w", *intAddr, err)
 			}
 			o.pprofAddr = *intAddr
+		} else if set["internal-addr"] {
+			// Without -app-url there is no internal server: only -pprof
+			// would listen there.
+			return nil, errors.New("-internal-addr needs -app-url (the internal server) or -pprof")
 		}
 		return o, nil
 	}

@@ -149,6 +149,7 @@ func TestBadFlags(t *testing.T) {
 		{"dns proxy not an address", []string{"-allow", "*", "-dns-proxy", "localhost"}, `DNS proxy "localhost"`},
 		{"dns proxy without allow", []string{"-dns-proxy", "127.0.0.53"}, "-dns-proxy needs -allow in TAP mode"},
 		{"dns proxy in userspace mode", []string{"-network", "userspace", "-app-url", "http://127.0.0.1:1", "-allow", "*", "-dns-proxy", "127.0.0.53"}, "-dns-proxy needs -allow in TAP mode"},
+		{"internal addr without app or pprof", []string{"-internal-addr", "127.0.0.1:9000"}, "-internal-addr needs -app-url (the internal server) or -pprof"},
 		{"bad log-to", []string{"-log-to", "udp://3:1025"}, "-log-to"},
 		{"log-to without port", []string{"-log-to", "vsock://3"}, "-log-to"},
 		{"bad acme roots", []string{"-app-url", "http://127.0.0.1:1", "-acme", "-fqdn", "a.example", "-acme-roots", "/nonexistent"}, "-acme-roots"},
