@@ -98,6 +98,8 @@ func newSoakEnv(t *testing.T) *soakEnv {
 		"-metrics", fmt.Sprintf("127.0.0.1:%d", s.hostMetrics),
 		// vsock-proxy's role, to the same server on the host's loopback.
 		"-vsock-proxy", fmt.Sprintf("%d:127.0.0.1:%d", soakProxyPort, s.hostHTTP),
+		// The enclave's log, on a VSOCK stream of its own.
+		"-enclave-logs", "vsock://:1025",
 	}
 	s.enclaveArgs = []string{
 		"-host", "vsock://3:1024", "-resolv-conf", filepath.Join(s.dir, "resolv.conf"),
@@ -105,6 +107,7 @@ func newSoakEnv(t *testing.T) *soakEnv {
 		"-forward", "vsock://16:8080=" + soakAppAddr,
 		"-metrics", soakEnclaveMetrics, "-dev-attester",
 		"-dev-root-out", filepath.Join(s.dir, "dev-root.pem"),
+		"-log-to", "vsock://3:1025",
 		// An egress policy for what the load reaches (the egress NAT
 		// path), so that the TAP egress filter carries every frame of
 		// the tunnel through the disruptions too.
@@ -515,4 +518,8 @@ func TestSoak(t *testing.T) {
 	}
 	phase("host", "quench-enclave", func() *testutil.Process { return s.host }, s.startHost, s.enclaveUsage)
 	phase("enclave", "quench-host", func() *testutil.Process { return s.enclave }, s.startEnclave, s.hostUsage)
+	// The last enclave's log reached the host that stayed up.
+	if out := s.host.Output(); !strings.Contains(out, `msg=enclave enclave="unix:uid=0" stream=quench line="time=`) || !strings.Contains(out, `enclave up`) {
+		t.Errorf("the enclaves' log lines did not reach quench-host")
+	}
 }
