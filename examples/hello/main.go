@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -19,6 +20,7 @@ import (
 	"github.com/quenchnet/quench/attestation"
 	"github.com/quenchnet/quench/enclave"
 	"github.com/quenchnet/quench/internal/endpoint"
+	"github.com/quenchnet/quench/logship"
 	"github.com/quenchnet/quench/policy"
 )
 
@@ -42,6 +44,7 @@ func run(args []string) error {
 		devRootOut = fs.String("dev-root-out", "", "with -dev-attester: write its root certificate (PEM) here")
 		resolvConf = fs.String("resolv-conf", "/etc/resolv.conf", "TAP mode: resolv.conf to write; - to leave it alone")
 		ingress    = fs.String("ingress", "", "also serve HTTPS on this listener for quench-host's ingress fast path (-publish-vsock; PROXY header first), e.g. vsock://:8443")
+		logTo      = fs.String("log-to", "", "also send the log to quench-host -enclave-logs at this `URL` (vsock://3:1025); the host reads every line")
 	)
 	var allow []string
 	fs.Func("allow", "egress policy `RULE` (repeatable; see package policy): where the app may connect, enforced in the enclave (in TAP mode for every program)", func(v string) error {
@@ -59,7 +62,37 @@ func run(args []string) error {
 		}
 		egress = p
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	eopts := endpoint.Options{VSockDir: endpoint.VSockDirFromEnv("")}
+	var logOut io.Writer = os.Stderr
+	var annotations map[string]string
+	if *logTo != "" {
+		// The log goes to the parent too (package logship): a production
+		// enclave has no console. /enclave/config says so.
+		la, err := endpoint.Parse(*logTo)
+		if err != nil {
+			return fmt.Errorf("-log-to: %w", err)
+		}
+		ship, err := logship.New(logship.Config{Dial: func(ctx context.Context) (net.Conn, error) {
+			return endpoint.Dial(ctx, la, eopts)
+		}})
+		if err != nil {
+			return err
+		}
+		defer func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			defer cancel()
+			if err := ship.Close(ctx); err != nil {
+				fmt.Fprintln(os.Stderr, "hello: -log-to:", err)
+			}
+		}()
+		w, err := ship.Writer("app")
+		if err != nil {
+			return err
+		}
+		logOut = io.MultiWriter(os.Stderr, w)
+		annotations = map[string]string{"logs_to_host": la.String()}
+	}
+	log := slog.New(slog.NewTextHandler(logOut, nil))
 	ha, err := endpoint.Parse(*hostURL)
 	if err != nil {
 		return err
@@ -82,7 +115,6 @@ func run(args []string) error {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "hello from the enclave (%s mode); you are %s\n", *network, r.RemoteAddr)
 	})
-	eopts := endpoint.Options{VSockDir: endpoint.VSockDirFromEnv("")}
 	var ingressListen func() (net.Listener, error)
 	if *ingress != "" {
 		ia, err := endpoint.Parse(*ingress)
@@ -110,6 +142,7 @@ func run(args []string) error {
 		Attester:      att, // nil: the Nitro Secure Module
 		Egress:        egress,
 		Logger:        log,
+		Annotations:   annotations,
 	})
 	if err != nil {
 		return err

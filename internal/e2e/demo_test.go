@@ -265,8 +265,15 @@ func TestHelloUserspace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var logMu sync.Mutex
+	var logLines []string
 	h, err := host.New(host.Config{
 		Publish: []host.Publish{pub, fast},
+		EnclaveLog: func(_, stream string, line []byte) {
+			logMu.Lock()
+			logLines = append(logLines, stream+": "+string(line))
+			logMu.Unlock()
+		},
 		DialEnclave: func(ctx context.Context, port uint32) (net.Conn, error) {
 			return endpoint.Dial(ctx, endpoint.Addr{Scheme: "vsock", CID: 16, Port: port}, endpoint.Options{VSockDir: dir})
 		},
@@ -284,10 +291,18 @@ func TestHelloUserspace(t *testing.T) {
 	}
 	served := make(chan struct{})
 	go func() { defer close(served); _ = h.Serve(ln) }()
-	t.Cleanup(func() { _ = h.Close(); <-served })
+	// Its log, shipped with package logship (-log-to), on the parent.
+	lln, err := endpoint.Listen(endpoint.Addr{Scheme: "vsock", CID: endpoint.AnyCID, Port: 1025},
+		endpoint.Options{VSockDir: dir, LocalCID: endpoint.ParentCID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	logsServed := make(chan struct{})
+	go func() { defer close(logsServed); _ = h.ServeEnclaveLogs(lln) }()
+	t.Cleanup(func() { _ = h.Close(); <-served; <-logsServed })
 
 	devRoot := filepath.Join(dir, "dev-root.pem")
-	cmd := exec.Command(exe, "-network", "userspace", "-dev-attester", "-dev-root-out", devRoot, "-ingress", "vsock://16:8443")
+	cmd := exec.Command(exe, "-network", "userspace", "-dev-attester", "-dev-root-out", devRoot, "-ingress", "vsock://16:8443", "-log-to", "vsock://3:1025")
 	cmd.Env = append(os.Environ(), endpoint.EnvVSockDir+"="+dir)
 	p := testutil.Start(t, "hello", cmd)
 
@@ -319,5 +334,12 @@ func TestHelloUserspace(t *testing.T) {
 	}
 	if err := p.Stop(10 * time.Second); err != nil {
 		t.Errorf("hello on SIGINT: %v\n%s", err, p.Output())
+	}
+	// Its lines up to the last reached the host before it exited.
+	logMu.Lock()
+	defer logMu.Unlock()
+	all := strings.Join(logLines, "\n")
+	if !strings.Contains(all, "app: ") || !strings.Contains(all, `msg=serving`) || !strings.Contains(all, `msg="shutting down"`) {
+		t.Errorf("hello's log on the host:\n%s", all)
 	}
 }
