@@ -15,6 +15,7 @@ import (
 
 	"github.com/quenchnet/quench/host"
 	"github.com/quenchnet/quench/internal/endpoint"
+	"github.com/quenchnet/quench/internal/logfmt"
 	"github.com/quenchnet/quench/policy"
 )
 
@@ -47,6 +48,7 @@ type options struct {
 	Metrics        string        `yaml:"metrics"`
 	Pprof          string        `yaml:"pprof"`
 	LogLevel       string        `yaml:"log_level"`
+	LogFormat      string        `yaml:"log_format"`
 
 	// Limits against hostile clients and enclaves (layer 4).
 	MaxPortConns             int           `yaml:"max_port_conns"`
@@ -85,6 +87,7 @@ func defaultOptions() options {
 		AckDelay:     host.DefaultAckDelay,
 		DHCP:         true,
 		LogLevel:     "info",
+		LogFormat:    "text",
 
 		FirstByteTimeout: host.DefaultFirstByteTimeout,
 		MaxPortUDPFlows:  host.DefaultMaxPortUDPFlows,
@@ -111,7 +114,7 @@ func (o *options) bind(fs *flag.FlagSet, configPath *string) {
 	fs.Var(listFlag{&o.PublishVSock}, "publish-vsock", "ingress fast path: forward a host TCP port to the enclave's VSOCK port, one VSOCK connection per client with a PROXY protocol v2 header: [HOSTIP:]HOSTPORT:VSOCKPORT; repeatable")
 	fs.UintVar(&o.EnclaveCID, "enclave-cid", o.EnclaveCID, "CID of the enclave that -publish-vsock ports dial")
 	fs.Var(listFlag{&o.VSockProxy}, "vsock-proxy", "AWS vsock-proxy's role, as `VSOCKPORT:HOST:PORT`: programs in enclaves connect to the parent's VSOCK port (vsock://3:VSOCKPORT) and each connection is relayed over TCP to HOST:PORT (a name is resolved for each connection); repeatable. \"vsock-proxy 8000 kms.us-east-1.amazonaws.com 443\" is -vsock-proxy 8000:kms.us-east-1.amazonaws.com:443 (-allow does not apply: the target is named here)")
-	fs.StringVar(&o.EnclaveLogs, "enclave-logs", o.EnclaveLogs, "receive enclaves' logs on this `URL` (vsock://:1025; quench-enclave -log-to vsock://3:1025 sends its log and the app's output there) and write each line to standard error, at every -log-level: msg=enclave enclave=vsock:CID stream=stdout|stderr|quench line=\"...\" (control characters quoted); off by default")
+	fs.StringVar(&o.EnclaveLogs, "enclave-logs", o.EnclaveLogs, "receive enclaves' logs on this `URL` (vsock://:1025; quench-enclave -log-to vsock://3:1025 sends its log and the app's output there) and write each line to standard error, at every -log-level: msg=enclave enclave=vsock:CID stream=stdout|stderr|quench line=\"...\" (control characters quoted; with -log-format json, one JSON object per line); off by default")
 	fs.Var(listFlag{&o.DNS}, "dns", "upstream DNS server host:port for names outside quench.internal; repeatable (default: the host's resolver)")
 	fs.IntVar(&o.MTU, "mtu", o.MTU, "MTU of the virtual link; it never reaches the internet (the host terminates TCP), so large is fast. Enclaves must use the same value.")
 	fs.StringVar(&o.Subnet, "subnet", o.Subnet, "virtual network; the gateway is its first address, the enclave its second, the host loopback its last usable one")
@@ -131,6 +134,7 @@ func (o *options) bind(fs *flag.FlagSet, configPath *string) {
 	fs.StringVar(&o.Metrics, "metrics", o.Metrics, "serve Prometheus metrics at /metrics on this address (e.g. 127.0.0.1:9100); off by default")
 	fs.StringVar(&o.Pprof, "pprof", o.Pprof, "serve net/http/pprof on this address (e.g. 127.0.0.1:6060); off by default")
 	fs.StringVar(&o.LogLevel, "log-level", o.LogLevel, "debug, info, warn or error")
+	fs.StringVar(&o.LogFormat, "log-format", o.LogFormat, logfmt.Formats+"; -enclave-logs lines too")
 
 	// Limits against hostile clients and enclaves (layer 4); docs/host-ops.md.
 	fs.IntVar(&o.MaxPortConns, "max-port-conns", o.MaxPortConns, "client connections of all published TCP ports together; more are reset at once (0: a quarter of the open-file limit; negative: no limit)")

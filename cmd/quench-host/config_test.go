@@ -242,3 +242,14 @@ func TestFlagPlaceholders(t *testing.T) {
 		}
 	})
 }
+
+func TestLogFormatFlag(t *testing.T) {
+	var stderr strings.Builder
+	if code := run([]string{"-log-format", "xml"}, &stderr); code != 2 || !strings.Contains(stderr.String(), `-log-format "xml": want text or json`) {
+		t.Errorf("-log-format xml: exit %d: %s", code, stderr.String())
+	}
+	o := defaultOptions()
+	if err := loadConfigFile(writeFile(t, "log_format: json\n"), &o); err != nil || o.LogFormat != "json" {
+		t.Errorf("log_format from the file: %q, %v", o.LogFormat, err)
+	}
+}

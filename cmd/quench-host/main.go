@@ -25,6 +25,7 @@ import (
 	"github.com/quenchnet/quench/host"
 	"github.com/quenchnet/quench/internal/debugserver"
 	"github.com/quenchnet/quench/internal/endpoint"
+	"github.com/quenchnet/quench/internal/logfmt"
 )
 
 const usage = `quench-host: the host side of quench, for the EC2 parent instance.
@@ -108,11 +109,10 @@ func run(args []string, stderr io.Writer) int {
 			return fail(err)
 		}
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(o.LogLevel)); err != nil {
-		return fail(fmt.Errorf("-log-level: %w", err))
+	logger, err := logfmt.New(stderr, o.LogFormat, o.LogLevel)
+	if err != nil {
+		return fail(err)
 	}
-	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	if o.Pprof != "" {
 		stopPprof, err := debugserver.Start(o.Pprof, logger)
 		if err != nil {
@@ -154,7 +154,7 @@ func run(args []string, stderr io.Writer) int {
 	if logsOn {
 		// Enclaves' lines pass whatever -log-level says: the operator
 		// asked for them.
-		enclaveLog := slog.New(slog.NewTextHandler(stderr, nil))
+		enclaveLog, _ := logfmt.NewAt(stderr, o.LogFormat, slog.LevelInfo) // the format was checked above
 		cfg.EnclaveLog = func(enclave, stream string, line []byte) {
 			enclaveLog.Info("enclave", "enclave", enclave, "stream", stream, "line", string(line))
 		}

@@ -17,7 +17,8 @@ import (
 // -enclave-logs on the VSOCK stand-in (userspace mode: no root): the app's
 // standard output and error and quench-enclave's own log reach the host's
 // log with their streams, a control character is quoted there, a line
-// written while the host is restarting arrives at the new one, and the
+// written while the host is restarting arrives at the new one (which
+// writes JSON: -log-format json), and the
 // app's exit code is quench-enclave's.
 func TestEnclaveLogs(t *testing.T) {
 	bin := testutil.Binaries(t)
@@ -27,9 +28,9 @@ func TestEnclaveLogs(t *testing.T) {
 		t.Fatal(err)
 	}
 	hostSock := filepath.Join(dir, "host.sock")
-	startHost := func() *testutil.Process {
-		p := testutil.Start(t, "quench-host", exec.Command(filepath.Join(bin, "quench-host"),
-			"-vsock-dir", vsockDir, "-listen", "unix://"+hostSock, "-enclave-logs", "vsock://:1025", "-log-level", "warn"))
+	startHost := func(extra ...string) *testutil.Process {
+		p := testutil.Start(t, "quench-host", exec.Command(filepath.Join(bin, "quench-host"), append([]string{
+			"-vsock-dir", vsockDir, "-listen", "unix://" + hostSock, "-enclave-logs", "vsock://:1025", "-log-level", "warn"}, extra...)...))
 		testutil.WaitForFile(t, endpoint.StandInPath(vsockDir, endpoint.ParentCID, 1025), 10*time.Second)
 		return p
 	}
@@ -74,11 +75,11 @@ func TestEnclaveLogs(t *testing.T) {
 	if err := host.Stop(10 * time.Second); err != nil {
 		t.Fatalf("quench-host: %v", err)
 	}
-	host = startHost()
+	host = startHost("-log-format", "json") // for log pipelines
 	if err := os.WriteFile(goOn, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	testutil.WaitFor(t, 30*time.Second, "the line after the restart", has(host, "stream=stdout line=second"))
+	testutil.WaitFor(t, 30*time.Second, "the line after the restart", has(host, `"msg":"enclave","enclave":"unix:uid=`, `"stream":"stdout","line":"second"}`))
 
 	select {
 	case <-encl.Done():
