@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -487,5 +488,44 @@ func BenchmarkWriteLine(b *testing.B) {
 	b.SetBytes(int64(len(line)))
 	for b.Loop() {
 		w.Write(line)
+	}
+}
+
+// A host that accepts each stream and closes it at once (quench-host at
+// its stream limit does so), or acknowledges nothing new first, must not
+// make the Shipper dial in a tight loop: a stream that ends before the host
+// took anything backs off like a failed dial.
+func TestStreamEndingAtOnceBacksOff(t *testing.T) {
+	for _, ack := range []bool{false, true} {
+		t.Run(fmt.Sprintf("zero ack %v", ack), func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "logs.sock")
+			ln, err := net.Listen("unix", path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			var accepts atomic.Int64
+			go func() {
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					accepts.Add(1)
+					if ack {
+						c.Write(make([]byte, 8))
+						time.Sleep(5 * time.Millisecond)
+					}
+					c.Close()
+				}
+			}()
+			s := newShipper(t, logship.Config{Dial: dialUnix(path), MaxBackoff: time.Second})
+			fmt.Fprint(writer(t, s, "stdout"), "never taken\n")
+			time.Sleep(time.Second)
+			// 100 ms, 200, 400, 800: about 4 dials in a second; allow slack.
+			if n := accepts.Load(); n > 10 {
+				t.Fatalf("%d streams in a second to a host that takes nothing: no backoff", n)
+			}
+		})
 	}
 }

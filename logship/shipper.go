@@ -236,7 +236,8 @@ func (s *Shipper) run() {
 	lost := false // the host was lost and not found again (logged once)
 	scratch := make([]byte, maxWrite)
 	var conn net.Conn
-	var acks chan error // the ack reader's end, for conn
+	var acks chan error   // the ack reader's end, for conn
+	var took *atomic.Bool // the host acknowledged something on conn
 	defer func() {
 		if conn != nil {
 			s.drop(conn)
@@ -264,14 +265,19 @@ func (s *Shipper) run() {
 				}
 				continue
 			}
-			conn, backoff = c, 0
-			acks = make(chan error, 1)
-			go func() { acks <- s.readAcks(c) }()
+			// backoff is reset only once the host takes something: a host
+			// that accepts and closes each stream at once (quench-host at
+			// its limit) is dialled no faster than one that refuses.
+			conn = c
+			acks, took = make(chan error, 1), new(atomic.Bool)
+			go func(took *atomic.Bool) { acks <- s.readAcks(c, took) }(took)
 			s.connected.Store(true)
-			if lost {
-				lost = false
-				s.cfg.Logger.Info("log host reached again")
-			}
+		}
+		if lost && took != nil && took.Load() {
+			// Not at the dial: a host that closes every stream at
+			// once would be "reached again" at each.
+			lost = false
+			s.cfg.Logger.Info("log host reached again")
 		}
 		// Write what is unwritten, or wait for more, an ack or the end.
 		var n int
@@ -317,6 +323,16 @@ func (s *Shipper) run() {
 			if !lost {
 				lost = true
 				s.cfg.Logger.Warn("log stream to the host ended; dialling again", "err", err)
+			}
+			if took.Load() {
+				backoff = 0
+				continue
+			}
+			backoff = min(max(2*backoff, 100*time.Millisecond), s.cfg.MaxBackoff)
+			select {
+			case <-time.After(backoff):
+			case <-s.stop.Done():
+				return
 			}
 		}
 	}
@@ -384,8 +400,8 @@ func (s *Shipper) dial() (net.Conn, error) {
 }
 
 // readAcks reads the host's acknowledgements on c and forgets the records
-// they cover, until c fails.
-func (s *Shipper) readAcks(c net.Conn) error {
+// they cover, until c fails; took is set once they cover a record.
+func (s *Shipper) readAcks(c net.Conn, took *atomic.Bool) error {
 	var b [8]byte
 	var acked uint64
 	for {
@@ -404,6 +420,9 @@ func (s *Shipper) readAcks(c net.Conn) error {
 			s.buf = s.buf[:0:0] // let a large buffer go
 		}
 		s.mu.Unlock()
+		if a > acked {
+			took.Store(true)
+		}
 		acked = a
 		s.poke() // Close may be waiting for the last ack
 	}
