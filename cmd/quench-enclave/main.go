@@ -661,7 +661,17 @@ func superviseApp(e *enclave.Enclave, o *options, sigs <-chan os.Signal, stderr 
 		o.logger.Warn("the app runs without the sandbox (-app-sandbox off): it and what it starts can open VSOCK sockets to the host, past the egress policy (-allow)")
 	}
 	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	go func() {
+		err := cmd.Wait()
+		if errors.Is(err, exec.ErrWaitDelay) {
+			// The app exited 0, but a process it left behind held its
+			// output (pipes with -log-to) past WaitDelay: the app's
+			// code is still 0, as without -log-to.
+			o.logger.Warn("app exited; a process it started still held its output, which is no longer read", "wait_delay", cmd.WaitDelay)
+			err = nil
+		}
+		exited <- err
+	}()
 
 	var waitErr error
 	select {
