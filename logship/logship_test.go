@@ -529,3 +529,36 @@ func TestStreamEndingAtOnceBacksOff(t *testing.T) {
 		})
 	}
 }
+
+// Lines dropped while the host was away are announced once it takes the
+// rest, even when nothing more is written (an app that floods, then
+// exits): the notice is not left waiting for a next line that never comes.
+func TestDropNoticeWithoutAnotherLine(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "logs.sock")
+	s, err := logship.New(logship.Config{Dial: dialUnix(path), BufferSize: 64 << 10, MaxBackoff: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := writer(t, s, "stdout")
+	line := strings.Repeat("y", 1000) + "\n"
+	for range 200 {
+		w.Write([]byte(line))
+	}
+	if st := s.Stats(); st.Dropped == 0 {
+		t.Fatalf("stats %+v: want drops", st)
+	}
+	r := newReceiver(t, path)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, rec := range r.recs {
+		if rec.stream == logship.NoticeStream && strings.Contains(rec.line, "dropped") {
+			return
+		}
+	}
+	t.Fatalf("%d records and no notice of the dropped lines", len(r.recs))
+}

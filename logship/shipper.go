@@ -160,6 +160,7 @@ func (s *Shipper) Close(ctx context.Context) error {
 			w.flush()
 		}
 		s.mu.Lock()
+		s.noticeLocked(0)
 		s.closing = true
 		s.mu.Unlock()
 		s.poke()
@@ -200,20 +201,7 @@ func (s *Shipper) enqueue(stream string, line []byte) {
 		s.droppedTotal.Add(1)
 		return
 	}
-	used := len(s.buf)
-	if s.dropped > 0 {
-		notice := fmt.Appendf(nil, "%d lines (%d bytes) dropped: the host did not take them in time", s.dropped, s.droppedBytes)
-		if used+3+len(NoticeStream)+len(notice)+size > s.cfg.BufferSize {
-			s.dropped++
-			s.droppedBytes += uint64(len(line))
-			s.mu.Unlock()
-			s.droppedTotal.Add(1)
-			return
-		}
-		s.buf = appendRecord(s.buf, NoticeStream, notice)
-		s.dropped, s.droppedBytes = 0, 0
-		s.lines.Add(1)
-	} else if used+size > s.cfg.BufferSize {
+	if !s.noticeLocked(size) || len(s.buf)+size > s.cfg.BufferSize {
 		s.dropped++
 		s.droppedBytes += uint64(len(line))
 		s.mu.Unlock()
@@ -224,6 +212,25 @@ func (s *Shipper) enqueue(stream string, line []byte) {
 	s.mu.Unlock()
 	s.lines.Add(1)
 	s.poke()
+}
+
+// noticeLocked appends the notice of the lines dropped since the last one,
+// if any, when it fits with room for extra bytes more; it reports whether
+// no notice is left pending. Called with s.mu held: by enqueue before a
+// line, by readAcks when the host made room, and by Close, so that the
+// notice does not wait for a line that may never come.
+func (s *Shipper) noticeLocked(extra int) bool {
+	if s.dropped == 0 {
+		return true
+	}
+	notice := fmt.Appendf(nil, "%d lines (%d bytes) dropped: the host did not take them in time", s.dropped, s.droppedBytes)
+	if len(s.buf)+3+len(NoticeStream)+len(notice)+extra > s.cfg.BufferSize {
+		return false
+	}
+	s.buf = appendRecord(s.buf, NoticeStream, notice)
+	s.dropped, s.droppedBytes = 0, 0
+	s.lines.Add(1)
+	return true
 }
 
 // run is the sender: it dials when no stream is open, writes what the
@@ -419,6 +426,7 @@ func (s *Shipper) readAcks(c net.Conn, took *atomic.Bool) error {
 		if len(s.buf) == 0 {
 			s.buf = s.buf[:0:0] // let a large buffer go
 		}
+		s.noticeLocked(0)
 		s.mu.Unlock()
 		if a > acked {
 			took.Store(true)
