@@ -349,6 +349,10 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		if o.logTo, err = endpoint.Parse(*logTo); err != nil {
 			return nil, fmt.Errorf("-log-to: %w", err)
 		}
+		if o.logTo.Scheme == "vsock" && o.logTo.CID == endpoint.AnyCID {
+			// Dialled, it fails for ever, in the background: say so now.
+			return nil, fmt.Errorf("-log-to %s: no CID to send to (the parent is vsock://3:PORT)", *logTo)
+		}
 	}
 	o.cfg = enclave.Config{
 		Network:    mode,
