@@ -292,6 +292,18 @@ type Config struct {
 	// at once and counted. Negative: no limit (4 per enclave still).
 	// Default: DefaultMaxEnclaveLogStreams (64).
 	MaxEnclaveLogStreams int
+	// EnclaveLogRate bounds the lines a second that one enclave's log
+	// streams, together, pass to EnclaveLog, with a burst of as many; a
+	// line counts 1, and 1 more per KiB (at the default, about 1 MiB a
+	// second at most). Past it the host reads them no faster, so that an
+	// app flooding its output cannot take the host's log (and journald's
+	// rate limit) from the host and the other enclaves; the enclave's
+	// Shipper buffers, then drops and says so. Keep it at some hundreds at
+	// least: a Shipper's write (32 KiB, thousands of short lines) that the
+	// host takes no faster must end within its WriteTimeout (10 s), or the
+	// Shipper reconnects and sends some lines twice. Negative: no limit.
+	// Default: DefaultEnclaveLogRate (1000).
+	EnclaveLogRate int
 
 	// MaxDialsPerEnclave bounds how many of the MaxInFlightDials slots one
 	// enclave address may hold; its further SYNs are dropped (it
@@ -587,4 +599,5 @@ func (c *Config) limitDefaults() {
 	def(&c.MaxVSockProxyConns, fds/32)
 	def(&c.MaxVSockProxyConnsPerPeer, half(c.MaxVSockProxyConns))
 	def(&c.MaxEnclaveLogStreams, DefaultMaxEnclaveLogStreams)
+	def(&c.EnclaveLogRate, DefaultEnclaveLogRate)
 }

@@ -58,6 +58,7 @@ type LogsJSON struct {
 	Failed   uint64 `json:"failed"`
 	Lines    uint64 `json:"lines"`
 	Bytes    uint64 `json:"bytes"`
+	Delayed  uint64 `json:"delayed"` // lines held back by the rate limit
 }
 
 // LimitsJSON holds what the limits against hostile clients and enclaves
@@ -174,7 +175,7 @@ func (h *Host) handleStatus(w http.ResponseWriter, _ *http.Request) {
 		ProxyConns:           ls.ProxyConns, ProxyConnsRefused: ls.ProxyConnsRefused,
 	}
 	el := h.EnclaveLogStats()
-	out.Logs = LogsJSON{Streams: el.Streams, Accepted: el.Accepted, Refused: el.Refused, Failed: el.Errors, Lines: el.Lines, Bytes: el.Bytes}
+	out.Logs = LogsJSON{Streams: el.Streams, Accepted: el.Accepted, Refused: el.Refused, Failed: el.Errors, Lines: el.Lines, Bytes: el.Bytes, Delayed: el.Delayed}
 	for _, p := range h.VSockProxies() {
 		out.Proxies = append(out.Proxies, ProxyJSON{
 			VSockPort: p.Proxy.Port, Target: p.Proxy.Target, Addr: p.Addr,

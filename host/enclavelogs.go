@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -12,6 +13,9 @@ import (
 
 // DefaultMaxEnclaveLogStreams is the default of Config.MaxEnclaveLogStreams.
 const DefaultMaxEnclaveLogStreams = 64
+
+// DefaultEnclaveLogRate is the default of Config.EnclaveLogRate.
+const DefaultEnclaveLogRate = 1000
 
 // maxLogStreamsPerPeer: an enclave opens one log stream; a second stands
 // while it reconnects before the host has seen the first one end.
@@ -28,7 +32,63 @@ type enclaveLogStats struct {
 	lines       atomic.Uint64
 	bytes       atomic.Uint64 // line bytes
 	errors      atomic.Uint64 // streams ended by a bad header or record, or a failed read
+	delayed     atomic.Uint64 // lines held back by Config.EnclaveLogRate
 	lastErrWarn atomic.Int64
+
+	rateMu sync.Mutex
+	rates  map[string]*logBucket // guarded by rateMu; per peer with streams open
+}
+
+// logBucket is a token bucket of one enclave's log lines, shared by its
+// streams (guarded by enclaveLogStats.rateMu).
+type logBucket struct {
+	refs   int
+	tokens float64
+	last   time.Time
+}
+
+// bucket returns peer's bucket, full at first; release it with
+// releaseBucket.
+func (s *enclaveLogStats) bucket(peer string, rate int) *logBucket {
+	s.rateMu.Lock()
+	defer s.rateMu.Unlock()
+	if s.rates == nil {
+		s.rates = map[string]*logBucket{}
+	}
+	b := s.rates[peer]
+	if b == nil {
+		b = &logBucket{tokens: float64(rate), last: time.Now()}
+		s.rates[peer] = b
+	}
+	b.refs++
+	return b
+}
+
+func (s *enclaveLogStats) releaseBucket(peer string) {
+	s.rateMu.Lock()
+	defer s.rateMu.Unlock()
+	if b := s.rates[peer]; b != nil {
+		if b.refs--; b.refs <= 0 {
+			delete(s.rates, peer)
+		}
+	}
+}
+
+// take takes a line of size bytes from b (1, and 1 per KiB: long lines,
+// quoted by slog up to four times their size, weigh on the host's log as
+// several), refilled at rate a second up to rate, and returns how long to
+// wait before passing it on.
+func (s *enclaveLogStats) take(b *logBucket, rate, size int) time.Duration {
+	s.rateMu.Lock()
+	defer s.rateMu.Unlock()
+	now := time.Now()
+	b.tokens = min(b.tokens+now.Sub(b.last).Seconds()*float64(rate), float64(rate))
+	b.last = now
+	b.tokens -= float64(1 + size>>10)
+	if b.tokens >= 0 {
+		return 0
+	}
+	return time.Duration(-b.tokens / float64(rate) * float64(time.Second))
 }
 
 // EnclaveLogStats are the counters of ServeEnclaveLogs.
@@ -39,6 +99,7 @@ type EnclaveLogStats struct {
 	Lines    uint64 // lines received
 	Bytes    uint64 // bytes of lines received
 	Errors   uint64 // streams ended by a malformed stream or a failed read or acknowledgement
+	Delayed  uint64 // lines held back by Config.EnclaveLogRate
 }
 
 // EnclaveLogStats returns the counters of ServeEnclaveLogs.
@@ -51,6 +112,7 @@ func (h *Host) EnclaveLogStats() EnclaveLogStats {
 		Lines:    s.lines.Load(),
 		Bytes:    s.bytes.Load(),
 		Errors:   s.errors.Load(),
+		Delayed:  s.delayed.Load(),
 	}
 }
 
@@ -96,7 +158,26 @@ func (h *Host) serveLogStream(c net.Conn, peer string) {
 	defer h.untrack(c)
 	defer c.Close()
 	h.log.Debug("enclave logs: stream opened", "enclave", peer)
+	rate := h.cfg.EnclaveLogRate
+	var bucket *logBucket
+	if rate > 0 {
+		bucket = h.logStats.bucket(peer, rate)
+		defer h.logStats.releaseBucket(peer)
+	}
 	err := logship.Receive(ackDeadline{c}, func(stream string, line []byte) {
+		if bucket != nil {
+			// Past its rate, the enclave's streams are read no faster:
+			// its Shipper buffers, then drops and says so.
+			if d := h.logStats.take(bucket, rate, len(line)); d > 0 {
+				h.logStats.delayed.Add(1)
+				t := time.NewTimer(d)
+				select {
+				case <-t.C:
+				case <-h.ctx.Done():
+					t.Stop()
+				}
+			}
+		}
 		h.logStats.lines.Add(1)
 		h.logStats.bytes.Add(uint64(len(line)))
 		h.cfg.EnclaveLog(peer, stream, line)

@@ -141,3 +141,87 @@ func TestEnclaveLogsMalformedAndLimits(t *testing.T) {
 		return len(lines) == 4
 	})
 }
+
+// TestEnclaveLogsRate: an enclave that floods its log streams (a buggy or
+// hostile app's stdout) gets EnclaveLogRate lines a second, all its
+// streams together, not the whole of the host's log: the host reads its
+// streams no faster (the enclave's Shipper buffers, then drops and says
+// so).
+func TestEnclaveLogsRate(t *testing.T) {
+	var mu sync.Mutex
+	perStream := map[string]int{}
+	h, path := startLogHost(t, host.Config{EnclaveLogRate: 100, EnclaveLog: func(enclave, stream string, line []byte) {
+		mu.Lock()
+		perStream[stream]++
+		mu.Unlock()
+	}})
+	flood := func(stream string) {
+		c, err := net.Dial("unix", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		go io.Copy(io.Discard, c) // the acknowledgements
+		var b []byte
+		b = append(b, logship.Header...)
+		for range 1000 {
+			b = append(b, byte(len(stream)))
+			b = append(b, stream...)
+			b = append(b, 1, 0, 'x')
+		}
+		go c.Write(b)
+	}
+	start := time.Now()
+	flood("a")
+	flood("b")
+	time.Sleep(time.Second)
+	mu.Lock()
+	n := perStream["a"] + perStream["b"]
+	mu.Unlock()
+	// A burst of 100, then 100 a second (slack for a slow machine).
+	if limit := 100 + int(time.Since(start).Seconds()*100) + 20; n > limit {
+		t.Fatalf("%d lines in %s from one enclave flooding two streams at 100 lines/s", n, time.Since(start))
+	}
+	if n < 100 {
+		t.Fatalf("only %d lines in a second", n)
+	}
+	if d := h.EnclaveLogStats().Delayed; d == 0 {
+		t.Fatal("no line counted as delayed")
+	}
+}
+
+// TestEnclaveLogsRateLongLines: the rate counts a long line as many (one
+// per KiB): lines of 16 KiB, each some 64 KiB once slog quotes their
+// control characters, must not pass at the rate of short ones.
+func TestEnclaveLogsRateLongLines(t *testing.T) {
+	var mu sync.Mutex
+	n := 0
+	_, path := startLogHost(t, host.Config{EnclaveLogRate: 100, EnclaveLog: func(enclave, stream string, line []byte) {
+		mu.Lock()
+		n++
+		mu.Unlock()
+	}})
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	go io.Copy(io.Discard, c)
+	line := strings.Repeat("\x01", 10<<10)
+	var b []byte
+	b = append(b, logship.Header...)
+	for range 300 {
+		b = append(b, 1, 'a', byte(len(line)), byte(len(line)>>8))
+		b = append(b, line...)
+	}
+	go c.Write(b)
+	start := time.Now()
+	time.Sleep(time.Second)
+	mu.Lock()
+	got := n
+	mu.Unlock()
+	// 11 each: a burst of 9, then 9 a second (slack for a slow machine).
+	if limit := 9 + int(time.Since(start).Seconds()*100/11) + 5; got > limit {
+		t.Fatalf("%d lines of 10 KiB in %s at 100 lines/s, each counting 11", got, time.Since(start))
+	}
+}

@@ -36,6 +36,7 @@ var (
 	descLogConns   = prometheus.NewDesc("quench_host_enclave_log_streams_total", "Enclave log streams by result: accepted, refused (too many), failed (malformed or failed; counted in accepted too).", []string{"result"}, nil)
 	descLogLines   = prometheus.NewDesc("quench_host_enclave_log_lines_total", "Lines received on enclave log streams.", nil, nil)
 	descLogBytes   = prometheus.NewDesc("quench_host_enclave_log_bytes_total", "Bytes of lines received on enclave log streams.", nil, nil)
+	descLogDelayed = prometheus.NewDesc("quench_host_enclave_log_lines_delayed_total", "Lines of enclave log streams held back by the per-enclave rate (-enclave-log-rate).", nil, nil)
 
 	// Limits against hostile clients and enclaves (layer 4).
 	descLimitActive  = prometheus.NewDesc("quench_host_limit_active", "Connections or flows held against each layer-4 limit: nat_tcp, nat_udp, port_tcp, port_udp, vsock_proxy.", []string{"limit"}, nil)
@@ -51,7 +52,7 @@ var (
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descDroppedReason
 	ch <- descStreamsRefused
-	for _, d := range []*prometheus.Desc{descEnclaves, descEnclaveFrames, descEnclaveBytes, descDropped, descZeroWindow, descDials, descUDPRefused, descDNS, descPortConns, descPortActive, descPortFailed, descPortBytes, descPortRefused, descProxyConns, descProxyActive, descProxyBytes, descLimitActive, descLimitRefused, descLogStreams, descLogConns, descLogLines, descLogBytes} {
+	for _, d := range []*prometheus.Desc{descEnclaves, descEnclaveFrames, descEnclaveBytes, descDropped, descZeroWindow, descDials, descUDPRefused, descDNS, descPortConns, descPortActive, descPortFailed, descPortBytes, descPortRefused, descProxyConns, descProxyActive, descProxyBytes, descLimitActive, descLimitRefused, descLogStreams, descLogConns, descLogLines, descLogBytes, descLogDelayed} {
 		ch <- d
 	}
 }
@@ -98,6 +99,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descLogConns, float64(el.Errors), "failed")
 	counter(descLogLines, float64(el.Lines))
 	counter(descLogBytes, float64(el.Bytes))
+	counter(descLogDelayed, float64(el.Delayed))
 	seen := map[string]int{}
 	for _, e := range c.h.Enclaves() {
 		name := e.Remote // unix-socket streams share one address: number them

@@ -65,6 +65,7 @@ type options struct {
 	MaxProxyConns            int           `yaml:"max_vsock_proxy_conns"`
 	MaxProxyConnsPerEnclave  int           `yaml:"max_vsock_proxy_conns_per_enclave"`
 	MaxEnclaveLogStreams     int           `yaml:"max_enclave_log_streams"`
+	EnclaveLogRate           int           `yaml:"enclave_log_rate"`
 
 	// Isolation between enclaves (layer 2).
 	MaxEnclaveStreams        int           `yaml:"max_enclave_streams"`
@@ -150,6 +151,7 @@ func (o *options) bind(fs *flag.FlagSet, configPath *string) {
 	fs.IntVar(&o.MaxDialsPerEnclave, "max-dials-per-enclave", o.MaxDialsPerEnclave, "outbound connection attempts in progress from one enclave address (0: half of -max-dials)")
 	fs.IntVar(&o.MaxProxyConns, "max-vsock-proxy-conns", o.MaxProxyConns, "connections of all -vsock-proxy ports together; more are closed at once (0: a thirty-second of the open-file limit; negative: no limit)")
 	fs.IntVar(&o.MaxEnclaveLogStreams, "max-enclave-log-streams", o.MaxEnclaveLogStreams, "-enclave-logs streams open at once, 4 per enclave at most; more are closed at once (0: 64; negative: no limit besides 4 per enclave)")
+	fs.IntVar(&o.EnclaveLogRate, "enclave-log-rate", o.EnclaveLogRate, "-enclave-logs lines a second from one enclave, all its streams together (burst as many; a line counts 1, and 1 more per KiB); past it its streams are read no faster, and its quench-enclave buffers, then drops and counts lines; keep it at some hundreds at least, or a flood of short lines makes quench-enclave time out its writes and send some lines twice (0: 1000; negative: no limit)")
 	fs.IntVar(&o.MaxProxyConnsPerEnclave, "max-vsock-proxy-conns-per-enclave", o.MaxProxyConnsPerEnclave, "connections of all -vsock-proxy ports from one enclave (VSOCK CID; unix sockets: user id) (0: half of -max-vsock-proxy-conns; negative: no limit)")
 
 	// Isolation between enclaves (layer 2); docs/host-ops.md.
@@ -213,6 +215,7 @@ func (o options) hostConfig() (host.Config, error) {
 		MaxVSockProxyConns:        o.MaxProxyConns,
 		MaxVSockProxyConnsPerPeer: o.MaxProxyConnsPerEnclave,
 		MaxEnclaveLogStreams:      o.MaxEnclaveLogStreams,
+		EnclaveLogRate:            o.EnclaveLogRate,
 
 		MaxEnclaveStreams:        o.MaxEnclaveStreams,
 		MaxEnclaveStreamsPerPeer: o.MaxEnclaveStreamsPerPeer,

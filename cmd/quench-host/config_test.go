@@ -198,7 +198,7 @@ func TestVSockProxyOptions(t *testing.T) {
 // bad URL, a VSOCK port that -listen or -vsock-proxy serve.
 func TestEnclaveLogsOptions(t *testing.T) {
 	o := defaultOptions()
-	if err := loadConfigFile(writeFile(t, "enclave_logs: vsock://:1025\nmax_enclave_log_streams: 8\n"), &o); err != nil {
+	if err := loadConfigFile(writeFile(t, "enclave_logs: vsock://:1025\nmax_enclave_log_streams: 8\nenclave_log_rate: 50\n"), &o); err != nil {
 		t.Fatal(err)
 	}
 	listen := []endpoint.Addr{{Scheme: "vsock", CID: endpoint.AnyCID, Port: 1024}}
@@ -207,8 +207,8 @@ func TestEnclaveLogsOptions(t *testing.T) {
 	if err != nil || !ok || a.Port != 1025 {
 		t.Errorf("enclaveLogs = %v, %v, %v", a, ok, err)
 	}
-	if cfg, err := o.hostConfig(); err != nil || cfg.MaxEnclaveLogStreams != 8 {
-		t.Errorf("MaxEnclaveLogStreams = %d, %v", cfg.MaxEnclaveLogStreams, err)
+	if cfg, err := o.hostConfig(); err != nil || cfg.MaxEnclaveLogStreams != 8 || cfg.EnclaveLogRate != 50 {
+		t.Errorf("MaxEnclaveLogStreams = %d, EnclaveLogRate = %d, %v", cfg.MaxEnclaveLogStreams, cfg.EnclaveLogRate, err)
 	}
 	if _, ok, err := (options{}).enclaveLogs(listen, proxies); ok || err != nil {
 		t.Errorf("without -enclave-logs: %v, %v", ok, err)

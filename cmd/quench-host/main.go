@@ -170,7 +170,7 @@ func run(args []string, stderr io.Writer) int {
 		"max_nat_udp_flows", lc.MaxNATUDPFlows, "max_nat_udp_flows_per_enclave", lc.MaxNATUDPFlowsPerEnclave,
 		"nat_idle_timeout", lc.NATIdleTimeout, "max_dials_per_enclave", lc.MaxDialsPerEnclave,
 		"max_vsock_proxy_conns", lc.MaxVSockProxyConns, "max_vsock_proxy_conns_per_enclave", lc.MaxVSockProxyConnsPerPeer,
-		"max_enclave_log_streams", lc.MaxEnclaveLogStreams)
+		"max_enclave_log_streams", lc.MaxEnclaveLogStreams, "enclave_log_rate", lc.EnclaveLogRate)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
