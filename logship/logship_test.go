@@ -562,3 +562,31 @@ func TestDropNoticeWithoutAnotherLine(t *testing.T) {
 	}
 	t.Fatalf("%d records and no notice of the dropped lines", len(r.recs))
 }
+
+// A host that acknowledges part of a record (bogus: Receive acknowledges
+// whole records) is dropped like one that acknowledges too much: the
+// Shipper must not forget half a record and send the rest of it at the
+// head of every later stream, which no receiver could ever decode.
+func TestAckInsideARecordEndsTheStream(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "logs.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newShipper(t, logship.Config{Dial: dialUnix(path), MaxBackoff: 50 * time.Millisecond})
+	fmt.Fprint(writer(t, s, "stdout"), "kept\nand this\n")
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.ReadFull(c, make([]byte, len(logship.Header)+3+len("stdout")+len("kept")))
+	c.Write(binary.LittleEndian.AppendUint64(nil, 1))
+	time.Sleep(100 * time.Millisecond)
+	c.Close()
+	ln.Close()
+	r := newReceiver(t, path)
+	got := r.wait(t, 2)
+	if got[0] != (record{"stdout", "kept"}) || got[1] != (record{"stdout", "and this"}) {
+		t.Fatalf("got %q", got)
+	}
+}

@@ -422,6 +422,10 @@ func (s *Shipper) readAcks(c net.Conn, took *atomic.Bool) error {
 			return fmt.Errorf("the host acknowledged %d bytes, %d were sent", a, acked+uint64(s.written))
 		}
 		n := int(a - acked)
+		if !recordsEnd(s.buf, n) {
+			s.mu.Unlock()
+			return fmt.Errorf("the host acknowledged %d bytes, inside a record", a)
+		}
 		s.buf, s.written = s.buf[n:], s.written-n
 		if len(s.buf) == 0 {
 			s.buf = s.buf[:0:0] // let a large buffer go
@@ -434,6 +438,18 @@ func (s *Shipper) readAcks(c net.Conn, took *atomic.Bool) error {
 		acked = a
 		s.poke() // Close may be waiting for the last ack
 	}
+}
+
+// recordsEnd reports whether the first n bytes of buf, which holds whole
+// records, are whole records: forgetting part of one would put the rest
+// at the head of every later stream.
+func recordsEnd(buf []byte, n int) bool {
+	off := 0
+	for off < n {
+		name := int(buf[off])
+		off += 1 + name + 2 + int(binary.LittleEndian.Uint16(buf[off+1+name:]))
+	}
+	return off == n
 }
 
 // drop closes c and forgets it.
