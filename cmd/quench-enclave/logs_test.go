@@ -7,10 +7,14 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/quenchnet/quench/enclave"
+	"github.com/quenchnet/quench/host"
+	"github.com/quenchnet/quench/internal/testutil"
 	"github.com/quenchnet/quench/logship"
 )
 
@@ -62,5 +66,61 @@ func TestLogShipExitCode(t *testing.T) {
 	}
 	if code := supervise(t, shippingOptions(t, "sh", "-c", "echo hi; exit 0")); code != 0 {
 		t.Errorf("app exited 0: exit code %d", code)
+	}
+}
+
+// TestLogShipBrokenStdout: with -log-to, quench-enclave copies the app's
+// standard output to its own. When that is a pipe nobody reads any more,
+// the copy must fail quietly (the lines still go to the host, as logs.go's
+// tee promises), not kill quench-enclave with SIGPIPE, as Go does for a
+// write to a broken fd 1 or 2 unless SIGPIPE is notified: without -log-to
+// only the app met the broken pipe.
+func TestLogShipBrokenStdout(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binaries")
+	}
+	bin := testutil.Binaries(t)
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "host.sock")
+	h, err := host.New(host.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan struct{})
+	go func() { defer close(served); _ = h.Serve(ln) }()
+	t.Cleanup(func() { _ = h.Close(); <-served })
+
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Close() // nobody reads quench-enclave's standard output
+	defer w.Close()
+	var stderr testutil.SyncBuffer
+	cmd := exec.Command(filepath.Join(bin, "quench-enclave"),
+		"-network", "userspace", "-host", "unix://"+sock, "-vsock-dir", dir,
+		"-forward", "vsock://16:8080=127.0.0.1:1", "-log-to", "unix://"+filepath.Join(dir, "nobody.sock"),
+		"--", "sh", "-c", "echo one; sleep 0.3; echo two; exit 4")
+	cmd.Stdout, cmd.Stderr = w, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		_ = cmd.Process.Kill()
+		t.Fatalf("quench-enclave did not exit\n%s", stderr.String())
+	}
+	if code := cmd.ProcessState.ExitCode(); code != 4 {
+		t.Fatalf("quench-enclave: %v (exit code %d), want the app's 4\n%s", cmd.ProcessState, code, stderr.String())
 	}
 }

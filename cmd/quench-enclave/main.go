@@ -576,6 +576,11 @@ func run(args []string, stderr io.Writer) int {
 			return fail(err)
 		}
 		defer stop()
+		// The app's output is copied to ours now: a write to a broken
+		// standard output must fail (the tee ignores it) rather than
+		// kill quench-enclave, as Go does on fd 1 and 2 unless SIGPIPE
+		// is notified. A notified signal is reset for the app at exec.
+		signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 		if o.cfg.Egress != nil && len(o.appArgs) > 0 {
 			o.logger.Warn("-log-to sends the app's output to the host: a way out of the enclave that -allow does not hold")
 		}
