@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -588,5 +589,42 @@ func TestAckInsideARecordEndsTheStream(t *testing.T) {
 	got := r.wait(t, 2)
 	if got[0] != (record{"stdout", "kept"}) || got[1] != (record{"stdout", "and this"}) {
 		t.Fatalf("got %q", got)
+	}
+}
+
+// A line of exactly MaxLine bytes is one record however it is written
+// (not a record and an empty one when its newline comes in a later
+// write), and a Writer does not keep a buffer the size of the longest
+// line ever written after a partial one: it holds at most MaxLine.
+func TestLineOfMaxLineAndWriterMemory(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "logs.sock")
+	r := newReceiver(t, path)
+	s := newShipper(t, logship.Config{Dial: dialUnix(path)})
+	w := writer(t, s, "app")
+	exact := strings.Repeat("x", logship.MaxLine)
+	w.Write([]byte(exact))
+	w.Write([]byte("\nnext\n"))
+	got := r.wait(t, 2)
+	if len(got) != 2 || got[0].line != exact || got[1].line != "next" {
+		var lens []int
+		for _, g := range got {
+			lens = append(lens, len(g.line))
+		}
+		t.Fatalf("records of %v bytes, want [%d 4]", lens, logship.MaxLine)
+	}
+
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	func() {
+		big := make([]byte, 64<<20)
+		big[len(big)-1] = '\n'
+		w.Write([]byte("partial "))
+		w.Write(big)
+	}()
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	if grew := int64(after.HeapAlloc) - int64(before.HeapAlloc); grew > 16<<20 {
+		t.Fatalf("the heap grew by %d MiB after one 64 MiB line", grew>>20)
 	}
 }

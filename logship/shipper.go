@@ -476,31 +476,41 @@ func (w *lineWriter) Write(p []byte) (int, error) {
 	defer w.mu.Unlock()
 	for len(p) > 0 {
 		i := bytes.IndexByte(p, '\n')
-		if i < 0 {
-			if len(w.part)+len(p) < MaxLine {
-				w.part = append(w.part, p...)
-				break
+		chunk := p
+		if i >= 0 {
+			chunk = p[:i]
+			if len(chunk) > 0 {
+				chunk = bytes.TrimSuffix(chunk, []byte("\r"))
+			} else {
+				w.part = bytes.TrimSuffix(w.part, []byte("\r"))
+			}
+		}
+		// w.part never holds more than MaxLine: a longer line goes in
+		// pieces, and a line of exactly MaxLine waits for its newline
+		// (or flush), so that it is one record however it was written.
+		for len(w.part)+len(chunk) > MaxLine {
+			if len(w.part) == 0 {
+				w.s.enqueue(w.stream, chunk[:MaxLine])
+				chunk = chunk[MaxLine:]
+				continue
 			}
 			room := MaxLine - len(w.part)
-			w.part = append(w.part, p[:room]...)
-			p = p[room:]
+			w.part = append(w.part, chunk[:room]...)
+			chunk = chunk[room:]
 			w.s.enqueue(w.stream, w.part)
 			w.part = w.part[:0]
-			continue
 		}
-		line := p[:i]
-		p = p[i+1:]
+		if i < 0 {
+			w.part = append(w.part, chunk...)
+			break
+		}
 		if len(w.part) > 0 {
-			w.part = append(w.part, line...)
-			line = w.part
+			w.part = append(w.part, chunk...)
+			chunk = w.part
 		}
-		line = bytes.TrimSuffix(line, []byte("\r"))
-		for len(line) > MaxLine {
-			w.s.enqueue(w.stream, line[:MaxLine])
-			line = line[MaxLine:]
-		}
-		w.s.enqueue(w.stream, line)
+		w.s.enqueue(w.stream, chunk)
 		w.part = w.part[:0]
+		p = p[i+1:]
 	}
 	return n, nil
 }
