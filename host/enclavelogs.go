@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/quenchnet/quench/logship"
 )
 
@@ -36,60 +38,47 @@ type enclaveLogStats struct {
 	lastErrWarn atomic.Int64
 
 	rateMu sync.Mutex
-	rates  map[string]*logBucket // guarded by rateMu; per peer with streams open
+	rates  map[string]*logLimiter // guarded by rateMu; per peer with streams open
 }
 
-// logBucket is a token bucket of one enclave's log lines, shared by its
-// streams (guarded by enclaveLogStats.rateMu).
-type logBucket struct {
-	refs   int
-	tokens float64
-	last   time.Time
+// logLimiter is one enclave's rate of log lines, shared by its streams.
+type logLimiter struct {
+	refs int // guarded by enclaveLogStats.rateMu
+	*rate.Limiter
 }
 
-// bucket returns peer's bucket, full at first; release it with
-// releaseBucket.
-func (s *enclaveLogStats) bucket(peer string, rate int) *logBucket {
+// limiter returns peer's limiter (lines a second, a second's worth of
+// burst, full at first); release it with releaseLimiter.
+func (s *enclaveLogStats) limiter(peer string, perSecond int) *logLimiter {
 	s.rateMu.Lock()
 	defer s.rateMu.Unlock()
 	if s.rates == nil {
-		s.rates = map[string]*logBucket{}
+		s.rates = map[string]*logLimiter{}
 	}
-	b := s.rates[peer]
-	if b == nil {
-		b = &logBucket{tokens: float64(rate), last: time.Now()}
-		s.rates[peer] = b
+	l := s.rates[peer]
+	if l == nil {
+		// The burst holds the heaviest line (lineCost of MaxLine).
+		l = &logLimiter{Limiter: rate.NewLimiter(rate.Limit(perSecond), max(perSecond, lineCost(logship.MaxLine)))}
+		s.rates[peer] = l
 	}
-	b.refs++
-	return b
+	l.refs++
+	return l
 }
 
-func (s *enclaveLogStats) releaseBucket(peer string) {
+func (s *enclaveLogStats) releaseLimiter(peer string) {
 	s.rateMu.Lock()
 	defer s.rateMu.Unlock()
-	if b := s.rates[peer]; b != nil {
-		if b.refs--; b.refs <= 0 {
+	if l := s.rates[peer]; l != nil {
+		if l.refs--; l.refs <= 0 {
 			delete(s.rates, peer)
 		}
 	}
 }
 
-// take takes a line of size bytes from b (1, and 1 per KiB: long lines,
-// quoted by slog up to four times their size, weigh on the host's log as
-// several), refilled at rate a second up to rate, and returns how long to
-// wait before passing it on.
-func (s *enclaveLogStats) take(b *logBucket, rate, size int) time.Duration {
-	s.rateMu.Lock()
-	defer s.rateMu.Unlock()
-	now := time.Now()
-	b.tokens = min(b.tokens+now.Sub(b.last).Seconds()*float64(rate), float64(rate))
-	b.last = now
-	b.tokens -= float64(1 + size>>10)
-	if b.tokens >= 0 {
-		return 0
-	}
-	return time.Duration(-b.tokens / float64(rate) * float64(time.Second))
-}
+// lineCost is what a line of size bytes takes from its enclave's rate: 1,
+// and 1 per KiB (long lines, quoted by slog up to four times their size,
+// weigh on the host's log as several).
+func lineCost(size int) int { return 1 + size>>10 }
 
 // EnclaveLogStats are the counters of ServeEnclaveLogs.
 type EnclaveLogStats struct {
@@ -158,23 +147,24 @@ func (h *Host) serveLogStream(c net.Conn, peer string) {
 	defer h.untrack(c)
 	defer c.Close()
 	h.log.Debug("enclave logs: stream opened", "enclave", peer)
-	rate := h.cfg.EnclaveLogRate
-	var bucket *logBucket
-	if rate > 0 {
-		bucket = h.logStats.bucket(peer, rate)
-		defer h.logStats.releaseBucket(peer)
+	var lim *logLimiter
+	if perSecond := h.cfg.EnclaveLogRate; perSecond > 0 {
+		lim = h.logStats.limiter(peer, perSecond)
+		defer h.logStats.releaseLimiter(peer)
 	}
 	err := logship.Receive(ackDeadline{c}, func(stream string, line []byte) {
-		if bucket != nil {
+		if lim != nil {
 			// Past its rate, the enclave's streams are read no faster:
 			// its Shipper buffers, then drops and says so.
-			if d := h.logStats.take(bucket, rate, len(line)); d > 0 {
+			r := lim.ReserveN(time.Now(), lineCost(len(line)))
+			if d := r.Delay(); d > 0 {
 				h.logStats.delayed.Add(1)
 				t := time.NewTimer(d)
 				select {
 				case <-t.C:
 				case <-h.ctx.Done():
 					t.Stop()
+					r.Cancel()
 				}
 			}
 		}
