@@ -547,6 +547,15 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	return o, nil
 }
 
+// testRefuseStart, set by the package's tests, makes run return
+// exitWouldStart once the flags and the configuration are accepted,
+// before anything is started: a bad-flag case that passes by mistake must
+// not configure the machine running the tests (TAP mode as root takes the
+// default route and /etc/resolv.conf).
+var testRefuseStart bool
+
+const exitWouldStart = 99
+
 // printedError is a flag error the flag package has already reported.
 type printedError struct{ error }
 
@@ -570,6 +579,24 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "quench-enclave: %v\n", err)
 		return 1
 	}
+	if o.pprofAddr != "" {
+		stopPprof, err := debugserver.Start(o.pprofAddr, o.logger)
+		if err != nil {
+			return fail(err)
+		}
+		defer stopPprof()
+	}
+	e, err := enclave.New(o.cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "quench-enclave: %v\n", err)
+		return 2
+	}
+	if testRefuseStart {
+		// In the package's tests: flags that pass must not bring up a
+		// TAP device, routes and resolv.conf on the test machine.
+		fmt.Fprintln(stderr, "quench-enclave: test: flags accepted; not starting")
+		return exitWouldStart
+	}
 	if o.logTo.Scheme != "" {
 		stop, err := startLogShip(o, stderr)
 		if err != nil {
@@ -584,18 +611,6 @@ func run(args []string, stderr io.Writer) int {
 		if o.cfg.Egress != nil && len(o.appArgs) > 0 {
 			o.logger.Warn("-log-to sends the app's output to the host: a way out of the enclave that -allow does not hold")
 		}
-	}
-	if o.pprofAddr != "" {
-		stopPprof, err := debugserver.Start(o.pprofAddr, o.logger)
-		if err != nil {
-			return fail(err)
-		}
-		defer stopPprof()
-	}
-	e, err := enclave.New(o.cfg)
-	if err != nil {
-		fmt.Fprintf(stderr, "quench-enclave: %v\n", err)
-		return 2
 	}
 	if dev, ok := o.cfg.Attester.(*attestation.DevAttester); ok && o.devRootOut != "" {
 		if err := dev.WriteRootPEM(o.devRootOut); err != nil {

@@ -190,6 +190,7 @@ func TestMain(m *testing.M) {
 	if addr := os.Getenv("QUENCH_TEST_APP"); addr != "" {
 		os.Exit(testApp(addr, os.Getenv("QUENCH_TEST_READY")))
 	}
+	testRefuseStart = true // run never brings up a network here
 	os.Exit(m.Run())
 }
 
@@ -535,5 +536,15 @@ func TestMetricsWithoutAppURL(t *testing.T) {
 	}
 	if len(o.cfg.MetricsCollectors) != 1 {
 		t.Errorf("MetricsCollectors = %v, want the log shipper's", o.cfg.MetricsCollectors)
+	}
+}
+
+// TestRunRefusesToStartInTests: the default flags (TAP mode) pass, and run
+// stops there in this package's tests instead of taking the test
+// machine's network (a bad-flag case once passed by mistake and did).
+func TestRunRefusesToStartInTests(t *testing.T) {
+	var stderr bytes.Buffer
+	if code := run(nil, &stderr); code != exitWouldStart || !strings.Contains(stderr.String(), "not starting") {
+		t.Fatalf("run with the default flags: exit %d, %q", code, stderr.String())
 	}
 }
