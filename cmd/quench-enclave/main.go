@@ -26,6 +26,7 @@ import (
 	"github.com/quenchnet/quench/enclave/keysync"
 	"github.com/quenchnet/quench/internal/debugserver"
 	"github.com/quenchnet/quench/internal/endpoint"
+	"github.com/quenchnet/quench/internal/logfmt"
 	"github.com/quenchnet/quench/internal/sandbox"
 	"github.com/quenchnet/quench/logship"
 	"github.com/quenchnet/quench/policy"
@@ -212,6 +213,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		startWait   = fs.Duration("start-timeout", 2*time.Minute, "how long to keep trying to reach the host at start-up")
 		vsockDir    = fs.String("vsock-dir", "", "VSOCK stand-in: vsock:// addresses are unix sockets in this directory (also $"+endpoint.EnvVSockDir+")")
 		logLevel    = fs.String("log-level", "info", "debug, info, warn or error")
+		logFormat   = fs.String("log-format", "text", logfmt.Formats+"; -log-to ships the lines as written")
 		logTo       = fs.String("log-to", "", "also send quench-enclave's log and the app's standard output and error to quench-host -enclave-logs at `URL` (vsock://3:1025), on a VSOCK stream of their own: they arrive while the enclave's network is down, and a production enclave has no console. Lines wait in a 1 MiB buffer while the host is away, past it they are dropped and counted, never blocking the app. The host reads every line, so never log secrets; the app's output is a way out of the enclave that -allow does not hold. Named in /enclave/config (annotation logs_to_host) with -app-url; off by default")
 		appURL      = fs.String("app-url", "", "the app's address, http://HOST:PORT or unix:///path; turns serving on (HTTPS, attestation, proxy to the app)")
 		appCmd      = fs.String("app-cmd", "", "start the app with this command line (split like a POSIX shell, without expansion); or give it after --")
@@ -271,7 +273,11 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		return nil, fmt.Errorf("-log-level: %w", err)
 	}
 	o.logTee = &tee{local: stderr}
-	o.logger = slog.New(slog.NewTextHandler(o.logTee, &slog.HandlerOptions{Level: level}))
+	logger, err := logfmt.NewAt(o.logTee, *logFormat, level)
+	if err != nil {
+		return nil, err
+	}
+	o.logger = logger
 
 	// The app command: -app-cmd or everything after --.
 	if fs.NArg() > 0 {

@@ -125,6 +125,7 @@ func TestBadFlags(t *testing.T) {
 		{"negative queue", []string{"-app-url", "http://127.0.0.1:1", "-queue", "-1"}, "must not be negative"},
 		{"zero queue timeout", []string{"-app-url", "http://127.0.0.1:1", "-queue-timeout", "0s"}, "-queue-timeout must be positive"},
 		{"bad log level", []string{"-log-level", "loud"}, "-log-level"},
+		{"bad log format", []string{"-log-format", "xml"}, `-log-format "xml": want text or json`},
 		{"leader without app", []string{"-fqdn-leader", "leader.internal"}, "-fqdn-leader needs -app-url"},
 		{"ext priv without leader", []string{"-app-url", "http://127.0.0.1:1", "-ext-priv-addr", ":4444"}, "-ext-priv-addr needs -fqdn-leader"},
 		{"advertise without leader", []string{"-app-url", "http://127.0.0.1:1", "-sync-advertise", "10.0.0.1"}, "-sync-advertise needs -fqdn-leader"},
