@@ -628,3 +628,21 @@ func TestLineOfMaxLineAndWriterMemory(t *testing.T) {
 		t.Fatalf("the heap grew by %d MiB after one 64 MiB line", grew>>20)
 	}
 }
+
+// The host decodes records without allocating (a stream name is a new
+// string only when it changes).
+func TestReaderDoesNotAllocate(t *testing.T) {
+	in := []byte(logship.Header)
+	for i := range 2000 {
+		in = append(in, rec("stdout", []byte(fmt.Sprintf("line %d of the app's output", i)))...)
+	}
+	rd := logship.NewReader(bytes.NewReader(in))
+	rd.Next() // the header and the first buffers
+	if n := testing.AllocsPerRun(1000, func() {
+		if _, _, err := rd.Next(); err != nil {
+			t.Fatal(err)
+		}
+	}); n != 0 {
+		t.Fatalf("%v allocations per record", n)
+	}
+}

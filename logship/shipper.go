@@ -69,6 +69,7 @@ type Shipper struct {
 
 	mu           sync.Mutex
 	buf          []byte // records the host has not acknowledged
+	base         []byte // the array buf lives in, from its start (len 0)
 	written      int    // bytes of buf written on the open stream
 	dropped      uint64 // lines dropped since the last notice
 	droppedBytes uint64
@@ -111,6 +112,8 @@ func New(cfg Config) (*Shipper, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Shipper{cfg: cfg, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	s.base = make([]byte, 0, min(cfg.BufferSize, 64<<10))
+	s.buf = s.base
 	s.stop, s.cancel = context.WithCancel(context.Background())
 	go s.run()
 	return s, nil
@@ -208,6 +211,7 @@ func (s *Shipper) enqueue(stream string, line []byte) {
 		s.droppedTotal.Add(1)
 		return
 	}
+	s.roomLocked(3 + len(stream) + len(line))
 	s.buf = appendRecord(s.buf, stream, line)
 	s.mu.Unlock()
 	s.lines.Add(1)
@@ -227,10 +231,31 @@ func (s *Shipper) noticeLocked(extra int) bool {
 	if len(s.buf)+3+len(NoticeStream)+len(notice)+extra > s.cfg.BufferSize {
 		return false
 	}
+	s.roomLocked(3 + len(NoticeStream) + len(notice))
 	s.buf = appendRecord(s.buf, NoticeStream, notice)
 	s.dropped, s.droppedBytes = 0, 0
 	s.lines.Add(1)
 	return true
+}
+
+// roomLocked makes room for size more bytes at the end of s.buf (the
+// caller checked BufferSize): it moves the unacknowledged records to the
+// front of their array when acknowledgements freed enough there, and grows
+// a new array (twice as large, at most BufferSize) only when the records
+// do not fit in this one. The sender copies from s.buf under s.mu, and
+// its offset (written) is from s.buf's start, which a move keeps.
+func (s *Shipper) roomLocked(size int) {
+	need := len(s.buf) + size
+	if need <= cap(s.buf) {
+		return
+	}
+	if need <= cap(s.base) {
+		s.buf = s.base[:copy(s.base[:cap(s.base)], s.buf)]
+		return
+	}
+	nb := make([]byte, len(s.buf), max(need, min(2*cap(s.base), s.cfg.BufferSize)))
+	copy(nb, s.buf)
+	s.buf, s.base = nb, nb[:0]
 }
 
 // run is the sender: it dials when no stream is open, writes what the
@@ -428,7 +453,7 @@ func (s *Shipper) readAcks(c net.Conn, took *atomic.Bool) error {
 		}
 		s.buf, s.written = s.buf[n:], s.written-n
 		if len(s.buf) == 0 {
-			s.buf = s.buf[:0:0] // let a large buffer go
+			s.buf = s.base // start again at the front of the array
 		}
 		s.noticeLocked(0)
 		s.mu.Unlock()

@@ -94,6 +94,8 @@ type Reader struct {
 	line     []byte
 	stream   []byte
 	consumed uint64 // record bytes returned so far
+	last     string // the last stream name, returned again without allocating
+	lenBuf   [2]byte
 }
 
 // NewReader returns a Reader of r, which must start with Header.
@@ -137,11 +139,11 @@ func (r *Reader) Next() (stream string, line []byte, err error) {
 	if !validStream(string(name)) {
 		return "", nil, fmt.Errorf("logship: bad stream name %q (want ASCII letters, digits, '.', '_', '-')", name)
 	}
-	var l [2]byte
-	if _, err := io.ReadFull(r.r, l[:]); err != nil {
+	l := r.lenBuf[:] // a field: a local array would escape to the heap through io.ReadFull
+	if _, err := io.ReadFull(r.r, l); err != nil {
 		return "", nil, unexpected(err)
 	}
-	size := int(binary.LittleEndian.Uint16(l[:]))
+	size := int(binary.LittleEndian.Uint16(l))
 	if size > MaxLine {
 		return "", nil, fmt.Errorf("logship: line of %d bytes (at most %d)", size, MaxLine)
 	}
@@ -153,7 +155,10 @@ func (r *Reader) Next() (stream string, line []byte, err error) {
 		return "", nil, unexpected(err)
 	}
 	r.consumed += uint64(1 + len(name) + 2 + size)
-	return string(name), line, nil
+	if string(name) != r.last { // the comparison does not allocate
+		r.last = string(name)
+	}
+	return r.last, line, nil
 }
 
 // ackEvery is the most record bytes Receive takes without acknowledging.
