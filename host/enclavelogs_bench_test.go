@@ -3,6 +3,8 @@ package host_test
 import (
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"sync/atomic"
 	"testing"
@@ -17,12 +19,26 @@ import (
 // stand-in for VSOCK, the rate limit off: what one enclave's log costs
 // both ends per line. b.N lines of 100 bytes; the clock stops when the
 // host has taken them all.
+//
+// discard: EnclaveLog does nothing; text: it writes the line as
+// quench-host does (slog's text handler), to io.Discard.
 func BenchmarkEnclaveLogs(b *testing.B) {
+	text := slog.New(slog.NewTextHandler(io.Discard, nil))
+	b.Run("discard", func(b *testing.B) { benchEnclaveLogs(b, func(string, string, []byte) {}) })
+	b.Run("text", func(b *testing.B) {
+		benchEnclaveLogs(b, func(enclave, stream string, line []byte) {
+			text.Info("enclave", "enclave", enclave, "stream", stream, "line", string(line))
+		})
+	})
+}
+
+func benchEnclaveLogs(b *testing.B, sink func(enclave, stream string, line []byte)) {
 	var got atomic.Int64
 	done := make(chan struct{})
 	var want atomic.Int64
 	want.Store(-1)
-	h, err := host.New(host.Config{EnclaveLogRate: -1, EnclaveLog: func(_, _ string, _ []byte) {
+	h, err := host.New(host.Config{EnclaveLogRate: -1, EnclaveLog: func(enclave, stream string, line []byte) {
+		sink(enclave, stream, line)
 		if n := got.Add(1); n == want.Load() {
 			close(done)
 		}
