@@ -418,6 +418,17 @@ func TestVerifyConfig(t *testing.T) {
 	if strings.ContainsRune(stdout, '\u202e') {
 		t.Errorf("a bidirectional override reached the terminal:\n%q", stdout)
 	}
+	if strings.Contains(stderr, "logs_to_host") {
+		t.Errorf("a note about logs for an enclave that keeps them: %q", stderr)
+	}
+	// An enclave whose logs go to the host (quench-enclave -log-to): a
+	// note on stderr, since the egress policy does not cover them.
+	logsConfig := []byte(`{"egress":["kms.us-east-1.amazonaws.com:443"],"annotations":{"logs_to_host":"vsock://3:1025"}}`)
+	logsSrv := attestationtest.NewConfigServer(t, f.dev, logsConfig, nil)
+	code, _, stderr = runQuench(t, "", "verify", "--config", logsSrv.URL, "--roots", f.rootsPath, "--insecure-skip-tls-verify")
+	if code != 0 || !strings.Contains(stderr, "note: the enclave sends its log and its app's output to the parent instance in clear (annotations.logs_to_host: vsock://3:1025)") {
+		t.Errorf("logs_to_host: exit %d, stderr %q", code, stderr)
+	}
 
 	code, stdout, stderr = runQuench(t, "", "verify", "--json", "--config", srv.URL, "--roots", f.rootsPath, "--insecure-skip-tls-verify")
 	var got struct {

@@ -231,6 +231,11 @@ func runVerify(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 		// only PCRs say which image it runs.
 		fmt.Fprintln(stderr, "quench verify: note: no --pcr given: a document from any enclave image passes; pin yours with --pcr 0=HEX (PCR0 from nitro-cli build-enclave)")
 	}
+	if to := logsToHost(config); to != "" {
+		// The egress policy does not hold what the enclave logs: a client
+		// relying on it should know where the logs go.
+		fmt.Fprintf(stderr, "quench verify: note: the enclave sends its log and its app's output to the parent instance in clear (annotations.logs_to_host: %s); -allow does not cover them\n", terminalSafe(to))
+	}
 	if c.json {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
@@ -247,6 +252,19 @@ func runVerify(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 		printConfig(stdout, config)
 	}
 	return exitOK
+}
+
+// logsToHost returns the configuration's annotations.logs_to_host
+// (quench-enclave -log-to), or "".
+func logsToHost(config []byte) string {
+	var c struct {
+		Annotations map[string]any `json:"annotations"`
+	}
+	if config == nil || json.Unmarshal(config, &c) != nil {
+		return ""
+	}
+	to, _ := c.Annotations["logs_to_host"].(string)
+	return to
 }
 
 // printConfig prints an attested configuration indented, one line at a
