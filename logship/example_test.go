@@ -20,7 +20,9 @@ import (
 func ExampleShipper() {
 	ship, err := logship.New(logship.Config{
 		Dial: func(ctx context.Context) (net.Conn, error) {
-			return vsock.Dial(vsock.Host, 1025, nil) // CID 3: the parent
+			// The parent instance is CID 3 in a Nitro Enclave (not
+			// vsock.Host, which is CID 2).
+			return vsock.Dial(3, 1025, nil)
 		},
 	})
 	if err != nil {
