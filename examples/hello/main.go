@@ -72,9 +72,14 @@ func run(args []string) error {
 		if err != nil {
 			return fmt.Errorf("-log-to: %w", err)
 		}
-		ship, err := logship.New(logship.Config{Dial: func(ctx context.Context) (net.Conn, error) {
-			return endpoint.Dial(ctx, la, eopts)
-		}})
+		if la.Scheme == "vsock" && la.CID == endpoint.AnyCID {
+			return fmt.Errorf("-log-to %s: no CID to send to (the parent is vsock://3:PORT)", *logTo)
+		}
+		ship, err := logship.New(logship.Config{
+			Dial: func(ctx context.Context) (net.Conn, error) {
+				return endpoint.Dial(ctx, la, eopts)
+			},
+		})
 		if err != nil {
 			return err
 		}
