@@ -79,6 +79,10 @@ func run(args []string) error {
 			Dial: func(ctx context.Context) (net.Conn, error) {
 				return endpoint.Dial(ctx, la, eopts)
 			},
+			// The shipper's news (host unreachable, reached again) on
+			// standard error only: without it a wrong -log-to or a host
+			// without -enclave-logs went unnoticed.
+			Logger: slog.New(slog.NewTextHandler(os.Stderr, nil)),
 		})
 		if err != nil {
 			return err
