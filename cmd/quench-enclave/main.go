@@ -359,6 +359,11 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 			// Dialled, it fails for ever, in the background: say so now.
 			return nil, fmt.Errorf("-log-to %s: no CID to send to (the parent is vsock://3:PORT)", *logTo)
 		}
+		if o.logTo == ha {
+			// The tunnel's listener takes the log stream for a bad
+			// handshake: no line would ever arrive, and nothing said why.
+			return nil, fmt.Errorf("-log-to %s is -host's address: quench-host -enclave-logs listens on a port of its own (vsock://3:1025)", *logTo)
+		}
 	}
 	o.cfg = enclave.Config{
 		Network:    mode,

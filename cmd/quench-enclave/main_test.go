@@ -154,6 +154,7 @@ func TestBadFlags(t *testing.T) {
 		{"bad log-to", []string{"-log-to", "udp://3:1025"}, "-log-to"},
 		{"log-to without port", []string{"-log-to", "vsock://3"}, "-log-to"},
 		{"log-to without CID", []string{"-log-to", "vsock://:1025"}, "-log-to vsock://:1025: no CID"},
+		{"log-to the tunnel", []string{"-log-to", "vsock://3:1024"}, "-log-to vsock://3:1024 is -host's address"},
 		{"bad acme roots", []string{"-app-url", "http://127.0.0.1:1", "-acme", "-fqdn", "a.example", "-acme-roots", "/nonexistent"}, "-acme-roots"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
