@@ -153,6 +153,13 @@ func (h *Host) serveLogStream(c net.Conn, peer string) {
 		defer h.logStats.releaseLimiter(peer)
 	}
 	err := logship.Receive(ackDeadline{c}, func(stream string, line []byte) {
+		if h.ctx.Err() != nil {
+			// Shutting down: what was read ahead is not written (past the
+			// rate) nor acknowledged (closed), so the enclave sends it to
+			// the next host, once.
+			_ = c.Close()
+			return
+		}
 		if lim != nil {
 			// Past its rate, the enclave's streams are read no faster:
 			// its Shipper buffers, then drops and says so.
@@ -165,6 +172,8 @@ func (h *Host) serveLogStream(c net.Conn, peer string) {
 				case <-h.ctx.Done():
 					t.Stop()
 					r.Cancel()
+					_ = c.Close()
+					return
 				}
 			}
 		}

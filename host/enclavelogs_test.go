@@ -225,3 +225,60 @@ func TestEnclaveLogsRateLongLines(t *testing.T) {
 		t.Fatalf("%d lines of 10 KiB in %s at 100 lines/s, each counting 11", got, time.Since(start))
 	}
 }
+
+// TestEnclaveLogsRateAtClose: a host that shuts down (a restart) while it
+// holds an enclave's stream back by its rate must not write out, past the
+// rate, what it has read ahead: those lines are not acknowledged, so the
+// enclave sends them again to the next host, and they appeared twice
+// (3000 lines of a rate-limited `seq 1 3000` written at shutdown, then
+// again after the restart).
+func TestEnclaveLogsRateAtClose(t *testing.T) {
+	var mu sync.Mutex
+	n := 0
+	h, err := host.New(host.Config{EnclaveLogRate: 100, EnclaveLog: func(enclave, stream string, line []byte) {
+		mu.Lock()
+		n++
+		mu.Unlock()
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "logs.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- h.ServeEnclaveLogs(ln) }()
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	go io.Copy(io.Discard, c) // the acknowledgements
+	var b []byte
+	b = append(b, logship.Header...)
+	for range 3000 {
+		b = append(b, 1, 'a', 1, 0, 'x')
+	}
+	go c.Write(b)
+	time.Sleep(500 * time.Millisecond)
+	mu.Lock()
+	before := n
+	mu.Unlock()
+	if err := h.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("ServeEnclaveLogs: %v", err)
+	}
+	mu.Lock()
+	after := n
+	mu.Unlock()
+	if after > before+5 {
+		t.Fatalf("%d lines written at Close past the rate (%d before it)", after-before, before)
+	}
+}
