@@ -646,3 +646,41 @@ func TestReaderDoesNotAllocate(t *testing.T) {
 		t.Fatalf("%v allocations per record", n)
 	}
 }
+
+// TestReceiveAcknowledgesWhileSlow: a receiver that takes its records
+// slowly (quench-host under -enclave-log-rate) must still acknowledge now
+// and then, not only once it has taken all it read ahead (up to 64 KiB of
+// records, thousands of short lines): the Shipper keeps every line until
+// acknowledged, and a host restart showed all of them twice.
+func TestReceiveAcknowledgesWhileSlow(t *testing.T) {
+	in := []byte(logship.Header)
+	const records = 2000
+	for range records {
+		in = append(in, rec("a", []byte("x"))...)
+	}
+	var n, early int
+	var rw struct {
+		io.Reader
+		io.Writer
+	}
+	rw.Reader = bytes.NewReader(in)
+	rw.Writer = writerFunc(func(p []byte) (int, error) {
+		if n < records {
+			early++
+		}
+		return len(p), nil
+	})
+	if err := logship.Receive(&rw, func(string, []byte) {
+		n++
+		time.Sleep(time.Millisecond)
+	}); err != nil || n != records {
+		t.Fatalf("Receive: %v after %d records", err, n)
+	}
+	if early < 2 {
+		t.Fatalf("%d acknowledgements in the %d records (over 2 s) before the last", early, records)
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }

@@ -32,7 +32,7 @@
 // record may span two.
 //
 // The host acknowledges what it has taken: it writes, now and then (when
-// it has read all that arrived, and at least every 64 KiB), the number of
+// it has read all that arrived, and at least every 64 KiB and 250 ms), the number of
 // record bytes it has taken on this stream so far, a u64, little endian,
 // always at the end of a record. The enclave keeps each record until it is
 // acknowledged and, on a new stream after the old one ended, sends the
@@ -46,6 +46,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 )
 
 // Header opens every log stream.
@@ -161,13 +162,19 @@ func (r *Reader) Next() (stream string, line []byte, err error) {
 	return r.last, line, nil
 }
 
-// ackEvery is the most record bytes Receive takes without acknowledging.
-const ackEvery = 64 << 10
+// ackEvery is the most record bytes Receive takes without acknowledging,
+// and ackInterval the longest time: a receiver that takes what it read
+// ahead slowly (quench-host's -enclave-log-rate) still acknowledges, so
+// that a restart sends again a moment of lines, not 64 KiB of them.
+const (
+	ackEvery    = 64 << 10
+	ackInterval = 250 * time.Millisecond
+)
 
 // Receive reads the log stream c until it ends, calling fn with each
 // record (line valid only during the call), and acknowledges what it took
 // (after a record, when nothing more has arrived, and at least every 64
-// KiB). It returns nil when the stream ends between records, and otherwise
+// KiB and every 250 ms). It returns nil when the stream ends between records, and otherwise
 // the error: a bad header (ErrBadHeader), a bad record, a failed read or
 // acknowledgement. Set deadlines on c to bound a peer that stops reading
 // acknowledgements.
@@ -175,6 +182,7 @@ func Receive(c io.ReadWriter, fn func(stream string, line []byte)) error {
 	r := NewReader(c)
 	var acked uint64
 	var ack [8]byte
+	lastAck := time.Now()
 	for {
 		stream, line, err := r.Next()
 		if err == io.EOF {
@@ -184,12 +192,13 @@ func Receive(c io.ReadWriter, fn func(stream string, line []byte)) error {
 			return err
 		}
 		fn(stream, line)
-		if r.r.Buffered() == 0 || r.consumed-acked >= ackEvery {
+		if r.r.Buffered() == 0 || r.consumed-acked >= ackEvery || time.Since(lastAck) >= ackInterval {
 			binary.LittleEndian.PutUint64(ack[:], r.consumed)
 			if _, err := c.Write(ack[:]); err != nil {
 				return fmt.Errorf("logship: acknowledging: %w", err)
 			}
 			acked = r.consumed
+			lastAck = time.Now()
 		}
 	}
 }
