@@ -340,8 +340,11 @@ func (e *Enclave) startServers(ctx context.Context, nw network) (_ *servers, err
 	return s, nil
 }
 
+// serve runs srv on ln until it is shut down. net.ErrClosed is a shutdown
+// too: the front door's listener is closed before the public server's
+// Shutdown, so that no new connection reaches it.
 func (s *servers) serve(name string, srv *http.Server, ln net.Listener) {
-	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 		s.log.Error("server stopped", "server", name, "err", err)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -899,5 +900,30 @@ func TestMetricsCollectorClash(t *testing.T) {
 	defer cancel()
 	if err := e.Start(ctx); err == nil || !strings.Contains(err.Error(), "MetricsCollectors") {
 		t.Fatalf("Start with a clashing collector: %v", err)
+	}
+}
+
+// TestCloseProxiedLogsNoError: a graceful stop of an enclave serving a
+// proxied app (quench-enclave -app-url, SIGTERM) logged
+// `level=ERROR msg="server stopped" server=public err="use of closed network
+// connection"` every time: the front door closes the public server's
+// listener before its Shutdown. With -log-to that ERROR reached the
+// host's journal on every deployment.
+func TestCloseProxiedLogsNoError(t *testing.T) {
+	app := svAppOn(t, "tcp", func(w http.ResponseWriter, r *http.Request) {})
+	var logs lockedBuffer
+	env := svStart(t, func(c *enclave.Config) {
+		c.Handler = nil
+		c.AppURL = app
+		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	})
+	if code, _ := svGet(t, svClient(t), env.public+"/enclave/health"); code != http.StatusOK {
+		t.Fatalf("health: %d", code)
+	}
+	if err := env.enc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if s := logs.String(); strings.Contains(s, "level=ERROR") {
+		t.Fatalf("a graceful Close logged an error:\n%s", s)
 	}
 }
