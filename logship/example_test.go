@@ -24,6 +24,9 @@ func ExampleShipper() {
 			// vsock.Host, which is CID 2).
 			return vsock.Dial(3, 1025, nil)
 		},
+		// Its own news (host unreachable, reached again): without it a
+		// wrong port or a host without -enclave-logs goes unnoticed.
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, nil)),
 	})
 	if err != nil {
 		panic(err)
