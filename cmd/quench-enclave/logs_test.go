@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -123,4 +125,66 @@ func TestLogShipBrokenStdout(t *testing.T) {
 	if code := cmd.ProcessState.ExitCode(); code != 4 {
 		t.Fatalf("quench-enclave: %v (exit code %d), want the app's 4\n%s", cmd.ProcessState, code, stderr.String())
 	}
+}
+
+// TestLogShipStartFailure: the enclave's network does not come up (no
+// quench-host on -host, or a wrong one): the very case -log-to is for,
+// since a production enclave has no console. The error quench-enclave
+// exits with must reach the log host, not only its standard error.
+func TestLogShipStartFailure(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binaries")
+	}
+	bin := testutil.Binaries(t)
+	dir := t.TempDir()
+	var mu sync.Mutex
+	var got []string
+	h, err := host.New(host.Config{EnclaveLog: func(enclave, stream string, line []byte) {
+		mu.Lock()
+		got = append(got, stream+": "+string(line))
+		mu.Unlock()
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	logSock := filepath.Join(dir, "logs.sock")
+	ln, err := net.Listen("unix", logSock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan struct{})
+	go func() { defer close(served); _ = h.ServeEnclaveLogs(ln) }()
+	t.Cleanup(func() { _ = h.Close(); <-served })
+
+	var stderr testutil.SyncBuffer
+	cmd := exec.Command(filepath.Join(bin, "quench-enclave"),
+		"-network", "userspace", "-host", "unix://"+filepath.Join(dir, "nobody.sock"), "-start-timeout", "500ms",
+		"-forward", "vsock://16:8080=127.0.0.1:1", "-vsock-dir", dir, "-log-to", "unix://"+logSock,
+		"--", "true")
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		_ = cmd.Process.Kill()
+		t.Fatalf("quench-enclave did not exit\n%s", stderr.String())
+	}
+	if code := cmd.ProcessState.ExitCode(); code != 1 {
+		t.Fatalf("exit code %d, want 1\n%s", code, stderr.String())
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, l := range got {
+		if strings.Contains(l, "connect to host") {
+			return
+		}
+	}
+	t.Fatalf("the log host got %q, not the start-up error\nstderr: %s", got, stderr.String())
 }

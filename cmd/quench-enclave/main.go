@@ -587,7 +587,7 @@ func run(args []string, stderr io.Writer) int {
 		return 2
 	}
 	fail := func(err error) int {
-		fmt.Fprintf(stderr, "quench-enclave: %v\n", err)
+		fmt.Fprintf(o.fatalOut(stderr), "quench-enclave: %v\n", err)
 		return 1
 	}
 	if o.pprofAddr != "" {
@@ -659,6 +659,16 @@ func run(args []string, stderr io.Writer) int {
 	return superviseApp(e, o, sigs, stderr)
 }
 
+// fatalOut is where quench-enclave's last words go: with -log-to, to the
+// host too (stream quench), since a production enclave has no console and
+// an enclave whose network never came up has nothing else to say.
+func (o *options) fatalOut(stderr io.Writer) io.Writer {
+	if o.logTee != nil {
+		return o.logTee
+	}
+	return stderr
+}
+
 // superviseApp starts the app, forwards SIGINT/SIGTERM to its process group
 // (on Linux; to its process elsewhere) after draining the enclave's servers,
 // kills the group if the app has not exited DrainTimeout+5s after the first
@@ -668,7 +678,7 @@ func superviseApp(e *enclave.Enclave, o *options, sigs <-chan os.Signal, stderr 
 	cmd, err := appCommand(o)
 	if err != nil {
 		_ = e.Close()
-		fmt.Fprintf(stderr, "quench-enclave: start app: %v\n", err)
+		fmt.Fprintf(o.fatalOut(stderr), "quench-enclave: start app: %v\n", err)
 		return 1
 	}
 	cmd.Stdin = nil
@@ -681,7 +691,7 @@ func superviseApp(e *enclave.Enclave, o *options, sigs <-chan os.Signal, stderr 
 	}
 	if err := cmd.Start(); err != nil {
 		_ = e.Close()
-		fmt.Fprintf(stderr, "quench-enclave: start app: %v\n", err)
+		fmt.Fprintf(o.fatalOut(stderr), "quench-enclave: start app: %v\n", err)
 		return 1
 	}
 	attrs := []any{"pid", cmd.Process.Pid, "cmd", strings.Join(o.appArgs, " "), "sandbox", o.appSandbox}
