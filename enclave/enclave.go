@@ -249,9 +249,16 @@ func (e *Enclave) connect(ctx context.Context, b *backoff) (*tap.Conn, error) {
 		if err == nil {
 			return c, nil
 		}
+		first := lastErr == nil
 		lastErr = err
 		e.status.setErr(err)
-		e.log.Debug("host not reachable; retrying", "err", err, "delay", b.next)
+		if first {
+			// Once a warning, so that a host that never answers (a
+			// start-up that waits minutes) shows; then debug.
+			e.log.Warn("host not reachable; retrying", "err", err)
+		} else {
+			e.log.Debug("host not reachable; retrying", "err", err, "delay", b.next)
+		}
 		if ctx.Err() != nil {
 			return nil, errors.Join(ctx.Err(), err)
 		}

@@ -927,3 +927,31 @@ func TestCloseProxiedLogsNoError(t *testing.T) {
 		t.Fatalf("a graceful Close logged an error:\n%s", s)
 	}
 }
+
+// TestStartSaysHostUnreachable: while the host does not answer, Start
+// retries until its context ends (quench-enclave -start-timeout, 2 minutes
+// by default). It said so only at debug level: an operator (with -log-to,
+// on the parent) saw nothing for two minutes. The first failure is a
+// warning now, the retries stay at debug level.
+func TestStartSaysHostUnreachable(t *testing.T) {
+	var logs lockedBuffer
+	e, err := enclave.New(enclave.Config{
+		Network:      enclave.NetworkUserspace,
+		DialHost:     testutil.DialUnix(filepath.Join(t.TempDir(), "nobody.sock")),
+		ReconnectMin: 10 * time.Millisecond,
+		ReconnectMax: 20 * time.Millisecond,
+		Logger:       slog.New(slog.NewTextHandler(&logs, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if err := e.Start(ctx); err == nil {
+		t.Fatal("Start succeeded without a host")
+	}
+	_ = e.Close()
+	if n := strings.Count(logs.String(), "level=WARN msg=\"host not reachable"); n != 1 {
+		t.Fatalf("%d warnings that the host is not reachable, want 1:\n%s", n, logs.String())
+	}
+}
