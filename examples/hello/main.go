@@ -31,7 +31,7 @@ func main() {
 	}
 }
 
-func run(args []string) error {
+func run(args []string) (runErr error) {
 	fs := flag.NewFlagSet("hello", flag.ContinueOnError)
 	var (
 		network    = fs.String("network", "userspace", "tap or userspace")
@@ -87,17 +87,22 @@ func run(args []string) error {
 		if err != nil {
 			return err
 		}
+		w, err := ship.Writer("app")
+		if err != nil {
+			return err
+		}
 		defer func() {
+			if runErr != nil {
+				// What main prints goes to the host too: a
+				// production enclave has no console.
+				fmt.Fprintf(w, "hello: %v\n", runErr)
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 			defer cancel()
 			if err := ship.Close(ctx); err != nil {
 				fmt.Fprintln(os.Stderr, "hello: -log-to:", err)
 			}
 		}()
-		w, err := ship.Writer("app")
-		if err != nil {
-			return err
-		}
 		logOut = io.MultiWriter(os.Stderr, w)
 		annotations = map[string]string{"logs_to_host": la.String()}
 	}
