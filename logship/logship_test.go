@@ -624,7 +624,9 @@ func TestLineOfMaxLineAndWriterMemory(t *testing.T) {
 	}()
 	runtime.GC()
 	runtime.ReadMemStats(&after)
-	if grew := int64(after.HeapAlloc) - int64(before.HeapAlloc); grew > 16<<20 {
+	// Kept, the line would be 64 MiB; the slack is for what other tests'
+	// goroutines hold meanwhile (16 MiB was seen with -count=6 in parallel).
+	if grew := int64(after.HeapAlloc) - int64(before.HeapAlloc); grew > 40<<20 {
 		t.Fatalf("the heap grew by %d MiB after one 64 MiB line", grew>>20)
 	}
 }

@@ -442,9 +442,9 @@ func (s *Shipper) readAcks(c net.Conn, took *atomic.Bool) error {
 		}
 		a := binary.LittleEndian.Uint64(b[:])
 		s.mu.Lock()
-		if a < acked || a-acked > uint64(s.written) {
+		if sent := acked + uint64(s.written); a < acked || a > sent {
 			s.mu.Unlock()
-			return fmt.Errorf("the host acknowledged %d bytes, %d were sent", a, acked+uint64(s.written))
+			return fmt.Errorf("the host acknowledged %d bytes, %d were sent", a, sent)
 		}
 		n := int(a - acked)
 		if !recordsEnd(s.buf, n) {
