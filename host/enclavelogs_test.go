@@ -6,13 +6,13 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/quenchnet/quench/host"
+	"github.com/quenchnet/quench/host/hosttest"
 	"github.com/quenchnet/quench/internal/testutil"
 	"github.com/quenchnet/quench/logship"
 )
@@ -20,30 +20,8 @@ import (
 // startLogHost starts a Host with ServeEnclaveLogs on a unix socket and
 // returns the socket's path.
 func startLogHost(t *testing.T, cfg host.Config) (*host.Host, string) {
-	t.Helper()
-	h, err := host.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := h.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "logs.sock")
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- h.ServeEnclaveLogs(ln) }()
-	t.Cleanup(func() {
-		if err := h.Close(); err != nil {
-			t.Errorf("Close: %v", err)
-		}
-		if err := <-done; err != nil {
-			t.Errorf("ServeEnclaveLogs: %v", err)
-		}
-	})
-	return h, path
+	h := hosttest.Start(t, cfg)
+	return h, hosttest.ServeLogs(t, h)
 }
 
 func eventually(t *testing.T, what string, ok func() bool) {
@@ -235,24 +213,11 @@ func TestEnclaveLogsRateLongLines(t *testing.T) {
 func TestEnclaveLogsRateAtClose(t *testing.T) {
 	var mu sync.Mutex
 	n := 0
-	h, err := host.New(host.Config{EnclaveLogRate: 100, EnclaveLog: func(enclave, stream string, line []byte) {
+	h, path := startLogHost(t, host.Config{EnclaveLogRate: 100, EnclaveLog: func(enclave, stream string, line []byte) {
 		mu.Lock()
 		n++
 		mu.Unlock()
 	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := h.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "logs.sock")
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- h.ServeEnclaveLogs(ln) }()
 	c, err := net.Dial("unix", path)
 	if err != nil {
 		t.Fatal(err)
@@ -269,11 +234,8 @@ func TestEnclaveLogsRateAtClose(t *testing.T) {
 	mu.Lock()
 	before := n
 	mu.Unlock()
-	if err := h.Close(); err != nil {
+	if err := h.Close(); err != nil { // waits for the streams' goroutines
 		t.Fatalf("Close: %v", err)
-	}
-	if err := <-done; err != nil {
-		t.Fatalf("ServeEnclaveLogs: %v", err)
 	}
 	mu.Lock()
 	after := n

@@ -10,12 +10,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/quenchnet/quench/enclave"
 	"github.com/quenchnet/quench/host"
+	"github.com/quenchnet/quench/host/hosttest"
 	"github.com/quenchnet/quench/internal/testutil"
 	"github.com/quenchnet/quench/logship"
 )
@@ -137,27 +137,8 @@ func TestLogShipStartFailure(t *testing.T) {
 	}
 	bin := testutil.Binaries(t)
 	dir := t.TempDir()
-	var mu sync.Mutex
-	var got []string
-	h, err := host.New(host.Config{EnclaveLog: func(enclave, stream string, line []byte) {
-		mu.Lock()
-		got = append(got, stream+": "+string(line))
-		mu.Unlock()
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := h.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	logSock := filepath.Join(dir, "logs.sock")
-	ln, err := net.Listen("unix", logSock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan struct{})
-	go func() { defer close(served); _ = h.ServeEnclaveLogs(ln) }()
-	t.Cleanup(func() { _ = h.Close(); <-served })
+	var got hosttest.Lines
+	logSock := hosttest.ServeLogs(t, hosttest.Start(t, host.Config{EnclaveLog: got.Add}))
 
 	var stderr testutil.SyncBuffer
 	cmd := exec.Command(filepath.Join(bin, "quench-enclave"),
@@ -179,12 +160,10 @@ func TestLogShipStartFailure(t *testing.T) {
 	if code := cmd.ProcessState.ExitCode(); code != 1 {
 		t.Fatalf("exit code %d, want 1\n%s", code, stderr.String())
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	for _, l := range got {
+	for _, l := range got.All() {
 		if strings.Contains(l, "connect to host") {
 			return
 		}
 	}
-	t.Fatalf("the log host got %q, not the start-up error\nstderr: %s", got, stderr.String())
+	t.Fatalf("the log host got %q, not the start-up error\nstderr: %s", got.All(), stderr.String())
 }

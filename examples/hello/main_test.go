@@ -1,15 +1,13 @@
 package main
 
 import (
-	"context"
-	"net"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/quenchnet/quench/host"
+	"github.com/quenchnet/quench/host/hosttest"
 )
 
 // -log-to vsock://:1025 names no CID: the shipper would dial nothing for
@@ -36,40 +34,19 @@ func TestLogToWithoutCID(t *testing.T) {
 // too, not only standard error: a production enclave has no console.
 func TestLogToRunError(t *testing.T) {
 	dir := t.TempDir()
-	var mu sync.Mutex
-	var got []string
-	h, err := host.New(host.Config{EnclaveLog: func(enclave, stream string, line []byte) {
-		mu.Lock()
-		got = append(got, stream+": "+string(line))
-		mu.Unlock()
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := h.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	logSock := filepath.Join(dir, "logs.sock")
-	ln, err := net.Listen("unix", logSock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan struct{})
-	go func() { defer close(served); _ = h.ServeEnclaveLogs(ln) }()
-	defer func() { _ = h.Close(); <-served }()
+	var got hosttest.Lines
+	logSock := hosttest.ServeLogs(t, hosttest.Start(t, host.Config{EnclaveLog: got.Add}))
 
 	// Fails before any network: the development root cannot be written.
-	err = run([]string{"-network", "userspace", "-host", "unix://" + filepath.Join(dir, "none.sock"),
+	err := run([]string{"-network", "userspace", "-host", "unix://" + filepath.Join(dir, "none.sock"),
 		"-log-to", "unix://" + logSock, "-dev-attester", "-dev-root-out", filepath.Join(dir, "no", "such", "dir", "root.pem")})
 	if err == nil {
 		t.Fatal("run succeeded")
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	for _, l := range got {
+	for _, l := range got.All() {
 		if strings.Contains(l, "root.pem") && strings.Contains(l, "hello:") {
 			return
 		}
 	}
-	t.Fatalf("run: %v; the log host got %q", err, got)
+	t.Fatalf("run: %v; the log host got %q", err, got.All())
 }
