@@ -83,21 +83,7 @@ func TestLogShipBrokenStdout(t *testing.T) {
 	}
 	bin := testutil.Binaries(t)
 	dir := t.TempDir()
-	sock := filepath.Join(dir, "host.sock")
-	h, err := host.New(host.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := h.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan struct{})
-	go func() { defer close(served); _ = h.Serve(ln) }()
-	t.Cleanup(func() { _ = h.Close(); <-served })
+	sock := hosttest.Serve(t, hosttest.Start(t, host.Config{}))
 
 	r, w, err := os.Pipe()
 	if err != nil {
@@ -111,18 +97,7 @@ func TestLogShipBrokenStdout(t *testing.T) {
 		"-forward", "vsock://16:8080=127.0.0.1:1", "-log-to", "unix://"+filepath.Join(dir, "nobody.sock"),
 		"--", "sh", "-c", "echo one; sleep 0.3; echo two; exit 4")
 	cmd.Stdout, cmd.Stderr = w, &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case <-done:
-	case <-time.After(30 * time.Second):
-		_ = cmd.Process.Kill()
-		t.Fatalf("quench-enclave did not exit\n%s", stderr.String())
-	}
-	if code := cmd.ProcessState.ExitCode(); code != 4 {
+	if code := runToExit(t, cmd, &stderr); code != 4 {
 		t.Fatalf("quench-enclave: %v (exit code %d), want the app's 4\n%s", cmd.ProcessState, code, stderr.String())
 	}
 }
@@ -146,6 +121,21 @@ func TestLogShipStartFailure(t *testing.T) {
 		"-forward", "vsock://16:8080=127.0.0.1:1", "-vsock-dir", dir, "-log-to", "unix://"+logSock,
 		"--", "true")
 	cmd.Stderr = &stderr
+	if code := runToExit(t, cmd, &stderr); code != 1 {
+		t.Fatalf("exit code %d, want 1\n%s", code, stderr.String())
+	}
+	for _, l := range got.All() {
+		if strings.Contains(l, "connect to host") {
+			return
+		}
+	}
+	t.Fatalf("the log host got %q, not the start-up error\nstderr: %s", got.All(), stderr.String())
+}
+
+// runToExit runs cmd (quench-enclave) and returns its exit code; it fails
+// the test if cmd has not exited within 30 s.
+func runToExit(t *testing.T, cmd *exec.Cmd, stderr *testutil.SyncBuffer) int {
+	t.Helper()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -155,15 +145,8 @@ func TestLogShipStartFailure(t *testing.T) {
 	case <-done:
 	case <-time.After(30 * time.Second):
 		_ = cmd.Process.Kill()
+		<-done
 		t.Fatalf("quench-enclave did not exit\n%s", stderr.String())
 	}
-	if code := cmd.ProcessState.ExitCode(); code != 1 {
-		t.Fatalf("exit code %d, want 1\n%s", code, stderr.String())
-	}
-	for _, l := range got.All() {
-		if strings.Contains(l, "connect to host") {
-			return
-		}
-	}
-	t.Fatalf("the log host got %q, not the start-up error\nstderr: %s", got.All(), stderr.String())
+	return cmd.ProcessState.ExitCode()
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"crypto/tls"
 	"fmt"
 	"io"
@@ -23,6 +22,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/quenchnet/quench/host"
+	"github.com/quenchnet/quench/host/hosttest"
 	"github.com/quenchnet/quench/internal/sandbox"
 	"github.com/quenchnet/quench/internal/testutil"
 	"github.com/quenchnet/quench/proxy"
@@ -236,22 +236,9 @@ func TestSIGTERMDrain(t *testing.T) {
 	}
 	bin := testutil.Binaries(t)
 	dir := t.TempDir()
-	sock := filepath.Join(dir, "host.sock")
 	pub, _ := host.ParsePublish("127.0.0.1:0:443")
-	h, err := host.New(host.Config{Publish: []host.Publish{pub}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := h.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan struct{})
-	go func() { defer close(served); _ = h.Serve(ln) }()
-	t.Cleanup(func() { _ = h.Close(); <-served })
+	h := hosttest.Start(t, host.Config{Publish: []host.Publish{pub}})
+	sock := hosttest.Serve(t, h)
 
 	appAddr := fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t))
 	intAddr := fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t))

@@ -31,22 +31,35 @@ func Start(tb testing.TB, cfg host.Config) *host.Host {
 	return h
 }
 
+// Serve serves enclave tunnels (Serve) of h on a unix socket in a
+// temporary directory and returns its path; the test's cleanup closes h
+// and checks that Serve returned nil.
+func Serve(tb testing.TB, h *host.Host) string {
+	tb.Helper()
+	return serveOn(tb, h, "host.sock", h.Serve, "Serve")
+}
+
 // ServeLogs serves enclave log streams (ServeEnclaveLogs) of h on a unix
 // socket in a temporary directory and returns its path; the test's cleanup
 // closes h and checks that ServeEnclaveLogs returned nil.
 func ServeLogs(tb testing.TB, h *host.Host) string {
 	tb.Helper()
-	path := filepath.Join(tb.TempDir(), "logs.sock")
+	return serveOn(tb, h, "logs.sock", h.ServeEnclaveLogs, "ServeEnclaveLogs")
+}
+
+func serveOn(tb testing.TB, h *host.Host, name string, serve func(net.Listener) error, method string) string {
+	tb.Helper()
+	path := filepath.Join(tb.TempDir(), name)
 	ln, err := net.Listen("unix", path)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	done := make(chan error, 1)
-	go func() { done <- h.ServeEnclaveLogs(ln) }()
+	go func() { done <- serve(ln) }()
 	tb.Cleanup(func() {
 		_ = h.Close()
 		if err := <-done; err != nil {
-			tb.Errorf("ServeEnclaveLogs: %v", err)
+			tb.Errorf("%s: %v", method, err)
 		}
 	})
 	return path
