@@ -340,13 +340,23 @@ func (e *Enclave) startServers(ctx context.Context, nw network) (_ *servers, err
 	return s, nil
 }
 
-// serve runs srv on ln until it is shut down. net.ErrClosed is a shutdown
-// too: the front door's listener is closed before the public server's
-// Shutdown, so that no new connection reaches it.
+// serve runs srv on ln until it is shut down. Once close has begun,
+// net.ErrClosed is a shutdown too: the front door's listener is closed
+// before the public server's Shutdown, so that no new connection reaches
+// it. Before, a closed listener is an error worth its line.
 func (s *servers) serve(name string, srv *http.Server, ln net.Listener) {
-	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
-		s.log.Error("server stopped", "server", name, "err", err)
+	err := srv.Serve(ln)
+	if err == nil || errors.Is(err, http.ErrServerClosed) {
+		return
 	}
+	select {
+	case <-s.closing:
+		if errors.Is(err, net.ErrClosed) {
+			return
+		}
+	default:
+	}
+	s.log.Error("server stopped", "server", name, "err", err)
 }
 
 // acmeClient is the HTTP client the ACME client uses: through the enclave's
