@@ -253,3 +253,17 @@ func TestLogFormatFlag(t *testing.T) {
 		t.Errorf("log_format from the file: %q, %v", o.LogFormat, err)
 	}
 }
+
+// TestLowEnclaveLogRateWarns: a rate a Shipper's writes of short lines
+// cannot get through within their timeout is said at start-up.
+func TestLowEnclaveLogRateWarns(t *testing.T) {
+	for _, tc := range []struct {
+		on   bool
+		rate int
+		warn bool
+	}{{true, 5, true}, {true, 399, true}, {true, 400, false}, {true, 1000, false}, {true, -1, false}, {false, 5, false}} {
+		if got := logRateWarning(tc.on, tc.rate) != ""; got != tc.warn {
+			t.Errorf("logs %v, rate %d: warning %v, want %v", tc.on, tc.rate, got, tc.warn)
+		}
+	}
+}

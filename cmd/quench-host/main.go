@@ -65,6 +65,20 @@ Addresses are URLs: vsock://CID:PORT, vsock://:PORT, unix:///path, tcp://host:po
 Flags:
 `
 
+// logRateWarning says what is wrong with -enclave-log-rate rate, if
+// anything, when -enclave-logs is on.
+func logRateWarning(logsOn bool, rate int) string {
+	if logsOn && rate > 0 && rate < minSafeLogRate {
+		return "-enclave-log-rate is low: an enclave flooding short lines may not get a 32 KiB write through within its 10 s timeout, and then sends some lines twice; keep it at some hundreds"
+	}
+	return ""
+}
+
+// minSafeLogRate is the -enclave-log-rate below which a Shipper's 32 KiB
+// write of short lines (3 bytes of framing and a few of text: some 3300
+// lines) may not pass within its 10 s WriteTimeout.
+const minSafeLogRate = 400
+
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "ctl" {
 		os.Exit(runCtl(os.Args[2:], os.Stdout, os.Stderr))
@@ -171,6 +185,9 @@ func run(args []string, stderr io.Writer) int {
 		"nat_idle_timeout", lc.NATIdleTimeout, "max_dials_per_enclave", lc.MaxDialsPerEnclave,
 		"max_vsock_proxy_conns", lc.MaxVSockProxyConns, "max_vsock_proxy_conns_per_enclave", lc.MaxVSockProxyConnsPerPeer,
 		"max_enclave_log_streams", lc.MaxEnclaveLogStreams, "enclave_log_rate", lc.EnclaveLogRate)
+	if msg := logRateWarning(logsOn, lc.EnclaveLogRate); msg != "" {
+		logger.Warn(msg, "enclave_log_rate", lc.EnclaveLogRate, "at_least", minSafeLogRate)
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
