@@ -132,6 +132,29 @@ func TestLogShipStartFailure(t *testing.T) {
 	t.Fatalf("the log host got %q, not the start-up error\nstderr: %s", got.All(), stderr.String())
 }
 
+// TestExitErrorJSON: with -log-format json, the error quench-enclave exits
+// with is a JSON record like the rest of its log (it was a plain line).
+func TestExitErrorJSON(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binaries")
+	}
+	bin := testutil.Binaries(t)
+	dir := t.TempDir()
+	var stderr testutil.SyncBuffer
+	cmd := exec.Command(filepath.Join(bin, "quench-enclave"), "-log-format", "json",
+		"-network", "userspace", "-host", "unix://"+filepath.Join(dir, "nobody.sock"), "-start-timeout", "500ms",
+		"-forward", "vsock://16:8080=127.0.0.1:1", "-vsock-dir", dir)
+	cmd.Stderr = &stderr
+	if code := runToExit(t, cmd, &stderr); code != 1 {
+		t.Fatalf("exit code %d, want 1\n%s", code, stderr.String())
+	}
+	lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+	last := lines[len(lines)-1]
+	if !strings.HasPrefix(last, "{") || !strings.Contains(last, `"msg":"exiting"`) || !strings.Contains(last, "connect to host") {
+		t.Fatalf("last line %q, want a JSON record of the exit error", last)
+	}
+}
+
 // runToExit runs cmd (quench-enclave) and returns its exit code; it fails
 // the test if cmd has not exited within 30 s.
 func runToExit(t *testing.T, cmd *exec.Cmd, stderr *testutil.SyncBuffer) int {

@@ -194,6 +194,7 @@ type options struct {
 	eopts   endpoint.Options
 	logTee  *tee
 	logShip *logship.Shipper
+	jsonLog bool // -log-format json
 }
 
 // parse turns the command line into options; the error is for the user.
@@ -278,6 +279,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		return nil, err
 	}
 	o.logger = logger
+	o.jsonLog = *logFormat == "json"
 
 	// The app command: -app-cmd or everything after --.
 	if fs.NArg() > 0 {
@@ -587,7 +589,7 @@ func run(args []string, stderr io.Writer) int {
 		return 2
 	}
 	fail := func(err error) int {
-		fmt.Fprintf(o.fatalOut(stderr), "quench-enclave: %v\n", err)
+		o.fatal(stderr, "", err)
 		return 1
 	}
 	if o.pprofAddr != "" {
@@ -659,14 +661,20 @@ func run(args []string, stderr io.Writer) int {
 	return superviseApp(e, o, sigs, stderr)
 }
 
-// fatalOut is where quench-enclave's last words go: with -log-to, to the
+// fatal writes the error quench-enclave exits with: with -log-to to the
 // host too (stream quench), since a production enclave has no console and
-// an enclave whose network never came up has nothing else to say.
-func (o *options) fatalOut(stderr io.Writer) io.Writer {
-	if o.logTee != nil {
-		return o.logTee
+// an enclave whose network never came up has nothing else to say; with
+// -log-format json as a JSON record, like the rest of its log.
+func (o *options) fatal(stderr io.Writer, prefix string, err error) {
+	if o.jsonLog && o.logger != nil {
+		o.logger.Error("exiting", "err", prefix+err.Error())
+		return
 	}
-	return stderr
+	w := stderr
+	if o.logTee != nil {
+		w = o.logTee
+	}
+	fmt.Fprintf(w, "quench-enclave: %s%v\n", prefix, err)
 }
 
 // superviseApp starts the app, forwards SIGINT/SIGTERM to its process group
@@ -678,7 +686,7 @@ func superviseApp(e *enclave.Enclave, o *options, sigs <-chan os.Signal, stderr 
 	cmd, err := appCommand(o)
 	if err != nil {
 		_ = e.Close()
-		fmt.Fprintf(o.fatalOut(stderr), "quench-enclave: start app: %v\n", err)
+		o.fatal(stderr, "start app: ", err)
 		return 1
 	}
 	cmd.Stdin = nil
@@ -691,7 +699,7 @@ func superviseApp(e *enclave.Enclave, o *options, sigs <-chan os.Signal, stderr 
 	}
 	if err := cmd.Start(); err != nil {
 		_ = e.Close()
-		fmt.Fprintf(o.fatalOut(stderr), "quench-enclave: start app: %v\n", err)
+		o.fatal(stderr, "start app: ", err)
 		return 1
 	}
 	attrs := []any{"pid", cmd.Process.Pid, "cmd", strings.Join(o.appArgs, " "), "sandbox", o.appSandbox}
