@@ -1,7 +1,9 @@
 package host_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"log/slog"
@@ -22,6 +24,27 @@ import (
 func startLogHost(t *testing.T, cfg host.Config) (*host.Host, string) {
 	h := hosttest.Start(t, cfg)
 	return h, hosttest.ServeLogs(t, h)
+}
+
+// flood opens a log stream to path and sends count records of line on
+// stream without waiting for them to be taken; the acknowledgements are
+// read and dropped.
+func flood(t *testing.T, path, stream string, line []byte, count int) {
+	t.Helper()
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	go io.Copy(io.Discard, c)
+	b := []byte(logship.Header)
+	for range count {
+		b = append(b, byte(len(stream)))
+		b = append(b, stream...)
+		b = binary.LittleEndian.AppendUint16(b, uint16(len(line)))
+		b = append(b, line...)
+	}
+	go c.Write(b)
 }
 
 func eventually(t *testing.T, what string, ok func() bool) {
@@ -133,25 +156,9 @@ func TestEnclaveLogsRate(t *testing.T) {
 		perStream[stream]++
 		mu.Unlock()
 	}})
-	flood := func(stream string) {
-		c, err := net.Dial("unix", path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		go io.Copy(io.Discard, c) // the acknowledgements
-		var b []byte
-		b = append(b, logship.Header...)
-		for range 1000 {
-			b = append(b, byte(len(stream)))
-			b = append(b, stream...)
-			b = append(b, 1, 0, 'x')
-		}
-		go c.Write(b)
-	}
 	start := time.Now()
-	flood("a")
-	flood("b")
+	flood(t, path, "a", []byte("x"), 1000)
+	flood(t, path, "b", []byte("x"), 1000)
 	time.Sleep(time.Second)
 	mu.Lock()
 	n := perStream["a"] + perStream["b"]
@@ -179,20 +186,7 @@ func TestEnclaveLogsRateLongLines(t *testing.T) {
 		n++
 		mu.Unlock()
 	}})
-	c, err := net.Dial("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	go io.Copy(io.Discard, c)
-	line := strings.Repeat("\x01", 10<<10)
-	var b []byte
-	b = append(b, logship.Header...)
-	for range 300 {
-		b = append(b, 1, 'a', byte(len(line)), byte(len(line)>>8))
-		b = append(b, line...)
-	}
-	go c.Write(b)
+	flood(t, path, "a", bytes.Repeat([]byte{1}, 10<<10), 300)
 	start := time.Now()
 	time.Sleep(time.Second)
 	mu.Lock()
@@ -218,18 +212,7 @@ func TestEnclaveLogsRateAtClose(t *testing.T) {
 		n++
 		mu.Unlock()
 	}})
-	c, err := net.Dial("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	go io.Copy(io.Discard, c) // the acknowledgements
-	var b []byte
-	b = append(b, logship.Header...)
-	for range 3000 {
-		b = append(b, 1, 'a', 1, 0, 'x')
-	}
-	go c.Write(b)
+	flood(t, path, "a", []byte("x"), 3000)
 	time.Sleep(500 * time.Millisecond)
 	mu.Lock()
 	before := n
