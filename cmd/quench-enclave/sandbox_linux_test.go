@@ -10,33 +10,12 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/quenchnet/quench/enclave"
 	"github.com/quenchnet/quench/internal/testutil"
 	"github.com/quenchnet/quench/policy"
 	"golang.org/x/sys/unix"
 )
-
-// runApp runs o's app under superviseApp (no enclave started) and returns
-// its exit code.
-func runApp(t *testing.T, o *options) int {
-	t.Helper()
-	e, err := enclave.New(enclave.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	o.logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	done := make(chan int, 1)
-	go func() { done <- superviseApp(e, o, make(chan os.Signal), os.Stderr) }()
-	select {
-	case code := <-done:
-		return code
-	case <-time.After(20 * time.Second):
-		t.Fatal("the app did not exit")
-		return -1
-	}
-}
 
 // vsockProbe exits with the errno of socket(AF_VSOCK) (0: it opened), in a
 // process the app starts (the filter must be inherited).

@@ -39,3 +39,23 @@ func TestSupervisorSecondSignalKeepsKillDeadline(t *testing.T) {
 		t.Fatalf("superviseApp still waiting %s after the signals for an app that ignores SIGTERM (the kill deadline of DrainTimeout+5s is dropped by the second signal)", o.cfg.DrainTimeout+8*time.Second)
 	}
 }
+
+// runApp runs o's app under superviseApp (no enclave started) and returns
+// its exit code.
+func runApp(t *testing.T, o *options) int {
+	t.Helper()
+	e, err := enclave.New(enclave.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	done := make(chan int, 1)
+	go func() { done <- superviseApp(e, o, make(chan os.Signal), os.Stderr) }()
+	select {
+	case code := <-done:
+		return code
+	case <-time.After(20 * time.Second):
+		t.Fatal("the app did not exit")
+		return -1
+	}
+}

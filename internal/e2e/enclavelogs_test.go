@@ -23,10 +23,7 @@ import (
 func TestEnclaveLogs(t *testing.T) {
 	bin := testutil.Binaries(t)
 	dir := t.TempDir()
-	vsockDir := filepath.Join(dir, "vsock")
-	if err := os.Mkdir(vsockDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
+	vsockDir := t.TempDir() // the VSOCK stand-in's sockets
 	hostSock := filepath.Join(dir, "host.sock")
 	startHost := func(extra ...string) *testutil.Process {
 		p := testutil.Start(t, "quench-host", exec.Command(filepath.Join(bin, "quench-host"), append([]string{
