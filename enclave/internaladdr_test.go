@@ -8,11 +8,13 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/quenchnet/quench/enclave"
+	"github.com/quenchnet/quench/internal/testutil"
 )
 
 // TestInternalAddrMustBeLoopback: the internal server (POST /enclave/hash,
@@ -113,18 +115,6 @@ func loopbackName(t *testing.T) string {
 	return name
 }
 
-// freeLoopbackPort returns a port of 127.0.0.1 that was free a moment ago.
-func freeLoopbackPort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	_, port, _ := net.SplitHostPort(ln.Addr().String())
-	return port
-}
-
 // TestTargetNameResolvingToInternalServer: New refuses targets that name
 // the internal server's port on loopback, but a host name is resolved only
 // when dialled, by resolvers the host may answer. A Forward target or
@@ -132,7 +122,7 @@ func freeLoopbackPort(t *testing.T) string {
 // (POST /enclave/hash) from the host's connections. The dial refuses it now.
 func TestTargetNameResolvingToInternalServer(t *testing.T) {
 	name := loopbackName(t)
-	port := freeLoopbackPort(t)
+	port := strconv.Itoa(testutil.FreePort(t))
 	internal := "127.0.0.1:" + port
 	target := net.JoinHostPort(name, port)
 

@@ -274,26 +274,70 @@ func WaitFor(tb testing.TB, timeout time.Duration, what string, cond func() erro
 	}
 }
 
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+// FreePort returns a port on 127.0.0.1 that is free for TCP (and UDP).
 func FreePort(tb testing.TB) int {
 	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return freePort(tb)
 }
 
-// FreeUDPPort returns a UDP port on 127.0.0.1 that was free a moment ago.
+// FreeUDPPort returns a port on 127.0.0.1 that is free for UDP (and TCP).
 func FreeUDPPort(tb testing.TB) int {
 	tb.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
+	return freePort(tb)
+}
+
+var (
+	portsMu    sync.Mutex
+	portsGiven = map[int]bool{}
+)
+
+// freePort picks a port below the kernel's ephemeral range, free for both
+// TCP and UDP on 127.0.0.1 a moment ago and not given out before in this
+// process. A port the kernel handed out for ":0" and took back would soon
+// be handed out again, to another socket of the same test (CI once saw
+// quench-host fail to publish such a UDP port: "address already in use");
+// the kernel never picks ports outside its ephemeral range for ":0", so
+// only an explicit choice of another test process can collide here, and
+// that is checked for by binding.
+func freePort(tb testing.TB) int {
+	tb.Helper()
+	lo, hi := 20000, 32000
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		var elo, ehi int
+		if _, err := fmt.Sscan(string(b), &elo, &ehi); err == nil && elo > 2048 {
+			hi = elo
+			lo = max(1024, elo-12000)
+		}
 	}
-	defer pc.Close()
-	return pc.LocalAddr().(*net.UDPAddr).Port
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	var buf [2]byte
+	for range 1000 {
+		_, _ = rand.Read(buf[:])
+		port := lo + (int(buf[0])<<8|int(buf[1]))%(hi-lo)
+		if portsGiven[port] || !portFree(port) {
+			continue
+		}
+		portsGiven[port] = true
+		return port
+	}
+	tb.Fatalf("no free port in %d-%d after 1000 tries", lo, hi)
+	return 0
+}
+
+func portFree(port int) bool {
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return false
+	}
+	defer ln.Close()
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		return false
+	}
+	_ = pc.Close()
+	return true
 }
 
 // HTTPGet fetches url with a short timeout and returns the body.
