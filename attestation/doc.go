@@ -28,6 +28,20 @@
 // enclave over one TLS connection and checks that the document binds the
 // certificate presented on that very connection.
 //
+// # Clients of enclave apps
+//
+// [NewTransport] gives an http.RoundTripper ([Transport.Client] an
+// http.Client) for talking to an enclave app rather than checking it once:
+// every new TLS connection is verified before the caller's first request
+// goes over it (a document with a fresh nonce fetched on that connection,
+// the policy in [ClientConfig.Options], PCRs required, and the binding of
+// the certificate presented); a connection that fails fails the request,
+// with nothing of it sent. A verified certificate is trusted for new
+// connections for [ClientConfig.TrustFor]. This is what makes the TLS
+// session with the enclave worth its attestation: checking a document and
+// then sending requests over an ordinary client trusts whichever server
+// answers those later connections.
+//
 // # Document format
 //
 // A document is an untagged COSE_Sign1 array [protected, unprotected,

@@ -3,6 +3,7 @@ package attestation_test
 import (
 	"context"
 	"crypto/tls"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -131,4 +132,37 @@ func ExampleSeedEntropy() {
 	if err := attestation.SeedEntropy(nsm, 256); err != nil && !errors.Is(err, attestation.ErrEntropyNotCredited) {
 		log.Fatal(err)
 	}
+}
+
+// A client of an enclave app: every connection of the http.Client goes to
+// an enclave running your image (PCR0 from nitro-cli build-enclave) and
+// holding the certificate its attestation document binds; a connection
+// that fails the check fails the request before anything is sent.
+func ExampleNewTransport() {
+	pcr0, err := hex.DecodeString(os.Getenv("ENCLAVE_PCR0")) // 96 hex digits
+	if err != nil {
+		log.Fatal(err)
+	}
+	tr, err := attestation.NewTransport(attestation.ClientConfig{
+		Options: attestation.Options{PCRs: map[uint][]byte{0: pcr0}, MaxAge: 5 * time.Minute},
+		// The enclave's certificate is self-signed; the document authenticates it.
+		TLSConfig: &tls.Config{InsecureSkipVerify: true},
+		OnVerify: func(addr string, res *attestation.Result) {
+			slog.Info("verified enclave", "addr", addr, "module", res.ModuleID)
+		},
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer tr.Close()
+	client := tr.Client()
+	resp, err := client.Post("https://enclave.example.com/api/secret", "application/json", nil)
+	if errors.Is(err, attestation.ErrPCRMismatch) {
+		log.Fatal("the server is not running our enclave image")
+	}
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer resp.Body.Close()
+	fmt.Println(resp.Status)
 }

@@ -253,37 +253,56 @@ func fetch(ctx context.Context, u *url.URL, cfg RemoteConfig, maxBody int, accep
 	}
 	state := tc.ConnectionState()
 
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	body, _, err := exchange(ctx, tc, u, maxBody, accept, false)
 	if err != nil {
 		return nil, none, err
 	}
-	req.Close = true
+	return body, state, nil
+}
+
+// exchange sends GET u on the TLS connection tc and reads the response,
+// whose head may be at most maxResponseHead bytes and whose body at most
+// maxBody; anything but 200 is an error. With keepAlive, the connection is
+// left ready for a next request: reusable reports whether the server keeps
+// it open, and a server that sent bytes past the response is an error
+// (they would be taken for the next response). ctx must already unblock
+// reads on tc when it ends.
+func exchange(ctx context.Context, tc *tls.Conn, u *url.URL, maxBody int, accept string, keepAlive bool) (body []byte, reusable bool, err error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return nil, false, err
+	}
+	req.Close = !keepAlive
 	req.Header.Set("User-Agent", "quench-verify")
 	req.Header.Set("Accept", accept)
 	if err := req.Write(tc); err != nil {
-		return nil, none, ctxErr(ctx, err)
+		return nil, false, ctxErr(ctx, err)
 	}
 	lim := &headLimiter{r: tc, n: maxResponseHead}
-	resp, err := http.ReadResponse(bufio.NewReader(lim), req)
+	br := bufio.NewReader(lim)
+	resp, err := http.ReadResponse(br, req)
 	if errors.Is(err, errResponseHead) {
-		return nil, none, errResponseHead
+		return nil, false, errResponseHead
 	}
 	if err != nil {
-		return nil, none, ctxErr(ctx, err)
+		return nil, false, ctxErr(ctx, err)
 	}
 	lim.n = int(^uint(0) >> 1) // the body has its own limit below, after its framing is decoded
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, int64(maxBody)+1))
+	body, err = io.ReadAll(io.LimitReader(resp.Body, int64(maxBody)+1))
 	if err != nil {
-		return nil, none, ctxErr(ctx, err)
+		return nil, false, ctxErr(ctx, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, none, fmt.Errorf("HTTP %s: %s", printable(resp.Status), firstLine(body))
+		return nil, false, fmt.Errorf("HTTP %s: %s", printable(resp.Status), firstLine(body))
 	}
 	if len(body) > maxBody {
-		return nil, none, fmt.Errorf("response body larger than %d bytes", maxBody)
+		return nil, false, fmt.Errorf("response body larger than %d bytes", maxBody)
 	}
-	return body, state, nil
+	if keepAlive && br.Buffered() > 0 {
+		return nil, false, fmt.Errorf("server sent %d bytes after the response", br.Buffered())
+	}
+	return body, keepAlive && !resp.Close, nil
 }
 
 func ctxErr(ctx context.Context, err error) error {

@@ -1,0 +1,326 @@
+package attestation
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+)
+
+// ClientConfig configures NewTransport.
+type ClientConfig struct {
+	// Options is the policy every enclave the Transport connects to must
+	// pass: PCRs (required, unless AnyImage), Roots, MaxAge, AppKeyHash,
+	// UserData. Time must be zero (each connection is verified at Now's
+	// time); Nonce, TLSCertHash and PublicKey must be nil (a fresh nonce and
+	// the certificate of the connection are checked on every verification).
+	Options Options
+
+	// AnyImage accepts enclaves of any image: without PCRs in Options, any
+	// genuine enclave passes, including one that someone else built to serve
+	// the same address. For tests and exploration only. Default: false, and
+	// NewTransport refuses Options without PCRs.
+	AnyImage bool
+
+	// TLSConfig configures the TLS client, as RemoteConfig.TLSConfig does:
+	// enclave certificates are usually self-signed, so set
+	// InsecureSkipVerify; the attestation document then authenticates the
+	// certificate. NextProtos is always "http/1.1". Default (nil): the
+	// certificate is verified against the system roots too.
+	TLSConfig *tls.Config
+
+	// DialContext opens TCP connections. Default: a net.Dialer with a 30 s
+	// timeout and keep-alives, like http.DefaultTransport's.
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+
+	// Path is the attestation endpoint on the enclave. Default: Path
+	// (/enclave/attestation, as quench and nitriding serve it).
+	Path string
+
+	// Timeout bounds the TLS handshake and the attestation exchange of a new
+	// connection (the dial has its own). Default (0): 10 s.
+	Timeout time.Duration
+
+	// TrustFor is how long a verified certificate stays verified: a new
+	// connection presenting it within that time skips the attestation
+	// exchange (the handshake proves it holds the certificate's key, which
+	// only an enclave passing the policy was shown to hold). Default (0):
+	// one hour; negative: every new connection is verified.
+	TrustFor time.Duration
+
+	// Transport is the template of the underlying transport (pool sizes,
+	// timeouts); it is cloned, and its DialTLSContext, TLSClientConfig,
+	// Proxy and HTTP/2 settings replaced. Default (nil): a clone of
+	// http.DefaultTransport's settings.
+	Transport *http.Transport
+
+	// OnVerify, when not nil, is called after each successful verification
+	// with the address dialled and the verified document (for audit logs).
+	// It must not block.
+	OnVerify func(addr string, res *Result)
+
+	// Now returns the time to verify at. Default: time.Now.
+	Now func() time.Time
+}
+
+// Defaults of ClientConfig.
+const (
+	DefaultClientTimeout = 10 * time.Second
+	DefaultTrustFor      = time.Hour
+	maxTrustedCerts      = 1024
+	maxRedialsForAttest  = 3
+)
+
+// Transport is an http.RoundTripper whose every connection goes to an
+// enclave that passed the policy: after the TLS handshake of a new
+// connection, and before any request of the caller is written to it, it
+// fetches an attestation document with a fresh nonce over that same
+// connection, and verifies it and that it binds the certificate the
+// server presented. Only then is the connection used, for the caller's
+// requests. A document that fails (another image, a certificate that is not
+// the enclave's, as a machine in the middle presents) fails the request
+// with the verification error (errors.Is with ErrPCRMismatch,
+// ErrUserDataMismatch, ...); nothing of the request was sent.
+//
+// It speaks HTTP/1.1 over TLS only: an http:// request fails, and no proxy
+// is used. A verified certificate stays verified for TrustFor. It is safe
+// for concurrent use; Close releases idle connections.
+type Transport struct {
+	cfg  ClientConfig
+	base *http.Transport
+	dial func(ctx context.Context, network, addr string) (net.Conn, error)
+
+	mu      sync.Mutex
+	trusted map[[sha256.Size]byte]time.Time // certificate hash → verified until; guarded by mu
+}
+
+var _ http.RoundTripper = (*Transport)(nil)
+
+// NewTransport validates cfg and returns the Transport. It does no I/O.
+func NewTransport(cfg ClientConfig) (*Transport, error) {
+	o := cfg.Options
+	switch {
+	case !o.Time.IsZero():
+		return nil, fmt.Errorf("%w: ClientConfig.Options.Time must be zero: every connection is verified at the current time", ErrInvalidOptions)
+	case o.Nonce != nil:
+		return nil, fmt.Errorf("%w: ClientConfig.Options.Nonce must be nil: every verification sends a fresh nonce", ErrInvalidOptions)
+	case o.TLSCertHash != nil:
+		return nil, fmt.Errorf("%w: ClientConfig.Options.TLSCertHash must be nil: it is the certificate of each connection", ErrInvalidOptions)
+	case o.PublicKey != nil:
+		return nil, fmt.Errorf("%w: ClientConfig.Options.PublicKey must be nil", ErrInvalidOptions)
+	case len(o.PCRs) == 0 && !cfg.AnyImage:
+		return nil, fmt.Errorf("%w: ClientConfig.Options.PCRs is empty: any enclave image would pass, including one someone else runs at that address; pin yours (PCR0 from nitro-cli build-enclave), or set AnyImage for tests", ErrInvalidOptions)
+	case cfg.Timeout < 0:
+		return nil, fmt.Errorf("%w: negative ClientConfig.Timeout %s", ErrInvalidOptions, cfg.Timeout)
+	}
+	o.Time = time.Unix(0, 0) // only to validate the rest
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Path == "" {
+		cfg.Path = Path
+	}
+	if cfg.Path[0] != '/' {
+		return nil, fmt.Errorf("%w: ClientConfig.Path %q must start with /", ErrInvalidOptions, cfg.Path)
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = DefaultClientTimeout
+	}
+	if cfg.TrustFor == 0 {
+		cfg.TrustFor = DefaultTrustFor
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	t := &Transport{cfg: cfg, trusted: map[[sha256.Size]byte]time.Time{}}
+	t.dial = cfg.DialContext
+	if t.dial == nil {
+		t.dial = (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	}
+	if cfg.Transport != nil {
+		t.base = cfg.Transport.Clone()
+	} else {
+		t.base = http.DefaultTransport.(*http.Transport).Clone()
+	}
+	t.base.Proxy = nil // a proxy's CONNECT would bypass DialTLSContext
+	t.base.DialContext = nil
+	t.base.DialTLSContext = t.dialTLS
+	t.base.TLSClientConfig = nil
+	t.base.ForceAttemptHTTP2 = false
+	t.base.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{} // HTTP/1.1 only
+	return t, nil
+}
+
+// Client returns an http.Client that uses t.
+func (t *Transport) Client() *http.Client { return &http.Client{Transport: t} }
+
+// RoundTrip sends req over a verified connection. Only https requests are
+// taken.
+func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.URL == nil || req.URL.Scheme != "https" {
+		if req.Body != nil {
+			_ = req.Body.Close()
+		}
+		scheme := ""
+		if req.URL != nil {
+			scheme = req.URL.Scheme
+		}
+		return nil, fmt.Errorf("attestation: Transport takes https URLs only (the document binds the TLS certificate), not %q", scheme)
+	}
+	return t.base.RoundTrip(req)
+}
+
+// CloseIdleConnections closes the idle connections.
+func (t *Transport) CloseIdleConnections() { t.base.CloseIdleConnections() }
+
+// Close closes the idle connections; requests in flight finish.
+func (t *Transport) Close() error {
+	t.base.CloseIdleConnections()
+	return nil
+}
+
+// dialTLS is the underlying transport's DialTLSContext: a TLS connection
+// whose certificate was verified by attestation, now or within TrustFor.
+func (t *Transport) dialTLS(ctx context.Context, network, addr string) (net.Conn, error) {
+	for range maxRedialsForAttest {
+		tc, hash, err := t.handshake(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		if t.isTrusted(hash) {
+			return tc, nil
+		}
+		reusable, err := t.attest(ctx, tc, addr, hash)
+		if err != nil {
+			_ = tc.Close()
+			return nil, err
+		}
+		if reusable {
+			return tc, nil
+		}
+		// The server closes the connection after the document: the next
+		// one presents the certificate just verified, or is verified in turn.
+		_ = tc.Close()
+	}
+	return nil, fmt.Errorf("attestation: %s: the server closed the connection after each of %d attestations and presented a certificate not verified before on the next", addr, maxRedialsForAttest)
+}
+
+func (t *Transport) handshake(ctx context.Context, network, addr string) (*tls.Conn, [sha256.Size]byte, error) {
+	var hash [sha256.Size]byte
+	raw, err := t.dial(ctx, network, addr)
+	if err != nil {
+		return nil, hash, err
+	}
+	tcfg := &tls.Config{}
+	if t.cfg.TLSConfig != nil {
+		tcfg = t.cfg.TLSConfig.Clone()
+	}
+	if tcfg.ServerName == "" {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			host = addr
+		}
+		tcfg.ServerName = host
+	}
+	tcfg.NextProtos = []string{"http/1.1"}
+	tc := tls.Client(raw, tcfg)
+	hctx, cancel := context.WithTimeout(ctx, t.cfg.Timeout)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		_ = raw.Close()
+		return nil, hash, fmt.Errorf("attestation: %s: TLS handshake: %w", addr, err)
+	}
+	certs := tc.ConnectionState().PeerCertificates
+	if len(certs) == 0 {
+		_ = tc.Close()
+		return nil, hash, fmt.Errorf("attestation: %s: server presented no certificate", addr)
+	}
+	return tc, CertHash(certs[0].Raw), nil
+}
+
+// attest fetches and verifies a document on tc, and on success trusts hash.
+func (t *Transport) attest(ctx context.Context, tc *tls.Conn, addr string, hash [sha256.Size]byte) (reusable bool, err error) {
+	nonce := make([]byte, NonceSize)
+	if _, err := rand.Read(nonce); err != nil {
+		return false, fmt.Errorf("attestation: nonce: %w", err)
+	}
+	u := &url.URL{Scheme: "https", Host: addr, Path: t.cfg.Path, RawQuery: "nonce=" + hex.EncodeToString(nonce)}
+	if _, port, _ := net.SplitHostPort(addr); port == "443" {
+		u.Host = addr[:len(addr)-len(":443")] // as net/http sends Host
+	}
+	actx, cancel := context.WithTimeout(ctx, t.cfg.Timeout)
+	defer cancel()
+	stop := context.AfterFunc(actx, func() { _ = tc.SetDeadline(time.Unix(1, 0)) }) // unblock reads and writes
+	body, reusable, err := exchange(actx, tc, u, maxResponseBody, "text/plain", true)
+	if !stop() {
+		// The deadline may be set: the connection cannot be used further.
+		if err == nil {
+			err = actx.Err()
+		}
+	}
+	if err != nil {
+		return false, fmt.Errorf("attestation: fetch %s: %w", u.Redacted(), err)
+	}
+	doc, err := DecodeDocument(body)
+	if err != nil {
+		return false, fmt.Errorf("enclave at %s: %w", addr, err)
+	}
+	opts := t.cfg.Options
+	opts.Time = t.cfg.Now()
+	opts.Nonce = nonce
+	opts.TLSCertHash = hash[:]
+	res, err := Verify(doc, opts)
+	if err != nil {
+		return false, fmt.Errorf("enclave at %s: %w", addr, err)
+	}
+	t.trust(hash, opts.Time)
+	if t.cfg.OnVerify != nil {
+		t.cfg.OnVerify(addr, res)
+	}
+	return reusable, nil
+}
+
+func (t *Transport) isTrusted(hash [sha256.Size]byte) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	until, ok := t.trusted[hash]
+	if !ok {
+		return false
+	}
+	if t.cfg.Now().Before(until) {
+		return true
+	}
+	delete(t.trusted, hash)
+	return false
+}
+
+func (t *Transport) trust(hash [sha256.Size]byte, now time.Time) {
+	if t.cfg.TrustFor < 0 {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.trusted) >= maxTrustedCerts {
+		// Drop the expired ones, or else the one that expires first.
+		var first [sha256.Size]byte
+		var firstUntil time.Time
+		for h, until := range t.trusted {
+			if !now.Before(until) {
+				delete(t.trusted, h)
+			} else if firstUntil.IsZero() || until.Before(firstUntil) {
+				first, firstUntil = h, until
+			}
+		}
+		if len(t.trusted) >= maxTrustedCerts {
+			delete(t.trusted, first)
+		}
+	}
+	t.trusted[hash] = now.Add(t.cfg.TrustFor)
+}

@@ -1,0 +1,377 @@
+package attestation_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/quenchnet/quench/attestation"
+	"github.com/quenchnet/quench/attestation/attestationtest"
+)
+
+var (
+	pcr0      = bytes.Repeat([]byte{0xa0}, 48)
+	otherPCR0 = bytes.Repeat([]byte{0xb0}, 48)
+)
+
+// enclaveServer is an HTTPS server as an enclave serves: documents that
+// bind its certificate at attestation.Path, the app everywhere else.
+type enclaveServer struct {
+	*httptest.Server
+	dev      *attestation.DevAttester
+	appHits  atomic.Int64 // requests the app saw
+	attests  atomic.Int64 // documents served
+	conns    atomic.Int64 // TCP connections accepted
+	closeDoc atomic.Bool  // answer documents with Connection: close
+}
+
+func newEnclaveServer(t *testing.T, pcr []byte) *enclaveServer {
+	t.Helper()
+	e := &enclaveServer{dev: attestationtest.NewDevAttester(t, attestation.DevConfig{PCRs: map[uint][]byte{0: pcr}})}
+	e.Server = httptest.NewUnstartedServer(nil)
+	h, err := attestation.NewHandler(attestation.HandlerConfig{
+		Attester: e.dev,
+		UserData: func() ([]byte, error) {
+			return attestation.UserData{TLSCertHash: attestation.CertHash(e.Certificate().Raw)}.Marshal(), nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc(attestation.Path, func(w http.ResponseWriter, r *http.Request) {
+		e.attests.Add(1)
+		if e.closeDoc.Load() {
+			w.Header().Set("Connection", "close")
+		}
+		h(w, r)
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		e.appHits.Add(1)
+		body, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "app: %s %s %s", r.Method, r.URL.Path, body)
+	})
+	e.Config.Handler = mux
+	e.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			e.conns.Add(1)
+		}
+	}
+	e.StartTLS()
+	t.Cleanup(e.Close)
+	return e
+}
+
+func newTransport(t *testing.T, e *enclaveServer, mod func(*attestation.ClientConfig)) *attestation.Transport {
+	t.Helper()
+	cfg := attestation.ClientConfig{
+		Options:   attestation.Options{Roots: e.dev.Roots(), PCRs: map[uint][]byte{0: pcr0}, MaxAge: time.Minute},
+		TLSConfig: insecureTLS,
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	tr, err := attestation.NewTransport(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tr.Close() })
+	return tr
+}
+
+func get(t *testing.T, c *http.Client, url string) (string, error) {
+	t.Helper()
+	resp, err := c.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
+}
+
+// TestTransport: the first request verifies the enclave on its connection
+// and then goes over that same connection; later requests reuse it; a new
+// connection presenting the verified certificate is not verified again.
+func TestTransport(t *testing.T) {
+	e := newEnclaveServer(t, pcr0)
+	var verified []*attestation.Result
+	var mu sync.Mutex
+	tr := newTransport(t, e, func(c *attestation.ClientConfig) {
+		c.OnVerify = func(addr string, res *attestation.Result) {
+			mu.Lock()
+			defer mu.Unlock()
+			if addr != e.Listener.Addr().String() {
+				t.Errorf("OnVerify addr = %q", addr)
+			}
+			verified = append(verified, res)
+		}
+	})
+	c := tr.Client()
+	for i := range 3 {
+		body, err := get(t, c, e.URL+"/hello")
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		if body != "app: GET /hello " {
+			t.Fatalf("body = %q", body)
+		}
+	}
+	resp, err := c.Post(e.URL+"/echo", "text/plain", strings.NewReader("ping"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(b) != "app: POST /echo ping" {
+		t.Fatalf("POST body = %q", b)
+	}
+	if resp.TLS == nil {
+		t.Error("resp.TLS is nil: the transport did not get the *tls.Conn")
+	}
+	if got := e.conns.Load(); got != 1 {
+		t.Errorf("%d connections, want 1: the attestation's connection serves the requests", got)
+	}
+	if got := e.attests.Load(); got != 1 {
+		t.Errorf("%d documents fetched, want 1", got)
+	}
+	mu.Lock()
+	if len(verified) != 1 || verified[0].PCRs[0] == nil || !bytes.Equal(verified[0].PCRs[0], pcr0) {
+		t.Errorf("OnVerify got %d results", len(verified))
+	}
+	mu.Unlock()
+
+	// A new connection with the same certificate: trusted, not verified again.
+	tr.CloseIdleConnections()
+	if _, err := get(t, c, e.URL+"/again"); err != nil {
+		t.Fatal(err)
+	}
+	if got, attests := e.conns.Load(), e.attests.Load(); got != 2 || attests != 1 {
+		t.Errorf("after a new connection: %d connections, %d documents; want 2, 1", got, attests)
+	}
+}
+
+// TestTransportTrustFor: with a negative TrustFor every connection is
+// verified; with a short one, a connection after it has passed is too.
+func TestTransportTrustFor(t *testing.T) {
+	e := newEnclaveServer(t, pcr0)
+	tr := newTransport(t, e, func(c *attestation.ClientConfig) { c.TrustFor = -1 })
+	for range 3 {
+		if _, err := get(t, tr.Client(), e.URL+"/"); err != nil {
+			t.Fatal(err)
+		}
+		tr.CloseIdleConnections()
+	}
+	if got := e.attests.Load(); got != 3 {
+		t.Errorf("TrustFor -1: %d documents for 3 connections", got)
+	}
+
+	e2 := newEnclaveServer(t, pcr0)
+	now := time.Now()
+	var clock atomic.Int64
+	tr2 := newTransport(t, e2, func(c *attestation.ClientConfig) {
+		c.TrustFor = time.Minute
+		c.Options.MaxAge = 0 // the documents carry the real time
+		c.Now = func() time.Time { return now.Add(time.Duration(clock.Load())) }
+	})
+	for _, at := range []time.Duration{0, 30 * time.Second, 61 * time.Second} {
+		clock.Store(int64(at))
+		if _, err := get(t, tr2.Client(), e2.URL+"/"); err != nil {
+			t.Fatal(err)
+		}
+		tr2.CloseIdleConnections()
+	}
+	if got := e2.attests.Load(); got != 2 {
+		t.Errorf("TrustFor 1m at 0s, 30s, 61s: %d documents, want 2", got)
+	}
+}
+
+// TestTransportRefusesBeforeSending: an enclave of another image, and a
+// machine in the middle relaying the genuine enclave's documents with its
+// own certificate, fail the request with the verification error, and the
+// request never reaches the server's app.
+func TestTransportRefusesBeforeSending(t *testing.T) {
+	t.Run("other image", func(t *testing.T) {
+		e := newEnclaveServer(t, otherPCR0)
+		tr := newTransport(t, e, nil)
+		_, err := get(t, tr.Client(), e.URL+"/secret")
+		if !errors.Is(err, attestation.ErrPCRMismatch) {
+			t.Fatalf("err = %v, want ErrPCRMismatch", err)
+		}
+		if n := e.appHits.Load(); n != 0 {
+			t.Errorf("the app saw %d requests", n)
+		}
+	})
+	t.Run("relay", func(t *testing.T) {
+		genuine := newEnclaveServer(t, pcr0)
+		var relayed atomic.Int64
+		relay := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path != attestation.Path {
+				relayed.Add(1)
+			}
+			resp, err := genuine.Client().Get(genuine.URL + r.URL.RequestURI())
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadGateway)
+				return
+			}
+			defer resp.Body.Close()
+			w.WriteHeader(resp.StatusCode)
+			_, _ = io.Copy(w, resp.Body)
+		}))
+		relay.TLS = &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}}
+		relay.StartTLS()
+		t.Cleanup(relay.Close)
+		tr := newTransport(t, genuine, nil)
+		_, err := get(t, tr.Client(), relay.URL+"/secret")
+		var ue *attestation.UserDataMismatchError
+		if !errors.As(err, &ue) || ue.Field != "tls_cert_hash" {
+			t.Fatalf("err = %v, want a tls_cert_hash mismatch", err)
+		}
+		if n := relayed.Load() + genuine.appHits.Load(); n != 0 {
+			t.Errorf("%d requests other than the document's went through", n)
+		}
+	})
+	t.Run("no documents", func(t *testing.T) {
+		srv := httptest.NewTLSServer(http.NotFoundHandler())
+		t.Cleanup(srv.Close)
+		dev := attestationtest.NewDevAttester(t, attestation.DevConfig{})
+		tr, err := attestation.NewTransport(attestation.ClientConfig{
+			Options: attestation.Options{Roots: dev.Roots(), PCRs: map[uint][]byte{0: pcr0}}, TLSConfig: insecureTLS,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = get(t, tr.Client(), srv.URL+"/")
+		if err == nil || !strings.Contains(err.Error(), "404") {
+			t.Fatalf("err = %v, want the 404 of the attestation path", err)
+		}
+	})
+}
+
+// TestTransportConnectionClose: an enclave that closes the connection after
+// the document: the request goes on a new connection, which presents the
+// certificate just verified.
+func TestTransportConnectionClose(t *testing.T) {
+	e := newEnclaveServer(t, pcr0)
+	e.closeDoc.Store(true)
+	tr := newTransport(t, e, nil)
+	body, err := get(t, tr.Client(), e.URL+"/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body != "app: GET /x " {
+		t.Errorf("body = %q", body)
+	}
+	if c, a := e.conns.Load(), e.attests.Load(); c != 2 || a != 1 {
+		t.Errorf("%d connections, %d documents; want 2, 1", c, a)
+	}
+}
+
+// TestTransportHostileServer: responses a server in the middle could send in
+// place of a document fail cleanly and in bounded time.
+func TestTransportHostileServer(t *testing.T) {
+	dev := attestationtest.NewDevAttester(t, attestation.DevConfig{PCRs: map[uint][]byte{0: pcr0}})
+	doc, err := dev.Attest(context.Background(), attestation.Request{Nonce: bytes.Repeat([]byte{1}, attestation.NonceSize)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b64 := encodeB64(doc)
+	for _, tc := range []struct {
+		name    string
+		respond func(net.Conn)
+		want    string
+	}{
+		{"stale document", func(c net.Conn) {
+			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(b64), b64)
+		}, "nonce"},
+		{"bytes after the response", func(c net.Conn) {
+			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%sHTTP/1.1 200 OK\r\n\r\n", len(b64), b64)
+		}, "after the response"},
+		{"huge body", func(c net.Conn) {
+			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n", 1<<30)
+			_, _ = c.Write(bytes.Repeat([]byte{'A'}, 1<<20))
+		}, "larger than"},
+		{"endless head", func(c net.Conn) {
+			_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\n")
+			for range 10000 {
+				if _, err := io.WriteString(c, "X-Pad: "+strings.Repeat("a", 100)+"\r\n"); err != nil {
+					return
+				}
+			}
+		}, "response head larger"},
+		{"silence", func(c net.Conn) { _, _ = io.Copy(io.Discard, c) }, "deadline exceeded"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			url := rawTLSServer(t, tc.respond)
+			tr, err := attestation.NewTransport(attestation.ClientConfig{
+				Options:   attestation.Options{Roots: dev.Roots(), PCRs: map[uint][]byte{0: pcr0}},
+				TLSConfig: insecureTLS,
+				Timeout:   300 * time.Millisecond,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tr.Close()
+			start := time.Now()
+			_, err = get(t, tr.Client(), url+"/")
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want %q", err, tc.want)
+			}
+			if d := time.Since(start); d > 5*time.Second {
+				t.Errorf("took %s", d)
+			}
+		})
+	}
+}
+
+func TestTransportConfig(t *testing.T) {
+	dev := attestationtest.NewDevAttester(t, attestation.DevConfig{})
+	pcrs := map[uint][]byte{0: pcr0}
+	for _, tc := range []struct {
+		name string
+		cfg  attestation.ClientConfig
+		want string
+	}{
+		{"no PCRs", attestation.ClientConfig{}, "any enclave image would pass"},
+		{"time", attestation.ClientConfig{Options: attestation.Options{PCRs: pcrs, Time: time.Now()}}, "Time must be zero"},
+		{"nonce", attestation.ClientConfig{Options: attestation.Options{PCRs: pcrs, Nonce: []byte{1}}}, "Nonce must be nil"},
+		{"cert hash", attestation.ClientConfig{Options: attestation.Options{PCRs: pcrs, TLSCertHash: make([]byte, 32)}}, "TLSCertHash must be nil"},
+		{"bad PCR", attestation.ClientConfig{Options: attestation.Options{PCRs: map[uint][]byte{0: {1}}}}, "PCR0 value is 1 bytes"},
+		{"path", attestation.ClientConfig{Options: attestation.Options{PCRs: pcrs}, Path: "enclave"}, "must start with /"},
+		{"timeout", attestation.ClientConfig{Options: attestation.Options{PCRs: pcrs}, Timeout: -1}, "negative"},
+	} {
+		_, err := attestation.NewTransport(tc.cfg)
+		if !errors.Is(err, attestation.ErrInvalidOptions) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: err = %v, want ErrInvalidOptions with %q", tc.name, err, tc.want)
+		}
+	}
+	if _, err := attestation.NewTransport(attestation.ClientConfig{AnyImage: true, Options: attestation.Options{Roots: dev.Roots()}}); err != nil {
+		t.Errorf("AnyImage: %v", err)
+	}
+
+	// Plain HTTP is refused, before any connection.
+	tr, err := attestation.NewTransport(attestation.ClientConfig{Options: attestation.Options{PCRs: pcrs}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dialed atomic.Bool
+	srv := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { dialed.Store(true) }))
+	defer srv.Close()
+	if _, err := get(t, tr.Client(), srv.URL); err == nil || !strings.Contains(err.Error(), "https URLs only") {
+		t.Errorf("http URL: err = %v", err)
+	}
+	if dialed.Load() {
+		t.Error("the http URL was fetched")
+	}
+}
