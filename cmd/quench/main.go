@@ -27,9 +27,11 @@ const usage = `usage: quench <command> [arguments]
 commands:
   verify    verify a Nitro attestation document, fetched from an enclave or stored,
             or an enclave's attested configuration (--config)
+  fetch     send one HTTP request to an enclave app over a connection verified
+            by attestation first (curl with the enclave's PCRs pinned)
   help      show this help
 
-Run "quench verify -h" for the verify flags.
+Run "quench verify -h" and "quench fetch -h" for their flags.
 `
 
 // run executes one quench command and returns the exit status.
@@ -41,6 +43,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	switch args[0] {
 	case "verify":
 		return runVerify(ctx, args[1:], stdin, stdout, stderr)
+	case "fetch":
+		return runFetch(ctx, args[1:], stdin, stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return exitOK

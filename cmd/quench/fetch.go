@@ -1,0 +1,277 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/textproto"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/quenchnet/quench/attestation"
+)
+
+const fetchUsage = `usage: quench fetch https://HOST[:PORT]/PATH --pcr N=HEX [flags]
+
+Sends one HTTP request to an enclave app, over a connection to an enclave
+that passed attestation first: after the TLS handshake, quench fetches a
+document with a fresh nonce on that connection (GET /enclave/attestation),
+verifies it (signature, chain, the PCRs given, that it binds the certificate
+presented), and only then sends the request, on that same connection. A
+connection that fails the check gets nothing of the request. The response
+body goes to standard output (or -o FILE), as curl writes it.
+
+It is for shell scripts and programs in any language; Go programs get the
+same for every connection of an http.Client from attestation.NewTransport.
+
+exit status: 0 the response came (any status, unless --fail); 1 attestation
+or the request failed, or --fail and the status was 400 or more; 2 bad usage.
+
+flags:
+`
+
+type fetchConfig struct {
+	url      string
+	method   string
+	data     string
+	headers  headerFlag
+	include  bool
+	output   string
+	fail     bool
+	verbose  bool
+	anyImage bool
+	pcrs     pcrFlag
+	appKey   hexFlag
+	roots    string
+	maxAge   time.Duration
+	timeout  time.Duration
+	insecure bool
+}
+
+// headerFlag collects repeated -H "Name: value" flags.
+type headerFlag []string
+
+func (h *headerFlag) String() string { return strings.Join(*h, "; ") }
+
+func (h *headerFlag) Set(s string) error {
+	name, value, ok := strings.Cut(s, ":")
+	name = strings.TrimSpace(name)
+	if !ok || name == "" {
+		return errors.New(`want "Name: value"`)
+	}
+	for _, r := range name {
+		if r <= ' ' || r >= 0x7f || strings.ContainsRune(`()<>@,;:\"/[]?={}`, r) {
+			return fmt.Errorf("header name %q: not a token", name)
+		}
+	}
+	if strings.ContainsAny(value, "\r\n\x00") {
+		return fmt.Errorf("header %s: value holds a line break or NUL", name)
+	}
+	*h = append(*h, s)
+	return nil
+}
+
+func parseFetch(args []string, stderr io.Writer) (*fetchConfig, int) {
+	c := &fetchConfig{pcrs: pcrFlag{}, appKey: hexFlag{len: sha256.Size}}
+	fs := flag.NewFlagSet("quench fetch", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), fetchUsage)
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&c.method, "X", "", "request `METHOD` (default GET, or POST with -d)")
+	fs.StringVar(&c.data, "d", "", "request body `DATA`; @FILE reads FILE, @- standard input")
+	fs.Var(&c.headers, "H", "request `HEADER`, as \"Name: value\" (repeatable)")
+	fs.BoolVar(&c.include, "i", false, "print the response status line and headers before the body")
+	fs.StringVar(&c.output, "o", "", "write the body to `FILE` instead of standard output")
+	fs.BoolVar(&c.fail, "fail", false, "exit 1 without printing the body when the status is 400 or more")
+	fs.BoolVar(&c.verbose, "v", false, "print each verified document's summary to standard error")
+	fs.Var(c.pcrs, "pcr", "require PCR N to equal HEX, as `N=HEX` (repeatable; at least one unless --any-image)")
+	fs.BoolVar(&c.anyImage, "any-image", false, "accept an enclave of any image (no --pcr): for tests only, as any enclave passes")
+	fs.Var(&c.appKey, "app-key-sha256", "require the user data to bind the application key with this SHA-256 `HEX`")
+	fs.StringVar(&c.roots, "roots", "", "trust the root certificates in PEM `FILE` instead of the AWS Nitro root (e.g. a development root)")
+	fs.DurationVar(&c.maxAge, "max-age", 0, "reject documents whose timestamp is further than `DURATION` from now (default: not checked; the fresh nonce proves the document new)")
+	fs.BoolVar(&c.insecure, "insecure-skip-tls-verify", false, "do not verify the server certificate against the system roots\n(enclave certificates are usually self-signed; the attestation document's\ncertificate binding still authenticates the connection)")
+	fs.DurationVar(&c.timeout, "timeout", 30*time.Second, "give up after `DURATION` (attestation, request and response)")
+
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, exitOK
+			}
+			return nil, exitUsage
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+	usageErr := func(format string, a ...any) (*fetchConfig, int) {
+		fmt.Fprintf(stderr, "quench fetch: "+format+"\n", a...)
+		return nil, exitUsage
+	}
+	switch {
+	case len(pos) != 1:
+		return usageErr("one URL expected, got %d arguments; see quench fetch -h", len(pos))
+	case !strings.HasPrefix(pos[0], "https://"):
+		return usageErr("URL %q must start with https:// (the document binds the TLS certificate)", pos[0])
+	case len(c.pcrs) == 0 && !c.anyImage:
+		return usageErr("give the enclave image's PCRs (--pcr 0=HEX, PCR0 from nitro-cli build-enclave): without them any enclave passes, including one someone else runs at that address (--any-image for tests)")
+	case c.timeout <= 0:
+		return usageErr("--timeout must be positive, got %s", c.timeout)
+	case c.maxAge < 0:
+		return usageErr("--max-age must not be negative")
+	}
+	c.url = pos[0]
+	if c.method == "" {
+		c.method = http.MethodGet
+		if c.data != "" {
+			c.method = http.MethodPost
+		}
+	}
+	return c, exitOK
+}
+
+func runFetch(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	c, code := parseFetch(args, stderr)
+	if c == nil {
+		return code
+	}
+	failed := func(err error) int {
+		msg := terminalSafe(strings.Join(strings.Fields(err.Error()), " "))
+		if errors.Is(err, attestation.ErrUntrustedChain) && c.roots == "" {
+			msg += " (checked against the AWS Nitro root; documents of quench-enclave -dev-attester need --roots with its -dev-root-out file)"
+		}
+		var cve *tls.CertificateVerificationError
+		if errors.As(err, &cve) && !c.insecure {
+			msg += " (an enclave's certificate is usually self-signed: add --insecure-skip-tls-verify; the attestation document's certificate binding still authenticates the connection)"
+		}
+		fmt.Fprintf(stderr, "quench fetch: FAILED: %s\n", msg)
+		return exitFailed
+	}
+	opts := attestation.Options{MaxAge: c.maxAge}
+	if len(c.pcrs) > 0 {
+		opts.PCRs = c.pcrs
+	}
+	if c.appKey.set {
+		opts.AppKeyHash = c.appKey.b
+	}
+	if c.roots != "" {
+		roots, err := attestation.LoadRoots(c.roots)
+		if err != nil {
+			return failed(err)
+		}
+		opts.Roots = roots
+	}
+	tr, err := attestation.NewTransport(attestation.ClientConfig{
+		Options:   opts,
+		AnyImage:  c.anyImage,
+		TLSConfig: &tls.Config{InsecureSkipVerify: c.insecure}, //nolint:gosec // see the flag's help
+		Timeout:   c.timeout,
+		OnVerify: func(addr string, res *attestation.Result) {
+			if c.verbose {
+				fmt.Fprintf(stderr, "quench fetch: verified %s: module %s, %s\n", terminalSafe(addr), terminalSafe(res.ModuleID), checksList(res))
+			}
+		},
+	})
+	if err != nil {
+		return failed(err)
+	}
+	defer tr.Close()
+
+	var body io.Reader
+	if c.data != "" {
+		switch {
+		case c.data == "@-":
+			body = stdin
+		case strings.HasPrefix(c.data, "@"):
+			f, err := os.Open(c.data[1:])
+			if err != nil {
+				return failed(err)
+			}
+			defer f.Close()
+			body = f
+		default:
+			body = strings.NewReader(c.data)
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, c.method, c.url, body)
+	if err != nil {
+		return failed(err)
+	}
+	req.Header.Set("User-Agent", "quench-fetch")
+	for _, h := range c.headers {
+		name, value, _ := strings.Cut(h, ":")
+		name = textproto.CanonicalMIMEHeaderKey(strings.TrimSpace(name))
+		if name == "Host" {
+			req.Host = strings.TrimSpace(value)
+			continue
+		}
+		req.Header.Add(name, strings.TrimSpace(value))
+	}
+	client := &http.Client{
+		Transport: tr,
+		// Redirects are the caller's to follow: a Location may name
+		// another enclave, which the same policy would accept silently.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return failed(err)
+	}
+	defer resp.Body.Close()
+	if c.fail && resp.StatusCode >= 400 {
+		return failed(fmt.Errorf("the enclave answered %s", resp.Status))
+	}
+	out := stdout
+	if c.output != "" {
+		f, err := os.Create(c.output)
+		if err != nil {
+			return failed(err)
+		}
+		defer f.Close()
+		out = f
+	}
+	if c.include {
+		fmt.Fprintf(out, "%s %s\r\n", resp.Proto, resp.Status)
+		keys := make([]string, 0, len(resp.Header))
+		for k := range resp.Header {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			for _, v := range resp.Header[k] {
+				fmt.Fprintf(out, "%s: %s\r\n", k, v)
+			}
+		}
+		fmt.Fprint(out, "\r\n")
+	}
+	if _, err := io.Copy(out, resp.Body); err != nil {
+		return failed(fmt.Errorf("reading the response: %w", err))
+	}
+	if f, ok := out.(*os.File); ok && c.output != "" {
+		if err := f.Close(); err != nil {
+			return failed(err)
+		}
+	}
+	return exitOK
+}
+
+func checksList(res *attestation.Result) string {
+	s := make([]string, len(res.Checks))
+	for i, c := range res.Checks {
+		s[i] = string(c)
+	}
+	return strings.Join(s, ", ")
+}

@@ -1,0 +1,199 @@
+package main
+
+import (
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/quenchnet/quench/attestation"
+)
+
+// appServer is an enclave-like HTTPS server: documents binding its
+// certificate at attestation.Path, and an app that echoes what it got.
+type appServer struct {
+	*httptest.Server
+	appHits atomic.Int64
+}
+
+func newAppServer(t *testing.T, f *fixture) *appServer {
+	t.Helper()
+	s := &appServer{Server: httptest.NewUnstartedServer(nil)}
+	h, err := attestation.NewHandler(attestation.HandlerConfig{
+		Attester: f.dev,
+		UserData: func() ([]byte, error) {
+			return attestation.UserData{TLSCertHash: attestation.CertHash(s.Certificate().Raw)}.Marshal(), nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle(attestation.Path, h)
+	mux.HandleFunc("/redirect", func(w http.ResponseWriter, r *http.Request) {
+		s.appHits.Add(1)
+		http.Redirect(w, r, "https://elsewhere.example/", http.StatusFound)
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		s.appHits.Add(1)
+		body, _ := io.ReadAll(r.Body)
+		var hdr []string
+		for k, v := range r.Header {
+			if strings.HasPrefix(k, "X-") {
+				hdr = append(hdr, k+"="+strings.Join(v, ","))
+			}
+		}
+		sort.Strings(hdr)
+		w.Header().Set("X-App", "yes")
+		if r.URL.Path == "/missing" {
+			w.WriteHeader(http.StatusNotFound)
+		}
+		fmt.Fprintf(w, "%s %s host=%s body=%q %s", r.Method, r.URL.RequestURI(), r.Host, body, strings.Join(hdr, " "))
+	})
+	s.Config.Handler = mux
+	s.StartTLS()
+	t.Cleanup(s.Close)
+	return s
+}
+
+func TestFetchCommand(t *testing.T) {
+	f := newFixture(t)
+	app := newAppServer(t, f)
+	pcr := "0=" + strings.Repeat("aa", 48)
+	common := []string{"--roots", f.rootsPath, "--insecure-skip-tls-verify"}
+	bodyFile := filepath.Join(t.TempDir(), "body")
+	if err := os.WriteFile(bodyFile, []byte("from a file"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name     string
+		stdin    string
+		args     []string
+		wantCode int
+		wantOut  string
+		wantErr  string
+		noApp    bool // the app must not have seen the request
+	}{
+		{name: "GET", args: []string{app.URL + "/a?b=c", "--pcr", pcr}, wantOut: `GET /a?b=c host=` + strings.TrimPrefix(app.URL, "https://") + ` body=""`},
+		{name: "POST data", args: []string{app.URL + "/p", "--pcr", pcr, "-d", "hello"}, wantOut: `POST /p host=`},
+		{name: "POST data body", args: []string{app.URL + "/p", "--pcr", pcr, "-d", "hello"}, wantOut: `body="hello"`},
+		{name: "PUT from file", args: []string{app.URL + "/p", "--pcr", pcr, "-X", "PUT", "-d", "@" + bodyFile}, wantOut: `PUT /p host=`},
+		{name: "stdin", stdin: "from stdin", args: []string{app.URL + "/p", "--pcr", pcr, "-d", "@-"}, wantOut: `body="from stdin"`},
+		{name: "headers", args: []string{app.URL + "/", "--pcr", pcr, "-H", "X-One: 1", "-H", "x-two:2", "-H", "Host: api.example"}, wantOut: `host=api.example body="" X-One=1 X-Two=2`},
+		{name: "include", args: []string{app.URL + "/", "--pcr", pcr, "-i"}, wantOut: "HTTP/1.1 200 OK\r\n"},
+		{name: "include header", args: []string{app.URL + "/", "--pcr", pcr, "-i"}, wantOut: "X-App: yes\r\n"},
+		{name: "404 printed", args: []string{app.URL + "/missing", "--pcr", pcr}, wantOut: "GET /missing"},
+		{name: "404 with --fail", args: []string{app.URL + "/missing", "--pcr", pcr, "--fail"}, wantCode: 1, wantErr: "404 Not Found"},
+		{name: "redirect not followed", args: []string{app.URL + "/redirect", "--pcr", pcr, "-i"}, wantOut: "Location: https://elsewhere.example/"},
+		{name: "verbose", args: []string{app.URL + "/", "--pcr", pcr, "-v"}, wantErr: "verified 127.0.0.1:"},
+
+		{name: "wrong PCR", args: []string{app.URL + "/secret", "--pcr", "0=" + zeroPCR}, wantCode: 1, wantErr: "PCR0 mismatch", noApp: true},
+		{name: "AWS root", args: []string{app.URL + "/secret", "--pcr", pcr, "--insecure-skip-tls-verify"}, wantCode: 1, wantErr: "-dev-root-out", noApp: true},
+		{name: "any image", args: []string{app.URL + "/", "--any-image"}, wantOut: "GET / host="},
+
+		{name: "no PCR", args: []string{app.URL + "/"}, wantCode: 2, wantErr: "give the enclave image's PCRs"},
+		{name: "http URL", args: []string{"http://127.0.0.1/", "--pcr", pcr}, wantCode: 2, wantErr: "must start with https://"},
+		{name: "two URLs", args: []string{app.URL, app.URL, "--pcr", pcr}, wantCode: 2, wantErr: "one URL expected"},
+		{name: "bad header", args: []string{app.URL, "--pcr", pcr, "-H", "no colon"}, wantCode: 2, wantErr: `want "Name: value"`},
+		{name: "bad header name", args: []string{app.URL, "--pcr", pcr, "-H", "a b: c"}, wantCode: 2, wantErr: "not a token"},
+		{name: "missing body file", args: []string{app.URL, "--pcr", pcr, "-d", "@" + filepath.Join(t.TempDir(), "none")}, wantCode: 1, wantErr: "no such file"},
+		{name: "bad timeout", args: []string{app.URL, "--pcr", pcr, "--timeout", "0s"}, wantCode: 2, wantErr: "--timeout must be positive"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := app.appHits.Load()
+			args := append([]string{"fetch"}, tt.args...)
+			if tt.name != "AWS root" {
+				args = append(args, common...)
+			}
+			code, stdout, stderr := runQuench(t, tt.stdin, args...)
+			if code != tt.wantCode {
+				t.Fatalf("exit %d, want %d\nstdout: %s\nstderr: %s", code, tt.wantCode, stdout, stderr)
+			}
+			if !strings.Contains(stdout, tt.wantOut) {
+				t.Errorf("stdout %q does not contain %q", stdout, tt.wantOut)
+			}
+			if !strings.Contains(stderr, tt.wantErr) {
+				t.Errorf("stderr %q does not contain %q", stderr, tt.wantErr)
+			}
+			if code == 1 && strings.Count(stderr, "\n") != 1 {
+				t.Errorf("stderr is not one line: %q", stderr)
+			}
+			if tt.noApp && app.appHits.Load() != before {
+				t.Error("the request reached the app")
+			}
+		})
+	}
+}
+
+// TestFetchOutputFile: -o writes the body to a file, nothing to stdout.
+func TestFetchOutputFile(t *testing.T) {
+	f := newFixture(t)
+	app := newAppServer(t, f)
+	out := filepath.Join(t.TempDir(), "out")
+	code, stdout, stderr := runQuench(t, "", "fetch", app.URL+"/file", "--pcr", "0="+strings.Repeat("aa", 48), "--roots", f.rootsPath, "--insecure-skip-tls-verify", "-o", out)
+	if code != 0 || stdout != "" {
+		t.Fatalf("exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+	b, err := os.ReadFile(out)
+	if err != nil || !strings.HasPrefix(string(b), "GET /file") {
+		t.Errorf("file: %q, %v", b, err)
+	}
+}
+
+// TestFetchThroughRelay: a machine in the middle with its own certificate,
+// relaying the genuine enclave's documents, gets nothing of the request.
+func TestFetchThroughRelay(t *testing.T) {
+	f := newFixture(t)
+	app := newAppServer(t, f)
+	var relayed atomic.Int64
+	relay := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != attestation.Path {
+			relayed.Add(1)
+		}
+		resp, err := app.Client().Get(app.URL + r.URL.RequestURI())
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		_, _ = io.Copy(w, resp.Body)
+	}))
+	relay.TLS = &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}}
+	relay.StartTLS()
+	t.Cleanup(relay.Close)
+	code, _, stderr := runQuench(t, "", "fetch", relay.URL+"/secret", "-d", "password", "--pcr", "0="+strings.Repeat("aa", 48), "--roots", f.rootsPath, "--insecure-skip-tls-verify")
+	if code != 1 || !strings.Contains(stderr, "tls_cert_hash") {
+		t.Fatalf("exit %d, stderr %q; want a certificate binding failure", code, stderr)
+	}
+	if relayed.Load() != 0 || app.appHits.Load() != 0 {
+		t.Errorf("the request went through: relay %d, app %d", relayed.Load(), app.appHits.Load())
+	}
+}
+
+func TestFetchHelpPlaceholders(t *testing.T) {
+	_, _, stderr := runQuench(t, "", "fetch", "-h")
+	n := 0
+	for _, line := range strings.Split(stderr, "\n") {
+		if !strings.HasPrefix(line, "  -") {
+			continue
+		}
+		n++
+		if strings.Contains(line, "\t") {
+			continue // a one-letter boolean flag: its help is on its line
+		}
+		if f := strings.Fields(line); len(f) > 2 {
+			t.Errorf("flag line %q: the value's name is not one word", line)
+		}
+	}
+	if n < 12 {
+		t.Fatalf("found %d flag lines in fetch -h:\n%s", n, stderr)
+	}
+}
