@@ -155,6 +155,21 @@ func TestDemo(t *testing.T) {
 		t.Errorf("quench verify accepted a development document with the AWS root:\n%s", out)
 	}
 
+	// quench fetch, as the demo shows it: the app's answer with the
+	// image pinned (the development attester's PCR0 is zero), nothing
+	// with another PCR0.
+	zero := strings.Repeat("0", 96)
+	out, err = exec.Command(filepath.Join(bin, "quench"), "fetch", base+"/", "--pcr", "0="+zero,
+		"--roots", devRoot, "--insecure-skip-tls-verify", "-v").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "hello from a Python app in the enclave") || !strings.Contains(string(out), "quench fetch: verified") {
+		t.Errorf("quench fetch: %v\n%s", err, out)
+	}
+	out, err = exec.Command(filepath.Join(bin, "quench"), "fetch", base+"/", "--pcr", "0="+zero[1:]+"1",
+		"--roots", devRoot, "--insecure-skip-tls-verify").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "PCR0 mismatch") {
+		t.Errorf("quench fetch with another PCR0: %v\n%s", err, out)
+	}
+
 	// The egress policy, as the demo shows it: from the enclave, the
 	// allowed port of the host's loopback is reached; another port there
 	// is refused at once; a name no rule allows gets NXDOMAIN.
