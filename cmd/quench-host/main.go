@@ -267,7 +267,11 @@ func run(args []string, stderr io.Writer) int {
 	for _, p := range h.Ports() {
 		logger.Info("published", "addr", p.Addr, "spec", p.Spec.String())
 	}
+	if os.Getenv("NOTIFY_SOCKET") != "" {
+		g.Go(func() error { notifyReady(gctx, logger, h); return nil })
+	}
 	<-gctx.Done()
+	notify(logger, "STOPPING=1")
 	logger.Info("shutting down: draining published ports", "timeout", cfg.DrainTimeout)
 	drain(h, cfg.DrainTimeout)
 	for _, s := range servers {
