@@ -267,13 +267,20 @@ func run(args []string, stderr io.Writer) int {
 	for _, p := range h.Ports() {
 		logger.Info("published", "addr", p.Addr, "spec", p.Spec.String())
 	}
+	stopNotify := func() {}
 	if os.Getenv("NOTIFY_SOCKET") != "" {
-		g.Go(func() error { notifyReady(gctx, logger, h); return nil })
+		// Until the drain ends: a drain as long as WatchdogSec must not
+		// look like a hang.
+		nctx, ncancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { notifyReady(nctx, logger, h); close(done) }()
+		stopNotify = func() { ncancel(); <-done }
 	}
 	<-gctx.Done()
 	notify(logger, "STOPPING=1")
 	logger.Info("shutting down: draining published ports", "timeout", cfg.DrainTimeout)
 	drain(h, cfg.DrainTimeout)
+	stopNotify()
 	for _, s := range servers {
 		_ = s.Close()
 	}

@@ -4,6 +4,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
@@ -22,10 +25,34 @@ import (
 // statusInterval is how often STATUS= is refreshed without a watchdog.
 const statusInterval = 10 * time.Second
 
+// notifyTimeout bounds one notification. go-systemd's SdNotify writes
+// without a deadline: a notification socket whose reader stopped (its queue
+// holds 10 datagrams by default) would block quench-host's exit for good.
+const notifyTimeout = time.Second
+
 func notify(logger *slog.Logger, state string) {
-	if _, err := daemon.SdNotify(false, state); err != nil {
-		logger.Warn("systemd notification failed", "state", state, "err", err)
+	if err := sdNotify(state); err != nil {
+		logger.Warn("systemd notification failed", "state", strings.ReplaceAll(state, "\n", " "), "err", err)
 	}
+}
+
+// sdNotify sends state to $NOTIFY_SOCKET (nothing when it is unset), as
+// sd_notify(3) does: one datagram; a name starting with @ is abstract.
+func sdNotify(state string) error {
+	name := os.Getenv("NOTIFY_SOCKET")
+	if name == "" {
+		return nil
+	}
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: name, Net: "unixgram"})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.SetWriteDeadline(time.Now().Add(notifyTimeout)); err != nil {
+		return err
+	}
+	_, err = c.Write([]byte(state))
+	return err
 }
 
 func notifyStatus(h *host.Host) string {
@@ -38,7 +65,7 @@ func notifyStatus(h *host.Host) string {
 // ports, which take its locks), so a wedged host stops pinging and systemd
 // restarts it.
 func notifyReady(ctx context.Context, logger *slog.Logger, h *host.Host) {
-	notify(logger, daemon.SdNotifyReady+"\n"+notifyStatus(h))
+	notify(logger, "READY=1\n"+notifyStatus(h))
 	every := statusInterval
 	wd, err := daemon.SdWatchdogEnabled(false)
 	if err != nil {
@@ -58,7 +85,7 @@ func notifyReady(ctx context.Context, logger *slog.Logger, h *host.Host) {
 		}
 		state := notifyStatus(h)
 		if wd > 0 {
-			state = daemon.SdNotifyWatchdog + "\n" + state
+			state = "WATCHDOG=1\n" + state
 		}
 		notify(logger, state)
 	}
