@@ -34,9 +34,28 @@ type enclaveServer struct {
 	attests  atomic.Int64 // documents served
 	conns    atomic.Int64 // TCP connections accepted
 	closeDoc atomic.Bool  // answer documents with Connection: close
+	// bare counts app requests on a connection that served no document
+	// before them (with TrustFor -1, a request the Transport sent over a
+	// connection it did not verify).
+	bare atomic.Int64
 }
 
+type attestedKey struct{}
+
 func newEnclaveServer(t *testing.T, pcr []byte) *enclaveServer {
+	t.Helper()
+	e := newEnclaveServerPCR(t, pcr)
+	e.StartTLS()
+	return e
+}
+
+// newEnclaveServerUnstarted is newEnclaveServer with pcr0, not started.
+func newEnclaveServerUnstarted(t *testing.T) *enclaveServer {
+	t.Helper()
+	return newEnclaveServerPCR(t, pcr0)
+}
+
+func newEnclaveServerPCR(t *testing.T, pcr []byte) *enclaveServer {
 	t.Helper()
 	e := &enclaveServer{dev: attestationtest.NewDevAttester(t, attestation.DevConfig{PCRs: map[uint][]byte{0: pcr}})}
 	e.Server = httptest.NewUnstartedServer(nil)
@@ -52,6 +71,9 @@ func newEnclaveServer(t *testing.T, pcr []byte) *enclaveServer {
 	mux := http.NewServeMux()
 	mux.HandleFunc(attestation.Path, func(w http.ResponseWriter, r *http.Request) {
 		e.attests.Add(1)
+		if f, ok := r.Context().Value(attestedKey{}).(*atomic.Bool); ok {
+			f.Store(true)
+		}
 		if e.closeDoc.Load() {
 			w.Header().Set("Connection", "close")
 		}
@@ -59,16 +81,21 @@ func newEnclaveServer(t *testing.T, pcr []byte) *enclaveServer {
 	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		e.appHits.Add(1)
+		if f, ok := r.Context().Value(attestedKey{}).(*atomic.Bool); !ok || !f.Load() {
+			e.bare.Add(1)
+		}
 		body, _ := io.ReadAll(r.Body)
 		fmt.Fprintf(w, "app: %s %s %s", r.Method, r.URL.Path, body)
 	})
 	e.Config.Handler = mux
+	e.Config.ConnContext = func(ctx context.Context, _ net.Conn) context.Context {
+		return context.WithValue(ctx, attestedKey{}, new(atomic.Bool))
+	}
 	e.Config.ConnState = func(_ net.Conn, s http.ConnState) {
 		if s == http.StateNew {
 			e.conns.Add(1)
 		}
 	}
-	e.StartTLS()
 	t.Cleanup(e.Close)
 	return e
 }
