@@ -377,6 +377,9 @@ func TestTransportConfig(t *testing.T) {
 		{"bad PCR", attestation.ClientConfig{Options: attestation.Options{PCRs: map[uint][]byte{0: {1}}}}, "PCR0 value is 1 bytes"},
 		{"path", attestation.ClientConfig{Options: attestation.Options{PCRs: pcrs}, Path: "enclave"}, "must start with /"},
 		{"timeout", attestation.ClientConfig{Options: attestation.Options{PCRs: pcrs}, Timeout: -1}, "negative"},
+		// Debug-mode enclaves report all-zero PCRs, whatever their image, and
+		// the parent can read their memory.
+		{"zero PCRs", attestation.ClientConfig{Options: attestation.Options{PCRs: map[uint][]byte{0: make([]byte, 48), 1: make([]byte, 48)}}}, "debug mode"},
 	} {
 		_, err := attestation.NewTransport(tc.cfg)
 		if !errors.Is(err, attestation.ErrInvalidOptions) || !strings.Contains(err.Error(), tc.want) {
@@ -385,6 +388,14 @@ func TestTransportConfig(t *testing.T) {
 	}
 	if _, err := attestation.NewTransport(attestation.ClientConfig{AnyImage: true, Options: attestation.Options{Roots: dev.Roots()}}); err != nil {
 		t.Errorf("AnyImage: %v", err)
+	}
+	if _, err := attestation.NewTransport(attestation.ClientConfig{AnyImage: true, Options: attestation.Options{PCRs: map[uint][]byte{0: make([]byte, 48)}}}); err != nil {
+		t.Errorf("AnyImage with zero PCRs: %v", err)
+	}
+	// A zero value next to a real one is fine: unused PCRs read as zero in
+	// production too, and a debug-mode enclave fails the real one.
+	if _, err := attestation.NewTransport(attestation.ClientConfig{Options: attestation.Options{PCRs: map[uint][]byte{0: pcr0, 5: make([]byte, 48)}}}); err != nil {
+		t.Errorf("PCR0 and a zero PCR5: %v", err)
 	}
 
 	// Plain HTTP is refused, before any connection.
