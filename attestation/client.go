@@ -26,7 +26,8 @@ type ClientConfig struct {
 	// AnyImage accepts enclaves of any image: without PCRs in Options, any
 	// genuine enclave passes, including one that someone else built to serve
 	// the same address. For tests and exploration only. Default: false, and
-	// NewTransport refuses Options without PCRs.
+	// NewTransport refuses Options without PCRs, or whose PCRs are all zero
+	// (what every enclave in debug mode reports, whatever its image).
 	AnyImage bool
 
 	// TLSConfig configures the TLS client, as RemoteConfig.TLSConfig does:
@@ -117,6 +118,8 @@ func NewTransport(cfg ClientConfig) (*Transport, error) {
 		return nil, fmt.Errorf("%w: ClientConfig.Options.PublicKey must be nil", ErrInvalidOptions)
 	case len(o.PCRs) == 0 && !cfg.AnyImage:
 		return nil, fmt.Errorf("%w: ClientConfig.Options.PCRs is empty: any enclave image would pass, including one someone else runs at that address; pin yours (PCR0 from nitro-cli build-enclave), or set AnyImage for tests", ErrInvalidOptions)
+	case len(o.PCRs) > 0 && !cfg.AnyImage && allZeroPCRs(o.PCRs):
+		return nil, fmt.Errorf("%w: every PCR in ClientConfig.Options.PCRs is all zero, as every enclave in debug mode reports whatever its image (and the parent instance can read a debug-mode enclave's memory); pin a production measurement, or set AnyImage for tests", ErrInvalidOptions)
 	case cfg.Timeout < 0:
 		return nil, fmt.Errorf("%w: negative ClientConfig.Timeout %s", ErrInvalidOptions, cfg.Timeout)
 	}
@@ -156,6 +159,21 @@ func NewTransport(cfg ClientConfig) (*Transport, error) {
 	t.base.ForceAttemptHTTP2 = false
 	t.base.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{} // HTTP/1.1 only
 	return t, nil
+}
+
+// allZeroPCRs reports whether every value in pcrs is all zero bytes: the
+// values an enclave in debug mode reports. A zero value next to a non-zero
+// one is harmless (unused PCRs read as zero in production too, and a
+// debug-mode enclave fails the non-zero one).
+func allZeroPCRs(pcrs map[uint][]byte) bool {
+	for _, v := range pcrs {
+		for _, b := range v {
+			if b != 0 {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // Client returns an http.Client that uses t.
