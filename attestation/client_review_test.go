@@ -3,10 +3,15 @@ package attestation_test
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -279,4 +284,64 @@ func TestTransportErrorsThroughURLError(t *testing.T) {
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("err = %v, want context.DeadlineExceeded", err)
 	}
+}
+
+// TestTransportEscapesHandshakeErrors: a machine in the middle presenting a
+// certificate whose names hold terminal escapes, to a client that verifies
+// certificates (an enclave with a public certificate): crypto/x509's
+// hostname error quotes those names as they are, and the error must not
+// carry them to a terminal or log unescaped.
+func TestTransportEscapesHandshakeErrors(t *testing.T) {
+	cert := certWithNames(t, "evil\x1b]0;title\x07\x1b[2J.example")
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.ServeConnsWait(t, ln, func(c net.Conn) { _ = c.(*tls.Conn).Handshake() })
+	url := "https://" + ln.Addr().String()
+	tcfg := &tls.Config{ServerName: "enclave.example"}
+	dev := attestationtest.NewDevAttester(t, attestation.DevConfig{})
+	tr, err := attestation.NewTransport(attestation.ClientConfig{
+		Options: attestation.Options{Roots: dev.Roots(), PCRs: map[uint][]byte{0: pcr0}}, TLSConfig: tcfg,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	_, terr := get(t, tr.Client(), url+"/")
+	_, rerr := attestation.VerifyRemote(context.Background(), url, attestation.RemoteConfig{
+		Options: attestation.Options{Time: time.Now(), Roots: dev.Roots()}, TLSConfig: tcfg,
+	})
+	for name, err := range map[string]error{"Transport": terr, "VerifyRemote": rerr} {
+		var he x509.HostnameError
+		if !errors.As(err, &he) {
+			t.Errorf("%s: err = %v, want an x509.HostnameError", name, err)
+		}
+		if err != nil && strings.ContainsAny(err.Error(), "\x1b\x07") {
+			t.Errorf("%s: err = %q: control characters from the server", name, err)
+		}
+		if err != nil && !strings.Contains(err.Error(), `\x1b]0;title\a`) {
+			t.Errorf("%s: err = %q: want the names escaped", name, err)
+		}
+	}
+}
+
+func certWithNames(tb testing.TB, names ...string) tls.Certificate {
+	tb.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(7),
+		DNSNames:     names,
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
