@@ -135,8 +135,10 @@ func TestTransportParallelFirstRequests(t *testing.T) {
 	if n := e.bare.Load(); n != 0 {
 		t.Errorf("%d requests on connections without a document", n)
 	}
-	if a, c := e.attests.Load(), e.conns.Load(); a != c {
-		t.Errorf("%d documents for %d connections", a, c)
+	// (A dial net/http started for a request that another connection then
+	// served may still be under way: no count of documents per connection.)
+	if n := e.appHits.Load(); n != 20 {
+		t.Errorf("the app saw %d requests, want 20", n)
 	}
 }
 
