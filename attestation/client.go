@@ -206,7 +206,8 @@ func (t *Transport) Close() error {
 
 // dialTLS is the underlying transport's DialTLSContext: a TLS connection
 // whose certificate was verified by attestation, now or within TrustFor.
-func (t *Transport) dialTLS(ctx context.Context, network, addr string) (net.Conn, error) {
+func (t *Transport) dialTLS(ctx context.Context, network, addr string) (_ net.Conn, err error) {
+	defer func() { err = escapeErr(err) }() // the server's words must not reach a terminal or log as they are
 	for range maxRedialsForAttest {
 		tc, hash, err := t.handshake(ctx, network, addr)
 		if err != nil {

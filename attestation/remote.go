@@ -96,7 +96,7 @@ func VerifyRemote(ctx context.Context, rawURL string, cfg RemoteConfig) (*Result
 		doc, err := DecodeDocument(body)
 		return doc, nil, err
 	})
-	return res, err
+	return res, escapeErr(err)
 }
 
 // ConfigPath is where quench serves an enclave's configuration, attested
@@ -120,7 +120,7 @@ func VerifyRemoteConfig(ctx context.Context, rawURL string, cfg RemoteConfig) (*
 	if cfg.Options.PublicKey != nil {
 		return nil, nil, fmt.Errorf("%w: PublicKey is the configuration's hash in VerifyRemoteConfig", ErrInvalidOptions)
 	}
-	return verifyRemote(ctx, rawURL, ConfigPath, maxConfigResponse, "application/json", cfg, func(body []byte) ([]byte, []byte, error) {
+	res, config, err := verifyRemote(ctx, rawURL, ConfigPath, maxConfigResponse, "application/json", cfg, func(body []byte) ([]byte, []byte, error) {
 		var r struct {
 			Config      json.RawMessage `json:"config"`
 			Attestation string          `json:"attestation"`
@@ -134,6 +134,7 @@ func VerifyRemoteConfig(ctx context.Context, rawURL string, cfg RemoteConfig) (*
 		doc, err := DecodeDocument([]byte(r.Attestation))
 		return doc, r.Config, err
 	})
+	return res, config, escapeErr(err)
 }
 
 // verifyRemote is VerifyRemote and VerifyRemoteConfig: it fetches
@@ -335,6 +336,22 @@ func printable(s string) string {
 	}
 	return strconv.QuoteToASCII(s)
 }
+
+// escapeErr returns err, or err with its text escaped if that holds
+// characters isPrintable refuses: parts of an error's text can come from the
+// server (crypto/x509's hostname error lists the names of the certificate
+// presented, as they are). errors.Is and errors.As see through it.
+func escapeErr(err error) error {
+	if err == nil || isPrintable(err.Error()) {
+		return err
+	}
+	return &escapedError{err: err}
+}
+
+type escapedError struct{ err error }
+
+func (e *escapedError) Error() string { return printable(e.err.Error()) }
+func (e *escapedError) Unwrap() error { return e.err }
 
 // isPrintable reports whether s holds only printable characters and spaces:
 // no C0 or C1 controls, DEL, or format characters such as bidirectional
