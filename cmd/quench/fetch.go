@@ -94,7 +94,7 @@ func parseFetch(args []string, stderr io.Writer) (*fetchConfig, int) {
 	fs.BoolVar(&c.fail, "fail", false, "exit 1 without printing the body when the status is 400 or more")
 	fs.BoolVar(&c.verbose, "v", false, "print each verified document's summary to standard error")
 	fs.Var(c.pcrs, "pcr", "require PCR N to equal HEX, as `N=HEX` (repeatable; at least one unless --any-image)")
-	fs.BoolVar(&c.anyImage, "any-image", false, "accept an enclave of any image (no --pcr): for tests only, as any enclave passes")
+	fs.BoolVar(&c.anyImage, "any-image", false, "accept an enclave of any image: no --pcr, or all-zero ones (debug mode, -dev-attester); for tests only")
 	fs.Var(&c.appKey, "app-key-sha256", "require the user data to bind the application key with this SHA-256 `HEX`")
 	fs.StringVar(&c.roots, "roots", "", "trust the root certificates in PEM `FILE` instead of the AWS Nitro root (e.g. a development root)")
 	fs.DurationVar(&c.maxAge, "max-age", 0, "reject documents whose timestamp is further than `DURATION` from now (default: not checked; the fresh nonce proves the document new)")
@@ -126,6 +126,8 @@ func parseFetch(args []string, stderr io.Writer) (*fetchConfig, int) {
 		return usageErr("URL %q must start with https:// (the document binds the TLS certificate)", pos[0])
 	case len(c.pcrs) == 0 && !c.anyImage:
 		return usageErr("give the enclave image's PCRs (--pcr 0=HEX, PCR0 from nitro-cli build-enclave): without them any enclave passes, including one someone else runs at that address (--any-image for tests)")
+	case len(c.pcrs) > 0 && allZero(c.pcrs) && !c.anyImage:
+		return usageErr("every --pcr value is all zero: every enclave in debug mode reports those, whatever its image (the development attester too); pin a production measurement, or add --any-image to accept them (tests, -dev-attester)")
 	case c.timeout <= 0:
 		return usageErr("--timeout must be positive, got %s", c.timeout)
 	case c.maxAge < 0:
@@ -266,6 +268,18 @@ func runFetch(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 		}
 	}
 	return exitOK
+}
+
+// allZero reports whether every PCR value is all zero bytes.
+func allZero(pcrs pcrFlag) bool {
+	for _, v := range pcrs {
+		for _, b := range v {
+			if b != 0 {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 func checksList(res *attestation.Result) string {

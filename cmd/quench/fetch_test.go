@@ -94,7 +94,9 @@ func TestFetchCommand(t *testing.T) {
 		{name: "redirect not followed", args: []string{app.URL + "/redirect", "--pcr", pcr, "-i"}, wantOut: "Location: https://elsewhere.example/"},
 		{name: "verbose", args: []string{app.URL + "/", "--pcr", pcr, "-v"}, wantErr: "verified 127.0.0.1:"},
 
-		{name: "wrong PCR", args: []string{app.URL + "/secret", "--pcr", "0=" + zeroPCR}, wantCode: 1, wantErr: "PCR0 mismatch", noApp: true},
+		{name: "wrong PCR", args: []string{app.URL + "/secret", "--pcr", "0=" + strings.Repeat("bb", 48)}, wantCode: 1, wantErr: "PCR0 mismatch", noApp: true},
+		{name: "zero PCR", args: []string{app.URL + "/secret", "--pcr", "0=" + zeroPCR}, wantCode: 2, wantErr: "every --pcr value is all zero", noApp: true},
+		{name: "zero PCR, any image", args: []string{app.URL + "/secret", "--pcr", "0=" + zeroPCR, "--any-image"}, wantCode: 1, wantErr: "PCR0 mismatch", noApp: true},
 		{name: "AWS root", args: []string{app.URL + "/secret", "--pcr", pcr, "--insecure-skip-tls-verify"}, wantCode: 1, wantErr: "-dev-root-out", noApp: true},
 		{name: "any image", args: []string{app.URL + "/", "--any-image"}, wantOut: "GET / host="},
 
