@@ -230,7 +230,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		acmeCache   = fs.String("acme-cache", "", "directory keeping the ACME account key and certificates (default: memory only)")
 		acmeRoots   = fs.String("acme-roots", "", "PEM file of roots trusted for the ACME server's HTTPS (test CAs such as Pebble); default: system roots")
 		tlsCert     = fs.String("tls-cert", "", "PEM certificate chain to serve (with -tls-key); default: a self-signed ECDSA P-256 certificate")
-		tlsKey      = fs.String("tls-key", "", "PEM private key of -tls-cert")
+		tlsKey      = fs.String("tls-key", "", "PEM private key of -tls-cert; never one in the enclave image (the parent holds the image: with the key it can present the attested certificate and relay the documents); write it at run time from a secret only the enclave opens (KMS with attestation)")
 		devAtt      = fs.Bool("dev-attester", false, "INSECURE: sign attestation documents with a self-generated development root instead of the Nitro Secure Module; for simulations only")
 		devRootOut  = fs.String("dev-root-out", "", "with -dev-attester: write the development root certificate (PEM) to `FILE`, for quench verify --roots")
 		metricsAddr = fs.String("metrics", "", "serve Prometheus metrics at /metrics on this address of the enclave's network (e.g. :9090): the tunnel, connections, with -allow the egress filter and the DNS proxy, with -app-url the servers and the proxy, and with -log-to the log shipper (quench_enclave_log_*: lines, dropped, pending bytes, connected); off by default")
