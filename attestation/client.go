@@ -38,7 +38,9 @@ type ClientConfig struct {
 	TLSConfig *tls.Config
 
 	// DialContext opens TCP connections. Default: a net.Dialer with a 30 s
-	// timeout and keep-alives, like http.DefaultTransport's.
+	// timeout and keep-alives, like http.DefaultTransport's. An enclave app
+	// in userspace mode that calls another enclave passes its
+	// enclave.Enclave's Dial.
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 
 	// Path is the attestation endpoint on the enclave. Default: Path
