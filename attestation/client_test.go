@@ -3,7 +3,6 @@ package attestation_test
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -243,22 +242,11 @@ func TestTransportRefusesBeforeSending(t *testing.T) {
 	t.Run("relay", func(t *testing.T) {
 		genuine := newEnclaveServer(t, pcr0)
 		var relayed atomic.Int64
-		relay := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		relay := attestationtest.NewRelay(t, genuine.Server, func(r *http.Request) {
 			if r.URL.Path != attestation.Path {
 				relayed.Add(1)
 			}
-			resp, err := genuine.Client().Get(genuine.URL + r.URL.RequestURI())
-			if err != nil {
-				http.Error(w, err.Error(), http.StatusBadGateway)
-				return
-			}
-			defer resp.Body.Close()
-			w.WriteHeader(resp.StatusCode)
-			_, _ = io.Copy(w, resp.Body)
-		}))
-		relay.TLS = &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}}
-		relay.StartTLS()
-		t.Cleanup(relay.Close)
+		})
 		tr := newTransport(t, genuine, nil)
 		_, err := get(t, tr.Client(), relay.URL+"/secret")
 		var ue *attestation.UserDataMismatchError

@@ -99,20 +99,7 @@ func TestVerifyRemote(t *testing.T) {
 func TestVerifyRemoteRelayDetected(t *testing.T) {
 	dev := attestationtest.NewDevAttester(t, attestation.DevConfig{})
 	genuine := attestationtest.NewServer(t, dev)
-	relay := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		resp, err := genuine.Client().Get(genuine.URL + r.URL.RequestURI())
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadGateway)
-			return
-		}
-		defer resp.Body.Close()
-		w.WriteHeader(resp.StatusCode)
-		_, _ = io.Copy(w, resp.Body)
-	}))
-	// httptest servers share one certificate; give the relay another one.
-	relay.TLS = &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}}
-	relay.StartTLS()
-	t.Cleanup(relay.Close)
+	relay := attestationtest.NewRelay(t, genuine, nil)
 
 	_, err := attestation.VerifyRemote(context.Background(), relay.URL, attestation.RemoteConfig{
 		Options: attestation.Options{Time: time.Now(), Roots: dev.Roots()}, TLSConfig: insecureTLS,

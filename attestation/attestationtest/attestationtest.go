@@ -2,17 +2,26 @@ package attestationtest
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
+	"math/big"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/hf/nsm/request"
 	"github.com/hf/nsm/response"
@@ -210,4 +219,60 @@ func NewConfigServer(tb testing.TB, a attestation.Attester, served, attested []b
 	srv.StartTLS()
 	tb.Cleanup(srv.Close)
 	return srv
+}
+
+// NewRelay starts a machine in the middle of target: an HTTPS server with
+// a certificate of its own (not the one httptest servers share) that
+// forwards every request's method, path and body to target and answers
+// with target's status and body. seen, when not nil, is called with each
+// request before it is forwarded. Verifiers must catch it by the
+// certificate binding: it relays genuine documents, nonces included.
+func NewRelay(tb testing.TB, target *httptest.Server, seen func(*http.Request)) *httptest.Server {
+	tb.Helper()
+	relay := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if seen != nil {
+			seen(r)
+		}
+		req, err := http.NewRequestWithContext(r.Context(), r.Method, target.URL+r.URL.RequestURI(), r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		resp, err := target.Client().Do(req)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		w.WriteHeader(resp.StatusCode)
+		_, _ = io.Copy(w, resp.Body)
+	}))
+	relay.TLS = &tls.Config{Certificates: []tls.Certificate{selfSignedCert(tb)}}
+	relay.StartTLS()
+	tb.Cleanup(relay.Close)
+	return relay
+}
+
+// selfSignedCert returns a fresh self-signed ECDSA certificate for
+// 127.0.0.1.
+func selfSignedCert(tb testing.TB) tls.Certificate {
+	tb.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()),
+		Subject:      pkix.Name{CommonName: "relay"},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }

@@ -101,19 +101,9 @@ func parseFetch(args []string, stderr io.Writer) (*fetchConfig, int) {
 	fs.BoolVar(&c.insecure, "insecure-skip-tls-verify", false, "do not verify the server certificate against the system roots\n(enclave certificates are usually self-signed; the attestation document's\ncertificate binding still authenticates the connection)")
 	fs.DurationVar(&c.timeout, "timeout", 30*time.Second, "give up after `DURATION` (attestation, request and response)")
 
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return nil, exitOK
-			}
-			return nil, exitUsage
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		pos = append(pos, fs.Arg(0))
-		args = fs.Args()[1:]
+	pos, code, ok := parseArgs(fs, args)
+	if !ok {
+		return nil, code
 	}
 	usageErr := func(format string, a ...any) (*fetchConfig, int) {
 		fmt.Fprintf(stderr, "quench fetch: "+format+"\n", a...)
@@ -149,15 +139,7 @@ func runFetch(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 		return code
 	}
 	failed := func(err error) int {
-		msg := terminalSafe(strings.Join(strings.Fields(err.Error()), " "))
-		if errors.Is(err, attestation.ErrUntrustedChain) && c.roots == "" {
-			msg += " (checked against the AWS Nitro root; documents of quench-enclave -dev-attester need --roots with its -dev-root-out file)"
-		}
-		var cve *tls.CertificateVerificationError
-		if errors.As(err, &cve) && !c.insecure {
-			msg += " (an enclave's certificate is usually self-signed: add --insecure-skip-tls-verify; the attestation document's certificate binding still authenticates the connection)"
-		}
-		fmt.Fprintf(stderr, "quench fetch: FAILED: %s\n", msg)
+		fmt.Fprintf(stderr, "quench fetch: FAILED: %s\n", failureMessage(err, c.roots, c.insecure))
 		return exitFailed
 	}
 	opts := attestation.Options{MaxAge: c.maxAge}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"crypto/tls"
 	"fmt"
 	"io"
 	"net/http"
@@ -14,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/quenchnet/quench/attestation"
+	"github.com/quenchnet/quench/attestation/attestationtest"
 )
 
 // appServer is an enclave-like HTTPS server: documents binding its
@@ -156,21 +156,11 @@ func TestFetchThroughRelay(t *testing.T) {
 	f := newFixture(t)
 	app := newAppServer(t, f)
 	var relayed atomic.Int64
-	relay := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	relay := attestationtest.NewRelay(t, app.Server, func(r *http.Request) {
 		if r.URL.Path != attestation.Path {
 			relayed.Add(1)
 		}
-		resp, err := app.Client().Get(app.URL + r.URL.RequestURI())
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadGateway)
-			return
-		}
-		defer resp.Body.Close()
-		_, _ = io.Copy(w, resp.Body)
-	}))
-	relay.TLS = &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}}
-	relay.StartTLS()
-	t.Cleanup(relay.Close)
+	})
 	code, _, stderr := runQuench(t, "", "fetch", relay.URL+"/secret", "-d", "password", "--pcr", "0="+strings.Repeat("aa", 48), "--roots", f.rootsPath, "--insecure-skip-tls-verify")
 	if code != 1 || !strings.Contains(stderr, "tls_cert_hash") {
 		t.Fatalf("exit %d, stderr %q; want a certificate binding failure", code, stderr)

@@ -13,7 +13,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"io"
 	"math/big"
 	"net"
 	"net/http"
@@ -250,18 +249,7 @@ func TestVerifyJSON(t *testing.T) {
 // forwards the genuine enclave's documents is rejected.
 func TestVerifyURLBindsThatConnection(t *testing.T) {
 	f := newFixture(t)
-	relay := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		resp, err := f.srv.Client().Get(f.srv.URL + r.URL.RequestURI())
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadGateway)
-			return
-		}
-		defer resp.Body.Close()
-		_, _ = io.Copy(w, resp.Body)
-	}))
-	relay.TLS = &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}}
-	relay.StartTLS()
-	t.Cleanup(relay.Close)
+	relay := attestationtest.NewRelay(t, f.srv, nil)
 	code, _, stderr := runQuench(t, "", "verify", relay.URL, "--roots", f.rootsPath, "--insecure-skip-tls-verify")
 	if code != 1 || !strings.Contains(stderr, "tls_cert_hash") {
 		t.Fatalf("exit %d, stderr %q; want a certificate binding failure", code, stderr)
@@ -321,15 +309,6 @@ func TestBinary(t *testing.T) {
 			}
 		})
 	}
-}
-
-func selfSigned(tb testing.TB) tls.Certificate {
-	tb.Helper()
-	return selfSignedCert(tb, &x509.Certificate{
-		SerialNumber: big.NewInt(7),
-		Subject:      pkix.Name{CommonName: "relay"},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-	})
 }
 
 // selfSignedCert signs tmpl with a new P-256 key, as a server certificate

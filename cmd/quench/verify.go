@@ -143,19 +143,9 @@ func parseVerify(args []string, stderr io.Writer) (*verifyConfig, int) {
 	fs.BoolVar(&c.json, "json", false, "print the verified document and the checks as JSON (with --config, the configuration too, as \"config\")")
 	fs.BoolVar(&c.config, "config", false, "with a URL: verify and print the enclave's attested configuration (/enclave/config) rather than a bare document")
 
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return nil, exitOK
-			}
-			return nil, exitUsage
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		pos = append(pos, fs.Arg(0))
-		args = fs.Args()[1:]
+	pos, code, ok := parseArgs(fs, args)
+	if !ok {
+		return nil, code
 	}
 	usageErr := func(format string, a ...any) (*verifyConfig, int) {
 		fmt.Fprintf(stderr, "quench verify: "+format+"\n", a...)
@@ -212,14 +202,7 @@ func runVerify(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	}
 	res, config, err := verify(ctx, c, stdin)
 	if err != nil {
-		msg := terminalSafe(strings.Join(strings.Fields(err.Error()), " ")) // one line
-		if errors.Is(err, attestation.ErrUntrustedChain) && c.roots == "" {
-			msg += " (checked against the AWS Nitro root; documents of quench-enclave -dev-attester need --roots with its -dev-root-out file)"
-		}
-		var cve *tls.CertificateVerificationError
-		if errors.As(err, &cve) && !c.insecure {
-			msg += " (an enclave's certificate is usually self-signed: add --insecure-skip-tls-verify; the attestation document's certificate binding still authenticates the connection)"
-		}
+		msg := failureMessage(err, c.roots, c.insecure)
 		fmt.Fprintf(stderr, "quench verify: FAILED: %s\n", msg)
 		if c.json {
 			_ = json.NewEncoder(stdout).Encode(map[string]any{"verified": false, "error": msg})
@@ -252,6 +235,41 @@ func runVerify(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 		printConfig(stdout, config)
 	}
 	return exitOK
+}
+
+// parseArgs parses args with fs, flags and positional arguments in any
+// order, and returns the positional ones; ok is false when the command
+// should stop with code (help asked for, or a flag error fs printed).
+func parseArgs(fs *flag.FlagSet, args []string) (pos []string, code int, ok bool) {
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, exitOK, false
+			}
+			return nil, exitUsage, false
+		}
+		if fs.NArg() == 0 {
+			return pos, exitOK, true
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+}
+
+// failureMessage is err on one line, terminal-safe, with a hint for the
+// two failures a first try usually meets: a development document checked
+// against the AWS root, and a self-signed certificate checked against the
+// system's.
+func failureMessage(err error, roots string, insecure bool) string {
+	msg := terminalSafe(strings.Join(strings.Fields(err.Error()), " "))
+	if errors.Is(err, attestation.ErrUntrustedChain) && roots == "" {
+		msg += " (checked against the AWS Nitro root; documents of quench-enclave -dev-attester need --roots with its -dev-root-out file)"
+	}
+	var cve *tls.CertificateVerificationError
+	if errors.As(err, &cve) && !insecure {
+		msg += " (an enclave's certificate is usually self-signed: add --insecure-skip-tls-verify; the attestation document's certificate binding still authenticates the connection)"
+	}
+	return msg
 }
 
 // logsToHost returns the configuration's annotations.logs_to_host
