@@ -247,15 +247,15 @@ func NewRelay(tb testing.TB, target *httptest.Server, seen func(*http.Request)) 
 		w.WriteHeader(resp.StatusCode)
 		_, _ = io.Copy(w, resp.Body)
 	}))
-	relay.TLS = &tls.Config{Certificates: []tls.Certificate{selfSignedCert(tb)}}
+	relay.TLS = &tls.Config{Certificates: []tls.Certificate{SelfSignedCert(tb)}}
 	relay.StartTLS()
 	tb.Cleanup(relay.Close)
 	return relay
 }
 
-// selfSignedCert returns a fresh self-signed ECDSA certificate for
-// 127.0.0.1.
-func selfSignedCert(tb testing.TB) tls.Certificate {
+// SelfSignedCert returns a fresh self-signed ECDSA P-256 server
+// certificate for 127.0.0.1, valid from an hour ago to an hour from now.
+func SelfSignedCert(tb testing.TB) tls.Certificate {
 	tb.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {

@@ -116,15 +116,7 @@ func TestFetchCommand(t *testing.T) {
 				args = append(args, common...)
 			}
 			code, stdout, stderr := runQuench(t, tt.stdin, args...)
-			if code != tt.wantCode {
-				t.Fatalf("exit %d, want %d\nstdout: %s\nstderr: %s", code, tt.wantCode, stdout, stderr)
-			}
-			if !strings.Contains(stdout, tt.wantOut) {
-				t.Errorf("stdout %q does not contain %q", stdout, tt.wantOut)
-			}
-			if !strings.Contains(stderr, tt.wantErr) {
-				t.Errorf("stderr %q does not contain %q", stderr, tt.wantErr)
-			}
+			checkRun(t, code, stdout, stderr, tt.wantCode, tt.wantOut, tt.wantErr)
 			if code == 1 && strings.Count(stderr, "\n") != 1 {
 				t.Errorf("stderr is not one line: %q", stderr)
 			}

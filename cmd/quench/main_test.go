@@ -88,6 +88,21 @@ func runQuench(t *testing.T, stdin string, args ...string) (code int, stdout, st
 	return code, out.String(), errb.String()
 }
 
+// checkRun fails the test unless a command exited with wantCode and its
+// stdout and stderr hold wantOut and wantErr.
+func checkRun(t *testing.T, code int, stdout, stderr string, wantCode int, wantOut, wantErr string) {
+	t.Helper()
+	if code != wantCode {
+		t.Fatalf("exit %d, want %d\nstdout: %s\nstderr: %s", code, wantCode, stdout, stderr)
+	}
+	if !strings.Contains(stdout, wantOut) {
+		t.Errorf("stdout %q does not contain %q", stdout, wantOut)
+	}
+	if !strings.Contains(stderr, wantErr) {
+		t.Errorf("stderr %q does not contain %q", stderr, wantErr)
+	}
+}
+
 func TestVerifyCommand(t *testing.T) {
 	f := newFixture(t)
 	ccHash := hex.EncodeToString(bytes.Repeat([]byte{0xcc}, 1)) + strings.Repeat("00", 31)
@@ -181,15 +196,7 @@ func TestVerifyCommand(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			code, stdout, stderr := runQuench(t, tt.stdin, tt.args...)
-			if code != tt.wantCode {
-				t.Fatalf("exit %d, want %d\nstdout: %s\nstderr: %s", code, tt.wantCode, stdout, stderr)
-			}
-			if !strings.Contains(stdout, tt.wantOut) {
-				t.Errorf("stdout %q does not contain %q", stdout, tt.wantOut)
-			}
-			if !strings.Contains(stderr, tt.wantErr) {
-				t.Errorf("stderr %q does not contain %q", stderr, tt.wantErr)
-			}
+			checkRun(t, code, stdout, stderr, tt.wantCode, tt.wantOut, tt.wantErr)
 			if tt.oneLine && (strings.Count(stderr, "\n") != 1 || !strings.HasSuffix(stderr, "\n") || !strings.HasPrefix(stderr, "quench verify: FAILED: ")) {
 				t.Errorf("stderr is not one FAILED line: %q", stderr)
 			}
