@@ -162,22 +162,4 @@ func TestFetchThroughRelay(t *testing.T) {
 	}
 }
 
-func TestFetchHelpPlaceholders(t *testing.T) {
-	_, _, stderr := runQuench(t, "", "fetch", "-h")
-	n := 0
-	for _, line := range strings.Split(stderr, "\n") {
-		if !strings.HasPrefix(line, "  -") {
-			continue
-		}
-		n++
-		if strings.Contains(line, "\t") {
-			continue // a one-letter boolean flag: its help is on its line
-		}
-		if f := strings.Fields(line); len(f) > 2 {
-			t.Errorf("flag line %q: the value's name is not one word", line)
-		}
-	}
-	if n < 12 {
-		t.Fatalf("found %d flag lines in fetch -h:\n%s", n, stderr)
-	}
-}
+func TestFetchHelpPlaceholders(t *testing.T) { checkHelpPlaceholders(t, "fetch", 12) }
