@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -100,8 +101,9 @@ type Transport struct {
 	base *http.Transport
 	dial func(ctx context.Context, network, addr string) (net.Conn, error)
 
-	mu      sync.Mutex
-	trusted map[[sha256.Size]byte]time.Time // certificate hash → verified until; guarded by mu
+	mu        sync.Mutex
+	trusted   map[[sha256.Size]byte]time.Time // certificate hash → verified until; guarded by mu
+	verifying map[[sha256.Size]byte]*verdict  // certificate hash → its verification under way; guarded by mu
 }
 
 var _ http.RoundTripper = (*Transport)(nil)
@@ -215,7 +217,12 @@ func (t *Transport) dialTLS(ctx context.Context, network, addr string) (_ net.Co
 		if err != nil {
 			return nil, err
 		}
-		if t.isTrusted(hash) {
+		trusted, err := t.awaitVerdict(ctx, hash)
+		if err != nil {
+			_ = tc.Close()
+			return nil, err
+		}
+		if trusted {
 			return tc, nil
 		}
 		reusable, err := t.attest(ctx, tc, addr, hash)
@@ -268,6 +275,7 @@ func (t *Transport) handshake(ctx context.Context, network, addr string) (*tls.C
 
 // attest fetches and verifies a document on tc, and on success trusts hash.
 func (t *Transport) attest(ctx context.Context, tc *tls.Conn, addr string, hash [sha256.Size]byte) (reusable bool, err error) {
+	defer func() { t.endVerify(hash, err) }()
 	nonce := make([]byte, NonceSize)
 	if _, err := rand.Read(nonce); err != nil {
 		return false, fmt.Errorf("attestation: nonce: %w", err)
@@ -279,7 +287,26 @@ func (t *Transport) attest(ctx context.Context, tc *tls.Conn, addr string, hash 
 	actx, cancel := context.WithTimeout(ctx, t.cfg.Timeout)
 	defer cancel()
 	stop := context.AfterFunc(actx, func() { _ = tc.SetDeadline(time.Unix(1, 0)) }) // unblock reads and writes
-	body, reusable, err := exchange(actx, tc, u, maxResponseBody, "text/plain", true)
+	var body []byte
+	for {
+		body, reusable, err = exchange(actx, tc, u, maxResponseBody, "text/plain", true)
+		// An enclave busy with other clients' documents answers 503
+		// (quench-enclave -max-attestations): ask again on this
+		// connection, within Timeout.
+		var se *statusError
+		if !errors.As(err, &se) || se.code != http.StatusServiceUnavailable || !reusable {
+			break
+		}
+		wait := min(max(se.retryAfter, 50*time.Millisecond), time.Second)
+		timer := time.NewTimer(wait)
+		select {
+		case <-timer.C:
+			continue
+		case <-actx.Done():
+			timer.Stop()
+		}
+		break
+	}
 	if !stop() {
 		// The deadline may be set: the connection cannot be used further.
 		if err == nil {
@@ -306,6 +333,66 @@ func (t *Transport) attest(ctx context.Context, tc *tls.Conn, addr string, hash 
 		t.cfg.OnVerify(addr, res)
 	}
 	return reusable, nil
+}
+
+// verdict is the outcome of one connection's verification of a
+// certificate, which other connections presenting it wait for.
+type verdict struct {
+	done chan struct{} // closed when err is set
+	err  error
+}
+
+// awaitVerdict reports whether hash is trusted. If it is not and another
+// connection is verifying it, it waits for that verdict: a burst of new
+// connections to one enclave fetches one document, not one each (an enclave
+// produces few at once, and refuses the rest with 503). If that verification
+// failed, so does this one, with its error: each trying in turn would make
+// the last wait for all of them. Otherwise the caller is to verify hash now
+// (attest ends the verification). With TrustFor negative every connection
+// is verified, and nobody waits.
+func (t *Transport) awaitVerdict(ctx context.Context, hash [sha256.Size]byte) (trusted bool, err error) {
+	if t.isTrusted(hash) {
+		return true, nil
+	}
+	if t.cfg.TrustFor < 0 {
+		return false, nil
+	}
+	t.mu.Lock()
+	v, busy := t.verifying[hash]
+	if !busy {
+		if t.verifying == nil {
+			t.verifying = map[[sha256.Size]byte]*verdict{}
+		}
+		t.verifying[hash] = &verdict{done: make(chan struct{})}
+	}
+	t.mu.Unlock()
+	if !busy {
+		return false, nil
+	}
+	select {
+	case <-v.done:
+	case <-ctx.Done():
+		return false, ctx.Err()
+	}
+	if v.err != nil {
+		return false, fmt.Errorf("another connection's verification of the same certificate failed: %w", v.err)
+	}
+	return true, nil
+}
+
+// endVerify ends the verification awaitVerdict started for hash, with its
+// outcome.
+func (t *Transport) endVerify(hash [sha256.Size]byte, err error) {
+	if t.cfg.TrustFor < 0 {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if v, ok := t.verifying[hash]; ok {
+		v.err = err
+		close(v.done)
+		delete(t.verifying, hash)
+	}
 }
 
 func (t *Transport) isTrusted(hash [sha256.Size]byte) bool {

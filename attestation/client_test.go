@@ -33,6 +33,7 @@ type enclaveServer struct {
 	attests  atomic.Int64 // documents served
 	conns    atomic.Int64 // TCP connections accepted
 	closeDoc atomic.Bool  // answer documents with Connection: close
+	docGate  func() bool  // when set, false refuses the document with 503 (set before requests)
 	// bare counts app requests on a connection that served no document
 	// before them (with TrustFor -1, a request the Transport sent over a
 	// connection it did not verify).
@@ -69,6 +70,11 @@ func newEnclaveServerPCR(t *testing.T, pcr []byte) *enclaveServer {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc(attestation.Path, func(w http.ResponseWriter, r *http.Request) {
+		if e.docGate != nil && !e.docGate() {
+			w.Header().Set("Retry-After", "1")
+			http.Error(w, "too many attestations at once", http.StatusServiceUnavailable)
+			return
+		}
 		e.attests.Add(1)
 		if f, ok := r.Context().Value(attestedKey{}).(*atomic.Bool); ok {
 			f.Store(true)
@@ -399,5 +405,106 @@ func TestTransportConfig(t *testing.T) {
 	}
 	if dialed.Load() {
 		t.Error("the http URL was fetched")
+	}
+}
+
+// TestTransportOneDocumentPerCertificate: a fresh Transport under many
+// parallel requests opens many connections at once; they present one
+// certificate, and one document is fetched for it while the others wait
+// for its verdict. An enclave serves a few documents at once (each is an
+// NSM request; quench-enclave -max-attestations, 16) and refuses the rest
+// with 503: one per connection failed most requests of a burst.
+func TestTransportOneDocumentPerCertificate(t *testing.T) {
+	e := newEnclaveServer(t, pcr0)
+	var busy atomic.Int32
+	e.docGate = func() bool { // at most 2 at once, 50 ms each
+		if busy.Add(1) > 2 {
+			busy.Add(-1)
+			return false
+		}
+		time.Sleep(50 * time.Millisecond)
+		busy.Add(-1)
+		return true
+	}
+	tr := newTransport(t, e, nil)
+	c := tr.Client()
+	const n = 40
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			_, err := get(t, c, e.URL+"/burst")
+			errs <- err
+		}()
+	}
+	failed := 0
+	for range n {
+		if err := <-errs; err != nil {
+			failed++
+			t.Log(err)
+		}
+	}
+	if failed > 0 {
+		t.Errorf("%d of %d requests failed", failed, n)
+	}
+	if got := e.attests.Load(); got != 1 {
+		t.Errorf("%d documents fetched for one certificate, want 1", got)
+	}
+}
+
+// TestTransportRetriesBusyEnclave: a document refused with 503 (the enclave
+// busy with other clients' documents) is asked for again on the same
+// connection, after Retry-After (at most a second), within Timeout.
+func TestTransportRetriesBusyEnclave(t *testing.T) {
+	e := newEnclaveServer(t, pcr0)
+	var refusals atomic.Int32
+	e.docGate = func() bool { return refusals.Add(1) > 2 } // the first two refused, Retry-After: 1
+	tr := newTransport(t, e, nil)
+	start := time.Now()
+	if _, err := get(t, tr.Client(), e.URL+"/"); err != nil {
+		t.Fatal(err)
+	}
+	if c := e.conns.Load(); c != 1 {
+		t.Errorf("%d connections, want 1", c)
+	}
+	if d := time.Since(start); d < 2*time.Second {
+		t.Errorf("done after %s: Retry-After (1 s, twice) not honoured", d)
+	}
+
+	// Busy for longer than Timeout: the request fails with the 503.
+	e2 := newEnclaveServer(t, pcr0)
+	e2.docGate = func() bool { return false }
+	tr2 := newTransport(t, e2, func(c *attestation.ClientConfig) { c.Timeout = 300 * time.Millisecond })
+	if _, err := get(t, tr2.Client(), e2.URL+"/"); err == nil || !strings.Contains(err.Error(), "503") {
+		t.Errorf("always busy: err = %v, want the 503", err)
+	}
+}
+
+// TestTransportSharedVerdict: connections waiting for another one's
+// verification of their certificate fail with its error when it fails,
+// at once, rather than each trying in turn.
+func TestTransportSharedVerdict(t *testing.T) {
+	e := newEnclaveServer(t, otherPCR0)
+	e.docGate = func() bool { time.Sleep(100 * time.Millisecond); return true }
+	tr := newTransport(t, e, nil)
+	c := tr.Client()
+	const n = 20
+	errs := make(chan error, n)
+	start := time.Now()
+	for range n {
+		go func() {
+			_, err := get(t, c, e.URL+"/")
+			errs <- err
+		}()
+	}
+	for range n {
+		if err := <-errs; !errors.Is(err, attestation.ErrPCRMismatch) {
+			t.Errorf("err = %v, want ErrPCRMismatch", err)
+		}
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("took %s: verifications in turn", d)
+	}
+	if a := e.attests.Load(); a > 2 {
+		t.Errorf("%d documents fetched", a)
 	}
 }

@@ -295,7 +295,12 @@ func exchange(ctx context.Context, tc *tls.Conn, u *url.URL, maxBody int, accept
 		return nil, false, ctxErr(ctx, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, false, fmt.Errorf("HTTP %s: %s", printable(resp.Status), firstLine(body))
+		se := &statusError{code: resp.StatusCode, text: fmt.Sprintf("HTTP %s: %s", printable(resp.Status), firstLine(body))}
+		if secs, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && secs >= 0 {
+			se.retryAfter = time.Duration(min(secs, 3600)) * time.Second
+		}
+		reusable := keepAlive && !resp.Close && len(body) <= maxBody && br.Buffered() == 0
+		return nil, reusable, se
 	}
 	if len(body) > maxBody {
 		return nil, false, fmt.Errorf("response body larger than %d bytes", maxBody)
@@ -305,6 +310,15 @@ func exchange(ctx context.Context, tc *tls.Conn, u *url.URL, maxBody int, accept
 	}
 	return body, keepAlive && !resp.Close, nil
 }
+
+// statusError is a response other than 200 to a document request.
+type statusError struct {
+	code       int
+	retryAfter time.Duration // from Retry-After in seconds; 0 if none
+	text       string
+}
+
+func (e *statusError) Error() string { return e.text }
 
 func ctxErr(ctx context.Context, err error) error {
 	if cerr := ctx.Err(); cerr != nil {
