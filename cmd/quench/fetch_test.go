@@ -163,3 +163,26 @@ func TestFetchThroughRelay(t *testing.T) {
 }
 
 func TestFetchHelpPlaceholders(t *testing.T) { checkHelpPlaceholders(t, "fetch", 12) }
+
+// TestUsageErrorsAreOneLine: a bad flag is one line on stderr that names it
+// and where the help is, not the whole help with the error above it.
+func TestUsageErrorsAreOneLine(t *testing.T) {
+	for _, args := range [][]string{
+		{"fetch", "https://127.0.0.1/", "-H", "no colon"},
+		{"fetch", "https://127.0.0.1/", "--pcr", "0=zz"},
+		{"fetch", "https://127.0.0.1/", "--no-such-flag"},
+		{"verify", "https://127.0.0.1/", "--pcr", "0=zz"},
+		{"verify", "--timeout", "soon", "https://127.0.0.1/"},
+	} {
+		code, stdout, stderr := runQuench(t, "", args...)
+		want := "see quench " + args[0] + " -h"
+		if code != exitUsage || stdout != "" || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, want) || !strings.HasPrefix(stderr, "quench "+args[0]+": ") {
+			t.Errorf("%q: exit %d, stdout %q, stderr %q; want exit %d and one line with %q", args, code, stdout, stderr, exitUsage, want)
+		}
+	}
+	// -h still prints the help, and exits 0.
+	code, _, stderr := runQuench(t, "", "fetch", "-h")
+	if code != exitOK || !strings.Contains(stderr, "flags:") {
+		t.Errorf("fetch -h: exit %d, stderr %q", code, stderr)
+	}
+}

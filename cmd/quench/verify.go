@@ -239,13 +239,23 @@ func runVerify(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 
 // parseArgs parses args with fs, flags and positional arguments in any
 // order, and returns the positional ones; ok is false when the command
-// should stop with code (help asked for, or a flag error fs printed).
+// should stop with code (help asked for, or a bad flag, reported here).
+//
+// A bad flag is reported on one line that points to -h, not followed by the
+// whole help, in which the error above scrolls out of sight.
 func parseArgs(fs *flag.FlagSet, args []string) (pos []string, code int, ok bool) {
+	out, usage := fs.Output(), fs.Usage
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	defer func() { fs.SetOutput(out); fs.Usage = usage }()
 	for {
 		if err := fs.Parse(args); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
+				fs.SetOutput(out)
+				usage()
 				return nil, exitOK, false
 			}
+			fmt.Fprintf(out, "%s: %s; see %s -h\n", fs.Name(), terminalSafe(err.Error()), fs.Name())
 			return nil, exitUsage, false
 		}
 		if fs.NArg() == 0 {
