@@ -139,7 +139,7 @@ func runFetch(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 		return code
 	}
 	failed := func(err error) int {
-		fmt.Fprintf(stderr, "quench fetch: FAILED: %s\n", failureMessage(err, c.roots, c.insecure))
+		fmt.Fprintf(stderr, "quench fetch: FAILED: %s\n", failureMessage(err, c.roots, c.insecure, c.timeout, c.url))
 		return exitFailed
 	}
 	opts := attestation.Options{MaxAge: c.maxAge}

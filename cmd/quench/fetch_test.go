@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -184,5 +185,40 @@ func TestUsageErrorsAreOneLine(t *testing.T) {
 	code, _, stderr := runQuench(t, "", "fetch", "-h")
 	if code != exitOK || !strings.Contains(stderr, "flags:") {
 		t.Errorf("fetch -h: exit %d, stderr %q", code, stderr)
+	}
+}
+
+// TestTimeoutSaysWhichFlag: a server that accepts and never answers fails
+// on one line that names --timeout, not a bare "context deadline exceeded".
+func TestTimeoutSaysWhichFlag(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	go func() {
+		var held []net.Conn
+		defer func() {
+			for _, c := range held {
+				_ = c.Close()
+			}
+		}()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c)
+		}
+	}()
+	u := "https://" + ln.Addr().String() + "/"
+	for _, args := range [][]string{
+		{"fetch", u, "--any-image", "--timeout", "200ms"},
+		{"verify", u, "--timeout", "200ms"},
+	} {
+		code, _, stderr := runQuench(t, "", args...)
+		if code != exitFailed || strings.Count(stderr, "\n") != 1 || !strings.Contains(stderr, "no answer within --timeout 200ms") {
+			t.Errorf("%q: exit %d, stderr %q", args, code, stderr)
+		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"slices"
 	"strconv"
@@ -202,7 +203,7 @@ func runVerify(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	}
 	res, config, err := verify(ctx, c, stdin)
 	if err != nil {
-		msg := failureMessage(err, c.roots, c.insecure)
+		msg := failureMessage(err, c.roots, c.insecure, c.timeout, c.url)
 		fmt.Fprintf(stderr, "quench verify: FAILED: %s\n", msg)
 		if c.json {
 			_ = json.NewEncoder(stdout).Encode(map[string]any{"verified": false, "error": msg})
@@ -270,7 +271,17 @@ func parseArgs(fs *flag.FlagSet, args []string) (pos []string, code int, ok bool
 // two failures a first try usually meets: a development document checked
 // against the AWS root, and a self-signed certificate checked against the
 // system's.
-func failureMessage(err error, roots string, insecure bool) string {
+//
+// A timeout says which flag set it and where: "context deadline exceeded"
+// alone, or nested in the errors of the steps it cut short, does not.
+func failureMessage(err error, roots string, insecure bool, timeout time.Duration, rawURL string) string {
+	if errors.Is(err, context.DeadlineExceeded) && timeout > 0 {
+		host := rawURL
+		if u, perr := url.Parse(rawURL); perr == nil && u.Host != "" {
+			host = u.Host
+		}
+		return terminalSafe(fmt.Sprintf("%s: no answer within --timeout %s (the server accepted the connection but did not finish answering; raise --timeout for a slow enclave)", host, timeout))
+	}
 	msg := terminalSafe(strings.Join(strings.Fields(err.Error()), " "))
 	if errors.Is(err, attestation.ErrUntrustedChain) && roots == "" {
 		msg += " (checked against the AWS Nitro root; documents of quench-enclave -dev-attester need --roots with its -dev-root-out file)"
