@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"net/textproto"
+	"net/url"
 	"os"
 	"sort"
 	"strings"
@@ -112,8 +113,10 @@ func parseFetch(args []string, stderr io.Writer) (*fetchConfig, int) {
 	switch {
 	case len(pos) != 1:
 		return usageErr("one URL expected, got %d arguments; see quench fetch -h", len(pos))
-	case !strings.HasPrefix(pos[0], "https://"):
+	case !strings.EqualFold(scheme(pos[0]), "https"):
 		return usageErr("URL %q must start with https:// (the document binds the TLS certificate)", pos[0])
+	case hostname(pos[0]) == "":
+		return usageErr("URL %q has no host", pos[0])
 	case len(c.pcrs) == 0 && !c.anyImage:
 		return usageErr("give the enclave image's PCRs (--pcr 0=HEX, PCR0 from nitro-cli build-enclave): without them any enclave passes, including one someone else runs at that address (--any-image for tests)")
 	case len(c.pcrs) > 0 && allZero(c.pcrs) && !c.anyImage:
@@ -250,6 +253,24 @@ func runFetch(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 		}
 	}
 	return exitOK
+}
+
+// scheme returns the scheme of rawURL, or "" when it does not parse.
+func scheme(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return ""
+	}
+	return u.Scheme
+}
+
+// hostname returns the host name of rawURL, without its port, or "".
+func hostname(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return ""
+	}
+	return u.Hostname()
 }
 
 // allZero reports whether every PCR value is all zero bytes.

@@ -222,3 +222,18 @@ func TestTimeoutSaysWhichFlag(t *testing.T) {
 		}
 	}
 }
+
+// TestURLChecks: the scheme is case-insensitive, as in every URL; a URL
+// without a host is bad usage (exit 2), found before anything is dialled.
+func TestURLChecks(t *testing.T) {
+	f := newFixture(t)
+	app := newAppServer(t, f)
+	upper := "HTTPS://" + strings.TrimPrefix(app.URL, "https://") + "/up"
+	common := []string{"--roots", f.rootsPath, "--insecure-skip-tls-verify", "--any-image"}
+	code, stdout, stderr := runQuench(t, "", append([]string{"fetch", upper}, common...)...)
+	checkRun(t, code, stdout, stderr, exitOK, "GET /up", "")
+	for _, u := range []string{"https:///path", "https://", "https://:443/"} {
+		code, stdout, stderr = runQuench(t, "", append([]string{"fetch", u}, common...)...)
+		checkRun(t, code, stdout, stderr, exitUsage, "", "no host")
+	}
+}
