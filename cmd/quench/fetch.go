@@ -42,6 +42,7 @@ type fetchConfig struct {
 	url      string
 	method   string
 	data     string
+	hasData  bool // -d given, perhaps empty: a POST, as with curl
 	headers  headerFlag
 	include  bool
 	output   string
@@ -88,7 +89,10 @@ func parseFetch(args []string, stderr io.Writer) (*fetchConfig, int) {
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&c.method, "X", "", "request `METHOD` (default GET, or POST with -d)")
-	fs.StringVar(&c.data, "d", "", "request body `DATA`; @FILE reads FILE, @- standard input")
+	fs.Func("d", "request body `DATA`; @FILE reads FILE, @- standard input", func(v string) error {
+		c.data, c.hasData = v, true
+		return nil
+	})
 	fs.Var(&c.headers, "H", "request `HEADER`, as \"Name: value\" (repeatable)")
 	fs.BoolVar(&c.include, "i", false, "print the response status line and headers before the body")
 	fs.StringVar(&c.output, "o", "", "write the body to `FILE` instead of standard output")
@@ -129,7 +133,7 @@ func parseFetch(args []string, stderr io.Writer) (*fetchConfig, int) {
 	c.url = pos[0]
 	if c.method == "" {
 		c.method = http.MethodGet
-		if c.data != "" {
+		if c.hasData {
 			c.method = http.MethodPost
 		}
 	}
@@ -176,7 +180,7 @@ func runFetch(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 	defer tr.Close()
 
 	var body io.Reader
-	if c.data != "" {
+	if c.hasData {
 		switch {
 		case c.data == "@-":
 			body = stdin

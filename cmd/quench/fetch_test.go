@@ -237,3 +237,15 @@ func TestURLChecks(t *testing.T) {
 		checkRun(t, code, stdout, stderr, exitUsage, "", "no host")
 	}
 }
+
+// TestFetchEmptyData: -d "" sends a POST with an empty body, as curl does,
+// not a GET; -d @- with empty standard input too.
+func TestFetchEmptyData(t *testing.T) {
+	f := newFixture(t)
+	app := newAppServer(t, f)
+	common := []string{"--roots", f.rootsPath, "--insecure-skip-tls-verify", "--any-image"}
+	code, stdout, stderr := runQuench(t, "", append([]string{"fetch", app.URL + "/e", "-d", ""}, common...)...)
+	checkRun(t, code, stdout, stderr, exitOK, `POST /e host=`, "")
+	code, stdout, stderr = runQuench(t, "", append([]string{"fetch", app.URL + "/e", "-d", "@-"}, common...)...)
+	checkRun(t, code, stdout, stderr, exitOK, `POST /e host=`, "")
+}
