@@ -68,16 +68,28 @@ func (h *headerFlag) Set(s string) error {
 	if !ok || name == "" {
 		return errors.New(`want "Name: value"`)
 	}
-	for _, r := range name {
-		if r <= ' ' || r >= 0x7f || strings.ContainsRune(`()<>@,;:\"/[]?={}`, r) {
-			return fmt.Errorf("header name %q: not a token", name)
-		}
+	if !isToken(name) {
+		return fmt.Errorf("header name %q: not a token", name)
 	}
 	if strings.ContainsAny(value, "\r\n\x00") {
 		return fmt.Errorf("header %s: value holds a line break or NUL", name)
 	}
 	*h = append(*h, s)
 	return nil
+}
+
+// isToken reports whether s is an HTTP token (RFC 9110 section 5.6.2), as
+// header names and methods must be.
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, r := range s {
+		if r <= ' ' || r >= 0x7f || strings.ContainsRune(`()<>@,;:\"/[]?={}`, r) {
+			return false
+		}
+	}
+	return true
 }
 
 func parseFetch(args []string, stderr io.Writer) (*fetchConfig, int) {
@@ -125,6 +137,8 @@ func parseFetch(args []string, stderr io.Writer) (*fetchConfig, int) {
 		return usageErr("give the enclave image's PCRs (--pcr 0=HEX, PCR0 from nitro-cli build-enclave): without them any enclave passes, including one someone else runs at that address (--any-image for tests)")
 	case len(c.pcrs) > 0 && allZero(c.pcrs) && !c.anyImage:
 		return usageErr("every --pcr value is all zero: every enclave in debug mode reports those, whatever its image (the development attester too); pin a production measurement, or add --any-image to accept them (tests, -dev-attester)")
+	case c.method != "" && !isToken(c.method):
+		return usageErr("-X %q: not an HTTP method (a token: letters, digits, no spaces)", c.method)
 	case c.timeout <= 0:
 		return usageErr("--timeout must be positive, got %s", c.timeout)
 	case c.maxAge < 0:

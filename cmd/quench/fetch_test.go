@@ -249,3 +249,10 @@ func TestFetchEmptyData(t *testing.T) {
 	code, stdout, stderr = runQuench(t, "", append([]string{"fetch", app.URL + "/e", "-d", "@-"}, common...)...)
 	checkRun(t, code, stdout, stderr, exitOK, `POST /e host=`, "")
 }
+
+// TestFetchBadMethod: a method that is not an HTTP token is bad usage
+// (exit 2, as the help promises), not a failed request.
+func TestFetchBadMethod(t *testing.T) {
+	code, stdout, stderr := runQuench(t, "", "fetch", "https://127.0.0.1/", "--any-image", "-X", "BAD METHOD")
+	checkRun(t, code, stdout, stderr, exitUsage, "", "-X")
+}
