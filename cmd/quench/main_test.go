@@ -505,3 +505,20 @@ func TestVerifyNotesUnpinnedImage(t *testing.T) {
 		t.Errorf("with --pcr: exit %d, stderr %q", code, stderr)
 	}
 }
+
+// TestVerifyNotesZeroPCRs: all-zero --pcr values are what every enclave in
+// debug mode reports, whatever its image: a verification that passes with
+// only those pins nothing, and stderr says so (quench fetch refuses them
+// without --any-image). A zero PCR next to a real one is fine.
+func TestVerifyNotesZeroPCRs(t *testing.T) {
+	f := newFixture(t)
+	common := []string{"verify", f.srv.URL, "--roots", f.rootsPath, "--insecure-skip-tls-verify"}
+	code, _, stderr := runQuench(t, "", append(common, "--pcr", "1="+zeroPCR)...)
+	if code != 0 || strings.Count(stderr, "all zero") != 1 || strings.Count(stderr, "\n") != 1 {
+		t.Errorf("zero --pcr only: exit %d, stderr %q", code, stderr)
+	}
+	code, _, stderr = runQuench(t, "", append(common, "--pcr", "1="+zeroPCR, "--pcr", "0="+strings.Repeat("aa", 48))...)
+	if code != 0 || stderr != "" {
+		t.Errorf("zero and real --pcr: exit %d, stderr %q", code, stderr)
+	}
+}
