@@ -18,8 +18,12 @@ import (
 // ClientConfig configures NewTransport.
 type ClientConfig struct {
 	// Options is the policy every enclave the Transport connects to must
-	// pass: PCRs (required, unless AnyImage), Roots, MaxAge, AppKeyHash,
-	// UserData. Time must be zero (each connection is verified at Now's
+	// pass: PCRs (required and not all zero, unless AnyImage), Roots,
+	// MaxAge, AppKeyHash, UserData. Roots stays nil for enclaves on Nitro
+	// hardware (the AWS root); for a development attester it is the root
+	// the enclave wrote (-dev-root-out, DevAttester.WriteRootPEM), read
+	// with LoadRoots; its documents report all-zero PCRs, which need
+	// AnyImage. Time must be zero (each connection is verified at Now's
 	// time); Nonce, TLSCertHash and PublicKey must be nil (a fresh nonce and
 	// the certificate of the connection are checked on every verification).
 	Options Options
@@ -108,7 +112,17 @@ type Transport struct {
 
 var _ http.RoundTripper = (*Transport)(nil)
 
-// NewTransport validates cfg and returns the Transport. It does no I/O.
+// NewTransport validates cfg and returns the Transport. It does no I/O. An
+// error, which matches ErrInvalidOptions with errors.Is, says which field is
+// wrong and what to set instead (for example PCRs missing or all zero, or
+// Options.Time set).
+//
+// Errors of requests (from RoundTrip, or from an http.Client wrapped in
+// *url.Error) match the sentinel of the failed check with errors.Is:
+// ErrPCRMismatch for another image, ErrUntrustedChain for a document not
+// signed by Options.Roots, ErrUserDataMismatch for a certificate the
+// document does not bind. A certificate the TLS client refused (no
+// InsecureSkipVerify for a self-signed one) is a *tls.CertificateVerificationError.
 func NewTransport(cfg ClientConfig) (*Transport, error) {
 	o := cfg.Options
 	switch {
@@ -180,7 +194,11 @@ func allZeroPCRs(pcrs map[uint][]byte) bool {
 	return true
 }
 
-// Client returns an http.Client that uses t.
+// Client returns an http.Client that uses t. It follows redirects as
+// http.Client does: a redirect to another host goes over a connection to
+// that host verified against the same policy (with AnyImage, any enclave),
+// and one to http:// fails. Set CheckRedirect (http.ErrUseLastResponse, as
+// quench fetch does) to follow them yourself.
 func (t *Transport) Client() *http.Client { return &http.Client{Transport: t} }
 
 // RoundTrip sends req over a verified connection. Only https requests are

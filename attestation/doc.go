@@ -40,7 +40,13 @@
 // connections for [ClientConfig.TrustFor]. This is what makes the TLS
 // session with the enclave worth its attestation: checking a document and
 // then sending requests over an ordinary client trusts whichever server
-// answers those later connections.
+// answers those later connections. Against an enclave with the development
+// attester ([DevAttester], -dev-attester), pass the root it wrote
+// (-dev-root-out; [LoadRoots]) as Options.Roots and set [ClientConfig.AnyImage]: its documents
+// report all-zero PCRs, which pin no image; enclave certificates are usually
+// self-signed, so ClientConfig.TLSConfig sets InsecureSkipVerify (the document
+// binds the certificate). The command quench fetch does the same for one
+// request from a shell.
 //
 // # Document format
 //
