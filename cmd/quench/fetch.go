@@ -27,7 +27,12 @@ document with a fresh nonce on that connection (GET /enclave/attestation),
 verifies it (signature, chain, the PCRs given, that it binds the certificate
 presented), and only then sends the request, on that same connection. A
 connection that fails the check gets nothing of the request. The response
-body goes to standard output (or -o FILE), as curl writes it.
+body goes to standard output (or -o FILE), as curl writes it. Redirects are
+not followed (curl without -L): -i shows the Location.
+
+Against an enclave with the development attester (-dev-attester), give the
+root it wrote (-dev-root-out) with --roots, and --any-image: its documents
+report all-zero PCRs, which pin no image.
 
 It is for shell scripts and programs in any language; Go programs get the
 same for every connection of an http.Client from attestation.NewTransport.
@@ -101,7 +106,7 @@ func parseFetch(args []string, stderr io.Writer) (*fetchConfig, int) {
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&c.method, "X", "", "request `METHOD` (default GET, or POST with -d)")
-	fs.Func("d", "request body `DATA`; @FILE reads FILE, @- standard input", func(v string) error {
+	fs.Func("d", "request body `DATA`; @FILE reads FILE, @- standard input; sent as is (like curl --data-binary: line breaks kept) and with no Content-Type unless -H gives one", func(v string) error {
 		c.data, c.hasData = v, true
 		return nil
 	})

@@ -288,7 +288,7 @@ func failureMessage(err error, roots string, insecure bool, timeout time.Duratio
 	}
 	msg := terminalSafe(strings.Join(strings.Fields(err.Error()), " "))
 	if errors.Is(err, attestation.ErrUntrustedChain) && roots == "" {
-		msg += " (checked against the AWS Nitro root; documents of quench-enclave -dev-attester need --roots with its -dev-root-out file)"
+		msg += " (checked against the AWS Nitro root; documents of a development attester, -dev-attester, need --roots with its -dev-root-out file)"
 	}
 	var cve *tls.CertificateVerificationError
 	if errors.As(err, &cve) && !insecure {
