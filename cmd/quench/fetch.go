@@ -112,7 +112,7 @@ func parseFetch(args []string, stderr io.Writer) (*fetchConfig, int) {
 	})
 	fs.Var(&c.headers, "H", "request `HEADER`, as \"Name: value\" (repeatable)")
 	fs.BoolVar(&c.include, "i", false, "print the response status line and headers before the body")
-	fs.StringVar(&c.output, "o", "", "write the body to `FILE` instead of standard output")
+	fs.StringVar(&c.output, "o", "", "write the body to `FILE` instead of standard output (- is standard output)")
 	fs.BoolVar(&c.fail, "fail", false, "exit 1 without printing the body when the status is 400 or more")
 	fs.BoolVar(&c.verbose, "v", false, "print each verified document's summary to standard error")
 	fs.Var(c.pcrs, "pcr", "require PCR N to equal HEX, as `N=HEX` (repeatable; at least one unless --any-image)")
@@ -245,7 +245,7 @@ func runFetch(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 		return failed(fmt.Errorf("the enclave answered %s", resp.Status))
 	}
 	out := stdout
-	if c.output != "" {
+	if c.output != "" && c.output != "-" {
 		f, err := os.Create(c.output)
 		if err != nil {
 			return failed(err)
@@ -270,7 +270,7 @@ func runFetch(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 	if _, err := io.Copy(out, resp.Body); err != nil {
 		return failed(fmt.Errorf("reading the response: %w", err))
 	}
-	if f, ok := out.(*os.File); ok && c.output != "" {
+	if f, ok := out.(*os.File); ok && c.output != "" && c.output != "-" {
 		if err := f.Close(); err != nil {
 			return failed(err)
 		}

@@ -256,3 +256,16 @@ func TestFetchBadMethod(t *testing.T) {
 	code, stdout, stderr := runQuench(t, "", "fetch", "https://127.0.0.1/", "--any-image", "-X", "BAD METHOD")
 	checkRun(t, code, stdout, stderr, exitUsage, "", "-X")
 }
+
+// TestFetchOutputDash: -o - is standard output, as with curl, not a file
+// named "-" in the working directory.
+func TestFetchOutputDash(t *testing.T) {
+	f := newFixture(t)
+	app := newAppServer(t, f)
+	t.Chdir(t.TempDir())
+	code, stdout, stderr := runQuench(t, "", "fetch", app.URL+"/dash", "--any-image", "--roots", f.rootsPath, "--insecure-skip-tls-verify", "-o", "-")
+	checkRun(t, code, stdout, stderr, exitOK, "GET /dash", "")
+	if _, err := os.Stat("-"); err == nil {
+		t.Error(`-o - created a file named "-"`)
+	}
+}
