@@ -107,6 +107,9 @@ func parseFetch(args []string, stderr io.Writer) (*fetchConfig, int) {
 	}
 	fs.StringVar(&c.method, "X", "", "request `METHOD` (default GET, or POST with -d)")
 	fs.Func("d", "request body `DATA`; @FILE reads FILE, @- standard input; sent as is (like curl --data-binary: line breaks kept) and with no Content-Type unless -H gives one", func(v string) error {
+		if c.hasData {
+			return errors.New("given twice: one body per request (curl would join them with &)")
+		}
 		c.data, c.hasData = v, true
 		return nil
 	})

@@ -269,3 +269,10 @@ func TestFetchOutputDash(t *testing.T) {
 		t.Error(`-o - created a file named "-"`)
 	}
 }
+
+// TestFetchDataTwice: a second -d is bad usage, not silently the only one
+// sent (curl joins them with &, which a JSON body does not want either).
+func TestFetchDataTwice(t *testing.T) {
+	code, stdout, stderr := runQuench(t, "", "fetch", "https://127.0.0.1/", "--any-image", "-d", "a", "-d", "b")
+	checkRun(t, code, stdout, stderr, exitUsage, "", "-d")
+}
