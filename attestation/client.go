@@ -281,6 +281,9 @@ func (t *Transport) handshake(ctx context.Context, network, addr string) (*tls.C
 	defer cancel()
 	if err := tc.HandshakeContext(hctx); err != nil {
 		_ = raw.Close()
+		if ctx.Err() == nil && hctx.Err() != nil {
+			return nil, hash, fmt.Errorf("attestation: %s: TLS handshake: no answer within ClientConfig.Timeout (%s): %w", addr, t.cfg.Timeout, err)
+		}
 		return nil, hash, fmt.Errorf("attestation: %s: TLS handshake: %w", addr, err)
 	}
 	certs := tc.ConnectionState().PeerCertificates
@@ -332,6 +335,14 @@ func (t *Transport) attest(ctx context.Context, tc *tls.Conn, addr string, hash 
 		}
 	}
 	if err != nil {
+		if cerr := ctx.Err(); cerr != nil {
+			// The caller's context ended: say that alone, not joined with
+			// the read it cut short (two lines, quoted by escapeErr).
+			return false, fmt.Errorf("attestation: fetch %s: %w", u.Redacted(), cerr)
+		}
+		if actx.Err() != nil {
+			return false, fmt.Errorf("attestation: %s: no attestation document within ClientConfig.Timeout (%s): %w", addr, t.cfg.Timeout, context.DeadlineExceeded)
+		}
 		return false, fmt.Errorf("attestation: fetch %s: %w", u.Redacted(), err)
 	}
 	doc, err := DecodeDocument(body)
