@@ -223,7 +223,6 @@ func runFetch(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 	if err != nil {
 		return failed(err)
 	}
-	req.Header.Set("User-Agent", "quench-fetch")
 	for _, h := range c.headers {
 		name, value, _ := strings.Cut(h, ":")
 		name = textproto.CanonicalMIMEHeaderKey(strings.TrimSpace(name))
@@ -232,6 +231,10 @@ func runFetch(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 			continue
 		}
 		req.Header.Add(name, strings.TrimSpace(value))
+	}
+	if _, ok := req.Header["User-Agent"]; !ok {
+		// Only when -H gave none: net/http sends the first value alone.
+		req.Header.Set("User-Agent", "quench-fetch")
 	}
 	client := &http.Client{
 		Transport: tr,

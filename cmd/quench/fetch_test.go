@@ -42,6 +42,10 @@ func newAppServer(t *testing.T, f *fixture) *appServer {
 		s.appHits.Add(1)
 		http.Redirect(w, r, "https://elsewhere.example/", http.StatusFound)
 	})
+	mux.HandleFunc("/ua", func(w http.ResponseWriter, r *http.Request) {
+		s.appHits.Add(1)
+		fmt.Fprintf(w, "user-agent=%q", r.Header.Values("User-Agent"))
+	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		s.appHits.Add(1)
 		body, _ := io.ReadAll(r.Body)
@@ -275,4 +279,17 @@ func TestFetchOutputDash(t *testing.T) {
 func TestFetchDataTwice(t *testing.T) {
 	code, stdout, stderr := runQuench(t, "", "fetch", "https://127.0.0.1/", "--any-image", "-d", "a", "-d", "b")
 	checkRun(t, code, stdout, stderr, exitUsage, "", "-d")
+}
+
+// TestFetchUserAgentHeader: -H "User-Agent: ..." replaces quench fetch's
+// own, as with curl; net/http sends only the first value, so adding it after
+// the default dropped the caller's silently.
+func TestFetchUserAgentHeader(t *testing.T) {
+	f := newFixture(t)
+	app := newAppServer(t, f)
+	common := []string{"--roots", f.rootsPath, "--insecure-skip-tls-verify", "--any-image"}
+	code, stdout, stderr := runQuench(t, "", append([]string{"fetch", app.URL + "/ua", "-H", "User-Agent: mine/1"}, common...)...)
+	checkRun(t, code, stdout, stderr, exitOK, `user-agent=["mine/1"]`, "")
+	code, stdout, stderr = runQuench(t, "", append([]string{"fetch", app.URL + "/ua"}, common...)...)
+	checkRun(t, code, stdout, stderr, exitOK, `user-agent=["quench-fetch"]`, "")
 }
