@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -106,7 +107,7 @@ func parseFetch(args []string, stderr io.Writer) (*fetchConfig, int) {
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&c.method, "X", "", "request `METHOD` (default GET, or POST with -d)")
-	fs.Func("d", "request body `DATA`; @FILE reads FILE, @- standard input; sent as is (like curl --data-binary: line breaks kept) and with no Content-Type unless -H gives one", func(v string) error {
+	fs.Func("d", "request body `DATA`; @FILE reads FILE, @- standard input (read whole, sent with a Content-Length); sent as is (like curl --data-binary: line breaks kept) and with no Content-Type unless -H gives one", func(v string) error {
 		if c.hasData {
 			return errors.New("given twice: one body per request (curl would join them with &)")
 		}
@@ -201,21 +202,25 @@ func runFetch(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 	}
 	defer tr.Close()
 
+	// The body is read whole first, as curl -d does, so that it goes with a
+	// Content-Length: a stream of unknown length would go chunked, which
+	// many apps and proxies refuse (411 Length Required).
 	var body io.Reader
 	if c.hasData {
+		var b []byte
+		var err error
 		switch {
 		case c.data == "@-":
-			body = stdin
+			b, err = io.ReadAll(stdin)
 		case strings.HasPrefix(c.data, "@"):
-			f, err := os.Open(c.data[1:])
-			if err != nil {
-				return failed(err)
-			}
-			defer f.Close()
-			body = f
+			b, err = os.ReadFile(c.data[1:])
 		default:
-			body = strings.NewReader(c.data)
+			b = []byte(c.data)
 		}
+		if err != nil {
+			return failed(err)
+		}
+		body = bytes.NewReader(b)
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()

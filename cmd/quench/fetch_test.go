@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -41,6 +42,11 @@ func newAppServer(t *testing.T, f *fixture) *appServer {
 	mux.HandleFunc("/redirect", func(w http.ResponseWriter, r *http.Request) {
 		s.appHits.Add(1)
 		http.Redirect(w, r, "https://elsewhere.example/", http.StatusFound)
+	})
+	mux.HandleFunc("/len", func(w http.ResponseWriter, r *http.Request) {
+		s.appHits.Add(1)
+		body, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "content-length=%d transfer-encoding=%q body=%q", r.ContentLength, r.TransferEncoding, body)
 	})
 	mux.HandleFunc("/ua", func(w http.ResponseWriter, r *http.Request) {
 		s.appHits.Add(1)
@@ -292,4 +298,25 @@ func TestFetchUserAgentHeader(t *testing.T) {
 	checkRun(t, code, stdout, stderr, exitOK, `user-agent=["mine/1"]`, "")
 	code, stdout, stderr = runQuench(t, "", append([]string{"fetch", app.URL + "/ua"}, common...)...)
 	checkRun(t, code, stdout, stderr, exitOK, `user-agent=["quench-fetch"]`, "")
+}
+
+// TestFetchDataContentLength: a body from a file or standard input goes
+// with a Content-Length, as curl sends it, not chunked: apps and proxies
+// that answer a chunked request with 411 Length Required are common.
+func TestFetchDataContentLength(t *testing.T) {
+	f := newFixture(t)
+	app := newAppServer(t, f)
+	bodyFile := filepath.Join(t.TempDir(), "body.json")
+	if err := os.WriteFile(bodyFile, []byte(`{"a":1}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	common := []string{"--roots", f.rootsPath, "--insecure-skip-tls-verify", "--any-image"}
+	for _, tc := range []struct{ stdin, data string }{{"", "@" + bodyFile}, {`{"a":1}`, "@-"}, {"", `{"a":1}`}} {
+		code, stdout, stderr := runQuench(t, tc.stdin, append([]string{"fetch", app.URL + "/len", "-d", tc.data}, common...)...)
+		checkRun(t, code, stdout, stderr, exitOK, `content-length=7 transfer-encoding=[] body="{\"a\":1}"`, "")
+	}
+	// Standard input as a process has it: a reader of unknown length.
+	var out, errb strings.Builder
+	code := run(context.Background(), append([]string{"fetch", app.URL + "/len", "-d", "@-"}, common...), io.MultiReader(strings.NewReader(`{"a":1}`)), &out, &errb)
+	checkRun(t, code, out.String(), errb.String(), exitOK, `content-length=7 transfer-encoding=[] body="{\"a\":1}"`, "")
 }
