@@ -340,6 +340,11 @@ func (t *Transport) attest(ctx context.Context, tc *tls.Conn, addr string, hash 
 			// the read it cut short (two lines, quoted by escapeErr).
 			return false, fmt.Errorf("attestation: fetch %s: %w", u.Redacted(), cerr)
 		}
+		var se *statusError
+		if actx.Err() != nil && errors.As(err, &se) {
+			// Busy until the end: the last refusal says why.
+			return false, fmt.Errorf("attestation: %s: no attestation document within ClientConfig.Timeout (%s), the enclave still refusing: %w", addr, t.cfg.Timeout, err)
+		}
 		if actx.Err() != nil {
 			return false, fmt.Errorf("attestation: %s: no attestation document within ClientConfig.Timeout (%s): %w", addr, t.cfg.Timeout, context.DeadlineExceeded)
 		}
