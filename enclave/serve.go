@@ -335,7 +335,11 @@ func (e *Enclave) startServers(ctx context.Context, nw network) (_ *servers, err
 		e.log.Warn("pprof enabled on the internal server: profiles expose process memory, so attestation is refused", "addr", cfg.InternalAddr)
 	}
 	if cfg.WaitForApp {
-		e.log.Info("waiting for the app to signal readiness before serving", "url", "http://"+cfg.InternalAddr+ReadyPath)
+		if cfg.InternalAddr == "-" {
+			e.log.Info("waiting for the app to call Enclave.Ready before serving")
+		} else {
+			e.log.Info("waiting for the app to signal readiness before serving", "url", "http://"+cfg.InternalAddr+ReadyPath)
+		}
 	}
 	return s, nil
 }
