@@ -170,13 +170,22 @@ func verifyRemote(ctx context.Context, rawURL, defaultPath string, maxBody int, 
 	if timeout == 0 {
 		timeout = DefaultRemoteTimeout
 	}
+	caller := ctx
 	if timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 	}
 	body, state, err := fetch(ctx, u, cfg, maxBody, accept)
-	if err != nil {
+	switch {
+	case err == nil:
+	case caller.Err() != nil:
+		// Say the context's end alone, not joined with the read it cut
+		// short (two lines, quoted by escapeErr).
+		return nil, nil, fmt.Errorf("attestation: fetch %s: %w", u.Redacted(), caller.Err())
+	case ctx.Err() != nil:
+		return nil, nil, fmt.Errorf("attestation: fetch %s: no answer within RemoteConfig.Timeout (%s): %w", u.Redacted(), timeout, context.DeadlineExceeded)
+	default:
 		return nil, nil, fmt.Errorf("attestation: fetch %s: %w", u.Redacted(), err)
 	}
 	doc, payload, err := decode(body)

@@ -217,6 +217,9 @@ func TestVerifyRemoteTimeout(t *testing.T) {
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("err = %v, want context.DeadlineExceeded", err)
 	}
+	if msg := err.Error(); strings.Contains(msg, "\n") || !strings.Contains(msg, "RemoteConfig.Timeout (200ms)") {
+		t.Errorf("err = %q: want one line naming RemoteConfig.Timeout", msg)
+	}
 	if d := time.Since(start); d > 5*time.Second {
 		t.Errorf("VerifyRemote returned after %s", d)
 	}
@@ -238,6 +241,9 @@ func TestVerifyRemoteContext(t *testing.T) {
 	})
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("err = %v, want context.DeadlineExceeded", err)
+	}
+	if msg := err.Error(); strings.Contains(msg, "\n") {
+		t.Errorf("err = %q: want one line", msg)
 	}
 	if d := time.Since(start); d > 5*time.Second {
 		t.Errorf("VerifyRemote returned after %s", d)
