@@ -195,8 +195,11 @@ type Config struct {
 
 	// AppURL is the app's address for the reverse proxy (package proxy)
 	// that serves every public request outside /enclave/: http://host:port
-	// or unix:///path. The proxy dials with kernel sockets (the app runs in
-	// the same enclave). Default: nil.
+	// or unix:///path for an HTTP/1.1 app, h2c://host:port or
+	// h2c+unix:///path for an app that speaks HTTP/2 in cleartext with
+	// prior knowledge (gRPC servers; clients still meet the enclave's
+	// TLS, over HTTP/2 or HTTP/1.1). The proxy dials with kernel sockets
+	// (the app runs in the same enclave). Default: nil.
 	AppURL *url.URL
 
 	// Proxy tunes the reverse proxy to AppURL. Its Logger defaults to
@@ -438,6 +441,9 @@ func (nopAttester) Attest(context.Context, attestation.Request) ([]byte, error) 
 	return nil, errors.New("enclave: no attester")
 }
 
+// appURLUnix reports whether u names a unix socket (unix, h2c+unix).
+func appURLUnix(u *url.URL) bool { return u.Scheme == "unix" || u.Scheme == "h2c+unix" }
+
 // serving reports whether the servers are configured.
 func (c Config) serving() bool { return c.Handler != nil || c.AppURL != nil }
 
@@ -456,9 +462,9 @@ func (c Config) servingDefaults() (Config, error) {
 	}
 	if c.AppURL != nil {
 		switch c.AppURL.Scheme {
-		case "http", "https", "unix":
+		case "http", "https", "unix", "h2c", "h2c+unix":
 		default:
-			return c, fmt.Errorf("enclave: AppURL %q: scheme must be http, https or unix", c.AppURL.Redacted())
+			return c, fmt.Errorf("enclave: AppURL %q: scheme must be http, https, unix, h2c or h2c+unix", c.AppURL.Redacted())
 		}
 	}
 	if c.PublicAddr == "" {
@@ -482,10 +488,10 @@ func (c Config) servingDefaults() (Config, error) {
 				return c, fmt.Errorf("enclave: Forward target %q (-forward) is the internal server's address InternalAddr %q (-internal-addr): the host would reach /enclave/hash; use another port for one of them", f.Target, c.InternalAddr)
 			}
 		}
-		if u := c.AppURL; u != nil && u.Scheme != "unix" {
+		if u := c.AppURL; u != nil && !appURLUnix(u) {
 			hp := u.Host
 			if u.Port() == "" {
-				hp = net.JoinHostPort(u.Hostname(), map[string]string{"http": "80", "https": "443"}[u.Scheme])
+				hp = net.JoinHostPort(u.Hostname(), map[string]string{"http": "80", "https": "443", "h2c": "80"}[u.Scheme])
 			}
 			if reachesLocalPort(hp, port) {
 				return c, fmt.Errorf("enclave: AppURL %q (-app-url) is the internal server's address InternalAddr %q (-internal-addr): clients would reach /enclave/hash; use another port for one of them", u.Redacted(), c.InternalAddr)

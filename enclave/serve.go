@@ -158,7 +158,7 @@ func (e *Enclave) startServers(ctx context.Context, nw network) (_ *servers, err
 		case len(pc.InterceptPaths) > 0:
 			pc.InterceptPaths = append(slices.Clip(pc.InterceptPaths), IndexPath)
 		}
-		if pc.DialContext == nil && cfg.AppURL.Scheme != "unix" {
+		if pc.DialContext == nil && !appURLUnix(cfg.AppURL) {
 			// New refused an AppURL naming the internal server's port
 			// on loopback; a host name that resolves there (through the
 			// host's DNS, say) is refused when dialled.

@@ -661,6 +661,7 @@ func TestConfigErrors(t *testing.T) {
 		{"bad network", enclave.Config{Network: "vde"}, "unknown network mode"},
 		{"handler and app", enclave.Config{Handler: h, AppURL: app}, "both set"},
 		{"app scheme", enclave.Config{AppURL: &url.URL{Scheme: "ftp", Host: "x"}}, "scheme"},
+		{"h2c app on the internal port", enclave.Config{AppURL: &url.URL{Scheme: "h2c", Host: enclave.DefaultInternalAddr}}, "internal server's address"},
 		{"serving option without app", enclave.Config{ACME: true}, "neither Handler nor AppURL"},
 		{"acme without fqdn", enclave.Config{Handler: h, ACME: true}, "needs FQDN"},
 		{"acme and files", enclave.Config{Handler: h, ACME: true, FQDN: "a.example", TLSCertFile: "c", TLSKeyFile: "k"}, "exclusive"},

@@ -32,6 +32,9 @@ func peekWith(c net.Conn, busy bool) peekState {
 	if tc, ok := c.(*tls.Conn); ok {
 		c = tc.NetConn()
 	}
+	if b, ok := c.(*tlsBase); ok && b.io == nil {
+		c = b.Conn // a TLSServer connection served on a goroutine
+	}
 	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return peekUnknown

@@ -102,6 +102,10 @@ func (ex *exchange) admitted() {
 // serve forwards the request. On return the response is complete or
 // aborted; ex.release has not been called.
 func (ex *exchange) serve() {
+	if ex.p.h2c != nil {
+		ex.serveH2C()
+		return
+	}
 	r := ex.r
 	var tokens connTokens
 	if c := r.Header["Connection"]; len(c) > 0 {

@@ -28,6 +28,7 @@ type Proxy struct {
 	pathPrefix  string // target path without a trailing slash; "" for none
 	rawPrefix   string // target path as given
 	pool        connPool
+	h2c         *h2cUpstream // set for h2c and h2c+unix targets, which pool is not used for
 	lim         *limiter
 	bufs        sync.Pool    // *[]byte of cfg.BufferSize
 	smallBufs   sync.Pool    // *[]byte of smallBufSize, for idle tunnels
@@ -74,6 +75,10 @@ const aliveCheckAfter = time.Second
 // New returns a Proxy that forwards to target: an http or https URL whose
 // path, if any, is prefixed to every request path, or a unix URL
 // (unix:///path/to/socket) naming a socket that serves plain HTTP.
+// An h2c URL (h2c://host:port, with an optional path prefix) or h2c+unix
+// URL (h2c+unix:///path/to/socket) names an upstream that speaks HTTP/2
+// in cleartext with prior knowledge, such as a gRPC server; see the
+// package documentation, section "HTTP/2 upstreams (h2c)".
 // New does no I/O and starts no goroutines.
 func New(target *url.URL, cfg Config) (*Proxy, error) {
 	if target == nil {
@@ -101,7 +106,7 @@ func New(target *url.URL, cfg Config) (*Proxy, error) {
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.buildRefusals()
 	switch target.Scheme {
-	case "http", "https":
+	case "http", "https", "h2c":
 		if target.Host == "" {
 			return nil, fmt.Errorf("proxy: target %q has no host", target.Redacted())
 		}
@@ -127,15 +132,15 @@ func New(target *url.URL, cfg Config) (*Proxy, error) {
 			tc.NextProtos = []string{"http/1.1"}
 			p.pool.tlsConfig = tc
 		}
-	case "unix":
+	case "unix", "h2c+unix":
 		path := target.Path
 		if target.Host != "" || path == "" {
-			return nil, fmt.Errorf("proxy: target %q: want unix:///path/to/socket", target.Redacted())
+			return nil, fmt.Errorf("proxy: target %q: want %s:///path/to/socket", target.Redacted(), target.Scheme)
 		}
 		p.pool.network, p.pool.addr = "unix", path
 		p.defaultHost = "localhost"
 	default:
-		return nil, fmt.Errorf("proxy: target %q: scheme must be http, https or unix", target.Redacted())
+		return nil, fmt.Errorf("proxy: target %q: scheme must be http, https, unix, h2c or h2c+unix", target.Redacted())
 	}
 	p.pool.dial = cfg.DialContext
 	if p.pool.dial == nil {
@@ -143,6 +148,9 @@ func New(target *url.URL, cfg Config) (*Proxy, error) {
 		p.pool.dial = d.DialContext
 	}
 	p.pool.dialTimeout = cfg.DialTimeout
+	if target.Scheme == "h2c" || target.Scheme == "h2c+unix" {
+		p.h2c = newH2CUpstream(cfg, p.pool.dial, p.pool.network, p.pool.addr)
+	}
 	p.pool.idleTimeout = cfg.IdleConnTimeout
 	if cfg.MaxIdleConns > 0 {
 		p.pool.idle = make(chan *upConn, cfg.MaxIdleConns)
@@ -184,18 +192,22 @@ func (p *Proxy) Close() error {
 	}
 	p.mu.Unlock()
 	p.pool.close()
+	if p.h2c != nil {
+		p.h2c.tr.CloseIdleConnections()
+	}
 	p.wg.Wait()
 	return nil
 }
 
 // eventLoops returns Serve's event loops, starting them on first use, or
 // nil when connections are served by goroutines (Config.EventLoops < 0,
-// an https target, a platform without epoll).
+// an https or h2c target, a platform without epoll).
 func (p *Proxy) eventLoops() *loopSet {
 	if ls := p.loops.Load(); ls != nil {
 		return ls
 	}
-	if p.cfg.EventLoops < 0 || p.pool.tlsConfig != nil {
+	if p.cfg.EventLoops < 0 || p.pool.tlsConfig != nil || p.h2c != nil {
+		// The loops speak HTTP/1.1 upstream themselves.
 		return nil
 	}
 	p.mu.Lock()
@@ -315,6 +327,8 @@ type handlerSide struct {
 	w  http.ResponseWriter
 	r  *http.Request
 	rc *http.ResponseController // made on first use
+	// wrote is set once part of the body has been written.
+	wrote bool
 }
 
 var _ clientSide = (*handlerSide)(nil)
@@ -327,6 +341,9 @@ func (hs *handlerSide) ctl() *http.ResponseController {
 }
 
 func (hs *handlerSide) beforeBody() {
+	// Made here, before the body copy starts: that goroutine sets read
+	// deadlines while this one writes, and both go through hs.rc.
+	hs.ctl()
 	if hs.r.ProtoMajor == 1 {
 		// Let the response stream back while the body still streams up.
 		_ = hs.ctl().EnableFullDuplex()
@@ -360,6 +377,7 @@ func (hs *handlerSide) writeHead(resp *http.Response, bodyPending bool) {
 var connectionClose = []string{"close"}
 
 func (hs *handlerSide) write(p []byte) error {
+	hs.wrote = true
 	_, err := hs.w.Write(p)
 	return err
 }
@@ -375,9 +393,15 @@ func (hs *handlerSide) endBody(trailer http.Header) error {
 	}
 	if hs.rc != nil {
 		// Deadlines moved for a long response must not outlive it: the
-		// server may not reset them before the next request.
-		if err := hs.rc.Flush(); err != nil {
-			return err
+		// server may not reset them before the next request. Without a
+		// body there is nothing to flush, and a flush would split an
+		// HTTP/2 response that the handler's return sends as one
+		// HEADERS frame ending the stream (a gRPC trailers-only
+		// response) into HEADERS and an empty DATA frame.
+		if hs.wrote {
+			if err := hs.rc.Flush(); err != nil {
+				return err
+			}
 		}
 		_ = hs.rc.SetWriteDeadline(time.Time{})
 	}

@@ -216,7 +216,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		logLevel    = fs.String("log-level", "info", "debug, info, warn or error")
 		logFormat   = fs.String("log-format", "text", logfmt.Formats+"; -log-to ships the lines as written")
 		logTo       = fs.String("log-to", "", "also send quench-enclave's log and the app's standard output and error to quench-host -enclave-logs at `URL` (vsock://3:1025), on a VSOCK stream of their own: they arrive while the enclave's network is down, and a production enclave has no console. Lines wait in a 1 MiB buffer while the host is away, past it they are dropped and counted, never blocking the app. The host reads every line, so never log secrets; the app's output is a way out of the enclave that -allow does not hold. Named in /enclave/config (annotation logs_to_host) with -app-url; off by default")
-		appURL      = fs.String("app-url", "", "the app's address, http://HOST:PORT or unix:///path; turns serving on (HTTPS, attestation, proxy to the app)")
+		appURL      = fs.String("app-url", "", "the app's address, http://HOST:PORT or unix:///path; h2c://HOST:PORT or h2c+unix:///path for an app that speaks HTTP/2 without TLS (gRPC servers; clients get HTTP/2 or HTTP/1.1 over the enclave's TLS); turns serving on (HTTPS, attestation, proxy to the app)")
 		appCmd      = fs.String("app-cmd", "", "start the app with this command line (split like a POSIX shell, without expansion); or give it after --")
 		appSandbox  = fs.String("app-sandbox", "auto", "start the app under a seccomp filter that refuses it (and what it starts) VSOCK sockets, packet, XDP and raw sockets, io_uring and taking other processes' descriptors (pidfd_getfd): the ways past the egress policy besides the TAP device. auto: with -allow; on; off")
 		appUser     = fs.String("app-user", "", "run the app as `USER[:GROUP]` (names or numeric IDs; supplementary groups dropped; the environment, HOME included, is passed on unchanged). An app running as root can reach into quench-enclave itself: give a user for -allow to hold against the app")
@@ -471,8 +471,10 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	if err != nil {
 		return nil, fmt.Errorf("-app-url: %w", err)
 	}
-	if u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "unix" {
-		return nil, fmt.Errorf("-app-url %q: want http://HOST:PORT or unix:///path", *appURL)
+	switch u.Scheme {
+	case "http", "https", "unix", "h2c", "h2c+unix":
+	default:
+		return nil, fmt.Errorf("-app-url %q: want http://HOST:PORT, unix:///path, h2c://HOST:PORT or h2c+unix:///path", *appURL)
 	}
 	o.cfg.AppURL = u
 	o.cfg.PublicAddr = *publicAddr

@@ -335,6 +335,25 @@ func TestKeySyncFlags(t *testing.T) {
 	}
 }
 
+// TestAppURLH2C: -app-url takes h2c://HOST:PORT and h2c+unix:///path (an
+// app that speaks HTTP/2 without TLS, such as a gRPC server).
+func TestAppURLH2C(t *testing.T) {
+	for _, u := range []string{"h2c://127.0.0.1:50051", "h2c+unix:///run/app.sock"} {
+		var stderr bytes.Buffer
+		o, err := parse([]string{"-app-url", u}, &stderr)
+		if err != nil {
+			t.Fatalf("%s: %v", u, err)
+		}
+		if o.cfg.AppURL == nil || o.cfg.AppURL.String() != u {
+			t.Errorf("%s: AppURL %v", u, o.cfg.AppURL)
+		}
+	}
+	var stderr bytes.Buffer
+	if code := run([]string{"-app-url", "h2://127.0.0.1:1"}, &stderr); code != 2 || !strings.Contains(stderr.String(), "h2c://HOST:PORT") {
+		t.Errorf("h2://: exit %d, %q", code, stderr.String())
+	}
+}
+
 // TestAdmissionDefaults: without -queue, quench-enclave queues 8 requests
 // per in-flight slot for up to 200 ms (package proxy refuses at once).
 func TestAdmissionDefaults(t *testing.T) {
