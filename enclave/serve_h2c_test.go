@@ -83,6 +83,8 @@ func TestServeAppURLH2C(t *testing.T) {
 			defer cancel()
 			pr, pw := io.Pipe()
 			req, _ = http.NewRequestWithContext(ctx, "POST", env.public+"/chat", pr)
+			// net/http's client gives up on ctx only once its body read returns.
+			defer context.AfterFunc(ctx, func() { pw.CloseWithError(ctx.Err()) })()
 			req.Header.Set("Te", "trailers")
 			go func() { _, _ = io.WriteString(pw, "m0\n") }()
 			resp, err = c.Do(req)
