@@ -717,4 +717,3 @@ func TestH2CTargets(t *testing.T) {
 		}
 	}
 }
-
