@@ -3,7 +3,8 @@
 //
 // # Overview
 //
-// [New] returns a [*Proxy] for a target URL (http, https or unix). It meets
+// [New] returns a [*Proxy] for a target URL (http, https or unix; h2c or
+// h2c+unix for HTTP/2 upstreams, below). It meets
 // clients in one of two ways:
 //
 //   - [Proxy.Serve] accepts connections from a [net.Listener] and speaks
@@ -75,6 +76,53 @@
 //     before the response starts, and aborts the response when it fails
 //     later; a client that goes away cancels the upstream exchange.
 //
+// # HTTP/2 upstreams (h2c)
+//
+// A target h2c://host:port (path prefix allowed, port 80 by default) or
+// h2c+unix:///path/to/socket names an upstream that speaks HTTP/2 in
+// cleartext with prior knowledge, as gRPC servers do; gRPC needs HTTP/2
+// end to end (trailers, te: trailers, full-duplex streams), which the
+// HTTP/1.1 path cannot give. The unix form is a scheme of its own, like
+// unix, so that one URL (quench-enclave's -app-url) says both where the
+// app is and which protocol it speaks. Such requests go upstream through
+// net/http's [http.Transport] with [http.Protocols] set to unencrypted
+// HTTP/2 only: each request is a stream, multiplexed on a connection (or a
+// few) that [Config.DialContext] dials, so unix sockets and gVisor
+// connections work as for the other targets. h2c is only ever spoken
+// upstream: clients never get it (an "Upgrade: h2c" request goes upstream
+// as a plain request, without its Upgrade and HTTP2-Settings fields).
+//
+// With an h2c target:
+//   - the request head is the one the HTTP/1.1 path writes (hop-by-hop
+//     fields and the ones Connection names dropped, "TE: trailers" kept, as
+//     RFC 9110 section 10.1.4 lets it through and gRPC servers require it;
+//     forwarding fields, Host, underscore rule and path prefix alike),
+//     parsed into the Transport's request; no User-Agent or
+//     Accept-Encoding of the Transport's own is added;
+//   - the request body streams up while the response streams back, every
+//     part of the response flushed as it arrives, and its header flushed
+//     before the body; the trailers follow (announced with Trailer or not).
+//     An empty response is not flushed, so that HTTP/2 clients get one
+//     HEADERS frame ending the stream, which is how gRPC ends a
+//     trailers-only response; HTTP/1.1 clients get Content-Length: 0;
+//   - each request holds one in-flight slot ([Config.MaxInFlight]) while it
+//     streams; metrics, Intercept, 502 and 504 with a log line, and
+//     cancellation when the client goes away (the upstream stream is reset)
+//     are as on the HTTP/1.1 path. UpstreamTimeout bounds the wait for the
+//     response header once the request body has ended (a stream whose body
+//     is open may wait as long as it sends), each wait for response data
+//     (long-lived gRPC streams that stay quiet longer must send keep-alive
+//     messages, or the embedding program must raise or disable it) and,
+//     as the Transport's HTTP/2 WriteByteTimeout, a connection that takes
+//     no byte of a request;
+//   - Serve's event loops, which speak HTTP/1.1 upstream, are not used:
+//     HTTP/1.1 clients are served on a goroutine per connection (or by
+//     net/http's server under ServeHTTP) and forwarded over h2c;
+//   - upgrades (WebSocket) are not relayed: HTTP/2 has no Upgrade, and the
+//     request goes upstream as a plain one. MaxIdleConns < 0 turns off
+//     connection reuse, MaxConns caps the connections (each carries many
+//     streams), TLSClientConfig is not used.
+//
 // # Metrics
 //
 // [Config.Metrics] takes any [Metrics] implementation; the package itself
@@ -83,7 +131,8 @@
 //
 // # Limits
 //
-// Upstreams are spoken to in HTTP/1.1 only. HTTP/2 clients cannot upgrade
+// Upstreams are spoken to in HTTP/1.1, or in HTTP/2 without TLS (h2c
+// targets) only. HTTP/2 clients cannot upgrade
 // (no extended CONNECT); WebSocket clients must use HTTP/1.1, which browsers
 // do by default. CONNECT requests are refused with 405.
 package proxy
