@@ -436,6 +436,60 @@ func TestServerSentEvents(t *testing.T) {
 	}
 }
 
+// TestStreamHeadBeforeBody: an upstream that sends the head of a response
+// of unknown length (server-sent events, a stream) and then waits, for an
+// event or for the client, has the head reach the client at once: a client
+// that waits for the head before it sends (full duplex) or shows the
+// stream as open must not wait for the first event. The handler front end
+// held the head in net/http's buffer until the first body bytes.
+func TestStreamHeadBeforeBody(t *testing.T) {
+	checkGoroutines(t)
+	for _, front := range fronts {
+		t.Run(front, func(t *testing.T) {
+			release := make(chan struct{})
+			up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "text/event-stream")
+				w.WriteHeader(http.StatusOK)
+				w.(http.Flusher).Flush()
+				select {
+				case <-release:
+				case <-r.Context().Done():
+					return
+				}
+				fmt.Fprint(w, "data: late\n\n")
+			})
+			env := newEnv(t, front, up, Config{})
+			type result struct {
+				resp *http.Response
+				err  error
+			}
+			got := make(chan result, 1)
+			go func() {
+				resp, err := env.client.Get(env.url + "/events")
+				got <- result{resp, err}
+			}()
+			select {
+			case r := <-got:
+				close(release)
+				if r.err != nil {
+					t.Fatal(r.err)
+				}
+				body, _ := io.ReadAll(r.resp.Body)
+				r.resp.Body.Close()
+				if string(body) != "data: late\n\n" {
+					t.Errorf("body %q", body)
+				}
+			case <-time.After(3 * time.Second):
+				close(release)
+				if r := <-got; r.err == nil {
+					r.resp.Body.Close()
+				}
+				t.Fatal("no response head within 3 s while the upstream waited with its head sent")
+			}
+		})
+	}
+}
+
 func TestHTTP2OverTLS(t *testing.T) {
 	checkGoroutines(t)
 	up := httptest.NewServer(http.HandlerFunc(echoHandler))

@@ -531,6 +531,13 @@ func (ex *exchange) copyResponse(uc *upConn, resp *http.Response) (complete bool
 	// deadline.
 	tt := p.cfg.TransferTimeout
 	manageDeadline := tt > 0 && (stream || resp.ContentLength > int64(len(buf)))
+	if stream && uc.br.Buffered() == 0 {
+		// The head alone so far: the upstream may wait (for an event, or
+		// for the client, full duplex) before any body. Send the head now.
+		if werr := cs.flush(); werr != nil {
+			return false, nil, werr
+		}
+	}
 	for {
 		if err := ex.waitUpstream(uc); err != nil {
 			if errors.Is(err, errClientGone) {
