@@ -103,8 +103,10 @@ type Config struct {
 	// more often than this. Deadlines on upstream connections are moved
 	// lazily (within an eighth of this); reads that hit a deadline kept from
 	// an earlier request read again, so the timeout is never shorter than
-	// set. Negative disables it. Default:
-	// DefaultUpstreamTimeout (60 s).
+	// set. With an h2c target it bounds the wait for the response header,
+	// and after that much silence on an upstream connection a PING checks
+	// it; a stream may stay silent (see the package documentation).
+	// Negative disables it. Default: DefaultUpstreamTimeout (60 s).
 	UpstreamTimeout time.Duration
 
 	// TransferTimeout bounds each read of the request body from the client

@@ -110,11 +110,13 @@
 //     cancellation when the client goes away (the upstream stream is reset)
 //     are as on the HTTP/1.1 path. UpstreamTimeout bounds the wait for the
 //     response header once the request body has ended (a stream whose body
-//     is open may wait as long as it sends), each wait for response data
-//     (long-lived gRPC streams that stay quiet longer must send keep-alive
-//     messages, or the embedding program must raise or disable it) and,
-//     as the Transport's HTTP/2 WriteByteTimeout, a connection that takes
-//     no byte of a request;
+//     is open may wait as long as it sends), the silence on an upstream
+//     connection after which a PING asks whether it is still there (it is
+//     closed if the PING goes unanswered within the same time, at most
+//     15 s) and, as the Transport's HTTP/2 WriteByteTimeout, a connection
+//     that takes no byte of a request. A stream itself may stay silent as
+//     long as it lives: gRPC server and watch streams wait for events, and
+//     the client ends them;
 //   - Serve's event loops, which speak HTTP/1.1 upstream, are not used:
 //     HTTP/1.1 clients are served on a goroutine per connection (or by
 //     net/http's server under ServeHTTP) and forwarded over h2c;

@@ -58,6 +58,12 @@ func newH2CUpstream(cfg Config, dial func(ctx context.Context, network, addr str
 		// A connection that takes no byte of a request for this long is
 		// closed.
 		tr.HTTP2.WriteByteTimeout = t
+		// A response may stay silent as long as its stream lives (gRPC
+		// server and watch streams wait for events); whether the upstream
+		// is still there is asked with a PING after this much silence on
+		// the connection, which is closed if the PING goes unanswered.
+		tr.HTTP2.SendPingTimeout = t
+		tr.HTTP2.PingTimeout = min(t, 15*time.Second)
 	}
 	host := addr
 	if network == "unix" {
@@ -158,7 +164,7 @@ func (ex *exchange) serveH2C() {
 			return
 		}
 	}
-	rerr, werr := ex.copyH2C(ctx, cancel, resp)
+	rerr, werr := ex.copyH2C(ctx, resp)
 	if rerr != nil {
 		if ctx.Err() != nil && ex.ctx.Err() == nil {
 			if cause := context.Cause(ctx); cause != nil {
@@ -188,29 +194,17 @@ func (ex *exchange) clientGone(err error) {
 }
 
 // copyH2C copies an h2c response body to the client, flushing every part:
-// gRPC messages must not wait in a buffer. Each read waits for the
-// upstream for at most UpstreamTimeout.
-func (ex *exchange) copyH2C(ctx context.Context, cancel context.CancelCauseFunc, resp *http.Response) (rerr, werr error) {
+// gRPC messages must not wait in a buffer. A read waits as long as the
+// stream lives: the client may end it, and the upstream's connection is
+// checked with PINGs (newH2CUpstream), not by a bound on the silence.
+func (ex *exchange) copyH2C(ctx context.Context, resp *http.Response) (rerr, werr error) {
 	p, cs := ex.p, ex.cs
 	bp := p.getBuf()
 	defer p.putBuf(bp)
 	buf := *bp
-	var timer *time.Timer
-	if t := p.cfg.UpstreamTimeout; t > 0 {
-		timer = time.AfterFunc(t, func() {
-			cancel(fmt.Errorf("proxy: no response data for %v: %w", t, errTimeout))
-		})
-		defer timer.Stop()
-	}
 	tt := p.cfg.TransferTimeout
 	for {
-		if timer != nil {
-			timer.Reset(p.cfg.UpstreamTimeout)
-		}
 		n, err := resp.Body.Read(buf)
-		if timer != nil {
-			timer.Stop()
-		}
 		if n > 0 {
 			if tt > 0 {
 				cs.setWriteDeadline(time.Now().Add(tt))
