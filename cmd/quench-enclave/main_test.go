@@ -124,6 +124,8 @@ func TestBadFlags(t *testing.T) {
 		{"bad max in flight", []string{"-app-url", "http://127.0.0.1:1", "-max-in-flight", "-5"}, "-max-in-flight -5"},
 		{"negative queue", []string{"-app-url", "http://127.0.0.1:1", "-queue", "-1"}, "must not be negative"},
 		{"zero queue timeout", []string{"-app-url", "http://127.0.0.1:1", "-queue-timeout", "0s"}, "-queue-timeout must be positive"},
+		{"negative app timeout", []string{"-app-url", "http://127.0.0.1:1", "-app-timeout", "-1s"}, "-app-timeout -1s: must not be negative"},
+		{"app timeout without app", []string{"-forward", "vsock://:8080=127.0.0.1:3000", "-app-timeout", "5m"}, "-app-timeout needs -app-url"},
 		{"bad log level", []string{"-log-level", "loud"}, "-log-level"},
 		{"bad log format", []string{"-log-format", "xml"}, `-log-format "xml": want text or json`},
 		{"leader without app", []string{"-fqdn-leader", "leader.internal"}, "-fqdn-leader needs -app-url"},
@@ -382,6 +384,28 @@ func TestAdmissionDefaults(t *testing.T) {
 				t.Errorf("MaxInFlight, QueueSize, QueueTimeout (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// TestAppTimeout: -app-timeout sets the proxy's UpstreamTimeout; 0 is
+// none (the proxy's -1), the default the proxy's.
+func TestAppTimeout(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want time.Duration
+	}{
+		{nil, proxy.DefaultUpstreamTimeout},
+		{[]string{"-app-timeout", "10m"}, 10 * time.Minute},
+		{[]string{"-app-timeout", "0"}, -1},
+	} {
+		var stderr bytes.Buffer
+		o, err := parse(append([]string{"-app-url", "http://127.0.0.1:1"}, tc.args...), &stderr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := o.cfg.Proxy.UpstreamTimeout; got != tc.want {
+			t.Errorf("%v: UpstreamTimeout %s, want %s", tc.args, got, tc.want)
+		}
 	}
 }
 
