@@ -125,6 +125,14 @@
 //     connection reuse, MaxConns caps the connections (each carries many
 //     streams), TLSClientConfig is not used.
 //
+// The h2c path is net/http's HTTP/2 Transport, not the hand-written
+// HTTP/1.1 path: BenchmarkH2CUpstream (an HTTP/2 client over TLS, a small
+// POST, the same handler behind h2c and behind HTTP/1.1, everything in
+// one process) measured 166-174 µs and 234 allocations a request through
+// h2c against 132 µs and 152 through HTTP/1.1 (1.3×), the upstream
+// server's own HTTP/2 included. Apps that can speak HTTP/1.1 are the
+// cheaper choice; gRPC servers cannot.
+//
 // # Metrics
 //
 // [Config.Metrics] takes any [Metrics] implementation; the package itself
