@@ -762,3 +762,24 @@ func BenchmarkH2CUpstream(b *testing.B) {
 		})
 	}
 }
+
+// TestH2CTrailersOnlyNoContentLength: as TestH2CTrailersOnly, but the
+// upstream's HEADERS frame ending the stream has no content-length, as
+// grpc-go's server sends an error (net/http's server adds content-length:
+// 0, which hid the difference). The client must get one HEADERS frame
+// ending the stream, not HEADERS and an empty DATA frame ending it, which
+// gRPC clients fail with "server closed the stream without sending
+// trailers" (Internal).
+func TestH2CTrailersOnlyNoContentLength(t *testing.T) {
+	env := newH2CEnv(t, startRawH2CUpstream(t), Config{})
+	fields, ended := h2RawResponse(t, env.addr, [][2]string{
+		{":method", "POST"}, {":scheme", "https"}, {":authority", "app"}, {":path", "/pkg.Svc/Missing"},
+		{"content-type", "application/grpc"}, {"te", "trailers"},
+	}, []byte("\x00\x00\x00\x00\x00"))
+	if fields[":status"] != "200" || fields["grpc-status"] != "5" {
+		t.Errorf("response header %v, want 200 with grpc-status 5", fields)
+	}
+	if !ended {
+		t.Errorf("the response HEADERS frame did not end the stream: not a trailers-only response (fields %v)", fields)
+	}
+}
