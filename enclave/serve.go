@@ -531,12 +531,17 @@ func (s *servers) publicHandler(app http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.inFlight.Add(1)
 		defer s.inFlight.Add(-1)
+		var h2 *h2Writer
+		if r.ProtoMajor == 2 {
+			h2 = &h2Writer{ResponseWriter: w}
+			w = h2
+		}
 		if enclavePaths(r) {
 			encl.ServeHTTP(w, r)
 		} else {
 			app.ServeHTTP(w, r)
 		}
-		if r.ProtoMajor == 2 {
+		if h2 != nil && h2.wrote {
 			// What the handler left buffered goes out after it
 			// returns, and may wait for the client's flow-control
 			// window (a slow reader): send it while the request
@@ -544,10 +549,48 @@ func (s *servers) publicHandler(app http.Handler) http.Handler {
 			// not close the connection under it. (HTTP/2 then
 			// declares no Content-Length for a body the handler
 			// left unsized; the body's framing does not need it.)
-			_ = http.NewResponseController(w).Flush()
+			// A response without a body is not flushed: nothing of
+			// it waits for a window, and the handler's return sends
+			// it as one HEADERS frame ending the stream, which is how
+			// a gRPC trailers-only response (an error status) must
+			// end; a flush split it into HEADERS and an empty DATA
+			// frame, and gRPC clients failed the call with Internal.
+			_ = http.NewResponseController(h2.ResponseWriter).Flush()
 		}
 	})
 }
+
+// h2Writer notes whether an HTTP/2 handler wrote any body bytes. It
+// unwraps for http.ResponseController and passes Flush and Push on.
+type h2Writer struct {
+	http.ResponseWriter
+	wrote bool
+}
+
+func (w *h2Writer) Write(p []byte) (int, error) {
+	if len(p) > 0 {
+		w.wrote = true
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+func (w *h2Writer) WriteString(s string) (int, error) {
+	if len(s) > 0 {
+		w.wrote = true
+	}
+	return io.WriteString(w.ResponseWriter, s)
+}
+
+func (w *h2Writer) Flush() { _ = http.NewResponseController(w.ResponseWriter).Flush() }
+
+func (w *h2Writer) Push(target string, opts *http.PushOptions) error {
+	if p, ok := w.ResponseWriter.(http.Pusher); ok {
+		return p.Push(target, opts)
+	}
+	return http.ErrNotSupported
+}
+
+func (w *h2Writer) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 func (s *servers) handleIndex(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Path != IndexPath && r.URL.Path != IndexPath+"/" {

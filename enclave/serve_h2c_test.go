@@ -2,6 +2,7 @@ package enclave_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -11,6 +12,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 
 	"github.com/quenchnet/quench/enclave"
 )
@@ -128,5 +132,83 @@ func TestServeAppURLH2C(t *testing.T) {
 				t.Errorf("HTTP/1.1 client: HTTP/%d %q, want HTTP/1 %q", resp.ProtoMajor, b, want)
 			}
 		})
+	}
+}
+
+// TestServeAppURLH2CTrailersOnly: a gRPC trailers-only response (the app
+// answers an error with one HEADERS frame ending the stream, grpc-status
+// in it, no body) reaches an HTTP/2 client as one HEADERS frame ending the
+// stream. The public handler's flush after the app's handler returned
+// split it into HEADERS and an empty DATA frame ending the stream, which
+// grpc-go's client fails with Internal ("server closed the stream without
+// sending trailers") instead of the app's status; found by
+// scripts/grpcinterop.
+func TestServeAppURLH2CTrailersOnly(t *testing.T) {
+	var protos http.Protocols
+	protos.SetUnencryptedHTTP2(true)
+	app := &http.Server{Protocols: &protos, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/grpc")
+		w.Header().Set("Grpc-Status", "5")
+		w.Header().Set("Grpc-Message", "x")
+		w.WriteHeader(200)
+	})}
+	ln := listenLocal(t, "tcp")
+	go func() { _ = app.Serve(ln) }()
+	t.Cleanup(func() { _ = app.Close() })
+	env := svStart(t, func(c *enclave.Config) {
+		c.Handler = nil
+		c.AppURL = &url.URL{Scheme: "h2c", Host: ln.Addr().String()}
+	})
+
+	c, err := tls.Dial("tcp", strings.TrimPrefix(env.public, "https://"), &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write([]byte(http2.ClientPreface)); err != nil {
+		t.Fatal(err)
+	}
+	fr := http2.NewFramer(c, c)
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	_ = fr.WriteSettings()
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	for _, f := range [][2]string{{":method", "POST"}, {":scheme", "https"}, {":authority", "app"},
+		{":path", "/pkg.Svc/Get"}, {"content-type", "application/grpc"}, {"te", "trailers"}} {
+		_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndHeaders: true})
+	_ = fr.WriteData(1, true, []byte("\x00\x00\x00\x00\x00")) // a gRPC request: an empty message
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				_ = fr.WriteSettingsAck()
+			}
+		case *http2.MetaHeadersFrame:
+			fields := map[string]string{}
+			for _, hf := range f.Fields {
+				fields[hf.Name] = hf.Value
+			}
+			if fields[":status"] != "200" || fields["grpc-status"] != "5" || fields["grpc-message"] != "x" {
+				t.Errorf("response header %v, want 200 with grpc-status 5", fields)
+			}
+			if !f.StreamEnded() {
+				t.Errorf("the response HEADERS frame did not end the stream: not a trailers-only response")
+			}
+			return
+		case *http2.DataFrame:
+			t.Fatalf("DATA frame (%q, END_STREAM %v) before the response HEADERS", f.Data(), f.StreamEnded())
+		case *http2.RSTStreamFrame:
+			t.Fatalf("RST_STREAM %v", f.ErrCode)
+		case *http2.GoAwayFrame:
+			t.Fatalf("GOAWAY %v", f.ErrCode)
+		}
 	}
 }
