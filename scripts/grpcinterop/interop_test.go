@@ -108,6 +108,11 @@ func TestGRPCThroughEnclave(t *testing.T) {
 		if got := hdr.Get("x-client-md-seen"); len(got) != 1 || got[0] != "c1" {
 			t.Errorf("the server saw x-client-md %q, want [c1] (header %v)", got, hdr)
 		}
+		if got := hdr.Get("x-deadline-in"); len(got) != 1 {
+			t.Errorf("the server saw no deadline: grpc-timeout lost? (header %v)", hdr)
+		} else if d, err := time.ParseDuration(got[0]); err != nil || d <= 5*time.Second || d > 15*time.Second {
+			t.Errorf("the server saw a deadline in %q, want the client's (15 s or a little less)", got[0])
+		}
 		if got := hdr.Get("content-type"); len(got) != 1 || got[0] != "application/grpc+raw" {
 			t.Errorf("content-type %q, want [application/grpc+raw]", got)
 		}
@@ -127,6 +132,9 @@ func TestGRPCThroughEnclave(t *testing.T) {
 		st, ok := status.FromError(err)
 		if !ok || st.Code() != codes.NotFound || st.Message() != "x" {
 			t.Fatalf("Echo(notfound): %v, want code NotFound, message \"x\"", err)
+		}
+		if d := st.Details(); len(d) != 1 || d[0].(*healthpb.HealthCheckResponse).GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING {
+			t.Errorf("status details %v, want one HealthCheckResponse NOT_SERVING (grpc-status-details-bin)", d)
 		}
 		if got := trl.Get("x-err-trl"); len(got) != 1 || got[0] != "gone" {
 			t.Errorf("trailer x-err-trl %q, want [gone] (trailer %v)", got, trl)

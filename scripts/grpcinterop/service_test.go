@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/encoding"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
@@ -55,10 +56,11 @@ const (
 //
 //   - Echo (unary): replies "echo:"+request, with header x-unary-hdr and
 //     x-client-md-seen (the values of the request's x-client-md) and
-//     trailer x-unary-trl; the request "notfound" gets
-//     status.Error(codes.NotFound, "x") with only the trailer x-err-trl set,
-//     which grpc-go's server sends as a trailers-only response (one HEADERS
-//     frame ending the stream);
+//     x-deadline-in (the call's deadline, from grpc-timeout), and trailer
+//     x-unary-trl; the request "notfound" gets a NotFound status, message
+//     "x", with a detail (grpc-status-details-bin, a binary field) and only
+//     the trailer x-err-trl set, which grpc-go's server sends as a
+//     trailers-only response (one HEADERS frame ending the stream);
 //   - Chat (bidi): sends header x-stream-hdr at once, before reading
 //     anything, then replies "re:"+m to every message m, and ends with
 //     trailer x-stream-trl when the client closes its side;
@@ -76,11 +78,19 @@ func newEchoServer() *echoServer {
 func (s *echoServer) echo(ctx context.Context, req []byte) ([]byte, error) {
 	if string(req) == "notfound" {
 		grpc.SetTrailer(ctx, metadata.Pairs("x-err-trl", "gone"))
-		return nil, status.Error(codes.NotFound, "x")
+		st, err := status.New(codes.NotFound, "x").WithDetails(&healthpb.HealthCheckResponse{Status: healthpb.HealthCheckResponse_NOT_SERVING})
+		if err != nil {
+			return nil, err
+		}
+		return nil, st.Err()
 	}
 	md, _ := metadata.FromIncomingContext(ctx)
 	hdr := metadata.Pairs("x-unary-hdr", "h1")
 	hdr.Set("x-client-md-seen", md.Get("x-client-md")...)
+	if dl, ok := ctx.Deadline(); ok {
+		// grpc-timeout came through.
+		hdr.Set("x-deadline-in", time.Until(dl).String())
+	}
 	if err := grpc.SetHeader(ctx, hdr); err != nil {
 		return nil, err
 	}
