@@ -51,14 +51,24 @@ func appScheme() string {
 // through quench-host and quench-enclave (-network userspace, -app-url
 // h2c://): TLS and HTTP/2 from the client to the enclave, h2c from the
 // enclave to the server.
+// The app listens on TCP (-app-url h2c://127.0.0.1:PORT) and on a unix
+// socket (h2c+unix:///path).
 func TestGRPCThroughEnclave(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds quench-host and quench-enclave and runs them")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Second)
 	defer cancel()
-	env := startEnv(t, ctx)
+	bin := buildBinaries(t, ctx)
+	for _, network := range []string{"tcp", "unix"} {
+		t.Run(network, func(t *testing.T) {
+			checkGRPC(t, ctx, startEnv(t, ctx, bin, network))
+		})
+	}
+}
 
+// checkGRPC runs the checks against env, as subtests.
+func checkGRPC(t *testing.T, ctx context.Context, env *env) {
 	var rec rpcRecorder
 	conn, err := grpc.NewClient(env.publicAddr,
 		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{InsecureSkipVerify: true})),
@@ -263,7 +273,9 @@ type env struct {
 	publicAddr string // quench-host's published port, to the enclave's :443
 }
 
-func startEnv(t *testing.T, ctx context.Context) *env {
+// buildBinaries builds quench-host and quench-enclave from the root module
+// into a temporary directory and returns it.
+func buildBinaries(t *testing.T, ctx context.Context) string {
 	t.Helper()
 	goBin, err := exec.LookPath("go")
 	if err != nil {
@@ -273,17 +285,38 @@ func startEnv(t *testing.T, ctx context.Context) *env {
 	if err != nil {
 		t.Skipf("the quench repository is not where expected: %v", err)
 	}
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "bin")
+	bin := t.TempDir()
 	build := exec.CommandContext(ctx, goBin, "build", "-o", bin+string(filepath.Separator), "./cmd/quench-host", "./cmd/quench-enclave")
 	build.Dir = root
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build in %s: %v\n%s", root, err, out)
 	}
+	return bin
+}
 
-	// The app: grpc-go's server on plain TCP, which speaks h2c with prior
-	// knowledge.
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+// startEnv starts the app (listening on network, tcp or unix),
+// quench-host and quench-enclave, and waits until the enclave serves.
+func startEnv(t *testing.T, ctx context.Context, bin, network string) *env {
+	t.Helper()
+	dir := t.TempDir()
+
+	// The app: grpc-go's server on a plain listener, where it speaks h2c
+	// with prior knowledge.
+	var appURL string
+	var lis net.Listener
+	var err error
+	switch network {
+	case "tcp":
+		lis, err = net.Listen("tcp", "127.0.0.1:0")
+		appURL = appScheme() + "://" + lis.Addr().String()
+	case "unix":
+		path := filepath.Join(dir, "app.sock")
+		lis, err = net.Listen("unix", path)
+		appURL = "unix://" + path
+		if appScheme() == "h2c" {
+			appURL = "h2c+unix://" + path
+		}
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -312,7 +345,7 @@ func startEnv(t *testing.T, ctx context.Context) *env {
 	enclave := start(t, filepath.Join(bin, "quench-enclave"),
 		"-network", "userspace", // never TAP here: see the repository's safety rules
 		"-host", "unix://"+sock,
-		"-app-url", appScheme()+"://"+lis.Addr().String(),
+		"-app-url", appURL,
 		"-internal-addr", freeLoopbackAddr(t),
 		"-dev-attester", "-dev-root-out", filepath.Join(dir, "root.pem"),
 		"-resolv-conf", "-",
