@@ -28,13 +28,14 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// appScheme is the scheme of quench-enclave's -app-url: h2c. Setting
-// GRPCINTEROP_APP_SCHEME=http runs the same test against the HTTP/1.1 path,
-// to see that the test catches a broken h2c path. It does: every subtest
-// fails (the proxy speaks HTTP/1.1 to grpc-go's server and answers 502,
-// which grpc-go reports as Unavailable; the bidi stream gets no header and
-// fails at its 15 s timeout; the cancellation check finds no call reaching
-// the server), in about 30 s. Before the enclave stopped flushing HTTP/2
+// appScheme is the scheme of quench-enclave's -app-url: h2c (h2c+unix for
+// the unix socket). Setting GRPCINTEROP_APP_SCHEME=http (http, unix) runs
+// the same test against the HTTP/1.1 path, to see that the test catches a
+// broken h2c path. It does: every subtest fails (the proxy speaks HTTP/1.1
+// to grpc-go's server and answers 502, which grpc-go reports as
+// Unavailable; the bidi stream gets no header and fails at its 15 s
+// timeout; the cancellation check finds no call reaching the server), in
+// about 27 s per network. Before the enclave stopped flushing HTTP/2
 // responses that have no body (enclave.TestServeAppURLH2CTrailersOnly), the
 // two error checks here failed: grpc-go got HEADERS then an empty DATA
 // frame ending the stream, ignored the grpc-status in the header and
