@@ -347,7 +347,7 @@ func startEnv(t *testing.T, ctx context.Context, bin, network string) *env {
 		"-network", "userspace", // never TAP here: see the repository's safety rules
 		"-host", "unix://"+sock,
 		"-app-url", appURL,
-		"-internal-addr", freeLoopbackAddr(t),
+		"-internal-addr", "127.0.0.1:0", // any free port: the test does not use it
 		"-dev-attester", "-dev-root-out", filepath.Join(dir, "root.pem"),
 		"-resolv-conf", "-",
 		"-start-timeout", "20s", "-drain-timeout", "1s")
@@ -389,16 +389,6 @@ func repoRoot() (string, error) {
 		return "", fmt.Errorf("%s/go.mod is not the quench root module", root)
 	}
 	return root, nil
-}
-
-func freeLoopbackAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 // proc is a started daemon whose output (standard output and error
