@@ -30,7 +30,6 @@ func (h *Host) StackTCPConnected() uint64 {
 // SetOrphanTimeout sets how long a closed NAT connection may keep unsent
 // data until the returned function restores the default.
 func SetOrphanTimeout(d time.Duration) (restore func()) {
-	old := ethlink.OrphanTimeout
-	ethlink.OrphanTimeout = d
-	return func() { ethlink.OrphanTimeout = old }
+	old := ethlink.SetOrphanTimeout(d)
+	return func() { ethlink.SetOrphanTimeout(old) }
 }

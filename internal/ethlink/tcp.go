@@ -2,6 +2,7 @@ package ethlink
 
 import (
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -47,10 +48,31 @@ const (
 	FinWait2 = 5 * time.Second
 )
 
-// OrphanTimeout bounds how long a connection the application (or the
-// host's relay) has closed may wait for the peer to take its unsent data;
-// see BoundOrphan. A variable for tests.
-var OrphanTimeout = 60 * time.Second
+// DefaultOrphanTimeout bounds how long a connection the application (or
+// the host's relay) has closed may wait for the peer to take its unsent
+// data; see BoundOrphan.
+const DefaultOrphanTimeout = 60 * time.Second
+
+// orphanTimeout is OrphanTimeout's value in nanoseconds, 0 for the
+// default: tests change it while relays of other tests' hosts may still be
+// closing connections.
+var orphanTimeout atomic.Int64
+
+// OrphanTimeout returns the current orphan timeout.
+func OrphanTimeout() time.Duration {
+	if d := orphanTimeout.Load(); d > 0 {
+		return time.Duration(d)
+	}
+	return DefaultOrphanTimeout
+}
+
+// SetOrphanTimeout sets the orphan timeout (for tests; 0 restores the
+// default) and returns the previous one.
+func SetOrphanTimeout(d time.Duration) (old time.Duration) {
+	old = OrphanTimeout()
+	orphanTimeout.Store(int64(d))
+	return old
+}
 
 // BoundOrphan is for a TCP endpoint about to be closed. Unsent data stays
 // with the stack after Close, as with the kernel, and gVisor waits for good
@@ -62,7 +84,7 @@ var OrphanTimeout = 60 * time.Second
 // gives up on orphans. Live connections keep no user timeout: an
 // application may stop reading for as long as it likes.
 func BoundOrphan(ep tcpip.Endpoint) {
-	uto := tcpip.TCPUserTimeoutOption(OrphanTimeout)
+	uto := tcpip.TCPUserTimeoutOption(OrphanTimeout())
 	_ = ep.SetSockOpt(&uto)
 }
 

@@ -74,15 +74,14 @@ func orphan(t *testing.T) (p *rawPeer, closed time.Time, edge seqnum.Value, aliv
 }
 
 func TestOrphanAtZeroWindowAborted(t *testing.T) {
-	defer func(d time.Duration) { ethlink.OrphanTimeout = d }(ethlink.OrphanTimeout)
-	ethlink.OrphanTimeout = time.Second
+	defer ethlink.SetOrphanTimeout(ethlink.SetOrphanTimeout(time.Second))
 
 	p, closed, edge, alive := orphan(t)
 
 	// Take the window's worth, then hold the window at zero and answer
 	// everything the stack sends (its probes), until the stack lets go of
 	// the connection.
-	limit := time.After(ethlink.OrphanTimeout + 15*time.Second)
+	limit := time.After(ethlink.OrphanTimeout() + 15*time.Second)
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	probes := 0
@@ -107,14 +106,13 @@ func TestOrphanAtZeroWindowAborted(t *testing.T) {
 // however slowly, is not cut by the user timeout: it counts from the last
 // time the window opened.
 func TestOrphanSlowReaderKept(t *testing.T) {
-	defer func(d time.Duration) { ethlink.OrphanTimeout = d }(ethlink.OrphanTimeout)
-	ethlink.OrphanTimeout = 2 * time.Second
+	defer ethlink.SetOrphanTimeout(ethlink.SetOrphanTimeout(2 * time.Second))
 
 	p, closed, _, alive := orphan(t)
 	// Every 200 ms, open the window for one segment.
 	open := time.NewTicker(200 * time.Millisecond)
 	defer open.Stop()
-	for time.Since(closed) < 2*ethlink.OrphanTimeout {
+	for time.Since(closed) < 2*ethlink.OrphanTimeout() {
 		if !alive() {
 			t.Fatalf("the closed conn was dropped %v after Close while its peer kept taking data", time.Since(closed).Round(100*time.Millisecond))
 		}
