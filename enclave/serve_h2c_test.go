@@ -2,7 +2,6 @@ package enclave_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -13,10 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
-
 	"github.com/quenchnet/quench/enclave"
+	"github.com/quenchnet/quench/internal/testutil"
 )
 
 // TestServeAppURLH2C: with an h2c AppURL (a gRPC-style app: HTTP/2
@@ -161,54 +158,20 @@ func TestServeAppURLH2CTrailersOnly(t *testing.T) {
 		c.AppURL = &url.URL{Scheme: "h2c", Host: ln.Addr().String()}
 	})
 
-	c, err := tls.Dial("tcp", strings.TrimPrefix(env.public, "https://"), &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}})
+	f, err := testutil.H2First(t, strings.TrimPrefix(env.public, "https://"), [][2]string{
+		{":method", "POST"}, {":scheme", "https"}, {":authority", "app"},
+		{":path", "/pkg.Svc/Get"}, {"content-type", "application/grpc"}, {"te", "trailers"},
+	}, []byte("\x00\x00\x00\x00\x00"), 10*time.Second) // a gRPC request: an empty message
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := c.Write([]byte(http2.ClientPreface)); err != nil {
-		t.Fatal(err)
+	if f.Kind != "HEADERS" {
+		t.Fatalf("first frame %v, want the response HEADERS", f)
 	}
-	fr := http2.NewFramer(c, c)
-	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	_ = fr.WriteSettings()
-	var hb bytes.Buffer
-	enc := hpack.NewEncoder(&hb)
-	for _, f := range [][2]string{{":method", "POST"}, {":scheme", "https"}, {":authority", "app"},
-		{":path", "/pkg.Svc/Get"}, {"content-type", "application/grpc"}, {"te", "trailers"}} {
-		_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	if f.Fields[":status"] != "200" || f.Fields["grpc-status"] != "5" || f.Fields["grpc-message"] != "x" {
+		t.Errorf("response header %v, want 200 with grpc-status 5", f.Fields)
 	}
-	_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndHeaders: true})
-	_ = fr.WriteData(1, true, []byte("\x00\x00\x00\x00\x00")) // a gRPC request: an empty message
-	for {
-		f, err := fr.ReadFrame()
-		if err != nil {
-			t.Fatal(err)
-		}
-		switch f := f.(type) {
-		case *http2.SettingsFrame:
-			if !f.IsAck() {
-				_ = fr.WriteSettingsAck()
-			}
-		case *http2.MetaHeadersFrame:
-			fields := map[string]string{}
-			for _, hf := range f.Fields {
-				fields[hf.Name] = hf.Value
-			}
-			if fields[":status"] != "200" || fields["grpc-status"] != "5" || fields["grpc-message"] != "x" {
-				t.Errorf("response header %v, want 200 with grpc-status 5", fields)
-			}
-			if !f.StreamEnded() {
-				t.Errorf("the response HEADERS frame did not end the stream: not a trailers-only response")
-			}
-			return
-		case *http2.DataFrame:
-			t.Fatalf("DATA frame (%q, END_STREAM %v) before the response HEADERS", f.Data(), f.StreamEnded())
-		case *http2.RSTStreamFrame:
-			t.Fatalf("RST_STREAM %v", f.ErrCode)
-		case *http2.GoAwayFrame:
-			t.Fatalf("GOAWAY %v", f.ErrCode)
-		}
+	if !f.EndStream {
+		t.Errorf("the response HEADERS frame did not end the stream: not a trailers-only response")
 	}
 }

@@ -1,16 +1,13 @@
 package proxy
 
 import (
-	"bytes"
-	"crypto/tls"
 	"net"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
-	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
+	"github.com/quenchnet/quench/internal/testutil"
 )
 
 // h2Raw sends one HTTP/2 request with the given header fields (in order,
@@ -18,45 +15,18 @@ import (
 // response status (or error string).
 func h2Raw(t *testing.T, addr string, fields [][2]string, data []byte) string {
 	t.Helper()
-	c, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}})
-	if err != nil {
-		t.Fatal(err)
+	f, err := testutil.H2First(t, addr, fields, data, 5*time.Second)
+	switch {
+	case err != nil:
+		return "error: " + err.Error()
+	case f.Kind == "HEADERS":
+		return f.Fields[":status"]
+	case f.Kind == "RST_STREAM":
+		return "rst: " + f.ErrCode
+	case f.Kind == "GOAWAY":
+		return "goaway: " + f.ErrCode
 	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := c.Write([]byte(http2.ClientPreface)); err != nil {
-		t.Fatal(err)
-	}
-	fr := http2.NewFramer(c, c)
-	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	_ = fr.WriteSettings()
-	var hb bytes.Buffer
-	enc := hpack.NewEncoder(&hb)
-	for _, f := range fields {
-		_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
-	}
-	_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndHeaders: true, EndStream: data == nil})
-	if data != nil {
-		_ = fr.WriteData(1, true, data)
-	}
-	for {
-		f, err := fr.ReadFrame()
-		if err != nil {
-			return "error: " + err.Error()
-		}
-		switch f := f.(type) {
-		case *http2.SettingsFrame:
-			if !f.IsAck() {
-				_ = fr.WriteSettingsAck()
-			}
-		case *http2.MetaHeadersFrame:
-			return f.PseudoValue("status")
-		case *http2.RSTStreamFrame:
-			return "rst: " + f.ErrCode.String()
-		case *http2.GoAwayFrame:
-			return "goaway: " + f.ErrCode.String()
-		}
-	}
+	return "unexpected " + f.String()
 }
 
 func startH2Front(t *testing.T, p *Proxy) string {

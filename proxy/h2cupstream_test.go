@@ -20,6 +20,8 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/quenchnet/quench/internal/testutil"
 )
 
 // startH2CUpstream serves h with HTTP/2 in cleartext, prior knowledge
@@ -175,53 +177,19 @@ func TestH2CUnaryTrailers(t *testing.T) {
 }
 
 // h2RawResponse sends a request with the given fields (END_STREAM on the
-// HEADERS frame, or on a DATA frame with data after it) to the TLS front at addr and returns the fields of the
-// first response HEADERS frame and whether it ended the stream.
+// HEADERS frame, or on a DATA frame with data after it) to the TLS front
+// at addr and returns the fields of the response HEADERS frame and whether
+// it ended the stream; any other first frame fails the test.
 func h2RawResponse(t *testing.T, addr string, fields [][2]string, data []byte) (map[string]string, bool) {
 	t.Helper()
-	c, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}})
+	f, err := testutil.H2First(t, addr, fields, data, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := c.Write([]byte(http2.ClientPreface)); err != nil {
-		t.Fatal(err)
+	if f.Kind != "HEADERS" {
+		t.Fatalf("first frame %v, want the response HEADERS", f)
 	}
-	fr := http2.NewFramer(c, c)
-	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	_ = fr.WriteSettings()
-	var hb bytes.Buffer
-	enc := hpack.NewEncoder(&hb)
-	for _, f := range fields {
-		_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
-	}
-	_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndHeaders: true, EndStream: data == nil})
-	if data != nil {
-		_ = fr.WriteData(1, true, data)
-	}
-	for {
-		f, err := fr.ReadFrame()
-		if err != nil {
-			t.Fatal(err)
-		}
-		switch f := f.(type) {
-		case *http2.SettingsFrame:
-			if !f.IsAck() {
-				_ = fr.WriteSettingsAck()
-			}
-		case *http2.MetaHeadersFrame:
-			m := make(map[string]string)
-			for _, hf := range f.Fields {
-				m[hf.Name] = hf.Value
-			}
-			return m, f.StreamEnded()
-		case *http2.RSTStreamFrame:
-			t.Fatalf("RST_STREAM %v", f.ErrCode)
-		case *http2.GoAwayFrame:
-			t.Fatalf("GOAWAY %v", f.ErrCode)
-		}
-	}
+	return f.Fields, f.EndStream
 }
 
 // TestH2CTrailersOnly: a gRPC trailers-only response (one HEADERS frame
