@@ -325,16 +325,7 @@ func TestH2CHTTP1Clients(t *testing.T) {
 	for _, front := range fronts {
 		t.Run(front, func(t *testing.T) {
 			problems.Store("not reached")
-			p, err := New(up, Config{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			base := serveFront(t, p, front)
-			addr := strings.TrimPrefix(strings.TrimPrefix(base, "http://"), "https://")
-			c := dialFront(t, addr)
-			if strings.HasPrefix(base, "https://") {
-				c = tls.Client(c, testClientTLS())
-			}
+			c := dialNewFront(t, up, front)
 			defer c.Close()
 			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 			br := bufio.NewReader(c)
@@ -418,6 +409,23 @@ func startRawH2CUpstream(t *testing.T) *url.URL {
 	return &url.URL{Scheme: "h2c", Host: ln.Addr().String()}
 }
 
+// dialNewFront serves a new Proxy for target on front and returns a
+// connection to it (TLS for the TLS fronts).
+func dialNewFront(t *testing.T, target *url.URL, front string) net.Conn {
+	t.Helper()
+	p, err := New(target, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := serveFront(t, p, front)
+	addr := strings.TrimPrefix(strings.TrimPrefix(base, "http://"), "https://")
+	c := dialFront(t, addr)
+	if strings.HasPrefix(base, "https://") {
+		c = tls.Client(c, testClientTLS())
+	}
+	return c
+}
+
 // TestH2CEmptyResponseHTTP1: an upstream response with no body (END_STREAM
 // on its HEADERS frame, no content-length) reaches an HTTP/1.1 client
 // with a length, so that the client need not wait for the connection to
@@ -426,16 +434,7 @@ func TestH2CEmptyResponseHTTP1(t *testing.T) {
 	up := startRawH2CUpstream(t)
 	for _, front := range fronts {
 		t.Run(front, func(t *testing.T) {
-			p, err := New(up, Config{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			base := serveFront(t, p, front)
-			addr := strings.TrimPrefix(strings.TrimPrefix(base, "http://"), "https://")
-			c := dialFront(t, addr)
-			if strings.HasPrefix(base, "https://") {
-				c = tls.Client(c, testClientTLS())
-			}
+			c := dialNewFront(t, up, front)
 			defer c.Close()
 			_ = c.SetDeadline(time.Now().Add(3 * time.Second))
 			br := bufio.NewReader(c)
