@@ -136,7 +136,7 @@ func NewTransport(cfg ClientConfig) (*Transport, error) {
 		return nil, fmt.Errorf("%w: ClientConfig.Options.PublicKey must be nil", ErrInvalidOptions)
 	case len(o.PCRs) == 0 && !cfg.AnyImage:
 		return nil, fmt.Errorf("%w: ClientConfig.Options.PCRs is empty: any enclave image would pass, including one someone else runs at that address; pin yours (PCR0 from nitro-cli build-enclave), or set AnyImage for tests", ErrInvalidOptions)
-	case len(o.PCRs) > 0 && !cfg.AnyImage && allZeroPCRs(o.PCRs):
+	case !cfg.AnyImage && DebugModePCRs(o.PCRs):
 		return nil, fmt.Errorf("%w: every PCR in ClientConfig.Options.PCRs is all zero, as every enclave in debug mode reports whatever its image (and the parent instance can read a debug-mode enclave's memory); pin a production measurement, or set AnyImage for tests", ErrInvalidOptions)
 	case cfg.Timeout < 0:
 		return nil, fmt.Errorf("%w: negative ClientConfig.Timeout %s", ErrInvalidOptions, cfg.Timeout)
@@ -179,11 +179,16 @@ func NewTransport(cfg ClientConfig) (*Transport, error) {
 	return t, nil
 }
 
-// allZeroPCRs reports whether every value in pcrs is all zero bytes: the
-// values an enclave in debug mode reports. A zero value next to a non-zero
-// one is harmless (unused PCRs read as zero in production too, and a
-// debug-mode enclave fails the non-zero one).
-func allZeroPCRs(pcrs map[uint][]byte) bool {
+// DebugModePCRs reports whether pcrs pins only all-zero values, which is
+// what every enclave in debug mode reports, whatever its image (and the
+// development attester too): such a policy pins no image. A zero value next
+// to a non-zero one is harmless (unused PCRs read as zero in production
+// too, and a debug-mode enclave fails the non-zero one). An empty pcrs
+// pins nothing either, and is not reported here.
+func DebugModePCRs(pcrs map[uint][]byte) bool {
+	if len(pcrs) == 0 {
+		return false
+	}
 	for _, v := range pcrs {
 		for _, b := range v {
 			if b != 0 {
@@ -313,41 +318,31 @@ func (t *Transport) attest(ctx context.Context, tc *tls.Conn, addr string, hash 
 		body, reusable, err = exchange(actx, tc, u, maxResponseBody, "text/plain", true)
 		// An enclave busy with other clients' documents answers 503
 		// (quench-enclave -max-attestations): ask again on this
-		// connection, within Timeout.
+		// connection after Retry-After (50 ms to 1 s), within Timeout.
 		var se *statusError
-		if !errors.As(err, &se) || se.code != http.StatusServiceUnavailable || !reusable {
+		if !errors.As(err, &se) || se.code != http.StatusServiceUnavailable || !reusable ||
+			!sleepCtx(actx, min(max(se.retryAfter, 50*time.Millisecond), time.Second)) {
 			break
 		}
-		wait := min(max(se.retryAfter, 50*time.Millisecond), time.Second)
-		timer := time.NewTimer(wait)
-		select {
-		case <-timer.C:
-			continue
-		case <-actx.Done():
-			timer.Stop()
-		}
-		break
 	}
-	if !stop() {
+	if !stop() && err == nil {
 		// The deadline may be set: the connection cannot be used further.
-		if err == nil {
-			err = actx.Err()
-		}
+		err = actx.Err()
 	}
-	if err != nil {
-		if cerr := ctx.Err(); cerr != nil {
-			// The caller's context ended: say that alone, not joined with
-			// the read it cut short (two lines, quoted by escapeErr).
-			return false, fmt.Errorf("attestation: fetch %s: %w", u.Redacted(), cerr)
-		}
+	switch {
+	case err == nil:
+	case ctx.Err() != nil:
+		// The caller's context ended: say that alone, not joined with
+		// the read it cut short (two lines, quoted by escapeErr).
+		return false, fmt.Errorf("attestation: fetch %s: %w", u.Redacted(), ctx.Err())
+	case actx.Err() != nil:
 		var se *statusError
-		if actx.Err() != nil && errors.As(err, &se) {
+		if errors.As(err, &se) {
 			// Busy until the end: the last refusal says why.
 			return false, fmt.Errorf("attestation: %s: no attestation document within ClientConfig.Timeout (%s), the enclave still refusing: %w", addr, t.cfg.Timeout, err)
 		}
-		if actx.Err() != nil {
-			return false, fmt.Errorf("attestation: %s: no attestation document within ClientConfig.Timeout (%s): %w", addr, t.cfg.Timeout, context.DeadlineExceeded)
-		}
+		return false, fmt.Errorf("attestation: %s: no attestation document within ClientConfig.Timeout (%s): %w", addr, t.cfg.Timeout, context.DeadlineExceeded)
+	default:
 		return false, fmt.Errorf("attestation: fetch %s: %w", u.Redacted(), err)
 	}
 	doc, err := DecodeDocument(body)
@@ -367,6 +362,18 @@ func (t *Transport) attest(ctx context.Context, tc *tls.Conn, addr string, hash 
 		t.cfg.OnVerify(addr, res)
 	}
 	return reusable, nil
+}
+
+// sleepCtx waits d, and reports false if ctx ended first.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // verdict is the outcome of one connection's verification of a

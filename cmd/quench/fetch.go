@@ -144,7 +144,7 @@ func parseFetch(args []string, stderr io.Writer) (*fetchConfig, int) {
 		return usageErr("URL %q has no host", pos[0])
 	case len(c.pcrs) == 0 && !c.anyImage:
 		return usageErr("give the enclave image's PCRs (--pcr 0=HEX, PCR0 from nitro-cli build-enclave): without them any enclave passes, including one someone else runs at that address (--any-image for tests)")
-	case len(c.pcrs) > 0 && allZero(c.pcrs) && !c.anyImage:
+	case attestation.DebugModePCRs(c.pcrs) && !c.anyImage:
 		return usageErr("every --pcr value is all zero: every enclave in debug mode reports those, whatever its image (the development attester too); pin a production measurement, or add --any-image to accept them (tests, -dev-attester)")
 	case c.method != "" && !isToken(c.method):
 		return usageErr("-X %q: not an HTTP method (a token: letters, digits, no spaces)", c.method)
@@ -305,18 +305,6 @@ func hostname(rawURL string) string {
 		return ""
 	}
 	return u.Hostname()
-}
-
-// allZero reports whether every PCR value is all zero bytes.
-func allZero(pcrs pcrFlag) bool {
-	for _, v := range pcrs {
-		for _, b := range v {
-			if b != 0 {
-				return false
-			}
-		}
-	}
-	return true
 }
 
 func checksList(res *attestation.Result) string {

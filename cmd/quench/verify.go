@@ -214,7 +214,7 @@ func runVerify(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 		// Signature, chain and bindings hold for every genuine enclave:
 		// only PCRs say which image it runs.
 		fmt.Fprintln(stderr, "quench verify: note: no --pcr given: a document from any enclave image passes; pin yours with --pcr 0=HEX (PCR0 from nitro-cli build-enclave)")
-	} else if allZero(c.pcrs) {
+	} else if attestation.DebugModePCRs(c.pcrs) {
 		// What every enclave in debug mode reports (and the development
 		// attester by default): they pin no image.
 		fmt.Fprintln(stderr, "quench verify: note: every --pcr given is all zero, as every enclave in debug mode (and -dev-attester) reports whatever its image: this pins nothing; pin a production measurement (PCR0 from nitro-cli build-enclave)")
