@@ -13,7 +13,6 @@ import (
 	"net/textproto"
 	"net/url"
 	"os"
-	"sort"
 	"strings"
 	"time"
 
@@ -135,12 +134,14 @@ func parseFetch(args []string, stderr io.Writer) (*fetchConfig, int) {
 		fmt.Fprintf(stderr, "quench fetch: "+format+"\n", a...)
 		return nil, exitUsage
 	}
-	switch {
-	case len(pos) != 1:
+	if len(pos) != 1 {
 		return usageErr("one URL expected, got %d arguments; see quench fetch -h", len(pos))
-	case !strings.EqualFold(scheme(pos[0]), "https"):
+	}
+	u, err := url.Parse(pos[0])
+	switch {
+	case err != nil || !strings.EqualFold(u.Scheme, "https"):
 		return usageErr("URL %q must start with https:// (the document binds the TLS certificate)", pos[0])
-	case hostname(pos[0]) == "":
+	case u.Hostname() == "":
 		return usageErr("URL %q has no host", pos[0])
 	case len(c.pcrs) == 0 && !c.anyImage:
 		return usageErr("give the enclave image's PCRs (--pcr 0=HEX, PCR0 from nitro-cli build-enclave): without them any enclave passes, including one someone else runs at that address (--any-image for tests)")
@@ -266,16 +267,7 @@ func runFetch(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 	}
 	if c.include {
 		fmt.Fprintf(out, "%s %s\r\n", resp.Proto, resp.Status)
-		keys := make([]string, 0, len(resp.Header))
-		for k := range resp.Header {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		for _, k := range keys {
-			for _, v := range resp.Header[k] {
-				fmt.Fprintf(out, "%s: %s\r\n", k, v)
-			}
-		}
+		_ = resp.Header.Write(out) // sorted by name, values' line breaks replaced
 		fmt.Fprint(out, "\r\n")
 	}
 	if _, err := io.Copy(out, resp.Body); err != nil {
@@ -287,24 +279,6 @@ func runFetch(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 		}
 	}
 	return exitOK
-}
-
-// scheme returns the scheme of rawURL, or "" when it does not parse.
-func scheme(rawURL string) string {
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		return ""
-	}
-	return u.Scheme
-}
-
-// hostname returns the host name of rawURL, without its port, or "".
-func hostname(rawURL string) string {
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		return ""
-	}
-	return u.Hostname()
 }
 
 func checksList(res *attestation.Result) string {
