@@ -252,8 +252,7 @@ func (ex *exchange) roundTrip(uc *upConn, tokens *connTokens, upgrade string, ha
 		panic(http.ErrAbortHandler)
 	}
 	if werr != nil {
-		ex.p.log.LogAttrs(ex.ctx, slog.LevelDebug, "proxy: client went away mid-response",
-			slog.String("method", r.Method), slog.String("uri", r.RequestURI), slog.Any("err", werr))
+		ex.clientGone(werr)
 		return false
 	}
 	if werr := ex.cs.endBody(resp.Trailer); werr != nil {
