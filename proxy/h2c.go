@@ -231,8 +231,7 @@ func (ex *exchange) copyH2C(ctx context.Context, resp *http.Response) (rerr, wer
 // watchClient cancels the exchange, with errClientGone, when a peek at the
 // client's socket finds it closed (or, on Linux, the client has sent its
 // FIN, after a TLS close_notify that a peek takes for data), checking
-// every clientCheck. The
-// returned func stops the watch and waits for it.
+// every clientCheck. The returned func stops the watch and waits for it.
 func (ex *exchange) watchClient(c net.Conn, cancel context.CancelCauseFunc) (stop func()) {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
@@ -363,7 +362,7 @@ func (b *h2cBody) stop() (complete bool) {
 // have a body (RFC 9110 sections 15.2, 15.3.5 and 15.4.5).
 func bodyAllowedForStatus(code int) bool {
 	switch {
-	case code >= 100 && code <= 199:
+	case code < 200: // informational (and no status yet)
 		return false
 	case code == http.StatusNoContent, code == http.StatusNotModified:
 		return false

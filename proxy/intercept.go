@@ -153,9 +153,7 @@ func (w *respWriter) writeInformational(code int) {
 }
 
 // bodyAllowed reports whether the status permits a body (RFC 9110).
-func (w *respWriter) bodyAllowed() bool {
-	return w.status != http.StatusNoContent && w.status != http.StatusNotModified && w.status >= 200
-}
+func (w *respWriter) bodyAllowed() bool { return bodyAllowedForStatus(w.status) }
 
 func (w *respWriter) Write(p []byte) (int, error) {
 	if w.cc.hijacked {
