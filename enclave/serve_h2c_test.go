@@ -27,24 +27,13 @@ func TestServeAppURLH2C(t *testing.T) {
 			var protos http.Protocols
 			protos.SetUnencryptedHTTP2(true)
 			app := &http.Server{Protocols: &protos, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/chat" {
+					testutil.EchoLines(w, r, "re: ")
+					return
+				}
 				w.Header().Set("Trailer", "Grpc-Status")
 				w.Header().Set("Content-Type", "application/grpc")
-				if r.URL.Path == "/chat" {
-					w.WriteHeader(200)
-					rc := http.NewResponseController(w)
-					_ = rc.Flush()
-					br := bufio.NewReader(r.Body)
-					for {
-						line, err := br.ReadString('\n')
-						if err != nil {
-							break
-						}
-						_, _ = io.WriteString(w, "re: "+line)
-						_ = rc.Flush()
-					}
-				} else {
-					fmt.Fprintf(w, "%s %s te=%s via %s", r.Proto, r.URL.Path, r.Header.Get("Te"), r.Header.Get("X-Forwarded-Proto"))
-				}
+				fmt.Fprintf(w, "%s %s te=%s via %s", r.Proto, r.URL.Path, r.Header.Get("Te"), r.Header.Get("X-Forwarded-Proto"))
 				w.Header().Set("Grpc-Status", "0")
 			})}
 			ln := listenLocal(t, network)

@@ -222,21 +222,7 @@ func TestH2CTrailersOnly(t *testing.T) {
 // while the response streams back, each part flushed at once.
 func TestH2CBidiStream(t *testing.T) {
 	up := startH2CUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/grpc")
-		w.Header().Set("Trailer", "Grpc-Status")
-		w.WriteHeader(200)
-		rc := http.NewResponseController(w)
-		_ = rc.Flush()
-		br := bufio.NewReader(r.Body)
-		for {
-			line, err := br.ReadString('\n')
-			if err != nil {
-				break
-			}
-			_, _ = io.WriteString(w, "re: "+line)
-			_ = rc.Flush()
-		}
-		w.Header().Set("Grpc-Status", "0")
+		testutil.EchoLines(w, r, "re: ")
 	}), false)
 	env := newH2CEnv(t, up, Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

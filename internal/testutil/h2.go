@@ -1,9 +1,12 @@
 package testutil
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/tls"
 	"fmt"
+	"io"
+	"net/http"
 	"testing"
 	"time"
 
@@ -86,4 +89,26 @@ func (f H2Frame) String() string {
 		return fmt.Sprintf("DATA %q (END_STREAM %v)", f.Data, f.EndStream)
 	}
 	return f.Kind + " " + f.ErrCode
+}
+
+// EchoLines answers each line of r's body with prefix and the line, flushed
+// at once, as a bidirectional stream does (the client may send a line only
+// after the answer to the one before). It writes the header first, flushed,
+// and sets the announced trailer Grpc-Status to 0 at the end.
+func EchoLines(w http.ResponseWriter, r *http.Request, prefix string) {
+	w.Header().Set("Content-Type", "application/grpc")
+	w.Header().Set("Trailer", "Grpc-Status")
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	_ = rc.Flush()
+	br := bufio.NewReader(r.Body)
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			break
+		}
+		_, _ = io.WriteString(w, prefix+line)
+		_ = rc.Flush()
+	}
+	w.Header().Set("Grpc-Status", "0")
 }
