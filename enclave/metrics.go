@@ -48,7 +48,7 @@ func newMetrics(e *Enclave, conns *connCap, serving bool) (*metrics, error) {
 		}),
 		proxyInFlight: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "quench_enclave_proxy_in_flight",
-			Help: "Requests being forwarded to the app.",
+			Help: "Requests being forwarded to the app that hold an in-flight slot (at most Proxy.MaxInFlight; streams: quench_enclave_proxy_streams).",
 		}),
 		proxyRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "quench_enclave_proxy_requests_total",
@@ -112,6 +112,14 @@ func newMetrics(e *Enclave, conns *connCap, serving bool) (*metrics, error) {
 		}, func() float64 { return float64(p.dropped.Load()) }))
 	}
 	return m, nil
+}
+
+// watchProxy exports the app proxy's gauges read from it.
+func (m *metrics) watchProxy(p *proxy.Proxy) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "quench_enclave_proxy_streams",
+		Help: "Responses from the app being streamed that gave back their in-flight slot once their head was sent (server-sent events, gRPC and other responses of unknown length; at most Proxy.MaxStreams).",
+	}, func() float64 { return float64(p.Streams()) }))
 }
 
 // egressCollector exports the TAP-mode egress filter's counters.

@@ -170,6 +170,7 @@ func (e *Enclave) startServers(ctx context.Context, nw network) (_ *servers, err
 			return nil, fmt.Errorf("enclave: app proxy: %w", err)
 		}
 		s.proxy = p
+		s.metrics.watchProxy(p)
 		closers = append(closers, func() { _ = p.Close() })
 		app = p
 	}

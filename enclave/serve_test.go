@@ -1,6 +1,7 @@
 package enclave_test
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -954,5 +955,54 @@ func TestStartSaysHostUnreachable(t *testing.T) {
 	_ = e.Close()
 	if n := strings.Count(logs.String(), "level=WARN msg=\"host not reachable"); n != 1 {
 		t.Fatalf("%d warnings that the host is not reachable, want 1:\n%s", n, logs.String())
+	}
+}
+
+// TestServeAppStreams: server-sent event streams from the app give back
+// their in-flight slot once their head is out (proxy.Config.MaxStreams), so
+// an enclave whose app has more subscribers than Proxy.MaxInFlight still
+// answers its other requests; the metrics show the streams.
+func TestServeAppStreams(t *testing.T) {
+	done := make(chan struct{})
+	app := svApp(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/events" {
+			fmt.Fprint(w, "plain")
+			return
+		}
+		w.Header().Set("Content-Type", "text/event-stream")
+		fmt.Fprint(w, "data: hello\n\n")
+		w.(http.Flusher).Flush()
+		select {
+		case <-done:
+		case <-r.Context().Done():
+		}
+	})
+	defer close(done)
+	env := svStart(t, func(c *enclave.Config) {
+		c.Handler = nil
+		c.AppURL = app
+		c.Proxy.MaxInFlight = 1
+		c.MetricsAddr = ":9090"
+	})
+	c := svClient(t)
+	for i := range 3 {
+		resp, err := c.Get(env.public + "/events")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		line, err := bufio.NewReader(resp.Body).ReadString('\n')
+		if resp.StatusCode != http.StatusOK || line != "data: hello\n" {
+			t.Fatalf("stream %d: %d, %q, %v", i, resp.StatusCode, line, err)
+		}
+	}
+	if code, body := svGet(t, c, env.public+"/plain"); code != http.StatusOK || body != "plain" {
+		t.Errorf("a request with three streams open and MaxInFlight 1: %d %q", code, body)
+	}
+	_, body := svGet(t, c, "http://"+env.host.Published()[1].String()+"/metrics")
+	for _, want := range []string{"quench_enclave_proxy_streams 3\n", "quench_enclave_proxy_in_flight 0\n"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %q", want)
+		}
 	}
 }

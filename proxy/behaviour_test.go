@@ -130,7 +130,7 @@ func testQueue(t *testing.T, front string) {
 	}
 
 	// A queued request that waits longer than QueueTimeout is refused.
-	l := newLimiter(1, 1, 20*time.Millisecond)
+	l := newLimiter(1, 1, 20*time.Millisecond, -1)
 	if !l.acquire(context.Background()) {
 		t.Fatal("first acquire failed")
 	}
@@ -485,6 +485,152 @@ func TestStreamHeadBeforeBody(t *testing.T) {
 					r.resp.Body.Close()
 				}
 				t.Fatal("no response head within 3 s while the upstream waited with its head sent")
+			}
+		})
+	}
+}
+
+// TestStreamsLeaveInFlight: a response of unknown length whose head has
+// gone to the client (server-sent events, a chunked stream) stops holding
+// an in-flight slot, up to MaxStreams such streams: an app with more open
+// event streams than MaxInFlight still answers other requests. Past
+// MaxStreams a stream keeps its slot, and a response with a Content-Length
+// always does.
+func TestStreamsLeaveInFlight(t *testing.T) {
+	checkGoroutines(t)
+	for _, front := range fronts {
+		t.Run(front, func(t *testing.T) {
+			done := make(chan struct{})
+			release := done
+			up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				switch r.URL.Path {
+				case "/events":
+					w.Header().Set("Content-Type", "text/event-stream")
+				case "/download":
+					w.Header().Set("Content-Length", "100")
+				default:
+					fmt.Fprint(w, "plain")
+					return
+				}
+				fmt.Fprint(w, "data: first\n\n")
+				w.(http.Flusher).Flush()
+				select {
+				case <-release:
+					if r.URL.Path == "/download" {
+						fmt.Fprint(w, strings.Repeat("x", 100-len("data: first\n\n")))
+					}
+				case <-r.Context().Done():
+				}
+			})
+			env := newEnv(t, front, up, Config{MaxInFlight: 1, MaxStreams: 2})
+			var open []*http.Response
+			defer func() {
+				if done != nil {
+					close(done)
+				}
+				for _, resp := range open {
+					resp.Body.Close()
+				}
+			}()
+			get := func(path string) *http.Response {
+				t.Helper()
+				resp, err := env.client.Get(env.url + path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return resp
+			}
+			stream := func(path string) {
+				t.Helper()
+				resp := get(path)
+				open = append(open, resp)
+				if resp.StatusCode != http.StatusOK {
+					t.Fatalf("%s with %d streams open: status %d", path, len(open)-1, resp.StatusCode)
+				}
+				line, err := bufio.NewReader(resp.Body).ReadString('\n')
+				if err != nil || line != "data: first\n" {
+					t.Fatalf("%s: first line %q, %v", path, line, err)
+				}
+			}
+			idle := func() {
+				t.Helper()
+				// A slot given back on one event loop may come back just
+				// after its response reached the client, who may already
+				// be on another loop.
+				eventually(t, 5*time.Second, "no slot held", func() bool { return env.proxy.InFlight() == 0 })
+			}
+			plain := func(want int) {
+				t.Helper()
+				if want == http.StatusOK {
+					idle()
+				}
+				resp := get("/plain")
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != want {
+					t.Fatalf("plain request with %d streams open: status %d, want %d", len(open), resp.StatusCode, want)
+				}
+			}
+			stream("/events")
+			stream("/events")
+			eventually(t, 5*time.Second, "two streams", func() bool { return env.proxy.Streams() == 2 })
+			if got := env.proxy.InFlight(); got != 0 {
+				t.Errorf("InFlight() = %d with two streams open, want 0", got)
+			}
+			if got := env.metrics.inFlight.Load(); got != 0 {
+				t.Errorf("metrics in flight = %d with two streams open, want 0", got)
+			}
+			plain(http.StatusOK)
+			// MaxStreams reached: the third stream keeps its slot.
+			idle()
+			stream("/events")
+			plain(http.StatusServiceUnavailable)
+			open[2].Body.Close()
+			open = open[:2]
+			plain(http.StatusOK)
+			// A response of known length holds its slot to its end (its
+			// head waits in the proxy's buffer for more of the body, as
+			// with nginx's proxy buffering: the client sees nothing yet).
+			idle()
+			downloaded := make(chan error, 1)
+			go func() {
+				resp, err := env.client.Get(env.url + "/download")
+				if err == nil {
+					_, err = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+				downloaded <- err
+			}()
+			eventually(t, 5*time.Second, "the download in flight", func() bool { return env.proxy.InFlight() == 1 })
+			plain(http.StatusServiceUnavailable)
+			if got := env.proxy.Streams(); got != 2 {
+				t.Errorf("Streams() = %d, want 2", got)
+			}
+			for _, resp := range open {
+				resp.Body.Close()
+			}
+			open = nil
+			eventually(t, 5*time.Second, "the streams ended", func() bool { return env.proxy.Streams() == 0 })
+			if got := env.proxy.InFlight(); got != 1 {
+				t.Errorf("InFlight() = %d with the download going, want 1", got)
+			}
+			close(done)
+			done = nil
+			if err := <-downloaded; err != nil {
+				t.Errorf("download: %v", err)
+			}
+			eventually(t, 5*time.Second, "the slots back", func() bool { return env.proxy.InFlight() == 0 })
+			// Each admitted request is recorded once, when it ends: three
+			// streams, two plain requests and the download.
+			eventually(t, 5*time.Second, "the requests recorded", func() bool { return env.metrics.requests.Load() >= 6 })
+			if got := env.metrics.requests.Load(); got != 6 {
+				t.Errorf("%d requests recorded, want 6: %v", got, env.metrics.codes)
+			}
+			if got := env.metrics.refused.Load(); got != 2 {
+				t.Errorf("%d requests refused, want 2", got)
+			}
+			if got := env.metrics.inFlight.Load(); got != 0 {
+				t.Errorf("metrics in flight = %d at the end, want 0", got)
 			}
 		})
 	}

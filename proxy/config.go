@@ -126,7 +126,8 @@ type Config struct {
 	// MaxInFlight bounds the requests being forwarded at once. Past it a
 	// request waits in the queue (QueueSize) or is refused at once with 503
 	// and Retry-After. An upgraded connection stops counting once the
-	// upstream has switched protocols. Negative means no limit. Default:
+	// upstream has switched protocols, and a streamed response once its
+	// head is sent (MaxStreams). Negative means no limit. Default:
 	// DefaultMaxInFlightPerCPU × runtime.GOMAXPROCS(0) (128 on 2 cores).
 	MaxInFlight int
 
@@ -202,6 +203,20 @@ type Config struct {
 	// with 503 before it is forwarded. Default: DefaultMaxTunnels (4096);
 	// negative: no limit.
 	MaxTunnels int
+
+	// MaxStreams bounds the responses that stream without holding an
+	// in-flight slot. A response of unknown length (chunked, or ended by
+	// the upstream closing; with an h2c target, any without a
+	// content-length: server-sent events, gRPC, long downloads an app
+	// writes as it goes) gives back its in-flight slot once its head has
+	// been sent to the client, and counts among the streams until it ends:
+	// the app has answered, and a subscriber that stays for hours must not
+	// keep other requests out. Past MaxStreams a stream keeps its slot, as
+	// does every response with a Content-Length. Each stream holds a client
+	// and an upstream connection (MaxConns still caps the latter). Default:
+	// DefaultMaxStreams (4096); negative: every response holds its slot to
+	// its end.
+	MaxStreams int
 
 	// MaxHeaderBytes bounds the size of a request header read by
 	// [Proxy.Serve]; larger ones get 431. Default: DefaultMaxHeaderBytes
@@ -332,6 +347,9 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 	if cfg.MaxTunnels == 0 {
 		cfg.MaxTunnels = DefaultMaxTunnels
+	}
+	if cfg.MaxStreams == 0 {
+		cfg.MaxStreams = DefaultMaxStreams
 	}
 	if cfg.ReadHeaderTimeout < 0 || cfg.IdleTimeout < 0 || cfg.MaxHeaderBytes < 0 {
 		return cfg, fmt.Errorf("proxy: ReadHeaderTimeout, IdleTimeout and MaxHeaderBytes must not be negative")

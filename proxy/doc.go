@@ -57,7 +57,11 @@
 //   - admits it if fewer than [Config.MaxInFlight] requests are in flight,
 //     otherwise answers 503 with Retry-After at once (or after a short wait
 //     in an optional queue, [Config.QueueSize]); Serve writes a prebuilt
-//     refusal in one write and logs nothing per refusal;
+//     refusal in one write and logs nothing per refusal. A response of
+//     unknown length (server-sent events, gRPC, a chunked stream) gives
+//     its slot back once its head is sent and counts among the streams
+//     instead, up to [Config.MaxStreams]: the app has answered, and
+//     subscribers that stay for hours must not keep other requests out;
 //   - takes an idle upstream connection (or dials one, up to
 //     [Config.MaxConns]; a connection on which the upstream sent more than
 //     its last response, such as a body for HEAD, is closed instead of
@@ -105,8 +109,10 @@
 //     An empty response is not flushed, so that HTTP/2 clients get one
 //     HEADERS frame ending the stream, which is how gRPC ends a
 //     trailers-only response; HTTP/1.1 clients get Content-Length: 0;
-//   - each request holds one in-flight slot ([Config.MaxInFlight]) while it
-//     streams; metrics, Intercept, 502 and 504 with a log line, and
+//   - each request holds one in-flight slot ([Config.MaxInFlight]) until
+//     its response header has come and been sent, then counts among the
+//     streams ([Config.MaxStreams]) unless the response declared a
+//     content-length; metrics, Intercept, 502 and 504 with a log line, and
 //     cancellation when the client goes away (the upstream stream is reset)
 //     are as on the HTTP/1.1 path. UpstreamTimeout bounds the wait for the
 //     response header once the request body has ended (a stream whose body

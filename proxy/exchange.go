@@ -64,9 +64,10 @@ type exchange struct {
 	start time.Time       // admission; set only when metrics are on
 	code  int             // status sent to the client, for metrics
 
-	released bool // the in-flight slot has been given back
-	bodyRead bool // the request body was read to its end (or there was none)
-	body     bodyState
+	released  bool // the in-flight slot (or stream) has been given back
+	streaming bool // the slot became a stream (toStream)
+	bodyRead  bool // the request body was read to its end (or there was none)
+	body      bodyState
 }
 
 // bodyState is the request body copy running beside the exchange.
@@ -84,10 +85,30 @@ func (ex *exchange) release() {
 		return
 	}
 	ex.released = true
-	ex.p.lim.release()
+	if ex.streaming {
+		ex.p.lim.endStream()
+	} else {
+		ex.p.lim.release()
+	}
+	if m := ex.p.metrics; m != nil {
+		if !ex.streaming {
+			m.InFlight(-1)
+		}
+		m.Request(ex.code, time.Since(ex.start))
+	}
+}
+
+// toStream gives back the in-flight slot of a request whose response head
+// has been sent and whose length is unknown (Config.MaxStreams), if
+// streams are left; release then ends the stream.
+func (ex *exchange) toStream(resp *http.Response) {
+	if ex.released || ex.streaming || resp.ContentLength >= 0 || ex.r.Method == http.MethodHead ||
+		!bodyAllowedForStatus(resp.StatusCode) || !ex.p.lim.toStream() {
+		return
+	}
+	ex.streaming = true
 	if m := ex.p.metrics; m != nil {
 		m.InFlight(-1)
-		m.Request(ex.code, time.Since(ex.start))
 	}
 }
 
@@ -243,6 +264,7 @@ func (ex *exchange) roundTrip(uc *upConn, tokens *connTokens, upgrade string, ha
 
 	ex.code = resp.StatusCode
 	ex.cs.writeHead(resp, hasBody && !ex.body.eof.Load())
+	ex.toStream(resp)
 	complete, rerr, werr := ex.copyResponse(uc, resp)
 	if rerr != nil {
 		// The status line is out: all that is left is to abort the response

@@ -163,6 +163,7 @@ func (ex *exchange) serveH2C() {
 			ex.clientGone(err)
 			return
 		}
+		ex.toStream(resp)
 	}
 	rerr, werr := ex.copyH2C(ctx, resp)
 	if rerr != nil {

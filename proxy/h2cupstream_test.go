@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -577,42 +578,88 @@ func TestH2CUpstreamTimeout(t *testing.T) {
 // TestH2CInFlightLimit: each stream holds an in-flight slot: past
 // MaxInFlight a request is refused with 503 and Retry-After, even on the
 // same HTTP/2 connection, and is not forwarded.
+// TestH2CInFlightLimit: a request waiting for its response header holds
+// its in-flight slot; a stream whose header has come (a gRPC server
+// stream, SSE over h2c) gives it back, up to MaxStreams, and holds it past
+// that.
 func TestH2CInFlightLimit(t *testing.T) {
-	var reached atomic.Int64
-	release := make(chan struct{})
-	up := startH2CUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		reached.Add(1)
-		w.WriteHeader(200)
-		http.NewResponseController(w).Flush()
-		select {
-		case <-release:
-		case <-r.Context().Done():
-		}
-	}), false)
-	defer close(release)
-	env := newH2CEnv(t, up, Config{MaxInFlight: 1})
-	resp, err := env.client.Get(env.url("/held"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	resp2, err := env.client.Get(env.url("/second"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, _ = io.Copy(io.Discard, resp2.Body)
-	resp2.Body.Close()
-	if resp2.StatusCode != http.StatusServiceUnavailable || resp2.Header.Get("Retry-After") == "" {
-		t.Errorf("second request: %d, Retry-After %q; want 503 with Retry-After", resp2.StatusCode, resp2.Header.Get("Retry-After"))
-	}
-	if n := reached.Load(); n != 1 {
-		t.Errorf("%d requests reached the upstream, want 1", n)
-	}
-	if n := env.metrics.refused.Load(); n != 1 {
-		t.Errorf("%d refusals recorded, want 1", n)
-	}
-	if n := env.proxy.InFlight(); n != 1 {
-		t.Errorf("InFlight %d, want 1", n)
+	for _, maxStreams := range []int{0, -1} {
+		t.Run(fmt.Sprintf("MaxStreams=%d", maxStreams), func(t *testing.T) {
+			var reached atomic.Int64
+			release := make(chan struct{})
+			up := startH2CUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				reached.Add(1)
+				if r.URL.Path == "/stream" {
+					w.WriteHeader(200)
+					http.NewResponseController(w).Flush()
+				}
+				select {
+				case <-release:
+				case <-r.Context().Done():
+				}
+			}), false)
+			var once sync.Once
+			stop := func() { once.Do(func() { close(release) }) }
+			defer stop()
+			env := newH2CEnv(t, up, Config{MaxInFlight: 1, MaxStreams: maxStreams})
+			get := func(path string) *http.Response {
+				t.Helper()
+				resp, err := env.client.Get(env.url(path))
+				if err != nil {
+					t.Fatal(err)
+				}
+				return resp
+			}
+			refused := func(path string) {
+				t.Helper()
+				resp := get(path)
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+					t.Errorf("%s: %d, Retry-After %q; want 503 with Retry-After", path, resp.StatusCode, resp.Header.Get("Retry-After"))
+				}
+			}
+			resp := get("/stream")
+			defer resp.Body.Close()
+			wantReached, wantRefused := int64(1), int64(0)
+			if maxStreams < 0 {
+				refused("/second")
+				wantRefused++
+			} else {
+				eventually(t, 5*time.Second, "the stream's slot back", func() bool { return env.proxy.InFlight() == 0 })
+				if n := env.proxy.Streams(); n != 1 {
+					t.Errorf("Streams %d, want 1", n)
+				}
+				held := make(chan *http.Response, 1)
+				go func() {
+					resp, err := env.client.Get(env.url("/held"))
+					if err != nil {
+						t.Error(err)
+						resp = nil
+					}
+					held <- resp
+				}()
+				wantReached++
+				eventually(t, 5*time.Second, "the held request at the upstream", func() bool { return reached.Load() == wantReached })
+				refused("/third")
+				wantRefused++
+				defer func() {
+					stop()
+					if resp := <-held; resp != nil {
+						resp.Body.Close()
+					}
+				}()
+			}
+			if n := reached.Load(); n != wantReached {
+				t.Errorf("%d requests reached the upstream, want %d", n, wantReached)
+			}
+			if n := env.metrics.refused.Load(); n != wantRefused {
+				t.Errorf("%d refusals recorded, want %d", n, wantRefused)
+			}
+			if n := env.proxy.InFlight(); n != 1 {
+				t.Errorf("InFlight %d, want 1", n)
+			}
+		})
 	}
 }
 

@@ -12,10 +12,12 @@ type limiter struct {
 	queued       atomic.Int64
 	queueSize    int64
 	queueTimeout time.Duration
+	streams      atomic.Int64 // requests whose slot became a stream (toStream)
+	maxStreams   int64        // Config.MaxStreams; negative: streams keep their slot
 }
 
-func newLimiter(maxInFlight, queueSize int, queueTimeout time.Duration) *limiter {
-	l := &limiter{queueSize: int64(queueSize), queueTimeout: queueTimeout}
+func newLimiter(maxInFlight, queueSize int, queueTimeout time.Duration, maxStreams int) *limiter {
+	l := &limiter{queueSize: int64(queueSize), queueTimeout: queueTimeout, maxStreams: int64(maxStreams)}
 	if maxInFlight > 0 {
 		l.slots = make(chan struct{}, maxInFlight)
 	}
@@ -65,6 +67,27 @@ func (l *limiter) release() {
 	if l.slots != nil {
 		<-l.slots
 	}
+}
+
+// toStream gives back the slot of an admitted request whose response has
+// become a stream (its head sent, its length unknown), counting it among
+// the streams instead, if fewer than maxStreams are open. It reports
+// whether it did; if so, endStream must be called instead of release.
+func (l *limiter) toStream() bool {
+	if l.slots == nil || l.maxStreams < 0 {
+		return false
+	}
+	if l.streams.Add(1) > l.maxStreams {
+		l.streams.Add(-1)
+		return false
+	}
+	<-l.slots
+	return true
+}
+
+// endStream ends a stream that toStream made.
+func (l *limiter) endStream() {
+	l.streams.Add(-1)
 }
 
 // inFlight returns the number of requests holding a slot.

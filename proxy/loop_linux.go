@@ -598,6 +598,7 @@ type lclient struct {
 	start    time.Time
 	code     int
 	slot     bool // holds an in-flight slot
+	stream   bool // ... that became a stream (limiter.toStream)
 	resp     bool // the response head has been sent to the client
 	rframe   lframe
 	rleft    int64
@@ -1487,6 +1488,13 @@ func (c *lclient) respHead(n int) bool {
 	c.progress()
 	if c.rframe == lfNone || (c.rframe == lfLength && c.rleft == 0) || (c.rframe == lfChunked && c.cs.done()) {
 		c.respDone()
+	} else if c.rframe != lfLength && c.slot && p.lim.toStream() {
+		// A response of unknown length still coming: its slot goes back
+		// (Config.MaxStreams).
+		c.stream = true
+		if m := p.metrics; m != nil {
+			m.InFlight(-1)
+		}
 	}
 	return true
 }
@@ -1542,10 +1550,23 @@ func (c *lclient) release() {
 		return
 	}
 	c.slot = false
+	c.giveBack()
+	if m := p.metrics; m != nil {
+		m.Request(c.code, time.Since(c.start))
+	}
+}
+
+// giveBack returns c's in-flight slot, or ends its stream.
+func (c *lclient) giveBack() {
+	p := c.el.p
+	if c.stream {
+		c.stream = false
+		p.lim.endStream()
+		return
+	}
 	p.lim.release()
 	if m := p.metrics; m != nil {
 		m.InFlight(-1)
-		m.Request(c.code, time.Since(c.start))
 	}
 }
 
@@ -1725,10 +1746,7 @@ func (c *lclient) handoff() {
 	if c.slot {
 		// The goroutine front end admits the request again.
 		c.slot = false
-		p.lim.release()
-		if m := p.metrics; m != nil {
-			m.InFlight(-1)
-		}
+		c.giveBack()
 	}
 	var prefix []byte
 	if c.inLen() > 0 {

@@ -8,8 +8,10 @@ import "time"
 // collectors.
 type Metrics interface {
 	// InFlight is called with +1 when a request is admitted and with -1
-	// when it is done (its response fully written, or the connection
-	// upgraded). The running sum is the number of requests in flight.
+	// when it gives back its in-flight slot: when it is done (its response
+	// fully written, or the connection upgraded), or when its response
+	// becomes a stream (Config.MaxStreams). The running sum is the number
+	// of requests holding a slot, what Config.MaxInFlight bounds.
 	InFlight(delta int)
 
 	// Request is called once per admitted request when it is done, with

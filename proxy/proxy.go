@@ -93,7 +93,7 @@ func New(target *url.URL, cfg Config) (*Proxy, error) {
 	}
 	p := &Proxy{
 		cfg:        cfg,
-		lim:        newLimiter(cfg.MaxInFlight, cfg.QueueSize, cfg.QueueTimeout),
+		lim:        newLimiter(cfg.MaxInFlight, cfg.QueueSize, cfg.QueueTimeout, cfg.MaxStreams),
 		retryAfter: []string{strconv.FormatInt(int64((cfg.RetryAfter+time.Second-1)/time.Second), 10)},
 		log:        cfg.Logger,
 		metrics:    cfg.Metrics,
@@ -229,8 +229,13 @@ func (p *Proxy) eventLoops() *loopSet {
 	return ls
 }
 
-// InFlight returns the number of requests being forwarded now.
+// InFlight returns the number of requests being forwarded now that hold
+// an in-flight slot (Config.MaxInFlight).
 func (p *Proxy) InFlight() int { return p.lim.inFlight() }
+
+// Streams returns the number of responses being streamed now that gave
+// back their in-flight slot (Config.MaxStreams).
+func (p *Proxy) Streams() int { return int(p.lim.streams.Load()) }
 
 // interceptable reports whether Config.Intercept is asked about a request
 // for path (Config.InterceptPaths).

@@ -37,6 +37,9 @@ const (
 	// DefaultMaxTunnels is Config.MaxTunnels's default.
 	DefaultMaxTunnels = 4096
 
+	// DefaultMaxStreams is Config.MaxStreams's default.
+	DefaultMaxStreams = 4096
+
 	// DefaultMaxHeaderBytes bounds a request header. net/http's default is
 	// 1 MiB; 64 KiB is 8× nginx's default large_client_header_buffers.
 	DefaultMaxHeaderBytes = 64 << 10

@@ -243,6 +243,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		maxInFlight = fs.Int("max-in-flight", 0, "requests forwarded to the app at once; past it they wait in -queue or get 503 with Retry-After at once; -1: no limit (default: 64 per CPU)")
 		queue       = fs.Int("queue", -1, "requests that may wait for a free -max-in-flight slot (each for up to -queue-timeout) before being refused; 0: refuse at once (default: 8 times -max-in-flight)")
 		queueWait   = fs.Duration("queue-timeout", defaultQueueTimeout, "how long a queued request waits for a slot before 503")
+		maxStreams  = fs.Int("max-streams", 0, "responses of unknown length (server-sent events, gRPC streams, chunked downloads) that give back their -max-in-flight slot once their head is sent, so that long-lived subscribers do not keep other requests out; past it a stream keeps its slot; -1: every response holds its slot to its end (default: 4096)")
 		appTimeout  = fs.Duration("app-timeout", proxy.DefaultUpstreamTimeout, "how long the app may take to start its response once it has the request (then 504), and, with an http:// or unix:// app, to send more of a response it has started (then the response is cut; an event stream must send within it); raise it for slow endpoints such as model inference; 0: no limit")
 		fqdnLeader  = fs.String("fqdn-leader", "", "key synchronisation: the leader enclave's name, host or host:port (default port: that of -ext-priv-addr); the same on every enclave of the deployment; off by default")
 		extPriv     = fs.String("ext-priv-addr", enclave.DefaultSyncAddr, "with -fqdn-leader: TLS listener for other enclaves (/enclave/leader, /enclave/sync, /enclave/heartbeat) on the enclave's network; publish it only inside the VPC")
@@ -449,7 +450,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		if mode == enclave.NetworkUserspace && len(fwds) == 0 {
 			return nil, errors.New("-network userspace needs -app-url or -forward: without them, the userspace network reaches no program")
 		}
-		for _, name := range []string{"public-addr", "wait-for-app", "fqdn", "acme", "acme-directory", "acme-email", "acme-cache", "acme-roots", "tls-cert", "tls-key", "dev-attester", "dev-root-out", "max-attestations", "drain-timeout", "ingress", "max-in-flight", "queue", "queue-timeout", "app-timeout", "fqdn-leader", "ext-priv-addr", "sync-advertise", "sync-heartbeat"} {
+		for _, name := range []string{"public-addr", "wait-for-app", "fqdn", "acme", "acme-directory", "acme-email", "acme-cache", "acme-roots", "tls-cert", "tls-key", "dev-attester", "dev-root-out", "max-attestations", "drain-timeout", "ingress", "max-in-flight", "queue", "queue-timeout", "max-streams", "app-timeout", "fqdn-leader", "ext-priv-addr", "sync-advertise", "sync-heartbeat"} {
 			if set[name] {
 				return nil, fmt.Errorf("-%s needs -app-url (serving is off without it)", name)
 			}
@@ -532,6 +533,10 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		o.cfg.Proxy.QueueSize = defaultQueue(*maxInFlight)
 	}
 	o.cfg.Proxy.QueueTimeout = *queueWait
+	if *maxStreams < -1 {
+		return nil, fmt.Errorf("-max-streams %d: want a positive limit, 0 for the default or -1 to keep streams in -max-in-flight", *maxStreams)
+	}
+	o.cfg.Proxy.MaxStreams = *maxStreams
 	switch {
 	case *appTimeout < 0:
 		return nil, fmt.Errorf("-app-timeout %s: must not be negative (0: no limit)", *appTimeout)

@@ -122,6 +122,8 @@ func TestBadFlags(t *testing.T) {
 		{"bad max conns", []string{"-app-url", "http://127.0.0.1:1", "-max-conns", "-2"}, "-max-conns -2"},
 		{"max in flight without app", []string{"-max-in-flight", "10"}, "-max-in-flight needs -app-url"},
 		{"bad max in flight", []string{"-app-url", "http://127.0.0.1:1", "-max-in-flight", "-5"}, "-max-in-flight -5"},
+		{"max streams without app", []string{"-max-streams", "10"}, "-max-streams needs -app-url"},
+		{"bad max streams", []string{"-app-url", "http://127.0.0.1:1", "-max-streams", "-2"}, "-max-streams -2"},
 		{"negative queue", []string{"-app-url", "http://127.0.0.1:1", "-queue", "-1"}, "must not be negative"},
 		{"zero queue timeout", []string{"-app-url", "http://127.0.0.1:1", "-queue-timeout", "0s"}, "-queue-timeout must be positive"},
 		{"negative app timeout", []string{"-app-url", "http://127.0.0.1:1", "-app-timeout", "-1s"}, "-app-timeout -1s: must not be negative"},
@@ -366,12 +368,14 @@ func TestAdmissionDefaults(t *testing.T) {
 		limit     int
 		queue     int
 		queueWait time.Duration
+		streams   int
 	}{
-		{"defaults", nil, 0, 8 * perCPU, 200 * time.Millisecond},
-		{"limit given", []string{"-max-in-flight", "10"}, 10, 80, 200 * time.Millisecond},
-		{"no limit", []string{"-max-in-flight", "-1"}, -1, 0, 200 * time.Millisecond},
-		{"refuse at once", []string{"-queue", "0"}, 0, 0, 200 * time.Millisecond},
-		{"all given", []string{"-max-in-flight", "4", "-queue", "3", "-queue-timeout", "1s"}, 4, 3, time.Second},
+		{"defaults", nil, 0, 8 * perCPU, 200 * time.Millisecond, 0},
+		{"limit given", []string{"-max-in-flight", "10"}, 10, 80, 200 * time.Millisecond, 0},
+		{"no limit", []string{"-max-in-flight", "-1"}, -1, 0, 200 * time.Millisecond, 0},
+		{"refuse at once", []string{"-queue", "0"}, 0, 0, 200 * time.Millisecond, 0},
+		{"all given", []string{"-max-in-flight", "4", "-queue", "3", "-queue-timeout", "1s", "-max-streams", "9"}, 4, 3, time.Second, 9},
+		{"streams keep their slots", []string{"-max-streams", "-1"}, 0, 8 * perCPU, 200 * time.Millisecond, -1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var stderr bytes.Buffer
@@ -379,9 +383,9 @@ func TestAdmissionDefaults(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got := []any{o.cfg.Proxy.MaxInFlight, o.cfg.Proxy.QueueSize, o.cfg.Proxy.QueueTimeout}
-			if diff := cmp.Diff([]any{tc.limit, tc.queue, tc.queueWait}, got); diff != "" {
-				t.Errorf("MaxInFlight, QueueSize, QueueTimeout (-want +got):\n%s", diff)
+			got := []any{o.cfg.Proxy.MaxInFlight, o.cfg.Proxy.QueueSize, o.cfg.Proxy.QueueTimeout, o.cfg.Proxy.MaxStreams}
+			if diff := cmp.Diff([]any{tc.limit, tc.queue, tc.queueWait, tc.streams}, got); diff != "" {
+				t.Errorf("MaxInFlight, QueueSize, QueueTimeout, MaxStreams (-want +got):\n%s", diff)
 			}
 		})
 	}
