@@ -88,7 +88,8 @@ type Config struct {
 	// forwarded requests; requests past the cap wait up to DialTimeout for
 	// one to come free, then get 504. Connections that were upgraded (for
 	// example to WebSocket) leave the pool and are not counted. Default 0:
-	// no cap beyond MaxInFlight, which bounds busy connections anyway.
+	// no cap beyond MaxInFlight and MaxStreams, which bound busy
+	// connections anyway.
 	MaxConns int
 
 	// IdleConnTimeout is how long an unused upstream connection is kept.
