@@ -283,12 +283,22 @@ func (ex *exchange) roundTrip(uc *upConn, tokens *connTokens, upgrade string, ha
 	if hasBody && ex.finishBody(uc) != nil {
 		return false
 	}
-	keep = complete && !resp.Close && uc.drained()
+	keep = complete && !resp.Close && !headOfUnknownLength(r, resp) && uc.drained()
 	// A body sent for HEAD, 204 or 304 (a handler that writes one
 	// anyway) may arrive after the head: check before reuse.
 	uc.recheck = r.Method == http.MethodHead || resp.StatusCode == http.StatusNoContent ||
 		resp.StatusCode == http.StatusNotModified
 	return false
+}
+
+// headOfUnknownLength reports whether resp answers a HEAD without a
+// Content-Length (or chunked). The upstream may still be busy on the
+// connection, producing the body it does not send: a Go handler of a
+// stream (server-sent events) runs on, its writes discarded, until its
+// connection closes. Such a connection is not reused: the next request on
+// it would wait for UpstreamTimeout.
+func headOfUnknownLength(r *http.Request, resp *http.Response) bool {
+	return r.Method == http.MethodHead && (resp.ContentLength < 0 || len(resp.TransferEncoding) > 0)
 }
 
 // drained reports whether uc holds nothing past the response just read:

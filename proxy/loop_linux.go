@@ -1425,6 +1425,8 @@ func (c *lclient) respHead(n int) bool {
 	switch {
 	case ri.bodyless(c.isHead):
 		c.rframe = lfNone
+		// As headOfUnknownLength: not reused, the upstream may be busy.
+		c.rclose = c.rclose || c.isHead && (ri.length < 0 || ri.chunked)
 	case ri.chunked:
 		c.rframe = lfChunked
 	case ri.length >= 0:
