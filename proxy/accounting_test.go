@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 )
@@ -62,6 +63,49 @@ func TestHeadOfStreamNotReused(t *testing.T) {
 				resp.Body.Close()
 				if err := drain(env.client.Get(env.url + "/plain")); err != nil {
 					t.Fatalf("GET after HEAD %d: %v", i, err)
+				}
+			}
+		})
+	}
+}
+
+// TestRefusedBodyNotReset: a request refused while its client is still
+// sending the body (503 past MaxInFlight) reaches the client as a 503,
+// not as a connection reset: the proxy closes such a connection only
+// after shutting its write side and dropping what still comes, for a
+// while, as net/http's server does. The goroutine front end closed at
+// once, the unread body reset the connection, and the client, still
+// writing, saw "connection reset by peer" and never the Retry-After.
+func TestRefusedBodyNotReset(t *testing.T) {
+	checkGoroutines(t)
+	for _, front := range fronts {
+		t.Run(front, func(t *testing.T) {
+			release := make(chan struct{})
+			up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/held" {
+					<-release
+				}
+			})
+			env := newEnv(t, front, up, Config{MaxInFlight: 1})
+			held := make(chan error, 1)
+			go func() { held <- drain(env.client.Get(env.url + "/held")) }()
+			defer func() {
+				close(release)
+				if err := <-held; err != nil {
+					t.Error(err)
+				}
+			}()
+			eventually(t, 5*time.Second, "the slot taken", func() bool { return env.proxy.InFlight() == 1 })
+			body := strings.Repeat("x", 512<<10) // more than the socket buffers take at once
+			for i := range 30 {
+				resp, err := env.client.Post(env.url+"/upload", "text/plain", strings.NewReader(body))
+				if err != nil {
+					t.Fatalf("upload %d: %v", i, err)
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+					t.Fatalf("upload %d: %d, Retry-After %q; want 503 with Retry-After", i, resp.StatusCode, resp.Header.Get("Retry-After"))
 				}
 			}
 		})

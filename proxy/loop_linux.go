@@ -673,10 +673,6 @@ func (c *lclient) sendDeadline(moved bool) {
 	c.deadline = c.el.now + int64(d)
 }
 
-// lingerTime is how long a connection closed with request bytes unread
-// keeps reading them (net/http waits as long).
-const lingerTime = 500 * time.Millisecond
-
 // finishClose closes c now that its last response is out. If the client
 // may still be sending (bytes unread, or a request refused as malformed),
 // closing would reset the connection,

@@ -232,6 +232,7 @@ type clientConn struct {
 	chunked        bool     // the response body is being chunk-encoded
 	headWritten    bool
 	closeAfter     bool // close the connection after this response
+	unread         bool // the client may still be sending: close with lingerClose
 	hijacked       bool
 }
 
@@ -262,7 +263,11 @@ func (cc *clientConn) serve() {
 			p.log.LogAttrs(p.ctx, slog.LevelError, "proxy: panic serving connection",
 				slog.String("remote", cc.remoteAddr), slog.Any("panic", v))
 		}
-		if !cc.hijacked {
+		switch {
+		case cc.hijacked:
+		case cc.unread:
+			cc.lingerClose()
+		default:
 			_ = cc.conn.Close()
 		}
 	}()
@@ -397,6 +402,7 @@ func checkRequest(r *http.Request) int {
 // is closed after it.
 func (cc *clientConn) writeRaw(code int) {
 	cc.closeAfter = true
+	cc.unread = true
 	cc.r = nil
 	cc.headWritten = false
 	cc.setWriteDeadline(time.Now().Add(time.Second))
@@ -439,6 +445,7 @@ func (cc *clientConn) handle(r *http.Request) bool {
 	if !p.lim.acquire(p.ctx) {
 		p.refused()
 		cc.closeAfter = cc.closeAfter || hasBody // the body stays unread
+		cc.unread = hasBody
 		cc.writeRefusal()
 		return cc.finish()
 	}
@@ -452,8 +459,38 @@ func (cc *clientConn) handle(r *http.Request) bool {
 	}
 	if !ex.bodyRead {
 		cc.closeAfter = true // the rest of the body would be taken for a request
+		cc.unread = true
 	}
 	return cc.finish()
+}
+
+// lingerTime is how long a connection closed with request bytes unread
+// keeps reading them (net/http waits as long).
+const lingerTime = 500 * time.Millisecond
+
+// lingerClose closes the connection of a client that may still be
+// sending (a request body left unread, a request refused as malformed).
+// Closing a socket with bytes unread resets the connection, and the reset
+// can destroy the last response in the client's receive buffer, or reach
+// a client still writing its body before it reads the response: it sees
+// "connection reset" instead of the 503 and its Retry-After. So the write
+// side is shut first (over TLS, close_notify) and what comes is read and
+// dropped until the client closes too, for at most lingerTime, as
+// net/http's server and the event loops (finishClose) do.
+func (cc *clientConn) lingerClose() {
+	c := cc.conn
+	defer c.Close()
+	cw, ok := c.(interface{ CloseWrite() error })
+	if !ok || cw.CloseWrite() != nil || c.SetReadDeadline(time.Now().Add(lingerTime)) != nil {
+		return
+	}
+	bp := cc.p.smallBufs.Get().(*[]byte)
+	defer cc.p.smallBufs.Put(bp)
+	for {
+		if _, err := c.Read(*bp); err != nil {
+			return
+		}
+	}
 }
 
 // finish flushes the response and reports whether the connection may
