@@ -1,13 +1,150 @@
 package proxy
 
 import (
+	"bufio"
+	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
+
+// TestSlotAccounting: clients that mix every kind of exchange, at random
+// and at once, past MaxInFlight and MaxStreams (responses of known and
+// unknown length, streams read in part and dropped, HEAD, 204, upstreams
+// that cut a response short, clients that give up mid-response, request
+// bodies) leave no in-flight slot, stream or metrics count behind: a slot
+// lost per odd exchange would end, after enough of them, with every
+// request refused.
+func TestSlotAccounting(t *testing.T) {
+	checkGoroutines(t)
+	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/length":
+			w.Header().Set("Content-Length", "5")
+			io.WriteString(w, "hello")
+		case "/chunked":
+			for i := range 3 {
+				fmt.Fprintf(w, "part %d\n", i)
+				w.(http.Flusher).Flush()
+			}
+		case "/events":
+			w.Header().Set("Content-Type", "text/event-stream")
+			for i := range 1000 { // at most ~5 s, so that a failing run ends
+				if _, err := fmt.Fprintf(w, "data: %d\n\n", i); err != nil {
+					return
+				}
+				w.(http.Flusher).Flush()
+				select {
+				case <-r.Context().Done():
+					return
+				case <-time.After(5 * time.Millisecond):
+				}
+			}
+		case "/empty":
+			w.WriteHeader(http.StatusNoContent)
+		case "/cut":
+			// A chunked response whose upstream goes away mid-body.
+			io.WriteString(w, "start")
+			w.(http.Flusher).Flush()
+			conn, _, err := http.NewResponseController(w).Hijack()
+			if err == nil {
+				conn.Close()
+			}
+		case "/echo":
+			_, _ = io.Copy(w, r.Body)
+		default:
+			http.NotFound(w, r)
+		}
+	})
+	for _, front := range fronts {
+		t.Run(front, func(t *testing.T) {
+			env := newEnv(t, front, up, Config{MaxInFlight: 4, MaxStreams: 3})
+			var subscribed atomic.Int64
+			env.client.Timeout = 5 * time.Second
+			ops := []func(rng *rand.Rand) error{
+				func(*rand.Rand) error { return drain(env.client.Get(env.url + "/length")) },
+				func(*rand.Rand) error { return drain(env.client.Get(env.url + "/chunked")) },
+				func(*rand.Rand) error { return drain(env.client.Head(env.url + "/events")) },
+				func(*rand.Rand) error { return drain(env.client.Get(env.url + "/empty")) },
+				func(*rand.Rand) error { _ = drain(env.client.Get(env.url + "/cut")); return nil },
+				func(rng *rand.Rand) error {
+					body := strings.Repeat("x", rng.IntN(100000))
+					return drain(env.client.Post(env.url+"/echo", "text/plain", strings.NewReader(body)))
+				},
+				func(rng *rand.Rand) error {
+					// A subscriber that reads a few events and leaves.
+					resp, err := env.client.Get(env.url + "/events")
+					if err != nil {
+						return err
+					}
+					defer resp.Body.Close()
+					if resp.StatusCode != http.StatusOK {
+						return nil // refused: fine here
+					}
+					subscribed.Add(1)
+					br := bufio.NewReader(resp.Body)
+					for range 1 + rng.IntN(6) {
+						if _, err := br.ReadString('\n'); err != nil {
+							return err
+						}
+					}
+					return nil
+				},
+				func(rng *rand.Rand) error {
+					// A client that gives up at a random moment.
+					ctx, cancel := context.WithTimeout(context.Background(), time.Duration(rng.IntN(20))*time.Millisecond)
+					defer cancel()
+					req, _ := http.NewRequestWithContext(ctx, http.MethodGet, env.url+"/events", nil)
+					resp, err := env.client.Do(req)
+					if err == nil {
+						_, _ = io.Copy(io.Discard, resp.Body)
+						resp.Body.Close()
+					}
+					return nil
+				},
+			}
+			var wg sync.WaitGroup
+			errs := make(chan error, 16)
+			for w := range 12 {
+				wg.Go(func() {
+					rng := rand.New(rand.NewPCG(uint64(w), 7))
+					for range 40 {
+						if err := ops[rng.IntN(len(ops))](rng); err != nil {
+							select {
+							case errs <- err:
+							default:
+							}
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Error(err)
+			}
+			// The mix went past both limits.
+			if env.metrics.refused.Load() == 0 || subscribed.Load() == 0 {
+				t.Errorf("%d refusals, %d streams read: the mix did not reach the limits", env.metrics.refused.Load(), subscribed.Load())
+			}
+			t.Logf("%d requests, %d refused, %d streams read", env.metrics.requests.Load(), env.metrics.refused.Load(), subscribed.Load())
+			eventually(t, 10*time.Second, "every slot and stream back", func() bool {
+				return env.proxy.InFlight() == 0 && env.proxy.Streams() == 0 && env.metrics.inFlight.Load() == 0
+			})
+			// Nothing was lost: a plain request still passes.
+			if err := drain(env.client.Get(env.url + "/length")); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+}
 
 // drain reads and closes a response, and fails on a status other than 200,
 // 204 or 503.
