@@ -23,126 +23,146 @@ import (
 // request refused.
 func TestSlotAccounting(t *testing.T) {
 	checkGoroutines(t)
-	up := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch r.URL.Path {
-		case "/length":
-			w.Header().Set("Content-Length", "5")
-			io.WriteString(w, "hello")
-		case "/chunked":
-			for i := range 3 {
-				fmt.Fprintf(w, "part %d\n", i)
-				w.(http.Flusher).Flush()
-			}
-		case "/events":
-			w.Header().Set("Content-Type", "text/event-stream")
-			for i := range 1000 { // at most ~5 s, so that a failing run ends
-				if _, err := fmt.Fprintf(w, "data: %d\n\n", i); err != nil {
-					return
-				}
-				w.(http.Flusher).Flush()
-				select {
-				case <-r.Context().Done():
-					return
-				case <-time.After(5 * time.Millisecond):
-				}
-			}
-		case "/empty":
-			w.WriteHeader(http.StatusNoContent)
-		case "/cut":
-			// A chunked response whose upstream goes away mid-body.
-			io.WriteString(w, "start")
-			w.(http.Flusher).Flush()
-			conn, _, err := http.NewResponseController(w).Hijack()
-			if err == nil {
-				conn.Close()
-			}
-		case "/echo":
-			_, _ = io.Copy(w, r.Body)
-		default:
-			http.NotFound(w, r)
-		}
-	})
+	up := http.HandlerFunc(accountingApp)
 	for _, front := range fronts {
 		t.Run(front, func(t *testing.T) {
 			env := newEnv(t, front, up, Config{MaxInFlight: 4, MaxStreams: 3})
-			var subscribed atomic.Int64
 			env.client.Timeout = 5 * time.Second
-			ops := []func(rng *rand.Rand) error{
-				func(*rand.Rand) error { return drain(env.client.Get(env.url + "/length")) },
-				func(*rand.Rand) error { return drain(env.client.Get(env.url + "/chunked")) },
-				func(*rand.Rand) error { return drain(env.client.Head(env.url + "/events")) },
-				func(*rand.Rand) error { return drain(env.client.Get(env.url + "/empty")) },
-				func(*rand.Rand) error { _ = drain(env.client.Get(env.url + "/cut")); return nil },
-				func(rng *rand.Rand) error {
-					body := strings.Repeat("x", rng.IntN(100000))
-					return drain(env.client.Post(env.url+"/echo", "text/plain", strings.NewReader(body)))
-				},
-				func(rng *rand.Rand) error {
-					// A subscriber that reads a few events and leaves.
-					resp, err := env.client.Get(env.url + "/events")
-					if err != nil {
-						return err
-					}
-					defer resp.Body.Close()
-					if resp.StatusCode != http.StatusOK {
-						return nil // refused: fine here
-					}
-					subscribed.Add(1)
-					br := bufio.NewReader(resp.Body)
-					for range 1 + rng.IntN(6) {
-						if _, err := br.ReadString('\n'); err != nil {
-							return err
-						}
-					}
-					return nil
-				},
-				func(rng *rand.Rand) error {
-					// A client that gives up at a random moment.
-					ctx, cancel := context.WithTimeout(context.Background(), time.Duration(rng.IntN(20))*time.Millisecond)
-					defer cancel()
-					req, _ := http.NewRequestWithContext(ctx, http.MethodGet, env.url+"/events", nil)
-					resp, err := env.client.Do(req)
-					if err == nil {
-						_, _ = io.Copy(io.Discard, resp.Body)
-						resp.Body.Close()
-					}
-					return nil
-				},
+			mixLoad(t, env.client, env.url, env.proxy, env.metrics)
+		})
+	}
+}
+
+// TestH2CSlotAccounting: the same mix, from HTTP/2 clients to an h2c
+// upstream, where a stream cut short is reset rather than its connection
+// closed.
+func TestH2CSlotAccounting(t *testing.T) {
+	checkGoroutines(t)
+	up := startH2CUpstream(t, http.HandlerFunc(accountingApp), false)
+	env := newH2CEnv(t, up, Config{MaxInFlight: 4, MaxStreams: 3})
+	env.client.Timeout = 5 * time.Second
+	mixLoad(t, env.client, "https://"+env.addr, env.proxy, env.metrics)
+}
+
+// mixLoad runs 12 clients doing 40 random exchanges each against base (a
+// Proxy p in front of accountingApp with MaxInFlight 4 and MaxStreams 3),
+// then checks that every slot and stream came back.
+func mixLoad(t *testing.T, client *http.Client, base string, p *Proxy, m *countMetrics) {
+	t.Helper()
+	var subscribed atomic.Int64
+	ops := []func(rng *rand.Rand) error{
+		func(*rand.Rand) error { return drain(client.Get(base + "/length")) },
+		func(*rand.Rand) error { return drain(client.Get(base + "/chunked")) },
+		func(*rand.Rand) error { return drain(client.Head(base + "/events")) },
+		func(*rand.Rand) error { return drain(client.Get(base + "/empty")) },
+		func(*rand.Rand) error { _ = drain(client.Get(base + "/cut")); return nil },
+		func(rng *rand.Rand) error {
+			body := strings.Repeat("x", rng.IntN(100000))
+			return drain(client.Post(base+"/echo", "text/plain", strings.NewReader(body)))
+		},
+		func(rng *rand.Rand) error {
+			// A subscriber that reads a few events and leaves.
+			resp, err := client.Get(base + "/events")
+			if err != nil {
+				return err
 			}
-			var wg sync.WaitGroup
-			errs := make(chan error, 16)
-			for w := range 12 {
-				wg.Go(func() {
-					rng := rand.New(rand.NewPCG(uint64(w), 7))
-					for range 40 {
-						if err := ops[rng.IntN(len(ops))](rng); err != nil {
-							select {
-							case errs <- err:
-							default:
-							}
-							return
-						}
+			defer resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				return nil // refused: fine here
+			}
+			subscribed.Add(1)
+			br := bufio.NewReader(resp.Body)
+			for range 1 + rng.IntN(6) {
+				if _, err := br.ReadString('\n'); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+		func(rng *rand.Rand) error {
+			// A client that gives up at a random moment.
+			ctx, cancel := context.WithTimeout(context.Background(), time.Duration(rng.IntN(20))*time.Millisecond)
+			defer cancel()
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/events", nil)
+			resp, err := client.Do(req)
+			if err == nil {
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+			return nil
+		},
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for w := range 12 {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(w), 7))
+			for range 40 {
+				if err := ops[rng.IntN(len(ops))](rng); err != nil {
+					select {
+					case errs <- err:
+					default:
 					}
-				})
-			}
-			wg.Wait()
-			close(errs)
-			for err := range errs {
-				t.Error(err)
-			}
-			// The mix went past both limits.
-			if env.metrics.refused.Load() == 0 || subscribed.Load() == 0 {
-				t.Errorf("%d refusals, %d streams read: the mix did not reach the limits", env.metrics.refused.Load(), subscribed.Load())
-			}
-			t.Logf("%d requests, %d refused, %d streams read", env.metrics.requests.Load(), env.metrics.refused.Load(), subscribed.Load())
-			eventually(t, 10*time.Second, "every slot and stream back", func() bool {
-				return env.proxy.InFlight() == 0 && env.proxy.Streams() == 0 && env.metrics.inFlight.Load() == 0
-			})
-			// Nothing was lost: a plain request still passes.
-			if err := drain(env.client.Get(env.url + "/length")); err != nil {
-				t.Error(err)
+					return
+				}
 			}
 		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	// The mix went past both limits.
+	if m.refused.Load() == 0 || subscribed.Load() == 0 {
+		t.Errorf("%d refusals, %d streams read: the mix did not reach the limits", m.refused.Load(), subscribed.Load())
+	}
+	t.Logf("%d requests, %d refused, %d streams read", m.requests.Load(), m.refused.Load(), subscribed.Load())
+	eventually(t, 10*time.Second, "every slot and stream back", func() bool {
+		return p.InFlight() == 0 && p.Streams() == 0 && m.inFlight.Load() == 0
+	})
+	// Nothing was lost: a plain request still passes.
+	if err := drain(client.Get(base + "/length")); err != nil {
+		t.Error(err)
+	}
+}
+
+// accountingApp is TestSlotAccounting's upstream: every kind of response.
+func accountingApp(w http.ResponseWriter, r *http.Request) {
+	switch r.URL.Path {
+	case "/length":
+		w.Header().Set("Content-Length", "5")
+		io.WriteString(w, "hello")
+	case "/chunked":
+		for i := range 3 {
+			fmt.Fprintf(w, "part %d\n", i)
+			w.(http.Flusher).Flush()
+		}
+	case "/events":
+		w.Header().Set("Content-Type", "text/event-stream")
+		for i := range 1000 { // at most ~5 s, so that a failing run ends
+			if _, err := fmt.Fprintf(w, "data: %d\n\n", i); err != nil {
+				return
+			}
+			w.(http.Flusher).Flush()
+			select {
+			case <-r.Context().Done():
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	case "/empty":
+		w.WriteHeader(http.StatusNoContent)
+	case "/cut":
+		// A response whose upstream goes away mid-body: the
+		// connection closes (HTTP/1.1) or the stream is reset (HTTP/2).
+		io.WriteString(w, "start")
+		w.(http.Flusher).Flush()
+		panic(http.ErrAbortHandler)
+	case "/echo":
+		_, _ = io.Copy(w, r.Body)
+	default:
+		http.NotFound(w, r)
 	}
 }
 
