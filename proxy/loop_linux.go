@@ -511,9 +511,10 @@ func (s *lsock) freePend(p *Proxy) {
 	if s.pend == nil {
 		return
 	}
-	if cap(s.pend) == cap(*s.pendBuf) {
-		*s.pendBuf = s.pend[:0]
-	}
+	// *s.pendBuf is still the whole buffer (pend was appended to a
+	// reslice of it): it goes back as it came. Putting back pend[:0], as
+	// before, left a zero-length buffer in the pool, on which the next
+	// request body copy read nothing forever, spinning a CPU.
 	p.putBuf(s.pendBuf)
 	s.pend, s.pendBuf, s.pendOff = nil, nil, 0
 }
