@@ -569,8 +569,12 @@ func (ex *exchange) copyResponse(uc *upConn, resp *http.Response) (complete bool
 			return false, nil, werr
 		}
 	}
+	// A body without Content-Length or chunked coding (HTTP/1.0 style)
+	// ends when the upstream closes: the wait's EOF is its end, which the
+	// read below reports.
+	untilClose := stream && len(resp.TransferEncoding) == 0
 	for {
-		if err := ex.waitUpstream(uc); err != nil {
+		if err := ex.waitUpstream(uc); err != nil && !(untilClose && err == io.EOF) {
 			if errors.Is(err, errClientGone) {
 				return false, nil, err
 			}

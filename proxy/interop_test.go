@@ -584,6 +584,33 @@ func TestInteropPython(t *testing.T) {
 	}
 }
 
+// TestInteropPythonHTTP10: an HTTP/1.0 app (protocol_version "HTTP/1.0"):
+// no keep-alive, bodies without a length that end when the app closes the
+// connection; they reach the client whole.
+func TestInteropPythonHTTP10(t *testing.T) {
+	port := startApp(t, "python3", "app.py", "1.0")
+	checkGoroutines(t)
+	var want strings.Builder
+	for i := range 20000 {
+		fmt.Fprintf(&want, "line %05d\n", i)
+	}
+	for _, front := range fronts {
+		t.Run(front, func(t *testing.T) {
+			env := newTargetEnv(t, front, "http://127.0.0.1:"+port, Config{})
+			for i := range 3 {
+				resp, body := env.do(t, "GET", "/big", nil)
+				if resp.StatusCode != 200 || string(body) != want.String() {
+					t.Errorf("GET /big %d: %d, %d bytes, want %d", i, resp.StatusCode, len(body), want.Len())
+				}
+				resp, body = env.do(t, "GET", "/hello", nil)
+				wantResponse(t, "GET /hello", resp, body, 200, "hello from python\n")
+				resp, body = env.do(t, "POST", "/echo", strings.NewReader("xyz"))
+				wantResponse(t, "POST", resp, body, 200, "got 3: xyz")
+			}
+		})
+	}
+}
+
 // TestInteropNodeH2CHTTP1Clients: HTTP/1.1 clients on every front, to the
 // Node http2 app: the trailers come back after a chunked body, and a
 // stream the app resets mid-body aborts the client's response.
