@@ -225,6 +225,43 @@ func TestInteropNodeHTTP(t *testing.T) {
 				t.Errorf("the app saw Forwarded %s", f)
 			}
 
+			resp, body = env.do(t, "GET", "/cookies", nil)
+			wantResponse(t, "GET /cookies", resp, body, 200, "cookies")
+			if c := resp.Header["Set-Cookie"]; len(c) != 3 || c[0] != "a=1; Path=/" || c[2] != "c=3; HttpOnly" {
+				t.Errorf("Set-Cookie %q, want the app's three", c)
+			}
+			if m := resp.Header.Values("X-Multi"); strings.Join(m, ",") != "one,two" {
+				t.Errorf("X-Multi %q", m)
+			}
+
+			// 103 Early Hints (res.writeEarlyHints) reach the client
+			// before the response.
+			c := dialFront(t, env.url)
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+			_, _ = io.WriteString(c, "GET /early HTTP/1.1\r\nHost: x\r\n\r\n")
+			br := bufio.NewReader(c)
+			var statuses []string
+			var link string
+			for {
+				line, err := br.ReadString('\n')
+				if err != nil {
+					t.Fatalf("GET /early: %v after %q", err, statuses)
+				}
+				if strings.HasPrefix(line, "HTTP/1.1 ") {
+					statuses = append(statuses, strings.TrimSpace(line))
+				}
+				if v, ok := strings.CutPrefix(strings.ToLower(line), "link: "); ok {
+					link = strings.TrimSpace(v)
+				}
+				if strings.HasPrefix(line, "HTTP/1.1 200") {
+					break
+				}
+			}
+			if len(statuses) != 2 || !strings.HasPrefix(statuses[0], "HTTP/1.1 103") || !strings.Contains(link, "style.css") {
+				t.Errorf("GET /early: status lines %q, link %q; want 103 with the Link, then 200", statuses, link)
+			}
+
 			// A response with Connection: close, then more requests: the
 			// proxy must not reuse the connection Node closes.
 			for i := range 3 {
@@ -387,6 +424,9 @@ func TestInteropNodeUpgrade(t *testing.T) {
 			}
 			for i := range 5 {
 				msg := fmt.Sprintf("message %d over the tunnel", i)
+				if i == 0 {
+					msg = "first"
+				}
 				if _, err := io.WriteString(c, msg); err != nil {
 					t.Fatal(err)
 				}
@@ -394,6 +434,40 @@ func TestInteropNodeUpgrade(t *testing.T) {
 				if _, err := io.ReadFull(br, got); err != nil || string(got) != msg {
 					t.Fatalf("echo %d: %q, %v", i, got, err)
 				}
+			}
+		})
+	}
+}
+
+// TestInteropNodeUpgradeAppFirst: the app sends bytes in the same write
+// as its 101 head, before the client sends anything (a server-first
+// protocol): they reach the client without waiting for it.
+func TestInteropNodeUpgradeAppFirst(t *testing.T) {
+	port := startApp(t, "node", "app.js", "http")
+	checkGoroutines(t)
+	for _, front := range fronts {
+		t.Run(front, func(t *testing.T) {
+			env := newTargetEnv(t, front, "http://127.0.0.1:"+port, Config{})
+			c := dialFront(t, env.url)
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+			fmt.Fprintf(c, "GET /tunnel HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\nX-Greet: 1\r\n\r\n")
+			br := bufio.NewReader(c)
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.StatusCode != 101 {
+				t.Fatalf("upgrade: %d", resp.StatusCode)
+			}
+			line, err := br.ReadString('\n')
+			if err != nil || line != "greetings\n" {
+				t.Fatalf("the app's first bytes: %q, %v", line, err)
+			}
+			_, _ = io.WriteString(c, "ping")
+			got := make([]byte, 4)
+			if _, err := io.ReadFull(br, got); err != nil || string(got) != "ping" {
+				t.Fatalf("echo: %q, %v", got, err)
 			}
 		})
 	}

@@ -103,6 +103,18 @@ function handle(req, res) {
       res.write('y'.repeat(40));
       setTimeout(() => req.socket.destroy(), 50);
       return;
+    case '/early':
+      res.writeEarlyHints({ link: '</style.css>; rel=preload; as=style' });
+      setTimeout(() => {
+        res.writeHead(200, { 'Content-Length': 5 });
+        res.end('early');
+      }, 20);
+      return;
+    case '/cookies':
+      res.setHeader('Set-Cookie', ['a=1; Path=/', 'b=2; Path=/', 'c=3; HttpOnly']);
+      res.setHeader('X-Multi', ['one', 'two']);
+      res.end('cookies');
+      return;
     case '/close': {
       const body = 'closing after this';
       res.writeHead(200, { Connection: 'close', 'Content-Length': Buffer.byteLength(body) });
@@ -173,7 +185,9 @@ if (mode === 'h2') {
   server = http.createServer(handle);
   if (process.argv[3]) server.keepAliveTimeout = Number(process.argv[3]);
   server.on('upgrade', (req, socket, head) => {
-    socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\nX-App: node\r\n\r\n');
+    // The app may speak first, in the same write as the 101.
+    socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\nX-App: node\r\n\r\n' +
+      (req.headers['x-greet'] ? 'greetings\n' : ''));
     if (head.length) socket.write(head);
     socket.on('data', (d) => socket.write(d));
     socket.on('end', () => socket.end());
