@@ -64,9 +64,10 @@
 //     subscribers that stay for hours must not keep other requests out;
 //   - takes an idle upstream connection (or dials one, up to
 //     [Config.MaxConns]; a connection on which the upstream sent more than
-//     its last response, such as a body for HEAD, or answered HEAD without
-//     a length, and may still be busy producing the body it does not send,
-//     is closed instead of reused) and writes the request line and headers without copying the
+//     its last response, such as a body for HEAD, that answered HEAD
+//     without a length (it may still be busy producing the body it does not
+//     send), or that carried a chunked request body, is closed instead of
+//     reused) and writes the request line and headers without copying the
 //     header map, dropping hop-by-hop headers and fields whose names
 //     contain an underscore ([Config.AllowUnderscoreHeaders]), and setting
 //     X-Forwarded-For, X-Forwarded-Host, X-Forwarded-Proto and Forwarded

@@ -283,7 +283,12 @@ func (ex *exchange) roundTrip(uc *upConn, tokens *connTokens, upgrade string, ha
 	if hasBody && ex.finishBody(uc) != nil {
 		return false
 	}
-	keep = complete && !resp.Close && !headOfUnknownLength(r, resp) && uc.drained()
+	// Nor after a chunked request body: an upstream that reads only
+	// Content-Length (Python's http.server, HTTP/1.0 servers) answers
+	// before the body and then takes its chunks for requests, and its
+	// answers to them, arriving after this check, would be read as the
+	// response to the next request on uc.
+	keep = complete && !resp.Close && !chunked && !headOfUnknownLength(r, resp) && uc.drained()
 	// A body sent for HEAD, 204 or 304 (a handler that writes one
 	// anyway) may arrive after the head: check before reuse.
 	uc.recheck = r.Method == http.MethodHead || resp.StatusCode == http.StatusNoContent ||
