@@ -692,6 +692,28 @@ func TestInteropPythonHTTP10(t *testing.T) {
 				resp, body = env.do(t, "POST", "/echo", strings.NewReader("xyz"))
 				wantResponse(t, "POST", resp, body, 200, "got 3: xyz")
 			}
+			// A close-delimited stream: its first event reaches the client
+			// while the app waits to send the next.
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			req, _ := http.NewRequestWithContext(ctx, "GET", env.url+"/stream", nil)
+			resp, err := env.client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			br := bufio.NewReader(resp.Body)
+			if line, err := br.ReadString('\n'); err != nil || line != "data: first\n" {
+				t.Fatalf("first event: %q, %v", line, err)
+			}
+			resp2, _ := env.do(t, "GET", "/release", nil)
+			if resp2.StatusCode != 200 {
+				t.Fatalf("release: %d", resp2.StatusCode)
+			}
+			rest, err := io.ReadAll(br)
+			if err != nil || string(rest) != "\ndata: second\n\n" {
+				t.Errorf("the rest of the stream: %q, %v", rest, err)
+			}
 		})
 	}
 }

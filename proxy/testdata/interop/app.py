@@ -7,6 +7,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 VERSION = sys.argv[1] if len(sys.argv) > 1 else "1.1"
+RELEASE = threading.Event()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -38,6 +39,21 @@ class Handler(BaseHTTPRequestHandler):
             for part in (b"alpha,", b"beta,", b"gamma"):
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
             self.wfile.write(b"0\r\n\r\n")
+        elif self.path == "/stream":
+            # Events until /release, then the end (the close, with
+            # HTTP/1.0): each must reach the client as it is written.
+            RELEASE.clear()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            self.wfile.write(b"data: first\n\n")
+            RELEASE.wait(5)
+            self.wfile.write(b"data: second\n\n")
+        elif self.path == "/release":
+            RELEASE.set()
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
         elif self.path == "/big":
             # HTTP/1.0 style: no length, the body ends when the connection
             # closes.
