@@ -501,6 +501,54 @@ func TestInteropNodeKeepAliveTimeout(t *testing.T) {
 	}
 }
 
+// TestInteropNodeMaxRequestsPerSocket: Node's server.maxRequestsPerSocket
+// (here 2) ends a connection with "Connection: close" on its last
+// response; sequential and concurrent requests all succeed.
+func TestInteropNodeMaxRequestsPerSocket(t *testing.T) {
+	port := startApp(t, "node", "app.js", "http", "5000", "2")
+	checkGoroutines(t)
+	for _, front := range fronts {
+		t.Run(front, func(t *testing.T) {
+			env := newTargetEnv(t, front, "http://127.0.0.1:"+port, Config{})
+			ports := map[float64]int{}
+			for i := range 8 {
+				resp, body := env.do(t, "GET", "/headers", nil)
+				var seen struct{ RemotePort float64 }
+				if err := json.Unmarshal(body, &seen); err != nil || resp.StatusCode != 200 {
+					t.Fatalf("request %d: %d %q", i, resp.StatusCode, body)
+				}
+				ports[seen.RemotePort]++
+			}
+			for p, n := range ports {
+				if n > 2 {
+					t.Errorf("%d requests on the connection from port %v, Node allows 2", n, p)
+				}
+			}
+			errs := make(chan error, 16)
+			for i := range 16 {
+				go func() {
+					req, _ := http.NewRequest("POST", env.url+"/echo-length", strings.NewReader(fmt.Sprint("body ", i)))
+					resp, err := env.client.Do(req)
+					if err == nil {
+						var b []byte
+						b, err = io.ReadAll(resp.Body)
+						resp.Body.Close()
+						if err == nil && (resp.StatusCode != 200 || string(b) != fmt.Sprint("body ", i)) {
+							err = fmt.Errorf("%d %q", resp.StatusCode, b)
+						}
+					}
+					errs <- err
+				}()
+			}
+			for range 16 {
+				if err := <-errs; err != nil {
+					t.Errorf("concurrent POST: %v", err)
+				}
+			}
+		})
+	}
+}
+
 // TestInteropNodeAbort: Node drops the connection mid-response; the client
 // must see an aborted response, not a shorter one that looks complete.
 func TestInteropNodeAbort(t *testing.T) {
@@ -599,6 +647,36 @@ func TestInteropNodeH2C(t *testing.T) {
 		}
 		if resp.Trailer.Get("Grpc-Status") != "0" {
 			t.Errorf("trailers %v", resp.Trailer)
+		}
+	})
+
+	t.Run("large", func(t *testing.T) {
+		payload := make([]byte, 6<<20)
+		_, _ = rand.Read(payload)
+		req, _ := http.NewRequestWithContext(ctx, "POST", env.url("/echo"), bytes.NewReader(payload))
+		resp, err := env.client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != 200 || !bytes.Equal(b, payload) {
+			t.Errorf("6 MiB echo: %d, %d bytes back, %v", resp.StatusCode, len(b), err)
+		}
+	})
+
+	t.Run("goaway", func(t *testing.T) {
+		for i := range 4 {
+			req, _ := http.NewRequestWithContext(ctx, "GET", env.url("/goaway"), nil)
+			resp, err := env.client.Do(req)
+			if err != nil {
+				t.Fatalf("request %d after the app's GOAWAY: %v", i, err)
+			}
+			b, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil || resp.StatusCode != 200 || string(b) != "bye" {
+				t.Errorf("request %d: %d %q %v", i, resp.StatusCode, b, err)
+			}
 		}
 	})
 

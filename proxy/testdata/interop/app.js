@@ -1,5 +1,6 @@
 // An upstream app for proxy/interop_test.go, on Node's standard library
-// only. Usage: node app.js http [keepAliveTimeoutMs] | node app.js h2
+// only. Usage: node app.js http [keepAliveTimeoutMs [maxRequestsPerSocket]]
+// | node app.js h2.
 // It listens on a free loopback port and prints the port on stdout.
 'use strict';
 const http = require('http');
@@ -163,6 +164,17 @@ function h2stream(stream, headers) {
       stream.on('end', () => stream.end());
       return;
     }
+    case '/echo':
+      stream.respond({ ':status': 200, 'content-type': 'application/octet-stream' });
+      stream.pipe(stream);
+      return;
+    case '/goaway':
+      // Answers, then closes its session gracefully (GOAWAY), as a
+      // server shutting down or recycling connections does.
+      stream.respond({ ':status': 200, 'content-length': '3' });
+      stream.end('bye');
+      stream.session.close();
+      return;
     case '/pkg.Svc/Reset':
       stream.respond({ ':status': 200, 'content-type': 'application/grpc' });
       stream.write('partial');
@@ -184,6 +196,7 @@ if (mode === 'h2') {
 } else {
   server = http.createServer(handle);
   if (process.argv[3]) server.keepAliveTimeout = Number(process.argv[3]);
+  if (process.argv[4]) server.maxRequestsPerSocket = Number(process.argv[4]);
   server.on('upgrade', (req, socket, head) => {
     // The app may speak first, in the same write as the 101.
     socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\nX-App: node\r\n\r\n' +
