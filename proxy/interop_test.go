@@ -435,6 +435,61 @@ func TestInteropNodeUpgrade(t *testing.T) {
 					t.Fatalf("echo %d: %q, %v", i, got, err)
 				}
 			}
+			// The client ends its side with a last message: the app
+			// echoes it and ends its side too, which the client sees.
+			_, _ = io.WriteString(c, "last words")
+			if cw, ok := c.(interface{ CloseWrite() error }); ok {
+				if err := cw.CloseWrite(); err != nil {
+					t.Fatal(err)
+				}
+				rest, err := io.ReadAll(br)
+				if err != nil || string(rest) != "last words" {
+					t.Errorf("after the client's half-close: %q, %v; want the echo, then EOF", rest, err)
+				}
+			}
+		})
+	}
+}
+
+// TestInteropNodeClients: clients other than net/http's: HTTP/1.0 ones
+// get Node's chunked responses decoded (and close-delimited), HTTP/1.1
+// ones asking for Connection: close get it; large response heads pass.
+func TestInteropNodeClients(t *testing.T) {
+	port := startApp(t, "node", "app.js", "http")
+	checkGoroutines(t)
+	for _, front := range fronts {
+		t.Run(front, func(t *testing.T) {
+			env := newTargetEnv(t, front, "http://127.0.0.1:"+port, Config{})
+			for _, c := range []struct{ path, body string }{
+				{"/chunked", "one,two,three,end"},
+				{"/trailers", "part one;part two"},
+				{"/hello", "hello from node\n"},
+			} {
+				for _, req := range []string{
+					"GET " + c.path + " HTTP/1.0\r\nHost: x\r\n\r\n",
+					"GET " + c.path + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+				} {
+					reply := rawRequest(t, env.url, req, 5*time.Second)
+					resp, err := http.ReadResponse(bufio.NewReader(strings.NewReader(reply)), nil)
+					if err != nil {
+						t.Fatalf("%q: %v in %q", req, err, reply)
+					}
+					b, err := io.ReadAll(resp.Body)
+					if err != nil || resp.StatusCode != 200 || string(b) != c.body {
+						t.Errorf("%q: %d %q %v, want 200 %q; reply:\n%s", req, resp.StatusCode, b, err, c.body, reply)
+					}
+					if strings.HasPrefix(req, "GET "+c.path+" HTTP/1.0") && len(resp.TransferEncoding) > 0 {
+						t.Errorf("%q: Transfer-Encoding %v sent to an HTTP/1.0 client", req, resp.TransferEncoding)
+					}
+				}
+			}
+			resp, body := env.do(t, "GET", "/bigheaders", nil)
+			wantResponse(t, "GET /bigheaders", resp, body, 200, "ok")
+			if len(resp.Header.Get("X-Long")) != 12<<10 || resp.Header.Get("X-Field-27") != strings.Repeat("27", 1000) {
+				t.Errorf("GET /bigheaders: X-Long of %d bytes, X-Field-27 of %d", len(resp.Header.Get("X-Long")), len(resp.Header.Get("X-Field-27")))
+			}
+			resp, body = env.do(t, "GET", "/hello", nil)
+			wantResponse(t, "GET /hello after /bigheaders", resp, body, 200, "hello from node\n")
 		})
 	}
 }

@@ -111,6 +111,14 @@ function handle(req, res) {
         res.end('early');
       }, 20);
       return;
+    case '/bigheaders': {
+      // 40 KiB of header fields, one of them 12 KiB long.
+      const h = { 'X-Long': 'l'.repeat(12 << 10), 'Content-Length': 2 };
+      for (let i = 0; i < 28; i++) h['X-Field-' + i] = String(i).repeat(1000);
+      res.writeHead(200, h);
+      res.end('ok');
+      return;
+    }
     case '/cookies':
       res.setHeader('Set-Cookie', ['a=1; Path=/', 'b=2; Path=/', 'c=3; HttpOnly']);
       res.setHeader('X-Multi', ['one', 'two']);
