@@ -735,6 +735,36 @@ func TestInteropNodeH2C(t *testing.T) {
 		}
 	})
 
+	t.Run("client-cancel", func(t *testing.T) {
+		// The client goes mid-stream: the app's stream is reset.
+		wctx, wcancel := context.WithCancel(ctx)
+		req, _ := http.NewRequestWithContext(wctx, "POST", env.url("/pkg.Svc/Watch"), nil)
+		resp, err := env.client.Do(req)
+		if err != nil {
+			wcancel()
+			t.Fatal(err)
+		}
+		line, err := bufio.NewReader(resp.Body).ReadString('\n')
+		if err != nil || line != "tick\n" {
+			t.Errorf("first tick: %q, %v", line, err)
+		}
+		watching := func() string {
+			resp, err := env.client.Get(env.url("/watching"))
+			if err != nil {
+				return err.Error()
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			return string(b)
+		}
+		if w := watching(); w != "1" {
+			t.Errorf("the app has %s watch streams open, want 1", w)
+		}
+		wcancel()
+		resp.Body.Close()
+		eventually(t, 5*time.Second, "the app's stream closed", func() bool { return watching() == "0" })
+	})
+
 	t.Run("reset", func(t *testing.T) {
 		resp, err := env.client.Do(grpcReq(ctx, "/pkg.Svc/Reset", strings.NewReader("x")))
 		if err != nil {
@@ -878,6 +908,25 @@ func TestInteropNodeH2CHTTP1Clients(t *testing.T) {
 			}
 			resp, body = env.do(t, "POST", "/pkg.Svc/Unary", strings.NewReader("again"), "Te", "trailers")
 			wantResponse(t, "unary after the reset", resp, body, 200, "reply:again:te=trailers")
+
+			// The client closes its connection mid-stream: the app's
+			// stream is reset.
+			c := dialFront(t, env.url)
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+			_, _ = io.WriteString(c, "POST /pkg.Svc/Watch HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+			r, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil || r.StatusCode != 200 {
+				t.Fatalf("watch: %v", err)
+			}
+			if line, err := bufio.NewReader(r.Body).ReadString('\n'); err != nil || line != "tick\n" {
+				t.Fatalf("watch: %q, %v", line, err)
+			}
+			_ = c.Close()
+			eventually(t, 5*time.Second, "the app's stream closed", func() bool {
+				_, body := env.do(t, "GET", "/watching", nil)
+				return string(body) == "0"
+			})
 		})
 	}
 }

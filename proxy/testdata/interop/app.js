@@ -141,6 +141,8 @@ function handle(req, res) {
   }
 }
 
+let watching = 0; // open /pkg.Svc/Watch streams
+
 function h2stream(stream, headers) {
   const path = headers[':path'];
   switch (path) {
@@ -175,6 +177,20 @@ function h2stream(stream, headers) {
     case '/echo':
       stream.respond({ ':status': 200, 'content-type': 'application/octet-stream' });
       stream.pipe(stream);
+      return;
+    case '/pkg.Svc/Watch': {
+      // A server stream that ticks until the client goes.
+      watching++;
+      stream.respond({ ':status': 200, 'content-type': 'application/grpc' });
+      const t = setInterval(() => stream.write('tick\n'), 20);
+      stream.write('tick\n');
+      stream.on('close', () => { clearInterval(t); watching--; });
+      stream.on('error', () => {});
+      return;
+    }
+    case '/watching':
+      stream.respond({ ':status': 200 });
+      stream.end(String(watching));
       return;
     case '/goaway':
       // Answers, then closes its session gracefully (GOAWAY), as a
