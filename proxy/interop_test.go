@@ -824,6 +824,14 @@ func TestInteropPython(t *testing.T) {
 					wantResponse(t, fmt.Sprintf("GET /hello %d after chunked POST %d", j, i), resp, body, 200, "hello from python\n")
 				}
 			}
+			for i := range 3 {
+				resp, body = env.do(t, "GET", "/error", nil)
+				if resp.StatusCode != 418 || !strings.Contains(string(body), "teapot") {
+					t.Errorf("GET /error: %d %q", resp.StatusCode, body)
+				}
+				resp, body = env.do(t, "GET", "/hello", nil)
+				wantResponse(t, fmt.Sprintf("GET /hello after /error %d", i), resp, body, 200, "hello from python\n")
+			}
 			resp, body = env.do(t, "GET", "/big", nil)
 			if resp.StatusCode != 200 || len(body) != 20000*11 || !strings.HasSuffix(string(body), "line 19999\n") {
 				t.Errorf("GET /big: %d, %d bytes", resp.StatusCode, len(body))
@@ -878,6 +886,45 @@ func TestInteropPythonHTTP10(t *testing.T) {
 				t.Errorf("the rest of the stream: %q, %v", rest, err)
 			}
 		})
+	}
+}
+
+// TestInteropNodeH2CStreams: with MaxInFlight 1, open server streams of
+// a Node http2 app count among the streams (Config.MaxStreams), and a
+// unary call still gets through.
+func TestInteropNodeH2CStreams(t *testing.T) {
+	port := startApp(t, "node", "app.js", "h2")
+	checkGoroutines(t)
+	target, _ := url.Parse("h2c://127.0.0.1:" + port)
+	env := newH2CEnv(t, target, Config{MaxInFlight: 1})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for i := range 3 {
+		req, _ := http.NewRequestWithContext(ctx, "POST", env.url("/pkg.Svc/Watch"), nil)
+		req.Header.Set("Content-Type", "application/grpc")
+		resp, err := env.client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if line, err := bufio.NewReader(resp.Body).ReadString('\n'); resp.StatusCode != 200 || err != nil || line != "tick\n" {
+			t.Fatalf("watch %d: %d %q %v", i, resp.StatusCode, line, err)
+		}
+		eventually(t, 5*time.Second, "the slot back", func() bool { return env.proxy.InFlight() == 0 })
+	}
+	req, _ := http.NewRequestWithContext(ctx, "POST", env.url("/pkg.Svc/Unary"), strings.NewReader("u"))
+	req.Header.Set("Te", "trailers")
+	resp, err := env.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != 200 || string(b) != "reply:u:te=trailers" {
+		t.Errorf("unary with three streams open: %d %q %v", resp.StatusCode, b, err)
+	}
+	if got := env.proxy.Streams(); got != 3 {
+		t.Errorf("Streams() = %d, want 3", got)
 	}
 }
 

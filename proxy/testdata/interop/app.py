@@ -65,6 +65,10 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             for i in range(0, len(body), 8192):
                 self.wfile.write(body[i : i + 8192])
+        elif self.path == "/error":
+            # An HTML error page with "Connection: close"; the
+            # connection closes after it.
+            self.send_error(418, "teapot")
         else:
             self.send_response(404)
             self.send_header("Content-Length", "0")
