@@ -24,6 +24,43 @@ import (
 type h2cUpstream struct {
 	tr   *http.Transport
 	host string // URL host the Transport keys its connections by; the dial ignores it
+
+	mu    sync.Mutex
+	conns map[*h2cConn]struct{} // open connections, for closeAll
+}
+
+// h2cConn is an upstream connection of the Transport, known to closeAll.
+type h2cConn struct {
+	net.Conn
+	u    *h2cUpstream
+	once sync.Once
+}
+
+func (c *h2cConn) Close() error {
+	c.once.Do(func() {
+		c.u.mu.Lock()
+		delete(c.u.conns, c)
+		c.u.mu.Unlock()
+	})
+	return c.Conn.Close()
+}
+
+// closeAll closes every upstream connection. CloseIdleConnections is not
+// enough once the exchanges are over: a connection whose streams the
+// proxy reset (clients that left server streams) is not idle until the
+// upstream has acknowledged a PING, and would stay open, with its read
+// goroutine, after Close.
+func (u *h2cUpstream) closeAll() {
+	u.tr.CloseIdleConnections()
+	u.mu.Lock()
+	conns := make([]*h2cConn, 0, len(u.conns))
+	for c := range u.conns {
+		conns = append(conns, c)
+	}
+	u.mu.Unlock()
+	for _, c := range conns {
+		_ = c.Close()
+	}
 }
 
 // newH2CUpstream returns the h2c upstream of p, which dials network and
@@ -31,12 +68,21 @@ type h2cUpstream struct {
 func newH2CUpstream(cfg Config, dial func(ctx context.Context, network, addr string) (net.Conn, error), network, addr string) *h2cUpstream {
 	var protos http.Protocols
 	protos.SetUnencryptedHTTP2(true)
+	u := &h2cUpstream{conns: make(map[*h2cConn]struct{})}
 	tr := &http.Transport{
 		Protocols: &protos,
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			ctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
 			defer cancel()
-			return dial(ctx, network, addr)
+			c, err := dial(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			hc := &h2cConn{Conn: c, u: u}
+			u.mu.Lock()
+			u.conns[hc] = struct{}{}
+			u.mu.Unlock()
+			return hc, nil
 		},
 		// The client's Accept-Encoding goes through as it is, and the
 		// body comes back as the upstream sent it.
@@ -69,7 +115,8 @@ func newH2CUpstream(cfg Config, dial func(ctx context.Context, network, addr str
 	if network == "unix" {
 		host = "localhost"
 	}
-	return &h2cUpstream{tr: tr, host: host}
+	u.tr, u.host = tr, host
+	return u
 }
 
 // serveH2C forwards the request to an h2c upstream: the request body

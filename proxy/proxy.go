@@ -196,6 +196,9 @@ func (p *Proxy) Close() error {
 		p.h2c.tr.CloseIdleConnections()
 	}
 	p.wg.Wait()
+	if p.h2c != nil {
+		p.h2c.closeAll() // no exchange uses them any more
+	}
 	return nil
 }
 
