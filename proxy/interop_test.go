@@ -494,6 +494,34 @@ func TestInteropNodeClients(t *testing.T) {
 	}
 }
 
+// TestInteropNodeUpgradeRejected: Node's 'upgrade' handler refuses with a
+// plain 403 and closes; the client gets that response whole, and its
+// connection is not a tunnel.
+func TestInteropNodeUpgradeRejected(t *testing.T) {
+	port := startApp(t, "node", "app.js", "http")
+	checkGoroutines(t)
+	for _, front := range fronts {
+		t.Run(front, func(t *testing.T) {
+			env := newTargetEnv(t, front, "http://127.0.0.1:"+port, Config{})
+			c := dialFront(t, env.url)
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+			fmt.Fprintf(c, "GET /reject HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+			br := bufio.NewReader(c)
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := io.ReadAll(resp.Body)
+			if resp.StatusCode != 403 || string(b) != "rejected" || err != nil {
+				t.Errorf("refused upgrade: %d %q %v", resp.StatusCode, b, err)
+			}
+			resp2, body := env.do(t, "GET", "/hello", nil)
+			wantResponse(t, "GET /hello after the refusal", resp2, body, 200, "hello from node\n")
+		})
+	}
+}
+
 // TestInteropNodeUpgradeAppFirst: the app sends bytes in the same write
 // as its 101 head, before the client sends anything (a server-first
 // protocol): they reach the client without waiting for it.

@@ -222,6 +222,11 @@ if (mode === 'h2') {
   if (process.argv[3]) server.keepAliveTimeout = Number(process.argv[3]);
   if (process.argv[4]) server.maxRequestsPerSocket = Number(process.argv[4]);
   server.on('upgrade', (req, socket, head) => {
+    if (req.url === '/reject') {
+      // Refuses the upgrade with a plain response, and closes.
+      socket.end('HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 8\r\nConnection: close\r\n\r\nrejected');
+      return;
+    }
     // The app may speak first, in the same write as the 101.
     socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\nX-App: node\r\n\r\n' +
       (req.headers['x-greet'] ? 'greetings\n' : ''));
