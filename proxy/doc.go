@@ -66,8 +66,10 @@
 //     [Config.MaxConns]; a connection on which the upstream sent more than
 //     its last response, such as a body for HEAD, that answered HEAD
 //     without a length (it may still be busy producing the body it does not
-//     send), or that carried a chunked request body, is closed instead of
-//     reused) and writes the request line and headers without copying the
+//     send), or that carried a chunked request body or a body on a GET,
+//     HEAD, DELETE, OPTIONS or TRACE, which apps may leave unread, is
+//     closed instead of reused) and writes the request line and headers
+//     without copying the
 //     header map, dropping hop-by-hop headers and fields whose names
 //     contain an underscore ([Config.AllowUnderscoreHeaders]), and setting
 //     X-Forwarded-For, X-Forwarded-Host, X-Forwarded-Proto and Forwarded

@@ -288,7 +288,11 @@ func (ex *exchange) roundTrip(uc *upConn, tokens *connTokens, upgrade string, ha
 	// before the body and then takes its chunks for requests, and its
 	// answers to them, arriving after this check, would be read as the
 	// response to the next request on uc.
-	keep = complete && !resp.Close && !chunked && !headOfUnknownLength(r, resp) && uc.drained()
+	// Nor after a body on a GET (or HEAD, DELETE, OPTIONS, TRACE): apps
+	// ignore it (Python's http.server's do_GET does) and take it for the
+	// next request, whose response would go to another client.
+	keep = complete && !resp.Close && !chunked && !(hasBody && bodyIgnoredBy(r.Method)) &&
+		!headOfUnknownLength(r, resp) && uc.drained()
 	// A body sent for HEAD, 204 or 304 (a handler that writes one
 	// anyway) may arrive after the head: check before reuse.
 	uc.recheck = r.Method == http.MethodHead || resp.StatusCode == http.StatusNoContent ||
@@ -606,6 +610,19 @@ func (ex *exchange) copyResponse(uc *upConn, resp *http.Response) (complete bool
 			return false, err, nil
 		}
 	}
+}
+
+// bodyIgnoredBy reports whether apps commonly leave the body of a request
+// with method m unread: after such a request with a body, the upstream
+// connection is not reused. Whatever an app left unread it parses as its
+// next request, and answers it: a client could have another client's
+// request, on the pooled connection, answered with a response it chose.
+func bodyIgnoredBy(m string) bool {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodDelete, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	return false
 }
 
 // clientReadError is a failure to read the request body from the client.

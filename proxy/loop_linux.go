@@ -568,6 +568,7 @@ type lclient struct {
 	local      net.Addr
 	first      bool // no request yet
 	closeAfter bool // close after the current response
+	upClose    bool // close the upstream connection after the current response (bodyIgnoredBy)
 	closing    bool // close once the pending bytes are out
 	refused    bool // a request was answered with an error: the client may still be sending
 	hdl        bool // the deadline is the request header's
@@ -826,6 +827,7 @@ func (c *lclient) dispatch(n int) bool {
 			c.isHead = string(fr.method) == http.MethodHead
 			c.resend = fr.idempotent()
 			c.length = fr.length
+			c.upClose = fr.length > 0 && bodyIgnoredBy(string(fr.method))
 			c.closeAfter = c.closeAfter || fr.close
 		}
 	}
@@ -868,6 +870,7 @@ func (c *lclient) dispatch(n int) bool {
 		c.isHead = r.Method == http.MethodHead
 		c.resend = canResend(r)
 		c.length = max(r.ContentLength, 0)
+		c.upClose = c.length > 0 && bodyIgnoredBy(r.Method)
 		c.closeAfter = c.closeAfter || r.Close
 	}
 	c.first = false
@@ -1504,7 +1507,7 @@ func (c *lclient) respDone() {
 	u := c.up
 	c.up = nil
 	u.c = nil
-	if c.rclose || c.bodyLeft > 0 || u.s.eof || u.s.hup || el.stopped || !u.drained() {
+	if c.rclose || c.upClose || c.bodyLeft > 0 || u.s.eof || u.s.hup || el.stopped || !u.drained() {
 		u.close()
 	} else {
 		u.reused = true
