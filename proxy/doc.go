@@ -69,9 +69,9 @@
 //     send), or that carried a chunked request body or a body on a GET,
 //     HEAD, DELETE, OPTIONS or TRACE, which apps may leave unread, is
 //     closed instead of reused) and writes the request line and headers
-//     without copying the
-//     header map, dropping hop-by-hop headers and fields whose names
-//     contain an underscore ([Config.AllowUnderscoreHeaders]), and setting
+//     without copying the header map, dropping hop-by-hop headers and
+//     fields whose names contain an underscore
+//     ([Config.AllowUnderscoreHeaders]), and setting
 //     X-Forwarded-For, X-Forwarded-Host, X-Forwarded-Proto and Forwarded
 //     from the connection ([http.Request.RemoteAddr], which a PROXY protocol
 //     listener such as github.com/pires/go-proxyproto sets to the original
