@@ -45,14 +45,26 @@ type testEnv struct {
 // it served by front, and a client. Everything is closed in t.Cleanup.
 func newEnv(t testing.TB, front string, h http.Handler, cfg Config) *testEnv {
 	t.Helper()
-	env := &testEnv{logs: &syncBuffer{}, metrics: &countMetrics{}}
-	var target *url.URL
+	var up *httptest.Server
+	target := "http://" + closedAddr(t)
 	if h != nil {
-		env.upstream = httptest.NewServer(h)
-		t.Cleanup(env.upstream.Close)
-		target, _ = url.Parse(env.upstream.URL)
-	} else {
-		target, _ = url.Parse("http://" + closedAddr(t))
+		up = httptest.NewServer(h)
+		t.Cleanup(up.Close)
+		target = up.URL
+	}
+	env := newTargetEnv(t, front, target, cfg)
+	env.upstream = up
+	return env
+}
+
+// newTargetEnv is newEnv for an upstream at target that runs elsewhere (an
+// app). The proxy's log is shown when the test fails.
+func newTargetEnv(t testing.TB, front, target string, cfg Config) *testEnv {
+	t.Helper()
+	env := &testEnv{logs: &syncBuffer{}, metrics: &countMetrics{}}
+	u, err := url.Parse(target)
+	if err != nil {
+		t.Fatal(err)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(env.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -60,7 +72,7 @@ func newEnv(t testing.TB, front string, h http.Handler, cfg Config) *testEnv {
 	if cfg.Metrics == nil {
 		cfg.Metrics = env.metrics
 	}
-	p, err := New(target, cfg)
+	p, err := New(u, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,6 +81,11 @@ func newEnv(t testing.TB, front string, h http.Handler, cfg Config) *testEnv {
 	tr := &http.Transport{MaxIdleConnsPerHost: 100, DisableCompression: true, TLSClientConfig: testClientTLS()}
 	env.client = &http.Client{Transport: tr, Timeout: 10 * time.Second}
 	t.Cleanup(tr.CloseIdleConnections)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("proxy log:\n%s", env.logs.String())
+		}
+	})
 	return env
 }
 

@@ -8,7 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"os/exec"
@@ -77,36 +77,38 @@ func startApp(t testing.TB, bin, script string, args ...string) string {
 	return ""
 }
 
-// newTargetEnv is newEnv for an upstream that runs elsewhere (an app).
-func newTargetEnv(t testing.TB, front, target string, cfg Config) *testEnv {
+// eachFront runs fn on every front end, each with a Proxy in front of
+// target (an app) with cfg, and its client; clients wait up to 5 s for
+// 100 Continue.
+func eachFront(t *testing.T, target string, cfg Config, fn func(t *testing.T, front string, env *testEnv)) {
 	t.Helper()
-	env := &testEnv{logs: &syncBuffer{}, metrics: &countMetrics{}}
-	u, err := url.Parse(target)
+	checkGoroutines(t)
+	for _, front := range fronts {
+		t.Run(front, func(t *testing.T) {
+			env := newTargetEnv(t, front, target, cfg)
+			env.client.Transport.(*http.Transport).ExpectContinueTimeout = 5 * time.Second
+			fn(t, front, env)
+		})
+	}
+}
+
+// rawExchange sends req as it is on a new connection to env's front end
+// and reads the response head; the connection (closed in t.Cleanup) and
+// its reader carry on from there.
+func rawExchange(t *testing.T, env *testEnv, req string) (net.Conn, *bufio.Reader, *http.Response) {
+	t.Helper()
+	c := dialFront(t, env.url)
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, req); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.NewTextHandler(env.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	if cfg.Metrics == nil {
-		cfg.Metrics = env.metrics
-	}
-	p, err := New(u, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	env.proxy = p
-	env.url = serveFront(t, p, front)
-	tr := &http.Transport{MaxIdleConnsPerHost: 100, DisableCompression: true, TLSClientConfig: testClientTLS(),
-		ExpectContinueTimeout: 5 * time.Second}
-	env.client = &http.Client{Transport: tr, Timeout: 10 * time.Second}
-	t.Cleanup(tr.CloseIdleConnections)
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("proxy log:\n%s", env.logs.String())
-		}
-	})
-	return env
+	return c, br, resp
 }
 
 // do sends a request through env and returns the response and its whole
@@ -149,131 +151,127 @@ func frontProto(front string) string {
 // TestInteropNodeHTTP: plain exchanges with a Node http server.
 func TestInteropNodeHTTP(t *testing.T) {
 	port := startApp(t, "node", "app.js", "http")
-	checkGoroutines(t)
-	for _, front := range fronts {
-		t.Run(front, func(t *testing.T) {
-			env := newTargetEnv(t, front, "http://127.0.0.1:"+port, Config{})
+	eachFront(t, "http://127.0.0.1:"+port, Config{}, func(t *testing.T, front string, env *testEnv) {
 
-			resp, body := env.do(t, "GET", "/hello", nil)
-			wantResponse(t, "GET /hello", resp, body, 200, "hello from node\n")
-			if resp.ContentLength != 16 || resp.Header.Get("Content-Type") != "text/plain" {
-				t.Errorf("GET /hello: length %d, type %q", resp.ContentLength, resp.Header.Get("Content-Type"))
-			}
+		resp, body := env.do(t, "GET", "/hello", nil)
+		wantResponse(t, "GET /hello", resp, body, 200, "hello from node\n")
+		if resp.ContentLength != 16 || resp.Header.Get("Content-Type") != "text/plain" {
+			t.Errorf("GET /hello: length %d, type %q", resp.ContentLength, resp.Header.Get("Content-Type"))
+		}
 
-			resp, body = env.do(t, "GET", "/chunked", nil)
-			wantResponse(t, "GET /chunked", resp, body, 200, "one,two,three,end")
+		resp, body = env.do(t, "GET", "/chunked", nil)
+		wantResponse(t, "GET /chunked", resp, body, 200, "one,two,three,end")
 
-			resp, body = env.do(t, "HEAD", "/hello", nil)
-			wantResponse(t, "HEAD /hello", resp, body, 200, "")
-			if resp.ContentLength != 16 {
-				t.Errorf("HEAD /hello: Content-Length %d, want 16", resp.ContentLength)
-			}
-			// The connection is still good after HEAD.
+		resp, body = env.do(t, "HEAD", "/hello", nil)
+		wantResponse(t, "HEAD /hello", resp, body, 200, "")
+		if resp.ContentLength != 16 {
+			t.Errorf("HEAD /hello: Content-Length %d, want 16", resp.ContentLength)
+		}
+		// The connection is still good after HEAD.
+		resp, body = env.do(t, "GET", "/hello", nil)
+		wantResponse(t, "GET after HEAD", resp, body, 200, "hello from node\n")
+		// HEAD of a chunked response: Node sends the head with
+		// Transfer-Encoding: chunked and no body at all.
+		for i := range 2 {
+			resp, body = env.do(t, "HEAD", "/chunked", nil)
+			wantResponse(t, fmt.Sprintf("HEAD /chunked %d", i), resp, body, 200, "")
 			resp, body = env.do(t, "GET", "/hello", nil)
-			wantResponse(t, "GET after HEAD", resp, body, 200, "hello from node\n")
-			// HEAD of a chunked response: Node sends the head with
-			// Transfer-Encoding: chunked and no body at all.
-			for i := range 2 {
-				resp, body = env.do(t, "HEAD", "/chunked", nil)
-				wantResponse(t, fmt.Sprintf("HEAD /chunked %d", i), resp, body, 200, "")
-				resp, body = env.do(t, "GET", "/hello", nil)
-				wantResponse(t, "GET after HEAD /chunked", resp, body, 200, "hello from node\n")
-			}
+			wantResponse(t, "GET after HEAD /chunked", resp, body, 200, "hello from node\n")
+		}
 
-			resp, body = env.do(t, "POST", "/echo", strings.NewReader("ping pong"), "Content-Type", "text/x-test")
-			wantResponse(t, "POST /echo", resp, body, 200, "ping pong")
-			if resp.Header.Get("X-Seen-Length") != "9" || resp.Header.Get("Content-Type") != "text/x-test" {
-				t.Errorf("POST /echo: app saw length %q, type %q", resp.Header.Get("X-Seen-Length"), resp.Header.Get("Content-Type"))
-			}
+		resp, body = env.do(t, "POST", "/echo", strings.NewReader("ping pong"), "Content-Type", "text/x-test")
+		wantResponse(t, "POST /echo", resp, body, 200, "ping pong")
+		if resp.Header.Get("X-Seen-Length") != "9" || resp.Header.Get("Content-Type") != "text/x-test" {
+			t.Errorf("POST /echo: app saw length %q, type %q", resp.Header.Get("X-Seen-Length"), resp.Header.Get("Content-Type"))
+		}
 
-			resp, body = env.do(t, "GET", "/nocontent", nil)
-			wantResponse(t, "GET /nocontent", resp, body, 204, "")
-			if resp.Header.Get("X-App") != "node" {
-				t.Errorf("204: X-App %q", resp.Header.Get("X-App"))
-			}
+		resp, body = env.do(t, "GET", "/nocontent", nil)
+		wantResponse(t, "GET /nocontent", resp, body, 204, "")
+		if resp.Header.Get("X-App") != "node" {
+			t.Errorf("204: X-App %q", resp.Header.Get("X-App"))
+		}
 
-			resp, body = env.do(t, "GET", "/notmodified", nil, "If-None-Match", `"v1"`)
-			wantResponse(t, "GET /notmodified", resp, body, 304, "")
-			if resp.Header.Get("Etag") != `"v1"` || resp.Header.Get("Cache-Control") != "max-age=60" {
-				t.Errorf("304: header %v", resp.Header)
-			}
+		resp, body = env.do(t, "GET", "/notmodified", nil, "If-None-Match", `"v1"`)
+		wantResponse(t, "GET /notmodified", resp, body, 304, "")
+		if resp.Header.Get("Etag") != `"v1"` || resp.Header.Get("Cache-Control") != "max-age=60" {
+			t.Errorf("304: header %v", resp.Header)
+		}
 
-			resp, body = env.do(t, "GET", "/trailers", nil, "TE", "trailers")
-			wantResponse(t, "GET /trailers", resp, body, 200, "part one;part two")
-			if got := resp.Trailer.Get("X-Checksum"); got != "abc123" {
-				t.Errorf("trailers %v, want X-Checksum abc123", resp.Trailer)
-			}
+		resp, body = env.do(t, "GET", "/trailers", nil, "TE", "trailers")
+		wantResponse(t, "GET /trailers", resp, body, 200, "part one;part two")
+		if got := resp.Trailer.Get("X-Checksum"); got != "abc123" {
+			t.Errorf("trailers %v, want X-Checksum abc123", resp.Trailer)
+		}
 
-			resp, body = env.do(t, "GET", "/headers", nil, "X-Forwarded-For", "10.9.9.9")
-			var seen struct {
-				XFF, XFProto, XFHost, Forwarded, Host, Connection *string
+		resp, body = env.do(t, "GET", "/headers", nil, "X-Forwarded-For", "10.9.9.9")
+		var seen struct {
+			XFF, XFProto, XFHost, Forwarded, Host, Connection *string
+		}
+		if err := json.Unmarshal(body, &seen); err != nil || resp.StatusCode != 200 {
+			t.Fatalf("GET /headers: %d %q %v", resp.StatusCode, body, err)
+		}
+		host := strings.TrimPrefix(strings.TrimPrefix(env.url, "http://"), "https://")
+		str := func(p *string) string {
+			if p == nil {
+				return "<none>"
 			}
-			if err := json.Unmarshal(body, &seen); err != nil || resp.StatusCode != 200 {
-				t.Fatalf("GET /headers: %d %q %v", resp.StatusCode, body, err)
-			}
-			host := strings.TrimPrefix(strings.TrimPrefix(env.url, "http://"), "https://")
-			str := func(p *string) string {
-				if p == nil {
-					return "<none>"
-				}
-				return *p
-			}
-			if str(seen.XFF) != "127.0.0.1" || str(seen.XFProto) != frontProto(front) || str(seen.XFHost) != host || str(seen.Host) != host {
-				t.Errorf("the app saw X-Forwarded-For %s, -Proto %s, -Host %s, Host %s", str(seen.XFF), str(seen.XFProto), str(seen.XFHost), str(seen.Host))
-			}
-			if f := str(seen.Forwarded); !strings.Contains(f, "for=127.0.0.1") || !strings.Contains(f, "proto="+frontProto(front)) {
-				t.Errorf("the app saw Forwarded %s", f)
-			}
+			return *p
+		}
+		if str(seen.XFF) != "127.0.0.1" || str(seen.XFProto) != frontProto(front) || str(seen.XFHost) != host || str(seen.Host) != host {
+			t.Errorf("the app saw X-Forwarded-For %s, -Proto %s, -Host %s, Host %s", str(seen.XFF), str(seen.XFProto), str(seen.XFHost), str(seen.Host))
+		}
+		if f := str(seen.Forwarded); !strings.Contains(f, "for=127.0.0.1") || !strings.Contains(f, "proto="+frontProto(front)) {
+			t.Errorf("the app saw Forwarded %s", f)
+		}
 
-			resp, body = env.do(t, "GET", "/cookies", nil)
-			wantResponse(t, "GET /cookies", resp, body, 200, "cookies")
-			if c := resp.Header["Set-Cookie"]; len(c) != 3 || c[0] != "a=1; Path=/" || c[2] != "c=3; HttpOnly" {
-				t.Errorf("Set-Cookie %q, want the app's three", c)
-			}
-			if m := resp.Header.Values("X-Multi"); strings.Join(m, ",") != "one,two" {
-				t.Errorf("X-Multi %q", m)
-			}
+		resp, body = env.do(t, "GET", "/cookies", nil)
+		wantResponse(t, "GET /cookies", resp, body, 200, "cookies")
+		if c := resp.Header["Set-Cookie"]; len(c) != 3 || c[0] != "a=1; Path=/" || c[2] != "c=3; HttpOnly" {
+			t.Errorf("Set-Cookie %q, want the app's three", c)
+		}
+		if m := resp.Header.Values("X-Multi"); strings.Join(m, ",") != "one,two" {
+			t.Errorf("X-Multi %q", m)
+		}
 
-			// 103 Early Hints (res.writeEarlyHints) reach the client
-			// before the response.
-			c := dialFront(t, env.url)
-			defer c.Close()
-			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-			_, _ = io.WriteString(c, "GET /early HTTP/1.1\r\nHost: x\r\n\r\n")
-			br := bufio.NewReader(c)
-			var statuses []string
-			var link string
-			for {
-				line, err := br.ReadString('\n')
-				if err != nil {
-					t.Fatalf("GET /early: %v after %q", err, statuses)
-				}
-				if strings.HasPrefix(line, "HTTP/1.1 ") {
-					statuses = append(statuses, strings.TrimSpace(line))
-				}
-				if v, ok := strings.CutPrefix(strings.ToLower(line), "link: "); ok {
-					link = strings.TrimSpace(v)
-				}
-				if strings.HasPrefix(line, "HTTP/1.1 200") {
-					break
-				}
+		// 103 Early Hints (res.writeEarlyHints) reach the client
+		// before the response.
+		c := dialFront(t, env.url)
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		_, _ = io.WriteString(c, "GET /early HTTP/1.1\r\nHost: x\r\n\r\n")
+		br := bufio.NewReader(c)
+		var statuses []string
+		var link string
+		for {
+			line, err := br.ReadString('\n')
+			if err != nil {
+				t.Fatalf("GET /early: %v after %q", err, statuses)
 			}
-			if len(statuses) != 2 || !strings.HasPrefix(statuses[0], "HTTP/1.1 103") || !strings.Contains(link, "style.css") {
-				t.Errorf("GET /early: status lines %q, link %q; want 103 with the Link, then 200", statuses, link)
+			if strings.HasPrefix(line, "HTTP/1.1 ") {
+				statuses = append(statuses, strings.TrimSpace(line))
 			}
+			if v, ok := strings.CutPrefix(strings.ToLower(line), "link: "); ok {
+				link = strings.TrimSpace(v)
+			}
+			if strings.HasPrefix(line, "HTTP/1.1 200") {
+				break
+			}
+		}
+		if len(statuses) != 2 || !strings.HasPrefix(statuses[0], "HTTP/1.1 103") || !strings.Contains(link, "style.css") {
+			t.Errorf("GET /early: status lines %q, link %q; want 103 with the Link, then 200", statuses, link)
+		}
 
-			// A response with Connection: close, then more requests: the
-			// proxy must not reuse the connection Node closes.
-			for i := range 3 {
-				resp, body = env.do(t, "GET", "/close", nil)
-				wantResponse(t, fmt.Sprintf("GET /close %d", i), resp, body, 200, "closing after this")
-				resp, body = env.do(t, "GET", "/close-chunked", nil)
-				wantResponse(t, fmt.Sprintf("GET /close-chunked %d", i), resp, body, 200, "closing chunked")
-				resp, body = env.do(t, "GET", "/hello", nil)
-				wantResponse(t, fmt.Sprintf("GET /hello after close %d", i), resp, body, 200, "hello from node\n")
-			}
-		})
-	}
+		// A response with Connection: close, then more requests: the
+		// proxy must not reuse the connection Node closes.
+		for i := range 3 {
+			resp, body = env.do(t, "GET", "/close", nil)
+			wantResponse(t, fmt.Sprintf("GET /close %d", i), resp, body, 200, "closing after this")
+			resp, body = env.do(t, "GET", "/close-chunked", nil)
+			wantResponse(t, fmt.Sprintf("GET /close-chunked %d", i), resp, body, 200, "closing chunked")
+			resp, body = env.do(t, "GET", "/hello", nil)
+			wantResponse(t, fmt.Sprintf("GET /hello after close %d", i), resp, body, 200, "hello from node\n")
+		}
+	})
 }
 
 // TestInteropNodeLargeBodies: several MiB up, streamed back by the app as
@@ -281,54 +279,50 @@ func TestInteropNodeHTTP(t *testing.T) {
 // Expect: 100-continue.
 func TestInteropNodeLargeBodies(t *testing.T) {
 	port := startApp(t, "node", "app.js", "http")
-	checkGoroutines(t)
 	payload := make([]byte, 6<<20)
 	_, _ = rand.Read(payload)
-	for _, front := range fronts {
-		t.Run(front, func(t *testing.T) {
-			env := newTargetEnv(t, front, "http://127.0.0.1:"+port, Config{})
-			resp, body := env.do(t, "POST", "/echo", bytes.NewReader(payload))
-			if resp.StatusCode != 200 || !bytes.Equal(body, payload) {
-				t.Errorf("6 MiB echo: status %d, %d bytes back, equal %v", resp.StatusCode, len(body), bytes.Equal(body, payload))
-			}
-			if resp.Header.Get("X-Seen-Length") != fmt.Sprint(len(payload)) {
-				t.Errorf("the app saw Content-Length %q", resp.Header.Get("X-Seen-Length"))
-			}
-			// Chunked upload (no length), echoed with a length.
-			resp, body = env.do(t, "POST", "/echo-length", io.MultiReader(bytes.NewReader(payload[:3<<20])))
-			if resp.StatusCode != 200 || !bytes.Equal(body, payload[:3<<20]) {
-				t.Errorf("3 MiB chunked upload: status %d, %d bytes back", resp.StatusCode, len(body))
-			}
-			// Expect: 100-continue with net/http's client, which waits
-			// for the 100 before it sends the body.
-			resp, body = env.do(t, "POST", "/echo", bytes.NewReader(payload[:1<<20]), "Expect", "100-continue")
-			if resp.StatusCode != 200 || !bytes.Equal(body, payload[:1<<20]) {
-				t.Errorf("Expect: 100-continue: status %d, %d bytes back", resp.StatusCode, len(body))
-			}
-			// And by hand: the 100 must come before the body is sent.
-			c := dialFront(t, env.url)
-			defer c.Close()
-			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-			fmt.Fprintf(c, "POST /echo-length HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
-			br := bufio.NewReader(c)
-			line, err := br.ReadString('\n')
-			if err != nil || !strings.HasPrefix(line, "HTTP/1.1 100 ") {
-				t.Fatalf("before the body: %q, %v; want 100 Continue", line, err)
-			}
-			for line != "\r\n" && err == nil {
-				line, err = br.ReadString('\n')
-			}
-			_, _ = io.WriteString(c, "abcde")
-			r, err := http.ReadResponse(br, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			b, err := io.ReadAll(r.Body)
-			if r.StatusCode != 200 || string(b) != "abcde" || err != nil {
-				t.Errorf("after 100 Continue: %d %q %v", r.StatusCode, b, err)
-			}
-		})
-	}
+	eachFront(t, "http://127.0.0.1:"+port, Config{}, func(t *testing.T, front string, env *testEnv) {
+		resp, body := env.do(t, "POST", "/echo", bytes.NewReader(payload))
+		if resp.StatusCode != 200 || !bytes.Equal(body, payload) {
+			t.Errorf("6 MiB echo: status %d, %d bytes back, equal %v", resp.StatusCode, len(body), bytes.Equal(body, payload))
+		}
+		if resp.Header.Get("X-Seen-Length") != fmt.Sprint(len(payload)) {
+			t.Errorf("the app saw Content-Length %q", resp.Header.Get("X-Seen-Length"))
+		}
+		// Chunked upload (no length), echoed with a length.
+		resp, body = env.do(t, "POST", "/echo-length", io.MultiReader(bytes.NewReader(payload[:3<<20])))
+		if resp.StatusCode != 200 || !bytes.Equal(body, payload[:3<<20]) {
+			t.Errorf("3 MiB chunked upload: status %d, %d bytes back", resp.StatusCode, len(body))
+		}
+		// Expect: 100-continue with net/http's client, which waits
+		// for the 100 before it sends the body.
+		resp, body = env.do(t, "POST", "/echo", bytes.NewReader(payload[:1<<20]), "Expect", "100-continue")
+		if resp.StatusCode != 200 || !bytes.Equal(body, payload[:1<<20]) {
+			t.Errorf("Expect: 100-continue: status %d, %d bytes back", resp.StatusCode, len(body))
+		}
+		// And by hand: the 100 must come before the body is sent.
+		c := dialFront(t, env.url)
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintf(c, "POST /echo-length HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+		br := bufio.NewReader(c)
+		line, err := br.ReadString('\n')
+		if err != nil || !strings.HasPrefix(line, "HTTP/1.1 100 ") {
+			t.Fatalf("before the body: %q, %v; want 100 Continue", line, err)
+		}
+		for line != "\r\n" && err == nil {
+			line, err = br.ReadString('\n')
+		}
+		_, _ = io.WriteString(c, "abcde")
+		r, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(r.Body)
+		if r.StatusCode != 200 || string(b) != "abcde" || err != nil {
+			t.Errorf("after 100 Continue: %d %q %v", r.StatusCode, b, err)
+		}
+	})
 }
 
 // TestInteropNodeSSE: server-sent events from Node reach the client as
@@ -336,119 +330,103 @@ func TestInteropNodeLargeBodies(t *testing.T) {
 // not keep a plain request out (Config.MaxStreams).
 func TestInteropNodeSSE(t *testing.T) {
 	port := startApp(t, "node", "app.js", "http")
-	checkGoroutines(t)
-	for _, front := range fronts {
-		t.Run(front, func(t *testing.T) {
-			env := newTargetEnv(t, front, "http://127.0.0.1:"+port, Config{MaxInFlight: 1})
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			type stream struct {
-				resp *http.Response
-				br   *bufio.Reader
-			}
-			var streams []stream
-			defer func() {
-				for _, s := range streams {
-					s.resp.Body.Close()
-				}
-			}()
-			for i := range 3 {
-				req, _ := http.NewRequestWithContext(ctx, "GET", env.url+"/sse", nil)
-				// Do returns with the head, which Node sends before any
-				// event.
-				resp, err := env.client.Do(req)
-				if err != nil {
-					t.Fatalf("stream %d: %v", i, err)
-				}
-				streams = append(streams, stream{resp, bufio.NewReader(resp.Body)})
-				if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {
-					t.Fatalf("stream %d: %d %v", i, resp.StatusCode, resp.Header)
-				}
-				eventually(t, 5*time.Second, "the slot back", func() bool { return env.proxy.InFlight() == 0 })
-			}
-			for round := range 3 {
-				// A plain request, while three streams are open with
-				// MaxInFlight 1; it makes the app send an event.
-				resp, body := env.do(t, "GET", "/sse/next", nil)
-				var n, k int
-				if _, err := fmt.Sscanf(string(body), "sent %d to %d", &n, &k); resp.StatusCode != 200 || err != nil {
-					t.Fatalf("round %d: /sse/next: %d %q", round, resp.StatusCode, body)
-				}
-				for i, s := range streams {
-					line, err := s.br.ReadString('\n')
-					want := fmt.Sprintf("data: event %d\n", n)
-					if err != nil || line != want {
-						t.Fatalf("round %d, stream %d: %q, %v; want %q", round, i, line, err, want)
-					}
-					if blank, err := s.br.ReadString('\n'); blank != "\n" || err != nil {
-						t.Fatalf("round %d, stream %d: %q, %v after the event", round, i, blank, err)
-					}
-				}
-			}
-			if got := env.proxy.Streams(); got != 3 {
-				t.Errorf("Streams() = %d, want 3", got)
-			}
-			// The client goes: the app sees its streams close.
+	eachFront(t, "http://127.0.0.1:"+port, Config{MaxInFlight: 1}, func(t *testing.T, front string, env *testEnv) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		type stream struct {
+			resp *http.Response
+			br   *bufio.Reader
+		}
+		var streams []stream
+		defer func() {
 			for _, s := range streams {
 				s.resp.Body.Close()
 			}
-			streams = nil
-			eventually(t, 5*time.Second, "the app's streams closed", func() bool {
-				_, body := env.do(t, "GET", "/sse/next", nil)
-				return strings.HasSuffix(string(body), " to 0")
-			})
-			eventually(t, 5*time.Second, "no stream left", func() bool { return env.proxy.Streams() == 0 })
+		}()
+		for i := range 3 {
+			req, _ := http.NewRequestWithContext(ctx, "GET", env.url+"/sse", nil)
+			// Do returns with the head, which Node sends before any
+			// event.
+			resp, err := env.client.Do(req)
+			if err != nil {
+				t.Fatalf("stream %d: %v", i, err)
+			}
+			streams = append(streams, stream{resp, bufio.NewReader(resp.Body)})
+			if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {
+				t.Fatalf("stream %d: %d %v", i, resp.StatusCode, resp.Header)
+			}
+			eventually(t, 5*time.Second, "the slot back", func() bool { return env.proxy.InFlight() == 0 })
+		}
+		for round := range 3 {
+			// A plain request, while three streams are open with
+			// MaxInFlight 1; it makes the app send an event.
+			resp, body := env.do(t, "GET", "/sse/next", nil)
+			var n, k int
+			if _, err := fmt.Sscanf(string(body), "sent %d to %d", &n, &k); resp.StatusCode != 200 || err != nil {
+				t.Fatalf("round %d: /sse/next: %d %q", round, resp.StatusCode, body)
+			}
+			for i, s := range streams {
+				line, err := s.br.ReadString('\n')
+				want := fmt.Sprintf("data: event %d\n", n)
+				if err != nil || line != want {
+					t.Fatalf("round %d, stream %d: %q, %v; want %q", round, i, line, err, want)
+				}
+				if blank, err := s.br.ReadString('\n'); blank != "\n" || err != nil {
+					t.Fatalf("round %d, stream %d: %q, %v after the event", round, i, blank, err)
+				}
+			}
+		}
+		if got := env.proxy.Streams(); got != 3 {
+			t.Errorf("Streams() = %d, want 3", got)
+		}
+		// The client goes: the app sees its streams close.
+		for _, s := range streams {
+			s.resp.Body.Close()
+		}
+		streams = nil
+		eventually(t, 5*time.Second, "the app's streams closed", func() bool {
+			_, body := env.do(t, "GET", "/sse/next", nil)
+			return strings.HasSuffix(string(body), " to 0")
 		})
-	}
+		eventually(t, 5*time.Second, "no stream left", func() bool { return env.proxy.Streams() == 0 })
+	})
 }
 
 // TestInteropNodeUpgrade: Node's 'upgrade' handler answers 101 and echoes
 // raw bytes; the proxy relays the tunnel both ways.
 func TestInteropNodeUpgrade(t *testing.T) {
 	port := startApp(t, "node", "app.js", "http")
-	checkGoroutines(t)
-	for _, front := range fronts {
-		t.Run(front, func(t *testing.T) {
-			env := newTargetEnv(t, front, "http://127.0.0.1:"+port, Config{})
-			c := dialFront(t, env.url)
-			defer c.Close()
-			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-			fmt.Fprintf(c, "GET /tunnel HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-			br := bufio.NewReader(c)
-			resp, err := http.ReadResponse(br, nil)
-			if err != nil {
+	eachFront(t, "http://127.0.0.1:"+port, Config{}, func(t *testing.T, front string, env *testEnv) {
+		c, br, resp := rawExchange(t, env, "GET /tunnel HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		if resp.StatusCode != 101 || resp.Header.Get("Upgrade") != "echo" || resp.Header.Get("X-App") != "node" {
+			t.Fatalf("upgrade: %d %v", resp.StatusCode, resp.Header)
+		}
+		for i := range 5 {
+			msg := fmt.Sprintf("message %d over the tunnel", i)
+			if i == 0 {
+				msg = "first"
+			}
+			if _, err := io.WriteString(c, msg); err != nil {
 				t.Fatal(err)
 			}
-			if resp.StatusCode != 101 || resp.Header.Get("Upgrade") != "echo" || resp.Header.Get("X-App") != "node" {
-				t.Fatalf("upgrade: %d %v", resp.StatusCode, resp.Header)
+			got := make([]byte, len(msg))
+			if _, err := io.ReadFull(br, got); err != nil || string(got) != msg {
+				t.Fatalf("echo %d: %q, %v", i, got, err)
 			}
-			for i := range 5 {
-				msg := fmt.Sprintf("message %d over the tunnel", i)
-				if i == 0 {
-					msg = "first"
-				}
-				if _, err := io.WriteString(c, msg); err != nil {
-					t.Fatal(err)
-				}
-				got := make([]byte, len(msg))
-				if _, err := io.ReadFull(br, got); err != nil || string(got) != msg {
-					t.Fatalf("echo %d: %q, %v", i, got, err)
-				}
+		}
+		// The client ends its side with a last message: the app
+		// echoes it and ends its side too, which the client sees.
+		_, _ = io.WriteString(c, "last words")
+		if cw, ok := c.(interface{ CloseWrite() error }); ok {
+			if err := cw.CloseWrite(); err != nil {
+				t.Fatal(err)
 			}
-			// The client ends its side with a last message: the app
-			// echoes it and ends its side too, which the client sees.
-			_, _ = io.WriteString(c, "last words")
-			if cw, ok := c.(interface{ CloseWrite() error }); ok {
-				if err := cw.CloseWrite(); err != nil {
-					t.Fatal(err)
-				}
-				rest, err := io.ReadAll(br)
-				if err != nil || string(rest) != "last words" {
-					t.Errorf("after the client's half-close: %q, %v; want the echo, then EOF", rest, err)
-				}
+			rest, err := io.ReadAll(br)
+			if err != nil || string(rest) != "last words" {
+				t.Errorf("after the client's half-close: %q, %v; want the echo, then EOF", rest, err)
 			}
-		})
-	}
+		}
+	})
 }
 
 // TestInteropNodeClients: clients other than net/http's: HTTP/1.0 ones
@@ -456,42 +434,38 @@ func TestInteropNodeUpgrade(t *testing.T) {
 // ones asking for Connection: close get it; large response heads pass.
 func TestInteropNodeClients(t *testing.T) {
 	port := startApp(t, "node", "app.js", "http")
-	checkGoroutines(t)
-	for _, front := range fronts {
-		t.Run(front, func(t *testing.T) {
-			env := newTargetEnv(t, front, "http://127.0.0.1:"+port, Config{})
-			for _, c := range []struct{ path, body string }{
-				{"/chunked", "one,two,three,end"},
-				{"/trailers", "part one;part two"},
-				{"/hello", "hello from node\n"},
+	eachFront(t, "http://127.0.0.1:"+port, Config{}, func(t *testing.T, front string, env *testEnv) {
+		for _, c := range []struct{ path, body string }{
+			{"/chunked", "one,two,three,end"},
+			{"/trailers", "part one;part two"},
+			{"/hello", "hello from node\n"},
+		} {
+			for _, req := range []string{
+				"GET " + c.path + " HTTP/1.0\r\nHost: x\r\n\r\n",
+				"GET " + c.path + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
 			} {
-				for _, req := range []string{
-					"GET " + c.path + " HTTP/1.0\r\nHost: x\r\n\r\n",
-					"GET " + c.path + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-				} {
-					reply := rawRequest(t, env.url, req, 5*time.Second)
-					resp, err := http.ReadResponse(bufio.NewReader(strings.NewReader(reply)), nil)
-					if err != nil {
-						t.Fatalf("%q: %v in %q", req, err, reply)
-					}
-					b, err := io.ReadAll(resp.Body)
-					if err != nil || resp.StatusCode != 200 || string(b) != c.body {
-						t.Errorf("%q: %d %q %v, want 200 %q; reply:\n%s", req, resp.StatusCode, b, err, c.body, reply)
-					}
-					if strings.HasPrefix(req, "GET "+c.path+" HTTP/1.0") && len(resp.TransferEncoding) > 0 {
-						t.Errorf("%q: Transfer-Encoding %v sent to an HTTP/1.0 client", req, resp.TransferEncoding)
-					}
+				reply := rawRequest(t, env.url, req, 5*time.Second)
+				resp, err := http.ReadResponse(bufio.NewReader(strings.NewReader(reply)), nil)
+				if err != nil {
+					t.Fatalf("%q: %v in %q", req, err, reply)
+				}
+				b, err := io.ReadAll(resp.Body)
+				if err != nil || resp.StatusCode != 200 || string(b) != c.body {
+					t.Errorf("%q: %d %q %v, want 200 %q; reply:\n%s", req, resp.StatusCode, b, err, c.body, reply)
+				}
+				if strings.HasPrefix(req, "GET "+c.path+" HTTP/1.0") && len(resp.TransferEncoding) > 0 {
+					t.Errorf("%q: Transfer-Encoding %v sent to an HTTP/1.0 client", req, resp.TransferEncoding)
 				}
 			}
-			resp, body := env.do(t, "GET", "/bigheaders", nil)
-			wantResponse(t, "GET /bigheaders", resp, body, 200, "ok")
-			if len(resp.Header.Get("X-Long")) != 12<<10 || resp.Header.Get("X-Field-27") != strings.Repeat("27", 1000) {
-				t.Errorf("GET /bigheaders: X-Long of %d bytes, X-Field-27 of %d", len(resp.Header.Get("X-Long")), len(resp.Header.Get("X-Field-27")))
-			}
-			resp, body = env.do(t, "GET", "/hello", nil)
-			wantResponse(t, "GET /hello after /bigheaders", resp, body, 200, "hello from node\n")
-		})
-	}
+		}
+		resp, body := env.do(t, "GET", "/bigheaders", nil)
+		wantResponse(t, "GET /bigheaders", resp, body, 200, "ok")
+		if len(resp.Header.Get("X-Long")) != 12<<10 || resp.Header.Get("X-Field-27") != strings.Repeat("27", 1000) {
+			t.Errorf("GET /bigheaders: X-Long of %d bytes, X-Field-27 of %d", len(resp.Header.Get("X-Long")), len(resp.Header.Get("X-Field-27")))
+		}
+		resp, body = env.do(t, "GET", "/hello", nil)
+		wantResponse(t, "GET /hello after /bigheaders", resp, body, 200, "hello from node\n")
+	})
 }
 
 // TestInteropNodeUpgradeRejected: Node's 'upgrade' handler refuses with a
@@ -499,27 +473,15 @@ func TestInteropNodeClients(t *testing.T) {
 // connection is not a tunnel.
 func TestInteropNodeUpgradeRejected(t *testing.T) {
 	port := startApp(t, "node", "app.js", "http")
-	checkGoroutines(t)
-	for _, front := range fronts {
-		t.Run(front, func(t *testing.T) {
-			env := newTargetEnv(t, front, "http://127.0.0.1:"+port, Config{})
-			c := dialFront(t, env.url)
-			defer c.Close()
-			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-			fmt.Fprintf(c, "GET /reject HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-			br := bufio.NewReader(c)
-			resp, err := http.ReadResponse(br, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			b, err := io.ReadAll(resp.Body)
-			if resp.StatusCode != 403 || string(b) != "rejected" || err != nil {
-				t.Errorf("refused upgrade: %d %q %v", resp.StatusCode, b, err)
-			}
-			resp2, body := env.do(t, "GET", "/hello", nil)
-			wantResponse(t, "GET /hello after the refusal", resp2, body, 200, "hello from node\n")
-		})
-	}
+	eachFront(t, "http://127.0.0.1:"+port, Config{}, func(t *testing.T, front string, env *testEnv) {
+		_, _, resp := rawExchange(t, env, "GET /reject HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		b, err := io.ReadAll(resp.Body)
+		if resp.StatusCode != 403 || string(b) != "rejected" || err != nil {
+			t.Errorf("refused upgrade: %d %q %v", resp.StatusCode, b, err)
+		}
+		resp2, body := env.do(t, "GET", "/hello", nil)
+		wantResponse(t, "GET /hello after the refusal", resp2, body, 200, "hello from node\n")
+	})
 }
 
 // TestInteropNodeUpgradeAppFirst: the app sends bytes in the same write
@@ -527,33 +489,21 @@ func TestInteropNodeUpgradeRejected(t *testing.T) {
 // protocol): they reach the client without waiting for it.
 func TestInteropNodeUpgradeAppFirst(t *testing.T) {
 	port := startApp(t, "node", "app.js", "http")
-	checkGoroutines(t)
-	for _, front := range fronts {
-		t.Run(front, func(t *testing.T) {
-			env := newTargetEnv(t, front, "http://127.0.0.1:"+port, Config{})
-			c := dialFront(t, env.url)
-			defer c.Close()
-			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-			fmt.Fprintf(c, "GET /tunnel HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\nX-Greet: 1\r\n\r\n")
-			br := bufio.NewReader(c)
-			resp, err := http.ReadResponse(br, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if resp.StatusCode != 101 {
-				t.Fatalf("upgrade: %d", resp.StatusCode)
-			}
-			line, err := br.ReadString('\n')
-			if err != nil || line != "greetings\n" {
-				t.Fatalf("the app's first bytes: %q, %v", line, err)
-			}
-			_, _ = io.WriteString(c, "ping")
-			got := make([]byte, 4)
-			if _, err := io.ReadFull(br, got); err != nil || string(got) != "ping" {
-				t.Fatalf("echo: %q, %v", got, err)
-			}
-		})
-	}
+	eachFront(t, "http://127.0.0.1:"+port, Config{}, func(t *testing.T, front string, env *testEnv) {
+		c, br, resp := rawExchange(t, env, "GET /tunnel HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\nX-Greet: 1\r\n\r\n")
+		if resp.StatusCode != 101 {
+			t.Fatalf("upgrade: %d", resp.StatusCode)
+		}
+		line, err := br.ReadString('\n')
+		if err != nil || line != "greetings\n" {
+			t.Fatalf("the app's first bytes: %q, %v", line, err)
+		}
+		_, _ = io.WriteString(c, "ping")
+		got := make([]byte, 4)
+		if _, err := io.ReadFull(br, got); err != nil || string(got) != "ping" {
+			t.Fatalf("echo: %q, %v", got, err)
+		}
+	})
 }
 
 // TestInteropNodeKeepAliveTimeout: Node closes a keep-alive connection
@@ -589,72 +539,64 @@ func TestInteropNodeKeepAliveTimeout(t *testing.T) {
 // response; sequential and concurrent requests all succeed.
 func TestInteropNodeMaxRequestsPerSocket(t *testing.T) {
 	port := startApp(t, "node", "app.js", "http", "5000", "2")
-	checkGoroutines(t)
-	for _, front := range fronts {
-		t.Run(front, func(t *testing.T) {
-			env := newTargetEnv(t, front, "http://127.0.0.1:"+port, Config{})
-			ports := map[float64]int{}
-			for i := range 8 {
-				resp, body := env.do(t, "GET", "/headers", nil)
-				var seen struct{ RemotePort float64 }
-				if err := json.Unmarshal(body, &seen); err != nil || resp.StatusCode != 200 {
-					t.Fatalf("request %d: %d %q", i, resp.StatusCode, body)
-				}
-				ports[seen.RemotePort]++
+	eachFront(t, "http://127.0.0.1:"+port, Config{}, func(t *testing.T, front string, env *testEnv) {
+		ports := map[float64]int{}
+		for i := range 8 {
+			resp, body := env.do(t, "GET", "/headers", nil)
+			var seen struct{ RemotePort float64 }
+			if err := json.Unmarshal(body, &seen); err != nil || resp.StatusCode != 200 {
+				t.Fatalf("request %d: %d %q", i, resp.StatusCode, body)
 			}
-			for p, n := range ports {
-				if n > 2 {
-					t.Errorf("%d requests on the connection from port %v, Node allows 2", n, p)
-				}
+			ports[seen.RemotePort]++
+		}
+		for p, n := range ports {
+			if n > 2 {
+				t.Errorf("%d requests on the connection from port %v, Node allows 2", n, p)
 			}
-			errs := make(chan error, 16)
-			for i := range 16 {
-				go func() {
-					req, _ := http.NewRequest("POST", env.url+"/echo-length", strings.NewReader(fmt.Sprint("body ", i)))
-					resp, err := env.client.Do(req)
-					if err == nil {
-						var b []byte
-						b, err = io.ReadAll(resp.Body)
-						resp.Body.Close()
-						if err == nil && (resp.StatusCode != 200 || string(b) != fmt.Sprint("body ", i)) {
-							err = fmt.Errorf("%d %q", resp.StatusCode, b)
-						}
+		}
+		errs := make(chan error, 16)
+		for i := range 16 {
+			go func() {
+				req, _ := http.NewRequest("POST", env.url+"/echo-length", strings.NewReader(fmt.Sprint("body ", i)))
+				resp, err := env.client.Do(req)
+				if err == nil {
+					var b []byte
+					b, err = io.ReadAll(resp.Body)
+					resp.Body.Close()
+					if err == nil && (resp.StatusCode != 200 || string(b) != fmt.Sprint("body ", i)) {
+						err = fmt.Errorf("%d %q", resp.StatusCode, b)
 					}
-					errs <- err
-				}()
-			}
-			for range 16 {
-				if err := <-errs; err != nil {
-					t.Errorf("concurrent POST: %v", err)
 				}
+				errs <- err
+			}()
+		}
+		for range 16 {
+			if err := <-errs; err != nil {
+				t.Errorf("concurrent POST: %v", err)
 			}
-		})
-	}
+		}
+	})
 }
 
 // TestInteropNodeAbort: Node drops the connection mid-response; the client
 // must see an aborted response, not a shorter one that looks complete.
 func TestInteropNodeAbort(t *testing.T) {
 	port := startApp(t, "node", "app.js", "http")
-	checkGoroutines(t)
-	for _, front := range fronts {
-		t.Run(front, func(t *testing.T) {
-			env := newTargetEnv(t, front, "http://127.0.0.1:"+port, Config{})
-			for _, path := range []string{"/abort-length", "/abort-chunked"} {
-				resp, err := env.client.Get(env.url + path)
-				if err != nil {
-					continue // aborted before the head: fine
-				}
-				b, err := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if err == nil {
-					t.Errorf("%s: complete %d response of %d bytes (%q...), want an error", path, resp.StatusCode, len(b), b[:min(len(b), 10)])
-				}
+	eachFront(t, "http://127.0.0.1:"+port, Config{}, func(t *testing.T, front string, env *testEnv) {
+		for _, path := range []string{"/abort-length", "/abort-chunked"} {
+			resp, err := env.client.Get(env.url + path)
+			if err != nil {
+				continue // aborted before the head: fine
 			}
-			resp, body := env.do(t, "GET", "/hello", nil)
-			wantResponse(t, "GET /hello after the aborts", resp, body, 200, "hello from node\n")
-		})
-	}
+			b, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err == nil {
+				t.Errorf("%s: complete %d response of %d bytes (%q...), want an error", path, resp.StatusCode, len(b), b[:min(len(b), 10)])
+			}
+		}
+		resp, body := env.do(t, "GET", "/hello", nil)
+		wantResponse(t, "GET /hello after the aborts", resp, body, 200, "hello from node\n")
+	})
 }
 
 // TestInteropNodeH2C: a Node http2 server (cleartext) as an h2c target,
@@ -810,71 +752,67 @@ func TestInteropNodeH2C(t *testing.T) {
 // body written apart with Nagle's algorithm on).
 func TestInteropPython(t *testing.T) {
 	port := startApp(t, "python3", "app.py", "1.1")
-	checkGoroutines(t)
-	for _, front := range fronts {
-		t.Run(front, func(t *testing.T) {
-			env := newTargetEnv(t, front, "http://127.0.0.1:"+port, Config{})
+	eachFront(t, "http://127.0.0.1:"+port, Config{}, func(t *testing.T, front string, env *testEnv) {
+		resp, body := env.do(t, "GET", "/hello", nil)
+		wantResponse(t, "GET /hello", resp, body, 200, "hello from python\n")
+		peer := resp.Header.Get("X-Peer-Port")
+
+		// Sequential requests reuse the upstream connection, and are
+		// not slowed by delayed ACKs (40 ms each on Linux).
+		start := time.Now()
+		for i := range 20 {
 			resp, body := env.do(t, "GET", "/hello", nil)
-			wantResponse(t, "GET /hello", resp, body, 200, "hello from python\n")
-			peer := resp.Header.Get("X-Peer-Port")
+			wantResponse(t, fmt.Sprintf("GET /hello %d", i), resp, body, 200, "hello from python\n")
+			if p := resp.Header.Get("X-Peer-Port"); p != peer {
+				t.Errorf("request %d came from port %s, the first from %s: the upstream connection was not reused", i, p, peer)
+			}
+		}
+		if d := time.Since(start); runtime.GOOS == "linux" && d > 300*time.Millisecond {
+			t.Errorf("20 requests took %v: the app waited for delayed ACKs", d)
+		}
 
-			// Sequential requests reuse the upstream connection, and are
-			// not slowed by delayed ACKs (40 ms each on Linux).
-			start := time.Now()
-			for i := range 20 {
-				resp, body := env.do(t, "GET", "/hello", nil)
-				wantResponse(t, fmt.Sprintf("GET /hello %d", i), resp, body, 200, "hello from python\n")
-				if p := resp.Header.Get("X-Peer-Port"); p != peer {
-					t.Errorf("request %d came from port %s, the first from %s: the upstream connection was not reused", i, p, peer)
-				}
-			}
-			if d := time.Since(start); runtime.GOOS == "linux" && d > 300*time.Millisecond {
-				t.Errorf("20 requests took %v: the app waited for delayed ACKs", d)
-			}
-
-			resp, body = env.do(t, "HEAD", "/hello", nil)
-			wantResponse(t, "HEAD /hello", resp, body, 200, "")
-			if resp.ContentLength != 18 {
-				t.Errorf("HEAD: Content-Length %d", resp.ContentLength)
-			}
-			resp, body = env.do(t, "POST", "/echo", strings.NewReader("abc"))
-			wantResponse(t, "POST", resp, body, 200, "got 3: abc")
-			resp, body = env.do(t, "GET", "/chunked", nil)
-			wantResponse(t, "GET /chunked", resp, body, 200, "alpha,beta,gamma")
-			// A chunked upload: http.server reads Content-Length only.
-			// Whatever the app answers, the requests after it must get
-			// their own responses.
-			for i := range 3 {
-				resp, body = env.do(t, "POST", "/echo", io.MultiReader(strings.NewReader("chunked-up")))
-				t.Logf("chunked POST %d: %d %q", i, resp.StatusCode, body)
-				for j := range 3 {
-					resp, body = env.do(t, "GET", "/hello", nil)
-					wantResponse(t, fmt.Sprintf("GET /hello %d after chunked POST %d", j, i), resp, body, 200, "hello from python\n")
-				}
-			}
-			for i := range 3 {
-				resp, body = env.do(t, "GET", "/error", nil)
-				if resp.StatusCode != 418 || !strings.Contains(string(body), "teapot") {
-					t.Errorf("GET /error: %d %q", resp.StatusCode, body)
-				}
+		resp, body = env.do(t, "HEAD", "/hello", nil)
+		wantResponse(t, "HEAD /hello", resp, body, 200, "")
+		if resp.ContentLength != 18 {
+			t.Errorf("HEAD: Content-Length %d", resp.ContentLength)
+		}
+		resp, body = env.do(t, "POST", "/echo", strings.NewReader("abc"))
+		wantResponse(t, "POST", resp, body, 200, "got 3: abc")
+		resp, body = env.do(t, "GET", "/chunked", nil)
+		wantResponse(t, "GET /chunked", resp, body, 200, "alpha,beta,gamma")
+		// A chunked upload: http.server reads Content-Length only.
+		// Whatever the app answers, the requests after it must get
+		// their own responses.
+		for i := range 3 {
+			resp, body = env.do(t, "POST", "/echo", io.MultiReader(strings.NewReader("chunked-up")))
+			t.Logf("chunked POST %d: %d %q", i, resp.StatusCode, body)
+			for j := range 3 {
 				resp, body = env.do(t, "GET", "/hello", nil)
-				wantResponse(t, fmt.Sprintf("GET /hello after /error %d", i), resp, body, 200, "hello from python\n")
+				wantResponse(t, fmt.Sprintf("GET /hello %d after chunked POST %d", j, i), resp, body, 200, "hello from python\n")
 			}
-			// A GET with a body, which do_GET leaves unread: http.server
-			// takes it for a request (here one for /smuggled) and answers
-			// it (404). That answer must not go to the next request.
-			for i := range 5 {
-				resp, body = env.do(t, "GET", "/hello", strings.NewReader("GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"))
-				wantResponse(t, "GET /hello with a body", resp, body, 200, "hello from python\n")
-				resp, body = env.do(t, "GET", "/hello", nil)
-				wantResponse(t, fmt.Sprintf("GET /hello %d after a GET with a body", i), resp, body, 200, "hello from python\n")
+		}
+		for i := range 3 {
+			resp, body = env.do(t, "GET", "/error", nil)
+			if resp.StatusCode != 418 || !strings.Contains(string(body), "teapot") {
+				t.Errorf("GET /error: %d %q", resp.StatusCode, body)
 			}
-			resp, body = env.do(t, "GET", "/big", nil)
-			if resp.StatusCode != 200 || len(body) != 20000*11 || !strings.HasSuffix(string(body), "line 19999\n") {
-				t.Errorf("GET /big: %d, %d bytes", resp.StatusCode, len(body))
-			}
-		})
-	}
+			resp, body = env.do(t, "GET", "/hello", nil)
+			wantResponse(t, fmt.Sprintf("GET /hello after /error %d", i), resp, body, 200, "hello from python\n")
+		}
+		// A GET with a body, which do_GET leaves unread: http.server
+		// takes it for a request (here one for /smuggled) and answers
+		// it (404). That answer must not go to the next request.
+		for i := range 5 {
+			resp, body = env.do(t, "GET", "/hello", strings.NewReader("GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"))
+			wantResponse(t, "GET /hello with a body", resp, body, 200, "hello from python\n")
+			resp, body = env.do(t, "GET", "/hello", nil)
+			wantResponse(t, fmt.Sprintf("GET /hello %d after a GET with a body", i), resp, body, 200, "hello from python\n")
+		}
+		resp, body = env.do(t, "GET", "/big", nil)
+		if resp.StatusCode != 200 || len(body) != 20000*11 || !strings.HasSuffix(string(body), "line 19999\n") {
+			t.Errorf("GET /big: %d, %d bytes", resp.StatusCode, len(body))
+		}
+	})
 }
 
 // TestInteropPythonHTTP10: an HTTP/1.0 app (protocol_version "HTTP/1.0"):
@@ -882,48 +820,44 @@ func TestInteropPython(t *testing.T) {
 // connection; they reach the client whole.
 func TestInteropPythonHTTP10(t *testing.T) {
 	port := startApp(t, "python3", "app.py", "1.0")
-	checkGoroutines(t)
 	var want strings.Builder
 	for i := range 20000 {
 		fmt.Fprintf(&want, "line %05d\n", i)
 	}
-	for _, front := range fronts {
-		t.Run(front, func(t *testing.T) {
-			env := newTargetEnv(t, front, "http://127.0.0.1:"+port, Config{})
-			for i := range 3 {
-				resp, body := env.do(t, "GET", "/big", nil)
-				if resp.StatusCode != 200 || string(body) != want.String() {
-					t.Errorf("GET /big %d: %d, %d bytes, want %d", i, resp.StatusCode, len(body), want.Len())
-				}
-				resp, body = env.do(t, "GET", "/hello", nil)
-				wantResponse(t, "GET /hello", resp, body, 200, "hello from python\n")
-				resp, body = env.do(t, "POST", "/echo", strings.NewReader("xyz"))
-				wantResponse(t, "POST", resp, body, 200, "got 3: xyz")
+	eachFront(t, "http://127.0.0.1:"+port, Config{}, func(t *testing.T, front string, env *testEnv) {
+		for i := range 3 {
+			resp, body := env.do(t, "GET", "/big", nil)
+			if resp.StatusCode != 200 || string(body) != want.String() {
+				t.Errorf("GET /big %d: %d, %d bytes, want %d", i, resp.StatusCode, len(body), want.Len())
 			}
-			// A close-delimited stream: its first event reaches the client
-			// while the app waits to send the next.
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			req, _ := http.NewRequestWithContext(ctx, "GET", env.url+"/stream", nil)
-			resp, err := env.client.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer resp.Body.Close()
-			br := bufio.NewReader(resp.Body)
-			if line, err := br.ReadString('\n'); err != nil || line != "data: first\n" {
-				t.Fatalf("first event: %q, %v", line, err)
-			}
-			resp2, _ := env.do(t, "GET", "/release", nil)
-			if resp2.StatusCode != 200 {
-				t.Fatalf("release: %d", resp2.StatusCode)
-			}
-			rest, err := io.ReadAll(br)
-			if err != nil || string(rest) != "\ndata: second\n\n" {
-				t.Errorf("the rest of the stream: %q, %v", rest, err)
-			}
-		})
-	}
+			resp, body = env.do(t, "GET", "/hello", nil)
+			wantResponse(t, "GET /hello", resp, body, 200, "hello from python\n")
+			resp, body = env.do(t, "POST", "/echo", strings.NewReader("xyz"))
+			wantResponse(t, "POST", resp, body, 200, "got 3: xyz")
+		}
+		// A close-delimited stream: its first event reaches the client
+		// while the app waits to send the next.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, "GET", env.url+"/stream", nil)
+		resp, err := env.client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		br := bufio.NewReader(resp.Body)
+		if line, err := br.ReadString('\n'); err != nil || line != "data: first\n" {
+			t.Fatalf("first event: %q, %v", line, err)
+		}
+		resp2, _ := env.do(t, "GET", "/release", nil)
+		if resp2.StatusCode != 200 {
+			t.Fatalf("release: %d", resp2.StatusCode)
+		}
+		rest, err := io.ReadAll(br)
+		if err != nil || string(rest) != "\ndata: second\n\n" {
+			t.Errorf("the rest of the stream: %q, %v", rest, err)
+		}
+	})
 }
 
 // TestInteropNodeH2CStreams: with MaxInFlight 1, open server streams of
@@ -970,47 +904,39 @@ func TestInteropNodeH2CStreams(t *testing.T) {
 // stream the app resets mid-body aborts the client's response.
 func TestInteropNodeH2CHTTP1Clients(t *testing.T) {
 	port := startApp(t, "node", "app.js", "h2")
-	checkGoroutines(t)
-	for _, front := range fronts {
-		t.Run(front, func(t *testing.T) {
-			env := newTargetEnv(t, front, "h2c://127.0.0.1:"+port, Config{})
-			resp, body := env.do(t, "POST", "/pkg.Svc/Unary", strings.NewReader("hey"),
-				"Te", "trailers", "Content-Type", "application/grpc")
-			wantResponse(t, "unary", resp, body, 200, "reply:hey:te=trailers")
-			if resp.Trailer.Get("Grpc-Status") != "0" || resp.Trailer.Get("Grpc-Message") != "ok" {
-				t.Errorf("trailers %v", resp.Trailer)
-			}
-			req, _ := http.NewRequest("POST", env.url+"/pkg.Svc/Reset", strings.NewReader("x"))
-			req.Header.Set("Te", "trailers")
-			resp, err := env.client.Do(req)
+	eachFront(t, "h2c://127.0.0.1:"+port, Config{}, func(t *testing.T, front string, env *testEnv) {
+		resp, body := env.do(t, "POST", "/pkg.Svc/Unary", strings.NewReader("hey"),
+			"Te", "trailers", "Content-Type", "application/grpc")
+		wantResponse(t, "unary", resp, body, 200, "reply:hey:te=trailers")
+		if resp.Trailer.Get("Grpc-Status") != "0" || resp.Trailer.Get("Grpc-Message") != "ok" {
+			t.Errorf("trailers %v", resp.Trailer)
+		}
+		req, _ := http.NewRequest("POST", env.url+"/pkg.Svc/Reset", strings.NewReader("x"))
+		req.Header.Set("Te", "trailers")
+		resp, err := env.client.Do(req)
+		if err == nil {
+			b, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
 			if err == nil {
-				b, err := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if err == nil {
-					t.Errorf("a stream the app reset ended cleanly: %d %q, trailers %v", resp.StatusCode, b, resp.Trailer)
-				}
+				t.Errorf("a stream the app reset ended cleanly: %d %q, trailers %v", resp.StatusCode, b, resp.Trailer)
 			}
-			resp, body = env.do(t, "POST", "/pkg.Svc/Unary", strings.NewReader("again"), "Te", "trailers")
-			wantResponse(t, "unary after the reset", resp, body, 200, "reply:again:te=trailers")
+		}
+		resp, body = env.do(t, "POST", "/pkg.Svc/Unary", strings.NewReader("again"), "Te", "trailers")
+		wantResponse(t, "unary after the reset", resp, body, 200, "reply:again:te=trailers")
 
-			// The client closes its connection mid-stream: the app's
-			// stream is reset.
-			c := dialFront(t, env.url)
-			defer c.Close()
-			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-			_, _ = io.WriteString(c, "POST /pkg.Svc/Watch HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
-			r, err := http.ReadResponse(bufio.NewReader(c), nil)
-			if err != nil || r.StatusCode != 200 {
-				t.Fatalf("watch: %v", err)
-			}
-			if line, err := bufio.NewReader(r.Body).ReadString('\n'); err != nil || line != "tick\n" {
-				t.Fatalf("watch: %q, %v", line, err)
-			}
-			_ = c.Close()
-			eventually(t, 5*time.Second, "the app's stream closed", func() bool {
-				_, body := env.do(t, "GET", "/watching", nil)
-				return string(body) == "0"
-			})
+		// The client closes its connection mid-stream: the app's
+		// stream is reset.
+		c, _, r := rawExchange(t, env, "POST /pkg.Svc/Watch HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+		if r.StatusCode != 200 {
+			t.Fatalf("watch: %d", r.StatusCode)
+		}
+		if line, err := bufio.NewReader(r.Body).ReadString('\n'); err != nil || line != "tick\n" {
+			t.Fatalf("watch: %q, %v", line, err)
+		}
+		_ = c.Close()
+		eventually(t, 5*time.Second, "the app's stream closed", func() bool {
+			_, body := env.do(t, "GET", "/watching", nil)
+			return string(body) == "0"
 		})
-	}
+	})
 }
