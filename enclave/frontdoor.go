@@ -89,6 +89,7 @@ func (f *frontDoor) handshake(c net.Conn) {
 	delete(f.pending, c)
 	f.mu.Unlock()
 	if err != nil {
+		proxy.RefusePlainHTTP(err)
 		_ = c.Close()
 		return
 	}

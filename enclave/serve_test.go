@@ -1006,3 +1006,30 @@ func TestServeAppStreams(t *testing.T) {
 		}
 	}
 }
+
+// TestServePlainHTTPOnHTTPSPort: http:// typed for the enclave's https://
+// address gets a 400 that says why, as from net/http's own server, not an
+// empty reply.
+func TestServePlainHTTPOnHTTPSPort(t *testing.T) {
+	app := svApp(t, func(w http.ResponseWriter, r *http.Request) {})
+	for _, tc := range []struct {
+		name string
+		mod  func(*enclave.Config)
+	}{
+		{"in-process handler", nil},
+		{"app url (front door)", func(c *enclave.Config) { c.Handler = nil; c.AppURL = app }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			env := svStart(t, tc.mod)
+			resp, err := http.Get(strings.Replace(env.public, "https://", "http://", 1) + "/")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), "HTTP request to an HTTPS server") {
+				t.Errorf("plain HTTP to the HTTPS port: %d %q", resp.StatusCode, body)
+			}
+		})
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -266,5 +267,39 @@ func TestRefusedBodyNotReset(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestPlainHTTPOnTLSFront: a client that speaks plain HTTP to a TLS front
+// (http:// typed for https://) is told so with a 400, as net/http's server
+// tells it, instead of getting an empty reply.
+func TestPlainHTTPOnTLSFront(t *testing.T) {
+	checkGoroutines(t)
+	env := newEnv(t, "serve-tls-listener", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}), Config{})
+	c, err := net.Dial("tcp", strings.TrimPrefix(env.url, "https://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), "HTTP request to an HTTPS server") {
+		t.Errorf("plain HTTP to the TLS front: %d %q", resp.StatusCode, body)
+	}
+	// Anything else that is not TLS is closed without an answer.
+	c2, err := net.Dial("tcp", strings.TrimPrefix(env.url, "https://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	_ = c2.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c2, "SSH-2.0-OpenSSH_9.2\r\n")
+	if b, _ := io.ReadAll(c2); len(b) != 0 {
+		t.Errorf("a client that is neither TLS nor HTTP got %q", b)
 	}
 }

@@ -64,6 +64,35 @@ func (l *tlsListener) Accept() (net.Conn, error) {
 	return TLSServer(c, l.config), nil
 }
 
+// RefusePlainHTTP answers a client that spoke plain HTTP to a TLS port, as
+// net/http's server does: if err, from a failed TLS handshake, shows an
+// HTTP request where the first TLS record should have been, it writes a 400
+// response that says so to the connection under the TLS one, and reports
+// true. A user who typed http:// for an https:// address learns why,
+// instead of seeing an empty reply. The caller closes the connection
+// either way.
+func RefusePlainHTTP(err error) bool {
+	var re tls.RecordHeaderError
+	if !errors.As(err, &re) || re.Conn == nil || !looksLikeHTTP(re.RecordHeader[:]) {
+		return false
+	}
+	_ = re.Conn.SetWriteDeadline(time.Now().Add(time.Second))
+	_, _ = re.Conn.Write(plainHTTPRefusal)
+	return true
+}
+
+var plainHTTPRefusal = []byte("HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
+
+// looksLikeHTTP reports whether the first five bytes of a connection are
+// the start of an HTTP request (net/http's test).
+func looksLikeHTTP(b []byte) bool {
+	switch string(b) {
+	case "GET /", "HEAD ", "POST ", "PUT /", "OPTIO":
+		return true
+	}
+	return false
+}
+
 // isTLSServerConn reports whether tc was made by TLSServer.
 func isTLSServerConn(tc *tls.Conn) bool {
 	_, ok := tc.NetConn().(*tlsBase)

@@ -113,6 +113,7 @@ func (p *Proxy) handshake(tc *tls.Conn) bool {
 		delete(p.closers, h)
 		p.mu.Unlock()
 		if err != nil || p.isClosed() || p.shuttingDown.Load() {
+			RefusePlainHTTP(err)
 			_ = h.Close()
 			return
 		}
