@@ -257,8 +257,17 @@ func underPaths[T string | []byte](paths []string, path T) bool {
 	return false
 }
 
-func (p *Proxy) getBuf() *[]byte  { return p.bufs.Get().(*[]byte) }
-func (p *Proxy) putBuf(b *[]byte) { p.bufs.Put(b) }
+func (p *Proxy) getBuf() *[]byte { return p.bufs.Get().(*[]byte) }
+
+// putBuf gives b back to the pool. A buffer that is not whole (a
+// reslice left in it) is dropped instead: its next user would read into
+// fewer bytes, or none, for ever.
+func (p *Proxy) putBuf(b *[]byte) {
+	if len(*b) != p.cfg.BufferSize {
+		return
+	}
+	p.bufs.Put(b)
+}
 
 // ServeHTTP forwards r to the upstream and copies the response to w.
 // A handler that Config.Intercept returns for r serves it instead.

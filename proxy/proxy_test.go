@@ -544,3 +544,25 @@ func TestIdleConnClosedByUpstream(t *testing.T) {
 		})
 	}
 }
+
+// TestPutBufDropsPartial: a buffer given back shortened (as the event
+// loop's pending-write buffer once was) never comes out of the pool: a
+// request body copied into it would read nothing for ever.
+func TestPutBufDropsPartial(t *testing.T) {
+	u, _ := url.Parse("http://127.0.0.1:1")
+	p, err := New(u, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	b := p.getBuf()
+	*b = (*b)[:0]
+	p.putBuf(b)
+	for range 100 {
+		got := p.getBuf()
+		if len(*got) != p.cfg.BufferSize {
+			t.Fatalf("the pool gave a buffer of %d bytes, want %d", len(*got), p.cfg.BufferSize)
+		}
+		defer p.putBuf(got)
+	}
+}
