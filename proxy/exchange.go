@@ -412,6 +412,14 @@ func (ex *exchange) sendBody(uc *upConn, chunked bool) error {
 			ex.cs.setReadDeadline(time.Now().Add(tt))
 		}
 		n, rerr := ex.r.Body.Read(buf)
+		if rerr == io.EOF {
+			// The body is all read (net/http's body returns its last
+			// bytes with io.EOF): say so before they go up, since the
+			// upstream may answer as soon as it has them, and writeHead,
+			// seeing the body still pending, would close the client's
+			// connection after the response.
+			ex.body.eof.Store(true)
+		}
 		if n > 0 {
 			if t := p.cfg.UpstreamTimeout; t > 0 && i > 0 {
 				_ = uc.conn.SetWriteDeadline(time.Now().Add(t))
@@ -430,7 +438,6 @@ func (ex *exchange) sendBody(uc *upConn, chunked bool) error {
 			}
 		}
 		if rerr == io.EOF {
-			ex.body.eof.Store(true)
 			if tt > 0 {
 				ex.cs.setReadDeadline(time.Time{}) // leave none behind
 			}
