@@ -301,6 +301,14 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ex.admitted()
 	defer ex.release()
 	ex.serve()
+	if !he.hs.answered {
+		// The client went away before a response (over HTTP/1.1 it may
+		// only have shut its side, and still read): returning would make
+		// net/http send 200 with an empty body for a request that was
+		// never answered. Abort: the connection closes (HTTP/2: the
+		// stream is reset).
+		panic(http.ErrAbortHandler)
+	}
 }
 
 // refused records a refusal.
@@ -346,6 +354,9 @@ type handlerSide struct {
 	rc *http.ResponseController // made on first use
 	// wrote is set once part of the body has been written.
 	wrote bool
+	// answered is set once a final response head is written, or the
+	// connection hijacked.
+	answered bool
 }
 
 var _ clientSide = (*handlerSide)(nil)
@@ -388,6 +399,7 @@ func (hs *handlerSide) writeHead(resp *http.Response, bodyPending bool) {
 		// request.
 		h["Connection"] = connectionClose
 	}
+	hs.answered = true
 	hs.w.WriteHeader(resp.StatusCode)
 }
 
@@ -425,13 +437,17 @@ func (hs *handlerSide) endBody(trailer http.Header) error {
 	return nil
 }
 
-func (hs *handlerSide) writeStatus(code int, h http.Header) { writeStatus(hs.w, code, h) }
+func (hs *handlerSide) writeStatus(code int, h http.Header) {
+	hs.answered = true
+	writeStatus(hs.w, code, h)
+}
 
 func (hs *handlerSide) hijack() (net.Conn, *bufio.Reader, *bufio.Writer, error) {
 	c, brw, err := hs.ctl().Hijack()
 	if err != nil {
 		return nil, nil, nil, err
 	}
+	hs.answered = true
 	return c, brw.Reader, brw.Writer, nil
 }
 
