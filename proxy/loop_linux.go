@@ -768,6 +768,10 @@ func (c *lclient) readRequest() bool {
 				c.answerAndClose(http.StatusBadRequest) // a truncated request
 				return false
 			}
+			// The client closed between requests: a TLS client said
+			// goodbye (close_notify, or its stream ended), and is told
+			// goodbye too, as tls.Conn.Close tells it under net/http.
+			c.closeNotify()
 			c.close()
 			return false
 		}
@@ -1674,7 +1678,12 @@ func (c *lclient) expired() {
 			c.run()
 		}
 	case lcIdle, lcLinger:
-		c.close() // idle, a header that did not arrive in time, or done lingering
+		// Idle, a header that did not arrive in time, or done lingering
+		// (close_notify sent already): a TLS client is told the
+		// connection ends (close_notify) rather than left to take the
+		// close for a truncation.
+		c.closeNotify()
+		c.close()
 	case lcExch:
 		if !c.resp && c.bodyLeft == 0 {
 			c.fail(fmt.Errorf("proxy: wait for response: %w", os.ErrDeadlineExceeded))

@@ -996,14 +996,18 @@ print(json.dumps(out))
 
 // TestTLSInteropCloseNotify: a client that sends close_notify in the
 // middle of a request body, in the middle of its head, and right after a
-// whole request, keeping the TCP connection open to read. The front does
-// not wait for more, answers or closes within a bounded time, and goes on
+// whole request, keeping the TCP connection open to read; and one that
+// stays idle until the front closes the connection. The front does not
+// wait for more, answers or closes within a bounded time, and goes on
 // serving others. Python's ssl with memory BIOs sends the close_notify
 // without waiting for the server's.
 //
-// It found the Proxy as net/http handler (NewServer) answering the
+// It found: the Proxy as net/http handler (NewServer) answering the
 // truncated body 200 with an empty body (it returned without a response
-// when the client had gone, and net/http sent its implicit 200).
+// when the client had gone, and net/http sent its implicit 200); and the
+// event loops closing TLS connections without close_notify when the
+// client had closed between requests or the connection was idle too long,
+// which OpenSSL clients report as an unexpected EOF.
 func TestTLSInteropCloseNotify(t *testing.T) {
 	tiTool(t, "python3")
 	checkGoroutines(t)
@@ -1078,6 +1082,8 @@ out = {
   'midhead': run(b'GET /hello HTTP/1.1\r\nHost: x\r\n'),
   'after': run(b'GET /count?id=after HTTP/1.1\r\nHost: x\r\n\r\n'),
 }
+if sys.argv[3] == 'idle':
+    out['idle'] = run(b'GET /count?id=idle HTTP/1.1\r\nHost: x\r\n\r\n', bye=False)
 print(json.dumps(out))
 `
 	type result struct {
@@ -1088,8 +1094,13 @@ print(json.dumps(out))
 	for _, front := range append([]string{"reference"}, tiFronts...) {
 		for _, vers := range []string{"1.2", "1.3"} {
 			t.Run(front+"/"+vers, func(t *testing.T) {
-				env := newTIEnv(t, front, Config{})
-				stdout, stderr, err := tiRun(t, 20*time.Second, nil, nil, "python3", "-c", script, env.addr, vers)
+				// The proxy's fronts close idle connections after 300 ms.
+				env := newTIEnv(t, front, Config{IdleTimeout: 300 * time.Millisecond})
+				idle := "idle"
+				if front == "reference" {
+					idle = "-"
+				}
+				stdout, stderr, err := tiRun(t, 20*time.Second, nil, nil, "python3", "-c", script, env.addr, vers, idle)
 				if err != nil {
 					t.Fatalf("python: %v\nstderr:\n%s\nstdout:\n%.2000s", err, stderr, stdout)
 				}
@@ -1107,6 +1118,19 @@ print(json.dumps(out))
 					if !strings.HasPrefix(r.Got, "HTTP/1.1 200 OK\r\n") || !strings.HasSuffix(r.Got, "count after 1\n") {
 						t.Errorf("after: %q", r.Got)
 					}
+				}
+				// A client that said goodbye between requests, and an idle
+				// connection closed by the server, end with the server's
+				// close_notify, as net/http's tls.Conn.Close sends it:
+				// without it OpenSSL reports an unexpected EOF (a possible
+				// truncation).
+				for _, name := range []string{"after", "midhead", "idle"} {
+					if r, ok := out[name]; ok && r.How != "eof" {
+						t.Errorf("%s: the connection ended with %s, not with the server's close_notify", name, r.How)
+					}
+				}
+				if r, ok := out["idle"]; ok && !strings.HasSuffix(r.Got, "count idle 1\n") {
+					t.Errorf("idle: %q", r.Got)
 				}
 				// net/http's server passes the truncated body to the app,
 				// which fails (499 here); the proxy may answer 400 or
