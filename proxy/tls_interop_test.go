@@ -131,6 +131,16 @@ func tiUpstream(hits *tiHits) http.Handler {
 			}
 			w.Header().Set("Content-Length", strconv.Itoa(len(b)))
 			_, _ = w.Write(b)
+		case "/eof":
+			// A body that ends when the connection does (HTTP/1.0 style).
+			c, brw, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				return
+			}
+			_, _ = brw.WriteString("HTTP/1.1 200 OK\r\nX-Up: go\r\nConnection: close\r\n\r\n")
+			_, _ = brw.Write(tiPattern(n))
+			_ = brw.Flush()
+			_ = c.Close()
 		case "/count":
 			id := r.URL.Query().Get("id")
 			fmt.Fprintf(w, "count %s %d\n", id, hits.add(id))
@@ -524,6 +534,15 @@ func tiReadResponses(t *testing.T, b []byte, methods ...string) []*http.Response
 	return out
 }
 
+// tiLatin1 returns the bytes of s, which Python decoded as Latin-1.
+func tiLatin1(s string) []byte {
+	b := make([]byte, 0, len(s))
+	for _, r := range s {
+		b = append(b, byte(r))
+	}
+	return b
+}
+
 func tiBody(r *http.Response) []byte {
 	b, _ := io.ReadAll(r.Body)
 	return b
@@ -606,13 +625,23 @@ func TestTLSInteropKeyUpdate(t *testing.T) {
 				pr.write(t, req(id))
 				pr.waitOut(t, "count "+id+" 1\n", 1)
 			}
+			// Key updates in the middle of a request body.
+			half := strings.Repeat("a", 100000)
+			pr.write(t, "POST /sum HTTP/1.1\r\nHost: x\r\nContent-Length: 300000\r\n\r\n"+half)
+			for _, cmd := range []string{"K\n", "k\n"} {
+				time.Sleep(50 * time.Millisecond)
+				pr.write(t, cmd)
+				time.Sleep(50 * time.Millisecond)
+				pr.write(t, half)
+			}
+			pr.waitOut(t, "300000 "+tiSum([]byte(strings.Repeat(half, 3))), 1)
 			// A big response after the updates: many records under the new keys.
 			pr.write(t, "GET /big?n=300000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
 			if !pr.exited(5 * time.Second) {
 				t.Fatal("s_client still running 5 s after Connection: close")
 			}
-			if n := strings.Count(pr.errb.String(), "KEYUPDATE"); n != 4 {
-				t.Errorf("s_client reported %d key updates, want 4", n)
+			if n := strings.Count(pr.errb.String(), "KEYUPDATE"); n != 6 {
+				t.Errorf("s_client reported %d key updates, want 6", n)
 			}
 			out := pr.out.String()
 			if !strings.Contains(out, "Content-Length: 300000\r\n") || !strings.Contains(out, "\r\n\r\n"+string(tiPattern(300000))) {
@@ -1081,6 +1110,7 @@ out = {
   'midbody': run(b'POST /sum HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n' + b'a' * 100),
   'midhead': run(b'GET /hello HTTP/1.1\r\nHost: x\r\n'),
   'after': run(b'GET /count?id=after HTTP/1.1\r\nHost: x\r\n\r\n'),
+  'pipebye': run(b'GET /count?id=p1 HTTP/1.1\r\nHost: x\r\n\r\nGET /big?n=100000 HTTP/1.1\r\nHost: x\r\n\r\nGET /count?id=p3 HTTP/1.1\r\nHost: x\r\n\r\n'),
 }
 if sys.argv[3] == 'idle':
     out['idle'] = run(b'GET /count?id=idle HTTP/1.1\r\nHost: x\r\n\r\n', bye=False)
@@ -1094,6 +1124,7 @@ print(json.dumps(out))
 	for _, front := range append([]string{"reference"}, tiFronts...) {
 		for _, vers := range []string{"1.2", "1.3"} {
 			t.Run(front+"/"+vers, func(t *testing.T) {
+				t.Parallel() // mostly waiting on Python
 				// The proxy's fronts close idle connections after 300 ms.
 				env := newTIEnv(t, front, Config{IdleTimeout: 300 * time.Millisecond})
 				idle := "idle"
@@ -1124,9 +1155,16 @@ print(json.dumps(out))
 				// close_notify, as net/http's tls.Conn.Close sends it:
 				// without it OpenSSL reports an unexpected EOF (a possible
 				// truncation).
-				for _, name := range []string{"after", "midhead", "idle"} {
+				for _, name := range []string{"after", "midhead", "idle", "pipebye"} {
 					if r, ok := out[name]; ok && r.How != "eof" {
 						t.Errorf("%s: the connection ended with %s, not with the server's close_notify", name, r.How)
+					}
+				}
+				// Pipelined requests, then close_notify: every one is answered.
+				rs := tiReadResponses(t, tiLatin1(out["pipebye"].Got), "GET", "GET", "GET")
+				for i, want := range [][]byte{[]byte("count p1 1\n"), tiPattern(100000), []byte("count p3 1\n")} {
+					if b := tiBody(rs[i]); rs[i].StatusCode != 200 || !bytes.Equal(b, want) {
+						t.Errorf("pipebye %d: %d, %d bytes", i, rs[i].StatusCode, len(b))
 					}
 				}
 				if r, ok := out["idle"]; ok && !strings.HasSuffix(r.Got, "count idle 1\n") {
@@ -1144,5 +1182,74 @@ print(json.dumps(out))
 				}
 			})
 		}
+	}
+}
+
+// TestTLSInteropCloseDelimited: bodies that end with the connection (an
+// HTTP/1.0 client, an upstream that closes to end its body) must end with
+// close_notify: curl (OpenSSL 3) reports a close without it as an error,
+// as it could be a truncation.
+func TestTLSInteropCloseDelimited(t *testing.T) {
+	tiTool(t, "curl")
+	checkGoroutines(t)
+	dir := t.TempDir()
+	for _, front := range tiFronts {
+		for _, vers := range []string{"--http1.0", "--http1.1"} {
+			t.Run(front+vers, func(t *testing.T) {
+				// curl --http1.0 offers ALPN http/1.0, which Go's server
+				// refuses (no_application_protocol): offer none.
+				alpn := "--alpn"
+				if vers == "--http1.0" {
+					alpn = "--no-alpn"
+				}
+				env := newTIEnv(t, front, Config{})
+				paths := []struct {
+					path string
+					n    int
+				}{{"/big?n=100001", 100001}, {"/stream?n=200003", 200003}, {"/eof?n=150007", 150007}, {"/eof?n=0", 0}}
+				for i, c := range paths {
+					out := filepath.Join(dir, fmt.Sprintf("%s%s%d", front, vers, i))
+					stdout, stderr, err := tiRun(t, 10*time.Second, nil, nil, "curl", "-sSk", vers, alpn, "--max-time", "5",
+						"-w", "%{http_code}", "-o", out, env.url+c.path)
+					if err != nil || string(stdout) != "200" {
+						t.Errorf("%s: curl: %v, %q\nstderr:\n%s", c.path, err, stdout, stderr)
+						continue
+					}
+					if b, err := os.ReadFile(out); err != nil || !bytes.Equal(b, tiPattern(c.n)) {
+						t.Errorf("%s: %d bytes (%v), want %d exact", c.path, len(b), err, c.n)
+					}
+				}
+			})
+		}
+	}
+}
+
+// TestTLSInteropSlowReader: a client that reads slowly (curl
+// --limit-rate) gets large responses whole: the loop holds sealed records
+// while the socket is full.
+func TestTLSInteropSlowReader(t *testing.T) {
+	tiTool(t, "curl")
+	checkGoroutines(t)
+	dir := t.TempDir()
+	const bigN, streamN = 2<<20 + 3, 1<<20 + 5
+	for _, front := range []string{"serve-tls", "serve-tls-listener"} {
+		t.Run(front, func(t *testing.T) {
+			env := newTIEnv(t, front, Config{})
+			big, stream := filepath.Join(dir, front+"big"), filepath.Join(dir, front+"stream")
+			stdout, stderr, err := tiRun(t, 15*time.Second, nil, nil, "curl", "-sSk", "--limit-rate", "8M", "--max-time", "10",
+				"-w", "%{http_code} %{num_connects}\n", "-o", big, env.url+fmt.Sprintf("/big?n=%d", bigN),
+				"-o", stream, env.url+fmt.Sprintf("/stream?n=%d", streamN))
+			if err != nil || string(stdout) != "200 1\n200 0\n" {
+				t.Fatalf("curl: %v, %q\nstderr:\n%s", err, stdout, stderr)
+			}
+			for _, c := range []struct {
+				file string
+				n    int
+			}{{big, bigN}, {stream, streamN}} {
+				if b, err := os.ReadFile(c.file); err != nil || !bytes.Equal(b, tiPattern(c.n)) {
+					t.Errorf("%s: %d bytes (%v), want %d exact", filepath.Base(c.file), len(b), err, c.n)
+				}
+			}
+		})
 	}
 }
