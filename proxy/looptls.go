@@ -201,20 +201,42 @@ func (f *fileConn) Close() error {
 func (f *fileConn) RemoteAddr() net.Addr { return f.remote }
 func (f *fileConn) LocalAddr() net.Addr  { return f.local }
 
+// Read reads from the socket, with net.Conn's errors (netError).
+func (f *fileConn) Read(b []byte) (int, error) {
+	n, err := f.File.Read(b)
+	return n, f.netError("read", err)
+}
+
 func (f *fileConn) Write(b []byte) (int, error) {
 	if f.maxWrite <= 0 || len(b) <= f.maxWrite {
-		return f.File.Write(b)
+		n, err := f.File.Write(b)
+		return n, f.netError("write", err)
 	}
 	var n int
 	for len(b) > 0 {
 		k, err := f.File.Write(b[:min(len(b), f.maxWrite)])
 		n += k
 		if err != nil {
-			return n, err
+			return n, f.netError("write", err)
 		}
 		b = b[k:]
 	}
 	return n, nil
+}
+
+// netError turns the *os.PathError of an *os.File into the *net.OpError a
+// net.Conn returns. crypto/tls keeps a connection usable only after a read
+// error that is a net.Error reporting Temporary, as a passed deadline's
+// is; a *os.PathError has no Temporary method, so a deadline that stopped
+// a read (finishBody stopping a request body) broke the TLS connection
+// for good, and lingerClose, reading nothing, reset it under a client
+// still sending, which then never read its response.
+func (f *fileConn) netError(op string, err error) error {
+	pe, ok := err.(*os.PathError)
+	if !ok {
+		return err // nil, io.EOF
+	}
+	return &net.OpError{Op: op, Net: f.local.Network(), Source: f.local, Addr: f.remote, Err: pe.Err}
 }
 
 // prefixConn is a connection whose first bytes were read already.
@@ -230,6 +252,15 @@ func (c *prefixConn) Read(b []byte) (int, error) {
 		return n, nil
 	}
 	return c.Conn.Read(b)
+}
+
+// CloseWrite shuts the write side of the connection under c (over TLS,
+// close_notify): lingerClose and tunnels half-close through it.
+func (c *prefixConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.New("proxy: no CloseWrite")
 }
 
 // SyscallConn lets peeks (alive checks) reach the socket.
