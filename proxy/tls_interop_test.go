@@ -954,6 +954,21 @@ while True:
     buf += d
 s.close()
 out['slow'] = buf.decode('latin1')
+# A chunked body in chunks 30 ms apart (off the loop), then a GET.
+s = ctx.wrap_socket(socket.create_connection((host, port), timeout=5), server_hostname='localhost')
+s.sendall(b'POST /sum HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n')
+for i in range(10):
+    time.sleep(0.03)
+    s.sendall(b'3\r\nabc\r\n')
+s.sendall(b'0\r\n\r\nGET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')
+buf = b''
+while True:
+    d = s.recv(65536)
+    if not d:
+        break
+    buf += d
+s.close()
+out['slowchunked'] = buf.decode('latin1')
 print(json.dumps(out))
 `
 	type pyResp struct {
@@ -966,15 +981,17 @@ print(json.dumps(out))
 	}
 	for _, front := range tiFronts {
 		t.Run(front, func(t *testing.T) {
+			t.Parallel() // mostly waiting on Python's sleeps
 			env := newTIEnv(t, front, Config{})
 			stdout, stderr, err := tiRun(t, 15*time.Second, nil, nil, "python3", "-c", script, env.addr)
 			if err != nil {
 				t.Fatalf("python: %v\nstderr:\n%s\nstdout:\n%.2000s", err, stderr, stdout)
 			}
 			var out struct {
-				Conn   []pyResp
-				Urllib pyResp
-				Slow   string
+				Conn        []pyResp
+				Urllib      pyResp
+				Slow        string
+				SlowChunked string `json:"slowchunked"`
 			}
 			if err := json.Unmarshal(stdout, &out); err != nil {
 				t.Fatalf("python output %q: %v", stdout, err)
@@ -1018,7 +1035,14 @@ print(json.dumps(out))
 			if u := out.Urllib; u.Status != 200 || u.Sum != tiSum(tiPattern(123457)) {
 				t.Errorf("urllib: %d, %d bytes", u.Status, u.Len)
 			}
-			rs := tiReadResponses(t, []byte(out.Slow), "GET", "POST")
+			rs := tiReadResponses(t, tiLatin1(out.SlowChunked), "POST", "GET")
+			if b := tiBody(rs[0]); rs[0].StatusCode != 200 || string(b) != "30 "+tiSum(bytes.Repeat([]byte("abc"), 10)) {
+				t.Errorf("slow chunked POST: %d %q", rs[0].StatusCode, b)
+			}
+			if b := tiBody(rs[1]); rs[1].StatusCode != 200 || string(b) != "hello\n" {
+				t.Errorf("GET after the slow chunked POST: %d %q", rs[1].StatusCode, b)
+			}
+			rs = tiReadResponses(t, []byte(out.Slow), "GET", "POST")
 			if b := tiBody(rs[0]); rs[0].StatusCode != 200 || string(b) != "hello\n" {
 				t.Errorf("slow GET: %d %q", rs[0].StatusCode, b)
 			}
