@@ -969,6 +969,26 @@ while True:
     buf += d
 s.close()
 out['slowchunked'] = buf.decode('latin1')
+# A large response the client does not read yet, and behind it a chunked
+# POST, which moves the connection off the loop with the response's
+# sealed records still waiting to go out.
+s = ctx.wrap_socket(socket.create_connection((host, port), timeout=5), server_hostname='localhost')
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+s.sendall(b'GET /big?n=4000000 HTTP/1.1\r\nHost: x\r\n\r\n'
+          b'POST /sum HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n'
+          b'GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')
+time.sleep(0.3)
+chunks = []
+while True:
+    d = s.recv(1 << 20)
+    if not d:
+        break
+    chunks.append(d)
+s.close()
+buf = b''.join(chunks)
+i = buf.find(b'\r\n\r\n') + 4
+out['pending'] = {'len': len(buf), 'sum': hashlib.sha256(buf[i:i+4000000]).hexdigest(),
+                  'tail': buf[-400:].decode('latin1'), 'head': buf[:200].decode('latin1')}
 print(json.dumps(out))
 `
 	type pyResp struct {
@@ -992,6 +1012,11 @@ print(json.dumps(out))
 				Urllib      pyResp
 				Slow        string
 				SlowChunked string `json:"slowchunked"`
+				Pending     struct {
+					Len        int
+					Sum        string
+					Head, Tail string
+				}
 			}
 			if err := json.Unmarshal(stdout, &out); err != nil {
 				t.Fatalf("python output %q: %v", stdout, err)
@@ -1034,6 +1059,14 @@ print(json.dumps(out))
 			}
 			if u := out.Urllib; u.Status != 200 || u.Sum != tiSum(tiPattern(123457)) {
 				t.Errorf("urllib: %d, %d bytes", u.Status, u.Len)
+			}
+			// The big response, whole, then the POST's and the GET's.
+			pd := out.Pending
+			if !strings.HasPrefix(pd.Head, "HTTP/1.1 200 OK\r\n") || !strings.Contains(pd.Tail, "5 "+tiSum([]byte("hello"))) || !strings.HasSuffix(pd.Tail, "\r\n\r\nhello\n") {
+				t.Errorf("pending response then handoff: %d bytes, head %q, tail %q", pd.Len, pd.Head, pd.Tail)
+			}
+			if pd.Sum != tiSum(tiPattern(4000000)) {
+				t.Errorf("pending response then handoff: the big body is not exact (%d bytes in all)", pd.Len)
 			}
 			rs := tiReadResponses(t, tiLatin1(out.SlowChunked), "POST", "GET")
 			if b := tiBody(rs[0]); rs[0].StatusCode != 200 || string(b) != "30 "+tiSum(bytes.Repeat([]byte("abc"), 10)) {
