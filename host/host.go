@@ -501,6 +501,12 @@ type Stats struct {
 	// IPv4 only; an enclave kernel with IPv6 on sends a few at start.
 	FramesDroppedNotIPv4 uint64
 
+	// ICMPEchoRefused counts ICMP echo requests (ping) from enclaves to
+	// addresses other than the gateway and the host loopback address,
+	// answered "communication administratively prohibited": ICMP is not
+	// forwarded.
+	ICMPEchoRefused uint64
+
 	// EnclaveStreamsRefused counts enclave connections closed at once for
 	// Config.MaxEnclaveStreams or MaxEnclaveHandshakes.
 	EnclaveStreamsRefused uint64
@@ -527,6 +533,7 @@ func (h *Host) Stats() Stats {
 		st.FramesDroppedSpoofed = h.sw.stats.spoofed.Load()
 		st.FramesDroppedOverLimit = h.sw.stats.overLimit.Load()
 		st.FramesDroppedNotIPv4 = h.sw.stats.notIPv4.Load()
+		st.ICMPEchoRefused = h.sw.stats.echoRefused.Load()
 		st.ZeroWindowACKsFixed = h.sw.zw.Fixed()
 	}
 	st.EnclaveStreamsRefused = h.streamsRefused.Load()

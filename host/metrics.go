@@ -46,12 +46,14 @@ var (
 // Isolation between enclaves (layer 2).
 var (
 	descDroppedReason  = prometheus.NewDesc("quench_host_frames_dropped_by_reason_total", "Frames dropped by the switch for isolating enclaves, by reason: queue_full (an enclave not reading its stream), spoofed (another enclave's or the host's MAC or IP address), over_limit (per-enclave MAC and address limits), not_ipv4 (neither IPv4 nor ARP: the virtual network is IPv4 only). Included in quench_host_frames_dropped_total.", []string{"reason"}, nil)
+	descEchoRefused    = prometheus.NewDesc("quench_host_icmp_echo_refused_total", "ICMP echo requests (ping) from enclaves to addresses other than the gateway and the host loopback address, answered communication administratively prohibited: ICMP is not forwarded.", nil, nil)
 	descStreamsRefused = prometheus.NewDesc("quench_host_enclave_streams_refused_total", "Enclave connections closed at once because too many streams were attached or in their handshake.", nil, nil)
 )
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descDroppedReason
 	ch <- descStreamsRefused
+	ch <- descEchoRefused
 	for _, d := range []*prometheus.Desc{descEnclaves, descEnclaveFrames, descEnclaveBytes, descDropped, descZeroWindow, descDials, descUDPRefused, descDNS, descPortConns, descPortActive, descPortFailed, descPortBytes, descPortRefused, descProxyConns, descProxyActive, descProxyBytes, descLimitActive, descLimitRefused, descLogStreams, descLogConns, descLogLines, descLogBytes, descLogDelayed} {
 		ch <- d
 	}
@@ -69,6 +71,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descDroppedReason, float64(st.FramesDroppedOverLimit), "over_limit")
 	counter(descDroppedReason, float64(st.FramesDroppedNotIPv4), "not_ipv4")
 	counter(descStreamsRefused, float64(st.EnclaveStreamsRefused))
+	counter(descEchoRefused, float64(st.ICMPEchoRefused))
 	counter(descZeroWindow, float64(st.ZeroWindowACKsFixed))
 	counter(descDials, float64(st.Dials-min(st.Dials, st.DialsFailed)), "ok")
 	counter(descDials, float64(st.DialsFailed), "failed")

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 
@@ -34,6 +35,10 @@ type switchEndpoint struct {
 	// to any address, for NAT), so without this filter it would answer ARP
 	// for every address, including other enclaves'.
 	arpAllowed map[tcpip.Address]bool
+
+	// gateway is the address that refuses ICMP echo requests to addresses
+	// outside arpAllowed (refuseEcho); set by isolate.
+	gateway tcpip.Address
 
 	// zw works around gVisor's zero-window ACK bug (see
 	// ethlink.ZeroWindowACKs): it sees every packet the stack sends and
@@ -77,6 +82,7 @@ type switchStats struct {
 	spoofed                                atomic.Uint64 // frames from an enclave with another stream's or the host's MAC or IP address
 	overLimit                              atomic.Uint64 // frames from an enclave past the MAC or address limits
 	notIPv4                                atomic.Uint64 // frames from an enclave neither IPv4 nor ARP
+	echoRefused                            atomic.Uint64 // ICMP echo requests to addresses the host does not answer for (refuseEcho)
 	acksHeld, acksSuperseded               atomic.Uint64 // pure ACKs held; of those, dropped for a later segment
 }
 
@@ -496,6 +502,10 @@ func (e *switchEndpoint) rx(p *port, frame []byte) {
 	}
 	switch {
 	case dst == e.LinkAddress():
+		if e.echoElsewhere(frame) {
+			e.refuseEcho(p, frame)
+			return
+		}
 		e.deliver(e.zw.Fix(frame), tcpip.PacketHost)
 	case dst == header.EthernetBroadcastAddress || header.IsMulticastEthernetAddress(dst):
 		e.deliver(frame, tcpip.PacketBroadcast)
@@ -510,6 +520,51 @@ func (e *switchEndpoint) rx(p *port, frame []byte) {
 		}
 		e.forward(q, frame)
 	}
+}
+
+// echoElsewhere reports whether frame (IPv4, checked by checkSender) is
+// an ICMP echo request to an address the host does not answer for. The
+// stack takes packets for every address (it is the enclaves' way out, for
+// NAT), and gVisor answers an echo request to any of them itself: every
+// address would answer ping from an enclave, reachable or not
+// (gvisor-tap-vsock#428). ICMP is not forwarded.
+func (e *switchEndpoint) echoElsewhere(frame []byte) bool {
+	if e.gateway == (tcpip.Address{}) || header.Ethernet(frame).Type() != header.IPv4ProtocolNumber {
+		return false
+	}
+	h := header.IPv4(frame[header.EthernetMinimumSize:])
+	if h.Protocol() != uint8(header.ICMPv4ProtocolNumber) || h.FragmentOffset() != 0 || h.More() {
+		return false
+	}
+	ic := header.ICMPv4(h.Payload())
+	return len(ic) >= header.ICMPv4MinimumSize && ic.Type() == header.ICMPv4Echo && !e.arpAllowed[h.DestinationAddress()]
+}
+
+// refuseEcho answers an echo request to an address the host does not
+// answer for (echoElsewhere) with "destination unreachable,
+// communication administratively prohibited" from the gateway (RFC 1812
+// section 5.2.7.1), so that ping says at once that it is filtered.
+func (e *switchEndpoint) refuseEcho(p *port, frame []byte) {
+	in := header.IPv4(frame[header.EthernetMinimumSize:])
+	quote := in[:min(len(in), int(in.HeaderLength())+8)] // the header and 8 bytes of the request
+	n := header.IPv4MinimumSize + header.ICMPv4MinimumSize + len(quote)
+	b := make([]byte, header.EthernetMinimumSize+n)
+	header.Ethernet(b).Encode(&header.EthernetFields{
+		SrcAddr: e.LinkAddress(), DstAddr: header.Ethernet(frame).SourceAddress(), Type: header.IPv4ProtocolNumber,
+	})
+	ip := header.IPv4(b[header.EthernetMinimumSize:])
+	ip.Encode(&header.IPv4Fields{
+		TotalLength: uint16(n), TTL: 64, Protocol: uint8(header.ICMPv4ProtocolNumber),
+		SrcAddr: e.gateway, DstAddr: in.SourceAddress(),
+	})
+	ip.SetChecksum(^ip.CalculateChecksum())
+	ic := header.ICMPv4(ip[header.IPv4MinimumSize:])
+	ic.SetType(header.ICMPv4DstUnreachable)
+	ic.SetCode(header.ICMPv4AdminProhibited)
+	copy(ic[header.ICMPv4MinimumSize:], quote)
+	ic.SetChecksum(^checksum.Checksum(ic, 0))
+	e.stats.echoRefused.Add(1)
+	e.forward(p, b)
 }
 
 func (e *switchEndpoint) deliver(frame []byte, typ tcpip.PacketType) {
@@ -802,6 +857,7 @@ func (e *switchEndpoint) isolate(c Config) {
 	// The gateway and host loopback (arpAllowed) are the host's; so is
 	// host loopback when the mapping is off: no enclave may claim it.
 	e.hostOwned[addr(c.GatewayIP)] = true
+	e.gateway = addr(c.GatewayIP)
 	e.hostOwned[addr(c.HostLoopbackIP)] = true
 	limit := func(v int) int {
 		if v < 0 {
