@@ -28,12 +28,30 @@ import (
 //     of the 100 addresses; package dnswire).
 func TestEnclaveDNSLargeAnswer(t *testing.T) {
 	testutil.RequireCommand(t, "getent")
-	t.Run("policy", func(t *testing.T) {
-		testLargeAnswer(t, "-allow", "big.example:443")
-	})
-	t.Run("no policy", func(t *testing.T) {
-		testLargeAnswer(t)
-	})
+	withAndWithoutPolicy(t, "big.example", testLargeAnswer)
+}
+
+// withAndWithoutPolicy runs test with an egress policy that allows name
+// (port 443) and without one.
+func withAndWithoutPolicy(t *testing.T, name string, test func(t *testing.T, enclaveArgs ...string)) {
+	t.Run("policy", func(t *testing.T) { test(t, "-allow", name+":443") })
+	t.Run("no policy", func(t *testing.T) { test(t) })
+}
+
+// startGlibcEnclave starts quench-host and a TAP-mode quench-enclave (with
+// args) that writes the namespace's resolv.conf, which glibc there reads
+// (ip netns exec mounts /etc/netns/NAME/resolv.conf over
+// /etc/resolv.conf).
+func (env *enclaveEnv) startGlibcEnclave(args ...string) {
+	t := env.t
+	etc := filepath.Join("/etc/netns", env.ns.Name)
+	if err := os.MkdirAll(etc, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(etc) })
+	env.startHost()
+	env.startEnclave(append(args, "-resolv-conf", filepath.Join(etc, "resolv.conf"))...)
+	testutil.WaitForFile(t, filepath.Join(etc, "resolv.conf"), 10*time.Second)
 }
 
 func testLargeAnswer(t *testing.T, enclaveArgs ...string) {
@@ -64,18 +82,7 @@ func testLargeAnswer(t *testing.T, enclaveArgs ...string) {
 		_ = w.WriteMsg(m)
 	}))
 	env.dnsPort = int(upstream.Port())
-
-	// glibc in the namespace reads /etc/netns/NAME/resolv.conf (ip netns
-	// exec mounts it over /etc/resolv.conf): quench-enclave writes it there.
-	etc := filepath.Join("/etc/netns", env.ns.Name)
-	if err := os.MkdirAll(etc, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(etc) })
-
-	env.startHost()
-	env.startEnclave(append(enclaveArgs, "-resolv-conf", filepath.Join(etc, "resolv.conf"))...)
-	testutil.WaitForFile(t, filepath.Join(etc, "resolv.conf"), 10*time.Second)
+	env.startGlibcEnclave(enclaveArgs...)
 
 	var out []byte
 	testutil.WaitFor(t, 20*time.Second, "getent ahostsv4 big.example in the enclave", func() error {
@@ -114,12 +121,7 @@ func testLargeAnswer(t *testing.T, enclaveArgs ...string) {
 // IPv4 only, and an IPv6 address would send programs where they cannot go.
 func TestEnclaveDNSBothFamilies(t *testing.T) {
 	testutil.RequireCommand(t, "python3")
-	t.Run("policy", func(t *testing.T) {
-		testBothFamilies(t, "-allow", "dual.example:443")
-	})
-	t.Run("no policy", func(t *testing.T) {
-		testBothFamilies(t)
-	})
+	withAndWithoutPolicy(t, "dual.example", testBothFamilies)
 }
 
 func testBothFamilies(t *testing.T, enclaveArgs ...string) {
@@ -146,14 +148,7 @@ func testBothFamilies(t *testing.T, enclaveArgs ...string) {
 		_ = w.WriteMsg(m)
 	}))
 	env.dnsPort = int(upstream.Port())
-	etc := filepath.Join("/etc/netns", env.ns.Name)
-	if err := os.MkdirAll(etc, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(etc) })
-	env.startHost()
-	env.startEnclave(append(enclaveArgs, "-resolv-conf", filepath.Join(etc, "resolv.conf"))...)
-	testutil.WaitForFile(t, filepath.Join(etc, "resolv.conf"), 10*time.Second)
+	env.startGlibcEnclave(enclaveArgs...)
 
 	getaddrinfo := func() (string, error) {
 		out, err := exec.Command("ip", "netns", "exec", env.ns.Name, "python3", "-c",
