@@ -940,20 +940,22 @@ with urllib.request.urlopen('https://%s:%d/big?n=123457' % (host, port), context
 s = socket.create_connection((host, port), timeout=5)
 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 s = ctx.wrap_socket(s, server_hostname='localhost')
+def readall(s):
+    buf = b''
+    while True:
+        d = s.recv(65536)
+        if not d:
+            break
+        buf += d
+    s.close()
+    return buf
 slow = []
 for req in [b'GET /hello HTTP/1.1\r\nHost: x\r\n\r\n',
             b'POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\nConnection: close\r\n\r\nhello slowly']:
     for i in range(len(req)):
         s.sendall(req[i:i+1])
         time.sleep(0.002)
-buf = b''
-while True:
-    d = s.recv(65536)
-    if not d:
-        break
-    buf += d
-s.close()
-out['slow'] = buf.decode('latin1')
+out['slow'] = readall(s).decode('latin1')
 # A chunked body in chunks 30 ms apart (off the loop), then a GET.
 s = ctx.wrap_socket(socket.create_connection((host, port), timeout=5), server_hostname='localhost')
 s.sendall(b'POST /sum HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n')
@@ -961,14 +963,7 @@ for i in range(10):
     time.sleep(0.03)
     s.sendall(b'3\r\nabc\r\n')
 s.sendall(b'0\r\n\r\nGET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')
-buf = b''
-while True:
-    d = s.recv(65536)
-    if not d:
-        break
-    buf += d
-s.close()
-out['slowchunked'] = buf.decode('latin1')
+out['slowchunked'] = readall(s).decode('latin1')
 # A large response the client does not read yet, and behind it a chunked
 # POST, which moves the connection off the loop with the response's
 # sealed records still waiting to go out.
