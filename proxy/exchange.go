@@ -85,15 +85,8 @@ func (ex *exchange) release() {
 		return
 	}
 	ex.released = true
-	if ex.streaming {
-		ex.p.lim.endStream()
-	} else {
-		ex.p.lim.release()
-	}
+	ex.p.giveBack(ex.streaming)
 	if m := ex.p.metrics; m != nil {
-		if !ex.streaming {
-			m.InFlight(-1)
-		}
 		m.Request(ex.code, time.Since(ex.start))
 	}
 }
@@ -103,13 +96,10 @@ func (ex *exchange) release() {
 // streams are left; release then ends the stream.
 func (ex *exchange) toStream(resp *http.Response) {
 	if ex.released || ex.streaming || resp.ContentLength >= 0 || ex.r.Method == http.MethodHead ||
-		!bodyAllowedForStatus(resp.StatusCode) || !ex.p.lim.toStream() {
+		!bodyAllowedForStatus(resp.StatusCode) {
 		return
 	}
-	ex.streaming = true
-	if m := ex.p.metrics; m != nil {
-		m.InFlight(-1)
-	}
+	ex.streaming = ex.p.slotToStream()
 }
 
 // admitted records the admission of ex for metrics.
@@ -283,14 +273,15 @@ func (ex *exchange) roundTrip(uc *upConn, tokens *connTokens, upgrade string, ha
 	if hasBody && ex.finishBody(uc) != nil {
 		return false
 	}
-	// Nor after a chunked request body: an upstream that reads only
-	// Content-Length (Python's http.server, HTTP/1.0 servers) answers
-	// before the body and then takes its chunks for requests, and its
-	// answers to them, arriving after this check, would be read as the
-	// response to the next request on uc.
-	// Nor after a body on a GET (or HEAD, DELETE, OPTIONS, TRACE): apps
-	// ignore it (Python's http.server's do_GET does) and take it for the
-	// next request, whose response would go to another client.
+	// uc is not reused when the upstream may still be busy with this
+	// request, or may answer part of it later, as the response to the
+	// next request on uc, another client's:
+	//   - after a chunked request body: an upstream that reads only
+	//     Content-Length (Python's http.server, HTTP/1.0 servers) answers
+	//     before the body and then takes its chunks for requests;
+	//   - after a body on a GET (or HEAD, DELETE, OPTIONS, TRACE), which
+	//     apps leave unread (Python's do_GET) and take for a request;
+	//   - after HEAD answered without a length (headOfUnknownLength).
 	keep = complete && !resp.Close && !chunked && !(hasBody && bodyIgnoredBy(r.Method)) &&
 		!headOfUnknownLength(r, resp) && uc.drained()
 	// A body sent for HEAD, 204 or 304 (a handler that writes one

@@ -1494,13 +1494,10 @@ func (c *lclient) respHead(n int) bool {
 	c.progress()
 	if c.rframe == lfNone || (c.rframe == lfLength && c.rleft == 0) || (c.rframe == lfChunked && c.cs.done()) {
 		c.respDone()
-	} else if c.rframe != lfLength && c.slot && p.lim.toStream() {
+	} else if c.rframe != lfLength && c.slot && !c.stream {
 		// A response of unknown length still coming: its slot goes back
 		// (Config.MaxStreams).
-		c.stream = true
-		if m := p.metrics; m != nil {
-			m.InFlight(-1)
-		}
+		c.stream = p.slotToStream()
 	}
 	return true
 }
@@ -1556,23 +1553,10 @@ func (c *lclient) release() {
 		return
 	}
 	c.slot = false
-	c.giveBack()
+	p.giveBack(c.stream)
+	c.stream = false
 	if m := p.metrics; m != nil {
 		m.Request(c.code, time.Since(c.start))
-	}
-}
-
-// giveBack returns c's in-flight slot, or ends its stream.
-func (c *lclient) giveBack() {
-	p := c.el.p
-	if c.stream {
-		c.stream = false
-		p.lim.endStream()
-		return
-	}
-	p.lim.release()
-	if m := p.metrics; m != nil {
-		m.InFlight(-1)
 	}
 }
 
@@ -1757,7 +1741,8 @@ func (c *lclient) handoff() {
 	if c.slot {
 		// The goroutine front end admits the request again.
 		c.slot = false
-		c.giveBack()
+		p.giveBack(c.stream)
+		c.stream = false
 	}
 	var prefix []byte
 	if c.inLen() > 0 {

@@ -236,6 +236,32 @@ func (p *Proxy) eventLoops() *loopSet {
 // an in-flight slot (Config.MaxInFlight).
 func (p *Proxy) InFlight() int { return p.lim.inFlight() }
 
+// slotToStream moves an admitted request's in-flight slot to the streams
+// (limiter.toStream), recording it for metrics, and reports whether it
+// did; giveBack(true) then ends the stream.
+func (p *Proxy) slotToStream() bool {
+	if !p.lim.toStream() {
+		return false
+	}
+	if m := p.metrics; m != nil {
+		m.InFlight(-1)
+	}
+	return true
+}
+
+// giveBack returns an admitted request's in-flight slot, or ends its
+// stream if slotToStream made one.
+func (p *Proxy) giveBack(stream bool) {
+	if stream {
+		p.lim.endStream()
+		return
+	}
+	p.lim.release()
+	if m := p.metrics; m != nil {
+		m.InFlight(-1)
+	}
+}
+
 // Streams returns the number of responses being streamed now that gave
 // back their in-flight slot (Config.MaxStreams).
 func (p *Proxy) Streams() int { return int(p.lim.streams.Load()) }
