@@ -25,7 +25,14 @@ func TestNATOrphanAtZeroWindow(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer srv.Close()
-	payload := make([]byte, 3<<19) // past the enclave's receive buffer (1 MiB), within it and the host's send buffer
+	// Past the enclave's receive buffer (1 MiB), so that bytes stay queued
+	// at the host, and well within that window plus the host's send
+	// buffer (1 MiB), so that the relay can queue them all and end. With
+	// 1.5 MiB the relay sometimes could not: the enclave's window, net of
+	// gVisor's per-segment overhead, was under half a MiB, the relay's
+	// write blocked, and the connection, alive, was never closed (the
+	// race-enabled suite on 2 cores, after 60 s).
+	payload := make([]byte, 1<<20+128<<10)
 	go func() {
 		for {
 			c, err := srv.Accept()
