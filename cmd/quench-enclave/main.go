@@ -88,6 +88,11 @@ starts the other ways out: VSOCK sockets (straight to the host), packet,
 XDP and raw sockets, io_uring, pidfd_getfd. Give -app-user too: an app
 running as root can reach into quench-enclave itself.
 
+Moving from nitriding-daemon: its flags -appwebsrv, -appcmd, -intport,
+-ext-pub-port, -ext-priv-port, -host-proxy-port and -prometheus-port are
+taken as -app-url, -app-cmd, -internal-addr, -public-addr, -ext-priv-addr,
+-host and -metrics; the others it has are refused with what to use instead.
+
 Usage:
   quench-enclave [flags] [-- app command and args]
 
@@ -184,6 +189,7 @@ type options struct {
 	appSandbox bool                // start the app under internal/sandbox's seccomp filter
 	appCred    *syscall.Credential // run the app as this user (-app-user), or nil
 	startWait  time.Duration
+	hostAddr   string // -host
 	devRootOut string
 	pprofAddr  string // networking-only pprof (debugserver)
 	logger     *slog.Logger
@@ -262,13 +268,17 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		fmt.Fprint(fs.Output(), usage)
 		fs.PrintDefaults()
 	}
+	args, err := translateNitriding(fs, args)
+	if err != nil {
+		return nil, err
+	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, err
 		}
 		return nil, printedError{err} // flag has printed it with the usage
 	}
-	o := &options{startWait: *startWait, devRootOut: *devRootOut}
+	o := &options{startWait: *startWait, devRootOut: *devRootOut, hostAddr: *hostURL}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 
