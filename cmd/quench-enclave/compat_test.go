@@ -2,10 +2,25 @@ package main
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/quenchnet/quench/host"
+	"github.com/quenchnet/quench/host/hosttest"
+	"github.com/quenchnet/quench/internal/testutil"
 )
 
 // TestNitridingFlagAliases: nitriding-daemon's flags (brave/nitriding-daemon
@@ -102,5 +117,110 @@ func TestNitridingFlagHints(t *testing.T) {
 	}
 	if diff := cmp.Diff([]string{"app", "-debug"}, o.appArgs); diff != "" {
 		t.Errorf("app args (-want +got):\n%s", diff)
+	}
+}
+
+// TestServeWithoutApp: nitriding-daemon serves its public API (attestation
+// binding the certificate and the hash the app registers) and its internal
+// one without -appwebsrv: for an app that listens on ports of its own
+// (doc/usage.md: "Does your enclave application expose any other ports?
+// If so, you have to forward these ports too"). -fqdn, which nitriding
+// requires, and the other serving flags turn serving on without -app-url;
+// other paths get 404, as from nitriding's router without a proxy.
+func TestServeWithoutApp(t *testing.T) {
+	for _, args := range [][]string{
+		{"-fqdn", "example.com", "-appcmd", "my-enclave-app -s foo"},
+		{"-fqdn", "example.com", "-wait-for-app", "-intport", "8081", "--", "my-enclave-app"},
+		{"-dev-attester", "-network", "userspace"},
+		{"-fqdn", "example.com", "-fqdn-leader", "leader.internal"},
+	} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			var stderr bytes.Buffer
+			o, err := parse(args, &stderr)
+			if err != nil {
+				t.Fatalf("%v\n%s", err, stderr.String())
+			}
+			if o.cfg.AppURL != nil || o.cfg.Handler == nil {
+				t.Fatalf("app URL %v, handler %v: want serving without an app", o.cfg.AppURL, o.cfg.Handler)
+			}
+			rec := httptest.NewRecorder()
+			o.cfg.Handler.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/anything", nil))
+			if rec.Code != http.StatusNotFound {
+				t.Errorf("/anything: %d, want 404", rec.Code)
+			}
+		})
+	}
+	// The proxy's own flags still need the app to proxy to.
+	var stderr bytes.Buffer
+	if _, err := parse([]string{"-fqdn", "example.com", "-max-in-flight", "10"}, &stderr); err == nil || !strings.Contains(err.Error(), "-max-in-flight needs -app-url") {
+		t.Errorf("-max-in-flight without -app-url: %v", err)
+	}
+	// Networking only stays networking only.
+	o, err := parse([]string{"-forward", "vsock://:8080=127.0.0.1:3000"}, &stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.cfg.Handler != nil || o.cfg.AppURL != nil {
+		t.Error("serving on without a serving flag")
+	}
+}
+
+// TestNitridingCommandLine runs the quench-enclave binary (userspace mode,
+// development attester) with nitriding-daemon's flags and no app to proxy
+// to: the public server serves attestation documents binding the hash the
+// app registers on -intport, and 404 elsewhere.
+func TestNitridingCommandLine(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binaries")
+	}
+	bin := testutil.Binaries(t)
+	pub, _ := host.ParsePublish("127.0.0.1:0:443")
+	h := hosttest.Start(t, host.Config{Publish: []host.Publish{pub}})
+	sock := hosttest.Serve(t, h)
+	intPort := testutil.FreePort(t)
+	cmd := exec.Command(filepath.Join(bin, "quench-enclave"),
+		"-network", "userspace", "-host", "unix://"+sock, "-dev-attester",
+		"-fqdn", "example.com", "-intport", strconv.Itoa(intPort), "-ext-pub-port", "443")
+	p := testutil.Start(t, "quench-enclave", cmd)
+
+	base := "https://" + h.Published()[0].String()
+	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	get := func(u string) (int, string, error) {
+		resp, err := client.Get(u)
+		if err != nil {
+			return 0, "", err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), err
+	}
+	testutil.WaitFor(t, 20*time.Second, "quench-enclave serving", func() error {
+		_, _, err := get(base + "/enclave")
+		return err
+	})
+
+	// The app registers its key's hash, as with nitriding.
+	sum := sha256.Sum256([]byte("app key"))
+	resp, err := http.Post(fmt.Sprintf("http://127.0.0.1:%d/enclave/hash", intPort), "text/plain",
+		strings.NewReader(base64.StdEncoding.EncodeToString(sum[:])+"\n"))
+	if err != nil {
+		t.Fatalf("%v\n%s", err, p.Output())
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("POST /enclave/hash: %s", resp.Status)
+	}
+	code, body, err := get(base + "/enclave/attestation?nonce=" + strings.Repeat("AB", 20))
+	if err != nil || code != http.StatusOK {
+		t.Fatalf("attestation: %d %q %v", code, body, err)
+	}
+	doc, err := base64.StdEncoding.DecodeString(strings.TrimSpace(body))
+	if err != nil || !bytes.Contains(doc, sum[:]) {
+		t.Errorf("attestation document (%d bytes, %v) does not carry the app key hash", len(doc), err)
+	}
+	if code, body, err := get(base + "/app/path"); err != nil || code != http.StatusNotFound {
+		t.Errorf("/app/path: %d %q %v, want 404 (no app)", code, body, err)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"net/url"
 	"os"
@@ -45,6 +46,10 @@ GET /enclave/ready (with -wait-for-app, the public server starts only then),
 POST /enclave/hash (register an app key hash bound into documents), and
 POST /enclave/kms/recipient and /enclave/kms/decrypt (AWS KMS secrets sealed
 to the enclave: see docs/nitriding-migration.md).
+Without -app-url, -fqdn (or another serving flag: -wait-for-app,
+-fqdn-leader, -dev-attester, ...) serves all that but the proxy, for an app
+listening on ports of its own, as nitriding-daemon does without -appwebsrv:
+other paths get 404.
 With -app-cmd (or a command after --) it starts the app in its own process
 group, forwards its output and SIGINT/SIGTERM (to the whole group), kills
 the group if the app has not exited -drain-timeout+5s after the signal, and
@@ -449,18 +454,40 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	}
 	o.cfg.MaxConns = *maxConns
 
+	// Serving is on with -app-url, or without it with a flag that only
+	// serving takes (-fqdn, which nitriding-daemon requires, -wait-for-app,
+	// -fqdn-leader, ...): then the public server answers the enclave's
+	// endpoints and 404 elsewhere, and the internal server serves the app,
+	// which listens on ports of its own, as nitriding-daemon does without
+	// -appwebsrv.
 	serving := *appURL != ""
+	noApp := false
+	if !serving {
+		for _, name := range servingOnlyFlags {
+			if set[name] {
+				serving, noApp = true, true
+				break
+			}
+		}
+		if noApp {
+			for _, name := range []string{"max-in-flight", "queue", "queue-timeout", "max-streams", "app-timeout"} {
+				if set[name] {
+					return nil, fmt.Errorf("-%s needs -app-url (the proxy's; without -app-url there is no app to proxy to)", name)
+				}
+			}
+		}
+	}
 	if !serving {
 		if set["max-conns"] && len(fwds) == 0 {
 			return nil, errors.New("-max-conns needs -app-url or -forward (it caps the connections to the public server, the forwards and key sync)")
 		}
 		if len(o.appArgs) > 0 && len(fwds) == 0 {
-			return nil, errors.New("the app command needs -app-url (where the app listens, for the proxy, e.g. http://127.0.0.1:8081) or a -forward to it")
+			return nil, errors.New("the app command needs -app-url (where the app listens, for the proxy, e.g. http://127.0.0.1:8081), a -forward to it, or -fqdn (serving the enclave's endpoints without a proxy, as nitriding-daemon without -appwebsrv)")
 		}
 		if mode == enclave.NetworkUserspace && len(fwds) == 0 {
 			return nil, errors.New("-network userspace needs -app-url or -forward: without them, the userspace network reaches no program")
 		}
-		for _, name := range []string{"public-addr", "wait-for-app", "fqdn", "acme", "acme-directory", "acme-email", "acme-cache", "acme-roots", "tls-cert", "tls-key", "dev-attester", "dev-root-out", "max-attestations", "drain-timeout", "ingress", "max-in-flight", "queue", "queue-timeout", "max-streams", "app-timeout", "fqdn-leader", "ext-priv-addr", "sync-advertise", "sync-heartbeat"} {
+		for _, name := range []string{"max-in-flight", "queue", "queue-timeout", "max-streams", "app-timeout"} {
 			if set[name] {
 				return nil, fmt.Errorf("-%s needs -app-url (serving is off without it)", name)
 			}
@@ -480,16 +507,20 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		return o, nil
 	}
 
-	u, err := url.Parse(*appURL)
-	if err != nil {
-		return nil, fmt.Errorf("-app-url: %w", err)
+	if noApp {
+		o.cfg.Handler = http.NotFoundHandler()
+	} else {
+		u, err := url.Parse(*appURL)
+		if err != nil {
+			return nil, fmt.Errorf("-app-url: %w", err)
+		}
+		switch u.Scheme {
+		case "http", "https", "unix", "h2c", "h2c+unix":
+		default:
+			return nil, fmt.Errorf("-app-url %q: want http://HOST:PORT, unix:///path, h2c://HOST:PORT or h2c+unix:///path", *appURL)
+		}
+		o.cfg.AppURL = u
 	}
-	switch u.Scheme {
-	case "http", "https", "unix", "h2c", "h2c+unix":
-	default:
-		return nil, fmt.Errorf("-app-url %q: want http://HOST:PORT, unix:///path, h2c://HOST:PORT or h2c+unix:///path", *appURL)
-	}
-	o.cfg.AppURL = u
 	o.cfg.PublicAddr = *publicAddr
 	o.cfg.InternalAddr = *intAddr
 	o.cfg.WaitForApp = *waitForApp
@@ -587,6 +618,10 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	return o, nil
 }
 
+// servingOnlyFlags are the flags that only serving takes: given without
+// -app-url, they turn serving on without an app.
+var servingOnlyFlags = []string{"public-addr", "wait-for-app", "fqdn", "acme", "acme-directory", "acme-email", "acme-cache", "acme-roots", "tls-cert", "tls-key", "dev-attester", "dev-root-out", "max-attestations", "drain-timeout", "ingress", "fqdn-leader", "ext-priv-addr", "sync-advertise", "sync-heartbeat"}
+
 // testRefuseStart, set by the package's tests, makes run return
 // exitWouldStart once the flags and the configuration are accepted,
 // before anything is started: a bad-flag case that passes by mistake must
@@ -675,7 +710,7 @@ func run(args []string, stderr io.Writer) int {
 	if err != nil {
 		return fail(err)
 	}
-	o.logger.Info("enclave up", "network", string(o.cfg.Network), "serving", o.cfg.AppURL != nil)
+	o.logger.Info("enclave up", "network", string(o.cfg.Network), "serving", o.cfg.AppURL != nil || o.cfg.Handler != nil)
 
 	if len(o.appArgs) == 0 {
 		s := <-sigs
