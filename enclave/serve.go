@@ -595,7 +595,10 @@ func (w *h2Writer) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 func (s *servers) handleIndex(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Path != IndexPath && r.URL.Path != IndexPath+"/" {
-		http.NotFound(w, r)
+		// nitriding-daemon passes the /enclave/ paths it does not serve
+		// to the app; quench keeps them for its own endpoints (a later
+		// one must not shadow, nor be shadowed by, an app's path).
+		http.Error(w, "404: "+r.URL.Path+" is not an endpoint of the enclave, and paths under "+IndexPath+"/ are not passed to the app (nitriding-daemon passes them on; quench-enclave keeps them for its own): serve the app's routes elsewhere", http.StatusNotFound)
 		return
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
