@@ -4,6 +4,8 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+
+	"github.com/quenchnet/quench/enclave"
 )
 
 // TestReservedEnclavePathsSayWhy: nitriding-daemon routes the paths under
@@ -22,5 +24,20 @@ func TestReservedEnclavePathsSayWhy(t *testing.T) {
 		if !strings.Contains(body, "not passed to the app") || !strings.Contains(body, "nitriding") {
 			t.Errorf("%s: body %q does not say why", p, body)
 		}
+	}
+}
+
+// TestIndexShowsSourceURL: with the annotation source_url (quench-enclave
+// -appurl, nitriding-daemon's flag), the index page names the code as
+// nitriding's does (handlers.go formatIndexPage: "It runs the following
+// code: URL").
+func TestIndexShowsSourceURL(t *testing.T) {
+	env := svStart(t, func(c *enclave.Config) {
+		c.Annotations = map[string]string{enclave.AnnotationSourceURL: "https://github.com/foo/bar"}
+	})
+	code, body := svGet(t, svClient(t), env.public+enclave.IndexPath)
+	if code != http.StatusOK || !strings.Contains(body, "This host runs inside an AWS Nitro Enclave") ||
+		!strings.Contains(body, "It runs the following code: https://github.com/foo/bar") {
+		t.Errorf("index: %d %q", code, body)
 	}
 }

@@ -40,6 +40,11 @@ const (
 	StatePath = keysync.StatePath
 )
 
+// AnnotationSourceURL is the Config.Annotations key naming the app's code
+// repository (quench-enclave -source-url, nitriding-daemon's -appurl): the
+// index page shows it as nitriding's does.
+const AnnotationSourceURL = "source_url"
+
 // maxHashBody bounds the body of POST /enclave/hash.
 const maxHashBody = 1 << 10
 
@@ -610,6 +615,9 @@ Endpoints:
   GET %s                         health
 Verify with: quench verify https://%s
 `, AttestationPath, ConfigPath, HealthPath, r.Host)
+	if src := s.cfg.Annotations[AnnotationSourceURL]; src != "" {
+		fmt.Fprintf(w, "\nIt runs the following code: %s\n", src)
+	}
 }
 
 // refuseIfProfiling answers 503 when pprof is on.

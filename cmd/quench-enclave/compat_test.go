@@ -81,7 +81,8 @@ func TestNitridingFlagHints(t *testing.T) {
 		{[]string{"-prometheus-namespace", "myapp"}, "quench_enclave_"},
 		{[]string{"-disable-keep-alives"}, "-disable-keep-alives"},
 		{[]string{"-vsock-ext"}, "-ingress vsock://:PORT"},
-		{[]string{"-appurl", "https://github.com/foo/bar"}, "-appurl"},
+		{[]string{"-appurl", "https://github.com/foo/bar"}, "needs serving: -app-url, or -fqdn"},
+		{[]string{"-fqdn", "x", "-appurl", "::"}, "-appurl"},
 		{[]string{"-host-ip-provider-port", "6161"}, "-host-ip-provider-port"},
 		{[]string{"-intport", "http"}, "-intport"},
 		{[]string{"-ext-pub-port", "70000"}, "-ext-pub-port"},
@@ -222,5 +223,19 @@ func TestNitridingCommandLine(t *testing.T) {
 	}
 	if code, body, err := get(base + "/app/path"); err != nil || code != http.StatusNotFound {
 		t.Errorf("/app/path: %d %q %v, want 404 (no app)", code, body, err)
+	}
+}
+
+// TestNitridingAppURL: nitriding-daemon's -appurl (the code repository, shown
+// on the index page: handlers.go formatIndexPage) is taken, and shown on
+// /enclave and in /enclave/config (annotation source_url).
+func TestNitridingAppURL(t *testing.T) {
+	var stderr bytes.Buffer
+	o, err := parse([]string{"-fqdn", "example.com", "-appurl", "https://github.com/foo/bar"}, &stderr)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, stderr.String())
+	}
+	if got := o.cfg.Annotations["source_url"]; got != "https://github.com/foo/bar" {
+		t.Errorf("annotation source_url %q", got)
 	}
 }

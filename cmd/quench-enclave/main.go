@@ -93,10 +93,11 @@ starts the other ways out: VSOCK sockets (straight to the host), packet,
 XDP and raw sockets, io_uring, pidfd_getfd. Give -app-user too: an app
 running as root can reach into quench-enclave itself.
 
-Moving from nitriding-daemon: its flags -appwebsrv, -appcmd, -intport,
--ext-pub-port, -ext-priv-port, -host-proxy-port and -prometheus-port are
-taken as -app-url, -app-cmd, -internal-addr, -public-addr, -ext-priv-addr,
--host and -metrics; the others it has are refused with what to use instead.
+Moving from nitriding-daemon: its flags -appwebsrv, -appcmd, -appurl,
+-intport, -ext-pub-port, -ext-priv-port, -host-proxy-port and
+-prometheus-port are taken as -app-url, -app-cmd, -source-url,
+-internal-addr, -public-addr, -ext-priv-addr, -host and -metrics; the others
+it has are refused with what to use instead.
 
 Usage:
   quench-enclave [flags] [-- app command and args]
@@ -235,6 +236,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		publicAddr  = fs.String("public-addr", enclave.DefaultPublicAddr, "public HTTPS address on the enclave's network (the host publishes a port to it)")
 		intAddr     = fs.String("internal-addr", enclave.DefaultInternalAddr, "internal server for the app (/enclave/ready, /enclave/hash, /enclave/state, /enclave/kms/*) on the enclave's loopback: a literal loopback address (127.0.0.1, [::1]; not localhost, not :PORT), and neither -app-url nor a -forward target may name it")
 		waitForApp  = fs.Bool("wait-for-app", false, "start the public server only after the app calls GET /enclave/ready on -internal-addr")
+		sourceURL   = fs.String("source-url", "", "the app's code repository (e.g. https://github.com/foo/bar), shown on /enclave and in /enclave/config (annotation source_url) for clients verifying the image (nitriding-daemon's -appurl)")
 		fqdn        = fs.String("fqdn", "", "the enclave's public name: ACME certificate name, self-signed certificate subject")
 		acmeOn      = fs.Bool("acme", false, "obtain the certificate for -fqdn by ACME (TLS-ALPN-01 on the public port; the host must publish port 443)")
 		acmeDir     = fs.String("acme-directory", enclave.DefaultACMEDirectory, "ACME directory URL")
@@ -476,6 +478,18 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 				}
 			}
 		}
+	}
+	if *sourceURL != "" {
+		if !serving {
+			return nil, errors.New("-source-url (nitriding-daemon's -appurl) needs serving: -app-url, or -fqdn without an app to proxy to")
+		}
+		if _, err := url.Parse(*sourceURL); err != nil {
+			return nil, fmt.Errorf("-source-url (nitriding-daemon's -appurl): %w", err)
+		}
+		if o.cfg.Annotations == nil {
+			o.cfg.Annotations = map[string]string{}
+		}
+		o.cfg.Annotations[enclave.AnnotationSourceURL] = *sourceURL
 	}
 	if !serving {
 		if set["max-conns"] && len(fwds) == 0 {

@@ -38,6 +38,7 @@ func portConv(format string) func(string) (string, error) {
 var nitridingFlags = map[string]nitridingFlag{
 	"appwebsrv":     {to: "app-url"},
 	"appcmd":        {to: "app-cmd"},
+	"appurl":        {to: "source-url"},
 	"intport":       {to: "internal-addr", conv: portConv("127.0.0.1:%d")},
 	"ext-pub-port":  {to: "public-addr", conv: portConv(":%d")},
 	"ext-priv-port": {to: "ext-priv-addr", conv: portConv(":%d")},
@@ -64,7 +65,6 @@ var nitridingFlags = map[string]nitridingFlag{
 	"prometheus-namespace":  {hint: "metric names are fixed (quench_enclave_*); drop the flag and use -metrics ADDR (or -prometheus-port N)"},
 	"disable-keep-alives":   {hint: "not offered: keep-alive is what makes the proxy fast; idle connections close after 120 s"},
 	"vsock-ext":             {hint: "use -ingress vsock://:PORT with quench-host -publish-vsock HOSTIP:HOSTPORT:PORT (each connection starts with a PROXY header from quench-host)"},
-	"appurl":                {hint: "not carried over: /enclave lists the endpoints and how to verify; put the source URL in the image's documentation"},
 	"host-ip-provider-port": {hint: "not needed: quench-host passes the client's address in a PROXY header (-ingress) and the leader takes a worker's address from its heartbeats (-sync-advertise to set it)"},
 }
 
