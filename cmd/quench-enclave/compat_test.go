@@ -56,6 +56,14 @@ func TestNitridingFlagAliases(t *testing.T) {
 	if o.hostAddr != "vsock://3:2048" {
 		t.Errorf("host %q, want vsock://3:2048", o.hostAddr)
 	}
+	// Releases before -ext-pub-port named it -extport.
+	o, err = parse([]string{"-fqdn", "x", "-extport", "8443"}, &stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.cfg.PublicAddr != ":8443" {
+		t.Errorf("-extport 8443: public address %q", o.cfg.PublicAddr)
+	}
 	// -prometheus-port 0 is nitriding's "off".
 	o, err = parse([]string{"-prometheus-port", "0"}, &stderr)
 	if err != nil {

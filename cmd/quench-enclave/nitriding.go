@@ -36,11 +36,13 @@ func portConv(format string) func(string) (string, error) {
 }
 
 var nitridingFlags = map[string]nitridingFlag{
-	"appwebsrv":     {to: "app-url"},
-	"appcmd":        {to: "app-cmd"},
-	"appurl":        {to: "source-url"},
-	"intport":       {to: "internal-addr", conv: portConv("127.0.0.1:%d")},
-	"ext-pub-port":  {to: "public-addr", conv: portConv(":%d")},
+	"appwebsrv":    {to: "app-url"},
+	"appcmd":       {to: "app-cmd"},
+	"appurl":       {to: "source-url"},
+	"intport":      {to: "internal-addr", conv: portConv("127.0.0.1:%d")},
+	"ext-pub-port": {to: "public-addr", conv: portConv(":%d")},
+	// -ext-pub-port's name in releases before key synchronisation.
+	"extport":       {to: "public-addr", conv: portConv(":%d")},
 	"ext-priv-port": {to: "ext-priv-addr", conv: portConv(":%d")},
 	// nitriding's default 1024 is quench's -host vsock://3:1024.
 	"host-proxy-port": {to: "host", conv: func(v string) (string, error) {
