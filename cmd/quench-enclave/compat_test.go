@@ -86,7 +86,6 @@ func TestNitridingFlagHints(t *testing.T) {
 		{[]string{"-debug=true"}, "-dev-attester"},
 		{[]string{"-profile"}, "-pprof"},
 		{[]string{"-mock-cert-fp", "abcd"}, "-mock-cert-fp"},
-		{[]string{"-prometheus-namespace", "myapp"}, "quench_enclave_"},
 		{[]string{"-disable-keep-alives"}, "-disable-keep-alives"},
 		{[]string{"-vsock-ext"}, "-ingress vsock://:PORT"},
 		{[]string{"-appurl", "https://github.com/foo/bar"}, "needs serving: -app-url, or -fqdn"},
@@ -245,5 +244,23 @@ func TestNitridingAppURL(t *testing.T) {
 	}
 	if got := o.cfg.Annotations["source_url"]; got != "https://github.com/foo/bar" {
 		t.Errorf("annotation source_url %q", got)
+	}
+}
+
+// TestNitridingPrometheusNamespace: nitriding-daemon's -prometheus-port
+// comes with -prometheus-namespace (its metrics' prefix). quench's metric
+// names are fixed, so the namespace is dropped with a warning naming them,
+// rather than stopping an enclave over its dashboards.
+func TestNitridingPrometheusNamespace(t *testing.T) {
+	var stderr bytes.Buffer
+	o, err := parse([]string{"-prometheus-port", "9100", "-prometheus-namespace", "myapp"}, &stderr)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, stderr.String())
+	}
+	if o.cfg.MetricsAddr != ":9100" {
+		t.Errorf("metrics on %q", o.cfg.MetricsAddr)
+	}
+	if out := stderr.String(); !strings.Contains(out, "-prometheus-namespace") || !strings.Contains(out, "quench_enclave_") {
+		t.Errorf("no warning: %q", out)
 	}
 }

@@ -275,7 +275,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		fmt.Fprint(fs.Output(), usage)
 		fs.PrintDefaults()
 	}
-	args, err := translateNitriding(fs, args)
+	args, nitridingWarnings, err := translateNitriding(fs, args)
 	if err != nil {
 		return nil, err
 	}
@@ -299,6 +299,9 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		return nil, err
 	}
 	o.logger = logger
+	for _, w := range nitridingWarnings {
+		logger.Warn(w)
+	}
 	o.jsonLog = *logFormat == "json"
 
 	// The app command: -app-cmd or everything after --.

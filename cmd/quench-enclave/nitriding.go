@@ -14,6 +14,7 @@ type nitridingFlag struct {
 	to   string
 	conv func(string) (string, error)
 	hint string
+	warn string // taken and dropped, with this warning
 }
 
 // port parses nitriding's uint port flags (1-65535).
@@ -64,7 +65,7 @@ var nitridingFlags = map[string]nitridingFlag{
 	"debug":                 {hint: "for more log use -log-level debug; for a dummy attester outside an enclave use -dev-attester (it signs real-format documents with a root you give verifiers: -dev-root-out FILE)"},
 	"profile":               {hint: "use -pprof: quench serves the profiles under /debug/pprof/ on -internal-addr (the enclave's loopback), never on the public server as nitriding's /enclave/debug; attestation is refused while it is on, as in nitriding"},
 	"mock-cert-fp":          {hint: "not needed: the attestation document always binds the certificate served; for tests use -dev-attester"},
-	"prometheus-namespace":  {hint: "metric names are fixed (quench_enclave_*); drop the flag and use -metrics ADDR (or -prometheus-port N)"},
+	"prometheus-namespace":  {warn: "metric names are fixed (quench_enclave_*, see README), so dashboards built on nitriding's NAMESPACE_* names need new queries"},
 	"disable-keep-alives":   {hint: "not offered: keep-alive is what makes the proxy fast; idle connections close after 120 s"},
 	"vsock-ext":             {hint: "use -ingress vsock://:PORT with quench-host -publish-vsock HOSTIP:HOSTPORT:PORT (each connection starts with a PROXY header from quench-host)"},
 	"host-ip-provider-port": {hint: "not needed: quench-host passes the client's address in a PROXY header (-ingress) and the leader takes a worker's address from its heartbeats (-sync-advertise to set it)"},
@@ -74,12 +75,12 @@ var nitridingFlags = map[string]nitridingFlag{
 // quench-enclave's, or fails with a hint for those it does not take. It
 // walks args as fs.Parse will: flags up to the first non-flag argument or
 // "--", the values of fs's non-boolean flags skipped.
-func translateNitriding(fs *flag.FlagSet, args []string) ([]string, error) {
-	out := make([]string, 0, len(args))
+func translateNitriding(fs *flag.FlagSet, args []string) (out, warnings []string, err error) {
+	out = make([]string, 0, len(args))
 	for i := 0; i < len(args); i++ {
 		a := args[i]
 		if len(a) < 2 || a[0] != '-' || a == "--" {
-			return append(out, args[i:]...), nil
+			return append(out, args[i:]...), warnings, nil
 		}
 		name := strings.TrimPrefix(a[1:], "-")
 		name, value, hasValue := strings.Cut(name, "=")
@@ -93,19 +94,23 @@ func translateNitriding(fs *flag.FlagSet, args []string) ([]string, error) {
 			continue
 		}
 		if nf.hint != "" {
-			return nil, fmt.Errorf("-%s is nitriding-daemon's flag, which quench-enclave does not take: %s (README: nitriding-daemon flags and quench-enclave's)", name, nf.hint)
+			return nil, nil, fmt.Errorf("-%s is nitriding-daemon's flag, which quench-enclave does not take: %s (README: nitriding-daemon flags and quench-enclave's)", name, nf.hint)
 		}
 		if !hasValue {
 			if i+1 >= len(args) {
-				return nil, fmt.Errorf("-%s (nitriding-daemon's name for -%s) needs a value", name, nf.to)
+				return nil, nil, fmt.Errorf("-%s (nitriding-daemon's flag) needs a value", name)
 			}
 			i++
 			value = args[i]
 		}
+		if nf.warn != "" {
+			warnings = append(warnings, fmt.Sprintf("-%s %s (nitriding-daemon's flag) ignored: %s", name, value, nf.warn))
+			continue
+		}
 		if nf.conv != nil {
 			v, err := nf.conv(value)
 			if err != nil {
-				return nil, fmt.Errorf("-%s (nitriding-daemon's flag, -%s here): %w", name, nf.to, err)
+				return nil, nil, fmt.Errorf("-%s (nitriding-daemon's flag, -%s here): %w", name, nf.to, err)
 			}
 			if v == "" {
 				continue // the flag's "off"
@@ -114,7 +119,7 @@ func translateNitriding(fs *flag.FlagSet, args []string) ([]string, error) {
 		}
 		out = append(out, "-"+nf.to+"="+value)
 	}
-	return out, nil
+	return out, warnings, nil
 }
 
 func isBoolFlag(f *flag.Flag) bool {
