@@ -68,7 +68,7 @@ var nitridingFlags = map[string]nitridingFlag{
 	"prometheus-namespace":  {warn: "metric names are fixed (quench_enclave_*, see README), so dashboards built on nitriding's NAMESPACE_* names need new queries"},
 	"disable-keep-alives":   {hint: "not offered: keep-alive is what makes the proxy fast; idle connections close after 120 s"},
 	"vsock-ext":             {hint: "use -ingress vsock://:PORT with quench-host -publish-vsock HOSTIP:HOSTPORT:PORT (each connection starts with a PROXY header from quench-host)"},
-	"host-ip-provider-port": {hint: "not needed: quench-host passes the client's address in a PROXY header (-ingress) and the leader takes a worker's address from its heartbeats (-sync-advertise to set it)"},
+	"host-ip-provider-port": {warn: "not needed: quench-host passes the client's address in a PROXY header (-ingress) and the leader takes a worker's address from its heartbeats (-sync-advertise to set it)"},
 }
 
 // translateNitriding rewrites nitriding-daemon's flags in args into
