@@ -137,6 +137,8 @@ func TestNitridingFlagHints(t *testing.T) {
 func TestServeWithoutApp(t *testing.T) {
 	for _, args := range [][]string{
 		{"-fqdn", "example.com", "-appcmd", "my-enclave-app -s foo"},
+		// nitriding-daemon's example/start.sh, word for word.
+		{"-fqdn", "example.com", "-extport", "8443", "-intport", "8080"},
 		{"-fqdn", "example.com", "-wait-for-app", "-intport", "8081", "--", "my-enclave-app"},
 		{"-dev-attester", "-network", "userspace"},
 		{"-fqdn", "example.com", "-fqdn-leader", "leader.internal"},
