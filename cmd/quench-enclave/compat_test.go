@@ -152,6 +152,10 @@ func TestServeWithoutApp(t *testing.T) {
 			if o.cfg.AppURL != nil || o.cfg.Handler == nil {
 				t.Fatalf("app URL %v, handler %v: want serving without an app", o.cfg.AppURL, o.cfg.Handler)
 			}
+			// enclave.New takes the configuration too.
+			if code := run(args, &stderr); code != exitWouldStart {
+				t.Errorf("run: exit code %d, want %d (accepted)\n%s", code, exitWouldStart, stderr.String())
+			}
 			rec := httptest.NewRecorder()
 			o.cfg.Handler.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/anything", nil))
 			if rec.Code != http.StatusNotFound {
