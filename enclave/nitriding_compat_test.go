@@ -116,3 +116,18 @@ func TestNitridingHandlerCases(t *testing.T) {
 		t.Errorf("index: %d %q", got, body)
 	}
 }
+
+// TestNoApp: serving without an app (quench-enclave -fqdn without -app-url,
+// as nitriding-daemon without -appwebsrv) shows "none" as the app in
+// /enclave/config, not "in-process", and answers other paths 404.
+func TestNoApp(t *testing.T) {
+	env := svStart(t, func(c *enclave.Config) { c.Handler = enclave.NoApp; c.AppURL = nil })
+	c := svClient(t)
+	code, body := svGet(t, c, env.public+enclave.ConfigPath)
+	if code != http.StatusOK || !strings.Contains(body, `"app":"none"`) {
+		t.Errorf("config: %d %q", code, body)
+	}
+	if code, body := svGet(t, c, env.public+"/x"); code != http.StatusNotFound || !strings.Contains(body, "no app") {
+		t.Errorf("/x: %d %q", code, body)
+	}
+}

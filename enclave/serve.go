@@ -40,6 +40,17 @@ const (
 	StatePath = keysync.StatePath
 )
 
+// NoApp, as Config.Handler, serves without an app: the enclave's endpoints
+// only, other paths 404, as nitriding-daemon without -appwebsrv (for an app
+// listening on ports of its own). /enclave/config shows "app": "none".
+var NoApp http.Handler = noApp{}
+
+type noApp struct{}
+
+func (noApp) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	http.Error(w, "404 page not found (no app: this enclave serves only its own endpoints, under "+IndexPath+")", http.StatusNotFound)
+}
+
 // AnnotationSourceURL is the Config.Annotations key naming the app's code
 // repository (quench-enclave -source-url, nitriding-daemon's -appurl): the
 // index page shows it as nitriding's does.
@@ -933,6 +944,9 @@ func publicConfig(c Config, certKind string) publicConfigView {
 	}
 	if c.AppURL != nil {
 		v.App = c.AppURL.Redacted()
+	}
+	if _, ok := c.Handler.(noApp); ok {
+		v.App = "none"
 	}
 	_, v.DevAttester = c.Attester.(*attestation.DevAttester)
 	return v

@@ -12,7 +12,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"net/url"
 	"os"
@@ -525,7 +524,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	}
 
 	if noApp {
-		o.cfg.Handler = http.NotFoundHandler()
+		o.cfg.Handler = enclave.NoApp
 	} else {
 		u, err := url.Parse(*appURL)
 		if err != nil {
