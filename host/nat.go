@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -255,6 +256,27 @@ func boundOrphan(c *gonet.TCPConn, ep tcpip.Endpoint) net.Conn { return orphanBo
 func (c orphanBounded) Close() error {
 	ethlink.BoundOrphan(c.ep)
 	return c.TCPConn.Close()
+}
+
+// Read is gonet's, with a reset by the peer reported as ECONNRESET (gonet
+// reports gVisor's errors as plain strings), so that the relay passes the
+// reset on (relay.Abort) instead of a FIN.
+func (c orphanBounded) Read(b []byte) (int, error) {
+	n, err := c.TCPConn.Read(b)
+	var oe *net.OpError
+	if err != nil && errors.As(err, &oe) && oe.Err != nil && oe.Err.Error() == connResetString {
+		oe.Err = os.NewSyscallError("read", syscall.ECONNRESET)
+	}
+	return n, err
+}
+
+var connResetString = (&tcpip.ErrConnectionReset{}).String()
+
+// SetLinger is (*net.TCPConn).SetLinger for the stack's endpoint: with 0,
+// Close resets the connection (relay.Abort).
+func (c orphanBounded) SetLinger(sec int) error {
+	c.ep.SocketOptions().SetLinger(tcpip.LingerOption{Enabled: sec >= 0, Timeout: time.Duration(max(sec, 0)) * time.Second})
+	return nil
 }
 
 // dialStack is gonet.DialContextTCP returning a connection whose Close

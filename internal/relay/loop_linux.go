@@ -434,6 +434,11 @@ func (p *pair) copy(from int) bool {
 				src.readable = false
 				break
 			}
+			if err == unix.ECONNRESET {
+				// src's peer reset the connection: close dst with a
+				// reset too (SO_LINGER 0), as Relay does.
+				_ = unix.SetsockoptLinger(dst.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+			}
 			p.finish(fmt.Errorf("relay: read: %w", err))
 			return false
 		}

@@ -1,5 +1,5 @@
 // Package relay copies bytes both ways between two connections with pooled
-// buffers that grow with traffic, and propagates half-closes.
+// buffers that grow with traffic, and propagates half-closes and resets.
 //
 // A copy direction whose source has nothing to read holds no buffer: on
 // sockets that expose a syscall.RawConn (TCP, unix, VSOCK), the loop waits
@@ -65,7 +65,9 @@ type Options struct {
 // Relay copies a→b and b→a until both directions have finished, then closes
 // both connections. When one side finishes sending (EOF), the write half of
 // the other side is closed if it supports CloseWrite, so half-closed
-// protocols keep working; otherwise both are closed. It returns the first
+// protocols keep working; otherwise both are closed. When reading one side
+// fails with ECONNRESET (its peer reset the connection), the other is
+// closed with a reset too (see Abort). It returns the first
 // error other than EOF or use of a closed connection. One direction runs in
 // the calling goroutine, the other in a goroutine Relay waits for.
 func Relay(a, b net.Conn, opts Options) (Stats, error) {
@@ -153,6 +155,12 @@ func copyHalf(dst, src net.Conn, idle *idleTimer, counter *atomic.Int64, maxWrit
 		err = we.err
 	}
 	if err != nil {
+		if errors.Is(err, syscall.ECONNRESET) {
+			// src's peer reset the connection: reset dst's too, as a
+			// direct connection would have, rather than end it with a FIN
+			// that reads as a clean EOF.
+			Abort(dst)
+		}
 		_ = src.Close()
 		_ = dst.Close()
 		return n, err
@@ -164,6 +172,15 @@ func copyHalf(dst, src net.Conn, idle *idleTimer, counter *atomic.Int64, maxWrit
 	}
 	_ = dst.Close()
 	return n, nil
+}
+
+// Abort closes c with a reset (SO_LINGER 0) where c supports it (a method
+// SetLinger(sec int) error, as *net.TCPConn has), else plainly.
+func Abort(c net.Conn) {
+	if l, ok := c.(interface{ SetLinger(int) error }); ok {
+		_ = l.SetLinger(0)
+	}
+	_ = c.Close()
 }
 
 // Copy copies from src to dst until EOF with a pooled buffer that grows with

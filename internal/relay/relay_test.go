@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -521,5 +522,40 @@ func expectReply(t *testing.T, client net.Conn, reply []byte, done <-chan result
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("relay did not end")
+	}
+}
+
+// TestResetPropagates: a peer that resets (SO_LINGER 0) its connection
+// makes the relay reset the other one, so the far end reads ECONNRESET, as
+// on a direct connection, not a clean EOF; either way round.
+func TestResetPropagates(t *testing.T) {
+	for _, kind := range []string{"tcp", "loop-tcp"} {
+		for _, dir := range []string{"server resets", "client resets"} {
+			t.Run(kind+"/"+dir, func(t *testing.T) {
+				client, server, done := relayed(t, kind, Options{})
+				aborter, other := server, client
+				if dir == "client resets" {
+					aborter, other = client, server
+				}
+				// Bytes through first: both relayed connections are up.
+				if _, err := aborter.Write([]byte("x")); err != nil {
+					t.Fatal(err)
+				}
+				_ = other.SetReadDeadline(time.Now().Add(5 * time.Second))
+				if _, err := io.ReadFull(other, make([]byte, 1)); err != nil {
+					t.Fatal(err)
+				}
+				_ = aborter.(*net.TCPConn).SetLinger(0)
+				_ = aborter.Close()
+				if _, err := io.ReadAll(other); !errors.Is(err, syscall.ECONNRESET) {
+					t.Fatalf("after the far peer's reset, read returned %v, want ECONNRESET", err)
+				}
+				select {
+				case <-done:
+				case <-time.After(5 * time.Second):
+					t.Fatal("relay did not end")
+				}
+			})
+		}
 	}
 }

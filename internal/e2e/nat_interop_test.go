@@ -1,0 +1,332 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/quenchnet/quench/internal/testutil"
+)
+
+// The tests in this file compare what applications on kernel sockets see
+// through quench (TAP mode: NAT egress, published ports, the fast path)
+// with what a direct kernel connection gives them: half-closes, abortive
+// closes, refusals and big transfers.
+
+// tcpProbe is one side of a connection under test: accept returns the
+// server's end for the client's dial.
+type tcpPath struct {
+	name   string
+	dial   func() (net.Conn, error) // the client's end (may run in the namespace)
+	accept func() (net.Conn, error) // the server's end of that connection
+}
+
+// natPath: the client in the enclave dials a server on the host's
+// loopback through 192.168.127.254.
+func natPath(t *testing.T, env *enclaveEnv) tcpPath {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	addr := net.JoinHostPort(hostLoopback, strconv.Itoa(ln.Addr().(*net.TCPAddr).Port))
+	return tcpPath{
+		name: "NAT egress",
+		dial: func() (c net.Conn, err error) {
+			err = env.ns.Do(func() error {
+				c, err = net.DialTimeout("tcp", addr, 5*time.Second)
+				return err
+			})
+			return c, err
+		},
+		accept: acceptWithin(ln),
+	}
+}
+
+// publishPath: a client on the host's loopback dials a published port to
+// a server in the enclave.
+func publishPath(t *testing.T, env *enclaveEnv, hostPort, enclavePort int) tcpPath {
+	var ln net.Listener
+	if err := env.ns.Do(func() (err error) {
+		ln, err = net.Listen("tcp", ":"+strconv.Itoa(enclavePort))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	return tcpPath{
+		dial: func() (net.Conn, error) {
+			return net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(hostPort), 5*time.Second)
+		},
+		accept: acceptWithin(ln),
+	}
+}
+
+func acceptWithin(ln net.Listener) func() (net.Conn, error) {
+	return func() (net.Conn, error) {
+		if tl, ok := ln.(*net.TCPListener); ok {
+			_ = tl.SetDeadline(time.Now().Add(10 * time.Second))
+		}
+		return ln.Accept()
+	}
+}
+
+// connect dials p and returns both ends, with a deadline on each.
+func (p tcpPath) connect(t *testing.T) (client, server net.Conn) {
+	t.Helper()
+	client, err := p.dial()
+	if err != nil {
+		t.Fatalf("%s: dial: %v", p.name, err)
+	}
+	server, err = p.accept()
+	if err != nil {
+		client.Close()
+		t.Fatalf("%s: accept: %v", p.name, err)
+	}
+	t.Cleanup(func() { client.Close(); server.Close() })
+	dl := time.Now().Add(20 * time.Second)
+	_ = client.SetDeadline(dl)
+	_ = server.SetDeadline(dl)
+	return client, server
+}
+
+// checkHalfClose: closer shuts its write side; the other end reads EOF,
+// then keeps sending n bytes, all of which closer reads.
+func checkHalfClose(t *testing.T, closer, other net.Conn, n int) {
+	t.Helper()
+	if _, err := closer.Write([]byte("request")); err != nil {
+		t.Fatal(err)
+	}
+	if err := closer.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(other)
+	if err != nil || string(got) != "request" {
+		t.Fatalf("other side read %q, %v; want \"request\" then EOF", got, err)
+	}
+	data := pattern(n)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := other.Write(data)
+		if err == nil {
+			err = other.(*net.TCPConn).CloseWrite()
+		}
+		errc <- err
+	}()
+	back, err := io.ReadAll(closer)
+	if err != nil {
+		t.Fatalf("half-closed side reading the reply: %v after %d of %d bytes", err, len(back), n)
+	}
+	if err := <-errc; err != nil {
+		t.Fatalf("writing after the peer's half-close: %v", err)
+	}
+	if !bytes.Equal(back, data) {
+		t.Fatalf("half-closed side read %d bytes (sha %x), want %d (sha %x)", len(back), sha256.Sum256(back), n, sha256.Sum256(data))
+	}
+}
+
+// checkReset: aborter closes with SO_LINGER 0; the other end's read fails
+// with ECONNRESET, as between two kernel sockets, and not with a clean EOF.
+func checkReset(t *testing.T, aborter, other net.Conn) {
+	t.Helper()
+	// Some traffic first so that both ends are established everywhere.
+	if _, err := aborter.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 1)
+	if _, err := io.ReadFull(other, b); err != nil {
+		t.Fatal(err)
+	}
+	_ = aborter.(*net.TCPConn).SetLinger(0)
+	_ = aborter.Close()
+	_, err := io.ReadAll(other)
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("after the peer's abortive close, read returned %v, want ECONNRESET", err)
+	}
+}
+
+func pattern(n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i*7 + i/251)
+	}
+	return b
+}
+
+// TestNATInteropTCP: NAT egress from the enclave to the host's loopback.
+func TestNATInteropTCP(t *testing.T) {
+	env := newEnclaveEnv(t)
+	env.startHost()
+	env.startEnclave()
+	testutil.WaitFor(t, 20*time.Second, "egress", env.checkEgressHTTP)
+	p := natPath(t, env)
+
+	t.Run("client half-closes", func(t *testing.T) {
+		c, s := p.connect(t)
+		checkHalfClose(t, c, s, 4<<20)
+	})
+	t.Run("server half-closes", func(t *testing.T) {
+		c, s := p.connect(t)
+		checkHalfClose(t, s, c, 4<<20)
+	})
+	t.Run("server resets", func(t *testing.T) {
+		c, s := p.connect(t)
+		checkReset(t, s, c)
+	})
+	t.Run("client resets", func(t *testing.T) {
+		c, s := p.connect(t)
+		checkReset(t, c, s)
+	})
+	t.Run("refused", func(t *testing.T) {
+		port := testutil.FreePort(t)
+		start := time.Now()
+		err := env.ns.Do(func() error {
+			c, err := net.DialTimeout("tcp", net.JoinHostPort(hostLoopback, strconv.Itoa(port)), 10*time.Second)
+			if err == nil {
+				c.Close()
+			}
+			return err
+		})
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Fatalf("dial to a closed host port: %v, want ECONNREFUSED", err)
+		}
+		if d := time.Since(start); d > 3*time.Second {
+			t.Errorf("refusal took %v", d)
+		}
+	})
+}
+
+// TestPublishInteropTCP: a published port to a server in the enclave.
+func TestPublishInteropTCP(t *testing.T) {
+	env := newEnclaveEnv(t)
+	port := testutil.FreePort(t)
+	env.startHost("-publish", fmt.Sprintf("127.0.0.1:%d:9090", port))
+	env.startEnclave()
+	ctx := context.Background()
+	testutil.WaitFor(t, 20*time.Second, "inbound", func() error { return env.checkInbound(ctx) })
+	p := publishPath(t, env, port, 9090)
+	p.name = "published port"
+
+	t.Run("client half-closes", func(t *testing.T) {
+		c, s := p.connect(t)
+		checkHalfClose(t, c, s, 4<<20)
+	})
+	t.Run("server half-closes", func(t *testing.T) {
+		c, s := p.connect(t)
+		checkHalfClose(t, s, c, 4<<20)
+	})
+	t.Run("server resets", func(t *testing.T) {
+		c, s := p.connect(t)
+		checkReset(t, s, c)
+	})
+	t.Run("client resets", func(t *testing.T) {
+		c, s := p.connect(t)
+		checkReset(t, c, s)
+	})
+}
+
+// fastPath: a client on the host's loopback dials a -publish-vsock port;
+// quench-enclave -forward relays it to a server in the enclave.
+func TestFastPathInteropTCP(t *testing.T) {
+	env := newEnclaveEnv(t)
+	vs := t.TempDir()
+	port := testutil.FreePort(t)
+	env.startHost("-vsock-dir", vs, "-enclave-cid", "16", "-publish-vsock", fmt.Sprintf("127.0.0.1:%d:8091", port))
+	env.startEnclave("-vsock-dir", vs, "-forward", "vsock://16:8091=127.0.0.1:9091")
+	p := publishPath(t, env, port, 9091)
+	p.name = "fast path"
+	testutil.WaitFor(t, 20*time.Second, "fast path up", func() error {
+		c, err := p.dial()
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		s, err := p.accept()
+		if err != nil {
+			return err
+		}
+		return s.Close()
+	})
+
+	t.Run("client half-closes", func(t *testing.T) {
+		c, s := p.connect(t)
+		checkHalfClose(t, c, s, 4<<20)
+	})
+	t.Run("server half-closes", func(t *testing.T) {
+		c, s := p.connect(t)
+		checkHalfClose(t, s, c, 4<<20)
+	})
+}
+
+// TestNATInteropUDP: datagrams of several sizes, up to ones IP must
+// fragment at MTU 1500, both ways through the NAT and a published port.
+func TestNATInteropUDP(t *testing.T) {
+	env := newEnclaveEnv(t)
+	env.startHost()
+	env.startEnclave()
+	ctx := context.Background()
+	testutil.WaitFor(t, 20*time.Second, "inbound", func() error { return env.checkInbound(ctx) })
+	sizes := []int{1, 1472, 8000, 60000}
+	echo := func(c net.Conn) error {
+		for _, n := range sizes {
+			msg := pattern(n)
+			var last error
+			for range 5 {
+				if last = udpEcho(c, msg); last == nil {
+					break
+				}
+			}
+			if last != nil {
+				return fmt.Errorf("%d bytes: %w", n, last)
+			}
+		}
+		return nil
+	}
+	t.Run("egress", func(t *testing.T) {
+		err := env.ns.Do(func() error {
+			c, err := net.Dial("udp", net.JoinHostPort(hostLoopback, strconv.Itoa(env.hostUDP)))
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			return echo(c)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("published", func(t *testing.T) {
+		c, err := net.Dial("udp", fmt.Sprintf("127.0.0.1:%d", env.udpPort))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := echo(c); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+func udpEcho(c net.Conn, msg []byte) error {
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := c.Write(msg); err != nil {
+		return err
+	}
+	buf := make([]byte, 65536)
+	n, err := c.Read(buf)
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(buf[:n], msg) {
+		return fmt.Errorf("echo of %d bytes, want %d", n, len(msg))
+	}
+	return nil
+}
