@@ -412,7 +412,10 @@ func (h *Host) serveConn(p *published, c net.Conn, cc *connCloser) {
 		enc = h.dialIn(p)
 	}
 	if enc == nil {
-		_ = c.Close()
+		// The enclave refused or is unreachable: reset the client, the
+		// nearest to the refusal a direct connection gets, rather than a
+		// FIN, which reads as a server that accepted and said nothing.
+		relay.Abort(c)
 		end()
 		return
 	}

@@ -330,3 +330,37 @@ func udpEcho(c net.Conn, msg []byte) error {
 	}
 	return nil
 }
+
+// TestPublishRefused: a published port (and a fast-path port) whose
+// enclave side refuses the connection (nothing listens) resets the client,
+// which reads ECONNRESET, the nearest to the ECONNREFUSED of a direct
+// connection, and not a clean EOF, which reads as a server that accepted
+// and closed without a word.
+func TestPublishRefused(t *testing.T) {
+	env := newEnclaveEnv(t)
+	vs := t.TempDir()
+	tunnel, fast := testutil.FreePort(t), testutil.FreePort(t)
+	env.startHost("-publish", fmt.Sprintf("127.0.0.1:%d:9999", tunnel),
+		"-vsock-dir", vs, "-enclave-cid", "16", "-publish-vsock", fmt.Sprintf("127.0.0.1:%d:8092", fast))
+	env.startEnclave()
+	ctx := context.Background()
+	testutil.WaitFor(t, 20*time.Second, "inbound", func() error { return env.checkInbound(ctx) })
+	for name, port := range map[string]int{"published": tunnel, "fast path": fast} {
+		t.Run(name, func(t *testing.T) {
+			c, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(port), 5*time.Second)
+			if errors.Is(err, syscall.ECONNRESET) {
+				return // reset even before connect returned
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+			b, err := io.ReadAll(c)
+			if !errors.Is(err, syscall.ECONNRESET) {
+				t.Fatalf("read %q, %v; want ECONNRESET", b, err)
+			}
+		})
+	}
+}
+
