@@ -405,6 +405,12 @@ func (h *Host) serveStream(c net.Conn, peer string) {
 	p := h.sw.attachPeer(tc, remote, peer)
 	err = h.sw.serve(p)
 	st := tc.Stats()
+	if errors.Is(err, tap.ErrFrameTooLarge) {
+		// The enclave's MTU is larger than ours: TCP still works (the
+		// stack's MSS), but a large UDP datagram or ping ends the stream.
+		h.log.Error("enclave sent a frame larger than this host's MTU allows; quench-enclave's -mtu must equal quench-host's -mtu",
+			"remote", remote, "host_mtu", h.cfg.MTU, "err", err)
+	}
 	h.log.Info("enclave disconnected", "remote", remote, "err", err, "frames_in", st.FramesRead, "read_calls", st.ReadCalls, "frames_out", st.FramesWritten, "write_calls", st.WriteCalls)
 }
 

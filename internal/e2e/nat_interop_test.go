@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -364,3 +365,36 @@ func TestPublishRefused(t *testing.T) {
 	}
 }
 
+// TestMTUMismatchLogged: with quench-host at -mtu 1500 and quench-enclave
+// at 65520, TCP works (MSS) but a large UDP datagram from the enclave is a
+// frame the host rejects, ending the stream. The host must say so as an
+// error that names its MTU and the fix, not an info line about a
+// disconnected enclave.
+func TestMTUMismatchLogged(t *testing.T) {
+	env := newEnclaveEnv(t)
+	env.startHost("-mtu", "1500")
+	env.startEnclave("-mtu", "65520")
+	ctx := context.Background()
+	testutil.WaitFor(t, 20*time.Second, "inbound", func() error { return env.checkInbound(ctx) })
+	err := env.ns.Do(func() error {
+		c, err := net.Dial("udp", net.JoinHostPort(hostLoopback, strconv.Itoa(env.hostUDP)))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_, err = c.Write(make([]byte, 8000))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, 10*time.Second, "the host's MTU error", func() error {
+		for _, line := range strings.Split(env.host.Output(), "\n") {
+			if strings.Contains(line, "level=ERROR") && strings.Contains(line, "host_mtu=1500") &&
+				strings.Contains(line, "8042 bytes") && strings.Contains(line, "-mtu") {
+				return nil
+			}
+		}
+		return fmt.Errorf("no error naming the MTUs in:\n%s", env.host.Output())
+	})
+}
