@@ -13,8 +13,11 @@ import (
 	"syscall"
 	"time"
 
+	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
@@ -356,7 +359,7 @@ func (h *Host) forwardUDP(r *udp.ForwarderRequest) {
 			h.log.Debug("outbound UDP: dial failed", "target", target, "err", err)
 			return
 		}
-		h.relayUDP(in, out)
+		h.relayUDP(in, out, func() { h.udpUnreachable(id) })
 	}) {
 		_ = in.Close()
 		n.natUDPFlows.release(src)
@@ -364,8 +367,10 @@ func (h *Host) forwardUDP(r *udp.ForwarderRequest) {
 }
 
 // relayUDP relays datagrams between two connected UDP sockets until
-// neither moved one for udpFlowTimeout or Close, then closes both.
-func (h *Host) relayUDP(a, b net.Conn) {
+// neither moved one for udpFlowTimeout or Close, then closes both. When
+// reading b fails with ECONNREFUSED (an ICMP port unreachable for a
+// datagram written to it), refused, if not nil, is called.
+func (h *Host) relayUDP(a, b net.Conn, refused func()) {
 	untrack, ok := h.trackPair(a, b)
 	if !ok {
 		return
@@ -376,9 +381,9 @@ func (h *Host) relayUDP(a, b net.Conn) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		pumpUDP(b, a, &last)
+		pumpUDP(b, a, &last, refused)
 	}()
-	pumpUDP(a, b, &last)
+	pumpUDP(a, b, &last, nil)
 	<-done
 }
 
@@ -386,7 +391,7 @@ func (h *Host) relayUDP(a, b net.Conn) {
 // idle for udpFlowTimeout, then closes both (ending the other direction).
 // Per datagram it costs a clock read and an atomic store; the read
 // deadline is re-armed only when it passes.
-func pumpUDP(src, dst net.Conn, last *atomic.Int64) {
+func pumpUDP(src, dst net.Conn, last *atomic.Int64, refused func()) {
 	defer func() { _ = src.Close(); _ = dst.Close() }()
 	buf := make([]byte, udpBufSize)
 	_ = src.SetReadDeadline(time.Now().Add(udpFlowTimeout))
@@ -400,7 +405,11 @@ func pumpUDP(src, dst net.Conn, last *atomic.Int64) {
 				return
 			}
 			if errors.Is(err, syscall.ECONNREFUSED) {
-				continue // ICMP port unreachable for an earlier datagram
+				// ICMP port unreachable for an earlier datagram.
+				if refused != nil {
+					refused()
+				}
+				continue
 			}
 			return
 		}
@@ -409,6 +418,60 @@ func pumpUDP(src, dst net.Conn, last *atomic.Int64) {
 			return
 		} // other errors lose this datagram only
 	}
+}
+
+// udpUnreachable sends the enclave of a NAT UDP flow (id, as the stack saw
+// it) an ICMP port unreachable quoting the headers of one of its datagrams:
+// the target refused what the host relayed, and an enclave application on
+// a connected socket then reads ECONNREFUSED, as on a direct path, instead
+// of waiting for an answer that never comes. Nothing is sent if the
+// enclave's MAC is no longer known.
+func (h *Host) udpUnreachable(id stack.TransportEndpointID) {
+	entries, terr := h.stack.Neighbors(nicID, ipv4.ProtocolNumber)
+	if terr != nil {
+		return
+	}
+	var mac tcpip.LinkAddress
+	for _, n := range entries {
+		if n.Addr == id.RemoteAddress && n.LinkAddr != "" {
+			mac = n.LinkAddr
+			break
+		}
+	}
+	if mac == "" {
+		return
+	}
+	const quoted = header.IPv4MinimumSize + header.UDPMinimumSize
+	b := make([]byte, header.IPv4MinimumSize+header.ICMPv4MinimumSize+quoted)
+	ip := header.IPv4(b)
+	ip.Encode(&header.IPv4Fields{
+		TotalLength: uint16(len(b)),
+		TTL:         64,
+		Protocol:    uint8(header.ICMPv4ProtocolNumber),
+		SrcAddr:     id.LocalAddress,
+		DstAddr:     id.RemoteAddress,
+	})
+	ip.SetChecksum(^ip.CalculateChecksum())
+	icmp := header.ICMPv4(b[header.IPv4MinimumSize:])
+	icmp.SetType(header.ICMPv4DstUnreachable)
+	icmp.SetCode(header.ICMPv4PortUnreachable)
+	q := icmp.Payload()
+	qip := header.IPv4(q)
+	qip.Encode(&header.IPv4Fields{
+		TotalLength: quoted,
+		TTL:         64,
+		Protocol:    uint8(header.UDPProtocolNumber),
+		SrcAddr:     id.RemoteAddress,
+		DstAddr:     id.LocalAddress,
+	})
+	qip.SetChecksum(^qip.CalculateChecksum())
+	header.UDP(q[header.IPv4MinimumSize:]).Encode(&header.UDPFields{
+		SrcPort: id.RemotePort,
+		DstPort: id.LocalPort,
+		Length:  header.UDPMinimumSize,
+	})
+	icmp.SetChecksum(^checksum.Checksum(icmp, 0))
+	_ = h.stack.WritePacketToRemote(nicID, mac, ipv4.ProtocolNumber, buffer.MakeWithData(b))
 }
 
 // trackPair tracks both connections of a relay (see track), or closes both

@@ -270,9 +270,15 @@ func TestFastPathInteropTCP(t *testing.T) {
 // TestNATInteropUDP: datagrams of several sizes, up to ones IP must
 // fragment at MTU 1500, both ways through the NAT and a published port.
 func TestNATInteropUDP(t *testing.T) {
+	for _, mtu := range []string{"65520", "1500"} {
+		t.Run("mtu "+mtu, func(t *testing.T) { testNATInteropUDP(t, mtu) })
+	}
+}
+
+func testNATInteropUDP(t *testing.T, mtu string) {
 	env := newEnclaveEnv(t)
-	env.startHost()
-	env.startEnclave()
+	env.startHost("-mtu", mtu)
+	env.startEnclave("-mtu", mtu)
 	ctx := context.Background()
 	testutil.WaitFor(t, 20*time.Second, "inbound", func() error { return env.checkInbound(ctx) })
 	sizes := []int{1, 1472, 8000, 60000}
@@ -397,4 +403,86 @@ func TestMTUMismatchLogged(t *testing.T) {
 		}
 		return fmt.Errorf("no error naming the MTUs in:\n%s", env.host.Output())
 	})
+}
+
+// TestNATUDPClosedPort: a datagram from the enclave to a closed port on
+// the host. On a direct path the kernel answers with ICMP port unreachable
+// and the connected socket's next read fails with ECONNREFUSED.
+func TestNATUDPClosedPort(t *testing.T) {
+	env := newEnclaveEnv(t)
+	env.startHost()
+	env.startEnclave()
+	testutil.WaitFor(t, 20*time.Second, "egress", env.checkEgressHTTP)
+	port := testutil.FreeUDPPort(t)
+	err := env.ns.Do(func() error {
+		c, err := net.Dial("udp", net.JoinHostPort(hostLoopback, strconv.Itoa(port)))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		var last error
+		for range 3 {
+			_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+			if _, err := c.Write([]byte("anyone?")); err != nil && !errors.Is(err, syscall.ECONNREFUSED) {
+				return err
+			}
+			_, last = c.Read(make([]byte, 64))
+			if errors.Is(last, syscall.ECONNREFUSED) {
+				return nil
+			}
+		}
+		return fmt.Errorf("read: %v, want ECONNREFUSED", last)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestNATManyConns: 1000 concurrent NAT connections from the enclave, each
+// an echo of its own bytes, all open at once.
+func TestNATManyConns(t *testing.T) {
+	env := newEnclaveEnv(t)
+	env.startHost()
+	env.startEnclave()
+	testutil.WaitFor(t, 20*time.Second, "egress", env.checkEgressHTTP)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	testutil.Echo(t, ln)
+	addr := net.JoinHostPort(hostLoopback, strconv.Itoa(ln.Addr().(*net.TCPAddr).Port))
+	const n = 1000
+	conns := make([]net.Conn, 0, n)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	err = env.ns.Do(func() error {
+		for i := range n {
+			c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+			if err != nil {
+				return fmt.Errorf("connection %d: %w", i, err)
+			}
+			conns = append(conns, c)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, n)
+	for i, c := range conns {
+		go func() {
+			_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+			msg := []byte(fmt.Sprintf("connection %d", i))
+			errc <- testutil.EchoRoundTrip(c, msg)
+		}()
+	}
+	for range n {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
 }
