@@ -266,14 +266,35 @@ func (c orphanBounded) Close() error {
 // reset on (relay.Abort) instead of a FIN.
 func (c orphanBounded) Read(b []byte) (int, error) {
 	n, err := c.TCPConn.Read(b)
-	var oe *net.OpError
-	if err != nil && errors.As(err, &oe) && oe.Err != nil && oe.Err.Error() == connResetString {
-		oe.Err = os.NewSyscallError("read", syscall.ECONNRESET)
-	}
-	return n, err
+	return n, errnoOf("read", err)
 }
 
-var connResetString = (&tcpip.ErrConnectionReset{}).String()
+// Write is gonet's, with a reset by the peer reported as ECONNRESET and a
+// connection closed for sending as EPIPE, as on a kernel socket, so that
+// the relay ends only the direction towards the peer that went away and
+// still relays what that peer sent before (an answer, then a reset).
+func (c orphanBounded) Write(b []byte) (int, error) {
+	n, err := c.TCPConn.Write(b)
+	return n, errnoOf("write", err)
+}
+
+var gonetErrnos = map[string]syscall.Errno{
+	(&tcpip.ErrConnectionReset{}).String(): syscall.ECONNRESET,
+	(&tcpip.ErrClosedForSend{}).String():   syscall.EPIPE,
+}
+
+// errnoOf turns the gVisor error in gonet's err, a plain string, into the
+// errno a kernel socket would return, for the errors in gonetErrnos.
+func errnoOf(op string, err error) error {
+	var oe *net.OpError
+	if err == nil || !errors.As(err, &oe) || oe.Err == nil {
+		return err
+	}
+	if errno, ok := gonetErrnos[oe.Err.Error()]; ok {
+		oe.Err = os.NewSyscallError(op, errno)
+	}
+	return err
+}
 
 // SetLinger is (*net.TCPConn).SetLinger for the stack's endpoint: with 0,
 // Close resets the connection (relay.Abort).

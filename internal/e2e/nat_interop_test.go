@@ -486,3 +486,44 @@ func TestNATManyConns(t *testing.T) {
 		}
 	}
 }
+
+// checkAnswerThenReset: the server reads part of a request, answers and
+// closes with the rest unread, which resets the connection (an HTTP 413).
+// The client, still sending, must read the whole answer before the reset,
+// as it does on a direct connection when the answer fits its receive
+// buffer: passing the reset on must not drop bytes relayed before it.
+// (A direct connection loses what did not reach the client's buffer before
+// the reset, so the answer is small.)
+func checkAnswerThenReset(t *testing.T, p tcpPath) {
+	t.Helper()
+	c, s := p.connect(t)
+	go func() { _, _ = c.Write(make([]byte, 8<<20)) }()
+	if _, err := io.ReadFull(s, make([]byte, 1024)); err != nil {
+		t.Fatal(err)
+	}
+	answer := pattern(4096)
+	if _, err := s.Write(answer); err != nil {
+		t.Fatal(err)
+	}
+	_ = s.Close() // unread bytes: a reset
+	got, err := io.ReadAll(c)
+	if !bytes.Equal(got, answer) {
+		t.Fatalf("client read %d bytes of the %d-byte answer, then %v", len(got), len(answer), err)
+	}
+}
+
+func TestAnswerThenReset(t *testing.T) {
+	env := newEnclaveEnv(t)
+	port := testutil.FreePort(t)
+	env.startHost("-publish", fmt.Sprintf("127.0.0.1:%d:9090", port))
+	env.startEnclave()
+	ctx := context.Background()
+	testutil.WaitFor(t, 20*time.Second, "inbound", func() error { return env.checkInbound(ctx) })
+	np := natPath(t, env)
+	pp := publishPath(t, env, port, 9090)
+	pp.name = "published port"
+	for range 10 {
+		t.Run("NAT", func(t *testing.T) { checkAnswerThenReset(t, np) })
+		t.Run("published", func(t *testing.T) { checkAnswerThenReset(t, pp) })
+	}
+}
