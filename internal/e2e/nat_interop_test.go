@@ -487,6 +487,36 @@ func TestNATManyConns(t *testing.T) {
 	}
 }
 
+// TestNATConnAcrossHostRestart: a NAT connection open while quench-host
+// restarts is gone with the old host's stack. The enclave's next write must
+// end it with a reset, as from a peer that lost the connection, within
+// seconds, not leave the application waiting.
+func TestNATConnAcrossHostRestart(t *testing.T) {
+	env := newEnclaveEnv(t)
+	env.startHost()
+	env.startEnclave()
+	testutil.WaitFor(t, 20*time.Second, "egress", env.checkEgressHTTP)
+	p := natPath(t, env)
+	c, s := p.connect(t)
+	if _, err := c.Write([]byte("before")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(s, make([]byte, 6)); err != nil {
+		t.Fatal(err)
+	}
+	env.restartHost()
+	testutil.WaitFor(t, 20*time.Second, "egress after the restart", env.checkEgressHTTP)
+	start := time.Now()
+	_ = c.SetDeadline(time.Now().Add(15 * time.Second))
+	_, werr := c.Write([]byte("after"))
+	_, rerr := c.Read(make([]byte, 16))
+	t.Logf("write: %v, read: %v after %v", werr, rerr, time.Since(start))
+	if !errors.Is(werr, syscall.ECONNRESET) && !errors.Is(rerr, syscall.ECONNRESET) {
+		t.Fatalf("after the host restarted: write %v, read %v; want ECONNRESET", werr, rerr)
+	}
+}
+
+
 // checkAnswerThenReset: the server reads part of a request, answers and
 // closes with the rest unread, which resets the connection (an HTTP 413).
 // The client, still sending, must read the whole answer before the reset,
