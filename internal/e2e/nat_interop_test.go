@@ -26,8 +26,8 @@ import (
 // server's end for the client's dial.
 type tcpPath struct {
 	name   string
-	dial   func() (net.Conn, error) // the client's end (may run in the namespace)
-	accept func() (net.Conn, error) // the server's end of that connection
+	dial   func() (net.Conn, error)                     // the client's end (may run in the namespace)
+	accept func(within time.Duration) (net.Conn, error) // the server's end of that connection
 }
 
 // natPath: the client in the enclave dials a server on the host's
@@ -71,10 +71,10 @@ func publishPath(t *testing.T, env *enclaveEnv, hostPort, enclavePort int) tcpPa
 	}
 }
 
-func acceptWithin(ln net.Listener) func() (net.Conn, error) {
-	return func() (net.Conn, error) {
+func acceptWithin(ln net.Listener) func(time.Duration) (net.Conn, error) {
+	return func(within time.Duration) (net.Conn, error) {
 		if tl, ok := ln.(*net.TCPListener); ok {
-			_ = tl.SetDeadline(time.Now().Add(10 * time.Second))
+			_ = tl.SetDeadline(time.Now().Add(within))
 		}
 		return ln.Accept()
 	}
@@ -87,7 +87,7 @@ func (p tcpPath) connect(t *testing.T) (client, server net.Conn) {
 	if err != nil {
 		t.Fatalf("%s: dial: %v", p.name, err)
 	}
-	server, err = p.accept()
+	server, err = p.accept(10 * time.Second)
 	if err != nil {
 		client.Close()
 		t.Fatalf("%s: accept: %v", p.name, err)
@@ -154,6 +154,17 @@ func checkReset(t *testing.T, aborter, other net.Conn) {
 	}
 }
 
+// checkBulkEcho: the server echoes what the client sends, 16 MiB written
+// and read at once, which must come back intact.
+func checkBulkEcho(t *testing.T, p tcpPath) {
+	t.Helper()
+	c, s := p.connect(t)
+	go func() { _, _ = io.Copy(s, s); _ = s.(*net.TCPConn).CloseWrite() }()
+	if err := testutil.EchoRoundTrip(c, pattern(16<<20)); err != nil {
+		t.Fatalf("%s: %v", p.name, err)
+	}
+}
+
 func pattern(n int) []byte {
 	b := make([]byte, n)
 	for i := range b {
@@ -170,6 +181,7 @@ func TestNATInteropTCP(t *testing.T) {
 	testutil.WaitFor(t, 20*time.Second, "egress", env.checkEgressHTTP)
 	p := natPath(t, env)
 
+	t.Run("bulk both ways", func(t *testing.T) { checkBulkEcho(t, p) })
 	t.Run("client half-closes", func(t *testing.T) {
 		c, s := p.connect(t)
 		checkHalfClose(t, c, s, 4<<20)
@@ -216,6 +228,7 @@ func TestPublishInteropTCP(t *testing.T) {
 	p := publishPath(t, env, port, 9090)
 	p.name = "published port"
 
+	t.Run("bulk both ways", func(t *testing.T) { checkBulkEcho(t, p) })
 	t.Run("client half-closes", func(t *testing.T) {
 		c, s := p.connect(t)
 		checkHalfClose(t, c, s, 4<<20)
@@ -250,13 +263,14 @@ func TestFastPathInteropTCP(t *testing.T) {
 			return err
 		}
 		defer c.Close()
-		s, err := p.accept()
+		s, err := p.accept(time.Second)
 		if err != nil {
 			return err
 		}
 		return s.Close()
 	})
 
+	t.Run("bulk both ways", func(t *testing.T) { checkBulkEcho(t, p) })
 	t.Run("client half-closes", func(t *testing.T) {
 		c, s := p.connect(t)
 		checkHalfClose(t, c, s, 4<<20)
@@ -281,7 +295,7 @@ func testNATInteropUDP(t *testing.T, mtu string) {
 	env.startEnclave("-mtu", mtu)
 	ctx := context.Background()
 	testutil.WaitFor(t, 20*time.Second, "inbound", func() error { return env.checkInbound(ctx) })
-	sizes := []int{1, 1472, 8000, 60000}
+	sizes := []int{0, 1, 1472, 8000, 60000, 65507}
 	echo := func(c net.Conn) error {
 		for _, n := range sizes {
 			msg := pattern(n)
@@ -515,7 +529,6 @@ func TestNATConnAcrossHostRestart(t *testing.T) {
 		t.Fatalf("after the host restarted: write %v, read %v; want ECONNRESET", werr, rerr)
 	}
 }
-
 
 // checkAnswerThenReset: the server reads part of a request, answers and
 // closes with the rest unread, which resets the connection (an HTTP 413).
