@@ -22,8 +22,8 @@ import (
 // with what a direct kernel connection gives them: half-closes, abortive
 // closes, refusals and big transfers.
 
-// tcpProbe is one side of a connection under test: accept returns the
-// server's end for the client's dial.
+// tcpPath is a way through quench for TCP connections under test: dial
+// makes the client's end, accept returns the server's end of it.
 type tcpPath struct {
 	name   string
 	dial   func() (net.Conn, error)                     // the client's end (may run in the namespace)
