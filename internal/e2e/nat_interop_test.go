@@ -452,52 +452,82 @@ func TestNATUDPClosedPort(t *testing.T) {
 	}
 }
 
-// TestNATManyConns: 1000 concurrent NAT connections from the enclave, each
-// an echo of its own bytes, all open at once.
-func TestNATManyConns(t *testing.T) {
+// TestManyConns: 1000 concurrent connections, all open at once, each an
+// echo of its own bytes: from the enclave through the NAT, and from the
+// host through a published port and the fast path.
+func TestManyConns(t *testing.T) {
 	env := newEnclaveEnv(t)
-	env.startHost()
-	env.startEnclave()
+	vs := t.TempDir()
+	pub, fast := testutil.FreePort(t), testutil.FreePort(t)
+	env.startHost("-publish", fmt.Sprintf("127.0.0.1:%d:9095", pub),
+		"-vsock-dir", vs, "-enclave-cid", "16", "-publish-vsock", fmt.Sprintf("127.0.0.1:%d:8095", fast))
+	env.startEnclave("-vsock-dir", vs, "-forward", "vsock://16:8095=127.0.0.1:9095")
 	testutil.WaitFor(t, 20*time.Second, "egress", env.checkEgressHTTP)
+
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = ln.Close() })
 	testutil.Echo(t, ln)
-	addr := net.JoinHostPort(hostLoopback, strconv.Itoa(ln.Addr().(*net.TCPAddr).Port))
-	const n = 1000
-	conns := make([]net.Conn, 0, n)
-	defer func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
-	err = env.ns.Do(func() error {
-		for i := range n {
-			c, err := net.DialTimeout("tcp", addr, 10*time.Second)
-			if err != nil {
-				return fmt.Errorf("connection %d: %w", i, err)
-			}
-			conns = append(conns, c)
-		}
-		return nil
-	})
-	if err != nil {
+	var eln net.Listener
+	if err := env.ns.Do(func() (err error) { eln, err = net.Listen("tcp", ":9095"); return err }); err != nil {
 		t.Fatal(err)
 	}
-	errc := make(chan error, n)
-	for i, c := range conns {
-		go func() {
-			_ = c.SetDeadline(time.Now().Add(30 * time.Second))
-			msg := []byte(fmt.Sprintf("connection %d", i))
-			errc <- testutil.EchoRoundTrip(c, msg)
-		}()
+	t.Cleanup(func() { _ = eln.Close() })
+	testutil.Echo(t, eln)
+
+	natAddr := net.JoinHostPort(hostLoopback, strconv.Itoa(ln.Addr().(*net.TCPAddr).Port))
+	dialNAT := func() (c net.Conn, err error) {
+		err = env.ns.Do(func() error { c, err = net.DialTimeout("tcp", natAddr, 10*time.Second); return err })
+		return c, err
 	}
-	for range n {
-		if err := <-errc; err != nil {
-			t.Fatal(err)
+	dialHost := func(port int) func() (net.Conn, error) {
+		return func() (net.Conn, error) {
+			return net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(port), 10*time.Second)
 		}
+	}
+	testutil.WaitFor(t, 20*time.Second, "fast path up", func() error {
+		c, err := dialHost(fast)()
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+		return testutil.EchoRoundTrip(c, []byte("up?"))
+	})
+	for _, tc := range []struct {
+		name string
+		dial func() (net.Conn, error)
+	}{{"NAT", dialNAT}, {"published", dialHost(pub)}, {"fast path", dialHost(fast)}} {
+		t.Run(tc.name, func(t *testing.T) {
+			const n = 1000
+			conns := make([]net.Conn, 0, n)
+			defer func() {
+				for _, c := range conns {
+					c.Close()
+				}
+			}()
+			for i := range n {
+				c, err := tc.dial()
+				if err != nil {
+					t.Fatalf("connection %d: %v", i, err)
+				}
+				conns = append(conns, c)
+			}
+			errc := make(chan error, n)
+			for i, c := range conns {
+				go func() {
+					_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+					errc <- testutil.EchoRoundTrip(c, []byte(fmt.Sprintf("connection %d", i)))
+				}()
+			}
+			for range n {
+				if err := <-errc; err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
 	}
 }
 
