@@ -35,13 +35,17 @@ type natStats struct {
 
 	// Limits against hostile clients and enclaves (layer 4); set up by
 	// installNAT from Config, taken once per connection or flow.
-	natConns     flowLimit[tcpip.Address] // NAT TCP connections, per enclave address
-	natUDPFlows  flowLimit[tcpip.Address] // NAT UDP flows, per enclave address
-	dialSlots    flowLimit[tcpip.Address] // MaxInFlightDials shares, per enclave address
-	portConns    flowLimit[tcpip.Address] // published TCP ports' client connections (total)
-	portUDPFlows flowLimit[tcpip.Address] // published UDP ports' client sources (total)
-	proxyConns   flowLimit[string]        // vsock-proxy connections, per peer (peerID)
-	firstByte    atomic.Uint64            // published-port clients closed by FirstByteTimeout
+	natConns    flowLimit[tcpip.Address] // NAT TCP connections, per enclave address
+	natUDPFlows flowLimit[tcpip.Address] // NAT UDP flows, per enclave address
+	udpEvicted  atomic.Uint64            // NAT UDP flows ended to make room (evictUDPFlow)
+
+	udpMu        sync.Mutex
+	udpFlows     map[tcpip.Address]map[*natUDPFlow]struct{} // guarded by udpMu; live NAT UDP flows per enclave address
+	dialSlots    flowLimit[tcpip.Address]                   // MaxInFlightDials shares, per enclave address
+	portConns    flowLimit[tcpip.Address]                   // published TCP ports' client connections (total)
+	portUDPFlows flowLimit[tcpip.Address]                   // published UDP ports' client sources (total)
+	proxyConns   flowLimit[string]                          // vsock-proxy connections, per peer (peerID)
+	firstByte    atomic.Uint64                              // published-port clients closed by FirstByteTimeout
 }
 
 // flowLimit counts live flows (connections, UDP flows, dials) against a
@@ -65,10 +69,18 @@ func (l *flowLimit[K]) init(max, perSrc int) {
 
 // acquire takes one flow for src, or counts a refusal and reports false.
 func (l *flowLimit[K]) acquire(src K) bool {
+	if !l.acquireQuiet(src) {
+		l.refused.Add(1)
+		return false
+	}
+	return true
+}
+
+// acquireQuiet is acquire without counting a refusal.
+func (l *flowLimit[K]) acquireQuiet(src K) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if (l.max >= 0 && l.n >= l.max) || (l.bySrc != nil && l.bySrc[src] >= l.perSrc) {
-		l.refused.Add(1)
 		return false
 	}
 	l.n++
@@ -103,6 +115,7 @@ func (l *flowLimit[K]) live() int {
 type LimitStats struct {
 	NATConns, NATConnsRefused       uint64 // enclave TCP connections through the NAT; reset at MaxNATConns(PerEnclave)
 	NATUDPFlows, NATUDPFlowsRefused uint64 // enclave UDP flows; new flows dropped at MaxNATUDPFlows(PerEnclave)
+	NATUDPFlowsEvicted              uint64 // enclave UDP flows of one answered request ended there to make room
 	DialsDeferred                   uint64 // SYNs dropped at MaxDialsPerEnclave (the enclave retransmits)
 	PortConns, PortConnsRefused     uint64 // published TCP ports' clients; reset at MaxPortConns(PerPort)
 	PortFirstByteTimeouts           uint64 // published TCP ports' clients closed by FirstByteTimeout
@@ -118,6 +131,7 @@ func (h *Host) LimitStats() LimitStats {
 		NATConnsRefused:       n.natConns.refused.Load(),
 		NATUDPFlows:           uint64(n.natUDPFlows.live()),
 		NATUDPFlowsRefused:    n.natUDPFlows.refused.Load(),
+		NATUDPFlowsEvicted:    n.udpEvicted.Load(),
 		DialsDeferred:         n.dialSlots.refused.Load(),
 		PortConns:             uint64(n.portConns.live()),
 		PortConnsRefused:      n.portConns.refused.Load(),
@@ -358,8 +372,13 @@ func (h *Host) forwardUDP(r *udp.ForwarderRequest) {
 		return
 	}
 	src := id.RemoteAddress
-	if !n.natUDPFlows.acquire(src) {
-		return // counted
+	if !n.natUDPFlows.acquireQuiet(src) {
+		// At the limit: take the slot of one of this enclave's flows that
+		// was a single answered request, if there is one.
+		if !n.evictUDPFlow(src) {
+			n.natUDPFlows.refused.Add(1)
+			return
+		}
 	}
 	var wq waiter.Queue
 	ep, terr := r.CreateEndpoint(&wq)
@@ -370,41 +389,132 @@ func (h *Host) forwardUDP(r *udp.ForwarderRequest) {
 	}
 	in := gonet.NewUDPConn(&wq, ep)
 	if !h.goTracked(func() {
-		defer n.natUDPFlows.release(src)
 		ctx, cancel := context.WithTimeout(h.ctx, h.cfg.DialTimeout)
 		var d net.Dialer
 		out, err := d.DialContext(ctx, "udp", target)
 		cancel()
 		if err != nil {
+			n.natUDPFlows.release(src)
 			_ = in.Close()
 			h.log.Debug("outbound UDP: dial failed", "target", target, "err", err)
 			return
 		}
-		h.relayUDP(in, out, func() { h.udpUnreachable(id) })
+		f := &natUDPFlow{id: id, in: in, out: out}
+		f.last.Store(time.Now().UnixNano())
+		n.addUDPFlow(f)
+		defer func() {
+			n.removeUDPFlow(f)
+			// An evicted flow's slot went to the flow that evicted it.
+			if f.state.CompareAndSwap(flowLive, flowEnded) {
+				n.natUDPFlows.release(src)
+			}
+		}()
+		h.relayUDP(f)
 	}) {
 		_ = in.Close()
 		n.natUDPFlows.release(src)
 	}
 }
 
-// relayUDP relays datagrams between two connected UDP sockets until
-// neither moved one for udpFlowTimeout or Close, then closes both. When
-// reading b fails with ECONNREFUSED (an ICMP port unreachable for a
-// datagram written to it), refused, if not nil, is called.
-func (h *Host) relayUDP(a, b net.Conn, refused func()) {
+// natUDPFlow is one NAT UDP flow, known to the flow registry (natStats) so
+// that at the flow limit it can make room.
+type natUDPFlow struct {
+	id      stack.TransportEndpointID // as the stack saw it: Remote is the enclave
+	in, out net.Conn                  // the enclave side (gonet) and the host socket
+	last    atomic.Int64              // unix nanoseconds of the last datagram either way
+	replied atomic.Bool               // a datagram came back
+	assured atomic.Bool               // the enclave sent again after a reply: a conversation
+	state   atomic.Int32              // flowLive, then flowEnded or flowEvicted
+}
+
+const (
+	flowLive int32 = iota
+	flowEnded
+	flowEvicted
+)
+
+func (n *natStats) addUDPFlow(f *natUDPFlow) {
+	n.udpMu.Lock()
+	defer n.udpMu.Unlock()
+	if n.udpFlows == nil {
+		n.udpFlows = map[tcpip.Address]map[*natUDPFlow]struct{}{}
+	}
+	m := n.udpFlows[f.id.RemoteAddress]
+	if m == nil {
+		m = map[*natUDPFlow]struct{}{}
+		n.udpFlows[f.id.RemoteAddress] = m
+	}
+	m[f] = struct{}{}
+}
+
+func (n *natStats) removeUDPFlow(f *natUDPFlow) {
+	n.udpMu.Lock()
+	defer n.udpMu.Unlock()
+	m := n.udpFlows[f.id.RemoteAddress]
+	delete(m, f)
+	if len(m) == 0 {
+		delete(n.udpFlows, f.id.RemoteAddress)
+	}
+}
+
+// evictUDPFlow ends the least recently active of src's flows that were one
+// answered request (replied, never a request after the answer), whose slot
+// in natUDPFlows then passes to the caller's new flow, and reports whether
+// there was one. An application that makes each request from a fresh
+// socket (a stub resolver, a metrics client) leaves such a flow behind per
+// request, held for udpFlowTimeout: without this, at MaxNATUDPFlows(PerEnclave)
+// its new requests were dropped for up to 90 s while the old flows served
+// no one. Conversations are never ended for room (Linux's conntrack, full,
+// likewise drops only entries not yet "assured").
+func (n *natStats) evictUDPFlow(src tcpip.Address) bool {
+	n.udpMu.Lock()
+	var victim *natUDPFlow
+	for f := range n.udpFlows[src] {
+		if f.assured.Load() || !f.replied.Load() || f.state.Load() != flowLive {
+			continue
+		}
+		if victim == nil || f.last.Load() < victim.last.Load() {
+			victim = f
+		}
+	}
+	if victim == nil || !victim.state.CompareAndSwap(flowLive, flowEvicted) {
+		n.udpMu.Unlock()
+		return false
+	}
+	delete(n.udpFlows[src], victim)
+	n.udpMu.Unlock()
+	n.udpEvicted.Add(1)
+	_ = victim.in.Close()
+	_ = victim.out.Close()
+	return true
+}
+
+// relayUDP relays the datagrams of flow f between its two connected UDP
+// sockets until neither moved one for udpFlowTimeout or Close, then closes
+// both. It marks f replied and assured as datagrams go, and answers an
+// ECONNREFUSED on the host socket (an ICMP port unreachable for a datagram
+// written to it) with udpUnreachable.
+func (h *Host) relayUDP(f *natUDPFlow) {
+	a, b := f.in, f.out
 	untrack, ok := h.trackPair(a, b)
 	if !ok {
 		return
 	}
 	defer untrack()
-	var last atomic.Int64 // unix nanoseconds of the last datagram either way
-	last.Store(time.Now().UnixNano())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		pumpUDP(b, a, &last, refused)
+		pumpUDP(b, a, &f.last, func() {
+			if !f.replied.Load() {
+				f.replied.Store(true)
+			}
+		}, func() { h.udpUnreachable(f.id) })
 	}()
-	pumpUDP(a, b, &last, nil)
+	pumpUDP(a, b, &f.last, func() {
+		if !f.assured.Load() && f.replied.Load() {
+			f.assured.Store(true)
+		}
+	}, nil)
 	<-done
 }
 
@@ -412,7 +522,9 @@ func (h *Host) relayUDP(a, b net.Conn, refused func()) {
 // idle for udpFlowTimeout, then closes both (ending the other direction).
 // Per datagram it costs a clock read and an atomic store; the read
 // deadline is re-armed only when it passes.
-func pumpUDP(src, dst net.Conn, last *atomic.Int64, refused func()) {
+//
+// Each datagram read calls read; an ECONNREFUSED calls refused (if not nil).
+func pumpUDP(src, dst net.Conn, last *atomic.Int64, read, refused func()) {
 	defer func() { _ = src.Close(); _ = dst.Close() }()
 	buf := make([]byte, udpBufSize)
 	_ = src.SetReadDeadline(time.Now().Add(udpFlowTimeout))
@@ -435,6 +547,7 @@ func pumpUDP(src, dst net.Conn, last *atomic.Int64, refused func()) {
 			return
 		}
 		last.Store(time.Now().UnixNano())
+		read()
 		if _, err := dst.Write(buf[:n]); err != nil && isClosedConn(err) {
 			return
 		} // other errors lose this datagram only

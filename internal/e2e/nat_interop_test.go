@@ -600,3 +600,86 @@ func TestAnswerThenReset(t *testing.T) {
 		t.Run("published", func(t *testing.T) { checkAnswerThenReset(t, pp) })
 	}
 }
+
+// TestNATUDPFlowsOfOneExchange: an enclave app that makes each UDP
+// request from a fresh socket (a stub resolver, a metrics client) leaves
+// behind a flow per request, held for the flow timeout. At the flow limit
+// (here 50) new requests were dropped until old flows timed out, 90 s, while
+// on a direct path each is answered. Flows that were one answered request
+// make room now; a conversation (a request after an answer) keeps its flow,
+// and so its host-side port.
+func TestNATUDPFlowsOfOneExchange(t *testing.T) {
+	env := newEnclaveEnv(t)
+	env.startHost("-max-nat-udp-flows-per-enclave", "50")
+	env.startEnclave()
+	testutil.WaitFor(t, 20*time.Second, "egress", env.checkEgressHTTP)
+	// A UDP server on the host that answers with the sender's address.
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = pc.Close() })
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			_, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, _ = pc.WriteTo([]byte(from.String()), from)
+		}
+	}()
+	addr := net.JoinHostPort(hostLoopback, strconv.Itoa(pc.LocalAddr().(*net.UDPAddr).Port))
+	ask := func(c net.Conn) (string, error) {
+		var last error
+		for range 3 {
+			_ = c.SetDeadline(time.Now().Add(time.Second))
+			if _, err := c.Write([]byte("who am I?")); err != nil {
+				return "", err
+			}
+			buf := make([]byte, 64)
+			n, err := c.Read(buf)
+			if err == nil {
+				return string(buf[:n]), nil
+			}
+			last = err
+		}
+		return "", last
+	}
+	err = env.ns.Do(func() error {
+		conv, err := net.Dial("udp", addr)
+		if err != nil {
+			return err
+		}
+		defer conv.Close()
+		first, err := ask(conv)
+		if err != nil {
+			return fmt.Errorf("conversation: %w", err)
+		}
+		if _, err := ask(conv); err != nil {
+			return fmt.Errorf("conversation: %w", err)
+		}
+		for i := range 200 {
+			c, err := net.Dial("udp", addr)
+			if err != nil {
+				return err
+			}
+			_, err = ask(c)
+			c.Close()
+			if err != nil {
+				return fmt.Errorf("request %d from a fresh socket: %w", i, err)
+			}
+		}
+		again, err := ask(conv)
+		if err != nil {
+			return fmt.Errorf("conversation after the requests: %w", err)
+		}
+		if again != first {
+			return fmt.Errorf("conversation's host-side address changed from %s to %s: its flow was ended", first, again)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
