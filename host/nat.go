@@ -368,7 +368,10 @@ func (h *Host) forwardUDP(r *udp.ForwarderRequest) {
 		// Without this check (it ran only with an egress policy), a
 		// datagram to 0.0.0.0 was dialled as "0.0.0.0:port", which Linux
 		// connects to the host itself, even with DisableHostLoopback.
+		// Refused as a rejecting firewall does (and as a TCP SYN is
+		// reset): a connected socket reads ECONNREFUSED.
 		n.udpRefused.Add(1)
+		h.udpUnreachable(id)
 		return
 	}
 	src := id.RemoteAddress
@@ -556,11 +559,16 @@ func pumpUDP(src, dst net.Conn, last *atomic.Int64, read, refused func()) {
 
 // udpUnreachable sends the enclave of a NAT UDP flow (id, as the stack saw
 // it) an ICMP port unreachable quoting the headers of one of its datagrams:
-// the target refused what the host relayed, and an enclave application on
-// a connected socket then reads ECONNREFUSED, as on a direct path, instead
-// of waiting for an answer that never comes. Nothing is sent if the
-// enclave's MAC is no longer known.
+// the target refused what the host relayed, or the host refused the
+// target, and an enclave application on a connected socket then reads
+// ECONNREFUSED, as on a direct path, instead of waiting for an answer that
+// never comes. Nothing is sent if the enclave's MAC is no longer known.
 func (h *Host) udpUnreachable(id stack.TransportEndpointID) {
+	if dst, ok := netip.AddrFromSlice(id.LocalAddress.AsSlice()); !ok || !dst.Is4() ||
+		dst.IsMulticast() || dst.IsUnspecified() || dst == netip.AddrFrom4([4]byte{255, 255, 255, 255}) ||
+		dst == subnetBroadcast(h.cfg.Subnet) {
+		return // never an ICMP error for a broadcast or multicast datagram (RFC 1122)
+	}
 	entries, terr := h.stack.Neighbors(nicID, ipv4.ProtocolNumber)
 	if terr != nil {
 		return
@@ -645,4 +653,15 @@ func isNetTimeout(err error) bool {
 
 func isClosedConn(err error) bool {
 	return errors.Is(err, net.ErrClosed) || strings.Contains(err.Error(), "endpoint is closed")
+}
+
+// subnetBroadcast returns p's directed broadcast address.
+func subnetBroadcast(p netip.Prefix) netip.Addr {
+	if !p.Addr().Is4() {
+		return netip.Addr{}
+	}
+	a := p.Masked().Addr().As4()
+	host := ^uint32(0) >> p.Bits()
+	v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3]) | host
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 }

@@ -683,3 +683,36 @@ func TestNATUDPFlowsOfOneExchange(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestNATUDPRefusedAddress: a datagram from the enclave to an address the
+// host refuses (the EC2 metadata address, blocked by default) is answered
+// with an ICMP port unreachable, as a rejecting firewall does and as the
+// host resets a TCP SYN there, so that a connected socket reads
+// ECONNREFUSED at once instead of waiting out its timeout.
+func TestNATUDPRefusedAddress(t *testing.T) {
+	env := newEnclaveEnv(t)
+	env.startHost()
+	env.startEnclave()
+	testutil.WaitFor(t, 20*time.Second, "egress", env.checkEgressHTTP)
+	err := env.ns.Do(func() error {
+		c, err := net.Dial("udp", "169.254.169.254:53")
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		var last error
+		for range 3 {
+			_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+			if _, err := c.Write([]byte("anyone?")); err != nil && !errors.Is(err, syscall.ECONNREFUSED) {
+				return err
+			}
+			if _, last = c.Read(make([]byte, 64)); errors.Is(last, syscall.ECONNREFUSED) {
+				return nil
+			}
+		}
+		return fmt.Errorf("read: %v, want ECONNREFUSED", last)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
