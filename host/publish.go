@@ -528,8 +528,11 @@ func fdHint(err error) []any {
 // every datagram, a log flood at the attacker's rate.
 func (h *Host) servePublishedUDP(p *published, pc *net.UDPConn, target tcpip.FullAddress) {
 	type flow struct {
-		conn *gonet.UDPConn
-		last atomic.Int64 // unix nanoseconds of the last datagram either way
+		conn    *gonet.UDPConn
+		last    atomic.Int64 // unix nanoseconds of the last datagram either way
+		replied atomic.Bool  // the enclave answered
+		assured atomic.Bool  // the client sent again after an answer: a conversation
+		evicted bool         // guarded by mu; its slot passed to another flow
 	}
 	var (
 		mu    sync.Mutex
@@ -545,6 +548,7 @@ func (h *Host) servePublishedUDP(p *published, pc *net.UDPConn, target tcpip.Ful
 		wg.Wait()
 	}()
 	limit := &h.natStats.portUDPFlows
+	var noVictimUntil time.Time // no flow to evict was found shortly before
 	buf := make([]byte, udpBufSize)
 	for {
 		n, from, err := pc.ReadFromUDPAddrPort(buf)
@@ -557,10 +561,37 @@ func (h *Host) servePublishedUDP(p *published, pc *net.UDPConn, target tcpip.Ful
 		mu.Lock()
 		f := flows[from]
 		if f == nil {
-			if !limit.acquire(tcpip.Address{}) {
-				mu.Unlock()
-				p.refused.Add(1)
-				continue
+			if !limit.acquireQuiet(tcpip.Address{}) {
+				// At the limit: take the slot of this port's least
+				// recently active flow that was one answered request
+				// (see natStats.evictUDPFlow), if there is one.
+				// A scan that found none is not repeated for 100 ms: a
+				// flood from new sources costs no scan per datagram.
+				var victim *flow
+				if now := time.Now(); now.After(noVictimUntil) {
+					for _, g := range flows {
+						if g.replied.Load() && !g.assured.Load() && (victim == nil || g.last.Load() < victim.last.Load()) {
+							victim = g
+						}
+					}
+					if victim == nil {
+						noVictimUntil = now.Add(100 * time.Millisecond)
+					}
+				}
+				if victim == nil {
+					mu.Unlock()
+					limit.refused.Add(1)
+					p.refused.Add(1)
+					continue
+				}
+				for k, g := range flows {
+					if g == victim {
+						delete(flows, k)
+					}
+				}
+				victim.evicted = true
+				_ = victim.conn.Close()
+				h.natStats.udpEvicted.Add(1)
 			}
 			conn, err := gonet.DialUDP(h.stack, nil, &target, ipv4.ProtocolNumber)
 			if err != nil {
@@ -576,17 +607,23 @@ func (h *Host) servePublishedUDP(p *published, pc *net.UDPConn, target tcpip.Ful
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				defer limit.release(tcpip.Address{})
-				udpReplies(pc, from, conn, &f.last)
+				udpReplies(pc, from, conn, &f.last, &f.replied)
 				mu.Lock()
 				if flows[from] == f {
 					delete(flows, from)
 				}
+				evicted := f.evicted
 				mu.Unlock()
 				_ = conn.Close()
+				if !evicted {
+					limit.release(tcpip.Address{})
+				}
 			}()
 		}
 		mu.Unlock()
+		if !f.assured.Load() && f.replied.Load() {
+			f.assured.Store(true)
+		}
 		f.last.Store(time.Now().UnixNano())
 		_, _ = f.conn.Write(buf[:n]) // an error loses this datagram only
 	}
@@ -594,7 +631,7 @@ func (h *Host) servePublishedUDP(p *published, pc *net.UDPConn, target tcpip.Ful
 
 // udpReplies sends the enclave's datagrams on conn to client from through
 // pc until conn fails or no datagram went either way for udpFlowTimeout.
-func udpReplies(pc *net.UDPConn, from netip.AddrPort, conn *gonet.UDPConn, last *atomic.Int64) {
+func udpReplies(pc *net.UDPConn, from netip.AddrPort, conn *gonet.UDPConn, last *atomic.Int64, replied *atomic.Bool) {
 	buf := make([]byte, udpBufSize)
 	_ = conn.SetReadDeadline(time.Now().Add(udpFlowTimeout))
 	for {
@@ -606,6 +643,9 @@ func udpReplies(pc *net.UDPConn, from netip.AddrPort, conn *gonet.UDPConn, last 
 			return
 		}
 		last.Store(time.Now().UnixNano())
+		if !replied.Load() {
+			replied.Store(true)
+		}
 		if _, err := pc.WriteToUDPAddrPort(buf[:n], from); err != nil && errors.Is(err, net.ErrClosed) {
 			return
 		}

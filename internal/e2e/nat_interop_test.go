@@ -716,3 +716,81 @@ func TestNATUDPRefusedAddress(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestPublishUDPClientsOfOneRequest: a UDP service in the enclave (a DNS
+// server) behind a published port, asked by clients that each use a fresh
+// source port. Every source is a flow held for the flow timeout; at the
+// flow limit (here 50) new clients were dropped for up to 90 s. Flows that
+// were one answered request make room now; a conversation keeps its flow,
+// and so the enclave-side port its server sees.
+func TestPublishUDPClientsOfOneRequest(t *testing.T) {
+	env := newEnclaveEnv(t)
+	port := testutil.FreeUDPPort(t)
+	env.startHost("-publish", fmt.Sprintf("127.0.0.1:%d:7008/udp", port), "-max-port-udp-flows", "50")
+	env.startEnclave()
+	ctx := context.Background()
+	testutil.WaitFor(t, 20*time.Second, "inbound", func() error { return env.checkInbound(ctx) })
+	// In the enclave: a UDP server that answers with the sender's address.
+	var pc net.PacketConn
+	if err := env.ns.Do(func() (err error) { pc, err = net.ListenPacket("udp", ":7008"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = pc.Close() })
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			_, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, _ = pc.WriteTo([]byte(from.String()), from)
+		}
+	}()
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	ask := func(c net.Conn) (string, error) {
+		var last error
+		for range 3 {
+			_ = c.SetDeadline(time.Now().Add(time.Second))
+			if _, err := c.Write([]byte("who am I?")); err != nil {
+				return "", err
+			}
+			buf := make([]byte, 64)
+			n, err := c.Read(buf)
+			if err == nil {
+				return string(buf[:n]), nil
+			}
+			last = err
+		}
+		return "", last
+	}
+	conv, err := net.Dial("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conv.Close()
+	first, err := ask(conv)
+	if err != nil {
+		t.Fatalf("conversation: %v", err)
+	}
+	if _, err := ask(conv); err != nil {
+		t.Fatalf("conversation: %v", err)
+	}
+	for i := range 200 {
+		c, err := net.Dial("udp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = ask(c)
+		c.Close()
+		if err != nil {
+			t.Fatalf("request %d from a fresh socket: %v", i, err)
+		}
+	}
+	again, err := ask(conv)
+	if err != nil {
+		t.Fatalf("conversation after the requests: %v", err)
+	}
+	if again != first {
+		t.Fatalf("the enclave saw the conversation from %s, then from %s: its flow was ended", first, again)
+	}
+}
