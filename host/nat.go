@@ -35,17 +35,19 @@ type natStats struct {
 
 	// Limits against hostile clients and enclaves (layer 4); set up by
 	// installNAT from Config, taken once per connection or flow.
-	natConns    flowLimit[tcpip.Address] // NAT TCP connections, per enclave address
-	natUDPFlows flowLimit[tcpip.Address] // NAT UDP flows, per enclave address
-	udpEvicted  atomic.Uint64            // NAT UDP flows ended to make room (evictUDPFlow)
+	natConns     flowLimit[tcpip.Address] // NAT TCP connections, per enclave address
+	natUDPFlows  flowLimit[tcpip.Address] // NAT UDP flows, per enclave address
+	udpEvicted   atomic.Uint64            // NAT UDP flows ended to make room (evictUDPFlow)
+	dialSlots    flowLimit[tcpip.Address] // MaxInFlightDials shares, per enclave address
+	portConns    flowLimit[tcpip.Address] // published TCP ports' client connections (total)
+	portUDPFlows flowLimit[tcpip.Address] // published UDP ports' client sources (total)
+	proxyConns   flowLimit[string]        // vsock-proxy connections, per peer (peerID)
+	firstByte    atomic.Uint64            // published-port clients closed by FirstByteTimeout
 
-	udpMu        sync.Mutex
-	udpFlows     map[tcpip.Address]map[*natUDPFlow]struct{} // guarded by udpMu; live NAT UDP flows per enclave address
-	dialSlots    flowLimit[tcpip.Address]                   // MaxInFlightDials shares, per enclave address
-	portConns    flowLimit[tcpip.Address]                   // published TCP ports' client connections (total)
-	portUDPFlows flowLimit[tcpip.Address]                   // published UDP ports' client sources (total)
-	proxyConns   flowLimit[string]                          // vsock-proxy connections, per peer (peerID)
-	firstByte    atomic.Uint64                              // published-port clients closed by FirstByteTimeout
+	// The live NAT UDP flows per enclave address, for evictUDPFlow.
+	udpMu       sync.Mutex
+	udpFlows    map[tcpip.Address]map[*natUDPFlow]struct{} // guarded by udpMu
+	udpNoVictim map[tcpip.Address]int64                    // guarded by udpMu; no eviction scan for the address until (unix ns)
 }
 
 // flowLimit counts live flows (connections, UDP flows, dials) against a
@@ -457,6 +459,7 @@ func (n *natStats) removeUDPFlow(f *natUDPFlow) {
 	delete(m, f)
 	if len(m) == 0 {
 		delete(n.udpFlows, f.id.RemoteAddress)
+		delete(n.udpNoVictim, f.id.RemoteAddress)
 	}
 }
 
@@ -469,8 +472,16 @@ func (n *natStats) removeUDPFlow(f *natUDPFlow) {
 // its new requests were dropped for up to 90 s while the old flows served
 // no one. Conversations are never ended for room (Linux's conntrack, full,
 // likewise drops only entries not yet "assured").
+//
+// A scan that found none is not repeated for src for 100 ms, so that an
+// enclave sending from new ports at its limit costs no scan per datagram.
 func (n *natStats) evictUDPFlow(src tcpip.Address) bool {
+	now := time.Now().UnixNano()
 	n.udpMu.Lock()
+	if now < n.udpNoVictim[src] {
+		n.udpMu.Unlock()
+		return false
+	}
 	var victim *natUDPFlow
 	for f := range n.udpFlows[src] {
 		if f.assured.Load() || !f.replied.Load() || f.state.Load() != flowLive {
@@ -481,6 +492,10 @@ func (n *natStats) evictUDPFlow(src tcpip.Address) bool {
 		}
 	}
 	if victim == nil || !victim.state.CompareAndSwap(flowLive, flowEvicted) {
+		if n.udpNoVictim == nil {
+			n.udpNoVictim = map[tcpip.Address]int64{}
+		}
+		n.udpNoVictim[src] = now + int64(100*time.Millisecond)
 		n.udpMu.Unlock()
 		return false
 	}
