@@ -243,7 +243,10 @@ type Config struct {
 	// MaxPortUDPFlows bounds the client sources (address:port) tracked by
 	// all published UDP ports together; each costs a goroutine, a 64 KiB
 	// buffer and a gVisor endpoint until 90 s after its last datagram.
-	// Datagrams from new sources beyond it are dropped and counted.
+	// At the limit, a new source takes the place of the least recently
+	// active one that has had one request answered (a one-shot client such
+	// as a DNS resolver's fresh socket); when every source is a longer
+	// conversation, its datagrams are dropped and counted.
 	// Default: DefaultMaxPortUDPFlows (1024).
 	MaxPortUDPFlows int
 
@@ -257,8 +260,10 @@ type Config struct {
 	// MaxNATUDPFlows bounds enclave UDP flows through the NAT (each a host
 	// socket, two goroutines and two 64 KiB buffers, until 90 s after its
 	// last datagram) in total, and MaxNATUDPFlowsPerEnclave those from one
-	// enclave address. A new flow's datagrams beyond them are dropped and
-	// counted. Default: DefaultMaxNATUDPFlows (1024), or FileLimit()/8 if
+	// enclave address. At a limit, a new flow takes the place of the least
+	// recently active flow that was one answered request (an app sending
+	// each request from a fresh socket); when none was, its datagrams are
+	// dropped and counted. Default: DefaultMaxNATUDPFlows (1024), or FileLimit()/8 if
 	// less, in total; half of it per enclave.
 	MaxNATUDPFlows           int
 	MaxNATUDPFlowsPerEnclave int
