@@ -120,7 +120,12 @@ func TestEnclaveLogsMalformedAndLimits(t *testing.T) {
 	if _, err := io.Copy(io.Discard, c); err != nil {
 		t.Fatalf("malformed stream not closed: %v", err)
 	}
-	eventually(t, "the error to be counted", func() bool { return h.EnclaveLogStats().Errors == 1 })
+	// The error is counted before the stream's slot is given back: wait for
+	// both, or one of the four streams below could be refused.
+	eventually(t, "the error to be counted and its stream gone", func() bool {
+		st := h.EnclaveLogStats()
+		return st.Errors == 1 && st.Streams == 0
+	})
 
 	// Four streams from one peer are held; the fifth is closed at once.
 	for i := range 4 {
