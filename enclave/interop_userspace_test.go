@@ -1,0 +1,241 @@
+package enclave_test
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Interop tests of the userspace network with real clients and servers
+// (python3 on the host's loopback), through the host's NAT and published
+// ports.
+
+// needTool skips the test when name is not installed.
+func needTool(t *testing.T, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		t.Skipf("%s is not installed: %v", name, err)
+	}
+	return p
+}
+
+// startPython runs a python3 script with args until the test ends and
+// returns its first line of output (the script prints its port, or what it
+// got) as a channel of lines.
+func startPython(t *testing.T, script string, args ...string) <-chan string {
+	t.Helper()
+	py := needTool(t, "python3")
+	cmd := exec.Command(py, append([]string{"-c", script}, args...)...)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := make(chan string, 16)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() && stderr.Len() > 0 {
+			t.Logf("python3 stderr: %s", stderr.String())
+		}
+	})
+	return lines
+}
+
+// nextLine returns the next line of a python script's output.
+func nextLine(t *testing.T, lines <-chan string) string {
+	t.Helper()
+	select {
+	case l, ok := <-lines:
+		if !ok {
+			t.Fatal("python3 exited early")
+		}
+		return l
+	case <-time.After(20 * time.Second):
+		t.Fatal("no output from python3")
+	}
+	return ""
+}
+
+// pyResetServer accepts one connection, sends "partial", waits until the
+// client has it (it reads one byte from the client), and resets the
+// connection (SO_LINGER 0).
+const pyResetServer = `
+import socket, struct, sys
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(1)
+print(s.getsockname()[1], flush=True)
+c, _ = s.accept()
+c.sendall(b"partial")
+c.recv(1)
+c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+c.close()
+print("reset", flush=True)
+`
+
+// TestUserspaceInteropPeerResetOut: a server on the host resets a
+// connection the enclave dialled. The enclave's Read must fail with
+// ECONNRESET, as a kernel socket's does, not end with io.EOF, which tells
+// the app the server finished sending (a body delimited by the connection's
+// end would be taken as complete).
+func TestUserspaceInteropPeerResetOut(t *testing.T) {
+	lines := startPython(t, pyResetServer)
+	port := nextLine(t, lines)
+	sock := usSocket(t)
+	usHost(t, sock)
+	e := usEnclave(t, sock, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, err := e.Dial(ctx, "tcp", "192.168.127.254:"+port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(15 * time.Second))
+	buf := make([]byte, len("partial"))
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "partial" {
+		t.Fatalf("read %q, %v; want %q", buf, err, "partial")
+	}
+	if _, err := c.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if got := nextLine(t, lines); got != "reset" {
+		t.Fatalf("python3: %q", got)
+	}
+	n, err := c.Read(buf)
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("Read after the server's reset = %d, %v; want ECONNRESET", n, err)
+	}
+}
+
+// pyResetClient connects to the address in argv[1], sends "partial", waits
+// for one byte and resets the connection.
+const pyResetClient = `
+import socket, struct, sys
+host, port = sys.argv[1].rsplit(":", 1)
+c = socket.create_connection((host, int(port)))
+c.sendall(b"partial")
+c.recv(1)
+c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+c.close()
+print("reset", flush=True)
+`
+
+// TestUserspaceInteropPeerResetIn: a client of a published port resets its
+// connection; the enclave's Read must fail with ECONNRESET, not io.EOF (a
+// client that gave up is not a client that finished its request).
+func TestUserspaceInteropPeerResetIn(t *testing.T) {
+	needTool(t, "python3")
+	sock := usSocket(t)
+	h := usHost(t, sock, "127.0.0.1:0:9000")
+	e := usEnclave(t, sock, nil)
+	ln, err := e.Listen("tcp", ":9000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	lines := startPython(t, pyResetClient, h.Published()[0].String())
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			close(accepted)
+			return
+		}
+		accepted <- c
+	}()
+	var c net.Conn
+	select {
+	case c = <-accepted:
+	case <-time.After(15 * time.Second):
+	}
+	if c == nil {
+		t.Fatal("the enclave accepted nothing")
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(15 * time.Second))
+	buf := make([]byte, len("partial"))
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "partial" {
+		t.Fatalf("read %q, %v; want %q", buf, err, "partial")
+	}
+	if _, err := c.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if got := nextLine(t, lines); got != "reset" {
+		t.Fatalf("python3: %q", got)
+	}
+	n, err := c.Read(buf)
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("Read after the client's reset = %d, %v; want ECONNRESET", n, err)
+	}
+}
+
+var _ = fmt.Sprint
+
+// pyResetWitness accepts one connection, sends 64 KiB the client will not
+// read, and reports what its next recv gets: "reset" for ECONNRESET, "eof"
+// for the end of the stream.
+const pyResetWitness = `
+import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(1)
+print(s.getsockname()[1], flush=True)
+c, _ = s.accept()
+c.sendall(b"z" * 65536)
+c.settimeout(15)
+try:
+    b = c.recv(10)
+    print("eof" if not b else "data", flush=True)
+except ConnectionResetError:
+    print("reset", flush=True)
+`
+
+// TestUserspaceInteropResetByEnclave: an enclave app that closes a
+// connection with data it did not read resets it (as a kernel socket
+// does); the server on the host must see that reset, not a graceful end.
+func TestUserspaceInteropResetByEnclave(t *testing.T) {
+	lines := startPython(t, pyResetWitness)
+	port := nextLine(t, lines)
+	sock := usSocket(t)
+	usHost(t, sock)
+	e := usEnclave(t, sock, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, err := e.Dial(ctx, "tcp", "192.168.127.254:"+port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetDeadline(time.Now().Add(15 * time.Second))
+	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil { // the rest stays unread
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := nextLine(t, lines); got != "reset" {
+		t.Fatalf("the server's recv after the enclave's reset: %s; want reset", got)
+	}
+}
