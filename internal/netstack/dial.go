@@ -21,7 +21,8 @@ import (
 // these connections has a receive buffer the host can fill
 // (ethlink.TCPBufDefault, 1 MiB) and, unlike Linux's tcp_mem, nothing
 // bounds their sum, so a listener whose app stops accepting could be made
-// to hold 4 to 8 GiB; at 128, at most 255 MiB.
+// to hold 4 to 8 GiB; at 128, at most 255 MiB. A burst of clients past
+// it waits for room rather than being reset (cookieResets).
 const listenBacklog = 128
 
 var loopbackAddr = netip.AddrFrom4([4]byte{127, 0, 0, 1})

@@ -38,6 +38,9 @@ type linkEndpoint struct {
 	// pure ACKs gVisor would drop.
 	zw ethlink.ZeroWindowACKs
 
+	// rst holds back listeners' resets while SYN cookies are in use.
+	rst cookieResets
+
 	framesIn, bytesIn, framesOut, bytesOut atomic.Uint64
 	droppedIn, droppedOut                  atomic.Uint64
 }
@@ -84,6 +87,10 @@ func (e *linkEndpoint) stats() Stats {
 func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	n := 0
 	for _, pkt := range pkts.AsSlice() {
+		if e.rst.drop(pkt) {
+			n++ // as if sent
+			continue
+		}
 		e.zw.Sent(pkt)
 		if err := e.q.push(pkt); err != nil {
 			if _, full := err.(*tcpip.ErrNoBufferSpace); full {
@@ -108,6 +115,9 @@ var _ stack.QueueingDiscipline = qdisc{}
 
 // WritePacket implements stack.QueueingDiscipline.
 func (q qdisc) WritePacket(pkt *stack.PacketBuffer) tcpip.Error {
+	if q.e.rst.drop(pkt) {
+		return nil
+	}
 	q.e.zw.Sent(pkt)
 	err := q.e.q.push(pkt)
 	if _, full := err.(*tcpip.ErrNoBufferSpace); full {

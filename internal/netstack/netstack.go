@@ -220,6 +220,7 @@ func New(cfg Config) (*Net, error) {
 		open:  map[io.Closer]struct{}{},
 	}
 	n.ep, n.dev = newLink(cfg)
+	n.ep.rst.s = s
 	if err := n.setup(); err != nil {
 		n.dev.Close()
 		s.Close()
