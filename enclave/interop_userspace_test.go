@@ -309,3 +309,52 @@ func TestUserspaceInteropListenBurst(t *testing.T) {
 		t.Errorf("the app accepted %d connections; want %d", got, clients)
 	}
 }
+
+// pyBulkResetServer accepts connections; on each it reads the client's
+// first bytes, sends 2 MB and resets it at once (SO_LINGER 0), so that the
+// reset arrives right behind the data.
+const pyBulkResetServer = `
+import socket, struct
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(16)
+print(s.getsockname()[1], flush=True)
+while True:
+    c, _ = s.accept()
+    c.recv(10)
+    c.sendall(b"x" * 2000000)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()
+`
+
+// TestUserspaceInteropPeerResetAfterData: a server on the host sends data
+// and resets the connection right behind it. The enclave reads what the
+// server got out before its reset (a reset discards the rest, on a direct
+// connection too) and must then get ECONNRESET, not io.EOF: the host's
+// relay checked for readable data with a MSG_PEEK that took the socket's
+// pending ECONNRESET (Linux reports it once), and its next read saw a
+// clean end of stream.
+func TestUserspaceInteropPeerResetAfterData(t *testing.T) {
+	lines := startPython(t, pyBulkResetServer)
+	port := nextLine(t, lines)
+	sock := usSocket(t)
+	usHost(t, sock)
+	e := usEnclave(t, sock, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for i := range 5 {
+		c, err := e.Dial(ctx, "tcp", "192.168.127.254:"+port)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(15 * time.Second))
+		if _, err := c.Write([]byte("go")); err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(c)
+		c.Close()
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("connection %d: read %d bytes, then %v; want ECONNRESET", i, len(b), err)
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"os"
 	"syscall"
 	"unsafe"
 
@@ -22,12 +23,16 @@ type waiter struct {
 	rc     syscall.RawConn
 	f      func(fd uintptr) bool // w.check, bound once so waiting does not allocate
 	parked bool
+	err    error // the socket's error that the peek took
 	b      [1]byte
 }
 
 func (w *waiter) wait() error {
-	w.parked = false
-	return w.rc.Read(w.f)
+	w.parked, w.err = false, nil
+	if err := w.rc.Read(w.f); err != nil {
+		return err
+	}
+	return w.err
 }
 
 func (w *waiter) check(fd uintptr) bool {
@@ -38,9 +43,16 @@ func (w *waiter) check(fd uintptr) bool {
 	}
 	_, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&w.b[0])), 1,
 		unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
-	if errno == unix.EAGAIN {
+	switch errno {
+	case unix.EAGAIN:
 		w.parked = true
 		return false
+	case 0, unix.EINTR:
+	default:
+		// The peek took the socket's pending error (ECONNRESET after
+		// the peer's reset): Linux reports it once, so the next read
+		// would see a clean EOF. wait returns it instead.
+		w.err = os.NewSyscallError("read", errno)
 	}
 	// Data, EOF (0 bytes) or an error: Read reports it.
 	return true
