@@ -358,3 +358,78 @@ func TestUserspaceInteropPeerResetAfterData(t *testing.T) {
 		}
 	}
 }
+
+// TestUserspaceInteropCloseReadThenCloseWrite: an enclave conn that shut
+// its reading side (CloseRead) while the server still sent, and then
+// shuts its writing side after its last write (CloseWrite), must end with
+// a FIN, as a kernel socket does: the server reads the response and then
+// EOF. gVisor reset the connection instead (shutting down the second side
+// with unread data counted as a full close), so the server got
+// ECONNRESET, and a response still in the send buffer would have been
+// lost.
+func TestUserspaceInteropCloseReadThenCloseWrite(t *testing.T) {
+	sock := usSocket(t)
+	usHost(t, sock)
+	e := usEnclave(t, sock, nil)
+	ln, addr := hostListener(t)
+	sent := make(chan struct{})
+	got := make(chan error, 1)
+	response := strings.Repeat("response ", 100000) // 900 KB
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- err
+			return
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(15 * time.Second))
+		if _, err := c.Write(make([]byte, 100000)); err != nil { // never read
+			got <- err
+			return
+		}
+		close(sent)
+		b, err := io.ReadAll(c)
+		if err == nil && string(b) != response {
+			err = fmt.Errorf("read %d bytes; want the %d of the response", len(b), len(response))
+		}
+		got <- err
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	c, err := e.Dial(ctx, "tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(15 * time.Second))
+	if err := c.(interface{ CloseRead() error }).CloseRead(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-sent:
+	case err := <-got:
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // the server's bytes reach the enclave, unread
+	if _, err := c.Write([]byte(response)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-got; err != nil {
+		t.Fatalf("the server's read after the enclave's CloseRead and CloseWrite: %v; want the response and EOF", err)
+	}
+}
+
+// hostListener listens on the host's 127.0.0.1 until the test ends and
+// returns the address the enclave dials it at.
+func hostListener(t *testing.T) (net.Listener, string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	return ln, fmt.Sprintf("192.168.127.254:%d", ln.Addr().(*net.TCPAddr).Port)
+}

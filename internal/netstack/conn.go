@@ -161,6 +161,7 @@ type tcpConn struct {
 	n            *Net
 	laddr, raddr net.Addr
 	closed       atomic.Bool
+	readClosed   atomic.Bool // CloseRead was called
 }
 
 var _ net.Conn = (*tcpConn)(nil)
@@ -231,14 +232,28 @@ func (c *tcpConn) CloseRead() error {
 	if err := c.c.CloseRead(); err != nil {
 		return c.err("close", err)
 	}
+	c.readClosed.Store(true)
 	return nil
 }
 
 // CloseWrite shuts down the writing side (sends FIN), like
 // net.TCPConn.CloseWrite.
+//
+// After CloseRead, gVisor treats shutting down the second side with data
+// the app has not read as a full close with unread data, and resets the
+// connection instead of sending FIN (losing what is still in the send
+// buffer); Linux sends FIN. The unread data, which the app has said it will
+// not read, is discarded first, so that the FIN goes out.
 func (c *tcpConn) CloseWrite() error {
 	if c.closed.Load() {
 		return c.err("close", net.ErrClosed)
+	}
+	if c.readClosed.Load() {
+		for {
+			if _, terr := c.ep.Read(io.Discard, tcpip.ReadOptions{}); terr != nil {
+				break
+			}
+		}
 	}
 	if err := c.c.CloseWrite(); err != nil {
 		return c.err("close", err)
