@@ -317,6 +317,12 @@ func (e *Enclave) tunnel(ctx context.Context, c *tap.Conn, b *backoff) {
 		if time.Since(began) >= e.cfg.ReconnectMax {
 			b.reset()
 		}
+		if errors.Is(err, tap.ErrFrameTooLarge) {
+			// The host's MTU is larger than ours: TCP still works (each
+			// side's MSS), but a large UDP datagram ends the stream.
+			e.log.Error("the host sent a frame larger than this enclave's MTU allows; quench-host's -mtu must equal the enclave's (quench-enclave -mtu, Config.MTU)",
+				"enclave_mtu", e.cfg.MTU, "err", err)
+		}
 		e.log.Warn("host stream ended; reconnecting", "err", err, "after", b.next)
 		c, err = e.connect(ctx, b)
 		if err != nil {

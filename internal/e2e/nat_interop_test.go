@@ -372,37 +372,58 @@ func TestPublishRefused(t *testing.T) {
 	}
 }
 
-// TestMTUMismatchLogged: with quench-host at -mtu 1500 and quench-enclave
-// at 65520, TCP works (MSS) but a large UDP datagram from the enclave is a
-// frame the host rejects, ending the stream. The host must say so as an
-// error that names its MTU and the fix, not an info line about a
-// disconnected enclave.
+// TestMTUMismatchLogged: with different MTUs on quench-host and
+// quench-enclave, TCP works (each side's MSS) but a large UDP datagram is a
+// frame the smaller side rejects, ending the stream. That side must say so
+// as an error that names its MTU and the fix, not an info line about a
+// disconnected stream.
 func TestMTUMismatchLogged(t *testing.T) {
-	env := newEnclaveEnv(t)
-	env.startHost("-mtu", "1500")
-	env.startEnclave("-mtu", "65520")
-	ctx := context.Background()
-	testutil.WaitFor(t, 20*time.Second, "inbound", func() error { return env.checkInbound(ctx) })
-	err := env.ns.Do(func() error {
-		c, err := net.Dial("udp", net.JoinHostPort(hostLoopback, strconv.Itoa(env.hostUDP)))
+	mismatch := func(t *testing.T, hostMTU, enclaveMTU string) *enclaveEnv {
+		env := newEnclaveEnv(t)
+		env.startHost("-mtu", hostMTU)
+		env.startEnclave("-mtu", enclaveMTU)
+		ctx := context.Background()
+		testutil.WaitFor(t, 20*time.Second, "inbound", func() error { return env.checkInbound(ctx) })
+		return env
+	}
+	logged := func(t *testing.T, p *testutil.Process, want ...string) {
+		testutil.WaitFor(t, 10*time.Second, "the MTU error", func() error {
+		lines:
+			for _, line := range strings.Split(p.Output(), "\n") {
+				for _, w := range append([]string{"level=ERROR", "8042 bytes", "-mtu"}, want...) {
+					if !strings.Contains(line, w) {
+						continue lines
+					}
+				}
+				return nil
+			}
+			return fmt.Errorf("no error naming the MTUs in:\n%s", p.Output())
+		})
+	}
+	send := func(addr string) error {
+		c, err := net.Dial("udp", addr)
 		if err != nil {
 			return err
 		}
 		defer c.Close()
 		_, err = c.Write(make([]byte, 8000))
 		return err
-	})
-	if err != nil {
-		t.Fatal(err)
 	}
-	testutil.WaitFor(t, 10*time.Second, "the host's MTU error", func() error {
-		for _, line := range strings.Split(env.host.Output(), "\n") {
-			if strings.Contains(line, "level=ERROR") && strings.Contains(line, "host_mtu=1500") &&
-				strings.Contains(line, "8042 bytes") && strings.Contains(line, "-mtu") {
-				return nil
-			}
+	t.Run("enclave larger", func(t *testing.T) {
+		env := mismatch(t, "1500", "65520")
+		if err := env.ns.Do(func() error {
+			return send(net.JoinHostPort(hostLoopback, strconv.Itoa(env.hostUDP)))
+		}); err != nil {
+			t.Fatal(err)
 		}
-		return fmt.Errorf("no error naming the MTUs in:\n%s", env.host.Output())
+		logged(t, env.host, "host_mtu=1500")
+	})
+	t.Run("host larger", func(t *testing.T) {
+		env := mismatch(t, "65520", "1500")
+		if err := send(net.JoinHostPort("127.0.0.1", strconv.Itoa(env.udpPort))); err != nil {
+			t.Fatal(err)
+		}
+		logged(t, env.enclave, "enclave_mtu=1500")
 	})
 }
 
