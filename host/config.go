@@ -150,7 +150,10 @@ type Config struct {
 	// Default: DefaultMaxInFlightDials.
 	MaxInFlightDials int
 
-	// DialTimeout bounds one outbound connection attempt. Default: 10s.
+	// DialTimeout bounds one outbound connection attempt. One that times
+	// out drops the enclave's SYN (no reset): its retransmission makes the
+	// next attempt, and the enclave's app sees its own connect timeout, as
+	// on a direct path. Default: 10s.
 	DialTimeout time.Duration
 
 	// HandshakeTimeout bounds the /connect handshake of a new enclave

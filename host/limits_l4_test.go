@@ -610,6 +610,65 @@ func TestNATDialSlotsSharedPerEnclave(t *testing.T) {
 	}
 }
 
+// TestNATDialTimeoutNoReset: a dial that times out (a blackholed target)
+// drops the enclave's SYN, and its retransmission dials again, as a direct
+// connection keeps trying until its own connect timeout; a refused dial is
+// reset at once. Before, the timed-out dial was reset too, and the app
+// read ECONNREFUSED after DialTimeout from a target that never refused.
+func TestNATDialTimeoutNoReset(t *testing.T) {
+	svc, _ := l4Accepting(t)
+	svc.Close() // a closed port on the host's loopback: refused
+	refused := uint16(svc.Addr().(*net.TCPAddr).Port)
+	const blackhole = 9
+	var d net.Dialer
+	var blackholeDials atomic.Int32
+	h, path := startHost(t, host.Config{
+		DialTimeout: 200 * time.Millisecond,
+		Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if _, p, _ := net.SplitHostPort(addr); p == "9" {
+				blackholeDials.Add(1)
+				<-ctx.Done()
+				return nil, ctx.Err()
+			}
+			return d.DialContext(ctx, network, addr)
+		},
+	})
+	hostLo := netip.MustParseAddr("192.168.127.254")
+	ip := netip.MustParseAddr("192.168.127.2")
+	c := connectARP(t, path, enclaveMAC, ip)
+	syn := func(sport, dport uint16) {
+		t.Helper()
+		f := taptest.TCPv4Frame(host.DefaultGatewayMAC, enclaveMAC, taptest.TCPSegment{
+			Src: netip.AddrPortFrom(ip, sport), Dst: netip.AddrPortFrom(hostLo, dport),
+			Seq: 7000, Flags: taptest.TCPFlagSYN,
+		})
+		if _, err := c.WriteFrames([][]byte{f}, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	syn(42000, blackhole)
+	if l4WaitTCPFlags(c, 42000, taptest.TCPFlagRST, time.Second) {
+		t.Fatal("a SYN whose dial timed out was answered with a reset")
+	}
+	if got := h.Stats().DialsFailed; got != 1 {
+		t.Fatalf("DialsFailed = %d after one SYN, want 1 (the dial timed out)", got)
+	}
+	syn(42000, blackhole) // the enclave's retransmission
+	deadline := time.Now().Add(5 * time.Second)
+	for blackholeDials.Load() < 2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := blackholeDials.Load(); n != 2 {
+		t.Fatalf("%d dials for a SYN and its retransmission, want 2", n)
+	}
+
+	syn(42001, refused)
+	if !l4WaitTCPFlags(c, 42001, taptest.TCPFlagRST, 3*time.Second) {
+		t.Fatal("a SYN to a closed port got no reset")
+	}
+}
+
 // TestCollectorLimits: the limits' metrics register on a pedantic registry
 // and are collected, with a published port's refusal count.
 func TestCollectorLimits(t *testing.T) {

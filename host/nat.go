@@ -239,7 +239,14 @@ func (h *Host) forwardTCP(r *tcp.ForwarderRequest) {
 	if err != nil {
 		n.failed.Add(1)
 		h.log.Debug("outbound dial failed", "target", target, "err", err)
-		r.Complete(true)
+		// A refusal is reset at once, as the target's own reset would have
+		// reached a direct connection. A dial that timed out (the target,
+		// or a firewall on the way, drops SYNs) is not: the SYN is dropped
+		// as that blackhole dropped it, and the enclave's retransmission
+		// dials again, so its app reads its own connect timeout (ETIMEDOUT)
+		// or connects once the target answers, as on a direct path, rather
+		// than ECONNREFUSED after DialTimeout.
+		r.Complete(!dialTimedOut(err) || h.ctx.Err() != nil)
 		return
 	}
 	var wq waiter.Queue
@@ -679,4 +686,11 @@ func subnetBroadcast(p netip.Prefix) netip.Addr {
 	host := ^uint32(0) >> p.Bits()
 	v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3]) | host
 	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
+
+// dialTimedOut reports whether a failed dial ran out of time rather than
+// being refused or finding no route.
+func dialTimedOut(err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, syscall.ETIMEDOUT) || (errors.As(err, &ne) && ne.Timeout())
 }
