@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 	"sync"
@@ -180,6 +181,23 @@ func TestHelp(t *testing.T) {
 			t.Errorf("help lacks %q", want)
 		}
 	}
+	// A flag whose usage names its default in words ("(default: ...)")
+	// must not also get flag's "(default V)" from a sentinel value, such
+	// as -queue's -1, which the flag refuses when given.
+	var flagText string
+	check := func() {
+		if strings.Contains(flagText, "(default:") && regexp.MustCompile(`\(default [^:]`).MatchString(flagText) {
+			t.Errorf("help gives two defaults: %s", flagText)
+		}
+	}
+	for _, line := range strings.Split(stderr.String(), "\n") {
+		if strings.HasPrefix(line, "  -") {
+			check()
+			flagText = ""
+		}
+		flagText += line
+	}
+	check()
 }
 
 // TestMain lets the test binary act as the app for TestSIGTERMDrain, and
