@@ -31,14 +31,17 @@
 //     TLS-ALPN-01 challenge ([Config.ACME]). It serves nitriding's API:
 //     [IndexPath], [AttestationPath] (GET ?nonce=<40 hex digits>: a base64
 //     document), [ConfigPath] (attested when a nonce is given; see
-//     [ConfigResponse]) and [HealthPath] ([Health]); every other path goes
-//     to the app. Every document binds the SHA-256 of the served certificate
+//     [ConfigResponse]) and [HealthPath] ([Health]); other paths under
+//     [IndexPath]/ get 404 (kept for the enclave's endpoints), every other
+//     path goes to the app. Every document binds the SHA-256 of the served certificate
 //     and of the registered app key (attestation.UserData).
 //   - the internal server for the app on [Config.InternalAddr] of the
 //     enclave's loopback (New refuses any other address, and a Forward
 //     target or AppURL leading to it): [ReadyPath] (with [Config.WaitForApp] the public
-//     server serves only after it), [HashPath] (register an app key hash)
-//     and [StatePath] (key synchronisation; 403 when it is off).
+//     server serves only after it), [HashPath] (register an app key hash),
+//     [StatePath] (key synchronisation; 403 when it is off), and
+//     [KMSRecipientPath] and [KMSDecryptPath] (AWS KMS secrets sealed to
+//     the enclave; Go apps use package attestation/kms instead).
 //     In-process apps call [Enclave.Ready] and [Enclave.SetAppKeyHash].
 //   - Prometheus metrics on [Config.MetricsAddr], when set.
 //   - with [Config.FQDNLeader], key synchronisation between identical
