@@ -35,6 +35,10 @@
 //     [Host.Collector].
 //   - An egress policy (Config.Egress, package policy) for NAT TCP, UDP and
 //     DNS answers.
+//   - AWS vsock-proxy's role ([Host.ServeVSockProxy]): enclave programs that
+//     dial a VSOCK port of the parent are relayed over TCP to one target.
+//   - Enclaves' log streams ([Host.ServeEnclaveLogs], package logship), each
+//     line handed to Config.EnclaveLog.
 //
 // The link between the stack and the enclave streams is quench's own
 // batched switch: frames for an enclave are coalesced into stream writes of
