@@ -114,9 +114,11 @@ Examples:
   quench-enclave -host vsock://3:1024 -forward vsock://:8080=127.0.0.1:3000
 
   # Development without VSOCK, in a network namespace standing in for the
-  # enclave, with the INSECURE development attester:
+  # enclave, with the INSECURE development attester (-resolv-conf -: the
+  # namespace shares the machine's /etc/resolv.conf, which must stay as is):
   QUENCH_VSOCK_DIR=/run/quench ip netns exec encl quench-enclave -dev-attester \
-      -dev-root-out /tmp/dev-root.pem -app-url http://127.0.0.1:8081 -app-cmd 'python3 app.py'
+      -dev-root-out /tmp/dev-root.pem -resolv-conf - \
+      -app-url http://127.0.0.1:8081 -app-cmd 'python3 app.py'
 
 Flags:
 `
