@@ -95,8 +95,9 @@ running as root can reach into quench-enclave itself.
 Moving from nitriding-daemon: its flags -appwebsrv, -appcmd, -appurl,
 -intport, -ext-pub-port, -ext-priv-port, -host-proxy-port and
 -prometheus-port are taken as -app-url, -app-cmd, -source-url,
--internal-addr, -public-addr, -ext-priv-addr, -host and -metrics; the others
-it has are refused with what to use instead.
+-internal-addr, -public-addr, -ext-priv-addr, -host and -metrics;
+-prometheus-namespace and -host-ip-provider-port are taken and ignored with
+a warning; the others it has are refused with what to use instead.
 
 Usage:
   quench-enclave [flags] [-- app command and args]
