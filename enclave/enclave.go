@@ -378,6 +378,17 @@ func (e *Enclave) Dial(ctx context.Context, network, addr string) (net.Conn, err
 // same address fails the same way.
 var ErrEgressRefused = errors.New("enclave: refused by egress policy")
 
+// NoNSMError is returned (wrapped) by Start when serving needs attestation
+// documents, Config.Attester is nil and the Nitro Secure Module cannot be
+// opened: the program is not running in a Nitro Enclave. Err is why.
+type NoNSMError struct{ Err error }
+
+func (e *NoNSMError) Error() string {
+	return "enclave: attester: " + e.Err.Error() + " (outside a Nitro Enclave, set Config.Attester explicitly, e.g. to a development attester)"
+}
+
+func (e *NoNSMError) Unwrap() error { return e.Err }
+
 // dialPolicy dials addr after checking it against Config.Egress. A hostname
 // must be allowed by name and is resolved here, so the policy sees the
 // name and every address it resolved to. The answer comes from the host's

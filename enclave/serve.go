@@ -122,7 +122,7 @@ func (e *Enclave) startServers(ctx context.Context, nw network) (_ *servers, err
 	if s.att == nil {
 		nsm, err := attestation.NewNSMAttester(attestation.NSMConfig{})
 		if err != nil {
-			return nil, fmt.Errorf("enclave: attester: %w (outside a Nitro Enclave, set Config.Attester explicitly, e.g. to a development attester)", err)
+			return nil, &NoNSMError{Err: err}
 		}
 		s.att, s.ownAtt = nsm, nsm
 		closers = append(closers, func() { _ = nsm.Close() })

@@ -5,10 +5,12 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -269,5 +271,31 @@ func TestNitridingPrometheusNamespace(t *testing.T) {
 	// does not need).
 	if out := stderr.String(); !strings.Contains(out, "-prometheus-namespace") || !strings.Contains(out, "quench_enclave_") || !strings.Contains(out, "-host-ip-provider-port 6161") {
 		t.Errorf("no warning: %q", out)
+	}
+}
+
+// TestNoNSMNamesDevAttester: outside a Nitro Enclave, without
+// -dev-attester, quench-enclave exits naming the flag to use, not the
+// library's Config.Attester.
+func TestNoNSMNamesDevAttester(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binaries")
+	}
+	if _, err := os.Stat("/dev/nsm"); err == nil {
+		t.Skip("/dev/nsm exists: this is a Nitro Enclave")
+	}
+	bin := testutil.Binaries(t)
+	h := hosttest.Start(t, host.Config{})
+	sock := hosttest.Serve(t, h)
+	cmd := exec.Command(filepath.Join(bin, "quench-enclave"),
+		"-network", "userspace", "-host", "unix://"+sock, "-fqdn", "example.com",
+		"-internal-addr", "127.0.0.1:"+strconv.Itoa(testutil.FreePort(t)))
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+		t.Fatalf("exit: %v, want status 1\n%s", err, out)
+	}
+	if !bytes.Contains(out, []byte("Nitro Secure Module")) || !bytes.Contains(out, []byte("-dev-attester")) {
+		t.Errorf("output does not name the missing NSM and -dev-attester:\n%s", out)
 	}
 }

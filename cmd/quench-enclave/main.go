@@ -726,6 +726,10 @@ func run(args []string, stderr io.Writer) int {
 		err = <-startErr
 	}
 	cancel()
+	if nsm := (*enclave.NoNSMError)(nil); errors.As(err, &nsm) {
+		// The library's hint names Config.Attester; name the flag.
+		return fail(fmt.Errorf("no Nitro Secure Module for attestation documents: %w; outside a Nitro Enclave, -dev-attester serves development documents (insecure: clients must not trust them)", nsm.Err))
+	}
 	if err != nil {
 		return fail(err)
 	}
