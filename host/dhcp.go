@@ -108,7 +108,11 @@ func (h *Host) startDHCPLocked() error {
 		return key, ok
 	}
 	srv.Underlying.Handler = d.handle
-	h.closers = append(h.closers, func() { _ = srv.Underlying.Close() })
+	// Closed by a closer (Close, or a Start that failed later, such as a
+	// published port that could not bind): Serve's error (EOF) then says
+	// nothing about the service.
+	var closed atomic.Bool
+	h.closers = append(h.closers, func() { closed.Store(true); _ = srv.Underlying.Close() })
 	// As with DNS: closing on ctx.Done ends Serve before Close waits.
 	stop := context.AfterFunc(h.ctx, func() { _ = srv.Underlying.Close() })
 	h.closers = append(h.closers, func() { stop() })
@@ -117,7 +121,7 @@ func (h *Host) startDHCPLocked() error {
 		defer h.wg.Done()
 		err := srv.Serve()
 		d.close()
-		if h.ctx.Err() == nil {
+		if h.ctx.Err() == nil && !closed.Load() {
 			h.log.Error("DHCP service stopped", "err", err)
 		}
 	}()

@@ -5,9 +5,11 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -356,14 +358,24 @@ func TestPublishBindError(t *testing.T) {
 	}
 	defer ln.Close()
 	taken := netip.MustParseAddrPort(ln.Addr().String())
-	h, err := host.New(host.Config{Publish: []host.Publish{{Network: "tcp", Host: taken, EnclavePort: 80}}})
+	var log testutil.SyncBuffer
+	h, err := host.New(host.Config{
+		Publish: []host.Publish{{Network: "tcp", Host: taken, EnclavePort: 80}},
+		Logger:  slog.New(slog.NewTextHandler(&log, nil)),
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := h.Start(context.Background()); err == nil {
 		t.Fatal("Start succeeded on a taken port")
 	}
-	_ = h.Close()
+	_ = h.Close() // waits for the services' goroutines, and so their last words
+	// The bind error is Start's to report; the services it stopped on the
+	// way out are no errors of their own (it was "DHCP service stopped
+	// err=EOF").
+	if strings.Contains(log.String(), "level=ERROR") {
+		t.Errorf("errors logged for a Start that failed on a taken port:\n%s", log.String())
+	}
 }
 
 // TestServeRidesOutEMFILE: accept failing for want of file descriptors (a
