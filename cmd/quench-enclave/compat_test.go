@@ -66,6 +66,14 @@ func TestNitridingFlagAliases(t *testing.T) {
 	if o.cfg.PublicAddr != ":8443" {
 		t.Errorf("-extport 8443: public address %q", o.cfg.PublicAddr)
 	}
+	// Amnesic Systems' fork spells -intport -int-port.
+	o, err = parse([]string{"-fqdn", "x", "-int-port", "9091"}, &stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.cfg.InternalAddr != "127.0.0.1:9091" {
+		t.Errorf("-int-port 9091: internal address %q", o.cfg.InternalAddr)
+	}
 	// -prometheus-port 0 is nitriding's "off".
 	o, err = parse([]string{"-prometheus-port", "0"}, &stderr)
 	if err != nil {
@@ -95,6 +103,9 @@ func TestNitridingFlagHints(t *testing.T) {
 		{[]string{"-intport", "http"}, "-intport"},
 		{[]string{"-ext-pub-port", "70000"}, "-ext-pub-port"},
 		{[]string{"-appwebsrv"}, "needs a value"},
+		{[]string{"-loader"}, "-app-cmd"},
+		// Amnesic Systems' fork's -app-url is the code repository.
+		{[]string{"-app-url", "github.com/foo/bar"}, "-source-url"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			var stderr bytes.Buffer
@@ -271,6 +282,31 @@ func TestNitridingPrometheusNamespace(t *testing.T) {
 	// does not need).
 	if out := stderr.String(); !strings.Contains(out, "-prometheus-namespace") || !strings.Contains(out, "quench_enclave_") || !strings.Contains(out, "-host-ip-provider-port 6161") {
 		t.Errorf("no warning: %q", out)
+	}
+}
+
+// TestAppURLNamingAHost: -app-url naming a host rather than an address in
+// the enclave (Amnesic Systems' nitriding's -app-url, the code repository)
+// is taken, with a warning naming -source-url; a local address is not
+// warned about.
+func TestAppURLNamingAHost(t *testing.T) {
+	for _, tc := range []struct {
+		url  string
+		warn bool
+	}{
+		{"https://github.com/foo/bar", true},
+		{"http://127.0.0.1:8081", false},
+		{"http://localhost:8081", false},
+		{"http://[::1]:8081", false},
+		{"unix:///run/app.sock", false},
+	} {
+		var stderr bytes.Buffer
+		if _, err := parse([]string{"-app-url", tc.url}, &stderr); err != nil {
+			t.Fatalf("%s: %v", tc.url, err)
+		}
+		if got := strings.Contains(stderr.String(), "-source-url"); got != tc.warn {
+			t.Errorf("%s: warned %v, want %v: %q", tc.url, got, tc.warn, stderr.String())
+		}
 	}
 }
 

@@ -536,7 +536,10 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 		switch u.Scheme {
 		case "http", "https", "unix", "h2c", "h2c+unix":
 		default:
-			return nil, fmt.Errorf("-app-url %q: want http://HOST:PORT, unix:///path, h2c://HOST:PORT or h2c+unix:///path", *appURL)
+			return nil, fmt.Errorf("-app-url %q: want http://HOST:PORT, unix:///path, h2c://HOST:PORT or h2c+unix:///path (where the app listens; Amnesic Systems' nitriding takes -app-url for the code repository, which is -source-url here)", *appURL)
+		}
+		if h := u.Hostname(); u.Host != "" && h != "localhost" && net.ParseIP(h) == nil {
+			o.logger.Warn("-app-url names a host, not an address in the enclave: the proxy sends every request there; -app-url is where the app listens (e.g. http://127.0.0.1:8081), and a code repository is -source-url (Amnesic Systems' nitriding spells it -app-url)", "app_url", *appURL)
 		}
 		o.cfg.AppURL = u
 	}

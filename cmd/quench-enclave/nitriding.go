@@ -45,6 +45,10 @@ var nitridingFlags = map[string]nitridingFlag{
 	// -ext-pub-port's name in releases before key synchronisation.
 	"extport":       {to: "public-addr", conv: portConv(":%d")},
 	"ext-priv-port": {to: "ext-priv-addr", conv: portConv(":%d")},
+	// Amnesic Systems' fork (github.com/Amnesic-Systems/nitriding) spells
+	// -intport so, and takes -app-url for the code repository (see the
+	// -app-url check in parse) and -loader.
+	"int-port": {to: "internal-addr", conv: portConv("127.0.0.1:%d")},
 	// nitriding's default 1024 is quench's -host vsock://3:1024.
 	"host-proxy-port": {to: "host", conv: func(v string) (string, error) {
 		n, err := strconv.ParseUint(v, 10, 32)
@@ -66,6 +70,7 @@ var nitridingFlags = map[string]nitridingFlag{
 	"profile":               {hint: "use -pprof: quench serves the profiles under /debug/pprof/ on -internal-addr (the enclave's loopback), never on the public server as nitriding's /enclave/debug; attestation is refused while it is on, as in nitriding"},
 	"mock-cert-fp":          {hint: "not needed: the attestation document always binds the certificate served; for tests use -dev-attester"},
 	"prometheus-namespace":  {warn: "metric names are fixed (quench_enclave_*, see README), so dashboards built on nitriding's NAMESPACE_* names need new queries"},
+	"loader":                {hint: "apps are not loaded at run time: the app is part of the measured image; start it with -app-cmd"},
 	"disable-keep-alives":   {hint: "not offered: keep-alive is what makes the proxy fast; idle connections close after 120 s"},
 	"vsock-ext":             {hint: "use -ingress vsock://:PORT with quench-host -publish-vsock HOSTIP:HOSTPORT:PORT (each connection starts with a PROXY header from quench-host)"},
 	"host-ip-provider-port": {warn: "not needed: quench-host passes the client's address in a PROXY header (-ingress) and the leader takes a worker's address from its heartbeats (-sync-advertise to set it)"},
