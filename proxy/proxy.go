@@ -419,6 +419,13 @@ func (hs *handlerSide) writeInformational(resp *http.Response) {
 func (hs *handlerSide) writeHead(resp *http.Response, bodyPending bool) {
 	h := hs.w.Header()
 	copyResponseHeader(h, resp.Header)
+	if _, ok := h["Content-Type"]; !ok {
+		// A response without a type goes out without one, as Serve sends
+		// it: net/http would sniff one from the first bytes (text/html for
+		// a user's upload that starts with "<html>"), and the app may have
+		// left it out on purpose (X-Content-Type-Options: nosniff).
+		h["Content-Type"] = nil
+	}
 	if bodyPending && hs.r.ProtoMajor == 1 {
 		// Stopping the body read (finishBody) cancels net/http's
 		// connection context: the connection must not serve another

@@ -1,0 +1,135 @@
+package proxy
+
+import (
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The HTTP/2 interop tests put real HTTP/2 clients (curl built with
+// nghttp2, Node's http2) in front of the Proxy served by NewServer with
+// TLS, as quench-enclave serves it: the clients negotiate h2 by ALPN.
+// Each test skips when its client is missing; every child process runs
+// under a deadline.
+
+// h2iFront serves p with NewServer (TLS, h2 and http/1.1 offered, scfg's
+// timeouts) and returns its address; p is closed in t.Cleanup.
+func h2iFront(t *testing.T, p *Proxy, scfg ServerConfig) string {
+	t.Helper()
+	tc := testServerTLS(t)
+	tc.NextProtos = nil
+	scfg.TLSConfig = tc
+	srv := NewServer(p, scfg)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.ServeTLS(ln, "", "") }()
+	t.Cleanup(func() { _ = srv.Close(); <-done; _ = p.Close() })
+	return ln.Addr().String()
+}
+
+// h2iProxy returns a Proxy to target with cfg, served by h2iFront.
+func h2iProxy(t *testing.T, target string, cfg Config, scfg ServerConfig) (*Proxy, string) {
+	t.Helper()
+	u, err := url.Parse(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncBuffer{}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("proxy log:\n%.8000s", logs.String())
+		}
+	})
+	p, err := New(u, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, h2iFront(t, p, scfg)
+}
+
+// h2iCurl runs curl over HTTP/2 (failing t unless h2 was negotiated)
+// with args, within d, and returns the response head and body.
+func h2iCurl(t *testing.T, d time.Duration, args ...string) (head, body string) {
+	t.Helper()
+	out, errb, err := tiRun(t, d, nil, nil, "curl", append([]string{"-sSk", "--http2", "-D", "/dev/stderr", "-o", "-"}, args...)...)
+	if err != nil {
+		t.Fatalf("curl %v: %v\n%s", args, err, errb)
+	}
+	if !strings.HasPrefix(string(errb), "HTTP/2 ") {
+		t.Fatalf("curl %v did not speak HTTP/2: %q", args, errb)
+	}
+	return string(errb), string(out)
+}
+
+// h2iHeader returns the value of the field name in a curl head, and
+// whether it is there.
+func h2iHeader(head, name string) (string, bool) {
+	for _, line := range strings.Split(head, "\r\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if ok && strings.EqualFold(k, name) {
+			return strings.TrimSpace(v), true
+		}
+	}
+	return "", false
+}
+
+// TestH2InteropNoSniffedContentType: a response the app sends without
+// Content-Type (here with X-Content-Type-Options: nosniff, as apps serving
+// user files do) must reach HTTP/2 clients without one, as it reaches
+// HTTP/1.1 clients of Serve. Through net/http's server (NewServer, the
+// Proxy as handler) it got the type net/http sniffed from the first bytes:
+// an upload that starts with "<html>" went out as text/html.
+func TestH2InteropNoSniffedContentType(t *testing.T) {
+	const page = "<html><script>alert(document.cookie)</script></html>"
+	up := newRawUp(t, func(r *http.Request) []string {
+		switch r.URL.Path {
+		case "/stream": // chunked: the copy loop, not the buffered write
+			return []string{"HTTP/1.1 200 OK\r\nX-Content-Type-Options: nosniff\r\nTransfer-Encoding: chunked\r\n\r\n" +
+				"34\r\n" + page + "\r\n0\r\n\r\n"}
+		case "/typed":
+			return []string{"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 52\r\n\r\n" + page}
+		}
+		return []string{"HTTP/1.1 200 OK\r\nX-Content-Type-Options: nosniff\r\nContent-Length: 52\r\n\r\n" + page}
+	})
+	_, addr := h2iProxy(t, up.url().String(), Config{}, ServerConfig{})
+	for _, path := range []string{"/file", "/stream"} {
+		head, body := h2iCurl(t, 10*time.Second, "https://"+addr+path)
+		if body != page {
+			t.Errorf("%s: body %q", path, body)
+		}
+		if ct, ok := h2iHeader(head, "Content-Type"); ok {
+			t.Errorf("%s: the app sent no Content-Type; the HTTP/2 client got %q", path, ct)
+		}
+		head, _ = h2iCurl(t, 10*time.Second, "-I", "https://"+addr+path)
+		if ct, ok := h2iHeader(head, "Content-Type"); ok {
+			t.Errorf("HEAD %s: the app sent no Content-Type; the HTTP/2 client got %q", path, ct)
+		}
+	}
+	// The app's own type still goes through.
+	head, _ := h2iCurl(t, 10*time.Second, "https://"+addr+"/typed")
+	if ct, _ := h2iHeader(head, "Content-Type"); ct != "image/png" {
+		t.Errorf("/typed: Content-Type %q, want image/png", ct)
+	}
+
+	// An h2c app (a Go one that suppresses its own sniffing) alike.
+	h2cUp := startH2CUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header()["Content-Type"] = nil
+		_, _ = io.WriteString(w, page)
+	}), false)
+	_, addr = h2iProxy(t, h2cUp.String(), Config{}, ServerConfig{})
+	head, body := h2iCurl(t, 10*time.Second, "https://"+addr+"/file")
+	if ct, ok := h2iHeader(head, "Content-Type"); ok || body != page {
+		t.Errorf("h2c app without Content-Type: the HTTP/2 client got %q (%v), body %q", ct, ok, body)
+	}
+}
