@@ -133,3 +133,41 @@ func TestH2InteropNoSniffedContentType(t *testing.T) {
 		t.Errorf("h2c app without Content-Type: the HTTP/2 client got %q (%v), body %q", ct, ok, body)
 	}
 }
+
+// TestH2InteropSilentStream: a server-sent event stream that stays silent
+// between events for longer than TransferTimeout (and, before its first
+// event, longer than the server's WriteTimeout) must stay open for an
+// HTTP/2 client, as it does for HTTP/1.1 ones: silence is what event
+// streams do. net/http's HTTP/2 server runs a stream's write deadline as
+// a timer that resets the stream when it fires, written to or not; the
+// deadline the Proxy set for one write (or the server's WriteTimeout)
+// killed the stream in the silence that followed.
+func TestH2InteropSilentStream(t *testing.T) {
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(200)
+		w.(http.Flusher).Flush()
+		for i := range 3 {
+			time.Sleep(700 * time.Millisecond)
+			_, _ = io.WriteString(w, "data: event "+string(rune('0'+i))+"\n\n")
+			w.(http.Flusher).Flush()
+		}
+	})
+	for _, target := range []string{"http", "h2c"} {
+		t.Run(target, func(t *testing.T) {
+			var u string
+			if target == "http" {
+				u = newUpstream(t, h).URL
+			} else {
+				u = startH2CUpstream(t, h, false).String()
+			}
+			p, addr := h2iProxy(t, u, Config{TransferTimeout: 300 * time.Millisecond},
+				ServerConfig{WriteTimeout: 500 * time.Millisecond})
+			_, body := h2iCurl(t, 15*time.Second, "-N", "https://"+addr+"/events")
+			if want := "data: event 0\n\ndata: event 1\n\ndata: event 2\n\n"; body != want {
+				t.Errorf("event stream over HTTP/2: %q, want %q", body, want)
+			}
+			eventually(t, 5*time.Second, "no slot or stream held", func() bool { return p.InFlight() == 0 && p.Streams() == 0 })
+		})
+	}
+}

@@ -383,6 +383,9 @@ type handlerSide struct {
 	// answered is set once a final response head is written, or the
 	// connection hijacked.
 	answered bool
+	// noWriteDeadline is set while an HTTP/2 stream has no write deadline
+	// running (flush).
+	noWriteDeadline bool
 }
 
 var _ clientSide = (*handlerSide)(nil)
@@ -404,8 +407,11 @@ func (hs *handlerSide) beforeBody() {
 	}
 }
 
-func (hs *handlerSide) setReadDeadline(t time.Time)  { _ = hs.ctl().SetReadDeadline(t) }
-func (hs *handlerSide) setWriteDeadline(t time.Time) { _ = hs.ctl().SetWriteDeadline(t) }
+func (hs *handlerSide) setReadDeadline(t time.Time) { _ = hs.ctl().SetReadDeadline(t) }
+func (hs *handlerSide) setWriteDeadline(t time.Time) {
+	_ = hs.ctl().SetWriteDeadline(t)
+	hs.noWriteDeadline = t.IsZero()
+}
 
 func (hs *handlerSide) writeInformational(resp *http.Response) {
 	h := hs.w.Header()
@@ -444,7 +450,23 @@ func (hs *handlerSide) write(p []byte) error {
 	return err
 }
 
-func (hs *handlerSide) flush() error { return hs.ctl().Flush() }
+// flush sends what is buffered. Over HTTP/2 it then stops the stream's
+// write deadline, which the Proxy sets for each write (and net/http's
+// server, WriteTimeout, at the start of the stream): the HTTP/2 server runs
+// it as a timer that resets the stream when it fires, whether a write is
+// waiting or not, and after a flush the Proxy waits for the upstream,
+// which may stay silent as long as the stream lives (server-sent events,
+// gRPC streams). Over HTTP/1.1 a deadline only bounds writes.
+func (hs *handlerSide) flush() error {
+	if err := hs.ctl().Flush(); err != nil {
+		return err
+	}
+	if hs.r.ProtoMajor == 2 && !hs.noWriteDeadline {
+		_ = hs.rc.SetWriteDeadline(time.Time{})
+		hs.noWriteDeadline = true
+	}
+	return nil
+}
 
 func (hs *handlerSide) endBody(trailer http.Header) error {
 	if len(trailer) > 0 {
