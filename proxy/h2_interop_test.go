@@ -1,11 +1,14 @@
 package proxy
 
 import (
+	"encoding/json"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
+	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -169,5 +172,48 @@ func TestH2InteropSilentStream(t *testing.T) {
 			}
 			eventually(t, 5*time.Second, "no slot or stream held", func() bool { return p.InFlight() == 0 && p.Streams() == 0 })
 		})
+	}
+}
+
+// h2iResult is what testdata/interop/h2client.js prints.
+type h2iResult struct {
+	OK, Bad, Cancelled, Failed int
+	Errors                     []string
+}
+
+// h2iStreams runs h2client.js with n streams on one connection to addr.
+func h2iStreams(t *testing.T, addr string, n int) h2iResult {
+	t.Helper()
+	out, errb, err := tiRun(t, 60*time.Second, nil, nil, "node", "testdata/interop/h2client.js", addr, strconv.Itoa(n))
+	var res h2iResult
+	if jerr := json.Unmarshal(out, &res); jerr != nil {
+		t.Fatalf("h2client.js: %v (%v)\nstdout: %s\nstderr: %s", err, jerr, out, errb)
+	}
+	if err != nil {
+		t.Errorf("h2client.js: %v: %+v\nstderr: %s", err, res, errb)
+	}
+	return res
+}
+
+// TestH2InteropManyStreams: Node's http2 client runs 200 streams at once
+// on one connection: downloads (Content-Length and chunked) and uploads of
+// 0 B to 3 MiB, checksummed, every fifth large one reset by the client
+// mid-download or mid-upload. Every other stream must come back whole;
+// afterwards no slot or stream is held, and the same connection pattern
+// works again (no upstream connection left in a bad state).
+func TestH2InteropManyStreams(t *testing.T) {
+	if _, err := exec.LookPath("node"); err != nil {
+		t.Skipf("node not in PATH: %v", err)
+	}
+	env := newTIEnv(t, "handler-tls", Config{MaxInFlight: 1000})
+	res := h2iStreams(t, env.addr, 200)
+	if res.Bad != 0 || res.Failed != 0 || res.OK+res.Cancelled != 200 || res.Cancelled == 0 || len(res.Errors) != 0 {
+		t.Errorf("200 streams on one connection: %+v", res)
+	}
+	eventually(t, 10*time.Second, "no slot or stream held", func() bool {
+		return env.proxy.InFlight() == 0 && env.proxy.Streams() == 0
+	})
+	if res := h2iStreams(t, env.addr, 40); res.Bad != 0 || res.Failed != 0 || res.OK+res.Cancelled != 40 {
+		t.Errorf("40 streams afterwards: %+v", res)
 	}
 }
