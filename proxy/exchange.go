@@ -30,6 +30,9 @@ type clientSide interface {
 	beforeBody()
 	// setReadDeadline sets the deadline for request body reads.
 	setReadDeadline(t time.Time)
+	// readDone is called after a body read under a deadline returned
+	// short of the body's end, before the bytes go upstream.
+	readDone()
 	// writeInformational relays a 1xx response other than 100 and 101.
 	writeInformational(resp *http.Response)
 	// writeHead sends the status line and headers of resp. bodyPending
@@ -403,6 +406,9 @@ func (ex *exchange) sendBody(uc *upConn, chunked bool) error {
 			ex.cs.setReadDeadline(time.Now().Add(tt))
 		}
 		n, rerr := ex.r.Body.Read(buf)
+		if tt > 0 && rerr == nil {
+			ex.cs.readDone()
+		}
 		if rerr == io.EOF {
 			// The body is all read (net/http's body returns its last
 			// bytes with io.EOF): say so before they go up, since the

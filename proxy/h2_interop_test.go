@@ -1,13 +1,17 @@
 package proxy
 
 import (
+	"crypto/sha256"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -215,5 +219,54 @@ func TestH2InteropManyStreams(t *testing.T) {
 	})
 	if res := h2iStreams(t, env.addr, 40); res.Bad != 0 || res.Failed != 0 || res.OK+res.Cancelled != 40 {
 		t.Errorf("40 streams afterwards: %+v", res)
+	}
+}
+
+// TestH2InteropUploadBackpressure: an app that stops reading an upload
+// for a while (busy storing what it has) makes the Proxy wait in its
+// write upstream, longer than TransferTimeout. The HTTP/2 client kept
+// sending at the pace the app allowed and must get its upload through, as
+// an HTTP/1.1 client does. net/http's HTTP/2 server runs a stream's read
+// deadline as a timer that fails the body when it fires, read or not: the
+// deadline the Proxy set for one read of the body failed it during the
+// wait upstream that followed, and the upload was cut.
+func TestH2InteropUploadBackpressure(t *testing.T) {
+	const size = 24 << 20
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sum := sha256.New()
+		n, err := io.CopyN(sum, r.Body, 1<<20)
+		if err == nil {
+			time.Sleep(1500 * time.Millisecond)
+			var m int64
+			m, err = io.Copy(sum, r.Body)
+			n += m
+		}
+		if err != nil {
+			w.WriteHeader(499)
+			return
+		}
+		fmt.Fprintf(w, "%d %x", n, sum.Sum(nil))
+	})
+	file := filepath.Join(t.TempDir(), "upload")
+	data := tiPattern(size)
+	if err := os.WriteFile(file, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("%d %s", size, tiSum(data))
+	for _, target := range []string{"http", "h2c"} {
+		t.Run(target, func(t *testing.T) {
+			var u string
+			if target == "http" {
+				u = newUpstream(t, h).URL
+			} else {
+				u = startH2CUpstream(t, h, false).String()
+			}
+			p, addr := h2iProxy(t, u, Config{TransferTimeout: 300 * time.Millisecond}, ServerConfig{})
+			head, body := h2iCurl(t, 30*time.Second, "--data-binary", "@"+file, "https://"+addr+"/upload")
+			if body != want {
+				t.Errorf("upload of %d bytes over HTTP/2 to an app that paused: %q\n%s", size, body, head)
+			}
+			eventually(t, 5*time.Second, "no slot or stream held", func() bool { return p.InFlight() == 0 && p.Streams() == 0 })
+		})
 	}
 }

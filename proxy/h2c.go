@@ -362,6 +362,8 @@ func (b *h2cBody) Read(p []byte) (int, error) {
 	}
 	n, err := b.ex.r.Body.Read(p)
 	switch {
+	case err == nil && tt > 0:
+		b.ex.cs.readDone()
 	case err == io.EOF:
 		b.eof.Store(true)
 		if tt > 0 {

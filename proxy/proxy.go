@@ -408,6 +408,18 @@ func (hs *handlerSide) beforeBody() {
 }
 
 func (hs *handlerSide) setReadDeadline(t time.Time) { _ = hs.ctl().SetReadDeadline(t) }
+
+// readDone stops, over HTTP/2, the read deadline of the body read that
+// returned: the HTTP/2 server runs it as a timer that fails the body when
+// it fires, read or not, and the Proxy now writes what it read upstream,
+// which may wait as long as the app takes to read it (UpstreamTimeout
+// bounds that). The next read sets a deadline of its own. Over HTTP/1.1 a
+// deadline only bounds reads.
+func (hs *handlerSide) readDone() {
+	if hs.r.ProtoMajor == 2 {
+		_ = hs.ctl().SetReadDeadline(time.Time{})
+	}
+}
 func (hs *handlerSide) setWriteDeadline(t time.Time) {
 	_ = hs.ctl().SetWriteDeadline(t)
 	hs.noWriteDeadline = t.IsZero()

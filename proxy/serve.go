@@ -515,6 +515,8 @@ func (cc *clientConn) beforeBody() {
 // goroutine that copies a request body, too.
 func (cc *clientConn) setReadDeadline(t time.Time) { _ = cc.conn.SetReadDeadline(t) }
 
+func (cc *clientConn) readDone() {}
+
 // setWriteDeadline moves the write deadline lazily (lazyDeadline), within
 // an eighth of TransferTimeout. Only the connection's goroutine writes.
 func (cc *clientConn) setWriteDeadline(t time.Time) {
