@@ -270,3 +270,38 @@ func TestH2InteropUploadBackpressure(t *testing.T) {
 		})
 	}
 }
+
+// TestH2InteropPausedDownload: an app that pauses in the middle of a
+// response of known length (generating the rest) for longer than
+// TransferTimeout, but within UpstreamTimeout, must get it to an HTTP/2
+// client whole, as to an HTTP/1.1 one. The write deadline the Proxy set
+// for the write before the pause, a timer under net/http's HTTP/2 server,
+// reset the stream during the pause.
+func TestH2InteropPausedDownload(t *testing.T) {
+	const size = 300000
+	data := tiPattern(size)
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("Content-Length", strconv.Itoa(size))
+		_, _ = w.Write(data[:100000])
+		w.(http.Flusher).Flush()
+		time.Sleep(1200 * time.Millisecond)
+		_, _ = w.Write(data[100000:])
+	})
+	for _, target := range []string{"http", "h2c"} {
+		t.Run(target, func(t *testing.T) {
+			var u string
+			if target == "http" {
+				u = newUpstream(t, h).URL
+			} else {
+				u = startH2CUpstream(t, h, false).String()
+			}
+			p, addr := h2iProxy(t, u, Config{TransferTimeout: 300 * time.Millisecond}, ServerConfig{})
+			_, body := h2iCurl(t, 15*time.Second, "https://"+addr+"/file")
+			if body != string(data) {
+				t.Errorf("download of %d bytes with a pause: got %d bytes", size, len(body))
+			}
+			eventually(t, 5*time.Second, "no slot or stream held", func() bool { return p.InFlight() == 0 && p.Streams() == 0 })
+		})
+	}
+}

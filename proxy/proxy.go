@@ -384,7 +384,7 @@ type handlerSide struct {
 	// connection hijacked.
 	answered bool
 	// noWriteDeadline is set while an HTTP/2 stream has no write deadline
-	// running (flush).
+	// running (writeDone).
 	noWriteDeadline bool
 }
 
@@ -459,24 +459,34 @@ var connectionClose = []string{"close"}
 func (hs *handlerSide) write(p []byte) error {
 	hs.wrote = true
 	_, err := hs.w.Write(p)
+	if err == nil {
+		hs.writeDone()
+	}
 	return err
 }
 
-// flush sends what is buffered. Over HTTP/2 it then stops the stream's
-// write deadline, which the Proxy sets for each write (and net/http's
-// server, WriteTimeout, at the start of the stream): the HTTP/2 server runs
-// it as a timer that resets the stream when it fires, whether a write is
-// waiting or not, and after a flush the Proxy waits for the upstream,
-// which may stay silent as long as the stream lives (server-sent events,
-// gRPC streams). Over HTTP/1.1 a deadline only bounds writes.
+// writeDone stops, over HTTP/2, the stream's write deadline, which the
+// Proxy sets for each write (and net/http's server, WriteTimeout, at the
+// start of the stream): the HTTP/2 server runs it as a timer that resets
+// the stream when it fires, whether a write is waiting or not, and after a
+// write the Proxy waits for the upstream, which may pause within
+// UpstreamTimeout, or stay silent as long as a stream lives (server-sent
+// events, gRPC streams). The next write sets a deadline of its own. Over
+// HTTP/1.1 a deadline only bounds writes.
+func (hs *handlerSide) writeDone() {
+	if hs.r.ProtoMajor == 2 && !hs.noWriteDeadline {
+		_ = hs.ctl().SetWriteDeadline(time.Time{})
+		hs.noWriteDeadline = true
+	}
+}
+
+// flush sends what is buffered, then stops an HTTP/2 stream's write
+// deadline (writeDone).
 func (hs *handlerSide) flush() error {
 	if err := hs.ctl().Flush(); err != nil {
 		return err
 	}
-	if hs.r.ProtoMajor == 2 && !hs.noWriteDeadline {
-		_ = hs.rc.SetWriteDeadline(time.Time{})
-		hs.noWriteDeadline = true
-	}
+	hs.writeDone()
 	return nil
 }
 
