@@ -305,3 +305,27 @@ func TestH2InteropPausedDownload(t *testing.T) {
 		})
 	}
 }
+
+// TestH2InteropOptionsAsterisk: "OPTIONS *" (a client asking what the
+// server supports, RFC 9110 section 9.3.7) reaches the app through
+// NewServer, over HTTP/2 and HTTP/1.1, as it does through Serve. net/http's
+// server answered it itself, 200 with no Allow, without the app seeing it.
+func TestH2InteropOptionsAsterisk(t *testing.T) {
+	up := newRawUp(t, func(r *http.Request) []string {
+		return []string{"HTTP/1.1 204 No Content\r\nAllow: GET, OPTIONS\r\nX-Uri: " + r.RequestURI + "\r\n\r\n"}
+	})
+	_, addr := h2iProxy(t, up.url().String(), Config{}, ServerConfig{})
+	for _, proto := range []string{"--http2", "--http1.1"} {
+		out, errb, err := tiRun(t, 10*time.Second, nil, nil, "curl", "-sSk", proto, "-D", "-", "-o", "/dev/null",
+			"-X", "OPTIONS", "--request-target", "*", "https://"+addr+"/")
+		if err != nil {
+			t.Fatalf("curl %s: %v\n%s", proto, err, errb)
+		}
+		head := string(out)
+		allow, _ := h2iHeader(head, "Allow")
+		uri, _ := h2iHeader(head, "X-Uri")
+		if !strings.Contains(head, " 204") || allow != "GET, OPTIONS" || uri != "*" {
+			t.Errorf("OPTIONS * with curl %s: the app's answer (204, Allow, X-Uri: *) did not come back:\n%s", proto, head)
+		}
+	}
+}

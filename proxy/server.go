@@ -84,6 +84,8 @@ type ServerConfig struct {
 
 // NewServer returns an http.Server that serves h with the timeouts of cfg
 // set. It does not listen; call Serve, ServeTLS or ListenAndServe.
+// "OPTIONS *" requests go to h (DisableGeneralOptionsHandler), as Serve
+// forwards them; an http.ServeMux answers them 400.
 func NewServer(h http.Handler, cfg ServerConfig) *http.Server {
 	if cfg.ReadHeaderTimeout == 0 {
 		cfg.ReadHeaderTimeout = DefaultReadHeaderTimeout
@@ -112,6 +114,9 @@ func NewServer(h http.Handler, cfg ServerConfig) *http.Server {
 		IdleTimeout:       cfg.IdleTimeout,
 		MaxHeaderBytes:    cfg.MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		// "OPTIONS *" goes to h (the app, through a Proxy), as Serve
+		// forwards it, instead of net/http's own 200 without Allow.
+		DisableGeneralOptionsHandler: true,
 	}
 	if cfg.TLSConfig != nil {
 		tc := cfg.TLSConfig.Clone()
