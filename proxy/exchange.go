@@ -46,6 +46,10 @@ type clientSide interface {
 	flush() error
 	// setWriteDeadline sets the deadline for response writes.
 	setWriteDeadline(t time.Time)
+	// idle is called before the exchange waits for more of the response
+	// from the upstream, with nothing to write meanwhile; stream reports
+	// a response of unknown length.
+	idle(stream bool)
 	// endBody completes a response body that was read to its end.
 	endBody(trailer http.Header) error
 	// writeStatus sends a short plain-text response with code.
@@ -401,12 +405,17 @@ func (ex *exchange) sendBody(uc *upConn, chunked bool) error {
 	defer p.putBuf(bp)
 	buf := *bp
 	tt := p.cfg.TransferTimeout
+	var sent int64
 	for i := 0; ; i++ {
 		if tt > 0 {
 			ex.cs.setReadDeadline(time.Now().Add(tt))
 		}
 		n, rerr := ex.r.Body.Read(buf)
-		if tt > 0 && rerr == nil {
+		sent += int64(n)
+		if tt > 0 && rerr == nil && (ex.r.ContentLength < 0 || sent < ex.r.ContentLength) {
+			// More to come: the deadline of this read must not run
+			// during the write upstream (a whole body of known length
+			// has nothing left to wait for).
 			ex.cs.readDone()
 		}
 		if rerr == io.EOF {
@@ -587,6 +596,9 @@ func (ex *exchange) copyResponse(uc *upConn, resp *http.Response) (complete bool
 	// read below reports.
 	untilClose := stream && len(resp.TransferEncoding) == 0
 	for {
+		if uc.br.Buffered() == 0 {
+			cs.idle(stream)
+		}
 		if err := ex.waitUpstream(uc); err != nil && !(untilClose && err == io.EOF) {
 			if errors.Is(err, errClientGone) {
 				return false, nil, err

@@ -251,8 +251,13 @@ func (ex *exchange) copyH2C(ctx context.Context, resp *http.Response) (rerr, wer
 	defer p.putBuf(bp)
 	buf := *bp
 	tt := p.cfg.TransferTimeout
+	var written int64
 	for {
+		if resp.ContentLength < 0 || written < resp.ContentLength {
+			cs.idle(resp.ContentLength < 0)
+		}
 		n, err := resp.Body.Read(buf)
+		written += int64(n)
 		if n > 0 {
 			if tt > 0 {
 				cs.setWriteDeadline(time.Now().Add(tt))
@@ -344,6 +349,7 @@ type h2cBody struct {
 	mu      sync.Mutex // held during a read of the client's body
 	stopped bool       // guarded by mu
 	err     error      // the client read error; guarded by mu
+	n       int64      // bytes read; guarded by mu
 	eof     atomic.Bool
 }
 
@@ -361,9 +367,10 @@ func (b *h2cBody) Read(p []byte) (int, error) {
 		b.ex.cs.setReadDeadline(time.Now().Add(tt))
 	}
 	n, err := b.ex.r.Body.Read(p)
+	b.n += int64(n)
 	switch {
-	case err == nil && tt > 0:
-		b.ex.cs.readDone()
+	case err == nil && tt > 0 && (b.ex.r.ContentLength < 0 || b.n < b.ex.r.ContentLength):
+		b.ex.cs.readDone() // as in sendBody
 	case err == io.EOF:
 		b.eof.Store(true)
 		if tt > 0 {

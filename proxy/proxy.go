@@ -383,9 +383,10 @@ type handlerSide struct {
 	// answered is set once a final response head is written, or the
 	// connection hijacked.
 	answered bool
-	// noWriteDeadline is set while an HTTP/2 stream has no write deadline
-	// running (writeDone).
-	noWriteDeadline bool
+	// wdlSet is set while a write deadline the Proxy set runs;
+	// wdlStopped once none runs, not even the server's WriteTimeout
+	// (idle).
+	wdlSet, wdlStopped bool
 }
 
 var _ clientSide = (*handlerSide)(nil)
@@ -422,7 +423,7 @@ func (hs *handlerSide) readDone() {
 }
 func (hs *handlerSide) setWriteDeadline(t time.Time) {
 	_ = hs.ctl().SetWriteDeadline(t)
-	hs.noWriteDeadline = t.IsZero()
+	hs.wdlSet, hs.wdlStopped = !t.IsZero(), t.IsZero()
 }
 
 func (hs *handlerSide) writeInformational(resp *http.Response) {
@@ -459,35 +460,26 @@ var connectionClose = []string{"close"}
 func (hs *handlerSide) write(p []byte) error {
 	hs.wrote = true
 	_, err := hs.w.Write(p)
-	if err == nil {
-		hs.writeDone()
-	}
 	return err
 }
 
-// writeDone stops, over HTTP/2, the stream's write deadline, which the
-// Proxy sets for each write (and net/http's server, WriteTimeout, at the
-// start of the stream): the HTTP/2 server runs it as a timer that resets
-// the stream when it fires, whether a write is waiting or not, and after a
-// write the Proxy waits for the upstream, which may pause within
-// UpstreamTimeout, or stay silent as long as a stream lives (server-sent
-// events, gRPC streams). The next write sets a deadline of its own. Over
-// HTTP/1.1 a deadline only bounds writes.
-func (hs *handlerSide) writeDone() {
-	if hs.r.ProtoMajor == 2 && !hs.noWriteDeadline {
-		_ = hs.ctl().SetWriteDeadline(time.Time{})
-		hs.noWriteDeadline = true
-	}
-}
+func (hs *handlerSide) flush() error { return hs.ctl().Flush() }
 
-// flush sends what is buffered, then stops an HTTP/2 stream's write
-// deadline (writeDone).
-func (hs *handlerSide) flush() error {
-	if err := hs.ctl().Flush(); err != nil {
-		return err
+// idle stops, over HTTP/2, the stream's write deadline: the one the Proxy
+// set for the last write, or, for a stream (a response of unknown length),
+// net/http's server's WriteTimeout, which runs from the start of the
+// stream. The HTTP/2 server runs it as a timer that resets the stream when
+// it fires, whether a write is waiting or not, and the Proxy is about to
+// wait for the upstream, which may pause within UpstreamTimeout, or stay
+// silent as long as a stream lives (server-sent events, gRPC streams). The
+// next write sets a deadline of its own. Over HTTP/1.1 a deadline only
+// bounds writes.
+func (hs *handlerSide) idle(stream bool) {
+	if hs.r.ProtoMajor != 2 || hs.wdlStopped || !(hs.wdlSet || stream) {
+		return
 	}
-	hs.writeDone()
-	return nil
+	_ = hs.ctl().SetWriteDeadline(time.Time{})
+	hs.wdlSet, hs.wdlStopped = false, true
 }
 
 func (hs *handlerSide) endBody(trailer http.Header) error {

@@ -517,6 +517,8 @@ func (cc *clientConn) setReadDeadline(t time.Time) { _ = cc.conn.SetReadDeadline
 
 func (cc *clientConn) readDone() {}
 
+func (cc *clientConn) idle(bool) {}
+
 // setWriteDeadline moves the write deadline lazily (lazyDeadline), within
 // an eighth of TransferTimeout. Only the connection's goroutine writes.
 func (cc *clientConn) setWriteDeadline(t time.Time) {
