@@ -329,3 +329,30 @@ func TestH2InteropOptionsAsterisk(t *testing.T) {
 		}
 	}
 }
+
+// TestH2InteropNoContentLength: an app that answers 204 with a non-zero
+// Content-Length (which RFC 9110 section 8.6 forbids, and HTTP/1.1 clients
+// ignore: a 204 has no body) must not cost HTTP/2 clients the response.
+// The Proxy passed the field on; nghttp2 (curl, Node, nghttpx) resets
+// such a stream with PROTOCOL_ERROR. It is now dropped from 204s; a 304
+// keeps its Content-Length, which describes the selected representation.
+func TestH2InteropNoContentLength(t *testing.T) {
+	up := newRawUp(t, func(r *http.Request) []string {
+		if r.URL.Path == "/304" {
+			return []string{"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nContent-Length: 5\r\n\r\n"}
+		}
+		return []string{"HTTP/1.1 204 No Content\r\nX-App: deleted\r\nContent-Length: 5\r\n\r\n"}
+	})
+	_, addr := h2iProxy(t, up.url().String(), Config{}, ServerConfig{})
+	head, body := h2iCurl(t, 10*time.Second, "-X", "DELETE", "https://"+addr+"/item")
+	if app, _ := h2iHeader(head, "X-App"); !strings.HasPrefix(head, "HTTP/2 204") || app != "deleted" || body != "" {
+		t.Errorf("204 with Content-Length: 5 over HTTP/2: %q %q", head, body)
+	}
+	if cl, ok := h2iHeader(head, "Content-Length"); ok {
+		t.Errorf("204 went out with Content-Length %q", cl)
+	}
+	head, _ = h2iCurl(t, 10*time.Second, "https://"+addr+"/304")
+	if cl, _ := h2iHeader(head, "Content-Length"); !strings.HasPrefix(head, "HTTP/2 304") || cl != "5" {
+		t.Errorf("304 over HTTP/2: %q, want its Content-Length 5 kept", head)
+	}
+}

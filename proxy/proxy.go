@@ -445,6 +445,12 @@ func (hs *handlerSide) writeHead(resp *http.Response, bodyPending bool) {
 		// left it out on purpose (X-Content-Type-Options: nosniff).
 		h["Content-Type"] = nil
 	}
+	if resp.StatusCode == http.StatusNoContent {
+		// Forbidden in a 204 (RFC 9110 section 8.6), which has no body:
+		// HTTP/1.1 clients ignore it, nghttp2's HTTP/2 clients reset the
+		// stream for a non-zero one.
+		delete(h, "Content-Length")
+	}
 	if bodyPending && hs.r.ProtoMajor == 1 {
 		// Stopping the body read (finishBody) cancels net/http's
 		// connection context: the connection must not serve another
