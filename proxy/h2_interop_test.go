@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -355,4 +356,46 @@ func TestH2InteropNoContentLength(t *testing.T) {
 	if cl, _ := h2iHeader(head, "Content-Length"); !strings.HasPrefix(head, "HTTP/2 304") || cl != "5" {
 		t.Errorf("304 over HTTP/2: %q, want its Content-Length 5 kept", head)
 	}
+}
+
+// TestH2InteropSlowReader: an HTTP/2 client (Node) that stops reading a
+// 64 MiB download holds the upstream back through flow control: the
+// Proxy buffers a bounded amount (here: the upstream's writes stop well
+// short of the body while the client waits), and when the client reads
+// on, the body arrives whole.
+func TestH2InteropSlowReader(t *testing.T) {
+	const size = 64 << 20
+	chunk := tiPattern(64 << 10)
+	var written atomic.Int64
+	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(size))
+		for written.Load() < size {
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+			written.Add(int64(len(chunk)))
+		}
+	}))
+	p, addr := h2iProxy(t, up.URL, Config{}, ServerConfig{})
+	pr := tiStart(t, "node", "testdata/interop/h2slow.js", addr, "/download")
+	pr.waitOut(t, "paused", 1)
+	// Wait until the upstream is held back: its count stops moving.
+	var held int64
+	eventually(t, 10*time.Second, "the upstream held back by the paused client", func() bool {
+		before := written.Load()
+		time.Sleep(300 * time.Millisecond)
+		held = written.Load()
+		return held == before
+	})
+	if held > 32<<20 {
+		t.Errorf("the upstream wrote %d MiB of %d MiB while the client read nothing: unbounded buffering", held>>20, size>>20)
+	}
+	t.Logf("held back after %.1f MiB", float64(held)/(1<<20))
+	pr.write(t, "go\n")
+	sum := sha256.New()
+	for left := size; left > 0; left -= len(chunk) {
+		sum.Write(chunk)
+	}
+	pr.waitOut(t, fmt.Sprintf("done %d %x", size, sum.Sum(nil)), 1)
+	eventually(t, 5*time.Second, "no slot or stream held", func() bool { return p.InFlight() == 0 && p.Streams() == 0 })
 }
