@@ -399,3 +399,42 @@ func TestH2InteropSlowReader(t *testing.T) {
 	pr.waitOut(t, fmt.Sprintf("done %d %x", size, sum.Sum(nil)), 1)
 	eventually(t, 5*time.Second, "no slot or stream held", func() bool { return p.InFlight() == 0 && p.Streams() == 0 })
 }
+
+// TestH2InteropOverload: curl runs 10 requests at once, multiplexed on
+// one HTTP/2 connection, past MaxInFlight 3: three are answered, the
+// others refused at once with 503 and Retry-After, each on its own stream,
+// and the connection carries on (one connection in all).
+func TestH2InteropOverload(t *testing.T) {
+	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(1500 * time.Millisecond)
+		_, _ = io.WriteString(w, "slow\n")
+	}))
+	p, addr := h2iProxy(t, up.URL, Config{MaxInFlight: 3}, ServerConfig{})
+	args := []string{"-sSk", "--http2", "-Z", "--parallel-max", "10",
+		"-w", "%{http_code} %{num_connects} %header{retry-after}\n", "-o", "/dev/null"}
+	for i := range 10 {
+		args = append(args, "https://"+addr+"/slow?i="+strconv.Itoa(i))
+		if i > 0 {
+			args = append(args, "-o", "/dev/null")
+		}
+	}
+	out, errb, err := tiRun(t, 20*time.Second, nil, nil, "curl", args...)
+	if err != nil {
+		t.Fatalf("curl: %v\n%s", err, errb)
+	}
+	counts := map[string]int{}
+	conns := 0
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			t.Fatalf("curl output line %q", line)
+		}
+		n, _ := strconv.Atoi(f[1])
+		conns += n
+		counts[strings.Join(append(f[:1:1], f[2:]...), " ")]++
+	}
+	if counts["200"] != 3 || counts["503 1"] != 7 || conns != 1 {
+		t.Errorf("10 requests at once past MaxInFlight 3: %v over %d connections, want 3× 200 and 7× 503 with Retry-After: 1 over 1\n%s", counts, conns, out)
+	}
+	eventually(t, 5*time.Second, "no slot held", func() bool { return p.InFlight() == 0 })
+}
