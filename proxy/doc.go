@@ -24,6 +24,15 @@
 //     with the bytes read so far, at its first such request.
 //   - *Proxy implements [http.Handler], for HTTP/2 clients (serve it with
 //     [NewServer] and a TLS config) or to mount it in an existing server.
+//     Responses go out as Serve sends them: net/http sniffs no
+//     Content-Type for one the app sent without, a 204 loses a
+//     Content-Length (which HTTP/2 clients would reset the stream for),
+//     and under NewServer "OPTIONS *" reaches the app. Over HTTP/2 a
+//     response may pause, or a stream stay silent, and an upload wait on
+//     an app that reads slowly, as over HTTP/1.1: net/http's HTTP/2 server
+//     runs a stream's deadlines as timers that reset it when they fire,
+//     so the Proxy stops the deadline of each write and read once it
+//     returns.
 //
 // On both, [Config.Intercept] may take any request off the forwarding
 // path and hand it to a local [http.Handler] instead (an embedding
