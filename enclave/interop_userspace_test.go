@@ -114,21 +114,7 @@ func TestUserspaceInteropPeerResetOut(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(15 * time.Second))
-	buf := make([]byte, len("partial"))
-	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "partial" {
-		t.Fatalf("read %q, %v; want %q", buf, err, "partial")
-	}
-	if _, err := c.Write([]byte("x")); err != nil {
-		t.Fatal(err)
-	}
-	if got := nextLine(t, lines); got != "reset" {
-		t.Fatalf("python3: %q", got)
-	}
-	n, err := c.Read(buf)
-	if !errors.Is(err, syscall.ECONNRESET) {
-		t.Fatalf("Read after the server's reset = %d, %v; want ECONNRESET", n, err)
-	}
+	expectPeerReset(t, c, lines)
 }
 
 // pyResetClient connects to the address in argv[1], sends "partial", waits
@@ -176,6 +162,14 @@ func TestUserspaceInteropPeerResetIn(t *testing.T) {
 		t.Fatal("the enclave accepted nothing")
 	}
 	defer c.Close()
+	expectPeerReset(t, c, lines)
+}
+
+// expectPeerReset reads "partial" from c, answers one byte, waits for the
+// python3 peer to say it reset the connection, and checks that c's next
+// Read fails with ECONNRESET, as a kernel socket's does, not io.EOF.
+func expectPeerReset(t *testing.T, c net.Conn, lines <-chan string) {
+	t.Helper()
 	_ = c.SetDeadline(time.Now().Add(15 * time.Second))
 	buf := make([]byte, len("partial"))
 	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "partial" {
@@ -189,7 +183,7 @@ func TestUserspaceInteropPeerResetIn(t *testing.T) {
 	}
 	n, err := c.Read(buf)
 	if !errors.Is(err, syscall.ECONNRESET) {
-		t.Fatalf("Read after the client's reset = %d, %v; want ECONNRESET", n, err)
+		t.Fatalf("Read after the peer's reset = %d, %v; want ECONNRESET", n, err)
 	}
 }
 
