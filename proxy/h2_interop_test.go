@@ -163,12 +163,7 @@ func TestH2InteropSilentStream(t *testing.T) {
 	})
 	for _, target := range []string{"http", "h2c"} {
 		t.Run(target, func(t *testing.T) {
-			var u string
-			if target == "http" {
-				u = newUpstream(t, h).URL
-			} else {
-				u = startH2CUpstream(t, h, false).String()
-			}
+			u := h2iUpstream(t, target, h)
 			p, addr := h2iProxy(t, u, Config{TransferTimeout: 300 * time.Millisecond},
 				ServerConfig{WriteTimeout: 500 * time.Millisecond})
 			_, body := h2iCurl(t, 15*time.Second, "-N", "https://"+addr+"/events")
@@ -256,12 +251,7 @@ func TestH2InteropUploadBackpressure(t *testing.T) {
 	want := fmt.Sprintf("%d %s", size, tiSum(data))
 	for _, target := range []string{"http", "h2c"} {
 		t.Run(target, func(t *testing.T) {
-			var u string
-			if target == "http" {
-				u = newUpstream(t, h).URL
-			} else {
-				u = startH2CUpstream(t, h, false).String()
-			}
+			u := h2iUpstream(t, target, h)
 			p, addr := h2iProxy(t, u, Config{TransferTimeout: 300 * time.Millisecond}, ServerConfig{})
 			head, body := h2iCurl(t, 30*time.Second, "--data-binary", "@"+file, "https://"+addr+"/upload")
 			if body != want {
@@ -291,12 +281,7 @@ func TestH2InteropPausedDownload(t *testing.T) {
 	})
 	for _, target := range []string{"http", "h2c"} {
 		t.Run(target, func(t *testing.T) {
-			var u string
-			if target == "http" {
-				u = newUpstream(t, h).URL
-			} else {
-				u = startH2CUpstream(t, h, false).String()
-			}
+			u := h2iUpstream(t, target, h)
 			p, addr := h2iProxy(t, u, Config{TransferTimeout: 300 * time.Millisecond}, ServerConfig{})
 			_, body := h2iCurl(t, 15*time.Second, "https://"+addr+"/file")
 			if body != string(data) {
@@ -437,4 +422,13 @@ func TestH2InteropOverload(t *testing.T) {
 		t.Errorf("10 requests at once past MaxInFlight 3: %v over %d connections, want 3× 200 and 7× 503 with Retry-After: 1 over 1\n%s", counts, conns, out)
 	}
 	eventually(t, 5*time.Second, "no slot held", func() bool { return p.InFlight() == 0 })
+}
+
+// h2iUpstream serves h as the proxy's app: over HTTP/1.1 ("http") or h2c.
+func h2iUpstream(t *testing.T, target string, h http.Handler) string {
+	t.Helper()
+	if target == "http" {
+		return newUpstream(t, h).URL
+	}
+	return startH2CUpstream(t, h, false).String()
 }
