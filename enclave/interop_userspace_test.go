@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/quenchnet/quench/enclave"
 )
 
 // Interop tests of the userspace network with real clients and servers
@@ -102,14 +104,10 @@ print("reset", flush=True)
 // the app the server finished sending (a body delimited by the connection's
 // end would be taken as complete).
 func TestUserspaceInteropPeerResetOut(t *testing.T) {
-	lines := startPython(t, pyResetServer)
-	port := nextLine(t, lines)
-	sock := usSocket(t)
-	usHost(t, sock)
-	e := usEnclave(t, sock, nil)
+	e, lines, addr := usPythonPeer(t, pyResetServer)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	c, err := e.Dial(ctx, "tcp", "192.168.127.254:"+port)
+	c, err := e.Dial(ctx, "tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -210,14 +208,10 @@ except ConnectionResetError:
 // connection with data it did not read resets it (as a kernel socket
 // does); the server on the host must see that reset, not a graceful end.
 func TestUserspaceInteropResetByEnclave(t *testing.T) {
-	lines := startPython(t, pyResetWitness)
-	port := nextLine(t, lines)
-	sock := usSocket(t)
-	usHost(t, sock)
-	e := usEnclave(t, sock, nil)
+	e, lines, addr := usPythonPeer(t, pyResetWitness)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	c, err := e.Dial(ctx, "tcp", "192.168.127.254:"+port)
+	c, err := e.Dial(ctx, "tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -329,15 +323,11 @@ while True:
 // pending ECONNRESET (Linux reports it once), and its next read saw a
 // clean end of stream.
 func TestUserspaceInteropPeerResetAfterData(t *testing.T) {
-	lines := startPython(t, pyBulkResetServer)
-	port := nextLine(t, lines)
-	sock := usSocket(t)
-	usHost(t, sock)
-	e := usEnclave(t, sock, nil)
+	e, _, addr := usPythonPeer(t, pyBulkResetServer)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for i := range 5 {
-		c, err := e.Dial(ctx, "tcp", "192.168.127.254:"+port)
+		c, err := e.Dial(ctx, "tcp", addr)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -426,4 +416,17 @@ func hostListener(t *testing.T) (net.Listener, string) {
 	}
 	t.Cleanup(func() { _ = ln.Close() })
 	return ln, fmt.Sprintf("192.168.127.254:%d", ln.Addr().(*net.TCPAddr).Port)
+}
+
+// usPythonPeer starts script, a python3 server on the host's loopback that
+// prints its port first, and a host and a userspace enclave; it returns
+// the enclave, the script's further lines and the server's address as the
+// enclave reaches it (192.168.127.254, the host's loopback).
+func usPythonPeer(t *testing.T, script string) (e *enclave.Enclave, lines <-chan string, addr string) {
+	t.Helper()
+	lines = startPython(t, script)
+	port := nextLine(t, lines)
+	sock := usSocket(t)
+	usHost(t, sock)
+	return usEnclave(t, sock, nil), lines, "192.168.127.254:" + port
 }
