@@ -32,7 +32,11 @@
 //     an app that reads slowly, as over HTTP/1.1: net/http's HTTP/2 server
 //     runs a stream's deadlines as timers that reset it when they fire,
 //     so the Proxy stops the deadline of each write and read once it
-//     returns.
+//     returns. An HTTP/2 request body without content-length goes to an
+//     HTTP/1.1 app with a Content-Length when it ends within one buffer
+//     and 50 ms, for apps that read only that (Python's http.server took
+//     it, chunked, for an empty body); longer or slower ones go chunked,
+//     so full-duplex streams still work.
 //
 // On both, [Config.Intercept] may take any request off the forwarding
 // path and hand it to a local [http.Handler] instead (an embedding

@@ -135,6 +135,23 @@ func (ex *exchange) serve() {
 	if hasBody {
 		upgrade = "" // an upgrade must not carry a body; forward it as a plain request
 	}
+	if hasBody && r.ContentLength < 0 && r.ProtoMajor == 2 {
+		// An HTTP/2 body without content-length: sent with a
+		// Content-Length if it ends soon (prebufferWait), for apps that
+		// read only that. The request is the server's: change a copy.
+		ex.cs.beforeBody()
+		pb := newPrebuffered(ex.p, r.Body)
+		defer pb.Close()
+		complete, n := pb.wait(prebufferWait)
+		r2 := *r
+		r2.Body = pb
+		if complete {
+			r2.ContentLength = int64(n)
+			hasBody = n > 0
+			ex.bodyRead = !hasBody
+		}
+		ex.r, r = &r2, &r2
+	}
 	if upgrade != "" {
 		// The tunnel, if the upstream switches, runs inside this call.
 		if !ex.p.reserveUpgrade() {
