@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -184,17 +183,7 @@ func newTIEnv(t *testing.T, front string, cfg Config) *tiEnv {
 	}
 	env.proxy = p
 	if front == "handler-tls" {
-		tc := testServerTLS(t)
-		tc.NextProtos = nil // h2 and http/1.1
-		srv := NewServer(p, ServerConfig{TLSConfig: tc, IdleTimeout: cfg.IdleTimeout})
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan struct{})
-		go func() { defer close(done); _ = srv.ServeTLS(ln, "", "") }()
-		t.Cleanup(func() { _ = srv.Close(); <-done; _ = p.Close() })
-		env.url = "https://" + ln.Addr().String()
+		env.url = "https://" + h2iFront(t, p, ServerConfig{IdleTimeout: cfg.IdleTimeout}) // h2 and http/1.1
 	} else {
 		env.url = serveFront(t, p, front)
 	}

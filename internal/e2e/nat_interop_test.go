@@ -649,22 +649,7 @@ func TestNATUDPFlowsOfOneExchange(t *testing.T) {
 		}
 	}()
 	addr := net.JoinHostPort(hostLoopback, strconv.Itoa(pc.LocalAddr().(*net.UDPAddr).Port))
-	ask := func(c net.Conn) (string, error) {
-		var last error
-		for range 3 {
-			_ = c.SetDeadline(time.Now().Add(time.Second))
-			if _, err := c.Write([]byte("who am I?")); err != nil {
-				return "", err
-			}
-			buf := make([]byte, 64)
-			n, err := c.Read(buf)
-			if err == nil {
-				return string(buf[:n]), nil
-			}
-			last = err
-		}
-		return "", last
-	}
+	ask := askWhoAmI
 	err = env.ns.Do(func() error {
 		conv, err := net.Dial("udp", addr)
 		if err != nil {
@@ -733,22 +718,7 @@ func TestPublishUDPClientsOfOneRequest(t *testing.T) {
 		}
 	}()
 	addr := "127.0.0.1:" + strconv.Itoa(port)
-	ask := func(c net.Conn) (string, error) {
-		var last error
-		for range 3 {
-			_ = c.SetDeadline(time.Now().Add(time.Second))
-			if _, err := c.Write([]byte("who am I?")); err != nil {
-				return "", err
-			}
-			buf := make([]byte, 64)
-			n, err := c.Read(buf)
-			if err == nil {
-				return string(buf[:n]), nil
-			}
-			last = err
-		}
-		return "", last
-	}
+	ask := askWhoAmI
 	conv, err := net.Dial("udp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -779,4 +749,23 @@ func TestPublishUDPClientsOfOneRequest(t *testing.T) {
 	if again != first {
 		t.Fatalf("the enclave saw the conversation from %s, then from %s: its flow was ended", first, again)
 	}
+}
+
+// askWhoAmI asks the "who am I?" UDP service on c (it answers with the
+// sender's address as it saw it), up to three times a second apart.
+func askWhoAmI(c net.Conn) (string, error) {
+	var last error
+	for range 3 {
+		_ = c.SetDeadline(time.Now().Add(time.Second))
+		if _, err := c.Write([]byte("who am I?")); err != nil {
+			return "", err
+		}
+		buf := make([]byte, 64)
+		n, err := c.Read(buf)
+		if err == nil {
+			return string(buf[:n]), nil
+		}
+		last = err
+	}
+	return "", last
 }
